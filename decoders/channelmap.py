@@ -63,7 +63,8 @@ class ChannelMap:
     @staticmethod
     def address(src_id, port, channel):
         """Flat index of (srcID, port, channel) into :attr:`lookup`."""
-        return (np.asarray(src_id) * layout.PORTS + np.asarray(port)) * layout.CHANNELS_PER_PORT + np.asarray(channel)
+        src_id, port, channel = (np.asarray(v, dtype=np.int64) for v in (src_id, port, channel))
+        return (src_id * layout.PORTS + port) * layout.CHANNELS_PER_PORT + channel
 
     def slots(self, detector: int, module: int | None = None) -> np.ndarray:
         """Slots of one detector (and module), in map order."""

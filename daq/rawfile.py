@@ -1,0 +1,157 @@
+"""Raw files (docs/raw-format.md §10) and the split of an event stream into spills.
+
+A raw file is DATE events concatenated, no file header. It is memory-mapped
+and indexed by walking the DATE headers only; :func:`segment_spills` then
+assigns each indexed event to a spill:
+
+- a spill is keyed by (run, burst); START_OF_BURST opens one, END_OF_BURST
+  closes it (``complete``); a change of key, or the end of the stream, closes
+  the open spill as incomplete;
+- a rejected event (byte-swapped, truncated, …) belongs to the spill being
+  read when it came; one that comes while no spill is open (before the first,
+  or between an END_OF_BURST and the next spill) belongs to the next spill;
+- events of a spill's key arriving after its END_OF_BURST are late: counted,
+  not merged;
+- run-level and unknown event types belong to no spill: counted.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..decoders import layout
+from ..decoders.decode import EventIndex, index_events
+from ..decoders.errors import DaqError, Issue, NotDateStreamError
+
+SPILL_TYPES = (layout.START_OF_BURST, layout.END_OF_BURST, layout.PHYSICS_EVENT, layout.CALIBRATION_EVENT)
+
+
+@dataclass(frozen=True, eq=False)
+class SpillSegment:
+    """The events of one spill inside a buffer of words (rows of its index)."""
+
+    run: int
+    spill: int
+    words: np.ndarray
+    index: EventIndex
+    complete: bool
+    truncated: bool = False  # the stream ended inside this spill's events
+
+
+@dataclass
+class StreamStats:
+    """What the stream held beside its spills (service metrics, not QA records)."""
+
+    other_events: int = 0  # START_OF_RUN, END_OF_RUN and unknown types
+    late_events: int = 0  # events of an already closed spill
+    orphan_rejected: int = 0  # rejected events with no spill after them
+    truncated: bool = False
+    trailing_bytes: int = 0
+    events_by_type: dict[int, int] = field(default_factory=dict)
+
+
+def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | None = None) -> list[SpillSegment]:
+    stats = stats if stats is not None else StreamStats()
+    accepted = index.status == 0
+    types, counts = np.unique(index.type[accepted], return_counts=True)
+    for t, c in zip(types.tolist(), counts.tolist()):
+        stats.events_by_type[t] = stats.events_by_type.get(t, 0) + c
+    in_spill = accepted & np.isin(index.type, SPILL_TYPES)
+    stats.other_events += int(np.count_nonzero(accepted & ~in_spill))
+    rows = np.flatnonzero(in_spill)
+    if not len(rows):
+        stats.orphan_rejected += int(np.count_nonzero(~accepted))
+        return []
+    key = index.run[rows].astype(np.int64) * 4096 + index.spill[rows]
+    kind = index.type[rows]
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = (key[1:] != key[:-1]) | (kind[1:] == layout.START_OF_BURST) | (kind[:-1] == layout.END_OF_BURST)
+    # a repeated START_OF_BURST right after the opening one does not open a new spill
+    starts[1:] &= ~((kind[1:] == layout.START_OF_BURST) & (kind[:-1] == layout.START_OF_BURST) & (key[1:] == key[:-1]))
+    first_rows = np.flatnonzero(starts)
+    segments: list[SpillSegment] = []
+    closed: set[int] = set()
+    pending_from = 0  # first index row not yet given to a spill
+    for i, j in enumerate(first_rows):
+        stop_j = first_rows[i + 1] if i + 1 < len(first_rows) else len(rows)
+        member = rows[j:stop_j]
+        complete = bool(kind[stop_j - 1] == layout.END_OF_BURST)
+        k = int(key[j])
+        last_row = int(member[-1])
+        if k in closed and kind[j] != layout.START_OF_BURST:
+            stats.late_events += len(member)
+            continue
+        # rejected rows from the last spill's end up to this spill's last event
+        end_row = last_row + 1 if complete else (int(rows[stop_j]) if stop_j < len(rows) else len(index))
+        span = np.arange(pending_from, end_row)
+        take = span[~accepted[span] | np.isin(span, member)]
+        pending_from = end_row
+        if complete:
+            closed.add(k)
+        segments.append(
+            SpillSegment(
+                run=int(index.run[j_row := int(member[0])]),
+                spill=int(index.spill[j_row]),
+                words=words,
+                index=index.take(take),
+                complete=complete,
+                truncated=bool(index.truncated and end_row == len(index)),
+            )
+        )
+    tail = np.arange(pending_from, len(index))
+    stats.orphan_rejected += int(np.count_nonzero(~accepted[tail]))
+    return segments
+
+
+class RawFile:
+    """A memory-mapped raw file, indexed once."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except IsADirectoryError:
+            raise DaqError(f"{self.path} is a directory, not a raw file") from None
+        except OSError as exc:
+            raise DaqError(f"cannot open {self.path}: {exc.strerror}") from None
+        whole = size - size % 4
+        self.words = (
+            np.frombuffer(self._map, dtype=layout.WORD, count=whole // 4) if self._map else np.empty(0, layout.WORD)
+        )
+        self.stats = StreamStats(trailing_bytes=size - whole)
+        self.size = size
+        self.index = index_events(self.words)
+        self.stats.truncated = self.index.truncated or (self.stats.trailing_bytes > 0)
+        if size and (len(self.index) == 0 or self.index.status[0] in _NOT_DATE_AT_START):
+            raise NotDateStreamError(f"{self.path} is not a DATE raw data stream (no DATE event at its start)", offset=0)
+
+    def spills(self) -> list[SpillSegment]:
+        segments = segment_spills(self.words, self.index, self.stats)
+        if self.stats.trailing_bytes and segments and not self.index.truncated:
+            last = segments[-1]
+            segments[-1] = SpillSegment(last.run, last.spill, last.words, last.index, last.complete, True)
+        return segments
+
+    def find_event(self, spill: int, event: int, run: int | None = None) -> EventIndex:
+        """Index rows (accepted) of the event with this number in burst, in this spill."""
+        ix = self.index
+        match = (ix.status == 0) & (ix.spill == spill) & (ix.event == event) & np.isin(ix.type, SPILL_TYPES[2:])
+        if run is not None:
+            match &= ix.run == run
+        return ix.take(np.flatnonzero(match))
+
+
+_NOT_DATE_AT_START = (int(Issue.EVENT_BAD_MAGIC),)
+
+
+def iter_files(paths) -> Iterator[tuple[Path, RawFile]]:
+    for path in paths:
+        yield Path(path), RawFile(path)

@@ -1,0 +1,417 @@
+"""Private numba kernels: arrays and scalars in, arrays out, no Python objects.
+
+Callers are the wrappers in :mod:`.decode`, which validate dtypes, contiguity
+and sizes before entering here. The kernels still check every size they read
+from the data against the buffer before indexing (numba does no bounds
+checks), so no input bytes can make them read or write out of range.
+
+Issue logging: ``issues_*`` arrays of capacity ``len(issues_kind)``; the
+running total is ``counters[0]``. A log that overflows keeps counting, and
+the wrapper reruns with a larger log, so counts are always exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from .errors import Issue
+
+# numba freezes module globals: plain ints, derived once from the layout.
+_MAGIC = L.DATE_MAGIC
+_MAGIC_SWAPPED = L.DATE_MAGIC_SWAPPED
+_MIN_HEADER_BYTES = L.DATE_HEADER_BYTES
+_MIN_VERSION = L.DATE_MIN_VERSION
+_HDR_WORDS = L.DATE_HEADER_WORDS
+_EQ_WORDS = L.EQUIPMENT_HEADER_WORDS
+_SL_WORDS = L.SLINK_HEADER_WORDS
+_SUPER = L.SUPER_EVENT_BIT
+_TYPE_MASK = L.TYPE_MASK
+
+_ISSUE_ADC_BAD_KEY = int(Issue.ADC_BAD_KEY)
+_ISSUE_ADC_BAD_SIZE = int(Issue.ADC_BAD_SIZE)
+_ISSUE_ADC_EVENT = int(Issue.ADC_EVENT_MISMATCH)
+_ISSUE_CH_ID = int(Issue.CHANNEL_BAD_ID)
+_ISSUE_CH_SAMPLES = int(Issue.CHANNEL_BAD_SAMPLES)
+_ISSUE_MARKER = int(Issue.DATA_BAD_MARKER)
+_ISSUE_SL_EVENT = int(Issue.SLINK_EVENT_MISMATCH)
+_ISSUE_SL_SIZE = int(Issue.SLINK_SIZE_MISMATCH)
+_ISSUE_SL_SRC = int(Issue.SLINK_SRC_MISMATCH)
+_ISSUE_SL_SPILL = int(Issue.SLINK_SPILL_MISMATCH)
+_ISSUE_EQ_SIZE = int(Issue.EQUIPMENT_BAD_SIZE)
+_ISSUE_TRUNCATED = int(Issue.EVENT_TRUNCATED)
+_ISSUE_SWAPPED = int(Issue.EVENT_BYTE_SWAPPED)
+_ISSUE_OLD = int(Issue.EVENT_OLD_LAYOUT)
+_ISSUE_HDR_SIZE = int(Issue.EVENT_BAD_HEADER_SIZE)
+_ISSUE_MAGIC = int(Issue.EVENT_BAD_MAGIC)
+_ISSUE_SUB = int(Issue.SUBEVENT_MISMATCH)
+_ISSUE_MISSING = int(Issue.MODULE_MISSING)
+_ISSUE_UNKNOWN_CH = int(Issue.UNKNOWN_CHANNEL)
+_ISSUE_UNKNOWN_SRC = int(Issue.UNKNOWN_SRC_ID)
+_ISSUE_SCALERS_SHORT = int(Issue.SCALERS_SHORT)
+_FIRST_NOTICE = int(Issue.FIRST_NOTICE)
+
+_SRC_MSADC = 1
+_SRC_SCALERS = 2
+_SRC_TRIGGER_TIME = 3
+_N_SCALERS = L.N_SCALERS
+_PORTS = L.PORTS
+_CH_PER_PORT = L.CHANNELS_PER_PORT
+_CH_PER_ADC = L.CHANNELS_PER_ADC
+_MAX_SRC = L.MAX_SRC_ID
+
+
+@njit(cache=True, nogil=True)
+def _bswap32(x):
+    return ((x & 0xFF) << 24) | ((x & 0xFF00) << 8) | ((x >> 8) & 0xFF00) | ((x >> 24) & 0xFF)
+
+
+@njit(cache=True, nogil=True)
+def _check_event(words, p, limit):
+    """Validate the DATE event starting at word ``p`` that must end by ``limit``.
+
+    Returns (issue, size in words). issue 0: good. A size of 0 with an issue
+    means the size cannot be trusted: the caller must resynchronise.
+    """
+    remaining = limit - p
+    if remaining < 2:
+        return _ISSUE_TRUNCATED, 0
+    size = np.int64(words[p])
+    magic = words[p + 1]
+    if magic == _MAGIC_SWAPPED:
+        swapped = np.int64(_bswap32(np.uint32(size)))
+        if swapped % 4 == 0 and swapped >= _MIN_HEADER_BYTES and swapped // 4 <= remaining:
+            return _ISSUE_SWAPPED, swapped // 4
+        return _ISSUE_SWAPPED, 0
+    if magic != _MAGIC:
+        return _ISSUE_MAGIC, 0
+    if size % 4 != 0 or size < _MIN_HEADER_BYTES:
+        return _ISSUE_HDR_SIZE, 0
+    size_words = size // 4
+    if size_words > remaining:
+        return _ISSUE_TRUNCATED, size_words
+    if words[p + 3] < _MIN_VERSION:
+        return _ISSUE_OLD, size_words
+    header = np.int64(words[p + 2])
+    if header < _MIN_HEADER_BYTES or header % 4 != 0 or header > size:
+        return _ISSUE_HDR_SIZE, size_words
+    return 0, size_words
+
+
+@njit(cache=True, nogil=True)
+def _resync(words, p, limit, want_super):
+    """First word index >= p where a plausible DATE event starts (limit if none).
+
+    ``want_super`` (-1 any, 0 plain, 1 super) keeps a resync in a stream of
+    super events from landing on one of a damaged event's sub-events.
+    """
+    q = p
+    while q + _HDR_WORDS <= limit:
+        if words[q + 1] == _MAGIC:
+            issue, size_words = _check_event(words, q, limit)
+            if issue == 0 or issue == _ISSUE_TRUNCATED:
+                is_super = 1 if (words[q + 13] & _SUPER) != 0 else 0
+                if want_super < 0 or is_super == want_super:
+                    return q
+        q += 1
+    return limit
+
+
+@njit(cache=True, nogil=True)
+def index_events(
+    words, start, stop, want_super,
+    out_offset, out_size, out_status, out_type, out_run, out_burst, out_event,
+    out_trigger, out_time, out_super, out_ldc,
+):
+    """Walk top-level DATE events from word ``start``; fill at most len(out_offset).
+
+    Returns (events indexed, next word, truncated flag, last super flag).
+    Rejected events are indexed too, with their issue in ``out_status``.
+    """
+    capacity = out_offset.shape[0]
+    p = start
+    n = 0
+    truncated = False
+    while p < stop and n < capacity:
+        issue, size_words = _check_event(words, p, stop)
+        out_offset[n] = p
+        out_status[n] = issue
+        out_size[n] = size_words
+        out_type[n] = -1
+        out_run[n] = -1
+        out_burst[n] = -1
+        out_event[n] = -1
+        out_trigger[n] = 0
+        out_time[n] = 0
+        out_super[n] = False
+        out_ldc[n] = 0
+        if issue == 0:
+            out_type[n] = words[p + 4] & _TYPE_MASK
+            out_run[n] = words[p + 5]
+            out_burst[n] = words[p + 7] >> 20
+            out_event[n] = words[p + 7] & 0xFFFFF
+            out_trigger[n] = ((words[p + 8] >> 1) | (words[p + 9] << 31)) & 0xFFFFFFFF
+            out_time[n] = words[p + 16]
+            is_super = (words[p + 13] & _SUPER) != 0
+            out_super[n] = is_super
+            out_ldc[n] = words[p + 14]
+            want_super = 1 if is_super else 0
+            p += size_words
+        elif issue == _ISSUE_TRUNCATED:
+            n += 1
+            truncated = True
+            p = stop
+            break
+        elif size_words > 0:
+            p += size_words
+        else:
+            nxt = _resync(words, p + 1, stop, want_super)
+            out_size[n] = nxt - p
+            p = nxt
+        n += 1
+    return n, p, truncated, want_super
+
+
+@njit(cache=True, nogil=True)
+def _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+         k, src, kind, detail, word_offset):
+    i = counters[0]
+    if i < issues_kind.shape[0]:
+        issues_event[i] = k
+        issues_src[i] = src
+        issues_kind[i] = kind
+        issues_detail[i] = detail
+        issues_offset[i] = word_offset * 4
+    counters[0] = i + 1
+    if kind < _FIRST_NOTICE:
+        event_errors[k] += 1
+
+
+@njit(cache=True, nogil=True)
+def _decode_msadc(
+    words, a, b, k, src, event_number,
+    lookup, gain, ped_samples, threshold,
+    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+    issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+):
+    """MSADC data format 3 chip data in words [a, b) of event row k."""
+    nmax = samples.shape[2]
+    q = a
+    while q < b:
+        h = words[q]
+        key = h >> 30
+        size = (h >> 12) & 0xFFF
+        if key == 0 and size == 1:
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, src, _ISSUE_MISSING, (h >> 25) & 0x1F, q)
+            q += 1
+            continue
+        if key != 3:
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, src, _ISSUE_ADC_BAD_KEY, h, q)
+            return
+        if size == 0 or q + size > b:
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, src, _ISSUE_ADC_BAD_SIZE, size, q)
+            return
+        end = q + size
+        if (h & 0xFFF) != (event_number & 0xFFF):
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, src, _ISSUE_ADC_EVENT, h & 0xFFF, q)
+            q = end
+            continue
+        adc_id = (h >> 25) & 0x3
+        port = (h >> 27) & 0x7
+        base = (src * _PORTS + port) * _CH_PER_PORT + adc_id * _CH_PER_ADC
+        r = q + 1
+        while r < end:
+            ch = words[r]
+            if (ch >> 30) != 1:
+                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                     k, src, _ISSUE_CH_ID, ch, r)
+                break
+            n = (ch >> 16) & 0x1FF
+            nwords = (n + 1) >> 1
+            if n == 0 or r + 1 + nwords > end:
+                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                     k, src, _ISSUE_CH_SAMPLES, n, r)
+                break
+            chan_id = (ch >> 26) & 0xF
+            slot = lookup[base + chan_id]
+            bad_marker = -1
+            # Pedestals: mean of samples 0 .. ped_samples-1, even and odd apart.
+            sum_even = 0.0
+            cnt_even = 0
+            sum_odd = 0.0
+            cnt_odd = 0
+            sat = False
+            amp = 0.0
+            have_amp = False
+            pe = 0.0
+            po = 0.0
+            for i in range(nwords):
+                w = words[r + 1 + i]
+                marker = w >> 30
+                if marker != (1 if i == 0 else 2):
+                    bad_marker = r + 1 + i
+                    break
+                for half in range(2):
+                    j = 2 * i + half
+                    if j >= n:
+                        break
+                    s = (w >> (12 * half)) & 0xFFF
+                    if s == 4095:
+                        sat = True
+                    if with_samples and slot >= 0 and j < nmax:
+                        samples[k, slot, j] = s
+                    if j < ped_samples:
+                        if half == 0:
+                            sum_even += s
+                            cnt_even += 1
+                        else:
+                            sum_odd += s
+                            cnt_odd += 1
+                        if j == ped_samples - 1 or j == n - 1:
+                            pe = sum_even / cnt_even if cnt_even > 0 else 0.0
+                            po = sum_odd / cnt_odd if cnt_odd > 0 else 0.0
+                    else:
+                        d = s - (pe if half == 0 else po)
+                        if not have_amp or d > amp:
+                            amp = d
+                            have_amp = True
+            if bad_marker >= 0:
+                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                     k, src, _ISSUE_MARKER, words[bad_marker] >> 30, bad_marker)
+                if slot >= 0:
+                    nsamples[k, slot] = 0
+                break
+            if slot < 0:
+                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                     k, src, _ISSUE_UNKNOWN_CH, port * _CH_PER_PORT + adc_id * _CH_PER_ADC + chan_id, r)
+            else:
+                nsamples[k, slot] = n
+                ped_even[k, slot] = pe
+                ped_odd[k, slot] = po
+                amplitude[k, slot] = amp
+                energy[k, slot] = gain[slot] * amp if amp > threshold else 0.0
+                saturated[k, slot] = sat
+            r += 1 + nwords
+        q = end
+
+
+@njit(cache=True, nogil=True)
+def _decode_equipments(
+    words, a, b, k, event_number, burst,
+    src_kind, lookup, gain, ped_samples, threshold,
+    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+    trigger_time, scalers,
+    issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+):
+    """Equipments (equipment header + S-Link block) in words [a, b) of event row k."""
+    q = a
+    while q < b:
+        esize = np.int64(words[q])
+        if b - q < _EQ_WORDS or esize % 4 != 0 or esize < 4 * _EQ_WORDS or q + esize // 4 > b:
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, -1, _ISSUE_EQ_SIZE, esize, q)
+            return
+        ew = esize // 4
+        src = np.int64(words[q + 2])
+        s = q + _EQ_WORDS
+        if ew < _EQ_WORDS + _SL_WORDS or (words[s] & 0xFFFF) + _EQ_WORDS != ew:
+            kind = _ISSUE_SL_SIZE
+        elif ((words[s] >> 16) & 0x3FF) != src:
+            kind = _ISSUE_SL_SRC
+        elif (words[s + 1] & 0xFFFFF) != event_number:
+            kind = _ISSUE_SL_EVENT
+        elif ((words[s + 1] >> 20) & 0x7FF) != (burst & 0x7FF):
+            kind = _ISSUE_SL_SPILL
+        else:
+            kind = 0
+        if kind != 0:
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, src, kind, words[s] if ew > _EQ_WORDS else 0, q)
+            q += ew
+            continue
+        c0 = s + _SL_WORDS
+        c1 = q + ew
+        what = src_kind[src] if src < _MAX_SRC else 0
+        if what == _SRC_MSADC:
+            _decode_msadc(
+                words, c0, c1, k, src, event_number, lookup, gain, ped_samples, threshold,
+                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+                issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+            )
+        elif what == _SRC_SCALERS:
+            m = c1 - c0
+            if m < _N_SCALERS:
+                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                     k, src, _ISSUE_SCALERS_SHORT, m, c0)
+            for i in range(min(m, _N_SCALERS)):
+                scalers[k, i] = words[c0 + i]
+        elif what == _SRC_TRIGGER_TIME:
+            if c1 > c0:
+                trigger_time[k] = words[c0]
+        else:
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, src, _ISSUE_UNKNOWN_SRC, 0, q)
+        q += ew
+
+
+@njit(cache=True, nogil=True)
+def decode_events(
+    words, offsets, sizes, status,
+    src_kind, lookup, gain, ped_samples, threshold,
+    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+    trigger_time, scalers, ldc_mask,
+    issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+):
+    """Decode every accepted (status 0) indexed event into row k of the outputs."""
+    for k in range(offsets.shape[0]):
+        if status[k] != 0:
+            continue
+        p = offsets[k]
+        end = p + sizes[k]
+        header_words = words[p + 2] // 4
+        event_number = words[p + 7] & 0xFFFFF
+        burst = words[p + 7] >> 20
+        if (words[p + 13] & _SUPER) == 0:
+            ldc = words[p + 14]
+            ldc_mask[k] |= np.uint32(1) << np.uint32(min(ldc, 31))
+            _decode_equipments(
+                words, p + header_words, end, k, event_number, burst, src_kind, lookup, gain, ped_samples, threshold,
+                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+                trigger_time, scalers,
+                issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+            )
+            continue
+        q = p + header_words
+        while q < end:
+            issue, sub_words = _check_event(words, q, end)
+            if issue != 0:
+                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                     k, -1, issue, 0, q)
+                if sub_words == 0 or issue == _ISSUE_TRUNCATED:
+                    break
+                q += sub_words
+                continue
+            if (
+                (words[q + 4] & _TYPE_MASK) != (words[p + 4] & _TYPE_MASK)
+                or words[q + 5] != words[p + 5]
+                or words[q + 7] != words[p + 7]
+            ):
+                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                     k, -1, _ISSUE_SUB, words[q + 14], q)
+                q += sub_words
+                continue
+            ldc = words[q + 14]
+            ldc_mask[k] |= np.uint32(1) << np.uint32(min(ldc, 31))
+            _decode_equipments(
+                words, q + words[q + 2] // 4, q + sub_words, k, event_number, burst,
+                src_kind, lookup, gain, ped_samples, threshold,
+                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+                trigger_time, scalers,
+                issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+            )
+            q += sub_words

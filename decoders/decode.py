@@ -1,0 +1,274 @@
+"""Public decoder surface: index DATE events in a buffer, decode a range of them.
+
+Two steps, both numba kernels behind these wrappers:
+
+``index_events(words)``
+    walks the top-level DATE headers only and returns an :class:`EventIndex`
+    (one row per event, rejected ones included with the reason);
+``decode_events(words, index, channel_map)``
+    decodes the equipments of a slice of the index into dense per-(event,
+    channel slot) arrays (:class:`DecodedEvents`): pedestals, amplitude,
+    saturation and energy per spec §11, optionally the raw samples.
+
+``words`` is the raw bytes viewed as little-endian uint32 (:func:`as_words`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels, layout
+from .channelmap import ChannelMap
+from .errors import FormatError, Issue
+
+INDEX_WINDOW = 1 << 16
+
+
+def as_words(data) -> tuple[np.ndarray, int]:
+    """View bytes-like ``data`` as uint32 words; returns (words, trailing bytes that make no word)."""
+    if isinstance(data, np.ndarray) and data.dtype == layout.WORD and data.ndim == 1:
+        return np.ascontiguousarray(data), 0
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+    whole = len(buf) - len(buf) % 4
+    return np.ascontiguousarray(buf[:whole]).view(layout.WORD), len(buf) - whole
+
+
+@dataclass(frozen=True)
+class ReconstructionParams:
+    """Spec §11 per-channel numbers (every value is configuration)."""
+
+    pedestal_samples: int = 6
+    amplitude_threshold: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.pedestal_samples <= 510:
+            raise ValueError(f"pedestal_samples must be within 1..510, got {self.pedestal_samples}")
+
+
+@dataclass(frozen=True)
+class EventIndex:
+    """One row per top-level DATE event: where it is and what its header says.
+
+    ``status`` is 0 for accepted events, else the :class:`Issue` that
+    rejected it (then only ``offset`` and ``size`` are meaningful; ``size``
+    is the number of words skipped).
+    """
+
+    offset: np.ndarray  # word index of the event start
+    size: np.ndarray  # words
+    status: np.ndarray
+    type: np.ndarray
+    run: np.ndarray
+    spill: np.ndarray
+    event: np.ndarray
+    trigger_mask: np.ndarray
+    time: np.ndarray
+    super_event: np.ndarray
+    ldc: np.ndarray
+    end: int  # word after the last indexed event
+    truncated: bool  # the buffer ends inside an event
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def slice(self, start: int, stop: int) -> "EventIndex":
+        cols = {name: getattr(self, name)[start:stop] for name in _INDEX_COLUMNS}
+        last = stop >= len(self)
+        return EventIndex(**cols, end=self.end if last else int(self.offset[stop]), truncated=self.truncated and last)
+
+    def take(self, rows: np.ndarray) -> "EventIndex":
+        cols = {name: getattr(self, name)[rows] for name in _INDEX_COLUMNS}
+        return EventIndex(**cols, end=self.end, truncated=False)
+
+
+_INDEX_COLUMNS = (
+    "offset", "size", "status", "type", "run", "spill", "event", "trigger_mask", "time", "super_event", "ldc",
+)
+_INDEX_DTYPES = (
+    np.int64, np.int64, np.int16, np.int16, np.int64, np.int32, np.int32, np.uint32, np.int64, np.bool_, np.int64,
+)
+
+
+def _check_words(words: np.ndarray) -> None:
+    if not isinstance(words, np.ndarray) or words.dtype != layout.WORD or words.ndim != 1:
+        raise TypeError("words must be a 1-d little-endian uint32 numpy array (see as_words)")
+    if not words.flags.c_contiguous:
+        raise ValueError("words must be C-contiguous")
+
+
+def index_events(words: np.ndarray, start: int = 0, stop: int | None = None) -> EventIndex:
+    """Index every top-level DATE event in ``words[start:stop]``."""
+    _check_words(words)
+    stop = len(words) if stop is None else stop
+    if not 0 <= start <= stop <= len(words):
+        raise ValueError(f"bad word range {start}:{stop} for {len(words)} words")
+    parts = []
+    position, want_super, truncated = start, -1, False
+    while position < stop and not truncated:
+        capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+        cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES]
+        n, position, truncated, want_super = _kernels.index_events(words, position, stop, want_super, *cols)
+        parts.append([c[:n] for c in cols])
+    if parts:
+        cols = [np.concatenate(c) for c in zip(*parts)] if len(parts) > 1 else parts[0]
+    else:
+        cols = [np.empty(0, dtype=dt) for dt in _INDEX_DTYPES]
+    return EventIndex(**dict(zip(_INDEX_COLUMNS, cols)), end=int(position), truncated=bool(truncated))
+
+
+ISSUE_DTYPE = np.dtype(
+    [("event", np.int32), ("src_id", np.int32), ("kind", np.int16), ("detail", np.int64), ("offset", np.int64)]
+)
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedEvents:
+    """Decoded rows of an :class:`EventIndex` slice; arrays indexed [row] or [row, slot].
+
+    Rows of rejected events (``status != 0``) hold zeros. ``nsamples == 0``
+    marks a channel absent (zero-suppressed, damaged or never sent): its
+    amplitude and energy are 0. ``trigger_time_us`` (srcID 701) and
+    ``scalers`` (srcID 700, END_OF_BURST) are −1 where absent. ``issues`` lists
+    every decode error and notice with srcID, kind, detail and byte offset
+    relative to ``words``.
+    """
+
+    index: EventIndex
+    nsamples: np.ndarray
+    pedestal_even: np.ndarray
+    pedestal_odd: np.ndarray
+    amplitude: np.ndarray
+    energy: np.ndarray
+    saturated: np.ndarray
+    trigger_time_us: np.ndarray
+    scalers: np.ndarray
+    ldc_mask: np.ndarray
+    errors: np.ndarray  # decode errors per row
+    issues: np.ndarray  # ISSUE_DTYPE
+    samples: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.index)
+
+    @property
+    def nslots(self) -> int:
+        return self.nsamples.shape[1]
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.nsamples > 0
+
+    def __getattr__(self, name):
+        # per-event header columns straight from the index: type, run, spill, event, ...
+        if name in _INDEX_COLUMNS:
+            return getattr(self.index, name)
+        raise AttributeError(name)
+
+    @property
+    def accepted(self) -> np.ndarray:
+        return self.index.status == 0
+
+    @property
+    def is_data(self) -> np.ndarray:
+        """Accepted PHYSICS or CALIBRATION events."""
+        t = self.index.type
+        return self.accepted & ((t == layout.PHYSICS_EVENT) | (t == layout.CALIBRATION_EVENT))
+
+
+def decode_events(
+    words: np.ndarray,
+    index: EventIndex,
+    channel_map: ChannelMap,
+    params: ReconstructionParams = ReconstructionParams(),
+    *,
+    with_samples: bool = False,
+    max_samples: int = 32,
+) -> DecodedEvents:
+    """Decode the events of ``index`` (rows of ``index_events(words)``)."""
+    _check_words(words)
+    n, nslots = len(index), len(channel_map)
+    if n and (index.offset.min() < 0 or (index.offset + np.where(index.status == 0, index.size, 0)).max() > len(words)):
+        raise ValueError("index does not belong to these words")
+    if with_samples and not 1 <= max_samples <= 511:
+        raise ValueError("max_samples must be within 1..511")
+    offsets = np.ascontiguousarray(index.offset, dtype=np.int64)
+    sizes = np.ascontiguousarray(index.size, dtype=np.int64)
+    status = np.ascontiguousarray(index.status)
+    nsamples = np.zeros((n, nslots), dtype=np.uint16)
+    ped_even = np.zeros((n, nslots))
+    ped_odd = np.zeros((n, nslots))
+    amplitude = np.zeros((n, nslots))
+    energy = np.zeros((n, nslots))
+    saturated = np.zeros((n, nslots), dtype=np.bool_)
+    samples = np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16)
+    trigger_time = np.full(n, -1, dtype=np.int64)
+    scalers = np.full((n, layout.N_SCALERS), -1, dtype=np.int64)
+    ldc_mask = np.zeros(n, dtype=np.uint32)
+    capacity = 64 + 4 * n
+    while True:
+        issues = np.zeros(capacity, dtype=ISSUE_DTYPE)
+        cols = [np.ascontiguousarray(issues[name]) for name in ISSUE_DTYPE.names]
+        counters = np.zeros(1, dtype=np.int64)
+        errors = np.zeros(n, dtype=np.int32)
+        _kernels.decode_events(
+            words, offsets, sizes, status,
+            channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev),
+            params.pedestal_samples, float(params.amplitude_threshold),
+            nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+            trigger_time, scalers, ldc_mask,
+            *cols, counters, errors,
+        )
+        total = int(counters[0])
+        if total <= capacity:
+            break
+        # rare: more issues than room; decode again with room for all (outputs are overwritten)
+        capacity = total
+        nsamples[:] = 0
+        ldc_mask[:] = 0
+    for name, col in zip(ISSUE_DTYPE.names, cols):
+        issues[name] = col
+    return DecodedEvents(
+        index=index,
+        nsamples=nsamples,
+        pedestal_even=ped_even,
+        pedestal_odd=ped_odd,
+        amplitude=amplitude,
+        energy=energy,
+        saturated=saturated,
+        trigger_time_us=trigger_time,
+        scalers=scalers,
+        ldc_mask=ldc_mask,
+        errors=errors,
+        issues=issues[:total],
+        samples=samples if with_samples else None,
+    )
+
+
+def issue_counts(index: EventIndex, decoded_issues: np.ndarray) -> dict[tuple[int, str], int]:
+    """Counts by (srcID or −1, issue label): rejected events of the index plus decode issues."""
+    counts: dict[tuple[int, str], int] = {}
+    for kind in index.status[index.status != 0]:
+        key = (-1, Issue(int(kind)).label)
+        counts[key] = counts.get(key, 0) + 1
+    if len(decoded_issues):
+        keys, n = np.unique(decoded_issues[["src_id", "kind"]], return_counts=True)
+        for (src, kind), c in zip(keys.tolist(), n.tolist()):
+            key = (int(src), Issue(int(kind)).label)
+            counts[key] = counts.get(key, 0) + int(c)
+    return counts
+
+
+def first_error(index: EventIndex) -> FormatError | None:
+    """The rejection of the first rejected event, as an exception (for one-event readers)."""
+    bad = np.flatnonzero(index.status != 0)
+    if not len(bad):
+        return None
+    row = int(bad[0])
+    from .errors import ISSUE_DESCRIPTIONS, TruncatedError
+
+    kind = Issue(int(index.status[row]))
+    cls = TruncatedError if kind == Issue.EVENT_TRUNCATED else FormatError
+    return cls(ISSUE_DESCRIPTIONS[kind], offset=int(index.offset[row]) * 4)

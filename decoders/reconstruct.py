@@ -1,0 +1,151 @@
+"""Event-level reference reconstruction, spec §11, vectorised over a decoded chunk.
+
+From per-channel energies: detector sums (E_PS = ECAL preshower, E_ECAL = both
+ECAL modules, E_HCAL = all HCAL), SRD per module, VETO per module (mean of its
+two PMTs), the electron tag, hadron-like beam-trigger events and
+missing-energy candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .channelmap import ECAL, HCAL, SRD, VETO, ChannelMap
+from .decode import DecodedEvents
+
+
+@dataclass(frozen=True)
+class PhysicsCuts:
+    """Spec §11 selection; every number is configuration, defaults are the spec's."""
+
+    srd_module_min_gev: float = 0.001
+    srd_sum_min_gev: float = 0.005
+    srd_sum_max_gev: float = 0.150
+    hadron_hcal_min_gev: float = 10.0
+    candidate_ps_min_gev: float = 0.5
+    candidate_ecal_max_gev: float = 50.0
+    candidate_hcal_max_gev: float = 1.0
+    candidate_veto_max_gev: float = 0.01
+    beam_cell: tuple[int, int] = (2, 2)
+    physics_trigger_bit: int = 0
+    beam_trigger_bit: int = 1
+
+    def __post_init__(self) -> None:
+        if self.srd_sum_min_gev > self.srd_sum_max_gev:
+            raise ValueError("srd_sum_min_gev must not exceed srd_sum_max_gev")
+        for bit in (self.physics_trigger_bit, self.beam_trigger_bit):
+            if not 0 <= bit < 32:
+                raise ValueError(f"trigger bit {bit} not within 0..31")
+
+
+@dataclass(frozen=True)
+class DetectorGeometry:
+    """Slot groups of a channel map used by the sums (computed once per map)."""
+
+    ecal: np.ndarray
+    preshower: np.ndarray
+    main_ecal: np.ndarray
+    main_ecal_xy: np.ndarray  # (len(main_ecal), 2)
+    hcal: np.ndarray
+    srd_modules: tuple[np.ndarray, ...]
+    veto_modules: tuple[np.ndarray, ...]
+
+    @classmethod
+    def from_map(cls, channel_map: ChannelMap) -> "DetectorGeometry":
+        def modules(detector: int) -> tuple[np.ndarray, ...]:
+            present = np.unique(channel_map.module[channel_map.detector == detector])
+            return tuple(channel_map.slots(detector, int(m)) for m in present)
+
+        main = channel_map.slots(ECAL, 1)
+        return cls(
+            ecal=channel_map.slots(ECAL),
+            preshower=channel_map.slots(ECAL, 0),
+            main_ecal=main,
+            main_ecal_xy=np.stack([channel_map.x[main], channel_map.y[main]], axis=1).astype(np.int64),
+            hcal=channel_map.slots(HCAL),
+            srd_modules=modules(SRD),
+            veto_modules=modules(VETO),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class EventPhysics:
+    """Per-event quantities of a decoded chunk (all arrays of length n)."""
+
+    e_ps: np.ndarray
+    e_ecal: np.ndarray
+    e_hcal: np.ndarray
+    srd: np.ndarray  # (n, SRD modules)
+    veto: np.ndarray  # (n, VETO modules)
+    is_data: np.ndarray
+    physics_trigger: np.ndarray
+    beam_trigger: np.ndarray
+    electron: np.ndarray
+    hadron_like: np.ndarray
+    candidate: np.ndarray
+    main_ecal_max_cell: np.ndarray  # (n, 2) x, y of the hottest main-ECAL cell; −1 if no energy
+
+
+def _module_sums(energy: np.ndarray, groups: tuple[np.ndarray, ...], mean: bool) -> np.ndarray:
+    out = np.zeros((energy.shape[0], len(groups)))
+    for i, slots in enumerate(groups):
+        if len(slots):
+            out[:, i] = energy[:, slots].mean(axis=1) if mean else energy[:, slots].sum(axis=1)
+    return out
+
+
+def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: PhysicsCuts = PhysicsCuts()) -> EventPhysics:
+    energy = decoded.energy
+    n = decoded.n
+    e_ps = energy[:, geometry.preshower].sum(axis=1)
+    e_ecal = energy[:, geometry.ecal].sum(axis=1)
+    e_hcal = energy[:, geometry.hcal].sum(axis=1)
+    srd = _module_sums(energy, geometry.srd_modules, mean=False)
+    veto = _module_sums(energy, geometry.veto_modules, mean=True)
+    is_data = decoded.is_data
+    mask = decoded.index.trigger_mask.astype(np.int64)
+    physics = is_data & ((mask >> cuts.physics_trigger_bit) & 1).astype(bool)
+    beam = is_data & ((mask >> cuts.beam_trigger_bit) & 1).astype(bool)
+    srd_sum = srd.sum(axis=1)
+    electron = (
+        np.all(srd >= cuts.srd_module_min_gev, axis=1)
+        & (srd_sum >= cuts.srd_sum_min_gev)
+        & (srd_sum <= cuts.srd_sum_max_gev)
+        & (srd.shape[1] > 0)
+    )
+    hadron_like = beam & (e_hcal > cuts.hadron_hcal_min_gev)
+
+    hottest = np.full((n, 2), -1, dtype=np.int64)
+    beam_cell_hottest = np.zeros(n, dtype=bool)
+    if len(geometry.main_ecal):
+        main = energy[:, geometry.main_ecal]
+        col = np.argmax(main, axis=1)
+        has_energy = main[np.arange(n), col] > 0
+        hottest[has_energy] = geometry.main_ecal_xy[col[has_energy]]
+        beam_cell_hottest = has_energy & (hottest[:, 0] == cuts.beam_cell[0]) & (hottest[:, 1] == cuts.beam_cell[1])
+    candidate = (
+        physics
+        & electron
+        & (e_ps > cuts.candidate_ps_min_gev)
+        & (e_ecal < cuts.candidate_ecal_max_gev)
+        & (e_hcal < cuts.candidate_hcal_max_gev)
+        & np.all(veto < cuts.candidate_veto_max_gev, axis=1)
+        & beam_cell_hottest
+    )
+    return EventPhysics(
+        e_ps=e_ps,
+        e_ecal=e_ecal,
+        e_hcal=e_hcal,
+        srd=srd,
+        veto=veto,
+        is_data=is_data,
+        physics_trigger=physics,
+        beam_trigger=beam,
+        electron=electron,
+        hadron_like=hadron_like,
+        candidate=candidate,
+        main_ecal_max_cell=hottest,
+    )
+

@@ -1,0 +1,348 @@
+"""One spill in, one QA record out (spec §12) — the single code path of replay and live.
+
+``SpillProcessor.accumulate`` decodes a buffer of whole DATE events of one
+spill in chunks (bounded memory) into a :class:`SpillAccumulator`; partial
+accumulators from worker processes merge exactly; ``finish`` turns the merged
+result into an immutable :class:`QARecord`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from ..decoders import layout
+from ..decoders.channelmap import ChannelMap
+from ..decoders.decode import (
+    DecodedEvents,
+    EventIndex,
+    ReconstructionParams,
+    decode_events,
+    index_events,
+    issue_counts,
+)
+from ..decoders.errors import Issue
+from ..decoders.reconstruct import DetectorGeometry, EventPhysics, PhysicsCuts, reconstruct
+
+_NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Per-spill processing settings (part of the service configuration)."""
+
+    chunk_events: int = 4096
+    reconstruction: ReconstructionParams = ReconstructionParams()
+    cuts: PhysicsCuts = PhysicsCuts()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chunk_events <= 1 << 20:
+            raise ValueError(f"chunk_events must be within 1..{1 << 20}, got {self.chunk_events}")
+
+
+@dataclass(frozen=True)
+class LiveExtras:
+    """What only the live path knows about a spill (spec §12, last paragraph)."""
+
+    lost_messages: dict[int, int] = field(default_factory=dict)
+    incomplete_events: int = 0
+    late_events: int = 0
+    dropped_events: int = 0
+    missing_ldcs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A missing-energy candidate with the numbers that made it pass."""
+
+    event: int
+    e_ps: float
+    e_ecal: float
+    e_hcal: float
+    srd_sum: float
+    veto_max: float
+
+
+@dataclass
+class SpillAccumulator:
+    """Exactly mergeable partial result of one spill (picklable)."""
+
+    run: int | None = None
+    spill: int | None = None
+    events: int = 0
+    physics_events: int = 0
+    calibration_events: int = 0
+    beam_events: int = 0
+    hadron_events: int = 0
+    no_electron_beam_events: int = 0
+    rejected_events: int = 0
+    saw_start_of_burst: bool = False
+    saw_end_of_burst: bool = False
+    scalers: list[int] | None = None
+    seen_events: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    issues: dict[tuple[int, str], int] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)
+    first_time: int | None = None
+    last_time: int | None = None
+    bytes_decoded: int = 0
+    decode_seconds: float = 0.0
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    def _mark_events(self, numbers: np.ndarray) -> None:
+        if not len(numbers):
+            return
+        top = int(numbers.max())
+        if top >= len(self.seen_events):
+            grown = np.zeros(max(top + 1, 2 * len(self.seen_events)), dtype=bool)
+            grown[: len(self.seen_events)] = self.seen_events
+            self.seen_events = grown
+        self.seen_events[numbers] = True
+
+    def merge(self, other: "SpillAccumulator") -> None:
+        """Add ``other`` (another part of the same spill) into this one."""
+        if self.run is None:
+            self.run, self.spill = other.run, other.spill
+        elif other.run is not None and (other.run, other.spill) != (self.run, self.spill):
+            raise ValueError(f"cannot merge spill {other.run}/{other.spill} into {self.run}/{self.spill}")
+        for name in (
+            "events", "physics_events", "calibration_events", "beam_events", "hadron_events",
+            "no_electron_beam_events", "rejected_events", "bytes_decoded", "decode_seconds",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.saw_start_of_burst |= other.saw_start_of_burst
+        self.saw_end_of_burst |= other.saw_end_of_burst
+        if other.scalers is not None:
+            self.scalers = other.scalers
+        self._mark_events(np.flatnonzero(other.seen_events))
+        for key, n in other.issues.items():
+            self.issues[key] = self.issues.get(key, 0) + n
+        self.candidates.extend(other.candidates)
+        times = [t for t in (self.first_time, other.first_time) if t is not None]
+        self.first_time = min(times) if times else None
+        times = [t for t in (self.last_time, other.last_time) if t is not None]
+        self.last_time = max(times) if times else None
+        for name, value in other.extensions.items():
+            mine = self.extensions.get(name)
+            if mine is None:
+                self.extensions[name] = value
+            else:
+                mine.merge(value)
+
+    @property
+    def lost_events(self) -> int:
+        seen = self.seen_events
+        numbers = np.flatnonzero(seen)
+        numbers = numbers[numbers >= 1]
+        if not len(numbers):
+            return 0
+        top = int(numbers[-1])
+        return top - len(numbers)
+
+    def counts(self, errors: bool) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for (src, label), n in sorted(self.issues.items()):
+            if (label not in _NOTICE_LABELS) == errors:
+                out.setdefault(src, {})[label] = n
+        return out
+
+
+@dataclass(frozen=True)
+class QARecord:
+    """The QA record of one spill (spec §12 keys first, then extras)."""
+
+    run: int | None
+    spill: int | None
+    events: int
+    lost_events: int
+    decode_errors: int
+    modules_missing: int
+    complete: bool
+    beam: int | None
+    triggers_accepted: int | None
+    hadron_fraction: float | None
+    hadron_fraction_srd: float | None
+    eot: float | None
+    candidates: tuple[int, ...]
+    alarms: tuple[dict, ...] = ()
+    # extras
+    triggers_raw: int | None = None
+    s0: int | None = None
+    spill_duration_us: int | None = None
+    dead_time_fraction: float | None = None
+    physics_events: int = 0
+    calibration_events: int = 0
+    beam_events: int = 0
+    hadron_events: int = 0
+    rejected_events: int = 0
+    errors_by_src: dict = field(default_factory=dict)
+    notices_by_src: dict = field(default_factory=dict)
+    candidate_details: tuple[dict, ...] = ()
+    lost_messages: dict | None = None
+    incomplete_events: int | None = None
+    late_events: int | None = None
+    dropped_events: int | None = None
+    missing_ldcs: tuple[int, ...] | None = None
+    first_event_time: int | None = None
+    last_event_time: int | None = None
+    bytes_decoded: int = 0
+    processing_seconds: float = 0.0
+    finished_at: float = 0.0
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs"):
+                if value is None:
+                    continue
+            if isinstance(value, tuple):
+                value = list(value)
+            if f.name in ("errors_by_src", "notices_by_src"):
+                value = {str(k): v for k, v in value.items()}
+            if f.name == "lost_messages":
+                value = {"total": sum(value.values()), "by_ldc": {str(k): v for k, v in sorted(value.items())}}
+            out[f.name] = value
+        return out
+
+    def with_alarms(self, alarms) -> "QARecord":
+        from dataclasses import replace
+
+        return replace(self, alarms=tuple(alarms))
+
+
+class SpillProcessor:
+    """Decodes and aggregates spills; holds only configuration (safe to share)."""
+
+    def __init__(self, config: MonitorConfig, channel_map: ChannelMap, extensions=()) -> None:
+        self.config = config
+        self.channel_map = channel_map
+        self.geometry = DetectorGeometry.from_map(channel_map)
+        # factories of per-spill extension accumulators: name -> callable(channel_map) with
+        # .fill(decoded, physics) and .merge(other)
+        self.extensions = dict(extensions)
+
+    def new_accumulator(self) -> SpillAccumulator:
+        acc = SpillAccumulator()
+        for name, factory in self.extensions.items():
+            acc.extensions[name] = factory(self.channel_map)
+        return acc
+
+    def accumulate(self, words: np.ndarray, index: EventIndex | None = None) -> SpillAccumulator:
+        """Decode the events of one spill (all of ``words``, or the rows of ``index``)."""
+        started = time.perf_counter()
+        if index is None:
+            index = index_events(words)
+        acc = self.new_accumulator()
+        step = self.config.chunk_events
+        for start in range(0, len(index), step):
+            chunk = index.slice(start, min(start + step, len(index)))
+            decoded = decode_events(words, chunk, self.channel_map, self.config.reconstruction)
+            self._add_chunk(acc, decoded)
+        acc.bytes_decoded += int(index.size[index.status == 0].sum()) * 4
+        acc.decode_seconds += time.perf_counter() - started
+        return acc
+
+    def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents) -> None:
+        ix = decoded.index
+        ok = ix.status == 0
+        acc.rejected_events += int(np.count_nonzero(~ok))
+        if acc.run is None and np.any(ok):
+            first = int(np.flatnonzero(ok)[0])
+            acc.run, acc.spill = int(ix.run[first]), int(ix.spill[first])
+        physics = reconstruct(decoded, self.geometry, self.config.cuts)
+        data = physics.is_data
+        acc.events += int(np.count_nonzero(data))
+        acc.physics_events += int(np.count_nonzero(data & (ix.type == layout.PHYSICS_EVENT)))
+        acc.calibration_events += int(np.count_nonzero(data & (ix.type == layout.CALIBRATION_EVENT)))
+        acc.beam_events += int(np.count_nonzero(physics.beam_trigger))
+        acc.hadron_events += int(np.count_nonzero(physics.hadron_like))
+        acc.no_electron_beam_events += int(np.count_nonzero(physics.beam_trigger & ~physics.electron))
+        acc._mark_events(ix.event[data].astype(np.int64))
+        acc.saw_start_of_burst |= bool(np.any(ok & (ix.type == layout.START_OF_BURST)))
+        eob = np.flatnonzero(ok & (ix.type == layout.END_OF_BURST))
+        if len(eob):
+            acc.saw_end_of_burst = True
+            values = decoded.scalers[eob[-1]]
+            acc.scalers = [int(v) if v >= 0 else None for v in values]
+        if np.any(data):
+            times = ix.time[data]
+            t0, t1 = int(times.min()), int(times.max())
+            acc.first_time = t0 if acc.first_time is None else min(acc.first_time, t0)
+            acc.last_time = t1 if acc.last_time is None else max(acc.last_time, t1)
+        for key, n in issue_counts(ix, decoded.issues).items():
+            acc.issues[key] = acc.issues.get(key, 0) + n
+        for row in np.flatnonzero(physics.candidate):
+            acc.candidates.append(
+                Candidate(
+                    event=int(ix.event[row]),
+                    e_ps=float(physics.e_ps[row]),
+                    e_ecal=float(physics.e_ecal[row]),
+                    e_hcal=float(physics.e_hcal[row]),
+                    srd_sum=float(physics.srd[row].sum()),
+                    veto_max=float(physics.veto[row].max()) if physics.veto.shape[1] else 0.0,
+                )
+            )
+        for ext in acc.extensions.values():
+            ext.fill(decoded, physics)
+
+    def finish(
+        self, acc: SpillAccumulator, *, complete: bool | None = None, live: LiveExtras | None = None
+    ) -> QARecord:
+        """The QA record of a fully accumulated spill. ``complete`` defaults to 'END_OF_BURST seen'."""
+        if complete is None:
+            complete = acc.saw_end_of_burst
+        errors = acc.counts(errors=True)
+        notices = acc.counts(errors=False)
+        scalers = acc.scalers or [None] * layout.N_SCALERS
+        beam, s0, raw, accepted, duration = (scalers + [None] * layout.N_SCALERS)[: layout.N_SCALERS]
+        hf = acc.hadron_events / acc.beam_events if acc.beam_events else None
+        hf_srd = acc.no_electron_beam_events / acc.beam_events if acc.beam_events else None
+        eot = beam * (1.0 - hf) if beam is not None and hf is not None else None
+        dead_time = 1.0 - accepted / raw if raw and accepted is not None else None
+        candidates = sorted(acc.candidates, key=lambda c: c.event)
+        return QARecord(
+            run=acc.run,
+            spill=acc.spill,
+            events=acc.events,
+            lost_events=acc.lost_events,
+            decode_errors=sum(n for per_src in errors.values() for n in per_src.values()),
+            modules_missing=sum(per_src.get(Issue.MODULE_MISSING.label, 0) for per_src in notices.values()),
+            complete=bool(complete),
+            beam=beam,
+            triggers_accepted=accepted,
+            hadron_fraction=hf,
+            hadron_fraction_srd=hf_srd,
+            eot=eot,
+            candidates=tuple(c.event for c in candidates),
+            triggers_raw=raw,
+            s0=s0,
+            spill_duration_us=duration,
+            dead_time_fraction=dead_time,
+            physics_events=acc.physics_events,
+            calibration_events=acc.calibration_events,
+            beam_events=acc.beam_events,
+            hadron_events=acc.hadron_events,
+            rejected_events=acc.rejected_events,
+            errors_by_src=errors,
+            notices_by_src=notices,
+            candidate_details=tuple(vars(c) for c in candidates),
+            lost_messages=dict(live.lost_messages) if live else None,
+            incomplete_events=live.incomplete_events if live else None,
+            late_events=live.late_events if live else None,
+            dropped_events=live.dropped_events if live else None,
+            missing_ldcs=tuple(live.missing_ldcs) if live else None,
+            first_event_time=acc.first_time,
+            last_event_time=acc.last_time,
+            bytes_decoded=acc.bytes_decoded,
+            processing_seconds=acc.decode_seconds,
+            finished_at=time.time(),
+        )
+
+    def process(
+        self, words: np.ndarray, index: EventIndex | None = None, *, complete: bool | None = None,
+        live: LiveExtras | None = None,
+    ) -> QARecord:
+        return self.finish(self.accumulate(words, index), complete=complete, live=live)

@@ -1,0 +1,316 @@
+"""Command line: ``na64-online simulate | replay | dump | serve | format``.
+
+Bad input (missing file, not a DATE stream, bad map or config, bad option)
+ends with one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import Config, load_config
+from .decoders import layout
+from .decoders.channelmap import ChannelMap
+from .decoders.errors import DaqError
+
+EXIT_USAGE = 2
+EXIT_DATA = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(obj) -> str:
+    """JSON with non-finite floats as null (strict JSON for downstream tools)."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), default=_json_default, separators=(", ", ": "))
+
+
+def _load(args) -> tuple[Config, ChannelMap]:
+    overrides = {}
+    if getattr(args, "map", None):
+        overrides["channel_map"] = args.map
+    config = load_config(getattr(args, "config", None), overrides=overrides)
+    channel_map = ChannelMap.load(config.channel_map) if config.channel_map else ChannelMap.default()
+    return config, channel_map
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="TOML", help="configuration file (default: $NA64_CONFIG, else built-in)")
+    p.add_argument("--map", metavar="CSV", help="channel map / calibration CSV (default: the packaged one)")
+
+
+# ---------------------------------------------------------------- replay
+def _summary_line(record: dict) -> str:
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    return (
+        f"run {record['run']} spill {record['spill']}: {record['events']} events, "
+        f"lost {record['lost_events']}, errors {record['decode_errors']}, "
+        f"{'complete' if record['complete'] else 'INCOMPLETE'}, beam {fmt(record['beam'], 'd')}, "
+        f"hadron fraction {fmt(record['hadron_fraction'], '.4f')}, EOT {fmt(record['eot'], '.4g')}, "
+        f"candidates {record['candidates']}"
+    )
+
+
+def cmd_replay(args) -> int:
+    from .service import Replayer
+
+    config, channel_map = _load(args)
+    replayer = Replayer(config, channel_map, archive_path=args.archive)
+    show_progress = sys.stderr.isatty() and not args.quiet
+    status = 0
+    try:
+        for path in args.files:
+            for record, note in replayer.replay_file(path, progress=show_progress):
+                if note:
+                    print(f"na64-online: {path}: {note}", file=sys.stderr)
+                    status = max(status, EXIT_DATA) if note.startswith("no spill") else status
+                if record is not None:
+                    print(dumps(record) if args.json else _summary_line(record), flush=True)
+    finally:
+        replayer.close()
+    return status
+
+
+# ---------------------------------------------------------------- dump
+def cmd_dump(args) -> int:
+    from .daq.rawfile import RawFile
+    from .decoders.decode import decode_events
+    from .decoders.reconstruct import DetectorGeometry, reconstruct
+
+    config, channel_map = _load(args)
+    raw = RawFile(args.file)
+    rows = raw.find_event(args.spill, args.event, args.run)
+    if len(rows) == 0:
+        raise DaqError(f"{args.file}: no event {args.event} in spill {args.spill}" + (
+            f" of run {args.run}" if args.run is not None else ""))
+    if len(rows) > 1 and len(set(rows.run.tolist())) > 1:
+        raise DaqError(f"{args.file}: event {args.event} of spill {args.spill} is in several runs; pass --run")
+    first = rows.take(np.array([0]))
+    decoded = decode_events(raw.words, first, channel_map, config.monitor.reconstruction,
+                            with_samples=True, max_samples=511)
+    physics = reconstruct(decoded, DetectorGeometry.from_map(channel_map), config.monitor.cuts)
+    out = event_json(decoded, physics, channel_map, 0)
+    print(dumps(out) if args.json else _dump_text(out))
+    return 0
+
+
+def event_json(decoded, physics, channel_map: ChannelMap, row: int) -> dict:
+    """One decoded event as the ``dump`` JSON object."""
+    ix = decoded.index
+    channels = []
+    for slot in np.flatnonzero(decoded.present[row]):
+        n = int(decoded.nsamples[row, slot])
+        channels.append({
+            **channel_map.describe(int(slot)),
+            "pedestal_even": float(decoded.pedestal_even[row, slot]),
+            "pedestal_odd": float(decoded.pedestal_odd[row, slot]),
+            "amplitude": float(decoded.amplitude[row, slot]),
+            "energy_gev": float(decoded.energy[row, slot]),
+            "saturated": bool(decoded.saturated[row, slot]),
+            "samples": decoded.samples[row, slot, :n].tolist(),
+        })
+    issues = [
+        {"src_id": int(i["src_id"]), "kind": _issue_label(int(i["kind"])), "byte_offset": int(i["offset"])}
+        for i in decoded.issues if int(i["event"]) == row
+    ]
+    return {
+        "run": int(ix.run[row]),
+        "spill": int(ix.spill[row]),
+        "event": int(ix.event[row]),
+        "type": layout.EVENT_TYPE_NAMES.get(int(ix.type[row]), str(int(ix.type[row]))),
+        "trigger_mask": int(ix.trigger_mask[row]),
+        "time": int(ix.time[row]),
+        "trigger_time_us": int(decoded.trigger_time_us[row]) if decoded.trigger_time_us[row] >= 0 else None,
+        "ldcs": [b for b in range(32) if int(decoded.ldc_mask[row]) >> b & 1],
+        "e_ps": float(physics.e_ps[row]),
+        "e_ecal": float(physics.e_ecal[row]),
+        "e_hcal": float(physics.e_hcal[row]),
+        "srd": physics.srd[row].tolist(),
+        "veto": physics.veto[row].tolist(),
+        "electron": bool(physics.electron[row]),
+        "hadron_like": bool(physics.hadron_like[row]),
+        "candidate": bool(physics.candidate[row]),
+        "issues": issues,
+        "channels": channels,
+    }
+
+
+def _issue_label(kind: int) -> str:
+    from .decoders.errors import Issue
+
+    return Issue(kind).label
+
+
+def _dump_text(out: dict) -> str:
+    lines = [
+        f"run {out['run']} spill {out['spill']} event {out['event']} {out['type']} trigger mask {out['trigger_mask']:#x}",
+        f"E_PS {out['e_ps']:.3f} GeV  E_ECAL {out['e_ecal']:.3f} GeV  E_HCAL {out['e_hcal']:.3f} GeV  "
+        f"SRD {[round(x, 4) for x in out['srd']]}  VETO {[round(x, 4) for x in out['veto']]}  "
+        f"electron {out['electron']}  candidate {out['candidate']}",
+        f"{'detector':8} {'mod':>3} {'x':>2} {'y':>2} {'src':>4} {'port':>4} {'ch':>3} {'ped_e':>8} {'ped_o':>8} "
+        f"{'ampl':>8} {'E/GeV':>8} sat",
+    ]
+    for c in out["channels"]:
+        lines.append(
+            f"{c['detector']:8} {c['module']:3d} {c['x']:2d} {c['y']:2d} {c['src_id']:4d} {c['port']:4d} "
+            f"{c['channel']:3d} {c['pedestal_even']:8.2f} {c['pedestal_odd']:8.2f} {c['amplitude']:8.2f} "
+            f"{c['energy_gev']:8.4f} {'yes' if c['saturated'] else ''}"
+        )
+    for i in out["issues"]:
+        lines.append(f"issue: {i['kind']} (srcID {i['src_id']}, byte {i['byte_offset']})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- simulate
+def _address(text: str) -> tuple[int, int, int]:
+    try:
+        src, port, channel = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SRC/PORT/CHANNEL, got {text!r}") from None
+    return src, port, channel
+
+
+def _rate(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY, got {text!r}") from None
+
+
+def simulation_config_from_args(args):
+    from .daq.simulator import SimulationConfig
+
+    return SimulationConfig(
+        run=args.run,
+        spills=args.spills,
+        first_spill=args.first_spill,
+        events_per_spill=args.events,
+        seed=args.seed,
+        hadron_fraction=args.hadron_fraction,
+        dead_channels=tuple(args.dead_channel),
+        noisy_channels=tuple(args.noisy_channel),
+        hot_channels=tuple(args.hot_channel),
+        header_bytes=args.header_bytes,
+        super_events=not args.plain_events,
+        corruptions=dict(args.corrupt),
+        zero_suppression=not args.no_zero_suppression,
+    )
+
+
+def cmd_simulate(args) -> int:
+    from .daq.simulator import write_raw_file
+
+    _, channel_map = _load(args)
+    try:
+        sim_config = simulation_config_from_args(args)
+    except ValueError as exc:
+        raise DaqError(f"bad simulation settings: {exc}") from None
+    if args.out is None:
+        raise DaqError("simulate needs --out FILE")
+    write_raw_file(args.out, sim_config, channel_map)
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def cmd_format(args) -> int:
+    print(layout.markdown(), end="")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="na64-online", description="NA64 online decoding and data-quality monitoring")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("simulate", help="write simulated raw data (readout simulator)")
+    _add_common(p)
+    p.add_argument("--out", metavar="FILE", help="raw file to write")
+    p.add_argument("--run", type=int, default=1)
+    p.add_argument("--spills", type=int, default=1)
+    p.add_argument("--first-spill", type=int, default=1)
+    p.add_argument("--events", type=int, default=1000, help="events per spill")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hadron-fraction", type=float, default=0.015)
+    p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
+    p.add_argument("--noisy-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
+    p.add_argument("--hot-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
+    p.add_argument("--header-bytes", type=int, default=68, choices=(68, 80))
+    p.add_argument("--plain-events", action="store_true", help="per-LDC plain events instead of super events")
+    p.add_argument("--no-zero-suppression", action="store_true")
+    p.add_argument("--corrupt", type=_rate, action="append", default=[], metavar="KIND=P",
+                   help="inject a §5 corruption with probability P per event (repeatable)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("replay", help="decode raw files; one QA record per spill")
+    _add_common(p)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("dump", help="print one decoded event")
+    _add_common(p)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--spill", type=int, required=True)
+    p.add_argument("--event", type=int, required=True, help="event number in burst")
+    p.add_argument("--run", type=int, help="run number (when a file holds several)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("format", help="print the raw-format bit layouts (generated from the decoder's tables)")
+    p.set_defaults(func=cmd_format)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DaqError as exc:
+        print(f"na64-online: error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except OSError as exc:
+        print(f"na64-online: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_DATA
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
