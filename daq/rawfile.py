@@ -128,17 +128,13 @@ class RawFile:
         )
         self.stats = StreamStats(trailing_bytes=size - whole)
         self.size = size
-        self.index = index_events(self.words)
-        self.stats.truncated = self.index.truncated or (self.stats.trailing_bytes > 0)
+        self.index = index_events(self.words, trailing_bytes=self.stats.trailing_bytes)
+        self.stats.truncated = self.index.truncated
         if size and (len(self.index) == 0 or self.index.status[0] in _NOT_DATE_AT_START):
             raise NotDateStreamError(f"{self.path} is not a DATE raw data stream (no DATE event at its start)", offset=0)
 
     def spills(self) -> list[SpillSegment]:
-        segments = segment_spills(self.words, self.index, self.stats)
-        if self.stats.trailing_bytes and segments and not self.index.truncated:
-            last = segments[-1]
-            segments[-1] = SpillSegment(last.run, last.spill, last.words, last.index, last.complete, True)
-        return segments
+        return segment_spills(self.words, self.index, self.stats)
 
     def find_event(self, spill: int, event: int, run: int | None = None) -> EventIndex:
         """Index rows (accepted) of the event with this number in burst, in this spill."""

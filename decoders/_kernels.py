@@ -103,14 +103,16 @@ def _check_event(words, p, limit):
 def _resync(words, p, limit, want_super):
     """First word index >= p where a plausible DATE event starts (limit if none).
 
-    ``want_super`` (-1 any, 0 plain, 1 super) keeps a resync in a stream of
-    super events from landing on one of a damaged event's sub-events.
+    Plausible: the DATE magic, a size that is a multiple of 4, >= 68 bytes and
+    fits before ``limit``, and the super-event bit ``want_super`` (-1: any) of
+    the last accepted event, so that a resync in a stream of super events does
+    not land on a damaged event's own sub-events.
     """
     q = p
-    while q + _HDR_WORDS <= limit:
+    while q + 2 <= limit:
         if words[q + 1] == _MAGIC:
-            issue, size_words = _check_event(words, q, limit)
-            if issue == 0 or issue == _ISSUE_TRUNCATED:
+            size = np.int64(words[q])
+            if size % 4 == 0 and size >= _MIN_HEADER_BYTES and size // 4 <= limit - q:
                 is_super = 1 if (words[q + 13] & _SUPER) != 0 else 0
                 if want_super < 0 or is_super == want_super:
                     return q
@@ -126,14 +128,17 @@ def index_events(
 ):
     """Walk top-level DATE events from word ``start``; fill at most len(out_offset).
 
-    Returns (events indexed, next word, truncated flag, last super flag).
+    Returns (events indexed, next word, truncated flag, last super flag,
+    lost-sync flag: the last event was garbage with no event after it).
     Rejected events are indexed too, with their issue in ``out_status``.
     """
     capacity = out_offset.shape[0]
     p = start
     n = 0
     truncated = False
+    lost_sync = False
     while p < stop and n < capacity:
+        lost_sync = False
         issue, size_words = _check_event(words, p, stop)
         out_offset[n] = p
         out_status[n] = issue
@@ -168,9 +173,10 @@ def index_events(
         else:
             nxt = _resync(words, p + 1, stop, want_super)
             out_size[n] = nxt - p
+            lost_sync = nxt >= stop
             p = nxt
         n += 1
-    return n, p, truncated, want_super
+    return n, p, truncated, want_super, lost_sync
 
 
 @njit(cache=True, nogil=True)
@@ -192,10 +198,14 @@ def _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, co
 def _decode_msadc(
     words, a, b, k, src, event_number,
     lookup, gain, ped_samples, threshold,
-    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
     issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
 ):
-    """MSADC data format 3 chip data in words [a, b) of event row k."""
+    """MSADC data format 3 chip data in words [a, b) of event row k.
+
+    A channel's results are written only once the whole channel has checked
+    out, so a damaged channel never overwrites an earlier good copy.
+    """
     nmax = samples.shape[2]
     q = a
     while q < b:
@@ -263,8 +273,7 @@ def _decode_msadc(
                     s = (w >> (12 * half)) & 0xFFF
                     if s == 4095:
                         sat = True
-                    if with_samples and slot >= 0 and j < nmax:
-                        samples[k, slot, j] = s
+                    scratch[j] = s
                     if j < ped_samples:
                         if half == 0:
                             sum_even += s
@@ -283,8 +292,6 @@ def _decode_msadc(
             if bad_marker >= 0:
                 _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
                      k, src, _ISSUE_MARKER, words[bad_marker] >> 30, bad_marker)
-                if slot >= 0:
-                    nsamples[k, slot] = 0
                 break
             if slot < 0:
                 _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
@@ -296,6 +303,9 @@ def _decode_msadc(
                 amplitude[k, slot] = amp
                 energy[k, slot] = gain[slot] * amp if amp > threshold else 0.0
                 saturated[k, slot] = sat
+                if with_samples:
+                    for j in range(min(n, nmax)):
+                        samples[k, slot, j] = scratch[j]
             r += 1 + nwords
         q = end
 
@@ -304,7 +314,7 @@ def _decode_msadc(
 def _decode_equipments(
     words, a, b, k, event_number, burst,
     src_kind, lookup, gain, ped_samples, threshold,
-    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
     trigger_time, scalers,
     issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
 ):
@@ -312,9 +322,13 @@ def _decode_equipments(
     q = a
     while q < b:
         esize = np.int64(words[q])
-        if b - q < _EQ_WORDS or esize % 4 != 0 or esize < 4 * _EQ_WORDS or q + esize // 4 > b:
+        if b - q < _EQ_WORDS:
             _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
                  k, -1, _ISSUE_EQ_SIZE, esize, q)
+            return
+        if esize % 4 != 0 or esize < 4 * _EQ_WORDS or q + esize // 4 > b:
+            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
+                 k, np.int64(words[q + 2]), _ISSUE_EQ_SIZE, esize, q)
             return
         ew = esize // 4
         src = np.int64(words[q + 2])
@@ -331,7 +345,7 @@ def _decode_equipments(
             kind = 0
         if kind != 0:
             _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, src, kind, words[s] if ew > _EQ_WORDS else 0, q)
+                 k, src, kind, words[s] if ew > _EQ_WORDS else 0, s)
             q += ew
             continue
         c0 = s + _SL_WORDS
@@ -340,7 +354,7 @@ def _decode_equipments(
         if what == _SRC_MSADC:
             _decode_msadc(
                 words, c0, c1, k, src, event_number, lookup, gain, ped_samples, threshold,
-                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
                 issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
             )
         elif what == _SRC_SCALERS:
@@ -368,6 +382,7 @@ def decode_events(
     issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
 ):
     """Decode every accepted (status 0) indexed event into row k of the outputs."""
+    scratch = np.empty(512, dtype=np.uint16)  # one channel's samples (n < 512)
     for k in range(offsets.shape[0]):
         if status[k] != 0:
             continue
@@ -381,7 +396,7 @@ def decode_events(
             ldc_mask[k] |= np.uint32(1) << np.uint32(min(ldc, 31))
             _decode_equipments(
                 words, p + header_words, end, k, event_number, burst, src_kind, lookup, gain, ped_samples, threshold,
-                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
                 trigger_time, scalers,
                 issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
             )
@@ -410,7 +425,7 @@ def decode_events(
             _decode_equipments(
                 words, q + words[q + 2] // 4, q + sub_words, k, event_number, burst,
                 src_kind, lookup, gain, ped_samples, threshold,
-                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
+                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
                 trigger_time, scalers,
                 issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
             )

@@ -87,7 +87,7 @@ _INDEX_COLUMNS = (
     "offset", "size", "status", "type", "run", "spill", "event", "trigger_mask", "time", "super_event", "ldc",
 )
 _INDEX_DTYPES = (
-    np.int64, np.int64, np.int16, np.int16, np.int64, np.int32, np.int32, np.uint32, np.int64, np.bool_, np.int64,
+    np.int64, np.int64, np.int16, np.int32, np.int64, np.int32, np.int32, np.uint32, np.int64, np.bool_, np.int64,
 )
 
 
@@ -98,19 +98,34 @@ def _check_words(words: np.ndarray) -> None:
         raise ValueError("words must be C-contiguous")
 
 
-def index_events(words: np.ndarray, start: int = 0, stop: int | None = None) -> EventIndex:
-    """Index every top-level DATE event in ``words[start:stop]``."""
+def index_events(words: np.ndarray, start: int = 0, stop: int | None = None, trailing_bytes: int = 0) -> EventIndex:
+    """Index every top-level DATE event in ``words[start:stop]``.
+
+    ``trailing_bytes``: bytes after the last whole word (see :func:`as_words`);
+    if there are any, they are the start of an event cut short, indexed as a
+    truncated event.
+    """
     _check_words(words)
     stop = len(words) if stop is None else stop
     if not 0 <= start <= stop <= len(words):
         raise ValueError(f"bad word range {start}:{stop} for {len(words)} words")
     parts = []
-    position, want_super, truncated = start, -1, False
+    position, want_super, truncated, lost_sync = start, -1, False, False
     while position < stop and not truncated:
         capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
         cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES]
-        n, position, truncated, want_super = _kernels.index_events(words, position, stop, want_super, *cols)
+        n, position, truncated, want_super, lost_sync = _kernels.index_events(
+            words, position, stop, want_super, *cols
+        )
         parts.append([c[:n] for c in cols])
+    # stray bytes after the last word start an event cut short, unless they are part of garbage
+    if trailing_bytes and not truncated and not lost_sync and position == stop == len(words):
+        tail = [np.zeros(1, dtype=dt) for dt in _INDEX_DTYPES]
+        for name, value in (("offset", stop), ("status", int(Issue.EVENT_TRUNCATED)), ("type", -1), ("run", -1),
+                            ("spill", -1), ("event", -1)):
+            tail[_INDEX_COLUMNS.index(name)][0] = value
+        parts.append(tail)
+        truncated = True
     if parts:
         cols = [np.concatenate(c) for c in zip(*parts)] if len(parts) > 1 else parts[0]
     else:
@@ -119,7 +134,7 @@ def index_events(words: np.ndarray, start: int = 0, stop: int | None = None) -> 
 
 
 ISSUE_DTYPE = np.dtype(
-    [("event", np.int32), ("src_id", np.int32), ("kind", np.int16), ("detail", np.int64), ("offset", np.int64)]
+    [("event", np.int32), ("src_id", np.int64), ("kind", np.int16), ("detail", np.int64), ("offset", np.int64)]
 )
 
 

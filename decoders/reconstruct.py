@@ -122,9 +122,15 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
     if len(geometry.main_ecal):
         main = energy[:, geometry.main_ecal]
         col = np.argmax(main, axis=1)
-        has_energy = main[np.arange(n), col] > 0
+        top = main[np.arange(n), col]
+        has_energy = top > 0
         hottest[has_energy] = geometry.main_ecal_xy[col[has_energy]]
-        beam_cell_hottest = has_energy & (hottest[:, 0] == cuts.beam_cell[0]) & (hottest[:, 1] == cuts.beam_cell[1])
+        beam_col = np.flatnonzero(
+            (geometry.main_ecal_xy[:, 0] == cuts.beam_cell[0]) & (geometry.main_ecal_xy[:, 1] == cuts.beam_cell[1])
+        )
+        if len(beam_col):
+            # a tie with another cell still counts: the beam cell holds the most energy
+            beam_cell_hottest = has_energy & (main[:, beam_col[0]] >= top)
     candidate = (
         physics
         & electron

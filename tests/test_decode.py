@@ -1,0 +1,293 @@
+"""The numba decoder against the slow pure-Python reference and the spec's vectors.
+
+Every sample, pedestal, amplitude, energy and saturation flag, every issue
+(kind, srcID, byte offset) and every QA number must agree, on the vectors, on
+hand-built corrupt streams and on Hypothesis mutations of both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import reference_decoder as ref
+import spec_encoder as enc
+from conftest import VECTORS
+from na64_online.daq.rawfile import segment_spills
+from na64_online.decoders import layout
+from na64_online.decoders.channelmap import ChannelMap
+from na64_online.decoders.decode import (
+    ReconstructionParams,
+    as_words,
+    decode_events,
+    index_events,
+)
+from na64_online.decoders.errors import Issue
+from na64_online.decoders.reconstruct import DetectorGeometry, reconstruct
+from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
+
+SMALL = (VECTORS / "small.dat").read_bytes()
+QA_KEYS = list(json.loads((VECTORS / "small.qa.json").read_text()))
+
+
+def fast_events(data: bytes, channel_map: ChannelMap) -> list[dict]:
+    """The numba decoder's view of ``data``, shaped like ``reference_decoder.decode_stream``."""
+    words, tail = as_words(data)
+    index = index_events(words, trailing_bytes=tail)
+    decoded = decode_events(words, index, channel_map, with_samples=True, max_samples=511)
+    physics = reconstruct(decoded, DetectorGeometry.from_map(channel_map))
+    out = []
+    for row in range(len(index)):
+        status = int(index.status[row])
+        issues = decoded.issues[decoded.issues["event"] == row]
+        errors = [(int(i["src_id"]), Issue(int(i["kind"])).label, int(i["offset"]))
+                  for i in issues if Issue(int(i["kind"])).is_error]
+        if status:
+            errors = [(-1, Issue(status).label, int(index.offset[row]) * 4)]
+        channels = {}
+        for slot in np.flatnonzero(decoded.present[row]):
+            n = int(decoded.nsamples[row, slot])
+            desc = channel_map.describe(int(slot))
+            channels[(desc["src_id"], desc["port"], desc["channel"])] = {
+                **desc,
+                "pedestal_even": float(decoded.pedestal_even[row, slot]),
+                "pedestal_odd": float(decoded.pedestal_odd[row, slot]),
+                "amplitude": float(decoded.amplitude[row, slot]),
+                "energy_gev": float(decoded.energy[row, slot]),
+                "saturated": bool(decoded.saturated[row, slot]),
+                "samples": decoded.samples[row, slot, :n].tolist(),
+            }
+        scalers = decoded.scalers[row]
+        out.append({
+            "offset": int(index.offset[row]) * 4,
+            "status": Issue(status).label if status else None,
+            "errors": errors,
+            "channels": channels,
+            "modules_missing": int(np.count_nonzero(issues["kind"] == Issue.MODULE_MISSING)),
+            "unknown_channels": int(np.count_nonzero(issues["kind"] == Issue.UNKNOWN_CHANNEL)),
+            "ldcs": [b for b in range(32) if int(decoded.ldc_mask[row]) >> b & 1],
+            "trigger_time_us": int(decoded.trigger_time_us[row]) if decoded.trigger_time_us[row] >= 0 else None,
+            "scalers": [int(v) for v in scalers if v >= 0] or None,
+            "candidate": bool(physics.candidate[row]),
+            "hadron_like": bool(physics.hadron_like[row]),
+            "electron": bool(physics.electron[row]),
+            "e_ecal": float(physics.e_ecal[row]),
+            **({} if status else {
+                "type": int(index.type[row]), "run": int(index.run[row]), "spill": int(index.spill[row]),
+                "event": int(index.event[row]), "trigger_mask": int(index.trigger_mask[row]),
+            }),
+        })
+    return out
+
+
+def assert_same_events(data: bytes, channel_map: ChannelMap, ref_map: dict) -> list[dict]:
+    slow = ref.decode_stream(data, ref_map)
+    fast = fast_events(data, channel_map)
+    assert [e["offset"] for e in fast] == [e["offset"] for e in slow]
+    for f, s in zip(fast, slow):
+        where = f"event at byte {s['offset']}"
+        assert f["status"] == s["status"], where
+        slow_errors = Counter((-1 if src is None else src, label, off) for src, label, off in s["errors"])
+        assert Counter(f["errors"]) == slow_errors, where
+        assert f["modules_missing"] == s["modules_missing"], where
+        assert f["unknown_channels"] == len(s["unknown_channels"]), where
+        if s["status"]:
+            continue
+        for key in ("type", "run", "spill", "event", "trigger_mask", "trigger_time_us"):
+            assert f[key] == s[key], (where, key)
+        assert f["ldcs"] == sorted({min(ldc, 31) for ldc in s["ldcs"]}), where  # LDC ids >= 31 share a bit
+        assert f["scalers"] == (s["scalers"][: layout.N_SCALERS] if s["scalers"] else None), where
+        slow_channels = {(c["src_id"], c["port"], c["channel"]): c for c in s["channels"]}
+        assert f["channels"].keys() == slow_channels.keys(), where
+        for address, c in slow_channels.items():
+            mine = f["channels"][address]
+            assert mine["samples"] == c["samples"], (where, address)
+            assert mine["saturated"] == c["saturated"], (where, address)
+            for key in ("pedestal_even", "pedestal_odd", "amplitude", "energy_gev"):
+                assert mine[key] == pytest.approx(c[key], rel=1e-12, abs=1e-9), (where, address, key)
+        rec = s if "candidate" in s else {**s, **ref.reconstruct(s)}
+        assert f["candidate"] == rec["candidate"] and f["hadron_like"] == rec["hadron_like"], where
+        assert f["electron"] == rec["electron"], where
+        assert f["e_ecal"] == pytest.approx(rec["e_ecal"], abs=1e-9), where
+    return slow
+
+
+def fast_qa(data: bytes, channel_map: ChannelMap) -> list[dict]:
+    words, tail = as_words(data)
+    index = index_events(words, trailing_bytes=tail)
+    processor = SpillProcessor(MonitorConfig(chunk_events=7), channel_map)
+    return [
+        processor.process(seg.words, seg.index, complete=seg.complete).to_dict()
+        for seg in segment_spills(words, index)
+    ]
+
+
+def assert_same_qa(data: bytes, channel_map, ref_map, slow_events=None):
+    slow_events = slow_events if slow_events is not None else ref.decode_stream(data, ref_map)
+    slow = ref.qa_records(slow_events)
+    fast = fast_qa(data, channel_map)
+    assert len(fast) == len(slow)
+    for f, s in zip(fast, slow):
+        for key in QA_KEYS:
+            if isinstance(s[key], float):
+                assert f[key] == pytest.approx(s[key], rel=1e-12), key
+            else:
+                assert f[key] == s[key], key
+
+
+# ----------------------------------------------------------------- the vectors
+def test_vectors_every_channel(channel_map):
+    """small.dat decodes to small.events.jsonl bit for bit (floats to 1e-9)."""
+    expected = [json.loads(line) for line in (VECTORS / "small.events.jsonl").read_text().splitlines()]
+    events = [e for e in fast_events(SMALL, channel_map) if e.get("type") in (7, 8)]
+    assert [e["event"] for e in events] == [e["event"] for e in expected]
+    for mine, theirs in zip(events, expected):
+        assert mine["trigger_mask"] == theirs["trigger_mask"]
+        assert (mine["run"], mine["spill"]) == (theirs["run"], theirs["spill"])
+        want = {(c["src_id"], c["port"], c["channel"]): c for c in theirs["channels"]}
+        assert mine["channels"].keys() == want.keys()
+        for address, c in want.items():
+            got = mine["channels"][address]
+            for key in ("detector", "module", "x", "y", "samples", "saturated"):
+                assert got[key] == c[key], (theirs["event"], address, key)
+            for key in ("pedestal_even", "pedestal_odd", "amplitude", "energy_gev"):
+                assert got[key] == pytest.approx(c[key], abs=1e-9), (theirs["event"], address, key)
+
+
+def test_vectors_qa_record(channel_map):
+    (record,) = fast_qa(SMALL, channel_map)
+    expected = json.loads((VECTORS / "small.qa.json").read_text())
+    for key, value in expected.items():
+        assert record[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    assert record["alarms"] == []
+
+
+def test_vectors_match_reference(channel_map, ref_map):
+    slow = assert_same_events(SMALL, channel_map, ref_map)
+    assert_same_qa(SMALL, channel_map, ref_map, slow)
+
+
+# ----------------------------------------------------------------- hand-built cases, one per §5 kind
+def _sample_cases():
+    e, n = enc, 2
+    cases = {
+        "clean": enc.spill_stream(),
+        "adc_bad_key": {n: e.physics_event(n, chips={611: e.adc_block(n, 0, 0, e.channel(0, e.pulse(10)), key=1)})},
+        "adc_bad_size_zero": {n: e.physics_event(n, chips={611: e.adc_block(n, 0, 0, e.channel(0, e.pulse(10)), size=0)})},
+        "adc_bad_size_past": {n: e.physics_event(n, chips={611: e.adc_block(n, 0, 0, e.channel(0, e.pulse(10)), size=40)})},
+        "adc_event_mismatch": {n: e.physics_event(n, chips={611: e.adc_block(n + 1, 0, 0, e.channel(0, e.pulse(10)))})},
+        "channel_bad_id": {n: e.physics_event(n, chips={611: e.adc_block(n, 0, 0, e.channel(0, e.pulse(10), id_bits=2))})},
+        "channel_bad_samples": {n: e.physics_event(n, chips={611: e.adc_block(n, 0, 0, e.channel(0, e.pulse(10), n=0))})},
+        "data_bad_marker": {n: e.physics_event(n, chips={612: e.adc_block(n, 0, 0, e.channel(0, e.pulse(200)) + e.channel(1, e.pulse(200), bad_marker_at=3))})},
+        "slink_event_mismatch": {n: e.physics_event(n, eqs={611: e.equipment(611, [], evnum=n, spill=enc.SPILL, slink_event=9)})},
+        "slink_size_mismatch": {n: e.physics_event(n, eqs={611: e.equipment(611, [1, 2], evnum=n, spill=enc.SPILL, slink_size=9)})},
+        "slink_src_mismatch": {n: e.physics_event(n, eqs={611: e.equipment(611, [], evnum=n, spill=enc.SPILL, slink_src=612)})},
+        "slink_spill_mismatch": {n: e.physics_event(n, eqs={611: e.equipment(611, [], evnum=n, spill=enc.SPILL, slink_spill=5)})},
+        "equipment_bad_size": {n: e.physics_event(n, eqs={611: e.equipment(611, [], evnum=n, spill=enc.SPILL, eq_size=4000)})},
+        "event_byte_swapped": {n: e.byte_swap(e.physics_event(n))},
+        "event_old_layout": {n: e.physics_event(n, version=0x0000FFFF)},
+        "event_bad_header_size": {n: e.physics_event(n, header_length_field=60)},
+        "event_bad_magic": {n: e.physics_event(n, magic=0x12345678)},
+        "subevent_mismatch": {n: e.physics_event(n, ldc2_header={"evnum": 7})},
+        "placeholder": {n: e.physics_event(n, chips={611: e.placeholder(n, 0, 1) + e.adc_block(n, 0, 0, e.channel(0, e.pulse(10)))})},
+        "header_80": {n: e.physics_event(n, header_length=80, sub_header_length=80)},
+    }
+    return {k: (v if isinstance(v, bytes) else enc.spill_stream(replace=v)) for k, v in cases.items()}
+
+
+CASES = _sample_cases()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_corruption_kind_counted_and_survived(name, channel_map, ref_map):
+    data = CASES[name]
+    slow = assert_same_events(data, channel_map, ref_map)
+    assert_same_qa(data, channel_map, ref_map, slow)
+    (record,) = fast_qa(data, channel_map)
+    label = name.rsplit("_zero", 1)[0].rsplit("_past", 1)[0]
+    if label in {i.label for i in Issue}:
+        errors = {kind for per_src in record["errors_by_src"].values() for kind in per_src}
+        assert errors == {label}
+        assert record["decode_errors"] == 1
+    elif name == "placeholder":
+        assert record["modules_missing"] == 1 and record["decode_errors"] == 0
+    else:
+        assert record["decode_errors"] == 0
+    # the other events of the spill are untouched
+    assert record["events"] >= 2 and record["complete"]
+
+
+def test_truncated_stream_keeps_whole_events(channel_map, ref_map):
+    full = enc.spill_stream(n=4)
+    cut = full[: len(full) - 100]
+    slow = assert_same_events(cut, channel_map, ref_map)
+    assert slow[-1]["status"] == "event_truncated"
+    (record,) = fast_qa(cut, channel_map)
+    assert record["complete"] is False and record["beam"] is None
+    assert record["events"] == 4 and record["decode_errors"] == 1  # only the END_OF_BURST was cut
+
+
+def test_plain_events_and_several_spills(channel_map, ref_map):
+    data = enc.spill_stream(spill=1) + enc.spill_stream(spill=2, with_eob=False) + enc.spill_stream(spill=3)
+    slow = assert_same_events(data, channel_map, ref_map)
+    assert_same_qa(data, channel_map, ref_map, slow)
+    records = fast_qa(data, channel_map)
+    assert [(r["spill"], r["complete"]) for r in records] == [(1, True), (2, False), (3, True)]
+
+
+def test_decoder_rejects_wrong_arrays(channel_map):
+    words, _ = as_words(SMALL)
+    with pytest.raises(TypeError):
+        index_events(words.astype(np.int64))
+    with pytest.raises(ValueError):
+        index_events(words[::2])
+    index = index_events(words)
+    with pytest.raises(ValueError):
+        decode_events(words[:100], index, channel_map)
+    with pytest.raises(ValueError):
+        ReconstructionParams(pedestal_samples=0)
+
+
+# ----------------------------------------------------------------- Hypothesis mutation fuzzing
+BASES = [SMALL[: int(index_events(as_words(SMALL)[0]).offset[6]) * 4], enc.spill_stream(n=3)]
+
+
+@st.composite
+def mutated(draw):
+    data = bytearray(draw(st.sampled_from(BASES)))
+    for _ in range(draw(st.integers(1, 4))):
+        what = draw(st.sampled_from(["flip", "word", "swap", "cut", "delete", "insert"]))
+        n_words = len(data) // 4
+        if n_words < 2:
+            break
+        i = draw(st.integers(0, n_words - 1))
+        if what == "flip":
+            bit = draw(st.integers(0, 31))
+            word = int.from_bytes(data[4 * i: 4 * i + 4], "little") ^ (1 << bit)
+            data[4 * i: 4 * i + 4] = word.to_bytes(4, "little")
+        elif what == "word":
+            data[4 * i: 4 * i + 4] = draw(st.integers(0, 2**32 - 1)).to_bytes(4, "little")
+        elif what == "swap":
+            j = draw(st.integers(0, n_words - 1))
+            a, b = bytes(data[4 * i: 4 * i + 4]), bytes(data[4 * j: 4 * j + 4])
+            data[4 * i: 4 * i + 4], data[4 * j: 4 * j + 4] = b, a
+        elif what == "cut":
+            del data[draw(st.integers(0, len(data))):]
+        elif what == "delete":
+            del data[4 * i: 4 * i + 4]
+        else:
+            data[4 * i: 4 * i] = draw(st.integers(0, 2**32 - 1)).to_bytes(4, "little")
+    return bytes(data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=mutated())
+def test_fuzz_mutations_match_reference(data, channel_map, ref_map):
+    """Flipped bits, random words, swapped words, cuts: never a crash or hang, same answer as the reference."""
+    slow = assert_same_events(data, channel_map, ref_map)
+    assert_same_qa(data, channel_map, ref_map, slow)
