@@ -383,7 +383,16 @@ def decode_events(
 ):
     """Decode every accepted (status 0) indexed event into row k of the outputs."""
     scratch = np.empty(512, dtype=np.uint16)  # one channel's samples (n < 512)
+    nslots = nsamples.shape[1]
     for k in range(offsets.shape[0]):
+        # outputs arrive uninitialised: every row starts with every channel absent
+        for slot in range(nslots):
+            nsamples[k, slot] = 0
+            ped_even[k, slot] = 0.0
+            ped_odd[k, slot] = 0.0
+            amplitude[k, slot] = 0.0
+            energy[k, slot] = 0.0
+            saturated[k, slot] = False
         if status[k] != 0:
             continue
         p = offsets[k]

@@ -212,12 +212,13 @@ def decode_events(
     offsets = np.ascontiguousarray(index.offset, dtype=np.int64)
     sizes = np.ascontiguousarray(index.size, dtype=np.int64)
     status = np.ascontiguousarray(index.status)
-    nsamples = np.zeros((n, nslots), dtype=np.uint16)
-    ped_even = np.zeros((n, nslots))
-    ped_odd = np.zeros((n, nslots))
-    amplitude = np.zeros((n, nslots))
-    energy = np.zeros((n, nslots))
-    saturated = np.zeros((n, nslots), dtype=np.bool_)
+    # the kernel initialises every row itself
+    nsamples = np.empty((n, nslots), dtype=np.uint16)
+    ped_even = np.empty((n, nslots))
+    ped_odd = np.empty((n, nslots))
+    amplitude = np.empty((n, nslots))
+    energy = np.empty((n, nslots))
+    saturated = np.empty((n, nslots), dtype=np.bool_)
     samples = np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16)
     trigger_time = np.full(n, -1, dtype=np.int64)
     scalers = np.full((n, layout.N_SCALERS), -1, dtype=np.int64)
@@ -241,8 +242,9 @@ def decode_events(
             break
         # rare: more issues than room; decode again with room for all (outputs are overwritten)
         capacity = total
-        nsamples[:] = 0
         ldc_mask[:] = 0
+        trigger_time[:] = -1
+        scalers[:] = -1
     for name, col in zip(ISSUE_DTYPE.names, cols):
         issues[name] = col
     return DecodedEvents(

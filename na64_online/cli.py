@@ -224,8 +224,12 @@ def simulation_config_from_args(args):
         hot_channels=tuple(args.hot_channel),
         header_bytes=args.header_bytes,
         super_events=not args.plain_events,
-        corruptions=dict(args.corrupt),
+        corruption_rates=dict(args.corrupt),
         zero_suppression=not args.no_zero_suppression,
+        signal_fraction=args.signal_fraction,
+        muon_fraction=args.muon_fraction,
+        pileup_probability=args.pileup,
+        pedestal_drift_per_spill=args.pedestal_drift,
     )
 
 
@@ -237,10 +241,139 @@ def cmd_simulate(args) -> int:
         sim_config = simulation_config_from_args(args)
     except ValueError as exc:
         raise DaqError(f"bad simulation settings: {exc}") from None
+    if args.publish:
+        return _publish_simulation(args, sim_config, channel_map)
     if args.out is None:
-        raise DaqError("simulate needs --out FILE")
+        raise DaqError("simulate needs --out FILE (or --publish ENDPOINT --ldc N)")
     write_raw_file(args.out, sim_config, channel_map)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _publish_simulation(args, sim_config, channel_map) -> int:
+    """``simulate --publish EP --ldc N``: be readout node(s) N, publishing on EP (spec §9)."""
+    import threading
+
+    from .daq.publisher import (
+        PublisherConfig, ReadoutPublisher, parse_corruptions, parse_sequences, simulated_ldc_spills,
+    )
+    from .daq.simulator import ReadoutSimulator
+
+    ldcs = args.ldc or []
+    if len(ldcs) != len(args.publish):
+        raise DaqError("give one --ldc N for each --publish ENDPOINT")
+    try:
+        lose = parse_sequences(args.lose)
+        corrupt = parse_corruptions(args.corrupt_message)
+        configs = [
+            PublisherConfig(
+                endpoint=ep, ldc=ldc, spill_duration_s=args.spill_duration, spill_gap_s=args.spill_gap,
+                fast=args.fast, batch_events=args.batch_events, nodrop=args.nodrop,
+                wait_subscribers=args.wait_subscribers, wait_timeout_s=args.wait_timeout, lose=lose,
+                loss_probability=args.loss_rate, corrupt=corrupt, seed=args.seed + ldc,
+            )
+            for ep, ldc in zip(args.publish, ldcs)
+        ]
+    except ValueError as exc:
+        raise DaqError(f"bad publishing settings: {exc}") from None
+    errors: list[BaseException] = []
+
+    def node(cfg: PublisherConfig) -> None:
+        try:
+            sim = ReadoutSimulator(sim_config, channel_map)
+            with ReadoutPublisher(cfg) as pub:
+                print(f"LDC {cfg.ldc}: publishing on {pub.endpoint}", file=sys.stderr, flush=True)
+                pub.publish(simulated_ldc_spills(sim, cfg.ldc))
+                st = pub.stats
+                print(f"LDC {cfg.ldc}: sent {st.messages} messages, {st.events} events, {st.bytes / 1e6:.1f} MB "
+                      f"({st.lost_injected} lost, {st.corrupted} corrupted on purpose)", file=sys.stderr)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=node, args=(c,), daemon=True) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    for exc in errors:
+        if isinstance(exc, (DaqError, OSError, KeyboardInterrupt)):
+            raise exc
+        raise DaqError(f"publishing failed: {exc}") from exc
+    return 0
+
+
+# ---------------------------------------------------------------- serve / worker
+def ingest_config_from_args(config: Config, args):
+    """The ``[ingest]`` configuration with the ``serve`` command-line options applied."""
+    import dataclasses
+
+    from .daq.ingest import IngestConfig
+
+    ingest = getattr(config, "ingest", None) or IngestConfig()
+    changes = {}
+    if args.connect:
+        changes["endpoints"] = tuple(args.connect)
+    for opt, name in (("workers", "workers"), ("worker_bind", "worker_bind"), ("spill_timeout", "spill_timeout_s")):
+        value = getattr(args, opt)
+        if value is not None:
+            changes[name] = value
+    if args.expected_ldc:
+        changes["expected_ldcs"] = tuple(args.expected_ldc)
+    try:
+        return dataclasses.replace(ingest, **changes)
+    except ValueError as exc:
+        raise DaqError(f"bad ingest settings: {exc}") from None
+
+
+def cmd_serve(args) -> int:
+    """Live: subscribe to the readout nodes, build, decode, one QA record per finished spill."""
+    import signal
+    import threading
+    import time
+
+    from .daq.ingest import IngestService
+    from .monitor.pipeline import SpillProcessor
+
+    config, channel_map = _load(args)
+    ingest = ingest_config_from_args(config, args)
+    if not ingest.endpoints:
+        raise DaqError("serve needs at least one --connect ENDPOINT (or [ingest] endpoints in the config)")
+    done = threading.Event()
+    count = [0]
+
+    def on_record(record) -> None:
+        d = record.to_dict()
+        print(dumps(d) if args.json else _summary_line(d), flush=True)
+        count[0] += 1
+        if args.max_spills and count[0] >= args.max_spills:
+            done.set()
+
+    service = IngestService(ingest, SpillProcessor, (config.monitor, channel_map), on_record=on_record)
+
+    def on_signal(signum, frame):
+        done.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        service.start()
+        print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.worker_endpoint}",
+              file=sys.stderr, flush=True)
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while not done.is_set() and (deadline is None or time.monotonic() < deadline):
+            done.wait(0.2)
+    finally:
+        service.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """A decoder worker for a service on this or another host."""
+    from .daq.workers import run_worker
+
+    run_worker(args.connect, capacity=args.capacity)
     return 0
 
 
@@ -262,7 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-spill", type=int, default=1)
     p.add_argument("--events", type=int, default=1000, help="events per spill")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hadron-fraction", type=float, default=0.015)
+    p.add_argument("--hadron-fraction", type=float, default=0.015, help="hadrons per beam particle")
+    p.add_argument("--muon-fraction", type=float, default=0.005)
+    p.add_argument("--signal-fraction", type=float, default=2e-4, help="missing-energy signal-like events")
+    p.add_argument("--pileup", type=float, default=0.02, help="pile-up probability per event")
+    p.add_argument("--pedestal-drift", type=float, default=0.0, metavar="ADC", help="pedestal drift per spill")
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--noisy-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--hot-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
@@ -271,6 +408,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-zero-suppression", action="store_true")
     p.add_argument("--corrupt", type=_rate, action="append", default=[], metavar="KIND=P",
                    help="inject a §5 corruption with probability P per event (repeatable)")
+    g = p.add_argument_group("live publishing (a readout node, spec §9)")
+    g.add_argument("--publish", action="append", default=[], metavar="ENDPOINT",
+                   help="bind a PUB socket here (e.g. tcp://*:5550) and send LDC --ldc's data; repeatable")
+    g.add_argument("--ldc", type=int, action="append", metavar="N", help="readout node id, one per --publish")
+    g.add_argument("--spill-duration", type=float, default=4.8, metavar="S", help="seconds per spill (4.8)")
+    g.add_argument("--spill-gap", type=float, default=10.0, metavar="S", help="seconds between spills (10)")
+    g.add_argument("--fast", action="store_true", help="as fast as possible (benchmarks)")
+    g.add_argument("--nodrop", action="store_true", help="block on slow subscribers instead of dropping")
+    g.add_argument("--batch-events", type=int, default=200, metavar="N", help="events per message at most")
+    g.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                   help="wait for N subscribers before the first spill")
+    g.add_argument("--wait-timeout", type=float, default=30.0, metavar="S")
+    g.add_argument("--lose", action="append", default=[], metavar="SEQS",
+                   help="sequence numbers not to send, e.g. 3,7,10-12 (loss injection)")
+    g.add_argument("--loss-rate", type=float, default=0.0, metavar="P", help="lose each message with probability P")
+    g.add_argument("--corrupt-message", action="append", default=[], metavar="SEQ:KIND",
+                   help="damage message SEQ (magic, version, short-envelope, frames, count, truncate, swap)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("replay", help="decode raw files; one QA record per spill")
@@ -289,6 +443,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=int, help="run number (when a file holds several)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("serve", help="live: subscribe to readout nodes, one QA record per spill")
+    _add_common(p)
+    p.add_argument("--connect", action="append", default=[], metavar="ENDPOINT",
+                   help="a readout node's PUB endpoint (repeatable; also [ingest] endpoints)")
+    p.add_argument("--json", action="store_true", help="one JSON object per finished spill per line")
+    p.add_argument("--workers", type=int, metavar="N", help="local decoder worker processes (0: in-process)")
+    p.add_argument("--worker-bind", metavar="ENDPOINT", help="where workers connect, e.g. tcp://*:5570")
+    p.add_argument("--spill-timeout", type=float, metavar="S", help="close a spill after S s without data")
+    p.add_argument("--expected-ldc", type=int, action="append", metavar="N",
+                   help="readout nodes whose END_OF_BURST completes a spill (repeatable; default 1 and 2)")
+    p.add_argument("--max-spills", type=int, default=0, metavar="N", help="stop after N QA records")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="a decoder worker for a serve process (this or another host)")
+    p.add_argument("--connect", required=True, metavar="ENDPOINT", help="the service's worker endpoint")
+    p.add_argument("--capacity", type=int, default=2, metavar="N", help="tasks held at once")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("format", help="print the raw-format bit layouts (generated from the decoder's tables)")
     p.set_defaults(func=cmd_format)

@@ -285,6 +285,7 @@ def mutated(draw):
     return bytes(data)
 
 
+@pytest.mark.fuzz
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=mutated())
 def test_fuzz_mutations_match_reference(data, channel_map, ref_map):
