@@ -1,0 +1,134 @@
+"""The command line driven the way a user drives it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import VECTORS
+
+SCRIPT = Path(sys.executable).with_name("na64-online")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "na64_online.cli"]
+SMALL = VECTORS / "small.dat"
+QA_KEYS = ("run", "spill", "events", "lost_events", "decode_errors", "modules_missing", "complete", "beam",
+           "triggers_accepted", "hadron_fraction", "hadron_fraction_srd", "eot", "candidates", "alarms")
+
+
+def run(*args, check=True, env=None):
+    result = subprocess.run([*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}: {result.stderr}")
+    return result
+
+
+def test_replay_json_has_spec_keys():
+    result = run("replay", SMALL, "--json")
+    (line,) = result.stdout.splitlines()
+    record = json.loads(line)
+    assert all(key in record for key in QA_KEYS)
+    expected = json.loads((VECTORS / "small.qa.json").read_text())
+    assert record.pop("candidates") == expected.pop("candidates")
+    assert {k: record[k] for k in expected} == pytest.approx(expected)
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_replay_several_files_and_human_summary(tmp_path):
+    copy = tmp_path / "copy.dat"
+    shutil.copy(SMALL, copy)
+    result = run("replay", SMALL, copy)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("run 4321 spill 1: 30 events" in line for line in lines)
+
+
+def test_simulate_then_replay_and_dump(tmp_path):
+    out = tmp_path / "sim.dat"
+    run("simulate", "--out", out, "--spills", 2, "--events", 300, "--seed", 3, "--hadron-fraction", 0.1,
+        "--dead-channel", "610/1/15", "--corrupt", "adc_bad_key=0.05")
+    records = [json.loads(line) for line in run("replay", out, "--json").stdout.splitlines()]
+    assert [r["spill"] for r in records] == [1, 2]
+    assert all(r["events"] == 300 and r["complete"] and r["decode_errors"] > 0 for r in records)
+    assert all(0.03 < r["hadron_fraction"] < 0.2 for r in records)
+
+    event = json.loads(run("dump", out, "--spill", 2, "--event", 17, "--json").stdout)
+    assert (event["run"], event["spill"], event["event"]) == (1, 2, 17)
+    assert isinstance(event["trigger_mask"], int)
+    for key in ("e_ps", "e_ecal", "e_hcal", "srd", "veto"):
+        assert key in event
+    channel = event["channels"][0]
+    assert set(channel) >= {"detector", "module", "x", "y", "src_id", "port", "channel", "pedestal_even",
+                            "pedestal_odd", "amplitude", "energy_gev", "saturated", "samples"}
+    dead = [c for c in event["channels"] if (c["src_id"], c["port"], c["channel"]) == (610, 1, 15)]
+    assert all(c["energy_gev"] == 0 and c["amplitude"] <= 0 for c in dead)
+
+
+def test_dump_matches_vector_line():
+    event = json.loads(run("dump", SMALL, "--spill", 1, "--event", 23, "--json").stdout)
+    line = (VECTORS / "small.events.jsonl").read_text().splitlines()[22]
+    expected = json.loads(line)
+    assert event["trigger_mask"] == expected["trigger_mask"] and event["candidate"] is True
+    mine = {(c["src_id"], c["port"], c["channel"]): c for c in event["channels"]}
+    for c in expected["channels"]:
+        got = mine[(c["src_id"], c["port"], c["channel"])]
+        assert got["samples"] == c["samples"]
+        assert got["energy_gev"] == pytest.approx(c["energy_gev"], abs=1e-9)
+
+
+def test_custom_map_counts_unknown_channels(tmp_path):
+    lines = (Path(__file__).parents[1] / "decoders" / "default-channel-map.csv").read_text().splitlines()
+    custom = tmp_path / "map.csv"
+    srd = ("612,0,0,", "612,0,1,", "612,0,2,")
+    custom.write_text("\n".join(line for line in lines if not line.startswith(srd)) + "\n")
+    record = json.loads(run("replay", SMALL, "--json", "--map", custom).stdout)
+    assert record["decode_errors"] == 0
+    assert record["notices_by_src"]["612"]["unknown_channel"] > 0
+    assert record["candidates"] == []  # no SRD any more: no electron tag
+
+
+@pytest.mark.parametrize("args, message", [
+    (("replay", "/nonexistent/file.dat"), "cannot open"),
+    (("replay", "__FILE__:pyproject.toml"), "not a DATE raw data stream"),
+    (("replay", SMALL, "--map", "__FILE__:pyproject.toml"), "first line must be"),
+    (("replay", SMALL, "--config", "__FILE__:tests/data/vectors/README.md"), "not valid TOML"),
+    (("replay", SMALL, "--bogus-option"), "unrecognized arguments"),
+    (("dump", SMALL, "--spill", 1, "--event", 999), "no event 999"),
+    (("dump", SMALL, "--spill", "x", "--event", 1), "invalid int value"),
+    (("simulate", "--out", "/tmp/x.dat", "--corrupt", "nonsense=1"), "unknown corruption kind"),
+    (("simulate", "--out", "/tmp/x.dat", "--events", -5), "bad simulation settings"),
+    (("frobnicate",), "invalid choice"),
+])
+def test_bad_input_one_line_no_traceback(args, message):
+    root = Path(__file__).parents[1]
+    args = [str(root / a.split(":", 1)[1]) if isinstance(a, str) and a.startswith("__FILE__:") else a for a in args]
+    result = run(*args, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
+
+
+def test_bad_config_from_environment(monkeypatch):
+    import os
+
+    env = {**os.environ, "NA64_MONITOR__CHUNK_EVENTS": "zero"}
+    result = run("replay", SMALL, check=False, env=env)
+    assert result.returncode != 0 and "chunk_events" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_truncated_file_decodes_whole_events_and_says_so(tmp_path):
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(SMALL.read_bytes()[:100_001])
+    result = run("replay", cut, "--json")
+    record = json.loads(result.stdout)
+    assert record["complete"] is False and record["decode_errors"] == 1
+    assert 10 < record["events"] < 30 and record["lost_events"] == 0
+    assert "truncated" in result.stderr
+
+
+def test_format_prints_the_layout_tables():
+    text = run("format").stdout
+    assert "MSADC ADC block header" in text and "| 30–31 | key |" in text
