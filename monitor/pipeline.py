@@ -201,7 +201,8 @@ class QARecord:
             if isinstance(value, tuple):
                 value = list(value)
             if f.name in ("errors_by_src", "notices_by_src"):
-                value = {str(k): v for k, v in value.items()}
+                # srcID −1: damage above any equipment (rejected events, sub-event headers)
+                value = {("event" if k == -1 else str(k)): v for k, v in value.items()}
             if f.name == "lost_messages":
                 value = {"total": sum(value.values()), "by_ldc": {str(k): v for k, v in sorted(value.items())}}
             out[f.name] = value

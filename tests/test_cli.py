@@ -132,3 +132,42 @@ def test_truncated_file_decodes_whole_events_and_says_so(tmp_path):
 def test_format_prints_the_layout_tables():
     text = run("format").stdout
     assert "MSADC ADC block header" in text and "| 30–31 | key |" in text
+
+
+def test_progress_bar_on_a_terminal():
+    """stderr on a terminal (a pty here) shows a progress bar; stdout keeps only records."""
+    import os
+    import pty
+
+    import select
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
+    chunks = []
+    try:
+        proc = subprocess.Popen([*COMMAND, "replay", str(SMALL), "--json"], stdout=subprocess.PIPE,
+                                stderr=slave, text=True)
+        os.close(slave)
+        while True:  # drain the terminal while the process runs (a pty loses data once its slave closes)
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(stdout)["events"] == 30
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "small.dat" in terminal and "%" in terminal
