@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from ..decoders import layout
-from ..decoders.decode import EventIndex, index_events
+from ..decoders.decode import EventIndex, fragment_starts, index_events
 from ..decoders.errors import DaqError, Issue, NotDateStreamError
 
 SPILL_TYPES = (layout.START_OF_BURST, layout.END_OF_BURST, layout.PHYSICS_EVENT, layout.CALIBRATION_EVENT)
@@ -64,7 +64,12 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
         stats.events_by_type[t] = stats.events_by_type.get(t, 0) + c
     in_spill = accepted & np.isin(index.type, SPILL_TYPES)
     stats.other_events += int(np.count_nonzero(accepted & ~in_spill))
-    rows = np.flatnonzero(in_spill)
+    # plain-event fragments of one trigger go with the fragment that leads them
+    lead = fragment_starts(index)
+    lead_rows = np.flatnonzero(lead)
+    lead_of = lead_rows[np.cumsum(lead) - 1]
+    group_end = np.append(lead_rows[1:], len(index))  # row after each lead row's group
+    rows = np.flatnonzero(in_spill & lead)
     if not len(rows):
         stats.orphan_rejected += int(np.count_nonzero(~accepted))
         return []
@@ -88,9 +93,10 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
             stats.late_events += len(member)
             continue
         # rejected rows from the last spill's end up to this spill's last event
-        end_row = last_row + 1 if complete else (int(rows[stop_j]) if stop_j < len(rows) else len(index))
+        last_end = int(group_end[np.searchsorted(lead_rows, last_row)])
+        end_row = last_end if complete else (int(rows[stop_j]) if stop_j < len(rows) else len(index))
         span = np.arange(pending_from, end_row)
-        take = span[~accepted[span] | np.isin(span, member)]
+        take = span[~accepted[span] | (in_spill[span] & np.isin(lead_of[span], member))]
         pending_from = end_row
         if complete:
             closed.add(k)

@@ -289,3 +289,52 @@ def first_error(index: EventIndex) -> FormatError | None:
     kind = Issue(int(index.status[row]))
     cls = TruncatedError if kind == Issue.EVENT_TRUNCATED else FormatError
     return cls(ISSUE_DESCRIPTIONS[kind], offset=int(index.offset[row]) * 4)
+
+
+def fragment_starts(index: EventIndex) -> np.ndarray:
+    """True where a new event starts; False for a plain event that continues the previous one.
+
+    Readout nodes that write plain events send one fragment each per trigger:
+    consecutive accepted plain events with the same type, run, burst and event
+    number from different LDCs are one event, as an event builder would join
+    them. Super events and rejected events always start their own.
+    """
+    starts = np.ones(len(index), dtype=bool)
+    if len(index) > 1:
+        plain_ok = (index.status == 0) & ~index.super_event
+        same = plain_ok[1:] & plain_ok[:-1] & (index.ldc[1:] != index.ldc[:-1])
+        for name in ("type", "run", "spill", "event"):
+            column = getattr(index, name)
+            same &= column[1:] == column[:-1]
+        starts[1:] = ~same
+    return starts
+
+
+def merge_fragments(decoded: DecodedEvents, starts: np.ndarray) -> DecodedEvents:
+    """Join the rows of plain-event fragments (see :func:`fragment_starts`) into one row each."""
+    if starts.all():
+        return decoded
+    first = np.flatnonzero(starts)
+    group = np.cumsum(starts) - 1
+    index = decoded.index.take(first)
+    index = EventIndex(**{**{n: getattr(index, n) for n in _INDEX_COLUMNS},
+                          "size": np.add.reduceat(decoded.index.size, first)},
+                       end=decoded.index.end, truncated=decoded.index.truncated)
+    issues = decoded.issues.copy()
+    issues["event"] = group[issues["event"]]
+    # fragments come from different LDCs, so at most one holds each channel: absent ones are 0
+    return DecodedEvents(
+        index=index,
+        nsamples=np.maximum.reduceat(decoded.nsamples, first),
+        pedestal_even=np.add.reduceat(decoded.pedestal_even, first),
+        pedestal_odd=np.add.reduceat(decoded.pedestal_odd, first),
+        amplitude=np.add.reduceat(decoded.amplitude, first),
+        energy=np.add.reduceat(decoded.energy, first),
+        saturated=np.logical_or.reduceat(decoded.saturated, first),
+        trigger_time_us=np.maximum.reduceat(decoded.trigger_time_us, first),
+        scalers=np.maximum.reduceat(decoded.scalers, first),
+        ldc_mask=np.bitwise_or.reduceat(decoded.ldc_mask, first),
+        errors=np.add.reduceat(decoded.errors, first),
+        issues=issues,
+        samples=None if decoded.samples is None else np.add.reduceat(decoded.samples, first),
+    )

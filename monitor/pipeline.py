@@ -21,8 +21,10 @@ from ..decoders.decode import (
     EventIndex,
     ReconstructionParams,
     decode_events,
+    fragment_starts,
     index_events,
     issue_counts,
+    merge_fragments,
 )
 from ..decoders.errors import Issue
 from ..decoders.reconstruct import DetectorGeometry, EventPhysics, PhysicsCuts, reconstruct
@@ -237,11 +239,18 @@ class SpillProcessor:
         if index is None:
             index = index_events(words)
         acc = self.new_accumulator()
+        starts = fragment_starts(index)
+        boundaries = np.flatnonzero(starts)
         step = self.config.chunk_events
-        for start in range(0, len(index), step):
-            chunk = index.slice(start, min(start + step, len(index)))
-            decoded = decode_events(words, chunk, self.channel_map, self.config.reconstruction)
-            self._add_chunk(acc, decoded)
+        position = 0
+        while position < len(index):
+            # chunks end where an event starts, so plain-event fragments stay together
+            stop = min(position + step, len(index))
+            if stop < len(index) and not starts[stop]:
+                stop = int(boundaries[np.searchsorted(boundaries, stop)]) if boundaries[-1] > stop else len(index)
+            decoded = decode_events(words, index.slice(position, stop), self.channel_map, self.config.reconstruction)
+            self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]))
+            position = stop
         acc.bytes_decoded += int(index.size[index.status == 0].sum()) * 4
         acc.decode_seconds += time.perf_counter() - started
         return acc

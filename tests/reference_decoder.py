@@ -269,7 +269,7 @@ def _decode_event(data, offset, header, channel_map, src_ids_msadc) -> dict:
     event = {
         "offset": offset, "status": None, "type": header["type"], "run": header["run"],
         "spill": header["spill"], "event": header["event"],
-        "trigger_mask": header["trigger_mask"], "time": header["time"],
+        "trigger_mask": header["trigger_mask"], "time": header["time"], "super": header["super"],
     }
     event.update(_event_content(sink))
     event.update(reconstruct(event))
@@ -547,8 +547,39 @@ class _Spill:
         return record
 
 
+def merge_plain_fragments(events: list) -> list:
+    """One event per trigger: consecutive accepted plain events with the same type, run,
+    burst and event number from different LDCs are fragments of one event (as an event
+    builder would join them); their channels, errors and counters are combined."""
+    merged = []
+    for ev in events:
+        last = merged[-1] if merged else None
+        if (
+            last is not None and ev["status"] is None and last["status"] is None
+            and not ev.get("super") and not last.get("super")
+            and all(ev[k] == last[k] for k in ("type", "run", "spill", "event"))
+            and ev["ldcs"] != last["ldcs"][-1:]
+        ):
+            channels = {(c["src_id"], c["port"], c["channel"]): c for c in last["channels"] + ev["channels"]}
+            combined = dict(last)
+            combined.update(
+                channels=list(channels.values()),
+                errors=last["errors"] + ev["errors"],
+                modules_missing=last["modules_missing"] + ev["modules_missing"],
+                ldcs=last["ldcs"] + ev["ldcs"],
+                trigger_time_us=ev["trigger_time_us"] if ev["trigger_time_us"] is not None else last["trigger_time_us"],
+                scalers=ev["scalers"] if ev["scalers"] is not None else last["scalers"],
+            )
+            combined.update(reconstruct(combined))
+            merged[-1] = combined
+        else:
+            merged.append(ev)
+    return merged
+
+
 def qa_records(events: list) -> list:
     """Group decoded events into spills (keyed by (run, burst)) and build their QA records."""
+    events = merge_plain_fragments(events)
     records = []
     open_spill = None
     closed_keys = set()  # spills closed by END_OF_BURST: later events of theirs are late

@@ -338,3 +338,13 @@ def test_simulated_truth_is_recovered(channel_map):
     assert record["hadron_fraction"] == pytest.approx(truth.hadron_fraction, abs=0.01)
     assert record["beam"] == truth.scalers["beam"]
     assert record["events"] == truth.events and record["lost_events"] == 0 and record["complete"]
+
+
+def test_plain_event_fragments_give_the_super_event_record(channel_map):
+    """Two readout nodes writing plain events: one event per trigger, same QA as super events."""
+    plain = fast_qa(_simulated(super_events=False, events_per_spill=400), channel_map)
+    built = fast_qa(_simulated(super_events=True, events_per_spill=400), channel_map)
+    drop = {"processing_seconds", "finished_at", "bytes_decoded"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in plain] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in built]
+    assert plain[0]["events"] == 400
