@@ -1,0 +1,1019 @@
+"""Per-spill archive: an embedded SQLite database in WAL mode.
+
+One row per spill holds the QA record (JSON), its quality states and the
+overall quality; the spill's histograms sit next to it as compact blobs; alarm
+life-cycle events (raised / acknowledged / cleared) are kept as a searchable
+history. Everything a spill brings is written in ONE transaction
+(:meth:`Archive.store_spill`), so a crash or ``SIGKILL`` leaves either the whole
+spill or nothing of it; SQLite replays its write-ahead log when the file is
+opened again, and every spill committed before the crash is there.
+
+Durability: ``synchronous=FULL`` by default (one fsync per spill, nothing lost
+even on power failure); ``NORMAL`` survives process crashes but may lose the
+last spills on a power cut.
+
+Threads and processes: one :class:`Archive` is the single writer; its methods
+may be called from several threads (an internal lock serialises them, e.g. the
+spill loop storing and the web thread acknowledging an alarm). Readers in other
+processes (or threads that want not to wait for the writer) open their own
+connection with ``Archive(path, readonly=True)``; WAL lets them read while the
+writer writes.
+
+Histograms are stored as zlib-compressed blobs: the UHI serialisation of the
+``hist.Hist`` (axes, storage type, metadata) as JSON plus the raw bytes of its
+storage arrays, flow bins included, so they come back exactly
+(:func:`encode_histogram` / :func:`decode_histogram`). They can be exported
+to ROOT files with uproot (:meth:`Archive.export_histograms_root`) and to JSON
+(UHI schema, :meth:`Archive.export_histograms_json`).
+
+Retention: ``retention_spills`` keeps the newest N spills stored,
+``retention_days`` drops spills whose time (the record's ``finished_at``, else
+``finished`` or ``started``, else when it was stored) is older; both are applied after each
+stored spill. Alarm history is kept unless ``alarm_history_days`` is set.
+
+Schema version in ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import struct
+import threading
+import time
+import urllib.parse
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from na64_online.decoders.errors import ConfigError, DaqError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+#: Quality states counted as bad by default (``bad_spills``).
+BAD_STATES: tuple[str, ...] = ("BAD",)
+
+_SCHEMA_V1 = """
+CREATE TABLE spills (
+    id          INTEGER PRIMARY KEY,
+    run         INTEGER NOT NULL,
+    spill       INTEGER NOT NULL,
+    time        REAL    NOT NULL,   -- spill time (record 'finished_at'/'finished'/'started', else stored_at), unix s
+    stored_at   REAL    NOT NULL,
+    overall     TEXT,               -- quality['overall'], upper case; NULL when no quality given
+    complete    INTEGER,
+    events      INTEGER,
+    eot         REAL,
+    hadron_fraction REAL,
+    record      TEXT    NOT NULL,   -- QA record, JSON
+    quality     TEXT,               -- quality states, JSON
+    UNIQUE (run, spill)
+);
+CREATE INDEX spills_time    ON spills (time);
+CREATE INDEX spills_overall ON spills (overall, run, spill);
+
+CREATE TABLE histograms (
+    id       INTEGER PRIMARY KEY,
+    spill_id INTEGER NOT NULL REFERENCES spills (id) ON DELETE CASCADE,
+    name     TEXT    NOT NULL,
+    data     BLOB    NOT NULL,      -- encode_histogram()
+    UNIQUE (spill_id, name)
+);
+
+-- one row per alarm occurrence (raised ... cleared)
+CREATE TABLE alarms (
+    alarm_id      TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    severity      TEXT NOT NULL,
+    state         TEXT NOT NULL,    -- raised | acknowledged | cleared
+    detail        TEXT,
+    description   TEXT,
+    since_run     INTEGER,          -- first spill where the condition held
+    since_spill   INTEGER,
+    raised_at     REAL,
+    raised_run    INTEGER,
+    raised_spill  INTEGER,
+    acked_by      TEXT,
+    ack_comment   TEXT,
+    acked_at      REAL,
+    cleared_at    REAL,
+    cleared_run   INTEGER,
+    cleared_spill INTEGER,
+    updated_at    REAL NOT NULL
+);
+CREATE INDEX alarms_name  ON alarms (name, raised_at);
+CREATE INDEX alarms_state ON alarms (state);
+
+-- every life-cycle transition
+CREATE TABLE alarm_events (
+    id        INTEGER PRIMARY KEY,
+    time      REAL NOT NULL,
+    alarm_id  TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    severity  TEXT,
+    state     TEXT NOT NULL,        -- raised | acknowledged | cleared
+    run       INTEGER,
+    spill     INTEGER,
+    detail    TEXT,
+    user      TEXT,
+    comment   TEXT
+);
+CREATE INDEX alarm_events_time  ON alarm_events (time);
+CREATE INDEX alarm_events_name  ON alarm_events (name, time);
+CREATE INDEX alarm_events_spill ON alarm_events (run, spill);
+CREATE INDEX alarm_events_alarm ON alarm_events (alarm_id);
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """Archive settings (composed into the service configuration by the caller).
+
+    ``retention_spills``/``retention_days``: ``None`` keeps everything.
+    ``alarm_history_days``: ``None`` keeps the whole alarm history.
+    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL`` or ``NORMAL``).
+    """
+
+    path: Path = Path("na64-online.sqlite")
+    retention_spills: int | None = None
+    retention_days: float | None = None
+    alarm_history_days: float | None = None
+    synchronous: str = "FULL"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if self.retention_spills is not None and (
+            not isinstance(self.retention_spills, int) or self.retention_spills < 1
+        ):
+            raise ConfigError(f"archive retention_spills must be a positive integer, not {self.retention_spills!r}")
+        for key in ("retention_days", "alarm_history_days"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"archive {key} must be a positive number, not {value!r}")
+        if str(self.synchronous).upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigError(f"archive synchronous must be FULL, NORMAL or EXTRA, not {self.synchronous!r}")
+
+
+class ArchiveError(DaqError):
+    """The archive file cannot be used (newer schema, read-only misuse, corrupt blob)."""
+
+
+# --------------------------------------------------------------------------- histograms
+
+_BLOB_MAGIC = b"N64H"
+_BLOB_VERSION = 1
+
+
+def _uhi():
+    import boost_histogram.serialization as ser
+
+    return ser
+
+
+def encode_histogram(h: Any) -> bytes:
+    """Serialise a ``hist.Hist`` / ``boost_histogram.Histogram`` to a compact, exact blob.
+
+    Layout: ``b"N64H" | u8 version | zlib( u32 header length | header JSON |
+    view bytes )``. The header is the UHI dict (axes, storage type, metadata)
+    with each storage array replaced by its dtype and shape; the bytes are
+    the raw ``view(flow=True)`` of the storage, so accumulators (e.g. the
+    ``Mean`` storage's sum of squared deltas) come back bit for bit.
+    """
+    uhi = _uhi().to_uhi(h)
+    uhi.pop("writer_info", None)
+    storage = dict(uhi["storage"])
+    for key, value in list(storage.items()):
+        if isinstance(value, np.ndarray):
+            storage[key] = {"__array__": True, "dtype": value.dtype.str, "shape": list(value.shape)}
+    uhi["storage"] = storage
+    view = np.ascontiguousarray(np.asarray(h.view(flow=True)))
+    if view.dtype.names:
+        dtype: Any = [[name, view.dtype.fields[name][0].str] for name in view.dtype.names]
+    else:
+        dtype = view.dtype.str
+    uhi["__view__"] = {"dtype": dtype, "shape": list(view.shape)}
+    header = json.dumps(uhi, separators=(",", ":"), default=_json_default).encode()
+    payload = struct.pack("<I", len(header)) + header + view.tobytes()
+    return _BLOB_MAGIC + bytes([_BLOB_VERSION]) + zlib.compress(payload, 6)
+
+
+def decode_histogram(blob: bytes):
+    """Inverse of :func:`encode_histogram`; returns a ``hist.Hist``."""
+    import hist
+
+    if blob[:4] != _BLOB_MAGIC or len(blob) < 6 or blob[4] != _BLOB_VERSION:
+        raise ArchiveError("not a histogram blob of a known version")
+    payload = zlib.decompress(blob[5:])
+    (hlen,) = struct.unpack_from("<I", payload)
+    uhi = json.loads(payload[4 : 4 + hlen])
+    spec = uhi.pop("__view__")
+    storage = uhi["storage"]
+    for key, value in list(storage.items()):
+        if isinstance(value, dict) and value.get("__array__"):
+            storage[key] = np.zeros(value["shape"], dtype=np.dtype(value["dtype"]))
+    h = hist.Hist(_uhi().from_uhi(uhi))
+    dtype = spec["dtype"]
+    dtype = np.dtype([tuple(f) for f in dtype]) if isinstance(dtype, list) else np.dtype(dtype)
+    view = np.frombuffer(payload, dtype=dtype, offset=4 + hlen).reshape(spec["shape"])
+    target = h.view(flow=True)
+    if dtype.names:
+        for name in dtype.names:
+            target[name] = view[name]
+    else:
+        target[...] = view
+    return h
+
+
+def histogram_to_json(h: Any) -> dict:
+    """UHI-schema dict of a histogram with plain lists (non-finite numbers → ``null``)."""
+    uhi = _uhi().to_uhi(h)
+    storage = uhi["storage"]
+    for key, value in list(storage.items()):
+        if isinstance(value, np.ndarray):
+            storage[key] = _finite_list(value)
+    return uhi
+
+
+def _finite_list(arr: np.ndarray) -> list:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        obj = arr.astype(object)
+        obj[~np.isfinite(arr)] = None
+        return obj.tolist()
+    return arr.tolist()
+
+
+_ROOT_NAME_BAD = re.compile(r"[^A-Za-z0-9_./+\-]")
+
+
+def _root_name(name: str) -> str:
+    cleaned = _ROOT_NAME_BAD.sub("_", name).strip("/")
+    return re.sub(r"/+", "/", cleaned) or "unnamed"
+
+
+def _root_writable(h: Any):
+    """uproot cannot write integer storages: give it a Double copy."""
+    import hist
+
+    if h.storage_type.__name__ in ("Int64", "AtomicInt64", "Unlimited"):
+        out = hist.Hist(*h.axes, storage=hist.storage.Double(), name=getattr(h, "name", None), label=getattr(h, "label", None))
+        out.view(flow=True)[...] = np.asarray(h.view(flow=True), dtype=float)
+        return out
+    return h
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
+def _as_dict(obj: Any) -> Any:
+    """A ``QARecord`` / ``SpillQuality`` (anything with ``to_dict``) as its dict."""
+    return obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, Mapping) else obj
+
+
+def _finite(obj: Any) -> Any:
+    """Replace NaN/inf (not JSON) by ``None``, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _name_clause(name: str) -> tuple[str, str]:
+    """Exact match, or ``LIKE`` when the name holds ``*``/``%`` wildcards."""
+    if "*" not in name and "%" not in name:
+        return "name = ?", name
+    pattern = name.replace("\\", "\\\\").replace("_", "\\_").replace("*", "%")
+    return "name LIKE ? ESCAPE '\\'", pattern
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=_json_default)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _state_of(value: Any) -> str | None:
+    """A quality state given as ``"BAD"`` or as ``{"state": "BAD", ...}``."""
+    if isinstance(value, Mapping):
+        value = value.get("state", value.get("status"))
+    return str(value).upper() if value is not None else None
+
+
+# --------------------------------------------------------------------------- archive
+
+
+class Archive:
+    """The per-spill SQLite archive. See the module docstring.
+
+    >>> with Archive(tmp / "qa.sqlite", retention_spills=10000) as archive:   # doctest: +SKIP
+    ...     archive.store_spill(record, quality, histograms, engine.take_events())
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        retention_spills: int | None = None,
+        retention_days: float | None = None,
+        alarm_history_days: float | None = None,
+        synchronous: str = "FULL",
+        readonly: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        # validate through the config class (one place for the rules)
+        cfg = ArchiveConfig(path, retention_spills, retention_days, alarm_history_days, synchronous)
+        self.path = cfg.path
+        self.retention_spills = cfg.retention_spills
+        self.retention_days = cfg.retention_days
+        self.alarm_history_days = cfg.alarm_history_days
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            if readonly:
+                uri = f"file:{urllib.parse.quote(self.path.resolve().as_posix())}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if readonly:
+                version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+                if version != SCHEMA_VERSION:
+                    raise ArchiveError(
+                        f"archive {self.path} has schema version {version}, this software reads {SCHEMA_VERSION}"
+                    )
+            else:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    log.warning("archive %s: journal mode is %s, not WAL", self.path, mode)
+                self._conn.execute(f"PRAGMA synchronous = {cfg.synchronous.upper()}")
+                self._conn.execute("PRAGMA journal_size_limit = 67108864")
+                self._migrate()
+        except (sqlite3.Error, ArchiveError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if isinstance(exc, ArchiveError):
+                raise
+            raise ArchiveError(f"cannot open archive {self.path}: {exc}") from exc
+
+    @classmethod
+    def from_config(cls, cfg: ArchiveConfig, *, readonly: bool = False) -> Archive:
+        return cls(
+            cfg.path,
+            retention_spills=cfg.retention_spills,
+            retention_days=cfg.retention_days,
+            alarm_history_days=cfg.alarm_history_days,
+            synchronous=cfg.synchronous,
+            readonly=readonly,
+        )
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ArchiveError(
+                    f"archive {self.path} has schema version {version}, newer than this software ({SCHEMA_VERSION})"
+                )
+            while version < SCHEMA_VERSION:
+                target = version + 1
+                try:
+                    self._conn.executescript(
+                        f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target]};\nPRAGMA user_version = {target};\nCOMMIT;"
+                    )
+                except sqlite3.Error:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+                version = target
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise ArchiveError(f"archive {self.path} was opened read-only")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL when it is the last one)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check(self) -> str:
+        """``PRAGMA integrity_check`` (``"ok"`` when sound); reads the whole file."""
+        rows = self._query("PRAGMA integrity_check")
+        return "; ".join(str(r[0]) for r in rows)
+
+    # ---------------------------------------------------------------- writing
+
+    def store_spill(
+        self,
+        record: Mapping[str, Any],
+        quality: Mapping[str, Any] | None = None,
+        histograms: Mapping[str, Any] | None = None,
+        alarm_events: Iterable[Mapping[str, Any]] = (),
+    ) -> int:
+        """Archive one spill atomically; returns its row id.
+
+        ``record`` is the QA record dict (``run`` and ``spill`` required),
+        ``quality`` the quality states dict, ``histograms`` ``{name: hist.Hist}``
+        and ``alarm_events`` the alarm transitions of this spill
+        (``AlarmEngine.take_events()``). A spill already archived (same run and
+        spill) is replaced. Retention is applied afterwards, in its own
+        transaction.
+        """
+        record = _as_dict(record)
+        quality = _as_dict(quality) if quality is not None else None
+        histograms = getattr(histograms, "hists", histograms)  # a HistogramSet is fine too
+        try:
+            run, spill = int(record["run"]), int(record["spill"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchiveError(f"QA record without a valid run/spill: {exc}") from exc
+        now = time.time()
+        spill_time = record.get("finished_at") or record.get("finished") or record.get("started") or now
+        overall = _state_of(quality.get("overall")) if quality else None
+        record_json = _dumps(record)
+        quality_json = _dumps(quality) if quality is not None else None
+        # encode outside the transaction: the write lock is held only for the inserts
+        blobs = [(str(name), encode_histogram(h)) for name, h in (histograms or {}).items()]
+        events = [dict(e) for e in alarm_events]
+
+        def _num(key: str) -> Any:
+            value = record.get(key)
+            return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM spills WHERE run = ? AND spill = ?", (run, spill))
+            cur = conn.execute(
+                "INSERT INTO spills (run, spill, time, stored_at, overall, complete, events, eot,"
+                " hadron_fraction, record, quality) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run,
+                    spill,
+                    float(spill_time),
+                    now,
+                    overall,
+                    None if record.get("complete") is None else int(bool(record.get("complete"))),
+                    _num("events"),
+                    _num("eot"),
+                    _num("hadron_fraction"),
+                    record_json,
+                    quality_json,
+                ),
+            )
+            spill_id = int(cur.lastrowid)
+            self._insert_histograms(conn, spill_id, blobs)
+            self._insert_alarm_events(conn, events, run=run, spill=spill, now=now)
+        if self.retention_spills is not None or self.retention_days is not None or self.alarm_history_days is not None:
+            try:
+                self.prune(now=now)
+            except sqlite3.Error:  # never lose the spill loop over housekeeping
+                log.exception("archive %s: retention pruning failed", self.path)
+        return spill_id
+
+    def _insert_histograms(self, conn: sqlite3.Connection, spill_id: int, blobs: list[tuple[str, bytes]]) -> None:
+        conn.executemany(
+            "INSERT INTO histograms (spill_id, name, data) VALUES (?,?,?)",
+            [(spill_id, name, blob) for name, blob in blobs],
+        )
+
+    def record_alarm_events(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append alarm transitions that belong to no spill (acknowledgements, rule removal)."""
+        events = [dict(e) for e in events]
+        if events:
+            with self._transaction() as conn:
+                self._insert_alarm_events(conn, events, run=None, spill=None, now=time.time())
+
+    def _insert_alarm_events(
+        self, conn: sqlite3.Connection, events: list[dict], *, run: int | None, spill: int | None, now: float
+    ) -> None:
+        for ev in events:
+            t = float(ev.get("time") or now)
+            ev_run = ev.get("run", run)
+            ev_spill = ev.get("spill", spill)
+            state = str(ev["state"])
+            conn.execute(
+                "INSERT INTO alarm_events (time, alarm_id, name, severity, state, run, spill, detail, user, comment)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (t, ev["alarm_id"], ev["name"], ev.get("severity"), state, ev_run, ev_spill,
+                 ev.get("detail"), ev.get("user"), ev.get("comment")),
+            )
+            if state == "raised":
+                conn.execute(
+                    "INSERT INTO alarms (alarm_id, name, severity, state, detail, description, since_run, since_spill,"
+                    " raised_at, raised_run, raised_spill, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (alarm_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                    (ev["alarm_id"], ev["name"], ev.get("severity") or "warning", "raised", ev.get("detail"),
+                     ev.get("description"), ev.get("since_run"), ev.get("since_spill"), t, ev_run, ev_spill, t),
+                )
+            elif state == "acknowledged":
+                conn.execute(
+                    "UPDATE alarms SET state = 'acknowledged', acked_by = ?, ack_comment = ?, acked_at = ?,"
+                    " updated_at = ? WHERE alarm_id = ?",
+                    (ev.get("user"), ev.get("comment"), t, t, ev["alarm_id"]),
+                )
+            elif state == "cleared":
+                conn.execute(
+                    "UPDATE alarms SET state = 'cleared', cleared_at = ?, cleared_run = ?, cleared_spill = ?,"
+                    " detail = coalesce(?, detail), updated_at = ? WHERE alarm_id = ?",
+                    (t, ev_run, ev_spill, ev.get("detail"), t, ev["alarm_id"]),
+                )
+            else:
+                raise ArchiveError(f"unknown alarm state {state!r}")
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply retention now; returns the number of spills removed."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._transaction() as conn:
+            if self.retention_days is not None:
+                removed += conn.execute(
+                    "DELETE FROM spills WHERE time < ?", (now - self.retention_days * 86400.0,)
+                ).rowcount
+            if self.retention_spills is not None:
+                row = conn.execute(
+                    "SELECT id FROM spills ORDER BY id DESC LIMIT 1 OFFSET ?", (self.retention_spills,)
+                ).fetchone()
+                if row is not None:
+                    removed += conn.execute("DELETE FROM spills WHERE id <= ?", (row[0],)).rowcount
+            if self.alarm_history_days is not None:
+                cutoff = now - self.alarm_history_days * 86400.0
+                conn.execute("DELETE FROM alarm_events WHERE time < ?", (cutoff,))
+                conn.execute("DELETE FROM alarms WHERE state = 'cleared' AND updated_at < ?", (cutoff,))
+        return removed
+
+    # ---------------------------------------------------------------- reading spills
+
+    def get_spill(self, run: int, spill: int) -> dict | None:
+        """The archived spill: ``{run, spill, time, stored_at, overall, record, quality, histograms: [names]}``."""
+        rows = self._query("SELECT * FROM spills WHERE run = ? AND spill = ?", (run, spill))
+        if not rows:
+            return None
+        row = rows[0]
+        names = [r[0] for r in self._query("SELECT name FROM histograms WHERE spill_id = ? ORDER BY name", (row["id"],))]
+        return {
+            "run": row["run"],
+            "spill": row["spill"],
+            "time": row["time"],
+            "stored_at": row["stored_at"],
+            "overall": row["overall"],
+            "record": json.loads(row["record"]),
+            "quality": json.loads(row["quality"]) if row["quality"] is not None else None,
+            "histograms": names,
+        }
+
+    def get_histograms(self, run: int, spill: int, names: Iterable[str] | None = None) -> dict:
+        """``{name: hist.Hist}`` of one archived spill (all, or those in ``names``)."""
+        rows = self._query(
+            "SELECT h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
+            " WHERE s.run = ? AND s.spill = ? ORDER BY h.name",
+            (run, spill),
+        )
+        wanted = None if names is None else set(names)
+        return {r["name"]: decode_histogram(r["data"]) for r in rows if wanted is None or r["name"] in wanted}
+
+    def list_spills(
+        self,
+        run: int | None = None,
+        quality: str | Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[dict]:
+        """Summary rows (no full record): run, spill, time, overall, complete, events, eot, hadron_fraction.
+
+        ``quality`` filters on the overall state (one or several); ``since`` /
+        ``until`` on the spill time (unix seconds, ``until`` exclusive).
+        """
+        where, params = self._spill_filter(run, quality, since, until)
+        sql = (
+            "SELECT run, spill, time, stored_at, overall, complete, events, eot, hadron_fraction FROM spills"
+            f"{where} ORDER BY run {'DESC' if newest_first else 'ASC'}, spill {'DESC' if newest_first else 'ASC'}"
+        )
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        out = []
+        for r in self._query(sql, params):
+            d = dict(r)
+            d["complete"] = None if d["complete"] is None else bool(d["complete"])
+            out.append(d)
+        return out
+
+    @staticmethod
+    def _spill_filter(run, quality, since, until) -> tuple[str, list]:
+        clauses, params = [], []
+        if run is not None:
+            clauses.append("run = ?")
+            params.append(int(run))
+        if quality is not None:
+            states = [quality] if isinstance(quality, str) else list(quality)
+            clauses.append(f"overall IN ({','.join('?' * len(states))})")
+            params += [s.upper() for s in states]
+        if since is not None:
+            clauses.append("time >= ?")
+            params.append(float(since))
+        if until is not None:
+            clauses.append("time < ?")
+            params.append(float(until))
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def runs(self) -> list[dict]:
+        """Per run: number of spills archived, first/last spill and time, spills per overall state."""
+        rows = self._query(
+            "SELECT run, count(*) AS spills, min(spill) AS first_spill, max(spill) AS last_spill,"
+            " min(time) AS start, max(time) AS end FROM spills GROUP BY run ORDER BY run"
+        )
+        states = self._query("SELECT run, coalesce(overall, 'UNKNOWN') AS o, count(*) AS n FROM spills GROUP BY run, o")
+        by_run: dict[int, dict] = {}
+        for r in states:
+            by_run.setdefault(r["run"], {})[r["o"]] = r["n"]
+        return [dict(r) | {"quality": by_run.get(r["run"], {})} for r in rows]
+
+    def stats(self) -> dict:
+        """Row counts and file sizes (bytes) of the archive and its WAL."""
+        counts = {t: self._query(f"SELECT count(*) FROM {t}")[0][0] for t in ("spills", "histograms", "alarms", "alarm_events")}
+        wal = Path(str(self.path) + "-wal")
+        page_size = self._query("PRAGMA page_size")[0][0]
+        page_count = self._query("PRAGMA page_count")[0][0]
+        freelist = self._query("PRAGMA freelist_count")[0][0]
+        return counts | {
+            "file_bytes": self.path.stat().st_size if self.path.exists() else 0,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            "used_bytes": page_size * (page_count - freelist),
+        }
+
+    # ---------------------------------------------------------------- bad spills
+
+    def bad_spills(self, run: int | None = None, states: Sequence[str] = BAD_STATES) -> list[dict]:
+        """Spills whose overall quality is in ``states`` (default ``BAD``), ordered by run and spill.
+
+        Each row: run, spill, time (ISO UTC), overall, failing_subsystems,
+        reasons, alarms, complete, events, beam, eot, hadron_fraction,
+        decode_errors, lost_events.
+        """
+        states_u = tuple(s.upper() for s in states)
+        where, params = self._spill_filter(run, states_u, None, None)
+        rows = self._query(f"SELECT run, spill, time, overall, record, quality FROM spills{where} ORDER BY run, spill", params)
+        return [self._bad_row(r, states_u) for r in rows]
+
+    @staticmethod
+    def _bad_row(row: sqlite3.Row, states: tuple[str, ...]) -> dict:
+        record = json.loads(row["record"])
+        quality = json.loads(row["quality"]) if row["quality"] else {}
+        subsystems = quality.get("subsystems") or {}
+        failing = [str(name) for name, st in subsystems.items() if _state_of(st) in states]
+        reasons: list[str] = []
+        for check in quality.get("checks") or []:
+            if isinstance(check, str):
+                reasons.append(check)
+                continue
+            if not isinstance(check, Mapping) or _state_of(check) not in states:
+                continue
+            text = check.get("detail") or check.get("message") or check.get("reason") or ""
+            name, sub = str(check.get("name") or ""), str(check.get("subsystem") or "")
+            label = name if (not sub or name.startswith(sub + ".")) else (f"{sub}: {name}" if name else sub)
+            reasons.append(f"{label}: {text}" if label and text else (label or str(text)))
+        for extra in quality.get("reasons") or []:
+            reasons.append(str(extra))
+        if record.get("complete") is False and not any("incomplete" in r.lower() for r in reasons):
+            reasons.append("incomplete spill")
+        alarms = [str(a.get("name")) for a in record.get("alarms") or [] if isinstance(a, Mapping)]
+        return {
+            "run": row["run"],
+            "spill": row["spill"],
+            "time": _iso(row["time"]),
+            "overall": row["overall"],
+            "failing_subsystems": failing,
+            "reasons": reasons,
+            "alarms": alarms,
+            "complete": record.get("complete"),
+            "events": record.get("events"),
+            "beam": record.get("beam"),
+            "eot": record.get("eot"),
+            "hadron_fraction": record.get("hadron_fraction"),
+            "decode_errors": record.get("decode_errors"),
+            "lost_events": record.get("lost_events"),
+        }
+
+    BAD_SPILL_COLUMNS = (
+        "run", "spill", "time", "overall", "failing_subsystems", "reasons", "alarms", "complete",
+        "events", "beam", "eot", "hadron_fraction", "decode_errors", "lost_events",
+    )
+
+    def export_bad_spills(
+        self,
+        dest: str | os.PathLike | IO[str],
+        fmt: str = "csv",
+        run: int | None = None,
+        states: Sequence[str] = BAD_STATES,
+    ) -> int:
+        """Write the bad-spill list as CSV or JSON to a path or text file; returns the number of spills.
+
+        CSV: one line per spill, columns :attr:`BAD_SPILL_COLUMNS`, lists joined
+        with ``"; "``, ``null`` as an empty cell. JSON: ``{"generated", "run",
+        "states", "count", "spills": [rows]}``.
+        """
+        fmt = fmt.lower()
+        if fmt not in ("csv", "json"):
+            raise ValueError(f"bad-spill export format must be 'csv' or 'json', not {fmt!r}")
+        rows = self.bad_spills(run=run, states=states)
+        if isinstance(dest, (str, os.PathLike)):
+            with open(dest, "w", newline="", encoding="utf-8") as fh:
+                Archive._write_bad(fh, rows, fmt, run, states)
+        else:
+            Archive._write_bad(dest, rows, fmt, run, states)
+        return len(rows)
+
+    @staticmethod
+    def _write_bad(fh: IO[str], rows: list[dict], fmt: str, run: int | None, states: Sequence[str]) -> None:
+        if fmt == "json":
+            doc = {
+                "generated": _iso(time.time()),
+                "run": run,
+                "states": [s.upper() for s in states],
+                "count": len(rows),
+                "spills": _finite(rows),
+            }
+            json.dump(doc, fh, indent=1, default=_json_default)
+            fh.write("\n")
+            return
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(Archive.BAD_SPILL_COLUMNS)
+        for row in rows:
+            cells = []
+            for col in Archive.BAD_SPILL_COLUMNS:
+                value = row[col]
+                if isinstance(value, list):
+                    value = "; ".join(str(v) for v in value)
+                elif value is None:
+                    value = ""
+                elif isinstance(value, bool):
+                    value = "true" if value else "false"
+                cells.append(value)
+            writer.writerow(cells)
+
+    # ---------------------------------------------------------------- histogram export
+
+    def _histograms_for(self, run: int, spill: int | None) -> list[tuple[int, str, bytes]]:
+        if spill is None:
+            return [
+                (r[0], r[1], r[2])
+                for r in self._query(
+                    "SELECT s.spill, h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
+                    " WHERE s.run = ? ORDER BY s.spill, h.name",
+                    (run,),
+                )
+            ]
+        return [
+            (r[0], r[1], r[2])
+            for r in self._query(
+                "SELECT s.spill, h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
+                " WHERE s.run = ? AND s.spill = ? ORDER BY h.name",
+                (run, spill),
+            )
+        ]
+
+    def _summed(self, rows: list[tuple[int, str, bytes]]) -> tuple[dict, list[int]]:
+        """Sum each histogram over the spills (incompatible binning: kept per first spill, logged)."""
+        totals: dict[str, Any] = {}
+        spills: set[int] = set()
+        for spill, name, blob in rows:
+            spills.add(spill)
+            h = decode_histogram(blob)
+            if name not in totals:
+                totals[name] = h
+                continue
+            try:
+                totals[name] = totals[name] + h
+            except ValueError as exc:
+                log.warning("histogram %s of spill %s cannot be added to the run sum: %s", name, spill, exc)
+        return totals, sorted(spills)
+
+    def export_histograms_root(
+        self, path: str | os.PathLike, run: int, spill: int | None = None, *, per_spill: bool = False
+    ) -> list[str]:
+        """Write histograms to a ROOT file with uproot; returns the keys written.
+
+        ``spill`` given: that spill's histograms at the top level. ``spill=None``:
+        the run's histograms summed over its archived spills at the top level,
+        plus (``per_spill=True``) each spill's in a directory ``spill_NNNNN``.
+        A ``TObjString`` ``na64_online_info`` (JSON) records run, spills and
+        time. Names are cleaned for ROOT (``/`` makes sub-directories); integer
+        storages are written as doubles (TH*D); histograms uproot cannot write
+        (more than 3 axes, …) are skipped with a warning.
+        """
+        import uproot
+
+        rows = self._histograms_for(run, spill)
+        if spill is None:
+            objects, spills = self._summed(rows)
+            items = list(objects.items())
+            if per_spill:
+                items += [(f"spill_{s:05d}/{n}", decode_histogram(b)) for s, n, b in rows]
+        else:
+            items = [(n, decode_histogram(b)) for _, n, b in rows]
+            spills = [spill] if rows else []
+        written: list[str] = []
+        with uproot.recreate(path) as f:
+            for name, h in items:
+                key = _root_name(name)
+                try:
+                    f[key] = _root_writable(h)
+                except Exception as exc:  # uproot raises assorted types for unsupported objects
+                    log.warning("histogram %s not written to ROOT: %s", name, exc)
+                    continue
+                written.append(key)
+            f["na64_online_info"] = json.dumps(
+                {"run": run, "spill": spill, "spills": spills, "summed": spill is None, "exported": _iso(time.time())}
+            )
+        return written
+
+    def export_histograms_json(
+        self, dest: str | os.PathLike | IO[str], run: int, spill: int | None = None
+    ) -> int:
+        """Write histograms as JSON (UHI schema, flow bins included); returns how many.
+
+        ``{"run", "spill", "spills", "summed", "histograms": {name: uhi}}``;
+        ``spill=None`` sums over the run's archived spills as for ROOT.
+        """
+        rows = self._histograms_for(run, spill)
+        if spill is None:
+            objects, spills = self._summed(rows)
+        else:
+            objects = {n: decode_histogram(b) for _, n, b in rows}
+            spills = [spill] if rows else []
+        doc = {
+            "run": run,
+            "spill": spill,
+            "spills": spills,
+            "summed": spill is None,
+            "histograms": {name: histogram_to_json(h) for name, h in objects.items()},
+        }
+        if isinstance(dest, (str, os.PathLike)):
+            with open(dest, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, default=_json_default)
+        else:
+            json.dump(doc, dest, default=_json_default)
+        return len(objects)
+
+    # ---------------------------------------------------------------- alarm history
+
+    def active_alarms(self) -> list[dict]:
+        """Alarm occurrences not cleared (state raised or acknowledged), oldest first."""
+        return [dict(r) for r in self._query("SELECT * FROM alarms WHERE state != 'cleared' ORDER BY raised_at, name")]
+
+    def list_alarms(
+        self,
+        name: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        run: int | None = None,
+        limit: int = 1000,
+    ) -> list[dict]:
+        """Alarm occurrences (one row each, raised … cleared), newest first.
+
+        ``name`` is exact unless it holds ``*`` (or ``%``) wildcards; ``since``/``until``
+        select occurrences active in that time range; ``run`` those raised in
+        the run.
+        """
+        clauses, params = [], []
+        if name is not None:
+            clause, value = _name_clause(name)
+            clauses.append(clause)
+            params.append(value)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        if since is not None:
+            clauses.append("coalesce(cleared_at, 1e300) >= ?")
+            params.append(float(since))
+        if until is not None:
+            clauses.append("raised_at < ?")
+            params.append(float(until))
+        if run is not None:
+            clauses.append("raised_run = ?")
+            params.append(int(run))
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        return [dict(r) for r in self._query(f"SELECT * FROM alarms{where} ORDER BY raised_at DESC LIMIT ?", params + [limit])]
+
+    def alarm_history(
+        self,
+        name: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        run: int | None = None,
+        spill: int | None = None,
+        alarm_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict]:
+        """Alarm transitions, newest first, filtered by name (exact, or with ``*`` wildcards), state,
+        time range (``until`` exclusive), run/spill or alarm occurrence."""
+        clauses, params = [], []
+        for column, value in (("state", state), ("run", run), ("spill", spill), ("alarm_id", alarm_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if name is not None:
+            clause, value = _name_clause(name)
+            clauses.append(clause)
+            params.append(value)
+        if since is not None:
+            clauses.append("time >= ?")
+            params.append(float(since))
+        if until is not None:
+            clauses.append("time < ?")
+            params.append(float(until))
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        return [
+            dict(r)
+            for r in self._query(f"SELECT * FROM alarm_events{where} ORDER BY time DESC, id DESC LIMIT ?", params + [limit])
+        ]
+
+
+def bad_spills_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The CSV text of :meth:`Archive.bad_spills` rows (for a web download)."""
+    buf = io.StringIO()
+    Archive._write_bad(buf, list(rows), "csv", None, BAD_STATES)
+    return buf.getvalue()
+
+
+__all__ = [
+    "Archive",
+    "ArchiveConfig",
+    "ArchiveError",
+    "BAD_STATES",
+    "SCHEMA_VERSION",
+    "bad_spills_csv",
+    "decode_histogram",
+    "encode_histogram",
+    "histogram_to_json",
+]
