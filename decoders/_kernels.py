@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from . import layout as L
-from .errors import Issue
+from .errors import FIRST_NOTICE, Issue
 
 # numba freezes module globals: plain ints, derived once from the layout.
 _MAGIC = L.DATE_MAGIC
@@ -50,7 +50,7 @@ _ISSUE_MISSING = int(Issue.MODULE_MISSING)
 _ISSUE_UNKNOWN_CH = int(Issue.UNKNOWN_CHANNEL)
 _ISSUE_UNKNOWN_SRC = int(Issue.UNKNOWN_SRC_ID)
 _ISSUE_SCALERS_SHORT = int(Issue.SCALERS_SHORT)
-_FIRST_NOTICE = int(Issue.FIRST_NOTICE)
+_FIRST_NOTICE = FIRST_NOTICE
 
 _SRC_MSADC = 1
 _SRC_SCALERS = 2

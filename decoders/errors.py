@@ -71,6 +71,9 @@ class ConfigError(DaqError, ValueError):
     """A configuration file, environment variable or option that is wrong."""
 
 
+FIRST_NOTICE = 64  # issue values from here on are notices, not decode errors
+
+
 class Issue(IntEnum):
     """What a kernel can report. Values below ``FIRST_NOTICE`` are decode errors (spec §5)."""
 
@@ -95,8 +98,7 @@ class Issue(IntEnum):
     EVENT_BAD_HEADER_SIZE = 15
     EVENT_BAD_MAGIC = 16
     SUBEVENT_MISMATCH = 17
-    # notices: counted, not decode errors
-    FIRST_NOTICE = 64
+    # notices (>= FIRST_NOTICE): counted, not decode errors
     MODULE_MISSING = 64
     UNKNOWN_CHANNEL = 65
     UNKNOWN_SRC_ID = 66
@@ -104,7 +106,7 @@ class Issue(IntEnum):
 
     @property
     def is_error(self) -> bool:
-        return 0 < self.value < Issue.FIRST_NOTICE
+        return 0 < self.value < FIRST_NOTICE
 
     @property
     def rejects_event(self) -> bool:

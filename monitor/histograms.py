@@ -1,0 +1,394 @@
+"""Per-spill and run-cumulative physics histograms (``hist`` / boost-histogram).
+
+Every histogram has a leading ``trigger`` axis that splits events by
+selection (an event may enter several): ``beam`` (trigger bit 1, unbiased
+prescaled S1·S2 — its rate is proportional to the beam intensity),
+``physics`` (bit 0, S1·S2·S3·V̄·ECAL), ``random`` (bit 2), ``calibration``
+(CALIBRATION events, LED), ``electron`` (beam trigger with the SRD electron
+tag) and ``candidate`` (missing-energy candidates, spec §11).
+
+Histograms (energies in GeV, spec §11 sums):
+
+========== ===============================================================
+e_ecal     E_ECAL, both ECAL modules — 100 GeV electron peak
+e_ps       E_PS, ECAL preshower (module 0)
+e_hcal     E_HCAL, all HCAL modules — hadrons above 10 GeV
+e_total    E_ECAL + E_HCAL — the beam energy for electrons and hadrons;
+           missing-energy events sit far below it
+ecal_hcal  E_ECAL versus E_HCAL plane
+srd        SRD sum (synchrotron-radiation tag window 5–150 MeV)
+veto       largest VETO module energy (module = mean of its two PMTs; the
+           candidate cut requires every module below 10 MeV)
+time       trigger time in the spill (srcID 701, µs): intensity profile,
+           spikes and early-spill saturation
+========== ===============================================================
+
+Storage is ``Int64`` (counts), so merging partial results of worker
+processes is exact and order-independent. Filling is one vectorised
+``fill`` per histogram per decoded chunk, never per event, with one entry per
+event: internally the first axis is not the (overlapping) trigger selection
+but an exclusive event *class* (beam / beam+electron tag × physics /
+physics+candidate × random × calibration, 36 classes); the public ``hists``
+(trigger axis) are the class counts summed per selection, made when read.
+
+Reset semantics: a :class:`SpillHistograms` lives for one spill and is never
+reset. :class:`RunHistograms` adds spills up; it resets itself when a spill
+of another run arrives (``reason="new run"``) and on :meth:`RunHistograms.reset`
+(operator); ``since`` / ``reset_reason`` / ``spills`` say what it holds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import boost_histogram as bh
+import hist
+import numpy as np
+
+TRIGGERS = ("beam", "physics", "random", "calibration", "electron", "candidate")
+TRIGGER_INDEX = {name: i for i, name in enumerate(TRIGGERS)}
+_CALIBRATION_TYPE = 8
+_RANDOM_BIT = 2
+
+
+@dataclass(frozen=True)
+class HistogramConfig:
+    """Binning (GeV unless stated). Spill and run histograms must share it."""
+
+    e_ecal: tuple[int, float, float] = (300, 0.0, 150.0)
+    e_ps: tuple[int, float, float] = (250, 0.0, 50.0)
+    e_hcal: tuple[int, float, float] = (300, 0.0, 150.0)
+    e_total: tuple[int, float, float] = (200, 0.0, 200.0)
+    plane: tuple[int, float, float] = (75, 0.0, 150.0)  # both axes of ecal_hcal
+    srd: tuple[int, float, float] = (150, 0.0, 0.3)
+    veto: tuple[int, float, float] = (100, 0.0, 0.05)
+    time_us: tuple[int, float, float] = (600, 0.0, 6.0e6)  # 10 ms bins over 6 s
+
+    def __post_init__(self) -> None:
+        for name in ("e_ecal", "e_ps", "e_hcal", "e_total", "plane", "srd", "veto", "time_us"):
+            bins, lo, hi = getattr(self, name)
+            if int(bins) < 1 or not hi > lo:
+                raise ValueError(f"{name}: need bins >= 1 and hi > lo, got {getattr(self, name)}")
+
+
+N_CLASSES = 36  # be (3) × pk (3) × random (2) × calibration (2)
+
+
+def _membership() -> np.ndarray:
+    """(len(TRIGGERS), N_CLASSES) 0/1 matrix: which event class belongs to which trigger selection."""
+    code = np.arange(N_CLASSES)
+    be, pk, r, c = code % 3, (code // 3) % 3, (code // 9) % 2, code // 18
+    rows = {"beam": be >= 1, "physics": pk >= 1, "random": r == 1, "calibration": c == 1,
+            "electron": be == 2, "candidate": pk == 2}
+    return np.array([rows[t] for t in TRIGGERS], dtype=np.int64)
+
+
+MEMBERSHIP = _membership()
+
+
+def event_classes(decoded, physics) -> np.ndarray:
+    """Exclusive class code per event (0..35); ``N_CLASSES`` for events that are not data.
+
+    beam/electron: 0 no beam trigger, 1 beam trigger, 2 beam trigger with the SRD electron tag;
+    physics/candidate: 0, 1 physics trigger, 2 physics-trigger missing-energy candidate (§11:
+    candidates are physics-trigger events); random trigger bit; CALIBRATION event.
+    """
+    data = np.asarray(physics.is_data, dtype=bool)
+    beam = np.asarray(physics.beam_trigger, dtype=bool)
+    phys = np.asarray(physics.physics_trigger, dtype=bool)
+    be = beam.astype(np.int64) + (beam & np.asarray(physics.electron, dtype=bool))
+    pk = phys.astype(np.int64) + (phys & np.asarray(physics.candidate, dtype=bool))
+    mask = np.asarray(decoded.trigger_mask).astype(np.int64)
+    r = (mask >> _RANDOM_BIT) & 1
+    c = (np.asarray(decoded.type) == _CALIBRATION_TYPE).astype(np.int64)
+    code = be + 3 * pk + 9 * r + 18 * c
+    code[~data] = N_CLASSES
+    return code
+
+
+def _class_axis() -> hist.axis.Integer:
+    return hist.axis.Integer(0, N_CLASSES, name="class", label="event class (internal)", underflow=False,
+                             overflow=False)
+
+
+def _trigger_axis() -> hist.axis.Integer:
+    return hist.axis.Integer(
+        0, len(TRIGGERS), name="trigger", label="trigger: " + ", ".join(f"{i} {t}" for i, t in enumerate(TRIGGERS)),
+        underflow=False, overflow=False,
+    )
+
+
+def _regular(spec, name: str, label: str) -> hist.axis.Regular:
+    bins, lo, hi = spec
+    return hist.axis.Regular(int(bins), float(lo), float(hi), name=name, label=label)
+
+
+def make_histograms(cfg: HistogramConfig) -> dict[str, hist.Hist]:
+    """Empty histograms of the configured binning (Int64 storage)."""
+    t = _trigger_axis
+    i64 = hist.storage.Int64
+    return {
+        "e_ecal": hist.Hist(t(), _regular(cfg.e_ecal, "e", "E_ECAL [GeV]"), storage=i64(), name="e_ecal", label="ECAL energy"),
+        "e_ps": hist.Hist(t(), _regular(cfg.e_ps, "e", "E_PS [GeV]"), storage=i64(), name="e_ps", label="preshower energy"),
+        "e_hcal": hist.Hist(t(), _regular(cfg.e_hcal, "e", "E_HCAL [GeV]"), storage=i64(), name="e_hcal", label="HCAL energy"),
+        "e_total": hist.Hist(
+            t(), _regular(cfg.e_total, "e", "E_ECAL + E_HCAL [GeV]"), storage=i64(), name="e_total", label="total energy"
+        ),
+        "ecal_hcal": hist.Hist(
+            t(), _regular(cfg.plane, "e_ecal", "E_ECAL [GeV]"), _regular(cfg.plane, "e_hcal", "E_HCAL [GeV]"),
+            storage=i64(), name="ecal_hcal", label="E_ECAL vs E_HCAL",
+        ),
+        "srd": hist.Hist(t(), _regular(cfg.srd, "e", "SRD sum [GeV]"), storage=i64(), name="srd", label="SRD sum"),
+        "veto": hist.Hist(
+            t(), _regular(cfg.veto, "e", "largest VETO module energy [GeV]"), storage=i64(), name="veto",
+            label="VETO (max over modules)",
+        ),
+        "time": hist.Hist(
+            t(), _regular(cfg.time_us, "t", "trigger time in spill [µs]"), storage=i64(), name="time",
+            label="events versus time in spill",
+        ),
+    }
+
+
+def selections(decoded, physics) -> np.ndarray:
+    """Boolean (len(TRIGGERS), n) matrix: which event enters which trigger selection."""
+    code = event_classes(decoded, physics)
+    member = np.concatenate([MEMBERSHIP, np.zeros((len(TRIGGERS), 1), dtype=np.int64)], axis=1)
+    return member[:, code].astype(bool)
+
+
+def _make_coded(cfg: HistogramConfig) -> dict[str, hist.Hist]:
+    """Internal class-coded twins of :func:`make_histograms` (first axis: event class)."""
+    return {
+        name: hist.Hist(_class_axis(), *h.axes[1:], storage=hist.storage.Int64(), name=name)
+        for name, h in make_histograms(cfg).items()
+    }
+
+
+def _row_reduce(values: np.ndarray, op) -> np.ndarray:
+    """Reduce an (n, k) array over its few columns (much faster than ``.sum(axis=1)`` for small k)."""
+    if values.ndim == 1:
+        return values
+    if values.shape[1] == 0:
+        return np.zeros(values.shape[0])
+    out = values[:, 0].copy()
+    for k in range(1, values.shape[1]):
+        op(out, values[:, k], out=out)
+    return out
+
+
+def _hist_to_json(h: hist.Hist) -> dict:
+    axes = []
+    for ax in h.axes:
+        entry: dict[str, Any] = {"name": ax.name, "label": ax.label}
+        if ax.name == "trigger":
+            entry["categories"] = list(TRIGGERS)
+        elif isinstance(ax, hist.axis.Integer):
+            entry["categories"] = [int(v) for v in ax.centers - 0.5]
+        else:
+            entry["edges"] = ax.edges.tolist()
+        axes.append(entry)
+    values = h.values()
+    return {
+        "name": h.name,
+        "label": h.label,
+        "axes": axes,
+        "values": values.astype(np.int64).tolist(),
+        "entries": int(h.sum(flow=True)),
+        "outside": int(h.sum(flow=True) - values.sum()),
+    }
+
+
+class HistogramSet:
+    """A named set of histograms of one binning; base of spill and run sets.
+
+    ``hists`` are ``hist.Hist`` objects with the trigger axis, made from the
+    internal class counts when read (cached until the next fill / merge):
+    treat them as read-only results.
+    """
+
+    def __init__(self, config: HistogramConfig | None = None) -> None:
+        self.config = config or HistogramConfig()
+        self._coded: dict[str, hist.Hist] = _make_coded(self.config)
+        self._cache: dict[str, hist.Hist] | None = None
+        self.events = 0  # data events (PHYSICS + CALIBRATION) filled
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
+
+    @property
+    def hists(self) -> dict[str, hist.Hist]:
+        if self._cache is None:
+            out = make_histograms(self.config)
+            for name, h in out.items():
+                coded = np.asarray(self._coded[name].view(flow=True))
+                summed = MEMBERSHIP @ coded.reshape(N_CLASSES, -1)
+                h.view(flow=True)[...] = summed.reshape((len(TRIGGERS),) + coded.shape[1:])
+            self._cache = out
+        return self._cache
+
+    def __getitem__(self, name: str) -> hist.Hist:
+        return self.hists[name]
+
+    def spectrum(self, name: str, trigger: str, flow: bool = True) -> np.ndarray:
+        """Counts of a 1-d histogram for one trigger selection (flow bins at both ends if ``flow``)."""
+        h = self._coded[name]
+        if h.ndim != 2:
+            raise ValueError(f"{name} is not a spectrum (has {h.ndim - 1} value axes)")
+        return MEMBERSHIP[TRIGGER_INDEX[trigger]] @ np.asarray(h.view(flow=flow))
+
+    def entries(self, name: str, trigger: str) -> int:
+        """Entries (flow included) of one trigger selection of any histogram."""
+        coded = np.asarray(self._coded[name].view(flow=True)).reshape(N_CLASSES, -1).sum(axis=1)
+        return int(MEMBERSHIP[TRIGGER_INDEX[trigger]] @ coded)
+
+    def _add(self, other: "HistogramSet") -> None:
+        if other.config != self.config:
+            raise ValueError("cannot add histograms of a different binning (HistogramConfig differs)")
+        for name, h in other._coded.items():
+            self._coded[name] += h
+        self.events += other.events
+        self._cache = None
+
+    def to_json(self) -> dict:
+        """JSON-ready dict: ``{"events", "histograms": {name: {axes, values, entries, outside}}}``."""
+        return {"events": self.events, "histograms": {n: _hist_to_json(h) for n, h in self.hists.items()}}
+
+
+class SpillHistograms(HistogramSet):
+    """Histograms of one spill, filled chunk by chunk; exactly mergeable and picklable.
+
+    Usable as a ``SpillProcessor`` extension: ``SpillHistograms(channel_map)``
+    (the map is not needed, it is accepted for the factory signature).
+    """
+
+    def __init__(self, channel_map=None, config: HistogramConfig | None = None) -> None:
+        super().__init__(config)
+        self.run: int | None = None
+        self.spill: int | None = None
+
+    def fill(self, decoded, physics) -> None:
+        """Add one decoded chunk (``DecodedEvents`` + its ``EventPhysics``); vectorised."""
+        data = np.asarray(physics.is_data, dtype=bool)
+        ndata = int(np.count_nonzero(data))
+        if not ndata:
+            return
+        self.events += ndata
+        if self.run is None:
+            first = int(np.flatnonzero(data)[0])
+            self.run, self.spill = int(decoded.run[first]), int(decoded.spill[first])
+        # one entry per event: the event's exclusive class (non-data rows get a code outside the
+        # class axis, which has no flow bins, so boost-histogram drops them)
+        code = event_classes(decoded, physics)
+        e_ecal = np.asarray(physics.e_ecal)
+        e_hcal = np.asarray(physics.e_hcal)
+        columns = {
+            "e_ecal": e_ecal,
+            "e_ps": np.asarray(physics.e_ps),
+            "e_hcal": e_hcal,
+            "e_total": e_ecal + e_hcal,
+            "srd": _row_reduce(np.asarray(physics.srd), np.add),
+            "veto": _row_reduce(np.asarray(physics.veto), np.maximum),
+        }
+        fill = bh.Histogram.fill  # hist.Hist.fill only adds name handling on top
+        h = self._coded
+        for name, values in columns.items():
+            fill(h[name], code, values)
+        fill(h["ecal_hcal"], code, e_ecal, e_hcal)
+        t = np.asarray(decoded.trigger_time_us)
+        fill(h["time"], np.where(t >= 0, code, N_CLASSES), t.astype(np.float64))
+        self._cache = None
+
+    def merge(self, other: "SpillHistograms") -> None:
+        """Add another part of the same spill (exact: integer counts)."""
+        if self.run is None:
+            self.run, self.spill = other.run, other.spill
+        elif other.run is not None and (other.run, other.spill) != (self.run, self.spill):
+            raise ValueError(f"cannot merge spill {other.run}/{other.spill} into {self.run}/{self.spill}")
+        self._add(other)
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out.update(run=self.run, spill=self.spill)
+        return out
+
+
+_TREND_KEYS = (
+    "spill", "events", "beam", "triggers_accepted", "triggers_raw", "spill_duration_us", "dead_time_fraction",
+    "hadron_fraction", "hadron_fraction_srd", "eot", "decode_errors", "lost_events", "finished_at",
+)
+
+
+class RunHistograms(HistogramSet):
+    """Run-cumulative histograms plus per-spill trend rows and run totals.
+
+    ``add(spill_histograms, record)`` sums a finished spill in (``record`` is
+    the spill's QA record dict; optional, it feeds the totals and trend).
+    A spill of another run resets first (``reset_reason = "new run"``);
+    :meth:`reset` is the operator's reset. Totals: spills, events, beam,
+    electrons on target (EOT, spec §11 summed over the run), candidates.
+    """
+
+    MAX_CANDIDATES = 10000  # candidate rows kept per run (all are counted in ``candidates_total``)
+
+    def __init__(self, config: HistogramConfig | None = None, run: int | None = None) -> None:
+        super().__init__(config)
+        self.run = run
+        self._start("start")
+
+    def _start(self, reason: str) -> None:
+        self.reset_reason = reason
+        self.since = time.time()
+        self.spills = 0
+        self.first_spill: int | None = None
+        self.last_spill: int | None = None
+        self.beam = 0
+        self.eot = 0.0
+        self.candidates: list[dict] = []  # {"spill", "event", ...numbers that made it pass}
+        self.candidates_total = 0
+        self.trend: list[dict] = []  # one row per spill added with a record
+
+    def reset(self, reason: str = "operator", run: int | None = None) -> None:
+        """Empty everything (histograms, totals, trend); ``run`` given: the new run number."""
+        self._coded = _make_coded(self.config)
+        self._cache = None
+        self.events = 0
+        if run is not None:
+            self.run = run
+        self._start(reason)
+
+    def add(self, spill: SpillHistograms | None, record: Mapping[str, Any] | None = None) -> None:
+        """Sum a finished spill in (histograms and/or its QA record dict); another run resets first."""
+        run = spill.run if spill is not None and spill.run is not None else (record or {}).get("run")
+        if run is not None and self.run is not None and run != self.run:
+            self.reset("new run", run=run)
+        if run is not None:
+            self.run = run
+        if spill is not None:
+            self._add(spill)
+        number = spill.spill if spill is not None and spill.spill is not None else (record or {}).get("spill")
+        self.spills += 1
+        if number is not None:
+            self.first_spill = number if self.first_spill is None else self.first_spill
+            self.last_spill = number
+        if record is not None:
+            self.beam += int(record.get("beam") or 0)
+            self.eot += float(record.get("eot") or 0.0)
+            details = record.get("candidate_details") or [{"event": e} for e in record.get("candidates") or ()]
+            self.candidates_total += len(details)
+            room = self.MAX_CANDIDATES - len(self.candidates)
+            self.candidates.extend({"spill": number, **dict(d)} for d in list(details)[: max(room, 0)])
+            self.trend.append({k: record.get(k) for k in _TREND_KEYS} | {"candidates": len(record.get("candidates") or ())})
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out.update(
+            run=self.run, since=self.since, reset_reason=self.reset_reason, spills=self.spills,
+            first_spill=self.first_spill, last_spill=self.last_spill, beam=self.beam, eot=self.eot,
+            candidates=self.candidates, candidates_total=self.candidates_total, trend=self.trend,
+        )
+        return out

@@ -1,0 +1,195 @@
+"""monitor.health: exact channel statistics, and dead / hot / noisy / drifting channels found
+against each channel's own history within the configured spills, cleared when fixed."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from monitor_synth import PHYSICS, make_spill
+
+from na64_online.monitor.health import ChannelHistory, ChannelStats, HealthConfig
+
+
+def _stats(decoded, nslots=120):
+    s = ChannelStats(nslots)
+    s.fill(decoded)
+    return s
+
+
+def test_channel_stats_exact():
+    d, _ = make_spill(n=1500, seed=3, hot=[4])
+    d.nsamples[::3, 7] = 0  # slot 7 zero-suppressed in a third of the events
+    d.nsamples[:, 9] = 0  # slot 9 never read out
+    s = _stats(d)
+    sel = d.type == PHYSICS
+    assert s.events == sel.sum() and (s.run, s.spill) == (1, 1)
+    pres = (d.nsamples > 0) & sel[:, None]
+    assert np.array_equal(s.present, pres.sum(axis=0))
+    for slot in (0, 4, 7, 50):
+        p = pres[:, slot]
+        pe = d.pedestal_even[p, slot]
+        po = d.pedestal_odd[p, slot]
+        mean, rms = s.pedestal_even
+        assert mean[slot] == pytest.approx(pe.mean(), rel=1e-12)
+        assert rms[slot] == pytest.approx(pe.std(), rel=1e-6)
+        assert s.pedestal_odd[1][slot] == pytest.approx(po.std(), rel=1e-6)
+        hits = p & (d.amplitude[:, slot] > 20)
+        assert s.hits[slot] == hits.sum()
+        assert s.occupancy[slot] == pytest.approx(hits.sum() / sel.sum())
+        assert s.amplitude[0][slot] == pytest.approx(d.amplitude[hits, slot].mean(), rel=1e-12)
+        assert s.saturation_rate[slot] == pytest.approx((p & d.saturated[:, slot]).sum() / sel.sum())
+    assert s.occupancy[4] > 0.85  # hot
+    assert s.presence[7] == pytest.approx(2 / 3, abs=0.01)
+    assert np.isnan(s.pedestal_even[0][9]) and s.presence[9] == 0
+    out = s.to_json()
+    assert out["pedestal_even"][9] is None and out["events"] == s.events
+
+
+def test_channel_stats_merge_and_pickle():
+    d, _ = make_spill(n=2000, seed=4)
+    whole = _stats(d)
+    merged = ChannelStats(120)
+    for rows in np.array_split(np.arange(d.n), 5):
+        part = ChannelStats(120)
+        part.fill(d.take(rows))
+        merged.merge(pickle.loads(pickle.dumps(part)))
+    assert merged.events == whole.events
+    assert np.array_equal(merged.counts, whole.counts)
+    np.testing.assert_allclose(merged.sums, whole.sums, rtol=1e-12)
+    with pytest.raises(ValueError):
+        merged.merge(ChannelStats(121))
+
+
+def _run(history, spills):
+    """Feed (decoded, physics) spills; returns per spill the set of (kind, slot) findings."""
+    out = []
+    for d, _ in spills:
+        report = history.update(_stats(d))
+        out.append({(f.kind, f.slot) for f in report.findings})
+    return out
+
+
+CFG = HealthConfig(min_events=500, raise_after=2, clear_after=1, min_history=3)
+
+
+@pytest.fixture(scope="module")
+def channel_map_():
+    from na64_online.decoders.channelmap import ChannelMap
+
+    return ChannelMap.default()
+
+
+def test_dead_hot_noisy_raise_within_config_and_clear(channel_map_):
+    dead, hot, noisy = 10, 75, 40
+    spills = []
+    for s in range(1, 11):
+        faulty = 5 <= s <= 7
+        spills.append(make_spill(n=1000, spill=s, seed=s, dead=[dead] if faulty else [],
+                                 hot=[hot] if faulty else [], noisy=[noisy] if faulty else []))
+    history = ChannelHistory(channel_map_, CFG)
+    found = _run(history, spills)
+    expect = {("dead", dead), ("hot", hot), ("noisy", noisy)}
+    for s, f in enumerate(found, start=1):
+        if s in (6, 7):  # fault from spill 5, raise_after = 2
+            assert expect <= f, (s, f)
+            assert {k for k in f if k[0] != "hot" or k[1] != noisy} == expect, (s, f)
+        else:
+            assert f == set(), (s, f)
+    # the finding carries the channel's place and numbers
+    report = history.update(_stats(make_spill(n=1000, spill=11, seed=11, dead=[dead])[0]))
+    assert report.findings == ()  # first bad spill: not raised yet
+    report = history.update(_stats(make_spill(n=1000, spill=12, seed=12, dead=[dead])[0]))
+    (f,) = report.findings
+    assert (f.slot, f.kind, f.detector, f.module, f.x, f.y) == (10, "dead", "ECAL", 0, 4, 1)
+    assert f.value == 0.0 and f.reference > 0.05 and f.spills == 2 and f.since == (1, 12)
+    assert "flat pedestal" in f.detail and f.to_dict()["since"] == [1, 12]
+    assert report.raised == report.findings
+
+
+def test_pedestal_drift_against_frozen_baseline(channel_map_):
+    slot, step = 20, 1.5
+    spills = [make_spill(n=800, spill=s, seed=s, pedestal_shift={slot: step * (s - 1)}) for s in range(1, 9)]
+    spills += [make_spill(n=800, spill=s, seed=s) for s in (9, 10)]  # fixed
+    found = _run(ChannelHistory(channel_map_, CFG), spills)
+    # baseline = median of spills 1-3 (+1.5); |shift| > 5 from spill 6 on, raised at 7
+    assert found[:6] == [set()] * 6
+    assert found[6] == found[7] == {("drifting", slot)}
+    assert found[8] == found[9] == set()
+
+
+def test_flat_channel_is_dead_without_history(channel_map_):
+    spills = [make_spill(n=600, spill=s, seed=s, dead=[3]) for s in (1, 2)]
+    found = _run(ChannelHistory(channel_map_, CFG), spills)
+    assert found == [set(), {("dead", 3)}]
+
+
+def test_too_few_events_not_judged(channel_map_):
+    h = ChannelHistory(channel_map_, CFG)
+    for s in (1, 2):
+        h.update(_stats(make_spill(n=600, spill=s, seed=s, dead=[3])[0]))
+    report = h.update(_stats(make_spill(n=100, spill=3, seed=3)[0]))
+    assert not report.judged and {f.kind for f in report.findings} == {"dead"}
+    assert h.update(_stats(make_spill(n=600, spill=4, seed=4)[0])).cleared[0].slot == 3
+    h.reset()
+    assert h.findings == [] and h.spills_judged == 0
+
+
+def test_rebaseline_accepts_a_new_pedestal(channel_map_):
+    h = ChannelHistory(channel_map_, CFG)
+    for s in range(1, 5):
+        h.update(_stats(make_spill(n=600, spill=s, seed=s)[0]))
+    shifted = {7: 12.0}
+    for s in (5, 6):
+        report = h.update(_stats(make_spill(n=600, spill=s, seed=s, pedestal_shift=shifted)[0]))
+    assert {(f.kind, f.slot) for f in report.findings} == {("drifting", 7)}
+    h.rebaseline([7])
+    for s in range(7, 11):
+        report = h.update(_stats(make_spill(n=600, spill=s, seed=s, pedestal_shift=shifted)[0]))
+    assert report.findings == ()
+
+
+# ---------------------------------------------------------------------------- simulator, end to end
+
+DEAD = ((610, 0, 13), (610, 1, 7))  # preshower (1,2): zero-suppressed; main ECAL (1,1): always read out
+HOT = ((611, 0, 5),)  # HCAL module 0 (2,1)
+NOISY = ((610, 1, 30),)  # main ECAL (0,5), always read out
+DRIFT = ((610, 1, 0),)  # main ECAL (0,0)
+
+
+def test_simulated_run_end_to_end(channel_map):
+    """Simulator spills through the lead's SpillProcessor: faults in spills 5-7 raised at 6, cleared at 8;
+    a 1.5 ADC/spill pedestal drift raised at 7 and cleared when it stops."""
+    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.decoders.decode import as_words
+    from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
+
+    base = dict(seed=11, spills=9, events_per_spill=900)
+    drift = dict(pedestal_drift_per_spill=1.5, drift_channels=DRIFT)
+    sims = {
+        "drift": ReadoutSimulator(SimulationConfig(**base, **drift), channel_map),
+        "faulty": ReadoutSimulator(
+            SimulationConfig(**base, **drift, dead_channels=DEAD, hot_channels=HOT, noisy_channels=NOISY), channel_map),
+        "fixed": ReadoutSimulator(SimulationConfig(**base), channel_map),
+    }
+    proc = SpillProcessor(MonitorConfig(), channel_map, extensions={"stats": ChannelStats})
+    history = ChannelHistory(channel_map, CFG)
+    slot = {a: int(channel_map.lookup[channel_map.address(*a)]) for a in DEAD + HOT + NOISY + DRIFT}
+    found = []
+    for s in range(1, 10):
+        sim = sims["drift" if s <= 4 else "faulty" if s <= 7 else "fixed"]
+        words, _ = as_words(sim.spill(s).raw())
+        acc = proc.accumulate(words)
+        report = history.update(acc.extensions["stats"])
+        assert report.judged
+        found.append({(f.kind, f.slot) for f in report.findings})
+    faults = {("dead", slot[a]) for a in DEAD} | {("hot", slot[a]) for a in HOT} | {("noisy", slot[a]) for a in NOISY}
+    drifting = {("drifting", slot[a]) for a in DRIFT}
+    assert found[:5] == [set()] * 5, found[:5]
+    assert faults <= found[5] and not drifting & found[5], found[5]
+    assert faults | drifting <= found[6], found[6]
+    # a noisy channel also fires above threshold (hot): allowed, nothing else
+    extra = found[6] - faults - drifting
+    assert extra <= {("hot", slot[a]) for a in NOISY}, extra
+    assert found[7] == found[8] == set(), found[7:]
