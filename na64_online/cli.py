@@ -78,7 +78,8 @@ def _summary_line(record: dict) -> str:
         f"lost {record['lost_events']}, errors {record['decode_errors']}, "
         f"{'complete' if record['complete'] else 'INCOMPLETE'}, beam {fmt(record['beam'], 'd')}, "
         f"hadron fraction {fmt(record['hadron_fraction'], '.4f')}, EOT {fmt(record['eot'], '.4g')}, "
-        f"candidates {record['candidates']}"
+        f"candidates {record['candidates']}, quality {record.get('quality', {}).get('overall', '—')}"
+        + (f", ALARMS {', '.join(a['name'] for a in record['alarms'])}" if record.get("alarms") else "")
     )
 
 
@@ -296,6 +297,9 @@ def _publish_simulation(args, sim_config, channel_map) -> int:
     for t in threads:
         while t.is_alive():
             t.join(0.2)
+    import zmq
+
+    zmq.Context.instance().term()  # lets the last messages out (each publisher lingers up to 1 s)
     for exc in errors:
         if isinstance(exc, (DaqError, OSError, KeyboardInterrupt)):
             raise exc
@@ -335,6 +339,9 @@ def cmd_serve(args) -> int:
     from .daq.ingest import IngestService
     from .monitor.pipeline import SpillProcessor
 
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config, channel_map = _load(args)
     ingest = ingest_config_from_args(config, args)
     if not ingest.endpoints:
@@ -371,8 +378,11 @@ def cmd_serve(args) -> int:
 
 def cmd_worker(args) -> int:
     """A decoder worker for a service on this or another host."""
+    import logging
+
     from .daq.workers import run_worker
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
     run_worker(args.connect, capacity=args.capacity)
     return 0
 

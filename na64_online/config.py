@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .daq.ingest import IngestConfig
 from .decoders.errors import ConfigError
+from .monitor.alarms import AlarmConfig
+from .monitor.archive import ArchiveConfig
+from .monitor.health import HealthConfig
+from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
+from .monitor.quality import QualityConfig
 
 ENV_PREFIX = "NA64_"
 
@@ -30,7 +36,14 @@ class Config:
     """The service configuration; each section belongs to one layer."""
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
+    reference: tuple[int, int] | None = None  # (run, spill) in the archive whose spectra are the reference
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    histograms: HistogramConfig = field(default_factory=HistogramConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)
+    archive: ArchiveConfig | None = None  # None: no archive
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -1,24 +1,45 @@
-"""Wiring of the layers: raw files or live spills → SpillProcessor → QA records (→ archive, alarms)."""
+"""Wiring of the layers: raw files or live spills → SpillProcessor → SpillMonitor (quality, alarms, archive)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Iterator
 
 from .config import Config
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
-from .monitor.pipeline import SpillProcessor
+from .monitor.archive import ArchiveConfig
+from .monitor.metrics import SnapshotStore
+from .monitor.spill_monitor import SpillMonitor
+
+
+def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStore | None = None,
+                  archive_path: str | os.PathLike | None = None) -> SpillMonitor:
+    """The per-spill monitor as configured; ``archive_path`` overrides the archive file."""
+    archive = config.archive
+    if archive_path is not None:
+        archive = dataclasses.replace(archive or ArchiveConfig(), path=archive_path)
+    return SpillMonitor(
+        channel_map,
+        monitor=config.monitor,
+        histograms=config.histograms,
+        health=config.health,
+        quality=config.quality,
+        alarms=config.alarms,
+        archive=archive,
+        metrics=metrics,
+        reference=config.reference,
+    )
 
 
 class Replayer:
     """Replay raw files through exactly the per-spill code of the live service."""
 
-    def __init__(self, config: Config, channel_map: ChannelMap, archive_path: str | os.PathLike | None = None):
+    def __init__(self, config: Config, channel_map: ChannelMap, archive_path: str | os.PathLike | None = None,
+                 metrics: SnapshotStore | None = None):
         self.config = config
-        self.channel_map = channel_map
-        self.processor = SpillProcessor(config.monitor, channel_map)
-        self.archive_path = archive_path
+        self.monitor = build_monitor(config, channel_map, metrics, archive_path)
 
     def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, str | None]]:
         """Yield (QA record dict, note) per spill; notes tell of truncation and the like."""
@@ -31,10 +52,11 @@ class Replayer:
             bar = tqdm(total=raw.size, unit="B", unit_scale=True, desc=str(path), leave=False)
         try:
             for segment in segments:
-                record = self.processor.process(segment.words, segment.index, complete=segment.complete)
+                acc = self.monitor.processor.accumulate(segment.words, segment.index)
+                record = self.monitor.handle(acc, complete=segment.complete)
                 if bar is not None:
-                    bar.update(record.bytes_decoded)
-                yield record.to_dict(), None
+                    bar.update(acc.bytes_decoded)
+                yield record, None
         finally:
             if bar is not None:
                 bar.close()
@@ -50,4 +72,4 @@ class Replayer:
             yield None, f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
 
     def close(self) -> None:
-        pass
+        self.monitor.close()

@@ -1,0 +1,155 @@
+"""Everything that happens to a finished spill, live or replayed, in one place.
+
+accumulated spill → QA record → channel health (against each channel's own
+history) → run-cumulative histograms → quality states (optionally against a
+reference spill) → alarms → archive (one transaction) → metrics snapshot →
+immutable :class:`SpillSnapshot` for the dashboard.
+
+One thread calls :meth:`SpillMonitor.handle`; readers (web, Prometheus) only
+take the latest immutable snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..decoders.channelmap import ChannelMap
+from .alarms import AlarmConfig, AlarmEngine
+from .archive import Archive, ArchiveConfig
+from .health import ChannelHistory, ChannelStats, HealthConfig, HealthReport
+from .histograms import HistogramConfig, RunHistograms, SpillHistograms
+from .metrics import SnapshotStore
+from .pipeline import LiveExtras, MonitorConfig, SpillAccumulator, SpillProcessor
+from .quality import QualityConfig, SpillQuality, assess
+
+STATS, HISTOGRAMS = "channel_stats", "histograms"
+
+
+@dataclass(frozen=True)
+class SpillSnapshot:
+    """What the dashboard shows after a spill; never mutated once published."""
+
+    record: dict
+    quality: dict
+    health: dict
+    histograms: dict  # this spill's, JSON form
+    run_histograms: dict  # run-cumulative, JSON form
+    channel_stats: dict
+    published_at: float = field(default_factory=time.time)
+
+
+class SpillMonitor:
+    """Turns accumulated spills into records, quality, alarms, archive rows and metrics."""
+
+    def __init__(
+        self,
+        channel_map: ChannelMap,
+        monitor: MonitorConfig = MonitorConfig(),
+        histograms: HistogramConfig = HistogramConfig(),
+        health: HealthConfig = HealthConfig(),
+        quality: QualityConfig = QualityConfig(),
+        alarms: AlarmConfig = AlarmConfig(),
+        archive: ArchiveConfig | None = None,
+        metrics: SnapshotStore | None = None,
+        reference: tuple[int, int] | None = None,
+    ) -> None:
+        self.channel_map = channel_map
+        self.histogram_config = histograms
+        self.quality_config = quality
+        self.processor = SpillProcessor(
+            monitor,
+            channel_map,
+            extensions={
+                STATS: ChannelStats,
+                HISTOGRAMS: lambda m: SpillHistograms(m, histograms),
+            },
+        )
+        self.history = ChannelHistory(channel_map, health)
+        self.run_histograms = RunHistograms(histograms)
+        self.archive = Archive.from_config(archive) if archive is not None else None
+        self.alarms = AlarmEngine.from_config(alarms, self.archive)
+        self.metrics = metrics if metrics is not None else SnapshotStore()
+        self.reference: dict | None = None
+        self.reference_id: tuple[int, int] | None = None
+        self._latest: SpillSnapshot | None = None
+        self._lock = threading.Lock()
+        self.spills_handled = 0
+        if reference is not None:
+            self.set_reference(*reference)
+
+    # ------------------------------------------------------------ reference
+    def set_reference(self, run: int, spill: int) -> None:
+        """Compare spectra with this archived spill from now on."""
+        if self.archive is None:
+            raise ValueError("a reference spill needs the archive")
+        hists = self.archive.get_histograms(run, spill)
+        if not hists:
+            raise ValueError(f"no archived histograms for run {run} spill {spill}")
+        with self._lock:
+            self.reference, self.reference_id = hists, (run, spill)
+
+    # ------------------------------------------------------------ per spill
+    def handle(
+        self, acc: SpillAccumulator, *, complete: bool | None = None, live: LiveExtras | None = None
+    ) -> dict:
+        """Finish one spill; returns its QA record dict (spec §12 keys, quality, alarms, …)."""
+        record = self.processor.finish(acc, complete=complete, live=live).to_dict()
+        stats: ChannelStats | None = acc.extensions.get(STATS)
+        spill_hists: SpillHistograms | None = acc.extensions.get(HISTOGRAMS)
+        report: HealthReport | None = self.history.update(stats) if stats is not None else None
+        with self._lock:
+            reference = self.reference
+        quality: SpillQuality = assess(
+            record, spill_hists, report.findings if report is not None else None, reference=reference,
+            config=self.quality_config,
+        )
+        quality_dict = quality.to_dict()
+        self.run_histograms.add(spill_hists, record)
+        health_dict = report.to_dict() if report is not None else {"findings": []}
+        record["quality"] = quality_dict
+        record["channel_findings"] = health_dict.get("findings", [])
+        record["eot_run"] = self.run_histograms.eot
+        record["reference"] = list(self.reference_id) if self.reference_id else None
+        active = self.alarms.evaluate(record, quality_dict, extra={"health": health_dict})
+        record["alarms"] = active
+        if self.archive is not None:
+            self.archive.store_spill(
+                record, quality_dict, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
+            )
+        else:
+            self.alarms.take_events()
+        self.metrics.publish_spill(record, quality, report)
+        snapshot = SpillSnapshot(
+            record=record,
+            quality=quality_dict,
+            health=health_dict,
+            histograms=spill_hists.to_json() if spill_hists is not None else {},
+            run_histograms=self.run_histograms.to_json(),
+            channel_stats=stats.to_json() if stats is not None else {},
+        )
+        with self._lock:
+            self._latest = snapshot
+        self.spills_handled += 1
+        return record
+
+    @property
+    def latest(self) -> SpillSnapshot | None:
+        return self._latest
+
+    def reset_run_histograms(self, reason: str = "operator") -> None:
+        self.run_histograms.reset(reason)
+
+    def close(self) -> None:
+        self.alarms.close()
+        if self.archive is not None:
+            self.archive.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "spills_handled": self.spills_handled,
+            "reference": list(self.reference_id) if self.reference_id else None,
+            "alarm_rules_error": getattr(self.alarms, "rules_error", None),
+        }
