@@ -387,6 +387,34 @@ def cmd_worker(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- archive (analysts)
+def cmd_archive(args) -> int:
+    from .monitor.archive import Archive
+
+    if not Path(args.db).is_file():
+        raise DaqError(f"no archive at {args.db}")
+    with Archive(args.db, readonly=True) as archive:
+        if args.action == "spills":
+            for row in archive.list_spills(run=args.run, quality=args.quality):
+                print(dumps(row))
+        elif args.action == "bad-spills":
+            n = archive.export_bad_spills(args.out or sys.stdout, args.format, run=args.run)
+            if args.out:
+                print(f"wrote {n} bad spills to {args.out}", file=sys.stderr)
+        elif args.action == "alarms":
+            for row in archive.alarm_history(name=args.name, state=args.state, run=args.run):
+                print(dumps(row))
+        elif args.action == "export":
+            if args.run is None or not args.out:
+                raise DaqError("archive export needs --run and --out (FILE.root or FILE.json)")
+            if args.out.endswith(".json"):
+                n = archive.export_histograms_json(args.out, args.run, args.spill)
+            else:
+                n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill))
+            print(f"wrote {n} histograms to {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_format(args) -> int:
     print(layout.markdown(), end="")
     return 0
@@ -472,6 +500,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect", required=True, metavar="ENDPOINT", help="the service's worker endpoint")
     p.add_argument("--capacity", type=int, default=2, metavar="N", help="tasks held at once")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("archive", help="read the QA archive: spills, bad-spill list, alarm history, histograms")
+    p.add_argument("db", metavar="DB", help="SQLite archive written by replay --archive or serve")
+    p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export"))
+    p.add_argument("--run", type=int)
+    p.add_argument("--spill", type=int, help="export: one spill (default: the run summed)")
+    p.add_argument("--quality", help="spills: only this overall state (GOOD, WARNING, BAD, NO_DATA)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="bad-spills output format")
+    p.add_argument("--name", help="alarms: this alarm name (* wildcards)")
+    p.add_argument("--state", help="alarms: raised, acknowledged or cleared")
+    p.add_argument("--per-spill", action="store_true", help="export: also each spill in its own ROOT folder")
+    p.add_argument("--out", metavar="FILE", help="output file (bad-spills default: stdout)")
+    p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("format", help="print the raw-format bit layouts (generated from the decoder's tables)")
     p.set_defaults(func=cmd_format)

@@ -171,3 +171,35 @@ def test_progress_bar_on_a_terminal():
     assert json.loads(stdout)["events"] == 30
     terminal = b"".join(chunks).decode(errors="replace")
     assert "small.dat" in terminal and "%" in terminal
+
+
+def test_replay_archive_then_analyst_commands(tmp_path):
+    """replay --archive fills the archive; analysts get the bad-spill list, alarm history and ROOT files."""
+    import csv
+    import io
+
+    import uproot
+
+    raw, db = tmp_path / "run.dat", tmp_path / "qa.sqlite"
+    run("simulate", "--out", raw, "--spills", 3, "--events", 1500, "--hadron-fraction", 0.3, "--seed", 9)
+    records = [json.loads(line) for line in run("replay", raw, "--json", "--archive", db).stdout.splitlines()]
+    assert [r["quality"]["overall"] for r in records] == ["BAD"] * 3
+    assert "high_hadron_fraction" in {a["name"] for a in records[-1]["alarms"]}
+
+    rows = list(csv.DictReader(io.StringIO(run("archive", db, "bad-spills").stdout)))
+    assert [(r["run"], r["spill"], r["overall"]) for r in rows] == [("1", "1", "BAD"), ("1", "2", "BAD"), ("1", "3", "BAD")]
+    assert all("beam" in r["failing_subsystems"] for r in rows)
+    bad_json = json.loads(run("archive", db, "bad-spills", "--format", "json").stdout)
+    assert bad_json["count"] == 3
+
+    history = [json.loads(line) for line in run("archive", db, "alarms", "--name", "high_*").stdout.splitlines()]
+    assert [(h["name"], h["state"], h["spill"]) for h in history] == [("high_hadron_fraction", "raised", 3)]
+
+    root_file = tmp_path / "run1.root"
+    run("archive", db, "export", "--run", 1, "--out", root_file)
+    with uproot.open(root_file) as f:
+        e_ecal = f["e_ecal"].to_numpy()[0]
+    assert e_ecal.sum() > 0
+
+    missing = run("archive", tmp_path / "nope.sqlite", "spills", check=False)
+    assert missing.returncode != 0 and "no archive" in missing.stderr
