@@ -27,6 +27,7 @@ from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
+from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"
 
@@ -44,6 +45,7 @@ class Config:
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
     archive: ArchiveConfig | None = None  # None: no archive
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

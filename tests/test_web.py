@@ -1,0 +1,89 @@
+"""The HTTP API on a real uvicorn server on 127.0.0.1, fed by replayed simulated spills."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from na64_online.config import load_config
+from na64_online.daq.simulator import SimulationConfig, write_raw_file
+from na64_online.decoders.channelmap import ChannelMap
+from na64_online.monitor.metrics import register_metrics
+from na64_online.service import Replayer
+from na64_online.web.app import create_app
+from na64_online.web.config import WebConfig
+from na64_online.web.server import WebServer
+from na64_online.web.state import AppState
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("web")
+    raw = tmp / "run.dat"
+    write_raw_file(raw, SimulationConfig(spills=3, events_per_spill=1200, hadron_fraction=0.3, seed=2))
+    registry = CollectorRegistry()
+    store = register_metrics(registry)
+    replayer = Replayer(load_config(environ={}), ChannelMap.default(), archive_path=tmp / "qa.sqlite", metrics=store)
+    records = [r for r, _ in replayer.replay_file(raw) if r is not None]
+    app = create_app(WebConfig(port=0), AppState(monitor=replayer.monitor, registry=registry))
+    server = WebServer(app, "127.0.0.1", 0).start()
+    with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+        yield client, records
+    server.stop()
+    replayer.close()
+
+
+def test_latest_spill(served):
+    client, records = served
+    body = client.get("/api/spills/latest").json()
+    assert body["record"]["spill"] == 3 and body["record"]["events"] == records[-1]["events"]
+    assert body["quality"]["overall"] == "BAD"
+
+
+def test_archived_spills_and_bad_list(served):
+    client, _ = served
+    assert [s["spill"] for s in client.get("/api/spills", params={"run": 1}).json()] == [3, 2, 1]
+    assert client.get("/api/spills/1/2").json()["record"]["spill"] == 2
+    assert len(client.get("/api/spills/bad").json()) == 3
+    assert client.get("/api/spills/1/99").status_code == 404
+    assert client.get("/api/spills", params={"quality": "SHINY"}).status_code == 400
+
+
+def test_metrics_exposition(served):
+    client, records = served
+    text = client.get("/metrics").text
+    assert "na64_spills_total 3.0" in text
+    assert 'na64_quality_state{subsystem="beam"}' in text
+    assert "na64_hadron_fraction" in text
+
+
+def test_alarm_acknowledge_lifecycle(served):
+    client, _ = served
+    active = client.get("/api/alarms").json()
+    assert "high_hadron_fraction" in {a["name"] for a in active}
+    assert client.post("/api/alarms/high_hadron_fraction/ack", json={"user": "", "comment": "x"}).status_code == 400
+    assert client.post("/api/alarms/nonexistent/ack", json={"user": "shifter"}).status_code == 404
+    acked = client.post("/api/alarms/high_hadron_fraction/ack", json={"user": "shifter", "comment": "beam tuning"})
+    assert acked.status_code == 200 and acked.json()["state"] == "acknowledged"
+    history = client.get("/api/alarms/history", params={"name": "high_hadron_fraction"}).json()
+    assert [h["state"] for h in history][:2] == ["acknowledged", "raised"]
+    assert history[0]["user"] == "shifter"
+
+
+def test_histograms_reset_and_reference(served):
+    client, _ = served
+    spill = client.get("/api/histograms/spill").json()
+    assert "e_ecal" in spill["histograms"] and spill["spill"] == 3
+    assert client.get("/api/histograms/run").json()["spills"] == 3
+    assert client.post("/api/histograms/run/reset", json={"user": "shifter"}).json() == {"reset": True}
+    assert client.put("/api/histograms/reference", json={"run": 1, "spill": 1}).json() == {"reference": [1, 1]}
+    assert client.put("/api/histograms/reference", json={"run": 7, "spill": 1}).status_code == 404
+
+
+def test_unknown_requests(served):
+    client, _ = served
+    assert client.get("/api/nothing-here").status_code == 404
+    assert client.post("/api/alarms/x/ack", content=b"not json",
+                       headers={"content-type": "application/json"}).status_code == 422
+    assert client.get("/api/health").json()["spills_handled"] == 3

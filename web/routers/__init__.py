@@ -1,0 +1,1 @@
+"""One router per resource: spills, histograms, alarms, health, metrics."""

@@ -1,0 +1,37 @@
+"""Shared request helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from fastapi import HTTPException, Request
+from fastapi.responses import Response
+
+from ..state import AppState
+
+
+def state(request: Request) -> AppState:
+    return request.app.state.na64
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_response(value, status_code: int = 200) -> Response:
+    """Strict JSON (NaN/inf as null) of already JSON-shaped data."""
+    return Response(json.dumps(_finite(value)), status_code=status_code, media_type="application/json")
+
+
+def archive_or_404(request: Request):
+    archive = state(request).monitor.archive
+    if archive is None:
+        raise HTTPException(status_code=404, detail="this service keeps no archive (start it with an archive path)")
+    return archive

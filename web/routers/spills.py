@@ -1,0 +1,40 @@
+"""QA records: the latest spill (live snapshot) and archived ones."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from .common import archive_or_404, json_response, state
+
+router = APIRouter(prefix="/api/spills", tags=["spills"])
+
+
+@router.get("/latest")
+def latest(request: Request):
+    snapshot = state(request).monitor.latest
+    if snapshot is None:
+        raise HTTPException(status_code=404, detail="no spill finished yet")
+    return json_response({"record": snapshot.record, "quality": snapshot.quality, "health": snapshot.health,
+                          "published_at": snapshot.published_at})
+
+
+@router.get("")
+def list_spills(request: Request, run: int | None = None, quality: str | None = None,
+                limit: int = Query(200, ge=1, le=10000)):
+    archive = archive_or_404(request)
+    if quality is not None and quality not in ("GOOD", "WARNING", "BAD", "NO_DATA"):
+        raise HTTPException(status_code=400, detail=f"unknown quality state {quality!r}")
+    return json_response(archive.list_spills(run=run, quality=quality, limit=limit, newest_first=True))
+
+
+@router.get("/bad")
+def bad_spills(request: Request, run: int | None = None):
+    return json_response(archive_or_404(request).bad_spills(run=run))
+
+
+@router.get("/{run}/{spill}")
+def get_spill(request: Request, run: int, spill: int):
+    found = archive_or_404(request).get_spill(run, spill)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"no archived spill {run}/{spill}")
+    return json_response(found)
