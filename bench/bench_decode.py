@@ -28,6 +28,7 @@ from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig  # noqa
 from na64_online.decoders.channelmap import ChannelMap  # noqa: E402
 from na64_online.decoders.decode import as_words, decode_events, index_events  # noqa: E402
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor  # noqa: E402
+from na64_online.monitor.spill_monitor import SpillMonitor  # noqa: E402
 
 
 def best_of(repeat: int, fn) -> float:
@@ -39,17 +40,19 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
-def make_spill(events: int, seed: int = 1) -> bytes:
-    sim = ReadoutSimulator(SimulationConfig(events_per_spill=events, seed=seed, run_events=False))
+def make_spill(events: int, seed: int = 1, zero_suppression: bool = True) -> bytes:
+    sim = ReadoutSimulator(SimulationConfig(events_per_spill=events, seed=seed, run_events=False,
+                                            zero_suppression=zero_suppression))
     return next(iter(sim.spills())).raw()
 
 
-def run(events: int, repeat: int, reference_events: int, processor_factory=None) -> dict:
+def run(events: int, repeat: int, reference_events: int, zero_suppression: bool = True) -> dict:
     channel_map = ChannelMap.default()
-    data = make_spill(events)
+    data = make_spill(events, zero_suppression=zero_suppression)
     words, _ = as_words(data)
     nbytes = words.nbytes
-    processor = (processor_factory or (lambda m: SpillProcessor(MonitorConfig(), m)))(channel_map)
+    monitor = SpillMonitor(channel_map)  # decoding + histograms + channel statistics
+    processor = monitor.processor
     index = index_events(words)
     n_events = len(index)
 
@@ -61,14 +64,15 @@ def run(events: int, repeat: int, reference_events: int, processor_factory=None)
         for start in range(0, len(index), step):
             decode_events(words, index.slice(start, min(start + step, len(index))), channel_map)
 
+    plain = SpillProcessor(processor.config, channel_map)  # decoding, reconstruction, QA counts only
     results = {
         "numpy_copy": best_of(repeat, lambda: words.copy()),
         "index": best_of(repeat, lambda: index_events(words)),
         "index_decode": best_of(repeat, lambda: (index_events(words), decode_only())),
+        "pipeline_without_monitoring": best_of(repeat, lambda: plain.process(words)),
         "pipeline": best_of(repeat, lambda: processor.process(words)),
+        "pipeline + quality/alarms": best_of(repeat, lambda: monitor.handle(processor.accumulate(words))),
     }
-    plain = SpillProcessor(processor.config, channel_map)
-    results["pipeline_without_monitoring"] = best_of(repeat, lambda: plain.process(words))
 
     tracemalloc.start()
     processor.process(words)
@@ -123,9 +127,10 @@ def main(argv=None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reference-events", type=int, default=300)
+    parser.add_argument("--no-zero-suppression", action="store_true", help="every channel in every event")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
-    report = run(args.events, args.repeat, args.reference_events)
+    report = run(args.events, args.repeat, args.reference_events, not args.no_zero_suppression)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

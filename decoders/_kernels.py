@@ -249,46 +249,41 @@ def _decode_msadc(
                 break
             chan_id = (ch >> 26) & 0xF
             slot = lookup[base + chan_id]
+            # unpack the data words into scratch, checking each word's marker
             bad_marker = -1
-            # Pedestals: mean of samples 0 .. ped_samples-1, even and odd apart.
-            sum_even = 0.0
-            cnt_even = 0
-            sum_odd = 0.0
-            cnt_odd = 0
-            sat = False
-            amp = 0.0
-            have_amp = False
-            pe = 0.0
-            po = 0.0
             for i in range(nwords):
                 w = words[r + 1 + i]
-                marker = w >> 30
-                if marker != (1 if i == 0 else 2):
+                if (w >> 30) != (1 if i == 0 else 2):
                     bad_marker = r + 1 + i
                     break
-                for half in range(2):
-                    j = 2 * i + half
-                    if j >= n:
-                        break
-                    s = (w >> (12 * half)) & 0xFFF
-                    if s == 4095:
-                        sat = True
-                    scratch[j] = s
-                    if j < ped_samples:
-                        if half == 0:
-                            sum_even += s
-                            cnt_even += 1
-                        else:
-                            sum_odd += s
-                            cnt_odd += 1
-                        if j == ped_samples - 1 or j == n - 1:
-                            pe = sum_even / cnt_even if cnt_even > 0 else 0.0
-                            po = sum_odd / cnt_odd if cnt_odd > 0 else 0.0
-                    else:
-                        d = s - (pe if half == 0 else po)
-                        if not have_amp or d > amp:
+                scratch[2 * i] = w & 0xFFF
+                scratch[2 * i + 1] = (w >> 12) & 0xFFF
+            if bad_marker < 0:
+                # pedestals: mean of samples 0 .. ped_samples-1, even and odd apart
+                sum_even = 0.0
+                sum_odd = 0.0
+                sat = False
+                n_ped = min(ped_samples, n)
+                for j in range(0, n_ped, 2):
+                    sum_even += scratch[j]
+                    sat |= scratch[j] == 4095
+                for j in range(1, n_ped, 2):
+                    sum_odd += scratch[j]
+                    sat |= scratch[j] == 4095
+                cnt_even = (n_ped + 1) >> 1
+                cnt_odd = n_ped >> 1
+                pe = sum_even / cnt_even if cnt_even > 0 else 0.0
+                po = sum_odd / cnt_odd if cnt_odd > 0 else 0.0
+                # amplitude: largest sample - pedestal(parity) after the pedestal window
+                amp = 0.0
+                if n > n_ped:
+                    amp = -1.0e300
+                    for j in range(n_ped, n):
+                        sj = scratch[j]
+                        sat |= sj == 4095
+                        d = sj - (pe if (j & 1) == 0 else po)
+                        if d > amp:
                             amp = d
-                            have_amp = True
             if bad_marker >= 0:
                 _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
                      k, src, _ISSUE_MARKER, words[bad_marker] >> 30, bad_marker)

@@ -40,31 +40,42 @@ class PhysicsCuts:
                 raise ValueError(f"trigger bit {bit} not within 0..31")
 
 
+def _columns(slots: np.ndarray):
+    """A slice when the slots are contiguous (a view, no copy), else the slot array."""
+    if len(slots) and np.array_equal(slots, np.arange(slots[0], slots[0] + len(slots))):
+        return slice(int(slots[0]), int(slots[0]) + len(slots))
+    return slots
+
+
 @dataclass(frozen=True)
 class DetectorGeometry:
-    """Slot groups of a channel map used by the sums (computed once per map)."""
+    """Slot groups of a channel map used by the sums (computed once per map).
 
-    ecal: np.ndarray
-    preshower: np.ndarray
-    main_ecal: np.ndarray
-    main_ecal_xy: np.ndarray  # (len(main_ecal), 2)
-    hcal: np.ndarray
-    srd_modules: tuple[np.ndarray, ...]
-    veto_modules: tuple[np.ndarray, ...]
+    Groups are column selectors of the (event, slot) arrays: slices where the
+    map keeps a detector's channels together, slot arrays otherwise.
+    """
+
+    ecal: np.ndarray | slice
+    preshower: np.ndarray | slice
+    main_ecal: np.ndarray | slice
+    main_ecal_xy: np.ndarray  # (main-ECAL cells, 2)
+    hcal: np.ndarray | slice
+    srd_modules: tuple[np.ndarray | slice, ...]
+    veto_modules: tuple[np.ndarray | slice, ...]
 
     @classmethod
     def from_map(cls, channel_map: ChannelMap) -> "DetectorGeometry":
         def modules(detector: int) -> tuple[np.ndarray, ...]:
             present = np.unique(channel_map.module[channel_map.detector == detector])
-            return tuple(channel_map.slots(detector, int(m)) for m in present)
+            return tuple(_columns(channel_map.slots(detector, int(m))) for m in present)
 
         main = channel_map.slots(ECAL, 1)
         return cls(
-            ecal=channel_map.slots(ECAL),
-            preshower=channel_map.slots(ECAL, 0),
-            main_ecal=main,
+            ecal=_columns(channel_map.slots(ECAL)),
+            preshower=_columns(channel_map.slots(ECAL, 0)),
+            main_ecal=_columns(main),
             main_ecal_xy=np.stack([channel_map.x[main], channel_map.y[main]], axis=1).astype(np.int64),
-            hcal=channel_map.slots(HCAL),
+            hcal=_columns(channel_map.slots(HCAL)),
             srd_modules=modules(SRD),
             veto_modules=modules(VETO),
         )
@@ -88,11 +99,12 @@ class EventPhysics:
     main_ecal_max_cell: np.ndarray  # (n, 2) x, y of the hottest main-ECAL cell; −1 if no energy
 
 
-def _module_sums(energy: np.ndarray, groups: tuple[np.ndarray, ...], mean: bool) -> np.ndarray:
+def _module_sums(energy: np.ndarray, groups: tuple, mean: bool) -> np.ndarray:
     out = np.zeros((energy.shape[0], len(groups)))
-    for i, slots in enumerate(groups):
-        if len(slots):
-            out[:, i] = energy[:, slots].mean(axis=1) if mean else energy[:, slots].sum(axis=1)
+    for i, columns in enumerate(groups):
+        block = energy[:, columns]
+        if block.shape[1]:
+            out[:, i] = block.mean(axis=1) if mean else block.sum(axis=1)
     return out
 
 
@@ -119,7 +131,7 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
 
     hottest = np.full((n, 2), -1, dtype=np.int64)
     beam_cell_hottest = np.zeros(n, dtype=bool)
-    if len(geometry.main_ecal):
+    if len(geometry.main_ecal_xy):
         main = energy[:, geometry.main_ecal]
         col = np.argmax(main, axis=1)
         top = main[np.arange(n), col]
