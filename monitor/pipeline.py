@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..daq.live import LiveExtras
 from ..decoders import layout
 from ..decoders.channelmap import ChannelMap
 from ..decoders.decode import (
@@ -43,17 +44,6 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_events <= 1 << 20:
             raise ValueError(f"chunk_events must be within 1..{1 << 20}, got {self.chunk_events}")
-
-
-@dataclass(frozen=True)
-class LiveExtras:
-    """What only the live path knows about a spill (spec §12, last paragraph)."""
-
-    lost_messages: dict[int, int] = field(default_factory=dict)
-    incomplete_events: int = 0
-    late_events: int = 0
-    dropped_events: int = 0
-    missing_ldcs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,13 +125,20 @@ class SpillAccumulator:
 
     @property
     def lost_events(self) -> int:
-        seen = self.seen_events
-        numbers = np.flatnonzero(seen)
+        return self.lost_events_besides(np.zeros(0, dtype=np.int64))
+
+    def lost_events_besides(self, sent: np.ndarray) -> int:
+        """Event numbers 1 … highest accepted carried neither by an accepted event nor by ``sent``."""
+        numbers = np.flatnonzero(self.seen_events)
         numbers = numbers[numbers >= 1]
         if not len(numbers):
             return 0
         top = int(numbers[-1])
-        return top - len(numbers)
+        sent = np.unique(sent[(sent >= 1) & (sent <= top)])
+        missing = top - len(numbers)
+        if len(sent):
+            missing -= int(np.count_nonzero(~self.seen_events[sent]))
+        return missing
 
     def counts(self, errors: bool) -> dict[int, dict[str, int]]:
         out: dict[int, dict[str, int]] = {}
@@ -317,7 +314,7 @@ class SpillProcessor:
             run=acc.run,
             spill=acc.spill,
             events=acc.events,
-            lost_events=acc.lost_events,
+            lost_events=acc.lost_events_besides(live.dropped_event_numbers) if live else acc.lost_events,
             decode_errors=sum(n for per_src in errors.values() for n in per_src.values()),
             modules_missing=sum(per_src.get(Issue.MODULE_MISSING.label, 0) for per_src in notices.values()),
             complete=bool(complete),

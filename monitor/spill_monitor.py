@@ -11,6 +11,7 @@ take the latest immutable snapshot.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,10 +23,26 @@ from .archive import Archive, ArchiveConfig
 from .health import ChannelHistory, ChannelStats, HealthConfig, HealthReport
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
-from .pipeline import LiveExtras, MonitorConfig, SpillAccumulator, SpillProcessor
+from ..daq.live import LiveExtras
+from .pipeline import MonitorConfig, SpillAccumulator, SpillProcessor
 from .quality import QualityConfig, SpillQuality, assess
 
 STATS, HISTOGRAMS = "channel_stats", "histograms"
+
+
+def make_processor(
+    channel_map: ChannelMap, monitor: MonitorConfig = MonitorConfig(), histograms: HistogramConfig = HistogramConfig()
+) -> SpillProcessor:
+    """The spill processor with the monitoring extensions (channel statistics, histograms).
+
+    Module-level and built from plain arguments, so decoder workers — local
+    processes or other hosts — receive it pickled and build the very same one.
+    """
+    return SpillProcessor(
+        monitor,
+        channel_map,
+        extensions={STATS: ChannelStats, HISTOGRAMS: functools.partial(SpillHistograms, config=histograms)},
+    )
 
 
 @dataclass(frozen=True)
@@ -59,14 +76,7 @@ class SpillMonitor:
         self.channel_map = channel_map
         self.histogram_config = histograms
         self.quality_config = quality
-        self.processor = SpillProcessor(
-            monitor,
-            channel_map,
-            extensions={
-                STATS: ChannelStats,
-                HISTOGRAMS: lambda m: SpillHistograms(m, histograms),
-            },
-        )
+        self.processor = make_processor(channel_map, monitor, histograms)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
         self.archive = Archive.from_config(archive) if archive is not None else None

@@ -202,6 +202,14 @@ def _address(text: str) -> tuple[int, int, int]:
     return src, port, channel
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+
+
 def _rate(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     try:
@@ -332,47 +340,124 @@ def ingest_config_from_args(config: Config, args):
 
 def cmd_serve(args) -> int:
     """Live: subscribe to the readout nodes, build, decode, one QA record per finished spill."""
-    import signal
-    import threading
-    import time
-
-    from .daq.ingest import IngestService
-    from .monitor.pipeline import SpillProcessor
-
     import logging
+    import threading
+
+    from .service import LiveService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config, channel_map = _load(args)
+    config = _with_http(config, args.http)
     ingest = ingest_config_from_args(config, args)
     if not ingest.endpoints:
         raise DaqError("serve needs at least one --connect ENDPOINT (or [ingest] endpoints in the config)")
     done = threading.Event()
     count = [0]
 
-    def on_record(record) -> None:
-        d = record.to_dict()
-        print(dumps(d) if args.json else _summary_line(d), flush=True)
+    def on_record(record: dict) -> None:
+        print(dumps(record) if args.json else _summary_line(record), flush=True)
         count[0] += 1
         if args.max_spills and count[0] >= args.max_spills:
             done.set()
 
-    service = IngestService(ingest, SpillProcessor, (config.monitor, channel_map), on_record=on_record)
-
-    def on_signal(signum, frame):
-        done.set()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # the very per-spill code replay runs: SpillMonitor.handle (quality, alarms, archive, metrics)
+    service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record,
+                          web=False if args.no_web else None)
     try:
         service.start()
-        print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.worker_endpoint}",
+        web = f"; HTTP on {service.web.url}" if service.web is not None else ""
+        print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.ingest.worker_endpoint}{web}",
               file=sys.stderr, flush=True)
-        deadline = time.monotonic() + args.duration if args.duration else None
+        _run_until(done, args.duration)
+    finally:
+        service.stop()
+    return 0
+
+
+def _with_http(config: Config, http) -> Config:
+    import dataclasses
+
+    if http is None:
+        return config
+    try:
+        return config.replace(web=dataclasses.replace(config.web, host=http[0], port=http[1]))
+    except ValueError as exc:
+        raise DaqError(f"bad --http: {exc}") from None
+
+
+def _run_until(done, max_seconds: float = 0.0) -> None:
+    """Wait for ``done`` (set by a callback, SIGINT or SIGTERM) or ``max_seconds``."""
+    import signal
+    import time
+
+    old = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deadline = time.monotonic() + max_seconds if max_seconds else None
         while not done.is_set() and (deadline is None or time.monotonic() < deadline):
             done.wait(0.2)
     finally:
-        service.stop()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def cmd_demo(args) -> int:
+    """Two simulated readout nodes on 127.0.0.1 feeding the live service (and its HTTP API)."""
+    import dataclasses
+    import logging
+    import threading
+
+    from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
+    from .daq.simulator import ReadoutSimulator, SimulationConfig
+    from .service import LiveService
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config, channel_map = _load(args)
+    config = _with_http(config, args.http)
+    try:
+        sim_config = SimulationConfig(
+            spills=args.spills or 4095, events_per_spill=args.events, hadron_fraction=args.hadron_fraction,
+            dead_channels=tuple(args.dead_channel), seed=args.seed, spill_duration_s=args.spill_duration,
+        )
+        publishers = [
+            ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", ldc, spill_duration_s=args.spill_duration,
+                                             spill_gap_s=args.spill_gap, wait_subscribers=1))
+            for ldc in (1, 2)
+        ]
+    except ValueError as exc:
+        raise DaqError(f"bad demo settings: {exc}") from None
+    done = threading.Event()
+    count = [0]
+
+    def on_record(record: dict) -> None:
+        print(dumps(record) if args.json else _summary_line(record), flush=True)
+        count[0] += 1
+        if args.spills and count[0] >= args.spills:
+            done.set()
+
+    ingest = dataclasses.replace(config.ingest, endpoints=tuple(p.endpoint for p in publishers),
+                                 workers=args.workers, expected_ldcs=(1, 2))
+    service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record)
+
+    def node(publisher: ReadoutPublisher) -> None:
+        sim = ReadoutSimulator(sim_config, channel_map)
+        try:
+            publisher.publish(simulated_ldc_spills(sim, publisher.config.ldc))
+        except Exception as exc:  # noqa: BLE001 - a demo node failing ends the demo with its reason
+            print(f"na64-online: simulated LDC {publisher.config.ldc} stopped: {exc}", file=sys.stderr)
+            done.set()
+
+    try:
+        service.start()
+        web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
+        print(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        for publisher in publishers:
+            threading.Thread(target=node, args=(publisher,), daemon=True).start()
+        _run_until(done)
+    finally:
+        service.stop()
+        for publisher in publishers:
+            publisher.close(linger_ms=0)
     return 0
 
 
@@ -492,9 +577,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spill-timeout", type=float, metavar="S", help="close a spill after S s without data")
     p.add_argument("--expected-ldc", type=int, action="append", metavar="N",
                    help="readout nodes whose END_OF_BURST completes a spill (repeatable; default 1 and 2)")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
     p.add_argument("--max-spills", type=int, default=0, metavar="N", help="stop after N QA records")
     p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
+    p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API / metrics address ([web])")
+    p.add_argument("--no-web", action="store_true", help="no HTTP server")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the service fed by the built-in readout simulator (two LDCs on 127.0.0.1)")
+    _add_common(p)
+    p.add_argument("--spills", type=int, default=0, metavar="N", help="stop after N spills (default: until Ctrl-C)")
+    p.add_argument("--events", type=int, default=5000, metavar="N", help="events per spill")
+    p.add_argument("--spill-duration", type=float, default=4.8, metavar="S")
+    p.add_argument("--spill-gap", type=float, default=3.0, metavar="S", help="time between spills")
+    p.add_argument("--hadron-fraction", type=float, default=0.015)
+    p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
+    p.add_argument("--workers", type=int, default=1, metavar="N")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8064)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("worker", help="a decoder worker for a serve process (this or another host)")
     p.add_argument("--connect", required=True, metavar="ENDPOINT", help="the service's worker endpoint")

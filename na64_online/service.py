@@ -73,3 +73,58 @@ class Replayer:
 
     def close(self) -> None:
         self.monitor.close()
+
+
+class LiveService:
+    """The live service: ZeroMQ ingest → SpillMonitor (quality, alarms, archive, metrics) → HTTP API.
+
+    Decoder workers build their processor with
+    :func:`~na64_online.monitor.spill_monitor.make_processor` from the same
+    configuration; each finished spill goes through ``SpillMonitor.handle``,
+    the call ``replay`` makes.
+    """
+
+    def __init__(self, config: Config, channel_map: ChannelMap, ingest=None, *,
+                 archive_path: str | os.PathLike | None = None, on_record=None, web: bool | None = None):
+        from prometheus_client import CollectorRegistry
+
+        from .daq.ingest import IngestService
+        from .monitor.metrics import ServiceHealth, register_metrics
+        from .monitor.spill_monitor import make_processor
+
+        self.registry = CollectorRegistry()
+        self.metrics = register_metrics(self.registry)
+        self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
+        self.ingest = IngestService(
+            ingest or config.ingest,
+            make_processor,
+            (channel_map, config.monitor, config.histograms),
+            finish=self.monitor.handle,
+            new_accumulator=self.monitor.processor.new_accumulator,
+            on_record=on_record,
+            on_health=lambda health: self.metrics.publish_service(ServiceHealth(**health)),
+        )
+        self.web = None
+        if config.web.enabled if web is None else web:
+            from .web.app import create_app
+            from .web.server import WebServer
+            from .web.state import AppState
+
+            state = AppState(monitor=self.monitor, registry=self.registry,
+                             service_health=lambda: dataclasses.asdict(self.metrics.service),
+                             info={"endpoints": list((ingest or config.ingest).endpoints)})
+            self.web = WebServer(create_app(config.web, state), config.web.host, config.web.port)
+
+    def start(self) -> "LiveService":
+        self.ingest.start()
+        if self.web is not None:
+            self.web.start()
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.ingest.stop()
+        finally:
+            if self.web is not None:
+                self.web.stop()
+            self.monitor.close()

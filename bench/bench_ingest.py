@@ -1,0 +1,166 @@
+"""Live-ingest benchmark (issue #3): not a test, run it by hand.
+
+    .venv/bin/python bench/bench_ingest.py                 # 1e5 events per spill, 1 and 2 workers
+    .venv/bin/python bench/bench_ingest.py --events 20000 --spills 2 --workers 1
+
+Two readout-node publishers (LDC 1 and 2, forked processes, simulator data
+made once beforehand) and one ``IngestService`` with N decoder worker
+processes, all on 127.0.0.1.
+
+* sustained ingest: the publishers send as fast as the service takes it
+  (``fast`` + ``nodrop``: a full subscriber makes the publisher wait rather
+  than drop); events/s and MB/s from the first message to the last QA record,
+  every event decoded (the bench checks nothing was lost or dropped);
+* latency: SPS pacing (events spread over ``--spill-duration`` seconds, 4.8 by
+  default), time from the last END_OF_BURST received to the spill's finished
+  QA record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+import zmq
+
+from na64_online.monitor.spill_monitor import make_processor
+from na64_online.config import Config
+from na64_online.daq.ingest import IngestConfig, IngestService
+from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
+from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.decoders.channelmap import ChannelMap
+from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
+from na64_online.service import build_monitor
+
+DATA: dict[int, list[list[bytes]]] = {}  # LDC -> spills -> events (inherited by the forked publishers)
+
+
+def make_data(events: int, spills: int, seed: int) -> tuple[int, int]:
+    t0 = time.perf_counter()
+    sim = ReadoutSimulator(SimulationConfig(run=1, spills=spills, events_per_spill=events, seed=seed))
+    for spill in sim.spills():
+        for ldc in (1, 2):
+            DATA.setdefault(ldc, []).append(spill.ldc_events(ldc))
+    nbytes = sum(len(e) for ldc in DATA.values() for sp in ldc for e in sp)
+    print(f"simulated {spills} spill(s) of {events} events: {nbytes / 1e6:.0f} MB in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return events * spills, nbytes
+
+
+def _publish(ldc: int, endpoint: str, kw: dict, ready, go) -> None:
+    pub = ReadoutPublisher(PublisherConfig(endpoint, ldc, **kw))
+    ready.put(pub.endpoint)
+    if not pub.wait_for_subscribers(1, 60):
+        raise SystemExit("no subscriber")
+    go.wait(120)
+    pub.publish(DATA[ldc])
+    pub.close(60_000)
+    zmq.Context.instance().term()  # a forked child exits with os._exit: flush what is queued first
+
+
+def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
+    ctx = mp.get_context("fork")
+    ready = ctx.Queue()
+    go = ctx.Event()
+    kw = dict(batch_events=args.batch_events, sndhwm=1000)
+    if paced:
+        kw.update(spill_duration_s=args.spill_duration, spill_gap_s=args.spill_gap)
+    else:
+        kw.update(fast=True, nodrop=True)
+    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go), daemon=True)
+             for ldc in (1, 2)]
+    for p in procs:
+        p.start()
+    endpoints = [ready.get(timeout=30) for _ in procs]
+    cfg = IngestConfig(endpoints=tuple(endpoints), workers=workers, chunk_events=args.chunk_events,
+                       max_queued_tasks=args.max_queued_tasks, spill_timeout_s=30.0, ldc_down_s=30.0,
+                       task_timeout_s=120.0)
+    cmap = ChannelMap.default()
+    if args.bare:
+        svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), cmap))
+    else:  # what ``serve`` runs: the spill monitor's processor (histograms, channel statistics) and handle()
+        config = Config()
+        monitor = build_monitor(config, cmap)
+        svc = IngestService(cfg, make_processor, (cmap, config.monitor, config.histograms), finish=monitor.handle,
+                            new_accumulator=monitor.processor.new_accumulator)
+    svc.start()
+    deadline = time.monotonic() + 60
+    while svc.pool.n_ready < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # subscriptions settle
+    t0 = time.perf_counter()
+    go.set()
+    while svc.stats.records < args.spills and time.perf_counter() - t0 < args.timeout:
+        time.sleep(0.005)
+    t1 = time.perf_counter()
+    records = [r if isinstance(r, dict) else r.to_dict() for r in svc.records]
+    latencies = list(svc.latencies)
+    metrics = svc.metrics()
+    svc.stop()
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.terminate()
+    elapsed = t1 - t0
+    decoded = sum(r["events"] for r in records)
+    out = {
+        "mode": "paced" if paced else "sustained",
+        "processing": "bare" if args.bare else "monitor",
+        "workers": workers,
+        "events_per_spill": args.events,
+        "spills": len(records),
+        "events_decoded": decoded,
+        "events_sent": n_events,
+        "dropped_events": metrics["ingest"]["dropped_events"],
+        "lost_messages": sum(r["lost_messages"]["total"] for r in records),
+        "incomplete_events": sum(r["incomplete_events"] for r in records),
+        "elapsed_s": round(elapsed, 2),
+        "events_per_s": round(decoded / elapsed) if elapsed > 0 else None,
+        "mb_per_s": round(nbytes * decoded / max(n_events, 1) / 1e6 / elapsed, 1) if elapsed > 0 else None,
+        "latency_s": [round(x, 3) for x in latencies],
+        "latency_median_s": round(statistics.median(latencies), 3) if latencies else None,
+        "service_loop_s": round(metrics["ingest"]["loop_seconds"], 2),
+    }
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=100_000, help="events per spill (1e5)")
+    p.add_argument("--spills", type=int, default=2)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--mode", choices=("sustained", "paced", "both"), default="both")
+    p.add_argument("--spill-duration", type=float, default=4.8)
+    p.add_argument("--spill-gap", type=float, default=2.0)
+    p.add_argument("--batch-events", type=int, default=500)
+    p.add_argument("--chunk-events", type=int, default=5000)
+    p.add_argument("--max-queued-tasks", type=int, default=1000)
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON line per run")
+    p.add_argument("--bare", action="store_true",
+                   help="SpillProcessor alone (no histograms / channel statistics / quality)")
+    args = p.parse_args(argv)
+    n_events, nbytes = make_data(args.events, args.spills, args.seed)
+    modes = {"sustained": [False], "paced": [True], "both": [False, True]}[args.mode]
+    print(f"host: {os.cpu_count()} CPUs", file=sys.stderr)
+    for paced in modes:
+        for w in args.workers:
+            res = run(w, paced, args, n_events, nbytes)
+            if args.json:
+                print(json.dumps(res), flush=True)
+            else:
+                print(f"{res['mode']:9} workers={w}: {res['events_decoded']}/{res['events_sent']} events in "
+                      f"{res['elapsed_s']} s = {res['events_per_s']} events/s, {res['mb_per_s']} MB/s; "
+                      f"latency EOB→record {res['latency_s']} s; dropped {res['dropped_events']}, "
+                      f"lost msgs {res['lost_messages']}, incomplete {res['incomplete_events']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""Event building and spill assembly across readout nodes (issue #3, spec §1, §2.1, §9).
+
+Each readout node (LDC) sends, per spill, its own sub-events in order:
+START_OF_BURST, PHYSICS/CALIBRATION events with the event number in burst
+running 1, 2, 3 …, END_OF_BURST. :class:`EventBuilder` groups the sub-events
+of one spill from every LDC by (run, spill, event number in burst) and writes
+each group as one DATE *super event*, exactly as the event builder writes raw
+files (spec §2.1, §10): a 17-word header copied from the first sub-event, word
+13 with the super-event bit set, LDC id 0, GDC id ``gdc_id``, size = header +
+the sub-events, which follow in ascending LDC order. The bytes handed on are
+therefore the very layout a raw file has, and the decoder reads live data and
+files with one code path.
+
+Rules (all counted, none silent):
+
+* an LDC *joins* at its first START_OF_BURST: what it sends before is skipped
+  (``skipped_before_join``) — a monitor started mid-spill joins cleanly at the
+  next spill; once joined, data of an unknown spill opens it (its
+  START_OF_BURST was lost);
+* an event is built as soon as every expected LDC has either sent it or gone
+  past it (an LDC's stream is ordered, so what it skipped will not come), or
+  when the spill closes; events some expected LDC did not send are built from
+  what there is and counted (``incomplete_events``);
+* a spill is complete when every expected LDC sent its END_OF_BURST; it is
+  closed as soon as every expected LDC sent END_OF_BURST or moved on to a
+  later spill, or after ``spill_timeout_s`` without data for it, or when more
+  than ``max_open_spills`` are open; missing END_OF_BURSTs are listed
+  (``missing_ldcs``) and the spill is flagged incomplete;
+* sub-events for an already built event, a duplicate, or data for a closed
+  spill are late: counted, never merged (late data for a closed spill is
+  reported with the next spill that closes, and in the totals);
+* memory is bounded: at most ``max_open_spills`` spills, at most
+  ``max_pending_bytes`` of unbuilt sub-events per spill (beyond, everything
+  pending is built at once, incomplete if need be), at most
+  ``chunk_events`` built events before they are handed on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numba
+import numpy as np
+
+from na64_online.decoders import layout as L
+
+from .envelope import EOB_KEY, NO_SPILL_KEY, SOB_KEY, PayloadScan, scan_payload
+
+INF_KEY = 1 << 62
+DATA_TYPES = (L.PHYSICS_EVENT, L.CALIBRATION_EVENT)
+CONTROL_TYPES = (L.START_OF_BURST, L.END_OF_BURST)
+
+_HDR = L.DATE_HEADER_WORDS
+_HDR_BYTES = L.DATE_HEADER_BYTES
+_H_SIZE = L.H_SIZE
+_H_HEADER_SIZE = L.H_HEADER_SIZE
+_H_ATTR2 = L.H_ATTRIBUTES_2
+_H_LDC = L.H_LDC
+_H_GDC = L.H_GDC
+_SUPER = L.SUPER_EVENT_BIT
+
+
+@numba.njit(cache=True, nogil=True)
+def _assemble(allw, offs, sizes, keys, order, group_starts, gdc, total):  # pragma: no cover - compiled
+    ngroups = group_starts.shape[0]
+    n = order.shape[0]
+    out = np.empty(total, np.uint32)
+    g_off = np.empty(ngroups, np.int64)
+    g_size = np.empty(ngroups, np.int64)
+    pos = 0
+    for g in range(ngroups):
+        i = group_starts[g]
+        j = group_starts[g + 1] if g + 1 < ngroups else n
+        size = _HDR
+        for m in range(i, j):
+            size += sizes[order[m]]
+        first = offs[order[i]]
+        for w in range(_HDR):
+            out[pos + w] = allw[first + w]
+        out[pos + _H_SIZE] = np.uint32(size * 4)
+        out[pos + _H_HEADER_SIZE] = np.uint32(_HDR_BYTES)
+        out[pos + _H_ATTR2] = out[pos + _H_ATTR2] | np.uint32(_SUPER)
+        out[pos + _H_LDC] = np.uint32(0)
+        out[pos + _H_GDC] = np.uint32(gdc)
+        g_off[g] = pos
+        g_size[g] = size
+        p = pos + _HDR
+        for m in range(i, j):
+            e = order[m]
+            o = offs[e]
+            s = sizes[e]
+            out[p:p + s] = allw[o:o + s]
+            p += s
+        pos = p
+    return out, g_off, g_size
+
+
+@dataclass(frozen=True, eq=False)
+class BuiltChunk:
+    """Built super events of one spill, in order, as one uint32 array (raw-file layout)."""
+
+    run: int
+    spill: int
+    index: int  # chunk number within the spill: 0, 1, …
+    words: np.ndarray
+    offsets: np.ndarray  # word offset of each super event in ``words``
+    sizes: np.ndarray  # words
+    types: np.ndarray
+    final: bool  # the spill's last chunk
+
+    @property
+    def n_events(self) -> int:
+        return int(self.offsets.shape[0])
+
+    @property
+    def data_events(self) -> int:
+        """PHYSICS + CALIBRATION events (what a drop loses)."""
+        return int(np.count_nonzero(np.isin(self.types, DATA_TYPES)))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.words.nbytes)
+
+    def control_only(self) -> "BuiltChunk | None":
+        """The START_OF_BURST / END_OF_BURST events of this chunk (kept when its data is dropped)."""
+        keep = np.flatnonzero(~np.isin(self.types, DATA_TYPES))
+        if not keep.shape[0]:
+            return None
+        parts = [self.words[o:o + s] for o, s in zip(self.offsets[keep].tolist(), self.sizes[keep].tolist())]
+        sizes = self.sizes[keep]
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        return BuiltChunk(self.run, self.spill, self.index, np.concatenate(parts), offsets, sizes,
+                          self.types[keep], self.final)
+
+
+@dataclass(frozen=True)
+class ClosedSpill:
+    """A spill the builder closed; all its chunks (``chunks`` of them) were emitted before it."""
+
+    run: int
+    spill: int
+    complete: bool
+    missing_ldcs: tuple[int, ...]  # expected LDCs that never sent END_OF_BURST
+    incomplete_events: int
+    late_events: int
+    lost_messages: dict[int, int]
+    chunks: int
+    events: int  # super events built (all types)
+    data_events: int  # PHYSICS + CALIBRATION super events built
+    reason: str  # "end_of_burst", "moved_on", "timeout", "overflow", "flush"
+    opened_at: float
+    closed_at: float
+    last_eob_at: float | None  # when the last END_OF_BURST arrived
+
+
+@dataclass
+class BuilderStats:
+    """Totals since start (service metrics)."""
+
+    messages: int = 0
+    sub_events: int = 0
+    built_events: int = 0
+    incomplete_events: int = 0
+    late_events: int = 0
+    skipped_before_join: int = 0
+    other_events: int = 0  # run-level and unknown types: belong to no spill
+    spills_opened: int = 0
+    spills_closed: int = 0
+    spills_incomplete: int = 0
+    forced_builds: int = 0
+    chunks: int = 0
+
+
+@dataclass
+class _Batch:
+    words: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    keys: np.ndarray
+
+
+@dataclass
+class _Part:
+    """One LDC's sub-events of one spill that are not built yet."""
+
+    batches: deque = field(default_factory=deque)
+    pending_words: int = 0
+    last_key: int = -1
+    eob: bool = False
+
+
+@dataclass
+class _Spill:
+    run: int
+    spill: int
+    order: int
+    opened_at: float
+    last_activity: float
+    parts: dict[int, _Part] = field(default_factory=dict)
+    built_upto: int = -1
+    out: list = field(default_factory=list)  # built pieces (words, offsets, sizes, types)
+    out_events: int = 0
+    out_words: int = 0
+    out_since: float | None = None
+    chunks: int = 0
+    events: int = 0
+    data_events: int = 0
+    incomplete_events: int = 0
+    late_events: int = 0
+    lost_messages: dict[int, int] = field(default_factory=dict)
+    last_eob_at: float | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.run, self.spill)
+
+    @property
+    def pending_words(self) -> int:
+        return sum(p.pending_words for p in self.parts.values())
+
+
+Output = BuiltChunk | ClosedSpill
+
+
+class EventBuilder:
+    """Builds super events from the sub-events of several LDCs; not thread-safe (one owner).
+
+    Feed it with :meth:`add` (one message's scanned payload) and :meth:`poll`
+    (timers); both return what became ready: :class:`BuiltChunk` objects, and a
+    :class:`ClosedSpill` after the last chunk of each closed spill.
+    """
+
+    def __init__(
+        self,
+        expected_ldcs: Iterable[int] = (1, 2),
+        *,
+        gdc_id: int = 1,
+        spill_timeout_s: float = 10.0,
+        ldc_down_s: float | None = None,
+        max_open_spills: int = 4,
+        max_pending_bytes: int = 256 << 20,
+        chunk_events: int = 5000,
+        chunk_bytes: int = 32 << 20,
+        chunk_max_age_s: float = 0.5,
+        closed_memory: int = 256,
+    ) -> None:
+        self.expected = tuple(sorted(set(int(x) for x in expected_ldcs)))
+        if not self.expected:
+            raise ValueError("expected_ldcs must name at least one LDC")
+        self.gdc_id = int(gdc_id)
+        self.spill_timeout_s = float(spill_timeout_s)
+        self.ldc_down_s = float(ldc_down_s) if ldc_down_s is not None else float(spill_timeout_s)
+        self.max_open_spills = max(1, int(max_open_spills))
+        self.max_pending_words = max(1, int(max_pending_bytes) // 4)
+        self.chunk_events = max(1, int(chunk_events))
+        self.chunk_words = max(1, int(chunk_bytes) // 4)
+        self.chunk_max_age_s = float(chunk_max_age_s)
+        self.stats = BuilderStats()
+        self._open: OrderedDict[tuple[int, int], _Spill] = OrderedDict()
+        self._closed: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._closed_memory = max(1, int(closed_memory))
+        self._order = 0
+        self._joined: set[int] = set()
+        self._ldc_order: dict[int, int] = {}  # order of the spill each LDC last sent to
+        self._ldc_seen: dict[int, float] = {}
+        self._pending_late = 0
+        self._pending_lost: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ input
+    @property
+    def open_spills(self) -> list[tuple[int, int]]:
+        return list(self._open)
+
+    def add_payload(self, ldc: int, payload, now: float, lost: int = 0) -> list[Output]:
+        """Convenience: scan a payload (bytes) and :meth:`add` it."""
+        return self.add(ldc, scan_payload(payload), now, lost=lost)
+
+    def note_lost(self, ldc: int, lost: int) -> None:
+        """Lost messages that cannot be attributed to a spill: reported with the next closed spill."""
+        if lost:
+            self._pending_lost[ldc] = self._pending_lost.get(ldc, 0) + int(lost)
+
+    def add(self, ldc: int, scan: PayloadScan, now: float, lost: int = 0) -> list[Output]:
+        """Take the whole events of one message of ``ldc`` (all of one spill).
+
+        ``lost`` is the number of messages of this LDC lost just before this one
+        (sequence gap); it is reported with this message's spill.
+        """
+        ldc = int(ldc)
+        self.stats.messages += 1
+        if not self._ldc_seen:  # an expected LDC never heard of counts from the first message on
+            self._ldc_seen = {l: now for l in self.expected}
+        self._ldc_seen[ldc] = now
+        keys = scan.keys
+        n = keys.shape[0]
+        in_spill = keys != NO_SPILL_KEY
+        n_other = int(n - np.count_nonzero(in_spill))
+        self.stats.other_events += n_other
+        self.stats.sub_events += n - n_other
+        out: list[Output] = []
+        if n_other == n:
+            self.note_lost(ldc, lost)
+            return out
+        offsets, sizes = scan.offsets, scan.sizes
+        if n_other:
+            offsets, sizes, keys = offsets[in_spill], sizes[in_spill], keys[in_spill]
+        if ldc not in self._joined:
+            sob = np.flatnonzero(keys == SOB_KEY)
+            if not sob.shape[0]:
+                self.stats.skipped_before_join += int(keys.shape[0])
+                self.note_lost(ldc, lost)
+                return out
+            first = int(sob[0])
+            if first:
+                self.stats.skipped_before_join += first
+                offsets, sizes, keys = offsets[first:], sizes[first:], keys[first:]
+            self._joined.add(ldc)
+        skey = (int(scan.run), int(scan.spill))
+        if skey in self._closed:
+            self._pending_late += int(keys.shape[0])
+            self.stats.late_events += int(keys.shape[0])
+            self.note_lost(ldc, lost)
+            return out
+        sp = self._open.get(skey)
+        if sp is None:
+            out.extend(self._make_room(now))
+            sp = _Spill(run=skey[0], spill=skey[1], order=self._order, opened_at=now, last_activity=now)
+            self._order += 1
+            self._open[skey] = sp
+            self.stats.spills_opened += 1
+        sp.last_activity = now
+        if lost:
+            sp.lost_messages[ldc] = sp.lost_messages.get(ldc, 0) + int(lost)
+        self._ldc_order[ldc] = max(self._ldc_order.get(ldc, -1), sp.order)
+        part = sp.parts.get(ldc)
+        if part is None:
+            part = sp.parts[ldc] = _Part()
+        # ordered, not yet built, no duplicates
+        floor = max(part.last_key, sp.built_upto)
+        running = np.maximum.accumulate(np.concatenate(([floor], keys)))[:-1]
+        ok = keys > running
+        n_bad = int(keys.shape[0] - np.count_nonzero(ok))
+        if n_bad:
+            sp.late_events += n_bad
+            self.stats.late_events += n_bad
+            offsets, sizes, keys = offsets[ok], sizes[ok], keys[ok]
+        if keys.shape[0]:
+            part.batches.append(_Batch(scan.words, offsets, sizes, keys))
+            part.pending_words += int(sizes.sum())
+            part.last_key = int(keys[-1])
+            if part.last_key == EOB_KEY and not part.eob:
+                part.eob = True
+                sp.last_eob_at = now
+        out.extend(self._advance(now))
+        if sp.key in self._open and sp.pending_words > self.max_pending_words:
+            self.stats.forced_builds += 1
+            upto = max(p.last_key for p in sp.parts.values())
+            self._build(sp, upto)
+            out.extend(self._emit(sp, now, final=False))
+        return out
+
+    def poll(self, now: float) -> list[Output]:
+        """Timers: spill timeouts, LDCs gone silent, chunks waiting too long."""
+        out = self._advance(now)
+        for sp in list(self._open.values()):
+            if now - sp.last_activity >= self.spill_timeout_s:
+                out.extend(self._close(sp, now, "timeout"))
+            elif sp.out_since is not None and now - sp.out_since >= self.chunk_max_age_s:
+                out.extend(self._emit(sp, now, final=False, force=True))
+        return out
+
+    def flush(self, now: float) -> list[Output]:
+        """Close every open spill (shutdown, end of a test)."""
+        out: list[Output] = []
+        for sp in list(self._open.values()):
+            out.extend(self._close(sp, now, "flush"))
+        return out
+
+    # --------------------------------------------------------------- internal
+    def _done(self, sp: _Spill, ldc: int) -> bool:
+        part = sp.parts.get(ldc)
+        if part is not None and part.eob:
+            return True
+        return self._ldc_order.get(ldc, -1) > sp.order
+
+    def _horizon(self, sp: _Spill, now: float) -> int:
+        h = INF_KEY
+        for ldc in self.expected:
+            if self._done(sp, ldc):
+                continue
+            # down: silent for ldc_down_s while this spill is open (the gap between spills does not count);
+            # not waited for when building (the spill still waits for its END_OF_BURST or the timeout)
+            seen = max(self._ldc_seen.get(ldc, sp.opened_at), sp.opened_at)
+            if now - seen > self.ldc_down_s:
+                continue
+            part = sp.parts.get(ldc)
+            h = min(h, part.last_key if part is not None else -1)
+        return h
+
+    def _advance(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        for sp in list(self._open.values()):
+            if all(self._done(sp, ldc) for ldc in self.expected):
+                complete = all(sp.parts.get(l) is not None and sp.parts[l].eob for l in self.expected)
+                out.extend(self._close(sp, now, "end_of_burst" if complete else "moved_on"))
+                continue
+            h = self._horizon(sp, now)
+            if h > sp.built_upto:
+                self._build(sp, h)
+                out.extend(self._emit(sp, now, final=False))
+        return out
+
+    def _make_room(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        while len(self._open) >= self.max_open_spills:
+            oldest = next(iter(self._open.values()))
+            out.extend(self._close(oldest, now, "overflow"))
+        return out
+
+    def _build(self, sp: _Spill, upto: int) -> None:
+        """Build every pending event of ``sp`` with key <= ``upto``."""
+        pieces = []  # (words range, offsets rebased, sizes, keys, ldc)
+        for ldc in sorted(sp.parts):
+            part = sp.parts[ldc]
+            while part.batches:
+                b = part.batches[0]
+                if b.keys[-1] <= upto:
+                    part.batches.popleft()
+                    take = b
+                else:
+                    k = int(np.searchsorted(b.keys, upto, side="right"))
+                    if k == 0:
+                        break
+                    take = _Batch(b.words, b.offsets[:k], b.sizes[:k], b.keys[:k])
+                    part.batches[0] = _Batch(b.words, b.offsets[k:], b.sizes[k:], b.keys[k:])
+                part.pending_words -= int(take.sizes.sum())
+                pieces.append((take, ldc))
+                if take is not b:
+                    break
+        sp.built_upto = max(sp.built_upto, min(upto, INF_KEY - 1))
+        if not pieces:
+            return
+        ranges, offs, sizes, keys, ldcs = [], [], [], [], []
+        base = 0
+        for b, ldc in pieces:
+            lo = int(b.offsets[0])
+            hi = int(b.offsets[-1] + b.sizes[-1])
+            ranges.append(b.words[lo:hi])
+            offs.append(b.offsets - lo + base)
+            sizes.append(b.sizes)
+            keys.append(b.keys)
+            ldcs.append(np.full(b.keys.shape[0], ldc, np.int64))
+            base += hi - lo
+        allw = np.concatenate(ranges) if len(ranges) > 1 else np.ascontiguousarray(ranges[0])
+        offs_a = np.concatenate(offs).astype(np.int64)
+        sizes_a = np.concatenate(sizes).astype(np.int64)
+        keys_a = np.concatenate(keys).astype(np.int64)
+        ldcs_a = np.concatenate(ldcs)
+        order = np.lexsort((ldcs_a, keys_a)).astype(np.int64)
+        skeys = keys_a[order]
+        starts = np.flatnonzero(np.concatenate(([True], skeys[1:] != skeys[:-1]))).astype(np.int64)
+        total = int(sizes_a.sum()) + _HDR * int(starts.shape[0])
+        words, g_off, g_size = _assemble(allw, offs_a, sizes_a, keys_a, order, starts, self.gdc_id, total)
+        g_types = (words[g_off + L.H_TYPE] & L.TYPE_MASK).astype(np.int32)
+        # completeness: expected LDCs present in each group
+        expected_member = np.isin(ldcs_a[order], self.expected).astype(np.int64)
+        members = np.add.reduceat(expected_member, starts)
+        is_data = np.isin(g_types, DATA_TYPES)
+        incomplete = int(np.count_nonzero(is_data & (members < len(self.expected))))
+        sp.incomplete_events += incomplete
+        self.stats.incomplete_events += incomplete
+        n_data = int(np.count_nonzero(is_data))
+        sp.events += int(starts.shape[0])
+        sp.data_events += n_data
+        self.stats.built_events += int(starts.shape[0])
+        sp.out.append((words, g_off, g_size, g_types))
+        sp.out_events += int(starts.shape[0])
+        sp.out_words += int(words.shape[0])
+
+    def _emit(self, sp: _Spill, now: float, *, final: bool, force: bool = False) -> list[Output]:
+        """Hand on built events: full chunks (or everything when ``final``/``force``)."""
+        out: list[Output] = []
+        if not sp.out:
+            return out
+        if sp.out_since is None:
+            sp.out_since = now
+        if not (final or force or sp.out_events >= self.chunk_events or sp.out_words >= self.chunk_words):
+            return out
+        if len(sp.out) == 1:
+            words, offs, sizes, types = sp.out[0]
+        else:
+            base = np.cumsum([0] + [p[0].shape[0] for p in sp.out[:-1]])
+            words = np.concatenate([p[0] for p in sp.out])
+            offs = np.concatenate([p[1] + b for p, b in zip(sp.out, base)])
+            sizes = np.concatenate([p[2] for p in sp.out])
+            types = np.concatenate([p[3] for p in sp.out])
+        sp.out, sp.out_events, sp.out_words, sp.out_since = [], 0, 0, None
+        n = offs.shape[0]
+        # split into chunks of at most chunk_events events / about chunk_words words
+        cuts = [0]
+        start = 0
+        while start < n:
+            stop = min(n, start + self.chunk_events)
+            lim = int(offs[start]) + self.chunk_words
+            k = int(np.searchsorted(offs, lim, side="left"))
+            stop = max(start + 1, min(stop, k))
+            cuts.append(stop)
+            start = stop
+        last = len(cuts) - 1
+        if not (final or force) and last > 1:
+            a = cuts[-2]
+            if n - a < self.chunk_events and int(offs[n - 1] + sizes[n - 1] - offs[a]) < self.chunk_words:
+                # keep the partial tail for the next chunk
+                lo = int(offs[a])
+                sp.out = [(words[lo:], offs[a:] - lo, sizes[a:], types[a:])]
+                sp.out_events = n - a
+                sp.out_words = int(words.shape[0]) - lo
+                sp.out_since = now
+                last -= 1
+        for i in range(last):
+            a, b = cuts[i], cuts[i + 1]
+            lo = int(offs[a])
+            hi = int(offs[b - 1] + sizes[b - 1])
+            chunk = BuiltChunk(sp.run, sp.spill, sp.chunks, words[lo:hi], offs[a:b] - lo, sizes[a:b], types[a:b],
+                               final=final and i == last - 1)
+            sp.chunks += 1
+            self.stats.chunks += 1
+            out.append(chunk)
+        return out
+
+    def _close(self, sp: _Spill, now: float, reason: str) -> list[Output]:
+        self._build(sp, INF_KEY)
+        out = self._emit(sp, now, final=True)
+        del self._open[sp.key]
+        self._closed[sp.key] = None
+        while len(self._closed) > self._closed_memory:
+            self._closed.popitem(last=False)
+        missing = tuple(l for l in self.expected if not (sp.parts.get(l) is not None and sp.parts[l].eob))
+        late = sp.late_events + self._pending_late
+        self._pending_late = 0
+        lost = dict(sp.lost_messages)
+        for ldc, k in self._pending_lost.items():
+            lost[ldc] = lost.get(ldc, 0) + k
+        self._pending_lost = {}
+        self.stats.spills_closed += 1
+        if missing:
+            self.stats.spills_incomplete += 1
+        out.append(
+            ClosedSpill(
+                run=sp.run, spill=sp.spill, complete=not missing, missing_ldcs=missing,
+                incomplete_events=sp.incomplete_events, late_events=late, lost_messages=lost,
+                chunks=sp.chunks, events=sp.events, data_events=sp.data_events, reason=reason,
+                opened_at=sp.opened_at, closed_at=now, last_eob_at=sp.last_eob_at,
+            )
+        )
+        return out
+
+
+# ---------------------------------------------------------------------------
+# helpers (tests, tools)
+
+def split_super_events(data) -> dict[int, list[bytes]]:
+    """The sub-events of a stream of super events, per LDC, in order (the inverse of building)."""
+    words = np.frombuffer(data, dtype=L.WORD) if not isinstance(data, np.ndarray) else data
+    out: dict[int, list[bytes]] = {}
+    pos = 0
+    n = words.shape[0]
+    while pos < n:
+        size = int(words[pos + L.H_SIZE]) // 4
+        hsize = int(words[pos + L.H_HEADER_SIZE]) // 4
+        if words[pos + L.H_ATTRIBUTES_2] & L.SUPER_EVENT_BIT:
+            sub = pos + hsize
+            while sub < pos + size:
+                ssize = int(words[sub + L.H_SIZE]) // 4
+                out.setdefault(int(words[sub + L.H_LDC]), []).append(words[sub:sub + ssize].tobytes())
+                sub += ssize
+        else:
+            out.setdefault(int(words[pos + L.H_LDC]), []).append(words[pos:pos + size].tobytes())
+        pos += size
+    return out
+
+
+def build_all(events_by_ldc: dict[int, list[bytes]], *, gdc_id: int = 1) -> np.ndarray:
+    """Build complete streams of sub-events (one or several spills) at once: the super events, as words."""
+    b = EventBuilder(expected_ldcs=events_by_ldc.keys(), gdc_id=gdc_id, max_open_spills=1 << 20,
+                     spill_timeout_s=float("inf"), max_pending_bytes=1 << 62,
+                     chunk_events=1 << 30, chunk_bytes=1 << 62, chunk_max_age_s=float("inf"))
+    parts: list[np.ndarray] = []
+    outputs: list[Output] = []
+    for ldc, events in sorted(events_by_ldc.items()):
+        for ev in events:
+            outputs.extend(b.add_payload(ldc, ev, 0.0))
+    outputs.extend(b.flush(0.0))
+    parts = [o.words for o in outputs if isinstance(o, BuiltChunk)]
+    return np.concatenate(parts) if parts else np.zeros(0, L.WORD)

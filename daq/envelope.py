@@ -1,0 +1,287 @@
+"""The ZeroMQ envelope of a readout node's messages (docs/raw-format.md §9).
+
+A message has three frames: the topic ``na64.raw``, a 24-byte envelope header
+(:data:`~na64_online.decoders.layout.ENVELOPE_DTYPE`) and a payload of whole
+DATE events of one spill. This module packs and validates them; it knows no
+sockets.
+
+Validation is strict and tells what is wrong:
+
+* :func:`unpack_envelope` rejects a header of the wrong length, magic,
+  version or flags (:class:`EnvelopeError`);
+* :func:`scan_payload` walks the payload's DATE headers (the §2 reader rules)
+  and reports, besides the table of events, where and why it had to stop
+  (truncated payload, byte-swapped or unknown magic, old header layout,
+  bad sizes, an event of another spill, more or fewer events than the
+  envelope announced). The events before the damage are whole and usable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from na64_online.decoders import layout as L
+from na64_online.decoders.errors import FormatError
+
+ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
+
+#: Sort keys of the events of a spill: START_OF_BURST 0, PHYSICS/CALIBRATION
+#: event number in burst + 1, END_OF_BURST after every event number (20 bits).
+SOB_KEY = 0
+EOB_KEY = L.EVENT_IN_BURST_MASK + 2
+#: Key of events that belong to no spill (START_OF_RUN, END_OF_RUN, others).
+NO_SPILL_KEY = -1
+
+
+class EnvelopeError(FormatError):
+    """A ZeroMQ message that does not follow docs/raw-format.md §9."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The decoded 24-byte envelope header."""
+
+    ldc: int
+    sequence: int
+    events: int
+    version: int = L.ENVELOPE_VERSION
+    flags: int = 0
+
+
+def pack_envelope(ldc: int, sequence: int, events: int, *, flags: int = 0,
+                  version: int = L.ENVELOPE_VERSION, magic: bytes = L.ENVELOPE_MAGIC) -> bytes:
+    """The 24 bytes of an envelope header (``magic``/``version`` overridable to forge bad ones)."""
+    rec = np.zeros((), dtype=L.ENVELOPE_DTYPE)
+    rec["magic"] = magic
+    rec["version"] = version
+    rec["flags"] = flags
+    rec["ldc"] = ldc
+    rec["sequence"] = sequence
+    rec["events"] = events
+    return rec.tobytes()
+
+
+def unpack_envelope(frame: bytes | memoryview) -> Envelope:
+    """Decode and validate an envelope header frame; :class:`EnvelopeError` if it is not one."""
+    n = len(frame)
+    if n != ENVELOPE_BYTES:
+        raise EnvelopeError(f"envelope header is {n} bytes, expected {ENVELOPE_BYTES}")
+    rec = np.frombuffer(frame, dtype=L.ENVELOPE_DTYPE, count=1)[0]
+    magic = bytes(rec["magic"])
+    if magic != L.ENVELOPE_MAGIC:
+        raise EnvelopeError(f"envelope magic {magic!r}, expected {L.ENVELOPE_MAGIC!r}")
+    version = int(rec["version"])
+    if version != L.ENVELOPE_VERSION:
+        raise EnvelopeError(f"envelope version {version} is not supported (expected {L.ENVELOPE_VERSION})")
+    flags = int(rec["flags"])
+    if flags != 0:
+        raise EnvelopeError(f"envelope flags {flags:#06x} are not 0")
+    return Envelope(ldc=int(rec["ldc"]), sequence=int(rec["sequence"]), events=int(rec["events"]),
+                    version=version, flags=flags)
+
+
+def make_message(ldc: int, sequence: int, events: list[bytes] | tuple[bytes, ...]) -> list[bytes]:
+    """The three frames of one message carrying ``events`` (whole DATE events, one spill)."""
+    return [L.ZMQ_TOPIC, pack_envelope(ldc, sequence, len(events)), b"".join(events)]
+
+
+# ---------------------------------------------------------------------------
+# payload scan
+
+#: Why :func:`scan_payload` stopped (0: it did not).
+SCAN_OK = 0
+SCAN_TRUNCATED = 1
+SCAN_BYTE_SWAPPED = 2
+SCAN_BAD_MAGIC = 3
+SCAN_OLD_LAYOUT = 4
+SCAN_BAD_HEADER_SIZE = 5
+SCAN_OTHER_SPILL = 6
+SCAN_NOT_WORDS = 7
+SCAN_COUNT_MISMATCH = 8
+SCAN_REASONS = {
+    SCAN_OK: "",
+    SCAN_TRUNCATED: "event size runs past the end of the payload (truncated)",
+    SCAN_BYTE_SWAPPED: "byte-swapped DATE event (magic 0xFE5A1EDA)",
+    SCAN_BAD_MAGIC: "no DATE magic where an event should start",
+    SCAN_OLD_LAYOUT: "pre-3.6 DATE header layout is not supported",
+    SCAN_BAD_HEADER_SIZE: "DATE header or event size not a multiple of 4, below 68 or beyond the event",
+    SCAN_OTHER_SPILL: "event of another spill in the same message",
+    SCAN_NOT_WORDS: "payload length is not a multiple of 4 bytes",
+    SCAN_COUNT_MISMATCH: "number of events differs from the envelope",
+}
+
+_H_SIZE = L.H_SIZE
+_H_MAGIC = L.H_MAGIC
+_H_HEADER_SIZE = L.H_HEADER_SIZE
+_H_VERSION = L.H_VERSION
+_H_TYPE = L.H_TYPE
+_H_RUN = L.H_RUN
+_H_BURST_EVENT = L.H_BURST_EVENT
+_HEADER_WORDS = L.DATE_HEADER_WORDS
+_HEADER_BYTES = L.DATE_HEADER_BYTES
+_MAGIC = L.DATE_MAGIC
+_MAGIC_SWAPPED = L.DATE_MAGIC_SWAPPED
+_MIN_VERSION = L.DATE_MIN_VERSION
+_TYPE_MASK = L.TYPE_MASK
+_BURST_SHIFT = L.BURST_SHIFT
+_BURST_MASK = L.BURST_MASK
+_EVENT_MASK = L.EVENT_IN_BURST_MASK
+_SOB = L.START_OF_BURST
+_EOB = L.END_OF_BURST
+_PHYSICS = L.PHYSICS_EVENT
+_CALIBRATION = L.CALIBRATION_EVENT
+_EOB_KEY = EOB_KEY
+_NO_SPILL_KEY = NO_SPILL_KEY
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan(words):  # pragma: no cover - compiled
+    n = words.shape[0]
+    cap = n // _HEADER_WORDS + 1
+    offsets = np.empty(cap, np.int64)
+    sizes = np.empty(cap, np.int64)
+    types = np.empty(cap, np.int32)
+    keys = np.empty(cap, np.int64)
+    runs = np.empty(cap, np.int64)
+    bursts = np.empty(cap, np.int64)
+    count = 0
+    pos = 0
+    reason = 0
+    while pos < n:
+        if n - pos < _HEADER_WORDS:
+            reason = 1
+            break
+        magic = words[pos + _H_MAGIC]
+        if magic != _MAGIC:
+            reason = 2 if magic == _MAGIC_SWAPPED else 3
+            break
+        if words[pos + _H_VERSION] < _MIN_VERSION:
+            reason = 4
+            break
+        size = np.int64(words[pos + _H_SIZE])
+        hsize = np.int64(words[pos + _H_HEADER_SIZE])
+        if size % 4 != 0 or hsize % 4 != 0 or hsize < _HEADER_BYTES or hsize > size:
+            reason = 5
+            break
+        nw = size // 4
+        if pos + nw > n:
+            reason = 1
+            break
+        t = np.int32(words[pos + _H_TYPE] & _TYPE_MASK)
+        be = words[pos + _H_BURST_EVENT]
+        if t == _SOB:
+            key = np.int64(0)
+        elif t == _EOB:
+            key = np.int64(_EOB_KEY)
+        elif t == _PHYSICS or t == _CALIBRATION:
+            key = np.int64(be & _EVENT_MASK) + 1
+        else:
+            key = np.int64(_NO_SPILL_KEY)
+        offsets[count] = pos
+        sizes[count] = nw
+        types[count] = t
+        keys[count] = key
+        runs[count] = words[pos + _H_RUN]
+        bursts[count] = (be >> _BURST_SHIFT) & _BURST_MASK
+        count += 1
+        pos += nw
+    return offsets[:count], sizes[:count], types[:count], keys[:count], runs[:count], bursts[:count], reason
+
+
+@dataclass(frozen=True)
+class PayloadScan:
+    """The whole events found at the start of a payload, and why the scan stopped, if it did.
+
+    ``offsets``/``sizes`` are in words of ``words``; ``keys`` order the events of a
+    spill (START_OF_BURST 0, event number in burst + 1, END_OF_BURST :data:`EOB_KEY`,
+    :data:`NO_SPILL_KEY` for run-level and unknown types). ``run``/``spill`` are
+    those of the first spill event (``None`` if there is none).
+    """
+
+    words: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    types: np.ndarray
+    keys: np.ndarray
+    run: int | None
+    spill: int | None
+    reason: int
+    error_offset: int | None  # byte offset in the payload where the scan stopped
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == SCAN_OK
+
+    @property
+    def n_events(self) -> int:
+        return int(self.offsets.shape[0])
+
+    def describe(self) -> str:
+        if self.ok:
+            return "ok"
+        return f"{SCAN_REASONS[self.reason]} (payload byte offset {self.error_offset})"
+
+
+_empty_i64 = np.zeros(0, np.int64)
+
+
+def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int | None = None) -> PayloadScan:
+    """Walk the DATE events of a message payload (§2 reader rules, §9 one spill per message).
+
+    Never raises on bad data: the result holds the whole events before the first
+    damage and the reason for stopping. Events of another spill than the first
+    spill event's stop the scan too (``SCAN_OTHER_SPILL``); run-level events
+    (no spill) may come with any spill. ``expected_events`` (the envelope's
+    count) turns a clean scan with another number of events into
+    ``SCAN_COUNT_MISMATCH``.
+    """
+    if isinstance(payload, np.ndarray):
+        raw = payload.view(np.uint8).reshape(-1)
+    else:
+        raw = np.frombuffer(payload, dtype=np.uint8)
+    nbytes = raw.shape[0]
+    usable = nbytes - nbytes % 4
+    words = raw[:usable].view(L.WORD)
+    offsets, sizes, types, keys, runs, bursts, reason = _scan(words)
+    err_off = None
+    if reason == SCAN_OK and usable != nbytes:
+        reason = SCAN_NOT_WORDS
+    if reason != SCAN_OK:
+        end = offsets[-1] + sizes[-1] if offsets.shape[0] else 0
+        err_off = int(end) * 4
+    run = spill = None
+    spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
+    if spill_idx.shape[0]:
+        first = spill_idx[0]
+        run, spill = int(runs[first]), int(bursts[first])
+        other = spill_idx[(runs[spill_idx] != run) | (bursts[spill_idx] != spill)]
+        if other.shape[0]:
+            cut = int(other[0])
+            offsets, sizes, types, keys = offsets[:cut], sizes[:cut], types[:cut], keys[:cut]
+            reason = SCAN_OTHER_SPILL
+            err_off = int(offsets[cut - 1] + sizes[cut - 1]) * 4 if cut else 0
+    if reason == SCAN_OK and expected_events is not None and offsets.shape[0] != expected_events:
+        reason = SCAN_COUNT_MISMATCH
+        err_off = usable
+    return PayloadScan(words=words, offsets=offsets, sizes=sizes, types=types, keys=keys,
+                       run=run, spill=spill, reason=int(reason), error_offset=err_off)
+
+
+def parse_message(frames: list[bytes] | list[memoryview]) -> tuple[Envelope, PayloadScan]:
+    """Validate the frames of one message: topic, envelope; scan the payload.
+
+    Raises :class:`EnvelopeError` when the message cannot be attributed (wrong
+    frame count, topic or envelope). A damaged payload does not raise: check
+    ``scan.ok``; the events before the damage are whole.
+    """
+    if len(frames) != 3:
+        raise EnvelopeError(f"message has {len(frames)} frames, expected 3 (topic, envelope, payload)")
+    topic = bytes(frames[0])
+    if topic != L.ZMQ_TOPIC:
+        raise EnvelopeError(f"topic {topic[:32]!r}, expected {L.ZMQ_TOPIC!r}")
+    env = unpack_envelope(frames[1])
+    scan = scan_payload(frames[2], expected_events=env.events)
+    return env, scan

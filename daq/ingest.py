@@ -1,0 +1,498 @@
+"""The live service: readout nodes → event building → decoder workers → one QA record per spill.
+
+One thread owns every socket (ZeroMQ sockets are not thread-safe) and runs a
+poll loop:
+
+    SUB (all readout nodes) ─ validate envelope, sequence gaps ─► EventBuilder
+        ─ built super events of one spill, in chunks ─► WorkerPool (ROUTER)
+        ─ workers: SpillProcessor.accumulate(chunk) ─► results merged in chunk order
+        ─ spill closed and every chunk merged ─► SpillProcessor.finish ─► on_record
+
+The decoding is the very ``SpillProcessor`` code ``replay`` runs on a raw file,
+on the very bytes a raw file holds (built super events): live and replay give
+the same QA record.
+
+Never block, never lose silently — every queue is bounded:
+
+* the PUB side never blocks (a slow monitor's messages are dropped by
+  ZeroMQ at the high-water marks and show up as sequence gaps:
+  ``lost_messages`` per LDC, exact);
+* unbuilt sub-events per spill (``max_pending_bytes``), open spills
+  (``max_open_spills``), built events waiting to be handed on
+  (``chunk_events``/``chunk_bytes``);
+* decoding tasks: each worker holds at most ``worker_capacity`` tasks, at
+  most ``max_queued_tasks`` wait; when decoding falls behind a new chunk's
+  PHYSICS/CALIBRATION events are dropped whole and counted
+  (``dropped_events`` in the spill's QA record and in the metrics); its
+  START_OF_BURST/END_OF_BURST events (scalers) are always decoded;
+* QA records, latencies: bounded deques.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from ..decoders.decode import index_events
+from .builder import DATA_TYPES, BuiltChunk, ClosedSpill, EventBuilder
+from .live import LiveExtras
+from .subscriber import Subscriber
+from .workers import Task, TaskDone, WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Live ingest settings (the ``[ingest]`` section of the service configuration)."""
+
+    #: readout nodes' PUB endpoints (``serve --connect``), e.g. "tcp://ldc1.na64:5550"
+    endpoints: tuple[str, ...] = ()
+    #: LDCs whose END_OF_BURST completes a spill
+    expected_ldcs: tuple[int, ...] = (1, 2)
+    #: a spill without data for this long is closed (incomplete if an END_OF_BURST is missing)
+    spill_timeout_s: float = 10.0
+    #: an expected LDC silent this long is not waited for when building events
+    ldc_down_s: float = 10.0
+    max_open_spills: int = 4
+    #: unbuilt sub-events held per spill; beyond, everything pending is built (incomplete if need be)
+    max_pending_bytes: int = 256 << 20
+    #: built events per decoding task
+    chunk_events: int = 5000
+    chunk_bytes: int = 32 << 20
+    #: a partial chunk is handed on after this long
+    chunk_max_age_s: float = 0.5
+    gdc_id: int = 1
+    #: SUB socket: receive high-water mark (messages) and reconnection
+    rcvhwm: int = 10000
+    rcvbuf: int = 0
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 2000
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 5000
+    #: local decoder worker processes; 0: decode in a thread of the service process
+    workers: int = 1
+    #: extra in-process worker threads (besides ``workers`` processes)
+    worker_threads: int = 0
+    #: where workers connect; "tcp://*:5570" lets workers on other hosts join
+    worker_bind: str = "tcp://127.0.0.1:*"
+    #: tasks each worker holds at once
+    worker_capacity: int = 2
+    #: tasks waiting for a free worker; beyond, whole events are dropped (counted)
+    max_queued_tasks: int = 8
+    #: a task sent to a worker without result after this long: the worker is taken for dead, the task retried
+    task_timeout_s: float = 60.0
+    task_retries: int = 1
+    #: a task no worker took within this long fails (its events count as dropped)
+    queue_timeout_s: float = 60.0
+    #: at shutdown, how long to wait for outstanding results
+    drain_timeout_s: float = 10.0
+    #: QA records kept in memory (``IngestService.records``)
+    keep_records: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("spill_timeout_s", "ldc_down_s", "chunk_max_age_s", "task_timeout_s", "queue_timeout_s",
+                     "drain_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_open_spills", "max_pending_bytes", "chunk_events", "chunk_bytes", "rcvhwm",
+                     "worker_capacity", "max_queued_tasks", "keep_records"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "worker_threads", "task_retries", "rcvbuf"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.expected_ldcs:
+            raise ValueError("expected_ldcs must name at least one LDC")
+
+
+@dataclass
+class IngestStats:
+    """Totals since start (exported as metrics)."""
+
+    records: int = 0
+    records_incomplete: int = 0
+    dropped_events: int = 0  # PHYSICS/CALIBRATION events dropped because decoding fell behind
+    dropped_chunks: int = 0
+    failed_events: int = 0  # events of tasks that failed (worker error / timeout)
+    last_latency_s: float | None = None  # last END_OF_BURST → QA record
+    max_latency_s: float | None = None
+    loop_seconds: float = 0.0
+    internal_errors: int = 0  # messages the builder failed on (a bug): logged, skipped
+
+
+@dataclass
+class _SpillState:
+    run: int
+    spill: int
+    acc: Any = None
+    next_index: int = 0
+    done: dict = field(default_factory=dict)  # chunk index -> accumulator or None (nothing to merge)
+    dropped_events: int = 0
+    dropped_numbers: list = field(default_factory=list)  # event numbers of dropped events (arrays)
+    closed: ClosedSpill | None = None
+    record: Any = None
+
+
+class IngestService:
+    """Subscribes to readout nodes, builds, decodes and emits one QA record per spill.
+
+    ``processor_factory(*processor_args, **processor_kwargs)`` must give an
+    object with ``accumulate(words) -> acc`` (``acc.merge(other)``),
+    ``finish(acc, complete=, live=)`` and ``new_accumulator()`` — normally
+    :class:`na64_online.monitor.pipeline.SpillProcessor`; the workers build
+    theirs from the same (pickled, by reference) factory and arguments.
+    ``finish(acc, complete=, live=)`` (default: the processor's) turns a
+    merged spill into its record — the service passes
+    ``SpillMonitor.handle``, the very call ``replay`` makes, so that quality,
+    alarms, archive and metrics are the same too. ``on_record(record)`` is called
+    in the service thread for each finished spill, in the order the spills
+    closed; ``on_health(dict)`` every ``health_interval_s`` with the keyword
+    arguments of ``monitor.metrics.ServiceHealth`` (:meth:`health`).
+    :meth:`metrics` gives every counter at any time.
+    """
+
+    def __init__(
+        self,
+        config: IngestConfig,
+        processor_factory: Callable,
+        processor_args: tuple = (),
+        processor_kwargs: dict | None = None,
+        *,
+        finish: Callable[..., Any] | None = None,
+        new_accumulator: Callable[[], Any] | None = None,
+        on_record: Callable[[Any], None] | None = None,
+        on_health: Callable[[dict], None] | None = None,
+        health_interval_s: float = 1.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.config = config
+        self.processor_kwargs = dict(processor_kwargs or {})
+        self.processor = processor_factory(*processor_args, **self.processor_kwargs)
+        self._setup = (processor_factory, tuple(processor_args), self.processor_kwargs)
+        self._finish = finish if finish is not None else self.processor.finish
+        self._new_accumulator = new_accumulator if new_accumulator is not None else self.processor.new_accumulator
+        self.on_record = on_record
+        self.on_health = on_health
+        self.health_interval_s = float(health_interval_s)
+        self._health_prev: tuple[float, int, int] | None = None
+        self._last_message_time: float | None = None
+        self.context = context or zmq.Context.instance()
+        self.stats = IngestStats()
+        self.records: deque = deque(maxlen=config.keep_records)
+        self.latencies: deque = deque(maxlen=1000)
+        self._states: dict[tuple[int, int], _SpillState] = {}
+        self._closing: deque[_SpillState] = deque()  # closed spills, in closing order (records go out so)
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._commands: deque = deque()  # (callable) run in the service thread
+        self._error: BaseException | None = None
+        self.subscriber: Subscriber | None = None
+        self.builder: EventBuilder | None = None
+        self.pool: WorkerPool | None = None
+        self.worker_endpoint: str | None = None
+
+    # ------------------------------------------------------------------ life
+    def start(self, timeout_s: float = 30.0) -> "IngestService":
+        """Start the service thread; returns once its sockets are bound and connected."""
+        self._thread = threading.Thread(target=self._run_guarded, name="na64-ingest", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout_s):
+            raise RuntimeError("ingest service did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def run(self) -> None:
+        """Run in the calling thread until :meth:`stop` (from a signal handler or another thread)."""
+        self._run_guarded()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop: close open spills, wait for their results (``drain_timeout_s``), emit their records."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s if timeout_s is not None else self.config.drain_timeout_s + 10)
+
+    def __enter__(self) -> "IngestService":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def connect(self, endpoint: str) -> None:
+        """Connect to another readout node (thread-safe)."""
+        self._commands.append(lambda: self.subscriber.connect(endpoint))
+
+    def wait_records(self, n: int, timeout_s: float) -> list:
+        """Block until ``n`` records were emitted in total (tests, tools); returns the kept ones."""
+        deadline = time.monotonic() + timeout_s
+        while self.stats.records < n and time.monotonic() < deadline:
+            if self._thread is not None and not self._thread.is_alive():
+                break
+            time.sleep(0.01)
+        return list(self.records)
+
+    # ------------------------------------------------------------------ metrics
+    def metrics(self) -> dict:
+        """A snapshot of every counter (plain numbers and dicts), for /metrics and tests."""
+        sub = self.subscriber
+        out: dict[str, Any] = {"ingest": asdict(self.stats)}
+        if sub is not None:
+            out["subscriber"] = {
+                **asdict(sub.stats),
+                "lost_messages": dict(sub.sequences.lost),
+                "restarts": dict(sub.sequences.restarts),
+                "received": dict(sub.sequences.received),
+            }
+        if self.builder is not None:
+            out["builder"] = asdict(self.builder.stats)
+            out["builder"]["open_spills"] = [list(k) for k in self.builder.open_spills]
+        if self.pool is not None:
+            out["workers"] = {**asdict(self.pool.stats), "ready": self.pool.n_ready,
+                              "queued_tasks": len(self.pool.queue), "outstanding_tasks": len(self.pool.outstanding)}
+        return out
+
+    def health(self, now: float | None = None) -> dict:
+        """Ingest health as the keyword arguments of ``monitor.metrics.ServiceHealth`` (service thread)."""
+        now = time.monotonic() if now is None else now
+        sub, builder, pool = self.subscriber, self.builder, self.pool
+        if sub is None or builder is None or pool is None:
+            return {}
+        msgs, events, nbytes = sub.stats.messages, sub.stats.events, sub.stats.bytes
+        ev_rate = byte_rate = 0.0
+        if self._health_prev is not None:
+            t, e, b = self._health_prev
+            if now > t:
+                ev_rate, byte_rate = (events - e) / (now - t), (nbytes - b) / (now - t)
+        self._health_prev = (now, events, nbytes)
+        waiting = [t.queued_at for t in pool.queue] + [t.sent_at for t in pool.outstanding.values()]
+        seen = builder._ldc_seen  # noqa: SLF001 - same package
+        return dict(
+            messages_received=msgs,
+            events_received=events,
+            bytes_received=nbytes,
+            ingest_events_per_second=ev_rate,
+            ingest_bytes_per_second=byte_rate,
+            lag_seconds=(now - min(waiting)) if waiting else 0.0,
+            queue_depth=len(pool.queue) + len(pool.outstanding),
+            queue_capacity=self.config.max_queued_tasks + pool.capacity,
+            dropped_messages=sum(sub.sequences.lost.values()),
+            skipped_events=builder.stats.other_events,
+            last_message_time=self._last_message_time,
+            sources_connected=sum(1 for t in seen.values() if now - t <= self.config.ldc_down_s),
+        )
+
+    # ------------------------------------------------------------------ loop
+    def _run_guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported to start()/run()
+            log.exception("ingest service failed")
+            self._error = exc
+            self._started.set()
+
+    def _setup_sockets(self) -> None:
+        c = self.config
+        self.subscriber = Subscriber(
+            c.endpoints, context=self.context, rcvhwm=c.rcvhwm, rcvbuf=c.rcvbuf,
+            reconnect_ivl_ms=c.reconnect_ivl_ms, reconnect_ivl_max_ms=c.reconnect_ivl_max_ms,
+            heartbeat_ivl_ms=c.heartbeat_ivl_ms, heartbeat_timeout_ms=c.heartbeat_timeout_ms)
+        self.builder = EventBuilder(
+            c.expected_ldcs, gdc_id=c.gdc_id, spill_timeout_s=c.spill_timeout_s, ldc_down_s=c.ldc_down_s,
+            max_open_spills=c.max_open_spills, max_pending_bytes=c.max_pending_bytes,
+            chunk_events=c.chunk_events, chunk_bytes=c.chunk_bytes, chunk_max_age_s=c.chunk_max_age_s)
+        self.pool = WorkerPool(self._setup, bind=c.worker_bind, context=self.context,
+                               max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
+                               task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s)
+        self.worker_endpoint = self.pool.endpoint
+        if c.workers:
+            self.pool.spawn_processes(c.workers, c.worker_capacity)
+        threads = c.worker_threads or (0 if c.workers else 1)
+        if threads:
+            self.pool.start_threads(threads, c.worker_capacity)
+
+    def _run(self) -> None:
+        self._setup_sockets()
+        sub, builder, pool = self.subscriber, self.builder, self.pool
+        poller = zmq.Poller()
+        poller.register(sub.socket, zmq.POLLIN)
+        poller.register(pool.socket, zmq.POLLIN)
+        self._started.set()
+        log.info("ingest: connected to %s; workers at %s", ", ".join(sub.endpoints) or "(none yet)", pool.endpoint)
+        next_timer = next_health = 0.0
+        try:
+            while not self._stop.is_set():
+                while self._commands:
+                    self._commands.popleft()()
+                ready = dict(poller.poll(20))
+                t0 = time.perf_counter()
+                now = time.monotonic()
+                if pool.socket in ready:
+                    self._on_done(pool.receive(now))
+                if sub.socket in ready:
+                    self._last_message_time = time.time()
+                    for r in sub.recv(0, max_messages=64):
+                        try:
+                            self._on_outputs(builder.add(r.envelope.ldc, r.scan, now, lost=r.lost), now)
+                        except Exception:  # noqa: BLE001 - one bad message must not stop the service
+                            self.stats.internal_errors += 1
+                            log.exception("LDC %d message %d could not be built; skipped", r.envelope.ldc,
+                                          r.envelope.sequence)
+                if now >= next_timer:
+                    self._on_outputs(builder.poll(now), now)
+                    self._on_done(pool.poll(now))
+                    next_timer = now + 0.05
+                    if self.on_health is not None and now >= next_health:
+                        next_health = now + self.health_interval_s
+                        try:
+                            self.on_health(self.health(now))
+                        except Exception:  # noqa: BLE001
+                            log.exception("on_health callback failed")
+                self.stats.loop_seconds += time.perf_counter() - t0
+            self._drain()
+        finally:
+            pool.close()
+            sub.close()
+
+    def _drain(self) -> None:
+        """Close every open spill and wait (bounded) for the results still out."""
+        builder, pool = self.builder, self.pool
+        now = time.monotonic()
+        self._on_outputs(builder.flush(now), now)
+        deadline = now + self.config.drain_timeout_s
+        while self._states and time.monotonic() < deadline:
+            if pool.socket.poll(20, zmq.POLLIN):
+                self._on_done(pool.receive(time.monotonic()))
+            self._on_done(pool.poll(time.monotonic()))
+        for key in list(self._states):  # results that never came: finish with what there is
+            st = self._states[key]
+            if st.closed is not None:
+                for i in range(st.closed.chunks):
+                    st.done.setdefault(i, None)
+                self._merge_ready(st)
+                self._maybe_finish(st, time.monotonic(), force=True)
+
+    # ------------------------------------------------------------------ spills
+    def _state(self, run: int, spill: int) -> _SpillState:
+        st = self._states.get((run, spill))
+        if st is None:
+            st = self._states[(run, spill)] = _SpillState(run, spill)
+        return st
+
+    def _on_outputs(self, outputs, now: float) -> None:
+        for o in outputs:
+            if isinstance(o, BuiltChunk):
+                self._submit(o, now)
+            elif isinstance(o, ClosedSpill):
+                st = self._state(o.run, o.spill)
+                st.closed = o
+                self._closing.append(st)
+                self._maybe_finish(st, now)
+
+    def _submit(self, chunk: BuiltChunk, now: float) -> None:
+        st = self._state(chunk.run, chunk.spill)
+        pool = self.pool
+        task = Task(chunk.run, chunk.spill, chunk.index, chunk.words, chunk.data_events, chunk.n_events)
+        if pool.submit(task, now):
+            return
+        # decoding is behind: drop this chunk's PHYSICS/CALIBRATION events, keep START/END_OF_BURST
+        st.dropped_events += chunk.data_events
+        st.dropped_numbers.append(_data_event_numbers(chunk.words))
+        self.stats.dropped_events += chunk.data_events
+        self.stats.dropped_chunks += 1
+        control = chunk.control_only()
+        if control is not None:
+            pool.submit(Task(chunk.run, chunk.spill, chunk.index, control.words, 0, control.n_events), now,
+                        force=True)
+        else:
+            st.done[chunk.index] = None
+            self._merge_ready(st)
+            self._maybe_finish(st, now)
+
+    def _on_done(self, dones: list[TaskDone]) -> None:
+        now = time.monotonic()
+        for d in dones:
+            task = d.task
+            st = self._states.get((task.run, task.spill))
+            if st is None:
+                continue
+            if d.result is None:
+                st.dropped_events += task.data_events
+                st.dropped_numbers.append(_data_event_numbers(task.words))
+                self.stats.failed_events += task.data_events
+            st.done[task.index] = d.result
+            self._merge_ready(st)
+            self._maybe_finish(st, now)
+
+    def _merge_ready(self, st: _SpillState) -> None:
+        while st.next_index in st.done:
+            acc = st.done.pop(st.next_index)
+            if acc is not None:
+                if st.acc is None:
+                    st.acc = acc
+                else:
+                    st.acc.merge(acc)
+            st.next_index += 1
+
+    def _maybe_finish(self, st: _SpillState, now: float, force: bool = False) -> None:
+        closed = st.closed
+        if closed is None or (st.next_index < closed.chunks and not force):
+            return
+        del self._states[(st.run, st.spill)]
+        lost = {ldc: 0 for ldc in self.config.expected_ldcs}
+        for ldc, n in closed.lost_messages.items():
+            lost[ldc] = lost.get(ldc, 0) + n
+        live = LiveExtras(
+            lost_messages=lost,
+            incomplete_events=closed.incomplete_events,
+            late_events=closed.late_events,
+            dropped_events=st.dropped_events,
+            dropped_event_numbers=(np.concatenate(st.dropped_numbers) if st.dropped_numbers
+                                   else np.zeros(0, dtype=np.int64)),
+            missing_ldcs=tuple(closed.missing_ldcs),
+        )
+        acc = st.acc if st.acc is not None else self._new_accumulator()
+        try:
+            st.record = self._finish(acc, complete=closed.complete, live=live)
+        except Exception:  # noqa: BLE001 - never stop the ingest; the spill is reported in the log
+            log.exception("finishing run %d spill %d failed", st.run, st.spill)
+            self.stats.internal_errors += 1
+            st.record = False  # nothing to emit
+        if closed.last_eob_at is not None:
+            latency = time.monotonic() - closed.last_eob_at
+            self.latencies.append(latency)
+            self.stats.last_latency_s = latency
+            self.stats.max_latency_s = max(latency, self.stats.max_latency_s or 0.0)
+        # records go out in the order the spills closed
+        while self._closing and self._closing[0].record is not None:
+            done = self._closing.popleft()
+            if done.record is not False:
+                self._emit(done.record, done.closed)
+
+    def _emit(self, record, closed: ClosedSpill) -> None:
+        self.records.append(record)
+        if not closed.complete:
+            self.stats.records_incomplete += 1
+        self.stats.records += 1
+        if self.on_record is not None:
+            try:
+                self.on_record(record)
+            except Exception:  # noqa: BLE001 - a consumer's bug must not stop the ingest
+                log.exception("on_record callback failed")
+
+
+def _data_event_numbers(words: np.ndarray) -> np.ndarray:
+    """Event numbers in burst of the PHYSICS/CALIBRATION events in a buffer of built events."""
+    index = index_events(words)
+    data = (index.status == 0) & np.isin(index.type, DATA_TYPES)
+    return index.event[data].astype(np.int64)

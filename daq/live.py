@@ -1,0 +1,24 @@
+"""What only the live path knows about a spill (spec §12, last paragraph)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LiveExtras:
+    """Per-spill facts of the live ingest, handed to the per-spill processing.
+
+    ``dropped_event_numbers``: events that readout nodes sent but the service
+    dropped because decoding fell behind; they are ``dropped_events``, not
+    ``lost_events`` (which are events no node sent).
+    """
+
+    lost_messages: dict[int, int] = field(default_factory=dict)
+    incomplete_events: int = 0
+    late_events: int = 0
+    dropped_events: int = 0
+    missing_ldcs: tuple[int, ...] = ()
+    dropped_event_numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))

@@ -1,0 +1,313 @@
+"""Event building and spill assembly across readout nodes (issue #3 item 3)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder, build_all, split_super_events
+from na64_online.daq.envelope import EOB_KEY, scan_payload
+from na64_online.decoders import layout as L
+
+SMALL = Path(__file__).parent / "data" / "vectors" / "small.dat"
+
+
+@pytest.fixture(scope="module")
+def small():
+    raw = SMALL.read_bytes()
+    return raw, split_super_events(raw)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+
+    sim = ReadoutSimulator(SimulationConfig(run=9, spills=2, events_per_spill=120, seed=5))
+    return [(s.raw(), {l: s.ldc_events(l) for l in (1, 2)}) for s in sim.spills()]
+
+
+def chunks(outputs):
+    return [o for o in outputs if isinstance(o, BuiltChunk)]
+
+
+def closed(outputs):
+    return [o for o in outputs if isinstance(o, ClosedSpill)]
+
+
+def words_of(outputs):
+    cs = chunks(outputs)
+    return np.concatenate([c.words for c in cs]) if cs else np.zeros(0, L.WORD)
+
+
+def feed(builder, messages, now=0.0):
+    """messages: list of (ldc, [events])."""
+    out = []
+    for ldc, events in messages:
+        out.extend(builder.add(ldc, scan_payload(b"".join(events)), now))
+    return out
+
+
+def batches(events, size):
+    return [events[i:i + size] for i in range(0, len(events), size)]
+
+
+def interleave(by_ldc: dict[int, list[bytes]], size: int, seed: int) -> list[tuple[int, list[bytes]]]:
+    """Each LDC's events in order, batched, LDCs interleaved at random (what a SUB socket sees)."""
+    rng = random.Random(seed)
+    queues = {l: batches(ev, size) for l, ev in by_ldc.items()}
+    out = []
+    while any(queues.values()):
+        l = rng.choice([l for l, q in queues.items() if q])
+        out.append((l, queues[l].pop(0)))
+    return out
+
+
+def test_vectors_rebuilt_byte_for_byte(small):
+    raw, ev = small
+    assert sorted(ev) == [1, 2] and len(ev[1]) == len(ev[2]) == 32
+    assert build_all(ev).tobytes() == raw
+
+
+def test_super_event_header(small):
+    raw, ev = small
+    w = build_all(ev)
+    # first super event: START_OF_BURST from LDC 1 and 2
+    sub1 = np.frombuffer(ev[1][0], L.WORD)
+    assert w[L.H_SIZE] == 68 + len(ev[1][0]) + len(ev[2][0])
+    assert w[L.H_ATTRIBUTES_2] & L.SUPER_EVENT_BIT
+    assert w[L.H_LDC] == 0 and w[L.H_GDC] == 1
+    assert w[L.H_HEADER_SIZE] == 68
+    for i in (L.H_MAGIC, L.H_VERSION, L.H_TYPE, L.H_RUN, L.H_EVENT_IN_RUN, L.H_BURST_EVENT, L.H_TIME):
+        assert w[i] == sub1[i]
+
+
+def test_simulator_spills_rebuilt_byte_for_byte(simulated):
+    for raw, ev in simulated:
+        assert build_all(ev).tobytes() == raw
+
+
+@pytest.mark.parametrize("size, seed", [(1, 0), (7, 1), (50, 2), (1000, 3)])
+def test_interleaved_batches_build_the_file_layout(simulated, size, seed):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), chunk_events=16)
+    out = feed(b, interleave(ev, size, seed))
+    assert b.open_spills == []
+    (c,) = closed(out)
+    assert c.complete and c.reason == "end_of_burst" and c.missing_ldcs == ()
+    assert c.incomplete_events == 0 and c.late_events == 0
+    assert words_of(out).tobytes() == raw
+    cs = chunks(out)
+    assert [x.index for x in cs] == list(range(c.chunks))
+    assert all(x.n_events <= 16 for x in cs) and cs[-1].final and not any(x.final for x in cs[:-1])
+    assert c.events == len(ev[1]) and c.data_events == len(ev[1]) - 2
+
+
+def test_events_are_built_while_the_spill_runs(simulated):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), chunk_events=10)
+    out = feed(b, [(1, ev[1][:40]), (2, ev[2][:25])])
+    built = chunks(out)
+    assert sum(c.n_events for c in built) == 20  # events 0…24 are complete; handed on by 10
+    assert not closed(out)
+
+
+def test_two_spills_in_flight(simulated):
+    (raw1, ev1), (raw2, ev2) = simulated
+    b = EventBuilder((1, 2))
+    out = feed(b, [(1, ev1[1]), (1, ev2[1]), (2, ev1[2]), (2, ev2[2])])
+    cl = closed(out)
+    assert [(c.spill, c.complete) for c in cl] == [(1, True), (2, True)]
+    assert words_of(out).tobytes() == raw1 + raw2
+
+
+def test_missing_subevents_are_built_and_counted(simulated):
+    raw, ev = simulated[0]
+    missing = {10, 11, 50}  # LDC 2 never sends these events (a lost message)
+    ev2 = [e for i, e in enumerate(ev[2]) if i not in missing]
+    b = EventBuilder((1, 2))
+    out = feed(b, interleave({1: ev[1], 2: ev2}, 9, 4))
+    (c,) = closed(out)
+    assert c.complete and c.incomplete_events == 3
+    w = words_of(out)
+    scan = scan_payload(w)
+    assert scan.ok and scan.n_events == len(ev[1])
+    sizes = dict(zip(scan.keys.tolist(), scan.sizes.tolist()))
+    for i in missing:  # event number i (key i+1) holds only LDC 1's sub-event
+        assert sizes[i + 1] * 4 == 68 + len(ev[1][i])
+    assert stats_ok(b)
+
+
+def stats_ok(b):
+    return b.stats.incomplete_events >= 0 and b.stats.built_events >= 0
+
+
+def test_events_no_ldc_sent_are_simply_absent(simulated):
+    raw, ev = simulated[0]
+    gone = {20, 21}
+    b = EventBuilder((1, 2))
+    out = feed(b, [(l, [e for i, e in enumerate(ev[l]) if i not in gone]) for l in (1, 2)])
+    (c,) = closed(out)
+    assert c.complete and c.incomplete_events == 0 and c.events == len(ev[1]) - 2
+
+
+def test_missing_end_of_burst_closes_after_timeout(simulated):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), spill_timeout_s=5.0)
+    out = feed(b, [(1, ev[1]), (2, ev[2][:-1])], now=100.0)
+    assert not closed(out)
+    out += b.poll(104.9)
+    assert not closed(out)
+    out += b.poll(105.0)
+    (c,) = closed(out)
+    assert not c.complete and c.reason == "timeout" and c.missing_ldcs == (2,)
+    assert c.incomplete_events == 0
+    w = words_of(out)
+    assert w.tobytes() == build_all({1: ev[1], 2: ev[2][:-1]}).tobytes()
+    scan = scan_payload(w)
+    assert scan.n_events == len(ev[1]) and scan.keys[-1] == EOB_KEY
+    assert scan.sizes[-1] * 4 == 68 + len(ev[1][-1])  # END_OF_BURST of LDC 1 alone
+    assert b.stats.spills_incomplete == 1
+
+
+def test_ldc_moving_on_closes_the_spill_without_its_end_of_burst(simulated):
+    (raw1, ev1), (raw2, ev2) = simulated
+    b = EventBuilder((1, 2), spill_timeout_s=1e9)
+    out = feed(b, [(1, ev1[1]), (2, ev1[2][:-1]), (2, ev2[2][:1])])
+    (c,) = closed(out)
+    assert c.spill == 1 and not c.complete and c.reason == "moved_on" and c.missing_ldcs == (2,)
+
+
+def test_late_data_for_a_closed_spill_is_counted_not_merged(simulated):
+    (raw1, ev1), (raw2, ev2) = simulated
+    b = EventBuilder((1, 2))
+    out = feed(b, [(1, ev1[1]), (2, ev1[2])])
+    assert closed(out)[0].late_events == 0
+    out = feed(b, [(2, ev1[2][5:8])])  # spill 1 again
+    assert out == [] and b.stats.late_events == 3
+    out = feed(b, [(1, ev2[1]), (2, ev2[2])])
+    (c,) = closed(out)
+    assert c.spill == 2 and c.late_events == 3  # reported with the next spill that closes
+    assert words_of(out).tobytes() == raw2
+
+
+def test_duplicate_and_already_built_subevents_are_late(simulated):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2))
+    out = feed(b, [(1, ev[1][:30]), (2, ev[2][:30]), (1, ev[1][20:25]), (2, ev[2][10:12])])
+    out += feed(b, [(1, ev[1][30:]), (2, ev[2][30:])])
+    (c,) = closed(out)
+    assert c.late_events == 7 and c.complete
+    assert words_of(out).tobytes() == raw
+
+
+def test_join_at_the_next_start_of_burst(simulated):
+    (raw1, ev1), (raw2, ev2) = simulated
+    b = EventBuilder((1, 2))
+    # the monitor starts in the middle of spill 1: LDC 1 is further than LDC 2
+    out = feed(b, [(1, ev1[1][60:]), (2, ev1[2][50:80]), (1, ev2[1][:40]), (2, ev1[2][80:]), (2, ev2[2]),
+                   (1, ev2[1][40:])])
+    cl = closed(out)
+    assert [c.spill for c in cl] == [2] and cl[0].complete
+    assert words_of(out).tobytes() == raw2
+    assert b.stats.skipped_before_join == len(ev1[1]) - 60 + len(ev1[2]) - 50
+
+
+def test_spill_whose_start_of_burst_was_lost_opens_once_joined(simulated):
+    (raw1, ev1), (raw2, ev2) = simulated
+    b = EventBuilder((1, 2))
+    out = feed(b, [(1, ev1[1]), (2, ev1[2]), (1, ev2[1][1:]), (2, ev2[2][1:])])
+    cl = closed(out)
+    assert [(c.spill, c.complete) for c in cl] == [(1, True), (2, True)]
+    assert cl[1].events == len(ev2[1]) - 1
+
+
+def test_pending_memory_is_bounded(simulated):
+    raw, ev = simulated[0]
+    budget = sum(len(e) for e in ev[1][:20])
+    b = EventBuilder((1, 2), max_pending_bytes=budget)
+    out = feed(b, [(1, [e]) for e in ev[1][:60]])  # LDC 2 silent: cannot build completely
+    assert b.stats.forced_builds >= 1
+    assert sum(c.n_events for c in chunks(b.poll(0.0) + out) + chunks(b.flush(0.0))) == 60
+    assert b.stats.incomplete_events == 59  # every data event lacks LDC 2
+
+
+def test_open_spills_are_bounded(simulated):
+    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+
+    sim = ReadoutSimulator(SimulationConfig(run=3, spills=4, events_per_spill=5, seed=1))
+    spills = list(sim.spills())
+    b = EventBuilder((1, 2), max_open_spills=2)
+    out = feed(b, [(1, s.ldc_events(1)[:3]) for s in spills])  # only LDC 1, never an END_OF_BURST
+    cl = closed(out)
+    assert [(c.spill, c.reason) for c in cl] == [(1, "overflow"), (2, "overflow")]
+    assert len(b.open_spills) == 2
+
+
+def test_silent_ldc_is_not_waited_for_after_ldc_down(simulated):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), ldc_down_s=2.0, spill_timeout_s=100.0)
+    feed(b, [(2, ev[2][:1])], now=0.0)
+    out = feed(b, [(1, ev[1][:50])], now=1.0)
+    assert sum(c.n_events for c in chunks(out)) <= 1
+    out = b.poll(2.5) + feed(b, [(1, ev[1][50:60])], now=2.5)
+    # LDC 2 silent since t=0: events are built without it (incomplete), no waiting for the timeout
+    assert sum(c.n_events for c in chunks(out) + chunks(b.poll(3.5))) >= 59
+
+
+def test_chunk_age_hands_on_partial_chunks(simulated):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), chunk_events=1000, chunk_max_age_s=0.5)
+    out = feed(b, [(1, ev[1][:10]), (2, ev[2][:10])], now=0.0)
+    assert not chunks(out)
+    assert not chunks(b.poll(0.4))
+    got = chunks(b.poll(0.6))
+    assert len(got) == 1 and got[0].n_events == 10 and not got[0].final
+
+
+def test_control_only_keeps_start_and_end_of_burst(simulated):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), chunk_events=1 << 20)
+    out = feed(b, [(1, ev[1]), (2, ev[2])])
+    (chunk,) = chunks(out)
+    assert chunk.data_events == len(ev[1]) - 2
+    ctl = chunk.control_only()
+    assert ctl.n_events == 2 and ctl.types.tolist() == [L.START_OF_BURST, L.END_OF_BURST]
+    scan = scan_payload(ctl.words)
+    assert scan.ok and scan.keys.tolist() == [0, EOB_KEY]
+    assert ctl.words.tobytes() == build_all({1: [ev[1][0], ev[1][-1]], 2: [ev[2][0], ev[2][-1]]}).tobytes()
+
+
+def test_run_level_events_belong_to_no_spill(small):
+    raw, ev = small
+    w = np.frombuffer(ev[1][0], L.WORD).copy()
+    w[L.H_TYPE] = L.START_OF_RUN
+    w[L.H_BURST_EVENT] = 0
+    b = EventBuilder((1, 2))
+    assert feed(b, [(1, [w.tobytes()]), (2, [w.tobytes()])]) == []
+    assert b.stats.other_events == 2 and b.open_spills == []
+    out = feed(b, [(1, ev[1]), (2, ev[2])])
+    assert words_of(out).tobytes() == raw
+
+
+def test_lost_messages_are_reported_with_their_spill(simulated):
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2))
+    out = b.add(1, scan_payload(b"".join(ev[1])), 0.0, lost=2)
+    out += b.add(2, scan_payload(b"".join(ev[2])), 0.0, lost=1)
+    (c,) = closed(out)
+    assert c.lost_messages == {1: 2, 2: 1}
+
+
+def test_gap_between_spills_longer_than_ldc_down_is_not_silence(simulated):
+    (raw1, ev1), (raw2, ev2) = simulated
+    b = EventBuilder((1, 2), ldc_down_s=2.0, spill_timeout_s=5.0)
+    out = feed(b, [(1, ev1[1]), (2, ev1[2])], now=0.0)
+    # 30 s of SPS gap; then LDC 1 is a little ahead of LDC 2 in the new spill
+    out2 = feed(b, [(1, ev2[1][:50])], now=30.0) + b.poll(31.0) + feed(b, [(2, ev2[2][:50])], now=31.5)
+    out2 += feed(b, [(1, ev2[1][50:]), (2, ev2[2][50:])], now=32.0)
+    (c,) = closed(out2)
+    assert c.incomplete_events == 0 and c.late_events == 0 and c.complete
+    assert words_of(out2).tobytes() == raw2

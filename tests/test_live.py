@@ -1,0 +1,446 @@
+"""Live ingest end to end with real ZeroMQ sockets on 127.0.0.1 (issue #3).
+
+Two readout-node publishers (LDC 1 and 2, the simulator's data) and one
+service; the service's QA records must equal ``replay`` of the same data.
+Every test is bounded in time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from na64_online.monitor.spill_monitor import make_processor
+from na64_online.config import Config
+from na64_online.daq.builder import build_all
+from na64_online.daq.ingest import IngestConfig, IngestService
+from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
+from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.decoders.channelmap import ChannelMap
+from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
+from na64_online.service import Replayer, build_monitor
+
+LIVE_ONLY = {"lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs"}
+TIMING = {"processing_seconds", "finished_at"}
+EVENTS = 200
+RUN = 11
+
+
+@pytest.fixture(scope="module")
+def channel_map():
+    return ChannelMap.default()
+
+
+@pytest.fixture(scope="module")
+def spills(channel_map):
+    sim = ReadoutSimulator(SimulationConfig(run=RUN, spills=3, events_per_spill=EVENTS, seed=21), channel_map)
+    return [_Spill(s.run, s.spill, s.raw(), {l: s.ldc_events(l) for l in (1, 2)}) for s in sim.spills()]
+
+
+class _Spill:
+    def __init__(self, run, spill, raw, ev):
+        self.run, self.spill, self.raw, self.ev = run, spill, raw, ev
+
+
+def replay(raws, channel_map, tmp_path_factory) -> list[dict]:
+    """``replay`` of raw spills written to a file: one record per spill."""
+    path = tmp_path_factory.mktemp("live") / "run.dat"
+    path.write_bytes(b"".join(raws))
+    replayer = Replayer(Config(), channel_map)
+    try:
+        return [r for r, _ in replayer.replay_file(path) if r is not None]
+    finally:
+        replayer.close()
+
+
+@pytest.fixture(scope="module")
+def replayed(spills, channel_map, tmp_path_factory):
+    """``replay`` of the very data the publishers send."""
+    records = replay([s.raw for s in spills], channel_map, tmp_path_factory)
+    assert [r["spill"] for r in records] == [1, 2, 3]
+    return records
+
+
+def comparable(record: dict) -> dict:
+    """Everything but what only live knows (counters, and the quality checks made of them) and wall-clock times."""
+    out = {k: v for k, v in record.items() if k not in LIVE_ONLY | TIMING}
+    if isinstance(out.get("quality"), dict):
+        q = dict(out["quality"])
+        q["checks"] = [c for c in q.get("checks", []) if c.get("name", "").split(".")[-1] not in LIVE_ONLY]
+        out["quality"] = q
+    return out
+
+
+def core(record: dict) -> dict:
+    """What the decoding gives (spec §12 keys and decoded counts); not quality/alarms that see live counters."""
+    return {k: v for k, v in comparable(record).items()
+            if k not in ("quality", "alarms", "channel_findings", "eot_run", "reference")}
+
+
+def process(words_list, channel_map) -> list[dict]:
+    """The replay per-spill code on given words (complete spills)."""
+    monitor = build_monitor(Config(), channel_map)
+    try:
+        return [monitor.handle(monitor.processor.accumulate(w), complete=True) for w in words_list]
+    finally:
+        monitor.close()
+
+
+def start_service(channel_map, endpoints, **overrides) -> IngestService:
+    cfg = IngestConfig(endpoints=tuple(endpoints), workers=0, spill_timeout_s=2.0, chunk_max_age_s=0.1,
+                       max_queued_tasks=256)  # publishers send as fast as they can: let no chunk be dropped
+    cfg = replace(cfg, **overrides)
+    monitor = build_monitor(Config(), channel_map)  # what serve does: SpillMonitor.handle finishes each spill
+    return IngestService(cfg, make_processor, (channel_map, Config().monitor, Config().histograms), finish=monitor.handle,
+                         new_accumulator=monitor.processor.new_accumulator).start()
+
+
+def publisher(ldc, endpoint="tcp://127.0.0.1:0", **kw) -> ReadoutPublisher:
+    kw.setdefault("fast", True)
+    kw.setdefault("batch_events", 50)
+    return ReadoutPublisher(PublisherConfig(endpoint, ldc, **kw))
+
+
+def run_nodes(jobs):
+    """jobs: [(publisher, [events of spill, …])]; publish concurrently, like two readout nodes."""
+    errors = []
+
+    def go(pub, spill_events):
+        try:
+            if pub.config.wait_subscribers:
+                assert pub.wait_for_subscribers(pub.config.wait_subscribers, 20), "no subscriber"
+            pub.publish(spill_events)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=job, daemon=True) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    if errors:
+        raise errors[0]
+
+
+def records_of(svc: IngestService, n: int, timeout_s: float = 30.0) -> list[dict]:
+    recs = svc.wait_records(n, timeout_s)
+    assert len(recs) >= n, f"only {len(recs)} of {n} records; metrics {svc.metrics()}"
+    return [r if isinstance(r, dict) else r.to_dict() for r in recs]
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_two_publishers_one_service_equal_replay(spills, replayed, channel_map):
+    p1, p2 = publisher(1, wait_subscribers=1, batch_events=37), publisher(2, wait_subscribers=1, batch_events=23)
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint], chunk_events=64)
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        live = records_of(svc, 3)
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
+    for r in live:
+        assert r["complete"] is True and r["missing_ldcs"] == []
+        assert r["lost_messages"] == {"total": 0, "by_ldc": {"1": 0, "2": 0}}
+        assert r["incomplete_events"] == r["late_events"] == r["dropped_events"] == 0
+        assert r["events"] == EVENTS and r["beam"] is not None
+    m = svc.metrics()
+    assert m["builder"]["built_events"] == 3 * (EVENTS + 2)
+    assert m["builder"]["chunks"] >= 3 * 3  # every spill decoded in several parts, merged
+    assert svc.stats.last_latency_s is not None
+
+
+@pytest.mark.timeout(90)
+def test_worker_processes_merge_exactly(spills, replayed, channel_map):
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint], workers=2, chunk_events=40,
+                        chunk_max_age_s=0.05)
+    try:
+        deadline = time.monotonic() + 60
+        while svc.pool.n_ready < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert svc.pool.n_ready == 2
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        live = records_of(svc, 3, 60)
+        m = svc.metrics()
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
+    assert m["workers"]["tasks_done"] >= 3 * 5 and m["workers"]["workers_seen"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_loss_injection(spills, replayed, channel_map):
+    s1 = spills[0]
+    p1 = publisher(1, wait_subscribers=1)
+    p2 = publisher(2, wait_subscribers=1, lose=frozenset({1, 3}))  # events 50…99 and 150…199 of spill 1
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint])
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills[:2]]), (p2, [s.ev[2] for s in spills[:2]])])
+        live = records_of(svc, 2)
+        m = svc.metrics()
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    r1, r2 = live
+    assert r1["lost_messages"] == {"total": 2, "by_ldc": {"1": 0, "2": 2}}
+    assert r1["incomplete_events"] == 100
+    assert r1["events"] == EVENTS and r1["complete"] is True  # decoded for what they have
+    assert m["subscriber"]["lost_messages"] == {2: 2}
+    # exactly what replay gives on the same sub-events built into a file
+    gone = set(range(50, 100)) | set(range(150, 200))
+    ev2 = [e for i, e in enumerate(s1.ev[2]) if i not in gone]
+    expected = process([build_all({1: s1.ev[1], 2: ev2}), np.frombuffer(spills[1].raw, "<u4")], channel_map)
+    assert core(r1) == core(expected[0])
+    assert core(r2) == core(expected[1]) == core(replayed[1])
+    assert r2["lost_messages"]["total"] == 0 and r2["incomplete_events"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_envelope_and_truncated_payload(spills, replayed, channel_map):
+    # messages of 50 events: spill 1 is messages 0…4 of each node, spill 2 messages 5…9
+    p1 = publisher(1, wait_subscribers=1, corrupt={2: "magic", 3: "truncate"})
+    p2 = publisher(2, wait_subscribers=1, corrupt={5: "frames"})
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint])
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills[:2]]), (p2, [s.ev[2] for s in spills[:2]])])
+        live = records_of(svc, 2)
+        m = svc.metrics()
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    r1, r2 = live
+    sub = m["subscriber"]
+    assert sub["bad_envelopes"] == 2  # LDC 1 message 2 (magic), LDC 2 message 5 (no payload)
+    assert sub["corrupt_messages"] == {1: 1}  # LDC 1 message 3: truncated payload, 49 events kept
+    # an unreadable message is a lost message: its sequence number never arrived intact
+    assert r1["lost_messages"]["by_ldc"] == {"1": 1, "2": 0}
+    assert r2["lost_messages"]["by_ldc"] == {"1": 0, "2": 1}  # LDC 2 message 5 = spill 2's first
+    assert r1["incomplete_events"] == 50 + 1
+    assert r1["events"] == EVENTS and r1["complete"]
+    # spill 2 lost LDC 2's START_OF_BURST and first 49 events' sub-events, nothing else
+    assert r2["incomplete_events"] == 49 and r2["complete"] and r2["events"] == EVENTS
+    assert svc.stats.records == 2
+
+
+@pytest.mark.timeout(60)
+def test_publisher_restarted_mid_run(spills, replayed, channel_map):
+    s1, s2, s3 = spills
+    a = publisher(1, wait_subscribers=1)
+    b = publisher(2, wait_subscribers=1, fast=False, spill_duration_s=0.3, spill_gap_s=0.6)
+    svc = start_service(channel_map, [a.endpoint, b.endpoint], spill_timeout_s=5.0)
+    cut = 120  # LDC 1 dies in the middle of spill 2, after START_OF_BURST and events 1…119
+
+    def node1():
+        nonlocal a
+        assert a.wait_for_subscribers(1, 20)
+        a.publish_spill(s1.ev[1])
+        a.publish_spill(s2.ev[1][:cut])
+        endpoint = a.endpoint
+        a.close(2000)  # what was sent gets out (a crash would lose it: then more incomplete events)
+        time.sleep(0.3)
+        a = publisher(1, endpoint, wait_subscribers=1)  # restarted node: sequence from 0
+        assert a.wait_for_subscribers(1, 20)
+        time.sleep(0.7)
+        a.publish_spill(s3.ev[1])
+
+    try:
+        t = threading.Thread(target=node1, daemon=True)
+        t.start()
+        run_nodes([(b, [s.ev[2] for s in spills])])
+        t.join(30)
+        live = records_of(svc, 3)
+        m = svc.metrics()
+    finally:
+        svc.stop()
+        a.close(0)
+        b.close(0)
+    r1, r2, r3 = live
+    assert m["subscriber"]["restarts"] == {1: 1}
+    assert m["subscriber"]["lost_messages"] == {}  # not 2**64
+    assert comparable(r1) == comparable(replayed[0]) and core(r3) == core(replayed[2])
+    assert r2["complete"] is False and r2["missing_ldcs"] == [1]
+    assert r2["incomplete_events"] == EVENTS - (cut - 1)
+    assert r2["events"] == EVENTS
+    assert r2["beam"] == replayed[1]["beam"]  # scalers come from LDC 2's END_OF_BURST
+    assert all(r["lost_messages"]["total"] == 0 for r in live)
+
+
+@pytest.mark.timeout(60)
+def test_monitor_started_late_joins_at_next_start_of_burst(spills, channel_map, tmp_path_factory):
+    p1 = publisher(1, fast=False, spill_duration_s=0.8, spill_gap_s=0.4, batch_events=10)
+    p2 = publisher(2, fast=False, spill_duration_s=0.8, spill_gap_s=0.4, batch_events=10)
+    holder = {}
+
+    def late_start():
+        time.sleep(0.35)  # in the middle of spill 1
+        holder["svc"] = start_service(channel_map, [p1.endpoint, p2.endpoint])
+
+    t = threading.Thread(target=late_start, daemon=True)
+    try:
+        t.start()
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        t.join(10)
+        svc = holder["svc"]
+        live = records_of(svc, 2)
+        time.sleep(0.2)
+        m = svc.metrics()
+    finally:
+        if "svc" in holder:
+            holder["svc"].stop()
+        p1.close(0)
+        p2.close(0)
+    assert [r["spill"] for r in live] == [2, 3]
+    assert [comparable(r) for r in live] == [comparable(r) for r in replay([s.raw for s in spills[1:]], channel_map,
+                                                                             tmp_path_factory)]
+    assert all(r["lost_messages"]["total"] == 0 and r["incomplete_events"] == 0 for r in live)
+    assert m["builder"]["skipped_before_join"] > 0
+    assert m["ingest"]["records"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_missing_end_of_burst(spills, replayed, channel_map):
+    s1, s2 = spills[:2]
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint], spill_timeout_s=1.0)
+    try:
+        t0 = time.monotonic()
+        # LDC 2 never sends END_OF_BURST: spill 1 closes when LDC 2 moves on, spill 2 on the timeout
+        run_nodes([(p1, [s1.ev[1], s2.ev[1]]), (p2, [s1.ev[2][:-1], s2.ev[2][:-1]])])
+        live = records_of(svc, 2)
+        waited = time.monotonic() - t0
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    for r, ref in zip(live, replayed):
+        assert r["complete"] is False and r["missing_ldcs"] == [2]
+        assert r["beam"] is None and r["eot"] is None  # the scalers are in LDC 2's END_OF_BURST
+        assert r["events"] == EVENTS and r["lost_events"] == 0 and r["incomplete_events"] == 0
+        assert r["candidates"] == ref["candidates"] and r["hadron_fraction"] == ref["hadron_fraction"]
+    assert waited >= 1.0
+    assert svc.stats.records_incomplete == 2
+
+
+class SlowProcessor(SpillProcessor):
+    """Decodes like SpillProcessor, slowly: the decoder falls behind."""
+
+    def accumulate(self, words, index=None):
+        time.sleep(0.15)
+        return super().accumulate(words, index)
+
+
+@pytest.mark.timeout(60)
+def test_decoder_behind_drops_whole_events_with_exact_count(spills, replayed, channel_map):
+    p1, p2 = publisher(1, wait_subscribers=1, batch_events=10), publisher(2, wait_subscribers=1, batch_events=10)
+    cfg = IngestConfig(endpoints=(p1.endpoint, p2.endpoint), workers=0, chunk_events=10, chunk_max_age_s=0.05,
+                       worker_capacity=1, max_queued_tasks=1, spill_timeout_s=5.0)
+    svc = IngestService(cfg, SlowProcessor, (MonitorConfig(), channel_map)).start()
+    try:
+        run_nodes([(p1, [spills[0].ev[1]]), (p2, [spills[0].ev[2]])])
+        (r,) = records_of(svc, 1)
+        m = svc.metrics()
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    ref = replayed[0]
+    assert r["dropped_events"] > 0
+    assert r["events"] + r["dropped_events"] == EVENTS  # exact: every event decoded or counted dropped
+    assert m["ingest"]["dropped_events"] == r["dropped_events"]
+    assert r["complete"] is True and r["beam"] == ref["beam"]  # END_OF_BURST is never dropped
+    assert r["lost_messages"]["total"] == 0 and r["incomplete_events"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_serve_command_prints_replay_records(spills, replayed, channel_map, tmp_path):
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    cmd = [sys.executable, "-m", "na64_online.cli", "serve", "--connect", p1.endpoint, "--connect", p2.endpoint,
+           "--json", "--max-spills", "3", "--workers", "1", "--spill-timeout", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        p1.close(0)
+        p2.close(0)
+    assert proc.returncode == 0, err
+    live = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
+    assert all(r["lost_messages"]["total"] == 0 for r in live)
+
+
+def test_ingest_config_validation():
+    with pytest.raises(ValueError, match="spill_timeout_s"):
+        IngestConfig(spill_timeout_s=0)
+    with pytest.raises(ValueError, match="max_queued_tasks"):
+        IngestConfig(max_queued_tasks=0)
+    with pytest.raises(ValueError, match="expected_ldcs"):
+        IngestConfig(expected_ldcs=())
+    assert IngestConfig().expected_ldcs == (1, 2)
+
+
+@pytest.mark.timeout(60)
+def test_health_snapshots_fit_the_metrics_module(spills, channel_map):
+    from na64_online.monitor.metrics import ServiceHealth
+
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    health = []
+    cfg = IngestConfig(endpoints=(p1.endpoint, p2.endpoint), workers=0, max_queued_tasks=256)
+    svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), channel_map), on_health=health.append,
+                        health_interval_s=0.05).start()
+    try:
+        run_nodes([(p1, [spills[0].ev[1]]), (p2, [spills[0].ev[2]])])
+        records_of(svc, 1)
+        time.sleep(0.2)
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    snap = ServiceHealth(**health[-1])
+    assert snap.messages_received == 2 * 5 and snap.events_received == 2 * (EVENTS + 2)
+    assert snap.dropped_messages == 0 and snap.sources_connected == 2 and snap.last_message_time is not None
+
+
+@pytest.mark.timeout(90)
+def test_worker_process_killed_mid_run(spills, replayed, channel_map):
+    kw = dict(wait_subscribers=1, fast=False, spill_duration_s=0.8, spill_gap_s=0.3, batch_events=20)
+    p1, p2 = publisher(1, **kw), publisher(2, **kw)
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint], workers=1, task_timeout_s=1.0, queue_timeout_s=60.0, chunk_events=20,
+                        chunk_max_age_s=0.05)
+    try:
+        deadline = time.monotonic() + 60
+        while svc.pool.n_ready < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = svc.pool._procs[0]  # the service's own child process
+
+        def kill():
+            time.sleep(0.4)
+            victim.kill()
+
+        threading.Thread(target=kill, daemon=True).start()
+        run_nodes([(p1, [s.ev[1] for s in spills[:2]]), (p2, [s.ev[2] for s in spills[:2]])])
+        live = records_of(svc, 2, 60)
+        m = svc.metrics()
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    assert m["workers"]["local_restarts"] >= 1 and m["workers"]["workers_lost"] >= 1
+    assert [comparable(r) for r in live] == [comparable(r) for r in replayed[:2]]  # nothing lost
