@@ -203,3 +203,14 @@ def test_replay_archive_then_analyst_commands(tmp_path):
 
     missing = run("archive", tmp_path / "nope.sqlite", "spills", check=False)
     assert missing.returncode != 0 and "no archive" in missing.stderr
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_the_live_service_on_the_simulator():
+    """The README's main job: simulated LDCs → live service → records, HTTP API up meanwhile."""
+    result = run("demo", "--spills", 2, "--events", 600, "--spill-duration", 0.6, "--spill-gap", 0.3,
+                 "--http", "127.0.0.1:0", "--json", "--workers", 0)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["spill"], r["events"], r["complete"]) for r in records] == [(1, 600, True), (2, 600, True)]
+    assert all(r["lost_messages"]["total"] == 0 and r["lost_events"] == 0 for r in records)
+    assert "dashboard API on http://127.0.0.1:" in result.stderr

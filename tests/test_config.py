@@ -49,3 +49,11 @@ def test_bad_config_files(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_deploy_example_configuration_loads():
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "deploy" / "na64-online.toml"
+    config = load_config(example, environ={})
+    assert config.ingest.endpoints and config.ingest.expected_ldcs == (1, 2)

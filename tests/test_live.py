@@ -360,6 +360,7 @@ def test_decoder_behind_drops_whole_events_with_exact_count(spills, replayed, ch
     ref = replayed[0]
     assert r["dropped_events"] > 0
     assert r["events"] + r["dropped_events"] == EVENTS  # exact: every event decoded or counted dropped
+    assert r["lost_events"] == 0  # dropped by the monitor is not lost by the DAQ
     assert m["ingest"]["dropped_events"] == r["dropped_events"]
     assert r["complete"] is True and r["beam"] == ref["beam"]  # END_OF_BURST is never dropped
     assert r["lost_messages"]["total"] == 0 and r["incomplete_events"] == 0
