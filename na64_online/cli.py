@@ -352,14 +352,7 @@ def cmd_serve(args) -> int:
     if not ingest.endpoints:
         raise DaqError("serve needs at least one --connect ENDPOINT (or [ingest] endpoints in the config)")
     done = threading.Event()
-    count = [0]
-
-    def on_record(record: dict) -> None:
-        print(dumps(record) if args.json else _summary_line(record), flush=True)
-        count[0] += 1
-        if args.max_spills and count[0] >= args.max_spills:
-            done.set()
-
+    on_record = _record_printer(args.json, args.max_spills, done)
     # the very per-spill code replay runs: SpillMonitor.handle (quality, alarms, archive, metrics)
     service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record,
                           web=False if args.no_web else None)
@@ -383,6 +376,20 @@ def _with_http(config: Config, http) -> Config:
         return config.replace(web=dataclasses.replace(config.web, host=http[0], port=http[1]))
     except ValueError as exc:
         raise DaqError(f"bad --http: {exc}") from None
+
+
+def _record_printer(as_json: bool, max_records: int, done):
+    """A live service's ``on_record``: print each record; set ``done`` after ``max_records`` (0: never)."""
+    count = 0
+
+    def on_record(record: dict) -> None:
+        nonlocal count
+        print(dumps(record) if as_json else _summary_line(record), flush=True)
+        count += 1
+        if max_records and count >= max_records:
+            done.set()
+
+    return on_record
 
 
 def _run_until(done, max_seconds: float = 0.0) -> None:
@@ -426,14 +433,7 @@ def cmd_demo(args) -> int:
     except ValueError as exc:
         raise DaqError(f"bad demo settings: {exc}") from None
     done = threading.Event()
-    count = [0]
-
-    def on_record(record: dict) -> None:
-        print(dumps(record) if args.json else _summary_line(record), flush=True)
-        count[0] += 1
-        if args.spills and count[0] >= args.spills:
-            done.set()
-
+    on_record = _record_printer(args.json, args.spills, done)
     ingest = dataclasses.replace(config.ingest, endpoints=tuple(p.endpoint for p in publishers),
                                  workers=args.workers, expected_ldcs=(1, 2))
     service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record)
