@@ -44,7 +44,7 @@ from typing import Iterable
 import numba
 import numpy as np
 
-from na64_online.decoders import layout as L
+from ..decoders import layout as L
 
 from .envelope import EOB_KEY, NO_SPILL_KEY, SOB_KEY, PayloadScan, scan_payload
 

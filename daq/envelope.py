@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from na64_online.decoders import layout as L
-from na64_online.decoders.errors import FormatError
+from ..decoders import layout as L
+from ..decoders.errors import FormatError
 
 ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
 

@@ -31,7 +31,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 import zmq
 
-from na64_online.decoders import layout as L
+from ..decoders import layout as L
 
 from .envelope import pack_envelope
 

@@ -32,7 +32,7 @@ from typing import Iterable
 
 import zmq
 
-from na64_online.decoders import layout as L
+from ..decoders import layout as L
 
 from .envelope import Envelope, EnvelopeError, PayloadScan, parse_message
 

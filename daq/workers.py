@@ -49,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from na64_online.decoders import layout as L
+from ..decoders import layout as L
 
 log = logging.getLogger(__name__)
 

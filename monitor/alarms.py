@@ -62,7 +62,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from na64_online.decoders.errors import ConfigError
+from ..decoders.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

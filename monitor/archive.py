@@ -58,7 +58,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from na64_online.decoders.errors import ConfigError, DaqError
+from ..decoders.errors import ConfigError, DaqError
 
 log = logging.getLogger(__name__)
 
