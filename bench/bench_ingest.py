@@ -38,6 +38,7 @@ from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import build_monitor
 
 DATA: dict[int, list[list[bytes]]] = {}  # LDC -> spills -> events (inherited by the forked publishers)
+RAW: list[bytes] = []  # the same spills as a raw file holds them (super events): the replay baseline
 
 
 def make_data(events: int, spills: int, seed: int) -> tuple[int, int]:
@@ -46,6 +47,7 @@ def make_data(events: int, spills: int, seed: int) -> tuple[int, int]:
     for spill in sim.spills():
         for ldc in (1, 2):
             DATA.setdefault(ldc, []).append(spill.ldc_events(ldc))
+        RAW.append(spill.raw())
     nbytes = sum(len(e) for ldc in DATA.values() for sp in ldc for e in sp)
     print(f"simulated {spills} spill(s) of {events} events: {nbytes / 1e6:.0f} MB in "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -61,6 +63,39 @@ def _publish(ldc: int, endpoint: str, kw: dict, ready, go) -> None:
     pub.publish(DATA[ldc])
     pub.close(60_000)
     zmq.Context.instance().term()  # a forked child exits with os._exit: flush what is queued first
+
+
+def _status_kb(pid: int | str, key: str) -> int:
+    """A ``/proc/PID/status`` memory figure in kB (0 if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak RSS) of this process
+    except OSError:
+        pass
 
 
 def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
@@ -88,16 +123,24 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         monitor = build_monitor(config, cmap)
         svc = IngestService(cfg, make_processor, (cmap, config.monitor, config.histograms), finish=monitor.handle,
                             new_accumulator=monitor.processor.new_accumulator)
+    publisher_pids = {p.pid for p in procs}
+    rss_before_kb = _status_kb("self", "VmRSS")
     svc.start()
     deadline = time.monotonic() + 60
     while svc.pool.n_ready < workers and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # subscriptions settle
+    _reset_peak_rss()
     t0 = time.perf_counter()
     go.set()
+    worker_peak_kb = 0
     while svc.stats.records < args.spills and time.perf_counter() - t0 < args.timeout:
         time.sleep(0.005)
+        if workers:
+            worker_peak_kb = max([worker_peak_kb] + [_status_kb(c, "VmHWM") for c in _children(os.getpid())
+                                                     if c not in publisher_pids])
     t1 = time.perf_counter()
+    service_peak_growth_mb = (_status_kb("self", "VmHWM") - rss_before_kb) / 1e3
     records = [r if isinstance(r, dict) else r.to_dict() for r in svc.records]
     latencies = list(svc.latencies)
     metrics = svc.metrics()
@@ -125,8 +168,22 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "latency_s": [round(x, 3) for x in latencies],
         "latency_median_s": round(statistics.median(latencies), 3) if latencies else None,
         "service_loop_s": round(metrics["ingest"]["loop_seconds"], 2),
+        "service_peak_rss_growth_mb": round(service_peak_growth_mb, 1),
+        "worker_peak_rss_mb": round(worker_peak_kb / 1e3, 1),
     }
     return out
+
+
+def replay_baseline() -> float:
+    """Events/s of the same spills decoded and monitored in this one process (what ``replay`` does)."""
+    from na64_online.decoders.decode import as_words
+
+    monitor = build_monitor(Config(), ChannelMap.default())
+    words = [as_words(raw)[0] for raw in RAW]
+    monitor.processor.accumulate(words[0])  # warm-up
+    t0 = time.perf_counter()
+    events = sum(monitor.handle(monitor.processor.accumulate(w))["events"] for w in words)
+    return events / (time.perf_counter() - t0)
 
 
 def main(argv=None) -> int:
@@ -149,16 +206,22 @@ def main(argv=None) -> int:
     n_events, nbytes = make_data(args.events, args.spills, args.seed)
     modes = {"sustained": [False], "paced": [True], "both": [False, True]}[args.mode]
     print(f"host: {os.cpu_count()} CPUs", file=sys.stderr)
+    baseline = replay_baseline()
+    print(f"baseline, same spills replayed in one process: {baseline:.0f} events/s", flush=True)
     for paced in modes:
         for w in args.workers:
             res = run(w, paced, args, n_events, nbytes)
+            res["events_per_s_vs_replay"] = round(res["events_per_s"] / baseline, 2) if res["events_per_s"] else None
             if args.json:
                 print(json.dumps(res), flush=True)
             else:
                 print(f"{res['mode']:9} workers={w}: {res['events_decoded']}/{res['events_sent']} events in "
-                      f"{res['elapsed_s']} s = {res['events_per_s']} events/s, {res['mb_per_s']} MB/s; "
+                      f"{res['elapsed_s']} s = {res['events_per_s']} events/s "
+                      f"({res['events_per_s_vs_replay']} × replay), {res['mb_per_s']} MB/s; "
                       f"latency EOB→record {res['latency_s']} s; dropped {res['dropped_events']}, "
-                      f"lost msgs {res['lost_messages']}, incomplete {res['incomplete_events']}", flush=True)
+                      f"lost msgs {res['lost_messages']}, incomplete {res['incomplete_events']}; "
+                      f"service peak RSS +{res['service_peak_rss_growth_mb']} MB, "
+                      f"worker peak RSS {res['worker_peak_rss_mb']} MB", flush=True)
     return 0
 
 
