@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ..decoders import layout as L
-from ..decoders.errors import FormatError
+from ..decoders.decode import index_events
+from ..decoders.errors import FormatError, Issue
 
 ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
 
@@ -113,82 +113,29 @@ SCAN_REASONS = {
     SCAN_COUNT_MISMATCH: "number of events differs from the envelope",
 }
 
-_H_SIZE = L.H_SIZE
-_H_MAGIC = L.H_MAGIC
-_H_HEADER_SIZE = L.H_HEADER_SIZE
-_H_VERSION = L.H_VERSION
-_H_TYPE = L.H_TYPE
-_H_RUN = L.H_RUN
-_H_BURST_EVENT = L.H_BURST_EVENT
-_HEADER_WORDS = L.DATE_HEADER_WORDS
-_HEADER_BYTES = L.DATE_HEADER_BYTES
-_MAGIC = L.DATE_MAGIC
-_MAGIC_SWAPPED = L.DATE_MAGIC_SWAPPED
-_MIN_VERSION = L.DATE_MIN_VERSION
-_TYPE_MASK = L.TYPE_MASK
-_BURST_SHIFT = L.BURST_SHIFT
-_BURST_MASK = L.BURST_MASK
-_EVENT_MASK = L.EVENT_IN_BURST_MASK
-_SOB = L.START_OF_BURST
-_EOB = L.END_OF_BURST
-_PHYSICS = L.PHYSICS_EVENT
-_CALIBRATION = L.CALIBRATION_EVENT
-_EOB_KEY = EOB_KEY
-_NO_SPILL_KEY = NO_SPILL_KEY
+_REASON_OF_ISSUE = {
+    int(Issue.EVENT_TRUNCATED): SCAN_TRUNCATED,
+    int(Issue.EVENT_BYTE_SWAPPED): SCAN_BYTE_SWAPPED,
+    int(Issue.EVENT_BAD_MAGIC): SCAN_BAD_MAGIC,
+    int(Issue.EVENT_OLD_LAYOUT): SCAN_OLD_LAYOUT,
+    int(Issue.EVENT_BAD_HEADER_SIZE): SCAN_BAD_HEADER_SIZE,
+}
 
 
-@numba.njit(cache=True, nogil=True)
-def _scan(words):  # pragma: no cover - compiled
-    n = words.shape[0]
-    cap = n // _HEADER_WORDS + 1
-    offsets = np.empty(cap, np.int64)
-    sizes = np.empty(cap, np.int64)
-    types = np.empty(cap, np.int32)
-    keys = np.empty(cap, np.int64)
-    runs = np.empty(cap, np.int64)
-    bursts = np.empty(cap, np.int64)
-    count = 0
-    pos = 0
-    reason = 0
-    while pos < n:
-        if n - pos < _HEADER_WORDS:
-            reason = 1
-            break
-        magic = words[pos + _H_MAGIC]
-        if magic != _MAGIC:
-            reason = 2 if magic == _MAGIC_SWAPPED else 3
-            break
-        if words[pos + _H_VERSION] < _MIN_VERSION:
-            reason = 4
-            break
-        size = np.int64(words[pos + _H_SIZE])
-        hsize = np.int64(words[pos + _H_HEADER_SIZE])
-        if size % 4 != 0 or hsize % 4 != 0 or hsize < _HEADER_BYTES or hsize > size:
-            reason = 5
-            break
-        nw = size // 4
-        if pos + nw > n:
-            reason = 1
-            break
-        t = np.int32(words[pos + _H_TYPE] & _TYPE_MASK)
-        be = words[pos + _H_BURST_EVENT]
-        if t == _SOB:
-            key = np.int64(0)
-        elif t == _EOB:
-            key = np.int64(_EOB_KEY)
-        elif t == _PHYSICS or t == _CALIBRATION:
-            key = np.int64(be & _EVENT_MASK) + 1
-        else:
-            key = np.int64(_NO_SPILL_KEY)
-        offsets[count] = pos
-        sizes[count] = nw
-        types[count] = t
-        keys[count] = key
-        runs[count] = words[pos + _H_RUN]
-        bursts[count] = (be >> _BURST_SHIFT) & _BURST_MASK
-        count += 1
-        pos += nw
-    return offsets[:count], sizes[:count], types[:count], keys[:count], runs[:count], bursts[:count], reason
+def _scan(words: np.ndarray):
+    """The decoder's header walk (the §2 rules), cut at the first event it rejects."""
+    index = index_events(words)
+    bad = np.flatnonzero(index.status != 0)
+    n = int(bad[0]) if len(bad) else len(index)
+    reason = _REASON_OF_ISSUE.get(int(index.status[n]), SCAN_BAD_MAGIC) if len(bad) else SCAN_OK
+    types = index.type[:n].astype(np.int32)
+    keys = np.full(n, NO_SPILL_KEY, dtype=np.int64)
+    data = (types == L.PHYSICS_EVENT) | (types == L.CALIBRATION_EVENT)
+    keys[data] = index.event[:n][data].astype(np.int64) + 1
+    keys[types == L.START_OF_BURST] = SOB_KEY
+    keys[types == L.END_OF_BURST] = EOB_KEY
+    return (index.offset[:n], index.size[:n], types, keys, index.run[:n], index.spill[:n].astype(np.int64),
+            reason)
 
 
 @dataclass(frozen=True)
