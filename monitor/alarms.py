@@ -198,6 +198,24 @@ threshold = 0
 persist_spills = 1
 severity = "warning"
 description = "Hot channels (channel-health findings)"
+
+[[rules]]
+name = "noisy_channels"
+quantity = "health.findings[kind=noisy]"
+op = ">"
+threshold = 0
+persist_spills = 1
+severity = "warning"
+description = "Noisy channels: pedestal RMS far above the channel's own history"
+
+[[rules]]
+name = "pedestal_drift"
+quantity = "health.findings[kind=drifting]"
+op = ">"
+threshold = 0
+persist_spills = 1
+severity = "warning"
+description = "Pedestals drifting away from the channel's own baseline"
 """
 
 

@@ -69,3 +69,52 @@ def test_clean_run_is_good_and_bad_spill_list_is_empty(tmp_path):
         archive.export_bad_spills(out, "json")
         exported = json.loads(out.read_text())
         assert exported["count"] == 0 and exported["spills"] == []
+
+
+def _episodes(*episodes, events=800, seed=21):
+    """Spills from consecutive simulator configurations: (number of spills, extra settings) each."""
+    from na64_online.daq.simulator import ReadoutSimulator
+
+    first = 1
+    for n, extra in episodes:
+        sim = ReadoutSimulator(SimulationConfig(first_spill=first, spills=n, events_per_spill=events, seed=seed,
+                                                **extra))
+        for spill in sim.spills():
+            yield spill
+        first += n
+
+
+def _alarm_timeline(episodes, rule):
+    from na64_online.decoders.decode import as_words
+    from na64_online.monitor.spill_monitor import SpillMonitor
+
+    monitor = SpillMonitor(ChannelMap.default())
+    timeline = []
+    try:
+        for spill in _episodes(*episodes):
+            record = monitor.handle(monitor.processor.accumulate(as_words(spill.raw())[0]))
+            timeline.append(rule in alarm_names(record))
+    finally:
+        monitor.close()
+    return timeline
+
+
+@pytest.mark.parametrize("rule, fault", [
+    ("hot_channels", {"hot_channels": ((611, 0, 4),)}),
+    ("noisy_channels", {"noisy_channels": ((610, 0, 20),), "noisy_sigma": 30.0}),
+])
+def test_channel_fault_alarm_raises_and_clears(rule, fault):
+    """Clean spills 1-4, the fault in 5-7, fixed in 8-9: raised within the fault, cleared once fixed."""
+    timeline = _alarm_timeline([(4, {}), (3, fault), (2, {})], rule)
+    assert not any(timeline[:4]), timeline
+    assert any(timeline[4:7]), timeline
+    assert not timeline[-1], timeline
+
+
+def test_pedestal_drift_alarm_raises_and_clears():
+    """2 ADC counts per spill on one channel: flagged once 5 counts off its baseline; cleared when reset."""
+    drift = {"pedestal_drift_per_spill": 2.0, "drift_channels": ((610, 1, 20),)}  # main ECAL: always read
+    timeline = _alarm_timeline([(7, drift), (2, {})], "pedestal_drift")
+    assert not any(timeline[:3]), timeline
+    assert any(timeline[3:7]), timeline
+    assert not timeline[-1], timeline
