@@ -171,6 +171,7 @@ class QARecord:
     s0: int | None = None
     spill_duration_us: int | None = None
     dead_time_fraction: float | None = None
+    beam_rate_hz: float | None = None  # particles on target per second of spill
     physics_events: int = 0
     calibration_events: int = 0
     beam_events: int = 0
@@ -309,6 +310,7 @@ class SpillProcessor:
         hf_srd = acc.no_electron_beam_events / acc.beam_events if acc.beam_events else None
         eot = beam * (1.0 - hf) if beam is not None and hf is not None else None
         dead_time = 1.0 - accepted / raw if raw and accepted is not None else None
+        beam_rate = beam / (duration * 1e-6) if beam is not None and duration else None
         candidates = sorted(acc.candidates, key=lambda c: c.event)
         return QARecord(
             run=acc.run,
@@ -328,6 +330,7 @@ class SpillProcessor:
             s0=s0,
             spill_duration_us=duration,
             dead_time_fraction=dead_time,
+            beam_rate_hz=beam_rate,
             physics_events=acc.physics_events,
             calibration_events=acc.calibration_events,
             beam_events=acc.beam_events,

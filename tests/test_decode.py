@@ -337,6 +337,9 @@ def test_simulated_truth_is_recovered(channel_map):
     assert record["candidates"] == physics_signal
     assert record["hadron_fraction"] == pytest.approx(truth.hadron_fraction, abs=0.01)
     assert record["beam"] == truth.scalers["beam"]
+    assert record["beam_rate_hz"] == pytest.approx(truth.scalers["beam"] / (truth.scalers["spill_duration_us"] * 1e-6))
+    assert record["dead_time_fraction"] == pytest.approx(
+        1 - truth.scalers["triggers_accepted"] / truth.scalers["triggers_raw"])
     assert record["events"] == truth.events and record["lost_events"] == 0 and record["complete"]
 
 
