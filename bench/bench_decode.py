@@ -19,7 +19,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig  # noqa: E402
 from na64_online.decoders.channelmap import ChannelMap  # noqa: E402
 from na64_online.decoders.decode import as_words, decode_events, index_events  # noqa: E402
-from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor  # noqa: E402
+from na64_online.monitor.pipeline import SpillProcessor  # noqa: E402
 from na64_online.monitor.spill_monitor import SpillMonitor  # noqa: E402
 
 

@@ -555,7 +555,7 @@ class _Geometry:
         self.group_src = self.src[starts]
         self.group_port = self.port[starts]
         self.group_adc = self.adc_id[starts]
-        G = self.n_groups = len(starts)
+        self.n_groups = len(starts)
 
         # Equipments, per LDC in order: LDC 1 then LDC 2; MSADC srcIDs ascending, 701 last on its LDC.
         self.msadc_srcs = sorted({int(s) for s in self.src})

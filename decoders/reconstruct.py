@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import layout
 from .channelmap import ECAL, HCAL, SRD, VETO, ChannelMap
 from .decode import DecodedEvents
+from .errors import Issue
 
 
 @dataclass(frozen=True)
@@ -167,3 +169,43 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
         main_ecal_max_cell=hottest,
     )
 
+
+def event_dict(decoded: DecodedEvents, physics: EventPhysics, channel_map: ChannelMap, row: int) -> dict:
+    """Row ``row`` of a decoded chunk as one JSON-ready dict: header, sums, issues, every present channel."""
+    ix = decoded.index
+    channels = []
+    for slot in np.flatnonzero(decoded.present[row]):
+        n = int(decoded.nsamples[row, slot])
+        channels.append({
+            **channel_map.describe(int(slot)),
+            "pedestal_even": float(decoded.pedestal_even[row, slot]),
+            "pedestal_odd": float(decoded.pedestal_odd[row, slot]),
+            "amplitude": float(decoded.amplitude[row, slot]),
+            "energy_gev": float(decoded.energy[row, slot]),
+            "saturated": bool(decoded.saturated[row, slot]),
+            "samples": decoded.samples[row, slot, :n].tolist(),
+        })
+    issues = [
+        {"src_id": int(i["src_id"]), "kind": Issue(int(i["kind"])).label, "byte_offset": int(i["offset"])}
+        for i in decoded.issues if int(i["event"]) == row
+    ]
+    return {
+        "run": int(ix.run[row]),
+        "spill": int(ix.spill[row]),
+        "event": int(ix.event[row]),
+        "type": layout.EVENT_TYPE_NAMES.get(int(ix.type[row]), str(int(ix.type[row]))),
+        "trigger_mask": int(ix.trigger_mask[row]),
+        "time": int(ix.time[row]),
+        "trigger_time_us": int(decoded.trigger_time_us[row]) if decoded.trigger_time_us[row] >= 0 else None,
+        "ldcs": [b for b in range(32) if int(decoded.ldc_mask[row]) >> b & 1],
+        "e_ps": float(physics.e_ps[row]),
+        "e_ecal": float(physics.e_ecal[row]),
+        "e_hcal": float(physics.e_hcal[row]),
+        "srd": physics.srd[row].tolist(),
+        "veto": physics.veto[row].tolist(),
+        "electron": bool(physics.electron[row]),
+        "hadron_like": bool(physics.hadron_like[row]),
+        "candidate": bool(physics.candidate[row]),
+        "issues": issues,
+        "channels": channels,
+    }

@@ -28,7 +28,7 @@ from ..decoders.decode import (
     merge_fragments,
 )
 from ..decoders.errors import Issue
-from ..decoders.reconstruct import DetectorGeometry, EventPhysics, PhysicsCuts, reconstruct
+from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, reconstruct
 
 _NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}
 

@@ -1,4 +1,4 @@
-"""Command line: ``na64-online simulate | replay | dump | serve | format``.
+"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | archive | format``.
 
 Bad input (missing file, not a DATE stream, bad map or config, bad option)
 ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -7,8 +7,6 @@ ends with one line on stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +17,7 @@ from .config import Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
 from .decoders.errors import DaqError
+from .monitor.jsonable import dumps
 
 EXIT_USAGE = 2
 EXIT_DATA = 1
@@ -27,31 +26,6 @@ EXIT_DATA = 1
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def dumps(obj) -> str:
-    """JSON with non-finite floats as null (strict JSON for downstream tools)."""
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), default=_json_default, separators=(", ", ": "))
 
 
 def _load(args) -> tuple[Config, ChannelMap]:
@@ -107,7 +81,7 @@ def cmd_replay(args) -> int:
 def cmd_dump(args) -> int:
     from .daq.rawfile import RawFile
     from .decoders.decode import decode_events
-    from .decoders.reconstruct import DetectorGeometry, reconstruct
+    from .decoders.reconstruct import DetectorGeometry, event_dict, reconstruct
 
     config, channel_map = _load(args)
     raw = RawFile(args.file)
@@ -121,56 +95,9 @@ def cmd_dump(args) -> int:
     decoded = decode_events(raw.words, first, channel_map, config.monitor.reconstruction,
                             with_samples=True, max_samples=511)
     physics = reconstruct(decoded, DetectorGeometry.from_map(channel_map), config.monitor.cuts)
-    out = event_json(decoded, physics, channel_map, 0)
+    out = event_dict(decoded, physics, channel_map, 0)
     print(dumps(out) if args.json else _dump_text(out))
     return 0
-
-
-def event_json(decoded, physics, channel_map: ChannelMap, row: int) -> dict:
-    """One decoded event as the ``dump`` JSON object."""
-    ix = decoded.index
-    channels = []
-    for slot in np.flatnonzero(decoded.present[row]):
-        n = int(decoded.nsamples[row, slot])
-        channels.append({
-            **channel_map.describe(int(slot)),
-            "pedestal_even": float(decoded.pedestal_even[row, slot]),
-            "pedestal_odd": float(decoded.pedestal_odd[row, slot]),
-            "amplitude": float(decoded.amplitude[row, slot]),
-            "energy_gev": float(decoded.energy[row, slot]),
-            "saturated": bool(decoded.saturated[row, slot]),
-            "samples": decoded.samples[row, slot, :n].tolist(),
-        })
-    issues = [
-        {"src_id": int(i["src_id"]), "kind": _issue_label(int(i["kind"])), "byte_offset": int(i["offset"])}
-        for i in decoded.issues if int(i["event"]) == row
-    ]
-    return {
-        "run": int(ix.run[row]),
-        "spill": int(ix.spill[row]),
-        "event": int(ix.event[row]),
-        "type": layout.EVENT_TYPE_NAMES.get(int(ix.type[row]), str(int(ix.type[row]))),
-        "trigger_mask": int(ix.trigger_mask[row]),
-        "time": int(ix.time[row]),
-        "trigger_time_us": int(decoded.trigger_time_us[row]) if decoded.trigger_time_us[row] >= 0 else None,
-        "ldcs": [b for b in range(32) if int(decoded.ldc_mask[row]) >> b & 1],
-        "e_ps": float(physics.e_ps[row]),
-        "e_ecal": float(physics.e_ecal[row]),
-        "e_hcal": float(physics.e_hcal[row]),
-        "srd": physics.srd[row].tolist(),
-        "veto": physics.veto[row].tolist(),
-        "electron": bool(physics.electron[row]),
-        "hadron_like": bool(physics.hadron_like[row]),
-        "candidate": bool(physics.candidate[row]),
-        "issues": issues,
-        "channels": channels,
-    }
-
-
-def _issue_label(kind: int) -> str:
-    from .decoders.errors import Issue
-
-    return Issue(kind).label
 
 
 def _dump_text(out: dict) -> str:

@@ -304,7 +304,7 @@ def test_lost_messages_are_reported_with_their_spill(simulated):
 def test_gap_between_spills_longer_than_ldc_down_is_not_silence(simulated):
     (raw1, ev1), (raw2, ev2) = simulated
     b = EventBuilder((1, 2), ldc_down_s=2.0, spill_timeout_s=5.0)
-    out = feed(b, [(1, ev1[1]), (2, ev1[2])], now=0.0)
+    feed(b, [(1, ev1[1]), (2, ev1[2])], now=0.0)
     # 30 s of SPS gap; then LDC 1 is a little ahead of LDC 2 in the new spill
     out2 = feed(b, [(1, ev2[1][:50])], now=30.0) + b.poll(31.0) + feed(b, [(2, ev2[2][:50])], now=31.5)
     out2 += feed(b, [(1, ev2[1][50:]), (2, ev2[2][50:])], now=32.0)

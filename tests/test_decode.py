@@ -28,7 +28,7 @@ from na64_online.decoders.decode import (
     index_events,
 )
 from na64_online.decoders.errors import Issue
-from na64_online.decoders.reconstruct import DetectorGeometry, reconstruct
+from na64_online.decoders.reconstruct import DetectorGeometry, event_dict, reconstruct
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 
 SMALL = (VECTORS / "small.dat").read_bytes()
@@ -49,19 +49,8 @@ def fast_events(data: bytes, channel_map: ChannelMap) -> list[dict]:
                   for i in issues if Issue(int(i["kind"])).is_error]
         if status:
             errors = [(-1, Issue(status).label, int(index.offset[row]) * 4)]
-        channels = {}
-        for slot in np.flatnonzero(decoded.present[row]):
-            n = int(decoded.nsamples[row, slot])
-            desc = channel_map.describe(int(slot))
-            channels[(desc["src_id"], desc["port"], desc["channel"])] = {
-                **desc,
-                "pedestal_even": float(decoded.pedestal_even[row, slot]),
-                "pedestal_odd": float(decoded.pedestal_odd[row, slot]),
-                "amplitude": float(decoded.amplitude[row, slot]),
-                "energy_gev": float(decoded.energy[row, slot]),
-                "saturated": bool(decoded.saturated[row, slot]),
-                "samples": decoded.samples[row, slot, :n].tolist(),
-            }
+        dumped = event_dict(decoded, physics, channel_map, row)  # what `na64-online dump` prints
+        channels = {(c["src_id"], c["port"], c["channel"]): c for c in dumped["channels"]}
         scalers = decoded.scalers[row]
         out.append({
             "offset": int(index.offset[row]) * 4,
@@ -70,8 +59,8 @@ def fast_events(data: bytes, channel_map: ChannelMap) -> list[dict]:
             "channels": channels,
             "modules_missing": int(np.count_nonzero(issues["kind"] == Issue.MODULE_MISSING)),
             "unknown_channels": int(np.count_nonzero(issues["kind"] == Issue.UNKNOWN_CHANNEL)),
-            "ldcs": [b for b in range(32) if int(decoded.ldc_mask[row]) >> b & 1],
-            "trigger_time_us": int(decoded.trigger_time_us[row]) if decoded.trigger_time_us[row] >= 0 else None,
+            "ldcs": dumped["ldcs"],
+            "trigger_time_us": dumped["trigger_time_us"],
             "scalers": [int(v) for v in scalers if v >= 0] or None,
             "candidate": bool(physics.candidate[row]),
             "hadron_like": bool(physics.hadron_like[row]),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import json
-import struct
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ def cmap():
 
 
 from spec_encoder import *  # noqa: E402,F403  (the test-side encoder)
-from spec_encoder import MAGIC, RUN, SPILL  # noqa: E402
+from spec_encoder import RUN, SPILL  # noqa: E402
 
 
 # =============================================================================

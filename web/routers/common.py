@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
-
 from fastapi import HTTPException, Request
 from fastapi.responses import Response
 
+from ...monitor.jsonable import dumps
 from ..state import AppState
 
 
@@ -15,19 +13,9 @@ def state(request: Request) -> AppState:
     return request.app.state.na64
 
 
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def json_response(value, status_code: int = 200) -> Response:
     """Strict JSON (NaN/inf as null) of already JSON-shaped data."""
-    return Response(json.dumps(_finite(value)), status_code=status_code, media_type="application/json")
+    return Response(dumps(value), status_code=status_code, media_type="application/json")
 
 
 def archive_or_404(request: Request):
