@@ -340,3 +340,22 @@ def test_plain_event_fragments_give_the_super_event_record(channel_map):
     assert [{k: v for k, v in r.items() if k not in drop} for r in plain] == \
         [{k: v for k, v in r.items() if k not in drop} for r in built]
     assert plain[0]["events"] == 400
+
+
+@pytest.mark.fuzz
+def test_bounds_checking_is_active_when_asked():
+    """Under NUMBA_BOUNDSCHECK=1 (tools/test's second run) numba really checks indices."""
+    import os
+
+    import numba
+
+    if os.environ.get("NUMBA_BOUNDSCHECK") != "1":
+        pytest.skip("only meaningful in the NUMBA_BOUNDSCHECK=1 run")
+
+    @numba.njit
+    def read(a, i):
+        return a[i]
+
+    assert numba.config.BOUNDSCHECK
+    with pytest.raises(IndexError):
+        read(np.zeros(3), 5)
