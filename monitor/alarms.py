@@ -50,6 +50,7 @@ import operator
 import os
 import queue
 import re
+import subprocess
 import threading
 import time
 import tomllib
@@ -531,6 +532,9 @@ class AlarmConfig:
     timeout: float = 2.0
     resend_seconds: float = 60.0
     queue_size: int = 64
+    #: control-room sound: a command run (name, severity, detail appended) when an alarm is raised
+    sound_command: tuple[str, ...] | None = None
+    sound_min_severity: str = "critical"
 
     def __post_init__(self) -> None:
         if self.rules_path is not None:
@@ -547,6 +551,14 @@ class AlarmConfig:
             raise ConfigError(f"alarm resend_seconds must be positive, not {self.resend_seconds!r}")
         if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 1:
             raise ConfigError(f"alarm queue_size must be a positive integer, not {self.queue_size!r}")
+        if isinstance(self.sound_command, (list, str)):
+            command = [self.sound_command] if isinstance(self.sound_command, str) else self.sound_command
+            object.__setattr__(self, "sound_command", tuple(command))
+        if self.sound_command is not None and (not self.sound_command or not all(
+                isinstance(part, str) and part for part in self.sound_command)):
+            raise ConfigError(f"alarm sound_command must be a non-empty list of strings, not {self.sound_command!r}")
+        if self.sound_min_severity not in SEVERITIES:
+            raise ConfigError(f"alarm sound_min_severity must be one of {', '.join(SEVERITIES)}")
 
 
 # --------------------------------------------------------------------------- engine
@@ -651,12 +663,15 @@ class AlarmEngine:
     def from_config(cls, cfg: AlarmConfig, store: AlarmStore | None = None) -> AlarmEngine:
         """Engine with the configured rules (default rules without a file) and notifier."""
         rules = load_rules(cfg.rules_path) if cfg.rules_path is not None else default_rules()
-        notifier = None
+        notifiers = []
         if cfg.alertmanager_url:
-            notifier = AlertmanagerNotifier(
+            notifiers.append(AlertmanagerNotifier(
                 cfg.alertmanager_url, timeout=cfg.timeout, queue_size=cfg.queue_size,
                 valid_seconds=4 * cfg.resend_seconds,
-            )
+            ))
+        if cfg.sound_command:
+            notifiers.append(SoundNotifier(cfg.sound_command, cfg.sound_min_severity))
+        notifier = notifiers[0] if len(notifiers) == 1 else (Notifiers(notifiers) if notifiers else None)
         return cls(rules, store, notifier, rules_path=cfg.rules_path, resend_seconds=cfg.resend_seconds)
 
     # ---------------------------------------------------------------- rules
@@ -1159,3 +1174,67 @@ __all__ = [
     "rule_from_dict",
     "rules_from_config",
 ]
+
+
+class SoundNotifier:
+    """The control-room sound: runs ``command`` (+ name, severity, detail) once per raised alarm.
+
+    Only alarms of at least ``min_severity`` sound, once per occurrence (an
+    acknowledged, re-sent or cleared alarm stays quiet). The command runs
+    detached; while the previous one still plays, a new sound is skipped and
+    counted (:attr:`skipped`), so a storm of alarms never piles up processes.
+    """
+
+    def __init__(self, command: Sequence[str], min_severity: str = "critical") -> None:
+        self.command = list(command)
+        self.min_rank = _SEVERITY_RANK[min_severity]
+        self._sounded: set[str] = set()
+        self._process: subprocess.Popen | None = None
+        self.played = 0
+        self.skipped = 0
+        self.failed = 0
+
+    def notify(self, alarms: list[dict]) -> None:
+        for alarm in alarms:
+            key = str(alarm.get("alarm_id") or alarm.get("name"))
+            if (alarm.get("state") != "raised" or key in self._sounded
+                    or _SEVERITY_RANK.get(alarm.get("severity"), 0) < self.min_rank):
+                continue
+            self._sounded.add(key)
+            if self._process is not None and self._process.poll() is None:
+                self.skipped += 1
+                continue
+            try:
+                self._process = subprocess.Popen(
+                    [*self.command, str(alarm.get("name")), str(alarm.get("severity")), str(alarm.get("detail", ""))],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+                self.played += 1
+            except OSError as exc:
+                self.failed += 1
+                log.error("alarm sound command %s failed: %s", self.command[0], exc)
+
+    def close(self, timeout: float = 2.0) -> None:
+        if self._process is not None:
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+
+
+class Notifiers:
+    """Several notifiers behind one (Alertmanager and the sound, say)."""
+
+    def __init__(self, notifiers: Sequence) -> None:
+        self.notifiers = list(notifiers)
+
+    def notify(self, alarms: list[dict]) -> None:
+        for notifier in self.notifiers:
+            try:
+                notifier.notify(alarms)
+            except Exception:  # one failing notifier must not silence the others
+                log.exception("alarm notifier %s failed", type(notifier).__name__)
+
+    def close(self) -> None:
+        for notifier in self.notifiers:
+            notifier.close()

@@ -493,3 +493,45 @@ def _parse(stamp: str) -> float:
 
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
+
+
+# --------------------------------------------------------------------------- control-room sound
+
+
+def test_sound_command_plays_once_per_raised_critical_alarm(tmp_path):
+    """A real command (a Python one-liner appending to a file) stands in for the control-room speaker."""
+    import sys
+
+    log_file = tmp_path / "sounds.log"
+    player = [sys.executable, "-c",
+              "import sys; open(sys.argv[1], 'a').write(' '.join(sys.argv[2:4]) + '\\n')", str(log_file)]
+    rules = load_rules(HF_RULE.replace('severity = "warning"', 'severity = "critical"').replace(
+        "persist_spills = 3", "persist_spills = 1") + """
+[[rules]]
+name = "minor"
+quantity = "decode_errors"
+op = ">"
+threshold = 0
+severity = "warning"
+""")
+    config = AlarmConfig(sound_command=player, sound_min_severity="critical")
+    engine = AlarmEngine.from_config(config)
+    engine.reload(rules)  # the test's rules instead of the defaults
+    try:
+        engine.evaluate(rec(1, hadron_fraction=0.3, decode_errors=5))  # raised: plays (critical only)
+        engine.evaluate(rec(2, hadron_fraction=0.3))  # still active: no second sound
+        engine.acknowledge("high_hadron_fraction", "shifter", "known")
+        engine.evaluate(rec(3, hadron_fraction=0.05))  # cleared
+        engine.notifier.close()
+        engine.evaluate(rec(4, hadron_fraction=0.4))  # raised again: plays again
+    finally:
+        engine.close()
+    assert log_file.read_text().splitlines() == ["high_hadron_fraction critical"] * 2
+
+
+def test_sound_config_validation():
+    with pytest.raises(ConfigError):
+        AlarmConfig(sound_command=[])
+    with pytest.raises(ConfigError):
+        AlarmConfig(sound_command=["play"], sound_min_severity="loud")
+    assert AlarmConfig(sound_command="beep").sound_command == ("beep",)
