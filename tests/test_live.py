@@ -370,7 +370,7 @@ def test_decoder_behind_drops_whole_events_with_exact_count(spills, replayed, ch
 def test_serve_command_prints_replay_records(spills, replayed, channel_map, tmp_path):
     p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
     cmd = [sys.executable, "-m", "na64_online.cli", "serve", "--connect", p1.endpoint, "--connect", p2.endpoint,
-           "--json", "--max-spills", "3", "--workers", "1", "--spill-timeout", "3"]
+           "--json", "--max-spills", "3", "--workers", "1", "--spill-timeout", "3", "--http", "127.0.0.1:0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
@@ -382,6 +382,7 @@ def test_serve_command_prints_replay_records(spills, replayed, channel_map, tmp_
         p1.close(0)
         p2.close(0)
     assert proc.returncode == 0, err
+    assert "HTTP on http://127.0.0.1:" in err
     live = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
     assert all(r["lost_messages"]["total"] == 0 for r in live)
@@ -445,3 +446,36 @@ def test_worker_process_killed_mid_run(spills, replayed, channel_map):
         p2.close(0)
     assert m["workers"]["local_restarts"] >= 1 and m["workers"]["workers_lost"] >= 1
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed[:2]]  # nothing lost
+
+
+@pytest.mark.timeout(90)
+def test_live_service_serves_metrics_and_records_over_http(spills, replayed, channel_map):
+    """LiveService as `serve` runs it: ingest + SpillMonitor + HTTP API; scraped while it runs."""
+    import httpx
+
+    from na64_online.service import LiveService
+    from na64_online.web.config import WebConfig
+
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    config = Config(web=WebConfig(port=0))
+    ingest = replace(config.ingest, endpoints=(p1.endpoint, p2.endpoint), workers=0, spill_timeout_s=2.0,
+                     chunk_max_age_s=0.1, max_queued_tasks=256)
+    service = LiveService(config, channel_map, ingest).start()
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        records_of(service.ingest, 3)
+        with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:
+            latest = client.get("/api/spills/latest").json()["record"]
+            metrics = client.get("/metrics").text
+            for _ in range(50):  # the ingest publishes its health once a second
+                health = client.get("/api/health").json()
+                if health["ingest"].get("events_received"):
+                    break
+                time.sleep(0.1)
+    finally:
+        service.stop()
+        p1.close(0)
+        p2.close(0)
+    assert comparable(latest) == comparable(replayed[-1])
+    assert "na64_spills_total 3.0" in metrics and "na64_ingest_messages_total" in metrics
+    assert health["spills_handled"] == 3 and health["ingest"]["events_received"] > 0
