@@ -134,9 +134,11 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     t0 = time.perf_counter()
     go.set()
     worker_peak_kb = 0
+    next_sample = 0.0
     while svc.stats.records < args.spills and time.perf_counter() - t0 < args.timeout:
         time.sleep(0.005)
-        if workers:
+        if workers and time.perf_counter() >= next_sample:  # workers' peak RSS, sampled twice a second
+            next_sample = time.perf_counter() + 0.5
             worker_peak_kb = max([worker_peak_kb] + [_status_kb(c, "VmHWM") for c in _children(os.getpid())
                                                      if c not in publisher_pids])
     t1 = time.perf_counter()
