@@ -116,9 +116,14 @@ class LiveService:
             self.web = WebServer(create_app(config.web, state), config.web.host, config.web.port)
 
     def start(self) -> "LiveService":
-        self.ingest.start()
-        if self.web is not None:
+        if self.web is not None:  # the dashboard first: shifters see "waiting" while workers warm up
             self.web.start()
+        try:
+            self.ingest.start()
+        except BaseException:
+            if self.web is not None:
+                self.web.stop()
+            raise
         return self
 
     def stop(self) -> None:
