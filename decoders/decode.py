@@ -205,7 +205,12 @@ def decode_events(
     """Decode the events of ``index`` (rows of ``index_events(words)``)."""
     _check_words(words)
     n, nslots = len(index), len(channel_map)
-    if n and (index.offset.min() < 0 or (index.offset + np.where(index.status == 0, index.size, 0)).max() > len(words)):
+    accepted = index.status == 0
+    if n and (
+        index.offset.min() < 0
+        or (index.offset + np.where(accepted, index.size, 0)).max() > len(words)
+        or np.any(accepted & (index.size < layout.DATE_HEADER_WORDS))
+    ):
         raise ValueError("index does not belong to these words")
     if with_samples and not 1 <= max_samples <= 511:
         raise ValueError("max_samples must be within 1..511")

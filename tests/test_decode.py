@@ -238,6 +238,10 @@ def test_decoder_rejects_wrong_arrays(channel_map):
     index = index_events(words)
     with pytest.raises(ValueError):
         decode_events(words[:100], index, channel_map)
+    forged = index.slice(0, 3)
+    forged.size[:] = 4  # an accepted event shorter than its own header
+    with pytest.raises(ValueError):
+        decode_events(words, forged, channel_map)
     with pytest.raises(ValueError):
         ReconstructionParams(pedestal_samples=0)
 
