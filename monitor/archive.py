@@ -636,6 +636,10 @@ class Archive:
         wanted = None if names is None else set(names)
         return {r["name"]: decode_histogram(r["data"]) for r in rows if wanted is None or r["name"] in wanted}
 
+    def run_histograms(self, run: int) -> dict:
+        """``{name: hist.Hist}`` summed over every archived spill of ``run`` (a run as reference)."""
+        return self._summed(self._histograms_for(run, None))[0]
+
     def list_spills(
         self,
         run: int | None = None,

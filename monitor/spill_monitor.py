@@ -71,7 +71,7 @@ class SpillMonitor:
         alarms: AlarmConfig = AlarmConfig(),
         archive: ArchiveConfig | None = None,
         metrics: SnapshotStore | None = None,
-        reference: tuple[int, int] | None = None,
+        reference: tuple[int, int | None] | None = None,
     ) -> None:
         self.channel_map = channel_map
         self.histogram_config = histograms
@@ -91,13 +91,14 @@ class SpillMonitor:
             self.set_reference(*reference)
 
     # ------------------------------------------------------------ reference
-    def set_reference(self, run: int, spill: int) -> None:
-        """Compare spectra with this archived spill from now on."""
+    def set_reference(self, run: int, spill: int | None = None) -> None:
+        """Compare spectra with this archived spill (or, ``spill=None``, the whole run summed) from now on."""
         if self.archive is None:
-            raise ValueError("a reference spill needs the archive")
-        hists = self.archive.get_histograms(run, spill)
+            raise ValueError("a reference needs the archive")
+        hists = self.archive.run_histograms(run) if spill is None else self.archive.get_histograms(run, spill)
         if not hists:
-            raise ValueError(f"no archived histograms for run {run} spill {spill}")
+            what = f"run {run}" if spill is None else f"run {run} spill {spill}"
+            raise ValueError(f"no archived histograms for {what}")
         with self._lock:
             self.reference, self.reference_id = hists, (run, spill)
 

@@ -38,6 +38,7 @@ class Config:
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
     reference: tuple[int, int] | None = None  # (run, spill) in the archive whose spectra are the reference
+    reference_run: int | None = None  # or: a whole archived run, summed
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     histograms: HistogramConfig = field(default_factory=HistogramConfig)
     health: HealthConfig = field(default_factory=HealthConfig)

@@ -29,7 +29,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
         alarms=config.alarms,
         archive=archive,
         metrics=metrics,
-        reference=config.reference,
+        reference=config.reference or ((config.reference_run, None) if config.reference_run is not None else None),
     )
 
 

@@ -118,3 +118,23 @@ def test_pedestal_drift_alarm_raises_and_clears():
     assert not any(timeline[:3]), timeline
     assert any(timeline[3:7]), timeline
     assert not timeline[-1], timeline
+
+
+def test_reference_run_flags_changed_spectra(tmp_path):
+    """A clean run archived as reference; a run with far more hadrons fails the E_HCAL comparison."""
+    config = load_config(environ={})
+    replayer = Replayer(config, ChannelMap.default(), archive_path=tmp_path / "qa.sqlite")
+    try:
+        write_raw_file(tmp_path / "good.dat", SimulationConfig(run=1, spills=2, events_per_spill=1500, seed=1))
+        write_raw_file(tmp_path / "bad.dat", SimulationConfig(run=2, spills=1, events_per_spill=1500, seed=2,
+                                                              hadron_fraction=0.3))
+        write_raw_file(tmp_path / "same.dat", SimulationConfig(run=3, spills=1, events_per_spill=1500, seed=3))
+        list(replayer.replay_file(tmp_path / "good.dat"))
+        replayer.monitor.set_reference(1)  # run 1 summed
+        (bad, *_), (same, *_) = (list(replayer.replay_file(tmp_path / f"{n}.dat"))[0] for n in ("bad", "same"))
+    finally:
+        replayer.close()
+    checks = {name: {c["name"]: c for c in r["quality"]["checks"]} for name, r in (("bad", bad), ("same", same))}
+    assert checks["bad"]["hcal.e_hcal_vs_reference"]["state"] == "BAD"
+    assert checks["same"]["hcal.e_hcal_vs_reference"]["state"] == "GOOD"
+    assert bad["reference"] == [1, None]

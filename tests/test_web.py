@@ -79,6 +79,8 @@ def test_histograms_reset_and_reference(served):
     assert client.post("/api/histograms/run/reset", json={"user": "shifter"}).json() == {"reset": True}
     assert client.put("/api/histograms/reference", json={"run": 1, "spill": 1}).json() == {"reference": [1, 1]}
     assert client.put("/api/histograms/reference", json={"run": 7, "spill": 1}).status_code == 404
+    assert client.put("/api/histograms/reference", json={"run": 1}).json() == {"reference": [1, None]}
+    assert client.get("/api/health").json()["monitor"]["reference"] == [1, None]
 
 
 def test_unknown_requests(served):

@@ -41,7 +41,7 @@ def reset_run(request: Request, body: ResetRequest):
 
 class ReferenceRequest(BaseModel):
     run: int
-    spill: int
+    spill: int | None = None  # None: the whole run, summed
 
 
 @router.put("/reference")
