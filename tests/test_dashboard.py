@@ -50,7 +50,7 @@ def test_page_and_its_javascript_are_served(dashboard):
     with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
         page = client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        assert "Run 1 \\u00b7 spill 3" in page.text and "high_hadron_fraction" in page.text  # in the Bokeh document JSON
+        assert "Run 1 · spill 3" in page.text and "high_hadron_fraction" in page.text
         assert '/bokeh/static/js/bokeh.min.js' in page.text  # served locally, no CDN
         assert client.get("/bokeh/static/js/bokeh.min.js").status_code == 200
 
@@ -73,3 +73,21 @@ def test_headless_chromium_renders_quality_tiles(dashboard):
     image = Image.open(shot).convert("RGB")
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
     assert RED in colours and GREEN in colours
+
+
+def test_acknowledge_from_the_dashboard_form(dashboard):
+    """The form a shifter submits: urlencoded name and comment; the alarm shows who acknowledged it."""
+    server, _, _, _ = dashboard
+    with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+        page = client.get("/").text
+        assert 'action="/ui/alarms/high_hadron_fraction/ack"' in page
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        missing = client.post("/ui/alarms/high_hadron_fraction/ack", content="user=&comment=x", headers=form)
+        assert missing.status_code == 400 and "Not acknowledged" in missing.text
+        assert client.post("/ui/alarms/nonexistent/ack", content="user=a", headers=form).status_code == 404
+        done = client.post("/ui/alarms/high_hadron_fraction/ack", content="user=Shift+Leader&comment=pion+run",
+                           headers=form)
+        assert done.status_code == 303 and done.headers["location"] == "/"
+        page = client.get("/").text
+        assert "acknowledged by Shift Leader: pion run" in page
+        assert 'action="/ui/alarms/high_hadron_fraction/ack"' not in page

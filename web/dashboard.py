@@ -43,8 +43,24 @@ def _tile(label: str, state: str) -> str:
             f'<b>{html.escape(state)}</b></span>')
 
 
-def status_html(snapshot: SpillSnapshot | None, now: float | None = None) -> str:
-    """The header: what a shifter must see at one glance."""
+def _alarm_row(alarm: dict) -> str:
+    """One active alarm; an unacknowledged one carries the acknowledge form (name and comment)."""
+    name = html.escape(str(alarm["name"]))
+    colour = SEVERITY_COLOURS.get(alarm.get("severity"), "#000")
+    if alarm.get("state") == "acknowledged":
+        ack = (f' — acknowledged by {html.escape(str(alarm.get("acknowledged_by")))}: '
+               f'{html.escape(str(alarm.get("ack_comment") or ""))}')
+    else:
+        ack = (f'<form class="ack" method="post" action="/ui/alarms/{name}/ack">'
+               '<input name="user" placeholder="your name" required> '
+               '<input name="comment" placeholder="comment"> <button type="submit">acknowledge</button></form>')
+    return (f'<li><span style="color:{colour}"><b>{name}</b> [{html.escape(str(alarm.get("severity")))}]</span> '
+            f'{html.escape(str(alarm.get("detail", "")))}{ack}</li>')
+
+
+def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None, now: float | None = None) -> str:
+    """The header: what a shifter must see at one glance. ``alarms``: the alarm engine's
+    active alarms now (acknowledgements since the spill included); default: the spill's."""
     if snapshot is None:
         return '<div class="status"><h2>na64-online: waiting for the first spill…</h2></div>'
     now = time.time() if now is None else now
@@ -52,13 +68,8 @@ def status_html(snapshot: SpillSnapshot | None, now: float | None = None) -> str
     overall = q.get("overall", "NO_DATA")
     tiles = _tile("SPILL", overall) + "".join(
         _tile(name.upper(), state) for name, state in (q.get("subsystems") or {}).items())
-    alarms = snapshot.record.get("alarms") or []
-    alarm_rows = "".join(
-        f'<li style="color:{SEVERITY_COLOURS.get(a.get("severity"), "#000")}"><b>{html.escape(a["name"])}</b> '
-        f'[{html.escape(str(a.get("severity")))}{", ack " + html.escape(str(a.get("acknowledged_by"))) if a.get("state") == "acknowledged" else ""}]'
-        f' {html.escape(str(a.get("detail", "")))}</li>'
-        for a in alarms
-    ) or "<li>none</li>"
+    alarms = snapshot.record.get("alarms") or [] if alarms is None else alarms
+    alarm_rows = "".join(_alarm_row(a) for a in alarms) or "<li>none</li>"
     age = now - snapshot.published_at
     return f"""
 <div class="status">
@@ -207,14 +218,28 @@ STYLE = """
          text-align: center; min-width: 70px; }
  .numbers td { padding: 4px 14px; text-align: center; }
  .alarms ul { margin: 2px 0; }
+ form.ack { display: inline; margin-left: 8px; }
 </style>
 """
 
 
-def dashboard_html(snapshot: SpillSnapshot | None, channel_map: ChannelMap, refresh_seconds: float) -> str:
-    header = Div(text=STYLE + status_html(snapshot), sizing_mode="stretch_width")
+REFRESH_SCRIPT = """
+<script>
+  // reload for the next spill, but never while the shifter is typing an acknowledgement
+  setInterval(function () {
+    var a = document.activeElement;
+    if (!a || (a.tagName !== "INPUT" && a.tagName !== "BUTTON")) { window.location.reload(); }
+  }, %d);
+</script>
+"""
+
+
+def dashboard_html(snapshot: SpillSnapshot | None, channel_map: ChannelMap, refresh_seconds: float,
+                   alarms: list[dict] | None = None) -> str:
+    """The page: the status header as plain HTML (tiles, numbers, alarms with their acknowledge
+    forms), then the Bokeh plots; it reloads itself every ``refresh_seconds``."""
     if snapshot is None:
-        layout = column(header)
+        layout = column(Div(text=""))
     else:
         spill_h = (snapshot.histograms or {}).get("histograms", {})
         run_h = (snapshot.run_histograms or {}).get("histograms", {})
@@ -225,11 +250,11 @@ def dashboard_html(snapshot: SpillSnapshot | None, channel_map: ChannelMap, refr
         ]
         beam, hf = _trend(snapshot.run_histograms)
         layout = column(
-            header,
             row(column(beam, hf), _candidates(snapshot.run_histograms)),
             gridplot([spectra, [_plane(spill_h), _time_profile(spill_h)]], toolbar_location=None),
             row(*_channel_maps(snapshot, channel_map)),
         )
     page = file_html(layout, resources=_RESOURCES, title="na64-online")
-    refresh = f'<meta http-equiv="refresh" content="{refresh_seconds:g}">'
-    return page.replace("<head>", "<head>\n" + refresh, 1)
+    page = page.replace("<head>", "<head>\n" + STYLE, 1)
+    header = status_html(snapshot, alarms) + REFRESH_SCRIPT % int(refresh_seconds * 1000)
+    return page.replace("<body>", "<body>\n" + header, 1)
