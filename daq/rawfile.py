@@ -21,7 +21,6 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -152,8 +151,3 @@ class RawFile:
 
 
 _NOT_DATE_AT_START = (int(Issue.EVENT_BAD_MAGIC),)
-
-
-def iter_files(paths) -> Iterator[tuple[Path, RawFile]]:
-    for path in paths:
-        yield Path(path), RawFile(path)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _kernels, layout
 from .channelmap import ChannelMap
-from .errors import FormatError, Issue
+from .errors import Issue
 
 INDEX_WINDOW = 1 << 16
 
@@ -281,19 +281,6 @@ def issue_counts(index: EventIndex, decoded_issues: np.ndarray) -> dict[tuple[in
             key = (int(src), Issue(int(kind)).label)
             counts[key] = counts.get(key, 0) + int(c)
     return counts
-
-
-def first_error(index: EventIndex) -> FormatError | None:
-    """The rejection of the first rejected event, as an exception (for one-event readers)."""
-    bad = np.flatnonzero(index.status != 0)
-    if not len(bad):
-        return None
-    row = int(bad[0])
-    from .errors import ISSUE_DESCRIPTIONS, TruncatedError
-
-    kind = Issue(int(index.status[row]))
-    cls = TruncatedError if kind == Issue.EVENT_TRUNCATED else FormatError
-    return cls(ISSUE_DESCRIPTIONS[kind], offset=int(index.offset[row]) * 4)
 
 
 def fragment_starts(index: EventIndex) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from . import layout
 from .channelmap import ECAL, HCAL, SRD, VETO, ChannelMap
 from .decode import DecodedEvents
-from .errors import Issue
+from .errors import ISSUE_DESCRIPTIONS, Issue
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,8 @@ def event_dict(decoded: DecodedEvents, physics: EventPhysics, channel_map: Chann
             "samples": decoded.samples[row, slot, :n].tolist(),
         })
     issues = [
-        {"src_id": int(i["src_id"]), "kind": Issue(int(i["kind"])).label, "byte_offset": int(i["offset"])}
+        {"src_id": int(i["src_id"]), "kind": Issue(int(i["kind"])).label,
+         "reason": ISSUE_DESCRIPTIONS[Issue(int(i["kind"]))], "byte_offset": int(i["offset"])}
         for i in decoded.issues if int(i["event"]) == row
     ]
     return {

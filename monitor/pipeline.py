@@ -208,11 +208,6 @@ class QARecord:
             out[f.name] = value
         return out
 
-    def with_alarms(self, alarms) -> "QARecord":
-        from dataclasses import replace
-
-        return replace(self, alarms=tuple(alarms))
-
 
 class SpillProcessor:
     """Decodes and aggregates spills; holds only configuration (safe to share)."""

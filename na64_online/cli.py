@@ -116,7 +116,7 @@ def _dump_text(out: dict) -> str:
             f"{c['energy_gev']:8.4f} {'yes' if c['saturated'] else ''}"
         )
     for i in out["issues"]:
-        lines.append(f"issue: {i['kind']} (srcID {i['src_id']}, byte {i['byte_offset']})")
+        lines.append(f"issue: {i['kind']}: {i['reason']} (srcID {i['src_id']}, byte {i['byte_offset']})")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from na64_online.decoders.decode import (
     decode_events,
     index_events,
 )
-from na64_online.decoders.errors import Issue
+from na64_online.decoders.errors import ISSUE_DESCRIPTIONS, Issue
 from na64_online.decoders.reconstruct import DetectorGeometry, event_dict, reconstruct
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 
@@ -57,6 +57,7 @@ def fast_events(data: bytes, channel_map: ChannelMap) -> list[dict]:
             "status": Issue(status).label if status else None,
             "errors": errors,
             "channels": channels,
+            "dumped_issues": dumped["issues"],
             "modules_missing": int(np.count_nonzero(issues["kind"] == Issue.MODULE_MISSING)),
             "unknown_channels": int(np.count_nonzero(issues["kind"] == Issue.UNKNOWN_CHANNEL)),
             "ldcs": dumped["ldcs"],
@@ -84,6 +85,9 @@ def assert_same_events(data: bytes, channel_map: ChannelMap, ref_map: dict) -> l
         slow_errors = Counter((-1 if src is None else src, label, off) for src, label, off in s["errors"])
         assert Counter(f["errors"]) == slow_errors, where
         assert f["modules_missing"] == s["modules_missing"], where
+        if not f["status"]:  # the dump names every issue with its reason
+            assert [(i["kind"], i["reason"]) for i in f["dumped_issues"] if Issue[i["kind"].upper()].is_error] == \
+                [(label, ISSUE_DESCRIPTIONS[Issue[label.upper()]]) for _, label, _ in f["errors"]]
         assert f["unknown_channels"] == len(s["unknown_channels"]), where
         if s["status"]:
             continue
