@@ -107,6 +107,7 @@ class LiveService:
             worker_setup=worker_setup(config, channel_map),
         )
         self.web = None
+        self._running = False
         if config.web.enabled if web is None else web:
             from .web.app import create_app
             from .web.server import WebServer
@@ -121,7 +122,10 @@ class LiveService:
     @property
     def failure(self) -> str | None:
         """Why the service cannot go on (a core thread died), or None. ``serve``/``demo`` exit non-zero on it."""
-        return self.ingest.failure
+        reason = self.ingest.failure
+        if reason is None and self._running and self.web is not None and not self.web.alive:
+            reason = "web server thread ended unexpectedly"
+        return reason
 
     def start(self) -> "LiveService":
         if self.web is not None:  # the dashboard first: shifters see "waiting" while workers warm up
@@ -132,9 +136,11 @@ class LiveService:
             if self.web is not None:
                 self.web.stop()
             raise
+        self._running = True
         return self
 
     def stop(self) -> None:
+        self._running = False
         try:
             self.ingest.stop()
         finally:
