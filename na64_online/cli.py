@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import __version__
 from .config import Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
@@ -435,6 +436,7 @@ def cmd_format(args) -> int:
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="na64-online", description="NA64 online decoding and data-quality monitoring")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("simulate", help="write simulated raw data (readout simulator)")
