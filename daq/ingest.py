@@ -42,6 +42,7 @@ import zmq
 
 from ..decoders.decode import index_events
 from .builder import DATA_TYPES, BuiltChunk, ClosedSpill, EventBuilder
+from .endpoints import check_endpoint
 from .live import LiveExtras
 from .subscriber import Subscriber
 from .workers import Task, TaskDone, WorkerPool
@@ -111,6 +112,9 @@ class IngestConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.expected_ldcs:
             raise ValueError("expected_ldcs must name at least one LDC")
+        for endpoint in self.endpoints:
+            check_endpoint(endpoint, "endpoints:")
+        check_endpoint(self.worker_bind, "worker_bind:")
 
 
 @dataclass

@@ -81,6 +81,8 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 QUALITY_ORDER: dict[str, int] = {"GOOD": 0, "OK": 0, "NO_DATA": 1, "WARNING": 2, "BAD": 3}
 MISSING_POLICIES: tuple[str, ...] = ("false", "true", "hold")
 
+#: the states an alarm passes through, as stored in the alarm history
+ALARM_STATES = ("raised", "acknowledged", "cleared")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _CONDITION_RE = re.compile(r"^\s*(\S+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 _RULE_KEYS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from .config import Config
 from .daq.rawfile import RawFile
@@ -33,6 +33,13 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     )
 
 
+class ReplayNote(NamedTuple):
+    """Something about a replayed file itself: ``level`` is "error" (no usable data) or "warning"."""
+
+    level: str
+    text: str
+
+
 class Replayer:
     """Replay raw files through exactly the per-spill code of the live service."""
 
@@ -41,9 +48,12 @@ class Replayer:
         self.config = config
         self.monitor = build_monitor(config, channel_map, metrics, archive_path)
 
-    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, str | None]]:
-        """Yield (QA record dict, note) per spill; notes tell of truncation and the like."""
+    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, ReplayNote | None]]:
+        """Yield (QA record dict, None) per spill, then (None, note) for what the file itself got wrong."""
         raw = RawFile(path)
+        if raw.size == 0:
+            yield None, ReplayNote("error", "the file is empty (0 bytes)")
+            return
         segments = raw.spills()
         bar = None
         if progress:
@@ -56,20 +66,25 @@ class Replayer:
                 record = self.monitor.handle(acc, complete=segment.complete)
                 if bar is not None:
                     bar.update(acc.bytes_decoded)
+                    bar.clear()  # the caller prints the record on the terminal the bar is drawn on
                 yield record, None
+                if bar is not None:
+                    bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
         stats = raw.stats
         if not segments:
-            yield None, "no spill found (every event rejected or of a run-level type)"
+            yield None, ReplayNote("error", "no spill found (every event rejected or of a run-level type)")
         if stats.truncated:
-            yield None, (
-                f"truncated: the file ends inside an event ({stats.trailing_bytes} stray trailing bytes); "
-                "decoded up to the last whole event"
+            stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
+            yield None, ReplayNote(
+                "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
             )
         if stats.late_events:
-            yield None, f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            yield None, ReplayNote(
+                "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            )
 
     def close(self) -> None:
         self.monitor.close()
