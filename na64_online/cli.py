@@ -1,4 +1,4 @@
-"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | archive | format``.
+"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | format``.
 
 Bad input (missing file, not a DATE stream, bad map or config, bad option)
 ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -26,6 +26,7 @@ from .monitor.quality import QualityState
 
 EXIT_USAGE = 2
 EXIT_DATA = 1
+EXIT_FAILED = 3  # the live service failed (a core thread died): its supervisor restarts it
 EXIT_INTERNAL = 70  # EX_SOFTWARE: an error the program did not foresee
 
 
@@ -348,9 +349,17 @@ def cmd_serve(args) -> int:
         web = f"; HTTP on {service.web.url}" if service.web is not None else ""
         print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.ingest.worker_endpoint}{web}",
               file=sys.stderr, flush=True)
-        _run_until(done, args.duration)
+        _run_until(done, args.duration, failed=lambda: service.failure)
     finally:
         service.stop()
+    return _exit_status(service)
+
+
+def _exit_status(service) -> int:
+    """0, or EXIT_FAILED with one line on stderr when a core thread of the service died."""
+    if service.failure:
+        print(f"na64-online: error: the service failed: {service.failure}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     return 0
 
 
@@ -379,15 +388,15 @@ def _record_printer(as_json: bool, max_records: int, done):
     return on_record
 
 
-def _run_until(done, max_seconds: float = 0.0) -> None:
-    """Wait for ``done`` (set by a callback, SIGINT or SIGTERM) or ``max_seconds``."""
+def _run_until(done, max_seconds: float = 0.0, failed=lambda: None) -> None:
+    """Wait for ``done`` (set by a callback, SIGINT or SIGTERM), ``max_seconds``, or ``failed()`` to say why."""
     import signal
     import time
 
     old = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         deadline = time.monotonic() + max_seconds if max_seconds else None
-        while not done.is_set() and (deadline is None or time.monotonic() < deadline):
+        while not done.is_set() and (deadline is None or time.monotonic() < deadline) and not failed():
             done.wait(0.2)
     finally:
         for sig, handler in old.items():
@@ -440,22 +449,46 @@ def cmd_demo(args) -> int:
               file=sys.stderr, flush=True)
         for publisher in publishers:
             threading.Thread(target=node, args=(publisher,), daemon=True).start()
-        _run_until(done)
+        _run_until(done, failed=lambda: service.failure)
     finally:
         service.stop()
         for publisher in publishers:
             publisher.close(linger_ms=0)
-    return 0
+    return _exit_status(service)
 
 
 def cmd_worker(args) -> int:
-    """A decoder worker for a service on this or another host."""
+    """A decoder worker for a service on this or another host (set up by the service with text, never pickle)."""
     import logging
 
-    from .daq.workers import run_worker
+    import zmq
 
+    from .daq.workers import run_worker, worker_curve_keys
+    from .worker_setup import build_processor
+
+    if bool(args.key) != bool(args.server_key):
+        raise DaqError("--key and --server-key go together (CurveZMQ: this worker's secret key, the service's "
+                       "public key)")
+    if not 1 <= args.capacity <= 1024:
+        raise DaqError(f"--capacity must be within 1..1024, got {args.capacity}")
+    curve = worker_curve_keys(args.key, args.server_key) if args.key else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
-    run_worker(args.connect, capacity=args.capacity)
+    try:
+        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve)
+    except zmq.ZMQError as exc:
+        raise DaqError(f"worker: cannot connect to {args.connect}: {exc}") from None
+    return 0
+
+
+def cmd_keys(args) -> int:
+    """Create CurveZMQ key pairs for the worker port (one per NAME)."""
+    from .daq.workers import make_keys
+
+    for name in args.names:
+        if not name or "/" in name or name.startswith("."):
+            raise DaqError(f"bad key name {name!r}")
+        public, secret = make_keys(args.dir, name)
+        print(f"{public}  (public: copy to the other side)\n{secret}  (secret: keep on this host, mode 0600)")
     return 0
 
 
@@ -615,7 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="a decoder worker for a serve process (this or another host)")
     p.add_argument("--connect", type=_endpoint, required=True, metavar="ENDPOINT", help="the service's worker endpoint")
     p.add_argument("--capacity", type=POSITIVE, default=2, metavar="N", help="tasks held at once")
+    p.add_argument("--key", metavar="FILE", help="this worker's CurveZMQ secret-key certificate (NAME.key_secret)")
+    p.add_argument("--server-key", metavar="FILE", help="the service's CurveZMQ public-key certificate (server.key)")
+    p.add_argument("--parent-pid", type=POSITIVE, help=argparse.SUPPRESS)  # local workers: exit with the service
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("keys", help="create CurveZMQ key pairs for the worker port")
+    p.add_argument("dir", metavar="DIR", help="where to write NAME.key (public) and NAME.key_secret")
+    p.add_argument("names", nargs="+", metavar="NAME", help="e.g. server, or a worker host's name")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("archive", help="read the QA archive: spills, bad-spill list, alarm history, histograms")
     p.add_argument("db", metavar="DB", help="SQLite archive written by replay --archive or serve")

@@ -106,6 +106,7 @@ class LiveService:
         from .daq.ingest import IngestService
         from .monitor.metrics import ServiceHealth, register_metrics
         from .monitor.spill_monitor import make_processor
+        from .worker_setup import worker_setup
 
         self.registry = CollectorRegistry()
         self.metrics = register_metrics(self.registry)
@@ -118,6 +119,7 @@ class LiveService:
             new_accumulator=self.monitor.processor.new_accumulator,
             on_record=on_record,
             on_health=lambda health: self.metrics.publish_service(ServiceHealth(**health)),
+            worker_setup=worker_setup(config, channel_map),
         )
         self.web = None
         if config.web.enabled if web is None else web:
@@ -127,8 +129,14 @@ class LiveService:
 
             state = AppState(monitor=self.monitor, registry=self.registry,
                              service_health=lambda: dataclasses.asdict(self.metrics.service),
+                             failure=lambda: self.failure,
                              info={"endpoints": list((ingest or config.ingest).endpoints)})
             self.web = WebServer(create_app(config.web, state), config.web.host, config.web.port)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the service cannot go on (a core thread died), or None. ``serve``/``demo`` exit non-zero on it."""
+        return self.ingest.failure
 
     def start(self) -> "LiveService":
         if self.web is not None:  # the dashboard first: shifters see "waiting" while workers warm up

@@ -16,10 +16,13 @@ class AppState:
 
     ``monitor``: the per-spill monitor (its ``latest`` snapshot, alarms, archive);
     ``registry``: the Prometheus registry to expose; ``service_health``: a
-    callable giving the ingest's health dict (live service only).
+    callable giving the ingest's health dict (live service only);
+    ``failure``: a callable giving the reason the service failed, or None.
     """
 
     monitor: SpillMonitor
     registry: CollectorRegistry
     service_health: Callable[[], dict[str, Any]] | None = None
+    #: why the service failed (a core thread died), or None; /api/health answers 503 with it
+    failure: Callable[[], str | None] | None = None
     info: dict[str, Any] = field(default_factory=dict)

@@ -26,4 +26,8 @@ def health(request: Request):
     }
     if st.service_health is not None:
         body["ingest"] = st.service_health()
+    failure = st.failure() if st.failure is not None else None
+    if failure:  # a core thread died: the process is about to exit for its supervisor to restart it
+        body.update(status="failed", reason=failure)
+        return json_response(body, status_code=503)
     return json_response(body)
