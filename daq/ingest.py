@@ -272,6 +272,16 @@ class IngestService:
         """Connect to another readout node (thread-safe)."""
         self._commands.append(lambda: self.subscriber.connect(endpoint))
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` in the service thread between two polls (thread-safe); ``fn`` must not raise."""
+        self._commands.append(fn)
+
+    @property
+    def running(self) -> bool:
+        """Whether the service loop runs and will take commands."""
+        return (self._started.is_set() and self._error is None and not self._stop.is_set()
+                and (self._thread is None or self._thread.is_alive()))
+
     def wait_records(self, n: int, timeout_s: float) -> list:
         """Block until ``n`` records were emitted in total (tests, tools); returns the kept ones."""
         deadline = time.monotonic() + timeout_s
