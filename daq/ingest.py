@@ -42,6 +42,7 @@ import zmq
 
 from ..decoders.decode import index_events
 from .builder import DATA_TYPES, BuiltChunk, ClosedSpill, EventBuilder
+from .endpoints import check_endpoint
 from .live import LiveExtras
 from .subscriber import Subscriber
 from .workers import CurveServer, Task, TaskDone, WorkerPool, WorkerSetup, is_loopback
@@ -116,6 +117,9 @@ class IngestConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.expected_ldcs:
             raise ValueError("expected_ldcs must name at least one LDC")
+        for endpoint in self.endpoints:
+            check_endpoint(endpoint, "endpoints:")
+        check_endpoint(self.worker_bind, "worker_bind:")
         if bool(self.worker_secret_key) != bool(self.worker_clients_dir):
             missing = "worker_clients_dir" if self.worker_secret_key else "worker_secret_key"
             raise ValueError(f"{missing} must be set too: worker_secret_key and worker_clients_dir go together")
@@ -268,6 +272,16 @@ class IngestService:
         """Connect to another readout node (thread-safe)."""
         self._commands.append(lambda: self.subscriber.connect(endpoint))
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` in the service thread between two polls (thread-safe); ``fn`` must not raise."""
+        self._commands.append(fn)
+
+    @property
+    def running(self) -> bool:
+        """Whether the service loop runs and will take commands."""
+        return (self._started.is_set() and self._error is None and not self._stop.is_set()
+                and (self._thread is None or self._thread.is_alive()))
+
     def wait_records(self, n: int, timeout_s: float) -> list:
         """Block until ``n`` records were emitted in total (tests, tools); returns the kept ones."""
         deadline = time.monotonic() + timeout_s
@@ -374,7 +388,11 @@ class IngestService:
         try:
             while not self._stop.is_set():
                 while self._commands:
-                    self._commands.popleft()()
+                    try:
+                        self._commands.popleft()()
+                    except Exception:  # noqa: BLE001 - a command's bug must not stop the ingest
+                        self.stats.internal_errors += 1
+                        log.exception("service command failed")
                 ready = dict(poller.poll(20))
                 t0 = time.perf_counter()
                 now = time.monotonic()

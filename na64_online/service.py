@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import logging
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from .config import Config
 from .daq.rawfile import RawFile
@@ -12,6 +14,8 @@ from .decoders.channelmap import ChannelMap
 from .monitor.archive import ArchiveConfig
 from .monitor.metrics import SnapshotStore
 from .monitor.spill_monitor import SpillMonitor
+
+log = logging.getLogger(__name__)
 
 
 def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStore | None = None,
@@ -33,6 +37,13 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     )
 
 
+class ReplayNote(NamedTuple):
+    """Something about a replayed file itself: ``level`` is "error" (no usable data) or "warning"."""
+
+    level: str
+    text: str
+
+
 class Replayer:
     """Replay raw files through exactly the per-spill code of the live service."""
 
@@ -41,9 +52,12 @@ class Replayer:
         self.config = config
         self.monitor = build_monitor(config, channel_map, metrics, archive_path)
 
-    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, str | None]]:
-        """Yield (QA record dict, note) per spill; notes tell of truncation and the like."""
+    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, ReplayNote | None]]:
+        """Yield (QA record dict, None) per spill, then (None, note) for what the file itself got wrong."""
         raw = RawFile(path)
+        if raw.size == 0:
+            yield None, ReplayNote("error", "the file is empty (0 bytes)")
+            return
         segments = raw.spills()
         bar = None
         if progress:
@@ -56,23 +70,68 @@ class Replayer:
                 record = self.monitor.handle(acc, complete=segment.complete)
                 if bar is not None:
                     bar.update(acc.bytes_decoded)
+                    bar.clear()  # the caller prints the record on the terminal the bar is drawn on
                 yield record, None
+                if bar is not None:
+                    bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
         stats = raw.stats
         if not segments:
-            yield None, "no spill found (every event rejected or of a run-level type)"
+            yield None, ReplayNote("error", "no spill found (every event rejected or of a run-level type)")
         if stats.truncated:
-            yield None, (
-                f"truncated: the file ends inside an event ({stats.trailing_bytes} stray trailing bytes); "
-                "decoded up to the last whole event"
+            stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
+            yield None, ReplayNote(
+                "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
             )
         if stats.late_events:
-            yield None, f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            yield None, ReplayNote(
+                "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            )
 
     def close(self) -> None:
         self.monitor.close()
+
+
+class ServiceCommands:
+    """State changes asked for over HTTP, run by the ingest thread, which owns the monitor's state.
+
+    ``commands(fn)`` queues ``fn`` for the ingest loop (run between two
+    polls, so never while a spill is being finished) and waits at most
+    ``timeout_s`` for its result, which it returns (or raises ``fn``'s
+    exception). If the ingest does not run, or does not get to it in time,
+    :class:`~na64_online.web.state.CommandUnavailable` is raised and ``fn``
+    will not run later.
+    """
+
+    def __init__(self, ingest, timeout_s: float) -> None:
+        self.ingest = ingest
+        self.timeout_s = timeout_s
+
+    def __call__(self, fn: Callable[[], Any]) -> Any:
+        from .web.state import CommandUnavailable
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # the caller gave up waiting
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting request, never ends the thread
+                future.set_exception(exc)
+
+        if not self.ingest.running:
+            raise CommandUnavailable("the service is not processing spills (stopping or failed); try again later")
+        self.ingest.call_soon(run)
+        try:
+            return future.result(self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            if future.cancel():
+                raise CommandUnavailable(f"the service thread did not take the request within {self.timeout_s:g} s"
+                                         ) from None
+            return future.result()  # it started just now: wait for it
 
 
 class LiveService:
@@ -108,16 +167,18 @@ class LiveService:
         )
         self.web = None
         self._running = False
+        self.web_state = None
         if config.web.enabled if web is None else web:
             from .web.app import create_app
             from .web.server import WebServer
             from .web.state import AppState
 
-            state = AppState(monitor=self.monitor, registry=self.registry,
-                             service_health=lambda: dataclasses.asdict(self.metrics.service),
-                             failure=lambda: self.failure,
-                             info={"endpoints": list((ingest or config.ingest).endpoints)})
-            self.web = WebServer(create_app(config.web, state), config.web.host, config.web.port)
+            self.web_state = AppState(monitor=self.monitor, registry=self.registry,
+                                      service_health=lambda: dataclasses.asdict(self.metrics.service),
+                                      failure=lambda: self.failure,
+                                      info={"endpoints": list((ingest or config.ingest).endpoints)},
+                                      run_command=ServiceCommands(self.ingest, config.web.command_timeout_s))
+            self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
 
     @property
     def failure(self) -> str | None:
@@ -146,4 +207,5 @@ class LiveService:
         finally:
             if self.web is not None:
                 self.web.stop()
+                self.web_state.close()
             self.monitor.close()
