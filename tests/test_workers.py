@@ -183,7 +183,7 @@ def test_binding_beyond_loopback_needs_the_keys(tmp_path, keys):
     with pytest.raises(ConfigError, match="ingest.worker_clients_dir"):
         WorkerPool(None, None, curve=CurveServer(str(keys / "server.key_secret"), str(tmp_path / "nodir")))
     r = subprocess.run([sys.executable, "-m", "na64_online.cli", "serve", "--connect", "tcp://127.0.0.1:1",
-                        "--worker-bind", "tcp://*:0", "--no-web", "--duration", "1"],
+                        "--worker-bind", "tcp://*:*", "--no-web", "--duration", "1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "worker_secret_key" in r.stderr and "Traceback" not in r.stderr
 
@@ -396,7 +396,7 @@ def test_serve_with_curve_keys_and_local_worker_processes_equals_replay(keys, sp
            "NA64_INGEST__WORKER_CLIENTS_DIR": str(keys / "clients")}
     cmd = [sys.executable, "-m", "na64_online.cli", "serve", "--connect", p1.endpoint, "--connect", p2.endpoint,
            "--json", "--max-spills", "3", "--workers", "1", "--spill-timeout", "3", "--no-web",
-           "--worker-bind", "tcp://127.0.0.1:0"]
+           "--worker-bind", "tcp://127.0.0.1:*"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
