@@ -624,7 +624,7 @@ class WorkerPool:
 
     def _refuse(self, ident: bytes, why: str) -> list[TaskDone]:
         self.stats.refused_messages += 1
-        self._log.warning("message", "message from worker %s refused: %s", _who(ident), why)
+        self._log.warning("message " + why.split(" ", 1)[0], "message from worker %s refused: %s", _who(ident), why)
         return []
 
     def _handle(self, frames, now: float) -> list[TaskDone]:

@@ -11,7 +11,8 @@ from .common import json_response, state
 router = APIRouter(tags=["health"])
 
 
-@router.get("/api/health")
+@router.get("/api/health", responses={503: {"description": "the service failed (a core thread died): "
+                                                         "status \"failed\" and the reason; it is about to exit"}})
 def health(request: Request):
     st = state(request)
     latest = st.monitor.latest
