@@ -23,12 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from na64_online.config import Config, load_config
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.daq.workers import (
-    ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, is_loopback, make_keys,
+    ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, _Worker, is_loopback,
+    make_keys,
 )
 from na64_online.decoders.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
@@ -431,3 +434,30 @@ def test_web_thread_ending_is_a_failure_too(channel_map):
     finally:
         service.stop()
     assert service.failure is None  # stopped on purpose: not a failure
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.one_of(st.sampled_from([HELLO, SETUP, READY, TASK, RESULT, ERROR, b"STOP", PROTOCOL,
+                                                  b"na64-worker/1", b"\0" * 8, b"1", b"0", b"1025"]),
+                                 st.binary(max_size=24)), max_size=6),
+       task_id=st.booleans())
+def test_handler_never_raises_on_any_message(handler_pool, frames, task_id):
+    """Whatever a peer sends, the handler itself refuses or handles it — it never relies on the catch-all."""
+    pool = handler_pool
+    if task_id and len(frames) >= 2 and frames[0] in (RESULT, ERROR) and pool.outstanding:
+        frames = [frames[0], next(iter(pool.outstanding)).to_bytes(8, "little"), *frames[2:]]
+    done = pool._handle([zmq.Frame(b"peer")] + [zmq.Frame(f) for f in frames], time.monotonic())
+    for d in done:  # a result is handed on only once it decoded; anything else is a failed task with a reason
+        assert (d.result is None) == (d.error is not None)
+        assert d.result is None or hasattr(d.result, "merge")
+
+
+@pytest.fixture(scope="module")
+def handler_pool(channel_map, processor):
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result)
+    pool.workers[b"peer"] = _Worker(b"peer", ready=True, credits=0, capacity=1)
+    for i in range(1000):  # tasks the peer holds (so that RESULT/ERROR find one)
+        task = Task(RUN, 1, i, np.zeros(0, np.uint32), 0, 0, task_id=i + 1, worker=b"peer")
+        pool.outstanding[task.task_id] = task
+    yield pool
+    pool.close()
