@@ -436,17 +436,24 @@ def test_web_thread_ending_is_a_failure_too(channel_map):
     assert service.failure is None  # stopped on purpose: not a failure
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(frames=st.lists(st.one_of(st.sampled_from([HELLO, SETUP, READY, TASK, RESULT, ERROR, b"STOP", PROTOCOL,
-                                                  b"na64-worker/1", b"\0" * 8, b"1", b"0", b"1025"]),
-                                 st.binary(max_size=24)), max_size=6),
-       task_id=st.booleans())
-def test_handler_never_raises_on_any_message(handler_pool, frames, task_id):
+FIELDS = st.one_of(st.sampled_from([PROTOCOL, b"na64-worker/1", b"\0" * 8, b"1", b"0", b"-1", b"1025", b""]),
+                   st.binary(max_size=24))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command=st.sampled_from([HELLO, READY, RESULT, ERROR, TASK, SETUP, b"STOP", b"\x80\x04"]),
+       fields=st.integers(0, 4).flatmap(lambda n: st.lists(FIELDS, min_size=n, max_size=n)),
+       task_id=st.booleans(), setup_id=st.booleans())
+def test_handler_never_raises_on_any_message(handler_pool, command, fields, task_id, setup_id):
     """Whatever a peer sends, the handler itself refuses or handles it — it never relies on the catch-all."""
     pool = handler_pool
-    if task_id and len(frames) >= 2 and frames[0] in (RESULT, ERROR) and pool.outstanding:
-        frames = [frames[0], next(iter(pool.outstanding)).to_bytes(8, "little"), *frames[2:]]
-    done = pool._handle([zmq.Frame(b"peer")] + [zmq.Frame(f) for f in frames], time.monotonic())
+    if task_id and fields and command in (RESULT, ERROR) and pool.outstanding:
+        fields[0] = next(iter(pool.outstanding)).to_bytes(8, "little")
+    if setup_id and command == READY and fields:
+        fields[0] = pool.setup_id
+    if setup_id and command == HELLO and len(fields) >= 2:
+        fields[1] = pool.setup_id
+    done = pool._handle([zmq.Frame(f) for f in (b"peer", command, *fields)], time.monotonic())
     for d in done:  # a result is handed on only once it decoded; anything else is a failed task with a reason
         assert (d.result is None) == (d.error is not None)
         assert d.result is None or hasattr(d.result, "merge")
