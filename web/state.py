@@ -23,3 +23,5 @@ class AppState:
     registry: CollectorRegistry
     service_health: Callable[[], dict[str, Any]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: live service only: a callable giving its ``monitor.liveness.Liveness`` (is data flowing?)
+    liveness: Callable[[], Any] | None = None

@@ -16,9 +16,11 @@ router = APIRouter(tags=["dashboard"])
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request) -> HTMLResponse:
-    monitor = state(request).monitor
+    st = state(request)
+    monitor = st.monitor
     return HTMLResponse(dashboard_html(monitor.latest, monitor.channel_map, request.app.state.config.refresh_seconds,
-                                       alarms=monitor.alarms.active()))
+                                       alarms=monitor.alarms.active(),
+                                       liveness=st.liveness() if st.liveness is not None else None))
 
 
 @router.post("/ui/alarms/{name}/ack")
