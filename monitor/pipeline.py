@@ -40,10 +40,15 @@ class MonitorConfig:
     chunk_events: int = 4096
     reconstruction: ReconstructionParams = ReconstructionParams()
     cuts: PhysicsCuts = PhysicsCuts()
+    #: live service: no spill record for this long raises ``no_data``, /readyz answers 503
+    #: (default: three of the simulator's 20 s SPS cycles; the spec has a spill every ~15–40 s)
+    no_data_after_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_events <= 1 << 20:
             raise ValueError(f"chunk_events must be within 1..{1 << 20}, got {self.chunk_events}")
+        if not (isinstance(self.no_data_after_seconds, (int, float)) and 0 < self.no_data_after_seconds <= 86400):
+            raise ValueError(f"no_data_after_seconds must be within (0, 86400], got {self.no_data_after_seconds}")
 
 
 @dataclass(frozen=True)

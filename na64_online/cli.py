@@ -54,10 +54,16 @@ def _summary_line(record: dict) -> str:
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
 
+    dropped = record.get("dropped_events") or 0
+    if record.get("interrupted"):
+        state = "INTERRUPTED (the service stopped during this spill; not judged)"
+    else:
+        state = "complete" if record["complete"] else "INCOMPLETE"
     return (
         f"run {record['run']} spill {record['spill']}: {record['events']} events, "
-        f"lost {record['lost_events']}, errors {record['decode_errors']}, "
-        f"{'complete' if record['complete'] else 'INCOMPLETE'}, beam {fmt(record['beam'], 'd')}, "
+        + (f"{dropped} events DROPPED (decoding fell behind), " if dropped else "")
+        + f"lost {record['lost_events']}, errors {record['decode_errors']}, "
+        f"{state}, beam {fmt(record['beam'], 'd')}, "
         f"hadron fraction {fmt(record['hadron_fraction'], '.4f')}, EOT {fmt(record['eot'], '.4g')}, "
         f"candidates {record['candidates']}, quality {record.get('quality', {}).get('overall', '—')}"
         + (f", ALARMS {', '.join(a['name'] for a in record['alarms'])}" if record.get("alarms") else "")
@@ -345,11 +351,14 @@ def cmd_serve(args) -> int:
     service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record,
                           web=False if args.no_web else None)
     try:
-        service.start()
-        web = f"; HTTP on {service.web.url}" if service.web is not None else ""
-        print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.ingest.worker_endpoint}{web}",
-              file=sys.stderr, flush=True)
-        _run_until(done, args.duration, failed=lambda: service.failure)
+        with _stop_signals(done):  # SIGTERM/SIGINT, also during the warm-up: a clean stop, exit status 0
+            print("na64-online: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
+                  flush=True)
+            service.start(abort=done)
+            web = f"; HTTP on {service.web.url}" if service.web is not None else ""
+            print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.ingest.worker_endpoint}"
+                  f"{web}", file=sys.stderr, flush=True)
+            _run_until(done, args.duration, failed=lambda: service.failure)
     finally:
         service.stop()
     return _exit_status(service)
@@ -388,19 +397,31 @@ def _record_printer(as_json: bool, max_records: int, done):
     return on_record
 
 
+def _stop_signals(done):
+    """A context in which SIGINT and SIGTERM only set ``done`` (the service then stops cleanly)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def installed():
+        old = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    return installed()
+
+
 def _run_until(done, max_seconds: float = 0.0, failed=lambda: None) -> None:
     """Wait for ``done`` (set by a callback, SIGINT or SIGTERM), ``max_seconds``, or ``failed()`` to say why."""
-    import signal
     import time
 
-    old = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _stop_signals(done):
         deadline = time.monotonic() + max_seconds if max_seconds else None
         while not done.is_set() and (deadline is None or time.monotonic() < deadline) and not failed():
             done.wait(0.2)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def cmd_demo(args) -> int:
@@ -443,13 +464,17 @@ def cmd_demo(args) -> int:
             done.set()
 
     try:
-        service.start()
-        web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
-        print(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops",
-              file=sys.stderr, flush=True)
-        for publisher in publishers:
-            threading.Thread(target=node, args=(publisher,), daemon=True).start()
-        _run_until(done, failed=lambda: service.failure)
+        with _stop_signals(done):
+            print("na64-online demo: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
+                  flush=True)
+            service.start(abort=done)
+            web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
+            print(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops",
+                  file=sys.stderr, flush=True)
+            if not done.is_set():
+                for publisher in publishers:
+                    threading.Thread(target=node, args=(publisher,), daemon=True).start()
+            _run_until(done, failed=lambda: service.failure)
     finally:
         service.stop()
         for publisher in publishers:

@@ -94,28 +94,29 @@ class BodyLimit:
             too_large = False
         if too_large:
             return await self._refuse(send)
-        seen = 0
-        response_started = False
-
-        async def limited_receive():
-            nonlocal seen
+        # read the (small) body here, bounded, then hand it on: a streamed body without a length is bounded too
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                return await self._refuse(send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, delivered = b"".join(chunks), False
 
-        async def tracking_send(message):
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()  # the disconnect, when it comes
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._refuse(send)
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
         self.counters.refused("body_too_large")
@@ -126,8 +127,35 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class InternalErrors:
+    """ASGI middleware: an unexpected exception is logged with its traceback and answered with a one-line
+    JSON 500 (counted); the client never sees a traceback and the connection stays usable."""
+
+    def __init__(self, app, counters: WebCounters) -> None:
+        self.app, self.counters = app, counters
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the general handler
+            self.counters.refused("server_error")
+            log.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=exc)
+            if started:
+                raise
+            body = ('{"detail":"internal error (%s); see the service log"}' % type(exc).__name__).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
 
 
 def create_app(config: WebConfig, state: AppState) -> FastAPI:
@@ -168,13 +196,7 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
         web.counters.refused("unavailable")
         return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "5"})
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        web.counters.refused("server_error")
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(status_code=500, content={"detail": f"internal error ({type(exc).__name__}); "
-                                                                "see the service log"})
-
+    app.add_middleware(InternalErrors, counters=web.counters)  # innermost of the two: sees the routes' errors
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, counters=web.counters)
     return app
 

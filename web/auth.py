@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..decoders.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
@@ -76,11 +79,14 @@ class TokenBook:
             self._reload()
 
     def _reload(self) -> None:
-        st = self._file.stat()
+        try:
+            st = self._file.stat()
+        except OSError as exc:
+            raise ConfigError(f"web.tokens_file: cannot read {self._file}: {exc.strerror}") from None
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
+            self._stamp = stamp  # a bad file is reported once, not on every request
             self._from_file = read_tokens_file(self._file)
-            self._stamp = stamp
 
     @property
     def names(self) -> list[str]:
@@ -92,8 +98,8 @@ class TokenBook:
             with self._lock:
                 try:
                     self._reload()
-                except (OSError, ConfigError):  # a bad edit keeps the tokens in force until it is fixed
-                    pass
+                except ConfigError as exc:  # a bad edit keeps the tokens in force until it is fixed
+                    log.error("%s; keeping the tokens read before", exc)
         presented = hash_token(token)
         found = None
         for table in (self._static, self._from_file):

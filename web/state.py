@@ -38,6 +38,8 @@ class AppState:
     #: why the service failed (a core thread died), or None; /api/health answers 503 with it
     failure: Callable[[], str | None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: live service only: a callable giving its ``monitor.liveness.Liveness`` (is data flowing?)
+    liveness: Callable[[], Any] | None = None
     run_command: Callable[[Callable[[], Any]], Any] | None = None
     archive: Archive | None = None
     _inline_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
