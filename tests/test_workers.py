@@ -349,7 +349,7 @@ def test_dead_ingest_thread_makes_health_fail_with_503(channel_map):
     try:
         with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:
             ok = client.get("/api/health")
-            assert ok.status_code == 200 and ok.json()["status"] == "ok" and service.failure is None
+            assert ok.status_code == 200 and ok.json()["status"] != "failed" and service.failure is None
 
             def boom(*_args):
                 raise RuntimeError("injected fault")
