@@ -40,11 +40,13 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
+from ..decoders import layout as L
 from ..decoders.decode import index_events
 from .builder import DATA_TYPES, BuiltChunk, ClosedSpill, EventBuilder
+from .endpoints import check_endpoint
 from .live import LiveExtras
 from .subscriber import Subscriber
-from .workers import Task, TaskDone, WorkerPool
+from .workers import CurveServer, Task, TaskDone, WorkerPool, WorkerSetup, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,13 @@ class IngestConfig:
     workers: int = 1
     #: extra in-process worker threads (besides ``workers`` processes)
     worker_threads: int = 0
-    #: where workers connect; "tcp://*:5570" lets workers on other hosts join
+    #: where workers connect; beyond loopback (e.g. "tcp://*:5570", workers on other hosts) it needs
+    #: worker_secret_key and worker_clients_dir (CurveZMQ)
     worker_bind: str = "tcp://127.0.0.1:*"
+    #: the service's CurveZMQ secret-key certificate (``na64-online keys DIR server``); "" = no CurveZMQ
+    worker_secret_key: str = ""
+    #: directory of the public-key certificates (NAME.key) of the workers allowed to connect
+    worker_clients_dir: str = ""
     #: tasks each worker holds at once
     worker_capacity: int = 2
     #: tasks waiting for a free worker; beyond, whole events are dropped (counted)
@@ -96,10 +103,13 @@ class IngestConfig:
     drain_timeout_s: float = 10.0
     #: QA records kept in memory (``IngestService.records``)
     keep_records: int = 100
+    #: at start, how long to wait for the local workers to have their kernels compiled (READY) before
+    #: subscribing to the readout nodes; past it the service subscribes anyway (and says so in the log)
+    warmup_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("spill_timeout_s", "ldc_down_s", "chunk_max_age_s", "task_timeout_s", "queue_timeout_s",
-                     "drain_timeout_s"):
+                     "drain_timeout_s", "warmup_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("max_open_spills", "max_pending_bytes", "chunk_events", "chunk_bytes", "rcvhwm",
@@ -111,6 +121,22 @@ class IngestConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.expected_ldcs:
             raise ValueError("expected_ldcs must name at least one LDC")
+        for endpoint in self.endpoints:
+            check_endpoint(endpoint, "endpoints:")
+        check_endpoint(self.worker_bind, "worker_bind:")
+        if bool(self.worker_secret_key) != bool(self.worker_clients_dir):
+            missing = "worker_clients_dir" if self.worker_secret_key else "worker_secret_key"
+            raise ValueError(f"{missing} must be set too: worker_secret_key and worker_clients_dir go together")
+        if not self.worker_secret_key and not is_loopback(self.worker_bind):
+            raise ValueError(f"worker_bind {self.worker_bind} is beyond loopback: set worker_secret_key and "
+                             "worker_clients_dir (CurveZMQ), or bind 127.0.0.1")
+
+    @property
+    def worker_curve(self) -> CurveServer | None:
+        """The worker port's CurveZMQ keys, if configured."""
+        if not self.worker_secret_key:
+            return None
+        return CurveServer(self.worker_secret_key, self.worker_clients_dir)
 
 
 @dataclass
@@ -126,6 +152,7 @@ class IngestStats:
     max_latency_s: float | None = None
     loop_seconds: float = 0.0
     internal_errors: int = 0  # messages the builder failed on (a bug): logged, skipped
+    records_interrupted: int = 0  # spills cut short by a stop (not judged)
 
 
 @dataclass
@@ -138,6 +165,7 @@ class _SpillState:
     dropped_events: int = 0
     dropped_numbers: list = field(default_factory=list)  # event numbers of dropped events (arrays)
     closed: ClosedSpill | None = None
+    interrupted: bool = False  # cut short by the service stopping: archived, not judged
     record: Any = None
 
 
@@ -147,8 +175,11 @@ class IngestService:
     ``processor_factory(*processor_args, **processor_kwargs)`` must give an
     object with ``accumulate(words) -> acc`` (``acc.merge(other)``),
     ``finish(acc, complete=, live=)`` and ``new_accumulator()`` — normally
-    :class:`na64_online.monitor.pipeline.SpillProcessor`; the workers build
-    theirs from the same (pickled, by reference) factory and arguments.
+    :class:`na64_online.monitor.pipeline.SpillProcessor` — and
+    ``encode_result(acc)`` / ``decode_result(frames)``, the result's wire
+    format. ``worker_setup`` (:class:`~.workers.WorkerSetup`) is what workers
+    build theirs from: text sent over the worker port; without it only
+    in-process worker threads run, built with the same factory.
     ``finish(acc, complete=, live=)`` (default: the processor's) turns a
     merged spill into its record — the service passes
     ``SpillMonitor.handle``, the very call ``replay`` makes, so that quality,
@@ -157,6 +188,15 @@ class IngestService:
     closed; ``on_health(dict)`` every ``health_interval_s`` with the keyword
     arguments of ``monitor.metrics.ServiceHealth`` (:meth:`health`).
     :meth:`metrics` gives every counter at any time.
+
+    Start-up (``phase``: starting → warming_up → running → stopping → stopped):
+    the worker port is bound and the local workers started first; ``warm_up()``
+    (the service's own kernels, e.g. the monitor's) runs and the builder's
+    kernels are loaded while the workers compile theirs; only when every local
+    worker said READY (or ``warmup_timeout_s`` passed) does the SUB socket
+    connect to the readout nodes, so a cold start drops nothing.
+    Stop: spills still open are closed and finished with
+    ``LiveExtras(interrupted=True)`` — archived as interrupted, not judged.
     """
 
     def __init__(
@@ -172,11 +212,22 @@ class IngestService:
         on_health: Callable[[dict], None] | None = None,
         health_interval_s: float = 1.0,
         context: zmq.Context | None = None,
+        worker_setup: WorkerSetup | None = None,
+        warm_up: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self.warm_up = warm_up
+        self.phase = "starting"
+        #: Unix time the SUB socket connected to the readout nodes (after the warm-up)
+        self.listening_since: float | None = None
+        #: Unix time of the last pass of the service loop (a stuck loop is told apart from silent nodes)
+        self.loop_time: float | None = None
         self.processor_kwargs = dict(processor_kwargs or {})
         self.processor = processor_factory(*processor_args, **self.processor_kwargs)
-        self._setup = (processor_factory, tuple(processor_args), self.processor_kwargs)
+        self._factory = (processor_factory, tuple(processor_args), self.processor_kwargs)
+        if worker_setup is None and config.workers:
+            raise ValueError("worker processes need a worker_setup (what they build their processor from)")
+        self.worker_setup = worker_setup
         self._finish = finish if finish is not None else self.processor.finish
         self._new_accumulator = new_accumulator if new_accumulator is not None else self.processor.new_accumulator
         self.on_record = on_record
@@ -201,12 +252,21 @@ class IngestService:
         self.worker_endpoint: str | None = None
 
     # ------------------------------------------------------------------ life
-    def start(self, timeout_s: float = 30.0) -> "IngestService":
-        """Start the service thread; returns once its sockets are bound and connected."""
+    def start(self, timeout_s: float | None = None, abort: threading.Event | None = None) -> "IngestService":
+        """Start the service thread; returns once the kernels are warm and the readout nodes subscribed to.
+
+        ``abort`` (e.g. set by SIGTERM) ends the wait early and stops the service.
+        """
         self._thread = threading.Thread(target=self._run_guarded, name="na64-ingest", daemon=True)
         self._thread.start()
-        if not self._started.wait(timeout_s):
-            raise RuntimeError("ingest service did not start")
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.warmup_timeout_s + 60)
+        while not self._started.wait(0.1):
+            if abort is not None and abort.is_set():
+                self.stop()
+                return self
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                self._stop.set()
+                raise RuntimeError("ingest service did not start")
         if self._error is not None:
             raise self._error
         return self
@@ -218,7 +278,9 @@ class IngestService:
             raise self._error
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """Stop: close open spills, wait for their results (``drain_timeout_s``), emit their records."""
+        """Stop: close open spills, wait for their results (``drain_timeout_s``), emit their records.
+
+        Spills cut short by the stop are finished as interrupted (not judged)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s if timeout_s is not None else self.config.drain_timeout_s + 10)
@@ -228,6 +290,16 @@ class IngestService:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the service thread is gone although nobody stopped it (None while it runs or after stop())."""
+        if self._error is not None:
+            return f"ingest thread died: {type(self._error).__name__}: {self._error}"
+        t = self._thread
+        if t is not None and self._started.is_set() and not t.is_alive() and not self._stop.is_set():
+            return "ingest thread ended unexpectedly"
+        return None
 
     def connect(self, endpoint: str) -> None:
         """Connect to another readout node (thread-safe)."""
@@ -300,6 +372,10 @@ class IngestService:
             skipped_events=builder.stats.other_events,
             last_message_time=self._last_message_time,
             sources_connected=sum(1 for t in seen.values() if now - t <= self.config.ldc_down_s),
+            worker_refused_messages=pool.stats.refused_messages,
+            worker_refused_results=pool.stats.refused_results,
+            worker_refused_peers=pool.stats.refused_peers,
+            loop_time=self.loop_time,
         )
 
     # ------------------------------------------------------------------ loop
@@ -313,26 +389,57 @@ class IngestService:
 
     def _setup_sockets(self) -> None:
         c = self.config
-        self.subscriber = Subscriber(
-            c.endpoints, context=self.context, rcvhwm=c.rcvhwm, rcvbuf=c.rcvbuf,
+        self.subscriber = Subscriber(  # connected to the readout nodes after the warm-up
+            (), context=self.context, rcvhwm=c.rcvhwm, rcvbuf=c.rcvbuf,
             reconnect_ivl_ms=c.reconnect_ivl_ms, reconnect_ivl_max_ms=c.reconnect_ivl_max_ms,
             heartbeat_ivl_ms=c.heartbeat_ivl_ms, heartbeat_timeout_ms=c.heartbeat_timeout_ms)
         self.builder = EventBuilder(
             c.expected_ldcs, gdc_id=c.gdc_id, spill_timeout_s=c.spill_timeout_s, ldc_down_s=c.ldc_down_s,
             max_open_spills=c.max_open_spills, max_pending_bytes=c.max_pending_bytes,
             chunk_events=c.chunk_events, chunk_bytes=c.chunk_bytes, chunk_max_age_s=c.chunk_max_age_s)
-        self.pool = WorkerPool(self._setup, bind=c.worker_bind, context=self.context,
+        factory, args, kwargs = self._factory
+        setup = self.worker_setup or WorkerSetup((b"in-process",), lambda payload: factory(*args, **kwargs))
+        self.pool = WorkerPool(setup, self.processor.decode_result, bind=c.worker_bind, context=self.context,
                                max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
-                               task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s)
+                               task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s,
+                               curve=c.worker_curve)
         self.worker_endpoint = self.pool.endpoint
         if c.workers:
             self.pool.spawn_processes(c.workers, c.worker_capacity)
         threads = c.worker_threads or (0 if c.workers else 1)
         if threads:
             self.pool.start_threads(threads, c.worker_capacity)
+        self._local_workers = c.workers + threads
+
+    def _warm_up_and_subscribe(self) -> None:
+        """Load every kernel (here and in the local workers), then connect to the readout nodes."""
+        self.phase = "warming_up"
+        t0 = time.monotonic()
+        try:
+            warm_up_builder(self.config)
+        except Exception:  # noqa: BLE001 - only a delay would follow
+            log.exception("builder warm-up failed")
+        if self.warm_up is not None:
+            self.warm_up()
+        pool, deadline = self.pool, t0 + self.config.warmup_timeout_s
+        while pool.n_ready < self._local_workers and not self._stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                log.warning("ingest: %d of %d local workers ready after %.0f s; subscribing anyway",
+                            pool.n_ready, self._local_workers, now - t0)
+                break
+            if pool.socket.poll(50, zmq.POLLIN):
+                self._on_done(pool.receive(now))
+            self._on_done(pool.poll(now))
+        for endpoint in self.config.endpoints:
+            self.subscriber.connect(endpoint)
+        self.listening_since = time.time()
+        self.phase = "running"
+        log.info("ingest: warm after %.1f s (%d workers ready)", time.monotonic() - t0, pool.n_ready)
 
     def _run(self) -> None:
         self._setup_sockets()
+        self._warm_up_and_subscribe()
         sub, builder, pool = self.subscriber, self.builder, self.pool
         poller = zmq.Poller()
         poller.register(sub.socket, zmq.POLLIN)
@@ -342,8 +449,13 @@ class IngestService:
         next_timer = next_health = 0.0
         try:
             while not self._stop.is_set():
+                self.loop_time = time.time()
                 while self._commands:
-                    self._commands.popleft()()
+                    try:
+                        self._commands.popleft()()
+                    except Exception:  # noqa: BLE001 - a command's bug must not stop the ingest
+                        self.stats.internal_errors += 1
+                        log.exception("service command failed")
                 ready = dict(poller.poll(20))
                 t0 = time.perf_counter()
                 now = time.monotonic()
@@ -369,16 +481,18 @@ class IngestService:
                         except Exception:  # noqa: BLE001
                             log.exception("on_health callback failed")
                 self.stats.loop_seconds += time.perf_counter() - t0
+            self.phase = "stopping"
             self._drain()
         finally:
             pool.close()
             sub.close()
+            self.phase = "stopped"
 
     def _drain(self) -> None:
         """Close every open spill and wait (bounded) for the results still out."""
         builder, pool = self.builder, self.pool
         now = time.monotonic()
-        self._on_outputs(builder.flush(now), now)
+        self._on_outputs(builder.flush(now), now, stopping=True)
         deadline = now + self.config.drain_timeout_s
         while self._states and time.monotonic() < deadline:
             if pool.socket.poll(20, zmq.POLLIN):
@@ -388,6 +502,8 @@ class IngestService:
             st = self._states[key]
             if st.closed is not None:
                 for i in range(st.closed.chunks):
+                    if i not in st.done and i >= st.next_index:
+                        st.interrupted = True  # a result the stop did not wait for
                     st.done.setdefault(i, None)
                 self._merge_ready(st)
                 self._maybe_finish(st, time.monotonic(), force=True)
@@ -399,13 +515,14 @@ class IngestService:
             st = self._states[(run, spill)] = _SpillState(run, spill)
         return st
 
-    def _on_outputs(self, outputs, now: float) -> None:
+    def _on_outputs(self, outputs, now: float, stopping: bool = False) -> None:
         for o in outputs:
             if isinstance(o, BuiltChunk):
                 self._submit(o, now)
             elif isinstance(o, ClosedSpill):
                 st = self._state(o.run, o.spill)
                 st.closed = o
+                st.interrupted = st.interrupted or (stopping and not o.complete)
                 self._closing.append(st)
                 self._maybe_finish(st, now)
 
@@ -470,7 +587,12 @@ class IngestService:
             dropped_event_numbers=(np.concatenate(st.dropped_numbers) if st.dropped_numbers
                                    else np.zeros(0, dtype=np.int64)),
             missing_ldcs=tuple(closed.missing_ldcs),
+            interrupted=st.interrupted,
         )
+        if st.interrupted:
+            self.stats.records_interrupted += 1
+            log.warning("run %d spill %d cut short by the stop: archived as interrupted, not judged",
+                        st.run, st.spill)
         acc = st.acc if st.acc is not None else self._new_accumulator()
         try:
             st.record = self._finish(acc, complete=closed.complete, live=live)
@@ -499,6 +621,32 @@ class IngestService:
                 self.on_record(record)
             except Exception:  # noqa: BLE001 - a consumer's bug must not stop the ingest
                 log.exception("on_record callback failed")
+
+
+def warm_up_builder(config: IngestConfig) -> None:
+    """Build a tiny simulated spill of two readout nodes with a throwaway :class:`EventBuilder`.
+
+    Loads (or compiles, on a cold numba cache) the kernels the service thread
+    runs on live messages — payload scan, event building, the index of
+    dropped events — before the first message arrives.
+    """
+    from .envelope import pack_envelope, parse_message
+    from .simulator import LDC_IDS, ReadoutSimulator, SimulationConfig
+
+    sim = ReadoutSimulator(SimulationConfig(spills=1, events_per_spill=8, run_events=False))
+    spill = next(iter(sim.spills()))
+    ldcs = tuple(LDC_IDS)
+    builder = EventBuilder(tuple(ldcs), gdc_id=config.gdc_id, chunk_events=4)
+    outputs = []
+    for seq, ldc in enumerate(ldcs):
+        events = spill.ldc_events(ldc)
+        frames = [L.ZMQ_TOPIC, pack_envelope(ldc, seq, len(events)), b"".join(events)]
+        _, scan = parse_message([memoryview(f) for f in frames])
+        outputs += builder.add(ldc, scan, 0.0)
+    outputs += builder.flush(0.0)
+    for o in outputs:
+        if isinstance(o, BuiltChunk):
+            _data_event_numbers(o.words)
 
 
 def _data_event_numbers(words: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ class LiveExtras:
 
     ``dropped_event_numbers``: events that readout nodes sent but the service
     dropped because decoding fell behind; they are ``dropped_events``, not
-    ``lost_events`` (which are events no node sent).
+    ``lost_events`` (which are events no node sent). ``interrupted``: the spill
+    was cut short because the service stopped — archived, but not judged.
     """
 
     lost_messages: dict[int, int] = field(default_factory=dict)
@@ -22,3 +23,4 @@ class LiveExtras:
     dropped_events: int = 0
     missing_ldcs: tuple[int, ...] = ()
     dropped_event_numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    interrupted: bool = False

@@ -81,6 +81,15 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 QUALITY_ORDER: dict[str, int] = {"GOOD": 0, "OK": 0, "NO_DATA": 1, "WARNING": 2, "BAD": 3}
 MISSING_POLICIES: tuple[str, ...] = ("false", "true", "hold")
 
+#: the states an alarm passes through, as stored in the alarm history
+ALARM_STATES = ("raised", "acknowledged", "cleared")
+#: Alarms the service raises itself, from no rule on a spill (:meth:`AlarmEngine.set_condition`):
+#: name -> (severity, description). They survive rule reloads and restarts like rule alarms.
+SERVICE_ALARMS: dict[str, tuple[str, str]] = {
+    "no_data": ("warning", "No spill for longer than [monitor] no_data_after_seconds: "
+                           "readout nodes silent, or the monitor stuck (see /api/health)"),
+}
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _CONDITION_RE = re.compile(r"^\s*(\S+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 _RULE_KEYS = {
@@ -154,6 +163,16 @@ threshold = 1000
 persist_spills = 1
 severity = "critical"
 description = "Very many decode errors in one spill"
+
+[[rules]]
+name = "dropped_events"
+quantity = "dropped_events"
+op = ">"
+threshold = 0
+persist_spills = 1
+severity = "warning"
+missing = "hold"
+description = "The live service dropped events: decoding fell behind or a worker failed (dropped_events)"
 
 [[rules]]
 name = "lost_events"
@@ -696,7 +715,8 @@ class AlarmEngine:
         now = self._clock()
         with self._lock:
             self._set_rules(rules)
-            removed = [name for name in list(self._streak) + list(self._active) if name not in self._rules]
+            removed = [name for name in list(self._streak) + list(self._active)
+                       if name not in self._rules and name not in SERVICE_ALARMS]
             cleared = []
             for name in dict.fromkeys(removed):
                 self._streak.pop(name, None)
@@ -705,7 +725,9 @@ class AlarmEngine:
                 if alarm is not None:
                     cleared.append(self._clear(alarm, now, None, None, "rule removed from the configuration"))
             for name, alarm in self._active.items():
-                rule = self._rules[name]
+                rule = self._rules.get(name)
+                if rule is None:  # a service alarm
+                    continue
                 alarm.severity, alarm.description, alarm.condition = rule.severity, rule.description, rule.condition
             for result in cleared:
                 self._emit_direct(result["event"])
@@ -820,6 +842,45 @@ class AlarmEngine:
             self._notify(active + [c for c in changed if c["state"] == "cleared"])
             self._last_notify = now
         return active
+
+    def set_condition(self, name: str, active: bool, *, detail: str = "", run: Any = None,
+                      spill: Any = None) -> dict | None:
+        """Raise (``active``) or clear the service alarm ``name`` (:data:`SERVICE_ALARMS`), e.g. ``no_data``.
+
+        Not tied to a spill: the transition is archived at once. Calling it
+        again in the same state only updates the detail. Returns the alarm
+        dict on a transition, else ``None``.
+        """
+        severity, description = SERVICE_ALARMS[name]
+        now = self._clock()
+        with self._lock:
+            alarm = self._active.get(name)
+            if active and alarm is not None:
+                alarm.detail = detail
+                return None
+            if not active and alarm is None:
+                return None
+            if active:
+                alarm = _Alarm(
+                    alarm_id=uuid.uuid4().hex[:16], name=name, severity=severity, description=description,
+                    condition=name, since_run=run, since_spill=spill, raised_at=now, raised_run=run,
+                    raised_spill=spill, detail=detail,
+                )
+                self._active[name] = alarm
+                self._emit_direct(self._event(alarm, "raised", now, run, spill))
+                changed = alarm.to_dict()
+                log.warning("ALARM raised [%s] %s: %s", severity, name, detail)
+            else:
+                del self._active[name]
+                result = self._clear(alarm, now, run, spill, detail)
+                self._emit_direct(result["event"])
+                changed = result["alarm"]
+                log.info("alarm cleared %s: %s", name, detail)
+            active_alarms = self._active_dicts()
+        if self.notifier is not None:
+            self._notify(active_alarms + ([changed] if changed["state"] == "cleared" else []))
+            self._last_notify = now
+        return changed
 
     def _clear(self, alarm: _Alarm, now: float, run: Any, spill: Any, detail: str) -> dict:
         alarm.state, alarm.cleared_at, alarm.detail = "cleared", now, detail
@@ -948,6 +1009,9 @@ class AlarmEngine:
                 ack_comment=row.get("ack_comment"), acknowledged_at=row.get("acked_at"),
             )
             self._restore_acknowledgements(alarm)
+            if name in SERVICE_ALARMS and name not in self._active:
+                self._active[name] = alarm  # cleared by the service once the condition is gone
+                continue
             rule = self._rules.get(name)
             if rule is None or name in self._active:
                 self._emit_direct(self._clear(alarm, now, None, None, "rule removed from the configuration")["event"])
@@ -1187,6 +1251,7 @@ __all__ = [
     "AlertmanagerNotifier",
     "DEFAULT_RULES_TOML",
     "QUALITY_ORDER",
+    "SERVICE_ALARMS",
     "SEVERITIES",
     "default_rules",
     "load_rules",

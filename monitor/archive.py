@@ -66,6 +66,8 @@ SCHEMA_VERSION = 1
 
 #: Quality states counted as bad by default (``bad_spills``).
 BAD_STATES: tuple[str, ...] = ("BAD",)
+#: ``overall`` of a spill cut short by a stop of the live service (monitor.quality.INTERRUPTED)
+INTERRUPTED = "INTERRUPTED"
 
 _SCHEMA_V1 = """
 CREATE TABLE spills (
@@ -381,6 +383,8 @@ class Archive:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             if readonly:
                 version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    raise ArchiveError(f"{self.path} is not an na64-online QA archive (an SQLite file without its tables)")
                 if version != SCHEMA_VERSION:
                     raise ArchiveError(
                         f"archive {self.path} has schema version {version}, this software reads {SCHEMA_VERSION}"
@@ -715,15 +719,19 @@ class Archive:
 
     # ---------------------------------------------------------------- bad spills
 
-    def bad_spills(self, run: int | None = None, states: Sequence[str] = BAD_STATES) -> list[dict]:
+    def bad_spills(self, run: int | None = None, states: Sequence[str] = BAD_STATES,
+                   include_interrupted: bool = True) -> list[dict]:
         """Spills whose overall quality is in ``states`` (default ``BAD``), ordered by run and spill.
 
         Each row: run, spill, time (ISO UTC), overall, failing_subsystems,
         reasons, alarms, complete, events, beam, eot, hadron_fraction,
-        decode_errors, lost_events.
+        decode_errors, lost_events. ``include_interrupted``: also the spills
+        the live service was stopped in — ``overall`` INTERRUPTED (not judged,
+        no failing subsystem), so an analyst sees they have no verdict.
         """
         states_u = tuple(s.upper() for s in states)
-        where, params = self._spill_filter(run, states_u, None, None)
+        wanted = states_u + ((INTERRUPTED,) if include_interrupted and INTERRUPTED not in states_u else ())
+        where, params = self._spill_filter(run, wanted, None, None)
         rows = self._query(f"SELECT run, spill, time, overall, record, quality FROM spills{where} ORDER BY run, spill", params)
         return [self._bad_row(r, states_u) for r in rows]
 
@@ -748,6 +756,8 @@ class Archive:
             reasons.append(str(extra))
         if record.get("complete") is False and not any("incomplete" in r.lower() for r in reasons):
             reasons.append("incomplete spill")
+        if row["overall"] == INTERRUPTED:
+            reasons = [str(r) for r in quality.get("reasons") or ["interrupted: not judged"]]
         alarms = [str(a.get("name")) for a in record.get("alarms") or [] if isinstance(a, Mapping)]
         return {
             "run": row["run"],

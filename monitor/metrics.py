@@ -14,8 +14,11 @@ published into a :class:`SnapshotStore` (swapping a reference under a lock):
 ``kind`` = the decoder's :class:`~na64_online.decoders.errors.Issue` labels
 (anything else counts as ``other``), ``subsystem`` = beam, ecal, hcal, srd,
 veto, daq, overall; ``estimator`` = hcal, srd; ``detector`` × channel-finding
-``kind``. Quality states are numbers: 0 GOOD, 1 NO_DATA, 2 WARNING, 3 BAD
-(−1 before the first spill).
+``kind``; ``reason`` = readout_silent, monitor_stuck. Quality states are
+numbers: 0 GOOD, 1 NO_DATA, 2 WARNING, 3 BAD (−1 before the first spill);
+while the service is stale (no spill for ``no_data_after_seconds``, see
+:mod:`.liveness`) every subsystem and the overall state read 1 (NO_DATA),
+and ``na64_no_data{reason}`` says why.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .quality import SUBSYSTEMS, QualityState
 ERROR_KINDS = tuple(i.label for i in Issue if i.is_error) + ("other",)
 NOTICE_KINDS = tuple(i.label for i in Issue if not i.is_error and i != Issue.NONE) + ("other",)
 QUALITY_SUBSYSTEMS = SUBSYSTEMS + ("overall",)
+NO_DATA_REASONS = ("readout_silent", "monitor_stuck")  # monitor.liveness.REASONS
 PROCESSING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -65,6 +69,10 @@ class ServiceHealth:
     skipped_events: int = 0  # events of other types (START_OF_RUN, …), spec §1
     last_message_time: float | None = None
     sources_connected: int = 0
+    worker_refused_messages: int = 0  # malformed messages on the worker port
+    worker_refused_results: int = 0  # worker results that did not decode
+    worker_refused_peers: int = 0  # workers refused: CurveZMQ handshake failed or another protocol
+    loop_time: float | None = None  # Unix s of the ingest loop's last pass (a stuck loop stops it)
 
 
 @dataclass(frozen=True)
@@ -205,9 +213,10 @@ def _finite(value, default=math.nan) -> float:
 class Na64Collector(Collector):
     """Custom collector: every sample is computed from the store's snapshots at scrape time."""
 
-    def __init__(self, store: SnapshotStore, clock=time.time) -> None:
+    def __init__(self, store: SnapshotStore, clock=time.time, liveness=None) -> None:
         self.store = store
         self.clock = clock
+        self.liveness = liveness  # callable giving a liveness.Liveness (live service), or None
 
     def describe(self):
         return self._families(MonitorSnapshot(), ServiceHealth(started=0.0), describe=True)
@@ -217,6 +226,8 @@ class Na64Collector(Collector):
 
     def _families(self, m: MonitorSnapshot, s: ServiceHealth, describe: bool = False):
         out = []
+        live = self.liveness() if self.liveness is not None and not describe else None
+        stale = live is not None and live.stale
 
         def counter(name, doc, value, unit=""):
             out.append(CounterMetricFamily(name, doc, value=None if describe else value, unit=unit))
@@ -238,6 +249,11 @@ class Na64Collector(Collector):
         gauge("na64_ingest_queue_messages", "messages waiting in the processing queue", s.queue_depth)
         gauge("na64_ingest_queue_capacity_messages", "capacity of the processing queue", s.queue_capacity)
         gauge("na64_ingest_sources_connected", "readout nodes connected", s.sources_connected)
+        counter("na64_worker_refused_messages", "malformed messages refused on the worker port",
+                s.worker_refused_messages)
+        counter("na64_worker_refused_results", "worker results refused (did not decode)", s.worker_refused_results)
+        counter("na64_worker_refused_peers", "workers refused (CurveZMQ handshake or protocol)",
+                s.worker_refused_peers)
         gauge("na64_service_start_time_seconds", "Unix time the service started", s.started, unit="seconds")
 
         # ---------------------------------------------------------- spill totals (since service start)
@@ -275,6 +291,20 @@ class Na64Collector(Collector):
         gauge("na64_spill_number", "number of the last spill", last.get("spill"))
         gauge("na64_spill_last_timestamp_seconds", "Unix time the last spill was published", m.published_at,
               unit="seconds")
+        if live is not None:
+            spill_age = live.latest_spill_age_seconds
+            if spill_age is None:
+                spill_age = live.listening_seconds  # none yet: since the service listens
+        else:
+            spill_age = self.clock() - m.published_at if m.published_at is not None else math.nan
+        gauge("na64_latest_spill_age_seconds", "time since the latest spill record (before the first: since the "
+              "service started listening)", spill_age, unit="seconds")
+        fam = GaugeMetricFamily("na64_no_data", "1 while no spill came for no_data_after_seconds, by cause",
+                                labels=["reason"])
+        if not describe:
+            for reason in NO_DATA_REASONS:
+                fam.add_metric([reason], 1.0 if stale and live.reason == reason else 0.0)
+        out.append(fam)
         gauge("na64_spill_events", "data events of the last spill", last.get("events"))
         gauge("na64_beam_particles_last_spill", "beam particles on target in the last spill", last.get("beam"))
         beam, duration = last.get("beam"), last.get("spill_duration_us")
@@ -297,14 +327,14 @@ class Na64Collector(Collector):
               len(last.get("candidates") or ()) if m.last is not None else math.nan)
 
         # ---------------------------------------------------------- quality and channels
-        fam = GaugeMetricFamily("na64_quality_state", "quality of the last spill: 0 GOOD, 1 NO_DATA, 2 WARNING, "
-                                "3 BAD, -1 none yet", labels=["subsystem"])
+        fam = GaugeMetricFamily("na64_quality_state", "quality of the last spill: 0 GOOD, 1 NO_DATA (also while "
+                                "no spill comes: na64_no_data), 2 WARNING, 3 BAD, -1 none yet", labels=["subsystem"])
         if not describe:
             q = m.quality or {}
             states = dict(q.get("subsystems") or {})
             states["overall"] = q.get("overall")
             for sub in QUALITY_SUBSYSTEMS:
-                name = states.get(sub)
+                name = "NO_DATA" if stale else states.get(sub)
                 fam.add_metric([sub], float(QualityState[name]) if name in QualityState.__members__ else -1.0)
         out.append(fam)
         fam = GaugeMetricFamily("na64_channel_findings", "active channel-health findings", labels=["detector", "kind"])
@@ -320,8 +350,11 @@ class Na64Collector(Collector):
         return out
 
 
-def register_metrics(registry: CollectorRegistry, store: SnapshotStore | None = None) -> SnapshotStore:
-    """Register an :class:`Na64Collector` on ``registry``; returns the store to publish into."""
+def register_metrics(registry: CollectorRegistry, store: SnapshotStore | None = None,
+                     liveness=None) -> SnapshotStore:
+    """Register an :class:`Na64Collector` on ``registry``; returns the store to publish into.
+
+    ``liveness``: a callable giving the live service's :class:`~.liveness.Liveness` (staleness)."""
     store = store or SnapshotStore()
-    registry.register(Na64Collector(store))
+    registry.register(Na64Collector(store, liveness=liveness))
     return store

@@ -40,10 +40,15 @@ class MonitorConfig:
     chunk_events: int = 4096
     reconstruction: ReconstructionParams = ReconstructionParams()
     cuts: PhysicsCuts = PhysicsCuts()
+    #: live service: no spill record for this long raises ``no_data``, /readyz answers 503
+    #: (default: three of the simulator's 20 s SPS cycles; the spec has a spill every ~15–40 s)
+    no_data_after_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_events <= 1 << 20:
             raise ValueError(f"chunk_events must be within 1..{1 << 20}, got {self.chunk_events}")
+        if not (isinstance(self.no_data_after_seconds, (int, float)) and 0 < self.no_data_after_seconds <= 86400):
+            raise ValueError(f"no_data_after_seconds must be within (0, 86400], got {self.no_data_after_seconds}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Candidate:
 
 @dataclass
 class SpillAccumulator:
-    """Exactly mergeable partial result of one spill (picklable)."""
+    """Exactly mergeable partial result of one spill (on the wire: :mod:`.wire`)."""
 
     run: int | None = None
     spill: int | None = None
@@ -225,6 +230,19 @@ class SpillProcessor:
         for name, factory in self.extensions.items():
             acc.extensions[name] = factory(self.channel_map)
         return acc
+
+    def encode_result(self, acc: SpillAccumulator) -> list:
+        """``acc`` as the frames a decoder worker sends (:mod:`.wire`, no pickle)."""
+        from .wire import encode_accumulator
+
+        return encode_accumulator(acc)
+
+    def decode_result(self, frames) -> SpillAccumulator:
+        """A worker's result frames as an accumulator of this processor's set-up;
+        raises :class:`~.wire.ResultFormatError` for anything else."""
+        from .wire import decode_accumulator
+
+        return decode_accumulator(frames, self.new_accumulator())
 
     def accumulate(self, words: np.ndarray, index: EventIndex | None = None) -> SpillAccumulator:
         """Decode the events of one spill (all of ``words``, or the rows of ``index``)."""

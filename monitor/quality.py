@@ -39,6 +39,16 @@ REFERENCE_SPECTRA = {"beam": ("e_total",), "ecal": ("e_ecal", "e_ps"), "hcal": (
                      "veto": ("veto",)}
 
 
+#: overall "state" of a spill cut short by the service stopping: archived, never judged (not a QualityState)
+INTERRUPTED = "INTERRUPTED"
+
+
+def interrupted_quality(run: int | None, spill: int | None) -> dict:
+    """The quality dict of an interrupted spill: no check run, every state INTERRUPTED."""
+    return {"run": run, "spill": spill, "overall": INTERRUPTED, "subsystems": {s: INTERRUPTED for s in SUBSYSTEMS},
+            "checks": [], "reasons": ["the service stopped during this spill: not judged"]}
+
+
 class QualityState(IntEnum):
     """Ordered so that ``max`` is the worst."""
 

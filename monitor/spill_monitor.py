@@ -25,7 +25,7 @@ from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
 from ..daq.live import LiveExtras
 from .pipeline import MonitorConfig, SpillAccumulator, SpillProcessor
-from .quality import QualityConfig, SpillQuality, assess
+from .quality import QualityConfig, SpillQuality, assess, interrupted_quality
 
 STATS, HISTOGRAMS = "channel_stats", "histograms"
 
@@ -35,8 +35,9 @@ def make_processor(
 ) -> SpillProcessor:
     """The spill processor with the monitoring extensions (channel statistics, histograms).
 
-    Module-level and built from plain arguments, so decoder workers — local
-    processes or other hosts — receive it pickled and build the very same one.
+    Built from plain arguments, so decoder workers — local processes or other
+    hosts — build the very same one from the set-up text the service sends them
+    (``na64_online/worker_setup.py``).
     """
     return SpillProcessor(
         monitor,
@@ -87,6 +88,7 @@ class SpillMonitor:
         self._latest: SpillSnapshot | None = None
         self._lock = threading.Lock()
         self.spills_handled = 0
+        self.spills_interrupted = 0
         if reference is not None:
             self.set_reference(*reference)
 
@@ -106,8 +108,14 @@ class SpillMonitor:
     def handle(
         self, acc: SpillAccumulator, *, complete: bool | None = None, live: LiveExtras | None = None
     ) -> dict:
-        """Finish one spill; returns its QA record dict (spec §12 keys, quality, alarms, …)."""
+        """Finish one spill; returns its QA record dict (spec §12 keys, quality, alarms, …).
+
+        A spill the live service cut short when it stopped (``live.interrupted``)
+        is archived as interrupted and nothing else: see :meth:`_handle_interrupted`.
+        """
         record = self.processor.finish(acc, complete=complete, live=live).to_dict()
+        if live is not None and live.interrupted:
+            return self._handle_interrupted(record, acc)
         stats: ChannelStats | None = acc.extensions.get(STATS)
         spill_hists: SpillHistograms | None = acc.extensions.get(HISTOGRAMS)
         report: HealthReport | None = self.history.update(stats) if stats is not None else None
@@ -146,6 +154,27 @@ class SpillMonitor:
         self.spills_handled += 1
         return record
 
+    def _handle_interrupted(self, record: dict, acc: SpillAccumulator) -> dict:
+        """Archive a spill cut short by a stop, marked interrupted, without judging it.
+
+        No quality check, no alarm evaluated (none raised, none cleared: alarm
+        states stay as they were), no channel history, run histograms, metrics
+        or dashboard snapshot — a partial spill would look like dead channels
+        and a bad DAQ. Its QA record and histograms go to the archive.
+        """
+        spill_hists: SpillHistograms | None = acc.extensions.get(HISTOGRAMS)
+        quality = interrupted_quality(record.get("run"), record.get("spill"))
+        record["interrupted"] = True
+        record["quality"] = quality
+        record["channel_findings"] = []
+        record["eot_run"] = self.run_histograms.eot
+        record["reference"] = list(self.reference_id) if self.reference_id else None
+        record["alarms"] = []  # none evaluated from this spill
+        if self.archive is not None:
+            self.archive.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
+        self.spills_interrupted += 1
+        return record
+
     @property
     def latest(self) -> SpillSnapshot | None:
         return self._latest
@@ -161,6 +190,7 @@ class SpillMonitor:
     def status(self) -> dict[str, Any]:
         return {
             "spills_handled": self.spills_handled,
+            "spills_interrupted": self.spills_interrupted,
             "reference": list(self.reference_id) if self.reference_id else None,
             "alarm_rules_error": getattr(self.alarms, "rules_error", None),
         }

@@ -6,7 +6,9 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator
+import threading
+import time
+from typing import Any, Callable, Iterator, NamedTuple
 
 from .config import Config
 from .daq.rawfile import RawFile
@@ -37,6 +39,13 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     )
 
 
+class ReplayNote(NamedTuple):
+    """Something about a replayed file itself: ``level`` is "error" (no usable data) or "warning"."""
+
+    level: str
+    text: str
+
+
 class Replayer:
     """Replay raw files through exactly the per-spill code of the live service."""
 
@@ -45,9 +54,12 @@ class Replayer:
         self.config = config
         self.monitor = build_monitor(config, channel_map, metrics, archive_path)
 
-    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, str | None]]:
-        """Yield (QA record dict, note) per spill; notes tell of truncation and the like."""
+    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, ReplayNote | None]]:
+        """Yield (QA record dict, None) per spill, then (None, note) for what the file itself got wrong."""
         raw = RawFile(path)
+        if raw.size == 0:
+            yield None, ReplayNote("error", "the file is empty (0 bytes)")
+            return
         segments = raw.spills()
         bar = None
         if progress:
@@ -60,20 +72,25 @@ class Replayer:
                 record = self.monitor.handle(acc, complete=segment.complete)
                 if bar is not None:
                     bar.update(acc.bytes_decoded)
+                    bar.clear()  # the caller prints the record on the terminal the bar is drawn on
                 yield record, None
+                if bar is not None:
+                    bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
         stats = raw.stats
         if not segments:
-            yield None, "no spill found (every event rejected or of a run-level type)"
+            yield None, ReplayNote("error", "no spill found (every event rejected or of a run-level type)")
         if stats.truncated:
-            yield None, (
-                f"truncated: the file ends inside an event ({stats.trailing_bytes} stray trailing bytes); "
-                "decoded up to the last whole event"
+            stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
+            yield None, ReplayNote(
+                "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
             )
         if stats.late_events:
-            yield None, f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            yield None, ReplayNote(
+                "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            )
 
     def close(self) -> None:
         self.monitor.close()
@@ -119,6 +136,31 @@ class ServiceCommands:
             return future.result()  # it started just now: wait for it
 
 
+def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
+    """Decode and finish a tiny simulated spill through a throwaway :class:`SpillMonitor`.
+
+    Loads (or, on a cold numba cache, compiles) every kernel the service
+    process runs for a spill — decoding, channel statistics, histogram fills,
+    health, quality — before the first real one, without touching the real
+    monitor's archive, alarms, channel history or metrics.
+    """
+    import numpy as np
+
+    from .daq.live import LiveExtras
+    from .daq.simulator import ReadoutSimulator, SimulationConfig
+    from .decoders import layout
+
+    sim = ReadoutSimulator(SimulationConfig(spills=1, events_per_spill=64, run_events=False), channel_map)
+    spill = next(iter(sim.spills()))
+    scratch = SpillMonitor(channel_map, monitor=config.monitor, histograms=config.histograms, health=config.health,
+                           quality=config.quality)
+    try:
+        words = np.frombuffer(bytearray(spill.raw()), dtype=layout.WORD)
+        scratch.handle(scratch.processor.accumulate(words), complete=True, live=LiveExtras())
+    finally:
+        scratch.close()
+
+
 class LiveService:
     """The live service: ZeroMQ ingest → SpillMonitor (quality, alarms, archive, metrics) → HTTP API.
 
@@ -129,15 +171,21 @@ class LiveService:
     """
 
     def __init__(self, config: Config, channel_map: ChannelMap, ingest=None, *,
-                 archive_path: str | os.PathLike | None = None, on_record=None, web: bool | None = None):
+                 archive_path: str | os.PathLike | None = None, on_record=None, web: bool | None = None,
+                 warm_up: bool = True, clock=time.time, watch_interval_s: float | None = None):
         from prometheus_client import CollectorRegistry
 
         from .daq.ingest import IngestService
-        from .monitor.metrics import ServiceHealth, register_metrics
+        from .monitor.liveness import LivenessWatch
+        from .monitor.metrics import ServiceHealth, SnapshotStore, register_metrics
         from .monitor.spill_monitor import make_processor
+        from .worker_setup import worker_setup
 
         self.registry = CollectorRegistry()
-        self.metrics = register_metrics(self.registry)
+        store = SnapshotStore()
+        self.liveness = LivenessWatch(store, config.monitor.no_data_after_seconds,
+                                      listening_since=lambda: self.ingest.listening_since, clock=clock)
+        self.metrics = register_metrics(self.registry, store, liveness=self.liveness.status)
         self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
         self.ingest = IngestService(
             ingest or config.ingest,
@@ -147,8 +195,14 @@ class LiveService:
             new_accumulator=self.monitor.processor.new_accumulator,
             on_record=on_record,
             on_health=lambda health: self.metrics.publish_service(ServiceHealth(**health)),
+            worker_setup=worker_setup(config, channel_map),
+            warm_up=(lambda: warm_up_monitor(config, channel_map)) if warm_up else None,
         )
+        self._watch_stop = threading.Event()
+        self._watch_thread: threading.Thread | None = None
+        self.watch_interval_s = watch_interval_s
         self.web = None
+        self._running = False
         self.web_state = None
         if config.web.enabled if web is None else web:
             from .web.app import create_app
@@ -157,22 +211,51 @@ class LiveService:
 
             self.web_state = AppState(monitor=self.monitor, registry=self.registry,
                                       service_health=lambda: dataclasses.asdict(self.metrics.service),
+                                      failure=lambda: self.failure,
                                       info={"endpoints": list((ingest or config.ingest).endpoints)},
-                                      run_command=ServiceCommands(self.ingest, config.web.command_timeout_s))
+                                      run_command=ServiceCommands(self.ingest, config.web.command_timeout_s),
+                                      liveness=self.liveness.status)
             self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
 
-    def start(self) -> "LiveService":
+    @property
+    def failure(self) -> str | None:
+        """Why the service cannot go on (a core thread died), or None. ``serve``/``demo`` exit non-zero on it."""
+        reason = self.ingest.failure
+        if reason is None and self._running and self.web is not None and not self.web.alive:
+            reason = "web server thread ended unexpectedly"
+        return reason
+
+    def start(self, abort: threading.Event | None = None) -> "LiveService":
+        """Web first (``/readyz`` says warming_up), then the ingest: returns once warm and subscribed.
+
+        ``abort`` (set by SIGTERM/SIGINT) ends a long warm-up early."""
         if self.web is not None:  # the dashboard first: shifters see "waiting" while workers warm up
             self.web.start()
         try:
-            self.ingest.start()
+            self.ingest.start(abort=abort)
         except BaseException:
             if self.web is not None:
                 self.web.stop()
             raise
+        self._running = True
+        self._watch_thread = threading.Thread(target=self._watch, name="na64-liveness", daemon=True)
+        self._watch_thread.start()
         return self
 
+    def _watch(self) -> None:
+        """Raise / clear the ``no_data`` alarm (:class:`~.monitor.liveness.LivenessWatch`) as time goes by."""
+        interval = self.watch_interval_s or min(1.0, self.liveness.no_data_after_seconds / 4)
+        while not self._watch_stop.wait(interval):
+            try:
+                self.liveness.check(self.monitor.alarms)
+            except Exception:  # noqa: BLE001 - the watch must keep watching
+                log.exception("liveness check failed")
+
     def stop(self) -> None:
+        self._running = False
+        self._watch_stop.set()
+        if self._watch_thread is not None:
+            self._watch_thread.join(5.0)
         try:
             self.ingest.stop()
         finally:

@@ -138,3 +138,62 @@ def test_reference_run_flags_changed_spectra(tmp_path):
     assert checks["bad"]["hcal.e_hcal_vs_reference"]["state"] == "BAD"
     assert checks["same"]["hcal.e_hcal_vs_reference"]["state"] == "GOOD"
     assert bad["reference"] == [1, None]
+
+
+def _simulated_spills(n: int, events: int = 600, seed: int = 3):
+    import numpy as np
+
+    from na64_online.daq.simulator import ReadoutSimulator
+    from na64_online.decoders import layout
+
+    sim = ReadoutSimulator(SimulationConfig(spills=n, events_per_spill=events, seed=seed, run_events=False),
+                           ChannelMap.default())
+    return [np.frombuffer(bytearray(s.raw()), dtype=layout.WORD) for s in sim.spills()]
+
+
+def test_interrupted_spill_is_archived_unjudged_and_leaves_alarms_alone(tmp_path):
+    """A spill cut short by a stop: archived as INTERRUPTED, no alarm raised or cleared, no history touched."""
+    from na64_online.daq.live import LiveExtras
+    from na64_online.service import build_monitor
+
+    config = load_config(environ={})
+    monitor = build_monitor(config, ChannelMap.default(), archive_path=tmp_path / "qa.sqlite")
+    good, cut = _simulated_spills(2)
+    try:
+        monitor.handle(monitor.processor.accumulate(good), live=LiveExtras(dropped_events=7))
+        active_before = [a["name"] for a in monitor.alarms.active()]
+        assert active_before == ["dropped_events"]  # the live path dropped events: an alarm says so
+        history_before = monitor.alarms.history()
+        latest_before, judged_before = monitor.latest, monitor.history.spills_judged
+        partial = cut[: len(cut) // 3].copy()  # START_OF_BURST and a third of the events, no END_OF_BURST
+        record = monitor.handle(monitor.processor.accumulate(partial), complete=False,
+                                live=LiveExtras(interrupted=True))
+        assert record["interrupted"] is True and record["alarms"] == [] and record["complete"] is False
+        assert record["quality"]["overall"] == "INTERRUPTED" and record["quality"]["checks"] == []
+        assert [a["name"] for a in monitor.alarms.active()] == active_before  # neither raised nor cleared
+        assert monitor.alarms.history() == history_before
+        assert monitor.latest is latest_before and monitor.spills_handled == 1 and monitor.spills_interrupted == 1
+        assert monitor.history.spills_judged == judged_before  # no channel looks dead from a partial spill
+        row = monitor.archive.get_spill(record["run"], record["spill"])
+        assert row["overall"] == "INTERRUPTED" and row["record"]["interrupted"] is True and row["histograms"]
+        bad = monitor.archive.bad_spills()
+        # spill 1 (7 of 600 events dropped) is BAD; spill 2 is listed apart, as INTERRUPTED
+        assert [(b["spill"], b["overall"]) for b in bad] == [(1, "BAD"), (2, "INTERRUPTED")]
+        assert bad[1]["failing_subsystems"] == [] and "not judged" in bad[1]["reasons"][0]
+        assert [b["spill"] for b in monitor.archive.bad_spills(include_interrupted=False)] == [1]
+    finally:
+        monitor.close()
+
+
+def test_summary_line_says_dropped_and_interrupted():
+    from na64_online.cli import _summary_line
+
+    record = {"run": 1, "spill": 3, "events": 2255, "lost_events": 0, "decode_errors": 0, "complete": True,
+              "beam": 10, "hadron_fraction": 0.01, "eot": 9.9, "candidates": [], "dropped_events": 2745,
+              "quality": {"overall": "BAD"}, "alarms": [{"name": "dropped_events"}]}
+    line = _summary_line(record)
+    assert "2745 events DROPPED" in line and line.endswith("ALARMS dropped_events")
+    assert "DROPPED" not in _summary_line(dict(record, dropped_events=0))
+    cut = _summary_line(dict(record, dropped_events=0, complete=False, interrupted=True, alarms=[],
+                             quality={"overall": "INTERRUPTED"}))
+    assert "INTERRUPTED (the service stopped during this spill; not judged)" in cut

@@ -65,21 +65,25 @@ def _alarm_row(alarm: dict, csrf: str = "") -> str:
 
 
 def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None, now: float | None = None,
-                csrf: str = "") -> str:
+                csrf: str = "", liveness=None) -> str:
     """The header: what a shifter must see at one glance. ``alarms``: the alarm engine's
-    active alarms now (acknowledgements since the spill included); default: the spill's."""
+    active alarms now (acknowledgements since the spill included); default: the spill's.
+    ``liveness`` (``monitor.liveness.Liveness``): when no data came for too long every tile
+    turns grey (NO DATA) under a banner saying why."""
+    stale = liveness is not None and liveness.stale
+    banner = (f'<div class="nodata">NO DATA — {html.escape(liveness.describe())}</div>' if stale else "")
     if snapshot is None:
-        return '<div class="status"><h2>na64-online: waiting for the first spill…</h2></div>'
+        return f'<div class="status">{banner}<h2>na64-online: waiting for the first spill…</h2></div>'
     now = time.time() if now is None else now
     r, q = snapshot.record, snapshot.quality
-    overall = q.get("overall", "NO_DATA")
+    overall = "NO_DATA" if stale else q.get("overall", "NO_DATA")
     tiles = _tile("SPILL", overall) + "".join(
-        _tile(name.upper(), state) for name, state in (q.get("subsystems") or {}).items())
+        _tile(name.upper(), "NO_DATA" if stale else state) for name, state in (q.get("subsystems") or {}).items())
     alarms = snapshot.record.get("alarms") or [] if alarms is None else alarms
     alarm_rows = "".join(_alarm_row(a, csrf) for a in alarms) or "<li>none</li>"
     age = now - snapshot.published_at
     return f"""
-<div class="status">
+<div class="status">{banner}
   <h2>Run {r.get('run')} · spill {r.get('spill')} <small>(finished {age:.0f} s ago;
   {'complete' if r.get('complete') else 'INCOMPLETE'})</small></h2>
   <div class="tiles">{tiles}</div>
@@ -226,6 +230,7 @@ STYLE = """
  .numbers td { padding: 4px 14px; text-align: center; }
  .alarms ul { margin: 2px 0; }
  form.ack { display: inline; margin-left: 8px; }
+ .nodata { background: #757575; color: white; font-weight: bold; padding: 6px 12px; border-radius: 4px; }
 </style>
 """
 
@@ -242,7 +247,7 @@ REFRESH_SCRIPT = """
 
 
 def dashboard_html(snapshot: SpillSnapshot | None, channel_map: ChannelMap, refresh_seconds: float,
-                   alarms: list[dict] | None = None, csrf: str = "") -> str:
+                   alarms: list[dict] | None = None, csrf: str = "", liveness=None) -> str:
     """The page: the status header as plain HTML (tiles, numbers, alarms with their acknowledge
     forms, signed with ``csrf``), then the Bokeh plots; it reloads itself every ``refresh_seconds``."""
     if snapshot is None:
@@ -263,5 +268,5 @@ def dashboard_html(snapshot: SpillSnapshot | None, channel_map: ChannelMap, refr
         )
     page = file_html(layout, resources=_RESOURCES, title="na64-online")
     page = page.replace("<head>", "<head>\n" + STYLE, 1)
-    header = status_html(snapshot, alarms, csrf=csrf) + REFRESH_SCRIPT % int(refresh_seconds * 1000)
+    header = status_html(snapshot, alarms, csrf=csrf, liveness=liveness) + REFRESH_SCRIPT % int(refresh_seconds * 1000)
     return page.replace("<body>", "<body>\n" + header, 1)

@@ -25,6 +25,7 @@ class AppState:
     ``monitor``: the per-spill monitor (its ``latest`` snapshot, alarms);
     ``registry``: the Prometheus registry to expose; ``service_health``: a
     callable giving the ingest's health dict (live service only);
+    ``failure``: a callable giving the reason the service failed, or None.
     ``run_command(fn)``: runs ``fn()`` in the thread that owns the monitor's
     state and returns its result (the live service's command queue); without
     one (replay, tests) commands run here one at a time. ``archive``: the web's
@@ -34,7 +35,11 @@ class AppState:
     monitor: SpillMonitor
     registry: CollectorRegistry
     service_health: Callable[[], dict[str, Any]] | None = None
+    #: why the service failed (a core thread died), or None; /api/health answers 503 with it
+    failure: Callable[[], str | None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: live service only: a callable giving its ``monitor.liveness.Liveness`` (is data flowing?)
+    liveness: Callable[[], Any] | None = None
     run_command: Callable[[Callable[[], Any]], Any] | None = None
     archive: Archive | None = None
     _inline_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -26,13 +26,15 @@ MAX_COMMENT = 2000
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request) -> HTMLResponse:
-    monitor = state(request).monitor
+    st = state(request)
+    monitor = st.monitor
     signer: CsrfSigner = request.app.state.web.csrf
     nonce = request.cookies.get(CsrfSigner.COOKIE)
     if not nonce or len(nonce) > 64:
         nonce = CsrfSigner.new_nonce()
     page = HTMLResponse(dashboard_html(monitor.latest, monitor.channel_map, request.app.state.config.refresh_seconds,
-                                       alarms=monitor.alarms.active(), csrf=signer.sign(nonce)))
+                                       alarms=monitor.alarms.active(), csrf=signer.sign(nonce),
+                                       liveness=st.liveness() if st.liveness is not None else None))
     page.set_cookie(CsrfSigner.COOKIE, nonce, httponly=True, samesite="strict", path="/ui")
     return page
 
