@@ -437,6 +437,11 @@ def cmd_demo(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config, channel_map = _load(args)
     config = _with_http(config, args.http)
+    from .web.auth import hash_token, new_token
+
+    demo_token = new_token()  # a one-off write token for this demo process only
+    config = config.replace(web=dataclasses.replace(config.web, tokens={**config.web.tokens,
+                                                                         "demo": hash_token(demo_token)}))
     try:
         sim_config = SimulationConfig(
             spills=args.spills or 4095, events_per_spill=args.events, hadron_fraction=args.hadron_fraction,
@@ -471,6 +476,10 @@ def cmd_demo(args) -> int:
             web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
             print(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops",
                   file=sys.stderr, flush=True)
+            if service.web is not None:
+                print(f"na64-online demo: write token for this run (user 'demo'): {demo_token}\n"
+                      f"  e.g. curl -X POST -H 'Authorization: Bearer {demo_token}' -H 'Content-Type: application/json'"
+                      f" -d '{{}}' {service.web.url}/api/histograms/run/reset", file=sys.stderr, flush=True)
             if not done.is_set():
                 for publisher in publishers:
                     threading.Thread(target=node, args=(publisher,), daemon=True).start()
@@ -480,6 +489,21 @@ def cmd_demo(args) -> int:
         for publisher in publishers:
             publisher.close(linger_ms=0)
     return _exit_status(service)
+
+
+def cmd_token(args) -> int:
+    """A new write token for NAME: the token (hand it to the person) and the line the service keeps."""
+    from .web.auth import USER_NAME, hash_token, new_token
+
+    if not USER_NAME.match(args.name):
+        raise DaqError(f"token: name {args.name!r} must be 1-64 letters, digits, ' ._@-', starting alnum")
+    token = new_token()
+    digest = hash_token(token)
+    print(token)
+    print(f"# give the token above to {args.name} (it is shown once, only its hash is kept); then add either", file=sys.stderr)
+    print(f"#   to [web.tokens] in the config:   \"{args.name}\" = \"{digest}\"", file=sys.stderr)
+    print(f"#   or to the [web] tokens_file:     {args.name} {digest}", file=sys.stderr)
+    return 0
 
 
 def cmd_worker(args) -> int:
@@ -669,6 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--seed", type=UINT32, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("token", help="make a write token for a person (HTTP writes: acknowledge, reset, reference)")
+    p.add_argument("name", metavar="NAME", help="the person's name, as it will show in acknowledgements")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("worker", help="a decoder worker for a serve process (this or another host)")
     p.add_argument("--connect", type=_endpoint, required=True, metavar="ENDPOINT", help="the service's worker endpoint")

@@ -134,6 +134,8 @@ class ServiceCommands:
                 raise CommandUnavailable(f"the service thread did not take the request within {self.timeout_s:g} s"
                                          ) from None
             return future.result()  # it started just now: wait for it
+
+
 def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
     """Decode and finish a tiny simulated spill through a throwaway :class:`SpillMonitor`.
 

@@ -535,3 +535,77 @@ def test_sound_config_validation():
     with pytest.raises(ConfigError):
         AlarmConfig(sound_command=["play"], sound_min_severity="loud")
     assert AlarmConfig(sound_command="beep").sound_command == ("beep",)
+
+
+# --------------------------------------------------------------------------- acknowledgements kept, threads
+
+
+def test_a_second_acknowledgement_is_kept_not_replacing_the_first(tmp_path):
+    path = tmp_path / "qa.sqlite"
+    rules = load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1"))
+    with Archive(path) as archive:
+        engine = AlarmEngine(rules, archive, clock=Clock())
+        record = rec(1, hadron_fraction=0.3)
+        record["alarms"] = engine.evaluate(record)
+        archive.store_spill(record, None, None, engine.take_events())
+        engine.acknowledge("high_hadron_fraction", "night shifter", "beam tuning")
+        second = engine.acknowledge("high_hadron_fraction", "other", "still tuning")
+        assert second["acknowledged_by"] == "night shifter" and second["ack_comment"] == "beam tuning"
+        assert [(a["user"], a["comment"]) for a in second["acknowledgements"]] == [
+            ("night shifter", "beam tuning"), ("other", "still tuning")]
+        assert second["acknowledgements"][0]["time"] < second["acknowledgements"][1]["time"]
+    with Archive(path) as archive:  # restart: both acknowledgements come back from the history
+        (alarm,) = AlarmEngine(rules, archive).active()
+        assert [a["user"] for a in alarm["acknowledgements"]] == ["night shifter", "other"]
+        assert alarm["acknowledged_by"] == "night shifter"
+
+
+@pytest.mark.timeout(60)
+def test_history_is_safe_while_the_spill_thread_adds_events():
+    """Without a store the history is an in-memory deque; reading it while spills add events must not raise
+    (it raised 'deque mutated during iteration' before it was read under the engine's lock)."""
+    engine = AlarmEngine(load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1")))
+    errors, stop = [], threading.Event()
+
+    def spills():
+        spill = 0
+        while not stop.is_set() and spill < 20000:
+            spill += 1
+            engine.evaluate(rec(spill, hadron_fraction=0.3 if spill % 2 else 0.0))  # raise, clear, raise …
+
+    import sys
+
+    for spill in range(1, 4001):  # a long history to read
+        engine.evaluate(rec(-spill, hadron_fraction=0.3 if spill % 2 else 0.0))
+    writer = threading.Thread(target=spills)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: the race shows within a few reads
+    writer.start()
+    try:
+        for _ in range(100):
+            try:
+                engine.history(limit=100000)
+            except RuntimeError as exc:
+                errors.append(exc)
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        writer.join(30)
+    assert not errors and len(engine.history(limit=100000)) > 0
+
+
+def test_sound_notifier_state_is_locked(tmp_path):
+    """Raised alarms notified from two threads at once sound once each, never twice."""
+    import sys
+
+    from na64_online.monitor.alarms import SoundNotifier
+
+    notifier = SoundNotifier([sys.executable, "-c", "pass"], "warning")
+    alarms = [{"alarm_id": f"id{i}", "name": f"a{i}", "state": "raised", "severity": "critical"} for i in range(50)]
+    threads = [threading.Thread(target=notifier.notify, args=(alarms,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    notifier.close()
+    assert notifier.played + notifier.skipped + notifier.failed == 50

@@ -308,3 +308,55 @@ def test_truncation_at_a_word_boundary_names_no_stray_bytes(tmp_path):
     result = run("replay", cut)
     assert "na64-online: warning:" in result.stderr and "truncated" in result.stderr
     assert "stray" not in result.stderr and "0 bytes" not in result.stderr
+
+
+def test_token_command_makes_a_token_and_the_line_the_service_keeps(tmp_path):
+    from na64_online.config import load_config
+    from na64_online.web.auth import TokenBook
+
+    result = run("token", "Night Shift")
+    token = result.stdout.strip()
+    assert len(token) >= 40 and "sha256:" not in result.stdout  # only the token on stdout
+    table_line = next(line for line in result.stderr.splitlines() if "[web.tokens]" in line).split(":", 1)[1]
+    config = tmp_path / "na64.toml"
+    config.write_text("[web.tokens]\n" + table_line.strip() + "\n")
+    assert TokenBook(load_config(config, environ={}).web.tokens).user_for(token) == "Night Shift"
+    file_line = next(line for line in result.stderr.splitlines() if "tokens_file" in line).split(":", 1)[1]
+    (tmp_path / "tokens").write_text(file_line.strip() + "\n")
+    assert TokenBook(tokens_file=tmp_path / "tokens").user_for(token) == "Night Shift"
+    assert token not in run("token", "Night Shift").stdout  # a new one each time
+    bad = run("token", "a/b", check=False)
+    assert bad.returncode != 0 and "error:" in bad.stderr
+
+
+@pytest.mark.timeout(120)
+def test_demo_prints_a_one_off_write_token(tmp_path):
+    """The demo's printed token is what a user pastes: it writes; no token, no write."""
+    import re
+    import signal
+
+    import httpx
+
+    args = ["demo", "--events", 300, "--spill-duration", 0.3, "--spill-gap", 0.3, "--http", "127.0.0.1:0",
+            "--workers", 0]
+    proc = subprocess.Popen([*COMMAND, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = token = None
+        for line in proc.stderr:
+            url = url or (re.search(r"dashboard API on (http://127\.0\.0\.1:\d+)", line) or [None, None])[1]
+            match = re.search(r"write token for this run \(user 'demo'\): (\S+)", line)
+            if match:
+                token = match.group(1)
+                break
+        assert url and token
+        with httpx.Client(base_url=url, timeout=30, trust_env=False) as client:
+            assert client.post("/api/histograms/run/reset", json={}).status_code == 401
+            ok = client.post("/api/histograms/run/reset", json={}, headers={"Authorization": f"Bearer {token}"})
+            assert ok.status_code == 200 and ok.json()["user"] == "demo"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0

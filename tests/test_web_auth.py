@@ -184,3 +184,11 @@ def test_tokens_from_config_file_and_environment(tmp_path):
         TokenBook(tokens_file=path)
     with pytest.raises(ConfigError, match="tokens_file"):
         TokenBook(tokens_file=tmp_path / "absent")
+
+
+def test_example_configuration_binds_loopback_and_names_a_tokens_file():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).parents[1] / "deploy" / "na64-online.toml", environ={})
+    assert config.web.host == "127.0.0.1" and config.web.tokens_file
+    assert config.web.max_body_bytes == 65536

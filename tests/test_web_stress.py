@@ -100,3 +100,49 @@ def test_concurrent_http_writes_and_reads_while_spills_flow(tmp_path, monkeypatc
     assert alive and stats.internal_errors == 0
     assert [r["spill"] for r in records] == list(range(1, SPILLS + 1))
     assert acked and all(a["user"] == "stress" for a in acked[0]["acknowledgements"])
+
+
+@pytest.mark.timeout(60)
+def test_a_write_while_the_service_thread_is_stopped_is_a_503(tmp_path):
+    channel_map = ChannelMap.default()
+    config = Config(web=WebConfig(port=0, tokens={"stress": hash_token(TOKEN)}, command_timeout_s=1.0))
+    ingest = replace(config.ingest, endpoints=("tcp://127.0.0.1:1",), workers=0)
+    service = LiveService(config, channel_map, ingest).start()
+    try:
+        with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            assert client.post("/api/histograms/run/reset", headers=auth).status_code == 200  # ran in the ingest
+            service.ingest.stop()
+            r = client.post("/api/histograms/run/reset", headers=auth)
+            assert r.status_code == 503 and r.headers["retry-after"] == "5" and "not processing" in r.text
+            assert client.get("/api/health").status_code == 200  # reads go on
+    finally:
+        service.stop()
+
+
+def test_a_command_not_taken_in_time_is_abandoned():
+    from na64_online.service import ServiceCommands
+    from na64_online.web.state import CommandUnavailable
+
+    class StuckIngest:  # running, but its loop never gets to the queue
+        running = True
+        queued: list = []
+
+        def call_soon(self, fn):
+            self.queued.append(fn)
+
+    ran = []
+    ingest = StuckIngest()
+    commands = ServiceCommands(ingest, timeout_s=0.2)
+    with pytest.raises(CommandUnavailable, match="within 0.2 s"):
+        commands(lambda: ran.append(1))
+    ingest.queued[0]()  # the loop gets there later: the abandoned command does not run
+    assert ran == []
+
+    class LiveIngest(StuckIngest):
+        def call_soon(self, fn):
+            threading.Thread(target=fn).start()
+
+    assert ServiceCommands(LiveIngest(), 5)(lambda: 42) == 42
+    with pytest.raises(KeyError):  # the command's own error reaches the caller; the loop goes on
+        ServiceCommands(LiveIngest(), 5)(lambda: {}["x"])
