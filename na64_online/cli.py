@@ -294,6 +294,8 @@ def cmd_serve(args) -> int:
             print("na64-online: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
                   flush=True)
             service.start(abort=done)
+            if done.is_set():  # stopped while warming up
+                return 0
             web = f"; HTTP on {service.web.url}" if service.web is not None else ""
             print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.ingest.worker_endpoint}"
                   f"{web}", file=sys.stderr, flush=True)
