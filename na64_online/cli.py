@@ -563,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export"))
     p.add_argument("--run", type=int)
     p.add_argument("--spill", type=int, help="export: one spill (default: the run summed)")
-    p.add_argument("--quality", help="spills: only this overall state (GOOD, WARNING, BAD, NO_DATA)")
+    p.add_argument("--quality", help="spills: only this overall state (GOOD, WARNING, BAD, NO_DATA, INTERRUPTED)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="bad-spills output format")
     p.add_argument("--name", help="alarms: this alarm name (* wildcards)")
     p.add_argument("--state", help="alarms: raised, acknowledged or cleared")

@@ -22,7 +22,7 @@ def latest(request: Request):
 def list_spills(request: Request, run: int | None = None, quality: str | None = None,
                 limit: int = Query(200, ge=1, le=10000)):
     archive = archive_or_404(request)
-    if quality is not None and quality not in ("GOOD", "WARNING", "BAD", "NO_DATA"):
+    if quality is not None and quality not in ("GOOD", "WARNING", "BAD", "NO_DATA", "INTERRUPTED"):
         raise HTTPException(status_code=400, detail=f"unknown quality state {quality!r}")
     return json_response(archive.list_spills(run=run, quality=quality, limit=limit, newest_first=True))
 
