@@ -19,6 +19,7 @@ processes, all on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -31,6 +32,7 @@ import zmq
 from na64_online.monitor.spill_monitor import make_processor
 from na64_online.config import Config
 from na64_online.daq.ingest import IngestConfig, IngestService
+from na64_online.worker_setup import worker_setup
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
 from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
@@ -116,13 +118,15 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                        max_queued_tasks=args.max_queued_tasks, spill_timeout_s=30.0, ldc_down_s=30.0,
                        task_timeout_s=120.0)
     cmap = ChannelMap.default()
-    if args.bare:
+    if args.bare:  # the bare processor is not what a worker process builds from the set-up: worker threads
+        cfg = dataclasses.replace(cfg, workers=0, worker_threads=workers)
         svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), cmap))
     else:  # what ``serve`` runs: the spill monitor's processor (histograms, channel statistics) and handle()
         config = Config()
         monitor = build_monitor(config, cmap)
         svc = IngestService(cfg, make_processor, (cmap, config.monitor, config.histograms), finish=monitor.handle,
-                            new_accumulator=monitor.processor.new_accumulator)
+                            new_accumulator=monitor.processor.new_accumulator,
+                            worker_setup=worker_setup(config, cmap))
     publisher_pids = {p.pid for p in procs}
     rss_before_kb = _status_kb("self", "VmRSS")
     svc.start()

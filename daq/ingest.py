@@ -43,9 +43,10 @@ import zmq
 from ..decoders import layout as L
 from ..decoders.decode import index_events
 from .builder import DATA_TYPES, BuiltChunk, ClosedSpill, EventBuilder
+from .endpoints import check_endpoint
 from .live import LiveExtras
 from .subscriber import Subscriber
-from .workers import Task, TaskDone, WorkerPool
+from .workers import CurveServer, Task, TaskDone, WorkerPool, WorkerSetup, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,13 @@ class IngestConfig:
     workers: int = 1
     #: extra in-process worker threads (besides ``workers`` processes)
     worker_threads: int = 0
-    #: where workers connect; "tcp://*:5570" lets workers on other hosts join
+    #: where workers connect; beyond loopback (e.g. "tcp://*:5570", workers on other hosts) it needs
+    #: worker_secret_key and worker_clients_dir (CurveZMQ)
     worker_bind: str = "tcp://127.0.0.1:*"
+    #: the service's CurveZMQ secret-key certificate (``na64-online keys DIR server``); "" = no CurveZMQ
+    worker_secret_key: str = ""
+    #: directory of the public-key certificates (NAME.key) of the workers allowed to connect
+    worker_clients_dir: str = ""
     #: tasks each worker holds at once
     worker_capacity: int = 2
     #: tasks waiting for a free worker; beyond, whole events are dropped (counted)
@@ -115,6 +121,22 @@ class IngestConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.expected_ldcs:
             raise ValueError("expected_ldcs must name at least one LDC")
+        for endpoint in self.endpoints:
+            check_endpoint(endpoint, "endpoints:")
+        check_endpoint(self.worker_bind, "worker_bind:")
+        if bool(self.worker_secret_key) != bool(self.worker_clients_dir):
+            missing = "worker_clients_dir" if self.worker_secret_key else "worker_secret_key"
+            raise ValueError(f"{missing} must be set too: worker_secret_key and worker_clients_dir go together")
+        if not self.worker_secret_key and not is_loopback(self.worker_bind):
+            raise ValueError(f"worker_bind {self.worker_bind} is beyond loopback: set worker_secret_key and "
+                             "worker_clients_dir (CurveZMQ), or bind 127.0.0.1")
+
+    @property
+    def worker_curve(self) -> CurveServer | None:
+        """The worker port's CurveZMQ keys, if configured."""
+        if not self.worker_secret_key:
+            return None
+        return CurveServer(self.worker_secret_key, self.worker_clients_dir)
 
 
 @dataclass
@@ -153,8 +175,11 @@ class IngestService:
     ``processor_factory(*processor_args, **processor_kwargs)`` must give an
     object with ``accumulate(words) -> acc`` (``acc.merge(other)``),
     ``finish(acc, complete=, live=)`` and ``new_accumulator()`` — normally
-    :class:`na64_online.monitor.pipeline.SpillProcessor`; the workers build
-    theirs from the same (pickled, by reference) factory and arguments.
+    :class:`na64_online.monitor.pipeline.SpillProcessor` — and
+    ``encode_result(acc)`` / ``decode_result(frames)``, the result's wire
+    format. ``worker_setup`` (:class:`~.workers.WorkerSetup`) is what workers
+    build theirs from: text sent over the worker port; without it only
+    in-process worker threads run, built with the same factory.
     ``finish(acc, complete=, live=)`` (default: the processor's) turns a
     merged spill into its record — the service passes
     ``SpillMonitor.handle``, the very call ``replay`` makes, so that quality,
@@ -187,6 +212,7 @@ class IngestService:
         on_health: Callable[[dict], None] | None = None,
         health_interval_s: float = 1.0,
         context: zmq.Context | None = None,
+        worker_setup: WorkerSetup | None = None,
         warm_up: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
@@ -198,7 +224,10 @@ class IngestService:
         self.loop_time: float | None = None
         self.processor_kwargs = dict(processor_kwargs or {})
         self.processor = processor_factory(*processor_args, **self.processor_kwargs)
-        self._setup = (processor_factory, tuple(processor_args), self.processor_kwargs)
+        self._factory = (processor_factory, tuple(processor_args), self.processor_kwargs)
+        if worker_setup is None and config.workers:
+            raise ValueError("worker processes need a worker_setup (what they build their processor from)")
+        self.worker_setup = worker_setup
         self._finish = finish if finish is not None else self.processor.finish
         self._new_accumulator = new_accumulator if new_accumulator is not None else self.processor.new_accumulator
         self.on_record = on_record
@@ -266,9 +295,29 @@ class IngestService:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    @property
+    def failure(self) -> str | None:
+        """Why the service thread is gone although nobody stopped it (None while it runs or after stop())."""
+        if self._error is not None:
+            return f"ingest thread died: {type(self._error).__name__}: {self._error}"
+        t = self._thread
+        if t is not None and self._started.is_set() and not t.is_alive() and not self._stop.is_set():
+            return "ingest thread ended unexpectedly"
+        return None
+
     def connect(self, endpoint: str) -> None:
         """Connect to another readout node (thread-safe)."""
         self._commands.append(lambda: self.subscriber.connect(endpoint))
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` in the service thread between two polls (thread-safe); ``fn`` must not raise."""
+        self._commands.append(fn)
+
+    @property
+    def running(self) -> bool:
+        """Whether the service loop runs and will take commands."""
+        return (self._started.is_set() and self._error is None and not self._stop.is_set()
+                and (self._thread is None or self._thread.is_alive()))
 
     def wait_records(self, n: int, timeout_s: float) -> list:
         """Block until ``n`` records were emitted in total (tests, tools); returns the kept ones."""
@@ -327,6 +376,9 @@ class IngestService:
             skipped_events=builder.stats.other_events,
             last_message_time=self._last_message_time,
             sources_connected=sum(1 for t in seen.values() if now - t <= self.config.ldc_down_s),
+            worker_refused_messages=pool.stats.refused_messages,
+            worker_refused_results=pool.stats.refused_results,
+            worker_refused_peers=pool.stats.refused_peers,
             loop_time=self.loop_time,
         )
 
@@ -349,9 +401,12 @@ class IngestService:
             c.expected_ldcs, gdc_id=c.gdc_id, spill_timeout_s=c.spill_timeout_s, ldc_down_s=c.ldc_down_s,
             max_open_spills=c.max_open_spills, max_pending_bytes=c.max_pending_bytes,
             chunk_events=c.chunk_events, chunk_bytes=c.chunk_bytes, chunk_max_age_s=c.chunk_max_age_s)
-        self.pool = WorkerPool(self._setup, bind=c.worker_bind, context=self.context,
+        factory, args, kwargs = self._factory
+        setup = self.worker_setup or WorkerSetup((b"in-process",), lambda payload: factory(*args, **kwargs))
+        self.pool = WorkerPool(setup, self.processor.decode_result, bind=c.worker_bind, context=self.context,
                                max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
-                               task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s)
+                               task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s,
+                               curve=c.worker_curve)
         self.worker_endpoint = self.pool.endpoint
         if c.workers:
             self.pool.spawn_processes(c.workers, c.worker_capacity)
@@ -402,7 +457,11 @@ class IngestService:
             while not self._stop.is_set():
                 self.loop_time = time.time()
                 while self._commands:
-                    self._commands.popleft()()
+                    try:
+                        self._commands.popleft()()
+                    except Exception:  # noqa: BLE001 - a command's bug must not stop the ingest
+                        self.stats.internal_errors += 1
+                        log.exception("service command failed")
                 ready = dict(poller.poll(20))
                 t0 = time.perf_counter()
                 now = time.monotonic()

@@ -1,6 +1,6 @@
 """Decoder workers fed over ZeroMQ: one mechanism for local processes and other hosts.
 
-The service binds a ROUTER socket (``worker_bind``, e.g. ``tcp://*:5570``);
+The service binds a ROUTER socket (``worker_bind``, by default on 127.0.0.1);
 each worker — a local process the service starts, a thread in the service
 process, or ``na64-online worker --connect tcp://SERVICE:5570`` on another
 host — connects a DEALER socket to it. The protocol (multipart frames):
@@ -8,55 +8,171 @@ host — connects a DEALER socket to it. The protocol (multipart frames):
 ======================  =============================================================
 worker → service        ``HELLO, protocol, setup id`` (at start, and every second while
                         idle: a restarted service finds its workers again)
-service → worker        ``SETUP, setup id, pickle((factory, args, kwargs))``: the worker
-                        builds its ``SpillProcessor`` from the service's own configuration
-                        and channel map, so every worker decodes exactly alike
+service → worker        ``SETUP, setup id, payload…``: text (the configuration as TOML,
+                        the channel map as CSV); the worker builds its processor from it
+                        (:class:`WorkerSetup`), so every worker decodes exactly alike
 worker → service        ``READY, setup id, capacity``: the worker takes ``capacity`` tasks
 service → worker        ``TASK, task id, meta, words``: whole built DATE events of one
                         spill (raw-file layout)
-worker → service        ``RESULT, task id, pickle(SpillAccumulator)`` (or ``ERROR, task
-                        id, text``); each frees one unit of capacity
+worker → service        ``RESULT, task id, result frames…`` (the processor's explicit,
+                        versioned format) or ``ERROR, task id, text``; each frees one unit
+                        of capacity
 service → worker        ``STOP``
 ======================  =============================================================
+
+Nothing received is unpickled. The service checks every message's command,
+frame count and field formats before using it; a malformed message, a result
+that does not decode, or a HELLO of another protocol is refused, counted
+(:class:`PoolStats` ``refused_messages``, ``refused_results``,
+``refused_peers``) and logged (rate-limited), and the thread goes on. With
+:class:`CurveServer` keys the port speaks CurveZMQ: only workers whose public
+key is in the allowed directory get through (others are refused during the
+handshake and counted in ``refused_peers``); required beyond loopback.
 
 The service hands a task only to a worker with free capacity; tasks wait in a
 bounded queue (when it is full the caller drops whole events and counts them).
 A task that gets no result within ``task_timeout_s`` (worker died, host
 unreachable) is given to another worker (``task_retries`` times), then
 reported failed. Results are merged by the service in chunk order.
-
-Pickles travel both ways: the worker port belongs on the trusted DAQ network
-(see deploy/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import pickle
+import shutil
 import socket as _socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import zmq
+import zmq.auth
+from zmq.utils.monitor import parse_monitor_message
 
 from ..decoders import layout as L
+from ..decoders.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = b"na64-worker/1"
+PROTOCOL = b"na64-worker/2"
 HELLO, SETUP, READY, TASK, RESULT, ERROR, STOP = (
     b"HELLO", b"SETUP", b"READY", b"TASK", b"RESULT", b"ERROR", b"STOP")
 _ID = struct.Struct("<Q")
+MAX_CAPACITY = 1024
+ZAP_DOMAIN = "na64-workers"
+#: largest frame the service accepts from a worker (a result is a few MB)
+MAX_MESSAGE_BYTES = 256 << 20
+_AUTH_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to decode exactly as the service does, without pickle.
+
+    ``payload``: the SETUP frames (text); ``build(payload)`` gives the worker's
+    processor (``accumulate(words)``, ``encode_result(acc) -> frames``);
+    ``command``: the program of a local worker process, to which the pool adds
+    ``--connect``, ``--capacity``, ``--parent-pid`` (and ``--key``/``--server-key``).
+    """
+
+    payload: tuple[bytes, ...]
+    build: Callable[[Sequence[bytes]], Any]
+    command: tuple[str, ...] = ()
+
+
+# =========================================================================== CurveZMQ keys
+def is_loopback(endpoint: str) -> bool:
+    """Whether a bind endpoint is reachable from this host only (ipc, inproc, 127.x, ::1, localhost)."""
+    transport, _, rest = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0]
+    host = host.strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.") or host == "lo"
+
+
+def load_key(path: str | os.PathLike, *, secret: bool, what: str) -> tuple[bytes, bytes | None]:
+    """(public, secret) Z85 keys of a ``zmq.auth`` certificate file; ConfigError naming ``what``."""
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{what}: cannot read a CurveZMQ certificate from {path}: {exc}") from None
+    if len(public) != 40 or (secret and (secret_key is None or len(secret_key) != 40)):
+        raise ConfigError(f"{what}: {path} holds no {'secret' if secret else 'public'} CurveZMQ key "
+                          f"(make one with `na64-online keys DIR NAME`)")
+    return public, secret_key
+
+
+def make_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Create a CurveZMQ key pair ``DIR/NAME.key`` (public) and ``DIR/NAME.key_secret`` (mode 0600)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def write_public_key(path: str | os.PathLike, public: bytes) -> None:
+    """A public-key certificate file (the format ``zmq.auth`` reads)."""
+    Path(path).write_text('#   ZeroMQ CURVE public certificate\nmetadata\ncurve\n'
+                          f'    public-key = "{public.decode("ascii")}"\n')
+
+
+class _AllowedKeys:
+    """ZAP credentials: the public keys in ``directory`` (re-read when it changes) plus extra ones."""
+
+    def __init__(self, directory: str, extra: set[bytes]) -> None:
+        self.directory = directory
+        self.extra = extra
+        self._stamp: tuple | None = None
+        self._keys: set[bytes] = set()
+
+    def _reload(self) -> None:
+        try:
+            entries = sorted(p for p in Path(self.directory).glob("*.key"))
+            stamp = tuple((p.name, p.stat().st_mtime_ns) for p in entries)
+        except OSError as exc:
+            log.error("worker_clients_dir %s: %s", self.directory, exc)
+            return
+        if stamp == self._stamp:
+            return
+        keys = set()
+        for p in entries:
+            try:
+                keys.add(zmq.auth.load_certificate(p)[0])
+            except (OSError, ValueError) as exc:
+                log.warning("worker_clients_dir: %s skipped: %s", p, exc)
+        self._keys, self._stamp = keys, stamp
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        self._reload()
+        return key in self._keys or key in self.extra
+
+
+@dataclass(frozen=True)
+class CurveServer:
+    """The service's CurveZMQ identity and who may connect (``[ingest]`` keys)."""
+
+    secret_key_file: str
+    clients_dir: str
+
+    def load(self) -> tuple[bytes, bytes]:
+        public, secret = load_key(self.secret_key_file, secret=True, what="ingest.worker_secret_key")
+        if not Path(self.clients_dir).is_dir():
+            raise ConfigError(f"ingest.worker_clients_dir: {self.clients_dir} is not a directory")
+        return public, secret
 
 
 # =========================================================================== worker side
@@ -84,6 +200,7 @@ def _warm_up(processor) -> None:
 
 def run_worker(
     endpoint: str,
+    build: Callable[[Sequence[bytes]], Any],
     *,
     capacity: int = 2,
     context: zmq.Context | None = None,
@@ -92,9 +209,12 @@ def run_worker(
     name: str | None = None,
     warm_up: bool = True,
     parent_pid: int | None = None,
+    curve: tuple[bytes, bytes, bytes] | None = None,
 ) -> int:
     """Serve decoding tasks from the service at ``endpoint`` until STOP (or ``stop`` is set).
 
+    ``build(setup payload)`` makes the processor (see :class:`WorkerSetup`).
+    ``curve``: (own public key, own secret key, the service's public key), Z85.
     ``parent_pid``: a local worker started by the service ends when the service
     process is gone. Returns the number of tasks done.
     """
@@ -103,6 +223,8 @@ def run_worker(
     ident = (name or f"{_socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}").encode()
     sock.setsockopt(zmq.IDENTITY, ident)
     _socket_options(sock)
+    if curve is not None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = curve
     sock.connect(endpoint)
     processor = None
     setup_id = b""
@@ -127,58 +249,45 @@ def run_worker(
             kind = frames[0].bytes
             if kind == STOP:
                 break
-            if kind == SETUP:
+            if kind == SETUP and len(frames) >= 3:
                 new_id = frames[1].bytes
                 try:
-                    factory, args, kwargs = pickle.loads(frames[2].buffer)
-                    processor = factory(*args, **kwargs)
+                    processor = build([f.bytes for f in frames[2:]])
                     setup_id = new_id
                     if warm_up:
                         _warm_up(processor)
                 except Exception as exc:  # noqa: BLE001 - reported to the service
-                    log.exception("worker setup failed")
-                    sock.send_multipart([ERROR, _ID.pack(0), f"setup failed: {exc!r}".encode()])
+                    log.error("worker setup failed: %s", exc)
+                    processor = None
+                    sock.send_multipart([ERROR, _ID.pack(0), f"setup failed: {exc}".encode()[:4096]])
                     setup_failed = True  # ask again, but only every 10 s
                     continue
                 setup_failed = False
                 sock.send_multipart([READY, setup_id, str(int(capacity)).encode()])
                 continue
-            if kind == TASK:
+            if kind == TASK and len(frames) == 4 and len(frames[1].bytes) == _ID.size:
                 task_id = frames[1].bytes
                 if processor is None:
                     sock.send_multipart([ERROR, task_id, b"worker has no setup"])
                     sock.send_multipart([HELLO, PROTOCOL, setup_id])
                     continue
                 try:
-                    words = np.frombuffer(frames[3].buffer, dtype=L.WORD)
-                    acc = processor.accumulate(words)
-                    blob = pickle.dumps(acc, protocol=pickle.HIGHEST_PROTOCOL)
+                    buf = frames[3].buffer
+                    if len(buf) % 4:
+                        raise ValueError(f"task of {len(buf)} bytes is not whole 32-bit words")
+                    words = np.frombuffer(buf, dtype=L.WORD)
+                    result = processor.encode_result(processor.accumulate(words))
                 except Exception as exc:  # noqa: BLE001 - reported to the service
                     log.exception("task failed")
-                    sock.send_multipart([ERROR, task_id, repr(exc).encode()])
+                    sock.send_multipart([ERROR, task_id, repr(exc).encode()[:4096]])
                     continue
-                sock.send_multipart([RESULT, task_id, blob], copy=False)
+                sock.send_multipart([RESULT, task_id, *result], copy=False)
                 done += 1
                 continue
-            log.warning("worker: unknown message %r", kind[:16])
+            log.warning("worker: message %r with %d frame(s) not understood; ignored", kind[:16], len(frames))
     finally:
         sock.close(linger=0)
     return done
-
-
-def main(argv=None) -> int:
-    """``python -m na64_online.daq.workers --connect tcp://SERVICE:5570`` (also ``na64-online worker``)."""
-    p = argparse.ArgumentParser(prog="na64-online worker", description="NA64 online decoder worker")
-    p.add_argument("--connect", required=True, metavar="ENDPOINT", help="the service's worker endpoint")
-    p.add_argument("--capacity", type=int, default=2, help="tasks held at once (default 2)")
-    p.add_argument("--parent-pid", type=int, help="exit when this process (the local service) is gone")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
-    try:
-        run_worker(args.connect, capacity=args.capacity, parent_pid=args.parent_pid)
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 # =========================================================================== service side
@@ -202,7 +311,7 @@ class Task:
 @dataclass(frozen=True, eq=False)
 class TaskDone:
     task: Task
-    result: Any  # the unpickled accumulator; None when failed
+    result: Any  # the decoded result (accumulator); None when failed
     error: str | None = None
 
 
@@ -227,18 +336,50 @@ class PoolStats:
     workers_lost: int = 0
     local_restarts: int = 0
     bytes_sent: int = 0
+    #: messages refused: unknown command, wrong frame count or field format
+    refused_messages: int = 0
+    #: RESULT messages whose result did not decode (the task counts as failed)
+    refused_results: int = 0
+    #: peers refused: CurveZMQ handshake failed (unknown key), or a HELLO of another protocol
+    refused_peers: int = 0
+
+
+class _RateLimitedLog:
+    """At most one log line per ``interval_s`` per reason; the rest are only counted."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, reason: str, message: str, *args) -> None:
+        now = time.monotonic()
+        last, suppressed = self._last.get(reason, (-1e9, 0))
+        if now - last < self.interval_s:
+            self._last[reason] = (last, suppressed + 1)
+            return
+        if suppressed:
+            message += f" ({suppressed} more like it not logged)"
+        log.warning(message, *args)
+        self._last[reason] = (now, 0)
+
+
+def _who(ident: bytes) -> str:
+    return repr(ident[:64].decode("utf-8", errors="replace"))
 
 
 class WorkerPool:
     """The service's end of the worker protocol: a ROUTER socket owned by one thread.
 
-    ``setup`` is ``(factory, args, kwargs)``; each worker calls
-    ``factory(*args, **kwargs)`` to get an object with ``accumulate(words)``.
+    ``setup``: what workers build their processor from (text payload, see
+    :class:`WorkerSetup`); ``decode_result(frames)`` turns a RESULT's frames
+    into the result (raising on anything malformed: the result is refused).
+    ``curve``: CurveZMQ keys; required when ``bind`` is beyond loopback.
     """
 
     def __init__(
         self,
-        setup: tuple[Callable, tuple, dict],
+        setup: WorkerSetup,
+        decode_result: Callable[[Sequence], Any],
         *,
         bind: str = "tcp://127.0.0.1:*",
         context: zmq.Context | None = None,
@@ -247,21 +388,57 @@ class WorkerPool:
         task_retries: int = 1,
         queue_timeout_s: float | None = None,
         sndhwm: int = 1000,
+        curve: CurveServer | None = None,
     ) -> None:
-        self.context = context or zmq.Context.instance()
-        self.setup_blob = pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL)
+        if curve is None and not is_loopback(bind):
+            raise ConfigError(f"ingest.worker_bind {bind} is beyond loopback: set ingest.worker_secret_key and "
+                              "ingest.worker_clients_dir (CurveZMQ) to accept workers from other hosts")
+        self.setup = setup
+        self.decode_result = decode_result
         self.setup_id = uuid.uuid4().hex.encode()
         self.max_queued_tasks = max(1, int(max_queued_tasks))
         self.task_timeout_s = float(task_timeout_s)
         self.task_retries = max(0, int(task_retries))
         self.queue_timeout_s = float(queue_timeout_s) if queue_timeout_s is not None else self.task_timeout_s
+        self.curve = curve
+        self._auth = None
+        self._key_dir: str | None = None
+        self._local_keys: tuple[bytes, bytes] | None = None
+        self._server_public: bytes | None = None
+        if curve is not None:
+            public, secret = curve.load()
+            # an own context: the ZAP authenticator is per context, and this one is the pool's alone
+            self.context = zmq.Context()
+            self._own_context = True
+            self._local_keys = zmq.curve_keypair()  # for the local workers (threads and processes)
+            self._server_public = public
+            from zmq.auth.thread import ThreadAuthenticator
+
+            self._auth = ThreadAuthenticator(self.context, log=logging.getLogger(__name__ + ".auth"))
+            self._auth.start()
+            self._auth.configure_curve_callback(
+                ZAP_DOMAIN, credentials_provider=_AllowedKeys(curve.clients_dir, {self._local_keys[0]}))
+        else:
+            self.context = context or zmq.Context.instance()
+            self._own_context = False
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, int(sndhwm))
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-        self.socket.bind(bind)
+        self.monitor_socket = None
+        if curve is not None:
+            self.socket.curve_server = True
+            self.socket.curve_publickey, self.socket.curve_secretkey = public, secret
+            self.socket.zap_domain = ZAP_DOMAIN.encode()
+            self.monitor_socket = self.socket.get_monitor_socket(_AUTH_FAILED)
+        try:
+            self.socket.bind(bind)
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            raise ConfigError(f"ingest.worker_bind: cannot bind {bind}: {exc}") from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.workers: dict[bytes, _Worker] = {}
         self.queue: deque[Task] = deque()
@@ -273,6 +450,7 @@ class WorkerPool:
         self._proc_args: list[str] = []
         self._respawn_at: list[float] = []
         self._failed: list[TaskDone] = []  # failures found outside receive()/poll(), reported by them
+        self._log = _RateLimitedLog()
 
     # --------------------------------------------------------------- local workers
     @property
@@ -284,21 +462,44 @@ class WorkerPool:
                 return "tcp://127.0.0.1:" + ep[len(wildcard):]
         return ep
 
+    def _local_curve(self) -> tuple[bytes, bytes, bytes] | None:
+        if self._local_keys is None:
+            return None
+        return (*self._local_keys, self._server_public)
+
     def spawn_processes(self, n: int, capacity: int = 2) -> None:
         """Start ``n`` local worker processes (the same program as a remote worker)."""
-        self._proc_args = [sys.executable, "-m", "na64_online.daq.workers", "--connect", self.connect_endpoint,
-                           "--capacity", str(int(capacity)), "--parent-pid", str(os.getpid())]
+        if not self.setup.command:
+            raise ValueError("worker processes need WorkerSetup.command (the worker program)")
+        args = [*self.setup.command, "--connect", self.connect_endpoint, "--capacity", str(int(capacity)),
+                "--parent-pid", str(os.getpid())]
+        if self._local_keys is not None:
+            # the local workers' keys in a private directory (mode 0700), removed at close
+            self._key_dir = tempfile.mkdtemp(prefix="na64-worker-keys-")
+            key = Path(self._key_dir, "local.key_secret")
+            public, secret = self._local_keys
+            key.write_text(f'metadata\ncurve\n    public-key = "{public.decode()}"\n'
+                           f'    secret-key = "{secret.decode()}"\n')
+            os.chmod(key, 0o600)
+            server = Path(self._key_dir, "server.key")
+            write_public_key(server, self._server_public)
+            args += ["--key", str(key), "--server-key", str(server)]
+        self._proc_args = args
         for _ in range(n):
             self._procs.append(subprocess.Popen(self._proc_args, stdin=subprocess.DEVNULL))
             self._respawn_at.append(0.0)
 
-    def start_threads(self, n: int, capacity: int = 2) -> None:
-        """Run ``n`` workers as threads of this process (small set-ups, tests)."""
+    def start_threads(self, n: int, capacity: int = 2, build: Callable[[Sequence[bytes]], Any] | None = None) -> None:
+        """Run ``n`` workers as threads of this process (small set-ups, tests).
+
+        ``build``: how they make their processor (default: from the set-up's text, as any worker).
+        """
         for i in range(n):
             ev = threading.Event()
             t = threading.Thread(
-                target=run_worker, args=(self.connect_endpoint,),
-                kwargs=dict(capacity=capacity, context=self.context, stop=ev, name=f"thread-{os.getpid()}-{i}"),
+                target=run_worker, args=(self.connect_endpoint, build or self.setup.build),
+                kwargs=dict(capacity=capacity, context=self.context, stop=ev, name=f"thread-{os.getpid()}-{i}",
+                            curve=self._local_curve()),
                 name=f"na64-worker-{i}", daemon=True)
             t.start()
             self._threads.append((t, ev))
@@ -333,8 +534,11 @@ class WorkerPool:
             self.socket.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:  # host unreachable (ROUTER_MANDATORY) or HWM
-            log.warning("cannot send to worker %s: %s", ident.decode(errors="replace"), exc)
+            log.warning("cannot send to worker %s: %s", _who(ident), exc)
             return False
+
+    def _send_setup(self, ident: bytes) -> None:
+        self._send(ident, [SETUP, self.setup_id, *self.setup.payload])
 
     def _dispatch(self, now: float) -> None:
         while self.queue:
@@ -380,15 +584,37 @@ class WorkerPool:
 
     # --------------------------------------------------------------- socket
     def receive(self, now: float, max_messages: int = 256) -> list[TaskDone]:
+        """Handle waiting messages; a bad one is refused and counted, never raised."""
         out: list[TaskDone] = []
         for _ in range(max_messages):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            out.extend(self._handle(frames, now))
+            try:
+                out.extend(self._handle(frames, now))
+            except Exception:  # noqa: BLE001 - a bug met by a peer's message must not stop the thread
+                self.stats.refused_messages += 1
+                log.exception("message from worker %s could not be handled; refused",
+                              _who(frames[0].bytes) if frames else "?")
+        self._read_monitor()
         self._dispatch(now)
         return self._take_failed(out)
+
+    def _read_monitor(self) -> None:
+        """Count CurveZMQ handshakes refused (unknown or wrong keys)."""
+        mon = self.monitor_socket
+        while mon is not None:
+            try:
+                msg = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except Exception:  # noqa: BLE001 - a malformed monitor event: skip
+                continue
+            if msg["event"] & _AUTH_FAILED:
+                self.stats.refused_peers += 1
+                self._log.warning("auth", "worker connection from %s refused: CurveZMQ handshake failed (%s)",
+                                  msg.get("endpoint", b"?"), msg["event"])
 
     def _take_failed(self, out: list[TaskDone]) -> list[TaskDone]:
         if self._failed:
@@ -396,66 +622,88 @@ class WorkerPool:
             self._failed = []
         return out
 
+    def _refuse(self, ident: bytes, why: str) -> list[TaskDone]:
+        self.stats.refused_messages += 1
+        self._log.warning("message", "message from worker %s refused: %s", _who(ident), why)
+        return []
+
     def _handle(self, frames, now: float) -> list[TaskDone]:
-        if len(frames) < 2:
-            return []
+        n = len(frames)
         ident = frames[0].bytes
+        if n < 2:
+            return self._refuse(ident, "no command frame")
         kind = frames[1].bytes
-        w = self.workers.get(ident)
         if kind == HELLO:
-            proto = frames[2].bytes if len(frames) > 2 else b""
+            if n != 4:
+                return self._refuse(ident, f"HELLO with {n - 1} frames, expected 3")
+            proto = frames[2].bytes
             if proto != PROTOCOL:
-                log.error("worker %s speaks %r, not %r: ignored", ident.decode(errors="replace"), proto, PROTOCOL)
+                self.stats.refused_peers += 1
+                self._log.warning("protocol", "worker %s speaks %r, not %r: refused", _who(ident), proto[:32],
+                                  PROTOCOL)
                 return []
-            their_setup = frames[3].bytes if len(frames) > 3 else b""
+            w = self.workers.get(ident)
             if w is None:
                 w = self.workers[ident] = _Worker(ident)
                 self.stats.workers_seen += 1
-                log.info("worker %s connected", ident.decode(errors="replace"))
+                log.info("worker %s connected", _who(ident))
             w.last_seen = now
-            if their_setup != self.setup_id or not w.ready:
+            if frames[3].bytes != self.setup_id or not w.ready:
                 w.ready = False
-                self._send(ident, [SETUP, self.setup_id, self.setup_blob])
+                self._send_setup(ident)
             return []
+        if kind == READY:
+            if n != 4:
+                return self._refuse(ident, f"READY with {n - 1} frames, expected 3")
+            text = frames[3].bytes
+            if not (text.isdigit() and len(text) <= 6 and 1 <= int(text) <= MAX_CAPACITY):
+                return self._refuse(ident, f"READY capacity {text[:16]!r} is not 1..{MAX_CAPACITY}")
+        elif kind in (RESULT, ERROR):
+            if (n < 4 or (kind == ERROR and n != 4)) or len(frames[2].bytes) != _ID.size:
+                return self._refuse(ident, f"{kind.decode()} with {n - 1} frames or a bad task id")
+        else:
+            return self._refuse(ident, f"unknown command {kind[:16]!r}")
+        w = self.workers.get(ident)
         if w is None:
             # a worker we forgot (timed out) or from before a restart: make it introduce itself
             if kind == RESULT:
                 self.stats.late_results += 1
-            w = self.workers[ident] = _Worker(ident, last_seen=now)
-            self._send(ident, [SETUP, self.setup_id, self.setup_blob])
+            self.workers[ident] = _Worker(ident, last_seen=now)
+            self._send_setup(ident)
             return []
         w.last_seen = now
         if kind == READY:
             if frames[2].bytes == self.setup_id:
                 w.ready = True
-                w.capacity = max(1, int(frames[3].bytes))
+                w.capacity = int(frames[3].bytes)
                 w.credits = w.capacity - len(w.tasks)
             return []
-        if kind in (RESULT, ERROR):
-            (tid,) = _ID.unpack(frames[2].bytes)
-            if tid == 0:  # setup failed
-                log.error("worker %s: %s", ident.decode(errors="replace"), frames[3].bytes.decode(errors="replace"))
-                return []
-            w.credits = min(w.capacity, w.credits + 1)
-            w.tasks.discard(tid)
-            task = self.outstanding.pop(tid, None)
-            if task is None:
-                self.stats.late_results += 1
-                return []
-            if kind == ERROR:
-                text = frames[3].bytes.decode(errors="replace")
-                log.error("task %d (run %d spill %d chunk %d) failed on %s: %s", tid, task.run, task.spill,
-                          task.index, ident.decode(errors="replace"), text)
-                self.stats.tasks_failed += 1
-                return [TaskDone(task, None, text)]
-            try:
-                result = pickle.loads(frames[3].buffer)
-            except Exception as exc:  # noqa: BLE001
-                self.stats.tasks_failed += 1
-                return [TaskDone(task, None, f"bad result: {exc!r}")]
-            self.stats.tasks_done += 1
-            return [TaskDone(task, result)]
-        return []
+        (tid,) = _ID.unpack(frames[2].bytes)
+        if tid == 0 and kind == ERROR:  # setup failed
+            self._log.warning("setup", "worker %s: %s", _who(ident), frames[3].bytes[:500].decode(errors="replace"))
+            return []
+        task = self.outstanding.get(tid)
+        if task is None or task.worker != ident:
+            self.stats.late_results += 1
+            return []
+        del self.outstanding[tid]
+        w.credits = min(w.capacity, w.credits + 1)
+        w.tasks.discard(tid)
+        if kind == ERROR:
+            text = frames[3].bytes[:2000].decode(errors="replace")
+            log.error("task %d (run %d spill %d chunk %d) failed on %s: %s", tid, task.run, task.spill,
+                      task.index, _who(ident), text)
+            self.stats.tasks_failed += 1
+            return [TaskDone(task, None, text)]
+        try:
+            result = self.decode_result(frames[3:])
+        except Exception as exc:  # noqa: BLE001 - refused, whatever is wrong with it
+            self.stats.refused_results += 1
+            self.stats.tasks_failed += 1
+            self._log.warning("result", "result of task %d from worker %s refused: %s", tid, _who(ident), exc)
+            return [TaskDone(task, None, f"result refused: {exc}")]
+        self.stats.tasks_done += 1
+        return [TaskDone(task, result)]
 
     def poll(self, now: float) -> list[TaskDone]:
         """Timers: tasks without result, tasks waiting too long, dead local processes."""
@@ -485,6 +733,7 @@ class WorkerPool:
                 self._procs[i] = subprocess.Popen(self._proc_args, stdin=subprocess.DEVNULL)
                 self._respawn_at[i] = now + 5.0
                 self.stats.local_restarts += 1
+        self._read_monitor()
         self._dispatch(now)
         return self._take_failed(out)
 
@@ -512,8 +761,37 @@ class WorkerPool:
                     proc.wait()
         self._procs = []
         self._proc_args = []
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        if self.monitor_socket is not None:
+            try:
+                self.socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor_socket.close(linger=0)
+            self.monitor_socket = None
         self.socket.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._key_dir is not None:
+            shutil.rmtree(self._key_dir, ignore_errors=True)
+            self._key_dir = None
+        if self._own_context:
+            self.context.term()
+            self._own_context = False
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def worker_curve_keys(key_file: str, server_key_file: str) -> tuple[bytes, bytes, bytes]:
+    """(public, secret, server public) for ``na64-online worker --key FILE --server-key FILE``."""
+    public, secret = load_key(key_file, secret=True, what="--key")
+    server, _ = load_key(server_key_file, secret=False, what="--server-key")
+    return public, secret, server
+
+
+__all__ = ["PROTOCOL", "CurveServer", "PoolStats", "Task", "TaskDone", "WorkerPool", "WorkerSetup",
+           "is_loopback", "load_key", "make_keys", "run_worker", "worker_curve_keys", "write_public_key"]
+
+if __name__ == "__main__":  # pragma: no cover - the worker program is `na64-online worker`
+    sys.exit("run `na64-online worker --connect ENDPOINT` (python -m na64_online.cli worker)")

@@ -99,6 +99,15 @@ class ChannelMap:
             raise ChannelMapError(f"channel map {path} is not a text file") from None
         return cls.from_csv_text(text, source=str(path))
 
+    def to_csv_text(self) -> str:
+        """The map as CSV (the columns :meth:`from_csv_text` reads; gains round-trip exactly)."""
+        lines = [",".join(COLUMNS)]
+        for row in zip(self.src_id.tolist(), self.port.tolist(), self.channel.tolist(), self.detector.tolist(),
+                       self.module.tolist(), self.x.tolist(), self.y.tolist(), self.gain_gev.tolist()):
+            src, port, channel, det, module, x, y, gain = row
+            lines.append(f"{src},{port},{channel},{DETECTORS[det]},{module},{x},{y},{gain!r}")
+        return "\n".join(lines) + "\n"
+
     @classmethod
     def from_csv_text(cls, text: str, source: str = "<memory>") -> "ChannelMap":
         reader = csv.reader(io.StringIO(text))

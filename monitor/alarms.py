@@ -58,7 +58,7 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +81,8 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 QUALITY_ORDER: dict[str, int] = {"GOOD": 0, "OK": 0, "NO_DATA": 1, "WARNING": 2, "BAD": 3}
 MISSING_POLICIES: tuple[str, ...] = ("false", "true", "hold")
 
+#: the states an alarm passes through, as stored in the alarm history
+ALARM_STATES = ("raised", "acknowledged", "cleared")
 #: Alarms the service raises itself, from no rule on a spill (:meth:`AlarmEngine.set_condition`):
 #: name -> (severity, description). They survive rule reloads and restarts like rule alarms.
 SERVICE_ALARMS: dict[str, tuple[str, str]] = {
@@ -609,6 +611,7 @@ class _Alarm:
     ack_comment: str | None = None
     acknowledged_at: float | None = None
     cleared_at: float | None = None
+    acknowledgements: list[dict] = field(default_factory=list)  # every one: user, time, comment (oldest first)
 
     def to_dict(self) -> dict:
         return {
@@ -630,6 +633,7 @@ class _Alarm:
             "ack_comment": self.ack_comment,
             "acknowledged_at": self.acknowledged_at,
             "cleared_at": self.cleared_at,
+            "acknowledgements": [dict(a) for a in self.acknowledgements],
         }
 
 
@@ -938,7 +942,8 @@ class AlarmEngine:
         """Acknowledge the active alarm ``name`` (or its ``alarm_id``); returns it.
 
         Raises ``KeyError`` if no such alarm is active, ``ValueError`` without a user.
-        Acknowledging again replaces who/comment.
+        Every acknowledgement is kept (``acknowledgements``, oldest first, and one
+        history event each); ``acknowledged_by``/``ack_comment`` stay the first one's.
         """
         if not isinstance(user, str) or not user.strip():
             raise ValueError("an acknowledgement needs the name of who acknowledges")
@@ -947,9 +952,10 @@ class AlarmEngine:
             alarm = self._active.get(name) or next((a for a in self._active.values() if a.alarm_id == name), None)
             if alarm is None:
                 raise KeyError(f"no active alarm {name!r}")
-            alarm.state, alarm.acknowledged_by, alarm.ack_comment, alarm.acknowledged_at = (
-                "acknowledged", user.strip(), comment, now,
-            )
+            if not alarm.acknowledgements:
+                alarm.acknowledged_by, alarm.ack_comment, alarm.acknowledged_at = user.strip(), comment, now
+            alarm.state = "acknowledged"
+            alarm.acknowledgements.append({"user": user.strip(), "time": now, "comment": comment})
             event = self._event(alarm, "acknowledged", now, None, None, user=user.strip(), comment=comment)
             self._emit_direct(event)
             result = alarm.to_dict()
@@ -966,8 +972,10 @@ class AlarmEngine:
         if self.store is not None:
             return self.store.alarm_history(**filters)
         limit = filters.pop("limit", 1000)
+        with self._lock:  # the spill thread appends while a web request reads
+            events = list(self._memory)
         out = []
-        for ev in reversed(self._memory):
+        for ev in reversed(events):
             if filters.get("name") is not None and ev["name"] != filters["name"]:
                 continue
             if any(filters.get(k) is not None and ev.get(k) != filters[k] for k in ("state", "run", "spill", "alarm_id")):
@@ -1000,6 +1008,7 @@ class AlarmEngine:
                 state=row.get("state") or "raised", acknowledged_by=row.get("acked_by"),
                 ack_comment=row.get("ack_comment"), acknowledged_at=row.get("acked_at"),
             )
+            self._restore_acknowledgements(alarm)
             if name in SERVICE_ALARMS and name not in self._active:
                 self._active[name] = alarm  # cleared by the service once the condition is gone
                 continue
@@ -1014,6 +1023,19 @@ class AlarmEngine:
             self._first[name] = (alarm.since_run, alarm.since_spill)
         if self._active:
             log.info("restored %d active alarm(s) from the archive", len(self._active))
+
+    def _restore_acknowledgements(self, alarm: _Alarm) -> None:
+        """Every acknowledgement of a restored alarm, from the archive's history (oldest first)."""
+        try:
+            events = self.store.alarm_history(alarm_id=alarm.alarm_id, state="acknowledged", limit=1000)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("acknowledgements of alarm %s could not be read from the archive", alarm.name)
+            return
+        alarm.acknowledgements = [{"user": e.get("user"), "time": e.get("time"), "comment": e.get("comment")}
+                                  for e in reversed(events)]
+        if alarm.acknowledgements:
+            first = alarm.acknowledgements[0]
+            alarm.acknowledged_by, alarm.ack_comment, alarm.acknowledged_at = first["user"], first["comment"], first["time"]
 
     # ---------------------------------------------------------------- notifier
 
@@ -1251,6 +1273,7 @@ class SoundNotifier:
     def __init__(self, command: Sequence[str], min_severity: str = "critical") -> None:
         self.command = list(command)
         self.min_rank = _SEVERITY_RANK[min_severity]
+        self._lock = threading.Lock()  # notify() runs in the spill thread and in acknowledging threads
         self._sounded: set[str] = set()
         self._process: subprocess.Popen | None = None
         self.played = 0
@@ -1258,6 +1281,10 @@ class SoundNotifier:
         self.failed = 0
 
     def notify(self, alarms: list[dict]) -> None:
+        with self._lock:
+            self._notify_locked(alarms)
+
+    def _notify_locked(self, alarms: list[dict]) -> None:
         for alarm in alarms:
             key = str(alarm.get("alarm_id") or alarm.get("name"))
             if (alarm.get("state") != "raised" or key in self._sounded
@@ -1278,11 +1305,13 @@ class SoundNotifier:
                 log.error("alarm sound command %s failed: %s", self.command[0], exc)
 
     def close(self, timeout: float = 2.0) -> None:
-        if self._process is not None:
+        with self._lock:
+            process = self._process
+        if process is not None:
             try:
-                self._process.wait(timeout)
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self._process.kill()
+                process.kill()
 
 
 class Notifiers:

@@ -383,6 +383,8 @@ class Archive:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             if readonly:
                 version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    raise ArchiveError(f"{self.path} is not an na64-online QA archive (an SQLite file without its tables)")
                 if version != SCHEMA_VERSION:
                     raise ArchiveError(
                         f"archive {self.path} has schema version {version}, this software reads {SCHEMA_VERSION}"

@@ -69,6 +69,9 @@ class ServiceHealth:
     skipped_events: int = 0  # events of other types (START_OF_RUN, …), spec §1
     last_message_time: float | None = None
     sources_connected: int = 0
+    worker_refused_messages: int = 0  # malformed messages on the worker port
+    worker_refused_results: int = 0  # worker results that did not decode
+    worker_refused_peers: int = 0  # workers refused: CurveZMQ handshake failed or another protocol
     loop_time: float | None = None  # Unix s of the ingest loop's last pass (a stuck loop stops it)
 
 
@@ -246,6 +249,11 @@ class Na64Collector(Collector):
         gauge("na64_ingest_queue_messages", "messages waiting in the processing queue", s.queue_depth)
         gauge("na64_ingest_queue_capacity_messages", "capacity of the processing queue", s.queue_capacity)
         gauge("na64_ingest_sources_connected", "readout nodes connected", s.sources_connected)
+        counter("na64_worker_refused_messages", "malformed messages refused on the worker port",
+                s.worker_refused_messages)
+        counter("na64_worker_refused_results", "worker results refused (did not decode)", s.worker_refused_results)
+        counter("na64_worker_refused_peers", "workers refused (CurveZMQ handshake or protocol)",
+                s.worker_refused_peers)
         gauge("na64_service_start_time_seconds", "Unix time the service started", s.started, unit="seconds")
 
         # ---------------------------------------------------------- spill totals (since service start)

@@ -66,7 +66,7 @@ class Candidate:
 
 @dataclass
 class SpillAccumulator:
-    """Exactly mergeable partial result of one spill (picklable)."""
+    """Exactly mergeable partial result of one spill (on the wire: :mod:`.wire`)."""
 
     run: int | None = None
     spill: int | None = None
@@ -231,6 +231,19 @@ class SpillProcessor:
         for name, factory in self.extensions.items():
             acc.extensions[name] = factory(self.channel_map)
         return acc
+
+    def encode_result(self, acc: SpillAccumulator) -> list:
+        """``acc`` as the frames a decoder worker sends (:mod:`.wire`, no pickle)."""
+        from .wire import encode_accumulator
+
+        return encode_accumulator(acc)
+
+    def decode_result(self, frames) -> SpillAccumulator:
+        """A worker's result frames as an accumulator of this processor's set-up;
+        raises :class:`~.wire.ResultFormatError` for anything else."""
+        from .wire import decode_accumulator
+
+        return decode_accumulator(frames, self.new_accumulator())
 
     def accumulate(self, words: np.ndarray, index: EventIndex | None = None) -> SpillAccumulator:
         """Decode the events of one spill (all of ``words``, or the rows of ``index``)."""

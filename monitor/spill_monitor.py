@@ -35,8 +35,9 @@ def make_processor(
 ) -> SpillProcessor:
     """The spill processor with the monitoring extensions (channel statistics, histograms).
 
-    Module-level and built from plain arguments, so decoder workers — local
-    processes or other hosts — receive it pickled and build the very same one.
+    Built from plain arguments, so decoder workers — local processes or other
+    hosts — build the very same one from the set-up text the service sends them
+    (``na64_online/worker_setup.py``).
     """
     return SpillProcessor(
         monitor,

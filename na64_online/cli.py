@@ -1,4 +1,4 @@
-"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | archive | format``.
+"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | format``.
 
 Bad input (missing file, not a DATE stream, bad map or config, bad option)
 ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -7,20 +7,27 @@ ends with one line on stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from . import __version__
 from .config import Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
 from .decoders.errors import DaqError
+from .monitor.alarms import ALARM_STATES
 from .monitor.jsonable import dumps
+from .monitor.quality import INTERRUPTED, QualityState
 
 EXIT_USAGE = 2
 EXIT_DATA = 1
+EXIT_FAILED = 3  # the live service failed (a core thread died): its supervisor restarts it
+EXIT_INTERNAL = 70  # EX_SOFTWARE: an error the program did not foresee
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,8 +81,8 @@ def cmd_replay(args) -> int:
         for path in args.files:
             for record, note in replayer.replay_file(path, progress=show_progress):
                 if note:
-                    print(f"na64-online: {path}: {note}", file=sys.stderr)
-                    status = max(status, EXIT_DATA) if note.startswith("no spill") else status
+                    print(f"na64-online: {note.level}: {path}: {note.text}", file=sys.stderr)
+                    status = max(status, EXIT_DATA) if note.level == "error" else status
                 if record is not None:
                     print(dumps(record) if args.json else _summary_line(record), flush=True)
     finally:
@@ -127,28 +134,82 @@ def _dump_text(out: dict) -> str:
 
 
 # ---------------------------------------------------------------- simulate
+def _int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high] (run and spill numbers are 32-bit words in the raw format)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_in(low: float, high: float = math.inf):
+    """An argparse type: a finite number in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+UINT32 = _int_in(0, 2**32 - 1)
+COUNT = _int_in(0, 2**31 - 1)
+POSITIVE = _int_in(1, 2**31 - 1)
+SECONDS = _float_in(0.0, 1e7)
+FRACTION = _float_in(0.0, 1.0)
+
+
+def _endpoint(text: str) -> str:
+    from .daq.endpoints import check_endpoint
+
+    try:
+        return check_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _address(text: str) -> tuple[int, int, int]:
     try:
         src, port, channel = (int(v) for v in text.split("/"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected SRC/PORT/CHANNEL, got {text!r}") from None
+    # srcID is 10 bits, port 3 bits, channel = ADC id (2 bits) * 16 + channel id (4 bits): layout.py
+    if not (0 <= src <= 1023 and 0 <= port <= layout.ADC_PORT_MASK and 0 <= channel <= 63):
+        raise argparse.ArgumentTypeError(f"{text!r}: srcID 0..1023, port 0..7, channel 0..63")
     return src, port, channel
 
 
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
-        return host or "127.0.0.1", int(port)
+        number = int(port)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+    if not 0 <= number < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {number} is outside 0..65535")
+    return host or "127.0.0.1", number
 
 
 def _rate(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     try:
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY, got {text!r}") from None
+        return name, FRACTION(value)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY, got {text!r} ({exc})") from None
 
 
 def simulation_config_from_args(args):
@@ -294,14 +355,21 @@ def cmd_serve(args) -> int:
             print("na64-online: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
                   flush=True)
             service.start(abort=done)
-            if done.is_set():  # stopped while warming up
-                return 0
-            web = f"; HTTP on {service.web.url}" if service.web is not None else ""
-            print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.ingest.worker_endpoint}"
-                  f"{web}", file=sys.stderr, flush=True)
-            _run_until(done, args.duration)
+            if not done.is_set():  # else stopped while warming up
+                web = f"; HTTP on {service.web.url}" if service.web is not None else ""
+                print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at "
+                      f"{service.ingest.worker_endpoint}{web}", file=sys.stderr, flush=True)
+                _run_until(done, args.duration, failed=lambda: service.failure)
     finally:
         service.stop()
+    return _exit_status(service)
+
+
+def _exit_status(service) -> int:
+    """0, or EXIT_FAILED with one line on stderr when a core thread of the service died."""
+    if service.failure:
+        print(f"na64-online: error: the service failed: {service.failure}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     return 0
 
 
@@ -347,13 +415,13 @@ def _stop_signals(done):
     return installed()
 
 
-def _run_until(done, max_seconds: float = 0.0) -> None:
-    """Wait for ``done`` (set by a callback, SIGINT or SIGTERM) or ``max_seconds``."""
+def _run_until(done, max_seconds: float = 0.0, failed=lambda: None) -> None:
+    """Wait for ``done`` (set by a callback, SIGINT or SIGTERM), ``max_seconds``, or ``failed()`` to say why."""
     import time
 
     with _stop_signals(done):
         deadline = time.monotonic() + max_seconds if max_seconds else None
-        while not done.is_set() and (deadline is None or time.monotonic() < deadline):
+        while not done.is_set() and (deadline is None or time.monotonic() < deadline) and not failed():
             done.wait(0.2)
 
 
@@ -407,22 +475,46 @@ def cmd_demo(args) -> int:
             if not done.is_set():
                 for publisher in publishers:
                     threading.Thread(target=node, args=(publisher,), daemon=True).start()
-            _run_until(done)
+            _run_until(done, failed=lambda: service.failure)
     finally:
         service.stop()
         for publisher in publishers:
             publisher.close(linger_ms=0)
-    return 0
+    return _exit_status(service)
 
 
 def cmd_worker(args) -> int:
-    """A decoder worker for a service on this or another host."""
+    """A decoder worker for a service on this or another host (set up by the service with text, never pickle)."""
     import logging
 
-    from .daq.workers import run_worker
+    import zmq
 
+    from .daq.workers import run_worker, worker_curve_keys
+    from .worker_setup import build_processor
+
+    if bool(args.key) != bool(args.server_key):
+        raise DaqError("--key and --server-key go together (CurveZMQ: this worker's secret key, the service's "
+                       "public key)")
+    if not 1 <= args.capacity <= 1024:
+        raise DaqError(f"--capacity must be within 1..1024, got {args.capacity}")
+    curve = worker_curve_keys(args.key, args.server_key) if args.key else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
-    run_worker(args.connect, capacity=args.capacity)
+    try:
+        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve)
+    except zmq.ZMQError as exc:
+        raise DaqError(f"worker: cannot connect to {args.connect}: {exc}") from None
+    return 0
+
+
+def cmd_keys(args) -> int:
+    """Create CurveZMQ key pairs for the worker port (one per NAME)."""
+    from .daq.workers import make_keys
+
+    for name in args.names:
+        if not name or "/" in name or name.startswith("."):
+            raise DaqError(f"bad key name {name!r}")
+        public, secret = make_keys(args.dir, name)
+        print(f"{public}  (public: copy to the other side)\n{secret}  (secret: keep on this host, mode 0600)")
     return 0
 
 
@@ -444,14 +536,39 @@ def cmd_archive(args) -> int:
             for row in archive.alarm_history(name=args.name, state=args.state, run=args.run):
                 print(dumps(row))
         elif args.action == "export":
-            if args.run is None or not args.out:
-                raise DaqError("archive export needs --run and --out (FILE.root or FILE.json)")
-            if args.out.endswith(".json"):
-                n = archive.export_histograms_json(args.out, args.run, args.spill)
-            else:
-                n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill))
-            print(f"wrote {n} histograms to {args.out}", file=sys.stderr)
+            _export(archive, args)
     return 0
+
+
+def _export(archive, args) -> None:
+    """``archive DB export``: the run (summed) or one spill, to FILE.root or FILE.json; nothing to write is an error."""
+    if args.run is None or not args.out:
+        raise DaqError("archive export needs --run and --out (FILE.root or FILE.json)")
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".root", ".json"):
+        raise DaqError(f"--out {args.out}: the file name must end in .root or .json, which selects the format")
+    spills = [row["spill"] for row in archive.list_spills(run=args.run)]
+    if not spills:
+        runs = [row["run"] for row in archive.runs()]
+        raise DaqError(f"run {args.run} is not in {args.db} (runs there: {_ranges(runs) or 'none'})")
+    if args.spill is not None and args.spill not in spills:
+        raise DaqError(f"spill {args.spill} of run {args.run} is not in {args.db} (spills there: {_ranges(spills)})")
+    if suffix == ".json":
+        n = archive.export_histograms_json(args.out, args.run, args.spill)
+    else:
+        n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill))
+    print(f"wrote {n} histograms to {args.out}", file=sys.stderr)
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``"1-3, 7"``."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def cmd_format(args) -> int:
@@ -462,21 +579,22 @@ def cmd_format(args) -> int:
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="na64-online", description="NA64 online decoding and data-quality monitoring")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("simulate", help="write simulated raw data (readout simulator)")
     _add_common(p)
     p.add_argument("--out", metavar="FILE", help="raw file to write")
-    p.add_argument("--run", type=int, default=1)
-    p.add_argument("--spills", type=int, default=1)
-    p.add_argument("--first-spill", type=int, default=1)
-    p.add_argument("--events", type=int, default=1000, help="events per spill")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hadron-fraction", type=float, default=0.015, help="hadrons per beam particle")
-    p.add_argument("--muon-fraction", type=float, default=0.005)
-    p.add_argument("--signal-fraction", type=float, default=2e-4, help="missing-energy signal-like events")
-    p.add_argument("--pileup", type=float, default=0.02, help="pile-up probability per event")
-    p.add_argument("--pedestal-drift", type=float, default=0.0, metavar="ADC", help="pedestal drift per spill")
+    p.add_argument("--run", type=UINT32, default=1)
+    p.add_argument("--spills", type=POSITIVE, default=1)
+    p.add_argument("--first-spill", type=UINT32, default=1)
+    p.add_argument("--events", type=POSITIVE, default=1000, help="events per spill")
+    p.add_argument("--seed", type=UINT32, default=0)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015, help="hadrons per beam particle")
+    p.add_argument("--muon-fraction", type=FRACTION, default=0.005)
+    p.add_argument("--signal-fraction", type=FRACTION, default=2e-4, help="missing-energy signal-like events")
+    p.add_argument("--pileup", type=FRACTION, default=0.02, help="pile-up probability per event")
+    p.add_argument("--pedestal-drift", type=_float_in(-4096.0, 4096.0), default=0.0, metavar="ADC", help="pedestal drift per spill")
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--noisy-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--hot-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
@@ -486,20 +604,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt", type=_rate, action="append", default=[], metavar="KIND=P",
                    help="inject a §5 corruption with probability P per event (repeatable)")
     g = p.add_argument_group("live publishing (a readout node, spec §9)")
-    g.add_argument("--publish", action="append", default=[], metavar="ENDPOINT",
+    g.add_argument("--publish", type=_endpoint, action="append", default=[], metavar="ENDPOINT",
                    help="bind a PUB socket here (e.g. tcp://*:5550) and send LDC --ldc's data; repeatable")
-    g.add_argument("--ldc", type=int, action="append", metavar="N", help="readout node id, one per --publish")
-    g.add_argument("--spill-duration", type=float, default=4.8, metavar="S", help="seconds per spill (4.8)")
-    g.add_argument("--spill-gap", type=float, default=10.0, metavar="S", help="seconds between spills (10)")
+    g.add_argument("--ldc", type=_int_in(0, 255), action="append", metavar="N", help="readout node id, one per --publish")
+    g.add_argument("--spill-duration", type=SECONDS, default=4.8, metavar="S", help="seconds per spill (4.8)")
+    g.add_argument("--spill-gap", type=SECONDS, default=10.0, metavar="S", help="seconds between spills (10)")
     g.add_argument("--fast", action="store_true", help="as fast as possible (benchmarks)")
     g.add_argument("--nodrop", action="store_true", help="block on slow subscribers instead of dropping")
-    g.add_argument("--batch-events", type=int, default=200, metavar="N", help="events per message at most")
-    g.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+    g.add_argument("--batch-events", type=POSITIVE, default=200, metavar="N", help="events per message at most")
+    g.add_argument("--wait-subscribers", type=COUNT, default=0, metavar="N",
                    help="wait for N subscribers before the first spill")
-    g.add_argument("--wait-timeout", type=float, default=30.0, metavar="S")
+    g.add_argument("--wait-timeout", type=SECONDS, default=30.0, metavar="S")
     g.add_argument("--lose", action="append", default=[], metavar="SEQS",
                    help="sequence numbers not to send, e.g. 3,7,10-12 (loss injection)")
-    g.add_argument("--loss-rate", type=float, default=0.0, metavar="P", help="lose each message with probability P")
+    g.add_argument("--loss-rate", type=FRACTION, default=0.0, metavar="P", help="lose each message with probability P")
     g.add_argument("--corrupt-message", action="append", default=[], metavar="SEQ:KIND",
                    help="damage message SEQ (magic, version, short-envelope, frames, count, truncate, swap)")
     p.set_defaults(func=cmd_simulate)
@@ -515,58 +633,67 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dump", help="print one decoded event")
     _add_common(p)
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--spill", type=int, required=True)
-    p.add_argument("--event", type=int, required=True, help="event number in burst")
-    p.add_argument("--run", type=int, help="run number (when a file holds several)")
+    p.add_argument("--spill", type=UINT32, required=True)
+    p.add_argument("--event", type=UINT32, required=True, help="event number in burst")
+    p.add_argument("--run", type=UINT32, help="run number (when a file holds several)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("serve", help="live: subscribe to readout nodes, one QA record per spill")
     _add_common(p)
-    p.add_argument("--connect", action="append", default=[], metavar="ENDPOINT",
+    p.add_argument("--connect", type=_endpoint, action="append", default=[], metavar="ENDPOINT",
                    help="a readout node's PUB endpoint (repeatable; also [ingest] endpoints)")
     p.add_argument("--json", action="store_true", help="one JSON object per finished spill per line")
-    p.add_argument("--workers", type=int, metavar="N", help="local decoder worker processes (0: in-process)")
-    p.add_argument("--worker-bind", metavar="ENDPOINT", help="where workers connect, e.g. tcp://*:5570")
-    p.add_argument("--spill-timeout", type=float, metavar="S", help="close a spill after S s without data")
-    p.add_argument("--expected-ldc", type=int, action="append", metavar="N",
+    p.add_argument("--workers", type=COUNT, metavar="N", help="local decoder worker processes (0: in-process)")
+    p.add_argument("--worker-bind", type=_endpoint, metavar="ENDPOINT", help="where workers connect, e.g. tcp://*:5570")
+    p.add_argument("--spill-timeout", type=_float_in(0.001, 1e6), metavar="S", help="close a spill after S s without data")
+    p.add_argument("--expected-ldc", type=_int_in(0, 255), action="append", metavar="N",
                    help="readout nodes whose END_OF_BURST completes a spill (repeatable; default 1 and 2)")
     p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
-    p.add_argument("--max-spills", type=int, default=0, metavar="N", help="stop after N QA records")
-    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-spills", type=COUNT, default=0, metavar="N", help="stop after N QA records")
+    p.add_argument("--duration", type=SECONDS, default=0.0, metavar="S", help="stop after S seconds")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API / metrics address ([web])")
     p.add_argument("--no-web", action="store_true", help="no HTTP server")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the service fed by the built-in readout simulator (two LDCs on 127.0.0.1)")
     _add_common(p)
-    p.add_argument("--spills", type=int, default=0, metavar="N", help="stop after N spills (default: until Ctrl-C)")
-    p.add_argument("--events", type=int, default=5000, metavar="N", help="events per spill")
-    p.add_argument("--spill-duration", type=float, default=4.8, metavar="S")
-    p.add_argument("--spill-gap", type=float, default=3.0, metavar="S", help="time between spills")
-    p.add_argument("--hadron-fraction", type=float, default=0.015)
+    p.add_argument("--spills", type=COUNT, default=0, metavar="N", help="stop after N spills (default: until Ctrl-C)")
+    p.add_argument("--events", type=POSITIVE, default=5000, metavar="N", help="events per spill")
+    p.add_argument("--spill-duration", type=SECONDS, default=4.8, metavar="S")
+    p.add_argument("--spill-gap", type=SECONDS, default=3.0, metavar="S", help="time between spills")
+    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015)
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
-    p.add_argument("--workers", type=int, default=1, metavar="N")
+    p.add_argument("--workers", type=COUNT, default=1, metavar="N")
     p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8064)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=UINT32, default=0)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("worker", help="a decoder worker for a serve process (this or another host)")
-    p.add_argument("--connect", required=True, metavar="ENDPOINT", help="the service's worker endpoint")
-    p.add_argument("--capacity", type=int, default=2, metavar="N", help="tasks held at once")
+    p.add_argument("--connect", type=_endpoint, required=True, metavar="ENDPOINT", help="the service's worker endpoint")
+    p.add_argument("--capacity", type=POSITIVE, default=2, metavar="N", help="tasks held at once")
+    p.add_argument("--key", metavar="FILE", help="this worker's CurveZMQ secret-key certificate (NAME.key_secret)")
+    p.add_argument("--server-key", metavar="FILE", help="the service's CurveZMQ public-key certificate (server.key)")
+    p.add_argument("--parent-pid", type=POSITIVE, help=argparse.SUPPRESS)  # local workers: exit with the service
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("keys", help="create CurveZMQ key pairs for the worker port")
+    p.add_argument("dir", metavar="DIR", help="where to write NAME.key (public) and NAME.key_secret")
+    p.add_argument("names", nargs="+", metavar="NAME", help="e.g. server, or a worker host's name")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("archive", help="read the QA archive: spills, bad-spill list, alarm history, histograms")
     p.add_argument("db", metavar="DB", help="SQLite archive written by replay --archive or serve")
     p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export"))
-    p.add_argument("--run", type=int)
-    p.add_argument("--spill", type=int, help="export: one spill (default: the run summed)")
-    p.add_argument("--quality", help="spills: only this overall state (GOOD, WARNING, BAD, NO_DATA, INTERRUPTED)")
+    p.add_argument("--run", type=UINT32)
+    p.add_argument("--spill", type=UINT32, help="export: one spill (default: the run summed)")
+    p.add_argument("--quality", type=str.upper, choices=[state.name for state in QualityState] + [INTERRUPTED],
+                   help="spills: only this overall state")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="bad-spills output format")
     p.add_argument("--name", help="alarms: this alarm name (* wildcards)")
-    p.add_argument("--state", help="alarms: raised, acknowledged or cleared")
+    p.add_argument("--state", type=str.lower, choices=ALARM_STATES, help="alarms: only transitions to this state")
     p.add_argument("--per-spill", action="store_true", help="export: also each spill in its own ROOT folder")
     p.add_argument("--out", metavar="FILE", help="output file (bad-spills default: stdout)")
     p.set_defaults(func=cmd_archive)
@@ -581,6 +708,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (``… | head``): no message; silence the interpreter's flush of stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except DaqError as exc:
         print(f"na64-online: error: {exc}", file=sys.stderr)
         return EXIT_DATA
@@ -589,8 +720,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_DATA
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get("NA64_DEBUG"):
+            raise
+        kind = "ZeroMQ" if type(exc).__module__.startswith("zmq") else type(exc).__name__
+        print(f"na64-online: error: {kind}: {exc} (NA64_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

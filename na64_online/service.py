@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
 import threading
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from .config import Config
 from .daq.rawfile import RawFile
@@ -38,6 +39,13 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     )
 
 
+class ReplayNote(NamedTuple):
+    """Something about a replayed file itself: ``level`` is "error" (no usable data) or "warning"."""
+
+    level: str
+    text: str
+
+
 class Replayer:
     """Replay raw files through exactly the per-spill code of the live service."""
 
@@ -46,9 +54,12 @@ class Replayer:
         self.config = config
         self.monitor = build_monitor(config, channel_map, metrics, archive_path)
 
-    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, str | None]]:
-        """Yield (QA record dict, note) per spill; notes tell of truncation and the like."""
+    def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, ReplayNote | None]]:
+        """Yield (QA record dict, None) per spill, then (None, note) for what the file itself got wrong."""
         raw = RawFile(path)
+        if raw.size == 0:
+            yield None, ReplayNote("error", "the file is empty (0 bytes)")
+            return
         segments = raw.spills()
         bar = None
         if progress:
@@ -61,25 +72,68 @@ class Replayer:
                 record = self.monitor.handle(acc, complete=segment.complete)
                 if bar is not None:
                     bar.update(acc.bytes_decoded)
+                    bar.clear()  # the caller prints the record on the terminal the bar is drawn on
                 yield record, None
+                if bar is not None:
+                    bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
         stats = raw.stats
         if not segments:
-            yield None, "no spill found (every event rejected or of a run-level type)"
+            yield None, ReplayNote("error", "no spill found (every event rejected or of a run-level type)")
         if stats.truncated:
-            yield None, (
-                f"truncated: the file ends inside an event ({stats.trailing_bytes} stray trailing bytes); "
-                "decoded up to the last whole event"
+            stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
+            yield None, ReplayNote(
+                "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
             )
         if stats.late_events:
-            yield None, f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            yield None, ReplayNote(
+                "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+            )
 
     def close(self) -> None:
         self.monitor.close()
 
 
+class ServiceCommands:
+    """State changes asked for over HTTP, run by the ingest thread, which owns the monitor's state.
+
+    ``commands(fn)`` queues ``fn`` for the ingest loop (run between two
+    polls, so never while a spill is being finished) and waits at most
+    ``timeout_s`` for its result, which it returns (or raises ``fn``'s
+    exception). If the ingest does not run, or does not get to it in time,
+    :class:`~na64_online.web.state.CommandUnavailable` is raised and ``fn``
+    will not run later.
+    """
+
+    def __init__(self, ingest, timeout_s: float) -> None:
+        self.ingest = ingest
+        self.timeout_s = timeout_s
+
+    def __call__(self, fn: Callable[[], Any]) -> Any:
+        from .web.state import CommandUnavailable
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # the caller gave up waiting
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting request, never ends the thread
+                future.set_exception(exc)
+
+        if not self.ingest.running:
+            raise CommandUnavailable("the service is not processing spills (stopping or failed); try again later")
+        self.ingest.call_soon(run)
+        try:
+            return future.result(self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            if future.cancel():
+                raise CommandUnavailable(f"the service thread did not take the request within {self.timeout_s:g} s"
+                                         ) from None
+            return future.result()  # it started just now: wait for it
 def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
     """Decode and finish a tiny simulated spill through a throwaway :class:`SpillMonitor`.
 
@@ -123,6 +177,7 @@ class LiveService:
         from .monitor.liveness import LivenessWatch
         from .monitor.metrics import ServiceHealth, SnapshotStore, register_metrics
         from .monitor.spill_monitor import make_processor
+        from .worker_setup import worker_setup
 
         self.registry = CollectorRegistry()
         store = SnapshotStore()
@@ -138,22 +193,35 @@ class LiveService:
             new_accumulator=self.monitor.processor.new_accumulator,
             on_record=on_record,
             on_health=lambda health: self.metrics.publish_service(ServiceHealth(**health)),
+            worker_setup=worker_setup(config, channel_map),
             warm_up=(lambda: warm_up_monitor(config, channel_map)) if warm_up else None,
         )
         self._watch_stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self.watch_interval_s = watch_interval_s
         self.web = None
+        self._running = False
+        self.web_state = None
         if config.web.enabled if web is None else web:
             from .web.app import create_app
             from .web.server import WebServer
             from .web.state import AppState
 
-            state = AppState(monitor=self.monitor, registry=self.registry,
-                             service_health=lambda: dataclasses.asdict(self.metrics.service),
-                             info={"endpoints": list((ingest or config.ingest).endpoints)},
-                             liveness=self.liveness.status)
-            self.web = WebServer(create_app(config.web, state), config.web.host, config.web.port)
+            self.web_state = AppState(monitor=self.monitor, registry=self.registry,
+                                      service_health=lambda: dataclasses.asdict(self.metrics.service),
+                                      failure=lambda: self.failure,
+                                      info={"endpoints": list((ingest or config.ingest).endpoints)},
+                                      run_command=ServiceCommands(self.ingest, config.web.command_timeout_s),
+                                      liveness=self.liveness.status)
+            self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the service cannot go on (a core thread died), or None. ``serve``/``demo`` exit non-zero on it."""
+        reason = self.ingest.failure
+        if reason is None and self._running and self.web is not None and not self.web.alive:
+            reason = "web server thread ended unexpectedly"
+        return reason
 
     def start(self, abort: threading.Event | None = None) -> "LiveService":
         """Web first (``/readyz`` says warming_up), then the ingest: returns once warm and subscribed.
@@ -167,6 +235,7 @@ class LiveService:
             if self.web is not None:
                 self.web.stop()
             raise
+        self._running = True
         self._watch_thread = threading.Thread(target=self._watch, name="na64-liveness", daemon=True)
         self._watch_thread.start()
         return self
@@ -181,6 +250,7 @@ class LiveService:
                 log.exception("liveness check failed")
 
     def stop(self) -> None:
+        self._running = False
         self._watch_stop.set()
         if self._watch_thread is not None:
             self._watch_thread.join(5.0)
@@ -189,4 +259,5 @@ class LiveService:
         finally:
             if self.web is not None:
                 self.web.stop()
+                self.web_state.close()
             self.monitor.close()

@@ -96,9 +96,16 @@ def test_custom_map_counts_unknown_channels(tmp_path):
     (("replay", SMALL, "--config", "__FILE__:tests/data/vectors/README.md"), "not valid TOML"),
     (("replay", SMALL, "--bogus-option"), "unrecognized arguments"),
     (("dump", SMALL, "--spill", 1, "--event", 999), "no event 999"),
-    (("dump", SMALL, "--spill", "x", "--event", 1), "invalid int value"),
+    (("dump", SMALL, "--spill", "x", "--event", 1), "expected an integer, got 'x'"),
+    (("dump", SMALL, "--spill", 10**23, "--event", 1), "is outside 0..4294967295"),
+    (("demo", "--workers", -1), "argument --workers: -1 is outside 0.."),
+    (("serve", "--connect", "notanendpoint", "--no-web"), "'notanendpoint' is not a ZeroMQ endpoint"),
+    (("serve", "--connect", "tcp://127.0.0.1:99999", "--no-web"), "port 99999 is outside 1..65535"),
+    (("worker", "--connect", "tcp//x:1"), "is not a ZeroMQ endpoint"),
+    (("simulate", "--out", "/tmp/x.dat", "--hadron-fraction", "nan"), "nan is outside 0..1"),
+    (("simulate", "--out", "/tmp/x.dat", "--dead-channel", "610/9/1"), "port 0..7"),
     (("simulate", "--out", "/tmp/x.dat", "--corrupt", "nonsense=1"), "unknown corruption kind"),
-    (("simulate", "--out", "/tmp/x.dat", "--events", -5), "bad simulation settings"),
+    (("simulate", "--out", "/tmp/x.dat", "--events", -5), "argument --events: -5 is outside 1.."),
     (("frobnicate",), "invalid choice"),
 ])
 def test_bad_input_one_line_no_traceback(args, message):
@@ -134,14 +141,12 @@ def test_format_prints_the_layout_tables():
     assert "MSADC ADC block header" in text and "| 30–31 | key |" in text
 
 
-def test_progress_bar_on_a_terminal():
-    """stderr on a terminal (a pty here) shows a progress bar; stdout keeps only records."""
+def _run_on_terminal(args, stdout_on_terminal: bool):
+    """Run the CLI with stderr (and optionally stdout) on a pty; returns (process, stdout or None, terminal text)."""
+    import fcntl
     import os
     import pty
-
     import select
-
-    import fcntl
     import struct
     import termios
 
@@ -149,7 +154,7 @@ def test_progress_bar_on_a_terminal():
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
     chunks = []
     try:
-        proc = subprocess.Popen([*COMMAND, "replay", str(SMALL), "--json"], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*COMMAND, *args], stdout=slave if stdout_on_terminal else subprocess.PIPE,
                                 stderr=slave, text=True)
         os.close(slave)
         while True:  # drain the terminal while the process runs (a pty loses data once its slave closes)
@@ -167,10 +172,27 @@ def test_progress_bar_on_a_terminal():
         stdout, _ = proc.communicate(timeout=120)
     finally:
         os.close(master)
+    return proc, stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal():
+    """stderr on a terminal (a pty here) shows a progress bar; stdout keeps only records."""
+    proc, stdout, terminal = _run_on_terminal(["replay", str(SMALL), "--json"], stdout_on_terminal=False)
     assert proc.returncode == 0
     assert json.loads(stdout)["events"] == 30
-    terminal = b"".join(chunks).decode(errors="replace")
     assert "small.dat" in terminal and "%" in terminal
+
+
+def test_summary_lines_do_not_share_the_progress_bar_line(tmp_path):
+    """Both streams on one terminal: every summary line starts a line of its own, free of the bar."""
+    copy = tmp_path / "copy.dat"
+    shutil.copy(SMALL, copy)
+    proc, _, terminal = _run_on_terminal(["replay", str(SMALL), str(copy)], stdout_on_terminal=True)
+    assert proc.returncode == 0
+    shown = [line.rsplit("\r", 1)[-1].strip() for line in terminal.replace("\r\n", "\n").split("\n")]
+    summaries = [line for line in shown if "spill 1: 30 events" in line]
+    assert len(summaries) == 2 and all(line.startswith("run 4321 spill 1") for line in summaries), terminal
+    assert not any("%|" in line for line in summaries)
 
 
 def test_replay_archive_then_analyst_commands(tmp_path):
@@ -214,3 +236,75 @@ def test_demo_runs_the_live_service_on_the_simulator():
     assert [(r["spill"], r["events"], r["complete"]) for r in records] == [(1, 600, True), (2, 600, True)]
     assert all(r["lost_messages"]["total"] == 0 and r["lost_events"] == 0 for r in records)
     assert "dashboard API on http://127.0.0.1:" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory):
+    """An archive holding run 4321, spill 1 (the small test vector)."""
+    db = tmp_path_factory.mktemp("archive") / "qa.sqlite"
+    run("replay", SMALL, "--archive", db)
+    return db
+
+
+@pytest.mark.parametrize("args, message", [
+    (("spills", "--run", 10**23), "argument --run: 100000000000000000000000 is outside 0..4294967295"),
+    (("spills", "--quality", "MAYBE"), "argument --quality: invalid choice: 'MAYBE'"),
+    (("alarms", "--state", "bogus"), "argument --state: invalid choice: 'bogus'"),
+    (("export", "--run", 5, "--out", "__TMP__/x.root"), "run 5 is not in"),
+    (("export", "--run", 4321, "--spill", 99, "--out", "__TMP__/x.root"), "spill 99 of run 4321 is not in"),
+    (("export", "--run", 4321, "--out", "__TMP__/x.txt"), "must end in .root or .json"),
+])
+def test_archive_bad_requests_are_errors(small_archive, tmp_path, args, message):
+    args = [str(a).replace("__TMP__", str(tmp_path)) for a in args]
+    result = run("archive", small_archive, *args, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("na64-online") and message in result.stderr, result.stderr
+    assert "error:" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_archive_filters_accept_any_case(small_archive):
+    (row,) = [json.loads(line) for line in run("archive", small_archive, "spills", "--quality", "good").stdout.splitlines()] or [None]
+    assert row is None or row["overall"] == "GOOD"
+    assert run("archive", small_archive, "alarms", "--state", "RAISED").returncode == 0
+
+
+def test_archive_into_a_closed_pipe_is_quiet(small_archive):
+    """``archive … | head``: the reader leaving early ends the command quietly."""
+    proc = subprocess.Popen([*COMMAND, "archive", str(small_archive), "spills"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command writes its first line
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and stderr == ""
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"just some text, not a database\n" * 10, "cannot open archive"),
+    (None, "is not an na64-online QA archive"),
+])
+def test_archive_on_a_file_that_is_not_one(tmp_path, content, message):
+    import sqlite3
+
+    path = tmp_path / "other.sqlite"
+    if content is None:
+        sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    else:
+        path.write_bytes(content)
+    result = run("archive", path, "spills", check=False)
+    assert result.returncode != 0 and message in result.stderr and "schema version" not in result.stderr
+
+
+def test_empty_file_is_an_error(tmp_path):
+    empty = tmp_path / "empty.dat"
+    empty.write_bytes(b"")
+    result = run("replay", empty, check=False)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr == f"na64-online: error: {empty}: the file is empty (0 bytes)\n"
+
+
+def test_truncation_at_a_word_boundary_names_no_stray_bytes(tmp_path):
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(SMALL.read_bytes()[:100_000])
+    result = run("replay", cut)
+    assert "na64-online: warning:" in result.stderr and "truncated" in result.stderr
+    assert "stray" not in result.stderr and "0 bytes" not in result.stderr

@@ -15,12 +15,14 @@ from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.metrics import register_metrics
 from na64_online.service import Replayer
 from na64_online.web.app import create_app
+from na64_online.web.auth import hash_token
 from na64_online.web.config import WebConfig
 from na64_online.web.server import WebServer
 from na64_online.web.state import AppState
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RED, GREEN = (0xC6, 0x28, 0x28), (0x2E, 0x7D, 0x32)  # BAD and GOOD tiles
+LEADER_TOKEN = "shift-leader-token-42"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,8 @@ def dashboard(tmp_path_factory):
         waiting = client.get("/").text  # before any spill
     empty.stop()
     records = [r for r, _ in replayer.replay_file(raw) if r is not None]
-    server = WebServer(create_app(WebConfig(port=0, refresh_seconds=600), AppState(
+    config = WebConfig(port=0, refresh_seconds=600, tokens={"Shift Leader": hash_token(LEADER_TOKEN)})
+    server = WebServer(create_app(config, AppState(
         monitor=replayer.monitor, registry=registry)), "127.0.0.1", 0).start()
     yield server, records, waiting, tmp
     server.stop()
@@ -76,21 +79,38 @@ def test_headless_chromium_renders_quality_tiles(dashboard):
 
 
 def test_acknowledge_from_the_dashboard_form(dashboard):
-    """The form a shifter submits: urlencoded name and comment; the alarm shows who acknowledged it."""
+    """The form a shifter submits: their token, a comment and the page's CSRF token (signed double submit:
+    the page's cookie nonce, signed into the form); the alarm shows who acknowledged it."""
+    import re
+
     server, _, _, _ = dashboard
     with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
         page = client.get("/").text
         assert 'action="/ui/alarms/high_hadron_fraction/ack"' in page
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        assert client.cookies.get("na64_csrf")
         form = {"content-type": "application/x-www-form-urlencoded"}
-        missing = client.post("/ui/alarms/high_hadron_fraction/ack", content="user=&comment=x", headers=form)
-        assert missing.status_code == 400 and "Not acknowledged" in missing.text
-        assert client.post("/ui/alarms/nonexistent/ack", content="user=a", headers=form).status_code == 404
-        done = client.post("/ui/alarms/high_hadron_fraction/ack", content="user=Shift+Leader&comment=pion+run",
-                           headers=form)
+        ack = "/ui/alarms/high_hadron_fraction/ack"
+        no_csrf = client.post(ack, content=f"token={LEADER_TOKEN}&comment=x", headers=form)
+        assert no_csrf.status_code == 403 and "Not acknowledged" in no_csrf.text
+        forged = client.post(ack, content=f"token={LEADER_TOKEN}&csrf={'0' * 64}", headers=form)
+        assert forged.status_code == 403
+        with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as other:  # no cookie: a foreign site
+            assert other.post(ack, content=f"token={LEADER_TOKEN}&csrf={csrf}", headers=form).status_code == 403
+        no_token = client.post(ack, content=f"csrf={csrf}&comment=x", headers=form)
+        assert no_token.status_code == 401 and "Not acknowledged" in no_token.text
+        assert client.post(ack, content=f"csrf={csrf}&token=guess", headers=form).status_code == 401
+        assert client.post("/ui/alarms/nonexistent/ack", content=f"csrf={csrf}&token={LEADER_TOKEN}",
+                           headers=form).status_code == 404
+        done = client.post(ack, content=f"csrf={csrf}&token={LEADER_TOKEN}&comment=pion+run", headers=form)
         assert done.status_code == 303 and done.headers["location"] == "/"
         page = client.get("/").text
         assert "acknowledged by Shift Leader: pion run" in page
         assert 'action="/ui/alarms/high_hadron_fraction/ack"' not in page
+        metrics = client.get("/metrics").text
+        assert 'na64_web_refused_requests_total{reason="bad_csrf"} 3.0' in metrics
+        assert 'na64_web_refused_requests_total{reason="missing_token"} 1.0' in metrics
+        assert 'na64_web_refused_requests_total{reason="bad_token"} 1.0' in metrics
 
 
 def test_status_header_turns_grey_when_no_data_comes():

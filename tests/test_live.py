@@ -26,6 +26,7 @@ from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import Replayer, build_monitor
+from na64_online.worker_setup import worker_setup
 
 LIVE_ONLY = {"lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs"}
 TIMING = {"processing_seconds", "finished_at"}
@@ -99,7 +100,8 @@ def start_service(channel_map, endpoints, **overrides) -> IngestService:
     cfg = replace(cfg, **overrides)
     monitor = build_monitor(Config(), channel_map)  # what serve does: SpillMonitor.handle finishes each spill
     return IngestService(cfg, make_processor, (channel_map, Config().monitor, Config().histograms), finish=monitor.handle,
-                         new_accumulator=monitor.processor.new_accumulator).start()
+                         new_accumulator=monitor.processor.new_accumulator,
+                         worker_setup=worker_setup(Config(), channel_map)).start()
 
 
 def publisher(ldc, endpoint="tcp://127.0.0.1:0", **kw) -> ReadoutPublisher:

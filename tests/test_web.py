@@ -12,9 +12,17 @@ from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.metrics import register_metrics
 from na64_online.service import Replayer
 from na64_online.web.app import create_app
+from na64_online.web.auth import hash_token
 from na64_online.web.config import WebConfig
 from na64_online.web.server import WebServer
 from na64_online.web.state import AppState
+
+
+NIGHT, OTHER = "night-token-0123456789", "other-token-9876543210"
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,8 @@ def served(tmp_path_factory):
     store = register_metrics(registry)
     replayer = Replayer(load_config(environ={}), ChannelMap.default(), archive_path=tmp / "qa.sqlite", metrics=store)
     records = [r for r, _ in replayer.replay_file(raw) if r is not None]
-    app = create_app(WebConfig(port=0), AppState(monitor=replayer.monitor, registry=registry))
+    config = WebConfig(port=0, tokens={"night shifter": hash_token(NIGHT), "other": hash_token(OTHER)})
+    app = create_app(config, AppState(monitor=replayer.monitor, registry=registry))
     server = WebServer(app, "127.0.0.1", 0).start()
     with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
         yield client, records
@@ -47,7 +56,7 @@ def test_archived_spills_and_bad_list(served):
     assert client.get("/api/spills/1/2").json()["record"]["spill"] == 2
     assert len(client.get("/api/spills/bad").json()) == 3
     assert client.get("/api/spills/1/99").status_code == 404
-    assert client.get("/api/spills", params={"quality": "SHINY"}).status_code == 400
+    assert client.get("/api/spills", params={"quality": "SHINY"}).status_code == 422
 
 
 def test_metrics_exposition(served):
@@ -58,17 +67,25 @@ def test_metrics_exposition(served):
     assert "na64_hadron_fraction" in text
 
 
-def test_alarm_acknowledge_lifecycle(served):
+def test_alarm_acknowledge_lifecycle_keeps_every_acknowledgement(served):
     client, _ = served
     active = client.get("/api/alarms").json()
     assert "high_hadron_fraction" in {a["name"] for a in active}
-    assert client.post("/api/alarms/high_hadron_fraction/ack", json={"user": "", "comment": "x"}).status_code == 400
-    assert client.post("/api/alarms/nonexistent/ack", json={"user": "shifter"}).status_code == 404
-    acked = client.post("/api/alarms/high_hadron_fraction/ack", json={"user": "shifter", "comment": "beam tuning"})
+    assert client.post("/api/alarms/nonexistent/ack", json={}, headers=bearer(NIGHT)).status_code == 404
+    acked = client.post("/api/alarms/high_hadron_fraction/ack", json={"comment": "beam tuning"}, headers=bearer(NIGHT))
     assert acked.status_code == 200 and acked.json()["state"] == "acknowledged"
+    assert acked.json()["acknowledged_by"] == "night shifter"
+    again = client.post("/api/alarms/high_hadron_fraction/ack", json={"comment": "still tuning"}, headers=bearer(OTHER))
+    assert again.status_code == 200
+    # the second acknowledgement does not replace the first: both are kept, oldest first
+    alarm = next(a for a in client.get("/api/alarms").json() if a["name"] == "high_hadron_fraction")
+    assert alarm["acknowledged_by"] == "night shifter" and alarm["ack_comment"] == "beam tuning"
+    assert [(a["user"], a["comment"]) for a in alarm["acknowledgements"]] == [
+        ("night shifter", "beam tuning"), ("other", "still tuning")]
+    assert alarm["acknowledgements"][0]["time"] <= alarm["acknowledgements"][1]["time"]
     history = client.get("/api/alarms/history", params={"name": "high_hadron_fraction"}).json()
-    assert [h["state"] for h in history][:2] == ["acknowledged", "raised"]
-    assert history[0]["user"] == "shifter"
+    assert [(h["state"], h["user"]) for h in history][:3] == [
+        ("acknowledged", "other"), ("acknowledged", "night shifter"), ("raised", None)]
 
 
 def test_histograms_reset_and_reference(served):
@@ -76,10 +93,14 @@ def test_histograms_reset_and_reference(served):
     spill = client.get("/api/histograms/spill").json()
     assert "e_ecal" in spill["histograms"] and spill["spill"] == 3
     assert client.get("/api/histograms/run").json()["spills"] == 3
-    assert client.post("/api/histograms/run/reset", json={"user": "shifter"}).json() == {"reset": True}
-    assert client.put("/api/histograms/reference", json={"run": 1, "spill": 1}).json() == {"reference": [1, 1]}
-    assert client.put("/api/histograms/reference", json={"run": 7, "spill": 1}).status_code == 404
-    assert client.put("/api/histograms/reference", json={"run": 1}).json() == {"reference": [1, None]}
+    auth = bearer(NIGHT)
+    assert client.post("/api/histograms/run/reset", json={"reason": "new target"}, headers=auth).json() == {
+        "reset": True, "user": "night shifter"}
+    assert client.get("/api/histograms/run").json()["spills"] == 3  # the snapshot changes with the next spill
+    put = client.put("/api/histograms/reference", json={"run": 1, "spill": 1}, headers=auth)
+    assert put.json() == {"reference": [1, 1], "user": "night shifter"}
+    assert client.put("/api/histograms/reference", json={"run": 7, "spill": 1}, headers=auth).status_code == 404
+    assert client.put("/api/histograms/reference", json={"run": 1}, headers=auth).json()["reference"] == [1, None]
     assert client.get("/api/health").json()["monitor"]["reference"] == [1, None]
 
 
@@ -87,7 +108,7 @@ def test_unknown_requests(served):
     client, _ = served
     assert client.get("/api/nothing-here").status_code == 404
     assert client.post("/api/alarms/x/ack", content=b"not json",
-                       headers={"content-type": "application/json"}).status_code == 422
+                       headers={"content-type": "application/json", **bearer(NIGHT)}).status_code == 422
     assert client.get("/api/health").json()["spills_handled"] == 3
 
 

@@ -43,23 +43,29 @@ def _tile(label: str, state: str) -> str:
             f'<b>{html.escape(state)}</b></span>')
 
 
-def _alarm_row(alarm: dict) -> str:
-    """One active alarm; an unacknowledged one carries the acknowledge form (name and comment)."""
+def _alarm_row(alarm: dict, csrf: str = "") -> str:
+    """One active alarm with its acknowledgements; an unacknowledged one carries the acknowledge form
+    (the shifter's token, kept in the tab's sessionStorage, a comment, and the page's CSRF token)."""
     name = html.escape(str(alarm["name"]))
     colour = SEVERITY_COLOURS.get(alarm.get("severity"), "#000")
     if alarm.get("state") == "acknowledged":
-        ack = (f' — acknowledged by {html.escape(str(alarm.get("acknowledged_by")))}: '
-               f'{html.escape(str(alarm.get("ack_comment") or ""))}')
+        acks = alarm.get("acknowledgements") or [
+            {"user": alarm.get("acknowledged_by"), "comment": alarm.get("ack_comment")}]
+        ack = " — acknowledged by " + "; ".join(
+            f'{html.escape(str(a.get("user")))}: {html.escape(str(a.get("comment") or ""))}' for a in acks)
     else:
         ack = (f'<form class="ack" method="post" action="/ui/alarms/{name}/ack">'
-               '<input name="user" placeholder="your name" required> '
-               '<input name="comment" placeholder="comment"> <button type="submit">acknowledge</button></form>')
+               f'<input type="hidden" name="csrf" value="{html.escape(csrf)}">'
+               '<input type="password" name="token" class="na64-token" placeholder="your token" '
+               'autocomplete="current-password" required> '
+               '<input name="comment" placeholder="comment" maxlength="2000"> '
+               '<button type="submit">acknowledge</button></form>')
     return (f'<li><span style="color:{colour}"><b>{name}</b> [{html.escape(str(alarm.get("severity")))}]</span> '
             f'{html.escape(str(alarm.get("detail", "")))}{ack}</li>')
 
 
 def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None, now: float | None = None,
-                liveness=None) -> str:
+                csrf: str = "", liveness=None) -> str:
     """The header: what a shifter must see at one glance. ``alarms``: the alarm engine's
     active alarms now (acknowledgements since the spill included); default: the spill's.
     ``liveness`` (``monitor.liveness.Liveness``): when no data came for too long every tile
@@ -74,7 +80,7 @@ def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None
     tiles = _tile("SPILL", overall) + "".join(
         _tile(name.upper(), "NO_DATA" if stale else state) for name, state in (q.get("subsystems") or {}).items())
     alarms = snapshot.record.get("alarms") or [] if alarms is None else alarms
-    alarm_rows = "".join(_alarm_row(a) for a in alarms) or "<li>none</li>"
+    alarm_rows = "".join(_alarm_row(a, csrf) for a in alarms) or "<li>none</li>"
     age = now - snapshot.published_at
     return f"""
 <div class="status">{banner}
@@ -241,9 +247,9 @@ REFRESH_SCRIPT = """
 
 
 def dashboard_html(snapshot: SpillSnapshot | None, channel_map: ChannelMap, refresh_seconds: float,
-                   alarms: list[dict] | None = None, liveness=None) -> str:
+                   alarms: list[dict] | None = None, csrf: str = "", liveness=None) -> str:
     """The page: the status header as plain HTML (tiles, numbers, alarms with their acknowledge
-    forms), then the Bokeh plots; it reloads itself every ``refresh_seconds``."""
+    forms, signed with ``csrf``), then the Bokeh plots; it reloads itself every ``refresh_seconds``."""
     if snapshot is None:
         layout = column(Div(text=""))
     else:
@@ -262,5 +268,5 @@ def dashboard_html(snapshot: SpillSnapshot | None, channel_map: ChannelMap, refr
         )
     page = file_html(layout, resources=_RESOURCES, title="na64-online")
     page = page.replace("<head>", "<head>\n" + STYLE, 1)
-    header = status_html(snapshot, alarms, liveness=liveness) + REFRESH_SCRIPT % int(refresh_seconds * 1000)
+    header = status_html(snapshot, alarms, csrf=csrf, liveness=liveness) + REFRESH_SCRIPT % int(refresh_seconds * 1000)
     return page.replace("<body>", "<body>\n" + header, 1)

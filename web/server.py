@@ -28,6 +28,11 @@ class WebServer:
         return self
 
     @property
+    def alive(self) -> bool:
+        """Whether the server thread is running."""
+        return self._thread.is_alive()
+
+    @property
     def port(self) -> int:
         sockets = [s for server in self._server.servers for s in server.sockets]
         return sockets[0].getsockname()[1]

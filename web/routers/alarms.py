@@ -1,11 +1,13 @@
-"""Alarms: active ones, history, acknowledgement."""
+"""Alarms: active ones, history, acknowledgement (by the token's owner, in the service thread)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel
+from typing import Literal
 
-from .common import json_response, state
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from .common import AlarmName, NameQuery, RunQuery, Writer, json_response, state
 
 router = APIRouter(prefix="/api/alarms", tags=["alarms"])
 
@@ -16,23 +18,31 @@ def active(request: Request):
 
 
 @router.get("/history")
-def history(request: Request, name: str | None = None, alarm_state: str | None = Query(None, alias="state"),
-            run: int | None = None, limit: int = Query(500, ge=1, le=10000)):
-    engine = state(request).monitor.alarms
-    return json_response(engine.history(name=name, state=alarm_state, run=run, limit=limit))
+def history(request: Request, name: NameQuery = None,
+            alarm_state: Literal["raised", "acknowledged", "cleared"] | None = Query(None, alias="state"),
+            run: RunQuery = None, limit: int = Query(500, ge=1, le=10000)):
+    st = state(request)
+    filters = dict(name=name, state=alarm_state, run=run, limit=limit)
+    if st.archive is not None:  # the web's own read-only connection
+        return json_response(st.archive.alarm_history(**filters))
+    return json_response(st.monitor.alarms.history(**filters))
 
 
 class Acknowledgement(BaseModel):
-    user: str
-    comment: str = ""
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field("", max_length=2000)
+
+
+def acknowledge_alarm(request: Request, name: str, user: str, comment: str) -> dict:
+    """Acknowledge in the service thread; ``KeyError`` if no such alarm is active."""
+    engine = state(request).monitor.alarms
+    return state(request).command(lambda: engine.acknowledge(name, user, comment))
 
 
 @router.post("/{name}/ack")
-def acknowledge(request: Request, name: str, body: Acknowledgement):
-    engine = state(request).monitor.alarms
+def acknowledge(request: Request, name: AlarmName, user: Writer, body: Acknowledgement):
+    """Acknowledge an active alarm; every acknowledgement is kept (``acknowledgements``)."""
     try:
-        return json_response(engine.acknowledge(name, body.user, body.comment))
+        return json_response(acknowledge_alarm(request, name, user, body.comment))
     except KeyError:
         raise HTTPException(status_code=404, detail=f"no active alarm {name!r}") from None
-    except ValueError as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from None

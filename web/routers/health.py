@@ -36,14 +36,22 @@ def health(request: Request):
     }
     if st.service_health is not None:
         body["ingest"] = st.service_health()
+    failure = st.failure() if st.failure is not None else None
+    if failure:  # a core thread died: the process is about to exit for its supervisor to restart it
+        body.update(status="failed", reason=failure)
+        return json_response(body, status_code=503)
     return json_response(body)
 
 
 @router.get("/readyz")
 def readyz(request: Request):
-    """200 while spills come (or outside a live service); 503 while warming up or without data
-    for ``[monitor] no_data_after_seconds`` (the body says which)."""
-    live = _liveness(state(request))
+    """200 while spills come (or outside a live service); 503 while warming up, without data
+    for ``[monitor] no_data_after_seconds``, or failed (the body says which)."""
+    st = state(request)
+    failure = st.failure() if st.failure is not None else None
+    if failure:
+        return json_response({"status": "failed", "reason": failure}, status_code=503)
+    live = _liveness(st)
     if live is None or live["status"] == "ok":
         return json_response({"status": "ok"})
     return json_response({"status": live["status"], "reason": live["reason"],

@@ -1,11 +1,17 @@
-"""Histograms of the latest spill and run-cumulative ones; operator reset; reference spill."""
+"""Histograms of the latest spill and run-cumulative ones; operator reset; reference spill.
+
+The two writes run in the service thread (the one that fills the
+histograms), through :meth:`~..state.AppState.command`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel
+from typing import Annotated
 
-from .common import json_response, state
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from .common import MAX_NUMBER, Writer, json_response, state
 
 router = APIRouter(prefix="/api/histograms", tags=["histograms"])
 
@@ -27,27 +33,34 @@ def run_histograms(request: Request):
 
 
 class ResetRequest(BaseModel):
-    user: str
-    reason: str = "operator"
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("operator", min_length=1, max_length=200)
 
 
 @router.post("/run/reset")
-def reset_run(request: Request, body: ResetRequest):
-    if not body.user.strip():
-        raise HTTPException(status_code=400, detail="a reset needs the name of who resets")
-    state(request).monitor.reset_run_histograms(f"{body.reason} ({body.user})")
-    return {"reset": True}
+def reset_run(request: Request, user: Writer, body: ResetRequest | None = None):
+    """Reset the run-cumulative histograms (who resets: the token's owner)."""
+    reason = f"{(body or ResetRequest()).reason} ({user})"
+    monitor = state(request).monitor
+    state(request).command(lambda: monitor.reset_run_histograms(reason))
+    return {"reset": True, "user": user}
+
+
+Number = Annotated[int, Field(ge=0, le=MAX_NUMBER)]
 
 
 class ReferenceRequest(BaseModel):
-    run: int
-    spill: int | None = None  # None: the whole run, summed
+    model_config = ConfigDict(extra="forbid")
+    run: Number
+    spill: Number | None = None  # None: the whole run, summed
 
 
 @router.put("/reference")
-def set_reference(request: Request, body: ReferenceRequest):
+def set_reference(request: Request, user: Writer, body: ReferenceRequest):
+    """Compare spectra with this archived spill (or the whole run, summed) from the next spill on."""
+    monitor = state(request).monitor
     try:
-        state(request).monitor.set_reference(body.run, body.spill)
+        state(request).command(lambda: monitor.set_reference(body.run, body.spill))
     except ValueError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
-    return {"reference": [body.run, body.spill]}
+    return {"reference": [body.run, body.spill], "user": user}

@@ -1,10 +1,12 @@
-"""QA records: the latest spill (live snapshot) and archived ones."""
+"""QA records: the latest spill (live snapshot) and archived ones (the web's read-only archive connection)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from .common import archive_or_404, json_response, state
+from .common import RunPath, RunQuery, SpillPath, archive_or_404, json_response, state
 
 router = APIRouter(prefix="/api/spills", tags=["spills"])
 
@@ -19,21 +21,20 @@ def latest(request: Request):
 
 
 @router.get("")
-def list_spills(request: Request, run: int | None = None, quality: str | None = None,
+def list_spills(request: Request, run: RunQuery = None,
+                quality: Literal["GOOD", "WARNING", "BAD", "NO_DATA", "INTERRUPTED"] | None = None,
                 limit: int = Query(200, ge=1, le=10000)):
     archive = archive_or_404(request)
-    if quality is not None and quality not in ("GOOD", "WARNING", "BAD", "NO_DATA", "INTERRUPTED"):
-        raise HTTPException(status_code=400, detail=f"unknown quality state {quality!r}")
     return json_response(archive.list_spills(run=run, quality=quality, limit=limit, newest_first=True))
 
 
 @router.get("/bad")
-def bad_spills(request: Request, run: int | None = None):
+def bad_spills(request: Request, run: RunQuery = None):
     return json_response(archive_or_404(request).bad_spills(run=run))
 
 
 @router.get("/{run}/{spill}")
-def get_spill(request: Request, run: int, spill: int):
+def get_spill(request: Request, run: RunPath, spill: SpillPath):
     found = archive_or_404(request).get_spill(run, spill)
     if found is None:
         raise HTTPException(status_code=404, detail=f"no archived spill {run}/{spill}")

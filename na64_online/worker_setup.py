@@ -1,0 +1,130 @@
+"""What a decoder worker is sent to decode exactly as the service does: text, never pickle.
+
+The SETUP payload is two UTF-8 frames:
+
+1. the configuration the worker's pipeline uses, as TOML — the ``[monitor]``
+   section (``chunk_events``, ``[monitor.reconstruction]``, ``[monitor.cuts]``)
+   and ``[histograms]``, with the format version in ``[setup]``;
+2. the channel map (with calibration) as CSV, the columns of
+   ``decoders/default-channel-map.csv``.
+
+The worker parses them with the service's own loaders (``config.build`` and
+``ChannelMap.from_csv_text``), so a bad set-up is a :class:`ConfigError` or
+:class:`ChannelMapError` naming the key or line, and builds
+``make_processor(channel_map, monitor, histograms)`` — the processor of the
+service itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import tomllib
+from typing import Any, Mapping, Sequence
+
+from .config import Config, build
+from .daq.workers import WorkerSetup
+from .decoders.channelmap import ChannelMap
+from .decoders.errors import ConfigError
+from .monitor.histograms import HistogramConfig
+from .monitor.pipeline import MonitorConfig, SpillProcessor
+from .monitor.spill_monitor import make_processor
+
+SETUP_FORMAT = "na64-worker-setup"
+SETUP_VERSION = 1
+MAX_SETUP_BYTES = 16 << 20
+#: the program of a local worker process (the pool adds --connect, --capacity, --parent-pid, keys)
+WORKER_COMMAND = (sys.executable, "-m", "na64_online.cli", "worker")
+
+
+# --------------------------------------------------------------------------- TOML out
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest repr: round-trips exactly
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    raise TypeError(f"{where}: {type(value).__name__} has no TOML form")
+
+
+def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """TOML text of ``{section: {key: value or sub-table}}`` (scalars, lists, nested tables)."""
+    lines: list[str] = []
+
+    def table(name: str, body: Mapping[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        subs = []
+        for key, value in body.items():
+            if isinstance(value, Mapping):
+                subs.append((f"{name}.{key}", value))
+            else:
+                lines.append(f"{key} = {_toml_value(value, f'{name}.{key}')}")
+        lines.append("")
+        for sub_name, sub in subs:
+            table(sub_name, sub)
+
+    for name, body in tables.items():
+        table(name, body)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- encode / decode
+def encode_setup(config: Config, channel_map: ChannelMap) -> tuple[bytes, bytes]:
+    """(configuration TOML, channel map CSV) as UTF-8 frames."""
+    toml = to_toml({
+        "setup": {"format": SETUP_FORMAT, "version": SETUP_VERSION},
+        "monitor": dataclasses.asdict(config.monitor),
+        "histograms": dataclasses.asdict(config.histograms),
+    })
+    return toml.encode(), channel_map.to_csv_text().encode()
+
+
+def decode_setup(payload: Sequence[bytes]) -> tuple[MonitorConfig, HistogramConfig, ChannelMap]:
+    """The worker's side of :func:`encode_setup`; ConfigError / ChannelMapError name what is wrong."""
+    if len(payload) != 2:
+        raise ConfigError(f"worker set-up: expected 2 frames (TOML, CSV), got {len(payload)}")
+    if sum(len(p) for p in payload) > MAX_SETUP_BYTES:
+        raise ConfigError(f"worker set-up larger than {MAX_SETUP_BYTES} bytes")
+    try:
+        toml_text, csv_text = (bytes(p).decode("utf-8") for p in payload)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"worker set-up is not UTF-8 text: {exc}") from None
+    try:
+        data = tomllib.loads(toml_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"worker set-up: configuration is not valid TOML: {exc}") from None
+    head = data.pop("setup", None)
+    if not isinstance(head, dict) or head.get("format") != SETUP_FORMAT:
+        raise ConfigError(f"worker set-up: [setup] format must be {SETUP_FORMAT!r}")
+    if head.get("version") != SETUP_VERSION:
+        raise ConfigError(f"worker set-up: version {head.get('version')!r} is not supported "
+                          f"(this worker reads {SETUP_VERSION})")
+    unknown = sorted(set(data) - {"monitor", "histograms"})
+    if unknown:
+        raise ConfigError(f"worker set-up: unknown section(s) {', '.join(unknown)}")
+    monitor = build(MonitorConfig, data.get("monitor", {}), "setup.monitor")
+    histograms = build(HistogramConfig, data.get("histograms", {}), "setup.histograms")
+    channel_map = ChannelMap.from_csv_text(csv_text, source="<channel map from the service>")
+    return monitor, histograms, channel_map
+
+
+def build_processor(payload: Sequence[bytes]) -> SpillProcessor:
+    """A worker's processor from the SETUP payload (what ``na64-online worker`` runs)."""
+    monitor, histograms, channel_map = decode_setup(payload)
+    return make_processor(channel_map, monitor, histograms)
+
+
+def worker_setup(config: Config, channel_map: ChannelMap) -> WorkerSetup:
+    """The live service's :class:`WorkerSetup`: text payload, builder, worker program."""
+    return WorkerSetup(encode_setup(config, channel_map), build_processor, WORKER_COMMAND)

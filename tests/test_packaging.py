@@ -1,0 +1,68 @@
+"""The package as users install it: the built wheel holds every sub-package, builds without warnings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import na64_online
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("daq", "decoders", "monitor", "web")
+
+
+def source_packages() -> set[str]:
+    """Every folder holding an ``__init__.py``, named as installed (``web/routers`` → ``na64_online.web.routers``)."""
+    found = set()
+    for top in ("na64_online", *LAYERS):
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT).parts
+            found.add(".".join(parts if top == "na64_online" else ("na64_online", *parts)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def built_wheel(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--verbose", "-w", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = out.glob("na64_online-*.whl")
+    return wheel, result.stdout + result.stderr
+
+
+def test_wheel_holds_every_source_package(built_wheel):
+    wheel, _ = built_wheel
+    names = zipfile.ZipFile(wheel).namelist()
+    in_wheel = {name.rsplit("/", 1)[0].replace("/", ".") for name in names if name.endswith("/__init__.py")}
+    assert "na64_online.web.routers" in source_packages()
+    assert in_wheel == source_packages()
+    assert "na64_online/decoders/default-channel-map.csv" in names
+
+
+def test_wheel_modules_match_source_files(built_wheel):
+    wheel, _ = built_wheel
+    in_wheel = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    in_tree = {f"na64_online/{p.relative_to(ROOT / 'na64_online')}" for p in (ROOT / "na64_online").rglob("*.py")}
+    for layer in LAYERS:
+        in_tree |= {f"na64_online/{p.relative_to(ROOT)}" for p in (ROOT / layer).rglob("*.py")}
+    assert in_wheel == in_tree
+
+
+def test_build_prints_no_setuptools_warnings(built_wheel):
+    _, log = built_wheel
+    assert "Warning" not in log and "!!" not in log, log[-3000:]
+
+
+def test_version_matches_metadata(built_wheel):
+    wheel, _ = built_wheel
+    assert f"na64_online-{na64_online.__version__}-" in wheel.name
+    script = Path(sys.executable).with_name("na64-online")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"na64-online {na64_online.__version__}"

@@ -1,0 +1,295 @@
+"""The worker result format (monitor/wire.py) and the worker set-up as text (na64_online/worker_setup.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from na64_online.config import Config
+from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.decoders.channelmap import ChannelMap
+from na64_online.decoders.errors import ChannelMapError, ConfigError, FormatError
+from na64_online.monitor.histograms import HistogramConfig
+from na64_online.monitor.pipeline import MonitorConfig
+from na64_online.monitor.spill_monitor import HISTOGRAMS, STATS, make_processor
+from na64_online.monitor.wire import VERSION, ResultFormatError, decode_accumulator, encode_accumulator
+from na64_online.worker_setup import build_processor, decode_setup, encode_setup, to_toml
+
+TIMING = ("processing_seconds", "finished_at")
+
+
+@pytest.fixture(scope="module")
+def channel_map():
+    return ChannelMap.default()
+
+
+@pytest.fixture(scope="module")
+def processor(channel_map):
+    return make_processor(channel_map, Config().monitor, Config().histograms)
+
+
+@pytest.fixture(scope="module")
+def parts(processor, channel_map):
+    """Three accumulators of one simulated spill (as three workers' chunks would give)."""
+    sim = ReadoutSimulator(SimulationConfig(run=5, spills=1, events_per_spill=600, seed=3, signal_fraction=0.02),
+                           channel_map)
+    spill = next(iter(sim.spills()))
+    words = np.frombuffer(bytearray(spill.raw()), dtype=np.uint32)
+    from na64_online.decoders.decode import index_events
+
+    index = index_events(words)
+    cuts = [0, len(index) // 3, 2 * len(index) // 3, len(index)]
+    return [processor.accumulate(words, index.slice(a, b)) for a, b in zip(cuts, cuts[1:])]
+
+
+def as_bytes(frames) -> list[bytes]:
+    return [bytes(f) for f in frames]
+
+
+def record(processor, acc) -> dict:
+    out = processor.finish(acc).to_dict()
+    for key in TIMING:
+        out.pop(key)
+    return out
+
+
+def reseal(frames: list[bytes]) -> list[bytes]:
+    """Frames with a recomputed checksum: what a peer that means it (or a bug) would send."""
+    crc = 0
+    for f in frames[:-1]:
+        crc = zlib.crc32(f, crc)
+    return frames[:-1] + [struct.pack("<I", crc)]
+
+
+def with_header(frames: list[bytes], change) -> list[bytes]:
+    header = json.loads(frames[0])
+    change(header)
+    return reseal([json.dumps(header).encode(), *frames[1:]])
+
+
+# --------------------------------------------------------------------------- round trip
+def test_round_trip_merges_exactly_as_the_pickled_path(processor, parts):
+    """Merged over the wire == merged from pickles (the path it replaces): record, histograms, statistics."""
+    via_wire = processor.new_accumulator()
+    via_pickle = processor.new_accumulator()
+    for part in parts:
+        via_wire.merge(processor.decode_result(as_bytes(processor.encode_result(part))))
+        via_pickle.merge(pickle.loads(pickle.dumps(part)))
+    assert record(processor, via_wire) == record(processor, via_pickle)
+    assert record(processor, via_wire)["candidates"]  # candidates travel too (signal_fraction above)
+    assert via_wire.extensions[HISTOGRAMS].to_json() == via_pickle.extensions[HISTOGRAMS].to_json()
+    a, b = via_wire.extensions[STATS], via_pickle.extensions[STATS]
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.sums, b.sums) and a.events == b.events
+    assert np.array_equal(via_wire.seen_events, via_pickle.seen_events)
+    assert via_wire.issues == via_pickle.issues and via_wire.scalers == via_pickle.scalers
+
+
+def test_empty_accumulator_round_trips(processor):
+    acc = processor.new_accumulator()
+    back = processor.decode_result(as_bytes(processor.encode_result(acc)))
+    assert record(processor, back) == record(processor, acc)
+
+
+def test_header_is_small_json_naming_format_version_and_arrays(processor, parts):
+    frames = as_bytes(processor.encode_result(parts[0]))
+    header = json.loads(frames[0])
+    assert header["format"] == "na64-spill-accumulator" and header["version"] == VERSION
+    assert len(frames) == len(header["arrays"]) + 2
+    assert {"name": "seen_events", "dtype": "|b1", "shape": [len(parts[0].seen_events)]} in header["arrays"]
+    assert len(frames[0]) < 8000
+    assert b"pickle" not in frames[0] and not any(f.startswith(b"\x80") for f in frames[:1])
+
+
+# --------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h.update(version=VERSION + 1), "version"),
+    (lambda h: h.update(version=True), "version"),
+    (lambda h: h.update(format="pickle"), "format"),
+    (lambda h: h["arrays"][0].update(dtype="|O"), "dtype"),
+    (lambda h: h["arrays"][0].update(dtype="<i4"), "dtype"),
+    (lambda h: h["arrays"][0].update(shape=[10 ** 6]), "bytes"),
+    (lambda h: h["arrays"][0].update(shape=[-1]), "shape"),
+    (lambda h: h["arrays"][0].update(shape="7"), "shape"),
+    (lambda h: h["arrays"].pop(), "array"),
+    (lambda h: h["scalars"].update(events=-1), "scalars.events"),
+    (lambda h: h["scalars"].update(events=1 << 70), "scalars.events"),
+    (lambda h: h["scalars"].update(events="5"), "scalars.events"),
+    (lambda h: h["scalars"].update(saw_end_of_burst=1), "saw_end_of_burst"),
+    (lambda h: h["scalars"].update(extra=1), "unexpected"),
+    (lambda h: h["scalars"].update(scalers=[1] * 1000), "scalers"),
+    (lambda h: h["scalars"].update(decode_seconds=-1.0), "decode_seconds"),
+    (lambda h: h.update(issues=[[1, "os.system", 1]]), "unknown issue label"),
+    (lambda h: h.update(issues=[[1, "event_truncated"]]), "issues"),
+    (lambda h: h["extensions"].pop(HISTOGRAMS), "extensions"),
+    (lambda h: h["extensions"][HISTOGRAMS]["config"].update(e_ecal=[10, 0.0, 150.0]), "binning"),
+    (lambda h: h["extensions"][STATS].update(nslots=3), "slots"),
+    (lambda h: h["extensions"][STATS].update(kind="pickle"), "channel statistics"),
+    (lambda h: h.update(arrays={}), "arrays"),
+    (lambda h: h.clear(), "format"),
+])
+def test_damaged_header_is_refused_with_a_clear_error(processor, parts, change, message):
+    frames = with_header(as_bytes(processor.encode_result(parts[0])), change)
+    with pytest.raises(ResultFormatError, match=message):
+        processor.decode_result(frames)
+
+
+def test_swapped_arrays_and_wrong_shapes_are_refused(processor, parts):
+    frames = as_bytes(processor.encode_result(parts[0]))
+    header = json.loads(frames[0])
+    names = [a["name"] for a in header["arrays"]]
+    i, j = names.index(f"{STATS}.counts"), names.index(f"{STATS}.sums")
+    header["arrays"][i]["name"], header["arrays"][j]["name"] = names[j], names[i]
+    swapped = reseal([json.dumps(header).encode(), *frames[1:]])
+    with pytest.raises(ResultFormatError, match="dtype"):
+        processor.decode_result(swapped)
+    # a histogram of another shape, consistent with its frame: refused against the service's own binning
+    k = names.index(f"{HISTOGRAMS}.e_ecal")
+    header = json.loads(frames[0])
+    header["arrays"][k]["shape"] = [36, 10]
+    bad = reseal([json.dumps(header).encode(), *frames[1:k + 1], bytes(36 * 10 * 8), *frames[k + 2:]])
+    with pytest.raises(ResultFormatError, match="shape"):
+        processor.decode_result(bad)
+
+
+def test_not_a_result_is_refused(processor, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for frames in ([pickle.dumps(Exploit())], [pickle.dumps(Exploit()), b"", b"\0\0\0\0"], [], [b"{}"] * 3,
+                   [b"\xff" * 10, b"", b"1234"], [b"null", b"x" * 4]):
+        with pytest.raises(ResultFormatError):
+            processor.decode_result(frames)
+    assert not marker.exists()
+    assert issubclass(ResultFormatError, FormatError)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_damaged_byte_or_frame_is_refused(processor, parts, data):
+    """Mutations of the frames (bytes flipped, cut, grown, frames dropped or added) are refused, never a crash."""
+    frames = as_bytes(processor.encode_result(parts[0]))
+    kind = data.draw(st.sampled_from(["flip", "cut", "grow", "drop", "add"]))
+    i = data.draw(st.integers(0, len(frames) - 1))
+    f = bytearray(frames[i])
+    if kind == "flip" and f:
+        pos = data.draw(st.integers(0, len(f) - 1))
+        f[pos] ^= data.draw(st.integers(1, 255))
+        frames[i] = bytes(f)
+    elif kind == "cut" and f:
+        frames[i] = bytes(f[: data.draw(st.integers(0, len(f) - 1))])
+    elif kind == "grow":
+        frames[i] = bytes(f) + data.draw(st.binary(min_size=1, max_size=16))
+    elif kind == "drop":
+        del frames[i]
+    else:
+        frames.insert(i, data.draw(st.binary(max_size=16)))
+    if frames == as_bytes(processor.encode_result(parts[0])):
+        return  # (an empty frame cut or flipped: nothing changed)
+    with pytest.raises(ResultFormatError):
+        processor.decode_result(frames)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_resealed_header_change_is_refused_or_decodes_to_a_usable_accumulator(processor, parts, data):
+    """A header changed on purpose (checksum recomputed) passes only if it is a well-formed result; then it
+    merges and finishes like any other. Nothing else than ResultFormatError ever comes out."""
+    frames = as_bytes(processor.encode_result(parts[0]))
+    header = json.loads(frames[0])
+    # pick a node of the header and replace it by an arbitrary JSON value
+    path, node = [], header
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node)))))
+        path.append(key)
+        node = node[key]
+    value = data.draw(json_values)
+    if path:
+        target = header
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    else:
+        header = value
+    damaged = reseal([json.dumps(header).encode(), *frames[1:]])
+    try:
+        acc = processor.decode_result(damaged)
+    except ResultFormatError:
+        return
+    merged = processor.new_accumulator()
+    merged.merge(acc)
+    processor.finish(merged).to_dict()
+
+
+def test_refused_result_keeps_the_template_untouched_for_the_caller(processor, parts):
+    """decode_result takes a fresh template each time: a refused result leaves nothing half-filled behind."""
+    good = as_bytes(processor.encode_result(parts[1]))
+    bad = with_header(good, lambda h: h["scalars"].update(scalers="x"))
+    with pytest.raises(ResultFormatError):
+        processor.decode_result(bad)
+    assert record(processor, processor.decode_result(good)) == record(processor, parts[1])
+
+
+# --------------------------------------------------------------------------- worker set-up as text
+def test_setup_round_trips_configuration_and_channel_map(channel_map):
+    config = Config(monitor=MonitorConfig(chunk_events=1000),
+                    histograms=dataclasses.replace(HistogramConfig(), e_ecal=(120, 0.0, 130.0)))
+    toml_bytes, csv_bytes = encode_setup(config, channel_map)
+    assert b"[monitor.cuts]" in toml_bytes and b"[histograms]" in toml_bytes
+    assert csv_bytes.startswith(b"src_id,port,channel,detector,module,x,y,gain_gev\n")
+    monitor, histograms, cmap = decode_setup([toml_bytes, csv_bytes])
+    assert monitor == config.monitor and histograms == config.histograms
+    for col in ("src_id", "port", "channel", "detector", "module", "x", "y", "gain_gev"):
+        assert np.array_equal(getattr(cmap, col), getattr(channel_map, col)), col
+    p = build_processor([toml_bytes, csv_bytes])
+    assert p.config == config.monitor and len(p.channel_map) == len(channel_map)
+
+
+def test_channel_map_csv_keeps_every_gain_exactly(tmp_path):
+    text = "src_id,port,channel,detector,module,x,y,gain_gev\n600,0,0,ECAL,1,0,0,0.1\n600,0,1,HCAL,0,1,2,0.30000000000000004\n"
+    cmap = ChannelMap.from_csv_text(text)
+    again = ChannelMap.from_csv_text(cmap.to_csv_text())
+    assert again.gain_gev.tolist() == [0.1, 0.30000000000000004]
+    assert again.to_csv_text() == cmap.to_csv_text()
+
+
+@pytest.mark.parametrize("payload, error, message", [
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n", b""], ConfigError, "version 2"),
+    ([b"[monitor]\nchunk_events = 10\n", b""], ConfigError, "format"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n[monitor]\nchunk_events = 0\n", b""], ConfigError,
+     "setup.monitor"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n[monitor]\nbogus = 1\n", b""], ConfigError, "bogus"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n[archive]\npath = '/etc/passwd'\n", b""], ConfigError,
+     "unknown section"),
+    ([b"not toml ==", b""], ConfigError, "TOML"),
+    ([b"\xff\xfe", b""], ConfigError, "UTF-8"),
+    ([b"x"], ConfigError, "2 frames"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n", b"a,b\n1,2\n"], ChannelMapError, "first line"),
+])
+def test_bad_setup_names_what_is_wrong(payload, error, message):
+    with pytest.raises(error, match=message):
+        build_processor(payload)
+
+
+def test_toml_writer_round_trips_awkward_values():
+    import tomllib
+
+    tables = {"a": {"f": 1e-05, "g": float("inf"), "s": 'quote " and \\ \u00e9', "t": [1, 2.5], "b": True,
+                    "sub": {"x": -3}}}
+    assert tomllib.loads(to_toml(tables)) == tables | {"a": tables["a"] | {"t": [1, 2.5]}}

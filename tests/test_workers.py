@@ -1,0 +1,433 @@
+"""The worker port (daq/workers.py) as a peer meets it: real ZeroMQ on 127.0.0.1, real worker processes.
+
+Nothing received is unpickled; malformed messages, damaged results, other
+protocols and peers without an allowed CurveZMQ key are refused and counted,
+and the ingest thread goes on. If a core thread dies anyway, /api/health says
+so (503) and ``serve``/``demo`` exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from na64_online.config import Config, load_config
+from na64_online.daq.ingest import IngestConfig, IngestService
+from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.daq.workers import (
+    ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, is_loopback, make_keys,
+)
+from na64_online.decoders.errors import ConfigError
+from na64_online.monitor.spill_monitor import make_processor
+from na64_online.service import build_monitor
+from na64_online.worker_setup import worker_setup
+from test_live import EVENTS, RUN, _Spill, comparable, core, publisher, records_of, replay, run_nodes
+
+TIMING = ("processing_seconds", "finished_at")
+
+
+@pytest.fixture(scope="module")
+def spills(channel_map):
+    sim = ReadoutSimulator(SimulationConfig(run=RUN, spills=3, events_per_spill=EVENTS, seed=21), channel_map)
+    return [_Spill(s.run, s.spill, s.raw(), {l: s.ldc_events(l) for l in (1, 2)}) for s in sim.spills()]
+
+
+@pytest.fixture(scope="module")
+def replayed(spills, channel_map, tmp_path_factory):
+    return replay([s.raw for s in spills], channel_map, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def processor(channel_map):
+    return make_processor(channel_map, Config().monitor, Config().histograms)
+
+
+@pytest.fixture()
+def keys(tmp_path):
+    """server key pair; allowed worker 'w1' (public key in the clients dir); a stranger not allowed."""
+    base = tmp_path / "keys"
+    make_keys(base, "server")
+    make_keys(base / "w1", "w1")
+    make_keys(base / "stranger", "stranger")
+    clients = base / "clients"
+    clients.mkdir()
+    shutil.copy(base / "w1" / "w1.key", clients / "w1.key")
+    return base
+
+
+def curve_server(keys: Path) -> CurveServer:
+    return CurveServer(str(keys / "server.key_secret"), str(keys / "clients"))
+
+
+def record(processor, acc) -> dict:
+    out = processor.finish(acc).to_dict()
+    for key in TIMING:
+        out.pop(key)
+    return out
+
+
+def pump(pool: WorkerPool, seconds: float, until=lambda: False) -> list:
+    """Run the pool's loop (as the ingest thread does) for up to ``seconds``; returns finished tasks."""
+    done = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not until():
+        if pool.socket.poll(20, zmq.POLLIN):
+            done += pool.receive(time.monotonic())
+        done += pool.poll(time.monotonic())
+    return done
+
+
+def spill_words(spills) -> np.ndarray:
+    return np.frombuffer(bytearray(spills[0].raw), dtype=np.uint32)
+
+
+# --------------------------------------------------------------------------- CurveZMQ
+@pytest.mark.timeout(90)
+def test_authenticated_worker_process_decodes_exactly_like_the_service(keys, spills, channel_map, processor):
+    """`na64-online worker --key --server-key` on 127.0.0.1, set up with text, result in the wire format."""
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, curve=curve_server(keys))
+    cmd = [sys.executable, "-m", "na64_online.cli", "worker", "--connect", pool.endpoint, "--capacity", "1",
+           "--key", str(keys / "w1" / "w1.key_secret"), "--server-key", str(keys / "server.key")]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        pump(pool, 60, until=lambda: pool.n_ready == 1)
+        assert pool.n_ready == 1, "the authenticated worker never got ready"
+        words = spill_words(spills)
+        assert pool.submit(Task(RUN, 1, 0, words, EVENTS, EVENTS + 2), time.monotonic())
+        results = pump(pool, 30, until=lambda: not pool.busy)
+    finally:
+        pool.close()
+        proc.wait(10)
+    assert len(results) == 1 and results[0].error is None, results
+    assert pool.stats.tasks_done == 1 and pool.stats.refused_peers == 0
+    assert record(processor, results[0].result) == record(processor, processor.accumulate(words))
+    assert proc.returncode == 0, proc.stderr.read().decode()
+
+
+def _client(ctx, endpoint, curve=None) -> zmq.Socket:
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    if curve is not None:
+        s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
+    s.connect(endpoint)
+    s.send_multipart([HELLO, PROTOCOL, b""])
+    return s
+
+
+@pytest.mark.timeout(60)
+def test_unauthenticated_or_wrong_key_clients_never_reach_the_handler(keys, channel_map, processor):
+    from na64_online.daq.workers import load_key
+
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, curve=curve_server(keys))
+    handled = []
+    real = pool._handle
+    pool._handle = lambda frames, now: handled.append(frames[1].bytes) or real(frames, now)
+    server_public, _ = load_key(keys / "server.key", secret=False, what="test")
+    w1 = load_key(keys / "w1" / "w1.key_secret", secret=True, what="test")
+    stranger = load_key(keys / "stranger" / "stranger.key_secret", secret=True, what="test")
+    ctx = zmq.Context()
+    try:
+        refused_before = 0
+        for name, curve in (("no CurveZMQ", None), ("unknown key", (*stranger, server_public)),
+                            ("wrong server key", (*w1, zmq.curve_keypair()[0]))):
+            s = _client(ctx, pool.endpoint, curve)
+            pump(pool, 5, until=lambda: pool.stats.refused_peers > refused_before)
+            s.close()
+            assert pool.stats.refused_peers > refused_before, f"{name}: handshake not refused"
+            refused_before = pool.stats.refused_peers
+        assert handled == [] and pool.workers == {}
+        # control: the allowed key gets through and is sent the set-up
+        s = _client(ctx, pool.endpoint, (*w1, server_public))
+        pump(pool, 10, until=lambda: bool(handled))
+        assert s.poll(5000), "allowed worker got no SETUP"
+        assert s.recv_multipart()[0] == SETUP and handled == [HELLO]
+        s.close()
+    finally:
+        pool.close()
+        ctx.term()
+
+
+def test_binding_beyond_loopback_needs_the_keys(tmp_path, keys):
+    assert is_loopback("tcp://127.0.0.1:5570") and is_loopback("tcp://localhost:*") and is_loopback("tcp://[::1]:1")
+    assert is_loopback("ipc:///tmp/x") and not is_loopback("tcp://*:5570") and not is_loopback("tcp://0.0.0.0:1")
+    assert not is_loopback("tcp://monitor.na64:5570") and not is_loopback("tcp://eth0:5570")
+    with pytest.raises(ValueError, match="worker_secret_key"):
+        IngestConfig(worker_bind="tcp://*:5570")
+    with pytest.raises(ConfigError, match="worker_secret_key"):
+        load_config(environ={"NA64_INGEST__WORKER_BIND": "tcp://0.0.0.0:5570"})
+    with pytest.raises(ConfigError, match="worker_clients_dir"):
+        load_config(environ={"NA64_INGEST__WORKER_SECRET_KEY": str(keys / "server.key_secret")})
+    cfg = load_config(environ={"NA64_INGEST__WORKER_BIND": "tcp://*:5570",
+                               "NA64_INGEST__WORKER_SECRET_KEY": str(keys / "server.key_secret"),
+                               "NA64_INGEST__WORKER_CLIENTS_DIR": str(keys / "clients")})
+    assert cfg.ingest.worker_curve == curve_server(keys)
+    with pytest.raises(ConfigError, match="worker_bind"):
+        WorkerPool(None, None, bind="tcp://*:0")
+    with pytest.raises(ConfigError, match="ingest.worker_secret_key"):
+        WorkerPool(None, None, curve=CurveServer(str(tmp_path / "missing"), str(keys / "clients")))
+    with pytest.raises(ConfigError, match="ingest.worker_secret_key.*no secret"):
+        WorkerPool(None, None, curve=CurveServer(str(keys / "server.key"), str(keys / "clients")))
+    with pytest.raises(ConfigError, match="ingest.worker_clients_dir"):
+        WorkerPool(None, None, curve=CurveServer(str(keys / "server.key_secret"), str(tmp_path / "nodir")))
+    r = subprocess.run([sys.executable, "-m", "na64_online.cli", "serve", "--connect", "tcp://127.0.0.1:1",
+                        "--worker-bind", "tcp://*:0", "--no-web", "--duration", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "worker_secret_key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_keys_command_makes_pairs_with_a_private_secret(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "na64_online.cli", "keys", str(tmp_path / "k"), "server", "host1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for name in ("server", "host1"):
+        assert (tmp_path / "k" / f"{name}.key").is_file()
+        assert (tmp_path / "k" / f"{name}.key_secret").stat().st_mode & 0o077 == 0
+    r = subprocess.run([sys.executable, "-m", "na64_online.cli", "worker", "--connect", "tcp://127.0.0.1:1",
+                        "--key", str(tmp_path / "k" / "host1.key"), "--server-key", str(tmp_path / "k" / "server.key")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--key" in r.stderr and "no secret" in r.stderr and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- malformed messages
+@pytest.mark.timeout(60)
+def test_malformed_messages_are_refused_and_counted(channel_map, processor):
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(pool.endpoint)
+    bad = [
+        [b"\x80\x04garbage"],                      # not a command
+        [b"FOO", b"x"],                            # unknown command
+        [HELLO],                                   # HELLO without fields
+        [READY, b"id", b"-1"],                     # capacity not a number
+        [READY, b"id", b"99999999"],               # capacity out of range
+        [RESULT],                                  # 1-frame RESULT
+        [RESULT, b"short", b"x"],                  # task id not 8 bytes
+        [ERROR, b"\0" * 8, b"a", b"b"],            # ERROR with a frame too many
+        [TASK, b"\0" * 8, b"m", b"w"],             # a command workers do not send
+    ]
+    try:
+        for msg in bad:
+            s.send_multipart(msg)
+        s.send_multipart([HELLO, b"na64-worker/1", b""])  # the pickle protocol: refused
+        pump(pool, 5, until=lambda: pool.stats.refused_messages == len(bad) and pool.stats.refused_peers == 1)
+        assert pool.stats.refused_messages == len(bad)
+        assert pool.stats.refused_peers == 1 and pool.workers == {}
+        assert not s.poll(300), "a refused peer was answered"
+        s.send_multipart([HELLO, PROTOCOL, b""])  # the same peer, now well-formed: served
+        pump(pool, 5, until=lambda: bool(pool.workers))
+        assert s.poll(5000) and s.recv_multipart()[0] == SETUP
+    finally:
+        s.close()
+        pool.close()
+        ctx.term()
+
+
+class Exploit:
+    """A pickle that would create ``path`` when loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def evil_worker(endpoint: str, marker: Path, out: dict, stop: threading.Event) -> None:
+    """Says HELLO, sends malformed messages, takes a task and answers it with a crafted pickle, then leaves."""
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.setsockopt(zmq.IDENTITY, b"evil")
+    s.connect(endpoint)
+    s.send_multipart([HELLO, PROTOCOL, b""])
+    out["malformed"] = 0
+    try:
+        deadline = time.monotonic() + 40
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not s.poll(50):
+                continue
+            frames = s.recv_multipart()
+            if frames[0] == SETUP:
+                for msg in ([RESULT], [b"\x80\x04\x95garbage"], [b"EXEC", b"rm -rf /"], [READY, frames[1], b"-5"]):
+                    s.send_multipart(msg)
+                    out["malformed"] += 1
+                s.send_multipart([HELLO, b"na64-worker/1", b""])
+                s.send_multipart([READY, frames[1], b"1024"])  # the most credits: it gets the first task
+            elif frames[0] == TASK:
+                s.send_multipart([RESULT, frames[1], pickle.dumps(Exploit(str(marker)))])
+                out["task"] = frames[2].decode()
+                time.sleep(0.5)  # (so that the service reads the answer before it sees the worker gone)
+                return
+    finally:
+        s.close()
+
+
+@pytest.mark.timeout(90)
+def test_crafted_pickle_never_runs_and_the_ingest_goes_on(spills, replayed, channel_map, tmp_path):
+    """A worker answering with a pickle whose __reduce__ would create a file: the file never appears, the
+    result is refused and counted, the ingest thread processes the next spills as replay does."""
+    marker = tmp_path / "pwned"
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    cfg = IngestConfig(endpoints=(p1.endpoint, p2.endpoint), workers=0, spill_timeout_s=2.0, chunk_max_age_s=0.1,
+                       max_queued_tasks=256, task_timeout_s=1.0, chunk_events=10000)
+    monitor = build_monitor(Config(), channel_map)
+    health = []
+    svc = IngestService(cfg, make_processor, (channel_map, Config().monitor, Config().histograms),
+                        finish=monitor.handle, new_accumulator=monitor.processor.new_accumulator,
+                        worker_setup=worker_setup(Config(), channel_map), on_health=health.append,
+                        health_interval_s=0.05).start()
+    out: dict = {}
+    stop = threading.Event()
+    evil = threading.Thread(target=evil_worker, args=(svc.worker_endpoint, marker, out, stop), daemon=True)
+    try:
+        evil.start()
+        deadline = time.monotonic() + 30
+        while svc.pool.n_ready < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert svc.pool.n_ready == 2
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        live = records_of(svc, 3, 40)
+        time.sleep(0.2)
+        m = svc.metrics()
+        assert svc.failure is None and svc._thread.is_alive()
+    finally:
+        stop.set()
+        svc.stop()
+        monitor.close()
+        p1.close(0)
+        p2.close(0)
+    assert not marker.exists()
+    assert out.get("task", "").startswith(f"{RUN} 1 ")  # the evil worker got spill 1's first chunk
+    w = m["workers"]
+    assert w["refused_results"] == 1 and w["refused_messages"] == out["malformed"] == 4 and w["refused_peers"] == 1
+    first, *rest = live
+    assert first["dropped_events"] > 0 and first["events"] + first["dropped_events"] == EVENTS
+    assert [core(r) for r in rest] == [core(r) for r in replayed[1:]]  # the next spills decode as replay does
+    # and in Prometheus, as counters with _total names
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from na64_online.monitor.metrics import ServiceHealth, SnapshotStore, register_metrics
+
+    store = SnapshotStore()
+    registry = CollectorRegistry()
+    register_metrics(registry, store)
+    store.publish_service(ServiceHealth(**health[-1]))
+    text = generate_latest(registry).decode()
+    assert "na64_worker_refused_results_total 1.0" in text
+    assert "na64_worker_refused_messages_total 4.0" in text and "na64_worker_refused_peers_total 1.0" in text
+
+
+# --------------------------------------------------------------------------- a core thread dies anyway
+@pytest.mark.timeout(60)
+def test_dead_ingest_thread_makes_health_fail_with_503(channel_map):
+    import httpx
+
+    from na64_online.service import LiveService
+    from na64_online.web.config import WebConfig
+
+    config = Config(web=WebConfig(port=0))
+    ingest = replace(config.ingest, endpoints=("tcp://127.0.0.1:1",), workers=0)
+    service = LiveService(config, channel_map, ingest).start()
+    try:
+        with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:
+            ok = client.get("/api/health")
+            assert ok.status_code == 200 and ok.json()["status"] == "ok" and service.failure is None
+
+            def boom(*_args):
+                raise RuntimeError("injected fault")
+
+            service.ingest._on_outputs = boom  # the next timer tick of the ingest loop raises
+            deadline = time.monotonic() + 10
+            while service.failure is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            failed = client.get("/api/health")
+    finally:
+        service.stop()
+    assert failed.status_code == 503
+    body = failed.json()
+    assert body["status"] == "failed" and "injected fault" in body["reason"] and "ingest" in body["reason"]
+
+
+@pytest.mark.timeout(120)
+def test_demo_exits_non_zero_when_the_ingest_thread_dies(tmp_path):
+    """The CLI process (as systemd runs it) with a fault injected after the first spill: exit status 3."""
+    script = textwrap.dedent("""
+        import sys
+        from na64_online import cli
+        from na64_online.daq.ingest import IngestService
+
+        emit = IngestService._emit
+        def faulty_emit(self, record, closed):
+            emit(self, record, closed)
+            raise RuntimeError("injected fault after the first spill")
+        IngestService._emit = faulty_emit
+        sys.exit(cli.main(sys.argv[1:]))
+    """)
+    cmd = [sys.executable, "-c", script, "demo", "--spills", "5", "--events", "300", "--spill-duration", "0.3",
+           "--spill-gap", "0.3", "--workers", "0", "--http", "127.0.0.1:0", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=100, cwd=tmp_path,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 3, r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.startswith("{")]) == 1
+    assert "error: the service failed: ingest thread died: RuntimeError: injected fault" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_serve_with_curve_keys_and_local_worker_processes_equals_replay(keys, spills, replayed, channel_map):
+    """`serve` with the worker port under CurveZMQ (keys from the environment): its own worker processes get
+    a key made at start-up and decode as replay does. (Bound on 127.0.0.1: tests stay on loopback.)"""
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    env = {**os.environ, "NA64_INGEST__WORKER_SECRET_KEY": str(keys / "server.key_secret"),
+           "NA64_INGEST__WORKER_CLIENTS_DIR": str(keys / "clients")}
+    cmd = [sys.executable, "-m", "na64_online.cli", "serve", "--connect", p1.endpoint, "--connect", p2.endpoint,
+           "--json", "--max-spills", "3", "--workers", "1", "--spill-timeout", "3", "--no-web",
+           "--worker-bind", "tcp://127.0.0.1:0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        p1.close(0)
+        p2.close(0)
+    assert proc.returncode == 0, err
+    live = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
+    assert all(r["dropped_events"] == 0 for r in live)
+
+
+@pytest.mark.timeout(60)
+def test_web_thread_ending_is_a_failure_too(channel_map):
+    from na64_online.service import LiveService
+    from na64_online.web.config import WebConfig
+
+    config = Config(web=WebConfig(port=0))
+    service = LiveService(config, channel_map, replace(config.ingest, endpoints=("tcp://127.0.0.1:1",),
+                                                       workers=0)).start()
+    try:
+        assert service.failure is None
+        service.web._server.should_exit = True  # uvicorn ends as if it had crashed
+        deadline = time.monotonic() + 10
+        while service.failure is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert service.failure == "web server thread ended unexpectedly"
+    finally:
+        service.stop()
+    assert service.failure is None  # stopped on purpose: not a failure
