@@ -280,10 +280,14 @@ class IngestService:
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop: close open spills, wait for their results (``drain_timeout_s``), emit their records.
 
-        Spills cut short by the stop are finished as interrupted (not judged)."""
+        Spills cut short by the stop are finished as interrupted (not judged). Stopped while warming
+        up (no message taken yet), it does not wait for a kernel compilation to end: the thread is a
+        daemon, local workers end with the process."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s if timeout_s is not None else self.config.drain_timeout_s + 10)
+            if timeout_s is None:
+                timeout_s = 2.0 if self.phase in ("starting", "warming_up") else self.config.drain_timeout_s + 10
+            self._thread.join(timeout_s)
 
     def __enter__(self) -> "IngestService":
         return self.start()
@@ -419,7 +423,7 @@ class IngestService:
             warm_up_builder(self.config)
         except Exception:  # noqa: BLE001 - only a delay would follow
             log.exception("builder warm-up failed")
-        if self.warm_up is not None:
+        if self.warm_up is not None and not self._stop.is_set():
             self.warm_up()
         pool, deadline = self.pool, t0 + self.config.warmup_timeout_s
         while pool.n_ready < self._local_workers and not self._stop.is_set():
@@ -431,6 +435,8 @@ class IngestService:
             if pool.socket.poll(50, zmq.POLLIN):
                 self._on_done(pool.receive(now))
             self._on_done(pool.poll(now))
+        if self._stop.is_set():
+            return  # stopped while warming up: nothing was taken, nothing to subscribe to
         for endpoint in self.config.endpoints:
             self.subscriber.connect(endpoint)
         self.listening_since = time.time()

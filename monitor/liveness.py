@@ -124,7 +124,8 @@ class LivenessWatch:
                 alarms.set_condition(NO_DATA_ALARM, True, detail=live.describe(),
                                      run=last.get("run"), spill=last.get("spill"))
             elif live.status == "ok" and live.latest_spill_age_seconds is not None:
-                alarms.set_condition(NO_DATA_ALARM, False, detail=f"spills again ({live.describe()})",
+                alarms.set_condition(NO_DATA_ALARM, False,
+                                     detail=f"spills again: the latest {live.latest_spill_age_seconds:.0f} s ago",
                                      run=last.get("run"), spill=last.get("spill"))
             return live
 

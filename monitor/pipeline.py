@@ -47,8 +47,9 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_events <= 1 << 20:
             raise ValueError(f"chunk_events must be within 1..{1 << 20}, got {self.chunk_events}")
-        if not (isinstance(self.no_data_after_seconds, (int, float)) and 0 < self.no_data_after_seconds <= 86400):
-            raise ValueError(f"no_data_after_seconds must be within (0, 86400], got {self.no_data_after_seconds}")
+        if not (isinstance(self.no_data_after_seconds, (int, float)) and 2 <= self.no_data_after_seconds <= 86400):
+            # the ingest loop reports itself once a second: a shorter silence could not tell a stuck loop
+            raise ValueError(f"no_data_after_seconds must be within [2, 86400], got {self.no_data_after_seconds}")
 
 
 @dataclass(frozen=True)

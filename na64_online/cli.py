@@ -22,7 +22,7 @@ from .decoders.channelmap import ChannelMap
 from .decoders.errors import DaqError
 from .monitor.alarms import ALARM_STATES
 from .monitor.jsonable import dumps
-from .monitor.quality import QualityState
+from .monitor.quality import INTERRUPTED, QualityState
 
 EXIT_USAGE = 2
 EXIT_DATA = 1
@@ -355,10 +355,11 @@ def cmd_serve(args) -> int:
             print("na64-online: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
                   flush=True)
             service.start(abort=done)
-            web = f"; HTTP on {service.web.url}" if service.web is not None else ""
-            print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at {service.ingest.worker_endpoint}"
-                  f"{web}", file=sys.stderr, flush=True)
-            _run_until(done, args.duration, failed=lambda: service.failure)
+            if not done.is_set():  # else stopped while warming up
+                web = f"; HTTP on {service.web.url}" if service.web is not None else ""
+                print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at "
+                      f"{service.ingest.worker_endpoint}{web}", file=sys.stderr, flush=True)
+                _run_until(done, args.duration, failed=lambda: service.failure)
     finally:
         service.stop()
     return _exit_status(service)
@@ -716,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export"))
     p.add_argument("--run", type=UINT32)
     p.add_argument("--spill", type=UINT32, help="export: one spill (default: the run summed)")
-    p.add_argument("--quality", type=str.upper, choices=[state.name for state in QualityState],
+    p.add_argument("--quality", type=str.upper, choices=[state.name for state in QualityState] + [INTERRUPTED],
                    help="spills: only this overall state")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="bad-spills output format")
     p.add_argument("--name", help="alarms: this alarm name (* wildcards)")

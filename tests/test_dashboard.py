@@ -111,3 +111,20 @@ def test_acknowledge_from_the_dashboard_form(dashboard):
         assert 'na64_web_refused_requests_total{reason="bad_csrf"} 3.0' in metrics
         assert 'na64_web_refused_requests_total{reason="missing_token"} 1.0' in metrics
         assert 'na64_web_refused_requests_total{reason="bad_token"} 1.0' in metrics
+
+
+def test_status_header_turns_grey_when_no_data_comes():
+    from na64_online.monitor.liveness import Liveness
+    from na64_online.monitor.spill_monitor import SpillSnapshot
+    from na64_online.web.dashboard import STATE_COLOURS, status_html
+
+    snapshot = SpillSnapshot(record={"run": 1, "spill": 4, "complete": True},
+                             quality={"overall": "BAD", "subsystems": {"beam": "GOOD", "daq": "BAD"}},
+                             health={}, histograms={}, run_histograms={}, channel_stats={}, published_at=100.0)
+    fresh = status_html(snapshot, [], now=110.0)
+    assert STATE_COLOURS["BAD"] in fresh and STATE_COLOURS["GOOD"] in fresh and "NO DATA" not in fresh
+    silent = Liveness("no_data", "readout_silent", 95.0, 95.0, 0.5, 300.0, 60.0)
+    stale = status_html(snapshot, [], now=195.0, liveness=silent)
+    assert "NO DATA" in stale and "readout nodes are silent" in stale
+    assert STATE_COLOURS["BAD"] not in stale and STATE_COLOURS["GOOD"] not in stale
+    assert stale.count(STATE_COLOURS["NO_DATA"]) == 3  # SPILL, BEAM, DAQ tiles all grey

@@ -156,6 +156,9 @@ def test_sigterm_mid_spill_archives_an_interrupted_spill_and_a_restart_goes_on(t
     assert [(b["spill"], b["overall"], b["failing_subsystems"]) for b in bad] == [(2, "INTERRUPTED", [])]
     listed = subprocess.run([*COMMAND, "archive", str(db), "bad-spills"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "\n1,2," in listed.stdout and ",INTERRUPTED," in listed.stdout
+    only = subprocess.run([*COMMAND, "archive", str(db), "spills", "--quality", "INTERRUPTED"], capture_output=True,
+                          text=True, timeout=60)
+    assert [json.loads(line)["spill"] for line in only.stdout.splitlines()] == [2]
 
 
 def _publish_spills(publishers, spills) -> None:

@@ -110,3 +110,11 @@ def test_unknown_requests(served):
     assert client.post("/api/alarms/x/ack", content=b"not json",
                        headers={"content-type": "application/json", **bearer(NIGHT)}).status_code == 422
     assert client.get("/api/health").json()["spills_handled"] == 3
+
+
+def test_readyz_and_health_outside_a_live_service(served):
+    """An archive browser (no ingest) has nothing to go stale: ready, status ok, no liveness."""
+    client, _ = served
+    assert client.get("/readyz").status_code == 200
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["reason"] is None and health["liveness"] is None

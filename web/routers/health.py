@@ -46,8 +46,8 @@ def health(request: Request):
 
 @router.get("/readyz")
 def readyz(request: Request):
-    """200 while spills come (or outside a live service); 503 while warming up or without data
-    for ``[monitor] no_data_after_seconds`` (the body says which)."""
+    """200 while spills come (or outside a live service); 503 while warming up, without data
+    for ``[monitor] no_data_after_seconds``, or failed (the body says which)."""
     st = state(request)
     failure = st.failure() if st.failure is not None else None
     if failure:

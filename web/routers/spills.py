@@ -22,7 +22,7 @@ def latest(request: Request):
 
 @router.get("")
 def list_spills(request: Request, run: RunQuery = None,
-                quality: Literal["GOOD", "WARNING", "BAD", "NO_DATA"] | None = None,
+                quality: Literal["GOOD", "WARNING", "BAD", "NO_DATA", "INTERRUPTED"] | None = None,
                 limit: int = Query(200, ge=1, le=10000)):
     archive = archive_or_404(request)
     return json_response(archive.list_spills(run=run, quality=quality, limit=limit, newest_first=True))
