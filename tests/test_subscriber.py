@@ -152,7 +152,7 @@ def test_paced_publishing_spreads_a_spill(ev):
         t0 = time.monotonic()
         pub.publish([ev[1], ev[1]])
         elapsed = time.monotonic() - t0
-        assert 1.4 <= elapsed < 3.0  # two spills of 0.6 s and a 0.3 s gap
+        assert elapsed >= 1.4  # paced: two spills of 0.6 s and a 0.3 s gap (no upper bound: shared machines)
         got = collect(sub, pub.stats.messages)
         assert sum(r.scan.n_events for r in got) == 64
         assert pub.stats.messages >= 16  # batches of at most 4 events
