@@ -82,7 +82,6 @@ def assert_same_value(got, want, where):
 
 def test_small_vector_events(small):
     events, _ = small
-
     assert [e["type"] for e in events] == [5] + [7] * 28 + [8, 7, 6]
     assert all(e["status"] is None and e["errors"] == [] for e in events)
     expected = [json.loads(line) for line in (VECTORS / "small.events.jsonl").read_text().splitlines()]
