@@ -12,7 +12,12 @@ assigns each indexed event to a spill:
   or between an END_OF_BURST and the next spill) belongs to the next spill;
 - events of a spill's key arriving after its END_OF_BURST are late: counted,
   not merged;
-- run-level and unknown event types belong to no spill: counted.
+- run-level and unknown event types belong to no spill: counted;
+- header damage: a single event whose (run, burst) disagrees with its
+  neighbours inside a spill is rejected as ``header_mismatch`` in that spill,
+  not taken for a new spill or run (:func:`header_damaged`);
+- an event number seen again in a spill is a ``duplicate_event``: counted,
+  decoded once (the first copy).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..decoders import layout
-from ..decoders.decode import EventIndex, fragment_starts, index_events
+from ..decoders.decode import EventIndex, fragment_starts, index_bytes
 from ..decoders.errors import DaqError, Issue, NotDateStreamError
 
 SPILL_TYPES = (layout.START_OF_BURST, layout.END_OF_BURST, layout.PHYSICS_EVENT, layout.CALIBRATION_EVENT)
@@ -50,9 +55,67 @@ class StreamStats:
     other_events: int = 0  # START_OF_RUN, END_OF_RUN and unknown types
     late_events: int = 0  # events of an already closed spill
     orphan_rejected: int = 0  # rejected events with no spill after them
-    truncated: bool = False
+    truncated: bool = False  # the file ends inside its last event (no event starts after it)
     trailing_bytes: int = 0
+    skipped_bytes: int = 0  # bytes of rejected events and of garbage skipped while resynchronising
+    orphan_skipped_bytes: int = 0  # … of those, in no spill (after the last one)
+    realigned: bool = False  # a byte-shifted resync re-aligned the rest of the stream
     events_by_type: dict[int, int] = field(default_factory=dict)
+
+
+def header_damaged(key: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """Which events of a spill-event sequence carry a damaged (run, burst): a boolean mask.
+
+    ``key``/``kind``: (run, burst) key and type of the accepted START_OF_BURST,
+    END_OF_BURST, PHYSICS and CALIBRATION events in stream order. Only an event
+    whose key differs from both its neighbours' (a single event) can be damaged;
+    not when its key is that of a spill already closed by an END_OF_BURST
+    before it (a late event). Then:
+
+    - a START_OF_BURST is damaged when an event that is not a START_OF_BURST
+      follows it (the spill it opens is the following events');
+    - an END_OF_BURST is damaged when an event that is not an END_OF_BURST
+      precedes it (the spill it closes is the preceding events');
+    - a PHYSICS/CALIBRATION event is damaged when its neighbours inside a spill
+      — the previous one unless it is an END_OF_BURST, the next one unless it
+      is a START_OF_BURST — exist (at least one) and agree with each other.
+    """
+    n = len(key)
+    damaged = np.zeros(n, dtype=bool)
+    if n < 2:
+        return damaged
+    differs = key[1:] != key[:-1]
+    single = np.ones(n, dtype=bool)
+    single[1:] &= differs
+    single[:-1] &= differs
+    candidates = np.flatnonzero(single)
+    if not len(candidates):
+        return damaged
+    eob = np.flatnonzero(kind == layout.END_OF_BURST)
+    first_eob: dict[int, int] = {}
+    for position in eob.tolist():
+        first_eob.setdefault(int(key[position]), position)
+    for i in candidates.tolist():
+        closed_at = first_eob.get(int(key[i]))
+        if closed_at is not None and closed_at < i:
+            continue  # a late event of a closed spill
+        t = kind[i]
+        if t == layout.START_OF_BURST:
+            damaged[i] = i + 1 < n and kind[i + 1] != layout.START_OF_BURST
+        elif t == layout.END_OF_BURST:
+            damaged[i] = i > 0 and kind[i - 1] != layout.END_OF_BURST
+        else:
+            around = []
+            if i > 0 and kind[i - 1] != layout.END_OF_BURST:
+                around.append(int(key[i - 1]))
+            if i + 1 < n and kind[i + 1] != layout.START_OF_BURST:
+                around.append(int(key[i + 1]))
+            damaged[i] = len(around) > 0 and len(set(around)) == 1
+    return damaged
+
+
+def _spill_key(index: EventIndex, rows: np.ndarray) -> np.ndarray:
+    return index.run[rows].astype(np.int64) * 4096 + index.spill[rows]
 
 
 def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | None = None) -> list[SpillSegment]:
@@ -63,22 +126,37 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
         stats.events_by_type[t] = stats.events_by_type.get(t, 0) + c
     in_spill = accepted & np.isin(index.type, SPILL_TYPES)
     stats.other_events += int(np.count_nonzero(accepted & ~in_spill))
-    # plain-event fragments of one trigger go with the fragment that leads them
+    # header damage first: such events are rejected where they stand, so they neither open nor split a spill
     lead = fragment_starts(index)
+    rows = np.flatnonzero(in_spill & lead)
+    damaged = rows[header_damaged(_spill_key(index, rows), index.type[rows])]
+    status = index.status.copy()
+    if len(damaged):
+        lead_rows = np.flatnonzero(lead)
+        lead_of = lead_rows[np.cumsum(lead) - 1]
+        status[np.isin(lead_of, damaged) & in_spill] = int(Issue.HEADER_MISMATCH)
+        index = index.with_status(status)
+        accepted = status == 0
+        in_spill &= accepted
+        lead = fragment_starts(index)
+    # plain-event fragments of one trigger go with the fragment that leads them
     lead_rows = np.flatnonzero(lead)
     lead_of = lead_rows[np.cumsum(lead) - 1]
     group_end = np.append(lead_rows[1:], len(index))  # row after each lead row's group
     rows = np.flatnonzero(in_spill & lead)
     if not len(rows):
         stats.orphan_rejected += int(np.count_nonzero(~accepted))
+        stats.orphan_skipped_bytes += int(index.skipped.sum())
         return []
-    key = index.run[rows].astype(np.int64) * 4096 + index.spill[rows]
+    index = index.with_status(status)  # duplicates are marked in ``status`` spill by spill
+    key = _spill_key(index, rows)
     kind = index.type[rows]
     starts = np.ones(len(rows), dtype=bool)
     starts[1:] = (key[1:] != key[:-1]) | (kind[1:] == layout.START_OF_BURST) | (kind[:-1] == layout.END_OF_BURST)
     # a repeated START_OF_BURST right after the opening one does not open a new spill
     starts[1:] &= ~((kind[1:] == layout.START_OF_BURST) & (kind[:-1] == layout.START_OF_BURST) & (key[1:] == key[:-1]))
     first_rows = np.flatnonzero(starts)
+    data_kind = (kind == layout.PHYSICS_EVENT) | (kind == layout.CALIBRATION_EVENT)
     segments: list[SpillSegment] = []
     closed: set[int] = set()
     pending_from = 0  # first index row not yet given to a spill
@@ -91,6 +169,13 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
         if k in closed and kind[j] != layout.START_OF_BURST:
             stats.late_events += len(member)
             continue
+        # an event number seen again in the spill: counted once, decoded once (the first copy)
+        data_rows = member[data_kind[j:stop_j]]
+        if len(data_rows) > 1:
+            _, first = np.unique(index.event[data_rows], return_index=True)
+            if len(first) < len(data_rows):
+                again = np.setdiff1d(data_rows, data_rows[first])
+                status[np.isin(lead_of, again)] = int(Issue.DUPLICATE_EVENT)
         # rejected rows from the last spill's end up to this spill's last event
         last_end = int(group_end[np.searchsorted(lead_rows, last_row)])
         end_row = last_end if complete else (int(rows[stop_j]) if stop_j < len(rows) else len(index))
@@ -111,6 +196,7 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
         )
     tail = np.arange(pending_from, len(index))
     stats.orphan_rejected += int(np.count_nonzero(~accepted[tail]))
+    stats.orphan_skipped_bytes += int(index.skipped[tail].sum())
     return segments
 
 
@@ -127,14 +213,14 @@ class RawFile:
             raise DaqError(f"{self.path} is a directory, not a raw file") from None
         except OSError as exc:
             raise DaqError(f"cannot open {self.path}: {exc.strerror}") from None
-        whole = size - size % 4
-        self.words = (
-            np.frombuffer(self._map, dtype=layout.WORD, count=whole // 4) if self._map else np.empty(0, layout.WORD)
-        )
-        self.stats = StreamStats(trailing_bytes=size - whole)
+        self.stats = StreamStats(trailing_bytes=size % 4)
         self.size = size
-        self.index = index_events(self.words, trailing_bytes=self.stats.trailing_bytes)
+        data = np.frombuffer(self._map, dtype=np.uint8) if self._map else np.empty(0, np.uint8)
+        # words: the mapped file, or a re-aligned copy after a byte-shifted resync (see index_bytes)
+        self.words, self.index = index_bytes(data)
         self.stats.truncated = self.index.truncated
+        self.stats.skipped_bytes = int(self.index.skipped.sum())
+        self.stats.realigned = bool(np.any(self.index.source_offset != self.index.offset * 4))
         if size and (len(self.index) == 0 or self.index.status[0] in _NOT_DATE_AT_START):
             raise NotDateStreamError(f"{self.path} is not a DATE raw data stream (no DATE event at its start)", offset=0)
 

@@ -45,6 +45,7 @@ _ISSUE_SWAPPED = int(Issue.EVENT_BYTE_SWAPPED)
 _ISSUE_OLD = int(Issue.EVENT_OLD_LAYOUT)
 _ISSUE_HDR_SIZE = int(Issue.EVENT_BAD_HEADER_SIZE)
 _ISSUE_MAGIC = int(Issue.EVENT_BAD_MAGIC)
+_ISSUE_BAD_SIZE = int(Issue.EVENT_BAD_SIZE)
 _ISSUE_SUB = int(Issue.SUBEVENT_MISMATCH)
 _ISSUE_MISSING = int(Issue.MODULE_MISSING)
 _ISSUE_UNKNOWN_CH = int(Issue.UNKNOWN_CHANNEL)
@@ -121,15 +122,50 @@ def _resync(words, p, limit, want_super):
 
 
 @njit(cache=True, nogil=True)
+def _byte_word(data, b):
+    """The little-endian word at byte ``b`` of the uint8 array ``data`` (any alignment)."""
+    return (np.int64(data[b]) | (np.int64(data[b + 1]) << 8) | (np.int64(data[b + 2]) << 16)
+            | (np.int64(data[b + 3]) << 24))
+
+
+@njit(cache=True, nogil=True)
+def _resync_bytes(data, b, byte_limit, want_super):
+    """First byte offset >= b where a plausible DATE event starts (byte_limit if none).
+
+    The same plausibility as :func:`_resync`, tried at every byte offset: the
+    slow path after damage that may have shifted the stream by 1–3 bytes.
+    """
+    magic0 = _MAGIC & 0xFF
+    q = b
+    while q + _MIN_HEADER_BYTES <= byte_limit:
+        if data[q + 4] == magic0 and _byte_word(data, q + 4) == _MAGIC:
+            size = _byte_word(data, q)
+            if size % 4 == 0 and size >= _MIN_HEADER_BYTES and size <= byte_limit - q:
+                is_super = 1 if (_byte_word(data, q + 52) & _SUPER) != 0 else 0
+                if want_super < 0 or is_super == want_super:
+                    return q
+        q += 1
+    return byte_limit
+
+
+@njit(cache=True, nogil=True)
 def index_events(
-    words, start, stop, want_super,
+    words, data, byte_limit, start, stop, want_super, allow_shift,
     out_offset, out_size, out_status, out_type, out_run, out_burst, out_event,
     out_trigger, out_time, out_super, out_ldc,
 ):
     """Walk top-level DATE events from word ``start``; fill at most len(out_offset).
 
+    ``data`` is the same buffer as uint8 (``byte_limit`` bytes of it usable).
+    After damage the reader resynchronises to the next plausible event start:
+    word by word, or — ``allow_shift`` — at any byte offset. A size that runs
+    past ``stop`` is untrusted when an event starts after it (``EVENT_BAD_SIZE``);
+    only when none does is the buffer truncated.
+
     Returns (events indexed, next word, truncated flag, last super flag,
-    lost-sync flag: the last event was garbage with no event after it).
+    lost-sync flag: the last event was garbage with no event after it,
+    shift: byte offset of the next event when it is not word-aligned, else -1
+    — the caller re-aligns the buffer there and calls again).
     Rejected events are indexed too, with their issue in ``out_status``.
     """
     capacity = out_offset.shape[0]
@@ -137,6 +173,7 @@ def index_events(
     n = 0
     truncated = False
     lost_sync = False
+    shift = -1
     while p < stop and n < capacity:
         lost_sync = False
         issue, size_words = _check_event(words, p, stop)
@@ -163,20 +200,37 @@ def index_events(
             out_ldc[n] = words[p + 14]
             want_super = 1 if is_super else 0
             p += size_words
-        elif issue == _ISSUE_TRUNCATED:
-            n += 1
-            truncated = True
-            p = stop
-            break
-        elif size_words > 0:
+        elif size_words > 0 and issue != _ISSUE_TRUNCATED:
             p += size_words
         else:
-            nxt = _resync(words, p + 1, stop, want_super)
+            # untrusted start: find the next plausible one
+            if allow_shift:
+                b = _resync_bytes(data, 4 * p + 1, byte_limit, want_super)
+                if b >= byte_limit:
+                    nxt = stop
+                elif b % 4 == 0:
+                    nxt = min(b // 4, stop)
+                else:
+                    nxt = b // 4  # the shifted event starts inside this word
+                    shift = b
+            else:
+                nxt = _resync(words, p + 1, stop, want_super)
+            if issue == _ISSUE_TRUNCATED:
+                if nxt >= stop and shift < 0:
+                    # nothing starts after it: the buffer really ends inside this event
+                    n += 1
+                    truncated = True
+                    p = stop
+                    break
+                out_status[n] = _ISSUE_BAD_SIZE
             out_size[n] = nxt - p
-            lost_sync = nxt >= stop
+            lost_sync = nxt >= stop and shift < 0
             p = nxt
+            if shift >= 0:
+                n += 1
+                break
         n += 1
-    return n, p, truncated, want_super, lost_sync
+    return n, p, truncated, want_super, lost_sync, shift
 
 
 @njit(cache=True, nogil=True)

@@ -52,8 +52,12 @@ class EventIndex:
     """One row per top-level DATE event: where it is and what its header says.
 
     ``status`` is 0 for accepted events, else the :class:`Issue` that
-    rejected it (then only ``offset`` and ``size`` are meaningful; ``size``
-    is the number of words skipped).
+    rejected it (then only ``offset``, ``size``, ``skipped`` and
+    ``source_offset`` are meaningful; ``size`` is the number of words skipped).
+    ``source_offset`` is the byte offset of the row in the input as given
+    (before any re-alignment, see :func:`index_bytes`); ``skipped`` the bytes of
+    the input the row stands for that were not decoded (its whole extent for a
+    rejected row, 0 for an accepted one).
     """
 
     offset: np.ndarray  # word index of the event start
@@ -67,6 +71,8 @@ class EventIndex:
     time: np.ndarray
     super_event: np.ndarray
     ldc: np.ndarray
+    skipped: np.ndarray  # bytes not decoded (rejected rows)
+    source_offset: np.ndarray  # byte offset in the input
     end: int  # word after the last indexed event
     truncated: bool  # the buffer ends inside an event
 
@@ -82,13 +88,22 @@ class EventIndex:
         cols = {name: getattr(self, name)[rows] for name in _INDEX_COLUMNS}
         return EventIndex(**cols, end=self.end, truncated=False)
 
+    def with_status(self, status: np.ndarray) -> "EventIndex":
+        """The same rows with another status column (rows rejected after indexing: spill-level checks)."""
+        cols = {name: getattr(self, name) for name in _INDEX_COLUMNS}
+        cols["status"] = status
+        return EventIndex(**cols, end=self.end, truncated=self.truncated)
+
 
 _INDEX_COLUMNS = (
     "offset", "size", "status", "type", "run", "spill", "event", "trigger_mask", "time", "super_event", "ldc",
+    "skipped", "source_offset",
 )
 _INDEX_DTYPES = (
     np.int64, np.int64, np.int16, np.int32, np.int64, np.int32, np.int32, np.uint32, np.int64, np.bool_, np.int64,
+    np.int64, np.int64,
 )
+_KERNEL_COLUMNS = len(_INDEX_COLUMNS) - 2  # the kernel fills all but skipped and source_offset
 
 
 def _check_words(words: np.ndarray) -> None:
@@ -98,39 +113,120 @@ def _check_words(words: np.ndarray) -> None:
         raise ValueError("words must be C-contiguous")
 
 
-def index_events(words: np.ndarray, start: int = 0, stop: int | None = None, trailing_bytes: int = 0) -> EventIndex:
-    """Index every top-level DATE event in ``words[start:stop]``.
+def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift):
+    """Run the index kernel from ``start`` until ``stop``, a truncation or a byte shift.
 
-    ``trailing_bytes``: bytes after the last whole word (see :func:`as_words`);
-    if there are any, they are the start of an event cut short, indexed as a
-    truncated event.
+    Returns (columns, next word, truncated, want_super, lost_sync, shift byte or -1).
+    """
+    parts = []
+    position, truncated, lost_sync, shift = start, False, False, -1
+    while position < stop and not truncated and shift < 0:
+        capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+        cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
+        n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
+            words, data, byte_limit, position, stop, want_super, allow_shift, *cols
+        )
+        parts.append([c[:n] for c in cols])
+    if parts:
+        cols = [np.concatenate(c) for c in zip(*parts)] if len(parts) > 1 else parts[0]
+    else:
+        cols = [np.empty(0, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
+    return cols, int(position), bool(truncated), int(want_super), bool(lost_sync), int(shift)
+
+
+def _truncated_tail(offset: int, source_offset: int, nbytes: int) -> list[np.ndarray]:
+    tail = [np.zeros(1, dtype=dt) for dt in _INDEX_DTYPES]
+    for name, value in (("offset", offset), ("status", int(Issue.EVENT_TRUNCATED)), ("type", -1), ("run", -1),
+                        ("spill", -1), ("event", -1), ("skipped", nbytes), ("source_offset", source_offset)):
+        tail[_INDEX_COLUMNS.index(name)][0] = value
+    return tail
+
+
+def _skipped(cols: list[np.ndarray], source_offset: np.ndarray, end_byte: int) -> np.ndarray:
+    """Bytes of each rejected row: up to the next row's start (the last: up to ``end_byte``)."""
+    status = cols[_INDEX_COLUMNS.index("status")]
+    nxt = np.append(source_offset[1:], end_byte)
+    return np.where(status != 0, nxt - source_offset, 0).astype(np.int64)
+
+
+def index_events(words: np.ndarray, start: int = 0, stop: int | None = None, trailing_bytes: int = 0) -> EventIndex:
+    """Index every top-level DATE event in ``words[start:stop]`` (resynchronising word by word).
+
+    For buffers of whole, word-aligned events (a live message's payload). A
+    file, where damage may shift the stream by bytes, goes through
+    :func:`index_bytes`. ``trailing_bytes``: bytes after the last whole word
+    (see :func:`as_words`); if there are any, they are the start of an event
+    cut short, indexed as a truncated event.
     """
     _check_words(words)
     stop = len(words) if stop is None else stop
     if not 0 <= start <= stop <= len(words):
         raise ValueError(f"bad word range {start}:{stop} for {len(words)} words")
-    parts = []
-    position, want_super, truncated, lost_sync = start, -1, False, False
-    while position < stop and not truncated:
-        capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
-        cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES]
-        n, position, truncated, want_super, lost_sync = _kernels.index_events(
-            words, position, stop, want_super, *cols
-        )
-        parts.append([c[:n] for c in cols])
+    data = words.view(np.uint8)
+    cols, position, truncated, _, lost_sync, _ = _index_words(words, data, 4 * stop, start, stop, -1, False)
+    source = cols[0] * 4
     # stray bytes after the last word start an event cut short, unless they are part of garbage
-    if trailing_bytes and not truncated and not lost_sync and position == stop == len(words):
-        tail = [np.zeros(1, dtype=dt) for dt in _INDEX_DTYPES]
-        for name, value in (("offset", stop), ("status", int(Issue.EVENT_TRUNCATED)), ("type", -1), ("run", -1),
-                            ("spill", -1), ("event", -1)):
-            tail[_INDEX_COLUMNS.index(name)][0] = value
-        parts.append(tail)
+    tail = bool(trailing_bytes and not truncated and not lost_sync and position == stop == len(words))
+    at_end = position == len(words) and not tail
+    cols += [_skipped(cols, source, 4 * position + (trailing_bytes if at_end else 0)), source]
+    if tail:
+        cols = [np.concatenate(c) for c in zip(cols, _truncated_tail(stop, 4 * stop, trailing_bytes))]
         truncated = True
-    if parts:
-        cols = [np.concatenate(c) for c in zip(*parts)] if len(parts) > 1 else parts[0]
-    else:
-        cols = [np.empty(0, dtype=dt) for dt in _INDEX_DTYPES]
     return EventIndex(**dict(zip(_INDEX_COLUMNS, cols)), end=int(position), truncated=bool(truncated))
+
+
+def index_bytes(data) -> tuple[np.ndarray, EventIndex]:
+    """Index a whole byte stream (a raw file); returns ``(words, index)`` with the index into ``words``.
+
+    Damage may shift the rest of a stream by 1–3 bytes (a byte inserted or
+    lost). After any untrusted event start the reader looks for the next
+    plausible event at every byte offset; when that event is not word-aligned
+    the rest of the stream is copied into a new aligned buffer from there on.
+    ``words`` is then the concatenation of the aligned pieces (every event
+    starts on a word boundary of it; the 1–3 bytes dropped at each shift are in
+    the damaged row's ``skipped``); otherwise it is a zero-copy view of ``data``.
+    ``index.source_offset`` gives every row's byte offset in ``data``.
+    The copy is paid only after a byte-shifted resync.
+    """
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+    total = len(raw)
+    pieces: list[np.ndarray] = []  # aligned word pieces before the current one
+    parts: list[list[np.ndarray]] = []
+    base_words = 0  # words in ``pieces``
+    origin = 0  # byte of ``raw`` where the current piece starts
+    whole = total - total % 4
+    words = raw[:whole].view(layout.WORD) if raw.flags.c_contiguous else np.ascontiguousarray(raw[:whole]).view(layout.WORD)
+    position, want_super = 0, -1
+    while True:
+        data_here = raw[origin:]
+        stop = len(words)
+        cols, position, truncated, want_super, lost_sync, shift = _index_words(
+            words, data_here, total - origin, position, stop, want_super, True)
+        source = cols[0] * 4 + origin
+        cols[0] = cols[0] + base_words
+        if shift < 0:
+            trailing = total - origin - 4 * stop
+            tail = bool(trailing and not truncated and not lost_sync and position == stop)
+            cols += [_skipped(cols, source, origin + 4 * stop if tail else total), source]
+            parts.append(cols)
+            if tail:
+                parts.append(_truncated_tail(base_words + stop, origin + 4 * stop, trailing))
+                truncated = True
+            pieces.append(words)
+            break
+        # the next event starts ``shift`` bytes into this piece, off the word grid: re-align from there
+        cols += [_skipped(cols, source, origin + shift), source]
+        parts.append(cols)
+        pieces.append(words[:position])
+        base_words += position
+        origin += shift
+        rest = total - origin
+        words = np.empty(rest // 4, dtype=layout.WORD)
+        words.view(np.uint8)[:] = raw[origin: origin + 4 * (rest // 4)]
+        position = 0
+    cols = [np.concatenate(c) for c in zip(*parts)] if len(parts) > 1 else parts[0]
+    out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return out, EventIndex(**dict(zip(_INDEX_COLUMNS, cols)), end=base_words + int(position), truncated=bool(truncated))
 
 
 ISSUE_DTYPE = np.dtype(
@@ -310,7 +406,8 @@ def merge_fragments(decoded: DecodedEvents, starts: np.ndarray) -> DecodedEvents
     group = np.cumsum(starts) - 1
     index = decoded.index.take(first)
     index = EventIndex(**{**{n: getattr(index, n) for n in _INDEX_COLUMNS},
-                          "size": np.add.reduceat(decoded.index.size, first)},
+                          "size": np.add.reduceat(decoded.index.size, first),
+                          "skipped": np.add.reduceat(decoded.index.skipped, first)},
                        end=decoded.index.end, truncated=decoded.index.truncated)
     issues = decoded.issues.copy()
     issues["event"] = group[issues["event"]]

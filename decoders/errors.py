@@ -98,11 +98,14 @@ class Issue(IntEnum):
     EVENT_BAD_HEADER_SIZE = 15
     EVENT_BAD_MAGIC = 16
     SUBEVENT_MISMATCH = 17
+    EVENT_BAD_SIZE = 18  # rejected: size past the end of the buffer while a later event starts
+    HEADER_MISMATCH = 19  # rejected: run or burst disagrees with its neighbours inside a spill
     # notices (>= FIRST_NOTICE): counted, not decode errors
     MODULE_MISSING = 64
     UNKNOWN_CHANNEL = 65
     UNKNOWN_SRC_ID = 66
     SCALERS_SHORT = 67
+    DUPLICATE_EVENT = 68  # an event number seen again in the same spill: counted, decoded once
 
     @property
     def is_error(self) -> bool:
@@ -110,7 +113,8 @@ class Issue(IntEnum):
 
     @property
     def rejects_event(self) -> bool:
-        return Issue.EVENT_TRUNCATED <= self.value <= Issue.EVENT_BAD_MAGIC
+        return Issue.EVENT_TRUNCATED <= self.value <= Issue.EVENT_BAD_MAGIC or self in (
+            Issue.EVENT_BAD_SIZE, Issue.HEADER_MISMATCH, Issue.DUPLICATE_EVENT)
 
     @property
     def label(self) -> str:
@@ -135,6 +139,10 @@ ISSUE_DESCRIPTIONS = {
     Issue.EVENT_BAD_HEADER_SIZE: "DATE header or event size is not a multiple of 4, below 68 or beyond the event",
     Issue.EVENT_BAD_MAGIC: "no DATE magic where an event should start; skipped to the next one",
     Issue.SUBEVENT_MISMATCH: "sub-event header disagrees with its super event",
+    Issue.EVENT_BAD_SIZE: "event size runs past the end of the buffer but a later event starts: the size is damaged;"
+                          " skipped to the next event",
+    Issue.HEADER_MISMATCH: "event run or burst number disagrees with its neighbours inside a spill (header damage)",
+    Issue.DUPLICATE_EVENT: "event number already seen in this spill: counted, decoded once",
     Issue.MODULE_MISSING: "module-missing placeholder",
     Issue.UNKNOWN_CHANNEL: "(srcID, port, channel) not in the channel map",
     Issue.UNKNOWN_SRC_ID: "equipment srcID not in the channel map",

@@ -27,7 +27,7 @@ from ..decoders.decode import (
     issue_counts,
     merge_fragments,
 )
-from ..decoders.errors import Issue
+from ..decoders.errors import FIRST_NOTICE, Issue
 from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, reconstruct
 
 _NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}
@@ -77,6 +77,7 @@ class SpillAccumulator:
     hadron_events: int = 0
     no_electron_beam_events: int = 0
     rejected_events: int = 0
+    skipped_bytes: int = 0
     saw_start_of_burst: bool = False
     saw_end_of_burst: bool = False
     scalers: list[int] | None = None
@@ -107,7 +108,7 @@ class SpillAccumulator:
             raise ValueError(f"cannot merge spill {other.run}/{other.spill} into {self.run}/{self.spill}")
         for name in (
             "events", "physics_events", "calibration_events", "beam_events", "hadron_events",
-            "no_electron_beam_events", "rejected_events", "bytes_decoded", "decode_seconds",
+            "no_electron_beam_events", "rejected_events", "skipped_bytes", "bytes_decoded", "decode_seconds",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.saw_start_of_burst |= other.saw_start_of_burst
@@ -183,6 +184,9 @@ class QARecord:
     beam_events: int = 0
     hadron_events: int = 0
     rejected_events: int = 0
+    skipped_bytes: int = 0  # bytes of rejected events and garbage skipped while resynchronising
+    header_mismatch: int = 0  # events rejected: run/burst disagreeing with their neighbours in the spill
+    duplicate_event: int = 0  # event numbers seen again in the spill (counted, decoded once)
     errors_by_src: dict = field(default_factory=dict)
     notices_by_src: dict = field(default_factory=dict)
     candidate_details: tuple[dict, ...] = ()
@@ -270,7 +274,8 @@ class SpillProcessor:
     def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents) -> None:
         ix = decoded.index
         ok = ix.status == 0
-        acc.rejected_events += int(np.count_nonzero(~ok))
+        acc.rejected_events += int(np.count_nonzero(~ok & (ix.status < FIRST_NOTICE)))
+        acc.skipped_bytes += int(ix.skipped.sum())
         if acc.run is None and np.any(ok):
             first = int(np.flatnonzero(ok)[0])
             acc.run, acc.spill = int(ix.run[first]), int(ix.spill[first])
@@ -350,6 +355,9 @@ class SpillProcessor:
             beam_events=acc.beam_events,
             hadron_events=acc.hadron_events,
             rejected_events=acc.rejected_events,
+            skipped_bytes=acc.skipped_bytes,
+            header_mismatch=errors.get(-1, {}).get(Issue.HEADER_MISMATCH.label, 0),
+            duplicate_event=notices.get(-1, {}).get(Issue.DUPLICATE_EVENT.label, 0),
             errors_by_src=errors,
             notices_by_src=notices,
             candidate_details=tuple(vars(c) for c in candidates),

@@ -45,7 +45,7 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 _COUNT = (0, (1 << 63) - 1)
 _ISSUE_LABELS = frozenset(i.label for i in Issue if i != Issue.NONE)
 _COUNTERS = ("events", "physics_events", "calibration_events", "beam_events", "hadron_events",
-             "no_electron_beam_events", "rejected_events", "bytes_decoded")
+             "no_electron_beam_events", "rejected_events", "skipped_bytes", "bytes_decoded")
 _FLAGS = ("saw_start_of_burst", "saw_end_of_burst")
 _CANDIDATE_VALUES = ("e_ps", "e_ecal", "e_hcal", "srd_sum", "veto_max")
 _MAX_SCALERS = 64

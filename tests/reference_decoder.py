@@ -196,13 +196,14 @@ def _read_header(data: bytes, offset: int) -> dict:
 
 
 def _resync(data: bytes, offset: int, want_super):
-    """Next offset after ``offset`` (4-byte steps) that looks like an event start, or None.
+    """Next offset after ``offset`` (1-byte steps: damage may shift the stream by bytes) that
+    looks like an event start, or None.
 
     Looks like one: the DATE magic, a plausible size, and — once an accepted
     event has been seen — the same super-event bit as the last accepted one, so
     that a damaged super event's own sub-events are not taken for events.
     """
-    position = offset + 4
+    position = offset + 1
     while position + 8 <= len(data):
         if _word(data, position + 4) == DATE_MAGIC and _plausible_size(
             _word(data, position), len(data) - position
@@ -210,7 +211,7 @@ def _resync(data: bytes, offset: int, want_super):
             is_super = bool(_word(data, position + 52) & SUPER_EVENT_BIT) if position + 56 <= len(data) else False
             if want_super is None or is_super == want_super:
                 return position
-        position += 4
+        position += 1
     return None
 
 
@@ -219,7 +220,12 @@ def _resync(data: bytes, offset: int, want_super):
 # =============================================================================
 
 def decode_stream(data: bytes, channel_map) -> list:
-    """Decode every top-level DATE event of ``data`` (one dict each, rejected ones too)."""
+    """Decode every top-level DATE event of ``data`` (one dict each, rejected ones too).
+
+    An event whose size runs past the end of ``data`` is truncated only if no
+    plausible event starts after it; otherwise its size is damaged
+    (``event_bad_size``) and the stream goes on at that next event.
+    """
     data = bytes(data)
     src_ids_msadc = {key[0] for key in channel_map}
     events = []
@@ -228,9 +234,15 @@ def decode_stream(data: bytes, channel_map) -> list:
     while offset < len(data):
         label, skip = _check_event_header(data, offset, len(data))
         if label is not None:
-            events.append(_rejected_event(offset, label))
             if skip == "stop":
-                break
+                following = _resync(data, offset, want_super)
+                if following is None:
+                    events.append(_rejected_event(offset, label))
+                    break
+                events.append(_rejected_event(offset, "event_bad_size"))
+                offset = following
+                continue
+            events.append(_rejected_event(offset, label))
             if skip is None:
                 offset = _resync(data, offset, want_super)
                 if offset is None:
@@ -521,6 +533,7 @@ class _Spill:
         self.beam_not_electron = 0
         self.candidates = []
         self.scalers = None
+        self.duplicates = 0
 
     def record(self, complete: bool) -> dict:
         numbers = set(self.event_numbers)
@@ -577,9 +590,53 @@ def merge_plain_fragments(events: list) -> list:
     return merged
 
 
+def _header_damaged(seq: list) -> set:
+    """Indices into ``seq`` (accepted spill events, in order) of events whose (run, burst) is damaged.
+
+    Only a single event whose key differs from both neighbours', and that is not
+    a late event of a spill closed before it, can be damaged: a START_OF_BURST
+    followed by an event that is not a START_OF_BURST; an END_OF_BURST preceded
+    by one that is not an END_OF_BURST; a data event whose neighbours inside a
+    spill (the previous unless END_OF_BURST, the next unless START_OF_BURST)
+    exist and share one key.
+    """
+    keys = [(ev["run"], ev["spill"]) for ev in seq]
+    damaged = set()
+    closed_before = set()
+    for i, ev in enumerate(seq):
+        single = (i == 0 or keys[i - 1] != keys[i]) and (i + 1 == len(seq) or keys[i + 1] != keys[i])
+        if single and len(seq) > 1 and keys[i] not in closed_before:
+            if ev["type"] == START_OF_BURST:
+                bad = i + 1 < len(seq) and seq[i + 1]["type"] != START_OF_BURST
+            elif ev["type"] == END_OF_BURST:
+                bad = i > 0 and seq[i - 1]["type"] != END_OF_BURST
+            else:
+                around = []
+                if i > 0 and seq[i - 1]["type"] != END_OF_BURST:
+                    around.append(keys[i - 1])
+                if i + 1 < len(seq) and seq[i + 1]["type"] != START_OF_BURST:
+                    around.append(keys[i + 1])
+                bad = len(around) > 0 and len(set(around)) == 1
+            if bad:
+                damaged.add(i)
+        if ev["type"] == END_OF_BURST:
+            closed_before.add(keys[i])
+    return damaged
+
+
 def qa_records(events: list) -> list:
-    """Group decoded events into spills (keyed by (run, burst)) and build their QA records."""
+    """Group decoded events into spills (keyed by (run, burst)) and build their QA records.
+
+    Header damage (:func:`_header_damaged`) makes an event a rejected one
+    (``header_mismatch``, one error) where it stands; an event number seen again
+    in a spill is a duplicate: neither decoded nor counted again.
+    """
     events = merge_plain_fragments(events)
+    seq_positions = [i for i, ev in enumerate(events)
+                     if ev["status"] is None and ev["type"] in SPILL_EVENT_TYPES]
+    for i in _header_damaged([events[p] for p in seq_positions]):
+        p = seq_positions[i]
+        events[p] = {**events[p], "status": "header_mismatch", "errors": [(None, "header_mismatch", events[p]["offset"])]}
     records = []
     open_spill = None
     closed_keys = set()  # spills closed by END_OF_BURST: later events of theirs are late
@@ -603,6 +660,9 @@ def qa_records(events: list) -> list:
             open_spill = _Spill(*key)
             open_spill.decode_errors += pending_errors
             pending_errors = 0
+        if ev["type"] in (PHYSICS_EVENT, CALIBRATION_EVENT) and ev["event"] in open_spill.event_numbers:
+            open_spill.duplicates += 1
+            continue
 
         open_spill.decode_errors += len(ev["errors"])
         open_spill.modules_missing += ev["modules_missing"]

@@ -25,6 +25,7 @@ from na64_online.decoders.decode import (
     ReconstructionParams,
     as_words,
     decode_events,
+    index_bytes,
     index_events,
 )
 from na64_online.decoders.errors import ISSUE_DESCRIPTIONS, Issue
@@ -37,23 +38,24 @@ QA_KEYS = list(json.loads((VECTORS / "small.qa.json").read_text()))
 
 def fast_events(data: bytes, channel_map: ChannelMap) -> list[dict]:
     """The numba decoder's view of ``data``, shaped like ``reference_decoder.decode_stream``."""
-    words, tail = as_words(data)
-    index = index_events(words, trailing_bytes=tail)
+    words, index = index_bytes(data)
     decoded = decode_events(words, index, channel_map, with_samples=True, max_samples=511)
+    # byte offsets in ``data``: the buffer may have been re-aligned after a byte shift
+    shift = index.source_offset - index.offset * 4
     physics = reconstruct(decoded, DetectorGeometry.from_map(channel_map))
     out = []
     for row in range(len(index)):
         status = int(index.status[row])
         issues = decoded.issues[decoded.issues["event"] == row]
-        errors = [(int(i["src_id"]), Issue(int(i["kind"])).label, int(i["offset"]))
+        errors = [(int(i["src_id"]), Issue(int(i["kind"])).label, int(i["offset"]) + int(shift[row]))
                   for i in issues if Issue(int(i["kind"])).is_error]
         if status:
-            errors = [(-1, Issue(status).label, int(index.offset[row]) * 4)]
+            errors = [(-1, Issue(status).label, int(index.source_offset[row]))]
         dumped = event_dict(decoded, physics, channel_map, row)  # what `na64-online dump` prints
         channels = {(c["src_id"], c["port"], c["channel"]): c for c in dumped["channels"]}
         scalers = decoded.scalers[row]
         out.append({
-            "offset": int(index.offset[row]) * 4,
+            "offset": int(index.source_offset[row]),
             "status": Issue(status).label if status else None,
             "errors": errors,
             "channels": channels,
@@ -111,8 +113,7 @@ def assert_same_events(data: bytes, channel_map: ChannelMap, ref_map: dict) -> l
 
 
 def fast_qa(data: bytes, channel_map: ChannelMap) -> list[dict]:
-    words, tail = as_words(data)
-    index = index_events(words, trailing_bytes=tail)
+    words, index = index_bytes(data)
     processor = SpillProcessor(MonitorConfig(chunk_events=7), channel_map)
     return [
         processor.process(seg.words, seg.index, complete=seg.complete).to_dict()
