@@ -129,15 +129,16 @@ def _byte_word(data, b):
 
 
 @njit(cache=True, nogil=True)
-def _resync_bytes(data, b, byte_limit, want_super):
-    """First byte offset >= b where a plausible DATE event starts (byte_limit if none).
+def _resync_bytes(data, b, b_end, byte_limit, want_super):
+    """First byte offset in [b, b_end) where a plausible DATE event starts (byte_limit if none).
 
-    The same plausibility as :func:`_resync`, tried at every byte offset: the
-    slow path after damage that may have shifted the stream by 1–3 bytes.
+    The same plausibility as :func:`_resync` (the event must fit before
+    ``byte_limit``), tried at every byte offset: the slow path after damage
+    that may have shifted the stream by bytes.
     """
     magic0 = _MAGIC & 0xFF
     q = b
-    while q + _MIN_HEADER_BYTES <= byte_limit:
+    while q < b_end and q + _MIN_HEADER_BYTES <= byte_limit:
         if data[q + 4] == magic0 and _byte_word(data, q + 4) == _MAGIC:
             size = _byte_word(data, q)
             if size % 4 == 0 and size >= _MIN_HEADER_BYTES and size <= byte_limit - q:
@@ -204,8 +205,20 @@ def index_events(
             p += size_words
         else:
             # untrusted start: find the next plausible one
+            if allow_shift and issue != _ISSUE_TRUNCATED and n > 0 and out_status[n - 1] == 0:
+                # bytes lost inside the event before: the next one may start inside its claimed size
+                prev = out_offset[n - 1]
+                b = _resync_bytes(data, 4 * prev + _MIN_HEADER_BYTES, 4 * p, byte_limit, want_super)
+                if b < byte_limit:
+                    if b % 4 != 0:
+                        shift = b
+                    out_size[n - 1] = b // 4 - prev  # the event before ends where this one starts
+                    p = b // 4
+                    if shift >= 0:
+                        break
+                    continue
             if allow_shift:
-                b = _resync_bytes(data, 4 * p + 1, byte_limit, want_super)
+                b = _resync_bytes(data, 4 * p + 1, byte_limit, byte_limit, want_super)
                 if b >= byte_limit:
                     nxt = stop
                 elif b % 4 == 0:

@@ -143,10 +143,12 @@ def _truncated_tail(offset: int, source_offset: int, nbytes: int) -> list[np.nda
 
 
 def _skipped(cols: list[np.ndarray], source_offset: np.ndarray, end_byte: int) -> np.ndarray:
-    """Bytes of each rejected row: up to the next row's start (the last: up to ``end_byte``)."""
+    """Bytes of each row not decoded: a rejected row's up to the next row's start (the last: up to
+    ``end_byte``); for an accepted row, the 1–3 bytes dropped when the stream is re-aligned after it."""
     status = cols[_INDEX_COLUMNS.index("status")]
+    size = cols[_INDEX_COLUMNS.index("size")]
     nxt = np.append(source_offset[1:], end_byte)
-    return np.where(status != 0, nxt - source_offset, 0).astype(np.int64)
+    return np.where(status != 0, nxt - source_offset, np.maximum(nxt - source_offset - 4 * size, 0)).astype(np.int64)
 
 
 def index_events(words: np.ndarray, start: int = 0, stop: int | None = None, trailing_bytes: int = 0) -> EventIndex:

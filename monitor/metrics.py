@@ -86,6 +86,7 @@ class MonitorSnapshot:
     incomplete_events: int = 0
     lost_messages: int = 0
     modules_missing: int = 0
+    skipped_bytes: int = 0
     decode_errors: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # by ERROR_KINDS label
     decode_notices: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # by NOTICE_KINDS label
     beam_particles: int = 0
@@ -141,6 +142,7 @@ class MonitorSnapshot:
             incomplete_events=self.incomplete_events + int(record.get("incomplete_events") or 0),
             lost_messages=self.lost_messages + _total(record.get("lost_messages")),
             modules_missing=self.modules_missing + int(record.get("modules_missing") or 0),
+            skipped_bytes=self.skipped_bytes + int(record.get("skipped_bytes") or 0),
             decode_errors=MappingProxyType(errors),
             decode_notices=MappingProxyType(notices),
             beam_particles=self.beam_particles + int(record.get("beam") or 0),
@@ -264,6 +266,8 @@ class Na64Collector(Collector):
         counter("na64_incomplete_events", "events some readout node never sent", m.incomplete_events)
         counter("na64_lost_messages", "ZeroMQ sequence gaps", m.lost_messages)
         counter("na64_modules_missing", "module-missing placeholders", m.modules_missing)
+        counter("na64_skipped_bytes", "bytes skipped undecoded: rejected events and garbage passed while"
+                " resynchronising", m.skipped_bytes, unit="bytes")
         fam = CounterMetricFamily("na64_decode_errors", "decode errors (spec §5) by kind", labels=["kind"])
         fam_n = CounterMetricFamily("na64_decode_notices", "decode notices (not errors) by kind", labels=["kind"])
         if not describe:

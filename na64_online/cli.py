@@ -63,7 +63,10 @@ def _summary_line(record: dict) -> str:
         f"run {record['run']} spill {record['spill']}: {record['events']} events, "
         + (f"{dropped} events DROPPED (decoding fell behind), " if dropped else "")
         + f"lost {record['lost_events']}, errors {record['decode_errors']}, "
-        f"{state}, beam {fmt(record['beam'], 'd')}, "
+        + (f"skipped {record['skipped_bytes']} bytes, " if record.get("skipped_bytes") else "")
+        + (f"header mismatches {record['header_mismatch']}, " if record.get("header_mismatch") else "")
+        + (f"duplicate events {record['duplicate_event']}, " if record.get("duplicate_event") else "")
+        + f"{state}, beam {fmt(record['beam'], 'd')}, "
         f"hadron fraction {fmt(record['hadron_fraction'], '.4f')}, EOT {fmt(record['eot'], '.4g')}, "
         f"candidates {record['candidates']}, quality {record.get('quality', {}).get('overall', '—')}"
         + (f", ALARMS {', '.join(a['name'] for a in record['alarms'])}" if record.get("alarms") else "")

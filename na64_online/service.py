@@ -87,6 +87,14 @@ class Replayer:
             yield None, ReplayNote(
                 "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
             )
+        if stats.skipped_bytes:
+            shifted = "; the stream was shifted by bytes and re-aligned" if stats.realigned else ""
+            orphan = (f" ({stats.orphan_skipped_bytes} of them after the last spill)"
+                      if stats.orphan_skipped_bytes else "")
+            yield None, ReplayNote(
+                "warning", f"damaged: {stats.skipped_bytes} bytes skipped undecoded in rejected events and while "
+                f"resynchronising{orphan}{shifted}; per spill in skipped_bytes"
+            )
         if stats.late_events:
             yield None, ReplayNote(
                 "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"

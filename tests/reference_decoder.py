@@ -203,8 +203,13 @@ def _resync(data: bytes, offset: int, want_super):
     event has been seen — the same super-event bit as the last accepted one, so
     that a damaged super event's own sub-events are not taken for events.
     """
-    position = offset + 1
-    while position + 8 <= len(data):
+    return _resync_within(data, offset + 1, len(data), want_super)
+
+
+def _resync_within(data: bytes, first: int, end: int, want_super):
+    """First offset in [first, end) that looks like an event start (see :func:`_resync`), or None."""
+    position = first
+    while position < end and position + 8 <= len(data):
         if _word(data, position + 4) == DATE_MAGIC and _plausible_size(
             _word(data, position), len(data) - position
         ):
@@ -231,8 +236,20 @@ def decode_stream(data: bytes, channel_map) -> list:
     events = []
     offset = 0
     want_super = None  # super-event bit of the last accepted top-level event
+    last = None  # (offset, header) of the event just before, if it was accepted
     while offset < len(data):
         label, skip = _check_event_header(data, offset, len(data))
+        if label is not None and skip is None and last is not None:
+            # bytes lost inside the event before: the next event may start inside its claimed size;
+            # the event before is cut to its whole words before it
+            inside = _resync_within(data, last[0] + MIN_HEADER_BYTES, offset, want_super)
+            if inside is not None:
+                events[-1] = _decode_event(data, last[0], {**last[1], "size": (inside - last[0]) // 4 * 4}, channel_map,
+                                           src_ids_msadc)
+                offset = inside
+                last = None
+                continue
+        last = None
         if label is not None:
             if skip == "stop":
                 following = _resync(data, offset, want_super)
@@ -253,6 +270,7 @@ def decode_stream(data: bytes, channel_map) -> list:
         header = _read_header(data, offset)
         want_super = header["super"]
         events.append(_decode_event(data, offset, header, channel_map, src_ids_msadc))
+        last = (offset, header)
         offset += header["size"]
     return events
 

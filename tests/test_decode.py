@@ -292,6 +292,32 @@ def test_fuzz_mutations_match_reference(data, channel_map, ref_map):
     assert_same_qa(data, channel_map, ref_map, slow)
 
 
+@st.composite
+def byte_shifted(draw):
+    """Bytes inserted or deleted anywhere (the stream shifts off the word grid), beside word-level damage."""
+    data = bytearray(draw(st.sampled_from(BASES)))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        n = draw(st.integers(1, 9))
+        if draw(st.booleans()):
+            data[at:at] = draw(st.binary(min_size=n, max_size=n))
+        else:
+            del data[at: at + n]
+    return bytes(data)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=byte_shifted())
+def test_fuzz_byte_shifts_match_reference(data, channel_map, ref_map):
+    """Bytes inserted or lost: the same events and QA records as the reference, which reads at any byte offset."""
+    slow = assert_same_events(data, channel_map, ref_map)
+    assert_same_qa(data, channel_map, ref_map, slow)
+    words, index = index_bytes(data)
+    # every byte is either decoded in an accepted event or counted as skipped
+    assert int(index.skipped.sum()) + 4 * int(index.size[index.status == 0].sum()) == len(data)
+
+
 # ----------------------------------------------------------------- simulator -> decoder round trips
 def _simulated(**kw) -> bytes:
     from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
