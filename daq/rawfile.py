@@ -67,50 +67,71 @@ def header_damaged(key: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """Which events of a spill-event sequence carry a damaged (run, burst): a boolean mask.
 
     ``key``/``kind``: (run, burst) key and type of the accepted START_OF_BURST,
-    END_OF_BURST, PHYSICS and CALIBRATION events in stream order. Only an event
-    whose key differs from both its neighbours' (a single event) can be damaged;
-    not when its key is that of a spill already closed by an END_OF_BURST
-    before it (a late event). Then:
+    END_OF_BURST, PHYSICS and CALIBRATION events in stream order. Only a single
+    event whose key differs from both its neighbours' can be damaged, and not
+    when its key is that of a spill closed by an END_OF_BURST before it (a late
+    event). Data events are judged first:
 
-    - a START_OF_BURST is damaged when an event that is not a START_OF_BURST
-      follows it (the spill it opens is the following events');
-    - an END_OF_BURST is damaged when an event that is not an END_OF_BURST
-      precedes it (the spill it closes is the preceding events');
-    - a PHYSICS/CALIBRATION event is damaged when its neighbours inside a spill
-      — the previous one unless it is an END_OF_BURST, the next one unless it
-      is a START_OF_BURST — exist (at least one) and agree with each other.
+    1. a PHYSICS/CALIBRATION event is damaged when its neighbours inside a
+       spill — the nearest event before it that is not a single event itself,
+       unless an END_OF_BURST comes first, and the nearest after it, unless a
+       START_OF_BURST comes first — exist (at least one) and agree;
+    2. then, without the data events found damaged and without late events: a START_OF_BURST is damaged
+       when an event that is not a START_OF_BURST follows it (the spill it opens
+       is the following events'), an END_OF_BURST when an event that is not an
+       END_OF_BURST precedes it (the spill it closes is the preceding events').
     """
     n = len(key)
     damaged = np.zeros(n, dtype=bool)
     if n < 2:
         return damaged
-    differs = key[1:] != key[:-1]
-    single = np.ones(n, dtype=bool)
-    single[1:] &= differs
-    single[:-1] &= differs
-    candidates = np.flatnonzero(single)
-    if not len(candidates):
-        return damaged
-    eob = np.flatnonzero(kind == layout.END_OF_BURST)
     first_eob: dict[int, int] = {}
-    for position in eob.tolist():
+    for position in np.flatnonzero(kind == layout.END_OF_BURST).tolist():
         first_eob.setdefault(int(key[position]), position)
-    for i in candidates.tolist():
-        closed_at = first_eob.get(int(key[i]))
-        if closed_at is not None and closed_at < i:
-            continue  # a late event of a closed spill
-        t = kind[i]
-        if t == layout.START_OF_BURST:
-            damaged[i] = i + 1 < n and kind[i + 1] != layout.START_OF_BURST
-        elif t == layout.END_OF_BURST:
-            damaged[i] = i > 0 and kind[i - 1] != layout.END_OF_BURST
-        else:
-            around = []
-            if i > 0 and kind[i - 1] != layout.END_OF_BURST:
-                around.append(int(key[i - 1]))
-            if i + 1 < n and kind[i + 1] != layout.START_OF_BURST:
-                around.append(int(key[i + 1]))
-            damaged[i] = len(around) > 0 and len(set(around)) == 1
+    is_data = (kind != layout.START_OF_BURST) & (kind != layout.END_OF_BURST)
+
+    def singles(positions: np.ndarray) -> list[int]:
+        k = key[positions]
+        single = np.ones(len(positions), dtype=bool)
+        differs = k[1:] != k[:-1]
+        single[1:] &= differs
+        single[:-1] &= differs
+        out = []
+        for i in np.flatnonzero(single).tolist():
+            closed_at = first_eob.get(int(k[i]))
+            if closed_at is None or closed_at >= positions[i]:  # else a late event of a closed spill
+                out.append(i)
+        return out
+
+    everything = np.arange(n)
+    lonely = np.zeros(n, dtype=bool)  # single events, late or not: no neighbour to go by
+    differs = key[1:] != key[:-1]
+    lonely[:] = True
+    lonely[1:] &= differs
+    lonely[:-1] &= differs
+    for i in singles(everything):
+        if not is_data[i]:
+            continue
+        around = []
+        j = i - 1  # the nearest event before that is not single itself, unless an END_OF_BURST comes first
+        while j >= 0 and kind[j] != layout.END_OF_BURST and lonely[j]:
+            j -= 1
+        if j >= 0 and kind[j] != layout.END_OF_BURST:
+            around.append(int(key[j]))
+        j = i + 1  # … and after, unless a START_OF_BURST comes first
+        while j < n and kind[j] != layout.START_OF_BURST and lonely[j]:
+            j += 1
+        if j < n and kind[j] != layout.START_OF_BURST:
+            around.append(int(key[j]))
+        damaged[i] = len(around) > 0 and len(set(around)) == 1
+    late = np.array([first_eob.get(int(k), n) < i for i, k in enumerate(key.tolist())], dtype=bool)
+    rest = np.flatnonzero(~damaged & ~late)  # late events stand outside the spills around them
+    for j in singles(rest):
+        i = int(rest[j])
+        if kind[i] == layout.START_OF_BURST:
+            damaged[i] = j + 1 < len(rest) and kind[rest[j + 1]] != layout.START_OF_BURST
+        elif kind[i] == layout.END_OF_BURST:
+            damaged[i] = j > 0 and kind[rest[j - 1]] != layout.END_OF_BURST
     return damaged
 
 
@@ -221,7 +242,9 @@ class RawFile:
         self.stats.truncated = self.index.truncated
         self.stats.skipped_bytes = int(self.index.skipped.sum())
         self.stats.realigned = bool(np.any(self.index.source_offset != self.index.offset * 4))
-        if size and (len(self.index) == 0 or self.index.status[0] in _NOT_DATE_AT_START):
+        # garbage at the start is damage when DATE events follow it; with none anywhere it is not a DATE file
+        if size and (len(self.index) == 0 or (self.index.status[0] in _NOT_DATE_AT_START
+                                              and not np.any(self.index.status == 0))):
             raise NotDateStreamError(f"{self.path} is not a DATE raw data stream (no DATE event at its start)", offset=0)
 
     def spills(self) -> list[SpillSegment]:

@@ -105,17 +105,27 @@ def _resync(words, p, limit, want_super):
     """First word index >= p where a plausible DATE event starts (limit if none).
 
     Plausible: the DATE magic, a size that is a multiple of 4, >= 68 bytes and
-    fits before ``limit``, and the super-event bit ``want_super`` (-1: any) of
-    the last accepted event, so that a resync in a stream of super events does
-    not land on a damaged event's own sub-events.
+    fits before ``limit``, and the super-event bit ``want_super`` of the last
+    accepted event, so that a resync in a stream of super events does not land
+    on a damaged event's own sub-events (-1, none accepted yet: the first super
+    event, else the first plain one).
     """
+    if want_super < 0:
+        # no accepted event yet to tell: a super event if there is one (never a damaged one's sub-event)
+        first = _scan_words(words, p, limit, 1)
+        return first if first < limit else _scan_words(words, p, limit, 0)
+    return _scan_words(words, p, limit, want_super)
+
+
+@njit(cache=True, nogil=True)
+def _scan_words(words, p, limit, want_super):
     q = p
     while q + 2 <= limit:
         if words[q + 1] == _MAGIC:
             size = np.int64(words[q])
             if size % 4 == 0 and size >= _MIN_HEADER_BYTES and size // 4 <= limit - q:
                 is_super = 1 if (words[q + 13] & _SUPER) != 0 else 0
-                if want_super < 0 or is_super == want_super:
+                if is_super == want_super:
                     return q
         q += 1
     return limit
@@ -136,6 +146,15 @@ def _resync_bytes(data, b, b_end, byte_limit, want_super):
     ``byte_limit``), tried at every byte offset: the slow path after damage
     that may have shifted the stream by bytes.
     """
+    if want_super < 0:
+        # no accepted event yet to tell: a super event if there is one (never a damaged one's sub-event)
+        first = _scan_bytes(data, b, b_end, byte_limit, 1)
+        return first if first < byte_limit else _scan_bytes(data, b, b_end, byte_limit, 0)
+    return _scan_bytes(data, b, b_end, byte_limit, want_super)
+
+
+@njit(cache=True, nogil=True)
+def _scan_bytes(data, b, b_end, byte_limit, want_super):
     magic0 = _MAGIC & 0xFF
     q = b
     while q < b_end and q + _MIN_HEADER_BYTES <= byte_limit:
@@ -143,7 +162,7 @@ def _resync_bytes(data, b, b_end, byte_limit, want_super):
             size = _byte_word(data, q)
             if size % 4 == 0 and size >= _MIN_HEADER_BYTES and size <= byte_limit - q:
                 is_super = 1 if (_byte_word(data, q + 52) & _SUPER) != 0 else 0
-                if want_super < 0 or is_super == want_super:
+                if is_super == want_super:
                     return q
         q += 1
     return byte_limit
@@ -199,7 +218,10 @@ def index_events(
             is_super = (words[p + 13] & _SUPER) != 0
             out_super[n] = is_super
             out_ldc[n] = words[p + 14]
-            want_super = 1 if is_super else 0
+            t = out_type[n]
+            if t == 1 or t == 2 or (t >= 5 and t <= 8):
+                # a known type: its super-event bit tells what the stream is made of (a damaged header may not)
+                want_super = 1 if is_super else 0
             p += size_words
         elif size_words > 0 and issue != _ISSUE_TRUNCATED:
             p += size_words
@@ -208,7 +230,9 @@ def index_events(
             if allow_shift and issue != _ISSUE_TRUNCATED and n > 0 and out_status[n - 1] == 0:
                 # bytes lost inside the event before: the next one may start inside its claimed size
                 prev = out_offset[n - 1]
-                b = _resync_bytes(data, 4 * prev + _MIN_HEADER_BYTES, 4 * p, byte_limit, want_super)
+                # (not knowing the stream yet: only a super event, never a sub-event of the one before)
+                inside = want_super if want_super >= 0 else 1
+                b = _resync_bytes(data, 4 * prev + _MIN_HEADER_BYTES, 4 * p, byte_limit, inside)
                 if b < byte_limit:
                     if b % 4 != 0:
                         shift = b

@@ -207,14 +207,21 @@ def _resync(data: bytes, offset: int, want_super):
 
 
 def _resync_within(data: bytes, first: int, end: int, want_super):
-    """First offset in [first, end) that looks like an event start (see :func:`_resync`), or None."""
+    """First offset in [first, end) that looks like an event start (see :func:`_resync`), or None.
+
+    With no accepted event yet (``want_super`` None): the first super event if
+    there is one, else the first plain event.
+    """
+    if want_super is None:
+        found = _resync_within(data, first, end, True)
+        return found if found is not None else _resync_within(data, first, end, False)
     position = first
     while position < end and position + 8 <= len(data):
         if _word(data, position + 4) == DATE_MAGIC and _plausible_size(
             _word(data, position), len(data) - position
         ):
             is_super = bool(_word(data, position + 52) & SUPER_EVENT_BIT) if position + 56 <= len(data) else False
-            if want_super is None or is_super == want_super:
+            if is_super == want_super:
                 return position
         position += 1
     return None
@@ -235,14 +242,15 @@ def decode_stream(data: bytes, channel_map) -> list:
     src_ids_msadc = {key[0] for key in channel_map}
     events = []
     offset = 0
-    want_super = None  # super-event bit of the last accepted top-level event
+    want_super = None  # super-event bit of the last accepted top-level event of a known type
     last = None  # (offset, header) of the event just before, if it was accepted
     while offset < len(data):
         label, skip = _check_event_header(data, offset, len(data))
         if label is not None and skip is None and last is not None:
             # bytes lost inside the event before: the next event may start inside its claimed size;
             # the event before is cut to its whole words before it
-            inside = _resync_within(data, last[0] + MIN_HEADER_BYTES, offset, want_super)
+            # (not knowing the stream yet: only a super event, never a sub-event of the one before)
+            inside = _resync_within(data, last[0] + MIN_HEADER_BYTES, offset, True if want_super is None else want_super)
             if inside is not None:
                 events[-1] = _decode_event(data, last[0], {**last[1], "size": (inside - last[0]) // 4 * 4}, channel_map,
                                            src_ids_msadc)
@@ -268,7 +276,8 @@ def decode_stream(data: bytes, channel_map) -> list:
                 offset += skip
             continue
         header = _read_header(data, offset)
-        want_super = header["super"]
+        if header["type"] in (1, 2, 5, 6, 7, 8):  # a known type: its super bit tells what the stream is made of
+            want_super = header["super"]
         events.append(_decode_event(data, offset, header, channel_map, src_ids_msadc))
         last = (offset, header)
         offset += header["size"]
@@ -612,33 +621,52 @@ def _header_damaged(seq: list) -> set:
     """Indices into ``seq`` (accepted spill events, in order) of events whose (run, burst) is damaged.
 
     Only a single event whose key differs from both neighbours', and that is not
-    a late event of a spill closed before it, can be damaged: a START_OF_BURST
-    followed by an event that is not a START_OF_BURST; an END_OF_BURST preceded
-    by one that is not an END_OF_BURST; a data event whose neighbours inside a
-    spill (the previous unless END_OF_BURST, the next unless START_OF_BURST)
-    exist and share one key.
+    a late event of a spill closed before it, can be damaged. First data events:
+    damaged when their neighbours inside a spill (the nearest event before that
+    is not single itself, unless an END_OF_BURST comes first; the nearest after,
+    unless a START_OF_BURST comes first) exist and share one key. Then,
+    without those and without late events: a START_OF_BURST followed by an event that is not a
+    START_OF_BURST; an END_OF_BURST preceded by one that is not an END_OF_BURST.
     """
     keys = [(ev["run"], ev["spill"]) for ev in seq]
-    damaged = set()
-    closed_before = set()
-    for i, ev in enumerate(seq):
-        single = (i == 0 or keys[i - 1] != keys[i]) and (i + 1 == len(seq) or keys[i + 1] != keys[i])
-        if single and len(seq) > 1 and keys[i] not in closed_before:
-            if ev["type"] == START_OF_BURST:
-                bad = i + 1 < len(seq) and seq[i + 1]["type"] != START_OF_BURST
-            elif ev["type"] == END_OF_BURST:
-                bad = i > 0 and seq[i - 1]["type"] != END_OF_BURST
-            else:
-                around = []
-                if i > 0 and seq[i - 1]["type"] != END_OF_BURST:
-                    around.append(keys[i - 1])
-                if i + 1 < len(seq) and seq[i + 1]["type"] != START_OF_BURST:
-                    around.append(keys[i + 1])
-                bad = len(around) > 0 and len(set(around)) == 1
-            if bad:
-                damaged.add(i)
+    closed_before = []  # per position: keys closed by an END_OF_BURST before it
+    closed = set()
+    for ev, key in zip(seq, keys):
+        closed_before.append(set(closed))
         if ev["type"] == END_OF_BURST:
-            closed_before.add(keys[i])
+            closed.add(key)
+
+    def single(order, j):
+        i = order[j]
+        prev_differs = j == 0 or keys[order[j - 1]] != keys[i]
+        next_differs = j + 1 == len(order) or keys[order[j + 1]] != keys[i]
+        return len(seq) > 1 and prev_differs and next_differs and keys[i] not in closed_before[i]
+
+    def lonely(k):  # a single event (late or not): no neighbour to go by
+        return (k == 0 or keys[k - 1] != keys[k]) and (k + 1 == len(seq) or keys[k + 1] != keys[k])
+
+    damaged = set()
+    order = list(range(len(seq)))
+    for j, i in enumerate(order):
+        if seq[i]["type"] in (START_OF_BURST, END_OF_BURST) or not single(order, j):
+            continue
+        around = []
+        before = [k for k in range(i - 1, -1, -1) if seq[k]["type"] == END_OF_BURST or not lonely(k)]
+        if before and seq[before[0]]["type"] != END_OF_BURST:
+            around.append(keys[before[0]])
+        after = [k for k in range(i + 1, len(seq)) if seq[k]["type"] == START_OF_BURST or not lonely(k)]
+        if after and seq[after[0]]["type"] != START_OF_BURST:
+            around.append(keys[after[0]])
+        if around and len(set(around)) == 1:
+            damaged.add(i)
+    order = [i for i in range(len(seq)) if i not in damaged and keys[i] not in closed_before[i]]
+    for j, i in enumerate(order):
+        if not single(order, j):
+            continue
+        if seq[i]["type"] == START_OF_BURST and j + 1 < len(order) and seq[order[j + 1]]["type"] != START_OF_BURST:
+            damaged.add(i)
+        elif seq[i]["type"] == END_OF_BURST and j > 0 and seq[order[j - 1]]["type"] != END_OF_BURST:
+            damaged.add(i)
     return damaged
 
 

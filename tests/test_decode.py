@@ -307,7 +307,7 @@ def byte_shifted(draw):
 
 
 @pytest.mark.fuzz
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=byte_shifted())
 def test_fuzz_byte_shifts_match_reference(data, channel_map, ref_map):
     """Bytes inserted or lost: the same events and QA records as the reference, which reads at any byte offset."""
