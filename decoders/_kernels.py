@@ -194,6 +194,7 @@ def index_events(
     truncated = False
     lost_sync = False
     shift = -1
+    sized = False  # the row before (in this call) was skipped by its own size: accepted, or rejected with a trusted size
     while p < stop and n < capacity:
         lost_sync = False
         issue, size_words = _check_event(words, p, stop)
@@ -223,11 +224,13 @@ def index_events(
                 # a known type: its super-event bit tells what the stream is made of (a damaged header may not)
                 want_super = 1 if is_super else 0
             p += size_words
+            sized = True
         elif size_words > 0 and issue != _ISSUE_TRUNCATED:
             p += size_words
+            sized = True
         else:
             # untrusted start: find the next plausible one
-            if allow_shift and issue != _ISSUE_TRUNCATED and n > 0 and out_status[n - 1] == 0:
+            if allow_shift and issue != _ISSUE_TRUNCATED and sized:
                 # bytes lost inside the event before: the next one may start inside its claimed size
                 prev = out_offset[n - 1]
                 # (not knowing the stream yet: only a super event, never a sub-event of the one before)
@@ -263,6 +266,7 @@ def index_events(
             out_size[n] = nxt - p
             lost_sync = nxt >= stop and shift < 0
             p = nxt
+            sized = False
             if shift >= 0:
                 n += 1
                 break

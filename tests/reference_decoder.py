@@ -243,7 +243,7 @@ def decode_stream(data: bytes, channel_map) -> list:
     events = []
     offset = 0
     want_super = None  # super-event bit of the last accepted top-level event of a known type
-    last = None  # (offset, header) of the event just before, if it was accepted
+    last = None  # (offset, header or None if rejected) of the event just before, if skipped by its own size
     while offset < len(data):
         label, skip = _check_event_header(data, offset, len(data))
         if label is not None and skip is None and last is not None:
@@ -252,8 +252,9 @@ def decode_stream(data: bytes, channel_map) -> list:
             # (not knowing the stream yet: only a super event, never a sub-event of the one before)
             inside = _resync_within(data, last[0] + MIN_HEADER_BYTES, offset, True if want_super is None else want_super)
             if inside is not None:
-                events[-1] = _decode_event(data, last[0], {**last[1], "size": (inside - last[0]) // 4 * 4}, channel_map,
-                                           src_ids_msadc)
+                if last[1] is not None:  # an accepted event: decoded again up to there
+                    events[-1] = _decode_event(data, last[0], {**last[1], "size": (inside - last[0]) // 4 * 4},
+                                               channel_map, src_ids_msadc)
                 offset = inside
                 last = None
                 continue
@@ -273,6 +274,7 @@ def decode_stream(data: bytes, channel_map) -> list:
                 if offset is None:
                     break
             else:
+                last = (offset, None)  # rejected, skipped by its own size
                 offset += skip
             continue
         header = _read_header(data, offset)
