@@ -420,6 +420,7 @@ def test_health_snapshots_fit_the_metrics_module(spills, channel_map):
     snap = ServiceHealth(**health[-1])
     assert snap.messages_received == 2 * 5 and snap.events_received == 2 * (EVENTS + 2)
     assert snap.dropped_messages == 0 and snap.sources_connected == 2 and snap.last_message_time is not None
+    assert len(health) > 2 and {h["started"] for h in health} == {svc.created_at}  # the start time stays put
 
 
 @pytest.mark.timeout(90)
