@@ -184,6 +184,15 @@ severity = "warning"
 description = "Events missing from the event-number sequence"
 
 [[rules]]
+name = "archive_collision"
+quantity = "archive_collision"
+op = "=="
+threshold = true
+persist_spills = 1
+severity = "warning"
+description = "A spill's (run, spill) was archived already with other data (a fragment, or a run/spill number reused): both kept, see archive fragments"
+
+[[rules]]
 name = "incomplete_spill"
 quantity = "complete"
 op = "=="

@@ -62,7 +62,7 @@ from ..decoders.errors import ConfigError, DaqError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Quality states counted as bad by default (``bad_spills``).
 BAD_STATES: tuple[str, ...] = ("BAD",)
@@ -140,7 +140,39 @@ CREATE INDEX alarm_events_spill ON alarm_events (run, spill);
 CREATE INDEX alarm_events_alarm ON alarm_events (alarm_id);
 """
 
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+# v2: a (run, spill) may hold several rows — fragments of one spill, never replaced by each other
+# (``fragment`` numbers them, ``collision`` marks every row of a key stored more than once).
+# SQLite cannot drop a UNIQUE constraint: the table is rebuilt (foreign keys off, see _migrate).
+_SCHEMA_V2 = """
+CREATE TABLE spills_v2 (
+    id          INTEGER PRIMARY KEY,
+    run         INTEGER NOT NULL,
+    spill       INTEGER NOT NULL,
+    fragment    INTEGER NOT NULL DEFAULT 0,  -- 0, 1, ...: rows of the same (run, spill) in the order stored
+    collision   INTEGER NOT NULL DEFAULT 0,  -- 1: another, different row has the same (run, spill)
+    time        REAL    NOT NULL,
+    stored_at   REAL    NOT NULL,
+    overall     TEXT,
+    complete    INTEGER,
+    events      INTEGER,
+    eot         REAL,
+    hadron_fraction REAL,
+    record      TEXT    NOT NULL,
+    quality     TEXT,
+    UNIQUE (run, spill, fragment)
+);
+INSERT INTO spills_v2 (id, run, spill, time, stored_at, overall, complete, events, eot, hadron_fraction, record, quality)
+    SELECT id, run, spill, time, stored_at, overall, complete, events, eot, hadron_fraction, record, quality FROM spills;
+DROP TABLE spills;
+ALTER TABLE spills_v2 RENAME TO spills;
+CREATE INDEX spills_time    ON spills (time);
+CREATE INDEX spills_overall ON spills (overall, run, spill);
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+
+#: the row a (run, spill) stands for when it has several: complete first, then the most events, then the first stored
+_BEST_ROW = "ORDER BY complete DESC, events DESC, fragment ASC LIMIT 1"
 
 
 @dataclass(frozen=True)
@@ -424,17 +456,22 @@ class Archive:
                 raise ArchiveError(
                     f"archive {self.path} has schema version {version}, newer than this software ({SCHEMA_VERSION})"
                 )
-            while version < SCHEMA_VERSION:
-                target = version + 1
-                try:
-                    self._conn.executescript(
-                        f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target]};\nPRAGMA user_version = {target};\nCOMMIT;"
-                    )
-                except sqlite3.Error:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-                version = target
+            # a table rebuild must not cascade its DROP onto the histograms (set outside any transaction)
+            self._conn.execute("PRAGMA foreign_keys = OFF")
+            try:
+                while version < SCHEMA_VERSION:
+                    target = version + 1
+                    try:
+                        self._conn.executescript(
+                            f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target]};\nPRAGMA user_version = {target};\nCOMMIT;"
+                        )
+                    except sqlite3.Error:
+                        if self._conn.in_transaction:
+                            self._conn.execute("ROLLBACK")
+                        raise
+                    version = target
+            finally:
+                self._conn.execute("PRAGMA foreign_keys = ON")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -486,9 +523,11 @@ class Archive:
         ``record`` is the QA record dict (``run`` and ``spill`` required),
         ``quality`` the quality states dict, ``histograms`` ``{name: hist.Hist}``
         and ``alarm_events`` the alarm transitions of this spill
-        (``AlarmEngine.take_events()``). A spill already archived (same run and
-        spill) is replaced. Retention is applied afterwards, in its own
-        transaction.
+        (``AlarmEngine.take_events()``). A spill already archived with the same
+        run and spill is replaced only by the same data processed again
+        (:meth:`collides` false); otherwise both are kept — the new row gets the
+        next ``fragment`` number and every row of that key is marked
+        ``collision``. Retention is applied afterwards, in its own transaction.
         """
         record = _as_dict(record)
         quality = _as_dict(quality) if quality is not None else None
@@ -511,13 +550,23 @@ class Archive:
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
         with self._transaction() as conn:
-            conn.execute("DELETE FROM spills WHERE run = ? AND spill = ?", (run, spill))
+            same, others = self._same_spill(conn, record, run, spill)
+            if same is not None:  # the same data again: replaced
+                conn.execute("DELETE FROM spills WHERE id = ?", (same["id"],))
+                fragment, collision = same["fragment"], same["collision"]
+            elif others:  # a different spill under the same key: kept beside it
+                fragment, collision = max(r["fragment"] for r in others) + 1, 1
+                conn.execute("UPDATE spills SET collision = 1 WHERE run = ? AND spill = ?", (run, spill))
+            else:
+                fragment, collision = 0, 0
             cur = conn.execute(
-                "INSERT INTO spills (run, spill, time, stored_at, overall, complete, events, eot,"
-                " hadron_fraction, record, quality) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO spills (run, spill, fragment, collision, time, stored_at, overall, complete, events, eot,"
+                " hadron_fraction, record, quality) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run,
                     spill,
+                    fragment,
+                    collision,
                     float(spill_time),
                     now,
                     overall,
@@ -538,6 +587,31 @@ class Archive:
             except sqlite3.Error:  # never lose the spill loop over housekeeping
                 log.exception("archive %s: retention pruning failed", self.path)
         return spill_id
+
+    @staticmethod
+    def _identity(record: Mapping[str, Any]) -> tuple:
+        """What tells one spill's data from another's under the same (run, spill)."""
+        return tuple(record.get(k) for k in ("events", "first_event_time", "last_event_time", "complete",
+                                              "lost_events", "decode_errors", "bytes_decoded"))
+
+    def _same_spill(self, conn: sqlite3.Connection, record: Mapping[str, Any], run: int, spill: int):
+        """(row holding this very spill's data or None, rows of the key)."""
+        rows = conn.execute("SELECT id, fragment, collision, record FROM spills WHERE run = ? AND spill = ?",
+                            (run, spill)).fetchall()
+        mine = self._identity(record)
+        same = next((r for r in rows if self._identity(json.loads(r["record"])) == mine), None)
+        return same, rows
+
+    def collides(self, record: Mapping[str, Any]) -> bool:
+        """True when ``record``'s (run, spill) is archived already with other data (a fragment or
+        another spill under the same key): storing it keeps both and flags the collision."""
+        try:
+            run, spill = int(record["run"]), int(record["spill"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        with self._lock:
+            same, rows = self._same_spill(self._conn, record, run, spill)
+        return same is None and bool(rows)
 
     def _insert_histograms(self, conn: sqlite3.Connection, spill_id: int, blobs: list[tuple[str, bytes]]) -> None:
         conn.executemany(
@@ -614,10 +688,11 @@ class Archive:
 
     def get_spill(self, run: int, spill: int) -> dict | None:
         """The archived spill: ``{run, spill, time, stored_at, overall, record, quality, histograms: [names]}``."""
-        rows = self._query("SELECT * FROM spills WHERE run = ? AND spill = ?", (run, spill))
+        rows = self._query(f"SELECT * FROM spills WHERE run = ? AND spill = ? {_BEST_ROW}", (run, spill))
         if not rows:
             return None
         row = rows[0]
+        fragments = self._query("SELECT count(*) FROM spills WHERE run = ? AND spill = ?", (run, spill))[0][0]
         names = [r[0] for r in self._query("SELECT name FROM histograms WHERE spill_id = ? ORDER BY name", (row["id"],))]
         return {
             "run": row["run"],
@@ -628,13 +703,16 @@ class Archive:
             "record": json.loads(row["record"]),
             "quality": json.loads(row["quality"]) if row["quality"] is not None else None,
             "histograms": names,
+            "fragment": row["fragment"],
+            "fragments": fragments,  # rows archived under this (run, spill); > 1: a collision
+            "collision": bool(row["collision"]),
         }
 
     def get_histograms(self, run: int, spill: int, names: Iterable[str] | None = None) -> dict:
         """``{name: hist.Hist}`` of one archived spill (all, or those in ``names``)."""
         rows = self._query(
-            "SELECT h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
-            " WHERE s.run = ? AND s.spill = ? ORDER BY h.name",
+            "SELECT h.name, h.data FROM histograms h WHERE h.spill_id ="
+            f" (SELECT id FROM spills WHERE run = ? AND spill = ? {_BEST_ROW}) ORDER BY h.name",
             (run, spill),
         )
         wanted = None if names is None else set(names)
@@ -654,15 +732,18 @@ class Archive:
         offset: int = 0,
         newest_first: bool = False,
     ) -> list[dict]:
-        """Summary rows (no full record): run, spill, time, overall, complete, events, eot, hadron_fraction.
+        """Summary rows (no full record): run, spill, fragment, collision, time, overall, complete, events, eot,
+        hadron_fraction. A (run, spill) stored with different data more than once has one row per
+        fragment (0, 1, …), each with ``collision`` true.
 
         ``quality`` filters on the overall state (one or several); ``since`` /
         ``until`` on the spill time (unix seconds, ``until`` exclusive).
         """
         where, params = self._spill_filter(run, quality, since, until)
         sql = (
-            "SELECT run, spill, time, stored_at, overall, complete, events, eot, hadron_fraction FROM spills"
-            f"{where} ORDER BY run {'DESC' if newest_first else 'ASC'}, spill {'DESC' if newest_first else 'ASC'}"
+            "SELECT run, spill, fragment, collision, time, stored_at, overall, complete, events, eot, hadron_fraction"
+            f" FROM spills{where} ORDER BY run {'DESC' if newest_first else 'ASC'},"
+            f" spill {'DESC' if newest_first else 'ASC'}, fragment"
         )
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -671,6 +752,7 @@ class Archive:
         for r in self._query(sql, params):
             d = dict(r)
             d["complete"] = None if d["complete"] is None else bool(d["complete"])
+            d["collision"] = bool(d["collision"])
             out.append(d)
         return out
 

@@ -132,6 +132,8 @@ class SpillMonitor:
         record["channel_findings"] = health_dict.get("findings", [])
         record["eot_run"] = self.run_histograms.eot
         record["reference"] = list(self.reference_id) if self.reference_id else None
+        # a (run, spill) archived already with other data: both are kept, and the alarm says so
+        record["archive_collision"] = self.archive.collides(record) if self.archive is not None else False
         active = self.alarms.evaluate(record, quality_dict, extra={"health": health_dict})
         record["alarms"] = active
         if self.archive is not None:

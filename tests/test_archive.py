@@ -176,11 +176,82 @@ def test_numpy_values_in_record_are_stored(archive):
 
 
 def test_same_spill_again_replaces_it(archive):
+    """The same data processed again (same events, times, losses and errors) replaces the row."""
     archive.store_spill(make_record(1, 1), make_quality(), make_histograms())
-    archive.store_spill(make_record(1, 1, events=5), make_quality("BAD"), {"only": make_histograms()["e_ecal"]})
+    assert not archive.collides(make_record(1, 1))
+    archive.store_spill(make_record(1, 1), make_quality("BAD"), {"only": make_histograms()["e_ecal"]})
     got = archive.get_spill(1, 1)
-    assert got["record"]["events"] == 5 and got["overall"] == "BAD" and got["histograms"] == ["only"]
-    assert archive.stats()["histograms"] == 1
+    assert got["overall"] == "BAD" and got["histograms"] == ["only"]
+    assert got["fragments"] == 1 and not got["collision"]
+    assert archive.stats()["histograms"] == 1 and archive.stats()["spills"] == 1
+
+
+def test_a_fragment_never_replaces_a_complete_spill(archive):
+    """Other data under the same (run, spill): both kept, numbered, flagged; the complete one stands for the key."""
+    archive.store_spill(make_record(1, 1, events=5000, first_event_time=100), make_quality(), make_histograms(1))
+    fragment = make_record(1, 1, events=2500, complete=False, lost_events=2500, first_event_time=140)
+    assert archive.collides(fragment)
+    archive.store_spill(fragment, make_quality("BAD"), {"only": make_histograms()["e_ecal"]})
+    rows = archive.list_spills(run=1)
+    assert [(r["spill"], r["fragment"], r["events"], r["complete"], r["collision"]) for r in rows] == [
+        (1, 0, 5000, True, True), (1, 1, 2500, False, True)]
+    got = archive.get_spill(1, 1)
+    assert got["record"]["events"] == 5000 and got["fragments"] == 2 and got["collision"]
+    assert sorted(archive.get_histograms(1, 1)) == sorted(make_histograms(1))
+    assert archive.stats()["histograms"] == len(make_histograms(1)) + 1
+    # stored in the other order, the complete spill still stands for the key
+    archive.store_spill(make_record(2, 1, events=2500, complete=False), make_quality("BAD"))
+    archive.store_spill(make_record(2, 1, events=5000), make_quality())
+    assert archive.get_spill(2, 1)["record"]["events"] == 5000
+
+
+def test_version_1_archive_is_migrated_keeping_spills_and_histograms(tmp_path):
+    from na64_online.monitor import archive as archive_module
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(archive_module._SCHEMA_V1 + "\nPRAGMA user_version = 1;")
+    conn.execute("INSERT INTO spills (run, spill, time, stored_at, record) VALUES (7, 3, 1.0, 1.0, ?)",
+                 (json.dumps(make_record(7, 3)),))
+    conn.execute("INSERT INTO histograms (spill_id, name, data) VALUES (1, 'e_ecal', ?)",
+                 (encode_histogram(make_histograms()["e_ecal"]),))
+    conn.commit()
+    conn.close()
+    with Archive(path) as archive:
+        got = archive.get_spill(7, 3)
+        assert got["record"]["events"] == 1003 and got["histograms"] == ["e_ecal"] and got["fragment"] == 0
+        archive.store_spill(make_record(7, 3, events=1))  # a collision can be stored now
+        assert [r["fragment"] for r in archive.list_spills(run=7)] == [0, 1]
+        assert archive.check() == "ok"
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
+
+
+def test_replaying_two_files_with_the_same_spill_numbers_keeps_both_and_alarms(tmp_path):
+    """Two different files numbered run 1, spills 1–2, replayed into one archive: nothing replaced."""
+    cli = [sys.executable, "-m", "na64_online.cli"]
+    db = tmp_path / "qa.sqlite"
+    for seed in (1, 2):
+        subprocess.run([*cli, "simulate", "--out", str(tmp_path / f"{seed}.dat"), "--spills", "2", "--events", "300",
+                        "--seed", str(seed)], check=True, capture_output=True, timeout=300)
+    first = subprocess.run([*cli, "replay", str(tmp_path / "1.dat"), "--json", "--archive", str(db)],
+                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*cli, "replay", str(tmp_path / "1.dat"), "--json", "--archive", str(db)],
+                           capture_output=True, text=True, timeout=300)
+    other = subprocess.run([*cli, "replay", str(tmp_path / "2.dat"), "--json", "--archive", str(db)],
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == again.returncode == other.returncode == 0
+    for done, collision in ((first, False), (again, False), (other, True)):
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [r["archive_collision"] for r in records] == [collision, collision]
+        assert any(a["name"] == "archive_collision" for r in records for a in r["alarms"]) == collision
+    with Archive(db, readonly=True) as archive:
+        rows = archive.list_spills(run=1)
+        assert [(r["spill"], r["fragment"], r["collision"]) for r in rows] == [
+            (1, 0, True), (1, 1, True), (2, 0, True), (2, 1, True)]
+        assert {e["name"] for e in archive.alarm_history()} >= {"archive_collision"}
 
 
 def test_list_spills_and_runs(archive):
