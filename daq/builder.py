@@ -26,6 +26,9 @@ Rules (all counted, none silent):
   later spill, or after ``spill_timeout_s`` without data for it, or when more
   than ``max_open_spills`` are open; missing END_OF_BURSTs are listed
   (``missing_ldcs``) and the spill is flagged incomplete;
+* a single sub-event whose (run, burst) differs from the rest of its message
+  (which is all of one spill, spec §9) is header damage, not another spill:
+  left out and counted (``header_mismatch``, in the spill's QA record);
 * sub-events for an already built event, a duplicate, or data for a closed
   spill are late: counted, never merged (late data for a closed spill is
   reported with the next spill that closes, and in the totals);
@@ -153,6 +156,7 @@ class ClosedSpill:
     opened_at: float
     closed_at: float
     last_eob_at: float | None  # when the last END_OF_BURST arrived
+    header_mismatch: int = 0  # sub-events left out: (run, burst) disagreeing with their message's spill
 
 
 @dataclass
@@ -164,6 +168,7 @@ class BuilderStats:
     built_events: int = 0
     incomplete_events: int = 0
     late_events: int = 0
+    header_mismatch: int = 0
     skipped_before_join: int = 0
     other_events: int = 0  # run-level and unknown types: belong to no spill
     spills_opened: int = 0
@@ -209,6 +214,7 @@ class _Spill:
     data_events: int = 0
     incomplete_events: int = 0
     late_events: int = 0
+    header_mismatch: int = 0
     lost_messages: dict[int, int] = field(default_factory=dict)
     last_eob_at: float | None = None
 
@@ -331,6 +337,9 @@ class EventBuilder:
             self._open[skey] = sp
             self.stats.spills_opened += 1
         sp.last_activity = now
+        if scan.header_mismatch:
+            sp.header_mismatch += scan.header_mismatch
+            self.stats.header_mismatch += scan.header_mismatch
         if lost:
             sp.lost_messages[ldc] = sp.lost_messages.get(ldc, 0) + int(lost)
         self._ldc_order[ldc] = max(self._ldc_order.get(ldc, -1), sp.order)
@@ -553,6 +562,7 @@ class EventBuilder:
                 incomplete_events=sp.incomplete_events, late_events=late, lost_messages=lost,
                 chunks=sp.chunks, events=sp.events, data_events=sp.data_events, reason=reason,
                 opened_at=sp.opened_at, closed_at=now, last_eob_at=sp.last_eob_at,
+                header_mismatch=sp.header_mismatch,
             )
         )
         return out

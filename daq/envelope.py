@@ -157,6 +157,7 @@ class PayloadScan:
     spill: int | None
     reason: int
     error_offset: int | None  # byte offset in the payload where the scan stopped
+    header_mismatch: int = 0  # single events whose (run, burst) disagreed with the message's: left out, counted
 
     @property
     def ok(self) -> bool:
@@ -179,8 +180,11 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
     """Walk the DATE events of a message payload (§2 reader rules, §9 one spill per message).
 
     Never raises on bad data: the result holds the whole events before the first
-    damage and the reason for stopping. Events of another spill than the first
-    spill event's stop the scan too (``SCAN_OTHER_SPILL``); run-level events
+    damage and the reason for stopping. A single event whose (run, burst)
+    differs from the events around it, which carry the message's spill (the
+    one most of its events carry), is header damage: left out and counted
+    (``header_mismatch``). Events of another spill than the first spill event's
+    stop the scan too (``SCAN_OTHER_SPILL``); run-level events
     (no spill) may come with any spill. ``expected_events`` (the envelope's
     count) turns a clean scan with another number of events into
     ``SCAN_COUNT_MISMATCH``.
@@ -200,7 +204,24 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
         end = offsets[-1] + sizes[-1] if offsets.shape[0] else 0
         err_off = int(end) * 4
     run = spill = None
+    found = offsets.shape[0]
+    mismatched = 0
     spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
+    if spill_idx.shape[0] > 1:
+        # the message's spill is the one most of its events carry; a single event with another
+        # (run, burst) between two of the message's is header damage: left out and counted
+        key = runs[spill_idx].astype(np.int64) * 4096 + bursts[spill_idx]
+        values, counts = np.unique(key, return_counts=True)
+        main = values[np.argmax(counts)]
+        fits = key == main
+        single = ~fits & np.r_[False, fits[:-1]] & np.r_[fits[1:], False]  # between two of the message's
+        if np.any(single):
+            keep = np.ones(found, dtype=bool)
+            keep[spill_idx[single]] = False
+            mismatched = int(np.count_nonzero(single))
+            offsets, sizes, types, keys, runs, bursts = (
+                a[keep] for a in (offsets, sizes, types, keys, runs, bursts))
+            spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
     if spill_idx.shape[0]:
         first = spill_idx[0]
         run, spill = int(runs[first]), int(bursts[first])
@@ -210,11 +231,11 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
             offsets, sizes, types, keys = offsets[:cut], sizes[:cut], types[:cut], keys[:cut]
             reason = SCAN_OTHER_SPILL
             err_off = int(offsets[cut - 1] + sizes[cut - 1]) * 4 if cut else 0
-    if reason == SCAN_OK and expected_events is not None and offsets.shape[0] != expected_events:
+    if reason == SCAN_OK and expected_events is not None and found != expected_events:
         reason = SCAN_COUNT_MISMATCH
         err_off = usable
     return PayloadScan(words=words, offsets=offsets, sizes=sizes, types=types, keys=keys,
-                       run=run, spill=spill, reason=int(reason), error_offset=err_off)
+                       run=run, spill=spill, reason=int(reason), error_offset=err_off, header_mismatch=mismatched)
 
 
 def parse_message(frames: list[bytes] | list[memoryview]) -> tuple[Envelope, PayloadScan]:

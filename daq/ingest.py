@@ -592,6 +592,7 @@ class IngestService:
             lost_messages=lost,
             incomplete_events=closed.incomplete_events,
             late_events=closed.late_events,
+            header_mismatch=closed.header_mismatch,
             dropped_events=st.dropped_events,
             dropped_event_numbers=(np.concatenate(st.dropped_numbers) if st.dropped_numbers
                                    else np.zeros(0, dtype=np.int64)),

@@ -20,6 +20,7 @@ class LiveExtras:
     lost_messages: dict[int, int] = field(default_factory=dict)
     incomplete_events: int = 0
     late_events: int = 0
+    header_mismatch: int = 0  # sub-events left out by the builder: (run, burst) disagreeing with their spill
     dropped_events: int = 0
     missing_ldcs: tuple[int, ...] = ()
     dropped_event_numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))

@@ -323,6 +323,9 @@ class SpillProcessor:
             complete = acc.saw_end_of_burst
         errors = acc.counts(errors=True)
         notices = acc.counts(errors=False)
+        if live is not None and live.header_mismatch:  # left out by the event builder (live)
+            label = Issue.HEADER_MISMATCH.label
+            errors.setdefault(-1, {})[label] = errors.get(-1, {}).get(label, 0) + live.header_mismatch
         scalers = acc.scalers or [None] * layout.N_SCALERS
         beam, s0, raw, accepted, duration = (scalers + [None] * layout.N_SCALERS)[: layout.N_SCALERS]
         hf = acc.hadron_events / acc.beam_events if acc.beam_events else None

@@ -311,3 +311,32 @@ def test_gap_between_spills_longer_than_ldc_down_is_not_silence(simulated):
     (c,) = closed(out2)
     assert c.incomplete_events == 0 and c.late_events == 0 and c.complete
     assert words_of(out2).tobytes() == raw2
+
+
+def _flip_burst(event: bytes, bit: int = 25) -> bytes:
+    words = np.frombuffer(event, L.WORD).copy()
+    words[L.H_BURST_EVENT] ^= np.uint32(1 << bit)
+    return words.tobytes()
+
+
+def test_one_subevent_with_a_flipped_burst_bit_is_header_damage_not_a_spill(simulated):
+    """A single sub-event whose burst disagrees with its message: left out and counted, the spill stays one."""
+    from na64_online.daq.live import LiveExtras
+    from na64_online.decoders.channelmap import ChannelMap
+    from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
+
+    raw, ev = simulated[0]
+    ev = {l: list(events) for l, events in ev.items()}
+    ev[2][50] = _flip_burst(ev[2][50])
+    scan = scan_payload(b"".join(ev[2][40:60]), expected_events=20)
+    assert scan.ok and scan.n_events == 19 and scan.header_mismatch == 1 and scan.spill == 1
+    builder = EventBuilder(expected_ldcs=(1, 2))
+    out = feed(builder, interleave(ev, 20, seed=3)) + builder.flush(1e9)
+    (spill,) = closed(out)
+    assert (spill.run, spill.spill, spill.complete) == (9, 1, True)
+    assert spill.header_mismatch == 1 and builder.stats.header_mismatch == 1 and builder.stats.spills_opened == 1
+    assert spill.incomplete_events == 1  # the event LDC 2's damaged sub-event belonged to has LDC 1's part only
+    processor = SpillProcessor(MonitorConfig(), ChannelMap.default())
+    record = processor.process(words_of(out), complete=True, live=LiveExtras(header_mismatch=spill.header_mismatch))
+    assert record.header_mismatch == 1 and record.errors_by_src[-1] == {"header_mismatch": 1}
+    assert record.events == 120 and record.lost_events == 0
