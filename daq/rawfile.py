@@ -16,8 +16,9 @@ assigns each indexed event to a spill:
 - header damage: a single event whose (run, burst) disagrees with its
   neighbours inside a spill is rejected as ``header_mismatch`` in that spill,
   not taken for a new spill or run (:func:`header_damaged`);
-- an event number seen again in a spill is a ``duplicate_event``: counted,
-  decoded once (the first copy).
+- an event number out of the running sequence of its spill is header damage
+  too (``header_mismatch``, :func:`out_of_sequence`); one seen again in a spill
+  is a ``duplicate_event``: counted, decoded once (the first copy).
 """
 
 from __future__ import annotations
@@ -135,6 +136,25 @@ def header_damaged(key: np.ndarray, kind: np.ndarray) -> np.ndarray:
     return damaged
 
 
+def out_of_sequence(numbers: np.ndarray) -> np.ndarray:
+    """Which of a spill's event numbers (stream order) break the running sequence: a boolean mask.
+
+    Inside: a number outside [previous, next] while previous < next. The first:
+    above the second while the second is below the third. The last: below the
+    one before while that one is not below its own predecessor. (A flipped bit
+    in an event number would otherwise count thousands of lost events.)
+    """
+    n = len(numbers)
+    bad = np.zeros(n, dtype=bool)
+    if n < 3:
+        return bad
+    prev, cur, nxt = numbers[:-2], numbers[1:-1], numbers[2:]
+    bad[1:-1] = (prev < nxt) & ~((prev <= cur) & (cur <= nxt))
+    bad[0] = numbers[0] > numbers[1] and numbers[1] < numbers[2]
+    bad[-1] = numbers[-1] < numbers[-2] and numbers[-3] <= numbers[-2]
+    return bad
+
+
 def _spill_key(index: EventIndex, rows: np.ndarray) -> np.ndarray:
     return index.run[rows].astype(np.int64) * 4096 + index.spill[rows]
 
@@ -190,8 +210,13 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
         if k in closed and kind[j] != layout.START_OF_BURST:
             stats.late_events += len(member)
             continue
-        # an event number seen again in the spill: counted once, decoded once (the first copy)
+        # an event number out of the running sequence is header damage; one seen again in the
+        # spill is counted once and decoded once (the first copy)
         data_rows = member[data_kind[j:stop_j]]
+        wrong = data_rows[out_of_sequence(index.event[data_rows].astype(np.int64))]
+        if len(wrong):
+            status[np.isin(lead_of, wrong)] = int(Issue.HEADER_MISMATCH)
+            data_rows = np.setdiff1d(data_rows, wrong)
         if len(data_rows) > 1:
             _, first = np.unique(index.event[data_rows], return_index=True)
             if len(first) < len(data_rows):

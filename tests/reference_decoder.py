@@ -672,25 +672,59 @@ def _header_damaged(seq: list) -> set:
     return damaged
 
 
+def _out_of_sequence(numbers: list) -> set:
+    """Positions in a spill's event numbers (in stream order) that break the running sequence:
+    inside, a number outside [previous, next] while previous < next; the first, a number above
+    the second while the second is below the third; the last, below the one before while that
+    one is not below its own predecessor."""
+    bad = set()
+    n = len(numbers)
+    if n < 3:
+        return bad
+    for i in range(1, n - 1):
+        if numbers[i - 1] < numbers[i + 1] and not numbers[i - 1] <= numbers[i] <= numbers[i + 1]:
+            bad.add(i)
+    if numbers[0] > numbers[1] and numbers[1] < numbers[2]:
+        bad.add(0)
+    if numbers[-1] < numbers[-2] and numbers[-3] <= numbers[-2]:
+        bad.add(n - 1)
+    return bad
+
+
+def _rejected_header(ev: dict) -> dict:
+    return {**ev, "status": "header_mismatch", "errors": [(None, "header_mismatch", ev["offset"])]}
+
+
 def qa_records(events: list) -> list:
     """Group decoded events into spills (keyed by (run, burst)) and build their QA records.
 
-    Header damage (:func:`_header_damaged`) makes an event a rejected one
-    (``header_mismatch``, one error) where it stands; an event number seen again
-    in a spill is a duplicate: neither decoded nor counted again.
+    Header damage (:func:`_header_damaged`; then, per spill, an event number out
+    of the running sequence, :func:`_out_of_sequence`) makes an event a
+    rejected one (``header_mismatch``, one error) where it stands; an event
+    number seen again in a spill is a duplicate: neither decoded nor counted
+    again.
     """
     events = merge_plain_fragments(events)
     seq_positions = [i for i, ev in enumerate(events)
                      if ev["status"] is None and ev["type"] in SPILL_EVENT_TYPES]
     for i in _header_damaged([events[p] for p in seq_positions]):
-        p = seq_positions[i]
-        events[p] = {**events[p], "status": "header_mismatch", "errors": [(None, "header_mismatch", events[p]["offset"])]}
+        events[seq_positions[i]] = _rejected_header(events[seq_positions[i]])
+    _, members = _spills(events)
+    for positions in members:
+        for i in _out_of_sequence([events[p]["event"] for p in positions]):
+            events[positions[i]] = _rejected_header(events[positions[i]])
+    return _spills(events)[0]
+
+
+def _spills(events: list):
+    """(QA records, per spill the positions of its data events, duplicates included)."""
     records = []
+    members = []
     open_spill = None
     closed_keys = set()  # spills closed by END_OF_BURST: later events of theirs are late
     pending_errors = 0  # rejected events seen while no spill was open
 
-    for ev in events:
+    for position, ev in enumerate(events):
         if ev["status"] is not None:
             if open_spill is not None:
                 open_spill.decode_errors += len(ev["errors"])
@@ -706,11 +740,14 @@ def qa_records(events: list) -> list:
             if open_spill is not None:
                 records.append(open_spill.record(complete=False))
             open_spill = _Spill(*key)
+            members.append([])
             open_spill.decode_errors += pending_errors
             pending_errors = 0
-        if ev["type"] in (PHYSICS_EVENT, CALIBRATION_EVENT) and ev["event"] in open_spill.event_numbers:
-            open_spill.duplicates += 1
-            continue
+        if ev["type"] in (PHYSICS_EVENT, CALIBRATION_EVENT):
+            members[-1].append(position)
+            if ev["event"] in open_spill.event_numbers:
+                open_spill.duplicates += 1
+                continue
 
         open_spill.decode_errors += len(ev["errors"])
         open_spill.modules_missing += ev["modules_missing"]
@@ -730,4 +767,4 @@ def qa_records(events: list) -> list:
 
     if open_spill is not None:
         records.append(open_spill.record(complete=False))
-    return records
+    return records, members

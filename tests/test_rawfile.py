@@ -190,6 +190,17 @@ def test_flipped_run_or_burst_bit_is_header_damage_not_a_spill(clean, tmp_path, 
     assert other["events"] == EVENTS and other["header_mismatch"] == 0 and other["complete"]
 
 
+@pytest.mark.parametrize("bit", [3, 14, 19])
+def test_flipped_event_number_bit_is_header_damage_not_thousands_lost(clean, tmp_path, bit):
+    index, data = _rows(clean)
+    row = _event_row(index, 1, 2500)
+    records, _, status = replay(_write(tmp_path, _flip(data, int(index.source_offset[row]) + 28, bit)))
+    assert status == 0 and _spills(records) == [(1, 1), (1, 2)]
+    first = records[0]
+    assert first["header_mismatch"] == 1 and first["events"] == EVENTS - 1 and first["lost_events"] == 1
+    assert first["duplicate_event"] == 0 and records[1]["events"] == EVENTS
+
+
 def test_flipped_burst_bit_does_not_reset_the_run_histograms(clean, tmp_path):
     index, data = _rows(clean)
     row = _event_row(index, 1, 2500)
