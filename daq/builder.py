@@ -157,6 +157,9 @@ class ClosedSpill:
     closed_at: float
     last_eob_at: float | None  # when the last END_OF_BURST arrived
     header_mismatch: int = 0  # sub-events left out: (run, burst) disagreeing with their message's spill
+    #: expected LDCs that joined (first START_OF_BURST) only at a later spill: the service started while this
+    #: spill was under way and saw part of it, so it is not to be judged
+    joined_late: tuple[int, ...] = ()
 
 
 @dataclass
@@ -268,7 +271,8 @@ class EventBuilder:
         self._closed: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._closed_memory = max(1, int(closed_memory))
         self._order = 0
-        self._joined: set[int] = set()
+        #: LDC -> the (run, spill) of the START_OF_BURST it joined at
+        self._joined: dict[int, tuple[int, int]] = {}
         self._ldc_order: dict[int, int] = {}  # order of the spill each LDC last sent to
         self._ldc_seen: dict[int, float] = {}
         self._pending_late = 0
@@ -322,7 +326,7 @@ class EventBuilder:
             if first:
                 self.stats.skipped_before_join += first
                 offsets, sizes, keys = offsets[first:], sizes[first:], keys[first:]
-            self._joined.add(ldc)
+            self._joined[ldc] = (int(scan.run), int(scan.spill))
         skey = (int(scan.run), int(scan.spill))
         if skey in self._closed:
             self._pending_late += int(keys.shape[0])
@@ -563,6 +567,8 @@ class EventBuilder:
                 chunks=sp.chunks, events=sp.events, data_events=sp.data_events, reason=reason,
                 opened_at=sp.opened_at, closed_at=now, last_eob_at=sp.last_eob_at,
                 header_mismatch=sp.header_mismatch,
+                joined_late=tuple(sorted(l for l, k in self._joined.items() if l in self.expected
+                                         and k > (sp.run, sp.spill))),
             )
         )
         return out

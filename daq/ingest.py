@@ -531,7 +531,8 @@ class IngestService:
             elif isinstance(o, ClosedSpill):
                 st = self._state(o.run, o.spill)
                 st.closed = o
-                st.interrupted = st.interrupted or (stopping and not o.complete)
+                # cut short by the stop, or seen only in part because the service started during it
+                st.interrupted = st.interrupted or (stopping and not o.complete) or bool(o.joined_late)
                 self._closing.append(st)
                 self._maybe_finish(st, now)
 
@@ -601,8 +602,9 @@ class IngestService:
         )
         if st.interrupted:
             self.stats.records_interrupted += 1
-            log.warning("run %d spill %d cut short by the stop: archived as interrupted, not judged",
-                        st.run, st.spill)
+            why = (f"LDC {', '.join(map(str, closed.joined_late))} joined only at a later spill (service started "
+                   "during this one)" if closed.joined_late else "cut short by the stop")
+            log.warning("run %d spill %d %s: archived as interrupted, not judged", st.run, st.spill, why)
         acc = st.acc if st.acc is not None else self._new_accumulator()
         try:
             st.record = self._finish(acc, complete=closed.complete, live=live)

@@ -215,6 +215,24 @@ def test_join_at_the_next_start_of_burst(simulated):
     assert b.stats.skipped_before_join == len(ev1[1]) - 60 + len(ev1[2]) - 50
 
 
+def test_a_node_joining_only_at_the_next_spill_marks_the_spill_seen_in_part(simulated):
+    """The service started between the two nodes' START_OF_BURSTs of spill 1: it saw spill 1 from LDC 1 only.
+    That spill is flagged joined_late (not to be judged); spill 2, seen whole, is not."""
+    (raw1, ev1), (raw2, ev2) = simulated
+    b = EventBuilder((1, 2))
+    out = feed(b, [(1, ev1[1]), (2, ev1[2][5:]), (1, ev2[1]), (2, ev2[2])]) + b.flush(1e9)
+    first, second = closed(out)
+    assert (first.spill, first.complete, first.missing_ldcs, first.joined_late) == (1, False, (2,), (2,))
+    assert (second.spill, second.complete, second.joined_late) == (2, True, ())
+
+
+def test_a_node_that_never_joins_is_missing_not_late(simulated):
+    (raw1, ev1), _ = simulated
+    b = EventBuilder((1, 2))
+    (c,) = closed(feed(b, [(1, ev1[1])]) + b.flush(1e9))
+    assert c.missing_ldcs == (2,) and c.joined_late == ()  # judged as incomplete: a node is down
+
+
 def test_spill_whose_start_of_burst_was_lost_opens_once_joined(simulated):
     (raw1, ev1), (raw2, ev2) = simulated
     b = EventBuilder((1, 2))

@@ -139,6 +139,27 @@ def records_of(svc: IngestService, n: int, timeout_s: float = 30.0) -> list[dict
 
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
+def test_a_spill_seen_only_in_part_at_start_up_is_not_judged(spills, replayed, channel_map):
+    """The service starts while spill 1 is under way: LDC 2's START_OF_BURST went by, so spill 1 is seen in
+    part. It is archived as interrupted, not judged (no alarm); the spills after it are judged as replay does."""
+    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint])
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [spills[0].ev[2][10:], *(s.ev[2] for s in spills[1:])])])
+        live = records_of(svc, 3)
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    first, *rest = live
+    assert first["spill"] == 1 and first["interrupted"] is True and first["alarms"] == []
+    assert first["quality"]["overall"] == "INTERRUPTED"
+    keys = ("spill", "events", "complete", "beam", "hadron_fraction", "lost_events", "decode_errors", "candidates")
+    assert [{k: r[k] for k in keys} for r in rest] == [{k: r[k] for k in keys} for r in replayed[1:]]
+    assert all(not r.get("interrupted") and r["quality"]["overall"] != "INTERRUPTED" for r in rest)
+
+
+@pytest.mark.timeout(60)
 def test_two_publishers_one_service_equal_replay(spills, replayed, channel_map):
     p1, p2 = publisher(1, wait_subscribers=1, batch_events=37), publisher(2, wait_subscribers=1, batch_events=23)
     svc = start_service(channel_map, [p1.endpoint, p2.endpoint], chunk_events=64)

@@ -135,10 +135,16 @@ def test_sigterm_mid_spill_archives_an_interrupted_spill_and_a_restart_goes_on(t
         assert r2["quality"]["overall"] == "INTERRUPTED" and r2["alarms"] == []
 
         # a restarted service goes on with the next spill, judged as usual
-        second = _serve(ports, db, "--no-web", "--max-spills", "1")
+        # (if it connects to the two nodes on either side of a START_OF_BURST, that spill is seen in part and
+        # archived as interrupted too: then the one after it is the first judged)
+        second = _serve(ports, db, "--no-web", "--max-spills", "2")
         again = Lines(second)
+        seen_in_part = []
         r3 = again.record(90)
-        assert second.wait(30) == 0, "".join(again.err)[-3000:]
+        if r3.get("interrupted"):
+            seen_in_part.append(r3["spill"])
+            r3 = again.record(90)
+        stop(second)
     finally:
         stop(first)
         if second is not None:
@@ -153,12 +159,13 @@ def test_sigterm_mid_spill_archives_an_interrupted_spill_and_a_restart_goes_on(t
     assert rows[2]["overall"] == "INTERRUPTED" and rows[2]["complete"] is False
     assert rows[1]["overall"] != "INTERRUPTED" and rows[r3["spill"]]["overall"] == r3["quality"]["overall"]
     assert history == []  # no alarm raised or cleared: not from the interrupted spill, not from the others
-    assert [(b["spill"], b["overall"], b["failing_subsystems"]) for b in bad] == [(2, "INTERRUPTED", [])]
+    assert [(b["spill"], b["overall"], b["failing_subsystems"]) for b in bad] == [
+        (spill, "INTERRUPTED", []) for spill in (2, *seen_in_part)]
     listed = subprocess.run([*COMMAND, "archive", str(db), "bad-spills"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "\n1,2," in listed.stdout and ",INTERRUPTED," in listed.stdout
     only = subprocess.run([*COMMAND, "archive", str(db), "spills", "--quality", "INTERRUPTED"], capture_output=True,
                           text=True, timeout=60)
-    assert [json.loads(line)["spill"] for line in only.stdout.splitlines()] == [2]
+    assert [json.loads(line)["spill"] for line in only.stdout.splitlines()] == [2, *seen_in_part]
 
 
 def _publish_spills(publishers, spills) -> None:
