@@ -145,18 +145,20 @@ def test_a_spill_seen_only_in_part_at_start_up_is_not_judged(spills, replayed, c
     p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
     svc = start_service(channel_map, [p1.endpoint, p2.endpoint])
     try:
-        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [spills[0].ev[2][10:], *(s.ev[2] for s in spills[1:])])])
-        live = records_of(svc, 3)
+        run_nodes([(p1, [spills[0].ev[1]]), (p2, [spills[0].ev[2][10:]])])  # the nodes keep in step, as the
+        run_nodes([(p1, [s.ev[1] for s in spills[1:]]), (p2, [s.ev[2] for s in spills[1:]])])  # beam does
+        live = sorted(records_of(svc, 3), key=lambda r: r["spill"])  # spill 1 may close last (by its timeout)
     finally:
         svc.stop()
         p1.close(0)
         p2.close(0)
-    first, *rest = live
-    assert first["spill"] == 1 and first["interrupted"] is True and first["alarms"] == []
-    assert first["quality"]["overall"] == "INTERRUPTED"
+    # (a slow subscription may also hide LDC 2's spill 2 START_OF_BURST: then spill 2 is seen in part too)
+    in_part = [r for r in live if r.get("interrupted")]
+    judged = [r for r in live if not r.get("interrupted")]
+    assert in_part[0]["spill"] == 1 and [r["spill"] for r in live] == [1, 2, 3] and judged[-1]["spill"] == 3
+    assert all(r["alarms"] == [] and r["quality"]["overall"] == "INTERRUPTED" for r in in_part)
     keys = ("spill", "events", "complete", "beam", "hadron_fraction", "lost_events", "decode_errors", "candidates")
-    assert [{k: r[k] for k in keys} for r in rest] == [{k: r[k] for k in keys} for r in replayed[1:]]
-    assert all(not r.get("interrupted") and r["quality"]["overall"] != "INTERRUPTED" for r in rest)
+    assert [{k: r[k] for k in keys} for r in judged] == [{k: replayed[r["spill"] - 1][k] for k in keys} for r in judged]
 
 
 @pytest.mark.timeout(60)
