@@ -6,12 +6,20 @@ Every message is validated (:func:`~na64_online.daq.envelope.parse_message`);
 per LDC the sequence numbers are followed by :class:`SequenceTracker`:
 
 * ``seq == last + 1``: in order;
-* ``seq > last + 1``: ``seq - last - 1`` messages were lost (a slow monitor
-  whose receive buffer filled up, or a network problem: the PUB side drops,
-  it never blocks);
-* ``seq <= last``: the node restarted (its sequence begins again at 0); the
-  messages ``0 … seq-1`` of the new run of the node that did not arrive are
-  lost — never ``2**64`` of them;
+* ``last + 1 < seq <= last + max_sequence_jump``: ``seq - last - 1`` messages
+  were lost (a slow monitor whose receive queue filled up, or a network
+  problem: the PUB side drops, it never blocks);
+* ``seq == 0``: the node restarted (and only that: a restart is recognised by
+  sequence 0 alone); nothing is counted lost;
+* a number among the last ``sequence_window`` (64) that arrived already: a
+  ``duplicate`` — counted, not handed on; one that was counted lost: a
+  late, ``reordered`` message — counted, handed on, and taken back from the
+  lost messages (if the spill its gap was reported with is finished already,
+  it stays counted lost there and here: totals and records agree);
+* any other number (forwards beyond ``max_sequence_jump``, backwards beyond
+  the window): a ``sequence_jump``, counted with its size, never as lost
+  messages; the tracker follows whichever numbering the next message goes on
+  with;
 * the first message seen from a node may have any number (the monitor joined
   late): nothing is lost before it.
 
@@ -20,7 +28,9 @@ counted (``bad_envelopes``), logged and skipped; its sequence number shows up
 later as a gap. A message with a good envelope but a damaged payload
 (truncated, byte-swapped, events of two spills, a wrong event count) is
 counted (``corrupt_messages`` per LDC); the whole events before the damage
-are kept.
+are kept. Every bad message is also counted by LDC and kind
+(``stats.bad_messages``, :data:`BAD_MESSAGE_KINDS`) and queued as a
+:class:`Fault` for the service, which reports it with a spill.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections import deque
+from typing import Iterable, NamedTuple
 
 import zmq
 
@@ -39,35 +50,135 @@ from .envelope import Envelope, EnvelopeError, PayloadScan, parse_message
 log = logging.getLogger(__name__)
 
 
+#: Kinds of bad message, counted per LDC (``Subscriber.stats.bad_messages``, the QA record's
+#: ``bad_messages``, the metric ``na64_bad_messages_total{ldc,kind}``); a bounded label set.
+BAD_MESSAGE_KINDS = ("bad_envelope", "damaged_payload", "duplicate", "reordered", "sequence_jump")
+#: LDC label of a message whose envelope could not be read (no trustworthy LDC)
+UNKNOWN_LDC = "unknown"
+#: sequence numbers remembered per LDC to tell a duplicate or a late message from a loss
+SEQUENCE_WINDOW = 64
+#: more messages skipped than this at once is not taken as that many lost messages (``sequence_jump``)
+MAX_SEQUENCE_JUMP = 100_000
+#: message size assumed for the receive high-water mark before the first message arrives
+ASSUMED_MESSAGE_BYTES = 1 << 20
+#: ``ZMQ_MAXMSGSIZE`` is never set below this (a budget share smaller than one message)
+MIN_MAX_MESSAGE_BYTES = 4 << 20
+
+
+class Observed(NamedTuple):
+    """What one sequence number said (:meth:`SequenceTracker.observe`)."""
+
+    lost: int = 0  # messages counted lost just before this one (a gap)
+    restarted: bool = False  # sequence 0: the node restarted
+    fault: str | None = None  # "duplicate", "reordered" or "sequence_jump"
+    recovered: bool = False  # a late message that had been counted lost: taken back from ``lost``
+    jump: int = 0  # sequence_jump: the step (seq - last - 1; negative backwards)
+
+
 @dataclass
 class SequenceTracker:
-    """Per-LDC sequence numbers: gaps are lost messages, a step back is a restart."""
+    """Per-LDC sequence numbers (spec §9): gaps are lost messages, seq 0 is a restart.
 
+    The last ``window`` numbers of each LDC are remembered (received, or
+    counted lost). A number within the window that arrived already is a
+    ``duplicate``; one that was counted lost is ``reordered`` and taken back
+    from ``lost`` (``recovered``), so that the total is exact; a step beyond
+    the window backwards or beyond ``max_jump`` forwards is a
+    ``sequence_jump``: counted with its size, never as lost messages. After a
+    jump the tracker keeps following the old numbers; if the next message
+    continues from the new number instead, it resynchronises there (one jump
+    either way).
+    """
+
+    window: int = SEQUENCE_WINDOW
+    max_jump: int = MAX_SEQUENCE_JUMP
     last: dict[int, int] = field(default_factory=dict)
     lost: dict[int, int] = field(default_factory=dict)
     restarts: dict[int, int] = field(default_factory=dict)
     received: dict[int, int] = field(default_factory=dict)
+    duplicates: dict[int, int] = field(default_factory=dict)
+    reordered: dict[int, int] = field(default_factory=dict)
+    jumps: dict[int, int] = field(default_factory=dict)
+    last_jump: dict[int, int] = field(default_factory=dict)  # size of each LDC's latest jump
+    _seen: dict[int, int] = field(default_factory=dict, repr=False)  # bit i: seq last-i received
+    _missing: dict[int, int] = field(default_factory=dict, repr=False)  # bit i: seq last-i counted lost
+    _jumped_to: dict[int, int] = field(default_factory=dict, repr=False)
 
-    def observe(self, ldc: int, seq: int) -> tuple[int, bool]:
-        """Record message ``seq`` of ``ldc``; returns (messages lost just before it, node restarted)."""
-        last = self.last.get(ldc)
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.max_jump < self.window:
+            raise ValueError(f"sequence window {self.window} must be >= 1 and <= max_jump {self.max_jump}")
+
+    @staticmethod
+    def _add(counter: dict[int, int], ldc: int, n: int = 1) -> None:
+        counter[ldc] = counter.get(ldc, 0) + n
+
+    def _reset(self, ldc: int, seq: int) -> None:
         self.last[ldc] = seq
-        self.received[ldc] = self.received.get(ldc, 0) + 1
-        if last is None or seq == last + 1:
-            return 0, False
-        if seq > last + 1:
-            lost = seq - last - 1
-            restarted = False
+        self._seen[ldc] = 1
+        self._missing[ldc] = 0
+
+    def _advance(self, ldc: int, seq: int) -> int:
+        """Move ``last`` forward to ``seq``; returns the gap (messages lost)."""
+        step = seq - self.last[ldc]
+        full = (1 << self.window) - 1
+        if step >= self.window:
+            self._seen[ldc] = 1
+            self._missing[ldc] = full & ~1
         else:
-            lost = seq  # messages 0 … seq-1 of the restarted node
-            restarted = True
-            self.restarts[ldc] = self.restarts.get(ldc, 0) + 1
-        if lost:
-            self.lost[ldc] = self.lost.get(ldc, 0) + lost
-        return lost, restarted
+            gap_bits = ((1 << step) - 2) & full  # bits 1 … step-1: the numbers skipped
+            self._seen[ldc] = ((self._seen[ldc] << step) | 1) & full
+            self._missing[ldc] = ((self._missing[ldc] << step) | gap_bits) & full
+        self.last[ldc] = seq
+        gap = step - 1
+        if gap:
+            self._add(self.lost, ldc, gap)
+        return gap
+
+    def observe(self, ldc: int, seq: int) -> Observed:
+        """Record message ``seq`` of ``ldc``."""
+        self._add(self.received, ldc)
+        last = self.last.get(ldc)
+        jumped_to = self._jumped_to.pop(ldc, None)
+        if last is None:  # the first message seen: the monitor may have joined late, nothing lost before
+            self._reset(ldc, seq)
+            return Observed()
+        if seq == 0:
+            self._reset(ldc, 0)
+            self._add(self.restarts, ldc)
+            return Observed(restarted=True)
+        step = seq - last
+        if 0 < step <= self.max_jump + 1:  # at most max_jump messages skipped
+            return Observed(lost=self._advance(ldc, seq))
+        if -self.window < step <= 0:
+            bit = 1 << -step
+            if self._missing[ldc] & bit:
+                self._missing[ldc] &= ~bit
+                self._seen[ldc] |= bit
+                self.lost[ldc] -= 1
+                self._add(self.reordered, ldc)
+                return Observed(fault="reordered", recovered=True)
+            if self._seen[ldc] & bit:
+                self._add(self.duplicates, ldc)
+                return Observed(fault="duplicate")
+            self._seen[ldc] |= bit  # older than the first message seen: late, never counted lost
+            self._add(self.reordered, ldc)
+            return Observed(fault="reordered")
+        if jumped_to is not None and 0 < seq - jumped_to <= self.max_jump + 1:
+            # the numbers go on from the jump's: the node really jumped (counted then); follow it
+            self._reset(ldc, jumped_to)
+            return Observed(lost=self._advance(ldc, seq))
+        self._jumped_to[ldc] = seq
+        self._add(self.jumps, ldc)
+        self.last_jump[ldc] = step - 1
+        return Observed(fault="sequence_jump", jump=step - 1)
+
+    def keep_lost(self, ldc: int) -> None:
+        """Count a recovered message as lost again (its gap was already reported in a finished spill)."""
+        self._add(self.lost, ldc)
 
     def forget(self, ldc: int) -> None:
         self.last.pop(ldc, None)
+        self._jumped_to.pop(ldc, None)
 
 
 @dataclass
@@ -77,8 +188,20 @@ class SubscriberStats:
     events: int = 0
     bad_envelopes: int = 0
     corrupt_messages: dict[int, int] = field(default_factory=dict)
+    #: every bad message by LDC label (str(ldc) or "unknown") and kind (:data:`BAD_MESSAGE_KINDS`)
+    bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
     last_error: str = ""
     last_error_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One bad message, for the per-spill accounting: ``spill`` = (run, spill) of its payload, if known."""
+
+    ldc: str
+    kind: str
+    spill: tuple[int, int] | None = None
+    jump: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,10 +214,23 @@ class Received:
     restarted: bool
     corrupt: bool  # payload damaged; ``scan`` holds the whole events before the damage
     nbytes: int
+    fault: str | None = None  # "reordered" or "sequence_jump" (duplicates are not handed on)
+    recovered: bool = False  # a late message that had been counted lost (``lost`` was taken back)
 
 
 class Subscriber:
-    """A SUB socket on one or more readout-node endpoints; owned by one thread."""
+    """A SUB socket on one or more readout-node endpoints; owned by one thread.
+
+    ``rcvhwm`` caps each node's receive queue in messages. With ``queue_bytes``
+    (the memory budget's share for the receive queues, all nodes together) the
+    high-water mark is derived from the message size seen:
+    ``queue_bytes / (mean message bytes × nodes)`` (at most ``rcvhwm``, at least 1),
+    re-derived as the size changes (libzmq ≥ 4.2.2 applies ``ZMQ_RCVHWM`` to
+    connections already made; before the first message a size of
+    :data:`ASSUMED_MESSAGE_BYTES` is assumed), and one message may not exceed
+    the share (``ZMQ_MAXMSGSIZE``). Messages beyond are dropped by ZeroMQ on the
+    readout node's side and counted here as sequence gaps.
+    """
 
     def __init__(
         self,
@@ -107,12 +243,18 @@ class Subscriber:
         heartbeat_ivl_ms: int = 1000,
         heartbeat_timeout_ms: int = 5000,
         rcvbuf: int = 0,
+        queue_bytes: int | None = None,
+        sequence_window: int = SEQUENCE_WINDOW,
+        max_sequence_jump: int = MAX_SEQUENCE_JUMP,
+        max_faults: int = 4096,
     ) -> None:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         s = self.socket
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVHWM, int(rcvhwm))
+        self.max_rcvhwm = int(rcvhwm)
+        self.rcvhwm = int(rcvhwm)
+        s.setsockopt(zmq.RCVHWM, self.rcvhwm)
         if rcvbuf:
             s.setsockopt(zmq.RCVBUF, int(rcvbuf))
         s.setsockopt(zmq.RECONNECT_IVL, int(reconnect_ivl_ms))
@@ -123,18 +265,44 @@ class Subscriber:
         s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout_ms))
         s.setsockopt(zmq.SUBSCRIBE, L.ZMQ_TOPIC)
         self.endpoints: list[str] = []
-        self.sequences = SequenceTracker()
+        self.sequences = SequenceTracker(window=int(sequence_window), max_jump=int(max_sequence_jump))
         self.stats = SubscriberStats()
+        #: bad messages not yet taken by the consumer (:meth:`take_faults`); the oldest go beyond ``max_faults``
+        self.faults: deque[Fault] = deque(maxlen=max_faults)
+        self.queue_bytes: int | None = None
+        self.mean_message_bytes: float | None = None
+        self._since_hwm_check = 0
+        if queue_bytes is not None:
+            self.set_queue_bytes(queue_bytes)
         for ep in endpoints:
             self.connect(ep)
 
+    # ------------------------------------------------------------------ memory
+    def set_queue_bytes(self, queue_bytes: int) -> None:
+        """Bound the receive queues (all nodes together) to about ``queue_bytes``."""
+        self.queue_bytes = max(1, int(queue_bytes))
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max(self.queue_bytes, MIN_MAX_MESSAGE_BYTES))
+        self._apply_hwm()
+
+    def _apply_hwm(self) -> None:
+        if self.queue_bytes is None:
+            return
+        size = self.mean_message_bytes or ASSUMED_MESSAGE_BYTES
+        hwm = int(self.queue_bytes // (size * max(1, len(self.endpoints))))
+        hwm = max(1, min(self.max_rcvhwm, hwm))
+        if hwm != self.rcvhwm and (hwm < self.rcvhwm or hwm > self.rcvhwm * 1.1):
+            self.socket.setsockopt(zmq.RCVHWM, hwm)  # libzmq >= 4.2.2: existing connections too
+            self.rcvhwm = hwm
+
     def connect(self, endpoint: str) -> None:
-        self.socket.connect(endpoint)
         self.endpoints.append(endpoint)
+        self._apply_hwm()
+        self.socket.connect(endpoint)
 
     def disconnect(self, endpoint: str) -> None:
         self.socket.disconnect(endpoint)
         self.endpoints.remove(endpoint)
+        self._apply_hwm()
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -147,41 +315,75 @@ class Subscriber:
         self.stats.last_error = message
         self.stats.last_error_at = now
 
+    def _bad(self, ldc: str, kind: str, spill: tuple[int, int] | None = None, jump: int = 0) -> None:
+        per_ldc = self.stats.bad_messages.setdefault(ldc, {})
+        per_ldc[kind] = per_ldc.get(kind, 0) + 1
+        self.faults.append(Fault(ldc, kind, spill, jump))
+
+    def take_faults(self) -> list[Fault]:
+        """The bad messages since the last call (the service attributes them to spills)."""
+        out = list(self.faults)
+        self.faults.clear()
+        return out
+
     def handle(self, frames: list) -> Received | None:
-        """Validate one multipart message (frames as bytes or zmq.Frame)."""
+        """Validate one multipart message (frames as bytes or zmq.Frame).
+
+        None for a message that is not handed on: a bad envelope (no LDC to trust) or a
+        duplicate (its sequence number arrived already); both are counted."""
         views = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames]
         nbytes = sum(len(v) for v in views)
         self.stats.messages += 1
         self.stats.bytes += nbytes
+        mean = self.mean_message_bytes
+        self.mean_message_bytes = float(nbytes) if mean is None else mean + (nbytes - mean) / 32.0
         try:
             env, scan = parse_message(views)
         except EnvelopeError as exc:
             self.stats.bad_envelopes += 1
+            self._bad(UNKNOWN_LDC, "bad_envelope")
             self._error(f"message skipped: {exc}")
             return None
-        lost, restarted = self.sequences.observe(env.ldc, env.sequence)
-        if restarted:
-            log.info("readout node LDC %d restarted (sequence %d after %s)", env.ldc, env.sequence,
-                     "a higher one")
+        ldc = str(env.ldc)
+        spill = (scan.run, scan.spill) if scan.spill is not None else None
+        obs = self.sequences.observe(env.ldc, env.sequence)
+        if obs.restarted:
+            log.info("readout node LDC %d restarted (sequence 0 after %s)", env.ldc,
+                     self.sequences.received.get(env.ldc, 0))
+        if obs.fault is not None:
+            self._bad(ldc, obs.fault, spill, obs.jump)
+            if obs.fault == "sequence_jump":
+                self._error(f"LDC {env.ldc} message {env.sequence}: sequence jump of {obs.jump} "
+                            f"(not counted as lost messages)")
+            elif obs.fault == "duplicate":
+                self._error(f"LDC {env.ldc} message {env.sequence}: duplicate, skipped")
+                return None
         corrupt = not scan.ok
         if corrupt:
             self.stats.corrupt_messages[env.ldc] = self.stats.corrupt_messages.get(env.ldc, 0) + 1
+            self._bad(ldc, "damaged_payload", spill)
             self._error(f"LDC {env.ldc} message {env.sequence}: damaged payload, "
                         f"kept {scan.n_events} of {env.events} events: {scan.describe()}")
         self.stats.events += scan.n_events
-        return Received(env, scan, lost, restarted, corrupt, nbytes)
+        return Received(env, scan, obs.lost, obs.restarted, corrupt, nbytes, obs.fault, obs.recovered)
 
     def recv(self, timeout_ms: int = 100, max_messages: int = 256) -> list[Received]:
         """Whatever arrives within ``timeout_ms`` (at most ``max_messages``); never raises on bad data."""
         out: list[Received] = []
         if not self.socket.poll(timeout_ms, zmq.POLLIN):
             return out
+        n = 0
         for _ in range(max_messages):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            n += 1
             r = self.handle(frames)
             if r is not None:
                 out.append(r)
+        self._since_hwm_check += n
+        if self._since_hwm_check >= 64:
+            self._since_hwm_check = 0
+            self._apply_hwm()
         return out
