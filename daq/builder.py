@@ -32,7 +32,11 @@ Rules (all counted, none silent):
 * memory is bounded: at most ``max_open_spills`` spills, at most
   ``max_pending_bytes`` of unbuilt sub-events per spill (beyond, everything
   pending is built at once, incomplete if need be), at most
-  ``chunk_events`` built events before they are handed on.
+  ``chunk_events`` built events before they are handed on; with
+  ``max_buffered_bytes`` (the service's memory budget share) all open spills
+  together hold at most that many bytes — the message payloads unbuilt
+  sub-events keep alive, and built events not handed on — beyond which the
+  fullest spill is built at once and handed on (``memory_builds``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from ..decoders import layout as L
 from .envelope import EOB_KEY, NO_SPILL_KEY, SOB_KEY, PayloadScan, scan_payload
 
 INF_KEY = 1 << 62
+#: sequence-jump sizes kept per closed spill (all are counted)
+MAX_JUMPS_KEPT = 16
 DATA_TYPES = (L.PHYSICS_EVENT, L.CALIBRATION_EVENT)
 CONTROL_TYPES = (L.START_OF_BURST, L.END_OF_BURST)
 
@@ -153,6 +159,10 @@ class ClosedSpill:
     opened_at: float
     closed_at: float
     last_eob_at: float | None  # when the last END_OF_BURST arrived
+    #: bad messages reported with this spill: LDC label -> kind -> count (see daq.subscriber)
+    bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: (LDC label, size) of the sequence jumps reported with this spill (at most MAX_JUMPS_KEPT)
+    sequence_jumps: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -170,6 +180,7 @@ class BuilderStats:
     spills_closed: int = 0
     spills_incomplete: int = 0
     forced_builds: int = 0
+    memory_builds: int = 0  # forced builds because the open spills held more than max_buffered_bytes
     chunks: int = 0
 
 
@@ -187,6 +198,7 @@ class _Part:
 
     batches: deque = field(default_factory=deque)
     pending_words: int = 0
+    retained_bytes: int = 0  # the whole message payloads the pending batches keep alive
     last_key: int = -1
     eob: bool = False
 
@@ -211,6 +223,8 @@ class _Spill:
     late_events: int = 0
     lost_messages: dict[int, int] = field(default_factory=dict)
     last_eob_at: float | None = None
+    bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
+    sequence_jumps: list = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -219,6 +233,11 @@ class _Spill:
     @property
     def pending_words(self) -> int:
         return sum(p.pending_words for p in self.parts.values())
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory this spill holds: message payloads of unbuilt sub-events, built events not handed on."""
+        return sum(p.retained_bytes for p in self.parts.values()) + 4 * self.out_words
 
 
 Output = BuiltChunk | ClosedSpill
@@ -245,6 +264,7 @@ class EventBuilder:
         chunk_bytes: int = 32 << 20,
         chunk_max_age_s: float = 0.5,
         closed_memory: int = 256,
+        max_buffered_bytes: int | None = None,
     ) -> None:
         self.expected = tuple(sorted(set(int(x) for x in expected_ldcs)))
         if not self.expected:
@@ -261,12 +281,16 @@ class EventBuilder:
         self._open: OrderedDict[tuple[int, int], _Spill] = OrderedDict()
         self._closed: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._closed_memory = max(1, int(closed_memory))
+        #: all open spills together hold at most about this much (None: only max_pending_bytes per spill)
+        self.max_buffered_bytes = None if max_buffered_bytes is None else max(1, int(max_buffered_bytes))
         self._order = 0
         self._joined: set[int] = set()
         self._ldc_order: dict[int, int] = {}  # order of the spill each LDC last sent to
         self._ldc_seen: dict[int, float] = {}
         self._pending_late = 0
         self._pending_lost: dict[int, int] = {}
+        self._pending_bad: dict[str, dict[str, int]] = {}
+        self._pending_jumps: list = []
 
     # ------------------------------------------------------------------ input
     @property
@@ -281,6 +305,39 @@ class EventBuilder:
         """Lost messages that cannot be attributed to a spill: reported with the next closed spill."""
         if lost:
             self._pending_lost[ldc] = self._pending_lost.get(ldc, 0) + int(lost)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory the open spills hold (unbuilt message payloads, built events not handed on)."""
+        return sum(sp.buffered_bytes for sp in self._open.values())
+
+    def note_bad(self, ldc: str, kind: str, spill: tuple[int, int] | None = None, jump: int = 0) -> None:
+        """A bad message of LDC label ``ldc``: reported with ``spill`` if open, else with the next closed spill."""
+        sp = self._open.get(spill) if spill is not None else None
+        bad, jumps = (sp.bad_messages, sp.sequence_jumps) if sp is not None else (self._pending_bad,
+                                                                                    self._pending_jumps)
+        per_ldc = bad.setdefault(ldc, {})
+        per_ldc[kind] = per_ldc.get(kind, 0) + 1
+        if kind == "sequence_jump" and len(jumps) < MAX_JUMPS_KEPT:
+            jumps.append((ldc, int(jump)))
+
+    def recover_lost(self, ldc: int, spill: tuple[int, int] | None = None) -> bool:
+        """A message of ``ldc`` counted lost arrived late after all: take one lost message back.
+
+        From ``spill`` if it is open and has one, else from the latest open spill that has one, else
+        from the lost messages not yet reported. False when the loss was reported already (in a
+        finished spill): then it stays a lost message."""
+        ldc = int(ldc)
+        candidates = [self._open[spill]] if spill in self._open else []
+        candidates += reversed(self._open.values())
+        for sp in candidates:
+            if sp.lost_messages.get(ldc, 0) > 0:
+                sp.lost_messages[ldc] -= 1
+                return True
+        if self._pending_lost.get(ldc, 0) > 0:
+            self._pending_lost[ldc] -= 1
+            return True
+        return False
 
     def add(self, ldc: int, scan: PayloadScan, now: float, lost: int = 0) -> list[Output]:
         """Take the whole events of one message of ``ldc`` (all of one spill).
@@ -349,6 +406,7 @@ class EventBuilder:
         if keys.shape[0]:
             part.batches.append(_Batch(scan.words, offsets, sizes, keys))
             part.pending_words += int(sizes.sum())
+            part.retained_bytes += int(scan.words.nbytes)
             part.last_key = int(keys[-1])
             if part.last_key == EOB_KEY and not part.eob:
                 part.eob = True
@@ -359,6 +417,21 @@ class EventBuilder:
             upto = max(p.last_key for p in sp.parts.values())
             self._build(sp, upto)
             out.extend(self._emit(sp, now, final=False))
+        out.extend(self._fit_memory(now))
+        return out
+
+    def _fit_memory(self, now: float) -> list[Output]:
+        """Beyond ``max_buffered_bytes``: build (incomplete if need be) and hand on the fullest spills."""
+        out: list[Output] = []
+        if self.max_buffered_bytes is None:
+            return out
+        while self._open and self.buffered_bytes > self.max_buffered_bytes:
+            sp = max(self._open.values(), key=lambda s: s.buffered_bytes)
+            if not sp.buffered_bytes:
+                break
+            self.stats.memory_builds += 1
+            self._build(sp, max(p.last_key for p in sp.parts.values()))
+            out.extend(self._emit(sp, now, final=False, force=True))
         return out
 
     def poll(self, now: float) -> list[Output]:
@@ -428,6 +501,7 @@ class EventBuilder:
                 b = part.batches[0]
                 if b.keys[-1] <= upto:
                     part.batches.popleft()
+                    part.retained_bytes -= int(b.words.nbytes)
                     take = b
                 else:
                     k = int(np.searchsorted(b.keys, upto, side="right"))
@@ -544,6 +618,13 @@ class EventBuilder:
         for ldc, k in self._pending_lost.items():
             lost[ldc] = lost.get(ldc, 0) + k
         self._pending_lost = {}
+        bad = {l: dict(k) for l, k in sp.bad_messages.items()}
+        for l, kinds in self._pending_bad.items():
+            per_ldc = bad.setdefault(l, {})
+            for kind, k in kinds.items():
+                per_ldc[kind] = per_ldc.get(kind, 0) + k
+        jumps = tuple(sp.sequence_jumps + self._pending_jumps)[:MAX_JUMPS_KEPT]
+        self._pending_bad, self._pending_jumps = {}, []
         self.stats.spills_closed += 1
         if missing:
             self.stats.spills_incomplete += 1
@@ -553,6 +634,7 @@ class EventBuilder:
                 incomplete_events=sp.incomplete_events, late_events=late, lost_messages=lost,
                 chunks=sp.chunks, events=sp.events, data_events=sp.data_events, reason=reason,
                 opened_at=sp.opened_at, closed_at=now, last_eob_at=sp.last_eob_at,
+                bad_messages=bad, sequence_jumps=jumps,
             )
         )
         return out

@@ -28,7 +28,7 @@ from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import Replayer, build_monitor
 from na64_online.worker_setup import worker_setup
 
-LIVE_ONLY = {"lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs"}
+LIVE_ONLY = {"lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs", "bad_messages"}
 TIMING = {"processing_seconds", "finished_at"}
 EVENTS = 200
 RUN = 11
