@@ -87,7 +87,8 @@ class SequenceTracker:
     ``sequence_jump``: counted with its size, never as lost messages. After a
     jump the tracker keeps following the old numbers; if the next message
     continues from the new number instead, it resynchronises there (one jump
-    either way).
+    either way); if it goes on with ``last + 2``, the jump took the place of
+    message ``last + 1`` (a damaged number), which is then not lost either.
     """
 
     window: int = SEQUENCE_WINDOW
@@ -147,6 +148,10 @@ class SequenceTracker:
             self._add(self.restarts, ldc)
             return Observed(restarted=True)
         step = seq - last
+        if jumped_to is not None and step == 2:
+            # the jump came in place of message last+1 (its number damaged): that message was not lost
+            self._advance(ldc, seq - 1)
+            return Observed(lost=self._advance(ldc, seq))
         if 0 < step <= self.max_jump + 1:  # at most max_jump messages skipped
             return Observed(lost=self._advance(ldc, seq))
         if -self.window < step <= 0:

@@ -77,11 +77,15 @@ def test_issue_evidence_one_wild_sequence_number_is_one_jump():
     for s in range(11, 20):
         assert t.observe(1, s) == Observed()  # the old numbering goes on
     assert t.lost.get(1, 0) == 0 and t.jumps == {1: 1} and t.last_jump == {1: 10**6 - 11}
+    # a damaged number in place of message 20: the jump, then 21 — message 20 is not lost
+    assert t.observe(1, 2**40).fault == "sequence_jump"
+    assert t.observe(1, 21) == Observed() and t.observe(1, 22) == Observed()
+    assert t.jumps == {1: 2} and t.lost.get(1, 0) == 0
     # a real jump: the numbers go on from the new one; still one jump, no loss
     assert t.observe(2, 7).fault is None
     assert t.observe(2, 5 * 10**6).fault == "sequence_jump"
     assert t.observe(2, 5 * 10**6 + 2) == Observed(lost=1)
-    assert t.jumps == {1: 1, 2: 1} and t.lost == {2: 1}
+    assert t.jumps == {1: 2, 2: 1} and t.lost == {2: 1}
 
 
 def test_window_bounds_what_can_be_taken_back():
