@@ -515,17 +515,28 @@ class IngestService:
         )
 
     def _take_messages(self, now: float) -> None:
-        """Read what the readout nodes sent (at most 64 messages) into the builder; bad messages to spills."""
+        """Read what the readout nodes sent (at most 64 messages) into the builder.
+
+        Bad messages are reported with their spill (the one their payload belongs to) while it is
+        open, else with the next spill that closes."""
         sub, builder = self.subscriber, self.builder
         received = sub.recv(0, max_messages=64)
-        faults = sub.take_faults()
-        later = []
-        for f in faults:  # reported with their spill while it is open; others after the messages are built
-            if f.spill is not None and f.spill in builder._open:  # noqa: SLF001 - same package
-                builder.note_bad(f.ldc, f.kind, f.spill, f.jump)
-            else:
-                later.append(f)
+        faults = deque(sub.take_faults())
+        open_spills = builder._open  # noqa: SLF001 - same package
+
+        def note(f) -> None:
+            builder.note_bad(f.ldc, f.kind, f.spill, f.jump)
+
         for r in received:
+            while faults and faults[0].message < r.message:  # bad envelopes, duplicates before this one
+                note(faults.popleft())
+            own_after = []
+            while faults and faults[0].message == r.message:  # this message's: its spill may open with it
+                f = faults.popleft()
+                if f.spill in open_spills:
+                    note(f)
+                else:
+                    own_after.append(f)
             try:
                 if r.recovered:
                     spill = (r.scan.run, r.scan.spill) if r.scan.spill is not None else None
@@ -537,8 +548,10 @@ class IngestService:
                 self.stats.internal_errors += 1
                 log.exception("LDC %d message %d could not be built; skipped", r.envelope.ldc,
                               r.envelope.sequence)
-        for f in later:
-            builder.note_bad(f.ldc, f.kind, f.spill, f.jump)
+            for f in own_after:
+                note(f)
+        for f in faults:
+            note(f)
 
     def _run(self) -> None:
         self._setup_sockets()

@@ -207,6 +207,7 @@ class Fault:
     kind: str
     spill: tuple[int, int] | None = None
     jump: int = 0
+    message: int = 0  # ordinal of the message (``stats.messages`` when it came)
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,6 +222,7 @@ class Received:
     nbytes: int
     fault: str | None = None  # "reordered" or "sequence_jump" (duplicates are not handed on)
     recovered: bool = False  # a late message that had been counted lost (``lost`` was taken back)
+    message: int = 0  # ordinal of the message (``stats.messages`` when it came; :attr:`Fault.message`)
 
 
 class Subscriber:
@@ -323,7 +325,7 @@ class Subscriber:
     def _bad(self, ldc: str, kind: str, spill: tuple[int, int] | None = None, jump: int = 0) -> None:
         per_ldc = self.stats.bad_messages.setdefault(ldc, {})
         per_ldc[kind] = per_ldc.get(kind, 0) + 1
-        self.faults.append(Fault(ldc, kind, spill, jump))
+        self.faults.append(Fault(ldc, kind, spill, jump, self.stats.messages))
 
     def take_faults(self) -> list[Fault]:
         """The bad messages since the last call (the service attributes them to spills)."""
@@ -370,7 +372,8 @@ class Subscriber:
             self._error(f"LDC {env.ldc} message {env.sequence}: damaged payload, "
                         f"kept {scan.n_events} of {env.events} events: {scan.describe()}")
         self.stats.events += scan.n_events
-        return Received(env, scan, obs.lost, obs.restarted, corrupt, nbytes, obs.fault, obs.recovered)
+        return Received(env, scan, obs.lost, obs.restarted, corrupt, nbytes, obs.fault, obs.recovered,
+                        self.stats.messages)
 
     def recv(self, timeout_ms: int = 100, max_messages: int = 256) -> list[Received]:
         """Whatever arrives within ``timeout_ms`` (at most ``max_messages``); never raises on bad data."""

@@ -236,6 +236,12 @@ def test_corrupt_envelope_and_truncated_payload(spills, replayed, channel_map):
     # spill 2 lost LDC 2's START_OF_BURST and first 49 events' sub-events, nothing else
     assert r2["incomplete_events"] == 49 and r2["complete"] and r2["events"] == EVENTS
     assert svc.stats.records == 2
+    # every bad message in the QA record, by LDC and kind (an unreadable envelope has no LDC to trust)
+    # (no spill either: reported with the next spill that closes, which depends on timing)
+    assert r1["bad_messages"]["by_ldc"]["1"] == {"damaged_payload": 1} and "1" not in r2["bad_messages"]["by_ldc"]
+    assert sum(r["bad_messages"]["by_ldc"].get("unknown", {}).get("bad_envelope", 0) for r in live) == 2
+    assert r1["bad_messages"]["total"] + r2["bad_messages"]["total"] == 3
+    assert sub["bad_messages"] == {"unknown": {"bad_envelope": 2}, "1": {"damaged_payload": 1}}
 
 
 @pytest.mark.timeout(60)
