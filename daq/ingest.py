@@ -78,6 +78,7 @@ class IngestConfig:
     rcvbuf: int = 0
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
+    #: dead readout node detection (TCP keepalive: probe interval and timeout, whole seconds)
     heartbeat_ivl_ms: int = 1000
     heartbeat_timeout_ms: int = 5000
     #: local decoder worker processes; 0: decode in a thread of the service process

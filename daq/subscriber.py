@@ -266,10 +266,15 @@ class Subscriber:
             s.setsockopt(zmq.RCVBUF, int(rcvbuf))
         s.setsockopt(zmq.RECONNECT_IVL, int(reconnect_ivl_ms))
         s.setsockopt(zmq.RECONNECT_IVL_MAX, int(reconnect_ivl_max_ms))
-        # detect a dead node (power cut, cable) even when TCP does not: then reconnect
-        s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat_ivl_ms))
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout_ms))
-        s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout_ms))
+        # detect a dead node (power cut, cable): then reconnect. TCP keepalive, not ZMTP heartbeats: with a
+        # full receive queue libzmq stops reading the connection, a heartbeat then times out and libzmq
+        # aborts the process on the next read (Assertion failed: _input_stopped, libzmq issues 3937 and
+        # 4767); the kernel answers keepalive probes whether or not the queue is full.
+        idle_s = max(1, round(heartbeat_ivl_ms / 1000))
+        s.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle_s)
+        s.setsockopt(zmq.TCP_KEEPALIVE_INTVL, idle_s)
+        s.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, round(heartbeat_timeout_ms / 1000 / idle_s)))
         s.setsockopt(zmq.SUBSCRIBE, L.ZMQ_TOPIC)
         self.endpoints: list[str] = []
         self.sequences = SequenceTracker(window=int(sequence_window), max_jump=int(max_sequence_jump))

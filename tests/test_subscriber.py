@@ -230,3 +230,40 @@ def test_sub_socket_options():
         assert sub.socket.getsockopt(zmq.RECONNECT_IVL) == 50
     finally:
         sub.close()
+
+
+STALL_SCRIPT = r"""
+import sys, threading, time
+from na64_online.daq.envelope import make_message
+from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
+from na64_online.daq.subscriber import Subscriber
+
+pub = ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", 1, sndhwm=2))
+sub = Subscriber([pub.endpoint], queue_bytes=4 << 20, heartbeat_ivl_ms=1000, heartbeat_timeout_ms=1000)
+assert pub.wait_for_subscribers(1, 10)
+stop = time.monotonic() + 3.0
+def feed():
+    seq = 0
+    while time.monotonic() < stop:
+        pub.socket.send_multipart(make_message(1, seq, [b"\0" * 700_000]))
+        seq += 1
+threading.Thread(target=feed, daemon=True).start()
+time.sleep(3.5)  # the service is stuck: the receive queue is full, nothing is read for longer than the timeout
+n = 0
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline:
+    n += sum(1 for _ in sub.recv(100))
+print("read", n, "lost", sub.sequences.lost.get(1, 0))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_full_receive_queue_and_a_stalled_reader_do_not_abort_the_process():
+    """With ZMTP heartbeats libzmq aborted here (Assertion failed: _input_stopped); TCP keepalive instead."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", STALL_SCRIPT], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("read ")
+    assert int(proc.stdout.split()[1]) >= 1
