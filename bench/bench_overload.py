@@ -38,6 +38,7 @@ from na64_online.daq.envelope import pack_envelope
 from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders import layout as L
 
+TRAILER = 10  # messages sent slowly at the end
 DATA: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # LDC -> (words of one spill's sub-events, event offsets)
 
 
@@ -51,8 +52,9 @@ def make_data(events: int, seed: int) -> None:
         DATA[ldc] = (np.frombuffer(b"".join(evs), dtype=L.WORD).copy(), offsets)
 
 
-def _publish(ldc: int, batch: int, duration: float, ready, go, counts) -> None:
-    """Spill after spill, unpaced, renumbered; a full subscriber makes ZeroMQ drop (as on a readout node)."""
+def _publish(ldc: int, batch: int, duration: float, rate: float, ready, go, counts) -> None:
+    """Spill after spill, renumbered, at most ``rate`` events/s (0: unpaced); a full subscriber makes ZeroMQ
+    drop (as on a readout node)."""
     words, offsets = DATA[ldc]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)
@@ -69,9 +71,10 @@ def _publish(ldc: int, batch: int, duration: float, ready, go, counts) -> None:
     header = offsets + L.H_BURST_EVENT
     keep = ~np.uint32(L.BURST_MASK << L.BURST_SHIFT)
     bounds = list(range(0, len(offsets), batch)) + [len(offsets)]
-    t_end = time.monotonic() + duration
+    t_start = time.monotonic()
+    t_end = t_start + duration
     while time.monotonic() < t_end:
-        spill += 1
+        spill = spill % L.BURST_MASK + 1  # 1 … 4095, then again (long forgotten by then)
         words[header] = (words[header] & keep) | np.uint32(spill << L.BURST_SHIFT)
         for a, b in zip(bounds[:-1], bounds[1:]):
             lo = int(offsets[a])
@@ -81,8 +84,23 @@ def _publish(ldc: int, batch: int, duration: float, ready, go, counts) -> None:
             seq += 1
             events += b - a
             nbytes += len(payload)
-        if spill >= L.BURST_MASK:
-            break
+            if rate:
+                ahead = events / rate - (time.monotonic() - t_start)
+                if ahead > 0.001:
+                    time.sleep(ahead)
+            if time.monotonic() >= t_end:
+                break
+    # a slow trailer (the start of one more spill): its numbers reveal every message dropped before
+    spill = spill % L.BURST_MASK + 1
+    words[header] = (words[header] & keep) | np.uint32(spill << L.BURST_SHIFT)
+    for a, b in list(zip(bounds[:-1], bounds[1:]))[:TRAILER]:
+        payload = words[int(offsets[a]):int(offsets[b])].tobytes()
+        sock.send_multipart([L.ZMQ_TOPIC, pack_envelope(ldc, seq, b - a), payload])
+        seq += 1
+        events += b - a
+        nbytes += len(payload)
+        time.sleep(0.2)
+    time.sleep(1.0)
     counts.put((ldc, seq, events, nbytes, spill))
     sock.close(0)
     ctx.term()
@@ -110,6 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-memory-mb", type=int, default=1024, help="[ingest] max_memory_mb under test (1024)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--events", type=int, default=20000, help="events per simulated spill (20000)")
+    ap.add_argument("--rate", type=float, default=490_000.0,
+                    help="events/s offered (each node; 0: unpaced). Default 10 × the 48.8 k events/s one worker "
+                         "sustains in bench_ingest.py")
     ap.add_argument("--batch-events", type=int, default=200, help="events per message (200, ~640 kB)")
     ap.add_argument("--rcvhwm", type=int, default=10000, help="[ingest] rcvhwm: the cap in messages (10000)")
     ap.add_argument("--sample", type=float, default=0.5, help="RSS sampling period, s")
@@ -121,7 +142,7 @@ def main(argv=None) -> int:
     print(f"simulated one spill of {args.events} events in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     ctx = mp.get_context("fork")
     ready, counts, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    pubs = [ctx.Process(target=_publish, args=(ldc, args.batch_events, args.duration, ready, go, counts),
+    pubs = [ctx.Process(target=_publish, args=(ldc, args.batch_events, args.duration, args.rate, ready, go, counts),
                         daemon=True) for ldc in (1, 2)]
     for p in pubs:
         p.start()
@@ -163,7 +184,7 @@ def main(argv=None) -> int:
     sent = {}
     while not counts.empty():
         ldc, seq, events, nbytes, spills = counts.get()
-        sent[ldc] = dict(messages=seq, events=events, bytes=nbytes, spills=spills)
+        sent[ldc] = dict(messages=seq, events=events, bytes=nbytes, last_spill=spills)
     for _ in range(int(60 / args.sample)):  # let it drain what it holds (spill timeout closes the last)
         samples.append((round(time.monotonic() - t_start, 1), _status_kb(svc.pid, "VmRSS")))
         health = client.get("/api/health").json()["ingest"]
@@ -180,7 +201,7 @@ def main(argv=None) -> int:
         svc.kill()
     budget_mb = args.max_memory_mb
     peak_mb = peak_kb / 1024
-    events_offered = sum(s["events"] for s in sent.values())
+    events_offered = sent[1]["events"]  # each event has a sub-event from each node: count it once
     decoded = _metric(metrics, "na64_events_total")
     out = {
         "command": " ".join(["bench/bench_overload.py"] + (argv if argv is not None else sys.argv[1:])),
@@ -197,8 +218,12 @@ def main(argv=None) -> int:
         "decoded_events_per_s": round(decoded / offered_s),
         "overload_factor": round(events_offered / decoded, 1) if decoded else None,
         "sent": sent,
+        "messages_sent": sum(s["messages"] for s in sent.values()),
         "messages_received": health.get("messages_received"),
         "lost_messages": health.get("dropped_messages"),
+        # exact: every message sent was received or counted lost (the trailer reveals the last gaps)
+        "messages_accounted": health.get("messages_received", 0) + health.get("dropped_messages", 0)
+        == sum(s["messages"] for s in sent.values()),
         "events_decoded": decoded,
         "events_dropped": _metric(metrics, "na64_dropped_events_total"),
         "events_incomplete": _metric(metrics, "na64_incomplete_events_total"),

@@ -61,6 +61,8 @@ SEQUENCE_WINDOW = 64
 MAX_SEQUENCE_JUMP = 100_000
 #: message size assumed for the receive high-water mark before the first message arrives
 ASSUMED_MESSAGE_BYTES = 1 << 20
+#: readout nodes whose mean message size is followed (for the receive high-water mark)
+MAX_NODES_TRACKED = 256
 #: ``ZMQ_MAXMSGSIZE`` is never set below this (a budget share smaller than one message)
 MIN_MAX_MESSAGE_BYTES = 4 << 20
 
@@ -231,7 +233,8 @@ class Subscriber:
     ``rcvhwm`` caps each node's receive queue in messages. With ``queue_bytes``
     (the memory budget's share for the receive queues, all nodes together) the
     high-water mark is derived from the message size seen:
-    ``queue_bytes / (mean message bytes × nodes)`` (at most ``rcvhwm``, at least 1),
+    ``queue_bytes / (sum over the nodes of their mean message bytes)`` (a node not
+    heard of yet counts as the largest seen; at most ``rcvhwm``, at least 1),
     re-derived as the size changes (libzmq ≥ 4.2.2 applies ``ZMQ_RCVHWM`` to
     connections already made; before the first message a size of
     :data:`ASSUMED_MESSAGE_BYTES` is assumed), and one message may not exceed
@@ -283,6 +286,7 @@ class Subscriber:
         self.faults: deque[Fault] = deque(maxlen=max_faults)
         self.queue_bytes: int | None = None
         self.mean_message_bytes: float | None = None
+        self._ldc_mean: dict[int, float] = {}  # per node (at most MAX_NODES_TRACKED), for the HWM
         self._since_hwm_check = 0
         if queue_bytes is not None:
             self.set_queue_bytes(queue_bytes)
@@ -299,8 +303,11 @@ class Subscriber:
     def _apply_hwm(self) -> None:
         if self.queue_bytes is None:
             return
-        size = self.mean_message_bytes or ASSUMED_MESSAGE_BYTES
-        hwm = int(self.queue_bytes // (size * max(1, len(self.endpoints))))
+        # one high-water mark for every node's queue: HWM × (sum of the nodes' mean message sizes) fits
+        means = list(self._ldc_mean.values())
+        unseen = max(0, len(self.endpoints) - len(means), 1 if not means else 0)
+        total = sum(means) + unseen * max(means, default=ASSUMED_MESSAGE_BYTES)
+        hwm = int(self.queue_bytes // total)
         hwm = max(1, min(self.max_rcvhwm, hwm))
         if hwm != self.rcvhwm and (hwm < self.rcvhwm or hwm > self.rcvhwm * 1.1):
             self.socket.setsockopt(zmq.RCVHWM, hwm)  # libzmq >= 4.2.2: existing connections too
@@ -358,6 +365,11 @@ class Subscriber:
             return None
         ldc = str(env.ldc)
         spill = (scan.run, scan.spill) if scan.spill is not None else None
+        m = self._ldc_mean.get(env.ldc)
+        if m is not None:
+            self._ldc_mean[env.ldc] = m + (nbytes - m) / 32.0
+        elif len(self._ldc_mean) < MAX_NODES_TRACKED:
+            self._ldc_mean[env.ldc] = float(nbytes)
         obs = self.sequences.observe(env.ldc, env.sequence)
         if obs.restarted:
             log.info("readout node LDC %d restarted (sequence 0 after %s)", env.ldc,

@@ -53,6 +53,10 @@ def test_receive_hwm_follows_the_message_size_and_the_nodes():
         assert abs(mean - sum(len(f) for f in frames)) < 1
         assert sub.rcvhwm == int((64 << 20) // (2 * mean)) == sub.socket.getsockopt(zmq.RCVHWM)
         assert sub.socket.getsockopt(zmq.MAXMSGSIZE) == 64 << 20
+        small = make_message(2, 0, [b"\0" * 4092])  # a node of smaller messages: the sum of the means counts
+        sub.handle(small)
+        sub._apply_hwm()  # noqa: SLF001
+        assert sub.rcvhwm == int((64 << 20) // (mean + sum(len(f) for f in small)))
         sub.set_queue_bytes(1)  # never below one message per node
         assert sub.rcvhwm == 1
     finally:
