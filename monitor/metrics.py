@@ -76,10 +76,10 @@ class ServiceHealth:
     worker_refused_peers: int = 0  # workers refused: CurveZMQ handshake failed or another protocol
     loop_time: float | None = None  # Unix s of the ingest loop's last pass (a stuck loop stops it)
     #: bad messages since start: LDC label (an expected LDC, "other", "unknown") -> kind -> count
-    bad_messages: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: _EMPTY)
+    bad_messages: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # plain: /api/health asdict()s it
     memory_budget_bytes: int = 0  # [ingest] max_memory_mb in bytes (0: not known yet)
     memory_resident_bytes: int = 0  # the service process's resident memory
-    memory_buffered_bytes: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # by stage
+    memory_buffered_bytes: Mapping[str, int] = field(default_factory=dict)  # by stage
     receive_hwm_messages: int = 0  # the SUB socket's receive high-water mark now (derived from the budget)
 
 

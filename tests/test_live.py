@@ -560,3 +560,23 @@ def test_sequence_faults_counted_per_ldc_in_record_metrics_health_and_alarm(spil
     assert 'na64_bad_messages_total{kind="duplicate",ldc="1"} 1.0' in metrics
     assert 'na64_bad_messages_total{kind="sequence_jump",ldc="1"} 1.0' in metrics
     assert 'na64_bad_messages_total{kind="bad_envelope",ldc="1"} 0.0' in metrics
+
+
+def test_bad_message_labels_are_bounded(spills, channel_map):
+    """/metrics and /api/health label bad messages by expected LDC, "other" or "unknown": a peer cannot
+    make labels up."""
+    from na64_online.daq.envelope import make_message, pack_envelope
+    from na64_online.daq.subscriber import Subscriber
+
+    svc = IngestService(IngestConfig(workers=0), SpillProcessor, (MonitorConfig(), channel_map))
+    svc.subscriber = sub = Subscriber()
+    try:
+        events = spills[0].ev[1][:4]
+        for ldc in (1, 7, 9000):
+            sub.handle(make_message(ldc, 3, events))
+            sub.handle(make_message(ldc, 3, events))  # duplicate
+        sub.handle([b"na64.raw", pack_envelope(1, 4, 4, version=9), b""])
+        assert svc.bad_messages_by_label() == {"1": {"duplicate": 1}, "other": {"duplicate": 2},
+                                               "unknown": {"bad_envelope": 1}}
+    finally:
+        sub.close()
