@@ -257,6 +257,8 @@ class IngestService:
         self._closing: deque[_SpillState] = deque()  # closed spills, in closing order (records go out so)
         self._stop = threading.Event()
         self._started = threading.Event()
+        #: Unix time this service was created (``na64_service_start_time_seconds``)
+        self.created_at = time.time()
         self._thread: threading.Thread | None = None
         self._commands: deque = deque()  # (callable) run in the service thread
         self._error: BaseException | None = None
@@ -388,6 +390,7 @@ class IngestService:
         waiting = [t.queued_at for t in pool.queue] + [t.sent_at for t in pool.outstanding.values()]
         seen = builder._ldc_seen  # noqa: SLF001 - same package
         return dict(
+            started=self.created_at,
             messages_received=msgs,
             events_received=events,
             bytes_received=nbytes,

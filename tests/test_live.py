@@ -374,15 +374,16 @@ def test_decoder_behind_drops_whole_events_with_exact_count(spills, replayed, ch
     assert r["lost_messages"]["total"] == 0 and r["incomplete_events"] == 0
 
 
-@pytest.mark.timeout(90)
-def test_serve_command_prints_replay_records(spills, replayed, channel_map, tmp_path):
+def serve_process(spills, *options: str, env: dict | None = None, timeout: float = 60) -> tuple[list[dict], str]:
+    """`serve --json --max-spills N` as a process, fed ``spills`` by two readout nodes (LDC 1 and 2) on
+    127.0.0.1; returns its records and its stderr once it has exited 0."""
     p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
     cmd = [sys.executable, "-m", "na64_online.cli", "serve", "--connect", p1.endpoint, "--connect", p2.endpoint,
-           "--json", "--max-spills", "3", "--workers", "1", "--spill-timeout", "3", "--http", "127.0.0.1:0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--json", "--max-spills", str(len(spills)), "--spill-timeout", "3", *options]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -390,8 +391,13 @@ def test_serve_command_prints_replay_records(spills, replayed, channel_map, tmp_
         p1.close(0)
         p2.close(0)
     assert proc.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines() if line.strip()], err
+
+
+@pytest.mark.timeout(90)
+def test_serve_command_prints_replay_records(spills, replayed, channel_map, tmp_path):
+    live, err = serve_process(spills, "--workers", "1", "--http", "127.0.0.1:0")
     assert "HTTP on http://127.0.0.1:" in err
-    live = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
     assert all(r["lost_messages"]["total"] == 0 for r in live)
 
@@ -426,6 +432,7 @@ def test_health_snapshots_fit_the_metrics_module(spills, channel_map):
     snap = ServiceHealth(**health[-1])
     assert snap.messages_received == 2 * 5 and snap.events_received == 2 * (EVENTS + 2)
     assert snap.dropped_messages == 0 and snap.sources_connected == 2 and snap.last_message_time is not None
+    assert len(health) > 2 and {h["started"] for h in health} == {svc.created_at}  # the start time stays put
 
 
 @pytest.mark.timeout(90)

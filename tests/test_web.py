@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from na64_online.config import load_config
-from na64_online.daq.simulator import SimulationConfig, write_raw_file
-from na64_online.decoders.channelmap import ChannelMap
-from na64_online.monitor.metrics import register_metrics
-from na64_online.service import Replayer
 from na64_online.web.app import create_app
 from na64_online.web.auth import hash_token
 from na64_online.web.config import WebConfig
 from na64_online.web.server import WebServer
 from na64_online.web.state import AppState
+from web_site import replayed_run
 
 
 NIGHT, OTHER = "night-token-0123456789", "other-token-9876543210"
@@ -27,13 +22,7 @@ def bearer(token: str) -> dict:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("web")
-    raw = tmp / "run.dat"
-    write_raw_file(raw, SimulationConfig(spills=3, events_per_spill=1200, hadron_fraction=0.3, seed=2))
-    registry = CollectorRegistry()
-    store = register_metrics(registry)
-    replayer = Replayer(load_config(environ={}), ChannelMap.default(), archive_path=tmp / "qa.sqlite", metrics=store)
-    records = [r for r, _ in replayer.replay_file(raw) if r is not None]
+    replayer, registry, store, records = replayed_run(tmp_path_factory.mktemp("web"), spills=3, events=1200, seed=2)
     config = WebConfig(port=0, tokens={"night shifter": hash_token(NIGHT), "other": hash_token(OTHER)})
     app = create_app(config, AppState(monitor=replayer.monitor, registry=registry))
     server = WebServer(app, "127.0.0.1", 0).start()

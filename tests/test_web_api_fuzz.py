@@ -8,30 +8,19 @@ import schemathesis
 from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from prometheus_client import CollectorRegistry
 
-from na64_online.config import load_config
-from na64_online.daq.simulator import SimulationConfig, write_raw_file
-from na64_online.decoders.channelmap import ChannelMap
-from na64_online.monitor.metrics import register_metrics
-from na64_online.service import Replayer
 from na64_online.web.app import create_app
 from na64_online.web.auth import hash_token
 from na64_online.web.config import WebConfig
 from na64_online.web.state import AppState
+from web_site import replayed_run
 
 TOKEN = "fuzz-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def api_app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    raw = tmp / "run.dat"
-    write_raw_file(raw, SimulationConfig(spills=2, events_per_spill=800, hadron_fraction=0.3, seed=4))
-    registry = CollectorRegistry()
-    replayer = Replayer(load_config(environ={}), ChannelMap.default(), archive_path=tmp / "qa.sqlite",
-                        metrics=register_metrics(registry))
-    assert len([r for r, _ in replayer.replay_file(raw) if r is not None]) == 2
+    replayer, registry, _, _ = replayed_run(tmp_path_factory.mktemp("fuzz"), spills=2, events=800, seed=4)
     state = AppState(monitor=replayer.monitor, registry=registry)
     yield create_app(WebConfig(port=0, tokens={"fuzzer": hash_token(TOKEN)}), state)
     state.close()

@@ -7,19 +7,15 @@ import re
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
 from na64_online.config import load_config
-from na64_online.daq.simulator import SimulationConfig, write_raw_file
-from na64_online.decoders.channelmap import ChannelMap
 from na64_online.decoders.errors import ConfigError
-from na64_online.monitor.metrics import register_metrics
-from na64_online.service import Replayer
 from na64_online.web.app import create_app
 from na64_online.web.auth import TokenBook, hash_token, new_token
 from na64_online.web.config import WebConfig
 from na64_online.web.server import WebServer
 from na64_online.web.state import AppState
+from web_site import replayed_run
 
 HUGE = "99999999999999999999999"
 
@@ -27,12 +23,7 @@ HUGE = "99999999999999999999999"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
-    raw = tmp / "run.dat"
-    write_raw_file(raw, SimulationConfig(spills=3, events_per_spill=800, hadron_fraction=0.3, seed=3))
-    registry = CollectorRegistry()
-    replayer = Replayer(load_config(environ={}), ChannelMap.default(), archive_path=tmp / "qa.sqlite",
-                        metrics=register_metrics(registry))
-    assert len([r for r, _ in replayer.replay_file(raw) if r is not None]) == 3
+    replayer, registry, _, _ = replayed_run(tmp, spills=3, events=800, seed=3)
     token = new_token()
     tokens_file = tmp / "tokens"
     tokens_file.write_text("# rotated by the run coordinator\n")

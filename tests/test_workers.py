@@ -8,7 +8,6 @@ so (503) and ``serve``/``demo`` exit non-zero.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -37,7 +36,8 @@ from na64_online.decoders.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
 from na64_online.service import build_monitor
 from na64_online.worker_setup import worker_setup
-from test_live import EVENTS, RUN, _Spill, comparable, core, publisher, records_of, replay, run_nodes
+from test_live import (EVENTS, RUN, _Spill, comparable, core, publisher, records_of, replay, run_nodes,
+                       serve_process)
 
 TIMING = ("processing_seconds", "finished_at")
 
@@ -394,24 +394,10 @@ def test_demo_exits_non_zero_when_the_ingest_thread_dies(tmp_path):
 def test_serve_with_curve_keys_and_local_worker_processes_equals_replay(keys, spills, replayed, channel_map):
     """`serve` with the worker port under CurveZMQ (keys from the environment): its own worker processes get
     a key made at start-up and decode as replay does. (Bound on 127.0.0.1: tests stay on loopback.)"""
-    p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
     env = {**os.environ, "NA64_INGEST__WORKER_SECRET_KEY": str(keys / "server.key_secret"),
            "NA64_INGEST__WORKER_CLIENTS_DIR": str(keys / "clients")}
-    cmd = [sys.executable, "-m", "na64_online.cli", "serve", "--connect", p1.endpoint, "--connect", p2.endpoint,
-           "--json", "--max-spills", "3", "--workers", "1", "--spill-timeout", "3", "--no-web",
-           "--worker-bind", "tcp://127.0.0.1:*"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        p1.close(0)
-        p2.close(0)
-    assert proc.returncode == 0, err
-    live = [json.loads(line) for line in out.splitlines() if line.strip()]
+    live, _ = serve_process(spills, "--workers", "1", "--no-web", "--worker-bind", "tcp://127.0.0.1:*", env=env,
+                            timeout=90)
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
     assert all(r["dropped_events"] == 0 for r in live)
 

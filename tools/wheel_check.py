@@ -5,6 +5,7 @@ Usage: ``python tools/wheel_check.py PATH/TO/na64-online`` (run by ``tools/wheel
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -32,14 +33,14 @@ def main(program: str) -> int:
     base = f"http://127.0.0.1:{port}"
     archive = tempfile.mktemp(suffix=".sqlite")
     demo = subprocess.Popen([program, "demo", "--spills", "2", "--events", "2000", "--http", f"127.0.0.1:{port}",
-                             "--archive", archive], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--archive", archive, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     first_spill = threading.Event()
 
     def read_stdout() -> None:
         for line in demo.stdout:
             lines.append(line.rstrip("\n"))
-            print(f"wheel-check: demo: {line.rstrip()}", flush=True)
+            print(f"wheel-check: demo: {line.rstrip()[:160]}", flush=True)
             first_spill.set()
 
     threading.Thread(target=read_stdout, daemon=True).start()
@@ -60,9 +61,13 @@ def main(program: str) -> int:
             problems.append(f"demo exited {code}: {stderr[-2000:]}")
         if "Traceback" in stderr:
             problems.append(f"a traceback on stderr: {stderr[-2000:]}")
-        spills = [line for line in lines if " spill " in line]
-        if len(spills) != 2:
-            problems.append(f"expected 2 spill lines, got {len(spills)}")
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        if [r.get("spill") for r in records] != [1, 2]:
+            problems.append(f"expected the records of spills 1 and 2, got {[r.get('spill') for r in records]}")
+        for r in records:  # a cold start (numba compiling) must not cost events
+            if r.get("dropped_events") or not r.get("complete") or r.get("events") != 2000:
+                problems.append(f"spill {r.get('spill')}: {r.get('events')} events, dropped {r.get('dropped_events')}, "
+                                f"complete {r.get('complete')}")
     finally:
         if demo.poll() is None:
             demo.kill()
