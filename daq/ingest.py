@@ -25,7 +25,16 @@ Never block, never lose silently — every queue is bounded:
   PHYSICS/CALIBRATION events are dropped whole and counted
   (``dropped_events`` in the spill's QA record and in the metrics); its
   START_OF_BURST/END_OF_BURST events (scalers) are always decoded;
-* QA records, latencies: bounded deques.
+* QA records, latencies: bounded deques;
+* all of it in bytes too: ``max_memory_mb`` for the whole process, its warm
+  footprint measured before subscribing and the rest shared between the
+  receive queues (high-water mark derived from the message sizes seen), the
+  builder's open spills and the decoding tasks (:mod:`.memory`).
+
+Bad messages (unreadable envelopes, damaged payloads, duplicates, late
+messages, sequence jumps: :mod:`.subscriber`) are reported per LDC and kind
+with the spill their payload belongs to (``bad_messages`` in the QA record),
+or with the next spill that closes when there is none.
 """
 
 from __future__ import annotations
