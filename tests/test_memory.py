@@ -90,12 +90,10 @@ def test_receive_queue_bound_applies_to_a_connection_made_before_and_loss_is_exa
         sub.close()
         pub.close(0)
     t = sub.sequences
-    held = len(got) - (1 if got and got[-1].envelope.sequence == n - 1 else 0)
     # queued: the high-water mark, ZeroMQ's batches and the kernel's socket buffers — not 200
-    assert len(got) < 40, len(got)
+    assert 1 <= len(got) < 40, len(got)
     # exact: every number up to the last received was received or counted lost
-    assert t.received[1] + t.lost.get(1, 0) == t.last[1] + 1
-    assert held >= 1
+    assert t.received[1] + t.lost.get(1, 0) == t.last[1] + 1 and t.lost.get(1, 0) >= 1
 
 
 class SlowProcessor(SpillProcessor):
