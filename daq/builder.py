@@ -414,7 +414,7 @@ class EventBuilder:
         out.extend(self._advance(now))
         if sp.key in self._open and sp.pending_words > self.max_pending_words:
             self.stats.forced_builds += 1
-            upto = max(p.last_key for p in sp.parts.values())
+            upto = self._forced_upto(sp)
             self._build(sp, upto)
             out.extend(self._emit(sp, now, final=False))
         out.extend(self._fit_memory(now))
@@ -425,14 +425,25 @@ class EventBuilder:
         out: list[Output] = []
         if self.max_buffered_bytes is None:
             return out
-        while self._open and self.buffered_bytes > self.max_buffered_bytes:
-            sp = max(self._open.values(), key=lambda s: s.buffered_bytes)
-            if not sp.buffered_bytes:
-                break
+        tried: set = set()
+        while self.buffered_bytes > self.max_buffered_bytes:
+            candidates = [s for s in self._open.values() if s.key not in tried and s.buffered_bytes]
+            if not candidates:
+                break  # what is left cannot be built yet (END_OF_BURSTs waiting for the other nodes')
+            sp = max(candidates, key=lambda s: s.buffered_bytes)
+            tried.add(sp.key)
             self.stats.memory_builds += 1
-            self._build(sp, max(p.last_key for p in sp.parts.values()))
+            self._build(sp, self._forced_upto(sp))
             out.extend(self._emit(sp, now, final=False, force=True))
         return out
+
+    def _forced_upto(self, sp: _Spill) -> int:
+        """How far a forced build goes: every pending data event, not the END_OF_BURST (unless every
+        expected LDC sent it) — a node's END_OF_BURST still to come must not turn late."""
+        upto = max(p.last_key for p in sp.parts.values())
+        if upto >= EOB_KEY and not all(sp.parts.get(l) is not None and sp.parts[l].eob for l in self.expected):
+            upto = EOB_KEY - 1
+        return upto
 
     def poll(self, now: float) -> list[Output]:
         """Timers: spill timeouts, LDCs gone silent, chunks waiting too long."""

@@ -353,6 +353,19 @@ def test_open_spills_held_bytes_bounded(simulated):
     out += b.flush(0.0)
     c = closed(out)[0]
     assert b.buffered_bytes == 0 and c.incomplete_events > 0 and c.late_events > 0
+    assert c.complete and c.missing_ldcs == ()  # a forced build never makes an END_OF_BURST late
     # every sub-event accounted: built into a super event (possibly incomplete) or counted late
     built = sum(len(v) for v in split_super_events(words_of(out)).values())
     assert built + c.late_events == len(ev[1]) + len(ev[2])
+
+
+def test_memory_forced_build_never_makes_an_end_of_burst_late(simulated):
+    _, ev = simulated[0]
+    b = EventBuilder((1, 2), max_buffered_bytes=1)  # every message forces a build
+    out = b.add(2, scan_payload(b"".join(ev[2])), 0.0)  # one node's whole spill, END_OF_BURST included
+    assert b.stats.memory_builds >= 1
+    out += b.add(1, scan_payload(b"".join(ev[1])), 0.0)
+    (c,) = closed(out)
+    assert c.complete and c.missing_ldcs == () and c.reason == "end_of_burst"
+    # the data events were built from node 2 alone (incomplete), node 1's came late: all counted
+    assert c.incomplete_events == len(ev[2]) - 2 and c.late_events == len(ev[1]) - 1  # all but its END_OF_BURST
