@@ -138,8 +138,10 @@ def test_tiny_budget_unpaced_publishers_every_event_decoded_or_counted():
             p.close(0)
     assert len(records) == 2
     for r in records:  # nothing silent: every event decoded or counted dropped
-        assert r["events"] + r["dropped_events"] == EVENTS, r
-        assert r["lost_events"] == 0 and r["complete"], {k: r.get(k) for k in ("missing_ldcs", "incomplete_events", "late_events", "lost_messages", "spill")}
+        brief = {k: r.get(k) for k in ("spill", "events", "dropped_events", "lost_events", "complete", "missing_ldcs",
+                                       "incomplete_events", "late_events", "lost_messages", "bad_messages")}
+        assert r["events"] + r["dropped_events"] == EVENTS, (brief, m["builder"])
+        assert r["lost_events"] == 0 and r["complete"], brief
     assert sum(r["dropped_events"] for r in records) == m["ingest"]["dropped_events"] > 0
     # every stage held about its share at most (one message / one chunk beyond: the one that always fits)
     chunk_max = 200 * max(len(e) for s in spills for l in (1, 2) for e in s[l]) * 2
