@@ -235,9 +235,12 @@ class Subscriber:
     high-water mark is derived from the message size seen:
     ``queue_bytes / (sum over the nodes of their mean message bytes)`` (a node not
     heard of yet counts as the largest seen; at most ``rcvhwm``, at least 1),
-    re-derived as the size changes (libzmq ≥ 4.2.2 applies ``ZMQ_RCVHWM`` to
-    connections already made; before the first message a size of
-    :data:`ASSUMED_MESSAGE_BYTES` is assumed), and one message may not exceed
+    set before connecting (a size of :data:`ASSUMED_MESSAGE_BYTES` assumed for the
+    nodes not heard of yet) and lowered while data flows when the messages turn
+    out larger (by more than 25 %, at most every 5 s) — by reconnecting, since
+    changing the mark of a live connection can stall it for good; what the old
+    queues held is then lost and counted. A mark that could be higher waits for
+    the next (re)connection or :meth:`set_queue_bytes`. One message may not exceed
     the share (``ZMQ_MAXMSGSIZE``). Messages beyond are dropped by ZeroMQ on the
     readout node's side and counted here as sequence gaps.
     """
@@ -288,6 +291,8 @@ class Subscriber:
         self.mean_message_bytes: float | None = None
         self._ldc_mean: dict[int, float] = {}  # per node (at most MAX_NODES_TRACKED), for the HWM
         self._since_hwm_check = 0
+        self._hwm_changed_at = -1e9
+        self.hwm_reconnects = 0  # times the receive high-water mark was changed by reconnecting
         if queue_bytes is not None:
             self.set_queue_bytes(queue_bytes)
         for ep in endpoints:
@@ -298,9 +303,9 @@ class Subscriber:
         """Bound the receive queues (all nodes together) to about ``queue_bytes``."""
         self.queue_bytes = max(1, int(queue_bytes))
         self.socket.setsockopt(zmq.MAXMSGSIZE, max(self.queue_bytes, MIN_MAX_MESSAGE_BYTES))
-        self._apply_hwm()
+        self._apply_hwm(explicit=True)  # a new budget applies at once
 
-    def _apply_hwm(self) -> None:
+    def _apply_hwm(self, explicit: bool = False) -> None:
         if self.queue_bytes is None:
             return
         # one high-water mark for every node's queue: HWM × (sum of the nodes' mean message sizes) fits
@@ -309,9 +314,27 @@ class Subscriber:
         total = sum(means) + unseen * max(means, default=ASSUMED_MESSAGE_BYTES)
         hwm = int(self.queue_bytes // total)
         hwm = max(1, min(self.max_rcvhwm, hwm))
-        if hwm != self.rcvhwm and (hwm < self.rcvhwm or hwm > self.rcvhwm * 1.1):
-            self.socket.setsockopt(zmq.RCVHWM, hwm)  # libzmq >= 4.2.2: existing connections too
-            self.rcvhwm = hwm
+        if hwm == self.rcvhwm:
+            return
+        live = bool(self.stats.messages and self.endpoints)
+        if live and not explicit:  # data flows: only a mark too high for the budget, rarely, by reconnecting
+            now = time.monotonic()
+            if not hwm < 0.8 * self.rcvhwm or now - self._hwm_changed_at < 5.0:
+                return
+            self._hwm_changed_at = now
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.rcvhwm = hwm
+        if live:
+            # libzmq (4.3.5) applies a new RCVHWM to connections already made, but a connection whose
+            # queue is full can then stall for good (its writer waits for a wake-up computed from the old
+            # mark: seen here with a mark raised from 1 to 18). New connections get consistent marks:
+            # reconnect. What the old queues held is dropped and shows up as sequence gaps (counted).
+            for endpoint in self.endpoints:
+                self.socket.disconnect(endpoint)
+                self.socket.connect(endpoint)
+            self.hwm_reconnects += 1
+            log.info("receive high-water mark now %d messages per node (mean message %.0f kB): reconnected",
+                     hwm, (self.mean_message_bytes or 0) / 1e3)
 
     def connect(self, endpoint: str) -> None:
         self.endpoints.append(endpoint)

@@ -48,15 +48,18 @@ def test_receive_hwm_follows_the_message_size_and_the_nodes():
         for seq in range(200):
             frames[1] = make_message(1, seq, [b""])[1]
             sub.handle(frames)
-        sub._apply_hwm()  # noqa: SLF001 - recv() does it every 64 messages
         mean = sub.mean_message_bytes
         assert abs(mean - sum(len(f) for f in frames)) < 1
+        sub._apply_hwm()  # noqa: SLF001 - recv() does it every 64 messages
+        assert sub.rcvhwm == 32  # smaller messages than assumed: a higher mark waits (no live change)
+        sub.set_queue_bytes(64 << 20)  # the budget (re)applied: derived from the sizes seen
         assert sub.rcvhwm == int((64 << 20) // (2 * mean)) == sub.socket.getsockopt(zmq.RCVHWM)
         assert sub.socket.getsockopt(zmq.MAXMSGSIZE) == 64 << 20
-        small = make_message(2, 0, [b"\0" * 4092])  # a node of smaller messages: the sum of the means counts
-        sub.handle(small)
+        big = make_message(2, 0, [b"\0" * (4 << 20)])  # a node of larger messages: the mark must come down
+        sub.handle(big)
         sub._apply_hwm()  # noqa: SLF001
-        assert sub.rcvhwm == int((64 << 20) // (mean + sum(len(f) for f in small)))
+        assert sub.rcvhwm == int((64 << 20) // (mean + sum(len(f) for f in big)))
+        assert sub.hwm_reconnects == 2  # set_queue_bytes while data flowed, then the lowered mark
         sub.set_queue_bytes(1)  # never below one message per node
         assert sub.rcvhwm == 1
     finally:
@@ -109,14 +112,15 @@ def test_tiny_budget_unpaced_publishers_every_event_decoded_or_counted():
     channel_map = ChannelMap.default()
     sim = ReadoutSimulator(SimulationConfig(run=12, spills=2, events_per_spill=EVENTS, seed=3), channel_map)
     spills = [{l: s.ldc_events(l) for l in (1, 2)} for s in sim.spills()]
-    pubs = {l: ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", l, fast=True, batch_events=50))
+    ctx = zmq.Context()  # its own I/O thread: not shared with what other tests left on Context.instance()
+    pubs = {l: ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", l, fast=True, batch_events=50), context=ctx)
             for l in (1, 2)}
     health = []
     cfg = IngestConfig(endpoints=tuple(p.endpoint for p in pubs.values()), workers=0, max_memory_mb=1,
                        chunk_events=200, chunk_max_age_s=0.05, worker_capacity=1, max_queued_tasks=64,
                        spill_timeout_s=10.0)  # a starved machine must not time the spill out
     svc = IngestService(cfg, SlowProcessor, (MonitorConfig(), channel_map), on_health=health.append,
-                        health_interval_s=0.02).start()
+                        health_interval_s=0.02, context=zmq.Context()).start()
     try:
         budget = svc.memory_budget
         assert not budget.fits and budget.buffer_bytes == MIN_BUFFER_BYTES  # 1 MB: below the footprint
@@ -136,6 +140,7 @@ def test_tiny_budget_unpaced_publishers_every_event_decoded_or_counted():
         svc.stop()
         for p in pubs.values():
             p.close(0)
+        ctx.term()
     assert len(records) == 2
     for r in records:  # nothing silent: every event decoded or counted dropped
         brief = {k: r.get(k) for k in ("spill", "events", "dropped_events", "lost_events", "complete", "missing_ldcs",
