@@ -35,7 +35,11 @@ Rules (all counted, none silent):
 * memory is bounded: at most ``max_open_spills`` spills, at most
   ``max_pending_bytes`` of unbuilt sub-events per spill (beyond, everything
   pending is built at once, incomplete if need be), at most
-  ``chunk_events`` built events before they are handed on.
+  ``chunk_events`` built events before they are handed on; with
+  ``max_buffered_bytes`` (the service's memory budget share) all open spills
+  together hold at most that many bytes — the message payloads unbuilt
+  sub-events keep alive, and built events not handed on — beyond which the
+  fullest spill is built at once and handed on (``memory_builds``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from ..decoders import layout as L
 from .envelope import EOB_KEY, NO_SPILL_KEY, SOB_KEY, PayloadScan, scan_payload
 
 INF_KEY = 1 << 62
+#: sequence-jump sizes kept per closed spill (all are counted)
+MAX_JUMPS_KEPT = 16
 DATA_TYPES = (L.PHYSICS_EVENT, L.CALIBRATION_EVENT)
 CONTROL_TYPES = (L.START_OF_BURST, L.END_OF_BURST)
 
@@ -160,6 +166,10 @@ class ClosedSpill:
     #: expected LDCs that joined (first START_OF_BURST) only at a later spill: the service started while this
     #: spill was under way and saw part of it, so it is not to be judged
     joined_late: tuple[int, ...] = ()
+    #: bad messages reported with this spill: LDC label -> kind -> count (see daq.subscriber)
+    bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: (LDC label, size) of the sequence jumps reported with this spill (at most MAX_JUMPS_KEPT)
+    sequence_jumps: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -178,6 +188,7 @@ class BuilderStats:
     spills_closed: int = 0
     spills_incomplete: int = 0
     forced_builds: int = 0
+    memory_builds: int = 0  # forced builds because the open spills held more than max_buffered_bytes
     chunks: int = 0
 
 
@@ -195,6 +206,7 @@ class _Part:
 
     batches: deque = field(default_factory=deque)
     pending_words: int = 0
+    retained_bytes: int = 0  # the whole message payloads the pending batches keep alive
     last_key: int = -1
     eob: bool = False
 
@@ -220,6 +232,8 @@ class _Spill:
     header_mismatch: int = 0
     lost_messages: dict[int, int] = field(default_factory=dict)
     last_eob_at: float | None = None
+    bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
+    sequence_jumps: list = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -228,6 +242,11 @@ class _Spill:
     @property
     def pending_words(self) -> int:
         return sum(p.pending_words for p in self.parts.values())
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory this spill holds: message payloads of unbuilt sub-events, built events not handed on."""
+        return sum(p.retained_bytes for p in self.parts.values()) + 4 * self.out_words
 
 
 Output = BuiltChunk | ClosedSpill
@@ -254,6 +273,7 @@ class EventBuilder:
         chunk_bytes: int = 32 << 20,
         chunk_max_age_s: float = 0.5,
         closed_memory: int = 256,
+        max_buffered_bytes: int | None = None,
     ) -> None:
         self.expected = tuple(sorted(set(int(x) for x in expected_ldcs)))
         if not self.expected:
@@ -270,6 +290,8 @@ class EventBuilder:
         self._open: OrderedDict[tuple[int, int], _Spill] = OrderedDict()
         self._closed: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._closed_memory = max(1, int(closed_memory))
+        #: all open spills together hold at most about this much (None: only max_pending_bytes per spill)
+        self.max_buffered_bytes = None if max_buffered_bytes is None else max(1, int(max_buffered_bytes))
         self._order = 0
         #: LDC -> the (run, spill) of the START_OF_BURST it joined at
         self._joined: dict[int, tuple[int, int]] = {}
@@ -277,6 +299,8 @@ class EventBuilder:
         self._ldc_seen: dict[int, float] = {}
         self._pending_late = 0
         self._pending_lost: dict[int, int] = {}
+        self._pending_bad: dict[str, dict[str, int]] = {}
+        self._pending_jumps: list = []
 
     # ------------------------------------------------------------------ input
     @property
@@ -291,6 +315,39 @@ class EventBuilder:
         """Lost messages that cannot be attributed to a spill: reported with the next closed spill."""
         if lost:
             self._pending_lost[ldc] = self._pending_lost.get(ldc, 0) + int(lost)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory the open spills hold (unbuilt message payloads, built events not handed on)."""
+        return sum(sp.buffered_bytes for sp in self._open.values())
+
+    def note_bad(self, ldc: str, kind: str, spill: tuple[int, int] | None = None, jump: int = 0) -> None:
+        """A bad message of LDC label ``ldc``: reported with ``spill`` if open, else with the next closed spill."""
+        sp = self._open.get(spill) if spill is not None else None
+        bad, jumps = (sp.bad_messages, sp.sequence_jumps) if sp is not None else (self._pending_bad,
+                                                                                    self._pending_jumps)
+        per_ldc = bad.setdefault(ldc, {})
+        per_ldc[kind] = per_ldc.get(kind, 0) + 1
+        if kind == "sequence_jump" and len(jumps) < MAX_JUMPS_KEPT:
+            jumps.append((ldc, int(jump)))
+
+    def recover_lost(self, ldc: int, spill: tuple[int, int] | None = None) -> bool:
+        """A message of ``ldc`` counted lost arrived late after all: take one lost message back.
+
+        From ``spill`` if it is open and has one, else from the latest open spill that has one, else
+        from the lost messages not yet reported. False when the loss was reported already (in a
+        finished spill): then it stays a lost message."""
+        ldc = int(ldc)
+        candidates = [self._open[spill]] if spill in self._open else []
+        candidates += reversed(self._open.values())
+        for sp in candidates:
+            if sp.lost_messages.get(ldc, 0) > 0:
+                sp.lost_messages[ldc] -= 1
+                return True
+        if self._pending_lost.get(ldc, 0) > 0:
+            self._pending_lost[ldc] -= 1
+            return True
+        return False
 
     def add(self, ldc: int, scan: PayloadScan, now: float, lost: int = 0) -> list[Output]:
         """Take the whole events of one message of ``ldc`` (all of one spill).
@@ -362,6 +419,7 @@ class EventBuilder:
         if keys.shape[0]:
             part.batches.append(_Batch(scan.words, offsets, sizes, keys))
             part.pending_words += int(sizes.sum())
+            part.retained_bytes += int(scan.words.nbytes)
             part.last_key = int(keys[-1])
             if part.last_key == EOB_KEY and not part.eob:
                 part.eob = True
@@ -369,10 +427,36 @@ class EventBuilder:
         out.extend(self._advance(now))
         if sp.key in self._open and sp.pending_words > self.max_pending_words:
             self.stats.forced_builds += 1
-            upto = max(p.last_key for p in sp.parts.values())
+            upto = self._forced_upto(sp)
             self._build(sp, upto)
             out.extend(self._emit(sp, now, final=False))
+        out.extend(self._fit_memory(now))
         return out
+
+    def _fit_memory(self, now: float) -> list[Output]:
+        """Beyond ``max_buffered_bytes``: build (incomplete if need be) and hand on the fullest spills."""
+        out: list[Output] = []
+        if self.max_buffered_bytes is None:
+            return out
+        tried: set = set()
+        while self.buffered_bytes > self.max_buffered_bytes:
+            candidates = [s for s in self._open.values() if s.key not in tried and s.buffered_bytes]
+            if not candidates:
+                break  # what is left cannot be built yet (END_OF_BURSTs waiting for the other nodes')
+            sp = max(candidates, key=lambda s: s.buffered_bytes)
+            tried.add(sp.key)
+            self.stats.memory_builds += 1
+            self._build(sp, self._forced_upto(sp))
+            out.extend(self._emit(sp, now, final=False, force=True))
+        return out
+
+    def _forced_upto(self, sp: _Spill) -> int:
+        """How far a forced build goes: every pending data event, not the END_OF_BURST (unless every
+        expected LDC sent it) — a node's END_OF_BURST still to come must not turn late."""
+        upto = max(p.last_key for p in sp.parts.values())
+        if upto >= EOB_KEY and not all(sp.parts.get(l) is not None and sp.parts[l].eob for l in self.expected):
+            upto = EOB_KEY - 1
+        return upto
 
     def poll(self, now: float) -> list[Output]:
         """Timers: spill timeouts, LDCs gone silent, chunks waiting too long."""
@@ -441,6 +525,7 @@ class EventBuilder:
                 b = part.batches[0]
                 if b.keys[-1] <= upto:
                     part.batches.popleft()
+                    part.retained_bytes -= int(b.words.nbytes)
                     take = b
                 else:
                     k = int(np.searchsorted(b.keys, upto, side="right"))
@@ -557,6 +642,13 @@ class EventBuilder:
         for ldc, k in self._pending_lost.items():
             lost[ldc] = lost.get(ldc, 0) + k
         self._pending_lost = {}
+        bad = {l: dict(k) for l, k in sp.bad_messages.items()}
+        for l, kinds in self._pending_bad.items():
+            per_ldc = bad.setdefault(l, {})
+            for kind, k in kinds.items():
+                per_ldc[kind] = per_ldc.get(kind, 0) + k
+        jumps = tuple(sp.sequence_jumps + self._pending_jumps)[:MAX_JUMPS_KEPT]
+        self._pending_bad, self._pending_jumps = {}, []
         self.stats.spills_closed += 1
         if missing:
             self.stats.spills_incomplete += 1
@@ -569,6 +661,7 @@ class EventBuilder:
                 header_mismatch=sp.header_mismatch,
                 joined_late=tuple(sorted(l for l, k in self._joined.items() if l in self.expected
                                          and k > (sp.run, sp.spill))),
+                bad_messages=bad, sequence_jumps=jumps,
             )
         )
         return out

@@ -25,7 +25,16 @@ Never block, never lose silently — every queue is bounded:
   PHYSICS/CALIBRATION events are dropped whole and counted
   (``dropped_events`` in the spill's QA record and in the metrics); its
   START_OF_BURST/END_OF_BURST events (scalers) are always decoded;
-* QA records, latencies: bounded deques.
+* QA records, latencies: bounded deques;
+* all of it in bytes too: ``max_memory_mb`` for the whole process, its warm
+  footprint measured before subscribing and the rest shared between the
+  receive queues (high-water mark derived from the message sizes seen), the
+  builder's open spills and the decoding tasks (:mod:`.memory`).
+
+Bad messages (unreadable envelopes, damaged payloads, duplicates, late
+messages, sequence jumps: :mod:`.subscriber`) are reported per LDC and kind
+with the spill their payload belongs to (``bad_messages`` in the QA record),
+or with the next spill that closes when there is none.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ from ..decoders.decode import index_events
 from .builder import DATA_TYPES, BuiltChunk, ClosedSpill, EventBuilder
 from .endpoints import check_endpoint
 from .live import LiveExtras
-from .subscriber import Subscriber
+from .memory import MemoryBudget, resident_bytes
+from .subscriber import UNKNOWN_LDC, Subscriber
 from .workers import CurveServer, Task, TaskDone, WorkerPool, WorkerSetup, is_loopback
 
 log = logging.getLogger(__name__)
@@ -77,10 +87,19 @@ class IngestConfig:
     rcvbuf: int = 0
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
+    #: dead readout node detection (TCP keepalive: probe interval and timeout, whole seconds)
     heartbeat_ivl_ms: int = 1000
     heartbeat_timeout_ms: int = 5000
     #: local decoder worker processes; 0: decode in a thread of the service process
     workers: int = 1
+    #: memory budget of the service process in MB (its footprint plus every buffer: receive queues,
+    #: event builder, decoding tasks); what does not fit is dropped and counted. Worker processes are
+    #: outside it. See daq/memory.py.
+    max_memory_mb: int = 1024
+    #: sequence numbers remembered per readout node to tell duplicates and late messages from losses
+    sequence_window: int = 64
+    #: more messages skipped at once than this is a sequence_jump (counted), not lost messages
+    max_sequence_jump: int = 100_000
     #: extra in-process worker threads (besides ``workers`` processes)
     worker_threads: int = 0
     #: where workers connect; beyond loopback (e.g. "tcp://*:5570", workers on other hosts) it needs
@@ -113,12 +132,15 @@ class IngestConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("max_open_spills", "max_pending_bytes", "chunk_events", "chunk_bytes", "rcvhwm",
-                     "worker_capacity", "max_queued_tasks", "keep_records"):
+                     "worker_capacity", "max_queued_tasks", "keep_records", "max_memory_mb", "sequence_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("workers", "worker_threads", "task_retries", "rcvbuf"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_sequence_jump < self.sequence_window:
+            raise ValueError(f"max_sequence_jump must be >= sequence_window ({self.sequence_window}), "
+                             f"got {self.max_sequence_jump}")
         if not self.expected_ldcs:
             raise ValueError("expected_ldcs must name at least one LDC")
         for endpoint in self.endpoints:
@@ -152,6 +174,7 @@ class IngestStats:
     max_latency_s: float | None = None
     loop_seconds: float = 0.0
     internal_errors: int = 0  # messages the builder failed on (a bug): logged, skipped
+    relost_messages: int = 0  # late messages whose gap was reported with a finished spill: stay lost
     records_interrupted: int = 0  # spills cut short by a stop (not judged)
 
 
@@ -249,6 +272,7 @@ class IngestService:
         self._commands: deque = deque()  # (callable) run in the service thread
         self._error: BaseException | None = None
         self.subscriber: Subscriber | None = None
+        self.memory_budget: MemoryBudget | None = None
         self.builder: EventBuilder | None = None
         self.pool: WorkerPool | None = None
         self.worker_endpoint: str | None = None
@@ -341,7 +365,16 @@ class IngestService:
                 "lost_messages": dict(sub.sequences.lost),
                 "restarts": dict(sub.sequences.restarts),
                 "received": dict(sub.sequences.received),
+                "duplicate_messages": dict(sub.sequences.duplicates),
+                "reordered_messages": dict(sub.sequences.reordered),
+                "sequence_jumps": dict(sub.sequences.jumps),
+                "last_jump": dict(sub.sequences.last_jump),
+                "bad_messages": {l: dict(k) for l, k in sub.stats.bad_messages.items()},
             }
+        try:
+            out["memory"] = self.memory()
+        except RuntimeError:  # a dict changed under us (called from another thread): next time
+            out["memory"] = {}
         if self.builder is not None:
             out["builder"] = asdict(self.builder.stats)
             out["builder"]["open_spills"] = [list(k) for k in self.builder.open_spills]
@@ -383,7 +416,24 @@ class IngestService:
             worker_refused_results=pool.stats.refused_results,
             worker_refused_peers=pool.stats.refused_peers,
             loop_time=self.loop_time,
+            bad_messages=self.bad_messages_by_label(),
+            memory_budget_bytes=self.memory_budget.total_bytes if self.memory_budget else 0,
+            memory_resident_bytes=resident_bytes() or 0,
+            memory_buffered_bytes={"builder": builder.buffered_bytes, "tasks": pool.task_bytes},
+            receive_hwm_messages=sub.rcvhwm,
         )
+
+    def bad_messages_by_label(self) -> dict[str, dict[str, int]]:
+        """The subscriber's bad messages with a bounded LDC label: an expected LDC's id, "other" or
+        "unknown" (no readable envelope)."""
+        expected = {str(l) for l in self.config.expected_ldcs}
+        out: dict[str, dict[str, int]] = {}
+        for ldc, kinds in list(self.subscriber.stats.bad_messages.items()):
+            label = ldc if ldc in expected or ldc == UNKNOWN_LDC else "other"
+            per = out.setdefault(label, {})
+            for kind, n in list(kinds.items()):
+                per[kind] = per.get(kind, 0) + n
+        return out
 
     # ------------------------------------------------------------------ loop
     def _run_guarded(self) -> None:
@@ -399,7 +449,8 @@ class IngestService:
         self.subscriber = Subscriber(  # connected to the readout nodes after the warm-up
             (), context=self.context, rcvhwm=c.rcvhwm, rcvbuf=c.rcvbuf,
             reconnect_ivl_ms=c.reconnect_ivl_ms, reconnect_ivl_max_ms=c.reconnect_ivl_max_ms,
-            heartbeat_ivl_ms=c.heartbeat_ivl_ms, heartbeat_timeout_ms=c.heartbeat_timeout_ms)
+            heartbeat_ivl_ms=c.heartbeat_ivl_ms, heartbeat_timeout_ms=c.heartbeat_timeout_ms,
+            sequence_window=c.sequence_window, max_sequence_jump=c.max_sequence_jump)
         self.builder = EventBuilder(
             c.expected_ldcs, gdc_id=c.gdc_id, spill_timeout_s=c.spill_timeout_s, ldc_down_s=c.ldc_down_s,
             max_open_spills=c.max_open_spills, max_pending_bytes=c.max_pending_bytes,
@@ -440,11 +491,80 @@ class IngestService:
             self._on_done(pool.poll(now))
         if self._stop.is_set():
             return  # stopped while warming up: nothing was taken, nothing to subscribe to
+        self._apply_memory_budget()
         for endpoint in self.config.endpoints:
             self.subscriber.connect(endpoint)
         self.listening_since = time.time()
         self.phase = "running"
         log.info("ingest: warm after %.1f s (%d workers ready)", time.monotonic() - t0, pool.n_ready)
+
+    def _apply_memory_budget(self) -> None:
+        """Share ``max_memory_mb`` between the stages, the process's warm footprint measured now."""
+        budget = self.memory_budget = MemoryBudget.plan(self.config.max_memory_mb)
+        self.subscriber.set_queue_bytes(budget.receive_bytes)
+        self.builder.max_buffered_bytes = budget.builder_bytes
+        self.pool.max_task_bytes = budget.task_bytes
+        if budget.fits:
+            log.info("ingest: %s", budget.describe())
+        else:
+            log.warning("ingest: max_memory_mb %d is below what the service needs before any data: %s; "
+                        "buffers get the minimum", self.config.max_memory_mb, budget.describe())
+
+    def memory(self) -> dict:
+        """Bytes held per stage now, and the budget (service thread, or a snapshot for tests)."""
+        sub, builder, pool, budget = self.subscriber, self.builder, self.pool, self.memory_budget
+        mean = sub.mean_message_bytes if sub is not None else None
+        return dict(
+            budget_bytes=budget.total_bytes if budget else None,
+            footprint_bytes=budget.footprint_bytes if budget else None,
+            resident_bytes=resident_bytes(),
+            receive_limit_bytes=budget.receive_bytes if budget else None,
+            builder_bytes=builder.buffered_bytes if builder is not None else 0,
+            builder_limit_bytes=budget.builder_bytes if budget else None,
+            task_bytes=pool.task_bytes if pool is not None else 0,
+            task_limit_bytes=budget.task_bytes if budget else None,
+            rcvhwm=sub.rcvhwm if sub is not None else None,
+            mean_message_bytes=mean,
+        )
+
+    def _take_messages(self, now: float) -> None:
+        """Read what the readout nodes sent (at most 64 messages) into the builder.
+
+        Bad messages are reported with their spill (the one their payload belongs to) while it is
+        open, else with the next spill that closes."""
+        sub, builder = self.subscriber, self.builder
+        received = sub.recv(0, max_messages=64)
+        faults = deque(sub.take_faults())
+        open_spills = builder._open  # noqa: SLF001 - same package
+
+        def note(f) -> None:
+            builder.note_bad(f.ldc, f.kind, f.spill, f.jump)
+
+        for r in received:
+            while faults and faults[0].message < r.message:  # bad envelopes, duplicates before this one
+                note(faults.popleft())
+            own_after = []
+            while faults and faults[0].message == r.message:  # this message's: its spill may open with it
+                f = faults.popleft()
+                if f.spill in open_spills:
+                    note(f)
+                else:
+                    own_after.append(f)
+            try:
+                if r.recovered:
+                    spill = (r.scan.run, r.scan.spill) if r.scan.spill is not None else None
+                    if not builder.recover_lost(r.envelope.ldc, spill):
+                        sub.sequences.keep_lost(r.envelope.ldc)
+                        self.stats.relost_messages += 1
+                self._on_outputs(builder.add(r.envelope.ldc, r.scan, now, lost=r.lost), now)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the service
+                self.stats.internal_errors += 1
+                log.exception("LDC %d message %d could not be built; skipped", r.envelope.ldc,
+                              r.envelope.sequence)
+            for f in own_after:
+                note(f)
+        for f in faults:
+            note(f)
 
     def _run(self) -> None:
         self._setup_sockets()
@@ -472,13 +592,7 @@ class IngestService:
                     self._on_done(pool.receive(now))
                 if sub.socket in ready:
                     self._last_message_time = time.time()
-                    for r in sub.recv(0, max_messages=64):
-                        try:
-                            self._on_outputs(builder.add(r.envelope.ldc, r.scan, now, lost=r.lost), now)
-                        except Exception:  # noqa: BLE001 - one bad message must not stop the service
-                            self.stats.internal_errors += 1
-                            log.exception("LDC %d message %d could not be built; skipped", r.envelope.ldc,
-                                          r.envelope.sequence)
+                    self._take_messages(now)
                 if now >= next_timer:
                     self._on_outputs(builder.poll(now), now)
                     self._on_done(pool.poll(now))
@@ -599,6 +713,8 @@ class IngestService:
                                    else np.zeros(0, dtype=np.int64)),
             missing_ldcs=tuple(closed.missing_ldcs),
             interrupted=st.interrupted,
+            bad_messages={l: dict(k) for l, k in closed.bad_messages.items()},
+            sequence_jumps=tuple(closed.sequence_jumps),
         )
         if st.interrupted:
             self.stats.records_interrupted += 1

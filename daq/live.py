@@ -15,6 +15,8 @@ class LiveExtras:
     dropped because decoding fell behind; they are ``dropped_events``, not
     ``lost_events`` (which are events no node sent). ``interrupted``: the spill
     was cut short because the service stopped — archived, but not judged.
+    ``bad_messages``: bad envelopes, damaged payloads, duplicates, reordered
+    messages and sequence jumps, by LDC.
     """
 
     lost_messages: dict[int, int] = field(default_factory=dict)
@@ -25,3 +27,7 @@ class LiveExtras:
     missing_ldcs: tuple[int, ...] = ()
     dropped_event_numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     interrupted: bool = False
+    #: bad messages reported with this spill: LDC label -> kind -> count (daq.subscriber.BAD_MESSAGE_KINDS)
+    bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: (LDC label, size) of sequence jumps reported with this spill
+    sequence_jumps: tuple[tuple[str, int], ...] = ()

@@ -30,7 +30,9 @@ key is in the allowed directory get through (others are refused during the
 handshake and counted in ``refused_peers``); required beyond loopback.
 
 The service hands a task only to a worker with free capacity; tasks wait in a
-bounded queue (when it is full the caller drops whole events and counts them).
+bounded queue (when it is full — ``max_queued_tasks``, or ``max_task_bytes``
+held by tasks waiting or at workers — the caller drops whole events and
+counts them).
 A task that gets no result within ``task_timeout_s`` (worker died, host
 unreachable) is given to another worker (``task_retries`` times), then
 reported failed. Results are merged by the service in chunk order.
@@ -389,6 +391,7 @@ class WorkerPool:
         queue_timeout_s: float | None = None,
         sndhwm: int = 1000,
         curve: CurveServer | None = None,
+        max_task_bytes: int | None = None,
     ) -> None:
         if curve is None and not is_loopback(bind):
             raise ConfigError(f"ingest.worker_bind {bind} is beyond loopback: set ingest.worker_secret_key and "
@@ -397,6 +400,8 @@ class WorkerPool:
         self.decode_result = decode_result
         self.setup_id = uuid.uuid4().hex.encode()
         self.max_queued_tasks = max(1, int(max_queued_tasks))
+        #: tasks waiting or at workers hold at most about this many bytes of events (None: no byte bound)
+        self.max_task_bytes = None if max_task_bytes is None else max(1, int(max_task_bytes))
         self.task_timeout_s = float(task_timeout_s)
         self.task_retries = max(0, int(task_retries))
         self.queue_timeout_s = float(queue_timeout_s) if queue_timeout_s is not None else self.task_timeout_s
@@ -513,13 +518,24 @@ class WorkerPool:
         return sum(w.capacity for w in self.workers.values() if w.ready)
 
     # --------------------------------------------------------------- tasks
-    def can_accept(self) -> bool:
-        """Whether a new task fits: a free worker or room in the bounded queue."""
-        return len(self.queue) < self.max_queued_tasks
+    @property
+    def task_bytes(self) -> int:
+        """Bytes of events the service holds for tasks: waiting, or sent and kept for a retry."""
+        return (sum(int(t.words.nbytes) for t in self.queue)
+                + sum(int(t.words.nbytes) for t in self.outstanding.values()))
+
+    def can_accept(self, nbytes: int = 0) -> bool:
+        """Whether a new task of ``nbytes`` fits: room in the bounded queue, and within ``max_task_bytes``
+        (one task always fits when none is held, however large)."""
+        if len(self.queue) >= self.max_queued_tasks:
+            return False
+        if self.max_task_bytes is None or not (self.queue or self.outstanding):
+            return True
+        return self.task_bytes + nbytes <= self.max_task_bytes
 
     def submit(self, task: Task, now: float, *, force: bool = False) -> bool:
         """Queue ``task``; False (task not taken) when the queue is full, unless ``force``."""
-        if not force and not self.can_accept():
+        if not force and not self.can_accept(int(task.words.nbytes)):
             return False
         task.task_id = self._next_id
         self._next_id += 1

@@ -211,6 +211,16 @@ severity = "warning"
 description = "ZeroMQ sequence gaps: readout messages lost (live)"
 
 [[rules]]
+name = "bad_messages"
+quantity = "bad_messages.total"
+op = ">"
+threshold = 0
+persist_spills = 1
+severity = "warning"
+missing = "hold"
+description = "Bad readout messages (live): bad envelopes, damaged payloads, duplicates, reordered messages or sequence jumps; the record's bad_messages.by_ldc says which"
+
+[[rules]]
 name = "dead_channels"
 quantity = "health.findings[kind=dead]"
 op = ">"

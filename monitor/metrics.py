@@ -42,6 +42,8 @@ ERROR_KINDS = tuple(i.label for i in Issue if i.is_error) + ("other",)
 NOTICE_KINDS = tuple(i.label for i in Issue if not i.is_error and i != Issue.NONE) + ("other",)
 QUALITY_SUBSYSTEMS = SUBSYSTEMS + ("overall",)
 NO_DATA_REASONS = ("readout_silent", "monitor_stuck")  # monitor.liveness.REASONS
+BAD_MESSAGE_KINDS = ("bad_envelope", "damaged_payload", "duplicate", "reordered", "sequence_jump")  # daq.subscriber
+MEMORY_STAGES = ("builder", "tasks")
 PROCESSING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -73,6 +75,12 @@ class ServiceHealth:
     worker_refused_results: int = 0  # worker results that did not decode
     worker_refused_peers: int = 0  # workers refused: CurveZMQ handshake failed or another protocol
     loop_time: float | None = None  # Unix s of the ingest loop's last pass (a stuck loop stops it)
+    #: bad messages since start: LDC label (an expected LDC, "other", "unknown") -> kind -> count
+    bad_messages: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # plain: /api/health asdict()s it
+    memory_budget_bytes: int = 0  # [ingest] max_memory_mb in bytes (0: not known yet)
+    memory_resident_bytes: int = 0  # the service process's resident memory
+    memory_buffered_bytes: Mapping[str, int] = field(default_factory=dict)  # by stage
+    receive_hwm_messages: int = 0  # the SUB socket's receive high-water mark now (derived from the budget)
 
 
 @dataclass(frozen=True)
@@ -257,6 +265,25 @@ class Na64Collector(Collector):
         counter("na64_worker_refused_peers", "workers refused (CurveZMQ handshake or protocol)",
                 s.worker_refused_peers)
         gauge("na64_service_start_time_seconds", "Unix time the service started", s.started, unit="seconds")
+        fam = CounterMetricFamily("na64_bad_messages", "bad readout messages by LDC (an expected LDC's id, other, "
+                                  "unknown: envelope unreadable) and kind", labels=["ldc", "kind"])
+        if not describe:
+            for ldc, kinds in sorted(s.bad_messages.items()):
+                for kind in BAD_MESSAGE_KINDS:
+                    fam.add_metric([str(ldc), kind], int(kinds.get(kind, 0)))
+        out.append(fam)
+        gauge("na64_memory_budget_bytes", "the service's memory budget ([ingest] max_memory_mb)",
+              s.memory_budget_bytes or math.nan, unit="bytes")
+        gauge("na64_memory_resident_bytes", "resident memory of the service process", s.memory_resident_bytes or
+              math.nan, unit="bytes")
+        fam = GaugeMetricFamily("na64_memory_buffered_bytes", "bytes held in flight by stage", labels=["stage"],
+                                unit="bytes")
+        if not describe:
+            for stage in MEMORY_STAGES:
+                fam.add_metric([stage], float(s.memory_buffered_bytes.get(stage, 0)))
+        out.append(fam)
+        gauge("na64_ingest_receive_hwm_messages", "receive high-water mark per readout node (from the budget)",
+              s.receive_hwm_messages)
 
         # ---------------------------------------------------------- spill totals (since service start)
         counter("na64_spills", "spills processed", m.spills)

@@ -195,6 +195,8 @@ class QARecord:
     late_events: int | None = None
     dropped_events: int | None = None
     missing_ldcs: tuple[int, ...] | None = None
+    bad_messages: dict | None = None  # live: LDC label -> kind -> count
+    sequence_jumps: tuple | None = None  # live: (LDC label, size) of the jumps
     first_event_time: int | None = None
     last_event_time: int | None = None
     bytes_decoded: int = 0
@@ -205,9 +207,12 @@ class QARecord:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs"):
+            if f.name in ("lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs",
+                          "bad_messages", "sequence_jumps"):
                 if value is None:
                     continue
+            if f.name == "sequence_jumps":
+                continue  # inside bad_messages
             if isinstance(value, tuple):
                 value = list(value)
             if f.name in ("errors_by_src", "notices_by_src"):
@@ -215,6 +220,10 @@ class QARecord:
                 value = {("event" if k == -1 else str(k)): v for k, v in value.items()}
             if f.name == "lost_messages":
                 value = {"total": sum(value.values()), "by_ldc": {str(k): v for k, v in sorted(value.items())}}
+            if f.name == "bad_messages":
+                value = {"total": sum(n for kinds in value.values() for n in kinds.values()),
+                         "by_ldc": {str(k): dict(sorted(v.items())) for k, v in sorted(value.items())},
+                         "sequence_jumps": [{"ldc": str(l), "size": int(n)} for l, n in self.sequence_jumps or ()]}
             out[f.name] = value
         return out
 
@@ -369,6 +378,8 @@ class SpillProcessor:
             late_events=live.late_events if live else None,
             dropped_events=live.dropped_events if live else None,
             missing_ldcs=tuple(live.missing_ldcs) if live else None,
+            bad_messages={str(l): dict(k) for l, k in live.bad_messages.items()} if live else None,
+            sequence_jumps=tuple(live.sequence_jumps) if live else None,
             first_event_time=acc.first_time,
             last_event_time=acc.last_time,
             bytes_decoded=acc.bytes_decoded,

@@ -358,3 +358,59 @@ def test_one_subevent_with_a_flipped_burst_bit_is_header_damage_not_a_spill(simu
     record = processor.process(words_of(out), complete=True, live=LiveExtras(header_mismatch=spill.header_mismatch))
     assert record.header_mismatch == 1 and record.errors_by_src[-1] == {"header_mismatch": 1}
     assert record.events == 120 and record.lost_events == 0
+def test_late_message_takes_back_its_loss_while_the_spill_is_open(simulated):
+    _, ev = simulated[0]
+    (_, ev_b) = simulated[1]
+    b = EventBuilder((1, 2))
+    out = b.add(1, scan_payload(b"".join(ev[1][:10])), 0.0)
+    out += b.add(1, scan_payload(b"".join(ev[1][20:30])), 0.0, lost=1)  # the message with 10…19 missing
+    spill = (9, 1)
+    assert b.open_spills == [spill]
+    assert b.recover_lost(1, spill)  # it came after all: no loss
+    assert not b.recover_lost(1, spill)  # nothing left to take back
+    b.note_bad("1", "reordered", spill)
+    b.note_bad("unknown", "bad_envelope")  # no spill: reported with the next that closes
+    out += b.add(1, scan_payload(b"".join(ev[1][30:])), 0.0)
+    out += b.add(2, scan_payload(b"".join(ev[2])), 0.0)
+    (c,) = closed(out)
+    assert c.lost_messages == {1: 0} and c.bad_messages == {"1": {"reordered": 1}, "unknown": {"bad_envelope": 1}}
+    # a loss reported with a finished spill stays a loss
+    out = b.add(1, scan_payload(b"".join(ev_b[1][:10])), 0.0)
+    assert not b.recover_lost(1, spill)  # spill 1 is finished, nothing elsewhere to take back
+    out += b.add(1, scan_payload(b"".join(ev_b[1][30:40])), 0.0, lost=2)
+    assert b.recover_lost(1, spill)  # another open spill has lost messages of LDC 1: taken from it
+    b.note_bad("1", "sequence_jump", (9, 2), jump=12345)
+    (c2,) = closed(b.flush(0.0))
+    assert c2.lost_messages == {1: 1} and c2.sequence_jumps == (("1", 12345),)
+    assert c2.bad_messages == {"1": {"sequence_jump": 1}}
+
+
+def test_open_spills_held_bytes_bounded(simulated):
+    """max_buffered_bytes: beyond it the fullest spill is built at once (memory_builds), nothing is lost."""
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), max_buffered_bytes=20_000)
+    out = []
+    for i in range(0, len(ev[1]), 10):  # LDC 1 only: nothing can be built without LDC 2 ...
+        out += b.add(1, scan_payload(b"".join(ev[1][i:i + 10])), 0.0)
+        assert b.buffered_bytes <= 20_000 + 10 * max(len(e) for e in ev[1])
+    assert b.stats.memory_builds > 0  # ... unless memory forces it
+    out += b.add(2, scan_payload(b"".join(ev[2])), 0.0)
+    out += b.flush(0.0)
+    c = closed(out)[0]
+    assert b.buffered_bytes == 0 and c.incomplete_events > 0 and c.late_events > 0
+    assert c.complete and c.missing_ldcs == ()  # a forced build never makes an END_OF_BURST late
+    # every sub-event accounted: built into a super event (possibly incomplete) or counted late
+    built = sum(len(v) for v in split_super_events(words_of(out)).values())
+    assert built + c.late_events == len(ev[1]) + len(ev[2])
+
+
+def test_memory_forced_build_never_makes_an_end_of_burst_late(simulated):
+    _, ev = simulated[0]
+    b = EventBuilder((1, 2), max_buffered_bytes=1)  # every message forces a build
+    out = b.add(2, scan_payload(b"".join(ev[2])), 0.0)  # one node's whole spill, END_OF_BURST included
+    assert b.stats.memory_builds >= 1
+    out += b.add(1, scan_payload(b"".join(ev[1])), 0.0)
+    (c,) = closed(out)
+    assert c.complete and c.missing_ldcs == () and c.reason == "end_of_burst"
+    # the data events were built from node 2 alone (incomplete), node 1's came late: all counted
+    assert c.incomplete_events == len(ev[2]) - 2 and c.late_events == len(ev[1]) - 1  # all but its END_OF_BURST

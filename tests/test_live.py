@@ -28,7 +28,7 @@ from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import Replayer, build_monitor
 from na64_online.worker_setup import worker_setup
 
-LIVE_ONLY = {"lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs"}
+LIVE_ONLY = {"lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs", "bad_messages"}
 TIMING = {"processing_seconds", "finished_at"}
 EVENTS = 200
 RUN = 11
@@ -259,6 +259,12 @@ def test_corrupt_envelope_and_truncated_payload(spills, replayed, channel_map):
     # spill 2 lost LDC 2's START_OF_BURST and first 49 events' sub-events, nothing else
     assert r2["incomplete_events"] == 49 and r2["complete"] and r2["events"] == EVENTS
     assert svc.stats.records == 2
+    # every bad message in the QA record, by LDC and kind (an unreadable envelope has no LDC to trust)
+    # (no spill either: reported with the next spill that closes, which depends on timing)
+    assert r1["bad_messages"]["by_ldc"]["1"] == {"damaged_payload": 1} and "1" not in r2["bad_messages"]["by_ldc"]
+    assert sum(r["bad_messages"]["by_ldc"].get("unknown", {}).get("bad_envelope", 0) for r in live) == 2
+    assert r1["bad_messages"]["total"] + r2["bad_messages"]["total"] == 3
+    assert sub["bad_messages"] == {"unknown": {"bad_envelope": 2}, "1": {"damaged_payload": 1}}
 
 
 @pytest.mark.timeout(60)
@@ -511,3 +517,96 @@ def test_live_service_serves_metrics_and_records_over_http(spills, replayed, cha
     assert comparable(latest) == comparable(replayed[-1])
     assert "na64_spills_total 3.0" in metrics and "na64_ingest_messages_total" in metrics
     assert health["spills_handled"] == 3 and health["ingest"]["events_received"] > 0
+
+
+def crafted_node(ldc: int, order: list[int], messages: list[list[bytes]], seqs: dict[int, int] | None = None):
+    """A readout node sending ``messages[i]`` in the given order of i, with sequence number i (or seqs[i])."""
+    from na64_online.daq.envelope import make_message
+
+    pub = publisher(ldc, wait_subscribers=1)
+
+    def send():
+        for i in order:
+            pub.socket.send_multipart(make_message(ldc, (seqs or {}).get(i, i), messages[i]))
+            time.sleep(0.002)
+    return pub, send
+
+
+@pytest.mark.timeout(90)
+def test_sequence_faults_counted_per_ldc_in_record_metrics_health_and_alarm(spills, channel_map):
+    """Issue 8 §4 over live sockets: a duplicated message and two swapped ones are not losses (they gave
+    lost_messages 27), one wild sequence number is one sequence_jump (it gave 1 000 000 lost messages)."""
+    import httpx
+
+    from na64_online.service import LiveService
+    from na64_online.web.config import WebConfig
+
+    ev1 = spills[0].ev[1] + spills[1].ev[1]  # 2 × 202 sub-events: messages of 10, spill 1 = 0…20, spill 2 = 21…41
+    messages = [spills[0].ev[1][i:i + 10] for i in range(0, 202, 10)]
+    messages += [spills[1].ev[1][i:i + 10] for i in range(0, 202, 10)]
+    assert len(messages) == 42 and sum(len(m) for m in messages) == len(ev1)
+    order = list(range(0, 6)) + [5] + list(range(6, 10)) + [11, 10] + list(range(12, 42))  # dup 5, swap 10/11
+    node1, send1 = crafted_node(1, order, messages, seqs={25: 10**6})  # message 25's number damaged
+    p2 = publisher(2, wait_subscribers=1, batch_events=10)
+    config = Config(web=WebConfig(port=0))
+    ingest = replace(config.ingest, endpoints=(node1.endpoint, p2.endpoint), workers=0, spill_timeout_s=2.0,
+                     chunk_max_age_s=0.1, max_queued_tasks=256)
+    service = LiveService(config, channel_map, ingest).start()
+    try:
+        assert node1.wait_for_subscribers(1, 20)
+        t = threading.Thread(target=send1, daemon=True)
+        t.start()
+        run_nodes([(p2, [s.ev[2] for s in spills[:2]])])
+        t.join(30)
+        r1, r2 = records_of(service.ingest, 2)
+        m = service.ingest.metrics()
+        with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:
+            for _ in range(50):  # the ingest publishes its health once a second
+                health = client.get("/api/health").json()
+                if health["ingest"].get("bad_messages", {}).get("1", {}).get("sequence_jump"):
+                    break
+                time.sleep(0.1)
+            metrics = client.get("/metrics").text
+    finally:
+        service.stop()
+        node1.close(0)
+        p2.close(0)
+    # nothing was lost: 0 lost messages, everywhere
+    assert m["subscriber"]["lost_messages"].get(1, 0) == 0 and m["subscriber"]["restarts"] == {}
+    assert r1["lost_messages"]["total"] == r2["lost_messages"]["total"] == 0
+    assert m["subscriber"]["duplicate_messages"] == {1: 1} and m["subscriber"]["reordered_messages"] == {1: 1}
+    assert m["subscriber"]["sequence_jumps"] == {1: 1}
+    # per spill, per LDC, per kind
+    assert r1["bad_messages"]["by_ldc"] == {"1": {"duplicate": 1, "reordered": 1}}
+    assert r1["bad_messages"]["total"] == 2
+    assert r2["bad_messages"]["by_ldc"] == {"1": {"sequence_jump": 1}}
+    assert r2["bad_messages"]["sequence_jumps"] == [{"ldc": "1", "size": 10**6 - 25}]
+    # the duplicate was skipped; the late message 10 came after LDC 1 had moved past its events: late, built without it
+    assert r1["late_events"] == 10 and r1["incomplete_events"] == 10 and r1["events"] == EVENTS
+    # the message with the damaged number was used: spill 2 is whole
+    assert r2["incomplete_events"] == 0 and r2["late_events"] == 0 and r2["events"] == EVENTS and r2["complete"]
+    assert "bad_messages" in {a["name"] for a in r1["alarms"]} and "bad_messages" in {a["name"] for a in r2["alarms"]}
+    assert health["ingest"]["bad_messages"] == {"1": {"duplicate": 1, "reordered": 1, "sequence_jump": 1}}
+    assert 'na64_bad_messages_total{kind="duplicate",ldc="1"} 1.0' in metrics
+    assert 'na64_bad_messages_total{kind="sequence_jump",ldc="1"} 1.0' in metrics
+    assert 'na64_bad_messages_total{kind="bad_envelope",ldc="1"} 0.0' in metrics
+
+
+def test_bad_message_labels_are_bounded(spills, channel_map):
+    """/metrics and /api/health label bad messages by expected LDC, "other" or "unknown": a peer cannot
+    make labels up."""
+    from na64_online.daq.envelope import make_message, pack_envelope
+    from na64_online.daq.subscriber import Subscriber
+
+    svc = IngestService(IngestConfig(workers=0), SpillProcessor, (MonitorConfig(), channel_map))
+    svc.subscriber = sub = Subscriber()
+    try:
+        events = spills[0].ev[1][:4]
+        for ldc in (1, 7, 9000):
+            sub.handle(make_message(ldc, 3, events))
+            sub.handle(make_message(ldc, 3, events))  # duplicate
+        sub.handle([b"na64.raw", pack_envelope(1, 4, 4, version=9), b""])
+        assert svc.bad_messages_by_label() == {"1": {"duplicate": 1}, "other": {"duplicate": 2},
+                                               "unknown": {"bad_envelope": 1}}
+    finally:
+        sub.close()

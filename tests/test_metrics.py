@@ -178,3 +178,27 @@ def test_concurrent_publish_and_scrape(setup):
         stop.set()
         t.join()
     assert value(registry, "na64_spills_total") == store.monitor.spills
+
+
+def test_bad_messages_counter_bounded_labels_and_health_dict():
+    """na64_bad_messages_total{ldc,kind}: every kind for each LDC label the ingest reports (issue 8 §4)."""
+    import dataclasses
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from na64_online.monitor.metrics import BAD_MESSAGE_KINDS, ServiceHealth, register_metrics
+
+    assert dataclasses.asdict(ServiceHealth())["bad_messages"] == {}  # /api/health before the first snapshot
+    registry = CollectorRegistry()
+    store = register_metrics(registry)
+    store.publish_service(ServiceHealth(bad_messages={"1": {"duplicate": 2, "sequence_jump": 1},
+                                                      "unknown": {"bad_envelope": 3}},
+                                        memory_budget_bytes=1 << 30, memory_buffered_bytes={"builder": 7}))
+    text = generate_latest(registry).decode()
+    lines = [l for l in text.splitlines() if l.startswith("na64_bad_messages_total{")]
+    assert len(lines) == 2 * len(BAD_MESSAGE_KINDS)
+    assert 'na64_bad_messages_total{kind="duplicate",ldc="1"} 2.0' in lines
+    assert 'na64_bad_messages_total{kind="bad_envelope",ldc="unknown"} 3.0' in lines
+    assert 'na64_bad_messages_total{kind="reordered",ldc="1"} 0.0' in lines
+    assert "na64_memory_budget_bytes 1.073741824e+09" in text
+    assert 'na64_memory_buffered_bytes{stage="builder"} 7.0' in text
