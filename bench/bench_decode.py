@@ -28,7 +28,7 @@ from na64_online.decoders.channelmap import ChannelMap  # noqa: E402
 from na64_online.decoders.decode import as_words, decode_events, index_events  # noqa: E402
 from na64_online.monitor.pipeline import SpillProcessor  # noqa: E402
 from na64_online.monitor.spill_monitor import SpillMonitor  # noqa: E402
-from timing import best_of  # noqa: E402
+from measure import best_of  # noqa: E402
 
 
 def make_spill(events: int, seed: int = 1, zero_suppression: bool = True) -> bytes:

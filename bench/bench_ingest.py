@@ -38,6 +38,7 @@ from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import build_monitor
+from measure import status_kb  # noqa: E402
 
 DATA: dict[int, list[list[bytes]]] = {}  # LDC -> spills -> events (inherited by the forked publishers)
 RAW: list[bytes] = []  # the same spills as a raw file holds them (super events): the replay baseline
@@ -66,17 +67,6 @@ def _publish(ldc: int, endpoint: str, kw: dict, ready, go) -> None:
     pub.close(60_000)
     zmq.Context.instance().term()  # a forked child exits with os._exit: flush what is queued first
 
-
-def _status_kb(pid: int | str, key: str) -> int:
-    """A ``/proc/PID/status`` memory figure in kB (0 if unreadable)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _children(pid: int) -> list[int]:
@@ -128,7 +118,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                             new_accumulator=monitor.processor.new_accumulator,
                             worker_setup=worker_setup(config, cmap))
     publisher_pids = {p.pid for p in procs}
-    rss_before_kb = _status_kb("self", "VmRSS")
+    rss_before_kb = status_kb("self", "VmRSS")
     svc.start()
     deadline = time.monotonic() + 60
     while svc.pool.n_ready < workers and time.monotonic() < deadline:
@@ -143,10 +133,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         time.sleep(0.005)
         if workers and time.perf_counter() >= next_sample:  # workers' peak RSS, sampled twice a second
             next_sample = time.perf_counter() + 0.5
-            worker_peak_kb = max([worker_peak_kb] + [_status_kb(c, "VmHWM") for c in _children(os.getpid())
+            worker_peak_kb = max([worker_peak_kb] + [status_kb(c, "VmHWM") for c in _children(os.getpid())
                                                      if c not in publisher_pids])
     t1 = time.perf_counter()
-    service_peak_growth_mb = (_status_kb("self", "VmHWM") - rss_before_kb) / 1e3
+    service_peak_growth_mb = (status_kb("self", "VmHWM") - rss_before_kb) / 1e3
     records = [r if isinstance(r, dict) else r.to_dict() for r in svc.records]
     latencies = list(svc.latencies)
     metrics = svc.metrics()

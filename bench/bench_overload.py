@@ -37,6 +37,7 @@ import zmq
 from na64_online.daq.envelope import pack_envelope
 from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders import layout as L
+from measure import status_kb
 
 TRAILER = 10  # messages sent slowly at the end
 DATA: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # LDC -> (words of one spill's sub-events, event offsets)
@@ -106,16 +107,6 @@ def _publish(ldc: int, batch: int, duration: float, rate: float, ready, go, coun
     ctx.term()
 
 
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
 
 def _metric(text: str, name: str, labels: str = "") -> float:
     m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
@@ -173,12 +164,12 @@ def main(argv=None) -> int:
             break
         time.sleep(0.5)
     time.sleep(1.0)
-    rss_start = _status_kb(svc.pid, "VmRSS")
+    rss_start = status_kb(svc.pid, "VmRSS")
     samples = []
     go.set()
     t_start = time.monotonic()
     while any(p.is_alive() for p in pubs):
-        samples.append((round(time.monotonic() - t_start, 1), _status_kb(svc.pid, "VmRSS")))
+        samples.append((round(time.monotonic() - t_start, 1), status_kb(svc.pid, "VmRSS")))
         time.sleep(args.sample)
     offered_s = time.monotonic() - t_start
     sent = {}
@@ -186,12 +177,12 @@ def main(argv=None) -> int:
         ldc, seq, events, nbytes, spills = counts.get()
         sent[ldc] = dict(messages=seq, events=events, bytes=nbytes, last_spill=spills)
     for _ in range(int(60 / args.sample)):  # let it drain what it holds (spill timeout closes the last)
-        samples.append((round(time.monotonic() - t_start, 1), _status_kb(svc.pid, "VmRSS")))
+        samples.append((round(time.monotonic() - t_start, 1), status_kb(svc.pid, "VmRSS")))
         health = client.get("/api/health").json()["ingest"]
         if health.get("queue_depth", 1) == 0 and time.monotonic() - t_start > offered_s + 35:
             break
         time.sleep(args.sample)
-    peak_kb = _status_kb(svc.pid, "VmHWM")
+    peak_kb = status_kb(svc.pid, "VmHWM")
     metrics = client.get("/metrics").text
     health = client.get("/api/health").json()["ingest"]
     svc.send_signal(signal.SIGTERM)

@@ -22,7 +22,7 @@ from na64_online.config import Config
 from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.spill_monitor import make_processor
-from timing import best_of
+from measure import best_of
 
 
 def main(argv=None) -> dict:
