@@ -79,7 +79,8 @@ def header_damaged(key: np.ndarray, kind: np.ndarray) -> np.ndarray:
        START_OF_BURST comes first — exist (at least one) and agree;
     2. then, without the data events found damaged and without late events: a START_OF_BURST is damaged
        when an event that is not a START_OF_BURST follows it (the spill it opens
-       is the following events'), an END_OF_BURST when an event that is not an
+       is the following events'), or a START_OF_BURST that opens the next events'
+       spill (it would open an empty spill: a damaged key); an END_OF_BURST when an event that is not an
        END_OF_BURST precedes it (the spill it closes is the preceding events').
     """
     n = len(key)
@@ -129,8 +130,11 @@ def header_damaged(key: np.ndarray, kind: np.ndarray) -> np.ndarray:
     rest = np.flatnonzero(~damaged & ~late)  # late events stand outside the spills around them
     for j in singles(rest):
         i = int(rest[j])
-        if kind[i] == layout.START_OF_BURST:
-            damaged[i] = j + 1 < len(rest) and kind[rest[j + 1]] != layout.START_OF_BURST
+        if kind[i] == layout.START_OF_BURST and j + 1 < len(rest):
+            following = int(rest[j + 1])
+            # … or a START_OF_BURST that opens the next spill itself: this one would open an empty spill
+            opens_next = j + 2 < len(rest) and key[rest[j + 2]] == key[following]
+            damaged[i] = kind[following] != layout.START_OF_BURST or opens_next
         elif kind[i] == layout.END_OF_BURST:
             damaged[i] = j > 0 and kind[rest[j - 1]] != layout.END_OF_BURST
     return damaged

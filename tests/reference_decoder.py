@@ -628,7 +628,7 @@ def _header_damaged(seq: list) -> set:
     is not single itself, unless an END_OF_BURST comes first; the nearest after,
     unless a START_OF_BURST comes first) exist and share one key. Then,
     without those and without late events: a START_OF_BURST followed by an event that is not a
-    START_OF_BURST; an END_OF_BURST preceded by one that is not an END_OF_BURST.
+    START_OF_BURST, or by a START_OF_BURST that opens the next events' spill; an END_OF_BURST preceded by one that is not an END_OF_BURST.
     """
     keys = [(ev["run"], ev["spill"]) for ev in seq]
     closed_before = []  # per position: keys closed by an END_OF_BURST before it
@@ -665,8 +665,11 @@ def _header_damaged(seq: list) -> set:
     for j, i in enumerate(order):
         if not single(order, j):
             continue
-        if seq[i]["type"] == START_OF_BURST and j + 1 < len(order) and seq[order[j + 1]]["type"] != START_OF_BURST:
-            damaged.add(i)
+        if seq[i]["type"] == START_OF_BURST and j + 1 < len(order):
+            following = order[j + 1]
+            opens_next = j + 2 < len(order) and keys[order[j + 2]] == keys[following]
+            if seq[following]["type"] != START_OF_BURST or opens_next:
+                damaged.add(i)
         elif seq[i]["type"] == END_OF_BURST and j > 0 and seq[order[j - 1]]["type"] != END_OF_BURST:
             damaged.add(i)
     return damaged

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from na64_online.config import Config
@@ -277,6 +277,7 @@ def scattered_damage(draw):
                                                                    HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.filter_too_much])
 @given(mutations=scattered_damage())
+@example(mutations=[(0, 18, 1)])  # found by CI: a byte inside the first START_OF_BURST's header made a phantom spill
 def test_random_byte_insertions_and_deletions_lose_only_the_events_touched(mutations, tmp_path):
     """Bytes inserted or deleted inside random events: every other event is decoded in its own spill, no
     phantom spill or run appears, and every byte is decoded or counted as skipped."""
