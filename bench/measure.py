@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from na64_online.daq.memory import status_bytes
+
 
 def best_of(repeat: int, fn) -> float:
     """The shortest of ``repeat`` wall-clock runs of ``fn()``, in seconds (the least disturbed by a noisy machine)."""
@@ -17,11 +19,4 @@ def best_of(repeat: int, fn) -> float:
 
 def status_kb(pid: int | str, key: str) -> int:
     """A ``/proc/PID/status`` memory figure (``VmRSS``, ``VmHWM`` …) in kB; 0 if unreadable."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return (status_bytes(pid, key) or 0) // 1024

@@ -37,28 +37,26 @@ HEADROOM = 0.10
 MIN_BUFFER_BYTES = 8 << 20
 
 
-def resident_bytes(pid: int | str = "self") -> int | None:
-    """Resident set size of a process (``/proc/PID/status`` VmRSS), None where unavailable."""
+def status_bytes(pid: int | str, key: str) -> int | None:
+    """A memory figure of ``/proc/PID/status`` (``VmRSS``, ``VmHWM`` …) in bytes, None where unavailable."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """Resident set size of a process (``VmRSS``), None where unavailable."""
+    return status_bytes(pid, "VmRSS")
 
 
 def peak_resident_bytes(pid: int | str = "self") -> int | None:
     """Peak resident set size (``VmHWM``), None where unavailable."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return status_bytes(pid, "VmHWM")
 
 
 @dataclass(frozen=True)
