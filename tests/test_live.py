@@ -131,6 +131,14 @@ def run_nodes(jobs):
         raise errors[0]
 
 
+def workers_ready(svc: IngestService, n: int, timeout_s: float = 60.0) -> int:
+    """Wait (at most ``timeout_s``) until ``n`` worker processes said READY; returns how many did."""
+    deadline = time.monotonic() + timeout_s
+    while svc.pool.n_ready < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return svc.pool.n_ready
+
+
 def records_of(svc: IngestService, n: int, timeout_s: float = 30.0) -> list[dict]:
     recs = svc.wait_records(n, timeout_s)
     assert len(recs) >= n, f"only {len(recs)} of {n} records; metrics {svc.metrics()}"
@@ -190,10 +198,7 @@ def test_worker_processes_merge_exactly(spills, replayed, channel_map):
     svc = start_service(channel_map, [p1.endpoint, p2.endpoint], workers=2, chunk_events=40,
                         chunk_max_age_s=0.05)
     try:
-        deadline = time.monotonic() + 60
-        while svc.pool.n_ready < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert svc.pool.n_ready == 2
+        assert workers_ready(svc, 2) == 2
         run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
         live = records_of(svc, 3, 60)
         m = svc.metrics()
@@ -465,9 +470,7 @@ def test_worker_process_killed_mid_run(spills, replayed, channel_map):
     svc = start_service(channel_map, [p1.endpoint, p2.endpoint], workers=1, task_timeout_s=1.0, queue_timeout_s=60.0, chunk_events=20,
                         chunk_max_age_s=0.05)
     try:
-        deadline = time.monotonic() + 60
-        while svc.pool.n_ready < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        workers_ready(svc, 1)
         victim = svc.pool._procs[0]  # the service's own child process
 
         def kill():

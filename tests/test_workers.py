@@ -37,7 +37,7 @@ from na64_online.monitor.spill_monitor import make_processor
 from na64_online.service import build_monitor
 from na64_online.worker_setup import worker_setup
 from test_live import (EVENTS, RUN, _Spill, comparable, core, publisher, records_of, replay, run_nodes,
-                       serve_process)
+                       serve_process, workers_ready)
 
 TIMING = ("processing_seconds", "finished_at")
 
@@ -299,10 +299,7 @@ def test_crafted_pickle_never_runs_and_the_ingest_goes_on(spills, replayed, chan
     evil = threading.Thread(target=evil_worker, args=(svc.worker_endpoint, marker, out, stop), daemon=True)
     try:
         evil.start()
-        deadline = time.monotonic() + 30
-        while svc.pool.n_ready < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert svc.pool.n_ready == 2
+        assert workers_ready(svc, 2, 30) == 2
         run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
         live = records_of(svc, 3, 40)
         time.sleep(0.2)
