@@ -419,13 +419,13 @@ def _stop_signals(done):
 
 
 def _run_until(done, max_seconds: float = 0.0, failed=lambda: None) -> None:
-    """Wait for ``done`` (set by a callback, SIGINT or SIGTERM), ``max_seconds``, or ``failed()`` to say why."""
+    """Wait for ``done`` (set by a callback, or by SIGINT/SIGTERM under the callers' :func:`_stop_signals`),
+    ``max_seconds``, or ``failed()`` to say why."""
     import time
 
-    with _stop_signals(done):
-        deadline = time.monotonic() + max_seconds if max_seconds else None
-        while not done.is_set() and (deadline is None or time.monotonic() < deadline) and not failed():
-            done.wait(0.2)
+    deadline = time.monotonic() + max_seconds if max_seconds else None
+    while not done.is_set() and (deadline is None or time.monotonic() < deadline) and not failed():
+        done.wait(0.2)
 
 
 def cmd_demo(args) -> int:
