@@ -26,7 +26,10 @@ defaults updated by ``values`` (no file, no environment).
 from __future__ import annotations
 
 import contextvars
+import json
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,8 +205,8 @@ class Config(BaseSettings):
         environment = EnvironmentSource(settings_cls, loading.environ)
         file = TomlFileSource(settings_cls, loading.path) if loading.path is not None else None
         if file is not None:
-            loading.given.update({key: f"file {loading.path}" for key in _leaves(file(), settings_cls)})
-        loading.given.update({key: f"env {environment.names.get(key) or _env_name(key)}"
+            loading.given.update({key: f"file:{loading.path}" for key in _leaves(file(), settings_cls)})
+        loading.given.update({key: f"env:{environment.names.get(key) or _env_name(key)}"
                               for key in _leaves(environment(), settings_cls)})
         sources.append(environment)
         if file is not None:
@@ -230,15 +233,15 @@ class Config(BaseSettings):
         return new
 
     def origin(self, key: Key) -> str:
-        """Where the value of ``key`` came from: ``default``, ``file PATH``, ``env NA64_…``, ``argument`` or
-        ``derived from KEY``."""
+        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument`` or
+        ``derived:KEY`` (the key it follows)."""
         given = self._given.get(key)
         if given is not None:
             return given
         if key in DERIVED:
-            return "derived from " + ".".join(DERIVED[key])
+            return "derived:" + ".".join(DERIVED[key])
         for length in range(len(key) - 1, 0, -1):  # a value inside a table given as a whole
-            if self._given.get(key[:length], "").startswith(("env", "argument")):
+            if self._given.get(key[:length], "").startswith(("env:", "argument")):
                 return self._given[key[:length]]
         return "default"
 
@@ -297,6 +300,75 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
         return Config(**(overrides or {}))
     finally:
         _LOADING.reset(token)
+
+
+# --------------------------------------------------------------------------- showing it
+def toml_literal(value: Any, where: str = "value") -> str:
+    """TOML text of a value: numbers (shortest exact form, nan/inf), strings, lists, inline tables, paths."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest repr: round-trips exactly
+    if isinstance(value, (str, os.PathLike)):
+        return json.dumps(os.fspath(value))  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple, frozenset)):
+        return "[" + ", ".join(toml_literal(v, where) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_literal(v, where)}" for k, v in value.items()) + " }"
+    raise TypeError(f"{where}: {type(value).__name__} has no TOML form")
+
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with passwords in URLs (``http://user:secret@host``) replaced by ``***``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_masked(v) for v in value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def effective(config: Config) -> list[tuple[str, Any, str]]:
+    """Every setting as (dotted key, value, origin); passwords in URLs masked."""
+    return [(".".join(key), _masked(value), config.origin(key)) for key, value in config.settings()]
+
+
+def show_json(config: Config) -> str:
+    """The effective configuration as JSON: ``{"section.key": {"value": …, "source": …}}``."""
+    return json.dumps({key: {"value": _plain(value), "source": origin} for key, value, origin in effective(config)},
+                      indent=2, allow_nan=True)
+
+
+def show_toml(config: Config) -> str:
+    """The effective configuration as TOML, each value followed by ``# its source``; unset values commented out."""
+    lines: list[str] = []
+    table: tuple[str, ...] = ()
+    for key, value, origin in ((k, v, o) for k, v, o in effective(config)):
+        parts = tuple(key.split("."))
+        if parts[:-1] != table:
+            table = parts[:-1]
+            lines.append(f"\n[{'.'.join(table)}]")
+        text = f"# {parts[-1]} is not set" if value is None else f"{parts[-1]} = {toml_literal(value, key)}"
+        lines.append(f"{text:<48} # {origin}")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> list[Problem]:

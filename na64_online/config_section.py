@@ -8,7 +8,7 @@ into the service configuration.
 
 Every failure is one :class:`ConfigError` whose message names each failing
 key as ``section.key``, the value, the reason and — when known — where the
-value came from (``file PATH``, ``env NA64_SECTION__KEY``, ``argument``).
+value came from (``file:PATH``, ``env:NA64_SECTION__KEY``, ``argument``).
 """
 
 from __future__ import annotations

@@ -19,13 +19,11 @@ health)`` — the processor of the service itself.
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import tomllib
 from typing import Any, Mapping, Sequence
 
-from .config import Config
+from .config import Config, toml_literal
 from .config_section import validate_section
 from .daq.workers import WorkerSetup
 from .decoders.channelmap import ChannelMap
@@ -43,24 +41,6 @@ WORKER_COMMAND = (sys.executable, "-m", "na64_online.cli", "worker")
 
 
 # --------------------------------------------------------------------------- TOML out
-def _toml_value(value: Any, where: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)  # shortest repr: round-trips exactly
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
-    raise TypeError(f"{where}: {type(value).__name__} has no TOML form")
-
-
 def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
     """TOML text of ``{section: {key: value or sub-table}}`` (scalars, lists, nested tables)."""
     lines: list[str] = []
@@ -72,7 +52,7 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
             if isinstance(value, Mapping):
                 subs.append((f"{name}.{key}", value))
             else:
-                lines.append(f"{key} = {_toml_value(value, f'{name}.{key}')}")
+                lines.append(f"{key} = {toml_literal(value, f'{name}.{key}')}")
         lines.append("")
         for sub_name, sub in subs:
             table(sub_name, sub)

@@ -20,7 +20,7 @@ def test_defaults_are_the_spec_values():
     cuts = config.monitor.cuts
     assert (cuts.candidate_ecal_max_gev, cuts.hadron_hcal_min_gev, cuts.beam_cell) == (50.0, 10.0, (2, 2))
     assert config.monitor.reconstruction.amplitude_threshold == 20.0
-    assert all(config.origin(key) in ("default", "derived from monitor.reconstruction.amplitude_threshold")
+    assert all(config.origin(key) in ("default", "derived:monitor.reconstruction.amplitude_threshold")
                for key, _ in config.settings())
 
 
@@ -32,8 +32,8 @@ def test_arguments_over_environment_over_file_over_defaults(tmp_path):
     config = load_config(path, environ=environ)
     assert config.monitor.chunk_events == 200 and config.monitor.no_data_after_seconds == 30.0
     assert config.monitor.cuts.candidate_ecal_max_gev == 40.0 and config.channel_map == "env.csv"
-    assert config.origin(("monitor", "chunk_events")) == "env NA64_MONITOR__CHUNK_EVENTS"
-    assert config.origin(("monitor", "cuts", "candidate_ecal_max_gev")) == f"file {path}"
+    assert config.origin(("monitor", "chunk_events")) == "env:NA64_MONITOR__CHUNK_EVENTS"
+    assert config.origin(("monitor", "cuts", "candidate_ecal_max_gev")) == f"file:{path}"
     assert config.origin(("web", "port")) == "default"
     config = load_config(path, environ={**environ, "NA64_CONFIG": "ignored-when-a-path-is-given"},
                          overrides={"channel_map": "my.csv"})
@@ -56,17 +56,17 @@ def test_environment_values_are_toml_literals():
 
 @pytest.mark.parametrize("text, message", [
     # unknown keys, with the near names
-    ("[monitor]\nchunk_size = 1\n", r"^monitor\.chunk_size: unknown key; did you mean chunk_events\? \(file .*bad\.toml\)$"),
-    ("[monitr]\n", r"^monitr: unknown key; did you mean monitor\? \(file "),
+    ("[monitor]\nchunk_size = 1\n", r"^monitor\.chunk_size: unknown key; did you mean chunk_events\? \(file:.*bad\.toml\)$"),
+    ("[monitr]\n", r"^monitr: unknown key; did you mean monitor\? \(file:"),
     ("[monitor.cuts]\nsrd_max = 1\n", r"^monitor\.cuts\.srd_max: unknown key"),
     # wrong types
-    ("[monitor]\nchunk_events = 'many'\n", r"^monitor\.chunk_events: expected an integer, got 'many' \(file "),
-    ("monitor = 3\n", r"^monitor: expected a table, got 3 \(file "),
+    ("[monitor]\nchunk_events = 'many'\n", r"^monitor\.chunk_events: expected an integer, got 'many' \(file:"),
+    ("monitor = 3\n", r"^monitor: expected a table, got 3 \(file:"),
     ("[web]\nhost = 8064\n", r"^web\.host: expected a string, got 8064"),
     ("[monitor.cuts]\nbeam_cell = [1]\n", r"^monitor\.cuts\.beam_cell: expected 2 values, got 1"),
     ("[monitor.cuts]\nbeam_cell = [1, 'x']\n", r"^monitor\.cuts\.beam_cell\[1\]: expected an integer"),
     # out of range
-    ("[monitor]\nchunk_events = 0\n", r"^monitor\.chunk_events: must be greater than or equal to 1, got 0 \(file "),
+    ("[monitor]\nchunk_events = 0\n", r"^monitor\.chunk_events: must be greater than or equal to 1, got 0 \(file:"),
     ("[web]\nport = 70000\n", r"^web\.port: must be less than or equal to 65535, got 70000"),
     ("[health]\nwindow = 2\nmin_history = 3\n", r"^health\.min_history: must not exceed window \(2\)"),
     # settings that must agree
@@ -82,17 +82,17 @@ def test_bad_config_files_name_the_key_and_the_file(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(path, environ={})
     if "TOML" not in message:
-        assert all(p.source == f"file {path}" for p in caught.value.problems)
+        assert all(p.source == f"file:{path}" for p in caught.value.problems)
 
 
 @pytest.mark.parametrize("environ, message", [
     ({"NA64_MONITOR__CHUNK_EVENTS": "lots"},
-     r"^monitor\.chunk_events: expected an integer, got 'lots' \(env NA64_MONITOR__CHUNK_EVENTS\)$"),
-    ({"NA64_MONITOR__CHUNK_EVENT": "8"}, r"^monitor\.chunk_event: unknown key; .*\(env NA64_MONITOR__CHUNK_EVENT\)$"),
-    ({"NA64_MONITR__CHUNK_EVENTS": "8"}, r"^monitr: unknown key; did you mean monitor\? \(env NA64_MONITR"),
-    ({"NA64_WEB__PORT": "-5"}, r"^web\.port: must be greater than or equal to 0, got -5 \(env NA64_WEB__PORT\)$"),
+     r"^monitor\.chunk_events: expected an integer, got 'lots' \(env:NA64_MONITOR__CHUNK_EVENTS\)$"),
+    ({"NA64_MONITOR__CHUNK_EVENT": "8"}, r"^monitor\.chunk_event: unknown key; .*\(env:NA64_MONITOR__CHUNK_EVENT\)$"),
+    ({"NA64_MONITR__CHUNK_EVENTS": "8"}, r"^monitr: unknown key; did you mean monitor\? \(env:NA64_MONITR"),
+    ({"NA64_WEB__PORT": "-5"}, r"^web\.port: must be greater than or equal to 0, got -5 \(env:NA64_WEB__PORT\)$"),
     ({"NA64_INGEST__WORKER_SECRET_KEY": "/k/server.key_secret"},
-     r"^ingest\.worker_clients_dir: must be set too.*\(env NA64_INGEST__WORKER_SECRET_KEY\)$"),
+     r"^ingest\.worker_clients_dir: must be set too.*\(env:NA64_INGEST__WORKER_SECRET_KEY\)$"),
 ])
 def test_bad_environment_variables_name_the_key_and_the_variable(environ, message):
     with pytest.raises(ConfigError, match=message):
@@ -105,7 +105,7 @@ def test_file_and_environment_problems_are_told_apart(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(path, environ={"NA64_MONITOR__CHUNK_EVENTS": "0"})
     assert {(p.key, p.source) for p in caught.value.problems} == {
-        ("web.port", f"file {path}"), ("monitor.chunk_events", "env NA64_MONITOR__CHUNK_EVENTS")}
+        ("web.port", f"file:{path}"), ("monitor.chunk_events", "env:NA64_MONITOR__CHUNK_EVENTS")}
 
 
 def test_sections_built_directly_raise_the_same_error():
@@ -129,7 +129,7 @@ def test_health_hit_threshold_follows_the_reconstruction_threshold(tmp_path):
     path.write_text("[monitor.reconstruction]\namplitude_threshold = 35.0\n")
     config = load_config(path, environ={})
     assert config.health.hit_threshold == 35.0
-    assert config.origin(("health", "hit_threshold")) == "derived from monitor.reconstruction.amplitude_threshold"
+    assert config.origin(("health", "hit_threshold")) == "derived:monitor.reconstruction.amplitude_threshold"
     stats = make_processor_stats(config)
     assert stats.hit_threshold == 35.0
     # replacing the reconstruction keeps them in step; an explicit value wins
@@ -138,7 +138,7 @@ def test_health_hit_threshold_follows_the_reconstruction_threshold(tmp_path):
     assert replaced.health.hit_threshold == 12.5
     config = load_config(path, environ={"NA64_HEALTH__HIT_THRESHOLD": "50"})
     assert config.health.hit_threshold == 50.0 and make_processor_stats(config).hit_threshold == 50.0
-    assert config.origin(("health", "hit_threshold")) == "env NA64_HEALTH__HIT_THRESHOLD"
+    assert config.origin(("health", "hit_threshold")) == "env:NA64_HEALTH__HIT_THRESHOLD"
     # sections used without the composed configuration: the same rule
     assert make_processor_stats(Config()).hit_threshold == Config().monitor.reconstruction.amplitude_threshold
 
@@ -157,4 +157,4 @@ def test_shipped_configurations_load(path):
     assert all(config.origin(key) != "argument" for key, _ in config.settings())
     if path.parent.name == "deploy":
         assert config.ingest.endpoints and config.ingest.expected_ldcs == (1, 2)
-        assert config.origin(("ingest", "workers")) == f"file {path}"
+        assert config.origin(("ingest", "workers")) == f"file:{path}"
