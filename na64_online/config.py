@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .daq.ingest import IngestConfig
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
 from .monitor.health import HealthConfig

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from .config import Config, build
 from .daq.workers import WorkerSetup
 from .decoders.channelmap import ChannelMap
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig, SpillProcessor
 from .monitor.spill_monitor import make_processor
