@@ -24,7 +24,7 @@ from pydantic import Field
 from ..config_section import ConfigSection
 from . import _kernels, layout
 from .channelmap import ChannelMap
-from .errors import Issue
+from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
 

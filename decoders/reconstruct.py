@@ -18,7 +18,7 @@ from ..config_section import ConfigSection, FieldProblem
 from . import layout
 from .channelmap import ECAL, HCAL, SRD, VETO, ChannelMap
 from .decode import DecodedEvents
-from .errors import ISSUE_DESCRIPTIONS, Issue
+from ..errors import ISSUE_DESCRIPTIONS, Issue
 
 
 class PhysicsCuts(ConfigSection):

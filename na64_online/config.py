@@ -41,7 +41,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .config_section import ConfigSection, Problem, config_error, problems_of, section_class
 from .daq.ingest import IngestConfig
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
 from .monitor.health import HealthConfig

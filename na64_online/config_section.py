@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 
 
 class FieldProblem(ValueError):

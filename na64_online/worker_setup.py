@@ -27,7 +27,7 @@ from .config import Config, toml_literal
 from .config_section import validate_section
 from .daq.workers import WorkerSetup
 from .decoders.channelmap import ChannelMap
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 from .monitor.health import HealthConfig, hit_threshold
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig, SpillProcessor

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from na64_online.config import Config, load_config
-from na64_online.decoders.errors import ConfigError
+from na64_online.errors import ConfigError
 from na64_online.monitor.health import HealthConfig
 from na64_online.monitor.spill_monitor import STATS, make_processor
 
