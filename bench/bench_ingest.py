@@ -22,8 +22,10 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -104,7 +106,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def _cpu_seconds(pid: int | str) -> float | None:
     """User + system CPU time of a process so far (``/proc/PID/stat`` utime + stime), None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -112,6 +114,25 @@ def _cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _threads_cpu_seconds() -> dict[str, float]:
+    """CPU time of this process's threads by kind: Python threads by name (worker threads together),
+    ZeroMQ's background threads ("ZMQbg/…"), and the rest."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        cpu = _cpu_seconds(f"self/task/{tid}")
+        name = names.get(int(tid))
+        kind = ("zmq-io" if comm.startswith("ZMQbg") else "na64-worker-threads" if name and name.startswith("na64-worker")
+                else name or comm)
+        out[kind] = out.get(kind, 0.0) + (cpu or 0.0)
+    return out
 
 
 def _own_cpu_seconds() -> float:
@@ -168,7 +189,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     worker_pids = [c for c in _children(os.getpid()) if c not in publisher_pids]
     _reset_peak_rss()
     # CPU: the service's = this process's minus this (bench) thread's; the workers' from /proc
-    cpu0, bench0 = _own_cpu_seconds(), time.thread_time()
+    cpu0, bench0, threads0 = _own_cpu_seconds(), time.thread_time(), _threads_cpu_seconds()
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     workers_cpu0 = {pid: _cpu_seconds(pid) for pid in worker_pids}
     t0 = time.perf_counter()
     go.set()
@@ -182,6 +204,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                                                      if c not in publisher_pids])
     t1 = time.perf_counter()
     service_cpu = _own_cpu_seconds() - cpu0 - (time.thread_time() - bench0)
+    threads1 = _threads_cpu_seconds()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    service_threads = {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
+                       if k != threading.main_thread().name and v - threads0.get(k, 0.0) >= 0.01}
     workers_cpu = sum((_cpu_seconds(pid) or 0.0) - (c0 or 0.0) for pid, c0 in workers_cpu0.items())
     service_peak_growth_mb = (status_kb("self", "VmHWM") - rss_before_kb) / 1e3
     records = [r if isinstance(r, dict) else r.to_dict() for r in svc.records]
@@ -216,6 +242,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "service_cpu_us_per_event": round(service_cpu / decoded * 1e6, 2) if decoded else None,
         "worker_cpu_us_per_event": round(workers_cpu / decoded * 1e6, 2) if decoded and worker_pids else None,
         "service_vs_worker_cpu": round(service_cpu / workers_cpu, 3) if worker_pids and workers_cpu > 0 else None,
+        "service_cpu_s_by_thread": service_threads,
+        "builder_memory_builds": metrics["builder"]["memory_builds"],
+        "builder_limit_mb": round((metrics["memory"].get("builder_limit_bytes") or 0) / 1e6),
+        "service_page_faults_per_event": round(faults / decoded, 2) if decoded else None,
         "service_peak_rss_growth_mb": round(service_peak_growth_mb, 1),
         "worker_peak_rss_mb": round(worker_peak_kb / 1e3, 1),
     }
