@@ -334,6 +334,68 @@ def replay_baseline() -> float:
     return events / (time.perf_counter() - t0)
 
 
+def baseline_tree(rev: str, where: str) -> str:
+    """A directory to put first on PYTHONPATH so that ``na64_online`` is the package as of git ``rev``.
+
+    The tree of ``rev`` (``git archive``) and beside it a package folder of links (the layers become
+    sub-packages as setup.py maps them); a tree from before the simulator moved to ``sim/`` gets
+    ``sim/simulator.py`` linked to ``daq/simulator.py``."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree, package = os.path.join(where, "tree"), os.path.join(where, "pkg", "na64_online")
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "-C", repo, "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    os.makedirs(package)
+    for name in os.listdir(os.path.join(tree, "na64_online")):
+        os.symlink(os.path.join(tree, "na64_online", name), os.path.join(package, name))
+    for layer in ("daq", "decoders", "monitor", "web", "sim"):
+        if os.path.isdir(os.path.join(tree, layer)):
+            os.symlink(os.path.join(tree, layer), os.path.join(package, layer))
+    if not os.path.isdir(os.path.join(tree, "sim")):
+        os.makedirs(os.path.join(package, "sim"))
+        open(os.path.join(package, "sim", "__init__.py"), "w").close()
+        os.symlink(os.path.join(tree, "daq", "simulator.py"), os.path.join(package, "sim", "simulator.py"))
+    return os.path.dirname(package)
+
+
+def compare(args, argv: list[str]) -> int:
+    """The same runs with the package as of ``--baseline-rev`` and as it is, alternating, each in its own
+    process; one table of the ratios."""
+    import subprocess
+    import tempfile
+
+    if not args.data:
+        raise SystemExit("--baseline-rev needs --data FILE (both sides read the same spills)")
+    make_data(args.events, args.spills, args.seed, args.data)  # written once, if missing
+    DATA.clear(), RAW.clear()
+    own = [a for a in argv if a != "--json"]
+    i = own.index("--baseline-rev")
+    del own[i:i + 2]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as where:
+        path = baseline_tree(args.baseline_rev, where)
+        for w in args.workers:
+            for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
+                cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
+                       "sustained"]
+                done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+                lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+                live = [x for x in lines if x.get("mode") == "sustained"]
+                if done.returncode or not live:
+                    print(f"{label} workers={w}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                rows.append((label, w, live[0]))
+                print(json.dumps({"tree": label, **live[0]}), flush=True)
+    print(f"\n{'tree':>12} workers  service/worker CPU per event   service µs/event   worker µs/event   "
+          f"live/replay   dropped")
+    for label, w, r in rows:
+        print(f"{label:>12} {w:>7}  {r['service_vs_worker_cpu']!s:>28}   {r['service_cpu_us_per_event']!s:>16}   "
+              f"{r['worker_cpu_us_per_event']!s:>15}   {r['events_per_s_vs_replay']!s:>11}   {r['dropped_events']:>7}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=100_000, help="events per spill (1e5)")
@@ -356,7 +418,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON line per run")
     p.add_argument("--bare", action="store_true",
                    help="SpillProcessor alone (no histograms / channel statistics / quality)")
+    p.add_argument("--baseline-rev", metavar="REV",
+                   help="compare: the sustained runs with the package as of git REV and as it is, alternating")
     args = p.parse_args(argv)
+    if args.baseline_rev:
+        return compare(args, list(sys.argv[1:] if argv is None else argv))
     args.stages = args.stages or args.stages_only
     n_events, nbytes = make_data(args.events, args.spills, args.seed, args.data)
     args.spills = len(RAW)
