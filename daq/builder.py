@@ -11,6 +11,14 @@ the sub-events, which follow in ascending LDC order. The bytes handed on are
 therefore the very layout a raw file has, and the decoder reads live data and
 files with one code path.
 
+Each sub-event is copied once: from the message payload it arrived in (kept as
+a view until built) straight to its place in the chunk buffer, one buffer per
+chunk, sized for ``chunk_events`` events of the mean size seen; the super
+event's header is then written in front of its sub-events. A chunk's ``words``
+are a view of its buffer; once its task is answered the service hands the
+buffer back (:meth:`EventBuilder.recycle`) and the next chunk is written into
+memory already mapped.
+
 Rules (all counted, none silent):
 
 * an LDC *joins* at its first START_OF_BURST: what it sends before is skipped
