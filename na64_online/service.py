@@ -25,7 +25,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     """The per-spill monitor as configured; ``archive_path`` overrides the archive file."""
     archive = config.archive
     if archive_path is not None:
-        archive = dataclasses.replace(archive or ArchiveConfig(), path=archive_path)
+        archive = (archive or ArchiveConfig()).replace(path=archive_path)
     return SpillMonitor(
         channel_map,
         monitor=config.monitor,

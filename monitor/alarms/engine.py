@@ -27,7 +27,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from pydantic import Field, field_validator
+
+from ...config_section import ConfigSection
 
 from ...errors import ConfigError
 from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
@@ -48,9 +52,8 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- config
 
 
-@dataclass(frozen=True)
-class AlarmConfig:
-    """Alarm settings (composed into the service configuration by the caller).
+class AlarmConfig(ConfigSection):
+    """Alarm settings (``[alarms]``).
 
     ``rules_path``: TOML file of rules (``None``: :data:`DEFAULT_RULES_TOML`),
     watched for changes. ``alertmanager_url``: base URL(s) of Alertmanager
@@ -61,38 +64,44 @@ class AlarmConfig:
     dropped.
     """
 
+    section: ClassVar[str] = "alarms"
+
     rules_path: Path | None = None
     alertmanager_url: str | tuple[str, ...] | None = None
-    timeout: float = 2.0
-    resend_seconds: float = 60.0
-    queue_size: int = 64
-    #: control-room sound: a command run (name, severity, detail appended) when an alarm is raised
+    timeout: float = Field(2.0, gt=0, le=60)
+    resend_seconds: float = Field(60.0, gt=0)
+    queue_size: int = Field(64, ge=1)
+    #: control-room sound: a command run (name, severity, detail appended) when an alarm is raised;
+    #: a single string is a command without arguments
     sound_command: tuple[str, ...] | None = None
     sound_min_severity: str = "critical"
 
-    def __post_init__(self) -> None:
-        if self.rules_path is not None:
-            object.__setattr__(self, "rules_path", Path(self.rules_path))
-        if isinstance(self.alertmanager_url, list):
-            object.__setattr__(self, "alertmanager_url", tuple(self.alertmanager_url))
-        urls = (self.alertmanager_url,) if isinstance(self.alertmanager_url, str) else (self.alertmanager_url or ())
-        for url in urls:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigError(f"alertmanager_url must be an http(s) URL, not {url!r}")
-        if not (isinstance(self.timeout, (int, float)) and 0 < self.timeout <= 60):
-            raise ConfigError(f"alarm timeout must be in (0, 60] seconds, not {self.timeout!r}")
-        if not (isinstance(self.resend_seconds, (int, float)) and self.resend_seconds > 0):
-            raise ConfigError(f"alarm resend_seconds must be positive, not {self.resend_seconds!r}")
-        if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 1:
-            raise ConfigError(f"alarm queue_size must be a positive integer, not {self.queue_size!r}")
-        if isinstance(self.sound_command, (list, str)):
-            command = [self.sound_command] if isinstance(self.sound_command, str) else self.sound_command
-            object.__setattr__(self, "sound_command", tuple(command))
-        if self.sound_command is not None and (not self.sound_command or not all(
-                isinstance(part, str) and part for part in self.sound_command)):
-            raise ConfigError(f"alarm sound_command must be a non-empty list of strings, not {self.sound_command!r}")
-        if self.sound_min_severity not in SEVERITIES:
-            raise ConfigError(f"alarm sound_min_severity must be one of {', '.join(SEVERITIES)}")
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _http(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        for url in (value,) if isinstance(value, str) else (value or ()):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"must be an http(s) URL, not {url!r}")
+        return value
+
+    @field_validator("sound_command", mode="before")
+    @classmethod
+    def _one_word(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("sound_command")
+    @classmethod
+    def _command(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not all(value)):
+            raise ValueError(f"must be a non-empty list of non-empty strings, not {list(value)!r}")
+        return value
+
+    @field_validator("sound_min_severity")
+    @classmethod
+    def _severity(cls, value: str) -> str:
+        if value not in SEVERITIES:
+            raise ValueError(f"must be one of {', '.join(SEVERITIES)}, not {value!r}")
+        return value
 
 
 # --------------------------------------------------------------------------- engine
