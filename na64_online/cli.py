@@ -1,4 +1,4 @@
-"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | format``.
+"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | config | format``.
 
 Bad input (missing file, not a DATE stream, bad map or config, bad option)
 ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -588,6 +588,28 @@ def _ranges(numbers: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+# ---------------------------------------------------------------- config
+def cmd_config_show(args) -> int:
+    """The effective configuration: every value with where it came from."""
+    from .config import show_json, show_toml
+
+    config = load_config(args.config, overrides={"channel_map": args.map} if args.map else None)
+    print(show_json(config) if args.json else show_toml(config), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    """Validate a configuration file (and the files it names); 0, or EXIT_DATA with one line per problem."""
+    from .config import check_config
+
+    problems = check_config(args.file, environ=os.environ if args.env else {}, files=args.files)
+    for problem in problems:
+        print(f"na64-online: error: {args.file}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.file}: valid configuration")
+    return EXIT_DATA if problems else 0
+
+
 def cmd_format(args) -> int:
     print(layout.markdown(), end="")
     return 0
@@ -718,6 +740,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-spill", action="store_true", help="export: also each spill in its own ROOT folder")
     p.add_argument("--out", metavar="FILE", help="output file (bad-spills default: stdout)")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("config", help="show the effective configuration, or check a configuration file")
+    config_sub = p.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    p = config_sub.add_parser("show", help="the effective configuration (TOML; --json) with each value's source: "
+                                           "default, file:PATH, env:NA64_SECTION__KEY, argument or derived:KEY")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help='{"section.key": {"value": ..., "source": ...}, ...}')
+    p.set_defaults(func=cmd_config_show)
+    p = config_sub.add_parser("check", help="validate a configuration file and the files it names: exit 0, or 1 "
+                                            "with one line per problem")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--env", action="store_true", help="with the NA64_* environment variables on top (as the service)")
+    p.add_argument("--files", action="store_true",
+                   help="also read the files it names (channel map, alarm rules, tokens file), as on the service's host")
+    p.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("format", help="print the raw-format bit layouts (generated from the decoder's tables)")
     p.set_defaults(func=cmd_format)
