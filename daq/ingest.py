@@ -430,6 +430,9 @@ class IngestService:
             memory_resident_bytes=resident_bytes() or 0,
             memory_buffered_bytes={"builder": builder.buffered_bytes, "tasks": pool.task_bytes},
             receive_hwm_messages=sub.rcvhwm,
+            workers_ready=pool.n_ready,
+            workers_seen=pool.stats.workers_seen,
+            workers_lost=pool.stats.workers_lost,
         )
 
     def bad_messages_by_label(self) -> dict[str, dict[str, int]]:

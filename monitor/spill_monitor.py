@@ -145,6 +145,7 @@ class SpillMonitor:
             self.archive.store_spill(
                 record, quality_dict, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
             )
+            self.metrics.publish_archive_write()
         else:
             self.alarms.take_events()
         self.metrics.publish_spill(record, quality, report)
@@ -179,6 +180,7 @@ class SpillMonitor:
         record["alarms"] = []  # none evaluated from this spill
         if self.archive is not None:
             self.archive.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
+            self.metrics.publish_archive_write()
         self.spills_interrupted += 1
         return record
 
