@@ -136,6 +136,9 @@ def test_health_hit_threshold_follows_the_reconstruction_threshold(tmp_path):
     replaced = config.replace(monitor=config.monitor.replace(
         reconstruction=config.monitor.reconstruction.replace(amplitude_threshold=12.5)))
     assert replaced.health.hit_threshold == 12.5
+    assert replaced.origin(("health", "hit_threshold")) == "derived:monitor.reconstruction.amplitude_threshold"
+    assert replaced.origin(("monitor", "reconstruction", "amplitude_threshold")) == "argument"
+    assert replaced.origin(("monitor", "chunk_events")) == "default"
     config = load_config(path, environ={"NA64_HEALTH__HIT_THRESHOLD": "50"})
     assert config.health.hit_threshold == 50.0 and make_processor_stats(config).hit_threshold == 50.0
     assert config.origin(("health", "hit_threshold")) == "env:NA64_HEALTH__HIT_THRESHOLD"
