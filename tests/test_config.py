@@ -117,6 +117,25 @@ def test_sections_built_directly_raise_the_same_error():
         Config().web.replace(port=-1)
 
 
+def test_every_section_is_a_frozen_model_refusing_unknown_keys():
+    from na64_online.config_section import ConfigSection, section_class
+
+    def sections(model, prefix=()):
+        for name, info in model.model_fields.items():
+            sub = section_class(info.annotation)
+            if sub is not None:
+                yield prefix + (name,), sub
+                yield from sections(sub, prefix + (name,))
+
+    found = dict(sections(Config))
+    assert {".".join(k) for k in found} >= {"monitor", "monitor.reconstruction", "monitor.cuts", "histograms",
+                                              "health", "quality", "alarms", "archive", "ingest", "web"}
+    for key, cls in found.items():
+        assert issubclass(cls, ConfigSection) and cls.section == ".".join(key), key
+        assert cls.model_config["frozen"] and cls.model_config["extra"] == "forbid", key
+        assert not hasattr(cls, "__post_init__"), key
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file .*nope.toml"):
         load_config(tmp_path / "nope.toml", environ={})
