@@ -27,6 +27,7 @@ from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
+from .reprocess import ClusterConfig
 from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"
@@ -47,6 +48,7 @@ class Config:
     archive: ArchiveConfig | None = None  # None: no archive
     ingest: IngestConfig = field(default_factory=IngestConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # reprocess on Dask
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
