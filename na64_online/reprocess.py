@@ -38,19 +38,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
 from .decoders import layout
 from .decoders.decode import EventIndex
-from .decoders.errors import ConfigError, DaqError
+from pydantic import Field, model_validator
+
+from .config_section import ConfigSection, FieldProblem
+from .errors import DaqError
 
 INSTALL_HINT = "reprocess needs Dask: pip install 'na64-online[cluster]' (dask[distributed])"
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(ConfigSection):
     """``[cluster]``: where ``reprocess`` runs and how it talks to Dask.
 
     ``scheduler``: address of an existing Dask scheduler (``tcp://HOST:8786``,
@@ -62,25 +64,24 @@ class ClusterConfig:
     ``tls://``.
     """
 
-    scheduler: str | None = None
-    workers: int = 2
-    retries: int = 2
+    section: ClassVar[str] = "cluster"
+
+    scheduler: str | None = Field(None, pattern=r"^(tcp|tls|ucx|ws|wss)://.+")
+    workers: int = Field(2, ge=1, le=1024)
+    retries: int = Field(2, ge=0, le=100)
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.workers, int) and 1 <= self.workers <= 1024):
-            raise ConfigError(f"cluster workers must be within 1..1024, got {self.workers!r}")
-        if not (isinstance(self.retries, int) and 0 <= self.retries <= 100):
-            raise ConfigError(f"cluster retries must be within 0..100, got {self.retries!r}")
+    @model_validator(mode="after")
+    def _tls_complete(self) -> "ClusterConfig":
         tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
         if any(tls) and not all(tls):
-            raise ConfigError("cluster TLS needs all of tls_ca_file, tls_cert_file and tls_key_file")
-        if self.scheduler is not None and "://" not in self.scheduler:
-            raise ConfigError(f"cluster scheduler must be an address like tcp://HOST:8786, got {self.scheduler!r}")
+            missing = [n for n, v in zip(("tls_ca_file", "tls_cert_file", "tls_key_file"), tls) if not v][0]
+            raise FieldProblem(missing, "TLS needs all of tls_ca_file, tls_cert_file and tls_key_file")
         if all(tls) and self.scheduler is not None and not self.scheduler.startswith("tls://"):
-            raise ConfigError(f"cluster TLS is configured: the scheduler address must be tls://…, got {self.scheduler}")
+            raise FieldProblem("scheduler", f"TLS is configured: the address must be tls://…, not {self.scheduler}")
+        return self
 
     @property
     def tls(self) -> bool:
