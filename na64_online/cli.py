@@ -117,6 +117,43 @@ def cmd_replay(args) -> int:
     return status
 
 
+# ---------------------------------------------------------------- reprocess
+def cluster_config_from_args(config: Config, args):
+    """The ``[cluster]`` configuration with the ``reprocess`` command-line options applied."""
+    changes = {}
+    for opt, name in (("scheduler", "scheduler"), ("workers", "workers"), ("retries", "retries"),
+                      ("tls_ca", "tls_ca_file"), ("tls_cert", "tls_cert_file"), ("tls_key", "tls_key_file")):
+        value = getattr(args, opt)
+        if value is not None:
+            changes[name] = value
+    return config.cluster.replace(**changes)
+
+
+def cmd_reprocess(args) -> int:
+    """Raw files on a Dask cluster (each spill a task reading its own bytes), merged in order as replay does."""
+    from .reprocess import Reprocessor, require_dask
+
+    require_dask()  # before anything else: without Dask, say how to install it
+    config, channel_map = _load(args)
+    cluster = cluster_config_from_args(config, args)
+    status = 0
+
+    def on_record(record: dict) -> None:
+        print(dumps(record) if args.json else _summary_line(record), flush=True)
+
+    def on_note(path: str, level: str, text: str) -> None:
+        nonlocal status
+        print(f"na64-online: {level}: {path}: {text}", file=sys.stderr, flush=True)
+        if level == "error":
+            status = EXIT_DATA
+
+    runner = Reprocessor(config, channel_map, cluster, archive=args.archive,
+                         progress=sys.stderr.isatty() and not args.quiet)
+    stats = runner.run(args.files, on_record, on_note)
+    print(f"na64-online: {stats.summary()}", file=sys.stderr, flush=True)
+    return status
+
+
 # ---------------------------------------------------------------- dump
 def cmd_dump(args) -> int:
     from .daq.rawfile import RawFile
@@ -229,6 +266,13 @@ def _host_port(text: str) -> tuple[str, int]:
     if not 0 <= number < 65536:
         raise argparse.ArgumentTypeError(f"{text!r}: port {number} is outside 0..65535")
     return host or "127.0.0.1", number
+
+
+def _scheduler(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
+        raise argparse.ArgumentTypeError(f"expected a Dask scheduler address like tcp://HOST:8786, got {text!r}")
+    return text
 
 
 def _rate(text: str) -> tuple[str, float]:
@@ -689,6 +733,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("reprocess", help="decode raw files on a Dask cluster; records identical to replay")
+    _add_common(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="raw files, at the same path on every worker host")
+    p.add_argument("--scheduler", type=_scheduler, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://HOST:8786 (default: a LocalCluster on this host)")
+    p.add_argument("--workers", type=_int_in(1, 1024), metavar="N", help="LocalCluster worker processes (default 2)")
+    p.add_argument("--retries", type=_int_in(0, 100), metavar="N", help="re-runs of a failed task (default 2)")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive")
+    p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tls-ca", metavar="PEM", help="Dask TLS: CA certificate ([cluster] tls_ca_file)")
+    p.add_argument("--tls-cert", metavar="PEM", help="Dask TLS: this client's certificate ([cluster] tls_cert_file)")
+    p.add_argument("--tls-key", metavar="PEM", help="Dask TLS: this client's private key ([cluster] tls_key_file)")
+    p.set_defaults(func=cmd_reprocess)
 
     p = sub.add_parser("dump", help="print one decoded event")
     _add_common(p)
