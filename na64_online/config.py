@@ -48,6 +48,7 @@ from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
+from .reprocess import ClusterConfig
 from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"
@@ -172,6 +173,7 @@ class Config(BaseSettings):
     archive: ArchiveConfig | None = None  # None: no archive
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
+    cluster: ClusterConfig = ClusterConfig()  # reprocess on Dask
 
     #: key → where its value came from (keys at their defaults or derived are absent)
     _given: dict[Key, str] = PrivateAttr(default_factory=dict)
