@@ -75,6 +75,7 @@ class SpillMonitor:
         reference: tuple[int, int | None] | None = None,
     ) -> None:
         self.channel_map = channel_map
+        self.detector_subsystems = channel_map.detector_subsystems()
         self.histogram_config = histograms
         self.quality_config = quality
         self.processor = make_processor(channel_map, monitor, histograms)
@@ -123,7 +124,7 @@ class SpillMonitor:
             reference = self.reference
         quality: SpillQuality = assess(
             record, spill_hists, report.findings if report is not None else None, reference=reference,
-            config=self.quality_config,
+            config=self.quality_config, detector_subsystems=self.detector_subsystems,
         )
         quality_dict = quality.to_dict()
         self.run_histograms.add(spill_hists, record)
