@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .config import Config, load_config
+from .config import load_channel_map, Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
 from .decoders.errors import DaqError
@@ -40,8 +40,7 @@ def _load(args) -> tuple[Config, ChannelMap]:
     if getattr(args, "map", None):
         overrides["channel_map"] = args.map
     config = load_config(getattr(args, "config", None), overrides=overrides)
-    channel_map = ChannelMap.load(config.channel_map) if config.channel_map else ChannelMap.default()
-    return config, channel_map
+    return config, load_channel_map(config)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .daq.ingest import IngestConfig
+from .decoders import beam as beam_profiles
+from .decoders.beam import BeamConfig
+from .decoders.channelmap import ChannelMap
+from .decoders.detectors import DetectorTable
 from .decoders.errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
@@ -37,8 +41,10 @@ class Config:
     """The service configuration; each section belongs to one layer."""
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
+    detectors: str | None = None  # path of a detector table (TOML); None: the packaged decoders/detectors.toml
     reference: tuple[int, int] | None = None  # (run, spill) in the archive whose spectra are the reference
     reference_run: int | None = None  # or: a whole archived run, summed
+    beam: BeamConfig = field(default_factory=BeamConfig)  # the beam profile (decoders/beam-profiles.toml)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     histograms: HistogramConfig = field(default_factory=HistogramConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -161,4 +167,21 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     data = _merge(data, _env_table(environ))
     data = _merge(data, overrides or {})
-    return build(Config, data, where=str(path) if path else "config")
+    return build(Config, with_beam_profile(data), where=str(path) if path else "config")
+
+
+def with_beam_profile(data: Mapping[str, Any]) -> dict:
+    """``data`` (the merged configuration tables) over the values its ``[beam] profile`` implies: cuts,
+    histogram ranges and quality expectations of the beam; what ``data`` sets explicitly wins."""
+    beam = data.get("beam") if isinstance(data.get("beam"), Mapping) else {}
+    name = beam.get("profile", BeamConfig.profile)
+    if not isinstance(name, str) or name not in beam_profiles.profiles():
+        return dict(data)  # building [beam] names the bad profile
+    return _merge(beam_profiles.profile_settings(beam_profiles.profile(name)), data)
+
+
+def load_channel_map(config: Config) -> ChannelMap:
+    """The configured channel map (``channel_map``, else the packaged one) over the configured detector
+    table (``detectors``, else the packaged ``decoders/detectors.toml``)."""
+    table = DetectorTable.load(config.detectors) if config.detectors else DetectorTable.default()
+    return ChannelMap.load(config.channel_map, table) if config.channel_map else ChannelMap.default(table)

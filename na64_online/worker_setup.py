@@ -1,16 +1,18 @@
 """What a decoder worker is sent to decode exactly as the service does: text, never pickle.
 
-The SETUP payload is two UTF-8 frames:
+The SETUP payload is three UTF-8 frames:
 
 1. the configuration the worker's pipeline uses, as TOML — the ``[monitor]``
    section (``chunk_events``, ``[monitor.reconstruction]``, ``[monitor.cuts]``)
    and ``[histograms]``, with the format version in ``[setup]``;
 2. the channel map (with calibration) as CSV, the columns of
-   ``decoders/default-channel-map.csv``.
+   ``decoders/default-channel-map.csv``;
+3. the detector table the map's ``detector`` column names, as TOML
+   (``decoders/detectors.toml``'s form).
 
-The worker parses them with the service's own loaders (``config.build`` and
-``ChannelMap.from_csv_text``), so a bad set-up is a :class:`ConfigError` or
-:class:`ChannelMapError` naming the key or line, and builds
+The worker parses them with the service's own loaders (``config.build``,
+``DetectorTable.from_toml_text`` and ``ChannelMap.from_csv_text``), so a bad set-up is a
+:class:`ConfigError` or :class:`ChannelMapError` naming the key or line, and builds
 ``make_processor(channel_map, monitor, histograms)`` — the processor of the
 service itself.
 """
@@ -27,13 +29,14 @@ from typing import Any, Mapping, Sequence
 from .config import Config, build
 from .daq.workers import WorkerSetup
 from .decoders.channelmap import ChannelMap
+from .decoders.detectors import DetectorTable
 from .decoders.errors import ConfigError
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig, SpillProcessor
 from .monitor.spill_monitor import make_processor
 
 SETUP_FORMAT = "na64-worker-setup"
-SETUP_VERSION = 1
+SETUP_VERSION = 2  # 2: the detector table
 MAX_SETUP_BYTES = 16 << 20
 #: the program of a local worker process (the pool adds --connect, --capacity, --parent-pid, keys)
 WORKER_COMMAND = (sys.executable, "-m", "na64_online.cli", "worker")
@@ -80,24 +83,24 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------- encode / decode
-def encode_setup(config: Config, channel_map: ChannelMap) -> tuple[bytes, bytes]:
-    """(configuration TOML, channel map CSV) as UTF-8 frames."""
+def encode_setup(config: Config, channel_map: ChannelMap) -> tuple[bytes, bytes, bytes]:
+    """(configuration TOML, channel map CSV, detector table TOML) as UTF-8 frames."""
     toml = to_toml({
         "setup": {"format": SETUP_FORMAT, "version": SETUP_VERSION},
         "monitor": dataclasses.asdict(config.monitor),
         "histograms": dataclasses.asdict(config.histograms),
     })
-    return toml.encode(), channel_map.to_csv_text().encode()
+    return toml.encode(), channel_map.to_csv_text().encode(), channel_map.detectors.to_toml_text().encode()
 
 
 def decode_setup(payload: Sequence[bytes]) -> tuple[MonitorConfig, HistogramConfig, ChannelMap]:
     """The worker's side of :func:`encode_setup`; ConfigError / ChannelMapError name what is wrong."""
-    if len(payload) != 2:
-        raise ConfigError(f"worker set-up: expected 2 frames (TOML, CSV), got {len(payload)}")
+    if len(payload) != 3:
+        raise ConfigError(f"worker set-up: expected 3 frames (TOML, CSV, TOML), got {len(payload)}")
     if sum(len(p) for p in payload) > MAX_SETUP_BYTES:
         raise ConfigError(f"worker set-up larger than {MAX_SETUP_BYTES} bytes")
     try:
-        toml_text, csv_text = (bytes(p).decode("utf-8") for p in payload)
+        toml_text, csv_text, table_text = (bytes(p).decode("utf-8") for p in payload)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"worker set-up is not UTF-8 text: {exc}") from None
     try:
@@ -115,7 +118,8 @@ def decode_setup(payload: Sequence[bytes]) -> tuple[MonitorConfig, HistogramConf
         raise ConfigError(f"worker set-up: unknown section(s) {', '.join(unknown)}")
     monitor = build(MonitorConfig, data.get("monitor", {}), "setup.monitor")
     histograms = build(HistogramConfig, data.get("histograms", {}), "setup.histograms")
-    channel_map = ChannelMap.from_csv_text(csv_text, source="<channel map from the service>")
+    table = DetectorTable.from_toml_text(table_text, source="<detector table from the service>")
+    channel_map = ChannelMap.from_csv_text(csv_text, source="<channel map from the service>", detectors=table)
     return monitor, histograms, channel_map
 
 

@@ -27,7 +27,7 @@ from .. import __version__
 from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
 from .dashboard import BOKEH_STATIC_ROUTE
-from .routers import alarms, dashboard, health, histograms, metrics, spills
+from .routers import alarms, dashboard, detectors, health, histograms, metrics, spills
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)
-    for module in (dashboard, spills, histograms, alarms, health, metrics):
+    for module in (dashboard, spills, histograms, alarms, health, metrics, detectors):
         app.include_router(module.router)
     # BokehJS and Swagger UI from installed packages: dashboard and docs need no internet access
     app.mount(BOKEH_STATIC_ROUTE, StaticFiles(directory=str(bokehjs_path())), name="bokeh-static")
