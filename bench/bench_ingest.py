@@ -34,7 +34,7 @@ from na64_online.config import Config
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.worker_setup import worker_setup
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import build_monitor

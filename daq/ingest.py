@@ -43,6 +43,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -215,7 +216,8 @@ class IngestService:
     Start-up (``phase``: starting → warming_up → running → stopping → stopped):
     the worker port is bound and the local workers started first; ``warm_up()``
     (the service's own kernels, e.g. the monitor's) runs and the builder's
-    kernels are loaded while the workers compile theirs; only when every local
+    kernels are loaded on ``warm_up_events()`` (LDC id -> plain events of one
+    spill, e.g. :func:`na64_online.sim.warmup.ldc_sample`) while the workers compile theirs; only when every local
     worker said READY (or ``warmup_timeout_s`` passed) does the SUB socket
     connect to the readout nodes, so a cold start drops nothing.
     Stop: spills still open are closed and finished with
@@ -237,9 +239,11 @@ class IngestService:
         context: zmq.Context | None = None,
         worker_setup: WorkerSetup | None = None,
         warm_up: Callable[[], None] | None = None,
+        warm_up_events: Callable[[], Mapping[int, Sequence[bytes]]] | None = None,
     ) -> None:
         self.config = config
         self.warm_up = warm_up
+        self.warm_up_events = warm_up_events
         self.phase = "starting"
         #: Unix time the SUB socket connected to the readout nodes (after the warm-up)
         self.listening_since: float | None = None
@@ -473,10 +477,11 @@ class IngestService:
         """Load every kernel (here and in the local workers), then connect to the readout nodes."""
         self.phase = "warming_up"
         t0 = time.monotonic()
-        try:
-            warm_up_builder(self.config)
-        except Exception:  # noqa: BLE001 - only a delay would follow
-            log.exception("builder warm-up failed")
+        if self.warm_up_events is not None:
+            try:
+                warm_up_builder(self.config, self.warm_up_events())
+            except Exception:  # noqa: BLE001 - only a delay would follow
+                log.exception("builder warm-up failed")
         if self.warm_up is not None and not self._stop.is_set():
             self.warm_up()
         pool, deadline = self.pool, t0 + self.config.warmup_timeout_s
@@ -751,23 +756,20 @@ class IngestService:
                 log.exception("on_record callback failed")
 
 
-def warm_up_builder(config: IngestConfig) -> None:
-    """Build a tiny simulated spill of two readout nodes with a throwaway :class:`EventBuilder`.
+def warm_up_builder(config: IngestConfig, events_by_ldc: Mapping[int, Sequence[bytes]]) -> None:
+    """Build one spill of plain events per readout node (LDC id -> events, §9) with a throwaway :class:`EventBuilder`.
 
     Loads (or compiles, on a cold numba cache) the kernels the service thread
     runs on live messages — payload scan, event building, the index of
     dropped events — before the first message arrives.
     """
     from .envelope import pack_envelope, parse_message
-    from .simulator import LDC_IDS, ReadoutSimulator, SimulationConfig
 
-    sim = ReadoutSimulator(SimulationConfig(spills=1, events_per_spill=8, run_events=False))
-    spill = next(iter(sim.spills()))
-    ldcs = tuple(LDC_IDS)
-    builder = EventBuilder(tuple(ldcs), gdc_id=config.gdc_id, chunk_events=4)
+    ldcs = tuple(events_by_ldc)
+    builder = EventBuilder(ldcs, gdc_id=config.gdc_id, chunk_events=4)
     outputs = []
     for seq, ldc in enumerate(ldcs):
-        events = spill.ldc_events(ldc)
+        events = events_by_ldc[ldc]
         frames = [L.ZMQ_TOPIC, pack_envelope(ldc, seq, len(events)), b"".join(events)]
         _, scan = parse_message([memoryview(f) for f in frames])
         outputs += builder.add(ldc, scan, 0.0)

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from . import layout as L
-from .errors import FIRST_NOTICE, Issue
+from ..errors import FIRST_NOTICE, Issue
 
 # numba freezes module globals: plain ints, derived once from the layout.
 _MAGIC = L.DATE_MAGIC

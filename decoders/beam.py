@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_PROFILE = "electrons-100"
 PROFILES_FILE = "beam-profiles.toml"

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import layout
 from .detectors import DetectorTable
-from .errors import ChannelMapError
+from ..errors import ChannelMapError
 
 COLUMNS = ("src_id", "port", "channel", "detector", "module", "x", "y", "gain_gev")
 #: detector names and codes of the packaged table (decoders/detectors.toml); a map's own table is

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _kernels, layout
 from .channelmap import ChannelMap
-from .errors import Issue
+from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
 

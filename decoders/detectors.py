@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_TABLE = "detectors.toml"
 

@@ -19,7 +19,7 @@ import numpy as np
 from . import layout
 from .channelmap import ChannelMap
 from .decode import DecodedEvents
-from .errors import ISSUE_DESCRIPTIONS, Issue
+from ..errors import ISSUE_DESCRIPTIONS, Issue
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ published into a :class:`SnapshotStore` (swapping a reference under a lock):
 
 :class:`Na64Collector` (registered on the registry passed to
 :func:`register_metrics`) reads both at scrape time. Label sets are bounded:
-``kind`` = the decoder's :class:`~na64_online.decoders.errors.Issue` labels
+``kind`` = the decoder's :class:`~na64_online.errors.Issue` labels
 (anything else counts as ``other``), ``subsystem`` = beam, ecal, hcal, srd,
 veto, daq (plus those the detector table's mapped detectors add), overall;
 ``estimator`` = hcal, srd; ``detector`` = the detector table's names (× channel-finding
@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..decoders.channelmap import ChannelMap
-from ..decoders.errors import Issue
+from ..errors import Issue
 from .health import KINDS as FINDING_KINDS
 from .quality import SUBSYSTEMS, QualityState, subsystems_of
 

@@ -27,7 +27,7 @@ from ..decoders.decode import (
     issue_counts,
     merge_fragments,
 )
-from ..decoders.errors import FIRST_NOTICE, Issue
+from ..errors import FIRST_NOTICE, Issue
 from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, reconstruct
 
 _NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}

@@ -190,7 +190,7 @@ class SpillQuality:
 
     def alarms(self) -> list[dict]:
         """Spec §12 alarm objects for the checks that are WARNING (severity "warning") or BAD
-        ("critical"; the severities of monitor/alarms.py)."""
+        ("critical"; the severities of monitor/alarms/rules.py)."""
         return [
             {"name": c.name, "severity": "critical" if c.state == QualityState.BAD else "warning",
              "detail": c.detail, "subsystem": c.subsystem, "state": c.state.name, "value": c.to_dict()["value"]}

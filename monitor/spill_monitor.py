@@ -20,7 +20,7 @@ from typing import Any
 from ..decoders import beam as beam_profiles
 from ..decoders.beam import DEFAULT_PROFILE
 from ..decoders.channelmap import ChannelMap
-from ..decoders.errors import ConfigError
+from ..errors import ConfigError
 from .alarms import AlarmConfig, AlarmEngine
 from .archive import Archive, ArchiveConfig
 from .health import ChannelHistory, ChannelStats, HealthConfig, HealthReport

@@ -19,7 +19,7 @@ from . import __version__
 from .config import load_channel_map, Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
-from .decoders.errors import DaqError
+from .errors import DaqError
 from .monitor.alarms import ALARM_STATES
 from .monitor.jsonable import dumps
 from .monitor.quality import INTERRUPTED, QualityState
@@ -215,7 +215,7 @@ def _rate(text: str) -> tuple[str, float]:
 
 
 def simulation_config_from_args(args):
-    from .daq.simulator import SimulationConfig
+    from .sim.simulator import SimulationConfig
 
     return SimulationConfig(
         run=args.run,
@@ -239,7 +239,7 @@ def simulation_config_from_args(args):
 
 
 def cmd_simulate(args) -> int:
-    from .daq.simulator import write_raw_file
+    from .sim.simulator import write_raw_file
 
     _, channel_map = _load(args)
     try:
@@ -262,7 +262,7 @@ def _publish_simulation(args, sim_config, channel_map) -> int:
     from .daq.publisher import (
         PublisherConfig, ReadoutPublisher, parse_corruptions, parse_sequences, simulated_ldc_spills,
     )
-    from .daq.simulator import ReadoutSimulator
+    from .sim.simulator import ReadoutSimulator
 
     ldcs = args.ldc or []
     if len(ldcs) != len(args.publish):
@@ -434,7 +434,7 @@ def cmd_demo(args) -> int:
     import threading
 
     from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-    from .daq.simulator import ReadoutSimulator, SimulationConfig
+    from .sim.simulator import ReadoutSimulator, SimulationConfig
     from .service import LiveService
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -516,6 +516,7 @@ def cmd_worker(args) -> int:
     import zmq
 
     from .daq.workers import run_worker, worker_curve_keys
+    from .sim.warmup import warm_up_processor
     from .worker_setup import build_processor
 
     if bool(args.key) != bool(args.server_key):
@@ -526,7 +527,8 @@ def cmd_worker(args) -> int:
     curve = worker_curve_keys(args.key, args.server_key) if args.key else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
     try:
-        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve)
+        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve,
+                   warm_up=warm_up_processor)
     except zmq.ZMQError as exc:
         raise DaqError(f"worker: cannot connect to {args.connect}: {exc}") from None
     return 0

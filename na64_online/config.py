@@ -24,7 +24,7 @@ from .decoders import beam as beam_profiles
 from .decoders.beam import BeamConfig
 from .decoders.channelmap import ChannelMap
 from .decoders.detectors import DetectorTable
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
 from .monitor.health import HealthConfig

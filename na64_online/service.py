@@ -156,8 +156,8 @@ def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
     import numpy as np
 
     from .daq.live import LiveExtras
-    from .daq.simulator import ReadoutSimulator, SimulationConfig
     from .decoders import layout
+    from .sim.simulator import ReadoutSimulator, SimulationConfig
 
     sim = ReadoutSimulator(SimulationConfig(spills=1, events_per_spill=64, run_events=False), channel_map)
     spill = next(iter(sim.spills()))
@@ -188,6 +188,7 @@ class LiveService:
         from .monitor.liveness import LivenessWatch
         from .monitor.metrics import ServiceHealth, SnapshotStore, register_metrics
         from .monitor.spill_monitor import make_processor
+        from .sim.warmup import ldc_sample
         from .worker_setup import worker_setup
 
         self.registry = CollectorRegistry()
@@ -206,6 +207,7 @@ class LiveService:
             on_health=lambda health: self.metrics.publish_service(ServiceHealth(**health)),
             worker_setup=worker_setup(config, channel_map),
             warm_up=(lambda: warm_up_monitor(config, channel_map)) if warm_up else None,
+            warm_up_events=ldc_sample if warm_up else None,
         )
         self._watch_stop = threading.Event()
         self._watch_thread: threading.Thread | None = None

@@ -30,7 +30,7 @@ from .config import Config, build
 from .daq.workers import WorkerSetup
 from .decoders.channelmap import ChannelMap
 from .decoders.detectors import DetectorTable
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig, SpillProcessor
 from .monitor.spill_monitor import make_processor

@@ -23,7 +23,7 @@ def small():
 
 @pytest.fixture(scope="module")
 def simulated():
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
     sim = ReadoutSimulator(SimulationConfig(run=9, spills=2, events_per_spill=120, seed=5))
     return [(s.raw(), {l: s.ldc_events(l) for l in (1, 2)}) for s in sim.spills()]
@@ -253,7 +253,7 @@ def test_pending_memory_is_bounded(simulated):
 
 
 def test_open_spills_are_bounded(simulated):
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
     sim = ReadoutSimulator(SimulationConfig(run=3, spills=4, events_per_spill=5, seed=1))
     spills = list(sim.spills())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from na64_online.config import Config, load_config
-from na64_online.decoders.errors import ConfigError
+from na64_online.errors import ConfigError
 
 
 def test_defaults_are_the_spec_values():

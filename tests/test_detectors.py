@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from na64_online.config import load_channel_map, load_config
-from na64_online.daq.simulator import SimulationConfig, write_raw_file
+from na64_online.sim.simulator import SimulationConfig, write_raw_file
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.decoders.detectors import DetectorTable
-from na64_online.decoders.errors import ChannelMapError, ConfigError
+from na64_online.errors import ChannelMapError, ConfigError
 from na64_online.monitor.metrics import register_metrics
 from na64_online.service import Replayer
 from na64_online.web.app import create_app

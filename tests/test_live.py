@@ -22,7 +22,8 @@ from na64_online.config import Config
 from na64_online.daq.builder import build_all
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.warmup import ldc_sample
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import Replayer, build_monitor
@@ -101,7 +102,7 @@ def start_service(channel_map, endpoints, **overrides) -> IngestService:
     monitor = build_monitor(Config(), channel_map)  # what serve does: SpillMonitor.handle finishes each spill
     return IngestService(cfg, make_processor, (channel_map, Config().monitor, Config().histograms), finish=monitor.handle,
                          new_accumulator=monitor.processor.new_accumulator,
-                         worker_setup=worker_setup(Config(), channel_map)).start()
+                         worker_setup=worker_setup(Config(), channel_map), warm_up_events=ldc_sample).start()
 
 
 def publisher(ldc, endpoint="tcp://127.0.0.1:0", **kw) -> ReadoutPublisher:

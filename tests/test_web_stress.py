@@ -15,7 +15,7 @@ import pytest
 
 from na64_online.config import Config
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.archive import ArchiveConfig
 from na64_online.service import LiveService

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from na64_online.config import Config
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
-from na64_online.decoders.errors import ChannelMapError, ConfigError, FormatError
+from na64_online.errors import ChannelMapError, ConfigError, FormatError, ResultFormatError
 from na64_online.monitor.histograms import HistogramConfig
 from na64_online.monitor.pipeline import MonitorConfig
 from na64_online.monitor.spill_monitor import HISTOGRAMS, STATS, make_processor
-from na64_online.monitor.wire import VERSION, ResultFormatError, decode_accumulator, encode_accumulator
+from na64_online.monitor.wire import VERSION, decode_accumulator, encode_accumulator
 from na64_online.worker_setup import build_processor, decode_setup, encode_setup, to_toml
 
 TIMING = ("processing_seconds", "finished_at")

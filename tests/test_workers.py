@@ -27,12 +27,12 @@ from hypothesis import strategies as st
 
 from na64_online.config import Config, load_config
 from na64_online.daq.ingest import IngestConfig, IngestService
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.daq.workers import (
     ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, _Worker, is_loopback,
     make_keys,
 )
-from na64_online.decoders.errors import ConfigError
+from na64_online.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
 from na64_online.service import build_monitor
 from na64_online.worker_setup import worker_setup

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
-from ..decoders.errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
