@@ -122,8 +122,8 @@ class EventPhysics:
     hadron_like: np.ndarray
     candidate: np.ndarray
     main_ecal_max_cell: np.ndarray  # (n, 2) x, y of the hottest main-ECAL cell; −1 if no energy
-    e_wcal: np.ndarray | None = None  # visible mode's WCAL sum (zeros without a wcal detector)
-    detector_energy: np.ndarray | None = None  # (n, detectors of the table): each detector's energy sum
+    e_wcal: np.ndarray  # visible mode's WCAL sum (zeros without a wcal detector)
+    detector_energy: np.ndarray  # (n, detectors of the table): each detector's energy sum
 
 
 def _module_sums(energy: np.ndarray, groups: tuple, mean: bool) -> np.ndarray:

@@ -312,7 +312,7 @@ class SpillProcessor:
         acc.hadron_events += int(np.count_nonzero(physics.hadron_like))
         acc.no_electron_beam_events += int(np.count_nonzero(physics.beam_trigger & ~physics.electron))
         acc._mark_events(ix.event[data].astype(np.int64))
-        if physics.detector_energy is not None and physics.detector_energy.shape[1]:
+        if physics.detector_energy.shape[1]:
             per_detector = physics.detector_energy[data]
             acc.detector_energy_kev += np.rint(per_detector * 1e6).astype(np.int64).sum(axis=0)
             acc.detector_hits += np.count_nonzero(per_detector > 0, axis=0)

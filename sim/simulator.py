@@ -81,6 +81,7 @@ __all__ = [
     "SimulationConfig",
     "SpillTruth",
     "write_raw_file",
+    "beam_settings",
 ]
 
 # ---------------------------------------------------------------------------
@@ -183,6 +184,15 @@ OLD_LAYOUT_VERSION = 0x00000003
 
 # ---------------------------------------------------------------------------
 # Configuration
+
+
+def beam_settings(profile, hadron_fraction: float | None = None, muon_fraction: float | None = None) -> dict:
+    """``SimulationConfig`` keywords of a beam profile (:mod:`..decoders.beam`): its energy and expected
+    hadron contamination (``hadron_fraction`` given: that instead); muons fill at most the rest."""
+    hf = profile.hadron_fraction_expected if hadron_fraction is None else hadron_fraction
+    mf = SimulationConfig.muon_fraction if muon_fraction is None else muon_fraction
+    return {"beam_energy_gev": profile.energy_gev, "hadron_fraction": hf, "muon_fraction": min(mf, 1.0 - hf)}
+
 
 
 class _FrozenMap(Mapping):

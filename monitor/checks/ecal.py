@@ -22,7 +22,7 @@ def energy_scale(i: Inputs):
     peak = _peak(counts, hists[name].axes[1].edges)
     target = cfg.beam_energy_gev * cfg.energy_peak_fraction
     dev = abs(peak / target - 1.0)
-    particle = "electron" if cfg.energy_trigger == "electron" else cfg.energy_trigger
+    particle = "electron" if cfg.energy_trigger == "electron" else f"{cfg.energy_trigger}-trigger"
     what = "" if name == "e_ecal" else f" ({name})"
     return check("ecal.energy_scale", _upper(dev, cfg.energy_scale_warning, cfg.energy_scale_bad), peak,
                  f"{particle} peak{what} {peak:.1f} GeV for a {cfg.beam_energy_gev:g} GeV beam",
