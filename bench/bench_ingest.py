@@ -19,7 +19,6 @@ processes, all on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -109,7 +108,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                        task_timeout_s=120.0)
     cmap = ChannelMap.default()
     if args.bare:  # the bare processor is not what a worker process builds from the set-up: worker threads
-        cfg = dataclasses.replace(cfg, workers=0, worker_threads=workers)
+        cfg = cfg.replace(workers=0, worker_threads=workers)
         svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), cmap))
     else:  # what ``serve`` runs: the spill monitor's processor (histograms, channel statistics) and handle()
         config = Config()

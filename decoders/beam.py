@@ -15,7 +15,11 @@ import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import ClassVar
 
+from pydantic import field_validator
+
+from ..config_section import ConfigSection
 from ..errors import ConfigError
 
 DEFAULT_PROFILE = "electrons-100"
@@ -38,15 +42,19 @@ _KEYS = {"title", "particle", "energy_gev", "mode", "hadron_fraction_expected", 
          "checks_off", "cuts", "quality", "histograms"}
 
 
-@dataclass(frozen=True)
-class BeamConfig:
+class BeamConfig(ConfigSection):
     """``[beam]``: the beam profile in use (a name in ``decoders/beam-profiles.toml``)."""
+
+    section: ClassVar[str] = "beam"
 
     profile: str = DEFAULT_PROFILE
 
-    def __post_init__(self) -> None:
-        if self.profile not in profiles():
-            raise ValueError(f"beam profile {self.profile!r} unknown; known: {', '.join(profiles())}")
+    @field_validator("profile")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in profiles():
+            raise ValueError(f"beam profile {name!r} unknown; known: {', '.join(profiles())}")
+        return name
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,15 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from enum import IntEnum
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
+from pydantic import model_validator
 from scipy import stats as _stats
 
+from ..config_section import ConfigSection, FieldProblem
 from ..decoders.detectors import BASE_SUBSYSTEMS
+
 from .histograms import TRIGGER_INDEX
 
 SUBSYSTEMS = BASE_SUBSYSTEMS  # judged in every spill; the detector table may add more (decoders/detectors.toml)
@@ -67,9 +70,10 @@ class QualityState(IntEnum):
         return max(states) if states else cls.NO_DATA
 
 
-@dataclass(frozen=True)
-class QualityConfig:
-    """Thresholds. ``*_warning`` / ``*_bad`` are upper limits unless named ``range``."""
+class QualityConfig(ConfigSection):
+    """Thresholds (``[quality]``). ``*_warning`` / ``*_bad`` are upper limits unless named ``range``."""
+
+    section: ClassVar[str] = "quality"
 
     min_events: int = 200  # data events to judge physics checks
     min_beam_events: int = 100  # beam-trigger events to judge the hadron fraction
@@ -120,20 +124,25 @@ class QualityConfig:
     energy_peak_fraction: float = 1.0  # expected peak / beam energy (e/pi of a calorimeter for hadrons)
     checks_off: tuple[str, ...] = ()  # checks that do not apply (e.g. the electron tag on a hadron beam)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _agree(self) -> "QualityConfig":
         if not self.reference_p_bad <= self.reference_p_warning:
-            raise ValueError("reference_p_bad must not exceed reference_p_warning")
+            raise FieldProblem("reference_p_bad", f"must not exceed reference_p_warning ({self.reference_p_warning})")
         for name in ("hadron_fraction", "energy_scale", "srd_excess", "decode_error_rate", "lost_event_rate",
                      "dead_time", "trigger_mismatch", "modules_missing_rate", "dropped_event_rate",
-                     "incomplete_event_rate"):
+                     "incomplete_event_rate", "channels"):
             if getattr(self, f"{name}_bad") < getattr(self, f"{name}_warning"):
-                raise ValueError(f"{name}_bad must not be below {name}_warning")
-        if self.channels_bad < self.channels_warning:
-            raise ValueError("channels_bad must not be below channels_warning")
-        if self.energy_trigger not in TRIGGER_INDEX or self.reference_trigger not in TRIGGER_INDEX:
-            raise ValueError(f"energy_trigger and reference_trigger must be one of {', '.join(TRIGGER_INDEX)}")
+                raise FieldProblem(f"{name}_bad", f"must not be below {name}_warning ({getattr(self, f'{name}_warning')})")
+        for name in ("beam_range_warning", "beam_range_bad", "spill_duration_range_us"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] <= bounds[1]:
+                raise FieldProblem(name, f"needs low <= high, got {list(bounds)}")
+        for name in ("reference_trigger", "energy_trigger"):
+            if getattr(self, name) not in TRIGGER_INDEX:
+                raise FieldProblem(name, f"must be one of {', '.join(TRIGGER_INDEX)}, got {getattr(self, name)!r}")
         if not 0 < self.energy_peak_fraction <= 2:
-            raise ValueError("energy_peak_fraction must be within (0, 2]")
+            raise FieldProblem("energy_peak_fraction", f"must be within (0, 2], got {self.energy_peak_fraction}")
+        return self
 
 
 @dataclass(frozen=True)

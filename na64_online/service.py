@@ -170,6 +170,17 @@ def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
         scratch.close()
 
 
+def source_labels(channel_map: ChannelMap) -> tuple[str, ...]:
+    """srcID labels for ``na64_decode_errors_by_source_total``: the channel map's MSADC srcIDs, the scalers and
+    the trigger time (bounded by the map, whatever srcIDs damaged data may claim)."""
+    import numpy as np
+
+    from .decoders import layout
+
+    ids = {int(s) for s in np.unique(channel_map.src_id)} | {layout.SRC_SCALERS, layout.SRC_TRIGGER_TIME}
+    return tuple(str(i) for i in sorted(ids))
+
+
 class LiveService:
     """The live service: ZeroMQ ingest → SpillMonitor (quality, alarms, archive, metrics) → HTTP API.
 
@@ -186,16 +197,21 @@ class LiveService:
 
         from .daq.ingest import IngestService
         from .monitor.liveness import LivenessWatch
-        from .monitor.metrics import ServiceHealth, SnapshotStore, register_metrics
+        from .monitor.metrics import ServiceHealth, SnapshotStore, alarm_view, register_metrics
         from .monitor.spill_monitor import make_processor
         from .sim.warmup import ldc_sample
         from .worker_setup import worker_setup
 
+        self.started = time.time()  # na64_service_start_time_seconds: this process's start, not a scrape's
         self.registry = CollectorRegistry()
         store = SnapshotStore()
+        store.publish(service=ServiceHealth(started=self.started))
         self.liveness = LivenessWatch(store, config.monitor.no_data_after_seconds,
                                       listening_since=lambda: self.ingest.listening_since, clock=clock)
-        self.metrics = register_metrics(self.registry, store, liveness=self.liveness.status)
+        self.metrics = register_metrics(
+            self.registry, store, liveness=self.liveness.status, sources=source_labels(channel_map),
+            alarms=lambda: alarm_view(self.monitor.alarms),
+            archive=archive_path is not None or config.archive is not None, process=True)
         self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
         self.ingest = IngestService(
             ingest or config.ingest,
@@ -204,7 +220,7 @@ class LiveService:
             finish=self.monitor.handle,
             new_accumulator=self.monitor.processor.new_accumulator,
             on_record=on_record,
-            on_health=lambda health: self.metrics.publish_service(ServiceHealth(**health)),
+            on_health=lambda health: self.metrics.publish_service(ServiceHealth(**{**health, "started": self.started})),
             worker_setup=worker_setup(config, channel_map),
             warm_up=(lambda: warm_up_monitor(config, channel_map)) if warm_up else None,
             warm_up_events=ldc_sample if warm_up else None,

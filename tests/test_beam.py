@@ -3,7 +3,6 @@ profile named in the record; visible mode with a WCAL; positrons' and hadrons' e
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from importlib import resources
@@ -11,7 +10,7 @@ from importlib import resources
 import pytest
 
 from na64_online.config import Config, load_channel_map, load_config
-from na64_online.decoders.beam import SCALED, profile, profile_settings, profiles
+from na64_online.decoders.beam import SCALED, BeamConfig, profile, profile_settings, profiles
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.decoders.detectors import DetectorTable
 from na64_online.errors import ConfigError
@@ -34,6 +33,8 @@ def test_default_profile_is_the_built_in_configuration():
     """electrons-100 implies exactly the defaults the configuration classes had: records stay as they were."""
     assert load_config(environ={}) == Config()
     assert load_config(environ={}).beam.profile == "electrons-100"
+    for section in ("monitor", "histograms", "quality"):
+        assert getattr(Config(), section) == type(getattr(Config(), section))()
 
 
 def test_cuts_scale_with_the_beam_energy_unless_set():
@@ -44,11 +45,14 @@ def test_cuts_scale_with_the_beam_energy_unless_set():
     assert c.monitor.cuts.candidate_hcal_max_gev == Config().monitor.cuts.candidate_hcal_max_gev  # not energy-like
     assert c.quality.beam_energy_gev == 150.0 and c.histograms.e_ecal == (300, 0.0, 225.0)
     assert set(profile_settings(profile("electrons-150"))["histograms"]) == {p[1] for p in SCALED if p[0] == "histograms"}
+    assert c.origin(("quality", "beam_energy_gev")) == "profile:electrons-150"
+    assert c.origin(("monitor", "cuts", "candidate_ecal_max_gev")) == "env:NA64_MONITOR__CUTS__CANDIDATE_ECAL_MAX_GEV"
 
 
 def test_unknown_profile_names_the_key_and_the_known_ones(tmp_path):
     (tmp_path / "c.toml").write_text('[beam]\nprofile = "muons-160"\n')
-    with pytest.raises(ConfigError, match=r"beam.*'muons-160' unknown; known: electrons-100, positrons-100"):
+    with pytest.raises(ConfigError, match=r"beam.profile: beam profile 'muons-160' unknown; known: electrons-100, "
+                                          r"positrons-100.*file:"):
         load_config(tmp_path / "c.toml", environ={})
 
 
@@ -90,8 +94,7 @@ def test_positron_beam_expects_ten_times_the_hadrons(tmp_path, channel_map):
     assert checks["beam.hadron_fraction"]["state"] == "GOOD"
     assert "expected at most 0.3" in checks["beam.hadron_fraction"]["reason"]
     # the same beam judged as an electron beam: far too many hadrons
-    electrons = dataclasses.replace(positrons, beam=dataclasses.replace(positrons.beam, profile="electrons-100"),
-                                    quality=Config().quality)
+    electrons = positrons.replace(beam=BeamConfig(profile="electrons-100"), quality=Config().quality)
     _, checks = _replay(tmp_path, electrons, channel_map, hadron_fraction=0.15)
     assert checks["beam.hadron_fraction"]["state"] in ("WARNING", "BAD")  # limits 0.05 / 0.15
 

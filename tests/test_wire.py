@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 import struct
@@ -16,7 +15,9 @@ from hypothesis import strategies as st
 from na64_online.config import Config
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
+from na64_online.decoders.decode import ReconstructionParams
 from na64_online.errors import ChannelMapError, ConfigError, FormatError, ResultFormatError
+from na64_online.monitor.health import HealthConfig
 from na64_online.monitor.histograms import HistogramConfig
 from na64_online.monitor.pipeline import MonitorConfig
 from na64_online.monitor.spill_monitor import HISTOGRAMS, STATS, make_processor
@@ -249,18 +250,23 @@ def test_refused_result_keeps_the_template_untouched_for_the_caller(processor, p
 # --------------------------------------------------------------------------- worker set-up as text
 def test_setup_round_trips_configuration_and_channel_map(channel_map):
     config = Config(monitor=MonitorConfig(chunk_events=1000),
-                    histograms=dataclasses.replace(HistogramConfig(), e_ecal=(120, 0.0, 130.0)))
+                    histograms=HistogramConfig().replace(e_ecal=(120, 0.0, 130.0)),
+                    health=HealthConfig(hit_threshold=33.0))
     toml_bytes, csv_bytes, table_bytes = encode_setup(config, channel_map)
     assert b"[monitor.cuts]" in toml_bytes and b"[histograms]" in toml_bytes
     assert csv_bytes.startswith(b"src_id,port,channel,detector,module,x,y,gain_gev\n")
     assert table_bytes.startswith(b"[[detector]]")
-    monitor, histograms, cmap = decode_setup([toml_bytes, csv_bytes, table_bytes])
-    assert monitor == config.monitor and histograms == config.histograms
+    monitor, histograms, health, cmap = decode_setup([toml_bytes, csv_bytes, table_bytes])
+    assert monitor == config.monitor and histograms == config.histograms and health.hit_threshold == 33.0
     assert cmap.detectors == channel_map.detectors
     for col in ("src_id", "port", "channel", "detector", "module", "x", "y", "gain_gev"):
         assert np.array_equal(getattr(cmap, col), getattr(channel_map, col)), col
     p = build_processor([toml_bytes, csv_bytes, table_bytes])
     assert p.config == config.monitor and len(p.channel_map) == len(channel_map)
+    assert p.new_accumulator().extensions["channel_stats"].hit_threshold == 33.0
+    # without an explicit one, the workers count hits above the reconstruction threshold, as the service does
+    config = Config(monitor=MonitorConfig(reconstruction=ReconstructionParams(amplitude_threshold=27.0)))
+    assert decode_setup(encode_setup(config, channel_map))[2].hit_threshold == 27.0
 
 
 def test_channel_map_csv_keeps_every_gain_exactly(tmp_path):
@@ -272,13 +278,14 @@ def test_channel_map_csv_keeps_every_gain_exactly(tmp_path):
 
 
 _TABLE = b'[[detector]]\nname = "ECAL"\nrole = "ecal"\nsubsystem = "ecal"\nmodules = 2\nnx = 6\nny = 6\n'
-_HEAD = b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n"
+_HEAD = b"[setup]\nformat = 'na64-worker-setup'\nversion = 3\n"
 
 
 @pytest.mark.parametrize("payload, error, message", [
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 3\n", b"", _TABLE], ConfigError, "version 3"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n", b"", _TABLE], ConfigError, "version 2"),
     ([b"[monitor]\nchunk_events = 10\n", b"", _TABLE], ConfigError, "format"),
-    ([_HEAD + b"[monitor]\nchunk_events = 0\n", b"", _TABLE], ConfigError, "setup.monitor"),
+    ([_HEAD + b"[monitor]\nchunk_events = 0\n", b"", _TABLE], ConfigError,
+     r"monitor\.chunk_events: must be .*worker set-up"),
     ([_HEAD + b"[monitor]\nbogus = 1\n", b"", _TABLE], ConfigError, "bogus"),
     ([_HEAD + b"[archive]\npath = '/etc/passwd'\n", b"", _TABLE], ConfigError, "unknown section"),
     ([b"not toml ==", b"", _TABLE], ConfigError, "TOML"),
