@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .config import Config, load_config
+from .config import load_channel_map, Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
 from .errors import DaqError
@@ -41,8 +41,7 @@ def _load(args) -> tuple[Config, ChannelMap]:
     if getattr(args, "map", None):
         overrides["channel_map"] = args.map
     config = load_config(getattr(args, "config", None), overrides=overrides)
-    channel_map = ChannelMap.load(config.channel_map) if config.channel_map else ChannelMap.default()
-    return config, channel_map
+    return config, load_channel_map(config)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -283,8 +282,13 @@ def _rate(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY, got {text!r} ({exc})") from None
 
 
-def simulation_config_from_args(args):
-    from .sim.simulator import SimulationConfig
+def simulation_config_from_args(args, config: Config | None = None):
+    """The simulation of the command line over the beam profile of ``config`` (``[beam] profile``):
+    its energy and hadron contamination unless ``--hadron-fraction`` / ``--muon-fraction`` say otherwise."""
+    from .decoders.beam import profile
+    from .sim.simulator import SimulationConfig, beam_settings
+
+    beam = beam_settings(profile((config or Config()).beam.profile), args.hadron_fraction, args.muon_fraction)
 
     return SimulationConfig(
         run=args.run,
@@ -292,7 +296,7 @@ def simulation_config_from_args(args):
         first_spill=args.first_spill,
         events_per_spill=args.events,
         seed=args.seed,
-        hadron_fraction=args.hadron_fraction,
+        **beam,
         dead_channels=tuple(args.dead_channel),
         noisy_channels=tuple(args.noisy_channel),
         hot_channels=tuple(args.hot_channel),
@@ -301,7 +305,6 @@ def simulation_config_from_args(args):
         corruption_rates=dict(args.corrupt),
         zero_suppression=not args.no_zero_suppression,
         signal_fraction=args.signal_fraction,
-        muon_fraction=args.muon_fraction,
         pileup_probability=args.pileup,
         pedestal_drift_per_spill=args.pedestal_drift,
     )
@@ -310,9 +313,9 @@ def simulation_config_from_args(args):
 def cmd_simulate(args) -> int:
     from .sim.simulator import write_raw_file
 
-    _, channel_map = _load(args)
+    config, channel_map = _load(args)
     try:
-        sim_config = simulation_config_from_args(args)
+        sim_config = simulation_config_from_args(args, config)
     except ValueError as exc:
         raise DaqError(f"bad simulation settings: {exc}") from None
     if args.publish:
@@ -491,7 +494,8 @@ def cmd_demo(args) -> int:
     import threading
 
     from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-    from .sim.simulator import ReadoutSimulator, SimulationConfig
+    from .decoders.beam import profile as beam_profile
+    from .sim.simulator import ReadoutSimulator, SimulationConfig, beam_settings
     from .service import LiveService
 
     _use_log_format(args.log_format, logging.WARNING if args.log_format == "text" else logging.INFO)
@@ -503,7 +507,8 @@ def cmd_demo(args) -> int:
     config = config.replace(web=config.web.replace(tokens={**config.web.tokens, "demo": hash_token(demo_token)}))
     try:
         sim_config = SimulationConfig(
-            spills=args.spills or 4095, events_per_spill=args.events, hadron_fraction=args.hadron_fraction,
+            spills=args.spills or 4095, events_per_spill=args.events,
+            **beam_settings(beam_profile(config.beam.profile), args.hadron_fraction),
             dead_channels=tuple(args.dead_channel), seed=args.seed, spill_duration_s=args.spill_duration,
         )
         publishers = [
@@ -694,8 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-spill", type=UINT32, default=1)
     p.add_argument("--events", type=POSITIVE, default=1000, help="events per spill")
     p.add_argument("--seed", type=UINT32, default=0)
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015, help="hadrons per beam particle")
-    p.add_argument("--muon-fraction", type=FRACTION, default=0.005)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation, 0.015 for electrons-100)")
+    p.add_argument("--muon-fraction", type=FRACTION, default=None, help="muons per beam particle (default 0.005)")
     p.add_argument("--signal-fraction", type=FRACTION, default=2e-4, help="missing-energy signal-like events")
     p.add_argument("--pileup", type=FRACTION, default=0.02, help="pile-up probability per event")
     p.add_argument("--pedestal-drift", type=_float_in(-4096.0, 4096.0), default=0.0, metavar="ADC", help="pedestal drift per spill")
@@ -782,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=POSITIVE, default=5000, metavar="N", help="events per spill")
     p.add_argument("--spill-duration", type=SECONDS, default=4.8, metavar="S")
     p.add_argument("--spill-gap", type=SECONDS, default=3.0, metavar="S", help="time between spills")
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation)")
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--workers", type=COUNT, default=1, metavar="N")
     p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")

@@ -39,8 +39,12 @@ from pydantic import PrivateAttr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from .config_section import ConfigSection, Problem, config_error, problems_of, section_class
+from .config_section import ConfigSection, Problem, config_error, problems_of, section_class, validate_section
 from .daq.ingest import IngestConfig
+from .decoders import beam as beam_profiles
+from .decoders.beam import BeamConfig
+from .decoders.channelmap import ChannelMap
+from .decoders.detectors import DetectorTable
 from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
@@ -163,8 +167,10 @@ class Config(BaseSettings):
     )
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
+    detectors: str | None = None  # path of a detector table (TOML); None: the packaged decoders/detectors.toml
     reference: tuple[int, int] | None = None  # (run, spill) in the archive whose spectra are the reference
     reference_run: int | None = None  # or: a whole archived run, summed
+    beam: BeamConfig = BeamConfig()  # the beam profile (decoders/beam-profiles.toml): cuts and expectations
     monitor: MonitorConfig = MonitorConfig()
     histograms: HistogramConfig = HistogramConfig()
     health: HealthConfig = HealthConfig()
@@ -177,6 +183,8 @@ class Config(BaseSettings):
 
     #: key → where its value came from (keys at their defaults or derived are absent)
     _given: dict[Key, str] = PrivateAttr(default_factory=dict)
+    #: key → "profile:NAME" for the keys the beam profile set (not given explicitly)
+    _implied: dict[Key, str] = PrivateAttr(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:
         loading = _LOADING.get()
@@ -191,6 +199,29 @@ class Config(BaseSettings):
             origins = given()
             raise config_error(problems_of(exc, type(self), source=lambda key: _source_of(key, origins))) from None
         self._given = given()
+        self._apply_beam_profile()
+
+    def _apply_beam_profile(self) -> None:
+        """Set what the beam profile implies (``[beam] profile``, decoders/beam-profiles.toml: the cuts and
+        histogram ranges scaled to its energy, its quality expectations) for every key not given explicitly."""
+        name = self.beam.profile
+        changes: dict[str, dict[Key, Any]] = {}
+        for key, value in _flatten(beam_profiles.profile_settings(beam_profiles.profile(name))):
+            if any(key[:length] in self._given for length in range(1, len(key) + 1)):
+                continue  # given explicitly (or inside a table given as a whole): it wins
+            value = tuple(value) if isinstance(value, list) else value
+            self._implied[key] = f"profile:{name}"
+            if _get(self, key) != value:
+                changes.setdefault(key[0], {})[key[1:]] = value
+        for section, values in changes.items():
+            data = getattr(self, section).model_dump()
+            for key, value in values.items():
+                node = data
+                for part in key[:-1]:
+                    node = node[part]
+                node[key[-1]] = value
+            model = type(getattr(self, section))
+            object.__setattr__(self, section, validate_section(model, data, section, f"beam profile {name}"))
 
     def __eq__(self, other: object) -> bool:  # the values, not where they came from
         return type(other) is type(self) and self.__dict__ == other.__dict__
@@ -247,6 +278,8 @@ class Config(BaseSettings):
             return given
         if key in DERIVED:
             return "derived:" + ".".join(DERIVED[key])
+        if key in self._implied:
+            return self._implied[key]
         for length in range(len(key) - 1, 0, -1):  # a value inside a table given as a whole
             if self._given.get(key[:length], "").startswith(("env:", "argument")):
                 return self._given[key[:length]]
@@ -264,6 +297,14 @@ class Config(BaseSettings):
                 if isinstance(value, ConfigSection):
                     yield from walk(value, prefix + (name,))
         yield from walk(self, ())
+
+
+def _flatten(tables: Mapping[str, Any], prefix: Key = ()) -> Iterator[tuple[Key, Any]]:
+    for name, value in tables.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, prefix + (name,))
+        else:
+            yield prefix + (name,), value
 
 
 def _env_name(key: Key) -> str:
@@ -409,3 +450,10 @@ def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = No
                 reason = exc.reason[len(name) + 2:] if exc.reason.startswith(name + ": ") else exc.reason
                 problems.append(Problem(name, reason, config.origin(key)))
     return problems
+
+
+def load_channel_map(config: Config) -> ChannelMap:
+    """The configured channel map (``channel_map``, else the packaged one) over the configured detector
+    table (``detectors``, else the packaged ``decoders/detectors.toml``)."""
+    table = DetectorTable.load(config.detectors) if config.detectors else DetectorTable.default()
+    return ChannelMap.load(config.channel_map, table) if config.channel_map else ChannelMap.default(table)

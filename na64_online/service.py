@@ -38,6 +38,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
         archive=archive,
         metrics=metrics,
         reference=config.reference or ((config.reference_run, None) if config.reference_run is not None else None),
+        beam_profile=config.beam.profile,
     )
 
 

@@ -20,8 +20,10 @@ def test_defaults_are_the_spec_values():
     cuts = config.monitor.cuts
     assert (cuts.candidate_ecal_max_gev, cuts.hadron_hcal_min_gev, cuts.beam_cell) == (50.0, 10.0, (2, 2))
     assert config.monitor.reconstruction.amplitude_threshold == 20.0
-    assert all(config.origin(key) in ("default", "derived:monitor.reconstruction.amplitude_threshold")
-               for key, _ in config.settings())
+    # the beam-dependent keys come from the default beam profile (decoders/beam-profiles.toml), at these values
+    assert all(config.origin(key) in ("default", "derived:monitor.reconstruction.amplitude_threshold",
+                                      "profile:electrons-100") for key, _ in config.settings())
+    assert config.origin(("monitor", "cuts", "hadron_hcal_min_gev")) == "profile:electrons-100"
 
 
 def test_arguments_over_environment_over_file_over_defaults(tmp_path):
