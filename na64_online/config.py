@@ -262,12 +262,13 @@ class Config(BaseSettings):
                 values[key[0]] = _with(values[key[0]], key[1:], None)
         values.update(changes)
         new = type(self)(**values)
-        before, given = dict(self.settings()), dict(self._given)
+        before, given, implied = dict(self.settings()), dict(self._given), dict(self._implied)
         for key, value in new.settings():  # what the changes changed now comes from the caller
             derived = key in DERIVED and _get(values[key[0]], key[1:]) is None
             if before.get(key) != value and not derived:
                 given[key] = "argument"
-        new._given = given
+                implied.pop(key, None)
+        new._given, new._implied = given, implied
         return new
 
     def origin(self, key: Key) -> str:
