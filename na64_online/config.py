@@ -15,7 +15,9 @@ sections each layer declares (:class:`~.config_section.ConfigSection`).
 4. the defaults of the section classes.
 
 Settings that must agree are derived from one place (:data:`DERIVED`): left
-unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``.
+unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``;
+the beam profile (``[beam] profile``) sets the energy-dependent cuts, histogram
+ranges and quality expectations not set explicitly.
 
 Unknown sections or keys and bad values are one :class:`ConfigError` naming
 each failing key (``monitor.chunk_events``), the reason and the source (the
@@ -272,8 +274,8 @@ class Config(BaseSettings):
         return new
 
     def origin(self, key: Key) -> str:
-        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument`` or
-        ``derived:KEY`` (the key it follows)."""
+        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument``,
+        ``derived:KEY`` (the key it follows) or ``profile:NAME`` (the beam profile)."""
         given = self._given.get(key)
         if given is not None:
             return given
