@@ -642,20 +642,20 @@ def test_alarm_history_search(archive):
 # --------------------------------------------------------------------------- odds and ends
 
 
-def test_objects_with_to_dict_and_nan_in_exports(archive, tmp_path):
-    class Record:
-        def to_dict(self):
-            return make_record(2, 1, complete=False, hadron_fraction=float("nan"))
+def test_typed_models_and_nan_in_exports(archive, tmp_path):
+    """The monitor hands the archive its typed models (monitor/model.py); they are serialised once, NaN as null."""
+    from na64_online.monitor.model import SpillQuality, SpillRecord
 
-    class Quality:
-        def to_dict(self):
-            return make_quality("BAD", daq="BAD")
+    record = SpillRecord.model_validate(make_record(2, 1, complete=False, hadron_fraction=float("nan")))
+    quality = SpillQuality.model_validate({**make_quality("BAD", daq="BAD"), "run": 2, "spill": 1})
 
     class HistogramSet:
         hists = {"e_ecal": make_histograms()["e_ecal"]}
 
-    archive.store_spill(Record(), Quality(), HistogramSet())
-    assert archive.get_spill(2, 1)["histograms"] == ["e_ecal"]
+    archive.store_spill(record, quality, HistogramSet())
+    stored = archive.get_spill(2, 1)
+    assert stored["histograms"] == ["e_ecal"]
+    assert stored["record"]["hadron_fraction"] is None and stored["quality"]["overall"] == "BAD"
     out = tmp_path / "bad.json"
     archive.export_bad_spills(out, "json")
     doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))

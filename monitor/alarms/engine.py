@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...errors import ConfigError
+from ..model import to_json
 from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
 from .rules import (
     _SEVERITY_RANK,
@@ -294,10 +295,7 @@ class AlarmEngine:
         :meth:`take_events`.
         """
         self.check_reload()
-        if hasattr(record, "to_dict") and not isinstance(record, Mapping):
-            record = record.to_dict()  # a QARecord
-        if hasattr(quality, "to_dict") and not isinstance(quality, Mapping):
-            quality = quality.to_dict()  # a SpillQuality
+        record, quality, extra = to_json(record), to_json(quality), to_json(extra)
         context = dict(record)
         if quality is not None:
             context["quality"] = quality

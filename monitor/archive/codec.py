@@ -130,11 +130,6 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _as_dict(obj: Any) -> Any:
-    """A ``QARecord`` / ``SpillQuality`` (anything with ``to_dict``) as its dict."""
-    return obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, Mapping) else obj
-
-
 def _finite(obj: Any) -> Any:
     """Replace NaN/inf (not JSON) by ``None``, recursively."""
     if isinstance(obj, float) and not math.isfinite(obj):

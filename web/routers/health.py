@@ -29,7 +29,7 @@ def health(request: Request):
         "reason": live["reason"] if live else None,
         "time": time.time(),
         "spills_handled": st.monitor.spills_handled,
-        "last_spill": [latest.record.get("run"), latest.record.get("spill")] if latest else None,
+        "last_spill": [latest.record.run, latest.record.spill] if latest else None,
         "last_spill_age_seconds": time.time() - latest.published_at if latest else None,
         "latest_message_age_seconds": live["latest_message_age_seconds"] if live else None,
         "liveness": live,

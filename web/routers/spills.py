@@ -6,6 +6,8 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from ...monitor import model
+from ...monitor.model import to_json
 from .common import RunPath, RunQuery, SpillPath, archive_or_404, json_response, state
 
 router = APIRouter(prefix="/api/spills", tags=["spills"])
@@ -16,8 +18,8 @@ def latest(request: Request):
     snapshot = state(request).monitor.latest
     if snapshot is None:
         raise HTTPException(status_code=404, detail="no spill finished yet")
-    return json_response({"record": snapshot.record, "quality": snapshot.quality, "health": snapshot.health,
-                          "published_at": snapshot.published_at})
+    return json_response(to_json(model.SpillSnapshot(record=snapshot.record, quality=snapshot.quality,
+                                                      health=snapshot.health, published_at=snapshot.published_at)))
 
 
 @router.get("")
