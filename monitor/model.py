@@ -31,10 +31,14 @@ keeps them as exact binary blobs (:mod:`.archive.codec`).
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from enum import Enum
+from pathlib import PurePath
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_serializer
 
 
@@ -76,14 +80,32 @@ class Model(BaseModel):
 
 
 def to_json(value: Any) -> Any:
-    """The one serialisation: a model (or a list / dict of models) as strict JSON-ready Python data."""
+    """The one serialisation: strict JSON-ready Python data of a model, or of plain data holding models.
+
+    Models dump themselves (``mode="json"``); around them, NaN/±inf become ``None``, numpy
+    scalars and arrays plain Python values, tuples and sets lists, mapping keys strings and
+    paths strings.
+    """
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [to_json(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
     return value
+
+
+def dumps(value: Any) -> str:
+    """:func:`to_json` as text (what ``replay --json`` prints and the API answers)."""
+    return json.dumps(to_json(value), separators=(", ", ": "), allow_nan=False)
 
 
 # --------------------------------------------------------------------------- quality

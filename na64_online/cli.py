@@ -21,7 +21,7 @@ from .decoders import layout
 from .decoders.channelmap import ChannelMap
 from .errors import DaqError
 from .monitor.alarms import ALARM_STATES
-from .monitor.jsonable import dumps
+from .monitor.model import dumps
 from .monitor.quality import INTERRUPTED, QualityState
 
 EXIT_USAGE = 2

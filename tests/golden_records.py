@@ -84,7 +84,10 @@ def _one_input(raw: Path, work: Path) -> dict:
     from na64_online.config import load_config
     from na64_online.decoders.channelmap import ChannelMap
     from na64_online.monitor.archive import Archive
-    from na64_online.monitor.jsonable import dumps
+    try:
+        from na64_online.monitor.model import dumps
+    except ImportError:  # the code before the typed spill model
+        from na64_online.monitor.jsonable import dumps
     from na64_online.monitor.metrics import register_metrics
     from na64_online.service import Replayer
     from na64_online.web.app import create_app

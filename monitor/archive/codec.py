@@ -8,18 +8,16 @@ JSON: the UHI schema with plain lists (:func:`histogram_to_json`).
 from __future__ import annotations
 
 import json
-import math
-import re
 import struct
 import zlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import ArchiveError
+from ..model import to_json
 
 
 # --------------------------------------------------------------------------- histograms
@@ -56,7 +54,7 @@ def encode_histogram(h: Any) -> bytes:
     else:
         dtype = view.dtype.str
     uhi["__view__"] = {"dtype": dtype, "shape": list(view.shape)}
-    header = json.dumps(uhi, separators=(",", ":"), default=_json_default).encode()
+    header = _dumps(uhi).encode()
     payload = struct.pack("<I", len(header)) + header + view.tobytes()
     return _BLOB_MAGIC + bytes([_BLOB_VERSION]) + zlib.compress(payload, 6)
 
@@ -94,55 +92,16 @@ def histogram_to_json(h: Any) -> dict:
     storage = uhi["storage"]
     for key, value in list(storage.items()):
         if isinstance(value, np.ndarray):
-            storage[key] = _finite_list(value)
+            storage[key] = to_json(value)
     return uhi
-
-
-def _finite_list(arr: np.ndarray) -> list:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        obj = arr.astype(object)
-        obj[~np.isfinite(arr)] = None
-        return obj.tolist()
-    return arr.tolist()
-
-
-_ROOT_NAME_BAD = re.compile(r"[^A-Za-z0-9_./+\-]")
 
 
 # --------------------------------------------------------------------------- JSON helpers
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
-
-
-def _finite(obj: Any) -> Any:
-    """Replace NaN/inf (not JSON) by ``None``, recursively."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=_json_default)
+    """Compact strict JSON (:func:`~..model.to_json`) of a record, quality or header."""
+    return json.dumps(to_json(obj), separators=(",", ":"), allow_nan=False)
 
 
 def _iso(t: float | None) -> str | None:

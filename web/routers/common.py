@@ -8,7 +8,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ...monitor.jsonable import dumps
+from ...monitor.model import dumps
 from ..state import AppState
 
 # Run and spill numbers: bounded, so a huge number is a 422 and never reaches SQLite or numpy.
