@@ -362,8 +362,65 @@ class HistogramSetJSON(Model):
 
     model_config = ConfigDict(frozen=True, extra="allow", from_attributes=True)
 
-    events: int
-    histograms: dict[str, dict[str, Any]]
+    events: int = 0
+    histograms: dict[str, dict[str, Any]] = {}
+
+
+# --------------------------------------------------------------------------- archive rows
+
+
+class ArchivedSpillRow(Model):
+    """One archived spill in a list: when (``time``: the spill's, ``stored_at``: written), its overall
+    quality and headline numbers; ``fragment`` > 0 and ``collision``: another row holds the same (run, spill)."""
+
+    run: int
+    spill: int
+    time: Real
+    stored_at: Real
+    overall: str | None
+    complete: bool | None
+    events: int | None
+    eot: Real | None
+    hadron_fraction: Real | None
+    fragment: int
+    collision: bool
+
+
+class ArchivedSpill(Model):
+    """One archived spill: its record and quality as stored (the JSON of :class:`SpillRecord` and
+    :class:`SpillQuality` when this version wrote them), the names of its histograms and how many
+    rows hold this (run, spill)."""
+
+    run: int
+    spill: int
+    time: Real
+    stored_at: Real
+    overall: str | None
+    record: dict[str, Any]
+    quality: dict[str, Any] | None
+    histograms: list[str]
+    fragment: int
+    fragments: int
+    collision: bool
+
+
+class BadSpill(Model):
+    """A row of the bad-spill list (analysts): why the spill is bad, ``time`` as ISO UTC."""
+
+    run: int
+    spill: int
+    time: str | None
+    overall: str | None
+    failing_subsystems: list[str]
+    reasons: list[str]
+    alarms: list[str]
+    complete: bool | None
+    events: int | None
+    beam: int | None
+    eot: Real | None
+    hadron_fraction: Real | None
+    decode_errors: int | None
+    lost_events: int | None
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -381,6 +438,9 @@ class SpillSnapshot(Model):
 __all__ = [
     "ActiveAlarm",
     "AlarmEvent",
+    "ArchivedSpill",
+    "ArchivedSpillRow",
+    "BadSpill",
     "ChannelFinding",
     "HealthReport",
     "HistogramSetJSON",

@@ -80,3 +80,35 @@ def test_models_refuse_unknown_keys_and_bad_states():
                        spills=1, since=(1, 1))
     with pytest.raises(ValueError):
         SpillQuality(run=1, spill=1, overall="GOOD", subsystems={}, colour="green")
+
+
+def test_openapi_declares_a_response_schema_for_every_route(produced):
+    """Every route in /api/openapi.json documents its 200 answer with a content schema (response models)."""
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from na64_online.config import load_config
+    from na64_online.decoders.channelmap import ChannelMap
+    from na64_online.service import build_monitor
+    from na64_online.web.app import create_app
+    from na64_online.web.config import WebConfig
+    from na64_online.web.state import AppState
+
+    monitor = build_monitor(load_config(environ={}), ChannelMap.default())
+    try:
+        app = create_app(WebConfig(port=0), AppState(monitor=monitor, registry=CollectorRegistry()))
+        with TestClient(app) as client:
+            doc = client.get("/api/openapi.json").json()
+    finally:
+        monitor.close()
+    operations = [(path, method, op) for path, item in doc["paths"].items() for method, op in item.items()]
+    assert len(operations) >= 14, [(p, m) for p, m, _ in operations]
+    missing = []
+    for path, method, op in operations:
+        content = op.get("responses", {}).get("200", {}).get("content", {})
+        if not content or not all(media.get("schema") not in (None, {}) for media in content.values()):
+            missing.append(f"{method.upper()} {path}")
+    assert not missing, f"routes without a 200 response schema: {missing}"
+    schemas = doc["components"]["schemas"]
+    assert {"SpillSnapshot", "SpillRecord", "SpillQuality", "ChannelFinding", "ActiveAlarm", "AlarmEvent"} <= set(schemas)
+    assert {"src_id", "port", "channel", "detector", "x", "y"} <= set(schemas["ChannelFinding"]["properties"])

@@ -28,6 +28,7 @@ from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
 from .dashboard import BOKEH_STATIC_ROUTE
 from .routers import alarms, dashboard, health, histograms, metrics, spills
+from .routers.common import StrictJSONResponse
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class InternalErrors:
 
 def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app = FastAPI(title="na64-online", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json")
+                  openapi_url="/api/openapi.json", default_response_class=StrictJSONResponse)
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)
