@@ -126,8 +126,8 @@ class SpillQuality(Model):
 
     _omit_if_none = frozenset({"reasons"})
 
-    run: int | None
-    spill: int | None
+    run: int | None = None
+    spill: int | None = None
     overall: QualityName
     subsystems: dict[str, QualityName]
     checks: list[QualityCheck] = []

@@ -6,8 +6,8 @@ The rule syntax and the default rules are in :mod:`.rules`; delivery
 Wiring in the spill loop (history goes into the archive in the same
 transaction as the spill)::
 
-    active = engine.evaluate(record, quality, extra={"health": report.to_dict()})  # active alarm dicts
-    record["alarms"] = active                          # name, severity, detail, state, …
+    active = engine.evaluate(record, quality, extra={"health": health})  # model.SpillRecord, SpillQuality,
+    record = record.model_copy(update={"alarms": active})                # HealthReport; active alarm dicts
     archive.store_spill(record, quality, histograms, engine.take_events())
 
 Acknowledgements (web thread) are written to the ``store`` at once. The
@@ -32,12 +32,12 @@ from typing import Any, Protocol
 from ...errors import ConfigError
 from ..model import to_json
 from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
+from .quantities import SpillContext
 from .rules import (
     _SEVERITY_RANK,
     SERVICE_ALARMS,
     SEVERITIES,
     AlarmRule,
-    _comparable,
     _fmt,
     default_rules,
     load_rules,
@@ -295,12 +295,8 @@ class AlarmEngine:
         :meth:`take_events`.
         """
         self.check_reload()
-        record, quality, extra = to_json(record), to_json(quality), to_json(extra)
-        context = dict(record)
-        if quality is not None:
-            context["quality"] = quality
-        if extra:
-            context.update(extra)
+        record, quality, extra = to_json(record), to_json(quality), to_json(extra or {})
+        context = SpillContext(record, quality, extra.get("health"))
         run, spill = record.get("run"), record.get("spill")
         now = self._clock()
         changed: list[dict] = []
@@ -320,18 +316,18 @@ class AlarmEngine:
                     streak = self._streak[name] = self._streak.get(name, 0) + 1
                     since_run, since_spill = self._first[name]
                     detail = (
-                        f"{rule.quantity} = {_fmt(_comparable(value))} ({rule.op} {_fmt(rule.threshold)}) "
+                        f"{rule.quantity} = {_fmt(value)} ({rule.op} {_fmt(rule.threshold)}) "
                         f"for {streak} spill{'s' if streak != 1 else ''} since run {since_run} spill {since_spill}"
                     )
                     if alarm is not None:
-                        alarm.detail, alarm.spills, alarm.value = detail, streak, _jsonable(_comparable(value))
+                        alarm.detail, alarm.spills, alarm.value = detail, streak, value
                     elif streak >= rule.persist_spills:
                         alarm = _Alarm(
                             alarm_id=uuid.uuid4().hex[:16], name=name, severity=rule.severity,
                             description=rule.description, condition=rule.condition,
                             since_run=since_run, since_spill=since_spill,
                             raised_at=now, raised_run=run, raised_spill=spill,
-                            detail=detail, value=_jsonable(_comparable(value)), spills=streak,
+                            detail=detail, value=value, spills=streak,
                         )
                         self._active[name] = alarm
                         event = self._event(alarm, "raised", now, run, spill)
@@ -342,7 +338,7 @@ class AlarmEngine:
                     self._streak[name] = 0
                     if alarm is not None:
                         del self._active[name]
-                        detail = f"{rule.quantity} = {_fmt(_comparable(value))}: condition {rule.condition} no longer holds"
+                        detail = f"{rule.quantity} = {_fmt(value)}: condition {rule.condition} no longer holds"
                         result = self._clear(alarm, now, run, spill, detail)
                         self._queue_event(result["event"])
                         changed.append(result["alarm"])
@@ -559,7 +555,3 @@ class AlarmEngine:
         """Stop the notifier's sender thread (after a short flush)."""
         if self.notifier is not None:
             self.notifier.close()
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
