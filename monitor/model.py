@@ -15,8 +15,8 @@ Field names are the record's keys (docs: README "The QA record"):
   of a replayed spill, ``interrupted`` out of a judged one, ``archive_collision``
   out of an interrupted one;
 - :class:`SpillQuality` — ``overall``, per ``subsystems`` state, the ``checks``
-  (:class:`QualityCheck`: name ``<subsystem>.<what>``, state, value, detail) and,
-  for an interrupted spill, ``reasons``;
+  (:class:`QualityCheck`: name ``<subsystem>.<what>``, state, value, detail, reason)
+  and ``reasons`` (why it is not GOOD);
 - :class:`ChannelFinding` — a channel problem (dead, hot, noisy, drifting,
   saturating) by detector position (``detector``, ``module``, ``x``, ``y``) and by
   electronic address (``src_id``, ``port``, ``channel``);
@@ -119,20 +119,20 @@ class QualityCheck(Model):
     state: QualityName
     value: Real | None = None
     detail: str = ""
+    #: the verdict in words with its numbers (detail, and what was expected)
+    reason: str = ""
 
 
 class SpillQuality(Model):
-    """Quality states of one spill: overall (the worst subsystem), per subsystem, per check."""
-
-    _omit_if_none = frozenset({"reasons"})
+    """Quality states of one spill: overall (the worst subsystem), per subsystem, per check, and
+    ``reasons``: why it is not GOOD, one line per check that is not (or why it was not judged)."""
 
     run: int | None = None
     spill: int | None = None
     overall: QualityName
     subsystems: dict[str, QualityName]
     checks: list[QualityCheck] = []
-    #: only for a spill that was not judged (INTERRUPTED): why
-    reasons: list[str] | None = None
+    reasons: list[str] = []
 
     def check(self, name: str) -> QualityCheck:
         for c in self.checks:
@@ -217,6 +217,13 @@ class ActiveAlarm(Model):
     acknowledged_at: Real | None = None
     cleared_at: Real | None = None
     acknowledgements: list[Acknowledgement] = []
+    #: routing label shared with deploy/ (physics, channels, daq, service) and the runbook to follow
+    category: str | None = None
+    runbook_url: str | None = None
+    #: Alertmanager: the acknowledgement's silence, who else silenced the alert, the silences muting it now
+    silence_id: str | None = None
+    silenced_by: str | None = None
+    silences: list[dict[str, Any]] = []
 
 
 class AlarmEvent(Model):
@@ -273,6 +280,17 @@ class BadMessages(Model):
     sequence_jumps: list[SequenceJump] = []
 
 
+class DetectorValues(Model):
+    """One detector's figures in a spill: mapped ``channels``, mean energy per data event (GeV) and the
+    fraction of data events with energy in it (None without data events)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", from_attributes=True)
+
+    channels: int
+    energy_mean_gev: Real | None = None
+    hit_fraction: Real | None = None
+
+
 class SpillRecord(Model):
     """The QA record of one spill (spec §12 keys first, then extras; README "The QA record").
 
@@ -285,7 +303,7 @@ class SpillRecord(Model):
 
     _omit_if_none = frozenset({
         "lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs", "bad_messages",
-        "quality", "channel_findings", "eot_run", "interrupted", "archive_collision",
+        "quality", "channel_findings", "eot_run", "interrupted", "archive_collision", "beam_profile",
     })
 
     run: int | None
@@ -330,6 +348,10 @@ class SpillRecord(Model):
     bytes_decoded: int = 0
     processing_seconds: Real = 0.0
     finished_at: Real = 0.0
+    #: per detector with channels in the map (table order)
+    detectors: dict[str, DetectorValues] = {}
+    #: the beam profile whose cuts and expectations were used (decoders/beam-profiles.toml)
+    beam_profile: str | None = None
     # added by the monitor (absent from a bare decoded record)
     quality: SpillQuality | None = None
     channel_findings: list[ChannelFinding] | None = None

@@ -18,7 +18,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from ..decoders import beam as beam_profiles
+from ..decoders.beam import DEFAULT_PROFILE
 from ..decoders.channelmap import ChannelMap
+from ..errors import ConfigError
 from .alarms import AlarmConfig, AlarmEngine
 from .archive import Archive, ArchiveConfig
 from . import model
@@ -80,8 +83,17 @@ class SpillMonitor:
         archive: ArchiveConfig | None = None,
         metrics: SnapshotStore | None = None,
         reference: tuple[int, int | None] | None = None,
+        beam_profile: str = DEFAULT_PROFILE,
     ) -> None:
+        missing = [role for role in beam_profiles.profile(beam_profile).requires
+                   if channel_map.detectors.by_role(role) is None
+                   or not channel_map.slots(channel_map.detectors.by_role(role).code).size]
+        if missing:
+            raise ConfigError(f"beam profile {beam_profile} needs a detector of role {', '.join(missing)} in the "
+                              f"channel map ({channel_map.source}, detector table {channel_map.detectors.source})")
+        self.beam_profile = beam_profile
         self.channel_map = channel_map
+        self.detector_subsystems = channel_map.detector_subsystems()
         self.histogram_config = histograms
         self.quality_config = quality
         self.processor = make_processor(channel_map, monitor, histograms, health)
@@ -90,6 +102,7 @@ class SpillMonitor:
         self.archive = Archive.from_config(archive) if archive is not None else None
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
         self.metrics = metrics if metrics is not None else SnapshotStore()
+        self.metrics.use_channel_map(channel_map)
         self.reference: dict | None = None
         self.reference_id: tuple[int, int] | None = None
         self._latest: SpillSnapshot | None = None
@@ -121,6 +134,7 @@ class SpillMonitor:
         is archived as interrupted and nothing else: see :meth:`_handle_interrupted`.
         """
         decoded: SpillRecord = self.processor.finish(acc, complete=complete, live=live)
+        decoded = decoded.model_copy(update={"beam_profile": self.beam_profile})  # decoders/beam-profiles.toml
         if live is not None and live.interrupted:
             return self._handle_interrupted(decoded, acc)
         stats: ChannelStats | None = acc.extensions.get(STATS)
@@ -131,7 +145,7 @@ class SpillMonitor:
         facts = decoded.model_dump()  # the quality checks read the decoded facts by key
         quality = model.SpillQuality.model_validate(assess(
             facts, spill_hists, report.findings if report is not None else None, reference=reference,
-            config=self.quality_config,
+            config=self.quality_config, detector_subsystems=self.detector_subsystems,
         ))
         self.run_histograms.add(spill_hists, facts)
         health = model.HealthReport.model_validate(report) if report is not None else model.HealthReport()
@@ -149,6 +163,7 @@ class SpillMonitor:
             self.archive.store_spill(
                 record, quality, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
             )
+            self.metrics.publish_archive_write()
         else:
             self.alarms.take_events()
         self.metrics.publish_spill(record, quality, health)
@@ -185,6 +200,7 @@ class SpillMonitor:
         ))
         if self.archive is not None:
             self.archive.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
+            self.metrics.publish_archive_write()
         self.spills_interrupted += 1
         return record.to_dict()
 

@@ -402,14 +402,16 @@ def am():
 
 def test_alertmanager_receives_raise_ack_and_resolution(am):
     notifier = AlertmanagerNotifier(am.url, timeout=2.0, valid_seconds=240)
-    engine = AlarmEngine(load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1")), notifier=notifier)
+    engine = AlarmEngine(load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1")), notifier=notifier,
+                         silence_on_ack=False)  # silences: tests/test_alertmanager_real.py, with a real Alertmanager
     try:
         t0 = time.time()
         engine.evaluate(rec(1, hadron_fraction=0.3))
         assert notifier.flush(5)
         (alert,) = am.alerts()
         assert am.paths == ["/api/v2/alerts"]
-        assert alert["labels"] == {"alertname": "high_hadron_fraction", "severity": "warning", "service": "na64-online"}
+        assert alert["labels"] == {"alertname": "high_hadron_fraction", "severity": "warning", "service": "na64-online",
+                                   "category": "physics"}
         assert alert["annotations"]["summary"] == "hadrons" and "0.3" in alert["annotations"]["description"]
         assert alert["annotations"]["state"] == "raised"
         starts = _parse(alert["startsAt"])
@@ -632,3 +634,13 @@ def test_sound_notifier_state_is_locked(tmp_path):
         t.join(30)
     notifier.close()
     assert notifier.played + notifier.skipped + notifier.failed == 50
+
+
+def test_docs_list_every_quantity():
+    """docs/alarms.md ends with the table of every quantity, as the registry generates it."""
+    from pathlib import Path
+
+    from na64_online.monitor.alarms.quantities import quantities_markdown
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "alarms.md").read_text()
+    assert docs.endswith(quantities_markdown()), "regenerate the table: monitor.alarms.quantities.quantities_markdown()"

@@ -12,6 +12,8 @@ from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
 from .quantities import QUANTITIES, Quantity, SpillContext
 from .rules import (
     ALARM_STATES,
+    CATEGORIES,
+    SERVICE_ALARM_CATEGORIES,
     DEFAULT_RULES_TOML,
     MISSING_POLICIES,
     OPERATORS,
@@ -27,6 +29,8 @@ from .rules import (
 
 __all__ = [
     "ALARM_STATES",
+    "CATEGORIES",
+    "SERVICE_ALARM_CATEGORIES",
     "AlarmConfig",
     "AlarmEngine",
     "AlarmRule",

@@ -205,4 +205,14 @@ def unknown_quantity_message(name: str) -> str:
     return f"unknown quantity {name!r}{old}{hint} (all names: docs/alarms.md)"
 
 
-__all__ = ["QUANTITIES", "Quantity", "SpillContext", "build_registry", "unknown_quantity_message"]
+def quantities_markdown() -> str:
+    """The table of every quantity (docs/alarms.md holds it; a test keeps the two equal)."""
+    rows = ["| quantity | kind | what |", "|---|---|---|"]
+    for name in sorted(QUANTITIES):
+        q = QUANTITIES[name]
+        rows.append(f"| `{name}` | {q.kind} | {q.doc or 'the record field of this name'} |")
+    return "\n".join(rows) + "\n"
+
+
+__all__ = ["QUANTITIES", "Quantity", "SpillContext", "build_registry", "quantities_markdown",
+           "unknown_quantity_message"]
