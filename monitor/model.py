@@ -25,8 +25,9 @@ Field names are the record's keys (docs: README "The QA record"):
 - :class:`SpillSnapshot` — what the web reads after a spill: the record, its
   quality and channel health, and when it was published.
 
-Histograms have one JSON shape, :class:`HistogramJSON` (see there); the archive
-keeps them as exact binary blobs (:mod:`.archive.codec`).
+Histograms have one JSON shape, :class:`HistogramJSON` (see there), in the API,
+the dashboard and the archive's JSON export; the archive keeps them as exact
+binary blobs (:mod:`.archive.codec`).
 """
 
 from __future__ import annotations
@@ -379,13 +380,39 @@ class SpillRecord(Model):
 # --------------------------------------------------------------------------- histograms
 
 
+class HistogramAxisJSON(Model):
+    """An axis: ``edges`` (bins + 1 values) for a continuous axis, ``categories`` otherwise."""
+
+    name: str
+    label: str
+    edges: list[Real] | None = None
+    categories: list[str | int] | None = None
+    _omit_if_none = frozenset({"edges", "categories"})
+
+
+class HistogramJSON(Model):
+    """THE JSON shape of a histogram, everywhere (API, dashboard, ``archive export --out X.json``).
+
+    ``values``: bin contents without flow bins, nested lists in axis order; ``entries``: every fill;
+    ``outside``: fills in under/overflow. Made by :func:`~.histograms.histogram_json`. (Exact copies,
+    flow bins and all: the archive's blobs and the ROOT export.)
+    """
+
+    name: str | None
+    label: str | None
+    axes: list[HistogramAxisJSON]
+    values: list[Any]
+    entries: int | Real
+    outside: int | Real
+
+
 class HistogramSetJSON(Model):
     """A set of histograms: ``events`` filled and ``histograms`` by name; run sets add totals and trend."""
 
     model_config = ConfigDict(frozen=True, extra="allow", from_attributes=True)
 
     events: int = 0
-    histograms: dict[str, dict[str, Any]] = {}
+    histograms: dict[str, HistogramJSON] = {}
 
 
 # --------------------------------------------------------------------------- archive rows

@@ -583,8 +583,11 @@ def test_export_root_run_sum_and_per_spill(archive, tmp_path):
         assert json.loads(str(f["na64_online_info"]))["spills"] == [1, 2, 3]
 
 
-def test_export_json_uhi(archive, tmp_path):
-    from boost_histogram.serialization import from_uhi
+def test_export_json_in_the_one_histogram_shape(archive, tmp_path):
+    """The JSON export writes histograms as the API does (model.HistogramJSON: edges, values without
+    flow bins, entries, outside), one spill or the run summed."""
+    from na64_online.monitor.histograms import histogram_json
+    from na64_online.monitor.model import HistogramJSON
 
     hists = make_histograms(2)
     archive.store_spill(make_record(9, 4), make_quality(), hists)
@@ -593,16 +596,17 @@ def test_export_json_uhi(archive, tmp_path):
     assert archive.export_histograms_json(out, run=9, spill=4) == len(hists)
     doc = json.loads(out.read_text())
     assert doc["run"] == 9 and doc["spill"] == 4
-    uhi = doc["histograms"]["e_ecal"]
-    assert uhi["axes"][0]["type"] == "regular" and uhi["axes"][0]["bins"] == 200
-    uhi["storage"] = {k: np.asarray(v) if isinstance(v, list) else v for k, v in uhi["storage"].items()}
-    back = hist.Hist(from_uhi(uhi))
-    np.testing.assert_array_equal(back.values(), hists["e_ecal"].values())
+    e = doc["histograms"]["e_ecal"]
+    HistogramJSON.model_validate(e)
+    assert e == histogram_json(hists["e_ecal"])
+    assert len(e["axes"][0]["edges"]) == 201 and e["axes"][0]["edges"][0] == 0
+    np.testing.assert_array_equal(e["values"], hists["e_ecal"].values())
+    assert e["entries"] == 500 and e["entries"] - e["outside"] == sum(e["values"])
     buf = io.StringIO()
     archive.export_histograms_json(buf, run=9)
     summed = json.loads(buf.getvalue())
     assert summed["summed"] and summed["spills"] == [4, 5]
-    assert sum(summed["histograms"]["e_ecal"]["storage"]["values"]) == 2 * 500
+    assert summed["histograms"]["e_ecal"]["entries"] == 2 * 500
 
 
 # --------------------------------------------------------------------------- alarm history

@@ -2,7 +2,8 @@
 
 Blob: ``b"N64H" | u8 version | zlib( u32 header length | header JSON | view bytes )``
 (:func:`encode_histogram`), exact: flow bins and accumulator storages come back bit for bit.
-JSON: the UHI schema with plain lists (:func:`histogram_to_json`).
+JSON: the project's one histogram shape (:func:`histogram_to_json`, i.e.
+:func:`~..histograms.histogram_json`; documented on :class:`~..model.HistogramJSON`).
 """
 
 from __future__ import annotations
@@ -87,13 +88,10 @@ def decode_histogram(blob: bytes):
 
 
 def histogram_to_json(h: Any) -> dict:
-    """UHI-schema dict of a histogram with plain lists (non-finite numbers → ``null``)."""
-    uhi = _uhi().to_uhi(h)
-    storage = uhi["storage"]
-    for key, value in list(storage.items()):
-        if isinstance(value, np.ndarray):
-            storage[key] = to_json(value)
-    return uhi
+    """A histogram in the project's one JSON shape (:func:`~..histograms.histogram_json`)."""
+    from ..histograms import histogram_json
+
+    return histogram_json(h)
 
 
 # --------------------------------------------------------------------------- JSON helpers

@@ -247,9 +247,10 @@ class ArchiveExports:
     def export_histograms_json(
         self, dest: str | os.PathLike | IO[str], run: int, spill: int | None = None
     ) -> int:
-        """Write histograms as JSON (UHI schema, flow bins included); returns how many.
+        """Write histograms as JSON in the project's one histogram shape (:class:`~..model.HistogramJSON`,
+        as the API answers); returns how many.
 
-        ``{"run", "spill", "spills", "summed", "histograms": {name: uhi}}``;
+        ``{"run", "spill", "spills", "summed", "histograms": {name: histogram}}``;
         ``spill=None`` sums over the run's archived spills as for ROOT.
         """
         rows = self._histograms_for(run, spill)
