@@ -22,7 +22,7 @@ from .decoders.channelmap import ChannelMap
 from .errors import DaqError
 from .monitor.alarms import ALARM_STATES
 from .logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging
-from .monitor.jsonable import dumps
+from .monitor.model import dumps
 from .monitor.quality import INTERRUPTED, QualityState
 
 EXIT_USAGE = 2

@@ -115,12 +115,16 @@ def test_acknowledge_from_the_dashboard_form(dashboard):
 
 def test_status_header_turns_grey_when_no_data_comes():
     from na64_online.monitor.liveness import Liveness
+    from na64_online.monitor.model import HealthReport, SpillQuality, SpillRecord
     from na64_online.monitor.spill_monitor import SpillSnapshot
     from na64_online.web.dashboard import STATE_COLOURS, status_html
 
-    snapshot = SpillSnapshot(record={"run": 1, "spill": 4, "complete": True},
-                             quality={"overall": "BAD", "subsystems": {"beam": "GOOD", "daq": "BAD"}},
-                             health={}, histograms={}, run_histograms={}, channel_stats={}, published_at=100.0)
+    record = SpillRecord(run=1, spill=4, events=0, lost_events=0, decode_errors=0, modules_missing=0, complete=True,
+                         beam=None, triggers_accepted=None, hadron_fraction=None, hadron_fraction_srd=None, eot=None,
+                         candidates=[])
+    snapshot = SpillSnapshot(record=record, health=HealthReport(), published_at=100.0,
+                             quality=SpillQuality(run=1, spill=4, overall="BAD",
+                                                  subsystems={"beam": "GOOD", "daq": "BAD"}))
     fresh = status_html(snapshot, [], now=110.0)
     assert STATE_COLOURS["BAD"] in fresh and STATE_COLOURS["GOOD"] in fresh and "NO DATA" not in fresh
     silent = Liveness("no_data", "readout_silent", 95.0, 95.0, 0.5, 300.0, 60.0)

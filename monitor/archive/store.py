@@ -52,7 +52,8 @@ from pydantic import Field, field_validator
 
 from ...config_section import ConfigSection
 from ...errors import ArchiveError
-from .codec import _as_dict, _dumps, _state_of, decode_histogram, encode_histogram
+from ..model import to_json
+from .codec import _dumps, _state_of, decode_histogram, encode_histogram
 from .exports import ArchiveExports
 
 log = logging.getLogger(__name__)
@@ -359,8 +360,8 @@ class Archive(ArchiveExports):
         next ``fragment`` number and every row of that key is marked
         ``collision``. Retention is applied afterwards, in its own transaction.
         """
-        record = _as_dict(record)
-        quality = _as_dict(quality) if quality is not None else None
+        record = to_json(record)  # a model.SpillRecord / SpillQuality, or their JSON
+        quality = to_json(quality) if quality is not None else None
         histograms = getattr(histograms, "hists", histograms)  # a HistogramSet is fine too
         try:
             run, spill = int(record["run"]), int(record["spill"])
