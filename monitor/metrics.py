@@ -501,7 +501,8 @@ class Na64Collector(Collector):
                                    "alarms), by name, severity and state (raised, acknowledged, silenced)",
                                    labels=["alertname", "severity", "state"])
         for alarm in view.get("active", ()):
-            active.add_metric([str(alarm.get("name")), str(alarm.get("severity")), str(alarm.get("state"))], 1.0)
+            state = "silenced" if alarm.get("state") == "raised" and alarm.get("silenced_by") else alarm.get("state")
+            active.add_metric([str(alarm.get("name")), str(alarm.get("severity")), str(state)], 1.0)
         out = [active]
         delivery = view.get("delivery") or {}
         for outcome, doc in (("sent", "requests Alertmanager accepted"),
@@ -540,21 +541,7 @@ def register_metrics(registry: CollectorRegistry, store: SnapshotStore | None = 
 
 def alarm_view(engine) -> dict:
     """The alarm engine's active alarms and Alertmanager delivery counts, for metrics and /api/health."""
-    notifier = engine.notifier
-    notifiers = getattr(notifier, "notifiers", [notifier] if notifier is not None else [])
-    delivery = {"sent": 0, "failed": 0, "dropped": 0, "last_success": None, "last_error": None}
-    configured = False
-    for n in notifiers:
-        stats = getattr(n, "stats", None)
-        if callable(stats) and hasattr(n, "urls"):
-            configured = True
-            got = stats()
-            for key in ("sent", "failed", "dropped"):
-                delivery[key] += int(got.get(key) or 0)
-            for key in ("last_success", "last_error"):
-                delivery[key] = got.get(key) or delivery[key]
-    delivery["configured"] = configured
-    return {"active": engine.active(), "delivery": delivery}
+    return {"active": engine.active(), "delivery": engine.delivery()}
 
 
 class BuildInfoCollector(Collector):

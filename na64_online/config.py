@@ -52,6 +52,7 @@ from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
+from .reprocess import ClusterConfig
 from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"
@@ -178,6 +179,7 @@ class Config(BaseSettings):
     archive: ArchiveConfig | None = None  # None: no archive
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
+    cluster: ClusterConfig = ClusterConfig()  # reprocess on Dask
 
     #: key → where its value came from (keys at their defaults or derived are absent)
     _given: dict[Key, str] = PrivateAttr(default_factory=dict)
@@ -260,7 +262,12 @@ class Config(BaseSettings):
                 values[key[0]] = _with(values[key[0]], key[1:], None)
         values.update(changes)
         new = type(self)(**values)
-        new._given = {**self._given, **new._given}
+        before, given = dict(self.settings()), dict(self._given)
+        for key, value in new.settings():  # what the changes changed now comes from the caller
+            derived = key in DERIVED and _get(values[key[0]], key[1:]) is None
+            if before.get(key) != value and not derived:
+                given[key] = "argument"
+        new._given = given
         return new
 
     def origin(self, key: Key) -> str:
@@ -279,14 +286,16 @@ class Config(BaseSettings):
         return "default"
 
     def settings(self) -> Iterator[tuple[Key, Any]]:
-        """Every setting as (key, value), sections descended into, in declaration order."""
+        """Every setting as (key, value) in declaration order, a section's own values before its sub-sections
+        (the order a TOML file needs)."""
         def walk(model: Any, prefix: Key) -> Iterator[tuple[Key, Any]]:
-            for name in type(model).model_fields:
-                value, key = getattr(model, name), prefix + (name,)
+            values = [(name, getattr(model, name)) for name in type(model).model_fields]
+            for name, value in values:
+                if not isinstance(value, ConfigSection):
+                    yield prefix + (name,), value
+            for name, value in values:
                 if isinstance(value, ConfigSection):
-                    yield from walk(value, key)
-                else:
-                    yield key, value
+                    yield from walk(value, prefix + (name,))
         yield from walk(self, ())
 
 
@@ -361,7 +370,8 @@ def toml_literal(value: Any, where: str = "value") -> str:
     if isinstance(value, (list, tuple, frozenset)):
         return "[" + ", ".join(toml_literal(v, where) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_literal(v, where)}" for k, v in value.items()) + " }"
+        items = ", ".join(f"{json.dumps(str(k))} = {toml_literal(v, where)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
     raise TypeError(f"{where}: {type(value).__name__} has no TOML form")
 
 
@@ -412,13 +422,34 @@ def show_toml(config: Config) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> list[Problem]:
-    """The problems of configuration file ``path`` (with ``environ`` on top); empty when it is valid."""
+def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None,
+                 files: bool = False) -> list[Problem]:
+    """The problems of configuration file ``path`` (with ``environ`` on top) and, with ``files``, of the
+    files it names (channel map, alarm rules, tokens file: on the host that runs the service); empty when
+    all is valid."""
     try:
-        load_config(path, environ={} if environ is None else environ)
+        config = load_config(path, environ={} if environ is None else environ)
     except ConfigError as exc:
-        return list(getattr(exc, "problems", None) or [Problem(str(path), exc.reason)])
-    return []
+        return list(getattr(exc, "problems", None) or [Problem("", exc.reason)])
+    if not files:
+        return []
+    from .decoders.channelmap import ChannelMap
+    from .errors import DaqError
+    from .monitor.alarms import load_rules
+    from .web.auth import read_tokens_file
+
+    problems = []
+    for key, value, read in ((("channel_map",), config.channel_map, ChannelMap.load),
+                             (("alarms", "rules_path"), config.alarms.rules_path, load_rules),
+                             (("web", "tokens_file"), config.web.tokens_file, read_tokens_file)):
+        if value is not None:
+            try:
+                read(value)
+            except DaqError as exc:
+                name = ".".join(key)
+                reason = exc.reason[len(name) + 2:] if exc.reason.startswith(name + ": ") else exc.reason
+                problems.append(Problem(name, reason, config.origin(key)))
+    return problems
 
 
 def load_channel_map(config: Config) -> ChannelMap:
