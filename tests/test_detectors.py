@@ -119,6 +119,7 @@ def test_added_detector_is_in_metrics(with_hodoscope):
     assert hit and float(hit[0].split()[-1]) == pytest.approx(record["detectors"]["HODO"]["hit_fraction"])
     assert 'na64_channel_findings{detector="HODO",kind="dead"} 0.0' in text
     assert 'na64_quality_state{subsystem="tracking"}' in text
+    assert 'na64_beam_profile{profile="electrons-100"} 1.0' in text and 'na64_beam_profile{profile="hadrons-100"} 0.0' in text
 
 
 def test_added_detector_is_in_the_dashboard_data(with_hodoscope):
