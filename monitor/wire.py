@@ -123,8 +123,7 @@ class ResultSchema:
     histogram objects."""
 
     def __init__(self, template: SpillAccumulator) -> None:
-        #: one entry per detector of the service's table (detector_energy_kev, detector_hits)
-        self.detectors = len(template.detector_energy_kev)
+        self.detectors = len(template.detector_energy_kev)  # detectors of the service's table
         self.extensions: dict[str, tuple] = {}
         for name, ext in template.extensions.items():
             if isinstance(ext, ChannelStats):
@@ -206,7 +205,7 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
         arr = _array(arrays, name, "<i8", shape=(schema.detectors,))
         if np.any(arr < 0):
             raise ResultFormatError(f"array {name!r}: negative entries")
-        setattr(acc, name, arr.copy())
+        setattr(acc, name, arr)
     extensions = header.get("extensions")
     if not isinstance(extensions, dict) or set(extensions) != set(schema.extensions):
         raise ResultFormatError(f"extensions {sorted(extensions) if isinstance(extensions, dict) else extensions!r}"

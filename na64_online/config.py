@@ -442,16 +442,26 @@ def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = No
     from .web.auth import read_tokens_file
 
     problems = []
-    for key, value, read in ((("channel_map",), config.channel_map, ChannelMap.load),
+    found: dict[str, Any] = {}
+    for key, value, read in ((("detectors",), config.detectors, DetectorTable.load),
+                             (("channel_map",), config.channel_map,
+                              lambda path: ChannelMap.load(path, found.get("detectors") or DetectorTable.default())),
                              (("alarms", "rules_path"), config.alarms.rules_path, load_rules),
                              (("web", "tokens_file"), config.web.tokens_file, read_tokens_file)):
         if value is not None:
             try:
-                read(value)
+                found[key[0]] = read(value)
             except DaqError as exc:
                 name = ".".join(key)
                 reason = exc.reason[len(name) + 2:] if exc.reason.startswith(name + ": ") else exc.reason
                 problems.append(Problem(name, reason, config.origin(key)))
+    if not problems:  # the beam profile's detectors must be in the channel map
+        channel_map = found.get("channel_map") or ChannelMap.default(found.get("detectors"))
+        roles = {channel_map.detectors[int(code)].role for code in set(channel_map.detector.tolist())}
+        missing = [role for role in beam_profiles.profile(config.beam.profile).requires if role not in roles]
+        if missing:
+            problems.append(Problem("beam.profile", f"{config.beam.profile} needs a detector of role "
+                                    f"{', '.join(missing)} in the channel map", config.origin(("beam", "profile"))))
     return problems
 
 
