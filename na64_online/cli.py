@@ -1,4 +1,4 @@
-"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | format``.
+"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | config | format``.
 
 Bad input (missing file, not a DATE stream, bad map or config, bad option)
 ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .config import Config, load_config
+from .config import load_channel_map, Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
 from .errors import DaqError
@@ -41,8 +41,7 @@ def _load(args) -> tuple[Config, ChannelMap]:
     if getattr(args, "map", None):
         overrides["channel_map"] = args.map
     config = load_config(getattr(args, "config", None), overrides=overrides)
-    channel_map = ChannelMap.load(config.channel_map) if config.channel_map else ChannelMap.default()
-    return config, channel_map
+    return config, load_channel_map(config)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -114,6 +113,43 @@ def cmd_replay(args) -> int:
                     print(dumps(record) if args.json else _summary_line(record), flush=True)
     finally:
         replayer.close()
+    return status
+
+
+# ---------------------------------------------------------------- reprocess
+def cluster_config_from_args(config: Config, args):
+    """The ``[cluster]`` configuration with the ``reprocess`` command-line options applied."""
+    changes = {}
+    for opt, name in (("scheduler", "scheduler"), ("workers", "workers"), ("retries", "retries"),
+                      ("tls_ca", "tls_ca_file"), ("tls_cert", "tls_cert_file"), ("tls_key", "tls_key_file")):
+        value = getattr(args, opt)
+        if value is not None:
+            changes[name] = value
+    return config.cluster.replace(**changes)
+
+
+def cmd_reprocess(args) -> int:
+    """Raw files on a Dask cluster (each spill a task reading its own bytes), merged in order as replay does."""
+    from .reprocess import Reprocessor, require_dask
+
+    require_dask()  # before anything else: without Dask, say how to install it
+    config, channel_map = _load(args)
+    cluster = cluster_config_from_args(config, args)
+    status = 0
+
+    def on_record(record: dict) -> None:
+        print(dumps(record) if args.json else _summary_line(record), flush=True)
+
+    def on_note(path: str, level: str, text: str) -> None:
+        nonlocal status
+        print(f"na64-online: {level}: {path}: {text}", file=sys.stderr, flush=True)
+        if level == "error":
+            status = EXIT_DATA
+
+    runner = Reprocessor(config, channel_map, cluster, archive=args.archive,
+                         progress=sys.stderr.isatty() and not args.quiet)
+    stats = runner.run(args.files, on_record, on_note)
+    print(f"na64-online: {stats.summary()}", file=sys.stderr, flush=True)
     return status
 
 
@@ -231,6 +267,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
+def _scheduler(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
+        raise argparse.ArgumentTypeError(f"expected a Dask scheduler address like tcp://HOST:8786, got {text!r}")
+    return text
+
+
 def _rate(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     try:
@@ -239,8 +282,13 @@ def _rate(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY, got {text!r} ({exc})") from None
 
 
-def simulation_config_from_args(args):
-    from .sim.simulator import SimulationConfig
+def simulation_config_from_args(args, config: Config | None = None):
+    """The simulation of the command line over the beam profile of ``config`` (``[beam] profile``):
+    its energy and hadron contamination unless ``--hadron-fraction`` / ``--muon-fraction`` say otherwise."""
+    from .decoders.beam import profile
+    from .sim.simulator import SimulationConfig, beam_settings
+
+    beam = beam_settings(profile((config or Config()).beam.profile), args.hadron_fraction, args.muon_fraction)
 
     return SimulationConfig(
         run=args.run,
@@ -248,7 +296,7 @@ def simulation_config_from_args(args):
         first_spill=args.first_spill,
         events_per_spill=args.events,
         seed=args.seed,
-        hadron_fraction=args.hadron_fraction,
+        **beam,
         dead_channels=tuple(args.dead_channel),
         noisy_channels=tuple(args.noisy_channel),
         hot_channels=tuple(args.hot_channel),
@@ -257,7 +305,6 @@ def simulation_config_from_args(args):
         corruption_rates=dict(args.corrupt),
         zero_suppression=not args.no_zero_suppression,
         signal_fraction=args.signal_fraction,
-        muon_fraction=args.muon_fraction,
         pileup_probability=args.pileup,
         pedestal_drift_per_spill=args.pedestal_drift,
     )
@@ -266,9 +313,9 @@ def simulation_config_from_args(args):
 def cmd_simulate(args) -> int:
     from .sim.simulator import write_raw_file
 
-    _, channel_map = _load(args)
+    config, channel_map = _load(args)
     try:
-        sim_config = simulation_config_from_args(args)
+        sim_config = simulation_config_from_args(args, config)
     except ValueError as exc:
         raise DaqError(f"bad simulation settings: {exc}") from None
     if args.publish:
@@ -447,7 +494,8 @@ def cmd_demo(args) -> int:
     import threading
 
     from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-    from .sim.simulator import ReadoutSimulator, SimulationConfig
+    from .decoders.beam import profile as beam_profile
+    from .sim.simulator import ReadoutSimulator, SimulationConfig, beam_settings
     from .service import LiveService
 
     _use_log_format(args.log_format, logging.WARNING if args.log_format == "text" else logging.INFO)
@@ -459,7 +507,8 @@ def cmd_demo(args) -> int:
     config = config.replace(web=config.web.replace(tokens={**config.web.tokens, "demo": hash_token(demo_token)}))
     try:
         sim_config = SimulationConfig(
-            spills=args.spills or 4095, events_per_spill=args.events, hadron_fraction=args.hadron_fraction,
+            spills=args.spills or 4095, events_per_spill=args.events,
+            **beam_settings(beam_profile(config.beam.profile), args.hadron_fraction),
             dead_channels=tuple(args.dead_channel), seed=args.seed, spill_duration_s=args.spill_duration,
         )
         publishers = [
@@ -609,6 +658,28 @@ def _ranges(numbers: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+# ---------------------------------------------------------------- config
+def cmd_config_show(args) -> int:
+    """The effective configuration: every value with where it came from."""
+    from .config import show_json, show_toml
+
+    config = load_config(args.config, overrides={"channel_map": args.map} if args.map else None)
+    print(show_json(config) if args.json else show_toml(config), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    """Validate a configuration file (and the files it names); 0, or EXIT_DATA with one line per problem."""
+    from .config import check_config
+
+    problems = check_config(args.file, environ=os.environ if args.env else {}, files=args.files)
+    for problem in problems:
+        print(f"na64-online: error: {args.file}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.file}: valid configuration")
+    return EXIT_DATA if problems else 0
+
+
 def cmd_format(args) -> int:
     print(layout.markdown(), end="")
     return 0
@@ -628,8 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-spill", type=UINT32, default=1)
     p.add_argument("--events", type=POSITIVE, default=1000, help="events per spill")
     p.add_argument("--seed", type=UINT32, default=0)
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015, help="hadrons per beam particle")
-    p.add_argument("--muon-fraction", type=FRACTION, default=0.005)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation, 0.015 for electrons-100)")
+    p.add_argument("--muon-fraction", type=FRACTION, default=None, help="muons per beam particle (default 0.005)")
     p.add_argument("--signal-fraction", type=FRACTION, default=2e-4, help="missing-energy signal-like events")
     p.add_argument("--pileup", type=FRACTION, default=0.02, help="pile-up probability per event")
     p.add_argument("--pedestal-drift", type=_float_in(-4096.0, 4096.0), default=0.0, metavar="ADC", help="pedestal drift per spill")
@@ -668,6 +740,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
+    p = sub.add_parser("reprocess", help="decode raw files on a Dask cluster; records identical to replay")
+    _add_common(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="raw files, at the same path on every worker host")
+    p.add_argument("--scheduler", type=_scheduler, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://HOST:8786 (default: a LocalCluster on this host)")
+    p.add_argument("--workers", type=_int_in(1, 1024), metavar="N", help="LocalCluster worker processes (default 2)")
+    p.add_argument("--retries", type=_int_in(0, 100), metavar="N", help="re-runs of a failed task (default 2)")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive")
+    p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tls-ca", metavar="PEM", help="Dask TLS: CA certificate ([cluster] tls_ca_file)")
+    p.add_argument("--tls-cert", metavar="PEM", help="Dask TLS: this client's certificate ([cluster] tls_cert_file)")
+    p.add_argument("--tls-key", metavar="PEM", help="Dask TLS: this client's private key ([cluster] tls_key_file)")
+    p.set_defaults(func=cmd_reprocess)
+
     p = sub.add_parser("dump", help="print one decoded event")
     _add_common(p)
     p.add_argument("file", metavar="FILE")
@@ -701,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=POSITIVE, default=5000, metavar="N", help="events per spill")
     p.add_argument("--spill-duration", type=SECONDS, default=4.8, metavar="S")
     p.add_argument("--spill-gap", type=SECONDS, default=3.0, metavar="S", help="time between spills")
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation)")
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--workers", type=COUNT, default=1, metavar="N")
     p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
@@ -742,6 +830,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-spill", action="store_true", help="export: also each spill in its own ROOT folder")
     p.add_argument("--out", metavar="FILE", help="output file (bad-spills default: stdout)")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("config", help="show the effective configuration, or check a configuration file")
+    config_sub = p.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    p = config_sub.add_parser("show", help="the effective configuration (TOML; --json) with each value's source: "
+                                           "default, file:PATH, env:NA64_SECTION__KEY, argument or derived:KEY")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help='{"section.key": {"value": ..., "source": ...}, ...}')
+    p.set_defaults(func=cmd_config_show)
+    p = config_sub.add_parser("check", help="validate a configuration file and the files it names: exit 0, or 1 "
+                                            "with one line per problem")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--env", action="store_true", help="with the NA64_* environment variables on top (as the service)")
+    p.add_argument("--files", action="store_true",
+                   help="also read the files it names (channel map, alarm rules, tokens file), as on the service's host")
+    p.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("format", help="print the raw-format bit layouts (generated from the decoder's tables)")
     p.set_defaults(func=cmd_format)

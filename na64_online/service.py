@@ -27,7 +27,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     """The per-spill monitor as configured; ``archive_path`` overrides the archive file."""
     archive = config.archive
     if archive_path is not None:
-        archive = dataclasses.replace(archive or ArchiveConfig(), path=archive_path)
+        archive = (archive or ArchiveConfig()).replace(path=archive_path)
     return SpillMonitor(
         channel_map,
         monitor=config.monitor,
@@ -38,6 +38,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
         archive=archive,
         metrics=metrics,
         reference=config.reference or ((config.reference_run, None) if config.reference_run is not None else None),
+        beam_profile=config.beam.profile,
     )
 
 
@@ -46,6 +47,32 @@ class ReplayNote(NamedTuple):
 
     level: str
     text: str
+
+
+def file_notes(stats, any_spill: bool) -> list[ReplayNote]:
+    """What a raw file itself got wrong (:class:`~.daq.rawfile.StreamStats` of its index pass):
+    shared by ``replay`` and ``reprocess``."""
+    notes = []
+    if not any_spill:
+        notes.append(ReplayNote("error", "no spill found (every event rejected or of a run-level type)"))
+    if stats.truncated:
+        stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
+        notes.append(ReplayNote(
+            "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
+        ))
+    if stats.skipped_bytes:
+        shifted = "; the stream was shifted by bytes and re-aligned" if stats.realigned else ""
+        orphan = (f" ({stats.orphan_skipped_bytes} of them after the last spill)"
+                  if stats.orphan_skipped_bytes else "")
+        notes.append(ReplayNote(
+            "warning", f"damaged: {stats.skipped_bytes} bytes skipped undecoded in rejected events and while "
+            f"resynchronising{orphan}{shifted}; per spill in skipped_bytes"
+        ))
+    if stats.late_events:
+        notes.append(ReplayNote(
+            "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+        ))
+    return notes
 
 
 class Replayer:
@@ -81,26 +108,8 @@ class Replayer:
         finally:
             if bar is not None:
                 bar.close()
-        stats = raw.stats
-        if not segments:
-            yield None, ReplayNote("error", "no spill found (every event rejected or of a run-level type)")
-        if stats.truncated:
-            stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
-            yield None, ReplayNote(
-                "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
-            )
-        if stats.skipped_bytes:
-            shifted = "; the stream was shifted by bytes and re-aligned" if stats.realigned else ""
-            orphan = (f" ({stats.orphan_skipped_bytes} of them after the last spill)"
-                      if stats.orphan_skipped_bytes else "")
-            yield None, ReplayNote(
-                "warning", f"damaged: {stats.skipped_bytes} bytes skipped undecoded in rejected events and while "
-                f"resynchronising{orphan}{shifted}; per spill in skipped_bytes"
-            )
-        if stats.late_events:
-            yield None, ReplayNote(
-                "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
-            )
+        for note in file_notes(raw.stats, bool(segments)):
+            yield None, note
 
     def close(self) -> None:
         self.monitor.close()

@@ -28,7 +28,7 @@ from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
 from .dashboard import BOKEH_STATIC_ROUTE
 from .guides import DOCS_DIR as GUIDES_DIR
-from .routers import alarms, dashboard, docs, health, histograms, metrics, spills
+from .routers import alarms, dashboard, detectors, docs, health, histograms, metrics, spills
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)
-    for module in (dashboard, spills, histograms, alarms, health, metrics, docs):
+    for module in (dashboard, spills, histograms, alarms, health, metrics, detectors, docs):
         app.include_router(module.router)
     # BokehJS and Swagger UI from installed packages: dashboard and docs need no internet access
     app.mount(BOKEH_STATIC_ROUTE, StaticFiles(directory=str(bokehjs_path())), name="bokeh-static")

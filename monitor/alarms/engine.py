@@ -28,7 +28,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from pydantic import Field, field_validator
+
+from ...config_section import ConfigSection
 
 from ...errors import ConfigError
 from .notifiers import AlertmanagerNotifier, Notifiers, SilenceHandle, SoundNotifier
@@ -58,9 +62,8 @@ def runbook_anchor(name: str) -> str:
 # --------------------------------------------------------------------------- config
 
 
-@dataclass(frozen=True)
-class AlarmConfig:
-    """Alarm settings (composed into the service configuration by the caller).
+class AlarmConfig(ConfigSection):
+    """Alarm settings (``[alarms]``).
 
     ``rules_path``: TOML file of rules (``None``: :data:`DEFAULT_RULES_TOML`),
     watched for changes. ``alertmanager_url``: base URL(s) of Alertmanager
@@ -71,16 +74,19 @@ class AlarmConfig:
     dropped.
     """
 
+    section: ClassVar[str] = "alarms"
+
     rules_path: Path | None = None
     alertmanager_url: str | tuple[str, ...] | None = None
-    timeout: float = 2.0
-    resend_seconds: float = 60.0
-    queue_size: int = 64
-    #: control-room sound: a command run (name, severity, detail appended) when an alarm is raised
+    timeout: float = Field(2.0, gt=0, le=60)
+    resend_seconds: float = Field(60.0, gt=0)
+    queue_size: int = Field(64, ge=1)
+    #: control-room sound: a command run (name, severity, detail appended) when an alarm is raised;
+    #: a single string is a command without arguments
     sound_command: tuple[str, ...] | None = None
     sound_min_severity: str = "critical"
     #: labels added to every alert (e.g. instance, job); ``service`` defaults to na64-online
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
     #: the dashboard's public URL: each alert's generatorURL ("source" link)
     generator_url: str | None = None
     #: the shifter's guide (runbook) URL; an alarm's runbook_url is this + "#" + its name, unless its rule
@@ -89,50 +95,53 @@ class AlarmConfig:
     #: an acknowledgement creates an Alertmanager silence of that alarm, ended when the alarm clears
     silence_on_ack: bool = True
     #: such a silence is made for this long and renewed while the alarm stays active
-    silence_seconds: float = 3600.0
+    silence_seconds: float = Field(3600.0, ge=60, le=7 * 86400)
 
-    def __post_init__(self) -> None:
-        if self.rules_path is not None:
-            object.__setattr__(self, "rules_path", Path(self.rules_path))
-        if isinstance(self.alertmanager_url, list):
-            object.__setattr__(self, "alertmanager_url", tuple(self.alertmanager_url))
-        urls = (self.alertmanager_url,) if isinstance(self.alertmanager_url, str) else (self.alertmanager_url or ())
-        for url in urls:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigError(f"alertmanager_url must be an http(s) URL, not {url!r}")
-        if not (isinstance(self.timeout, (int, float)) and 0 < self.timeout <= 60):
-            raise ConfigError(f"alarm timeout must be in (0, 60] seconds, not {self.timeout!r}")
-        if not (isinstance(self.resend_seconds, (int, float)) and self.resend_seconds > 0):
-            raise ConfigError(f"alarm resend_seconds must be positive, not {self.resend_seconds!r}")
-        if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 1:
-            raise ConfigError(f"alarm queue_size must be a positive integer, not {self.queue_size!r}")
-        if isinstance(self.sound_command, (list, str)):
-            command = [self.sound_command] if isinstance(self.sound_command, str) else self.sound_command
-            object.__setattr__(self, "sound_command", tuple(command))
-        if self.sound_command is not None and (not self.sound_command or not all(
-                isinstance(part, str) and part for part in self.sound_command)):
-            raise ConfigError(f"alarm sound_command must be a non-empty list of strings, not {self.sound_command!r}")
-        if self.sound_min_severity not in SEVERITIES:
-            raise ConfigError(f"alarm sound_min_severity must be one of {', '.join(SEVERITIES)}")
-        if not isinstance(self.labels, Mapping):
-            raise ConfigError(f"alarm labels must be a table of names to strings, not {self.labels!r}")
-        for key, value in self.labels.items():
-            if not isinstance(key, str) or not _LABEL_RE.match(key) or key.startswith("__"):
-                raise ConfigError(f"alarm label name {key!r} is not a Prometheus label name")
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _http(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        for url in (value,) if isinstance(value, str) else (value or ()):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"must be an http(s) URL, not {url!r}")
+        return value
+
+    @field_validator("sound_command", mode="before")
+    @classmethod
+    def _one_word(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("sound_command")
+    @classmethod
+    def _command(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not all(value)):
+            raise ValueError(f"must be a non-empty list of non-empty strings, not {list(value)!r}")
+        return value
+
+    @field_validator("sound_min_severity")
+    @classmethod
+    def _severity(cls, value: str) -> str:
+        if value not in SEVERITIES:
+            raise ValueError(f"must be one of {', '.join(SEVERITIES)}, not {value!r}")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not _LABEL_RE.match(key) or key.startswith("__"):
+                raise ValueError(f"label name {key!r} is not a Prometheus label name")
             if key in ("alertname", "severity", "category"):
-                raise ConfigError(f"alarm label {key!r} is set per alarm and cannot be configured")
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"alarm label {key!r} must be a non-empty string, not {value!r}")
-        object.__setattr__(self, "labels", dict(self.labels))
-        for key in ("generator_url", "runbook_url"):
-            url = getattr(self, key)
-            if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-                raise ConfigError(f"alarm {key} must be an http(s) URL, not {url!r}")
-        if not isinstance(self.silence_on_ack, bool):
-            raise ConfigError(f"alarm silence_on_ack must be true or false, not {self.silence_on_ack!r}")
-        if not (isinstance(self.silence_seconds, (int, float)) and not isinstance(self.silence_seconds, bool)
-                and 60 <= self.silence_seconds <= 7 * 86400):
-            raise ConfigError(f"alarm silence_seconds must be within 60 s … 7 days, not {self.silence_seconds!r}")
+                raise ValueError(f"label {key!r} is set per alarm and cannot be configured")
+            if not value:
+                raise ValueError(f"label {key!r} must be a non-empty string")
+        return labels
+
+    @field_validator("generator_url", "runbook_url")
+    @classmethod
+    def _page_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, not {url!r}")
+        return url
 
     @property
     def runbook_base(self) -> str | None:

@@ -45,11 +45,13 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ...errors import ArchiveError, ConfigError
+from pydantic import Field, field_validator
+
+from ...config_section import ConfigSection
+from ...errors import ArchiveError
 from .codec import _as_dict, _dumps, _state_of, decode_histogram, encode_histogram
 from .exports import ArchiveExports
 
@@ -163,33 +165,33 @@ _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 _BEST_ROW = "ORDER BY complete DESC, events DESC, fragment ASC LIMIT 1"
 
 
-@dataclass(frozen=True)
-class ArchiveConfig:
-    """Archive settings (composed into the service configuration by the caller).
+class ArchiveConfig(ConfigSection):
+    """Archive settings (``[archive]``; ``ArchiveConfig(path, …)`` takes the path first).
 
     ``retention_spills``/``retention_days``: ``None`` keeps everything.
     ``alarm_history_days``: ``None`` keeps the whole alarm history.
-    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL`` or ``NORMAL``).
+    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL``, ``NORMAL`` or ``EXTRA``).
     """
 
+    section: ClassVar[str] = "archive"
+
     path: Path = Path("na64-online.sqlite")
-    retention_spills: int | None = None
-    retention_days: float | None = None
-    alarm_history_days: float | None = None
+    retention_spills: int | None = Field(None, ge=1)
+    retention_days: float | None = Field(None, gt=0)
+    alarm_history_days: float | None = Field(None, gt=0)
     synchronous: str = "FULL"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-        if self.retention_spills is not None and (
-            not isinstance(self.retention_spills, int) or self.retention_spills < 1
-        ):
-            raise ConfigError(f"archive retention_spills must be a positive integer, not {self.retention_spills!r}")
-        for key in ("retention_days", "alarm_history_days"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"archive {key} must be a positive number, not {value!r}")
-        if str(self.synchronous).upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ConfigError(f"archive synchronous must be FULL, NORMAL or EXTRA, not {self.synchronous!r}")
+    def __init__(self, path: str | os.PathLike | None = None, /, **values: Any) -> None:
+        if path is not None:
+            values["path"] = path
+        super().__init__(**values)
+
+    @field_validator("synchronous")
+    @classmethod
+    def _pragma(cls, value: str) -> str:
+        if value.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"must be FULL, NORMAL or EXTRA, not {value!r}")
+        return value
 
 
 def _name_clause(name: str) -> tuple[str, str]:
@@ -222,7 +224,8 @@ class Archive(ArchiveExports):
         timeout: float = 10.0,
     ) -> None:
         # validate through the config class (one place for the rules)
-        cfg = ArchiveConfig(path, retention_spills, retention_days, alarm_history_days, synchronous)
+        cfg = ArchiveConfig(path, retention_spills=retention_spills, retention_days=retention_days,
+                            alarm_history_days=alarm_history_days, synchronous=synchronous)
         self.path = cfg.path
         self.retention_spills = cfg.retention_spills
         self.retention_days = cfg.retention_days
