@@ -267,6 +267,7 @@ def stage_profile(args) -> dict:
 
     accs: dict = {}
     events = 0
+    read_result = getattr(processor, "read_result", None) or processor.decode_result  # as the service
     for m in messages:
         r = timed("receive", sub.handle, m)
         outputs = timed("build", builder.add, r.envelope.ldc, r.scan, 0.0)
@@ -275,12 +276,11 @@ def stage_profile(args) -> dict:
                 frames = timed("worker", lambda w: processor.encode_result(processor.accumulate(w)),
                                o.words.copy())  # a worker's words are its own (received)
                 frames = [bytes(f) for f in frames]  # as received
-                acc = timed("merge", processor.decode_result, frames)
+                result = timed("merge", read_result, frames)
                 key = (o.run, o.spill)
-                if key in accs:
-                    timed("merge", accs[key].merge, acc)
-                else:
-                    accs[key] = acc
+                if key not in accs:
+                    accs[key] = timed("merge", processor.new_accumulator)
+                timed("merge", accs[key].merge, result)
             elif isinstance(o, ClosedSpill):
                 record = timed("finish", monitor.handle, accs.pop((o.run, o.spill)))
                 events += record["events"]

@@ -255,7 +255,9 @@ class HistogramSet:
         if other.config != self.config:
             raise ValueError("cannot add histograms of a different binning (HistogramConfig differs)")
         for name, h in other._coded.items():
-            self._coded[name] += h
+            # counts with flow bins, added in place (``other`` may hold plain arrays: a worker's result, monitor/wire.py)
+            counts = self._coded[name].view(flow=True)
+            counts += h.view(flow=True) if isinstance(h, bh.Histogram) else h
         self.events += other.events
         self._cache = None
 

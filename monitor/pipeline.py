@@ -269,7 +269,23 @@ class SpillProcessor:
         raises :class:`~.wire.ResultFormatError` for anything else."""
         from .wire import decode_accumulator
 
-        return decode_accumulator(frames, self.new_accumulator())
+        return decode_accumulator(frames, self.new_accumulator(), self._result_schema())
+
+    def read_result(self, frames):
+        """A worker's result frames, validated against this processor's set-up, as
+        :meth:`SpillAccumulator.merge` adds them (views of the frames: no accumulator built, nothing
+        copied); raises :class:`~.wire.ResultFormatError` for anything else."""
+        from .wire import read_accumulator
+
+        return read_accumulator(frames, self._result_schema())
+
+    def _result_schema(self):
+        schema = self.__dict__.get("_schema")
+        if schema is None:
+            from .wire import ResultSchema
+
+            schema = self.__dict__["_schema"] = ResultSchema(self.new_accumulator())
+        return schema
 
     def accumulate(self, words: np.ndarray, index: EventIndex | None = None) -> SpillAccumulator:
         """Decode the events of one spill (all of ``words``, or the rows of ``index``)."""

@@ -93,6 +93,26 @@ def test_round_trip_merges_exactly_as_the_pickled_path(processor, parts):
     assert via_wire.issues == via_pickle.issues and via_wire.scalers == via_pickle.scalers
 
 
+def test_read_result_merges_as_the_decoded_accumulator_without_copying(processor, parts):
+    """What the service merges (read_result: views of the frames, no accumulator per result) adds up to
+    exactly what decoded accumulators do."""
+    frames = [as_bytes(processor.encode_result(part)) for part in parts]
+    via_views, via_decoded = processor.new_accumulator(), processor.new_accumulator()
+    for f in frames:
+        result = processor.read_result(f)
+        arrays = [np.frombuffer(x, np.uint8) for x in f]
+        assert any(np.shares_memory(result.extensions[HISTOGRAMS]._coded["ecal_hcal"], a) for a in arrays)
+        assert any(np.shares_memory(result.extensions[STATS].counts, a) for a in arrays)
+        via_views.merge(result)
+        via_decoded.merge(processor.decode_result(f))
+    assert record(processor, via_views) == record(processor, via_decoded)
+    assert via_views.extensions[HISTOGRAMS].to_json() == via_decoded.extensions[HISTOGRAMS].to_json()
+    a, b = via_views.extensions[STATS], via_decoded.extensions[STATS]
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.sums, b.sums) and a.events == b.events
+    with pytest.raises(ResultFormatError):  # refused before anything is merged
+        processor.read_result(with_header(frames[0], lambda h: h["extensions"][HISTOGRAMS].update(events=-1)))
+
+
 def test_empty_accumulator_round_trips(processor):
     acc = processor.new_accumulator()
     back = processor.decode_result(as_bytes(processor.encode_result(acc)))
