@@ -20,6 +20,7 @@ from typing import Any
 from ..decoders.channelmap import ChannelMap
 from .alarms import AlarmConfig, AlarmEngine
 from .archive import Archive, ArchiveConfig
+from .archive.schema import UNVERSIONED
 from .health import ChannelHistory, ChannelStats, HealthConfig, HealthReport, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
@@ -78,14 +79,16 @@ class SpillMonitor:
         archive: ArchiveConfig | None = None,
         metrics: SnapshotStore | None = None,
         reference: tuple[int, int | None] | None = None,
+        processing_version: str = UNVERSIONED,
     ) -> None:
         self.channel_map = channel_map
+        self.processing_version = processing_version
         self.histogram_config = histograms
         self.quality_config = quality
         self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
-        self.archive = Archive.from_config(archive) if archive is not None else None
+        self.archive = (Archive.from_config(archive, version=processing_version) if archive is not None else None)
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
         self.metrics = metrics if metrics is not None else SnapshotStore()
         self.reference: dict | None = None
