@@ -206,7 +206,9 @@ class IngestService:
     ``finish(acc, complete=, live=)`` and ``new_accumulator()`` — normally
     :class:`na64_online.monitor.pipeline.SpillProcessor` — and
     ``encode_result(acc)`` / ``decode_result(frames)``, the result's wire
-    format. ``worker_setup`` (:class:`~.workers.WorkerSetup`) is what workers
+    format (``read_result(frames)``, if it has one, is used instead: a result
+    that ``acc.merge`` adds into the spill's accumulator, without an
+    accumulator built per result). ``worker_setup`` (:class:`~.workers.WorkerSetup`) is what workers
     build theirs from: text sent over the worker port; without it only
     in-process worker threads run, built with the same factory.
     ``finish(acc, complete=, live=)`` (default: the processor's) turns a
@@ -469,7 +471,8 @@ class IngestService:
             chunk_events=c.chunk_events, chunk_bytes=c.chunk_bytes, chunk_max_age_s=c.chunk_max_age_s)
         factory, args, kwargs = self._factory
         setup = self.worker_setup or WorkerSetup((b"in-process",), lambda payload: factory(*args, **kwargs))
-        self.pool = WorkerPool(setup, self.processor.decode_result, bind=c.worker_bind, context=self.context,
+        read_result = getattr(self.processor, "read_result", None) or self.processor.decode_result
+        self.pool = WorkerPool(setup, read_result, bind=c.worker_bind, context=self.context,
                                max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
                                task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s,
                                curve=c.worker_curve)
@@ -703,9 +706,8 @@ class IngestService:
             acc = st.done.pop(st.next_index)
             if acc is not None:
                 if st.acc is None:
-                    st.acc = acc
-                else:
-                    st.acc.merge(acc)
+                    st.acc = self._new_accumulator()
+                st.acc.merge(acc)
             st.next_index += 1
 
     def _maybe_finish(self, st: _SpillState, now: float, force: bool = False) -> None:

@@ -50,7 +50,7 @@ from pydantic import Field, model_validator
 
 from ..config_section import ConfigSection, FieldProblem
 
-from ..decoders.channelmap import DETECTORS, ChannelMap
+from ..decoders.channelmap import ChannelMap
 from ..decoders.decode import ReconstructionParams
 
 PHYSICS_EVENT = 7
@@ -511,7 +511,7 @@ class ChannelHistory:
                 detail += f"; flat pedestal (RMS {rms:.3g} ADC)"
             detail += f"; presence {cur['presence'][slot]:.3g}"
         return ChannelFinding(
-            slot=slot, detector=DETECTORS[int(m.detector[slot])], module=int(m.module[slot]),
+            slot=slot, detector=m.detectors[int(m.detector[slot])].name, module=int(m.module[slot]),
             x=int(m.x[slot]), y=int(m.y[slot]), kind=kind, value=value, reference=ref,
             spills=streak, since=tuple(since), detail=detail,
         )

@@ -13,8 +13,8 @@ Histograms (energies in GeV, spec §11 sums):
 e_ecal     E_ECAL, both ECAL modules — 100 GeV electron peak
 e_ps       E_PS, ECAL preshower (module 0)
 e_hcal     E_HCAL, all HCAL modules — hadrons above 10 GeV
-e_total    E_ECAL + E_HCAL — the beam energy for electrons and hadrons;
-           missing-energy events sit far below it
+e_total    E_ECAL + E_HCAL (+ E_WCAL in visible mode) — the beam energy for
+           electrons and hadrons; missing-energy events sit far below it
 ecal_hcal  E_ECAL versus E_HCAL plane
 srd        SRD sum (synchrotron-radiation tag window 5–150 MeV)
 veto       largest VETO module energy (module = mean of its two PMTs; the
@@ -255,7 +255,9 @@ class HistogramSet:
         if other.config != self.config:
             raise ValueError("cannot add histograms of a different binning (HistogramConfig differs)")
         for name, h in other._coded.items():
-            self._coded[name] += h
+            # counts with flow bins, added in place (``other`` may hold plain arrays: a worker's result, monitor/wire.py)
+            counts = self._coded[name].view(flow=True)
+            counts += h.view(flow=True) if isinstance(h, bh.Histogram) else h
         self.events += other.events
         self._cache = None
 
@@ -295,7 +297,8 @@ class SpillHistograms(HistogramSet):
             "e_ecal": e_ecal,
             "e_ps": np.asarray(physics.e_ps),
             "e_hcal": e_hcal,
-            "e_total": e_ecal + e_hcal,
+            # the calorimeter sum: visible mode adds the WCAL (zeros without one: E_ECAL + E_HCAL exactly)
+            "e_total": e_ecal + e_hcal + np.asarray(physics.e_wcal),
             "srd": _row_reduce(np.asarray(physics.srd), np.add),
             "veto": _row_reduce(np.asarray(physics.veto), np.maximum),
         }

@@ -86,6 +86,10 @@ class SpillAccumulator:
     last_time: int | None = None
     bytes_decoded: int = 0
     decode_seconds: float = 0.0
+    #: per detector of the table (code order), over data events: energy summed in keV (integers, so
+    #: merging partial results is exact) and events in which the detector had energy
+    detector_energy_kev: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    detector_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     extensions: dict[str, Any] = field(default_factory=dict)
 
     def _mark_events(self, numbers: np.ndarray) -> None:
@@ -117,6 +121,12 @@ class SpillAccumulator:
         for key, n in other.issues.items():
             self.issues[key] = self.issues.get(key, 0) + n
         self.candidates.extend(other.candidates)
+        for name in ("detector_energy_kev", "detector_hits"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if len(mine) < len(theirs):
+                mine = np.concatenate([mine, np.zeros(len(theirs) - len(mine), dtype=np.int64)])
+            mine[: len(theirs)] += theirs
+            setattr(self, name, mine)
         times = [t for t in (self.first_time, other.first_time) if t is not None]
         self.first_time = min(times) if times else None
         times = [t for t in (self.last_time, other.last_time) if t is not None]
@@ -200,6 +210,9 @@ class QARecord:
     bytes_decoded: int = 0
     processing_seconds: float = 0.0
     finished_at: float = 0.0
+    #: per detector with channels in the map (table order): channels, mean energy per data event,
+    #: fraction of data events with energy in it
+    detectors: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = {}
@@ -238,7 +251,9 @@ class SpillProcessor:
         self.extensions = dict(extensions)
 
     def new_accumulator(self) -> SpillAccumulator:
-        acc = SpillAccumulator()
+        n = self.geometry.n_detectors
+        acc = SpillAccumulator(detector_energy_kev=np.zeros(n, dtype=np.int64),
+                               detector_hits=np.zeros(n, dtype=np.int64))
         for name, factory in self.extensions.items():
             acc.extensions[name] = factory(self.channel_map)
         return acc
@@ -254,7 +269,23 @@ class SpillProcessor:
         raises :class:`~.wire.ResultFormatError` for anything else."""
         from .wire import decode_accumulator
 
-        return decode_accumulator(frames, self.new_accumulator())
+        return decode_accumulator(frames, self.new_accumulator(), self._result_schema())
+
+    def read_result(self, frames):
+        """A worker's result frames, validated against this processor's set-up, as
+        :meth:`SpillAccumulator.merge` adds them (views of the frames: no accumulator built, nothing
+        copied); raises :class:`~.wire.ResultFormatError` for anything else."""
+        from .wire import read_accumulator
+
+        return read_accumulator(frames, self._result_schema())
+
+    def _result_schema(self):
+        schema = self.__dict__.get("_schema")
+        if schema is None:
+            from .wire import ResultSchema
+
+            schema = self.__dict__["_schema"] = ResultSchema(self.new_accumulator())
+        return schema
 
     def accumulate(self, words: np.ndarray, index: EventIndex | None = None) -> SpillAccumulator:
         """Decode the events of one spill (all of ``words``, or the rows of ``index``)."""
@@ -295,6 +326,10 @@ class SpillProcessor:
         acc.hadron_events += int(np.count_nonzero(physics.hadron_like))
         acc.no_electron_beam_events += int(np.count_nonzero(physics.beam_trigger & ~physics.electron))
         acc._mark_events(ix.event[data].astype(np.int64))
+        if physics.detector_energy.shape[1]:
+            per_detector = physics.detector_energy[data]
+            acc.detector_energy_kev += np.rint(per_detector * 1e6).astype(np.int64).sum(axis=0)
+            acc.detector_hits += np.count_nonzero(per_detector > 0, axis=0)
         acc.saw_start_of_burst |= bool(np.any(ok & (ix.type == layout.START_OF_BURST)))
         eob = np.flatnonzero(ok & (ix.type == layout.END_OF_BURST))
         if len(eob):
@@ -383,7 +418,23 @@ class SpillProcessor:
             bytes_decoded=acc.bytes_decoded,
             processing_seconds=acc.decode_seconds,
             finished_at=time.time(),
+            detectors=self.detector_values(acc),
         )
+
+    def detector_values(self, acc: SpillAccumulator) -> dict[str, dict]:
+        """The record's ``detectors``: name -> channels, mean energy per data event [GeV] and the
+        fraction of data events with energy in it (None without data events)."""
+        out = {}
+        for code, _, _ in self.geometry.detectors:
+            name = self.channel_map.detectors[code].name
+            energy = int(acc.detector_energy_kev[code]) if code < len(acc.detector_energy_kev) else 0
+            hits = int(acc.detector_hits[code]) if code < len(acc.detector_hits) else 0
+            out[name] = {
+                "channels": int(np.count_nonzero(self.channel_map.detector == code)),
+                "energy_mean_gev": energy * 1e-6 / acc.events if acc.events else None,
+                "hit_fraction": hits / acc.events if acc.events else None,
+            }
+        return out
 
     def process(
         self, words: np.ndarray, index: EventIndex | None = None, *, complete: bool | None = None,

@@ -17,7 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..decoders import beam as beam_profiles
+from ..decoders.beam import DEFAULT_PROFILE
 from ..decoders.channelmap import ChannelMap
+from ..errors import ConfigError
 from .alarms import AlarmConfig, AlarmEngine
 from .archive import Archive, ArchiveConfig
 from .archive.schema import UNVERSIONED
@@ -79,10 +82,19 @@ class SpillMonitor:
         archive: ArchiveConfig | None = None,
         metrics: SnapshotStore | None = None,
         reference: tuple[int, int | None] | None = None,
+        beam_profile: str = DEFAULT_PROFILE,
         processing_version: str = UNVERSIONED,
     ) -> None:
+        missing = [role for role in beam_profiles.profile(beam_profile).requires
+                   if channel_map.detectors.by_role(role) is None
+                   or not channel_map.slots(channel_map.detectors.by_role(role).code).size]
+        if missing:
+            raise ConfigError(f"beam profile {beam_profile} needs a detector of role {', '.join(missing)} in the "
+                              f"channel map ({channel_map.source}, detector table {channel_map.detectors.source})")
+        self.beam_profile = beam_profile
         self.channel_map = channel_map
         self.processing_version = processing_version
+        self.detector_subsystems = channel_map.detector_subsystems()
         self.histogram_config = histograms
         self.quality_config = quality
         self.processor = make_processor(channel_map, monitor, histograms, health)
@@ -91,6 +103,7 @@ class SpillMonitor:
         self.archive = (Archive.from_config(archive, version=processing_version) if archive is not None else None)
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
         self.metrics = metrics if metrics is not None else SnapshotStore()
+        self.metrics.use_channel_map(channel_map)
         self.reference: dict | None = None
         self.reference_id: tuple[int, int] | None = None
         self._latest: SpillSnapshot | None = None
@@ -122,6 +135,7 @@ class SpillMonitor:
         is archived as interrupted and nothing else: see :meth:`_handle_interrupted`.
         """
         record = self.processor.finish(acc, complete=complete, live=live).to_dict()
+        record["beam_profile"] = self.beam_profile  # decoders/beam-profiles.toml: cuts and expectations used
         if live is not None and live.interrupted:
             return self._handle_interrupted(record, acc)
         stats: ChannelStats | None = acc.extensions.get(STATS)
@@ -131,7 +145,7 @@ class SpillMonitor:
             reference = self.reference
         quality: SpillQuality = assess(
             record, spill_hists, report.findings if report is not None else None, reference=reference,
-            config=self.quality_config,
+            config=self.quality_config, detector_subsystems=self.detector_subsystems,
         )
         quality_dict = quality.to_dict()
         self.run_histograms.add(spill_hists, record)

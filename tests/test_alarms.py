@@ -379,14 +379,16 @@ def am():
 
 def test_alertmanager_receives_raise_ack_and_resolution(am):
     notifier = AlertmanagerNotifier(am.url, timeout=2.0, valid_seconds=240)
-    engine = AlarmEngine(load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1")), notifier=notifier)
+    engine = AlarmEngine(load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1")), notifier=notifier,
+                         silence_on_ack=False)  # silences: tests/test_alertmanager_real.py, with a real Alertmanager
     try:
         t0 = time.time()
         engine.evaluate(rec(1, hadron_fraction=0.3))
         assert notifier.flush(5)
         (alert,) = am.alerts()
         assert am.paths == ["/api/v2/alerts"]
-        assert alert["labels"] == {"alertname": "high_hadron_fraction", "severity": "warning", "service": "na64-online"}
+        assert alert["labels"] == {"alertname": "high_hadron_fraction", "severity": "warning", "service": "na64-online",
+                                   "category": "physics"}
         assert alert["annotations"]["summary"] == "hadrons" and "0.3" in alert["annotations"]["description"]
         assert alert["annotations"]["state"] == "raised"
         starts = _parse(alert["startsAt"])

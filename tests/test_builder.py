@@ -105,6 +105,25 @@ def test_interleaved_batches_build_the_file_layout(simulated, size, seed):
     assert c.events == len(ev[1]) and c.data_events == len(ev[1]) - 2
 
 
+@pytest.mark.parametrize("chunk_events, chunk_bytes, size", [(16, 1 << 30, 7), (1 << 20, 40_000, 13),
+                                                             (9, 25_000, 50), (1, 1, 3)])
+def test_chunks_cut_by_events_and_bytes_hold_their_own_table(simulated, chunk_events, chunk_bytes, size):
+    """Super events go straight into chunk buffers; each chunk is cut at chunk_events or once chunk_bytes
+    are used, and its offsets/sizes/types are those of the events its words hold."""
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), chunk_events=chunk_events, chunk_bytes=chunk_bytes)
+    out = feed(b, interleave(ev, size, 4))
+    assert words_of(out).tobytes() == raw
+    for c in chunks(out):
+        scan = scan_payload(c.words)
+        assert scan.ok
+        assert c.offsets.tolist() == scan.offsets.tolist() and c.sizes.tolist() == scan.sizes.tolist()
+        assert c.types.tolist() == scan.types.tolist()
+        assert c.n_events <= chunk_events
+        # at most one event starts at or beyond chunk_bytes: the chunk's last
+        assert c.n_events == 1 or 4 * int(c.offsets[-1]) < chunk_bytes
+
+
 def test_events_are_built_while_the_spill_runs(simulated):
     raw, ev = simulated[0]
     b = EventBuilder((1, 2), chunk_events=10)

@@ -22,8 +22,9 @@ from bokeh.models import ColumnDataSource, DataTable, Div, LinearColorMapper, Nu
 from bokeh.plotting import figure
 from bokeh.resources import Resources
 
-from ..decoders.channelmap import DETECTORS, ChannelMap
+from ..decoders.channelmap import ChannelMap
 from ..monitor.spill_monitor import SpillSnapshot
+from .detectors import detector_panels
 
 STATE_COLOURS = {"GOOD": "#2e7d32", "WARNING": "#f9a825", "BAD": "#c62828", "NO_DATA": "#757575"}
 SEVERITY_COLOURS = {"critical": "#c62828", "warning": "#f9a825", "info": "#1565c0"}
@@ -188,21 +189,16 @@ def _channel_maps(snapshot: SpillSnapshot, channel_map: ChannelMap):
     mapper = LinearColorMapper(palette="Viridis256", low=0.0,
                                high=float(np.nanmax(occupancy)) if len(occupancy) and np.any(np.isfinite(occupancy)) else 1.0)
     plots = []
-    for detector, module, title in (("ECAL", 0, "ECAL preshower"), ("ECAL", 1, "ECAL main"),
-                                    ("HCAL", None, "HCAL (modules 0–3)")):
-        code = DETECTORS.index(detector)
-        slots = channel_map.slots(code, module)
-        xs = channel_map.x[slots].astype(float)
-        ys = channel_map.y[slots].astype(float)
-        if detector == "HCAL":
-            xs = xs + 3.5 * channel_map.module[slots]
+    for panel in detector_panels(channel_map):
+        slots = np.asarray(panel["slots"], dtype=np.int64)
+        xs, ys, title = np.asarray(panel["x"]), np.asarray(panel["y"]), panel["title"]
         occ = occupancy[slots] if len(occupancy) == len(channel_map) else np.full(len(slots), math.nan)
         src = ColumnDataSource({
             "x": xs, "y": ys, "occupancy": occ,
             "line": ["#d50000" if int(s) in flagged else "#ffffff" for s in slots],
             "width": [4 if int(s) in flagged else 1 for s in slots],
         })
-        p = figure(title=f"{title}: occupancy", height=220, width=300 if detector == "ECAL" else 420,
+        p = figure(title=f"{title}: occupancy", height=220, width=panel["width"],
                    toolbar_location=None, match_aspect=True)
         p.rect(x="x", y="y", width=0.95, height=0.95, source=src, fill_color={"field": "occupancy",
                "transform": mapper}, line_color="line", line_width="width")

@@ -10,6 +10,8 @@ from .engine import AlarmConfig, AlarmEngine, AlarmStore
 from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
 from .rules import (
     ALARM_STATES,
+    CATEGORIES,
+    SERVICE_ALARM_CATEGORIES,
     DEFAULT_RULES_TOML,
     MISSING_POLICIES,
     OPERATORS,
@@ -26,6 +28,8 @@ from .rules import (
 
 __all__ = [
     "ALARM_STATES",
+    "CATEGORIES",
+    "SERVICE_ALARM_CATEGORIES",
     "AlarmConfig",
     "AlarmEngine",
     "AlarmRule",

@@ -20,6 +20,9 @@ force stay::
     severity = "warning"                # info | warning | critical
     description = "Hadron contamination of the beam is high"
     missing = "false"                   # quantity absent/null: "false" (default), "true", "hold" (spill ignored)
+    category = "physics"                # physics (default) | channels | daq | service: Alertmanager routing and
+                                        # inhibition (physics and channels are held back while the DAQ is stopped)
+    runbook_url = "https://…#anchor"    # default: [alarms] runbook_url + "#" + the name (the shifter's guide entry)
 
 ``condition = "hadron_fraction > 0.15"`` may replace ``quantity``/``op``/``threshold``.
 A path element that meets a list takes an index (``candidates.0``) or the
@@ -86,7 +89,12 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _CONDITION_RE = re.compile(r"^\s*(\S+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 _RULE_KEYS = {
     "name", "quantity", "op", "threshold", "persist_spills", "severity", "description", "missing", "condition",
+    "category", "runbook_url",
 }
+#: the ``category`` label of an alarm (shared with deploy/prometheus's rules; deploy/alertmanager routes on it)
+CATEGORIES: tuple[str, ...] = ("physics", "channels", "daq", "service")
+#: the category of each service alarm (:data:`SERVICE_ALARMS`)
+SERVICE_ALARM_CATEGORIES: dict[str, str] = {"no_data": "daq"}
 _MISSING = object()
 
 #: severity name -> rank (info < warning < critical)
@@ -102,6 +110,7 @@ op = "=="
 threshold = "BAD"
 persist_spills = 2
 severity = "critical"
+category = "daq"
 description = "DAQ quality BAD (decode errors, lost events or messages, missing modules, dead time, incomplete spills)"
 
 [[rules]]
@@ -111,6 +120,7 @@ op = "=="
 threshold = "BAD"
 persist_spills = 3
 severity = "warning"
+category = "physics"
 description = "Spill quality BAD in consecutive spills (see the failing subsystem)"
 
 [[rules]]
@@ -120,6 +130,7 @@ op = "<"
 threshold = 1
 persist_spills = 2
 severity = "warning"
+category = "physics"
 missing = "hold"
 description = "No beam counted in the END_OF_BURST scalers"
 
@@ -130,6 +141,7 @@ op = "<"
 threshold = 1
 persist_spills = 2
 severity = "critical"
+category = "daq"
 description = "The DAQ delivers spills without events"
 
 [[rules]]
@@ -139,6 +151,7 @@ op = ">"
 threshold = 0.15
 persist_spills = 3
 severity = "warning"
+category = "physics"
 description = "Hadron contamination of the beam (E_HCAL > 10 GeV in beam-trigger events) is high"
 
 [[rules]]
@@ -148,6 +161,7 @@ op = ">"
 threshold = 0
 persist_spills = 3
 severity = "warning"
+category = "daq"
 description = "Corrupted or rejected data in consecutive spills"
 
 [[rules]]
@@ -157,6 +171,7 @@ op = ">="
 threshold = 1000
 persist_spills = 1
 severity = "critical"
+category = "daq"
 description = "Very many decode errors in one spill"
 
 [[rules]]
@@ -166,6 +181,7 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "daq"
 missing = "hold"
 description = "The live service dropped events: decoding fell behind or a worker failed (dropped_events)"
 
@@ -176,6 +192,7 @@ op = ">"
 threshold = 0
 persist_spills = 3
 severity = "warning"
+category = "daq"
 description = "Events missing from the event-number sequence"
 
 [[rules]]
@@ -185,6 +202,7 @@ op = "=="
 threshold = true
 persist_spills = 1
 severity = "warning"
+category = "daq"
 description = "A spill's (run, spill) was archived already with other data (a fragment, or a run/spill number reused): both kept, see archive fragments"
 
 [[rules]]
@@ -194,6 +212,7 @@ op = "=="
 threshold = false
 persist_spills = 2
 severity = "warning"
+category = "daq"
 description = "END_OF_BURST missing: spills cut off (end of data or timeout)"
 
 [[rules]]
@@ -203,6 +222,7 @@ op = ">"
 threshold = 0
 persist_spills = 2
 severity = "warning"
+category = "daq"
 description = "ZeroMQ sequence gaps: readout messages lost (live)"
 
 [[rules]]
@@ -212,6 +232,7 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "daq"
 missing = "hold"
 description = "Bad readout messages (live): bad envelopes, damaged payloads, duplicates, reordered messages or sequence jumps; the record's bad_messages.by_ldc says which"
 
@@ -222,6 +243,7 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Dead channels (channel-health findings; they carry their own raise/clear hysteresis)"
 
 [[rules]]
@@ -231,6 +253,7 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Hot channels (channel-health findings)"
 
 [[rules]]
@@ -240,6 +263,7 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Noisy channels: pedestal RMS far above the channel's own history"
 
 [[rules]]
@@ -249,6 +273,7 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Pedestals drifting away from the channel's own baseline"
 """
 
@@ -268,6 +293,8 @@ class AlarmRule:
     severity: str = "warning"
     description: str = ""
     missing: str = "false"
+    category: str = "physics"
+    runbook_url: str | None = None
 
     def __post_init__(self) -> None:
         where = f"alarm rule {self.name!r}"
@@ -301,6 +328,11 @@ class AlarmRule:
             raise ConfigError(f"{where}: description must be a string")
         if self.missing not in MISSING_POLICIES:
             raise ConfigError(f"{where}: missing must be one of {', '.join(MISSING_POLICIES)}, not {self.missing!r}")
+        if self.category not in CATEGORIES:
+            raise ConfigError(f"{where}: category must be one of {', '.join(CATEGORIES)}, not {self.category!r}")
+        if self.runbook_url is not None and (not isinstance(self.runbook_url, str)
+                                             or not self.runbook_url.startswith(("http://", "https://", "/"))):
+            raise ConfigError(f"{where}: runbook_url must be an http(s) URL or a path, not {self.runbook_url!r}")
 
     @property
     def condition(self) -> str:
@@ -350,6 +382,8 @@ class AlarmRule:
             "description": self.description,
             "missing": self.missing,
             "condition": self.condition,
+            "category": self.category,
+            "runbook_url": self.runbook_url,
         }
 
 

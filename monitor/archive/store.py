@@ -47,13 +47,14 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
+from pydantic import Field, field_validator
 from sqlalchemy import event, func, select
 
+from ...config_section import ConfigSection
 from ...errors import ArchiveError, ConfigError
 from . import schema
 from .codec import _as_dict, _dumps, _state_of, decode_histogram, encode_histogram
@@ -174,38 +175,46 @@ _LEGACY_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-@dataclass(frozen=True)
-class ArchiveConfig:
-    """Archive settings (composed into the service configuration by the caller).
+class ArchiveConfig(ConfigSection):
+    """Archive settings (``[archive]``; ``ArchiveConfig(path, …)`` takes the path first).
 
     ``path``: the SQLite file; ``url``: instead, a database URL (``postgresql://user@host/db``,
     or ``sqlite:///path``) — hosts that share one archive use PostgreSQL.
     ``retention_spills``/``retention_days``: ``None`` keeps everything.
     ``alarm_history_days``: ``None`` keeps the whole alarm history.
-    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL`` or ``NORMAL``).
+    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL``, ``NORMAL`` or ``EXTRA``).
     """
 
+    section: ClassVar[str] = "archive"
+
     path: Path = Path("na64-online.sqlite")
-    retention_spills: int | None = None
-    retention_days: float | None = None
-    alarm_history_days: float | None = None
+    retention_spills: int | None = Field(None, ge=1)
+    retention_days: float | None = Field(None, gt=0)
+    alarm_history_days: float | None = Field(None, gt=0)
     synchronous: str = "FULL"
     url: str | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-        if self.retention_spills is not None and (
-            not isinstance(self.retention_spills, int) or self.retention_spills < 1
-        ):
-            raise ConfigError(f"archive retention_spills must be a positive integer, not {self.retention_spills!r}")
-        for key in ("retention_days", "alarm_history_days"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"archive {key} must be a positive number, not {value!r}")
-        if str(self.synchronous).upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ConfigError(f"archive synchronous must be FULL, NORMAL or EXTRA, not {self.synchronous!r}")
-        if self.url is not None:
-            database_url(self.url)  # refused here, with the key named, rather than at first use
+    def __init__(self, path: str | os.PathLike | None = None, /, **values: Any) -> None:
+        if path is not None:
+            values["path"] = path
+        super().__init__(**values)
+
+    @field_validator("synchronous")
+    @classmethod
+    def _pragma(cls, value: str) -> str:
+        if value.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"must be FULL, NORMAL or EXTRA, not {value!r}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                database_url(value)  # refused here, with the key named, rather than at first use
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @property
     def target(self) -> str:
@@ -270,8 +279,9 @@ class Archive(ArchiveExports):
         url = database_url(path)
         # validate through the config class (one place for the rules)
         cfg = ArchiveConfig(Path(url.database or "") if url.get_backend_name() == "sqlite" else Path(),
-                            retention_spills, retention_days, alarm_history_days, synchronous,
-                            str(path) if is_url(path) else None)
+                            retention_spills=retention_spills, retention_days=retention_days,
+                            alarm_history_days=alarm_history_days, synchronous=synchronous,
+                            url=str(path) if is_url(path) else None)
         self.url = url
         self.sqlite = url.get_backend_name() == "sqlite"
         self.path = cfg.path if self.sqlite else None
