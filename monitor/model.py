@@ -424,6 +424,9 @@ class ArchivedSpillRow(Model):
 
     run: int
     spill: int
+    #: processing version: software version + configuration hash (``archive versions``); reprocessed
+    #: records sit beside the online ones
+    version: str
     time: Real
     stored_at: Real
     overall: str | None
