@@ -4,7 +4,7 @@ A :class:`~.pipeline.SpillAccumulator` (with its channel statistics and
 histograms) travels as ZeroMQ frames::
 
     frame 0        header: UTF-8 JSON object
-                   {"format": "na64-spill-accumulator", "version": 1,
+                   {"format": "na64-spill-accumulator", "version": 2,
                     "scalars": {...}, "issues": [[src, label, n], ...],
                     "extensions": {name: {"kind": ..., ...}},
                     "arrays": [{"name": ..., "dtype": "<i8" | "<f8" | "|b1", "shape": [...]}, ...]}
@@ -40,7 +40,7 @@ from .histograms import HistogramConfig, SpillHistograms
 from .pipeline import Candidate, SpillAccumulator
 
 FORMAT = "na64-spill-accumulator"
-VERSION = 1
+VERSION = 2  # 2: per-detector energy and hits
 MAX_HEADER_BYTES = 1 << 20
 MAX_EVENT_NUMBER = 1 << 32  # event number in burst is a 32-bit field (spec §3)
 _CRC = struct.Struct("<I")
@@ -70,6 +70,8 @@ def encode_accumulator(acc: SpillAccumulator) -> list:
     descriptors.append(add("candidates.event", np.array([c.event for c in cands], dtype=np.int64), "<i8"))
     values = np.array([[getattr(c, k) for k in _CANDIDATE_VALUES] for c in cands], dtype=np.float64)
     descriptors.append(add("candidates.values", values.reshape(len(cands), len(_CANDIDATE_VALUES)), "<f8"))
+    descriptors.append(add("detector_energy_kev", acc.detector_energy_kev, "<i8"))
+    descriptors.append(add("detector_hits", acc.detector_hits, "<i8"))
     extensions: dict[str, dict] = {}
     for name, ext in acc.extensions.items():
         if isinstance(ext, ChannelStats):
@@ -121,6 +123,7 @@ class ResultSchema:
     histogram objects."""
 
     def __init__(self, template: SpillAccumulator) -> None:
+        self.detectors = len(template.detector_energy_kev)  # detectors of the service's table
         self.extensions: dict[str, tuple] = {}
         for name, ext in template.extensions.items():
             if isinstance(ext, ChannelStats):
@@ -190,7 +193,7 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
     acc = AccumulatorResult()
     _scalars(acc, header.get("scalars"))
     acc.issues = _issues(header.get("issues"))
-    used = {"seen_events", "candidates.event", "candidates.values"}
+    used = {"seen_events", "candidates.event", "candidates.values", "detector_energy_kev", "detector_hits"}
     seen = _array(arrays, "seen_events", "|b1", ndim=1)
     if len(seen) > MAX_EVENT_NUMBER + 1:
         raise ResultFormatError(f"seen_events: {len(seen)} entries, beyond the 32-bit event number")
@@ -198,6 +201,11 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
     events = _array(arrays, "candidates.event", "<i8", ndim=1)
     values = _array(arrays, "candidates.values", "<f8", shape=(len(events), len(_CANDIDATE_VALUES)))
     acc.candidates = [Candidate(int(e), *(float(x) for x in row)) for e, row in zip(events, values)]
+    for name in ("detector_energy_kev", "detector_hits"):  # one entry per detector of the service's table
+        arr = _array(arrays, name, "<i8", shape=(schema.detectors,))
+        if np.any(arr < 0):
+            raise ResultFormatError(f"array {name!r}: negative entries")
+        setattr(acc, name, arr)
     extensions = header.get("extensions")
     if not isinstance(extensions, dict) or set(extensions) != set(schema.extensions):
         raise ResultFormatError(f"extensions {sorted(extensions) if isinstance(extensions, dict) else extensions!r}"

@@ -15,7 +15,9 @@ sections each layer declares (:class:`~.config_section.ConfigSection`).
 4. the defaults of the section classes.
 
 Settings that must agree are derived from one place (:data:`DERIVED`): left
-unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``.
+unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``;
+the beam profile (``[beam] profile``) sets the energy-dependent cuts, histogram
+ranges and quality expectations not set explicitly.
 
 Unknown sections or keys and bad values are one :class:`ConfigError` naming
 each failing key (``monitor.chunk_events``), the reason and the source (the
@@ -39,8 +41,12 @@ from pydantic import PrivateAttr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from .config_section import ConfigSection, Problem, config_error, problems_of, section_class
+from .config_section import ConfigSection, Problem, config_error, problems_of, section_class, validate_section
 from .daq.ingest import IngestConfig
+from .decoders import beam as beam_profiles
+from .decoders.beam import BeamConfig
+from .decoders.channelmap import ChannelMap
+from .decoders.detectors import DetectorTable
 from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
@@ -48,6 +54,7 @@ from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
+from .reprocess import ClusterConfig
 from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"
@@ -162,8 +169,10 @@ class Config(BaseSettings):
     )
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
+    detectors: str | None = None  # path of a detector table (TOML); None: the packaged decoders/detectors.toml
     reference: tuple[int, int] | None = None  # (run, spill) in the archive whose spectra are the reference
     reference_run: int | None = None  # or: a whole archived run, summed
+    beam: BeamConfig = BeamConfig()  # the beam profile (decoders/beam-profiles.toml): cuts and expectations
     monitor: MonitorConfig = MonitorConfig()
     histograms: HistogramConfig = HistogramConfig()
     health: HealthConfig = HealthConfig()
@@ -172,9 +181,12 @@ class Config(BaseSettings):
     archive: ArchiveConfig | None = None  # None: no archive
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
+    cluster: ClusterConfig = ClusterConfig()  # reprocess on Dask
 
     #: key → where its value came from (keys at their defaults or derived are absent)
     _given: dict[Key, str] = PrivateAttr(default_factory=dict)
+    #: key → "profile:NAME" for the keys the beam profile set (not given explicitly)
+    _implied: dict[Key, str] = PrivateAttr(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:
         loading = _LOADING.get()
@@ -189,6 +201,29 @@ class Config(BaseSettings):
             origins = given()
             raise config_error(problems_of(exc, type(self), source=lambda key: _source_of(key, origins))) from None
         self._given = given()
+        self._apply_beam_profile()
+
+    def _apply_beam_profile(self) -> None:
+        """Set what the beam profile implies (``[beam] profile``, decoders/beam-profiles.toml: the cuts and
+        histogram ranges scaled to its energy, its quality expectations) for every key not given explicitly."""
+        name = self.beam.profile
+        changes: dict[str, dict[Key, Any]] = {}
+        for key, value in _flatten(beam_profiles.profile_settings(beam_profiles.profile(name))):
+            if any(key[:length] in self._given for length in range(1, len(key) + 1)):
+                continue  # given explicitly (or inside a table given as a whole): it wins
+            value = tuple(value) if isinstance(value, list) else value
+            self._implied[key] = f"profile:{name}"
+            if _get(self, key) != value:
+                changes.setdefault(key[0], {})[key[1:]] = value
+        for section, values in changes.items():
+            data = getattr(self, section).model_dump()
+            for key, value in values.items():
+                node = data
+                for part in key[:-1]:
+                    node = node[part]
+                node[key[-1]] = value
+            model = type(getattr(self, section))
+            object.__setattr__(self, section, validate_section(model, data, section, f"beam profile {name}"))
 
     def __eq__(self, other: object) -> bool:  # the values, not where they came from
         return type(other) is type(self) and self.__dict__ == other.__dict__
@@ -229,32 +264,50 @@ class Config(BaseSettings):
                 values[key[0]] = _with(values[key[0]], key[1:], None)
         values.update(changes)
         new = type(self)(**values)
-        new._given = {**self._given, **new._given}
+        before, given, implied = dict(self.settings()), dict(self._given), dict(self._implied)
+        for key, value in new.settings():  # what the changes changed now comes from the caller
+            derived = key in DERIVED and _get(values[key[0]], key[1:]) is None
+            if before.get(key) != value and not derived:
+                given[key] = "argument"
+                implied.pop(key, None)
+        new._given, new._implied = given, implied
         return new
 
     def origin(self, key: Key) -> str:
-        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument`` or
-        ``derived:KEY`` (the key it follows)."""
+        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument``,
+        ``derived:KEY`` (the key it follows) or ``profile:NAME`` (the beam profile)."""
         given = self._given.get(key)
         if given is not None:
             return given
         if key in DERIVED:
             return "derived:" + ".".join(DERIVED[key])
+        if key in self._implied:
+            return self._implied[key]
         for length in range(len(key) - 1, 0, -1):  # a value inside a table given as a whole
             if self._given.get(key[:length], "").startswith(("env:", "argument")):
                 return self._given[key[:length]]
         return "default"
 
     def settings(self) -> Iterator[tuple[Key, Any]]:
-        """Every setting as (key, value), sections descended into, in declaration order."""
+        """Every setting as (key, value) in declaration order, a section's own values before its sub-sections
+        (the order a TOML file needs)."""
         def walk(model: Any, prefix: Key) -> Iterator[tuple[Key, Any]]:
-            for name in type(model).model_fields:
-                value, key = getattr(model, name), prefix + (name,)
+            values = [(name, getattr(model, name)) for name in type(model).model_fields]
+            for name, value in values:
+                if not isinstance(value, ConfigSection):
+                    yield prefix + (name,), value
+            for name, value in values:
                 if isinstance(value, ConfigSection):
-                    yield from walk(value, key)
-                else:
-                    yield key, value
+                    yield from walk(value, prefix + (name,))
         yield from walk(self, ())
+
+
+def _flatten(tables: Mapping[str, Any], prefix: Key = ()) -> Iterator[tuple[Key, Any]]:
+    for name, value in tables.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, prefix + (name,))
+        else:
+            yield prefix + (name,), value
 
 
 def _env_name(key: Key) -> str:
@@ -320,7 +373,8 @@ def toml_literal(value: Any, where: str = "value") -> str:
     if isinstance(value, (list, tuple, frozenset)):
         return "[" + ", ".join(toml_literal(v, where) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_literal(v, where)}" for k, v in value.items()) + " }"
+        items = ", ".join(f"{json.dumps(str(k))} = {toml_literal(v, where)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
     raise TypeError(f"{where}: {type(value).__name__} has no TOML form")
 
 
@@ -371,10 +425,48 @@ def show_toml(config: Config) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> list[Problem]:
-    """The problems of configuration file ``path`` (with ``environ`` on top); empty when it is valid."""
+def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None,
+                 files: bool = False) -> list[Problem]:
+    """The problems of configuration file ``path`` (with ``environ`` on top) and, with ``files``, of the
+    files it names (channel map, alarm rules, tokens file: on the host that runs the service); empty when
+    all is valid."""
     try:
-        load_config(path, environ={} if environ is None else environ)
+        config = load_config(path, environ={} if environ is None else environ)
     except ConfigError as exc:
-        return list(getattr(exc, "problems", None) or [Problem(str(path), exc.reason)])
-    return []
+        return list(getattr(exc, "problems", None) or [Problem("", exc.reason)])
+    if not files:
+        return []
+    from .decoders.channelmap import ChannelMap
+    from .errors import DaqError
+    from .monitor.alarms import load_rules
+    from .web.auth import read_tokens_file
+
+    problems = []
+    found: dict[str, Any] = {}
+    for key, value, read in ((("detectors",), config.detectors, DetectorTable.load),
+                             (("channel_map",), config.channel_map,
+                              lambda path: ChannelMap.load(path, found.get("detectors") or DetectorTable.default())),
+                             (("alarms", "rules_path"), config.alarms.rules_path, load_rules),
+                             (("web", "tokens_file"), config.web.tokens_file, read_tokens_file)):
+        if value is not None:
+            try:
+                found[key[0]] = read(value)
+            except DaqError as exc:
+                name = ".".join(key)
+                reason = exc.reason[len(name) + 2:] if exc.reason.startswith(name + ": ") else exc.reason
+                problems.append(Problem(name, reason, config.origin(key)))
+    if not problems:  # the beam profile's detectors must be in the channel map
+        channel_map = found.get("channel_map") or ChannelMap.default(found.get("detectors"))
+        roles = {channel_map.detectors[int(code)].role for code in set(channel_map.detector.tolist())}
+        missing = [role for role in beam_profiles.profile(config.beam.profile).requires if role not in roles]
+        if missing:
+            problems.append(Problem("beam.profile", f"{config.beam.profile} needs a detector of role "
+                                    f"{', '.join(missing)} in the channel map", config.origin(("beam", "profile"))))
+    return problems
+
+
+def load_channel_map(config: Config) -> ChannelMap:
+    """The configured channel map (``channel_map``, else the packaged one) over the configured detector
+    table (``detectors``, else the packaged ``decoders/detectors.toml``)."""
+    table = DetectorTable.load(config.detectors) if config.detectors else DetectorTable.default()
+    return ChannelMap.load(config.channel_map, table) if config.channel_map else ChannelMap.default(table)

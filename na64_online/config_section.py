@@ -39,7 +39,7 @@ class Problem(NamedTuple):
     source: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.key}: {self.reason}" + (f" ({self.source})" if self.source else "")
+        return (f"{self.key}: " if self.key else "") + self.reason + (f" ({self.source})" if self.source else "")
 
 
 def section_class(annotation: Any) -> type[BaseModel] | None:
@@ -172,9 +172,18 @@ def problems_of(exc: ValidationError, model: type[BaseModel] | None, *, prefix: 
         reasons = found.setdefault(key, [])
         if reason not in reasons:
             reasons.append(reason)
-    return [Problem(".".join(prefix + key) or "config", " or ".join(reasons),
+    return [Problem(".".join(prefix + key) or "config", _either(reasons),
                     source(tuple(part.split("[")[0] for part in key)))
             for key, reasons in found.items()]
+
+
+def _either(reasons: list[str]) -> str:
+    """Reasons of a union's options as one: "expected a string or a list, got 5"."""
+    tails = {r.rpartition(", got ")[2] for r in reasons}
+    if len(reasons) > 1 and len(tails) == 1 and all(r.startswith("expected ") and ", got " in r for r in reasons):
+        return "expected " + " or ".join(r[len("expected "):].rpartition(", got ")[0] for r in reasons) + \
+            f", got {tails.pop()}"
+    return " or ".join(reasons)
 
 
 def config_error(problems: Iterable[Problem], heading: str = "") -> ConfigError:

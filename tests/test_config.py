@@ -20,8 +20,10 @@ def test_defaults_are_the_spec_values():
     cuts = config.monitor.cuts
     assert (cuts.candidate_ecal_max_gev, cuts.hadron_hcal_min_gev, cuts.beam_cell) == (50.0, 10.0, (2, 2))
     assert config.monitor.reconstruction.amplitude_threshold == 20.0
-    assert all(config.origin(key) in ("default", "derived:monitor.reconstruction.amplitude_threshold")
-               for key, _ in config.settings())
+    # the beam-dependent keys come from the default beam profile (decoders/beam-profiles.toml), at these values
+    assert all(config.origin(key) in ("default", "derived:monitor.reconstruction.amplitude_threshold",
+                                      "profile:electrons-100") for key, _ in config.settings())
+    assert config.origin(("monitor", "cuts", "hadron_hcal_min_gev")) == "profile:electrons-100"
 
 
 def test_arguments_over_environment_over_file_over_defaults(tmp_path):
@@ -117,6 +119,25 @@ def test_sections_built_directly_raise_the_same_error():
         Config().web.replace(port=-1)
 
 
+def test_every_section_is_a_frozen_model_refusing_unknown_keys():
+    from na64_online.config_section import ConfigSection, section_class
+
+    def sections(model, prefix=()):
+        for name, info in model.model_fields.items():
+            sub = section_class(info.annotation)
+            if sub is not None:
+                yield prefix + (name,), sub
+                yield from sections(sub, prefix + (name,))
+
+    found = dict(sections(Config))
+    assert {".".join(k) for k in found} >= {"monitor", "monitor.reconstruction", "monitor.cuts", "histograms",
+                                              "health", "quality", "alarms", "archive", "ingest", "web"}
+    for key, cls in found.items():
+        assert issubclass(cls, ConfigSection) and cls.section == ".".join(key), key
+        assert cls.model_config["frozen"] and cls.model_config["extra"] == "forbid", key
+        assert not hasattr(cls, "__post_init__"), key
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file .*nope.toml"):
         load_config(tmp_path / "nope.toml", environ={})
@@ -136,6 +157,9 @@ def test_health_hit_threshold_follows_the_reconstruction_threshold(tmp_path):
     replaced = config.replace(monitor=config.monitor.replace(
         reconstruction=config.monitor.reconstruction.replace(amplitude_threshold=12.5)))
     assert replaced.health.hit_threshold == 12.5
+    assert replaced.origin(("health", "hit_threshold")) == "derived:monitor.reconstruction.amplitude_threshold"
+    assert replaced.origin(("monitor", "reconstruction", "amplitude_threshold")) == "argument"
+    assert replaced.origin(("monitor", "chunk_events")) == "default"
     config = load_config(path, environ={"NA64_HEALTH__HIT_THRESHOLD": "50"})
     assert config.health.hit_threshold == 50.0 and make_processor_stats(config).hit_threshold == 50.0
     assert config.origin(("health", "hit_threshold")) == "env:NA64_HEALTH__HIT_THRESHOLD"
@@ -158,3 +182,69 @@ def test_shipped_configurations_load(path):
     if path.parent.name == "deploy":
         assert config.ingest.endpoints and config.ingest.expected_ldcs == (1, 2)
         assert config.origin(("ingest", "workers")) == f"file:{path}"
+
+
+# --------------------------------------------------------------------------- na64-online config show / check
+def run_cli(*args: str, environ: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NA64_")} | (environ or {})
+    return subprocess.run([sys.executable, "-m", "na64_online.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_config_show_prints_each_value_with_its_source(tmp_path):
+    import json
+    import tomllib
+
+    path = tmp_path / "na64.toml"
+    path.write_text("[monitor.reconstruction]\namplitude_threshold = 30.0\n[web]\nport = 9000\n")
+    environ = {"NA64_CONFIG": str(path), "NA64_INGEST__WORKERS": "3",
+               "NA64_ALARMS__ALERTMANAGER_URL": "http://shift:hunter2@am.na64:9093"}
+    shown = run_cli("config", "show", "--json", "--map", "my-map.csv", environ=environ)
+    assert shown.returncode == 0, shown.stderr
+    table = json.loads(shown.stdout)
+    assert table["web.port"] == {"value": 9000, "source": f"file:{path}"}
+    assert table["ingest.workers"] == {"value": 3, "source": "env:NA64_INGEST__WORKERS"}
+    assert table["health.hit_threshold"] == {"value": 30.0,
+                                             "source": "derived:monitor.reconstruction.amplitude_threshold"}
+    assert table["channel_map"] == {"value": "my-map.csv", "source": "argument"}
+    assert table["monitor.chunk_events"] == {"value": 4096, "source": "default"}
+    assert table["alarms.alertmanager_url"]["value"] == "http://shift:***@am.na64:9093"  # no password shown
+    assert "hunter2" not in shown.stdout
+    # TOML form: valid TOML (sources in comments) that loads back to the same configuration
+    shown = run_cli("config", "show", "--config", str(path), environ={"NA64_INGEST__WORKERS": "3"})
+    assert shown.returncode == 0, shown.stderr
+    assert "port = 9000" in shown.stdout and f"# file:{path}" in shown.stdout
+    assert "# env:NA64_INGEST__WORKERS" in shown.stdout
+    again = tmp_path / "shown.toml"
+    again.write_text(shown.stdout)
+    assert tomllib.loads(shown.stdout)["web"]["port"] == 9000
+    assert load_config(again, environ={}) == load_config(path, environ={"NA64_INGEST__WORKERS": "3"})
+
+
+def test_config_check_exit_status_and_messages(tmp_path):
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text("[ingest]\nworkers = 2\n")
+    bad.write_text("[monitor]\nchunk_events = 0\n[web]\nprot = 8064\n")
+    done = run_cli("config", "check", str(ROOT / "deploy" / "na64-online.toml"))
+    assert done.returncode == 0 and "valid configuration" in done.stdout and not done.stderr
+    done = run_cli("config", "check", str(bad))
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr.splitlines() == [
+        f"na64-online: error: {bad}: monitor.chunk_events: must be greater than or equal to 1, got 0 (file:{bad})",
+        f"na64-online: error: {bad}: web.prot: unknown key; did you mean port? (file:{bad})",
+    ]
+    # the environment counts only when asked for (as the service would see it)
+    environ = {"NA64_WEB__PORT": "http"}
+    assert run_cli("config", "check", str(good), environ=environ).returncode == 0
+    done = run_cli("config", "check", "--env", str(good), environ=environ)
+    assert done.returncode == 1 and "web.port: expected an integer, got 'http' (env:NA64_WEB__PORT)" in done.stderr
+    # the files it names, on request
+    good.write_text(f"channel_map = '{tmp_path / 'absent.csv'}'\n")
+    done = run_cli("config", "check", "--files", str(good))
+    assert done.returncode == 1 and "channel_map: cannot read channel map" in done.stderr
+    done = run_cli("config", "check", str(tmp_path / "nope.toml"))
+    assert done.returncode == 1 and "cannot read config file" in done.stderr
