@@ -37,7 +37,7 @@ from . import layout as L
 from .channelmap import SRC_MSADC as _SRC_MSADC
 from .channelmap import SRC_SCALERS as _SRC_SCALERS
 from .channelmap import SRC_TRIGGER_TIME as _SRC_TRIGGER_TIME
-from .errors import FIRST_NOTICE, Issue
+from ..errors import FIRST_NOTICE, Issue
 
 #: rows of the event index being filled (one array per column, same length)
 IndexColumns = namedtuple(

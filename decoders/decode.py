@@ -16,12 +16,15 @@ Two steps, both numba kernels behind these wrappers:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
+from ..config_section import ConfigSection
 from . import _kernels, layout
 from .channelmap import ChannelMap
-from .errors import Issue
+from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
 
@@ -35,16 +38,14 @@ def as_words(data) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(buf[:whole]).view(layout.WORD), len(buf) - whole
 
 
-@dataclass(frozen=True)
-class ReconstructionParams:
-    """Spec §11 per-channel numbers (every value is configuration)."""
+class ReconstructionParams(ConfigSection):
+    """Spec §11 per-channel numbers (every value is configuration; ``[monitor.reconstruction]``)."""
 
-    pedestal_samples: int = 6
+    section: ClassVar[str] = "monitor.reconstruction"
+
+    pedestal_samples: int = Field(6, ge=1, le=510)
+    #: ADC counts above pedestal for a hit; the channel-health occupancy uses it too (``health.hit_threshold``)
     amplitude_threshold: float = 20.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.pedestal_samples <= 510:
-            raise ValueError(f"pedestal_samples must be within 1..510, got {self.pedestal_samples}")
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ published into a :class:`SnapshotStore` (swapping a reference under a lock):
 
 :class:`Na64Collector` (registered on the registry passed to
 :func:`register_metrics`) reads both at scrape time. Label sets are bounded:
-``kind`` = the decoder's :class:`~na64_online.decoders.errors.Issue` labels
+``kind`` = the decoder's :class:`~na64_online.errors.Issue` labels
 (anything else counts as ``other``), ``subsystem`` = beam, ecal, hcal, srd,
-veto, daq, overall; ``estimator`` = hcal, srd; ``detector`` × channel-finding
-``kind``; ``reason`` = readout_silent, monitor_stuck. Quality states are
+veto, daq (plus those the detector table's mapped detectors add), overall;
+``estimator`` = hcal, srd; ``detector`` = the detector table's names (× channel-finding
+``kind``); ``profile`` = the beam profiles' names; ``reason`` = readout_silent, monitor_stuck. Quality states are
 numbers: 0 GOOD, 1 NO_DATA, 2 WARNING, 3 BAD (−1 before the first spill);
 while the service is stale (no spill for ``no_data_after_seconds``, see
 :mod:`.liveness`) every subsystem and the overall state read 1 (NO_DATA),
@@ -28,15 +29,18 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..decoders.channelmap import DETECTORS
-from ..decoders.errors import Issue
+from ..decoders.beam import profiles as beam_profiles
+from ..decoders.channelmap import ChannelMap
+from ..errors import Issue
 from .health import KINDS as FINDING_KINDS
-from .quality import SUBSYSTEMS, QualityState
+from . import model
+from .model import to_json
+from .quality import SUBSYSTEMS, QualityState, subsystems_of
 
 ERROR_KINDS = tuple(i.label for i in Issue if i.is_error) + ("other",)
 NOTICE_KINDS = tuple(i.label for i in Issue if not i.is_error and i != Issue.NONE) + ("other",)
@@ -44,6 +48,10 @@ QUALITY_SUBSYSTEMS = SUBSYSTEMS + ("overall",)
 NO_DATA_REASONS = ("readout_silent", "monitor_stuck")  # monitor.liveness.REASONS
 BAD_MESSAGE_KINDS = ("bad_envelope", "damaged_payload", "duplicate", "reordered", "sequence_jump")  # daq.subscriber
 MEMORY_STAGES = ("builder", "tasks")
+#: overall quality of a spill as counted in na64_spills_by_quality_total (NONE: judged without a state)
+SPILL_QUALITIES = ("GOOD", "WARNING", "BAD", "NO_DATA", "NONE")
+ALARM_SEVERITIES = ("info", "warning", "critical")  # monitor.alarms.SEVERITIES
+ALERTMANAGER_OUTCOMES = ("sent", "failed", "dropped")
 PROCESSING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -81,6 +89,9 @@ class ServiceHealth:
     memory_resident_bytes: int = 0  # the service process's resident memory
     memory_buffered_bytes: Mapping[str, int] = field(default_factory=dict)  # by stage
     receive_hwm_messages: int = 0  # the SUB socket's receive high-water mark now (derived from the budget)
+    workers_ready: int = 0  # decoder workers (local and remote) ready for tasks now
+    workers_seen: int = 0  # workers that said HELLO since start
+    workers_lost: int = 0  # workers taken for dead (no result within task_timeout_s, or gone) since start
 
 
 @dataclass(frozen=True)
@@ -110,11 +121,22 @@ class MonitorSnapshot:
     quality: Mapping[str, Any] | None = None  # last SpillQuality.to_dict()
     findings: tuple[Mapping[str, Any], ...] = ()  # last active channel findings (dicts)
     published_at: float | None = None
+    errors_by_source: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # srcID label -> decode errors
+    spills_by_quality: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # overall state -> spills
+    archived_spills: int = 0  # spills whose archive transaction committed
+    archived_at: float | None = None  # Unix s of the last committed archive write
 
-    def with_spill(self, record: Mapping[str, Any], quality=None, findings=None, now: float | None = None
-                   ) -> "MonitorSnapshot":
-        """A new snapshot with one more spill: ``record`` = QA record dict, ``quality`` = SpillQuality
-        (or its dict), ``findings`` = HealthReport or list of findings (objects or dicts)."""
+    def with_archive_write(self, now: float | None = None) -> "MonitorSnapshot":
+        """One more spill committed to the archive."""
+        return replace(self, archived_spills=self.archived_spills + 1,
+                       archived_at=time.time() if now is None else now)
+
+    def with_spill(self, record: model.SpillRecord | Mapping[str, Any], quality=None, findings=None,
+                   now: float | None = None) -> "MonitorSnapshot":
+        """A new snapshot with one more spill: ``record`` = the QA record (:class:`~.model.SpillRecord` or
+        its JSON), ``quality`` = its :class:`~.model.SpillQuality`, ``findings`` = a
+        :class:`~.model.HealthReport` or a list of :class:`~.model.ChannelFinding` (anything they validate)."""
+        record = to_json(record)
         errors = dict(self.decode_errors)
         notices = dict(self.decode_notices)
         attributed = 0
@@ -123,6 +145,10 @@ class MonitorSnapshot:
                 key = label if label in ERROR_KINDS else "other"
                 errors[key] = errors.get(key, 0) + int(n)
                 attributed += int(n)
+        by_source = dict(self.errors_by_source)
+        for src, per_src in (record.get("errors_by_src") or {}).items():
+            label = "event" if str(src) in ("-1", "event") else str(src)
+            by_source[label] = by_source.get(label, 0) + sum(int(n) for n in per_src.values())
         rest = int(record.get("decode_errors") or 0) - attributed
         if rest > 0:
             errors["other"] = errors.get("other", 0) + rest
@@ -136,11 +162,16 @@ class MonitorSnapshot:
         new_run = run is not None and run != self.run
         eot = float(record.get("eot") or 0.0)
         ncand = len(record.get("candidates") or ())
-        if quality is not None and hasattr(quality, "to_dict"):
-            quality = quality.to_dict()
-        if findings is not None and hasattr(findings, "findings"):
-            findings = findings.findings
-        findings = tuple(f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in (findings or ()))
+        if quality is not None:
+            quality = to_json(model.SpillQuality.model_validate(quality))
+        if findings is not None and not isinstance(findings, (list, tuple)):
+            findings = model.HealthReport.model_validate(findings).findings
+        findings = tuple(to_json(model.ChannelFinding.model_validate(f)) for f in (findings or ()))
+        by_quality = dict(self.spills_by_quality)
+        overall = (quality or {}).get("overall")
+        overall = str(getattr(overall, "name", overall) or "NONE")
+        overall = overall if overall in SPILL_QUALITIES else "NONE"
+        by_quality[overall] = by_quality.get(overall, 0) + 1
         return replace(
             self,
             spills=self.spills + 1,
@@ -166,6 +197,8 @@ class MonitorSnapshot:
             quality=MappingProxyType(dict(quality)) if quality is not None else None,
             findings=findings,
             published_at=time.time() if now is None else now,
+            errors_by_source=MappingProxyType(by_source),
+            spills_by_quality=MappingProxyType(by_quality),
         )
 
 
@@ -177,13 +210,40 @@ def _total(value) -> int:
     return int(value)
 
 
-class SnapshotStore:
-    """Holds the latest :class:`MonitorSnapshot` and :class:`ServiceHealth`; thread-safe."""
+@dataclass(frozen=True)
+class DetectorLabels:
+    """The label values the detector table allows: every detector of the table (channel findings),
+    those with channels in the map (per-detector values), the judged quality subsystems."""
 
-    def __init__(self) -> None:
+    table: tuple[str, ...]
+    mapped: tuple[str, ...]
+    subsystems: tuple[str, ...]
+
+    @classmethod
+    def of(cls, channel_map: ChannelMap) -> "DetectorLabels":
+        return cls(channel_map.detectors.names, channel_map.present_detectors(),
+                   subsystems_of(channel_map.detector_subsystems()))
+
+
+def _default_labels() -> DetectorLabels:
+    return DetectorLabels.of(ChannelMap.default())
+
+
+class SnapshotStore:
+    """Holds the latest :class:`MonitorSnapshot` and :class:`ServiceHealth`; thread-safe.
+
+    ``detectors``: the label values of the service's channel map (:meth:`use_channel_map`; default:
+    the packaged map's)."""
+
+    def __init__(self, detectors: DetectorLabels | None = None) -> None:
         self._lock = threading.Lock()
         self._monitor = MonitorSnapshot()
         self._service = ServiceHealth()
+        self.detectors = detectors or _default_labels()
+
+    def use_channel_map(self, channel_map: ChannelMap) -> None:
+        """Label detectors and subsystems after this map and its detector table."""
+        self.detectors = DetectorLabels.of(channel_map)
 
     @property
     def monitor(self) -> MonitorSnapshot:
@@ -202,6 +262,12 @@ class SnapshotStore:
     def publish_service(self, health: ServiceHealth) -> None:
         with self._lock:
             self._service = health
+
+    def publish_archive_write(self, now: float | None = None) -> MonitorSnapshot:
+        """A spill's archive transaction committed (``na64_archive_*``)."""
+        with self._lock:
+            self._monitor = self._monitor.with_archive_write(now)
+            return self._monitor
 
     def publish(self, monitor: MonitorSnapshot | None = None, service: ServiceHealth | None = None) -> None:
         """Replace either snapshot wholesale (e.g. restored from the archive)."""
@@ -223,10 +289,16 @@ def _finite(value, default=math.nan) -> float:
 class Na64Collector(Collector):
     """Custom collector: every sample is computed from the store's snapshots at scrape time."""
 
-    def __init__(self, store: SnapshotStore, clock=time.time, liveness=None) -> None:
+    def __init__(self, store: SnapshotStore, clock=time.time, liveness=None, *, sources: Sequence[str] = (),
+                 alarms=None, archive: bool = False) -> None:
         self.store = store
         self.clock = clock
         self.liveness = liveness  # callable giving a liveness.Liveness (live service), or None
+        #: srcID labels of na64_decode_errors_by_source_total (the channel map's, plus event and other)
+        self.sources = tuple(dict.fromkeys([*(str(s) for s in sources), "event", "other"]))
+        #: callable giving the alarm engine's view: {"active": [alarm dicts], "delivery": {sent, failed, dropped…}}
+        self.alarms = alarms
+        self.archive = archive  # whether the spills are archived (na64_archive_* exported)
 
     def describe(self):
         return self._families(MonitorSnapshot(), ServiceHealth(started=0.0), describe=True)
@@ -249,22 +321,29 @@ class Na64Collector(Collector):
         counter("na64_ingest_messages", "ZeroMQ messages received", s.messages_received)
         counter("na64_ingest_events", "DATE events received", s.events_received)
         counter("na64_ingest_bytes", "payload bytes received", s.bytes_received, unit="bytes")
-        counter("na64_ingest_dropped_messages", "messages dropped by the service (queue full)", s.dropped_messages)
+        counter("na64_ingest_dropped_messages", "readout messages lost before the service: ZeroMQ sequence gaps "
+                "summed over the readout nodes (dropped at a high-water mark or in the network)", s.dropped_messages)
         counter("na64_ingest_skipped_events", "events of types outside spills, skipped", s.skipped_events)
         gauge("na64_ingest_events_per_second", "recent ingest rate, events per second", s.ingest_events_per_second)
         gauge("na64_ingest_bytes_per_second", "recent ingest rate, bytes per second", s.ingest_bytes_per_second)
         gauge("na64_ingest_lag_seconds", "how far processing is behind arrival", s.lag_seconds, unit="seconds")
         age = self.clock() - s.last_message_time if s.last_message_time is not None else math.nan
         gauge("na64_ingest_last_message_age_seconds", "time since the newest message arrived", age, unit="seconds")
-        gauge("na64_ingest_queue_messages", "messages waiting in the processing queue", s.queue_depth)
-        gauge("na64_ingest_queue_capacity_messages", "capacity of the processing queue", s.queue_capacity)
+        gauge("na64_ingest_queue_tasks", "decoding tasks waiting for a worker or at a worker", s.queue_depth)
+        gauge("na64_ingest_queue_capacity_tasks", "decoding tasks that may wait or be at workers at once",
+              s.queue_capacity)
         gauge("na64_ingest_sources_connected", "readout nodes connected", s.sources_connected)
         counter("na64_worker_refused_messages", "malformed messages refused on the worker port",
                 s.worker_refused_messages)
         counter("na64_worker_refused_results", "worker results refused (did not decode)", s.worker_refused_results)
         counter("na64_worker_refused_peers", "workers refused (CurveZMQ handshake or protocol)",
                 s.worker_refused_peers)
-        gauge("na64_service_start_time_seconds", "Unix time the service started", s.started, unit="seconds")
+        gauge("na64_service_start_time_seconds", "Unix time the service process started", s.started,
+              unit="seconds")
+        gauge("na64_workers_ready", "decoder workers (local and remote) ready for tasks", s.workers_ready)
+        counter("na64_workers_seen", "decoder workers that said HELLO since start", s.workers_seen)
+        counter("na64_workers_lost", "decoder workers taken for dead since start (no result in task_timeout_s)",
+                s.workers_lost)
         fam = CounterMetricFamily("na64_bad_messages", "bad readout messages by LDC (an expected LDC's id, other, "
                                   "unknown: envelope unreadable) and kind", labels=["ldc", "kind"])
         if not describe:
@@ -303,6 +382,27 @@ class Na64Collector(Collector):
             for kind in NOTICE_KINDS:
                 fam_n.add_metric([kind], m.decode_notices.get(kind, 0))
         out += [fam, fam_n]
+        fam = CounterMetricFamily("na64_decode_errors_by_source", "decode errors by srcID (the channel map's "
+                                  "srcIDs; event: damage above any equipment; other: any other srcID)",
+                                  labels=["src_id"])
+        if not describe:
+            counts = dict.fromkeys(self.sources, 0)
+            for src, n in m.errors_by_source.items():
+                key = src if src in counts else "other"
+                counts[key] += int(n)
+            for src, n in counts.items():
+                fam.add_metric([src], n)
+        out.append(fam)
+        fam = CounterMetricFamily("na64_spills_by_quality", "spills processed by their overall quality "
+                                  "(NONE: judged without a state)", labels=["quality"])
+        if not describe:
+            for q in SPILL_QUALITIES:
+                fam.add_metric([q], m.spills_by_quality.get(q, 0))
+        out.append(fam)
+        if self.archive:
+            counter("na64_archive_spills", "spills committed to the archive", m.archived_spills)
+            gauge("na64_archive_last_write_timestamp_seconds", "Unix time of the last archive commit",
+                  m.archived_at if m.archived_at is not None else math.nan, unit="seconds")
         counter("na64_beam_particles", "beam particles on target (scaler S1·S2), summed", m.beam_particles)
         counter("na64_eot", "electrons on target, summed since service start", m.eot)
         counter("na64_candidates", "missing-energy candidates", m.candidates)
@@ -348,7 +448,8 @@ class Na64Collector(Collector):
         gauge("na64_dead_time_ratio", "1 − accepted/raw triggers, last spill", last.get("dead_time_fraction"),
               unit="ratio")
         fam = GaugeMetricFamily("na64_hadron_fraction", "hadron fraction of beam-trigger events, last spill "
-                                "(estimator hcal: E_HCAL > 10 GeV; srd: no electron tag)", labels=["estimator"])
+                                "(estimator hcal: E_HCAL > 10 GeV; srd: no electron tag)", labels=["estimator"],
+                                unit="ratio")
         if not describe:
             fam.add_metric(["hcal"], _finite(last.get("hadron_fraction")))
             fam.add_metric(["srd"], _finite(last.get("hadron_fraction_srd")))
@@ -357,6 +458,29 @@ class Na64Collector(Collector):
         gauge("na64_candidates_last_spill", "missing-energy candidates, last spill",
               len(last.get("candidates") or ()) if m.last is not None else math.nan)
 
+        fam = GaugeMetricFamily("na64_beam_profile", "1 for the beam profile the last spill was judged with "
+                                "(decoders/beam-profiles.toml), 0 for the others", labels=["profile"])
+        if not describe:
+            for name in beam_profiles():
+                fam.add_metric([name], 1.0 if last.get("beam_profile") == name else 0.0)
+        out.append(fam)
+
+        # ---------------------------------------------------------- detectors (the table's)
+        labels = self.store.detectors
+        per_detector = last.get("detectors") or {}
+        for name, doc, key, unit in (
+            ("na64_detector_channels", "channels of the detector in the channel map", "channels", ""),
+            ("na64_detector_energy_mean_gev", "mean energy per data event in the detector, last spill [GeV]",
+             "energy_mean_gev", ""),
+            ("na64_detector_hit_ratio", "fraction of data events with energy in the detector, last spill",
+             "hit_fraction", "ratio"),
+        ):
+            fam = GaugeMetricFamily(name, doc, labels=["detector"], unit=unit)
+            if not describe:
+                for detector in labels.mapped:
+                    fam.add_metric([detector], _finite((per_detector.get(detector) or {}).get(key)))
+            out.append(fam)
+
         # ---------------------------------------------------------- quality and channels
         fam = GaugeMetricFamily("na64_quality_state", "quality of the last spill: 0 GOOD, 1 NO_DATA (also while "
                                 "no spill comes: na64_no_data), 2 WARNING, 3 BAD, -1 none yet", labels=["subsystem"])
@@ -364,13 +488,13 @@ class Na64Collector(Collector):
             q = m.quality or {}
             states = dict(q.get("subsystems") or {})
             states["overall"] = q.get("overall")
-            for sub in QUALITY_SUBSYSTEMS:
+            for sub in labels.subsystems + ("overall",):
                 name = "NO_DATA" if stale else states.get(sub)
                 fam.add_metric([sub], float(QualityState[name]) if name in QualityState.__members__ else -1.0)
         out.append(fam)
         fam = GaugeMetricFamily("na64_channel_findings", "active channel-health findings", labels=["detector", "kind"])
         if not describe:
-            counts = {(d, k): 0 for d in DETECTORS for k in FINDING_KINDS}
+            counts = {(d, k): 0 for d in labels.table for k in FINDING_KINDS}
             for f in m.findings:
                 key = (str(f.get("detector")), str(f.get("kind")))
                 if key in counts:
@@ -378,14 +502,69 @@ class Na64Collector(Collector):
             for (d, k), n in counts.items():
                 fam.add_metric([d, k], n)
         out.append(fam)
+        if self.alarms is not None:
+            out += self._alarm_families(describe)
+        return out
+
+    def _alarm_families(self, describe: bool) -> list:
+        """The service's own alarms as a metric (like Prometheus's ALERTS) and their delivery to Alertmanager."""
+        view = {} if describe else (self.alarms() or {})
+        active = GaugeMetricFamily("na64_alarm_active", "1 per active alarm of the service (its rules and service "
+                                   "alarms), by name, severity and state (raised, acknowledged, silenced)",
+                                   labels=["alertname", "severity", "state"])
+        for alarm in view.get("active", ()):
+            state = "silenced" if alarm.get("state") == "raised" and alarm.get("silenced_by") else alarm.get("state")
+            active.add_metric([str(alarm.get("name")), str(alarm.get("severity")), str(state)], 1.0)
+        out = [active]
+        delivery = view.get("delivery") or {}
+        for outcome, doc in (("sent", "requests Alertmanager accepted"),
+                             ("failed", "requests to Alertmanager that failed (unreachable, timeout, HTTP error)"),
+                             ("dropped", "batches of alerts dropped unsent (the sender's queue was full)")):
+            out.append(CounterMetricFamily(f"na64_alertmanager_{outcome}", doc,
+                                           value=None if describe else int(delivery.get(outcome, 0))))
+        out.append(GaugeMetricFamily("na64_alertmanager_last_success_timestamp_seconds",
+                                     "Unix time Alertmanager last accepted a request (NaN: never)",
+                                     value=None if describe else _finite(delivery.get("last_success")),
+                                     unit="seconds"))
         return out
 
 
 def register_metrics(registry: CollectorRegistry, store: SnapshotStore | None = None,
-                     liveness=None) -> SnapshotStore:
+                     liveness=None, *, sources: Sequence[str] = (), alarms=None, archive: bool = False,
+                     process: bool = False) -> SnapshotStore:
     """Register an :class:`Na64Collector` on ``registry``; returns the store to publish into.
 
-    ``liveness``: a callable giving the live service's :class:`~.liveness.Liveness` (staleness)."""
+    ``liveness``: a callable giving the live service's :class:`~.liveness.Liveness` (staleness);
+    ``sources``: the channel map's srcIDs (labels of ``na64_decode_errors_by_source_total``);
+    ``alarms``: a callable giving ``{"active": [...], "delivery": {...}}`` (``na64_alarm_active``,
+    ``na64_alertmanager_*``); ``archive``: export ``na64_archive_*``; ``process``: also the standard
+    ``process_*`` and ``python_info`` collectors and ``na64_build_info``.
+    """
     store = store or SnapshotStore()
-    registry.register(Na64Collector(store, liveness=liveness))
+    registry.register(Na64Collector(store, liveness=liveness, sources=sources, alarms=alarms, archive=archive))
+    if process:
+        from prometheus_client import PlatformCollector, ProcessCollector
+
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        registry.register(BuildInfoCollector())
     return store
+
+
+def alarm_view(engine) -> dict:
+    """The alarm engine's active alarms and Alertmanager delivery counts, for metrics and /api/health."""
+    return {"active": engine.active(), "delivery": engine.delivery()}
+
+
+class BuildInfoCollector(Collector):
+    """``na64_build_info{version, python}`` = 1: which build runs (join on it in queries)."""
+
+    def collect(self):
+        import platform
+
+        from .. import __version__
+
+        fam = GaugeMetricFamily("na64_build_info", "the running build: version of na64-online and Python",
+                                labels=["version", "python"])
+        fam.add_metric([__version__, platform.python_version()], 1.0)
+        yield fam

@@ -1,4 +1,4 @@
-"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | format``.
+"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | config | format``.
 
 Bad input (missing file, not a DATE stream, bad map or config, bad option)
 ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -16,12 +16,13 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .config import Config, load_config
+from .config import load_channel_map, Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
-from .decoders.errors import DaqError
+from .errors import DaqError
 from .monitor.alarms import ALARM_STATES
-from .monitor.jsonable import dumps
+from .logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging
+from .monitor.model import dumps
 from .monitor.quality import INTERRUPTED, QualityState
 
 EXIT_USAGE = 2
@@ -40,8 +41,7 @@ def _load(args) -> tuple[Config, ChannelMap]:
     if getattr(args, "map", None):
         overrides["channel_map"] = args.map
     config = load_config(getattr(args, "config", None), overrides=overrides)
-    channel_map = ChannelMap.load(config.channel_map) if config.channel_map else ChannelMap.default()
-    return config, channel_map
+    return config, load_channel_map(config)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -50,6 +50,29 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- replay
+def _add_log_format(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get(LOG_FORMAT_ENV, "text")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=default if default in LOG_FORMATS else "text",
+                   help="log lines on stderr: text, or one JSON object per line with run and spill "
+                        "(journald, Loki); default text")
+
+
+def _use_log_format(log_format: str, level: int) -> None:
+    """Configure logging; local worker processes inherit the format through the environment."""
+    os.environ[LOG_FORMAT_ENV] = log_format
+    configure_logging(level, log_format)
+
+
+def _say(text: str) -> None:
+    """A status line of serve/demo on stderr: plain text, or a JSON log line with ``--log-format json``."""
+    if os.environ.get(LOG_FORMAT_ENV) == "json":
+        import logging
+
+        logging.getLogger("na64_online.cli").warning("%s", text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 def _summary_line(record: dict) -> str:
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
@@ -90,6 +113,43 @@ def cmd_replay(args) -> int:
                     print(dumps(record) if args.json else _summary_line(record), flush=True)
     finally:
         replayer.close()
+    return status
+
+
+# ---------------------------------------------------------------- reprocess
+def cluster_config_from_args(config: Config, args):
+    """The ``[cluster]`` configuration with the ``reprocess`` command-line options applied."""
+    changes = {}
+    for opt, name in (("scheduler", "scheduler"), ("workers", "workers"), ("retries", "retries"),
+                      ("tls_ca", "tls_ca_file"), ("tls_cert", "tls_cert_file"), ("tls_key", "tls_key_file")):
+        value = getattr(args, opt)
+        if value is not None:
+            changes[name] = value
+    return config.cluster.replace(**changes)
+
+
+def cmd_reprocess(args) -> int:
+    """Raw files on a Dask cluster (each spill a task reading its own bytes), merged in order as replay does."""
+    from .reprocess import Reprocessor, require_dask
+
+    require_dask()  # before anything else: without Dask, say how to install it
+    config, channel_map = _load(args)
+    cluster = cluster_config_from_args(config, args)
+    status = 0
+
+    def on_record(record: dict) -> None:
+        print(dumps(record) if args.json else _summary_line(record), flush=True)
+
+    def on_note(path: str, level: str, text: str) -> None:
+        nonlocal status
+        print(f"na64-online: {level}: {path}: {text}", file=sys.stderr, flush=True)
+        if level == "error":
+            status = EXIT_DATA
+
+    runner = Reprocessor(config, channel_map, cluster, archive=args.archive,
+                         progress=sys.stderr.isatty() and not args.quiet)
+    stats = runner.run(args.files, on_record, on_note)
+    print(f"na64-online: {stats.summary()}", file=sys.stderr, flush=True)
     return status
 
 
@@ -207,6 +267,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
+def _scheduler(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
+        raise argparse.ArgumentTypeError(f"expected a Dask scheduler address like tcp://HOST:8786, got {text!r}")
+    return text
+
+
 def _rate(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     try:
@@ -215,8 +282,13 @@ def _rate(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY, got {text!r} ({exc})") from None
 
 
-def simulation_config_from_args(args):
-    from .daq.simulator import SimulationConfig
+def simulation_config_from_args(args, config: Config | None = None):
+    """The simulation of the command line over the beam profile of ``config`` (``[beam] profile``):
+    its energy and hadron contamination unless ``--hadron-fraction`` / ``--muon-fraction`` say otherwise."""
+    from .decoders.beam import profile
+    from .sim.simulator import SimulationConfig, beam_settings
+
+    beam = beam_settings(profile((config or Config()).beam.profile), args.hadron_fraction, args.muon_fraction)
 
     return SimulationConfig(
         run=args.run,
@@ -224,7 +296,7 @@ def simulation_config_from_args(args):
         first_spill=args.first_spill,
         events_per_spill=args.events,
         seed=args.seed,
-        hadron_fraction=args.hadron_fraction,
+        **beam,
         dead_channels=tuple(args.dead_channel),
         noisy_channels=tuple(args.noisy_channel),
         hot_channels=tuple(args.hot_channel),
@@ -233,18 +305,17 @@ def simulation_config_from_args(args):
         corruption_rates=dict(args.corrupt),
         zero_suppression=not args.no_zero_suppression,
         signal_fraction=args.signal_fraction,
-        muon_fraction=args.muon_fraction,
         pileup_probability=args.pileup,
         pedestal_drift_per_spill=args.pedestal_drift,
     )
 
 
 def cmd_simulate(args) -> int:
-    from .daq.simulator import write_raw_file
+    from .sim.simulator import write_raw_file
 
-    _, channel_map = _load(args)
+    config, channel_map = _load(args)
     try:
-        sim_config = simulation_config_from_args(args)
+        sim_config = simulation_config_from_args(args, config)
     except ValueError as exc:
         raise DaqError(f"bad simulation settings: {exc}") from None
     if args.publish:
@@ -263,7 +334,7 @@ def _publish_simulation(args, sim_config, channel_map) -> int:
     from .daq.publisher import (
         PublisherConfig, ReadoutPublisher, parse_corruptions, parse_sequences, simulated_ldc_spills,
     )
-    from .daq.simulator import ReadoutSimulator
+    from .sim.simulator import ReadoutSimulator
 
     ldcs = args.ldc or []
     if len(ldcs) != len(args.publish):
@@ -315,8 +386,6 @@ def _publish_simulation(args, sim_config, channel_map) -> int:
 # ---------------------------------------------------------------- serve / worker
 def ingest_config_from_args(config: Config, args):
     """The ``[ingest]`` configuration with the ``serve`` command-line options applied."""
-    import dataclasses
-
     from .daq.ingest import IngestConfig
 
     ingest = getattr(config, "ingest", None) or IngestConfig()
@@ -329,10 +398,7 @@ def ingest_config_from_args(config: Config, args):
             changes[name] = value
     if args.expected_ldc:
         changes["expected_ldcs"] = tuple(args.expected_ldc)
-    try:
-        return dataclasses.replace(ingest, **changes)
-    except ValueError as exc:
-        raise DaqError(f"bad ingest settings: {exc}") from None
+    return ingest.replace(**changes)  # a ConfigError names the key
 
 
 def cmd_serve(args) -> int:
@@ -342,7 +408,7 @@ def cmd_serve(args) -> int:
 
     from .service import LiveService
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _use_log_format(args.log_format, logging.INFO)
     config, channel_map = _load(args)
     config = _with_http(config, args.http)
     ingest = ingest_config_from_args(config, args)
@@ -355,13 +421,12 @@ def cmd_serve(args) -> int:
                           web=False if args.no_web else None)
     try:
         with _stop_signals(done):  # SIGTERM/SIGINT, also during the warm-up: a clean stop, exit status 0
-            print("na64-online: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
-                  flush=True)
+            _say("na64-online: warming up (decoder kernels, workers) before subscribing …")
             service.start(abort=done)
             if not done.is_set():  # else stopped while warming up
                 web = f"; HTTP on {service.web.url}" if service.web is not None else ""
-                print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at "
-                      f"{service.ingest.worker_endpoint}{web}", file=sys.stderr, flush=True)
+                _say(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at "
+                      f"{service.ingest.worker_endpoint}{web}")
                 _run_until(done, args.duration, failed=lambda: service.failure)
     finally:
         service.stop()
@@ -371,20 +436,15 @@ def cmd_serve(args) -> int:
 def _exit_status(service) -> int:
     """0, or EXIT_FAILED with one line on stderr when a core thread of the service died."""
     if service.failure:
-        print(f"na64-online: error: the service failed: {service.failure}", file=sys.stderr, flush=True)
+        _say(f"na64-online: error: the service failed: {service.failure}")
         return EXIT_FAILED
     return 0
 
 
 def _with_http(config: Config, http) -> Config:
-    import dataclasses
-
     if http is None:
         return config
-    try:
-        return config.replace(web=dataclasses.replace(config.web, host=http[0], port=http[1]))
-    except ValueError as exc:
-        raise DaqError(f"bad --http: {exc}") from None
+    return config.replace(web=config.web.replace(host=http[0], port=http[1]))  # a ConfigError names the key
 
 
 def _record_printer(as_json: bool, max_records: int, done):
@@ -430,25 +490,25 @@ def _run_until(done, max_seconds: float = 0.0, failed=lambda: None) -> None:
 
 def cmd_demo(args) -> int:
     """Two simulated readout nodes on 127.0.0.1 feeding the live service (and its HTTP API)."""
-    import dataclasses
     import logging
     import threading
 
     from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-    from .daq.simulator import ReadoutSimulator, SimulationConfig
+    from .decoders.beam import profile as beam_profile
+    from .sim.simulator import ReadoutSimulator, SimulationConfig, beam_settings
     from .service import LiveService
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _use_log_format(args.log_format, logging.WARNING if args.log_format == "text" else logging.INFO)
     config, channel_map = _load(args)
     config = _with_http(config, args.http)
     from .web.auth import hash_token, new_token
 
     demo_token = new_token()  # a one-off write token for this demo process only
-    config = config.replace(web=dataclasses.replace(config.web, tokens={**config.web.tokens,
-                                                                         "demo": hash_token(demo_token)}))
+    config = config.replace(web=config.web.replace(tokens={**config.web.tokens, "demo": hash_token(demo_token)}))
     try:
         sim_config = SimulationConfig(
-            spills=args.spills or 4095, events_per_spill=args.events, hadron_fraction=args.hadron_fraction,
+            spills=args.spills or 4095, events_per_spill=args.events,
+            **beam_settings(beam_profile(config.beam.profile), args.hadron_fraction),
             dead_channels=tuple(args.dead_channel), seed=args.seed, spill_duration_s=args.spill_duration,
         )
         publishers = [
@@ -460,8 +520,8 @@ def cmd_demo(args) -> int:
         raise DaqError(f"bad demo settings: {exc}") from None
     done = threading.Event()
     on_record = _record_printer(args.json, args.spills, done)
-    ingest = dataclasses.replace(config.ingest, endpoints=tuple(p.endpoint for p in publishers),
-                                 workers=args.workers, expected_ldcs=(1, 2))
+    ingest = config.ingest.replace(endpoints=tuple(p.endpoint for p in publishers), workers=args.workers,
+                                   expected_ldcs=(1, 2))
     service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record)
 
     def node(publisher: ReadoutPublisher) -> None:
@@ -469,21 +529,19 @@ def cmd_demo(args) -> int:
         try:
             publisher.publish(simulated_ldc_spills(sim, publisher.config.ldc))
         except Exception as exc:  # noqa: BLE001 - a demo node failing ends the demo with its reason
-            print(f"na64-online: simulated LDC {publisher.config.ldc} stopped: {exc}", file=sys.stderr)
+            _say(f"na64-online: simulated LDC {publisher.config.ldc} stopped: {exc}")
             done.set()
 
     try:
         with _stop_signals(done):
-            print("na64-online demo: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
-                  flush=True)
+            _say("na64-online demo: warming up (decoder kernels, workers) before subscribing …")
             service.start(abort=done)
             web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
-            print(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops",
-                  file=sys.stderr, flush=True)
+            _say(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops")
             if service.web is not None:
-                print(f"na64-online demo: write token for this run (user 'demo'): {demo_token}\n"
+                _say(f"na64-online demo: write token for this run (user 'demo'): {demo_token}\n"
                       f"  e.g. curl -X POST -H 'Authorization: Bearer {demo_token}' -H 'Content-Type: application/json'"
-                      f" -d '{{}}' {service.web.url}/api/histograms/run/reset", file=sys.stderr, flush=True)
+                      f" -d '{{}}' {service.web.url}/api/histograms/run/reset")
             if not done.is_set():
                 for publisher in publishers:
                     threading.Thread(target=node, args=(publisher,), daemon=True).start()
@@ -517,6 +575,7 @@ def cmd_worker(args) -> int:
     import zmq
 
     from .daq.workers import run_worker, worker_curve_keys
+    from .sim.warmup import warm_up_processor
     from .worker_setup import build_processor
 
     if bool(args.key) != bool(args.server_key):
@@ -525,9 +584,10 @@ def cmd_worker(args) -> int:
     if not 1 <= args.capacity <= 1024:
         raise DaqError(f"--capacity must be within 1..1024, got {args.capacity}")
     curve = worker_curve_keys(args.key, args.server_key) if args.key else None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    configure_logging(logging.INFO, args.log_format, prefix=f"worker {os.getpid()} ")
     try:
-        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve)
+        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve,
+                   warm_up=warm_up_processor)
     except zmq.ZMQError as exc:
         raise DaqError(f"worker: cannot connect to {args.connect}: {exc}") from None
     return 0
@@ -548,15 +608,29 @@ def cmd_keys(args) -> int:
 # ---------------------------------------------------------------- archive (analysts)
 def cmd_archive(args) -> int:
     from .monitor.archive import Archive
+    from .monitor.archive.store import is_url
 
-    if not Path(args.db).is_file():
+    if not is_url(args.db) and not Path(args.db).is_file():
         raise DaqError(f"no archive at {args.db}")
     with Archive(args.db, readonly=True) as archive:
         if args.action == "spills":
-            for row in archive.list_spills(run=args.run, quality=args.quality):
+            for row in archive.list_spills(run=args.run, quality=args.quality, version=args.version):
+                print(dumps(row))
+        elif args.action == "versions":
+            for row in archive.versions(run=args.run):
+                print(dumps(row))
+        elif args.action == "compare":
+            if args.run is None or not args.versions:
+                raise DaqError("archive compare needs --run R and --versions A B")
+            known = {row["version"] for row in archive.versions(run=args.run)}
+            for version in args.versions:
+                if version not in known:
+                    raise DaqError(f"version {version!r} has no spill of run {args.run} in {archive.name} "
+                                   f"(versions there: {', '.join(sorted(known)) or 'none'})")
+            for row in archive.compare(args.run, *args.versions):
                 print(dumps(row))
         elif args.action == "bad-spills":
-            n = archive.export_bad_spills(args.out or sys.stdout, args.format, run=args.run)
+            n = archive.export_bad_spills(args.out or sys.stdout, args.format, run=args.run, version=args.version)
             if args.out:
                 print(f"wrote {n} bad spills to {args.out}", file=sys.stderr)
         elif args.action == "alarms":
@@ -574,16 +648,17 @@ def _export(archive, args) -> None:
     suffix = Path(args.out).suffix.lower()
     if suffix not in (".root", ".json"):
         raise DaqError(f"--out {args.out}: the file name must end in .root or .json, which selects the format")
-    spills = [row["spill"] for row in archive.list_spills(run=args.run)]
+    spills = [row["spill"] for row in archive.list_spills(run=args.run, version=args.version)]
     if not spills:
         runs = [row["run"] for row in archive.runs()]
         raise DaqError(f"run {args.run} is not in {args.db} (runs there: {_ranges(runs) or 'none'})")
     if args.spill is not None and args.spill not in spills:
         raise DaqError(f"spill {args.spill} of run {args.run} is not in {args.db} (spills there: {_ranges(spills)})")
     if suffix == ".json":
-        n = archive.export_histograms_json(args.out, args.run, args.spill)
+        n = archive.export_histograms_json(args.out, args.run, args.spill, version=args.version)
     else:
-        n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill))
+        n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill,
+                                               version=args.version))
     print(f"wrote {n} histograms to {args.out}", file=sys.stderr)
 
 
@@ -596,6 +671,28 @@ def _ranges(numbers: Sequence[int]) -> str:
         else:
             spans.append([n, n])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+# ---------------------------------------------------------------- config
+def cmd_config_show(args) -> int:
+    """The effective configuration: every value with where it came from."""
+    from .config import show_json, show_toml
+
+    config = load_config(args.config, overrides={"channel_map": args.map} if args.map else None)
+    print(show_json(config) if args.json else show_toml(config), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    """Validate a configuration file (and the files it names); 0, or EXIT_DATA with one line per problem."""
+    from .config import check_config
+
+    problems = check_config(args.file, environ=os.environ if args.env else {}, files=args.files)
+    for problem in problems:
+        print(f"na64-online: error: {args.file}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.file}: valid configuration")
+    return EXIT_DATA if problems else 0
 
 
 def cmd_format(args) -> int:
@@ -617,8 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-spill", type=UINT32, default=1)
     p.add_argument("--events", type=POSITIVE, default=1000, help="events per spill")
     p.add_argument("--seed", type=UINT32, default=0)
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015, help="hadrons per beam particle")
-    p.add_argument("--muon-fraction", type=FRACTION, default=0.005)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation, 0.015 for electrons-100)")
+    p.add_argument("--muon-fraction", type=FRACTION, default=None, help="muons per beam particle (default 0.005)")
     p.add_argument("--signal-fraction", type=FRACTION, default=2e-4, help="missing-energy signal-like events")
     p.add_argument("--pileup", type=FRACTION, default=0.02, help="pile-up probability per event")
     p.add_argument("--pedestal-drift", type=_float_in(-4096.0, 4096.0), default=0.0, metavar="ADC", help="pedestal drift per spill")
@@ -653,9 +751,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("reprocess", help="decode raw files on a Dask cluster; records identical to replay")
+    _add_common(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="raw files, at the same path on every worker host")
+    p.add_argument("--scheduler", type=_scheduler, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://HOST:8786 (default: a LocalCluster on this host)")
+    p.add_argument("--workers", type=_int_in(1, 1024), metavar="N", help="LocalCluster worker processes (default 2)")
+    p.add_argument("--retries", type=_int_in(0, 100), metavar="N", help="re-runs of a failed task (default 2)")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive")
+    p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tls-ca", metavar="PEM", help="Dask TLS: CA certificate ([cluster] tls_ca_file)")
+    p.add_argument("--tls-cert", metavar="PEM", help="Dask TLS: this client's certificate ([cluster] tls_cert_file)")
+    p.add_argument("--tls-key", metavar="PEM", help="Dask TLS: this client's private key ([cluster] tls_key_file)")
+    p.set_defaults(func=cmd_reprocess)
 
     p = sub.add_parser("dump", help="print one decoded event")
     _add_common(p)
@@ -676,11 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spill-timeout", type=_float_in(0.001, 1e6), metavar="S", help="close a spill after S s without data")
     p.add_argument("--expected-ldc", type=_int_in(0, 255), action="append", metavar="N",
                    help="readout nodes whose END_OF_BURST completes a spill (repeatable; default 1 and 2)")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--max-spills", type=COUNT, default=0, metavar="N", help="stop after N QA records")
     p.add_argument("--duration", type=SECONDS, default=0.0, metavar="S", help="stop after S seconds")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API / metrics address ([web])")
     p.add_argument("--no-web", action="store_true", help="no HTTP server")
+    _add_log_format(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the service fed by the built-in readout simulator (two LDCs on 127.0.0.1)")
@@ -689,13 +803,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=POSITIVE, default=5000, metavar="N", help="events per spill")
     p.add_argument("--spill-duration", type=SECONDS, default=4.8, metavar="S")
     p.add_argument("--spill-gap", type=SECONDS, default=3.0, metavar="S", help="time between spills")
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation)")
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--workers", type=COUNT, default=1, metavar="N")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8064)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--seed", type=UINT32, default=0)
+    _add_log_format(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("token", help="make a write token for a person (HTTP writes: acknowledge, reset, reference)")
@@ -708,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="FILE", help="this worker's CurveZMQ secret-key certificate (NAME.key_secret)")
     p.add_argument("--server-key", metavar="FILE", help="the service's CurveZMQ public-key certificate (server.key)")
     p.add_argument("--parent-pid", type=POSITIVE, help=argparse.SUPPRESS)  # local workers: exit with the service
+    _add_log_format(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("keys", help="create CurveZMQ key pairs for the worker port")
@@ -716,8 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("archive", help="read the QA archive: spills, bad-spill list, alarm history, histograms")
-    p.add_argument("db", metavar="DB", help="SQLite archive written by replay --archive or serve")
-    p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export"))
+    p.add_argument("db", metavar="DB", help="the archive: an SQLite file, or a URL (postgresql://USER@HOST/DB)")
+    p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export", "versions", "compare"))
+    p.add_argument("--version", metavar="V", help="processing version (default: per spill the one stored last; "
+                   "'*': every version)")
+    p.add_argument("--versions", nargs=2, metavar=("A", "B"), help="compare: the two processing versions")
     p.add_argument("--run", type=UINT32)
     p.add_argument("--spill", type=UINT32, help="export: one spill (default: the run summed)")
     p.add_argument("--quality", type=str.upper, choices=[state.name for state in QualityState] + [INTERRUPTED],
@@ -728,6 +848,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-spill", action="store_true", help="export: also each spill in its own ROOT folder")
     p.add_argument("--out", metavar="FILE", help="output file (bad-spills default: stdout)")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("config", help="show the effective configuration, or check a configuration file")
+    config_sub = p.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    p = config_sub.add_parser("show", help="the effective configuration (TOML; --json) with each value's source: "
+                                           "default, file:PATH, env:NA64_SECTION__KEY, argument, derived:KEY or "
+                                           "profile:NAME")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help='{"section.key": {"value": ..., "source": ...}, ...}')
+    p.set_defaults(func=cmd_config_show)
+    p = config_sub.add_parser("check", help="validate a configuration file and the files it names: exit 0, or 1 "
+                                            "with one line per problem")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--env", action="store_true", help="with the NA64_* environment variables on top (as the service)")
+    p.add_argument("--files", action="store_true",
+                   help="also read the files it names (channel map, alarm rules, tokens file), as on the service's host")
+    p.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("format", help="print the raw-format bit layouts (generated from the decoder's tables)")
     p.set_defaults(func=cmd_format)

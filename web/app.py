@@ -27,7 +27,9 @@ from .. import __version__
 from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
 from .dashboard import BOKEH_STATIC_ROUTE
-from .routers import alarms, dashboard, health, histograms, metrics, spills
+from .guides import DOCS_DIR as GUIDES_DIR
+from .routers import alarms, dashboard, detectors, docs, health, histograms, metrics, spills
+from .routers.common import StrictJSONResponse
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
@@ -160,15 +162,17 @@ class InternalErrors:
 
 def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app = FastAPI(title="na64-online", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json")
+                  openapi_url="/api/openapi.json", default_response_class=StrictJSONResponse)
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)
-    for module in (dashboard, spills, histograms, alarms, health, metrics):
+    for module in (dashboard, spills, histograms, alarms, health, metrics, detectors, docs):
         app.include_router(module.router)
     # BokehJS and Swagger UI from installed packages: dashboard and docs need no internet access
     app.mount(BOKEH_STATIC_ROUTE, StaticFiles(directory=str(bokehjs_path())), name="bokeh-static")
     app.mount(DOCS_STATIC_ROUTE, StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+    if (GUIDES_DIR / "img").is_dir():  # the guides' screenshots
+        app.mount("/docs/img", StaticFiles(directory=str(GUIDES_DIR / "img")), name="guides-img")
 
     @app.get("/api/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:

@@ -22,8 +22,10 @@ from bokeh.models import ColumnDataSource, DataTable, Div, LinearColorMapper, Nu
 from bokeh.plotting import figure
 from bokeh.resources import Resources
 
-from ..decoders.channelmap import DETECTORS, ChannelMap
+from ..decoders.channelmap import ChannelMap
+from ..monitor.model import to_json
 from ..monitor.spill_monitor import SpillSnapshot
+from .detectors import detector_panels
 
 STATE_COLOURS = {"GOOD": "#2e7d32", "WARNING": "#f9a825", "BAD": "#c62828", "NO_DATA": "#757575"}
 SEVERITY_COLOURS = {"critical": "#c62828", "warning": "#f9a825", "info": "#1565c0"}
@@ -60,8 +62,16 @@ def _alarm_row(alarm: dict, csrf: str = "") -> str:
                'autocomplete="current-password" required> '
                '<input name="comment" placeholder="comment" maxlength="2000"> '
                '<button type="submit">acknowledge</button></form>')
+    own = alarm.get("silence_id")
+    for silence in alarm.get("silences") or ():  # silences made in Alertmanager that mute this alarm's alert
+        if silence.get("id") != own:
+            ack += (f' <span class="silenced">— silenced in Alertmanager by {html.escape(str(silence.get("created_by")))}'
+                    f': {html.escape(str(silence.get("comment") or ""))} (until {html.escape(str(silence.get("ends_at")))})'
+                    '</span>')
+    runbook = alarm.get("runbook_url")
+    link = f' <a href="{html.escape(runbook, quote=True)}">what to do</a>' if runbook else ""
     return (f'<li><span style="color:{colour}"><b>{name}</b> [{html.escape(str(alarm.get("severity")))}]</span> '
-            f'{html.escape(str(alarm.get("detail", "")))}{ack}</li>')
+            f'{html.escape(str(alarm.get("detail", "")))}{link}{ack}</li>')
 
 
 def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None, now: float | None = None,
@@ -75,11 +85,11 @@ def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None
     if snapshot is None:
         return f'<div class="status">{banner}<h2>na64-online: waiting for the first spill…</h2></div>'
     now = time.time() if now is None else now
-    r, q = snapshot.record, snapshot.quality
+    r, q = to_json(snapshot.record), to_json(snapshot.quality)
     overall = "NO_DATA" if stale else q.get("overall", "NO_DATA")
     tiles = _tile("SPILL", overall) + "".join(
         _tile(name.upper(), "NO_DATA" if stale else state) for name, state in (q.get("subsystems") or {}).items())
-    alarms = snapshot.record.get("alarms") or [] if alarms is None else alarms
+    alarms = r.get("alarms") or [] if alarms is None else alarms
     alarm_rows = "".join(_alarm_row(a, csrf) for a in alarms) or "<li>none</li>"
     age = now - snapshot.published_at
     return f"""
@@ -183,26 +193,21 @@ def _trend(run_hists: dict):
 def _channel_maps(snapshot: SpillSnapshot, channel_map: ChannelMap):
     occupancy = np.asarray([v if v is not None else math.nan
                             for v in (snapshot.channel_stats or {}).get("occupancy", [])], dtype=float)
-    findings = {(f.get("slot"), f.get("kind")) for f in (snapshot.health or {}).get("findings", [])}
+    findings = {(f.slot, f.kind) for f in snapshot.health.findings}
     flagged = {slot for slot, _ in findings}
     mapper = LinearColorMapper(palette="Viridis256", low=0.0,
                                high=float(np.nanmax(occupancy)) if len(occupancy) and np.any(np.isfinite(occupancy)) else 1.0)
     plots = []
-    for detector, module, title in (("ECAL", 0, "ECAL preshower"), ("ECAL", 1, "ECAL main"),
-                                    ("HCAL", None, "HCAL (modules 0–3)")):
-        code = DETECTORS.index(detector)
-        slots = channel_map.slots(code, module)
-        xs = channel_map.x[slots].astype(float)
-        ys = channel_map.y[slots].astype(float)
-        if detector == "HCAL":
-            xs = xs + 3.5 * channel_map.module[slots]
+    for panel in detector_panels(channel_map):
+        slots = np.asarray(panel["slots"], dtype=np.int64)
+        xs, ys, title = np.asarray(panel["x"]), np.asarray(panel["y"]), panel["title"]
         occ = occupancy[slots] if len(occupancy) == len(channel_map) else np.full(len(slots), math.nan)
         src = ColumnDataSource({
             "x": xs, "y": ys, "occupancy": occ,
             "line": ["#d50000" if int(s) in flagged else "#ffffff" for s in slots],
             "width": [4 if int(s) in flagged else 1 for s in slots],
         })
-        p = figure(title=f"{title}: occupancy", height=220, width=300 if detector == "ECAL" else 420,
+        p = figure(title=f"{title}: occupancy", height=220, width=panel["width"],
                    toolbar_location=None, match_aspect=True)
         p.rect(x="x", y="y", width=0.95, height=0.95, source=src, fill_color={"field": "occupancy",
                "transform": mapper}, line_color="line", line_width="width")
