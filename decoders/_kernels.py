@@ -440,7 +440,7 @@ def _store_channel(k, slot, words, first, n, gain, params, nsamples, estimates, 
     estimates[_ENERGY, k, slot] = estimators.energy(amp, gain[slot], params.threshold)
     saturated[k, slot] = estimators.saturated(words, first, n)
     if params.with_samples:
-        for j in range(min(n, samples.shape[2])):
+        for j in range(min(n, samples.shape[-1])):
             half = j // _SAMPLES_PER_WORD
             if j % _SAMPLES_PER_WORD == 0:
                 samples[k, slot, j] = estimators.even_sample(words, first, half)
