@@ -81,7 +81,8 @@ def test_kernels_take_every_shift_mask_and_offset_from_the_layout(path):
 def test_the_scan_finds_bare_numbers(tmp_path):
     bad = tmp_path / "_kernels.py"
     bad.write_text("def f(w):\n    return (w >> 20) & 0xFFFFF, w[7]\n")
-    assert len(_bare_numbers(bad)) == 4  # the shift, the hex mask, and the integers 20 and 7 (0xFFFFF counted once as hex)
+    # the hex mask (as hex and as a bare integer), the shift by 20 (as a shift and an integer), the offset 7
+    assert len(_bare_numbers(bad)) == 5
 
 
 def test_monitor_uses_the_layout_event_types():
