@@ -281,6 +281,10 @@ class ChannelFinding:
     spills: int  # consecutive bad spills so far
     since: tuple[int | None, int | None]  # (run, spill) where it was raised
     detail: str = ""
+    #: electronic address: srcID, MSADC port, channel (where to look in the crate)
+    src_id: int | None = None
+    port: int | None = None
+    channel: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -514,4 +518,5 @@ class ChannelHistory:
             slot=slot, detector=m.detectors[int(m.detector[slot])].name, module=int(m.module[slot]),
             x=int(m.x[slot]), y=int(m.y[slot]), kind=kind, value=value, reference=ref,
             spills=streak, since=tuple(since), detail=detail,
+            src_id=int(m.src_id[slot]), port=int(m.port[slot]), channel=int(m.channel[slot]),
         )

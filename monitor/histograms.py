@@ -184,25 +184,41 @@ def _row_reduce(values: np.ndarray, op) -> np.ndarray:
     return out
 
 
-def _hist_to_json(h: hist.Hist) -> dict:
+def histogram_json(h: bh.Histogram) -> dict:
+    """THE JSON shape of a histogram (:class:`~.model.HistogramJSON`: API, dashboard, archive JSON export).
+
+    ``{"name", "label", "axes": [{"name", "label", "edges" | "categories"}], "values", "entries",
+    "outside"}``: ``values`` are the bin contents without flow bins (nested lists in axis order,
+    integers for counting storages); ``entries`` counts every fill, ``outside`` those that fell in
+    under/overflow. The trigger axis lists :data:`TRIGGERS`; integer and category axes their
+    categories, other axes their bin edges. (Exact copies, flow bins and all: the archive's blobs
+    and the ROOT export.)
+    """
     axes = []
     for ax in h.axes:
         entry: dict[str, Any] = {"name": ax.name, "label": ax.label}
         if ax.name == "trigger":
             entry["categories"] = list(TRIGGERS)
-        elif isinstance(ax, hist.axis.Integer):
+        elif isinstance(ax, bh.axis.Integer):
             entry["categories"] = [int(v) for v in ax.centers - 0.5]
+        elif isinstance(ax, (bh.axis.IntCategory, bh.axis.StrCategory)):
+            entry["categories"] = list(ax)
         else:
             entry["edges"] = ax.edges.tolist()
         axes.append(entry)
-    values = h.values()
+    values = np.asarray(h.values())
+    counting = values.dtype.kind in "iu" or (values.size and np.all(np.mod(values, 1) == 0))
+    total = h.sum(flow=True)
+    total = float(getattr(total, "value", total))  # a weighted storage sums to (value, variance)
+    inside = float(values.sum())
+    as_number = int if counting else float
     return {
         "name": h.name,
         "label": h.label,
         "axes": axes,
-        "values": values.astype(np.int64).tolist(),
-        "entries": int(h.sum(flow=True)),
-        "outside": int(h.sum(flow=True) - values.sum()),
+        "values": values.astype(np.int64).tolist() if counting else values.tolist(),
+        "entries": as_number(total),
+        "outside": as_number(total - inside),
     }
 
 
@@ -263,7 +279,7 @@ class HistogramSet:
 
     def to_json(self) -> dict:
         """JSON-ready dict: ``{"events", "histograms": {name: {axes, values, entries, outside}}}``."""
-        return {"events": self.events, "histograms": {n: _hist_to_json(h) for n, h in self.hists.items()}}
+        return {"events": self.events, "histograms": {n: histogram_json(h) for n, h in self.hists.items()}}
 
 
 class SpillHistograms(HistogramSet):

@@ -15,7 +15,7 @@ published into a :class:`SnapshotStore` (swapping a reference under a lock):
 (anything else counts as ``other``), ``subsystem`` = beam, ecal, hcal, srd,
 veto, daq (plus those the detector table's mapped detectors add), overall;
 ``estimator`` = hcal, srd; ``detector`` = the detector table's names (× channel-finding
-``kind``); ``reason`` = readout_silent, monitor_stuck. Quality states are
+``kind``); ``profile`` = the beam profiles' names; ``reason`` = readout_silent, monitor_stuck. Quality states are
 numbers: 0 GOOD, 1 NO_DATA, 2 WARNING, 3 BAD (−1 before the first spill);
 while the service is stale (no spill for ``no_data_after_seconds``, see
 :mod:`.liveness`) every subsystem and the overall state read 1 (NO_DATA),
@@ -34,9 +34,12 @@ from typing import Any, Mapping, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..decoders.beam import profiles as beam_profiles
 from ..decoders.channelmap import ChannelMap
 from ..errors import Issue
 from .health import KINDS as FINDING_KINDS
+from . import model
+from .model import to_json
 from .quality import SUBSYSTEMS, QualityState, subsystems_of
 
 ERROR_KINDS = tuple(i.label for i in Issue if i.is_error) + ("other",)
@@ -128,10 +131,12 @@ class MonitorSnapshot:
         return replace(self, archived_spills=self.archived_spills + 1,
                        archived_at=time.time() if now is None else now)
 
-    def with_spill(self, record: Mapping[str, Any], quality=None, findings=None, now: float | None = None
-                   ) -> "MonitorSnapshot":
-        """A new snapshot with one more spill: ``record`` = QA record dict, ``quality`` = SpillQuality
-        (or its dict), ``findings`` = HealthReport or list of findings (objects or dicts)."""
+    def with_spill(self, record: model.SpillRecord | Mapping[str, Any], quality=None, findings=None,
+                   now: float | None = None) -> "MonitorSnapshot":
+        """A new snapshot with one more spill: ``record`` = the QA record (:class:`~.model.SpillRecord` or
+        its JSON), ``quality`` = its :class:`~.model.SpillQuality`, ``findings`` = a
+        :class:`~.model.HealthReport` or a list of :class:`~.model.ChannelFinding` (anything they validate)."""
+        record = to_json(record)
         errors = dict(self.decode_errors)
         notices = dict(self.decode_notices)
         attributed = 0
@@ -157,11 +162,11 @@ class MonitorSnapshot:
         new_run = run is not None and run != self.run
         eot = float(record.get("eot") or 0.0)
         ncand = len(record.get("candidates") or ())
-        if quality is not None and hasattr(quality, "to_dict"):
-            quality = quality.to_dict()
-        if findings is not None and hasattr(findings, "findings"):
-            findings = findings.findings
-        findings = tuple(f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in (findings or ()))
+        if quality is not None:
+            quality = to_json(model.SpillQuality.model_validate(quality))
+        if findings is not None and not isinstance(findings, (list, tuple)):
+            findings = model.HealthReport.model_validate(findings).findings
+        findings = tuple(to_json(model.ChannelFinding.model_validate(f)) for f in (findings or ()))
         by_quality = dict(self.spills_by_quality)
         overall = (quality or {}).get("overall")
         overall = str(getattr(overall, "name", overall) or "NONE")
@@ -452,6 +457,13 @@ class Na64Collector(Collector):
         gauge("na64_eot_last_spill", "electrons on target, last spill", last.get("eot"))
         gauge("na64_candidates_last_spill", "missing-energy candidates, last spill",
               len(last.get("candidates") or ()) if m.last is not None else math.nan)
+
+        fam = GaugeMetricFamily("na64_beam_profile", "1 for the beam profile the last spill was judged with "
+                                "(decoders/beam-profiles.toml), 0 for the others", labels=["profile"])
+        if not describe:
+            for name in beam_profiles():
+                fam.add_metric([name], 1.0 if last.get("beam_profile") == name else 0.0)
+        out.append(fam)
 
         # ---------------------------------------------------------- detectors (the table's)
         labels = self.store.detectors

@@ -22,7 +22,7 @@ from .decoders.channelmap import ChannelMap
 from .errors import DaqError
 from .monitor.alarms import ALARM_STATES
 from .logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging
-from .monitor.jsonable import dumps
+from .monitor.model import dumps
 from .monitor.quality import INTERRUPTED, QualityState
 
 EXIT_USAGE = 2
@@ -852,7 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show the effective configuration, or check a configuration file")
     config_sub = p.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     p = config_sub.add_parser("show", help="the effective configuration (TOML; --json) with each value's source: "
-                                           "default, file:PATH, env:NA64_SECTION__KEY, argument or derived:KEY")
+                                           "default, file:PATH, env:NA64_SECTION__KEY, argument, derived:KEY or "
+                                           "profile:NAME")
     _add_common(p)
     p.add_argument("--json", action="store_true", help='{"section.key": {"value": ..., "source": ...}, ...}')
     p.set_defaults(func=cmd_config_show)

@@ -29,6 +29,7 @@ from .config import WebConfig
 from .dashboard import BOKEH_STATIC_ROUTE
 from .guides import DOCS_DIR as GUIDES_DIR
 from .routers import alarms, dashboard, detectors, docs, health, histograms, metrics, spills
+from .routers.common import StrictJSONResponse
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class InternalErrors:
 
 def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app = FastAPI(title="na64-online", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json")
+                  openapi_url="/api/openapi.json", default_response_class=StrictJSONResponse)
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)

@@ -23,6 +23,7 @@ from bokeh.plotting import figure
 from bokeh.resources import Resources
 
 from ..decoders.channelmap import ChannelMap
+from ..monitor.model import to_json
 from ..monitor.spill_monitor import SpillSnapshot
 from .detectors import detector_panels
 
@@ -61,8 +62,16 @@ def _alarm_row(alarm: dict, csrf: str = "") -> str:
                'autocomplete="current-password" required> '
                '<input name="comment" placeholder="comment" maxlength="2000"> '
                '<button type="submit">acknowledge</button></form>')
+    own = alarm.get("silence_id")
+    for silence in alarm.get("silences") or ():  # silences made in Alertmanager that mute this alarm's alert
+        if silence.get("id") != own:
+            ack += (f' <span class="silenced">— silenced in Alertmanager by {html.escape(str(silence.get("created_by")))}'
+                    f': {html.escape(str(silence.get("comment") or ""))} (until {html.escape(str(silence.get("ends_at")))})'
+                    '</span>')
+    runbook = alarm.get("runbook_url")
+    link = f' <a href="{html.escape(runbook, quote=True)}">what to do</a>' if runbook else ""
     return (f'<li><span style="color:{colour}"><b>{name}</b> [{html.escape(str(alarm.get("severity")))}]</span> '
-            f'{html.escape(str(alarm.get("detail", "")))}{ack}</li>')
+            f'{html.escape(str(alarm.get("detail", "")))}{link}{ack}</li>')
 
 
 def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None, now: float | None = None,
@@ -76,11 +85,11 @@ def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None
     if snapshot is None:
         return f'<div class="status">{banner}<h2>na64-online: waiting for the first spill…</h2></div>'
     now = time.time() if now is None else now
-    r, q = snapshot.record, snapshot.quality
+    r, q = to_json(snapshot.record), to_json(snapshot.quality)
     overall = "NO_DATA" if stale else q.get("overall", "NO_DATA")
     tiles = _tile("SPILL", overall) + "".join(
         _tile(name.upper(), "NO_DATA" if stale else state) for name, state in (q.get("subsystems") or {}).items())
-    alarms = snapshot.record.get("alarms") or [] if alarms is None else alarms
+    alarms = r.get("alarms") or [] if alarms is None else alarms
     alarm_rows = "".join(_alarm_row(a, csrf) for a in alarms) or "<li>none</li>"
     age = now - snapshot.published_at
     return f"""
@@ -184,7 +193,7 @@ def _trend(run_hists: dict):
 def _channel_maps(snapshot: SpillSnapshot, channel_map: ChannelMap):
     occupancy = np.asarray([v if v is not None else math.nan
                             for v in (snapshot.channel_stats or {}).get("occupancy", [])], dtype=float)
-    findings = {(f.get("slot"), f.get("kind")) for f in (snapshot.health or {}).get("findings", [])}
+    findings = {(f.slot, f.kind) for f in snapshot.health.findings}
     flagged = {slot for slot, _ in findings}
     mapper = LinearColorMapper(palette="Viridis256", low=0.0,
                                high=float(np.nanmax(occupancy)) if len(occupancy) and np.any(np.isfinite(occupancy)) else 1.0)

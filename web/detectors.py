@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..decoders.channelmap import ChannelMap
+from ..monitor.model import to_json
 
 
 def detector_panels(channel_map: ChannelMap) -> list[dict[str, Any]]:
@@ -48,9 +49,9 @@ def detector_views(channel_map: ChannelMap, snapshot=None) -> list[dict[str, Any
     """Every detector of the table: its row (name, title, role, subsystem, geometry), ``mapped``
     channels, the latest spill's values (``energy_mean_gev``, ``hit_fraction``; None before a spill),
     its problem channels by kind, its subsystem's quality state, and its occupancy panels."""
-    record = snapshot.record if snapshot is not None else {}
-    quality = (snapshot.quality or {}) if snapshot is not None else {}
-    findings = (snapshot.health or {}).get("findings", []) if snapshot is not None else []
+    record = to_json(snapshot.record) if snapshot is not None else {}
+    quality = (to_json(snapshot.quality) or {}) if snapshot is not None else {}
+    findings = to_json(snapshot.health.findings) if snapshot is not None else []
     values = record.get("detectors") or {}
     panels = detector_panels(channel_map)
     out = []

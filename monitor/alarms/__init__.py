@@ -1,6 +1,7 @@
 """Alarms on per-spill QA quantities: rules, the engine that keeps their life cycle, and delivery.
 
 - :mod:`.rules` — :class:`AlarmRule`, the rule syntax (TOML), loading, the default rules;
+- :mod:`.quantities` — the quantities a rule may name (:data:`QUANTITIES`, generated from the spill model);
 - :mod:`.engine` — :class:`AlarmEngine` (raise / acknowledge / clear, history), :class:`AlarmConfig`,
   the :class:`AlarmStore` protocol the archive implements;
 - :mod:`.notifiers` — :class:`AlertmanagerNotifier`, :class:`SoundNotifier`, :class:`Notifiers`.
@@ -8,6 +9,7 @@
 
 from .engine import AlarmConfig, AlarmEngine, AlarmStore
 from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
+from .quantities import QUANTITIES, Quantity, SpillContext
 from .rules import (
     ALARM_STATES,
     CATEGORIES,
@@ -21,7 +23,6 @@ from .rules import (
     AlarmRule,
     default_rules,
     load_rules,
-    resolve,
     rule_from_dict,
     rules_from_config,
 )
@@ -39,13 +40,15 @@ __all__ = [
     "MISSING_POLICIES",
     "Notifiers",
     "OPERATORS",
+    "QUANTITIES",
+    "Quantity",
+    "SpillContext",
     "QUALITY_ORDER",
     "SERVICE_ALARMS",
     "SEVERITIES",
     "SoundNotifier",
     "default_rules",
     "load_rules",
-    "resolve",
     "rule_from_dict",
     "rules_from_config",
 ]

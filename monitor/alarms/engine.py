@@ -6,8 +6,8 @@ The rule syntax and the default rules are in :mod:`.rules`; delivery
 Wiring in the spill loop (history goes into the archive in the same
 transaction as the spill)::
 
-    active = engine.evaluate(record, quality, extra={"health": report.to_dict()})  # active alarm dicts
-    record["alarms"] = active                          # name, severity, detail, state, …
+    active = engine.evaluate(record, quality, extra={"health": health})  # model.SpillRecord, SpillQuality,
+    record = record.model_copy(update={"alarms": active})                # HealthReport; active alarm dicts
     archive.store_spill(record, quality, histograms, engine.take_events())
 
 Acknowledgements (web thread) are written to the ``store`` at once. The
@@ -35,14 +35,15 @@ from pydantic import Field, field_validator
 from ...config_section import ConfigSection
 
 from ...errors import ConfigError
+from ..model import to_json
 from .notifiers import AlertmanagerNotifier, Notifiers, SilenceHandle, SoundNotifier
+from .quantities import SpillContext
 from .rules import (
     _SEVERITY_RANK,
     SERVICE_ALARM_CATEGORIES,
     SERVICE_ALARMS,
     SEVERITIES,
     AlarmRule,
-    _comparable,
     _fmt,
     default_rules,
     load_rules,
@@ -383,15 +384,8 @@ class AlarmEngine:
         :meth:`take_events`.
         """
         self.check_reload()
-        if hasattr(record, "to_dict") and not isinstance(record, Mapping):
-            record = record.to_dict()  # a QARecord
-        if hasattr(quality, "to_dict") and not isinstance(quality, Mapping):
-            quality = quality.to_dict()  # a SpillQuality
-        context = dict(record)
-        if quality is not None:
-            context["quality"] = quality
-        if extra:
-            context.update(extra)
+        record, quality, extra = to_json(record), to_json(quality), to_json(extra or {})
+        context = SpillContext(record, quality, extra.get("health"))
         run, spill = record.get("run"), record.get("spill")
         now = self._clock()
         changed: list[dict] = []
@@ -411,18 +405,18 @@ class AlarmEngine:
                     streak = self._streak[name] = self._streak.get(name, 0) + 1
                     since_run, since_spill = self._first[name]
                     detail = (
-                        f"{rule.quantity} = {_fmt(_comparable(value))} ({rule.op} {_fmt(rule.threshold)}) "
+                        f"{rule.quantity} = {_fmt(value)} ({rule.op} {_fmt(rule.threshold)}) "
                         f"for {streak} spill{'s' if streak != 1 else ''} since run {since_run} spill {since_spill}"
                     )
                     if alarm is not None:
-                        alarm.detail, alarm.spills, alarm.value = detail, streak, _jsonable(_comparable(value))
+                        alarm.detail, alarm.spills, alarm.value = detail, streak, value
                     elif streak >= rule.persist_spills:
                         alarm = _Alarm(
                             alarm_id=uuid.uuid4().hex[:16], name=name, severity=rule.severity,
                             description=rule.description, condition=rule.condition,
                             since_run=since_run, since_spill=since_spill,
                             raised_at=now, raised_run=run, raised_spill=spill,
-                            detail=detail, value=_jsonable(_comparable(value)), spills=streak,
+                            detail=detail, value=value, spills=streak,
                             category=rule.category, runbook_url=self._runbook(name, rule.runbook_url),
                         )
                         self._active[name] = alarm
@@ -434,7 +428,7 @@ class AlarmEngine:
                     self._streak[name] = 0
                     if alarm is not None:
                         del self._active[name]
-                        detail = f"{rule.quantity} = {_fmt(_comparable(value))}: condition {rule.condition} no longer holds"
+                        detail = f"{rule.quantity} = {_fmt(value)}: condition {rule.condition} no longer holds"
                         result = self._clear(alarm, now, run, spill, detail)
                         self._queue_event(result["event"])
                         changed.append(result["alarm"])
@@ -720,7 +714,3 @@ class AlarmEngine:
             self._timer.join(2.0)
         if self.notifier is not None:
             self.notifier.close()
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 
+from ..model import dumps
 from .rules import _SEVERITY_RANK
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class AlertmanagerNotifier:
         self._failing = True
 
     def _post(self, alerts: list[dict]) -> None:
-        body = json.dumps(alerts).encode()
+        body = dumps(alerts).encode()  # the one serialisation (monitor.model): NaN as null, strict JSON
         for url in self.urls:
             try:
                 self._request(url, body, "POST")

@@ -20,7 +20,8 @@ import numpy as np
 
 from sqlalchemy import select
 
-from .codec import _finite, _iso, _json_default, _state_of, decode_histogram, histogram_to_json
+from ..model import to_json
+from .codec import _iso, _state_of, decode_histogram, histogram_to_json
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,9 @@ class ArchiveExports:
                 "run": run,
                 "states": [s.upper() for s in states],
                 "count": len(rows),
-                "spills": _finite(rows),
+                "spills": rows,
             }
-            json.dump(doc, fh, indent=1, default=_json_default)
+            json.dump(to_json(doc), fh, indent=1, allow_nan=False)
             fh.write("\n")
             return
         writer = csv.writer(fh, lineterminator="\n")
@@ -246,9 +247,10 @@ class ArchiveExports:
     def export_histograms_json(
         self, dest: str | os.PathLike | IO[str], run: int, spill: int | None = None, version: str | None = None
     ) -> int:
-        """Write histograms as JSON (UHI schema, flow bins included); returns how many.
+        """Write histograms as JSON in the project's one histogram shape (:class:`~..model.HistogramJSON`,
+        as the API answers); returns how many.
 
-        ``{"run", "spill", "spills", "summed", "histograms": {name: uhi}}``;
+        ``{"run", "spill", "spills", "summed", "histograms": {name: histogram}}``;
         ``spill=None`` sums over the run's archived spills as for ROOT.
         """
         rows = self._histograms_for(run, spill, version)
@@ -266,9 +268,9 @@ class ArchiveExports:
         }
         if isinstance(dest, (str, os.PathLike)):
             with open(dest, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, default=_json_default)
+                json.dump(to_json(doc), fh, allow_nan=False)
         else:
-            json.dump(doc, dest, default=_json_default)
+            json.dump(to_json(doc), dest, allow_nan=False)
         return len(objects)
 
 

@@ -56,8 +56,9 @@ from sqlalchemy import event, func, select
 
 from ...config_section import ConfigSection
 from ...errors import ArchiveError, ConfigError
+from ..model import to_json
 from . import schema
-from .codec import _as_dict, _dumps, _state_of, decode_histogram, encode_histogram
+from .codec import _dumps, _state_of, decode_histogram, encode_histogram
 from .exports import ArchiveExports
 from .schema import UNVERSIONED, alarm_events, alarms, histograms, spills
 
@@ -517,8 +518,8 @@ class Archive(ArchiveExports):
         next ``fragment`` number and every row of that key is marked
         ``collision``. Retention is applied afterwards, in its own transaction.
         """
-        record = _as_dict(record)
-        quality = _as_dict(quality) if quality is not None else None
+        record = to_json(record)  # a model.SpillRecord / SpillQuality, or their JSON
+        quality = to_json(quality) if quality is not None else None
         histograms = getattr(histograms, "hists", histograms)  # a HistogramSet is fine too
         try:
             run, spill = int(record["run"]), int(record["spill"])

@@ -24,7 +24,10 @@ router = APIRouter(tags=["dashboard"])
 MAX_COMMENT = 2000
 
 
-@router.get("/", response_class=HTMLResponse)
+_HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+@router.get("/", response_class=HTMLResponse, responses={200: {"description": "the dashboard page", **_HTML}})
 def dashboard(request: Request) -> HTMLResponse:
     st = state(request)
     monitor = st.monitor
@@ -43,7 +46,9 @@ def _refusal(status: int, reason: str) -> HTMLResponse:
     return HTMLResponse(f'<p>Not acknowledged: {html.escape(reason)}. <a href="/">Back</a></p>', status_code=status)
 
 
-@router.post("/ui/alarms/{name}/ack", response_class=HTMLResponse)
+@router.post("/ui/alarms/{name}/ack", response_class=HTMLResponse,
+             responses={200: {"description": "why the acknowledgement was refused", **_HTML},
+                        303: {"description": "acknowledged: back to the dashboard"}})
 async def acknowledge_form(request: Request, name: AlarmName):
     """The dashboard's acknowledge form (urlencoded ``token``, ``comment``, ``csrf``); back to the page."""
     form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)

@@ -52,6 +52,6 @@ def detectors(request: Request) -> Detectors:
     channels, occupancy panels and the latest spill's values."""
     monitor = state(request).monitor
     latest = monitor.latest
-    record = latest.record if latest is not None else {}
-    return Detectors(run=record.get("run"), spill=record.get("spill"),
+    return Detectors(run=latest.record.run if latest is not None else None,
+                     spill=latest.record.spill if latest is not None else None,
                      detectors=detector_views(monitor.channel_map, latest))
