@@ -123,6 +123,8 @@ class ResultSchema:
     histogram objects."""
 
     def __init__(self, template: SpillAccumulator) -> None:
+        #: per-detector arrays: one entry per detector of the service's table
+        self.detector_shapes = {name: getattr(template, name).shape for name in ("detector_energy_kev", "detector_hits")}
         self.extensions: dict[str, tuple] = {}
         for name, ext in template.extensions.items():
             if isinstance(ext, ChannelStats):
@@ -201,7 +203,7 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
     values = _array(arrays, "candidates.values", "<f8", shape=(len(events), len(_CANDIDATE_VALUES)))
     acc.candidates = [Candidate(int(e), *(float(x) for x in row)) for e, row in zip(events, values)]
     for name in ("detector_energy_kev", "detector_hits"):  # one entry per detector of the service's table
-        arr = _array(arrays, name, "<i8", shape=getattr(template, name).shape)
+        arr = _array(arrays, name, "<i8", shape=schema.detector_shapes[name])
         if np.any(arr < 0):
             raise ResultFormatError(f"array {name!r}: negative entries")
         setattr(acc, name, arr.copy())

@@ -227,8 +227,7 @@ class LiveService:
         if config.alarms.generator_url is None and (config.web.enabled if web is None else web):
             # alerts link to this service's dashboard (set [alarms] generator_url to the public address)
             host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::", "") else config.web.host
-            config = config.replace(alarms=dataclasses.replace(
-                config.alarms, generator_url=f"http://{host}:{config.web.port}/"))
+            config = config.replace(alarms=config.alarms.replace(generator_url=f"http://{host}:{config.web.port}/"))
         self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
         self.ingest = IngestService(
             ingest or config.ingest,
