@@ -15,7 +15,7 @@ published into a :class:`SnapshotStore` (swapping a reference under a lock):
 (anything else counts as ``other``), ``subsystem`` = beam, ecal, hcal, srd,
 veto, daq (plus those the detector table's mapped detectors add), overall;
 ``estimator`` = hcal, srd; ``detector`` = the detector table's names (× channel-finding
-``kind``); ``reason`` = readout_silent, monitor_stuck. Quality states are
+``kind``); ``profile`` = the beam profiles' names; ``reason`` = readout_silent, monitor_stuck. Quality states are
 numbers: 0 GOOD, 1 NO_DATA, 2 WARNING, 3 BAD (−1 before the first spill);
 while the service is stale (no spill for ``no_data_after_seconds``, see
 :mod:`.liveness`) every subsystem and the overall state read 1 (NO_DATA),
@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..decoders.beam import profiles as beam_profiles
 from ..decoders.channelmap import ChannelMap
 from ..errors import Issue
 from .health import KINDS as FINDING_KINDS
@@ -456,6 +457,13 @@ class Na64Collector(Collector):
         gauge("na64_eot_last_spill", "electrons on target, last spill", last.get("eot"))
         gauge("na64_candidates_last_spill", "missing-energy candidates, last spill",
               len(last.get("candidates") or ()) if m.last is not None else math.nan)
+
+        fam = GaugeMetricFamily("na64_beam_profile", "1 for the beam profile the last spill was judged with "
+                                "(decoders/beam-profiles.toml), 0 for the others", labels=["profile"])
+        if not describe:
+            for name in beam_profiles():
+                fam.add_metric([name], 1.0 if last.get("beam_profile") == name else 0.0)
+        out.append(fam)
 
         # ---------------------------------------------------------- detectors (the table's)
         labels = self.store.detectors

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from .alarms import AlarmConfig, AlarmEngine
 from .archive import Archive, ArchiveConfig
 from . import model
+from .archive.schema import UNVERSIONED
 from .health import ChannelHistory, ChannelStats, HealthConfig, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
@@ -84,6 +85,7 @@ class SpillMonitor:
         metrics: SnapshotStore | None = None,
         reference: tuple[int, int | None] | None = None,
         beam_profile: str = DEFAULT_PROFILE,
+        processing_version: str = UNVERSIONED,
     ) -> None:
         missing = [role for role in beam_profiles.profile(beam_profile).requires
                    if channel_map.detectors.by_role(role) is None
@@ -93,13 +95,14 @@ class SpillMonitor:
                               f"channel map ({channel_map.source}, detector table {channel_map.detectors.source})")
         self.beam_profile = beam_profile
         self.channel_map = channel_map
+        self.processing_version = processing_version
         self.detector_subsystems = channel_map.detector_subsystems()
         self.histogram_config = histograms
         self.quality_config = quality
         self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
-        self.archive = Archive.from_config(archive) if archive is not None else None
+        self.archive = (Archive.from_config(archive, version=processing_version) if archive is not None else None)
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
         self.metrics = metrics if metrics is not None else SnapshotStore()
         self.metrics.use_channel_map(channel_map)

@@ -123,8 +123,7 @@ class ResultSchema:
     histogram objects."""
 
     def __init__(self, template: SpillAccumulator) -> None:
-        #: per-detector arrays: one entry per detector of the service's table
-        self.detector_shapes = {name: getattr(template, name).shape for name in ("detector_energy_kev", "detector_hits")}
+        self.detectors = len(template.detector_energy_kev)  # detectors of the service's table
         self.extensions: dict[str, tuple] = {}
         for name, ext in template.extensions.items():
             if isinstance(ext, ChannelStats):
@@ -203,10 +202,10 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
     values = _array(arrays, "candidates.values", "<f8", shape=(len(events), len(_CANDIDATE_VALUES)))
     acc.candidates = [Candidate(int(e), *(float(x) for x in row)) for e, row in zip(events, values)]
     for name in ("detector_energy_kev", "detector_hits"):  # one entry per detector of the service's table
-        arr = _array(arrays, name, "<i8", shape=schema.detector_shapes[name])
+        arr = _array(arrays, name, "<i8", shape=(schema.detectors,))
         if np.any(arr < 0):
             raise ResultFormatError(f"array {name!r}: negative entries")
-        setattr(acc, name, arr.copy())
+        setattr(acc, name, arr)
     extensions = header.get("extensions")
     if not isinstance(extensions, dict) or set(extensions) != set(schema.extensions):
         raise ResultFormatError(f"extensions {sorted(extensions) if isinstance(extensions, dict) else extensions!r}"

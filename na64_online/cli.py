@@ -608,15 +608,29 @@ def cmd_keys(args) -> int:
 # ---------------------------------------------------------------- archive (analysts)
 def cmd_archive(args) -> int:
     from .monitor.archive import Archive
+    from .monitor.archive.store import is_url
 
-    if not Path(args.db).is_file():
+    if not is_url(args.db) and not Path(args.db).is_file():
         raise DaqError(f"no archive at {args.db}")
     with Archive(args.db, readonly=True) as archive:
         if args.action == "spills":
-            for row in archive.list_spills(run=args.run, quality=args.quality):
+            for row in archive.list_spills(run=args.run, quality=args.quality, version=args.version):
+                print(dumps(row))
+        elif args.action == "versions":
+            for row in archive.versions(run=args.run):
+                print(dumps(row))
+        elif args.action == "compare":
+            if args.run is None or not args.versions:
+                raise DaqError("archive compare needs --run R and --versions A B")
+            known = {row["version"] for row in archive.versions(run=args.run)}
+            for version in args.versions:
+                if version not in known:
+                    raise DaqError(f"version {version!r} has no spill of run {args.run} in {archive.name} "
+                                   f"(versions there: {', '.join(sorted(known)) or 'none'})")
+            for row in archive.compare(args.run, *args.versions):
                 print(dumps(row))
         elif args.action == "bad-spills":
-            n = archive.export_bad_spills(args.out or sys.stdout, args.format, run=args.run)
+            n = archive.export_bad_spills(args.out or sys.stdout, args.format, run=args.run, version=args.version)
             if args.out:
                 print(f"wrote {n} bad spills to {args.out}", file=sys.stderr)
         elif args.action == "alarms":
@@ -634,16 +648,17 @@ def _export(archive, args) -> None:
     suffix = Path(args.out).suffix.lower()
     if suffix not in (".root", ".json"):
         raise DaqError(f"--out {args.out}: the file name must end in .root or .json, which selects the format")
-    spills = [row["spill"] for row in archive.list_spills(run=args.run)]
+    spills = [row["spill"] for row in archive.list_spills(run=args.run, version=args.version)]
     if not spills:
         runs = [row["run"] for row in archive.runs()]
         raise DaqError(f"run {args.run} is not in {args.db} (runs there: {_ranges(runs) or 'none'})")
     if args.spill is not None and args.spill not in spills:
         raise DaqError(f"spill {args.spill} of run {args.run} is not in {args.db} (spills there: {_ranges(spills)})")
     if suffix == ".json":
-        n = archive.export_histograms_json(args.out, args.run, args.spill)
+        n = archive.export_histograms_json(args.out, args.run, args.spill, version=args.version)
     else:
-        n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill))
+        n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill,
+                                               version=args.version))
     print(f"wrote {n} histograms to {args.out}", file=sys.stderr)
 
 
@@ -736,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
@@ -774,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spill-timeout", type=_float_in(0.001, 1e6), metavar="S", help="close a spill after S s without data")
     p.add_argument("--expected-ldc", type=_int_in(0, 255), action="append", metavar="N",
                    help="readout nodes whose END_OF_BURST completes a spill (repeatable; default 1 and 2)")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--max-spills", type=COUNT, default=0, metavar="N", help="stop after N QA records")
     p.add_argument("--duration", type=SECONDS, default=0.0, metavar="S", help="stop after S seconds")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API / metrics address ([web])")
@@ -792,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hadrons per beam particle (default: the beam profile's expectation)")
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--workers", type=COUNT, default=1, metavar="N")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8064)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--seed", type=UINT32, default=0)
@@ -818,8 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("archive", help="read the QA archive: spills, bad-spill list, alarm history, histograms")
-    p.add_argument("db", metavar="DB", help="SQLite archive written by replay --archive or serve")
-    p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export"))
+    p.add_argument("db", metavar="DB", help="the archive: an SQLite file, or a URL (postgresql://USER@HOST/DB)")
+    p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export", "versions", "compare"))
+    p.add_argument("--version", metavar="V", help="processing version (default: per spill the one stored last; "
+                   "'*': every version)")
+    p.add_argument("--versions", nargs=2, metavar=("A", "B"), help="compare: the two processing versions")
     p.add_argument("--run", type=UINT32)
     p.add_argument("--spill", type=UINT32, help="export: one spill (default: the run summed)")
     p.add_argument("--quality", type=str.upper, choices=[state.name for state in QualityState] + [INTERRUPTED],
@@ -834,7 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show the effective configuration, or check a configuration file")
     config_sub = p.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     p = config_sub.add_parser("show", help="the effective configuration (TOML; --json) with each value's source: "
-                                           "default, file:PATH, env:NA64_SECTION__KEY, argument or derived:KEY")
+                                           "default, file:PATH, env:NA64_SECTION__KEY, argument, derived:KEY or "
+                                           "profile:NAME")
     _add_common(p)
     p.add_argument("--json", action="store_true", help='{"section.key": {"value": ..., "source": ...}, ...}')
     p.set_defaults(func=cmd_config_show)

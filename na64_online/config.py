@@ -15,7 +15,9 @@ sections each layer declares (:class:`~.config_section.ConfigSection`).
 4. the defaults of the section classes.
 
 Settings that must agree are derived from one place (:data:`DERIVED`): left
-unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``.
+unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``;
+the beam profile (``[beam] profile``) sets the energy-dependent cuts, histogram
+ranges and quality expectations not set explicitly.
 
 Unknown sections or keys and bad values are one :class:`ConfigError` naming
 each failing key (``monitor.chunk_events``), the reason and the source (the
@@ -262,17 +264,18 @@ class Config(BaseSettings):
                 values[key[0]] = _with(values[key[0]], key[1:], None)
         values.update(changes)
         new = type(self)(**values)
-        before, given = dict(self.settings()), dict(self._given)
+        before, given, implied = dict(self.settings()), dict(self._given), dict(self._implied)
         for key, value in new.settings():  # what the changes changed now comes from the caller
             derived = key in DERIVED and _get(values[key[0]], key[1:]) is None
             if before.get(key) != value and not derived:
                 given[key] = "argument"
-        new._given = given
+                implied.pop(key, None)
+        new._given, new._implied = given, implied
         return new
 
     def origin(self, key: Key) -> str:
-        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument`` or
-        ``derived:KEY`` (the key it follows)."""
+        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument``,
+        ``derived:KEY`` (the key it follows) or ``profile:NAME`` (the beam profile)."""
         given = self._given.get(key)
         if given is not None:
             return given
@@ -439,16 +442,26 @@ def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = No
     from .web.auth import read_tokens_file
 
     problems = []
-    for key, value, read in ((("channel_map",), config.channel_map, ChannelMap.load),
+    found: dict[str, Any] = {}
+    for key, value, read in ((("detectors",), config.detectors, DetectorTable.load),
+                             (("channel_map",), config.channel_map,
+                              lambda path: ChannelMap.load(path, found.get("detectors") or DetectorTable.default())),
                              (("alarms", "rules_path"), config.alarms.rules_path, load_rules),
                              (("web", "tokens_file"), config.web.tokens_file, read_tokens_file)):
         if value is not None:
             try:
-                read(value)
+                found[key[0]] = read(value)
             except DaqError as exc:
                 name = ".".join(key)
                 reason = exc.reason[len(name) + 2:] if exc.reason.startswith(name + ": ") else exc.reason
                 problems.append(Problem(name, reason, config.origin(key)))
+    if not problems:  # the beam profile's detectors must be in the channel map
+        channel_map = found.get("channel_map") or ChannelMap.default(found.get("detectors"))
+        roles = {channel_map.detectors[int(code)].role for code in set(channel_map.detector.tolist())}
+        missing = [role for role in beam_profiles.profile(config.beam.profile).requires if role not in roles]
+        if missing:
+            problems.append(Problem("beam.profile", f"{config.beam.profile} needs a detector of role "
+                                    f"{', '.join(missing)} in the channel map", config.origin(("beam", "profile"))))
     return problems
 
 

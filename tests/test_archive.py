@@ -224,7 +224,8 @@ def test_version_1_archive_is_migrated_keeping_spills_and_histograms(tmp_path):
         assert [r["fragment"] for r in archive.list_spills(run=7)] == [0, 1]
         assert archive.check() == "ok"
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3  # under Alembic
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
 

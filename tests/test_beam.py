@@ -111,13 +111,37 @@ def test_hadron_calibration_beam(tmp_path, channel_map):
 def test_simulate_follows_the_configured_profile(tmp_path):
     """``na64-online simulate --config`` as a process: a 150 GeV profile simulates a 150 GeV beam."""
     (tmp_path / "na64.toml").write_text('[beam]\nprofile = "electrons-150"\n')
-    run = [sys.executable, "-m", "na64_online.cli"]
-    subprocess.run(run + ["simulate", "--config", str(tmp_path / "na64.toml"), "--out", str(tmp_path / "r.dat"),
-                          "--events", "1000", "--seed", "2"], check=True, capture_output=True, timeout=300)
-    out = subprocess.run(run + ["replay", "--config", str(tmp_path / "na64.toml"), "--json", str(tmp_path / "r.dat")],
-                         check=True, capture_output=True, text=True, timeout=300).stdout
-    import json
-
-    record = json.loads(out.splitlines()[0])
+    subprocess.run([sys.executable, "-m", "na64_online.cli", "simulate", "--config", str(tmp_path / "na64.toml"),
+                    "--out", str(tmp_path / "r.dat"), "--events", "1000", "--seed", "2"],
+                   check=True, capture_output=True, timeout=300)
+    config = load_config(tmp_path / "na64.toml", environ={})
+    replayer = Replayer(config, ChannelMap.default())
+    try:
+        (record,) = [r for r, _ in replayer.replay_file(tmp_path / "r.dat") if r is not None]
+    finally:
+        replayer.close()
     assert record["beam_profile"] == "electrons-150"
     assert 140 < record["detectors"]["ECAL"]["energy_mean_gev"] < 150
+    assert record["quality"]["subsystems"]["ecal"] != "BAD"
+    assert "for a 150 GeV beam" in {c["name"]: c for c in record["quality"]["checks"]}["ecal.energy_scale"]["detail"]
+
+
+def test_config_check_files_knows_the_detector_table_and_the_profile(tmp_path):
+    """``config check --files`` as a process: the table, the map over it, and the profile's detectors."""
+    def check(text):
+        (tmp_path / "c.toml").write_text(text)
+        return subprocess.run([sys.executable, "-m", "na64_online.cli", "config", "check", "--files",
+                               str(tmp_path / "c.toml")], capture_output=True, text=True, timeout=120)
+
+    done = check('[beam]\nprofile = "visible-100"\n')
+    assert done.returncode == 1 and "beam.profile: visible-100 needs a detector of role wcal in the channel map" \
+        in done.stderr
+    from na64_online.config import check_config  # the same check, in process
+
+    (tmp_path / "map.csv").write_text(PACKAGED_MAP + WCAL_ROWS)
+    (tmp_path / "c.toml").write_text(f'channel_map = "{tmp_path / "map.csv"}"\n[beam]\nprofile = "visible-100"\n')
+    assert check_config(tmp_path / "c.toml", files=True) == []
+    (tmp_path / "t.toml").write_text('[[detector]]\nname = "ECAL"\n')
+    (tmp_path / "c.toml").write_text(f'detectors = "{tmp_path / "t.toml"}"\n')
+    (problem,) = check_config(tmp_path / "c.toml", files=True)
+    assert problem.key == "detectors" and "missing key(s) modules, nx, ny, role" in problem.reason

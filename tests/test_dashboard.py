@@ -132,3 +132,19 @@ def test_status_header_turns_grey_when_no_data_comes():
     assert "NO DATA" in stale and "readout nodes are silent" in stale
     assert STATE_COLOURS["BAD"] not in stale and STATE_COLOURS["GOOD"] not in stale
     assert stale.count(STATE_COLOURS["NO_DATA"]) == 3  # SPILL, BEAM, DAQ tiles all grey
+
+
+def test_alarm_rows_show_alertmanager_silences_and_the_runbook_link():
+    from na64_online.monitor.spill_monitor import SpillSnapshot
+    from na64_online.web.dashboard import status_html
+
+    snapshot = SpillSnapshot(record={"run": 1, "spill": 4, "complete": True}, quality={"overall": "GOOD"},
+                             health={}, histograms={}, run_histograms={}, channel_stats={}, published_at=100.0)
+    alarm = {"name": "no_data", "severity": "warning", "state": "raised", "detail": "readout_silent",
+             "runbook_url": "http://mon/docs/shifter-guide#no_data", "silence_id": "own",
+             "silences": [{"id": "own", "created_by": "alice", "comment": "ack"},
+                          {"id": "s2", "created_by": "bob", "comment": "access <hall>", "ends_at": "2099-01-01"}]}
+    page = status_html(snapshot, [alarm], now=110.0)
+    assert "silenced in Alertmanager by bob: access &lt;hall&gt; (until 2099-01-01)" in page
+    assert "by alice" not in page  # the acknowledgement's own silence is the acknowledgement
+    assert '<a href="http://mon/docs/shifter-guide#no_data">what to do</a>' in page

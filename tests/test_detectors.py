@@ -35,7 +35,7 @@ ny = 2
 module_names = ["hodoscope"]
 layout = "modules"
 """
-HODOSCOPE_ROWS = "".join(f"612,1,{i},HODO,0,{i % 2},{i // 2},0.001\n" for i in range(4))
+HODOSCOPE_ROWS = "".join(f"612,1,{i},HODO,0,{i % 2},{i // 2},0.0005\n" for i in range(4))  # MIP: ~40 ADC
 
 
 def test_packaged_table_describes_the_packaged_map(channel_map):
@@ -102,7 +102,7 @@ def with_hodoscope(tmp_path_factory):
 def test_added_detector_is_in_the_record(with_hodoscope):
     record, client = with_hodoscope
     hodo = record["detectors"]["HODO"]
-    assert hodo["channels"] == 4 and 0.0 <= hodo["hit_fraction"] <= 1.0 and hodo["energy_mean_gev"] >= 0.0
+    assert hodo["channels"] == 4 and hodo["hit_fraction"] > 0.5 and 0.0 < hodo["energy_mean_gev"] < 0.1  # MIPs
     assert list(record["detectors"]) == ["ECAL", "HCAL", "SRD", "VETO", "S", "HODO"]
     assert record["detectors"]["ECAL"]["energy_mean_gev"] > 50  # the rest is decoded as before
     # its quality subsystem is judged (its channels) and rolls up into the spill's quality
@@ -119,6 +119,7 @@ def test_added_detector_is_in_metrics(with_hodoscope):
     assert hit and float(hit[0].split()[-1]) == pytest.approx(record["detectors"]["HODO"]["hit_fraction"])
     assert 'na64_channel_findings{detector="HODO",kind="dead"} 0.0' in text
     assert 'na64_quality_state{subsystem="tracking"}' in text
+    assert 'na64_beam_profile{profile="electrons-100"} 1.0' in text and 'na64_beam_profile{profile="hadrons-100"} 0.0' in text
 
 
 def test_added_detector_is_in_the_dashboard_data(with_hodoscope):
@@ -142,3 +143,59 @@ def test_default_dashboard_panels_are_those_of_before(channel_map):
     assert [(p["title"], len(p["slots"]), p["width"]) for p in panels] == [
         ("ECAL preshower", 36, 300), ("ECAL main", 36, 300), ("HCAL (modules 0–3)", 36, 420)]
     assert max(panels[2]["x"]) == 2 + 3.5 * 3  # HCAL modules side by side
+
+
+def _fast_detector_values(data: bytes, channel_map: ChannelMap) -> dict:
+    from na64_online.daq.rawfile import segment_spills
+    from na64_online.decoders.decode import index_bytes
+    from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
+
+    words, index = index_bytes(data)
+    processor = SpillProcessor(MonitorConfig(chunk_events=7), channel_map)
+    out = {}
+    for seg in segment_spills(words, index):
+        record = processor.process(seg.words, seg.index, complete=seg.complete).to_dict()
+        out[(record["run"], record["spill"])] = record["detectors"]
+    return out
+
+
+def _assert_same_detector_values(fast: dict, slow: dict) -> None:
+    assert fast.keys() == slow.keys()
+    for key in slow:
+        assert list(fast[key]) == list(slow[key]), key
+        for name, values in slow[key].items():
+            mine = fast[key][name]
+            assert mine["channels"] == values["channels"] and mine["hit_fraction"] == values["hit_fraction"]
+            # the fast path sums keV-rounded energies (exact merging): within 1 keV per event
+            assert mine["energy_mean_gev"] == pytest.approx(values["energy_mean_gev"], abs=1e-6), (key, name)
+
+
+def test_detector_values_match_the_reference_decoder(channel_map, ref_map):
+    import reference_decoder as ref
+    from conftest import VECTORS
+
+    data = (VECTORS / "small.dat").read_bytes()
+    _assert_same_detector_values(_fast_detector_values(data, channel_map),
+                                 ref.detector_values(ref.decode_stream(data, ref_map), ref_map))
+
+
+def test_added_detector_matches_the_reference_decoder(tmp_path):
+    """The reference decoder reads the same table (data) and sums the new detector the same way."""
+    import reference_decoder as ref
+
+    (tmp_path / "detectors.toml").write_text(PACKAGED_TABLE + HODOSCOPE)
+    (tmp_path / "map.csv").write_text(PACKAGED_MAP + HODOSCOPE_ROWS)
+    table = DetectorTable.load(tmp_path / "detectors.toml")
+    channel_map = ChannelMap.load(tmp_path / "map.csv", table)
+    write_raw_file(tmp_path / "run.dat", SimulationConfig(spills=1, events_per_spill=150, seed=4), channel_map)
+    data = (tmp_path / "run.dat").read_bytes()
+    roles = dict(ref.ROLES)
+    ref.set_detector_roles(ref.load_detector_roles(tmp_path / "detectors.toml"))
+    try:
+        ref_map = ref.load_channel_map(tmp_path / "map.csv")
+        slow = ref.detector_values(ref.decode_stream(data, ref_map), ref_map)
+    finally:
+        ref.set_detector_roles(roles)
+    fast = _fast_detector_values(data, channel_map)
+    _assert_same_detector_values(fast, slow)
+    assert fast[(1, 1)]["HODO"]["hit_fraction"] > 0.5  # a MIP per beam particle in the simulation

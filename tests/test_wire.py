@@ -180,6 +180,24 @@ def test_swapped_arrays_and_wrong_shapes_are_refused(processor, parts):
         processor.decode_result(bad)
 
 
+def test_per_detector_arrays_of_another_table_are_refused(processor, parts):
+    """A worker with another detector table (one more detector) sends 7 entries, the service keeps 6."""
+    frames = as_bytes(processor.encode_result(parts[0]))
+    header = json.loads(frames[0])
+    names = [a["name"] for a in header["arrays"]]
+    k = names.index("detector_hits")
+    header["arrays"][k]["shape"] = [header["arrays"][k]["shape"][0] + 1]
+    bad = reseal([json.dumps(header).encode(), *frames[1:k + 1], frames[k + 1] + bytes(8), *frames[k + 2:]])
+    with pytest.raises(ResultFormatError, match="detector_hits.*shape"):
+        processor.decode_result(bad)
+    header["arrays"][k]["shape"] = [header["arrays"][k]["shape"][0] - 1]
+    negative = bytearray(frames[k + 1])
+    negative[-1] = 0xFF  # the last count's sign bit
+    bad = reseal([json.dumps(header).encode(), *frames[1:k + 1], bytes(negative), *frames[k + 2:]])
+    with pytest.raises(ResultFormatError, match="negative"):
+        processor.decode_result(bad)
+
+
 def test_not_a_result_is_refused(processor, tmp_path):
     marker = tmp_path / "pwned"
 

@@ -62,8 +62,16 @@ def _alarm_row(alarm: dict, csrf: str = "") -> str:
                'autocomplete="current-password" required> '
                '<input name="comment" placeholder="comment" maxlength="2000"> '
                '<button type="submit">acknowledge</button></form>')
+    own = alarm.get("silence_id")
+    for silence in alarm.get("silences") or ():  # silences made in Alertmanager that mute this alarm's alert
+        if silence.get("id") != own:
+            ack += (f' <span class="silenced">— silenced in Alertmanager by {html.escape(str(silence.get("created_by")))}'
+                    f': {html.escape(str(silence.get("comment") or ""))} (until {html.escape(str(silence.get("ends_at")))})'
+                    '</span>')
+    runbook = alarm.get("runbook_url")
+    link = f' <a href="{html.escape(runbook, quote=True)}">what to do</a>' if runbook else ""
     return (f'<li><span style="color:{colour}"><b>{name}</b> [{html.escape(str(alarm.get("severity")))}]</span> '
-            f'{html.escape(str(alarm.get("detail", "")))}{ack}</li>')
+            f'{html.escape(str(alarm.get("detail", "")))}{link}{ack}</li>')
 
 
 def status_html(snapshot: SpillSnapshot | None, alarms: list[dict] | None = None, now: float | None = None,
