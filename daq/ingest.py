@@ -678,6 +678,7 @@ class IngestService:
         self.stats.dropped_events += chunk.data_events
         self.stats.dropped_chunks += 1
         control = chunk.control_only()
+        self.builder.recycle(chunk.words)  # nothing reads the chunk's words any more
         if control is not None:
             pool.submit(Task(chunk.run, chunk.spill, chunk.index, control.words, 0, control.n_events), now,
                         force=True)
@@ -697,6 +698,10 @@ class IngestService:
                 st.dropped_events += task.data_events
                 st.dropped_numbers.append(_data_event_numbers(task.words))
                 self.stats.failed_events += task.data_events
+            if task.attempts == 1:
+                # sent once and answered: its words are read no more (a task sent again might still sit in
+                # the queue of the worker taken for dead), the next chunk is built into their buffer
+                self.builder.recycle(task.words)
             st.done[task.index] = d.result
             self._merge_ready(st)
             self._maybe_finish(st, now)

@@ -424,6 +424,9 @@ class ArchivedSpillRow(Model):
 
     run: int
     spill: int
+    #: processing version: software version + configuration hash (``archive versions``); reprocessed
+    #: records sit beside the online ones
+    version: str
     time: Real
     stored_at: Real
     overall: str | None
@@ -451,6 +454,8 @@ class ArchivedSpill(Model):
     fragment: int
     fragments: int
     collision: bool
+    version: str  #: the processing version shown (the newest, unless one was asked for)
+    versions: list[str]  #: every processing version of this spill, oldest first
 
 
 class BadSpill(Model):
