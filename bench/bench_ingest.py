@@ -84,7 +84,7 @@ def make_data(events: int, spills: int, seed: int, path: str | None = None) -> t
 def _publish(ldc: int, endpoint: str, kw: dict, ready, go) -> None:
     pub = ReadoutPublisher(PublisherConfig(endpoint, ldc, **kw))
     ready.put(pub.endpoint)
-    if not pub.wait_for_subscribers(1, 60):
+    if not pub.wait_for_subscribers(1, 600):  # the service warms up first (minutes on a cold numba cache)
         raise SystemExit("no subscriber")
     go.wait(120)
     pub.publish(DATA[ldc])
@@ -374,20 +374,28 @@ def compare(args, argv: list[str]) -> int:
     i = own.index("--baseline-rev")
     del own[i:i + 2]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as where:
-        path = baseline_tree(args.baseline_rev, where)
-        for w in args.workers:
-            for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
-                cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
-                       "sustained"]
-                done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
-                lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
-                live = [x for x in lines if x.get("mode") == "sustained"]
-                if done.returncode or not live:
-                    print(f"{label} workers={w}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                rows.append((label, w, live[0]))
-                print(json.dumps({"tree": label, **live[0]}), flush=True)
+    # kept between runs: its numba cache too (a cold cache compiles for minutes before the first spill)
+    where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
+    path = os.path.join(where, "pkg") if os.path.isdir(where) else baseline_tree(args.baseline_rev, where)
+    stages = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--stages-only", "--json"]
+    for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
+        # the stage profile (in-process), which also compiles what the runs use
+        done = subprocess.run(stages, env={**os.environ, **env}, capture_output=True, text=True)
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                print(json.dumps({"tree": label, "stages": json.loads(line)}), flush=True)
+    for w in args.workers:
+        for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
+            cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
+                   "sustained"]
+            done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+            lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+            live = [x for x in lines if x.get("mode") == "sustained"]
+            if done.returncode or not live:
+                print(f"{label} workers={w}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append((label, w, live[0]))
+            print(json.dumps({"tree": label, **live[0]}), flush=True)
     print(f"\n{'tree':>12} workers  service/worker CPU per event   service µs/event   worker µs/event   "
           f"live/replay   dropped")
     for label, w, r in rows:
