@@ -51,9 +51,9 @@ from pydantic import Field, model_validator
 from ..config_section import ConfigSection, FieldProblem
 
 from ..decoders.channelmap import ChannelMap
+from ..decoders.layout import PHYSICS_EVENT
 from ..decoders.decode import ReconstructionParams
 
-PHYSICS_EVENT = 7
 KINDS = ("dead", "hot", "noisy", "drifting", "saturating")
 
 # rows of ChannelStats.counts / .sums

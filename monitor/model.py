@@ -454,6 +454,8 @@ class ArchivedSpill(Model):
     fragment: int
     fragments: int
     collision: bool
+    version: str  #: the processing version shown (the newest, unless one was asked for)
+    versions: list[str]  #: every processing version of this spill, oldest first
 
 
 class BadSpill(Model):

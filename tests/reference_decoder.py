@@ -503,24 +503,40 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def pedestals(samples, window=PEDESTAL_SAMPLES):
+    """(even, odd): the mean of the first ``window`` samples of each parity (0.0 for none)."""
+    first = samples[:window]
+    return (_mean([s for k, s in enumerate(first) if k % 2 == 0]),
+            _mean([s for k, s in enumerate(first) if k % 2 == 1]))
+
+
+def amplitude(samples, window=PEDESTAL_SAMPLES, pedestal=(0.0, 0.0)):
+    """Largest (sample - pedestal of its parity) after the pedestal window; 0.0 when there is none."""
+    if len(samples) > window:
+        return max(samples[k] - pedestal[k % 2] for k in range(window, len(samples)))
+    return 0.0
+
+
+def saturated(samples):
+    """Any sample at the ADC's full scale."""
+    return any(s == SATURATION for s in samples)
+
+
+def energy(amp, gain_gev, threshold=AMPLITUDE_THRESHOLD):
+    """gain x amplitude above the threshold, else 0."""
+    return gain_gev * amp if amp > threshold else 0.0
+
+
 def _channel_record(address, cell, samples) -> dict:
     src_id, port, channel = address
-    n = len(samples)
-    first = samples[:PEDESTAL_SAMPLES]
-    pedestal_even = _mean([s for k, s in enumerate(first) if k % 2 == 0])
-    pedestal_odd = _mean([s for k, s in enumerate(first) if k % 2 == 1])
-    pedestal = (pedestal_even, pedestal_odd)
-    if n > PEDESTAL_SAMPLES:
-        amplitude = max(samples[k] - pedestal[k % 2] for k in range(PEDESTAL_SAMPLES, n))
-    else:
-        amplitude = 0.0
-    energy = cell["gain_gev"] * amplitude if amplitude > AMPLITUDE_THRESHOLD else 0.0
+    pedestal_even, pedestal_odd = pedestals(samples)
+    amp = amplitude(samples, PEDESTAL_SAMPLES, (pedestal_even, pedestal_odd))
     return {
         "detector": cell["detector"], "module": cell["module"], "x": cell["x"], "y": cell["y"],
         "src_id": src_id, "port": port, "channel": channel,
         "pedestal_even": pedestal_even, "pedestal_odd": pedestal_odd,
-        "amplitude": amplitude, "energy_gev": energy,
-        "saturated": any(s == SATURATION for s in samples),
+        "amplitude": amp, "energy_gev": energy(amp, cell["gain_gev"]),
+        "saturated": saturated(samples),
         "samples": samples,
     }
 

@@ -246,5 +246,7 @@ def test_config_check_exit_status_and_messages(tmp_path):
     good.write_text(f"channel_map = '{tmp_path / 'absent.csv'}'\n")
     done = run_cli("config", "check", "--files", str(good))
     assert done.returncode == 1 and "channel_map: cannot read channel map" in done.stderr
-    done = run_cli("config", "check", str(tmp_path / "nope.toml"))
-    assert done.returncode == 1 and "cannot read config file" in done.stderr
+    from na64_online.config import check_config
+
+    assert [p.reason for p in check_config(tmp_path / "nope.toml")] == [
+        f"cannot read config file {tmp_path / 'nope.toml'}: No such file or directory"]

@@ -138,8 +138,13 @@ def test_alarm_rows_show_alertmanager_silences_and_the_runbook_link():
     from na64_online.monitor.spill_monitor import SpillSnapshot
     from na64_online.web.dashboard import status_html
 
-    snapshot = SpillSnapshot(record={"run": 1, "spill": 4, "complete": True}, quality={"overall": "GOOD"},
-                             health={}, histograms={}, run_histograms={}, channel_stats={}, published_at=100.0)
+    from na64_online.monitor.model import HealthReport, SpillQuality, SpillRecord
+
+    record = SpillRecord(run=1, spill=4, events=0, lost_events=0, decode_errors=0, modules_missing=0, complete=True,
+                         beam=None, triggers_accepted=None, hadron_fraction=None, hadron_fraction_srd=None, eot=None,
+                         candidates=[])
+    snapshot = SpillSnapshot(record=record, quality=SpillQuality(overall="GOOD", subsystems={}),
+                             health=HealthReport(), published_at=100.0)
     alarm = {"name": "no_data", "severity": "warning", "state": "raised", "detail": "readout_silent",
              "runbook_url": "http://mon/docs/shifter-guide#no_data", "silence_id": "own",
              "silences": [{"id": "own", "created_by": "alice", "comment": "ack"},

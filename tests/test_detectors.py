@@ -187,7 +187,7 @@ def test_added_detector_matches_the_reference_decoder(tmp_path):
     (tmp_path / "map.csv").write_text(PACKAGED_MAP + HODOSCOPE_ROWS)
     table = DetectorTable.load(tmp_path / "detectors.toml")
     channel_map = ChannelMap.load(tmp_path / "map.csv", table)
-    write_raw_file(tmp_path / "run.dat", SimulationConfig(spills=1, events_per_spill=150, seed=4), channel_map)
+    write_raw_file(tmp_path / "run.dat", SimulationConfig(spills=1, events_per_spill=60, seed=4), channel_map)
     data = (tmp_path / "run.dat").read_bytes()
     roles = dict(ref.ROLES)
     ref.set_detector_roles(ref.load_detector_roles(tmp_path / "detectors.toml"))

@@ -12,6 +12,8 @@ from na64_online.monitor.model import ChannelFinding, SpillQuality, SpillRecord,
 
 #: what the typed model adds on purpose to what main wrote: the channel's electronic address in each finding
 ADDED_FINDING_KEYS = ("src_id", "port", "channel")
+#: the processing version of an archived spill and the versions beside it (issue #12: reprocessing)
+ADDED_ARCHIVE_KEYS = {"version", "versions"}
 #: alarm quantities renamed on purpose (the path language gave way to named quantities): old -> new, as they
 #: appear in the alarms' ``condition`` and ``detail`` texts
 RENAMED_QUANTITIES = {f"health.findings[kind={k}]": f"channel_findings.{k}"
@@ -36,6 +38,8 @@ def _without_additions(value):
         keys = set(value)
         if {"slot", "kind", "detector"} <= keys:  # a channel finding
             value = {k: v for k, v in value.items() if k not in ADDED_FINDING_KEYS}
+        if {"run", "spill"} <= keys and keys & {"stored_at", "record", "overall"}:  # an archived spill (#12)
+            value = {k: v for k, v in value.items() if k not in ADDED_ARCHIVE_KEYS}
         return {k: _without_additions(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_additions(v) for v in value]

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -304,7 +305,7 @@ class Archive(ArchiveExports):
                 self._check_readable()
             else:
                 self._migrate()
-        except (sa.exc.SQLAlchemyError, ArchiveError, OSError) as exc:
+        except (sa.exc.SQLAlchemyError, sqlite3.Error, ArchiveError, OSError) as exc:
             self.close()
             if isinstance(exc, ArchiveError):
                 raise
@@ -375,8 +376,6 @@ class Archive(ArchiveExports):
     def _migrate_legacy_file(self, timeout: float) -> None:
         """An archive file of the software before Alembic is migrated (by a short-lived writer) before
         it is read, so that old files stay readable."""
-        import sqlite3
-
         if not self.path.is_file():
             return
         conn = sqlite3.connect(f"file:{urllib.parse.quote(self.path.resolve().as_posix())}?mode=ro", uri=True,
