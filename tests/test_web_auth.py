@@ -131,7 +131,8 @@ def test_web_reads_use_their_own_read_only_archive_connection(site):
     client, _, _, state = site
     assert state.archive is not state.monitor.archive and state.archive.readonly
     with pytest.raises(Exception, match="readonly|read-only"):
-        state.archive._conn.execute("DELETE FROM spills")  # noqa: SLF001
+        with state.archive._engine.begin() as conn:  # noqa: SLF001
+            conn.exec_driver_sql("DELETE FROM spills")
     assert [s["spill"] for s in client.get("/api/spills").json()] == [3, 2, 1]
 
 
