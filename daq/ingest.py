@@ -396,8 +396,8 @@ class IngestService:
             if now > t:
                 ev_rate, byte_rate = (events - e) / (now - t), (nbytes - b) / (now - t)
         self._health_prev = (now, events, nbytes)
+        nodes = self._node_health(now, seen := builder._ldc_seen)  # noqa: SLF001 - same package
         waiting = [t.queued_at for t in pool.queue] + [t.sent_at for t in pool.outstanding.values()]
-        seen = builder._ldc_seen  # noqa: SLF001 - same package
         return dict(
             started=self.created_at,
             messages_received=msgs,
@@ -421,7 +421,26 @@ class IngestService:
             memory_resident_bytes=resident_bytes() or 0,
             memory_buffered_bytes={"builder": builder.buffered_bytes, "tasks": pool.task_bytes},
             receive_hwm_messages=sub.rcvhwm,
+            nodes=nodes,
         )
+
+    def _node_health(self, now: float, seen: dict) -> dict[str, dict]:
+        """Per readout node (at most the LDCs the builder tracks): connected (heard within ``ldc_down_s``),
+        wall time of its last message, messages received and lost since start, message rate since the
+        previous call."""
+        seq = self.subscriber.sequences
+        wall = time.time()
+        prev = getattr(self, "_node_prev", None) or (now, {})
+        dt = now - prev[0]
+        out: dict[str, dict] = {}
+        for ldc, t in list(seen.items()):
+            received = seq.received.get(ldc, 0)
+            before = prev[1].get(ldc)
+            out[str(ldc)] = {"connected": now - t <= self.config.ldc_down_s, "last_message_time": wall - (now - t),
+                             "messages": received, "lost_messages": seq.lost.get(ldc, 0),
+                             "messages_per_second": (received - before) / dt if before is not None and dt > 0 else None}
+        self._node_prev = (now, {ldc: seq.received.get(ldc, 0) for ldc in seen})
+        return out
 
     def bad_messages_by_label(self) -> dict[str, dict[str, int]]:
         """The subscriber's bad messages with a bounded LDC label: an expected LDC's id, "other" or

@@ -81,6 +81,9 @@ class ServiceHealth:
     memory_resident_bytes: int = 0  # the service process's resident memory
     memory_buffered_bytes: Mapping[str, int] = field(default_factory=dict)  # by stage
     receive_hwm_messages: int = 0  # the SUB socket's receive high-water mark now (derived from the budget)
+    #: per readout node (LDC id as text): connected, last_message_time (Unix s), messages, lost_messages,
+    #: messages_per_second — the dashboard's node tiles
+    nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
