@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig  # noqa: E402
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig  # noqa: E402
 from na64_online.decoders.channelmap import ChannelMap  # noqa: E402
 from na64_online.decoders.decode import as_words, decode_events, index_events  # noqa: E402
 from na64_online.monitor.pipeline import SpillProcessor  # noqa: E402

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from na64_online.config import Config  # noqa: E402
 from na64_online.daq.rawfile import RawFile  # noqa: E402
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig  # noqa: E402
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig  # noqa: E402
 from na64_online.decoders import layout  # noqa: E402
 from na64_online.decoders.channelmap import ChannelMap  # noqa: E402
 from na64_online.service import Replayer  # noqa: E402

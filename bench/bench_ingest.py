@@ -19,7 +19,6 @@ processes, all on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import zmq
 
 from na64_online.monitor.spill_monitor import make_processor
@@ -34,7 +34,7 @@ from na64_online.config import Config
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.worker_setup import worker_setup
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import build_monitor
@@ -44,17 +44,39 @@ DATA: dict[int, list[list[bytes]]] = {}  # LDC -> spills -> events (inherited by
 RAW: list[bytes] = []  # the same spills as a raw file holds them (super events): the replay baseline
 
 
-def make_data(events: int, spills: int, seed: int) -> tuple[int, int]:
+def make_data(events: int, spills: int, seed: int, path: str | None = None) -> tuple[int, int]:
+    """Simulate the spills (or read them from ``path``, a raw file, written there first when missing)."""
     t0 = time.perf_counter()
-    sim = ReadoutSimulator(SimulationConfig(run=1, spills=spills, events_per_spill=events, seed=seed))
-    for spill in sim.spills():
-        for ldc in (1, 2):
-            DATA.setdefault(ldc, []).append(spill.ldc_events(ldc))
-        RAW.append(spill.raw())
+    if path and os.path.exists(path):
+        from na64_online.daq.builder import split_super_events
+        from na64_online.daq.rawfile import RawFile
+
+        for seg in RawFile(path).spills():
+            lo, hi = int(seg.index.offset[0]), int(seg.index.offset[-1] + seg.index.size[-1])
+            raw = seg.words[lo:hi].tobytes()
+            for ldc, sub_events in sorted(split_super_events(raw).items()):
+                DATA.setdefault(ldc, []).append(sub_events)
+            RAW.append(raw)
+        what = f"read {len(RAW)} spill(s) from {path}"
+    else:
+        sim = ReadoutSimulator(SimulationConfig(run=1, spills=spills, events_per_spill=events, seed=seed))
+        for spill in sim.spills():
+            for ldc in (1, 2):
+                DATA.setdefault(ldc, []).append(spill.ldc_events(ldc))
+            RAW.append(spill.raw())
+        what = f"simulated {spills} spill(s) of {events} events"
+        if path:
+            with open(path, "wb") as f:
+                for raw in RAW:
+                    f.write(raw)
+            what += f" (written to {path})"
+    from na64_online.daq.builder import DATA_TYPES
+    from na64_online.decoders.decode import as_words, index_events
+
+    n_events = sum(int(np.count_nonzero(np.isin(index_events(as_words(raw)[0]).type, DATA_TYPES))) for raw in RAW)
     nbytes = sum(len(e) for ldc in DATA.values() for sp in ldc for e in sp)
-    print(f"simulated {spills} spill(s) of {events} events: {nbytes / 1e6:.0f} MB in "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return events * spills, nbytes
+    print(f"{what}: {n_events} events, {nbytes / 1e6:.0f} MB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return n_events, nbytes
 
 
 def _publish(ldc: int, endpoint: str, kw: dict, ready, go) -> None:
@@ -82,6 +104,22 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (``/proc/PID/stat`` utime + stime), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process (every thread: the service thread, ZeroMQ's I/O threads, this one)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _reset_peak_rss() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -104,12 +142,15 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     for p in procs:
         p.start()
     endpoints = [ready.get(timeout=30) for _ in procs]
+    # this process also holds the simulated spills (the publishers' copy and the replay baseline's), which a
+    # real service does not: the memory budget is that much larger, so that the service keeps its usual buffers
+    held_mb = status_kb("self", "VmRSS") // 1024
     cfg = IngestConfig(endpoints=tuple(endpoints), workers=workers, chunk_events=args.chunk_events,
                        max_queued_tasks=args.max_queued_tasks, spill_timeout_s=30.0, ldc_down_s=30.0,
-                       task_timeout_s=120.0)
+                       task_timeout_s=120.0, max_memory_mb=int((held_mb + args.max_memory_mb) / 0.9))
     cmap = ChannelMap.default()
     if args.bare:  # the bare processor is not what a worker process builds from the set-up: worker threads
-        cfg = dataclasses.replace(cfg, workers=0, worker_threads=workers)
+        cfg = cfg.replace(workers=0, worker_threads=workers)
         svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), cmap))
     else:  # what ``serve`` runs: the spill monitor's processor (histograms, channel statistics) and handle()
         config = Config()
@@ -124,18 +165,24 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     while svc.pool.n_ready < workers and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # subscriptions settle
+    worker_pids = [c for c in _children(os.getpid()) if c not in publisher_pids]
     _reset_peak_rss()
+    # CPU: the service's = this process's minus this (bench) thread's; the workers' from /proc
+    cpu0, bench0 = _own_cpu_seconds(), time.thread_time()
+    workers_cpu0 = {pid: _cpu_seconds(pid) for pid in worker_pids}
     t0 = time.perf_counter()
     go.set()
     worker_peak_kb = 0
     next_sample = 0.0
     while svc.stats.records < args.spills and time.perf_counter() - t0 < args.timeout:
-        time.sleep(0.005)
+        time.sleep(0.02)
         if workers and time.perf_counter() >= next_sample:  # workers' peak RSS, sampled twice a second
             next_sample = time.perf_counter() + 0.5
             worker_peak_kb = max([worker_peak_kb] + [status_kb(c, "VmHWM") for c in _children(os.getpid())
                                                      if c not in publisher_pids])
     t1 = time.perf_counter()
+    service_cpu = _own_cpu_seconds() - cpu0 - (time.thread_time() - bench0)
+    workers_cpu = sum((_cpu_seconds(pid) or 0.0) - (c0 or 0.0) for pid, c0 in workers_cpu0.items())
     service_peak_growth_mb = (status_kb("self", "VmHWM") - rss_before_kb) / 1e3
     records = [r if isinstance(r, dict) else r.to_dict() for r in svc.records]
     latencies = list(svc.latencies)
@@ -164,10 +211,85 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "latency_s": [round(x, 3) for x in latencies],
         "latency_median_s": round(statistics.median(latencies), 3) if latencies else None,
         "service_loop_s": round(metrics["ingest"]["loop_seconds"], 2),
+        "service_cpu_s": round(service_cpu, 2),
+        "workers_cpu_s": round(workers_cpu, 2) if worker_pids else None,
+        "service_cpu_us_per_event": round(service_cpu / decoded * 1e6, 2) if decoded else None,
+        "worker_cpu_us_per_event": round(workers_cpu / decoded * 1e6, 2) if decoded and worker_pids else None,
+        "service_vs_worker_cpu": round(service_cpu / workers_cpu, 3) if worker_pids and workers_cpu > 0 else None,
         "service_peak_rss_growth_mb": round(service_peak_growth_mb, 1),
         "worker_peak_rss_mb": round(worker_peak_kb / 1e3, 1),
     }
     return out
+
+
+def stage_profile(args) -> dict:
+    """CPU per event of each stage the service runs, in this process without sockets (µs per event).
+
+    The very objects the service uses: ``Subscriber.handle`` (envelope, payload scan, sequence), the
+    ``EventBuilder``, the task a worker gets, a worker's decode + result encoding, the service's result
+    decoding and merge, and ``SpillMonitor.handle`` (the spill's record). ``worker`` is what one decoder
+    worker spends per event; the service's share is the rest.
+    """
+    from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder
+    from na64_online.daq.envelope import make_message
+    from na64_online.daq.subscriber import Subscriber
+
+    config, cmap = Config(), ChannelMap.default()
+    monitor = build_monitor(config, cmap)
+    processor = make_processor(cmap, config.monitor, config.histograms)
+    sub = Subscriber(context=zmq.Context.instance())
+    builder = EventBuilder((1, 2), chunk_events=args.chunk_events, spill_timeout_s=1e9,
+                           max_pending_bytes=1 << 40)
+    seq = {1: 0, 2: 0}
+    messages = []  # the readout nodes' messages, interleaved as they arrive
+    for s in range(len(RAW)):
+        batches = {ldc: [DATA[ldc][s][i:i + args.batch_events]
+                         for i in range(0, len(DATA[ldc][s]), args.batch_events)] for ldc in DATA}
+        for k in range(max(len(b) for b in batches.values())):
+            for ldc, b in batches.items():
+                if k < len(b):
+                    messages.append(make_message(ldc, seq[ldc], b[k]))
+                    seq[ldc] += 1
+    # warm every kernel first (a throwaway builder and processor pass)
+    warm = EventBuilder((1, 2), chunk_events=args.chunk_events)
+    for m in messages[:4]:
+        r = Subscriber(context=zmq.Context.instance()).handle(m)
+        for o in warm.add(r.envelope.ldc, r.scan, 0.0):
+            if isinstance(o, BuiltChunk):
+                processor.decode_result(processor.encode_result(processor.accumulate(o.words)))
+    cpu = dict.fromkeys(("receive", "build", "worker", "merge", "finish"), 0.0)
+
+    def timed(stage, fn, *a):
+        t = time.process_time()
+        out = fn(*a)
+        cpu[stage] += time.process_time() - t
+        return out
+
+    accs: dict = {}
+    events = 0
+    for m in messages:
+        r = timed("receive", sub.handle, m)
+        outputs = timed("build", builder.add, r.envelope.ldc, r.scan, 0.0)
+        for o in outputs:
+            if isinstance(o, BuiltChunk):
+                frames = timed("worker", lambda w: processor.encode_result(processor.accumulate(w)),
+                               o.words.copy())  # a worker's words are its own (received)
+                frames = [bytes(f) for f in frames]  # as received
+                acc = timed("merge", processor.decode_result, frames)
+                key = (o.run, o.spill)
+                if key in accs:
+                    timed("merge", accs[key].merge, acc)
+                else:
+                    accs[key] = acc
+            elif isinstance(o, ClosedSpill):
+                record = timed("finish", monitor.handle, accs.pop((o.run, o.spill)))
+                events += record["events"]
+    sub.close()
+    monitor.close()
+    per_event = {k: round(v / events * 1e6, 2) for k, v in cpu.items()}
+    service = sum(v for k, v in per_event.items() if k != "worker")
+    return {"events": events, "cpu_us_per_event": per_event, "service_us_per_event": round(service, 2),
+            "service_vs_worker_cpu": round(service / per_event["worker"], 3)}
 
 
 def replay_baseline() -> float:
@@ -194,14 +316,29 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-events", type=int, default=5000)
     p.add_argument("--max-queued-tasks", type=int, default=1000)
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--max-memory-mb", type=int, default=1024,
+                   help="the service's memory budget beyond what this process holds at start (the spills)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--data", metavar="FILE", help="raw file of the spills: read if it exists, else simulated "
+                   "and written there (saves simulating again)")
+    p.add_argument("--stages", action="store_true", help="first, CPU per event of each stage, in-process")
+    p.add_argument("--stages-only", action="store_true", help="only that")
     p.add_argument("--json", action="store_true", help="one JSON line per run")
     p.add_argument("--bare", action="store_true",
                    help="SpillProcessor alone (no histograms / channel statistics / quality)")
     args = p.parse_args(argv)
-    n_events, nbytes = make_data(args.events, args.spills, args.seed)
+    args.stages = args.stages or args.stages_only
+    n_events, nbytes = make_data(args.events, args.spills, args.seed, args.data)
+    args.spills = len(RAW)
     modes = {"sustained": [False], "paced": [True], "both": [False, True]}[args.mode]
     print(f"host: {os.cpu_count()} CPUs", file=sys.stderr)
+    if args.stages:
+        prof = stage_profile(args)
+        print(json.dumps(prof) if args.json else
+              f"stages, CPU µs per event (no sockets): {prof['cpu_us_per_event']}; service "
+              f"{prof['service_us_per_event']} µs = {prof['service_vs_worker_cpu']} × a worker's", flush=True)
+        if args.stages_only:
+            return 0
     baseline = replay_baseline()
     print(f"baseline, same spills replayed in one process: {baseline:.0f} events/s", flush=True)
     for paced in modes:
@@ -217,7 +354,9 @@ def main(argv=None) -> int:
                       f"latency EOB→record {res['latency_s']} s; dropped {res['dropped_events']}, "
                       f"lost msgs {res['lost_messages']}, incomplete {res['incomplete_events']}; "
                       f"service peak RSS +{res['service_peak_rss_growth_mb']} MB, "
-                      f"worker peak RSS {res['worker_peak_rss_mb']} MB", flush=True)
+                      f"worker peak RSS {res['worker_peak_rss_mb']} MB; CPU per event: service "
+                      f"{res['service_cpu_us_per_event']} µs, workers {res['worker_cpu_us_per_event']} µs "
+                      f"(service/worker {res['service_vs_worker_cpu']})", flush=True)
     return 0
 
 

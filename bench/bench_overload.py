@@ -35,7 +35,7 @@ import numpy as np
 import zmq
 
 from na64_online.daq.envelope import pack_envelope
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders import layout as L
 from measure import status_kb
 

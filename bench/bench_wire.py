@@ -19,7 +19,7 @@ import pickle
 import numpy as np
 
 from na64_online.config import Config
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.spill_monitor import make_processor
 from measure import best_of

@@ -71,39 +71,54 @@ _H_GDC = L.H_GDC
 _SUPER = L.SUPER_EVENT_BIT
 
 
+#: a chunk buffer is allocated for at most this many words up front (it grows beyond, rarely: only with
+#: chunk limits above it, as ``build_all`` sets)
+MAX_PREALLOCATED_WORDS = 16 << 20
+#: a partial chunk using less than this fraction of its buffer is handed on as a right-sized copy
+#: (the buffer's unused tail would otherwise stay allocated with the task)
+MIN_BUFFER_USE = 0.75
+
+
 @numba.njit(cache=True, nogil=True)
-def _assemble(allw, offs, sizes, keys, order, group_starts, gdc, total):  # pragma: no cover - compiled
-    ngroups = group_starts.shape[0]
-    n = order.shape[0]
-    out = np.empty(total, np.uint32)
-    g_off = np.empty(ngroups, np.int64)
-    g_size = np.empty(ngroups, np.int64)
-    pos = 0
-    for g in range(ngroups):
-        i = group_starts[g]
-        j = group_starts[g + 1] if g + 1 < ngroups else n
-        size = _HDR
-        for m in range(i, j):
-            size += sizes[order[m]]
-        first = offs[order[i]]
+def _copy_events(dst, dst_pos, src, src_off, sizes):  # pragma: no cover - compiled
+    for e in range(sizes.shape[0]):
+        p = dst_pos[e]
+        o = src_off[e]
+        s = sizes[e]
+        dst[p:p + s] = src[o:o + s]
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_headers(dst, g_pos, g_size, gdc):  # pragma: no cover - compiled
+    # the super event's header is its first sub-event's (written right after it), then marked as built
+    for g in range(g_pos.shape[0]):
+        p = g_pos[g]
         for w in range(_HDR):
-            out[pos + w] = allw[first + w]
-        out[pos + _H_SIZE] = np.uint32(size * 4)
-        out[pos + _H_HEADER_SIZE] = np.uint32(_HDR_BYTES)
-        out[pos + _H_ATTR2] = out[pos + _H_ATTR2] | np.uint32(_SUPER)
-        out[pos + _H_LDC] = np.uint32(0)
-        out[pos + _H_GDC] = np.uint32(gdc)
-        g_off[g] = pos
-        g_size[g] = size
-        p = pos + _HDR
-        for m in range(i, j):
-            e = order[m]
-            o = offs[e]
-            s = sizes[e]
-            out[p:p + s] = allw[o:o + s]
-            p += s
-        pos = p
-    return out, g_off, g_size
+            dst[p + w] = dst[p + _HDR + w]
+        dst[p + _H_SIZE] = np.uint32(g_size[g] * 4)
+        dst[p + _H_HEADER_SIZE] = np.uint32(_HDR_BYTES)
+        dst[p + _H_ATTR2] = dst[p + _H_ATTR2] | np.uint32(_SUPER)
+        dst[p + _H_LDC] = np.uint32(0)
+        dst[p + _H_GDC] = np.uint32(gdc)
+
+
+def copy_events(dst: np.ndarray, dst_pos: np.ndarray, src: np.ndarray, src_off: np.ndarray,
+                sizes: np.ndarray) -> None:
+    """Copy events ``src[src_off[i]:src_off[i] + sizes[i]]`` to ``dst[dst_pos[i]:…]`` (word arrays)."""
+    if sizes.shape[0]:
+        if (src_off.min() < 0 or dst_pos.min() < 0 or sizes.min() < 0
+                or (src_off + sizes).max() > src.shape[0] or (dst_pos + sizes).max() > dst.shape[0]):
+            raise ValueError("event copy out of bounds")
+        _copy_events(dst, dst_pos, src, src_off, sizes)
+
+
+def write_super_headers(dst: np.ndarray, g_pos: np.ndarray, g_size: np.ndarray, gdc: int) -> None:
+    """Write the 17-word header of each super event at ``g_pos`` (``g_size`` words long) from the header
+    of its first sub-event, which follows it: size, header size, super-event bit, LDC 0, GDC ``gdc``."""
+    if g_pos.shape[0]:
+        if g_pos.min() < 0 or (g_size < 2 * _HDR).any() or (g_pos + g_size).max() > dst.shape[0]:
+            raise ValueError("super event header out of bounds")
+        _write_headers(dst, g_pos, g_size, gdc)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,10 +209,35 @@ class BuilderStats:
 
 @dataclass
 class _Batch:
+    """Sub-events of one message (views of its payload)."""
+
     words: np.ndarray
     offsets: np.ndarray
     sizes: np.ndarray
     keys: np.ndarray
+    types: np.ndarray
+
+    def split(self, k: int) -> tuple["_Batch", "_Batch"]:
+        """The first ``k`` sub-events and the rest (views, no copy)."""
+        return (_Batch(self.words, self.offsets[:k], self.sizes[:k], self.keys[:k], self.types[:k]),
+                _Batch(self.words, self.offsets[k:], self.sizes[k:], self.keys[k:], self.types[k:]))
+
+
+@dataclass
+class _ChunkBuffer:
+    """Built super events of one spill written in place: one buffer per chunk, filled up to ``used``."""
+
+    words: np.ndarray
+    used: int = 0
+    offsets: list = field(default_factory=list)  # arrays: word offset of each super event
+    sizes: list = field(default_factory=list)
+    types: list = field(default_factory=list)
+    events: int = 0
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(words, offsets, sizes, types) of what it holds; the words a view of the buffer."""
+        cat = (lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts))
+        return self.words[:self.used], cat(self.offsets), cat(self.sizes), cat(self.types)
 
 
 @dataclass
@@ -220,10 +260,10 @@ class _Spill:
     last_activity: float
     parts: dict[int, _Part] = field(default_factory=dict)
     built_upto: int = -1
-    out: list = field(default_factory=list)  # built pieces (words, offsets, sizes, types)
-    out_events: int = 0
-    out_words: int = 0
-    out_since: float | None = None
+    buffer: _ChunkBuffer | None = None  # the chunk being filled
+    full: list = field(default_factory=list)  # full chunk buffers not handed on yet
+    out_words: int = 0  # words built, not handed on (full chunks and the one being filled)
+    out_since: float | None = None  # when the chunk being filled got its first event
     chunks: int = 0
     events: int = 0
     data_events: int = 0
@@ -301,6 +341,8 @@ class EventBuilder:
         self._pending_lost: dict[int, int] = {}
         self._pending_bad: dict[str, dict[str, int]] = {}
         self._pending_jumps: list = []
+        self._mean_event_words = 0.0  # of the super events built (chunk buffers are sized from it)
+        self._max_event_words = 0
 
     # ------------------------------------------------------------------ input
     @property
@@ -370,9 +412,9 @@ class EventBuilder:
         if n_other == n:
             self.note_lost(ldc, lost)
             return out
-        offsets, sizes = scan.offsets, scan.sizes
+        offsets, sizes, types = scan.offsets, scan.sizes, scan.types
         if n_other:
-            offsets, sizes, keys = offsets[in_spill], sizes[in_spill], keys[in_spill]
+            offsets, sizes, keys, types = offsets[in_spill], sizes[in_spill], keys[in_spill], types[in_spill]
         if ldc not in self._joined:
             sob = np.flatnonzero(keys == SOB_KEY)
             if not sob.shape[0]:
@@ -382,7 +424,7 @@ class EventBuilder:
             first = int(sob[0])
             if first:
                 self.stats.skipped_before_join += first
-                offsets, sizes, keys = offsets[first:], sizes[first:], keys[first:]
+                offsets, sizes, keys, types = offsets[first:], sizes[first:], keys[first:], types[first:]
             self._joined[ldc] = (int(scan.run), int(scan.spill))
         skey = (int(scan.run), int(scan.spill))
         if skey in self._closed:
@@ -415,9 +457,9 @@ class EventBuilder:
         if n_bad:
             sp.late_events += n_bad
             self.stats.late_events += n_bad
-            offsets, sizes, keys = offsets[ok], sizes[ok], keys[ok]
+            offsets, sizes, keys, types = offsets[ok], sizes[ok], keys[ok], types[ok]
         if keys.shape[0]:
-            part.batches.append(_Batch(scan.words, offsets, sizes, keys))
+            part.batches.append(_Batch(scan.words, offsets, sizes, keys, types))
             part.pending_words += int(sizes.sum())
             part.retained_bytes += int(scan.words.nbytes)
             part.last_key = int(keys[-1])
@@ -517,8 +559,11 @@ class EventBuilder:
         return out
 
     def _build(self, sp: _Spill, upto: int) -> None:
-        """Build every pending event of ``sp`` with key <= ``upto``."""
-        pieces = []  # (words range, offsets rebased, sizes, keys, ldc)
+        """Build every pending event of ``sp`` with key <= ``upto``, straight into its chunk buffers.
+
+        Each sub-event is copied once, from the message payload it arrived in to its place in a
+        chunk buffer; the super event's header is then written in front of its sub-events."""
+        pieces: list[tuple[_Batch, int]] = []
         for ldc in sorted(sp.parts):
             part = sp.parts[ldc]
             while part.batches:
@@ -531,8 +576,7 @@ class EventBuilder:
                     k = int(np.searchsorted(b.keys, upto, side="right"))
                     if k == 0:
                         break
-                    take = _Batch(b.words, b.offsets[:k], b.sizes[:k], b.keys[:k])
-                    part.batches[0] = _Batch(b.words, b.offsets[k:], b.sizes[k:], b.keys[k:])
+                    take, part.batches[0] = b.split(k)
                 part.pending_words -= int(take.sizes.sum())
                 pieces.append((take, ldc))
                 if take is not b:
@@ -540,92 +584,114 @@ class EventBuilder:
         sp.built_upto = max(sp.built_upto, min(upto, INF_KEY - 1))
         if not pieces:
             return
-        ranges, offs, sizes, keys, ldcs = [], [], [], [], []
-        base = 0
-        for b, ldc in pieces:
-            lo = int(b.offsets[0])
-            hi = int(b.offsets[-1] + b.sizes[-1])
-            ranges.append(b.words[lo:hi])
-            offs.append(b.offsets - lo + base)
-            sizes.append(b.sizes)
-            keys.append(b.keys)
-            ldcs.append(np.full(b.keys.shape[0], ldc, np.int64))
-            base += hi - lo
-        allw = np.concatenate(ranges) if len(ranges) > 1 else np.ascontiguousarray(ranges[0])
-        offs_a = np.concatenate(offs).astype(np.int64)
-        sizes_a = np.concatenate(sizes).astype(np.int64)
-        keys_a = np.concatenate(keys).astype(np.int64)
-        ldcs_a = np.concatenate(ldcs)
-        order = np.lexsort((ldcs_a, keys_a)).astype(np.int64)
-        skeys = keys_a[order]
-        starts = np.flatnonzero(np.concatenate(([True], skeys[1:] != skeys[:-1]))).astype(np.int64)
-        total = int(sizes_a.sum()) + _HDR * int(starts.shape[0])
-        words, g_off, g_size = _assemble(allw, offs_a, sizes_a, keys_a, order, starts, self.gdc_id, total)
-        g_types = (words[g_off + L.H_TYPE] & L.TYPE_MASK).astype(np.int32)
+        counts = [b.keys.shape[0] for b, _ in pieces]
+        cat = (lambda arrays: arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+        keys = cat([b.keys for b, _ in pieces]).astype(np.int64, copy=False)
+        ldcs = np.repeat(np.array([ldc for _, ldc in pieces], np.int64), counts)
+        order = np.lexsort((ldcs, keys))  # by event, then LDC: the sub-events in building order
+        source = np.repeat(np.arange(len(pieces)), counts)[order]
+        src_off = cat([b.offsets for b, _ in pieces]).astype(np.int64, copy=False)[order]
+        sizes = cat([b.sizes for b, _ in pieces]).astype(np.int64, copy=False)[order]
+        skeys = keys[order]
+        n = skeys.shape[0]
+        first = np.empty(n, bool)
+        first[0] = True
+        np.not_equal(skeys[1:], skeys[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        ngroups = starts.shape[0]
+        group = np.cumsum(first) - 1  # group of each sub-event
+        g_size = np.add.reduceat(sizes, starts) + _HDR
+        g_end = np.cumsum(g_size)
+        g_pos = g_end - g_size  # where each super event goes if all are written one after the other
+        within = np.cumsum(sizes) - sizes
+        dst_pos = g_pos[group] + _HDR + (within - within[starts][group])
+        g_types = cat([b.types for b, _ in pieces]).astype(np.int32, copy=False)[order][starts]
         # completeness: expected LDCs present in each group
-        expected_member = np.isin(ldcs_a[order], self.expected).astype(np.int64)
-        members = np.add.reduceat(expected_member, starts)
-        is_data = np.isin(g_types, DATA_TYPES)
+        expected_piece = np.array([ldc in self.expected for _, ldc in pieces], np.int64)
+        members = np.add.reduceat(expected_piece[source], starts)
+        is_data = (g_types == DATA_TYPES[0]) | (g_types == DATA_TYPES[1])
         incomplete = int(np.count_nonzero(is_data & (members < len(self.expected))))
         sp.incomplete_events += incomplete
         self.stats.incomplete_events += incomplete
-        n_data = int(np.count_nonzero(is_data))
-        sp.events += int(starts.shape[0])
-        sp.data_events += n_data
-        self.stats.built_events += int(starts.shape[0])
-        sp.out.append((words, g_off, g_size, g_types))
-        sp.out_events += int(starts.shape[0])
-        sp.out_words += int(words.shape[0])
+        sp.events += ngroups
+        sp.data_events += int(np.count_nonzero(is_data))
+        self.stats.built_events += ngroups
+        self._max_event_words = max(self._max_event_words, int(g_size.max()))
+        self._mean_event_words += (float(g_end[-1]) / ngroups - self._mean_event_words) * min(1.0, ngroups / 1000)
+        # into chunk buffers: a chunk is full at chunk_events events, or once chunk_words are used
+        g = 0
+        while g < ngroups:
+            buf = sp.buffer
+            if buf is not None and (buf.events >= self.chunk_events or buf.used >= self.chunk_words):
+                sp.full.append(buf)
+                sp.buffer = buf = None
+            used = buf.used if buf is not None else 0
+            room = self.chunk_events - (buf.events if buf is not None else 0)
+            # groups starting before chunk_words (at least one: the chunk is not full)
+            k = int(np.searchsorted(g_pos[g:], self.chunk_words - used + g_pos[g], side="left"))
+            gb = g + max(1, min(room, k, ngroups - g))
+            span = int(g_end[gb - 1] - g_pos[g])
+            buf = self._buffer_for(sp, span)
+            shift = buf.used - int(g_pos[g])
+            ma, mb = int(starts[g]), (int(starts[gb]) if gb < ngroups else n)
+            src = source[ma:mb]
+            for i, (piece, _) in enumerate(pieces):
+                sel = src == i
+                if len(pieces) == 1 or sel.all():
+                    copy_events(buf.words, dst_pos[ma:mb] + shift, piece.words, src_off[ma:mb], sizes[ma:mb])
+                    break
+                if sel.any():
+                    copy_events(buf.words, dst_pos[ma:mb][sel] + shift, piece.words, src_off[ma:mb][sel],
+                                sizes[ma:mb][sel])
+            pos = g_pos[g:gb] + shift
+            write_super_headers(buf.words, pos, g_size[g:gb], self.gdc_id)
+            buf.offsets.append(pos)
+            buf.sizes.append(g_size[g:gb])
+            buf.types.append(g_types[g:gb])
+            buf.used += span
+            buf.events += gb - g
+            sp.out_words += span
+            g = gb
+
+    def _buffer_for(self, sp: _Spill, span: int) -> _ChunkBuffer:
+        """The chunk buffer of ``sp`` with room for ``span`` more words (a new one, or grown: rarely)."""
+        buf = sp.buffer
+        if buf is None:
+            # sized for a whole chunk: chunk_events events of the mean size seen, or chunk_words (+ one event)
+            expected = min(self.chunk_events * self._mean_event_words * 1.05, self.chunk_words) + self._max_event_words
+            capacity = max(span, min(int(expected), MAX_PREALLOCATED_WORDS))
+            sp.buffer = buf = _ChunkBuffer(np.empty(capacity, L.WORD))
+        elif buf.used + span > buf.words.shape[0]:
+            grown = np.empty(max(2 * buf.words.shape[0], buf.used + span), L.WORD)
+            grown[:buf.used] = buf.words[:buf.used]
+            buf.words = grown
+        return buf
 
     def _emit(self, sp: _Spill, now: float, *, final: bool, force: bool = False) -> list[Output]:
-        """Hand on built events: full chunks (or everything when ``final``/``force``)."""
+        """Hand on built events: full chunks (and the one being filled when ``final``/``force``)."""
+        buf = sp.buffer
+        if buf is not None and (buf.events >= self.chunk_events or buf.used >= self.chunk_words):
+            sp.full.append(buf)
+            sp.buffer = buf = None
+        take = sp.full
+        sp.full = []
+        if buf is not None and (final or force):
+            take.append(buf)
+            sp.buffer = buf = None
+        if buf is None:
+            sp.out_since = None
+        elif take or sp.out_since is None:
+            sp.out_since = now  # a partial chunk stays: handed on chunk_max_age_s from now at the latest
         out: list[Output] = []
-        if not sp.out:
-            return out
-        if sp.out_since is None:
-            sp.out_since = now
-        if not (final or force or sp.out_events >= self.chunk_events or sp.out_words >= self.chunk_words):
-            return out
-        if len(sp.out) == 1:
-            words, offs, sizes, types = sp.out[0]
-        else:
-            base = np.cumsum([0] + [p[0].shape[0] for p in sp.out[:-1]])
-            words = np.concatenate([p[0] for p in sp.out])
-            offs = np.concatenate([p[1] + b for p, b in zip(sp.out, base)])
-            sizes = np.concatenate([p[2] for p in sp.out])
-            types = np.concatenate([p[3] for p in sp.out])
-        sp.out, sp.out_events, sp.out_words, sp.out_since = [], 0, 0, None
-        n = offs.shape[0]
-        # split into chunks of at most chunk_events events / about chunk_words words
-        cuts = [0]
-        start = 0
-        while start < n:
-            stop = min(n, start + self.chunk_events)
-            lim = int(offs[start]) + self.chunk_words
-            k = int(np.searchsorted(offs, lim, side="left"))
-            stop = max(start + 1, min(stop, k))
-            cuts.append(stop)
-            start = stop
-        last = len(cuts) - 1
-        if not (final or force) and last > 1:
-            a = cuts[-2]
-            if n - a < self.chunk_events and int(offs[n - 1] + sizes[n - 1] - offs[a]) < self.chunk_words:
-                # keep the partial tail for the next chunk
-                lo = int(offs[a])
-                sp.out = [(words[lo:], offs[a:] - lo, sizes[a:], types[a:])]
-                sp.out_events = n - a
-                sp.out_words = int(words.shape[0]) - lo
-                sp.out_since = now
-                last -= 1
-        for i in range(last):
-            a, b = cuts[i], cuts[i + 1]
-            lo = int(offs[a])
-            hi = int(offs[b - 1] + sizes[b - 1])
-            chunk = BuiltChunk(sp.run, sp.spill, sp.chunks, words[lo:hi], offs[a:b] - lo, sizes[a:b], types[a:b],
-                               final=final and i == last - 1)
+        for i, b in enumerate(take):
+            words, offs, sizes, types = b.arrays()
+            if b.used < MIN_BUFFER_USE * b.words.shape[0]:
+                words = words.copy()  # a partial chunk: do not keep the buffer's unused tail allocated
+            sp.out_words -= b.used
+            out.append(BuiltChunk(sp.run, sp.spill, sp.chunks, words, offs, sizes, types,
+                                  final=final and i == len(take) - 1))
             sp.chunks += 1
             self.stats.chunks += 1
-            out.append(chunk)
         return out
 
     def _close(self, sp: _Spill, now: float, reason: str) -> list[Output]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..decoders import layout as L
 from ..decoders.decode import index_events
-from ..decoders.errors import FormatError, Issue
+from ..errors import EnvelopeError, Issue
 
 ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
 
@@ -34,10 +34,6 @@ SOB_KEY = 0
 EOB_KEY = L.EVENT_IN_BURST_MASK + 2
 #: Key of events that belong to no spill (START_OF_RUN, END_OF_RUN, others).
 NO_SPILL_KEY = -1
-
-
-class EnvelopeError(FormatError):
-    """A ZeroMQ message that does not follow docs/raw-format.md §9."""
 
 
 @dataclass(frozen=True, slots=True)

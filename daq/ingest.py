@@ -43,11 +43,15 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import zmq
+from pydantic import Field, field_validator, model_validator
+
+from ..config_section import ConfigSection, FieldProblem
 
 from ..decoders import layout as L
 from ..decoders.decode import index_events
@@ -61,47 +65,48 @@ from .workers import CurveServer, Task, TaskDone, WorkerPool, WorkerSetup, is_lo
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(ConfigSection):
     """Live ingest settings (the ``[ingest]`` section of the service configuration)."""
+
+    section: ClassVar[str] = "ingest"
 
     #: readout nodes' PUB endpoints (``serve --connect``), e.g. "tcp://ldc1.na64:5550"
     endpoints: tuple[str, ...] = ()
     #: LDCs whose END_OF_BURST completes a spill
     expected_ldcs: tuple[int, ...] = (1, 2)
     #: a spill without data for this long is closed (incomplete if an END_OF_BURST is missing)
-    spill_timeout_s: float = 10.0
+    spill_timeout_s: float = Field(10.0, gt=0)
     #: an expected LDC silent this long is not waited for when building events
-    ldc_down_s: float = 10.0
-    max_open_spills: int = 4
+    ldc_down_s: float = Field(10.0, gt=0)
+    max_open_spills: int = Field(4, ge=1)
     #: unbuilt sub-events held per spill; beyond, everything pending is built (incomplete if need be)
-    max_pending_bytes: int = 256 << 20
+    max_pending_bytes: int = Field(256 << 20, ge=1)
     #: built events per decoding task
-    chunk_events: int = 5000
-    chunk_bytes: int = 32 << 20
+    chunk_events: int = Field(5000, ge=1)
+    chunk_bytes: int = Field(32 << 20, ge=1)
     #: a partial chunk is handed on after this long
-    chunk_max_age_s: float = 0.5
+    chunk_max_age_s: float = Field(0.5, gt=0)
     gdc_id: int = 1
     #: SUB socket: receive high-water mark (messages) and reconnection
-    rcvhwm: int = 10000
-    rcvbuf: int = 0
+    rcvhwm: int = Field(10000, ge=1)
+    rcvbuf: int = Field(0, ge=0)
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
     #: dead readout node detection (TCP keepalive: probe interval and timeout, whole seconds)
     heartbeat_ivl_ms: int = 1000
     heartbeat_timeout_ms: int = 5000
     #: local decoder worker processes; 0: decode in a thread of the service process
-    workers: int = 1
+    workers: int = Field(1, ge=0)
     #: memory budget of the service process in MB (its footprint plus every buffer: receive queues,
     #: event builder, decoding tasks); what does not fit is dropped and counted. Worker processes are
     #: outside it. See daq/memory.py.
-    max_memory_mb: int = 1024
+    max_memory_mb: int = Field(1024, ge=1)
     #: sequence numbers remembered per readout node to tell duplicates and late messages from losses
-    sequence_window: int = 64
+    sequence_window: int = Field(64, ge=1)
     #: more messages skipped at once than this is a sequence_jump (counted), not lost messages
     max_sequence_jump: int = 100_000
     #: extra in-process worker threads (besides ``workers`` processes)
-    worker_threads: int = 0
+    worker_threads: int = Field(0, ge=0)
     #: where workers connect; beyond loopback (e.g. "tcp://*:5570", workers on other hosts) it needs
     #: worker_secret_key and worker_clients_dir (CurveZMQ)
     worker_bind: str = "tcp://127.0.0.1:*"
@@ -110,48 +115,49 @@ class IngestConfig:
     #: directory of the public-key certificates (NAME.key) of the workers allowed to connect
     worker_clients_dir: str = ""
     #: tasks each worker holds at once
-    worker_capacity: int = 2
+    worker_capacity: int = Field(2, ge=1)
     #: tasks waiting for a free worker; beyond, whole events are dropped (counted)
-    max_queued_tasks: int = 8
+    max_queued_tasks: int = Field(8, ge=1)
     #: a task sent to a worker without result after this long: the worker is taken for dead, the task retried
-    task_timeout_s: float = 60.0
-    task_retries: int = 1
+    task_timeout_s: float = Field(60.0, gt=0)
+    task_retries: int = Field(1, ge=0)
     #: a task no worker took within this long fails (its events count as dropped)
-    queue_timeout_s: float = 60.0
+    queue_timeout_s: float = Field(60.0, gt=0)
     #: at shutdown, how long to wait for outstanding results
-    drain_timeout_s: float = 10.0
+    drain_timeout_s: float = Field(10.0, gt=0)
     #: QA records kept in memory (``IngestService.records``)
-    keep_records: int = 100
+    keep_records: int = Field(100, ge=1)
     #: at start, how long to wait for the local workers to have their kernels compiled (READY) before
     #: subscribing to the readout nodes; past it the service subscribes anyway (and says so in the log)
-    warmup_timeout_s: float = 300.0
+    warmup_timeout_s: float = Field(300.0, gt=0)
 
-    def __post_init__(self) -> None:
-        for name in ("spill_timeout_s", "ldc_down_s", "chunk_max_age_s", "task_timeout_s", "queue_timeout_s",
-                     "drain_timeout_s", "warmup_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_open_spills", "max_pending_bytes", "chunk_events", "chunk_bytes", "rcvhwm",
-                     "worker_capacity", "max_queued_tasks", "keep_records", "max_memory_mb", "sequence_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("workers", "worker_threads", "task_retries", "rcvbuf"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        for endpoint in endpoints:
+            check_endpoint(endpoint)
+        return endpoints
+
+    @field_validator("worker_bind")
+    @classmethod
+    def _worker_bind(cls, endpoint: str) -> str:
+        check_endpoint(endpoint)
+        return endpoint
+
+    @model_validator(mode="after")
+    def _agree(self) -> "IngestConfig":
         if self.max_sequence_jump < self.sequence_window:
-            raise ValueError(f"max_sequence_jump must be >= sequence_window ({self.sequence_window}), "
-                             f"got {self.max_sequence_jump}")
+            raise FieldProblem("max_sequence_jump", f"must be >= sequence_window ({self.sequence_window}), "
+                                                    f"got {self.max_sequence_jump}")
         if not self.expected_ldcs:
-            raise ValueError("expected_ldcs must name at least one LDC")
-        for endpoint in self.endpoints:
-            check_endpoint(endpoint, "endpoints:")
-        check_endpoint(self.worker_bind, "worker_bind:")
+            raise FieldProblem("expected_ldcs", "must name at least one LDC")
         if bool(self.worker_secret_key) != bool(self.worker_clients_dir):
             missing = "worker_clients_dir" if self.worker_secret_key else "worker_secret_key"
-            raise ValueError(f"{missing} must be set too: worker_secret_key and worker_clients_dir go together")
+            raise FieldProblem(missing, "must be set too: worker_secret_key and worker_clients_dir go together")
         if not self.worker_secret_key and not is_loopback(self.worker_bind):
-            raise ValueError(f"worker_bind {self.worker_bind} is beyond loopback: set worker_secret_key and "
-                             "worker_clients_dir (CurveZMQ), or bind 127.0.0.1")
+            raise FieldProblem("worker_bind", f"{self.worker_bind} is beyond loopback: set worker_secret_key and "
+                                              "worker_clients_dir (CurveZMQ), or bind 127.0.0.1")
+        return self
 
     @property
     def worker_curve(self) -> CurveServer | None:
@@ -215,7 +221,8 @@ class IngestService:
     Start-up (``phase``: starting → warming_up → running → stopping → stopped):
     the worker port is bound and the local workers started first; ``warm_up()``
     (the service's own kernels, e.g. the monitor's) runs and the builder's
-    kernels are loaded while the workers compile theirs; only when every local
+    kernels are loaded on ``warm_up_events()`` (LDC id -> plain events of one
+    spill, e.g. :func:`na64_online.sim.warmup.ldc_sample`) while the workers compile theirs; only when every local
     worker said READY (or ``warmup_timeout_s`` passed) does the SUB socket
     connect to the readout nodes, so a cold start drops nothing.
     Stop: spills still open are closed and finished with
@@ -237,9 +244,11 @@ class IngestService:
         context: zmq.Context | None = None,
         worker_setup: WorkerSetup | None = None,
         warm_up: Callable[[], None] | None = None,
+        warm_up_events: Callable[[], Mapping[int, Sequence[bytes]]] | None = None,
     ) -> None:
         self.config = config
         self.warm_up = warm_up
+        self.warm_up_events = warm_up_events
         self.phase = "starting"
         #: Unix time the SUB socket connected to the readout nodes (after the warm-up)
         self.listening_since: float | None = None
@@ -421,6 +430,9 @@ class IngestService:
             memory_resident_bytes=resident_bytes() or 0,
             memory_buffered_bytes={"builder": builder.buffered_bytes, "tasks": pool.task_bytes},
             receive_hwm_messages=sub.rcvhwm,
+            workers_ready=pool.n_ready,
+            workers_seen=pool.stats.workers_seen,
+            workers_lost=pool.stats.workers_lost,
             nodes=nodes,
         )
 
@@ -492,10 +504,11 @@ class IngestService:
         """Load every kernel (here and in the local workers), then connect to the readout nodes."""
         self.phase = "warming_up"
         t0 = time.monotonic()
-        try:
-            warm_up_builder(self.config)
-        except Exception:  # noqa: BLE001 - only a delay would follow
-            log.exception("builder warm-up failed")
+        if self.warm_up_events is not None:
+            try:
+                warm_up_builder(self.config, self.warm_up_events())
+            except Exception:  # noqa: BLE001 - only a delay would follow
+                log.exception("builder warm-up failed")
         if self.warm_up is not None and not self._stop.is_set():
             self.warm_up()
         pool, deadline = self.pool, t0 + self.config.warmup_timeout_s
@@ -770,23 +783,20 @@ class IngestService:
                 log.exception("on_record callback failed")
 
 
-def warm_up_builder(config: IngestConfig) -> None:
-    """Build a tiny simulated spill of two readout nodes with a throwaway :class:`EventBuilder`.
+def warm_up_builder(config: IngestConfig, events_by_ldc: Mapping[int, Sequence[bytes]]) -> None:
+    """Build one spill of plain events per readout node (LDC id -> events, §9) with a throwaway :class:`EventBuilder`.
 
     Loads (or compiles, on a cold numba cache) the kernels the service thread
     runs on live messages — payload scan, event building, the index of
     dropped events — before the first message arrives.
     """
     from .envelope import pack_envelope, parse_message
-    from .simulator import LDC_IDS, ReadoutSimulator, SimulationConfig
 
-    sim = ReadoutSimulator(SimulationConfig(spills=1, events_per_spill=8, run_events=False))
-    spill = next(iter(sim.spills()))
-    ldcs = tuple(LDC_IDS)
-    builder = EventBuilder(tuple(ldcs), gdc_id=config.gdc_id, chunk_events=4)
+    ldcs = tuple(events_by_ldc)
+    builder = EventBuilder(ldcs, gdc_id=config.gdc_id, chunk_events=4)
     outputs = []
     for seq, ldc in enumerate(ldcs):
-        events = spill.ldc_events(ldc)
+        events = events_by_ldc[ldc]
         frames = [L.ZMQ_TOPIC, pack_envelope(ldc, seq, len(events)), b"".join(events)]
         _, scan = parse_message([memoryview(f) for f in frames])
         outputs += builder.add(ldc, scan, 0.0)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..decoders import layout
 from ..decoders.decode import EventIndex, fragment_starts, index_bytes
-from ..decoders.errors import DaqError, Issue, NotDateStreamError
+from ..errors import DaqError, Issue, NotDateStreamError
 
 SPILL_TYPES = (layout.START_OF_BURST, layout.END_OF_BURST, layout.PHYSICS_EVENT, layout.CALIBRATION_EVENT)
 

@@ -44,8 +44,8 @@ from typing import Iterable, NamedTuple
 import zmq
 
 from ..decoders import layout as L
-
-from .envelope import Envelope, EnvelopeError, PayloadScan, parse_message
+from ..errors import EnvelopeError
+from .envelope import Envelope, PayloadScan, parse_message
 
 log = logging.getLogger(__name__)
 

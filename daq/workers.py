@@ -62,7 +62,7 @@ import zmq.auth
 from zmq.utils.monitor import parse_monitor_message
 
 from ..decoders import layout as L
-from ..decoders.errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +187,10 @@ def _socket_options(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, 5000)
 
 
-def _warm_up(processor) -> None:
-    """Decode a tiny simulated spill once, so that the first real task finds the kernels loaded."""
+def _warm_up(warm_up: Callable[[Any], None], processor) -> None:
+    """Run ``warm_up(processor)`` (e.g. decode a tiny spill), so that the first real task finds the kernels loaded."""
     try:
-        from .simulator import ReadoutSimulator, SimulationConfig
-
-        sim = ReadoutSimulator(SimulationConfig(events_per_spill=4, run_events=False),
-                               getattr(processor, "channel_map", None))
-        for spill in sim.spills():
-            processor.accumulate(np.frombuffer(bytearray(spill.raw()), dtype=L.WORD))  # writable, as tasks are
+        warm_up(processor)
     except Exception:  # noqa: BLE001 - only an optimisation
         log.debug("warm-up failed", exc_info=True)
 
@@ -209,7 +204,7 @@ def run_worker(
     stop: threading.Event | None = None,
     hello_interval_s: float = 1.0,
     name: str | None = None,
-    warm_up: bool = True,
+    warm_up: Callable[[Any], None] | None = None,
     parent_pid: int | None = None,
     curve: tuple[bytes, bytes, bytes] | None = None,
 ) -> int:
@@ -218,7 +213,9 @@ def run_worker(
     ``build(setup payload)`` makes the processor (see :class:`WorkerSetup`).
     ``curve``: (own public key, own secret key, the service's public key), Z85.
     ``parent_pid``: a local worker started by the service ends when the service
-    process is gone. Returns the number of tasks done.
+    process is gone. ``warm_up(processor)``: run after each set-up, before READY
+    (the ``worker`` command passes :func:`na64_online.sim.warmup.warm_up_processor`,
+    which decodes a tiny simulated spill). Returns the number of tasks done.
     """
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
@@ -256,8 +253,8 @@ def run_worker(
                 try:
                     processor = build([f.bytes for f in frames[2:]])
                     setup_id = new_id
-                    if warm_up:
-                        _warm_up(processor)
+                    if warm_up is not None:
+                        _warm_up(warm_up, processor)
                 except Exception as exc:  # noqa: BLE001 - reported to the service
                     log.error("worker setup failed: %s", exc)
                     processor = None

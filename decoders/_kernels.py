@@ -5,29 +5,121 @@ and sizes before entering here. The kernels still check every size they read
 from the data against the buffer before indexing (numba does no bounds
 checks), so no input bytes can make them read or write out of range.
 
-Issue logging: ``issues_*`` arrays of capacity ``len(issues_kind)``; the
-running total is ``counters[0]``. A log that overflows keeps counting, and
-the wrapper reruns with a larger log, so counts are always exact.
+Every shift, mask and word offset comes from :mod:`.layout` (numba freezes the
+module-level integers below as compile-time constants); tests/test_layout.py
+fails on a bare number in this file. The per-channel numbers (pedestals,
+amplitude, saturation, energy) are :mod:`.estimators`; this module only walks
+the structure, checks it, unpacks the samples and logs issues.
+
+Arguments come grouped in named tuples (:data:`IndexColumns`,
+:data:`DecodeSetup`, :data:`ChannelOutputs`, :data:`EventOutputs`,
+:data:`IssueLog`). Issue log: ``log.records`` (``ISSUE_DTYPE`` rows) of fixed
+capacity; the running total is ``log.counters[0]``. A log that overflows keeps
+counting, and the wrapper reruns with a larger log, so counts are always exact.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
+from . import estimators
 from . import layout as L
-from .errors import FIRST_NOTICE, Issue
+from .channelmap import SRC_MSADC as _SRC_MSADC
+from .channelmap import SRC_SCALERS as _SRC_SCALERS
+from .channelmap import SRC_TRIGGER_TIME as _SRC_TRIGGER_TIME
+from ..errors import FIRST_NOTICE, Issue
+
+#: rows of the event index being filled (one array per column, same length)
+IndexColumns = namedtuple(
+    "IndexColumns", "offset size status type run burst event trigger time super_event ldc")
+#: the accepted rows to decode: word offset, size in words and status of each
+EventRows = namedtuple("EventRows", "offset size status")
+#: what the decoder needs to know: srcID kinds, (srcID, port, channel) -> slot, gains, estimator settings
+DecodeSetup = namedtuple("DecodeSetup", "src_kind lookup gain pedestal_samples threshold with_samples")
+#: per (row, slot) results; ``samples`` is (rows, slots, max samples), or empty without samples
+ChannelOutputs = namedtuple(
+    "ChannelOutputs", "nsamples pedestal_even pedestal_odd amplitude energy saturated samples")
+#: per row results
+EventOutputs = namedtuple("EventOutputs", "trigger_time scalers ldc_mask")
+#: issue records, the running count ``counters[0]``, decode errors per row
+IssueLog = namedtuple("IssueLog", "records counters event_errors")
 
 # numba freezes module globals: plain ints, derived once from the layout.
 _MAGIC = L.DATE_MAGIC
 _MAGIC_SWAPPED = L.DATE_MAGIC_SWAPPED
 _MIN_HEADER_BYTES = L.DATE_HEADER_BYTES
 _MIN_VERSION = L.DATE_MIN_VERSION
-_HDR_WORDS = L.DATE_HEADER_WORDS
-_EQ_WORDS = L.EQUIPMENT_HEADER_WORDS
-_SL_WORDS = L.SLINK_HEADER_WORDS
+_WORD_BYTES = L.WORD_BYTES
+_WORD_MASK = L.WORD_MASK
+_BYTE_BITS = L.BYTE_BITS
+_BYTE_MASK = L.BYTE_MASK
 _SUPER = L.SUPER_EVENT_BIT
 _TYPE_MASK = L.TYPE_MASK
+_KNOWN_TYPES = L.KNOWN_EVENT_TYPES
+# DATE header word indices
+_H_SIZE = L.H_SIZE
+_H_MAGIC = L.H_MAGIC
+_H_HEADER_SIZE = L.H_HEADER_SIZE
+_H_VERSION = L.H_VERSION
+_H_TYPE = L.H_TYPE
+_H_RUN = L.H_RUN
+_H_BURST_EVENT = L.H_BURST_EVENT
+_H_TRIGGER_0 = L.H_TRIGGER_0
+_H_TRIGGER_1 = L.H_TRIGGER_1
+_H_ATTRIBUTES_2 = L.H_ATTRIBUTES_2
+_H_LDC = L.H_LDC
+_H_TIME = L.H_TIME
+_BURST_SHIFT = L.BURST_SHIFT
+_BURST_MASK = L.BURST_MASK
+_EVENT_MASK = L.EVENT_IN_BURST_MASK
+_TRIGGER_LOW_SHIFT = L.TRIGGER_LOW_SHIFT
+_TRIGGER_HIGH_SHIFT = L.TRIGGER_HIGH_SHIFT
+# equipment + S-Link
+_EQ_WORDS = L.EQUIPMENT_HEADER_WORDS
+_EQ_SIZE = L.EQ_SIZE
+_EQ_ID = L.EQ_ID
+_SL_WORDS = L.SLINK_HEADER_WORDS
+_SL_SIZE_MASK = L.SLINK_SIZE_MASK
+_SL_SRC_SHIFT = L.SLINK_SRC_SHIFT
+_SL_SRC_MASK = L.SLINK_SRC_MASK
+_SL_EVENT_MASK = L.SLINK_EVENT_MASK
+_SL_SPILL_SHIFT = L.SLINK_SPILL_SHIFT
+_SL_SPILL_MASK = L.SLINK_SPILL_MASK
+# MSADC
+_ADC_KEY = L.ADC_KEY
+_ADC_KEY_PLACEHOLDER = L.ADC_KEY_PLACEHOLDER
+_ADC_KEY_SHIFT = L.ADC_KEY_SHIFT
+_ADC_EVENT_MASK = L.ADC_EVENT_MASK
+_ADC_SIZE_SHIFT = L.ADC_SIZE_SHIFT
+_ADC_SIZE_MASK = L.ADC_SIZE_MASK
+_ADC_ID_SHIFT = L.ADC_ID_SHIFT
+_ADC_ID_MASK = L.ADC_ID_MASK
+_ADC_PORT_SHIFT = L.ADC_PORT_SHIFT
+_ADC_PORT_MASK = L.ADC_PORT_MASK
+_ADC_MODULE_SHIFT = L.ADC_MODULE_SHIFT
+_ADC_MODULE_MASK = L.ADC_MODULE_MASK
+_CHANNEL_ID = L.CHANNEL_ID
+_CH_ID_SHIFT = L.CH_ID_SHIFT
+_CH_SAMPLES_SHIFT = L.CH_SAMPLES_SHIFT
+_CH_SAMPLES_MASK = L.CH_SAMPLES_MASK
+_CH_CHAN_SHIFT = L.CH_CHAN_SHIFT
+_CH_CHAN_MASK = L.CH_CHAN_MASK
+_MARKER_SHIFT = L.DATA_MARKER_SHIFT
+_MARKER_FIRST = L.DATA_MARKER_FIRST
+_MARKER_NEXT = L.DATA_MARKER_NEXT
+_SAMPLE_MASK = L.SAMPLE_MASK
+_SAMPLE_ODD_SHIFT = L.SAMPLE_ODD_SHIFT
+_SAMPLES_PER_WORD = L.SAMPLES_PER_WORD
+_MAX_WORDS_PER_CHANNEL = (L.MAX_SAMPLES + L.SAMPLES_PER_WORD - 1) // L.SAMPLES_PER_WORD
+_N_SCALERS = L.N_SCALERS
+_PORTS = L.PORTS
+_CH_PER_PORT = L.CHANNELS_PER_PORT
+_CH_PER_ADC = L.CHANNELS_PER_ADC
+_MAX_SRC = L.MAX_SRC_ID
+_LDC_MASK_TOP = np.iinfo(np.uint32).bits - 1  # LDC ids beyond the mask's bits share its top bit
 
 _ISSUE_ADC_BAD_KEY = int(Issue.ADC_BAD_KEY)
 _ISSUE_ADC_BAD_SIZE = int(Issue.ADC_BAD_SIZE)
@@ -53,19 +145,15 @@ _ISSUE_UNKNOWN_SRC = int(Issue.UNKNOWN_SRC_ID)
 _ISSUE_SCALERS_SHORT = int(Issue.SCALERS_SHORT)
 _FIRST_NOTICE = FIRST_NOTICE
 
-_SRC_MSADC = 1
-_SRC_SCALERS = 2
-_SRC_TRIGGER_TIME = 3
-_N_SCALERS = L.N_SCALERS
-_PORTS = L.PORTS
-_CH_PER_PORT = L.CHANNELS_PER_PORT
-_CH_PER_ADC = L.CHANNELS_PER_ADC
-_MAX_SRC = L.MAX_SRC_ID
-
 
 @njit(cache=True, nogil=True)
 def _bswap32(x):
-    return ((x & 0xFF) << 24) | ((x & 0xFF00) << 8) | ((x >> 8) & 0xFF00) | ((x >> 24) & 0xFF)
+    """``x`` with its four bytes in reverse order."""
+    out = x & 0
+    for _ in range(_WORD_BYTES):
+        out = (out << _BYTE_BITS) | (x & _BYTE_MASK)
+        x = x >> _BYTE_BITS
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -76,26 +164,26 @@ def _check_event(words, p, limit):
     means the size cannot be trusted: the caller must resynchronise.
     """
     remaining = limit - p
-    if remaining < 2:
+    if remaining <= _H_MAGIC:
         return _ISSUE_TRUNCATED, 0
-    size = np.int64(words[p])
-    magic = words[p + 1]
+    size = np.int64(words[p + _H_SIZE])
+    magic = words[p + _H_MAGIC]
     if magic == _MAGIC_SWAPPED:
         swapped = np.int64(_bswap32(np.uint32(size)))
-        if swapped % 4 == 0 and swapped >= _MIN_HEADER_BYTES and swapped // 4 <= remaining:
-            return _ISSUE_SWAPPED, swapped // 4
+        if swapped % _WORD_BYTES == 0 and swapped >= _MIN_HEADER_BYTES and swapped // _WORD_BYTES <= remaining:
+            return _ISSUE_SWAPPED, swapped // _WORD_BYTES
         return _ISSUE_SWAPPED, 0
     if magic != _MAGIC:
         return _ISSUE_MAGIC, 0
-    if size % 4 != 0 or size < _MIN_HEADER_BYTES:
+    if size % _WORD_BYTES != 0 or size < _MIN_HEADER_BYTES:
         return _ISSUE_HDR_SIZE, 0
-    size_words = size // 4
+    size_words = size // _WORD_BYTES
     if size_words > remaining:
         return _ISSUE_TRUNCATED, size_words
-    if words[p + 3] < _MIN_VERSION:
+    if words[p + _H_VERSION] < _MIN_VERSION:
         return _ISSUE_OLD, size_words
-    header = np.int64(words[p + 2])
-    if header < _MIN_HEADER_BYTES or header % 4 != 0 or header > size:
+    header = np.int64(words[p + _H_HEADER_SIZE])
+    if header < _MIN_HEADER_BYTES or header % _WORD_BYTES != 0 or header > size:
         return _ISSUE_HDR_SIZE, size_words
     return 0, size_words
 
@@ -120,11 +208,11 @@ def _resync(words, p, limit, want_super):
 @njit(cache=True, nogil=True)
 def _scan_words(words, p, limit, want_super):
     q = p
-    while q + 2 <= limit:
-        if words[q + 1] == _MAGIC:
-            size = np.int64(words[q])
-            if size % 4 == 0 and size >= _MIN_HEADER_BYTES and size // 4 <= limit - q:
-                is_super = 1 if (words[q + 13] & _SUPER) != 0 else 0
+    while q + _H_MAGIC < limit:
+        if words[q + _H_MAGIC] == _MAGIC:
+            size = np.int64(words[q + _H_SIZE])
+            if size % _WORD_BYTES == 0 and size >= _MIN_HEADER_BYTES and size // _WORD_BYTES <= limit - q:
+                is_super = 1 if (words[q + _H_ATTRIBUTES_2] & _SUPER) != 0 else 0
                 if is_super == want_super:
                     return q
         q += 1
@@ -134,8 +222,10 @@ def _scan_words(words, p, limit, want_super):
 @njit(cache=True, nogil=True)
 def _byte_word(data, b):
     """The little-endian word at byte ``b`` of the uint8 array ``data`` (any alignment)."""
-    return (np.int64(data[b]) | (np.int64(data[b + 1]) << 8) | (np.int64(data[b + 2]) << 16)
-            | (np.int64(data[b + 3]) << 24))
+    w = np.int64(0)
+    for i in range(_WORD_BYTES):
+        w |= np.int64(data[b + i]) << (_BYTE_BITS * i)
+    return w
 
 
 @njit(cache=True, nogil=True)
@@ -155,13 +245,16 @@ def _resync_bytes(data, b, b_end, byte_limit, want_super):
 
 @njit(cache=True, nogil=True)
 def _scan_bytes(data, b, b_end, byte_limit, want_super):
-    magic0 = _MAGIC & 0xFF
+    magic_at = _WORD_BYTES * _H_MAGIC
+    attributes_at = _WORD_BYTES * _H_ATTRIBUTES_2
+    size_at = _WORD_BYTES * _H_SIZE
+    magic0 = _MAGIC & _BYTE_MASK
     q = b
     while q < b_end and q + _MIN_HEADER_BYTES <= byte_limit:
-        if data[q + 4] == magic0 and _byte_word(data, q + 4) == _MAGIC:
-            size = _byte_word(data, q)
-            if size % 4 == 0 and size >= _MIN_HEADER_BYTES and size <= byte_limit - q:
-                is_super = 1 if (_byte_word(data, q + 52) & _SUPER) != 0 else 0
+        if data[q + magic_at] == magic0 and _byte_word(data, q + magic_at) == _MAGIC:
+            size = _byte_word(data, q + size_at)
+            if size % _WORD_BYTES == 0 and size >= _MIN_HEADER_BYTES and size <= byte_limit - q:
+                is_super = 1 if (_byte_word(data, q + attributes_at) & _SUPER) != 0 else 0
                 if is_super == want_super:
                     return q
         q += 1
@@ -169,12 +262,17 @@ def _scan_bytes(data, b, b_end, byte_limit, want_super):
 
 
 @njit(cache=True, nogil=True)
-def index_events(
-    words, data, byte_limit, start, stop, want_super, allow_shift,
-    out_offset, out_size, out_status, out_type, out_run, out_burst, out_event,
-    out_trigger, out_time, out_super, out_ldc,
-):
-    """Walk top-level DATE events from word ``start``; fill at most len(out_offset).
+def _known_type(t):
+    for known in _KNOWN_TYPES:
+        if t == known:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def index_events(words, data, byte_limit, start, stop, want_super, allow_shift, out):
+    """Walk top-level DATE events from word ``start``; fill at most len(out.offset) rows of ``out``
+    (:data:`IndexColumns`).
 
     ``data`` is the same buffer as uint8 (``byte_limit`` bytes of it usable).
     After damage the reader resynchronises to the next plausible event start:
@@ -186,9 +284,9 @@ def index_events(
     lost-sync flag: the last event was garbage with no event after it,
     shift: byte offset of the next event when it is not word-aligned, else -1
     — the caller re-aligns the buffer there and calls again).
-    Rejected events are indexed too, with their issue in ``out_status``.
+    Rejected events are indexed too, with their issue in ``out.status``.
     """
-    capacity = out_offset.shape[0]
+    capacity = out.offset.shape[0]
     p = start
     n = 0
     truncated = False
@@ -198,29 +296,30 @@ def index_events(
     while p < stop and n < capacity:
         lost_sync = False
         issue, size_words = _check_event(words, p, stop)
-        out_offset[n] = p
-        out_status[n] = issue
-        out_size[n] = size_words
-        out_type[n] = -1
-        out_run[n] = -1
-        out_burst[n] = -1
-        out_event[n] = -1
-        out_trigger[n] = 0
-        out_time[n] = 0
-        out_super[n] = False
-        out_ldc[n] = 0
+        out.offset[n] = p
+        out.status[n] = issue
+        out.size[n] = size_words
+        out.type[n] = -1
+        out.run[n] = -1
+        out.burst[n] = -1
+        out.event[n] = -1
+        out.trigger[n] = 0
+        out.time[n] = 0
+        out.super_event[n] = False
+        out.ldc[n] = 0
         if issue == 0:
-            out_type[n] = words[p + 4] & _TYPE_MASK
-            out_run[n] = words[p + 5]
-            out_burst[n] = words[p + 7] >> 20
-            out_event[n] = words[p + 7] & 0xFFFFF
-            out_trigger[n] = ((words[p + 8] >> 1) | (words[p + 9] << 31)) & 0xFFFFFFFF
-            out_time[n] = words[p + 16]
-            is_super = (words[p + 13] & _SUPER) != 0
-            out_super[n] = is_super
-            out_ldc[n] = words[p + 14]
-            t = out_type[n]
-            if t == 1 or t == 2 or (t >= 5 and t <= 8):
+            burst_event = words[p + _H_BURST_EVENT]
+            out.type[n] = words[p + _H_TYPE] & _TYPE_MASK
+            out.run[n] = words[p + _H_RUN]
+            out.burst[n] = (burst_event >> _BURST_SHIFT) & _BURST_MASK
+            out.event[n] = burst_event & _EVENT_MASK
+            out.trigger[n] = ((words[p + _H_TRIGGER_0] >> _TRIGGER_LOW_SHIFT)
+                              | (words[p + _H_TRIGGER_1] << _TRIGGER_HIGH_SHIFT)) & _WORD_MASK
+            out.time[n] = words[p + _H_TIME]
+            is_super = (words[p + _H_ATTRIBUTES_2] & _SUPER) != 0
+            out.super_event[n] = is_super
+            out.ldc[n] = words[p + _H_LDC]
+            if _known_type(out.type[n]):
                 # a known type: its super-event bit tells what the stream is made of (a damaged header may not)
                 want_super = 1 if is_super else 0
             p += size_words
@@ -232,26 +331,26 @@ def index_events(
             # untrusted start: find the next plausible one
             if allow_shift and issue != _ISSUE_TRUNCATED and sized:
                 # bytes lost inside the event before: the next one may start inside its claimed size
-                prev = out_offset[n - 1]
+                prev = out.offset[n - 1]
                 # (not knowing the stream yet: only a super event, never a sub-event of the one before)
                 inside = want_super if want_super >= 0 else 1
-                b = _resync_bytes(data, 4 * prev + _MIN_HEADER_BYTES, 4 * p, byte_limit, inside)
+                b = _resync_bytes(data, _WORD_BYTES * prev + _MIN_HEADER_BYTES, _WORD_BYTES * p, byte_limit, inside)
                 if b < byte_limit:
-                    if b % 4 != 0:
+                    if b % _WORD_BYTES != 0:
                         shift = b
-                    out_size[n - 1] = b // 4 - prev  # the event before ends where this one starts
-                    p = b // 4
+                    out.size[n - 1] = b // _WORD_BYTES - prev  # the event before ends where this one starts
+                    p = b // _WORD_BYTES
                     if shift >= 0:
                         break
                     continue
             if allow_shift:
-                b = _resync_bytes(data, 4 * p + 1, byte_limit, byte_limit, want_super)
+                b = _resync_bytes(data, _WORD_BYTES * p + 1, byte_limit, byte_limit, want_super)
                 if b >= byte_limit:
                     nxt = stop
-                elif b % 4 == 0:
-                    nxt = min(b // 4, stop)
+                elif b % _WORD_BYTES == 0:
+                    nxt = min(b // _WORD_BYTES, stop)
                 else:
-                    nxt = b // 4  # the shifted event starts inside this word
+                    nxt = b // _WORD_BYTES  # the shifted event starts inside this word
                     shift = b
             else:
                 nxt = _resync(words, p + 1, stop, want_super)
@@ -262,8 +361,8 @@ def index_events(
                     truncated = True
                     p = stop
                     break
-                out_status[n] = _ISSUE_BAD_SIZE
-            out_size[n] = nxt - p
+                out.status[n] = _ISSUE_BAD_SIZE
+            out.size[n] = nxt - p
             lost_sync = nxt >= stop and shift < 0
             p = nxt
             sized = False
@@ -275,257 +374,222 @@ def index_events(
 
 
 @njit(cache=True, nogil=True)
-def _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-         k, src, kind, detail, word_offset):
-    i = counters[0]
-    if i < issues_kind.shape[0]:
-        issues_event[i] = k
-        issues_src[i] = src
-        issues_kind[i] = kind
-        issues_detail[i] = detail
-        issues_offset[i] = word_offset * 4
-    counters[0] = i + 1
+def _log(log, k, src, kind, detail, word_offset):
+    """Record one issue of row ``k`` (``word_offset``: where in ``words``)."""
+    i = log.counters[0]
+    if i < log.records.shape[0]:
+        record = log.records[i]
+        record.event = k
+        record.src_id = src
+        record.kind = kind
+        record.detail = detail
+        record.offset = word_offset * _WORD_BYTES
+    log.counters[0] = i + 1
     if kind < _FIRST_NOTICE:
-        event_errors[k] += 1
+        log.event_errors[k] += 1
 
 
 @njit(cache=True, nogil=True)
-def _decode_msadc(
-    words, a, b, k, src, event_number,
-    lookup, gain, ped_samples, threshold,
-    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
-    issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-):
+def _unpack_channel(words, first, nwords, even, odd):
+    """Split the data words [first, first + nwords) into the even and odd samples.
+
+    Returns the word index of the first data word with a wrong marker, or -1.
+    The unpack loop has no branch (markers are checked by AND and OR of the
+    words: every marker equals NEXT iff both do), so the compiler vectorises it.
+    """
+    w = words[first]
+    even[0] = w & _SAMPLE_MASK
+    odd[0] = (w >> _SAMPLE_ODD_SHIFT) & _SAMPLE_MASK
+    all_and = _WORD_MASK
+    any_or = 0
+    for i in range(1, nwords):
+        w = words[first + i]
+        even[i] = w & _SAMPLE_MASK
+        odd[i] = (w >> _SAMPLE_ODD_SHIFT) & _SAMPLE_MASK
+        all_and &= w
+        any_or |= w
+    if (words[first] >> _MARKER_SHIFT) != _MARKER_FIRST:
+        return first
+    if nwords > 1 and ((all_and >> _MARKER_SHIFT) != _MARKER_NEXT or (any_or >> _MARKER_SHIFT) != _MARKER_NEXT):
+        for i in range(1, nwords):  # rare: find the first bad one for the log
+            if (words[first + i] >> _MARKER_SHIFT) != _MARKER_NEXT:
+                return first + i
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _store_channel(k, slot, n, even, odd, setup, channels):
+    """The estimators of one good channel into (row k, slot)."""
+    window = setup.pedestal_samples
+    pedestal_even, pedestal_odd = estimators.pedestals(even, odd, n, window)
+    amp = estimators.amplitude(even, odd, n, window, pedestal_even, pedestal_odd)
+    channels.nsamples[k, slot] = n
+    channels.pedestal_even[k, slot] = pedestal_even
+    channels.pedestal_odd[k, slot] = pedestal_odd
+    channels.amplitude[k, slot] = amp
+    channels.energy[k, slot] = estimators.energy(amp, setup.gain[slot], setup.threshold)
+    channels.saturated[k, slot] = estimators.saturated(even, odd, n)
+    if setup.with_samples:
+        for j in range(min(n, channels.samples.shape[2])):
+            half = j // _SAMPLES_PER_WORD
+            channels.samples[k, slot, j] = even[half] if j % _SAMPLES_PER_WORD == 0 else odd[half]
+
+
+@njit(cache=True, nogil=True)
+def _decode_msadc(words, a, b, k, src, event_number, setup, channels, log, even, odd):
     """MSADC data format 3 chip data in words [a, b) of event row k.
 
     A channel's results are written only once the whole channel has checked
     out, so a damaged channel never overwrites an earlier good copy.
     """
-    nmax = samples.shape[2]
     q = a
     while q < b:
         h = words[q]
-        key = h >> 30
-        size = (h >> 12) & 0xFFF
-        if key == 0 and size == 1:
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, src, _ISSUE_MISSING, (h >> 25) & 0x1F, q)
+        key = h >> _ADC_KEY_SHIFT
+        size = (h >> _ADC_SIZE_SHIFT) & _ADC_SIZE_MASK
+        if key == _ADC_KEY_PLACEHOLDER and size == 1:
+            _log(log, k, src, _ISSUE_MISSING, (h >> _ADC_MODULE_SHIFT) & _ADC_MODULE_MASK, q)
             q += 1
             continue
-        if key != 3:
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, src, _ISSUE_ADC_BAD_KEY, h, q)
+        if key != _ADC_KEY:
+            _log(log, k, src, _ISSUE_ADC_BAD_KEY, h, q)
             return
         if size == 0 or q + size > b:
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, src, _ISSUE_ADC_BAD_SIZE, size, q)
+            _log(log, k, src, _ISSUE_ADC_BAD_SIZE, size, q)
             return
         end = q + size
-        if (h & 0xFFF) != (event_number & 0xFFF):
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, src, _ISSUE_ADC_EVENT, h & 0xFFF, q)
+        if (h & _ADC_EVENT_MASK) != (event_number & _ADC_EVENT_MASK):
+            _log(log, k, src, _ISSUE_ADC_EVENT, h & _ADC_EVENT_MASK, q)
             q = end
             continue
-        adc_id = (h >> 25) & 0x3
-        port = (h >> 27) & 0x7
+        adc_id = (h >> _ADC_ID_SHIFT) & _ADC_ID_MASK
+        port = (h >> _ADC_PORT_SHIFT) & _ADC_PORT_MASK
         base = (src * _PORTS + port) * _CH_PER_PORT + adc_id * _CH_PER_ADC
         r = q + 1
         while r < end:
             ch = words[r]
-            if (ch >> 30) != 1:
-                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                     k, src, _ISSUE_CH_ID, ch, r)
+            if (ch >> _CH_ID_SHIFT) != _CHANNEL_ID:
+                _log(log, k, src, _ISSUE_CH_ID, ch, r)
                 break
-            n = (ch >> 16) & 0x1FF
-            nwords = (n + 1) >> 1
+            n = (ch >> _CH_SAMPLES_SHIFT) & _CH_SAMPLES_MASK
+            nwords = (n + _SAMPLES_PER_WORD - 1) // _SAMPLES_PER_WORD
             if n == 0 or r + 1 + nwords > end:
-                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                     k, src, _ISSUE_CH_SAMPLES, n, r)
+                _log(log, k, src, _ISSUE_CH_SAMPLES, n, r)
                 break
-            chan_id = (ch >> 26) & 0xF
-            slot = lookup[base + chan_id]
-            # unpack the data words into scratch, checking each word's marker
-            bad_marker = -1
-            for i in range(nwords):
-                w = words[r + 1 + i]
-                if (w >> 30) != (1 if i == 0 else 2):
-                    bad_marker = r + 1 + i
-                    break
-                scratch[2 * i] = w & 0xFFF
-                scratch[2 * i + 1] = (w >> 12) & 0xFFF
-            if bad_marker < 0:
-                # pedestals: mean of samples 0 .. ped_samples-1, even and odd apart
-                sum_even = 0.0
-                sum_odd = 0.0
-                sat = False
-                n_ped = min(ped_samples, n)
-                for j in range(0, n_ped, 2):
-                    sum_even += scratch[j]
-                    sat |= scratch[j] == 4095
-                for j in range(1, n_ped, 2):
-                    sum_odd += scratch[j]
-                    sat |= scratch[j] == 4095
-                cnt_even = (n_ped + 1) >> 1
-                cnt_odd = n_ped >> 1
-                pe = sum_even / cnt_even if cnt_even > 0 else 0.0
-                po = sum_odd / cnt_odd if cnt_odd > 0 else 0.0
-                # amplitude: largest sample - pedestal(parity) after the pedestal window
-                amp = 0.0
-                if n > n_ped:
-                    amp = -1.0e300
-                    for j in range(n_ped, n):
-                        sj = scratch[j]
-                        sat |= sj == 4095
-                        d = sj - (pe if (j & 1) == 0 else po)
-                        if d > amp:
-                            amp = d
+            chan_id = (ch >> _CH_CHAN_SHIFT) & _CH_CHAN_MASK
+            bad_marker = _unpack_channel(words, r + 1, nwords, even, odd)
             if bad_marker >= 0:
-                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                     k, src, _ISSUE_MARKER, words[bad_marker] >> 30, bad_marker)
+                _log(log, k, src, _ISSUE_MARKER, words[bad_marker] >> _MARKER_SHIFT, bad_marker)
                 break
+            slot = setup.lookup[base + chan_id]
             if slot < 0:
-                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                     k, src, _ISSUE_UNKNOWN_CH, port * _CH_PER_PORT + adc_id * _CH_PER_ADC + chan_id, r)
+                _log(log, k, src, _ISSUE_UNKNOWN_CH, port * _CH_PER_PORT + adc_id * _CH_PER_ADC + chan_id, r)
             else:
-                nsamples[k, slot] = n
-                ped_even[k, slot] = pe
-                ped_odd[k, slot] = po
-                amplitude[k, slot] = amp
-                energy[k, slot] = gain[slot] * amp if amp > threshold else 0.0
-                saturated[k, slot] = sat
-                if with_samples:
-                    for j in range(min(n, nmax)):
-                        samples[k, slot, j] = scratch[j]
+                _store_channel(k, slot, n, even, odd, setup, channels)
             r += 1 + nwords
         q = end
 
 
 @njit(cache=True, nogil=True)
-def _decode_equipments(
-    words, a, b, k, event_number, burst,
-    src_kind, lookup, gain, ped_samples, threshold,
-    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
-    trigger_time, scalers,
-    issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-):
+def _decode_equipments(words, a, b, k, event_number, burst, setup, channels, events, log, even, odd):
     """Equipments (equipment header + S-Link block) in words [a, b) of event row k."""
     q = a
     while q < b:
-        esize = np.int64(words[q])
+        esize = np.int64(words[q + _EQ_SIZE])
         if b - q < _EQ_WORDS:
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, -1, _ISSUE_EQ_SIZE, esize, q)
+            _log(log, k, -1, _ISSUE_EQ_SIZE, esize, q)
             return
-        if esize % 4 != 0 or esize < 4 * _EQ_WORDS or q + esize // 4 > b:
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, np.int64(words[q + 2]), _ISSUE_EQ_SIZE, esize, q)
+        if esize % _WORD_BYTES != 0 or esize < _WORD_BYTES * _EQ_WORDS or q + esize // _WORD_BYTES > b:
+            _log(log, k, np.int64(words[q + _EQ_ID]), _ISSUE_EQ_SIZE, esize, q)
             return
-        ew = esize // 4
-        src = np.int64(words[q + 2])
+        ew = esize // _WORD_BYTES
+        src = np.int64(words[q + _EQ_ID])
         s = q + _EQ_WORDS
-        if ew < _EQ_WORDS + _SL_WORDS or (words[s] & 0xFFFF) + _EQ_WORDS != ew:
+        if ew < _EQ_WORDS + _SL_WORDS or (words[s] & _SL_SIZE_MASK) + _EQ_WORDS != ew:
             kind = _ISSUE_SL_SIZE
-        elif ((words[s] >> 16) & 0x3FF) != src:
+        elif ((words[s] >> _SL_SRC_SHIFT) & _SL_SRC_MASK) != src:
             kind = _ISSUE_SL_SRC
-        elif (words[s + 1] & 0xFFFFF) != event_number:
+        elif (words[s + 1] & _SL_EVENT_MASK) != event_number:
             kind = _ISSUE_SL_EVENT
-        elif ((words[s + 1] >> 20) & 0x7FF) != (burst & 0x7FF):
+        elif ((words[s + 1] >> _SL_SPILL_SHIFT) & _SL_SPILL_MASK) != (burst & _SL_SPILL_MASK):
             kind = _ISSUE_SL_SPILL
         else:
             kind = 0
         if kind != 0:
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, src, kind, words[s] if ew > _EQ_WORDS else 0, s)
+            _log(log, k, src, kind, words[s] if ew > _EQ_WORDS else 0, s)
             q += ew
             continue
         c0 = s + _SL_WORDS
         c1 = q + ew
-        what = src_kind[src] if src < _MAX_SRC else 0
+        what = setup.src_kind[src] if src < _MAX_SRC else 0
         if what == _SRC_MSADC:
-            _decode_msadc(
-                words, c0, c1, k, src, event_number, lookup, gain, ped_samples, threshold,
-                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
-                issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-            )
+            _decode_msadc(words, c0, c1, k, src, event_number, setup, channels, log, even, odd)
         elif what == _SRC_SCALERS:
             m = c1 - c0
             if m < _N_SCALERS:
-                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                     k, src, _ISSUE_SCALERS_SHORT, m, c0)
+                _log(log, k, src, _ISSUE_SCALERS_SHORT, m, c0)
             for i in range(min(m, _N_SCALERS)):
-                scalers[k, i] = words[c0 + i]
+                events.scalers[k, i] = words[c0 + i]
         elif what == _SRC_TRIGGER_TIME:
             if c1 > c0:
-                trigger_time[k] = words[c0]
+                events.trigger_time[k] = words[c0]
         else:
-            _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                 k, src, _ISSUE_UNKNOWN_SRC, 0, q)
+            _log(log, k, src, _ISSUE_UNKNOWN_SRC, 0, q)
         q += ew
 
 
 @njit(cache=True, nogil=True)
-def decode_events(
-    words, offsets, sizes, status,
-    src_kind, lookup, gain, ped_samples, threshold,
-    nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
-    trigger_time, scalers, ldc_mask,
-    issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-):
-    """Decode every accepted (status 0) indexed event into row k of the outputs."""
-    scratch = np.empty(512, dtype=np.uint16)  # one channel's samples (n < 512)
-    nslots = nsamples.shape[1]
-    for k in range(offsets.shape[0]):
+def _mark_ldc(events, k, ldc):
+    events.ldc_mask[k] |= np.uint32(1) << np.uint32(min(ldc, _LDC_MASK_TOP))
+
+
+@njit(cache=True, nogil=True)
+def decode_events(words, rows, setup, channels, events, log):
+    """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
+    ``channels`` (:data:`ChannelOutputs`) and ``events`` (:data:`EventOutputs`), issues into ``log``."""
+    even = np.empty(_MAX_WORDS_PER_CHANNEL, dtype=np.uint16)  # one channel's samples
+    odd = np.empty(_MAX_WORDS_PER_CHANNEL, dtype=np.uint16)
+    nslots = channels.nsamples.shape[1]
+    for k in range(rows.offset.shape[0]):
         # outputs arrive uninitialised: every row starts with every channel absent
         for slot in range(nslots):
-            nsamples[k, slot] = 0
-            ped_even[k, slot] = 0.0
-            ped_odd[k, slot] = 0.0
-            amplitude[k, slot] = 0.0
-            energy[k, slot] = 0.0
-            saturated[k, slot] = False
-        if status[k] != 0:
+            channels.nsamples[k, slot] = 0
+            channels.pedestal_even[k, slot] = 0.0
+            channels.pedestal_odd[k, slot] = 0.0
+            channels.amplitude[k, slot] = 0.0
+            channels.energy[k, slot] = 0.0
+            channels.saturated[k, slot] = False
+        if rows.status[k] != 0:
             continue
-        p = offsets[k]
-        end = p + sizes[k]
-        header_words = words[p + 2] // 4
-        event_number = words[p + 7] & 0xFFFFF
-        burst = words[p + 7] >> 20
-        if (words[p + 13] & _SUPER) == 0:
-            ldc = words[p + 14]
-            ldc_mask[k] |= np.uint32(1) << np.uint32(min(ldc, 31))
-            _decode_equipments(
-                words, p + header_words, end, k, event_number, burst, src_kind, lookup, gain, ped_samples, threshold,
-                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
-                trigger_time, scalers,
-                issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-            )
+        p = rows.offset[k]
+        end = p + rows.size[k]
+        header_words = words[p + _H_HEADER_SIZE] // _WORD_BYTES
+        burst_event = words[p + _H_BURST_EVENT]
+        event_number = burst_event & _EVENT_MASK
+        burst = (burst_event >> _BURST_SHIFT) & _BURST_MASK
+        if (words[p + _H_ATTRIBUTES_2] & _SUPER) == 0:
+            _mark_ldc(events, k, words[p + _H_LDC])
+            _decode_equipments(words, p + header_words, end, k, event_number, burst, setup, channels, events, log,
+                               even, odd)
             continue
         q = p + header_words
         while q < end:
             issue, sub_words = _check_event(words, q, end)
             if issue != 0:
-                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                     k, -1, issue, 0, q)
+                _log(log, k, -1, issue, 0, q)
                 if sub_words == 0 or issue == _ISSUE_TRUNCATED:
                     break
                 q += sub_words
                 continue
             if (
-                (words[q + 4] & _TYPE_MASK) != (words[p + 4] & _TYPE_MASK)
-                or words[q + 5] != words[p + 5]
-                or words[q + 7] != words[p + 7]
+                (words[q + _H_TYPE] & _TYPE_MASK) != (words[p + _H_TYPE] & _TYPE_MASK)
+                or words[q + _H_RUN] != words[p + _H_RUN]
+                or words[q + _H_BURST_EVENT] != words[p + _H_BURST_EVENT]
             ):
-                _log(issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-                     k, -1, _ISSUE_SUB, words[q + 14], q)
+                _log(log, k, -1, _ISSUE_SUB, words[q + _H_LDC], q)
                 q += sub_words
                 continue
-            ldc = words[q + 14]
-            ldc_mask[k] |= np.uint32(1) << np.uint32(min(ldc, 31))
-            _decode_equipments(
-                words, q + words[q + 2] // 4, q + sub_words, k, event_number, burst,
-                src_kind, lookup, gain, ped_samples, threshold,
-                nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples, scratch,
-                trigger_time, scalers,
-                issues_event, issues_src, issues_kind, issues_detail, issues_offset, counters, event_errors,
-            )
+            _mark_ldc(events, k, words[q + _H_LDC])
+            _decode_equipments(words, q + words[q + _H_HEADER_SIZE] // _WORD_BYTES, q + sub_words, k, event_number,
+                               burst, setup, channels, events, log, even, odd)
             q += sub_words

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .errors import ChannelMapError
+from ..errors import ChannelMapError
 
 COLUMNS = ("src_id", "port", "channel", "detector", "module", "x", "y", "gain_gev")
 DETECTORS = ("ECAL", "HCAL", "SRD", "VETO", "S")

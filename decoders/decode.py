@@ -16,12 +16,15 @@ Two steps, both numba kernels behind these wrappers:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
+from ..config_section import ConfigSection
 from . import _kernels, layout
 from .channelmap import ChannelMap
-from .errors import Issue
+from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
 
@@ -35,16 +38,14 @@ def as_words(data) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(buf[:whole]).view(layout.WORD), len(buf) - whole
 
 
-@dataclass(frozen=True)
-class ReconstructionParams:
-    """Spec §11 per-channel numbers (every value is configuration)."""
+class ReconstructionParams(ConfigSection):
+    """Spec §11 per-channel numbers (every value is configuration; ``[monitor.reconstruction]``)."""
 
-    pedestal_samples: int = 6
+    section: ClassVar[str] = "monitor.reconstruction"
+
+    pedestal_samples: int = Field(6, ge=1, le=510)
+    #: ADC counts above pedestal for a hit; the channel-health occupancy uses it too (``health.hit_threshold``)
     amplitude_threshold: float = 20.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.pedestal_samples <= 510:
-            raise ValueError(f"pedestal_samples must be within 1..510, got {self.pedestal_samples}")
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift):
         capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
         cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
         n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
-            words, data, byte_limit, position, stop, want_super, allow_shift, *cols
+            words, data, byte_limit, position, stop, want_super, allow_shift, _kernels.IndexColumns(*cols)
         )
         parts.append([c[:n] for c in cols])
     if parts:
@@ -310,60 +311,49 @@ def decode_events(
         or np.any(accepted & (index.size < layout.DATE_HEADER_WORDS))
     ):
         raise ValueError("index does not belong to these words")
-    if with_samples and not 1 <= max_samples <= 511:
-        raise ValueError("max_samples must be within 1..511")
-    offsets = np.ascontiguousarray(index.offset, dtype=np.int64)
-    sizes = np.ascontiguousarray(index.size, dtype=np.int64)
-    status = np.ascontiguousarray(index.status)
+    if with_samples and not 1 <= max_samples <= layout.MAX_SAMPLES:
+        raise ValueError(f"max_samples must be within 1..{layout.MAX_SAMPLES}")
+    rows = _kernels.EventRows(np.ascontiguousarray(index.offset, dtype=np.int64),
+                              np.ascontiguousarray(index.size, dtype=np.int64), np.ascontiguousarray(index.status))
+    setup = _kernels.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev),
+                                 int(params.pedestal_samples), float(params.amplitude_threshold), bool(with_samples))
     # the kernel initialises every row itself
-    nsamples = np.empty((n, nslots), dtype=np.uint16)
-    ped_even = np.empty((n, nslots))
-    ped_odd = np.empty((n, nslots))
-    amplitude = np.empty((n, nslots))
-    energy = np.empty((n, nslots))
-    saturated = np.empty((n, nslots), dtype=np.bool_)
-    samples = np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16)
-    trigger_time = np.full(n, -1, dtype=np.int64)
-    scalers = np.full((n, layout.N_SCALERS), -1, dtype=np.int64)
-    ldc_mask = np.zeros(n, dtype=np.uint32)
+    channels = _kernels.ChannelOutputs(
+        nsamples=np.empty((n, nslots), dtype=np.uint16),
+        pedestal_even=np.empty((n, nslots)),
+        pedestal_odd=np.empty((n, nslots)),
+        amplitude=np.empty((n, nslots)),
+        energy=np.empty((n, nslots)),
+        saturated=np.empty((n, nslots), dtype=np.bool_),
+        samples=np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16),
+    )
     capacity = 64 + 4 * n
     while True:
-        issues = np.zeros(capacity, dtype=ISSUE_DTYPE)
-        cols = [np.ascontiguousarray(issues[name]) for name in ISSUE_DTYPE.names]
-        counters = np.zeros(1, dtype=np.int64)
-        errors = np.zeros(n, dtype=np.int32)
-        _kernels.decode_events(
-            words, offsets, sizes, status,
-            channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev),
-            params.pedestal_samples, float(params.amplitude_threshold),
-            nsamples, ped_even, ped_odd, amplitude, energy, saturated, samples, with_samples,
-            trigger_time, scalers, ldc_mask,
-            *cols, counters, errors,
-        )
-        total = int(counters[0])
+        events = _kernels.EventOutputs(trigger_time=np.full(n, -1, dtype=np.int64),
+                                       scalers=np.full((n, layout.N_SCALERS), -1, dtype=np.int64),
+                                       ldc_mask=np.zeros(n, dtype=np.uint32))
+        log = _kernels.IssueLog(np.zeros(capacity, dtype=ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
+                                np.zeros(n, dtype=np.int32))
+        _kernels.decode_events(words, rows, setup, channels, events, log)
+        total = int(log.counters[0])
         if total <= capacity:
             break
         # rare: more issues than room; decode again with room for all (outputs are overwritten)
         capacity = total
-        ldc_mask[:] = 0
-        trigger_time[:] = -1
-        scalers[:] = -1
-    for name, col in zip(ISSUE_DTYPE.names, cols):
-        issues[name] = col
     return DecodedEvents(
         index=index,
-        nsamples=nsamples,
-        pedestal_even=ped_even,
-        pedestal_odd=ped_odd,
-        amplitude=amplitude,
-        energy=energy,
-        saturated=saturated,
-        trigger_time_us=trigger_time,
-        scalers=scalers,
-        ldc_mask=ldc_mask,
-        errors=errors,
-        issues=issues[:total],
-        samples=samples if with_samples else None,
+        nsamples=channels.nsamples,
+        pedestal_even=channels.pedestal_even,
+        pedestal_odd=channels.pedestal_odd,
+        amplitude=channels.amplitude,
+        energy=channels.energy,
+        saturated=channels.saturated,
+        trigger_time_us=events.trigger_time,
+        scalers=events.scalers,
+        ldc_mask=events.ldc_mask,
+        errors=log.event_errors,
+        issues=log.records[:total].copy(),
+        samples=channels.samples if with_samples else None,
     )
 
 

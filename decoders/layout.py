@@ -17,6 +17,9 @@ import numpy as np
 
 WORD = np.dtype("<u4")
 WORD_BYTES = 4
+WORD_MASK = 0xFFFFFFFF
+BYTE_BITS = 8
+BYTE_MASK = 0xFF
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,12 @@ EVENT_TYPE_NAMES = {
     CALIBRATION_EVENT: "CALIBRATION_EVENT",
 }
 
+# Trigger mask from header words 8 and 9: mask = (w8 >> 1) | (w9 << 31), 32 bits
+TRIGGER_LOW_SHIFT = 1
+TRIGGER_HIGH_SHIFT = 31
+#: event types whose super-event bit tells what the stream is made of
+KNOWN_EVENT_TYPES = (START_OF_RUN, END_OF_RUN, START_OF_BURST, END_OF_BURST, PHYSICS_EVENT, CALIBRATION_EVENT)
+
 # Trigger mask bits [convention]
 TRIGGER_PHYSICS = 1 << 0
 TRIGGER_BEAM = 1 << 1
@@ -166,7 +175,7 @@ TRIGGER_CALIBRATION = 1 << 3
 
 def trigger_words(mask: int) -> tuple[int, int]:
     """Inverse of ``mask = (w8 >> 1) | (w9 << 31)``: the two trigger-pattern words."""
-    return (mask << 1) & 0xFFFFFFFF, (mask >> 31) & 1
+    return (mask << TRIGGER_LOW_SHIFT) & WORD_MASK, (mask >> TRIGGER_HIGH_SHIFT) & 1
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +193,8 @@ EQUIPMENT_HEADER = WordLayout(
     ),
 )
 EQUIPMENT_HEADER_WORDS = 7
+EQ_SIZE = EQUIPMENT_HEADER.index("size")
+EQ_ID = EQUIPMENT_HEADER.index("id")
 EQUIPMENT_TYPE_SLINK = 64
 EQUIPMENT_ELEMENT_SIZE = 4
 
@@ -242,6 +253,9 @@ ADC_SIZE_SHIFT, ADC_SIZE_MASK = ADC_HEADER["size"].shift, ADC_HEADER["size"].mas
 ADC_ID_SHIFT, ADC_ID_MASK = ADC_HEADER["adc_id"].shift, ADC_HEADER["adc_id"].mask
 ADC_PORT_SHIFT, ADC_PORT_MASK = ADC_HEADER["port"].shift, ADC_HEADER["port"].mask
 ADC_KEY_SHIFT, ADC_KEY_MASK = ADC_HEADER["key"].shift, ADC_HEADER["key"].mask
+#: a module-missing placeholder's detail: its adc_id and port bits together
+ADC_MODULE_SHIFT = ADC_ID_SHIFT
+ADC_MODULE_MASK = (1 << (ADC_HEADER["adc_id"].width + ADC_HEADER["port"].width)) - 1
 
 CHANNEL_HEADER = BitLayout(
     "MSADC channel header",
@@ -272,6 +286,8 @@ DATA_MARKER_NEXT = 2
 SAMPLE_MASK = DATA_WORD["sample_even"].mask
 SAMPLE_ODD_SHIFT = DATA_WORD["sample_odd"].shift
 DATA_MARKER_SHIFT, DATA_MARKER_MASK = DATA_WORD["marker"].shift, DATA_WORD["marker"].mask
+SAMPLES_PER_WORD = 2
+MAX_SAMPLES = CH_SAMPLES_MASK  # n is a 9-bit field
 ADC_SATURATION = 4095
 CHANNELS_PER_ADC = 16
 CHANNELS_PER_PORT = 64

@@ -9,18 +9,22 @@ missing-energy candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from ..config_section import ConfigSection, FieldProblem
 from . import layout
 from .channelmap import ECAL, HCAL, SRD, VETO, ChannelMap
 from .decode import DecodedEvents
-from .errors import ISSUE_DESCRIPTIONS, Issue
+from ..errors import ISSUE_DESCRIPTIONS, Issue
 
 
-@dataclass(frozen=True)
-class PhysicsCuts:
-    """Spec §11 selection; every number is configuration, defaults are the spec's."""
+class PhysicsCuts(ConfigSection):
+    """Spec §11 selection; every number is configuration, defaults are the spec's (``[monitor.cuts]``)."""
+
+    section: ClassVar[str] = "monitor.cuts"
 
     srd_module_min_gev: float = 0.001
     srd_sum_min_gev: float = 0.005
@@ -31,15 +35,16 @@ class PhysicsCuts:
     candidate_hcal_max_gev: float = 1.0
     candidate_veto_max_gev: float = 0.01
     beam_cell: tuple[int, int] = (2, 2)
-    physics_trigger_bit: int = 0
-    beam_trigger_bit: int = 1
+    physics_trigger_bit: int = Field(0, ge=0, le=31)
+    beam_trigger_bit: int = Field(1, ge=0, le=31)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _agree(self) -> "PhysicsCuts":
         if self.srd_sum_min_gev > self.srd_sum_max_gev:
-            raise ValueError("srd_sum_min_gev must not exceed srd_sum_max_gev")
-        for bit in (self.physics_trigger_bit, self.beam_trigger_bit):
-            if not 0 <= bit < 32:
-                raise ValueError(f"trigger bit {bit} not within 0..31")
+            raise FieldProblem("srd_sum_min_gev", f"must not exceed srd_sum_max_gev ({self.srd_sum_max_gev})")
+        if self.physics_trigger_bit == self.beam_trigger_bit:
+            raise FieldProblem("beam_trigger_bit", f"must differ from physics_trigger_bit ({self.physics_trigger_bit})")
+        return self
 
 
 def _columns(slots: np.ndarray):

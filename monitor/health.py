@@ -42,12 +42,16 @@ not enter its history, so a persistent fault never becomes its own reference.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
+from pydantic import Field, model_validator
+
+from ..config_section import ConfigSection, FieldProblem
 
 from ..decoders.channelmap import DETECTORS, ChannelMap
+from ..decoders.decode import ReconstructionParams
 
 PHYSICS_EVENT = 7
 KINDS = ("dead", "hot", "noisy", "drifting", "saturating")
@@ -91,14 +95,22 @@ def _ratio(num, den):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def hit_threshold(health: "HealthConfig", reconstruction: ReconstructionParams) -> float:
+    """The occupancy hit threshold: ``health.hit_threshold`` if set, else the reconstruction's amplitude threshold."""
+    return health.hit_threshold if health.hit_threshold is not None else reconstruction.amplitude_threshold
+
+
 class ChannelStats:
     """Per-slot statistics of one spill (or part of one); exact, mergeable, picklable.
 
     ``ChannelStats(channel_map)`` (or a slot count) fits the ``SpillProcessor``
-    extension factory signature. ``hit_threshold`` is in ADC counts.
+    extension factory signature. ``hit_threshold`` is in ADC counts; the
+    service passes ``health.hit_threshold``, by default the reconstruction's
+    amplitude threshold (:func:`hit_threshold`), whose default is also this one's.
     """
 
-    def __init__(self, channel_map: ChannelMap | int, hit_threshold: float = 20.0) -> None:
+    def __init__(self, channel_map: ChannelMap | int,
+                 hit_threshold: float = ReconstructionParams().amplitude_threshold) -> None:
         nslots = channel_map if isinstance(channel_map, (int, np.integer)) else len(channel_map)
         self.nslots = int(nslots)
         self.hit_threshold = float(hit_threshold)
@@ -216,16 +228,20 @@ class ChannelStats:
         return out
 
 
-@dataclass(frozen=True)
-class HealthConfig:
-    """Thresholds of channel-health detection (ADC counts, fractions per physics event)."""
+class HealthConfig(ConfigSection):
+    """Thresholds of channel-health detection (``[health]``; ADC counts, fractions per physics event)."""
 
-    window: int = 10  # spills of healthy history kept per channel
-    min_history: int = 3  # healthy spills needed before history-based checks (and the pedestal baseline)
+    section: ClassVar[str] = "health"
+
+    #: amplitude (ADC counts) above which a channel counts as hit for its occupancy; None: the
+    #: reconstruction's ``monitor.reconstruction.amplitude_threshold`` (so the two cannot diverge)
+    hit_threshold: float | None = None
+    window: int = Field(10, ge=1)  # spills of healthy history kept per channel
+    min_history: int = Field(3, ge=1)  # healthy spills needed before history-based checks (and the pedestal baseline)
     min_events: int = 500  # physics events for a spill to be judged at all
     min_present: int = 50  # events a channel must be present for pedestal checks
-    raise_after: int = 2  # consecutive bad spills before a finding is raised
-    clear_after: int = 1  # consecutive good spills before it clears
+    raise_after: int = Field(2, ge=1)  # consecutive bad spills before a finding is raised
+    clear_after: int = Field(1, ge=1)  # consecutive good spills before it clears
     # dead
     dead_rms: float = 0.05  # both pedestal RMS at or below: flat line
     dead_fraction: float = 0.2  # occupancy or presence below this fraction of its reference
@@ -243,11 +259,11 @@ class HealthConfig:
     # saturating
     saturation_min_delta: float | None = 0.05  # saturation rate above reference; None: off
 
-    def __post_init__(self) -> None:
-        if self.window < 1 or not 1 <= self.min_history <= self.window:
-            raise ValueError("need window >= 1 and 1 <= min_history <= window")
-        if self.raise_after < 1 or self.clear_after < 1:
-            raise ValueError("raise_after and clear_after must be >= 1")
+    @model_validator(mode="after")
+    def _agree(self) -> "HealthConfig":
+        if self.min_history > self.window:
+            raise FieldProblem("min_history", f"must not exceed window ({self.window})")
+        return self
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,14 @@ of another run arrives (``reason="new run"``) and on :meth:`RunHistograms.reset`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import boost_histogram as bh
 import hist
 import numpy as np
+from pydantic import model_validator
+
+from ..config_section import ConfigSection, FieldProblem
 
 TRIGGERS = ("beam", "physics", "random", "calibration", "electron", "candidate")
 TRIGGER_INDEX = {name: i for i, name in enumerate(TRIGGERS)}
@@ -53,9 +55,10 @@ _CALIBRATION_TYPE = 8
 _RANDOM_BIT = 2
 
 
-@dataclass(frozen=True)
-class HistogramConfig:
-    """Binning (GeV unless stated). Spill and run histograms must share it."""
+class HistogramConfig(ConfigSection):
+    """Binning (GeV unless stated; ``[histograms]``): (bins, low, high). Spill and run histograms share it."""
+
+    section: ClassVar[str] = "histograms"
 
     e_ecal: tuple[int, float, float] = (300, 0.0, 150.0)
     e_ps: tuple[int, float, float] = (250, 0.0, 50.0)
@@ -66,11 +69,13 @@ class HistogramConfig:
     veto: tuple[int, float, float] = (100, 0.0, 0.05)
     time_us: tuple[int, float, float] = (600, 0.0, 6.0e6)  # 10 ms bins over 6 s
 
-    def __post_init__(self) -> None:
-        for name in ("e_ecal", "e_ps", "e_hcal", "e_total", "plane", "srd", "veto", "time_us"):
+    @model_validator(mode="after")
+    def _bins(self) -> "HistogramConfig":
+        for name in type(self).model_fields:
             bins, lo, hi = getattr(self, name)
-            if int(bins) < 1 or not hi > lo:
-                raise ValueError(f"{name}: need bins >= 1 and hi > lo, got {getattr(self, name)}")
+            if bins < 1 or not hi > lo:
+                raise FieldProblem(name, f"need bins >= 1 and high > low, got {list(getattr(self, name))}")
+        return self
 
 
 N_CLASSES = 36  # be (3) × pk (3) × random (2) × calibration (2)

@@ -11,7 +11,7 @@ published into a :class:`SnapshotStore` (swapping a reference under a lock):
 
 :class:`Na64Collector` (registered on the registry passed to
 :func:`register_metrics`) reads both at scrape time. Label sets are bounded:
-``kind`` = the decoder's :class:`~na64_online.decoders.errors.Issue` labels
+``kind`` = the decoder's :class:`~na64_online.errors.Issue` labels
 (anything else counts as ``other``), ``subsystem`` = beam, ecal, hcal, srd,
 veto, daq, overall; ``estimator`` = hcal, srd; ``detector`` × channel-finding
 ``kind``; ``reason`` = readout_silent, monitor_stuck. Quality states are
@@ -28,13 +28,13 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..decoders.channelmap import DETECTORS
-from ..decoders.errors import Issue
+from ..errors import Issue
 from .health import KINDS as FINDING_KINDS
 from .quality import SUBSYSTEMS, QualityState
 
@@ -44,6 +44,10 @@ QUALITY_SUBSYSTEMS = SUBSYSTEMS + ("overall",)
 NO_DATA_REASONS = ("readout_silent", "monitor_stuck")  # monitor.liveness.REASONS
 BAD_MESSAGE_KINDS = ("bad_envelope", "damaged_payload", "duplicate", "reordered", "sequence_jump")  # daq.subscriber
 MEMORY_STAGES = ("builder", "tasks")
+#: overall quality of a spill as counted in na64_spills_by_quality_total (NONE: judged without a state)
+SPILL_QUALITIES = ("GOOD", "WARNING", "BAD", "NO_DATA", "NONE")
+ALARM_SEVERITIES = ("info", "warning", "critical")  # monitor.alarms.SEVERITIES
+ALERTMANAGER_OUTCOMES = ("sent", "failed", "dropped")
 PROCESSING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -81,6 +85,9 @@ class ServiceHealth:
     memory_resident_bytes: int = 0  # the service process's resident memory
     memory_buffered_bytes: Mapping[str, int] = field(default_factory=dict)  # by stage
     receive_hwm_messages: int = 0  # the SUB socket's receive high-water mark now (derived from the budget)
+    workers_ready: int = 0  # decoder workers (local and remote) ready for tasks now
+    workers_seen: int = 0  # workers that said HELLO since start
+    workers_lost: int = 0  # workers taken for dead (no result within task_timeout_s, or gone) since start
     #: per readout node (LDC id as text): connected, last_message_time (Unix s), messages, lost_messages,
     #: messages_per_second — the dashboard's node tiles
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -113,6 +120,15 @@ class MonitorSnapshot:
     quality: Mapping[str, Any] | None = None  # last SpillQuality.to_dict()
     findings: tuple[Mapping[str, Any], ...] = ()  # last active channel findings (dicts)
     published_at: float | None = None
+    errors_by_source: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # srcID label -> decode errors
+    spills_by_quality: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # overall state -> spills
+    archived_spills: int = 0  # spills whose archive transaction committed
+    archived_at: float | None = None  # Unix s of the last committed archive write
+
+    def with_archive_write(self, now: float | None = None) -> "MonitorSnapshot":
+        """One more spill committed to the archive."""
+        return replace(self, archived_spills=self.archived_spills + 1,
+                       archived_at=time.time() if now is None else now)
 
     def with_spill(self, record: Mapping[str, Any], quality=None, findings=None, now: float | None = None
                    ) -> "MonitorSnapshot":
@@ -126,6 +142,10 @@ class MonitorSnapshot:
                 key = label if label in ERROR_KINDS else "other"
                 errors[key] = errors.get(key, 0) + int(n)
                 attributed += int(n)
+        by_source = dict(self.errors_by_source)
+        for src, per_src in (record.get("errors_by_src") or {}).items():
+            label = "event" if str(src) in ("-1", "event") else str(src)
+            by_source[label] = by_source.get(label, 0) + sum(int(n) for n in per_src.values())
         rest = int(record.get("decode_errors") or 0) - attributed
         if rest > 0:
             errors["other"] = errors.get("other", 0) + rest
@@ -144,6 +164,11 @@ class MonitorSnapshot:
         if findings is not None and hasattr(findings, "findings"):
             findings = findings.findings
         findings = tuple(f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in (findings or ()))
+        by_quality = dict(self.spills_by_quality)
+        overall = (quality or {}).get("overall")
+        overall = str(getattr(overall, "name", overall) or "NONE")
+        overall = overall if overall in SPILL_QUALITIES else "NONE"
+        by_quality[overall] = by_quality.get(overall, 0) + 1
         return replace(
             self,
             spills=self.spills + 1,
@@ -169,6 +194,8 @@ class MonitorSnapshot:
             quality=MappingProxyType(dict(quality)) if quality is not None else None,
             findings=findings,
             published_at=time.time() if now is None else now,
+            errors_by_source=MappingProxyType(by_source),
+            spills_by_quality=MappingProxyType(by_quality),
         )
 
 
@@ -206,6 +233,12 @@ class SnapshotStore:
         with self._lock:
             self._service = health
 
+    def publish_archive_write(self, now: float | None = None) -> MonitorSnapshot:
+        """A spill's archive transaction committed (``na64_archive_*``)."""
+        with self._lock:
+            self._monitor = self._monitor.with_archive_write(now)
+            return self._monitor
+
     def publish(self, monitor: MonitorSnapshot | None = None, service: ServiceHealth | None = None) -> None:
         """Replace either snapshot wholesale (e.g. restored from the archive)."""
         with self._lock:
@@ -226,10 +259,16 @@ def _finite(value, default=math.nan) -> float:
 class Na64Collector(Collector):
     """Custom collector: every sample is computed from the store's snapshots at scrape time."""
 
-    def __init__(self, store: SnapshotStore, clock=time.time, liveness=None) -> None:
+    def __init__(self, store: SnapshotStore, clock=time.time, liveness=None, *, sources: Sequence[str] = (),
+                 alarms=None, archive: bool = False) -> None:
         self.store = store
         self.clock = clock
         self.liveness = liveness  # callable giving a liveness.Liveness (live service), or None
+        #: srcID labels of na64_decode_errors_by_source_total (the channel map's, plus event and other)
+        self.sources = tuple(dict.fromkeys([*(str(s) for s in sources), "event", "other"]))
+        #: callable giving the alarm engine's view: {"active": [alarm dicts], "delivery": {sent, failed, dropped…}}
+        self.alarms = alarms
+        self.archive = archive  # whether the spills are archived (na64_archive_* exported)
 
     def describe(self):
         return self._families(MonitorSnapshot(), ServiceHealth(started=0.0), describe=True)
@@ -252,22 +291,29 @@ class Na64Collector(Collector):
         counter("na64_ingest_messages", "ZeroMQ messages received", s.messages_received)
         counter("na64_ingest_events", "DATE events received", s.events_received)
         counter("na64_ingest_bytes", "payload bytes received", s.bytes_received, unit="bytes")
-        counter("na64_ingest_dropped_messages", "messages dropped by the service (queue full)", s.dropped_messages)
+        counter("na64_ingest_dropped_messages", "readout messages lost before the service: ZeroMQ sequence gaps "
+                "summed over the readout nodes (dropped at a high-water mark or in the network)", s.dropped_messages)
         counter("na64_ingest_skipped_events", "events of types outside spills, skipped", s.skipped_events)
         gauge("na64_ingest_events_per_second", "recent ingest rate, events per second", s.ingest_events_per_second)
         gauge("na64_ingest_bytes_per_second", "recent ingest rate, bytes per second", s.ingest_bytes_per_second)
         gauge("na64_ingest_lag_seconds", "how far processing is behind arrival", s.lag_seconds, unit="seconds")
         age = self.clock() - s.last_message_time if s.last_message_time is not None else math.nan
         gauge("na64_ingest_last_message_age_seconds", "time since the newest message arrived", age, unit="seconds")
-        gauge("na64_ingest_queue_messages", "messages waiting in the processing queue", s.queue_depth)
-        gauge("na64_ingest_queue_capacity_messages", "capacity of the processing queue", s.queue_capacity)
+        gauge("na64_ingest_queue_tasks", "decoding tasks waiting for a worker or at a worker", s.queue_depth)
+        gauge("na64_ingest_queue_capacity_tasks", "decoding tasks that may wait or be at workers at once",
+              s.queue_capacity)
         gauge("na64_ingest_sources_connected", "readout nodes connected", s.sources_connected)
         counter("na64_worker_refused_messages", "malformed messages refused on the worker port",
                 s.worker_refused_messages)
         counter("na64_worker_refused_results", "worker results refused (did not decode)", s.worker_refused_results)
         counter("na64_worker_refused_peers", "workers refused (CurveZMQ handshake or protocol)",
                 s.worker_refused_peers)
-        gauge("na64_service_start_time_seconds", "Unix time the service started", s.started, unit="seconds")
+        gauge("na64_service_start_time_seconds", "Unix time the service process started", s.started,
+              unit="seconds")
+        gauge("na64_workers_ready", "decoder workers (local and remote) ready for tasks", s.workers_ready)
+        counter("na64_workers_seen", "decoder workers that said HELLO since start", s.workers_seen)
+        counter("na64_workers_lost", "decoder workers taken for dead since start (no result in task_timeout_s)",
+                s.workers_lost)
         fam = CounterMetricFamily("na64_bad_messages", "bad readout messages by LDC (an expected LDC's id, other, "
                                   "unknown: envelope unreadable) and kind", labels=["ldc", "kind"])
         if not describe:
@@ -306,6 +352,27 @@ class Na64Collector(Collector):
             for kind in NOTICE_KINDS:
                 fam_n.add_metric([kind], m.decode_notices.get(kind, 0))
         out += [fam, fam_n]
+        fam = CounterMetricFamily("na64_decode_errors_by_source", "decode errors by srcID (the channel map's "
+                                  "srcIDs; event: damage above any equipment; other: any other srcID)",
+                                  labels=["src_id"])
+        if not describe:
+            counts = dict.fromkeys(self.sources, 0)
+            for src, n in m.errors_by_source.items():
+                key = src if src in counts else "other"
+                counts[key] += int(n)
+            for src, n in counts.items():
+                fam.add_metric([src], n)
+        out.append(fam)
+        fam = CounterMetricFamily("na64_spills_by_quality", "spills processed by their overall quality "
+                                  "(NONE: judged without a state)", labels=["quality"])
+        if not describe:
+            for q in SPILL_QUALITIES:
+                fam.add_metric([q], m.spills_by_quality.get(q, 0))
+        out.append(fam)
+        if self.archive:
+            counter("na64_archive_spills", "spills committed to the archive", m.archived_spills)
+            gauge("na64_archive_last_write_timestamp_seconds", "Unix time of the last archive commit",
+                  m.archived_at if m.archived_at is not None else math.nan, unit="seconds")
         counter("na64_beam_particles", "beam particles on target (scaler S1·S2), summed", m.beam_particles)
         counter("na64_eot", "electrons on target, summed since service start", m.eot)
         counter("na64_candidates", "missing-energy candidates", m.candidates)
@@ -351,7 +418,8 @@ class Na64Collector(Collector):
         gauge("na64_dead_time_ratio", "1 − accepted/raw triggers, last spill", last.get("dead_time_fraction"),
               unit="ratio")
         fam = GaugeMetricFamily("na64_hadron_fraction", "hadron fraction of beam-trigger events, last spill "
-                                "(estimator hcal: E_HCAL > 10 GeV; srd: no electron tag)", labels=["estimator"])
+                                "(estimator hcal: E_HCAL > 10 GeV; srd: no electron tag)", labels=["estimator"],
+                                unit="ratio")
         if not describe:
             fam.add_metric(["hcal"], _finite(last.get("hadron_fraction")))
             fam.add_metric(["srd"], _finite(last.get("hadron_fraction_srd")))
@@ -381,14 +449,82 @@ class Na64Collector(Collector):
             for (d, k), n in counts.items():
                 fam.add_metric([d, k], n)
         out.append(fam)
+        if self.alarms is not None:
+            out += self._alarm_families(describe)
+        return out
+
+    def _alarm_families(self, describe: bool) -> list:
+        """The service's own alarms as a metric (like Prometheus's ALERTS) and their delivery to Alertmanager."""
+        view = {} if describe else (self.alarms() or {})
+        active = GaugeMetricFamily("na64_alarm_active", "1 per active alarm of the service (its rules and service "
+                                   "alarms), by name, severity and state (raised, acknowledged, silenced)",
+                                   labels=["alertname", "severity", "state"])
+        for alarm in view.get("active", ()):
+            active.add_metric([str(alarm.get("name")), str(alarm.get("severity")), str(alarm.get("state"))], 1.0)
+        out = [active]
+        delivery = view.get("delivery") or {}
+        for outcome, doc in (("sent", "requests Alertmanager accepted"),
+                             ("failed", "requests to Alertmanager that failed (unreachable, timeout, HTTP error)"),
+                             ("dropped", "batches of alerts dropped unsent (the sender's queue was full)")):
+            out.append(CounterMetricFamily(f"na64_alertmanager_{outcome}", doc,
+                                           value=None if describe else int(delivery.get(outcome, 0))))
+        out.append(GaugeMetricFamily("na64_alertmanager_last_success_timestamp_seconds",
+                                     "Unix time Alertmanager last accepted a request (NaN: never)",
+                                     value=None if describe else _finite(delivery.get("last_success")),
+                                     unit="seconds"))
         return out
 
 
 def register_metrics(registry: CollectorRegistry, store: SnapshotStore | None = None,
-                     liveness=None) -> SnapshotStore:
+                     liveness=None, *, sources: Sequence[str] = (), alarms=None, archive: bool = False,
+                     process: bool = False) -> SnapshotStore:
     """Register an :class:`Na64Collector` on ``registry``; returns the store to publish into.
 
-    ``liveness``: a callable giving the live service's :class:`~.liveness.Liveness` (staleness)."""
+    ``liveness``: a callable giving the live service's :class:`~.liveness.Liveness` (staleness);
+    ``sources``: the channel map's srcIDs (labels of ``na64_decode_errors_by_source_total``);
+    ``alarms``: a callable giving ``{"active": [...], "delivery": {...}}`` (``na64_alarm_active``,
+    ``na64_alertmanager_*``); ``archive``: export ``na64_archive_*``; ``process``: also the standard
+    ``process_*`` and ``python_info`` collectors and ``na64_build_info``.
+    """
     store = store or SnapshotStore()
-    registry.register(Na64Collector(store, liveness=liveness))
+    registry.register(Na64Collector(store, liveness=liveness, sources=sources, alarms=alarms, archive=archive))
+    if process:
+        from prometheus_client import PlatformCollector, ProcessCollector
+
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        registry.register(BuildInfoCollector())
     return store
+
+
+def alarm_view(engine) -> dict:
+    """The alarm engine's active alarms and Alertmanager delivery counts, for metrics and /api/health."""
+    notifier = engine.notifier
+    notifiers = getattr(notifier, "notifiers", [notifier] if notifier is not None else [])
+    delivery = {"sent": 0, "failed": 0, "dropped": 0, "last_success": None, "last_error": None}
+    configured = False
+    for n in notifiers:
+        stats = getattr(n, "stats", None)
+        if callable(stats) and hasattr(n, "urls"):
+            configured = True
+            got = stats()
+            for key in ("sent", "failed", "dropped"):
+                delivery[key] += int(got.get(key) or 0)
+            for key in ("last_success", "last_error"):
+                delivery[key] = got.get(key) or delivery[key]
+    delivery["configured"] = configured
+    return {"active": engine.active(), "delivery": delivery}
+
+
+class BuildInfoCollector(Collector):
+    """``na64_build_info{version, python}`` = 1: which build runs (join on it in queries)."""
+
+    def collect(self):
+        import platform
+
+        from .. import __version__
+
+        fam = GaugeMetricFamily("na64_build_info", "the running build: version of na64-online and Python",
+                                labels=["version", "python"])
+        fam.add_metric([__version__, platform.python_version()], 1.0)
+        yield fam

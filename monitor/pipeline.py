@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
+
+from ..config_section import ConfigSection
 
 from ..daq.live import LiveExtras
 from ..decoders import layout
@@ -27,29 +30,24 @@ from ..decoders.decode import (
     issue_counts,
     merge_fragments,
 )
-from ..decoders.errors import FIRST_NOTICE, Issue
+from ..errors import FIRST_NOTICE, Issue
 from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, reconstruct
 
 _NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}
 
 
-@dataclass(frozen=True)
-class MonitorConfig:
-    """Per-spill processing settings (part of the service configuration)."""
+class MonitorConfig(ConfigSection):
+    """Per-spill processing settings (``[monitor]``)."""
 
-    chunk_events: int = 4096
+    section: ClassVar[str] = "monitor"
+
+    chunk_events: int = Field(4096, ge=1, le=1 << 20)
     reconstruction: ReconstructionParams = ReconstructionParams()
     cuts: PhysicsCuts = PhysicsCuts()
     #: live service: no spill record for this long raises ``no_data``, /readyz answers 503
-    #: (default: three of the simulator's 20 s SPS cycles; the spec has a spill every ~15–40 s)
-    no_data_after_seconds: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.chunk_events <= 1 << 20:
-            raise ValueError(f"chunk_events must be within 1..{1 << 20}, got {self.chunk_events}")
-        if not (isinstance(self.no_data_after_seconds, (int, float)) and 2 <= self.no_data_after_seconds <= 86400):
-            # the ingest loop reports itself once a second: a shorter silence could not tell a stuck loop
-            raise ValueError(f"no_data_after_seconds must be within [2, 86400], got {self.no_data_after_seconds}")
+    #: (default: three of the simulator's 20 s SPS cycles; the spec has a spill every ~15–40 s).
+    #: At least 2 s: the ingest loop reports itself once a second, a shorter silence could not tell a stuck loop.
+    no_data_after_seconds: float = Field(60.0, ge=2, le=86400)
 
 
 @dataclass(frozen=True)

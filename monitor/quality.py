@@ -25,10 +25,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
+from pydantic import model_validator
 from scipy import stats as _stats
+
+from ..config_section import ConfigSection, FieldProblem
 
 from .histograms import TRIGGER_INDEX
 
@@ -64,9 +67,10 @@ class QualityState(IntEnum):
         return max(states) if states else cls.NO_DATA
 
 
-@dataclass(frozen=True)
-class QualityConfig:
-    """Thresholds. ``*_warning`` / ``*_bad`` are upper limits unless named ``range``."""
+class QualityConfig(ConfigSection):
+    """Thresholds (``[quality]``). ``*_warning`` / ``*_bad`` are upper limits unless named ``range``."""
+
+    section: ClassVar[str] = "quality"
 
     min_events: int = 200  # data events to judge physics checks
     min_beam_events: int = 100  # beam-trigger events to judge the hadron fraction
@@ -112,16 +116,23 @@ class QualityConfig:
     reference_min_entries: int = 200
     reference_min_bin_count: float = 10.0  # merge adjacent bins until spill + reference ≥ this
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _agree(self) -> "QualityConfig":
         if not self.reference_p_bad <= self.reference_p_warning:
-            raise ValueError("reference_p_bad must not exceed reference_p_warning")
+            raise FieldProblem("reference_p_bad", f"must not exceed reference_p_warning ({self.reference_p_warning})")
         for name in ("hadron_fraction", "energy_scale", "srd_excess", "decode_error_rate", "lost_event_rate",
                      "dead_time", "trigger_mismatch", "modules_missing_rate", "dropped_event_rate",
-                     "incomplete_event_rate"):
+                     "incomplete_event_rate", "channels"):
             if getattr(self, f"{name}_bad") < getattr(self, f"{name}_warning"):
-                raise ValueError(f"{name}_bad must not be below {name}_warning")
-        if self.channels_bad < self.channels_warning:
-            raise ValueError("channels_bad must not be below channels_warning")
+                raise FieldProblem(f"{name}_bad", f"must not be below {name}_warning ({getattr(self, f'{name}_warning')})")
+        for name in ("beam_range_warning", "beam_range_bad", "spill_duration_range_us"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] <= bounds[1]:
+                raise FieldProblem(name, f"needs low <= high, got {list(bounds)}")
+        if self.reference_trigger not in TRIGGER_INDEX:
+            raise FieldProblem("reference_trigger", f"must be one of {', '.join(TRIGGER_INDEX)}, "
+                                                    f"got {self.reference_trigger!r}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -163,7 +174,7 @@ class SpillQuality:
 
     def alarms(self) -> list[dict]:
         """Spec §12 alarm objects for the checks that are WARNING (severity "warning") or BAD
-        ("critical"; the severities of monitor/alarms.py)."""
+        ("critical"; the severities of monitor/alarms/rules.py)."""
         return [
             {"name": c.name, "severity": "critical" if c.state == QualityState.BAD else "warning",
              "detail": c.detail, "subsystem": c.subsystem, "state": c.state.name, "value": c.to_dict()["value"]}

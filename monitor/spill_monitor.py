@@ -20,7 +20,7 @@ from typing import Any
 from ..decoders.channelmap import ChannelMap
 from .alarms import AlarmConfig, AlarmEngine
 from .archive import Archive, ArchiveConfig
-from .health import ChannelHistory, ChannelStats, HealthConfig, HealthReport
+from .health import ChannelHistory, ChannelStats, HealthConfig, HealthReport, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
 from ..daq.live import LiveExtras
@@ -31,9 +31,13 @@ STATS, HISTOGRAMS = "channel_stats", "histograms"
 
 
 def make_processor(
-    channel_map: ChannelMap, monitor: MonitorConfig = MonitorConfig(), histograms: HistogramConfig = HistogramConfig()
+    channel_map: ChannelMap, monitor: MonitorConfig = MonitorConfig(), histograms: HistogramConfig = HistogramConfig(),
+    health: HealthConfig = HealthConfig(),
 ) -> SpillProcessor:
     """The spill processor with the monitoring extensions (channel statistics, histograms).
+
+    The channel statistics count hits above ``health.hit_threshold``, by default the reconstruction's
+    ``monitor.reconstruction.amplitude_threshold`` (:func:`.health.hit_threshold`).
 
     Built from plain arguments, so decoder workers — local processes or other
     hosts — build the very same one from the set-up text the service sends them
@@ -42,7 +46,8 @@ def make_processor(
     return SpillProcessor(
         monitor,
         channel_map,
-        extensions={STATS: ChannelStats, HISTOGRAMS: functools.partial(SpillHistograms, config=histograms)},
+        extensions={STATS: functools.partial(ChannelStats, hit_threshold=hit_threshold(health, monitor.reconstruction)),
+                    HISTOGRAMS: functools.partial(SpillHistograms, config=histograms)},
     )
 
 
@@ -77,7 +82,7 @@ class SpillMonitor:
         self.channel_map = channel_map
         self.histogram_config = histograms
         self.quality_config = quality
-        self.processor = make_processor(channel_map, monitor, histograms)
+        self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
         self.archive = Archive.from_config(archive) if archive is not None else None
@@ -140,6 +145,7 @@ class SpillMonitor:
             self.archive.store_spill(
                 record, quality_dict, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
             )
+            self.metrics.publish_archive_write()
         else:
             self.alarms.take_events()
         self.metrics.publish_spill(record, quality, report)
@@ -174,6 +180,7 @@ class SpillMonitor:
         record["alarms"] = []  # none evaluated from this spill
         if self.archive is not None:
             self.archive.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
+            self.metrics.publish_archive_write()
         self.spills_interrupted += 1
         return record
 

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..decoders.errors import FormatError, Issue
+from ..errors import Issue, ResultFormatError
 from .health import ChannelStats
 from .histograms import HistogramConfig, SpillHistograms
 from .pipeline import Candidate, SpillAccumulator
@@ -49,10 +49,6 @@ _COUNTERS = ("events", "physics_events", "calibration_events", "beam_events", "h
 _FLAGS = ("saw_start_of_burst", "saw_end_of_burst")
 _CANDIDATE_VALUES = ("e_ps", "e_ecal", "e_hcal", "srd_sum", "veto_max")
 _MAX_SCALERS = 64
-
-
-class ResultFormatError(FormatError):
-    """A worker's result that does not follow this module's format; it is refused, never used."""
 
 
 # =========================================================================== encoding

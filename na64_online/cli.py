@@ -1,4 +1,4 @@
-"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | format``.
+"""Command line: ``na64-online simulate | replay | dump | serve | demo | worker | keys | archive | config | format``.
 
 Bad input (missing file, not a DATE stream, bad map or config, bad option)
 ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -19,8 +19,9 @@ from . import __version__
 from .config import Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
-from .decoders.errors import DaqError
+from .errors import DaqError
 from .monitor.alarms import ALARM_STATES
+from .logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging
 from .monitor.jsonable import dumps
 from .monitor.quality import INTERRUPTED, QualityState
 
@@ -50,6 +51,29 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- replay
+def _add_log_format(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get(LOG_FORMAT_ENV, "text")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=default if default in LOG_FORMATS else "text",
+                   help="log lines on stderr: text, or one JSON object per line with run and spill "
+                        "(journald, Loki); default text")
+
+
+def _use_log_format(log_format: str, level: int) -> None:
+    """Configure logging; local worker processes inherit the format through the environment."""
+    os.environ[LOG_FORMAT_ENV] = log_format
+    configure_logging(level, log_format)
+
+
+def _say(text: str) -> None:
+    """A status line of serve/demo on stderr: plain text, or a JSON log line with ``--log-format json``."""
+    if os.environ.get(LOG_FORMAT_ENV) == "json":
+        import logging
+
+        logging.getLogger("na64_online.cli").warning("%s", text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 def _summary_line(record: dict) -> str:
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
@@ -90,6 +114,43 @@ def cmd_replay(args) -> int:
                     print(dumps(record) if args.json else _summary_line(record), flush=True)
     finally:
         replayer.close()
+    return status
+
+
+# ---------------------------------------------------------------- reprocess
+def cluster_config_from_args(config: Config, args):
+    """The ``[cluster]`` configuration with the ``reprocess`` command-line options applied."""
+    changes = {}
+    for opt, name in (("scheduler", "scheduler"), ("workers", "workers"), ("retries", "retries"),
+                      ("tls_ca", "tls_ca_file"), ("tls_cert", "tls_cert_file"), ("tls_key", "tls_key_file")):
+        value = getattr(args, opt)
+        if value is not None:
+            changes[name] = value
+    return config.cluster.replace(**changes)
+
+
+def cmd_reprocess(args) -> int:
+    """Raw files on a Dask cluster (each spill a task reading its own bytes), merged in order as replay does."""
+    from .reprocess import Reprocessor, require_dask
+
+    require_dask()  # before anything else: without Dask, say how to install it
+    config, channel_map = _load(args)
+    cluster = cluster_config_from_args(config, args)
+    status = 0
+
+    def on_record(record: dict) -> None:
+        print(dumps(record) if args.json else _summary_line(record), flush=True)
+
+    def on_note(path: str, level: str, text: str) -> None:
+        nonlocal status
+        print(f"na64-online: {level}: {path}: {text}", file=sys.stderr, flush=True)
+        if level == "error":
+            status = EXIT_DATA
+
+    runner = Reprocessor(config, channel_map, cluster, archive=args.archive,
+                         progress=sys.stderr.isatty() and not args.quiet)
+    stats = runner.run(args.files, on_record, on_note)
+    print(f"na64-online: {stats.summary()}", file=sys.stderr, flush=True)
     return status
 
 
@@ -198,6 +259,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
+def _scheduler(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
+        raise argparse.ArgumentTypeError(f"expected a Dask scheduler address like tcp://HOST:8786, got {text!r}")
+    return text
+
+
 def _rate(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     try:
@@ -207,7 +275,7 @@ def _rate(text: str) -> tuple[str, float]:
 
 
 def simulation_config_from_args(args):
-    from .daq.simulator import SimulationConfig
+    from .sim.simulator import SimulationConfig
 
     return SimulationConfig(
         run=args.run,
@@ -231,7 +299,7 @@ def simulation_config_from_args(args):
 
 
 def cmd_simulate(args) -> int:
-    from .daq.simulator import write_raw_file
+    from .sim.simulator import write_raw_file
 
     _, channel_map = _load(args)
     try:
@@ -254,7 +322,7 @@ def _publish_simulation(args, sim_config, channel_map) -> int:
     from .daq.publisher import (
         PublisherConfig, ReadoutPublisher, parse_corruptions, parse_sequences, simulated_ldc_spills,
     )
-    from .daq.simulator import ReadoutSimulator
+    from .sim.simulator import ReadoutSimulator
 
     ldcs = args.ldc or []
     if len(ldcs) != len(args.publish):
@@ -306,8 +374,6 @@ def _publish_simulation(args, sim_config, channel_map) -> int:
 # ---------------------------------------------------------------- serve / worker
 def ingest_config_from_args(config: Config, args):
     """The ``[ingest]`` configuration with the ``serve`` command-line options applied."""
-    import dataclasses
-
     from .daq.ingest import IngestConfig
 
     ingest = getattr(config, "ingest", None) or IngestConfig()
@@ -320,10 +386,7 @@ def ingest_config_from_args(config: Config, args):
             changes[name] = value
     if args.expected_ldc:
         changes["expected_ldcs"] = tuple(args.expected_ldc)
-    try:
-        return dataclasses.replace(ingest, **changes)
-    except ValueError as exc:
-        raise DaqError(f"bad ingest settings: {exc}") from None
+    return ingest.replace(**changes)  # a ConfigError names the key
 
 
 def cmd_serve(args) -> int:
@@ -333,7 +396,7 @@ def cmd_serve(args) -> int:
 
     from .service import LiveService
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _use_log_format(args.log_format, logging.INFO)
     config, channel_map = _load(args)
     config = _with_http(config, args.http)
     ingest = ingest_config_from_args(config, args)
@@ -346,13 +409,12 @@ def cmd_serve(args) -> int:
                           web=False if args.no_web else None)
     try:
         with _stop_signals(done):  # SIGTERM/SIGINT, also during the warm-up: a clean stop, exit status 0
-            print("na64-online: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
-                  flush=True)
+            _say("na64-online: warming up (decoder kernels, workers) before subscribing …")
             service.start(abort=done)
             if not done.is_set():  # else stopped while warming up
                 web = f"; HTTP on {service.web.url}" if service.web is not None else ""
-                print(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at "
-                      f"{service.ingest.worker_endpoint}{web}", file=sys.stderr, flush=True)
+                _say(f"na64-online: serving {', '.join(ingest.endpoints)}; workers at "
+                      f"{service.ingest.worker_endpoint}{web}")
                 _run_until(done, args.duration, failed=lambda: service.failure)
     finally:
         service.stop()
@@ -362,20 +424,15 @@ def cmd_serve(args) -> int:
 def _exit_status(service) -> int:
     """0, or EXIT_FAILED with one line on stderr when a core thread of the service died."""
     if service.failure:
-        print(f"na64-online: error: the service failed: {service.failure}", file=sys.stderr, flush=True)
+        _say(f"na64-online: error: the service failed: {service.failure}")
         return EXIT_FAILED
     return 0
 
 
 def _with_http(config: Config, http) -> Config:
-    import dataclasses
-
     if http is None:
         return config
-    try:
-        return config.replace(web=dataclasses.replace(config.web, host=http[0], port=http[1]))
-    except ValueError as exc:
-        raise DaqError(f"bad --http: {exc}") from None
+    return config.replace(web=config.web.replace(host=http[0], port=http[1]))  # a ConfigError names the key
 
 
 def _record_printer(as_json: bool, max_records: int, done):
@@ -421,22 +478,20 @@ def _run_until(done, max_seconds: float = 0.0, failed=lambda: None) -> None:
 
 def cmd_demo(args) -> int:
     """Two simulated readout nodes on 127.0.0.1 feeding the live service (and its HTTP API)."""
-    import dataclasses
     import logging
     import threading
 
     from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-    from .daq.simulator import ReadoutSimulator, SimulationConfig
+    from .sim.simulator import ReadoutSimulator, SimulationConfig
     from .service import LiveService
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _use_log_format(args.log_format, logging.WARNING if args.log_format == "text" else logging.INFO)
     config, channel_map = _load(args)
     config = _with_http(config, args.http)
     from .web.auth import hash_token, new_token
 
     demo_token = new_token()  # a one-off write token for this demo process only
-    config = config.replace(web=dataclasses.replace(config.web, tokens={**config.web.tokens,
-                                                                         "demo": hash_token(demo_token)}))
+    config = config.replace(web=config.web.replace(tokens={**config.web.tokens, "demo": hash_token(demo_token)}))
     try:
         sim_config = SimulationConfig(
             spills=args.spills or 4095, events_per_spill=args.events, hadron_fraction=args.hadron_fraction,
@@ -451,8 +506,8 @@ def cmd_demo(args) -> int:
         raise DaqError(f"bad demo settings: {exc}") from None
     done = threading.Event()
     on_record = _record_printer(args.json, args.spills, done)
-    ingest = dataclasses.replace(config.ingest, endpoints=tuple(p.endpoint for p in publishers),
-                                 workers=args.workers, expected_ldcs=(1, 2))
+    ingest = config.ingest.replace(endpoints=tuple(p.endpoint for p in publishers), workers=args.workers,
+                                   expected_ldcs=(1, 2))
     service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record)
 
     def node(publisher: ReadoutPublisher) -> None:
@@ -460,21 +515,19 @@ def cmd_demo(args) -> int:
         try:
             publisher.publish(simulated_ldc_spills(sim, publisher.config.ldc))
         except Exception as exc:  # noqa: BLE001 - a demo node failing ends the demo with its reason
-            print(f"na64-online: simulated LDC {publisher.config.ldc} stopped: {exc}", file=sys.stderr)
+            _say(f"na64-online: simulated LDC {publisher.config.ldc} stopped: {exc}")
             done.set()
 
     try:
         with _stop_signals(done):
-            print("na64-online demo: warming up (decoder kernels, workers) before subscribing …", file=sys.stderr,
-                  flush=True)
+            _say("na64-online demo: warming up (decoder kernels, workers) before subscribing …")
             service.start(abort=done)
             web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
-            print(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops",
-                  file=sys.stderr, flush=True)
+            _say(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops")
             if service.web is not None:
-                print(f"na64-online demo: write token for this run (user 'demo'): {demo_token}\n"
+                _say(f"na64-online demo: write token for this run (user 'demo'): {demo_token}\n"
                       f"  e.g. curl -X POST -H 'Authorization: Bearer {demo_token}' -H 'Content-Type: application/json'"
-                      f" -d '{{}}' {service.web.url}/api/histograms/run/reset", file=sys.stderr, flush=True)
+                      f" -d '{{}}' {service.web.url}/api/histograms/run/reset")
             if not done.is_set():
                 for publisher in publishers:
                     threading.Thread(target=node, args=(publisher,), daemon=True).start()
@@ -508,6 +561,7 @@ def cmd_worker(args) -> int:
     import zmq
 
     from .daq.workers import run_worker, worker_curve_keys
+    from .sim.warmup import warm_up_processor
     from .worker_setup import build_processor
 
     if bool(args.key) != bool(args.server_key):
@@ -516,9 +570,10 @@ def cmd_worker(args) -> int:
     if not 1 <= args.capacity <= 1024:
         raise DaqError(f"--capacity must be within 1..1024, got {args.capacity}")
     curve = worker_curve_keys(args.key, args.server_key) if args.key else None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    configure_logging(logging.INFO, args.log_format, prefix=f"worker {os.getpid()} ")
     try:
-        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve)
+        run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve,
+                   warm_up=warm_up_processor)
     except zmq.ZMQError as exc:
         raise DaqError(f"worker: cannot connect to {args.connect}: {exc}") from None
     return 0
@@ -589,6 +644,28 @@ def _ranges(numbers: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+# ---------------------------------------------------------------- config
+def cmd_config_show(args) -> int:
+    """The effective configuration: every value with where it came from."""
+    from .config import show_json, show_toml
+
+    config = load_config(args.config, overrides={"channel_map": args.map} if args.map else None)
+    print(show_json(config) if args.json else show_toml(config), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    """Validate a configuration file (and the files it names); 0, or EXIT_DATA with one line per problem."""
+    from .config import check_config
+
+    problems = check_config(args.file, environ=os.environ if args.env else {}, files=args.files)
+    for problem in problems:
+        print(f"na64-online: error: {args.file}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.file}: valid configuration")
+    return EXIT_DATA if problems else 0
+
+
 def cmd_format(args) -> int:
     print(layout.markdown(), end="")
     return 0
@@ -648,6 +725,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
+    p = sub.add_parser("reprocess", help="decode raw files on a Dask cluster; records identical to replay")
+    _add_common(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="raw files, at the same path on every worker host")
+    p.add_argument("--scheduler", type=_scheduler, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://HOST:8786 (default: a LocalCluster on this host)")
+    p.add_argument("--workers", type=_int_in(1, 1024), metavar="N", help="LocalCluster worker processes (default 2)")
+    p.add_argument("--retries", type=_int_in(0, 100), metavar="N", help="re-runs of a failed task (default 2)")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive")
+    p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tls-ca", metavar="PEM", help="Dask TLS: CA certificate ([cluster] tls_ca_file)")
+    p.add_argument("--tls-cert", metavar="PEM", help="Dask TLS: this client's certificate ([cluster] tls_cert_file)")
+    p.add_argument("--tls-key", metavar="PEM", help="Dask TLS: this client's private key ([cluster] tls_key_file)")
+    p.set_defaults(func=cmd_reprocess)
+
     p = sub.add_parser("dump", help="print one decoded event")
     _add_common(p)
     p.add_argument("file", metavar="FILE")
@@ -672,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=SECONDS, default=0.0, metavar="S", help="stop after S seconds")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API / metrics address ([web])")
     p.add_argument("--no-web", action="store_true", help="no HTTP server")
+    _add_log_format(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the service fed by the built-in readout simulator (two LDCs on 127.0.0.1)")
@@ -687,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8064)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--seed", type=UINT32, default=0)
+    _add_log_format(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("token", help="make a write token for a person (HTTP writes: acknowledge, reset, reference)")
@@ -699,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="FILE", help="this worker's CurveZMQ secret-key certificate (NAME.key_secret)")
     p.add_argument("--server-key", metavar="FILE", help="the service's CurveZMQ public-key certificate (server.key)")
     p.add_argument("--parent-pid", type=POSITIVE, help=argparse.SUPPRESS)  # local workers: exit with the service
+    _add_log_format(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("keys", help="create CurveZMQ key pairs for the worker port")
@@ -719,6 +814,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-spill", action="store_true", help="export: also each spill in its own ROOT folder")
     p.add_argument("--out", metavar="FILE", help="output file (bad-spills default: stdout)")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("config", help="show the effective configuration, or check a configuration file")
+    config_sub = p.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    p = config_sub.add_parser("show", help="the effective configuration (TOML; --json) with each value's source: "
+                                           "default, file:PATH, env:NA64_SECTION__KEY, argument or derived:KEY")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help='{"section.key": {"value": ..., "source": ...}, ...}')
+    p.set_defaults(func=cmd_config_show)
+    p = config_sub.add_parser("check", help="validate a configuration file and the files it names: exit 0, or 1 "
+                                            "with one line per problem")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--env", action="store_true", help="with the NA64_* environment variables on top (as the service)")
+    p.add_argument("--files", action="store_true",
+                   help="also read the files it names (channel map, alarm rules, tokens file), as on the service's host")
+    p.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("format", help="print the raw-format bit layouts (generated from the decoder's tables)")
     p.set_defaults(func=cmd_format)

@@ -1,164 +1,406 @@
 """One typed, immutable configuration, loaded once at start-up and passed down.
 
-Sources, later ones winning: the dataclass defaults, a TOML file
-(``--config FILE`` or ``NA64_CONFIG``), environment variables
-``NA64_<SECTION>__<KEY>`` (e.g. ``NA64_MONITOR__CHUNK_EVENTS=8192``; values
-parsed as TOML literals, bare words taken as strings), then command-line
-options. Unknown sections or keys and values of the wrong type are errors
-that name the offending key.
+:class:`Config` is a pydantic-settings ``BaseSettings`` composed of the
+sections each layer declares (:class:`~.config_section.ConfigSection`).
+:func:`load_config` reads it from, highest precedence first:
+
+1. arguments (``overrides``: the command-line options such as ``--map``);
+2. environment variables ``NA64_<SECTION>__<KEY>`` (``__`` also separates
+   sub-tables: ``NA64_MONITOR__CUTS__CANDIDATE_ECAL_MAX_GEV=45``); values are
+   TOML literals (``8192``, ``[1, 2]``, ``{ alice = "sha256:…" }``), bare
+   words are strings. ``NA64_<KEY>`` sets a top-level key (``NA64_CHANNEL_MAP``);
+   other ``NA64_*`` variables without ``__`` (``NA64_CONFIG``, ``NA64_DEBUG``)
+   are the program's own and not configuration;
+3. the TOML file (``--config FILE``, else ``$NA64_CONFIG``);
+4. the defaults of the section classes.
+
+Settings that must agree are derived from one place (:data:`DERIVED`): left
+unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``.
+
+Unknown sections or keys and bad values are one :class:`ConfigError` naming
+each failing key (``monitor.chunk_events``), the reason and the source (the
+file's path or the environment variable). ``Config(**values)`` alone is the
+defaults updated by ``values`` (no file, no environment).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
+import json
+import math
 import os
+import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from pydantic import PrivateAttr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from .config_section import ConfigSection, Problem, config_error, problems_of, section_class
 from .daq.ingest import IngestConfig
-from .decoders.errors import ConfigError
+from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
 from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
+from .reprocess import ClusterConfig
 from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"
+ENV_NESTED_DELIMITER = "__"
+#: the variable naming the configuration file when no ``--config`` is given
+CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"
+
+Key = tuple[str, ...]
+
+#: settings that must agree: key → the key whose value it takes when it is not set explicitly
+DERIVED: dict[Key, Key] = {
+    ("health", "hit_threshold"): ("monitor", "reconstruction", "amplitude_threshold"),
+}
 
 
-@dataclass(frozen=True)
-class Config:
+# --------------------------------------------------------------------------- sources
+@dataclass
+class _Loading:
+    """What one :func:`load_config` call reads; its sources record which keys they gave."""
+
+    path: Path | None
+    environ: Mapping[str, str]
+    given: dict[Key, str] = field(default_factory=dict)  # key → origin, lowest precedence first
+
+
+_LOADING: contextvars.ContextVar[_Loading | None] = contextvars.ContextVar("na64_config_loading", default=None)
+
+
+def _leaves(data: Mapping[str, Any], model: type | None, prefix: Key = ()) -> Iterator[Key]:
+    """Keys of the values in ``data`` (sub-tables of sections descended into; other tables are values)."""
+    for name, value in data.items():
+        key = prefix + (name,)
+        field_info = model.model_fields.get(name) if model is not None else None
+        sub = section_class(field_info.annotation) if field_info is not None else None
+        if sub is not None and isinstance(value, Mapping):
+            yield from _leaves(value, sub, key)
+        else:
+            yield key
+
+
+class TomlFileSource(TomlConfigSettingsSource):
+    """The TOML configuration file (pydantic-settings' TOML source, with errors that name the file)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        if not path.is_file():
+            try:
+                path.open("rb").close()
+                problem = "not a regular file"
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+            raise ConfigError(f"cannot read config file {path}: {problem}")
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file_path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
+
+
+def parse_env_value(raw: str) -> Any:
+    """An environment variable's value: a TOML literal (number, true/false, list, inline table) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+class EnvironmentSource(PydanticBaseSettingsSource):
+    """``NA64_<SECTION>__<KEY>`` variables as nested tables; ``names`` maps each key to its variable.
+
+    A variable with ``__`` whose section is unknown is kept, so that validation
+    refuses it as an unknown key; one without ``__`` that names no top-level
+    key (``NA64_CONFIG``, ``NA64_DEBUG``) is the program's own and skipped.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        prefix, delimiter = self.config["env_prefix"], self.config["env_nested_delimiter"]
+        self.data: dict[str, Any] = {}
+        self.names: dict[Key, str] = {}
+        for name in sorted(environ):
+            if not name.startswith(prefix):
+                continue
+            key = tuple(name[len(prefix):].lower().split(delimiter))
+            if not all(key) or (len(key) == 1 and key[0] not in settings_cls.model_fields):
+                continue
+            node = self.data
+            for part in key[:-1]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[key[-1]] = parse_env_value(environ[name])
+            self.names[key] = name
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False  # unused: __call__ returns the whole table
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+# --------------------------------------------------------------------------- the configuration
+class Config(BaseSettings):
     """The service configuration; each section belongs to one layer."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER,
+        nested_model_default_partial_update=False,
+    )
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
     reference: tuple[int, int] | None = None  # (run, spill) in the archive whose spectra are the reference
     reference_run: int | None = None  # or: a whole archived run, summed
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    histograms: HistogramConfig = field(default_factory=HistogramConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    alarms: AlarmConfig = field(default_factory=AlarmConfig)
+    monitor: MonitorConfig = MonitorConfig()
+    histograms: HistogramConfig = HistogramConfig()
+    health: HealthConfig = HealthConfig()
+    quality: QualityConfig = QualityConfig()
+    alarms: AlarmConfig = AlarmConfig()
     archive: ArchiveConfig | None = None  # None: no archive
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    web: WebConfig = field(default_factory=WebConfig)
+    ingest: IngestConfig = IngestConfig()
+    web: WebConfig = WebConfig()
+    cluster: ClusterConfig = ClusterConfig()  # reprocess on Dask
 
-    def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **changes)
+    #: key → where its value came from (keys at their defaults or derived are absent)
+    _given: dict[Key, str] = PrivateAttr(default_factory=dict)
 
+    def __init__(self, **values: Any) -> None:
+        loading = _LOADING.get()
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return build(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+        def given() -> dict[Key, str]:  # what the sources gave (recorded while they were read), then arguments
+            out = dict(loading.given) if loading is not None else {}
+            return out | {key: "argument" for key in _leaves(values, type(self))}
 
-
-def build(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, checking names and types."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _merge(base: dict, extra: Mapping) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _env_table(environ: Mapping[str, str]) -> dict:
-    table: dict = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node = table
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return table
+            super().__init__(**values)
+        except ValidationError as exc:
+            origins = given()
+            raise config_error(problems_of(exc, type(self), source=lambda key: _source_of(key, origins))) from None
+        self._given = given()
+
+    def __eq__(self, other: object) -> bool:  # the values, not where they came from
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # tables (web.tokens) inside
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        loading = _LOADING.get()
+        if loading is None:  # Config(**values): defaults and arguments only
+            return (init_settings,)
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        environment = EnvironmentSource(settings_cls, loading.environ)
+        file = TomlFileSource(settings_cls, loading.path) if loading.path is not None else None
+        if file is not None:
+            loading.given.update({key: f"file:{loading.path}" for key in _leaves(file(), settings_cls)})
+        loading.given.update({key: f"env:{environment.names.get(key) or _env_name(key)}"
+                              for key in _leaves(environment(), settings_cls)})
+        sources.append(environment)
+        if file is not None:
+            sources.append(file)
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _derive(self) -> "Config":
+        for key, origin in DERIVED.items():
+            if _get(self, key) is None:
+                object.__setattr__(self, key[0], _with(getattr(self, key[0]), key[1:], _get(self, origin)))
+        return self
+
+    # ------------------------------------------------------------ use
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` (whole sections or top-level keys), validated; derived keys follow again."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        for key in DERIVED:
+            if key[0] not in changes and key not in self._given:
+                values[key[0]] = _with(values[key[0]], key[1:], None)
+        values.update(changes)
+        new = type(self)(**values)
+        new._given = {**self._given, **new._given}
+        return new
+
+    def origin(self, key: Key) -> str:
+        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument`` or
+        ``derived:KEY`` (the key it follows)."""
+        given = self._given.get(key)
+        if given is not None:
+            return given
+        if key in DERIVED:
+            return "derived:" + ".".join(DERIVED[key])
+        for length in range(len(key) - 1, 0, -1):  # a value inside a table given as a whole
+            if self._given.get(key[:length], "").startswith(("env:", "argument")):
+                return self._given[key[:length]]
+        return "default"
+
+    def settings(self) -> Iterator[tuple[Key, Any]]:
+        """Every setting as (key, value) in declaration order, a section's own values before its sub-sections
+        (the order a TOML file needs)."""
+        def walk(model: Any, prefix: Key) -> Iterator[tuple[Key, Any]]:
+            values = [(name, getattr(model, name)) for name in type(model).model_fields]
+            for name, value in values:
+                if not isinstance(value, ConfigSection):
+                    yield prefix + (name,), value
+            for name, value in values:
+                if isinstance(value, ConfigSection):
+                    yield from walk(value, prefix + (name,))
+        yield from walk(self, ())
+
+
+def _env_name(key: Key) -> str:
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in key)
+
+
+def _get(model: Any, key: Key) -> Any:
+    for part in key:
+        model = getattr(model, part)
+    return model
+
+
+def _with(section: ConfigSection, key: Key, value: Any) -> ConfigSection:
+    """``section`` with ``key`` (within it) set to ``value``, already validated (no checks again)."""
+    if len(key) > 1:
+        value = _with(getattr(section, key[0]), key[1:], value)
+    return section.model_copy(update={key[0]: value})
+
+
+def _source_of(key: Key, given: Mapping[Key, str]) -> str | None:
+    """The source of ``key``, else those of the keys given within it (a whole section), else of a table
+    holding it, else those of the other keys given in its section."""
+    if key in given:
+        return given[key]
+    inside = sorted({origin for k, origin in given.items() if k[:len(key)] == key})
+    if inside:
+        return ", ".join(inside)
+    for length in range(len(key) - 1, 0, -1):
+        if key[:length] in given:
+            return given[key[:length]]
+    # a key at its default that disagrees with others of its section: where those came from
+    siblings = sorted({origin for k, origin in given.items() if len(key) > 1 and k[:len(key) - 1] == key[:-1]})
+    return ", ".join(siblings) or None
 
 
 def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults ← TOML file ← environment ← ``overrides``."""
+    """Defaults ← TOML file (``path``, else ``$NA64_CONFIG``) ← environment ← ``overrides``; then derived keys."""
     environ = os.environ if environ is None else environ
-    path = path or environ.get(ENV_PREFIX + "CONFIG")
-    data: dict = {}
-    if path:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    data = _merge(data, _env_table(environ))
-    data = _merge(data, overrides or {})
-    return build(Config, data, where=str(path) if path else "config")
+    path = path or environ.get(CONFIG_VARIABLE) or None
+    token = _LOADING.set(_Loading(Path(path) if path else None, environ))
+    try:
+        return Config(**(overrides or {}))
+    finally:
+        _LOADING.reset(token)
+
+
+# --------------------------------------------------------------------------- showing it
+def toml_literal(value: Any, where: str = "value") -> str:
+    """TOML text of a value: numbers (shortest exact form, nan/inf), strings, lists, inline tables, paths."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest repr: round-trips exactly
+    if isinstance(value, (str, os.PathLike)):
+        return json.dumps(os.fspath(value))  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple, frozenset)):
+        return "[" + ", ".join(toml_literal(v, where) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{json.dumps(str(k))} = {toml_literal(v, where)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"{where}: {type(value).__name__} has no TOML form")
+
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with passwords in URLs (``http://user:secret@host``) replaced by ``***``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_masked(v) for v in value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def effective(config: Config) -> list[tuple[str, Any, str]]:
+    """Every setting as (dotted key, value, origin); passwords in URLs masked."""
+    return [(".".join(key), _masked(value), config.origin(key)) for key, value in config.settings()]
+
+
+def show_json(config: Config) -> str:
+    """The effective configuration as JSON: ``{"section.key": {"value": …, "source": …}}``."""
+    return json.dumps({key: {"value": _plain(value), "source": origin} for key, value, origin in effective(config)},
+                      indent=2, allow_nan=True)
+
+
+def show_toml(config: Config) -> str:
+    """The effective configuration as TOML, each value followed by ``# its source``; unset values commented out."""
+    lines: list[str] = []
+    table: tuple[str, ...] = ()
+    for key, value, origin in ((k, v, o) for k, v, o in effective(config)):
+        parts = tuple(key.split("."))
+        if parts[:-1] != table:
+            table = parts[:-1]
+            lines.append(f"\n[{'.'.join(table)}]")
+        text = f"# {parts[-1]} is not set" if value is None else f"{parts[-1]} = {toml_literal(value, key)}"
+        lines.append(f"{text:<48} # {origin}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None,
+                 files: bool = False) -> list[Problem]:
+    """The problems of configuration file ``path`` (with ``environ`` on top) and, with ``files``, of the
+    files it names (channel map, alarm rules, tokens file: on the host that runs the service); empty when
+    all is valid."""
+    try:
+        config = load_config(path, environ={} if environ is None else environ)
+    except ConfigError as exc:
+        return list(getattr(exc, "problems", None) or [Problem("", exc.reason)])
+    if not files:
+        return []
+    from .decoders.channelmap import ChannelMap
+    from .errors import DaqError
+    from .monitor.alarms import load_rules
+    from .web.auth import read_tokens_file
+
+    problems = []
+    for key, value, read in ((("channel_map",), config.channel_map, ChannelMap.load),
+                             (("alarms", "rules_path"), config.alarms.rules_path, load_rules),
+                             (("web", "tokens_file"), config.web.tokens_file, read_tokens_file)):
+        if value is not None:
+            try:
+                read(value)
+            except DaqError as exc:
+                name = ".".join(key)
+                reason = exc.reason[len(name) + 2:] if exc.reason.startswith(name + ": ") else exc.reason
+                problems.append(Problem(name, reason, config.origin(key)))
+    return problems

@@ -8,7 +8,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .decoders.errors import DaqError
+from .errors import DaqError
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
 

@@ -17,6 +17,8 @@ from .decoders.channelmap import ChannelMap
 from .monitor.archive import ArchiveConfig
 from .monitor.metrics import SnapshotStore
 from .monitor.spill_monitor import SpillMonitor
+from .logs import set_spill
+from .systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     """The per-spill monitor as configured; ``archive_path`` overrides the archive file."""
     archive = config.archive
     if archive_path is not None:
-        archive = dataclasses.replace(archive or ArchiveConfig(), path=archive_path)
+        archive = (archive or ArchiveConfig()).replace(path=archive_path)
     return SpillMonitor(
         channel_map,
         monitor=config.monitor,
@@ -45,6 +47,32 @@ class ReplayNote(NamedTuple):
 
     level: str
     text: str
+
+
+def file_notes(stats, any_spill: bool) -> list[ReplayNote]:
+    """What a raw file itself got wrong (:class:`~.daq.rawfile.StreamStats` of its index pass):
+    shared by ``replay`` and ``reprocess``."""
+    notes = []
+    if not any_spill:
+        notes.append(ReplayNote("error", "no spill found (every event rejected or of a run-level type)"))
+    if stats.truncated:
+        stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
+        notes.append(ReplayNote(
+            "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
+        ))
+    if stats.skipped_bytes:
+        shifted = "; the stream was shifted by bytes and re-aligned" if stats.realigned else ""
+        orphan = (f" ({stats.orphan_skipped_bytes} of them after the last spill)"
+                  if stats.orphan_skipped_bytes else "")
+        notes.append(ReplayNote(
+            "warning", f"damaged: {stats.skipped_bytes} bytes skipped undecoded in rejected events and while "
+            f"resynchronising{orphan}{shifted}; per spill in skipped_bytes"
+        ))
+    if stats.late_events:
+        notes.append(ReplayNote(
+            "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
+        ))
+    return notes
 
 
 class Replayer:
@@ -83,26 +111,8 @@ class Replayer:
         finally:
             if bar is not None:
                 bar.close()
-        stats = raw.stats
-        if not segments:
-            yield None, ReplayNote("error", "no spill found (every event rejected or of a run-level type)")
-        if stats.truncated:
-            stray = f", and {stats.trailing_bytes} bytes that are not a whole word" if stats.trailing_bytes else ""
-            yield None, ReplayNote(
-                "warning", f"truncated: the file ends inside its last event{stray}; decoded up to the last whole event"
-            )
-        if stats.skipped_bytes:
-            shifted = "; the stream was shifted by bytes and re-aligned" if stats.realigned else ""
-            orphan = (f" ({stats.orphan_skipped_bytes} of them after the last spill)"
-                      if stats.orphan_skipped_bytes else "")
-            yield None, ReplayNote(
-                "warning", f"damaged: {stats.skipped_bytes} bytes skipped undecoded in rejected events and while "
-                f"resynchronising{orphan}{shifted}; per spill in skipped_bytes"
-            )
-        if stats.late_events:
-            yield None, ReplayNote(
-                "warning", f"{stats.late_events} late events after their spill's END_OF_BURST were not merged"
-            )
+        for note in file_notes(raw.stats, bool(segments)):
+            yield None, note
 
     def close(self) -> None:
         self.monitor.close()
@@ -159,8 +169,8 @@ def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
     import numpy as np
 
     from .daq.live import LiveExtras
-    from .daq.simulator import ReadoutSimulator, SimulationConfig
     from .decoders import layout
+    from .sim.simulator import ReadoutSimulator, SimulationConfig
 
     sim = ReadoutSimulator(SimulationConfig(spills=1, events_per_spill=64, run_events=False), channel_map)
     spill = next(iter(sim.spills()))
@@ -171,6 +181,17 @@ def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
         scratch.handle(scratch.processor.accumulate(words), complete=True, live=LiveExtras())
     finally:
         scratch.close()
+
+
+def source_labels(channel_map: ChannelMap) -> tuple[str, ...]:
+    """srcID labels for ``na64_decode_errors_by_source_total``: the channel map's MSADC srcIDs, the scalers and
+    the trigger time (bounded by the map, whatever srcIDs damaged data may claim)."""
+    import numpy as np
+
+    from .decoders import layout
+
+    ids = {int(s) for s in np.unique(channel_map.src_id)} | {layout.SRC_SCALERS, layout.SRC_TRIGGER_TIME}
+    return tuple(str(i) for i in sorted(ids))
 
 
 class LiveService:
@@ -184,31 +205,40 @@ class LiveService:
 
     def __init__(self, config: Config, channel_map: ChannelMap, ingest=None, *,
                  archive_path: str | os.PathLike | None = None, on_record=None, web: bool | None = None,
-                 warm_up: bool = True, clock=time.time, watch_interval_s: float | None = None):
+                 warm_up: bool = True, clock=time.time, watch_interval_s: float | None = None,
+                 systemd: SystemdNotifier | None = None):
         from prometheus_client import CollectorRegistry
 
         from .daq.ingest import IngestService
         from .monitor.liveness import LivenessWatch
-        from .monitor.metrics import ServiceHealth, SnapshotStore, register_metrics
+        from .monitor.metrics import ServiceHealth, SnapshotStore, alarm_view, register_metrics
         from .monitor.spill_monitor import make_processor
+        from .sim.warmup import ldc_sample
         from .worker_setup import worker_setup
 
+        self.started = time.time()  # na64_service_start_time_seconds: this process's start, not a scrape's
+        self.systemd = systemd if systemd is not None else SystemdNotifier.from_environment()
         self.registry = CollectorRegistry()
         store = SnapshotStore()
+        store.publish(service=ServiceHealth(started=self.started))
         self.liveness = LivenessWatch(store, config.monitor.no_data_after_seconds,
                                       listening_since=lambda: self.ingest.listening_since, clock=clock)
-        self.metrics = register_metrics(self.registry, store, liveness=self.liveness.status)
+        self.metrics = register_metrics(
+            self.registry, store, liveness=self.liveness.status, sources=source_labels(channel_map),
+            alarms=lambda: alarm_view(self.monitor.alarms),
+            archive=archive_path is not None or config.archive is not None, process=True)
         self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
         self.ingest = IngestService(
             ingest or config.ingest,
             make_processor,
             (channel_map, config.monitor, config.histograms),
-            finish=self.monitor.handle,
+            finish=self._finish,
             new_accumulator=self.monitor.processor.new_accumulator,
             on_record=on_record,
-            on_health=lambda health: self.metrics.publish_service(ServiceHealth(**health)),
+            on_health=self._on_health,
             worker_setup=worker_setup(config, channel_map),
             warm_up=(lambda: warm_up_monitor(config, channel_map)) if warm_up else None,
+            warm_up_events=ldc_sample if warm_up else None,
         )
         self._watch_stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
@@ -229,6 +259,19 @@ class LiveService:
                                       liveness=self.liveness.status)
             self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
 
+    def _finish(self, acc, **kwargs):
+        """Finish a spill in the monitor; log lines from now on name it (``--log-format json``)."""
+        set_spill(acc.run, acc.spill)
+        return self.monitor.handle(acc, **kwargs)
+
+    def _on_health(self, health: dict) -> None:
+        """Called by the ingest loop about once a second: the metrics' service snapshot, and the systemd
+        watchdog's ping (a stuck loop stops both)."""
+        from .monitor.metrics import ServiceHealth
+
+        self.metrics.publish_service(ServiceHealth(**{**health, "started": self.started}))
+        self.systemd.watchdog()
+
     @property
     def failure(self) -> str | None:
         """Why the service cannot go on (a core thread died), or None. ``serve``/``demo`` exit non-zero on it."""
@@ -241,6 +284,7 @@ class LiveService:
         """Web first (``/readyz`` says warming_up), then the ingest: returns once warm and subscribed.
 
         ``abort`` (set by SIGTERM/SIGINT) ends a long warm-up early."""
+        self.systemd.status("warming up: loading decoder kernels, starting workers")
         if self.web is not None:  # the dashboard first: shifters see "waiting" while workers warm up
             self.web.start()
         try:
@@ -252,6 +296,8 @@ class LiveService:
         self._running = True
         self._watch_thread = threading.Thread(target=self._watch, name="na64-liveness", daemon=True)
         self._watch_thread.start()
+        if not (abort is not None and abort.is_set()):
+            self.systemd.ready(f"serving {len(self.ingest.config.endpoints)} readout node(s)")
         return self
 
     def _watch(self) -> None:
@@ -264,6 +310,7 @@ class LiveService:
                 log.exception("liveness check failed")
 
     def stop(self) -> None:
+        self.systemd.stopping()
         self._running = False
         self._watch_stop.set()
         if self._watch_thread is not None:
@@ -275,3 +322,4 @@ class LiveService:
                 self.web.stop()
                 self.web_state.close()
             self.monitor.close()
+            self.systemd.close()

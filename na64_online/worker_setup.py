@@ -3,61 +3,44 @@
 The SETUP payload is two UTF-8 frames:
 
 1. the configuration the worker's pipeline uses, as TOML — the ``[monitor]``
-   section (``chunk_events``, ``[monitor.reconstruction]``, ``[monitor.cuts]``)
-   and ``[histograms]``, with the format version in ``[setup]``;
+   section (``chunk_events``, ``[monitor.reconstruction]``, ``[monitor.cuts]``),
+   ``[histograms]`` and the ``[health]`` hit threshold of the channel
+   statistics (resolved: the service's own value, derived or not), with the
+   format version in ``[setup]``;
 2. the channel map (with calibration) as CSV, the columns of
    ``decoders/default-channel-map.csv``.
 
-The worker parses them with the service's own loaders (``config.build`` and
-``ChannelMap.from_csv_text``), so a bad set-up is a :class:`ConfigError` or
-:class:`ChannelMapError` naming the key or line, and builds
-``make_processor(channel_map, monitor, histograms)`` — the processor of the
-service itself.
+The worker parses them with the service's own section models
+(:func:`~.config_section.validate_section`) and ``ChannelMap.from_csv_text``,
+so a bad set-up is a :class:`ConfigError` or :class:`ChannelMapError` naming
+the key or line, and builds ``make_processor(channel_map, monitor, histograms,
+health)`` — the processor of the service itself.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import sys
 import tomllib
 from typing import Any, Mapping, Sequence
 
-from .config import Config, build
+from .config import Config, toml_literal
+from .config_section import validate_section
 from .daq.workers import WorkerSetup
 from .decoders.channelmap import ChannelMap
-from .decoders.errors import ConfigError
+from .errors import ConfigError
+from .monitor.health import HealthConfig, hit_threshold
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig, SpillProcessor
 from .monitor.spill_monitor import make_processor
 
 SETUP_FORMAT = "na64-worker-setup"
-SETUP_VERSION = 1
+SETUP_VERSION = 2  # 2: [health] hit_threshold
 MAX_SETUP_BYTES = 16 << 20
 #: the program of a local worker process (the pool adds --connect, --capacity, --parent-pid, keys)
 WORKER_COMMAND = (sys.executable, "-m", "na64_online.cli", "worker")
 
 
 # --------------------------------------------------------------------------- TOML out
-def _toml_value(value: Any, where: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)  # shortest repr: round-trips exactly
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
-    raise TypeError(f"{where}: {type(value).__name__} has no TOML form")
-
-
 def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
     """TOML text of ``{section: {key: value or sub-table}}`` (scalars, lists, nested tables)."""
     lines: list[str] = []
@@ -69,7 +52,7 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
             if isinstance(value, Mapping):
                 subs.append((f"{name}.{key}", value))
             else:
-                lines.append(f"{key} = {_toml_value(value, f'{name}.{key}')}")
+                lines.append(f"{key} = {toml_literal(value, f'{name}.{key}')}")
         lines.append("")
         for sub_name, sub in subs:
             table(sub_name, sub)
@@ -84,13 +67,14 @@ def encode_setup(config: Config, channel_map: ChannelMap) -> tuple[bytes, bytes]
     """(configuration TOML, channel map CSV) as UTF-8 frames."""
     toml = to_toml({
         "setup": {"format": SETUP_FORMAT, "version": SETUP_VERSION},
-        "monitor": dataclasses.asdict(config.monitor),
-        "histograms": dataclasses.asdict(config.histograms),
+        "monitor": config.monitor.model_dump(),
+        "histograms": config.histograms.model_dump(),
+        "health": {"hit_threshold": hit_threshold(config.health, config.monitor.reconstruction)},
     })
     return toml.encode(), channel_map.to_csv_text().encode()
 
 
-def decode_setup(payload: Sequence[bytes]) -> tuple[MonitorConfig, HistogramConfig, ChannelMap]:
+def decode_setup(payload: Sequence[bytes]) -> tuple[MonitorConfig, HistogramConfig, HealthConfig, ChannelMap]:
     """The worker's side of :func:`encode_setup`; ConfigError / ChannelMapError name what is wrong."""
     if len(payload) != 2:
         raise ConfigError(f"worker set-up: expected 2 frames (TOML, CSV), got {len(payload)}")
@@ -110,19 +94,21 @@ def decode_setup(payload: Sequence[bytes]) -> tuple[MonitorConfig, HistogramConf
     if head.get("version") != SETUP_VERSION:
         raise ConfigError(f"worker set-up: version {head.get('version')!r} is not supported "
                           f"(this worker reads {SETUP_VERSION})")
-    unknown = sorted(set(data) - {"monitor", "histograms"})
+    unknown = sorted(set(data) - {"monitor", "histograms", "health"})
     if unknown:
         raise ConfigError(f"worker set-up: unknown section(s) {', '.join(unknown)}")
-    monitor = build(MonitorConfig, data.get("monitor", {}), "setup.monitor")
-    histograms = build(HistogramConfig, data.get("histograms", {}), "setup.histograms")
+    source = "worker set-up from the service"
+    monitor = validate_section(MonitorConfig, data.get("monitor", {}), "monitor", source)
+    histograms = validate_section(HistogramConfig, data.get("histograms", {}), "histograms", source)
+    health = validate_section(HealthConfig, data.get("health", {}), "health", source)
     channel_map = ChannelMap.from_csv_text(csv_text, source="<channel map from the service>")
-    return monitor, histograms, channel_map
+    return monitor, histograms, health, channel_map
 
 
 def build_processor(payload: Sequence[bytes]) -> SpillProcessor:
     """A worker's processor from the SETUP payload (what ``na64-online worker`` runs)."""
-    monitor, histograms, channel_map = decode_setup(payload)
-    return make_processor(channel_map, monitor, histograms)
+    monitor, histograms, health, channel_map = decode_setup(payload)
+    return make_processor(channel_map, monitor, histograms, health)
 
 
 def worker_setup(config: Config, channel_map: ChannelMap) -> WorkerSetup:

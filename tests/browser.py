@@ -67,7 +67,8 @@ class Browser:
 
     def model(self, name: str, expression: str):
         """``expression`` evaluated with ``m`` = the page's Bokeh model called ``name``."""
-        return self.js(f"const m = Bokeh.documents[0].get_model_by_name({json.dumps(name)}); return {expression};")
+        return self.js(f"const m = Bokeh.documents[0].get_model_by_name({json.dumps(name)}); "
+                       f"return m === null ? null : {expression};")
 
     def deep(self, selector: str, text: str | None = None):
         return self.js(DEEP_FIND, selector, text)

@@ -20,7 +20,7 @@ import hist
 import numpy as np
 import pytest
 
-from na64_online.decoders.errors import ConfigError
+from na64_online.errors import ConfigError
 from na64_online.monitor.archive import (
     SCHEMA_VERSION,
     Archive,
@@ -206,7 +206,7 @@ def test_a_fragment_never_replaces_a_complete_spill(archive):
 
 
 def test_version_1_archive_is_migrated_keeping_spills_and_histograms(tmp_path):
-    from na64_online.monitor import archive as archive_module
+    from na64_online.monitor.archive import store as archive_module
 
     path = tmp_path / "v1.sqlite"
     conn = sqlite3.connect(path)

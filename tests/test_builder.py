@@ -23,7 +23,7 @@ def small():
 
 @pytest.fixture(scope="module")
 def simulated():
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
     sim = ReadoutSimulator(SimulationConfig(run=9, spills=2, events_per_spill=120, seed=5))
     return [(s.raw(), {l: s.ldc_events(l) for l in (1, 2)}) for s in sim.spills()]
@@ -103,6 +103,25 @@ def test_interleaved_batches_build_the_file_layout(simulated, size, seed):
     assert [x.index for x in cs] == list(range(c.chunks))
     assert all(x.n_events <= 16 for x in cs) and cs[-1].final and not any(x.final for x in cs[:-1])
     assert c.events == len(ev[1]) and c.data_events == len(ev[1]) - 2
+
+
+@pytest.mark.parametrize("chunk_events, chunk_bytes, size", [(16, 1 << 30, 7), (1 << 20, 40_000, 13),
+                                                             (9, 25_000, 50), (1, 1, 3)])
+def test_chunks_cut_by_events_and_bytes_hold_their_own_table(simulated, chunk_events, chunk_bytes, size):
+    """Super events go straight into chunk buffers; each chunk is cut at chunk_events or once chunk_bytes
+    are used, and its offsets/sizes/types are those of the events its words hold."""
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), chunk_events=chunk_events, chunk_bytes=chunk_bytes)
+    out = feed(b, interleave(ev, size, 4))
+    assert words_of(out).tobytes() == raw
+    for c in chunks(out):
+        scan = scan_payload(c.words)
+        assert scan.ok
+        assert c.offsets.tolist() == scan.offsets.tolist() and c.sizes.tolist() == scan.sizes.tolist()
+        assert c.types.tolist() == scan.types.tolist()
+        assert c.n_events <= chunk_events
+        # at most one event starts at or beyond chunk_bytes: the chunk's last
+        assert c.n_events == 1 or 4 * int(c.offsets[-1]) < chunk_bytes
 
 
 def test_events_are_built_while_the_spill_runs(simulated):
@@ -253,7 +272,7 @@ def test_pending_memory_is_bounded(simulated):
 
 
 def test_open_spills_are_bounded(simulated):
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
     sim = ReadoutSimulator(SimulationConfig(run=3, spills=4, events_per_spill=5, seed=1))
     spills = list(sim.spills())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from na64_online.decoders.channelmap import ECAL, HCAL, ChannelMap
-from na64_online.decoders.errors import ChannelMapError
+from na64_online.errors import ChannelMapError
 
 HEADER = "src_id,port,channel,detector,module,x,y,gain_gev\n"
 

@@ -18,7 +18,7 @@ from browser import MISSING, Browser
 from prometheus_client import CollectorRegistry
 
 from na64_online.config import load_config
-from na64_online.daq.simulator import SimulationConfig, write_raw_file
+from na64_online.sim.simulator import SimulationConfig, write_raw_file
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.metrics import register_metrics
 from na64_online.service import Replayer
@@ -146,7 +146,7 @@ def test_clicking_a_candidate_shows_its_waveforms(site):
     _, browser, _, _ = site
     assert browser.model("candidates", "m.data.event.length") > 0
     _click(browser, ".slick-row .slick-cell")
-    browser.wait(lambda: browser.model("waveforms", "m.data.xs.length") > 0, 10, "the waveforms")
+    browser.wait(lambda: (browser.model("waveforms", "m.data.xs.length") or 0) > 0, 15, "the waveforms")
     assert browser.model("tabs", "m.active") == 2
     info = _text(browser, "event_info")
     event = int(browser.model("candidates", "m.data.event[0]"))
@@ -158,7 +158,7 @@ def test_clicking_a_candidate_shows_its_waveforms(site):
 def test_an_archived_spill_opens_with_the_same_panels_and_live_comes_back(site):
     _, browser, _, _ = site
     browser.model("tabs", "(m.active = 3, 0)")
-    browser.wait(lambda: browser.model("recent", "m.data.spill.length") >= 4, 5, "the recent spills")
+    browser.wait(lambda: (browser.model("recent", "m.data.spill.length") or 0) >= 4, 10, "the recent spills")
     reasons = browser.model("recent", "m.data.reasons.join('|')")
     assert "beam.hadron_fraction" in reasons
     browser.model("open_run", "(m.value = '1', 0)")
@@ -195,7 +195,7 @@ def test_live_service_push_then_grey_when_silent_then_monitor_down(tmp_path, cha
     from test_service_lifecycle import Lines, _publish_spills, _serve, free_port, stop
 
     from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-    from na64_online.daq.simulator import ReadoutSimulator
+    from na64_online.sim.simulator import ReadoutSimulator
 
     sim = ReadoutSimulator(SimulationConfig(spills=2, events_per_spill=800, seed=9), channel_map)
     per_ldc = {ldc: list(simulated_ldc_spills(sim, ldc)) for ldc in (1, 2)}

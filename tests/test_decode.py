@@ -28,7 +28,7 @@ from na64_online.decoders.decode import (
     index_bytes,
     index_events,
 )
-from na64_online.decoders.errors import ISSUE_DESCRIPTIONS, Issue
+from na64_online.errors import ISSUE_DESCRIPTIONS, Issue
 from na64_online.decoders.reconstruct import DetectorGeometry, event_dict, reconstruct
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 
@@ -320,7 +320,7 @@ def test_fuzz_byte_shifts_match_reference(data, channel_map, ref_map):
 
 # ----------------------------------------------------------------- simulator -> decoder round trips
 def _simulated(**kw) -> bytes:
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
     config = SimulationConfig(**{"events_per_spill": 150, "seed": 5, "signal_fraction": 0.02, **kw})
     return b"".join(spill.raw() for spill in ReadoutSimulator(config).spills())
@@ -350,7 +350,7 @@ def test_simulator_round_trip_matches_reference(name, channel_map, ref_map):
 
 def test_simulated_truth_is_recovered(channel_map):
     """Injected signal events, and only they, are candidates; the hadron fraction comes back."""
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
     config = SimulationConfig(events_per_spill=4000, seed=11, signal_fraction=0.002, hadron_fraction=0.05)
     (spill,) = ReadoutSimulator(config).spills()

@@ -48,7 +48,7 @@ def test_bad_envelopes_are_rejected_with_a_reason(frame, match):
 
 
 def test_envelope_error_is_a_format_error():
-    from na64_online.decoders.errors import DaqError, FormatError
+    from na64_online.errors import DaqError, FormatError
 
     assert issubclass(E.EnvelopeError, FormatError) and issubclass(E.EnvelopeError, DaqError)
 

@@ -161,7 +161,7 @@ DRIFT = ((610, 1, 0),)  # main ECAL (0,0)
 def test_simulated_run_end_to_end(channel_map):
     """Simulator spills through the lead's SpillProcessor: faults in spills 5-7 raised at 6, cleared at 8;
     a 1.5 ADC/spill pedestal drift raised at 7 and cleared when it stops."""
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
     from na64_online.decoders.decode import as_words
     from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,7 +21,8 @@ from na64_online.config import Config
 from na64_online.daq.builder import build_all
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.warmup import ldc_sample
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import Replayer, build_monitor
@@ -97,11 +97,11 @@ def process(words_list, channel_map) -> list[dict]:
 def start_service(channel_map, endpoints, **overrides) -> IngestService:
     cfg = IngestConfig(endpoints=tuple(endpoints), workers=0, spill_timeout_s=2.0, chunk_max_age_s=0.1,
                        max_queued_tasks=256)  # publishers send as fast as they can: let no chunk be dropped
-    cfg = replace(cfg, **overrides)
+    cfg = cfg.replace(**overrides)
     monitor = build_monitor(Config(), channel_map)  # what serve does: SpillMonitor.handle finishes each spill
     return IngestService(cfg, make_processor, (channel_map, Config().monitor, Config().histograms), finish=monitor.handle,
                          new_accumulator=monitor.processor.new_accumulator,
-                         worker_setup=worker_setup(Config(), channel_map)).start()
+                         worker_setup=worker_setup(Config(), channel_map), warm_up_events=ldc_sample).start()
 
 
 def publisher(ldc, endpoint="tcp://127.0.0.1:0", **kw) -> ReadoutPublisher:
@@ -499,7 +499,7 @@ def test_live_service_serves_metrics_and_records_over_http(spills, replayed, cha
 
     p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
     config = Config(web=WebConfig(port=0))
-    ingest = replace(config.ingest, endpoints=(p1.endpoint, p2.endpoint), workers=0, spill_timeout_s=2.0,
+    ingest = config.ingest.replace(endpoints=(p1.endpoint, p2.endpoint), workers=0, spill_timeout_s=2.0,
                      chunk_max_age_s=0.1, max_queued_tasks=256)
     service = LiveService(config, channel_map, ingest).start()
     try:
@@ -552,7 +552,7 @@ def test_sequence_faults_counted_per_ldc_in_record_metrics_health_and_alarm(spil
     node1, send1 = crafted_node(1, order, messages, seqs={25: 10**6})  # message 25's number damaged
     p2 = publisher(2, wait_subscribers=1, batch_events=10)
     config = Config(web=WebConfig(port=0))
-    ingest = replace(config.ingest, endpoints=(node1.endpoint, p2.endpoint), workers=0, spill_timeout_s=2.0,
+    ingest = config.ingest.replace(endpoints=(node1.endpoint, p2.endpoint), workers=0, spill_timeout_s=2.0,
                      chunk_max_age_s=0.1, max_queued_tasks=256)
     service = LiveService(config, channel_map, ingest).start()
     try:

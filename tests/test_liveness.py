@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from na64_online.config import load_config
-from na64_online.decoders.errors import ConfigError
+from na64_online.errors import ConfigError
 from na64_online.monitor.alarms import AlarmEngine
 from na64_online.monitor.archive import Archive
 from na64_online.monitor.liveness import LivenessWatch

@@ -15,7 +15,7 @@ from na64_online.daq.envelope import make_message
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.daq.memory import MIN_BUFFER_BYTES, MemoryBudget, resident_bytes
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.daq.subscriber import ASSUMED_MESSAGE_BYTES, Subscriber
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor

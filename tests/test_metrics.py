@@ -85,8 +85,8 @@ def test_spills_fold_into_counters(setup):
     assert v("na64_beam_particles_last_spill") == 20000
     assert v("na64_beam_rate_hertz") == pytest.approx(20000 / 4.8)
     assert v("na64_dead_time_ratio") == pytest.approx(1 - 1002 / 1100)
-    assert v("na64_hadron_fraction", {"estimator": "hcal"}) == 0.02
-    assert v("na64_hadron_fraction", {"estimator": "srd"}) == 0.025
+    assert v("na64_hadron_fraction_ratio", {"estimator": "hcal"}) == 0.02
+    assert v("na64_hadron_fraction_ratio", {"estimator": "srd"}) == 0.025
     assert v("na64_spill_number") == 2 and v("na64_run_number") == 5
     assert v("na64_quality_state", {"subsystem": "hcal"}) == 3
     assert v("na64_quality_state", {"subsystem": "overall"}) == 3
@@ -136,13 +136,13 @@ def test_service_health_read_at_scrape_time():
     assert value(registry, "na64_ingest_events_total") == 5000
     assert value(registry, "na64_ingest_bytes_total") == 10**6
     assert value(registry, "na64_ingest_lag_seconds") == 0.25
-    assert value(registry, "na64_ingest_queue_messages") == 3
+    assert value(registry, "na64_ingest_queue_tasks") == 3
     assert value(registry, "na64_ingest_dropped_messages_total") == 1
     assert value(registry, "na64_ingest_last_message_age_seconds") == 2.0
     now[0] = 1010.0  # nothing published: the age still grows, computed at scrape
     assert value(registry, "na64_ingest_last_message_age_seconds") == 12.0
     store.publish_service(dataclasses.replace(health, queue_depth=9))
-    assert value(registry, "na64_ingest_queue_messages") == 9
+    assert value(registry, "na64_ingest_queue_tasks") == 9
 
 
 def test_snapshots_are_immutable():
@@ -202,3 +202,33 @@ def test_bad_messages_counter_bounded_labels_and_health_dict():
     assert 'na64_bad_messages_total{kind="reordered",ldc="1"} 0.0' in lines
     assert "na64_memory_budget_bytes 1.073741824e+09" in text
     assert 'na64_memory_buffered_bytes{stage="builder"} 7.0' in text
+
+
+def test_per_source_quality_archive_alarm_and_process_metrics():
+    registry = CollectorRegistry()
+    view = {"active": [{"name": "no_beam", "severity": "warning", "state": "acknowledged"}],
+            "delivery": {"sent": 3, "failed": 2, "dropped": 1, "last_success": 1234.5}}
+    store = register_metrics(registry, sources=["610", "620"], alarms=lambda: view, archive=True, process=True)
+    assert value(registry, "na64_archive_spills_total") == 0
+    store.publish_spill(record(), quality())
+    store.publish_spill(record(spill=2, errors_by_src={"999": {"adc_bad_key": 5}, "event": {"x": 1}}),
+                        quality(QualityState.BAD))
+    store.publish_archive_write(now=2000.0)
+    v = lambda name, labels=None: value(registry, name, labels)  # noqa: E731
+    assert v("na64_decode_errors_by_source_total", {"src_id": "610"}) == 3
+    assert v("na64_decode_errors_by_source_total", {"src_id": "620"}) == 0
+    assert v("na64_decode_errors_by_source_total", {"src_id": "other"}) == 5  # srcID not in the map: bounded
+    assert v("na64_decode_errors_by_source_total", {"src_id": "event"}) == 2
+    assert v("na64_spills_by_quality_total", {"quality": "WARNING"}) == 1
+    assert v("na64_spills_by_quality_total", {"quality": "BAD"}) == 1
+    assert v("na64_spills_by_quality_total", {"quality": "GOOD"}) == 0
+    assert v("na64_archive_spills_total") == 1 and v("na64_archive_last_write_timestamp_seconds") == 2000.0
+    assert v("na64_alarm_active", {"alertname": "no_beam", "severity": "warning", "state": "acknowledged"}) == 1
+    assert v("na64_alertmanager_sent_total") == 3 and v("na64_alertmanager_failed_total") == 2
+    assert v("na64_alertmanager_dropped_total") == 1
+    assert v("na64_alertmanager_last_success_timestamp_seconds") == 1234.5
+    assert v("process_resident_memory_bytes") > 0
+    from na64_online import __version__
+    build = [s for s in registry.collect() if s.name == "na64_build_info"][0].samples[0]
+    assert build.labels["version"] == __version__ and build.value == 1
+    generate_openmetrics(registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import zipfile
@@ -12,7 +13,24 @@ import pytest
 import na64_online
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("daq", "decoders", "monitor", "web")
+
+
+def _setup_layers() -> tuple[str, ...]:
+    """``LAYERS`` as setup.py maps them (top-level folders -> ``na64_online.<folder>``)."""
+    for node in ast.parse((ROOT / "setup.py").read_text()).body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["LAYERS"]:
+            return tuple(ast.literal_eval(node.value))
+    raise AssertionError("setup.py defines no LAYERS")
+
+
+LAYERS = _setup_layers()
+
+
+def test_every_top_level_package_folder_is_a_mapped_layer():
+    """A top-level folder with an ``__init__.py`` (``sim/``, say) that setup.py does not map would be left out."""
+    folders = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"na64_online", "tests", "bench", "tools"}
+    assert folders == set(LAYERS)
+    assert "sim" in LAYERS
 
 
 def source_packages() -> set[str]:

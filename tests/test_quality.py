@@ -200,7 +200,7 @@ def test_config_validation():
 
 def test_simulated_spill_through_pipeline_is_good(channel_map):
     """A clean simulated spill, decoded by the lead's pipeline, is GOOD everywhere."""
-    from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
     from na64_online.decoders.decode import as_words
     from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from na64_online.config import Config
 from na64_online.daq.rawfile import RawFile, header_damaged
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders import layout
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.archive import Archive

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.monitor.archive import Archive
 
 SCRIPT = Path(sys.executable).with_name("na64-online")

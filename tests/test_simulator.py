@@ -1,4 +1,4 @@
-"""Tests of the readout simulator (daq/simulator.py) against docs/raw-format.md.
+"""Tests of the readout simulator (sim/simulator.py) against docs/raw-format.md.
 
 Structure is checked by walking the bytes with the layout module; physics and
 damage with the pure-Python reference decoder (tests/reference_decoder.py),
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from na64_online.daq import simulator as simmod
-from na64_online.daq.simulator import (
+from na64_online.sim import simulator as simmod
+from na64_online.sim.simulator import (
     CORRUPTION_KINDS,
     EVENT_CORRUPTIONS,
     ReadoutSimulator,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from na64_online.config import load_config
-from na64_online.daq.simulator import SimulationConfig, write_raw_file
+from na64_online.sim.simulator import SimulationConfig, write_raw_file
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.archive import Archive
 from na64_online.service import Replayer
@@ -73,7 +73,7 @@ def test_clean_run_is_good_and_bad_spill_list_is_empty(tmp_path):
 
 def _episodes(*episodes, events=800, seed=21):
     """Spills from consecutive simulator configurations: (number of spills, extra settings) each."""
-    from na64_online.daq.simulator import ReadoutSimulator
+    from na64_online.sim.simulator import ReadoutSimulator
 
     first = 1
     for n, extra in episodes:
@@ -143,7 +143,7 @@ def test_reference_run_flags_changed_spectra(tmp_path):
 def _simulated_spills(n: int, events: int = 600, seed: int = 3):
     import numpy as np
 
-    from na64_online.daq.simulator import ReadoutSimulator
+    from na64_online.sim.simulator import ReadoutSimulator
     from na64_online.decoders import layout
 
     sim = ReadoutSimulator(SimulationConfig(spills=n, events_per_spill=events, seed=seed, run_events=False),

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from na64_online.config import load_config
-from na64_online.decoders.errors import ConfigError
+from na64_online.errors import ConfigError
 from na64_online.web.app import create_app
 from na64_online.web.auth import TokenBook, hash_token, new_token
 from na64_online.web.config import WebConfig

@@ -8,14 +8,13 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import httpx
 import pytest
 
 from na64_online.config import Config
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.archive import ArchiveConfig
 from na64_online.service import LiveService
@@ -38,7 +37,7 @@ def test_concurrent_http_writes_and_reads_while_spills_flow(tmp_path, monkeypatc
                                              batch_events=50, wait_subscribers=1)) for ldc in (1, 2)]
     config = Config(web=WebConfig(port=0, tokens={"stress": hash_token(TOKEN)}),
                     archive=ArchiveConfig(tmp_path / "qa.sqlite"))
-    ingest = replace(config.ingest, endpoints=tuple(p.endpoint for p in pubs), workers=0, spill_timeout_s=2.0,
+    ingest = config.ingest.replace(endpoints=tuple(p.endpoint for p in pubs), workers=0, spill_timeout_s=2.0,
                      chunk_max_age_s=0.1, max_queued_tasks=256, expected_ldcs=(1, 2))
     service = LiveService(config, channel_map, ingest).start()
     publishing = [threading.Thread(target=p.publish, args=([s.ldc_events(p.config.ldc) for s in spills],),
@@ -106,7 +105,7 @@ def test_concurrent_http_writes_and_reads_while_spills_flow(tmp_path, monkeypatc
 def test_a_write_while_the_service_thread_is_stopped_is_a_503(tmp_path):
     channel_map = ChannelMap.default()
     config = Config(web=WebConfig(port=0, tokens={"stress": hash_token(TOKEN)}, command_timeout_s=1.0))
-    ingest = replace(config.ingest, endpoints=("tcp://127.0.0.1:1",), workers=0)
+    ingest = config.ingest.replace(endpoints=("tcp://127.0.0.1:1",), workers=0)
     service = LiveService(config, channel_map, ingest).start()
     try:
         with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 import struct
@@ -14,13 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from na64_online.config import Config
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
-from na64_online.decoders.errors import ChannelMapError, ConfigError, FormatError
+from na64_online.decoders.decode import ReconstructionParams
+from na64_online.errors import ChannelMapError, ConfigError, FormatError, ResultFormatError
+from na64_online.monitor.health import HealthConfig
 from na64_online.monitor.histograms import HistogramConfig
 from na64_online.monitor.pipeline import MonitorConfig
 from na64_online.monitor.spill_monitor import HISTOGRAMS, STATS, make_processor
-from na64_online.monitor.wire import VERSION, ResultFormatError, decode_accumulator, encode_accumulator
+from na64_online.monitor.wire import VERSION, decode_accumulator, encode_accumulator
 from na64_online.worker_setup import build_processor, decode_setup, encode_setup, to_toml
 
 TIMING = ("processing_seconds", "finished_at")
@@ -249,16 +250,21 @@ def test_refused_result_keeps_the_template_untouched_for_the_caller(processor, p
 # --------------------------------------------------------------------------- worker set-up as text
 def test_setup_round_trips_configuration_and_channel_map(channel_map):
     config = Config(monitor=MonitorConfig(chunk_events=1000),
-                    histograms=dataclasses.replace(HistogramConfig(), e_ecal=(120, 0.0, 130.0)))
+                    histograms=HistogramConfig().replace(e_ecal=(120, 0.0, 130.0)),
+                    health=HealthConfig(hit_threshold=33.0))
     toml_bytes, csv_bytes = encode_setup(config, channel_map)
     assert b"[monitor.cuts]" in toml_bytes and b"[histograms]" in toml_bytes
     assert csv_bytes.startswith(b"src_id,port,channel,detector,module,x,y,gain_gev\n")
-    monitor, histograms, cmap = decode_setup([toml_bytes, csv_bytes])
-    assert monitor == config.monitor and histograms == config.histograms
+    monitor, histograms, health, cmap = decode_setup([toml_bytes, csv_bytes])
+    assert monitor == config.monitor and histograms == config.histograms and health.hit_threshold == 33.0
     for col in ("src_id", "port", "channel", "detector", "module", "x", "y", "gain_gev"):
         assert np.array_equal(getattr(cmap, col), getattr(channel_map, col)), col
     p = build_processor([toml_bytes, csv_bytes])
     assert p.config == config.monitor and len(p.channel_map) == len(channel_map)
+    assert p.new_accumulator().extensions["channel_stats"].hit_threshold == 33.0
+    # without an explicit one, the workers count hits above the reconstruction threshold, as the service does
+    config = Config(monitor=MonitorConfig(reconstruction=ReconstructionParams(amplitude_threshold=27.0)))
+    assert decode_setup(encode_setup(config, channel_map))[2].hit_threshold == 27.0
 
 
 def test_channel_map_csv_keeps_every_gain_exactly(tmp_path):
@@ -270,17 +276,17 @@ def test_channel_map_csv_keeps_every_gain_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("payload, error, message", [
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n", b""], ConfigError, "version 2"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n", b""], ConfigError, "version 1"),
     ([b"[monitor]\nchunk_events = 10\n", b""], ConfigError, "format"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n[monitor]\nchunk_events = 0\n", b""], ConfigError,
-     "setup.monitor"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n[monitor]\nbogus = 1\n", b""], ConfigError, "bogus"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n[archive]\npath = '/etc/passwd'\n", b""], ConfigError,
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n[monitor]\nchunk_events = 0\n", b""], ConfigError,
+     r"monitor\.chunk_events: must be .*worker set-up"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n[monitor]\nbogus = 1\n", b""], ConfigError, "bogus"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n[archive]\npath = '/etc/passwd'\n", b""], ConfigError,
      "unknown section"),
     ([b"not toml ==", b""], ConfigError, "TOML"),
     ([b"\xff\xfe", b""], ConfigError, "UTF-8"),
     ([b"x"], ConfigError, "2 frames"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n", b"a,b\n1,2\n"], ChannelMapError, "first line"),
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n", b"a,b\n1,2\n"], ChannelMapError, "first line"),
 ])
 def test_bad_setup_names_what_is_wrong(payload, error, message):
     with pytest.raises(error, match=message):

@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,12 @@ from hypothesis import strategies as st
 
 from na64_online.config import Config, load_config
 from na64_online.daq.ingest import IngestConfig, IngestService
-from na64_online.daq.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.daq.workers import (
     ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, _Worker, is_loopback,
     make_keys,
 )
-from na64_online.decoders.errors import ConfigError
+from na64_online.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
 from na64_online.service import build_monitor
 from na64_online.worker_setup import worker_setup
@@ -341,7 +340,7 @@ def test_dead_ingest_thread_makes_health_fail_with_503(channel_map):
     from na64_online.web.config import WebConfig
 
     config = Config(web=WebConfig(port=0))
-    ingest = replace(config.ingest, endpoints=("tcp://127.0.0.1:1",), workers=0)
+    ingest = config.ingest.replace(endpoints=("tcp://127.0.0.1:1",), workers=0)
     service = LiveService(config, channel_map, ingest).start()
     try:
         with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:
@@ -405,7 +404,7 @@ def test_web_thread_ending_is_a_failure_too(channel_map):
     from na64_online.web.config import WebConfig
 
     config = Config(web=WebConfig(port=0))
-    service = LiveService(config, channel_map, replace(config.ingest, endpoints=("tcp://127.0.0.1:1",),
+    service = LiveService(config, channel_map, config.ingest.replace(endpoints=("tcp://127.0.0.1:1",),
                                                        workers=0)).start()
     try:
         assert service.failure is None

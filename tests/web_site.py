@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from na64_online.config import load_config
-from na64_online.daq.simulator import SimulationConfig, write_raw_file
+from na64_online.sim.simulator import SimulationConfig, write_raw_file
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.metrics import SnapshotStore, register_metrics
 from na64_online.service import Replayer

@@ -25,8 +25,9 @@ from swagger_ui_bundle import swagger_ui_path
 from .. import __version__
 from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
+from .guides import DOCS_DIR as GUIDES_DIR
 from .live import WebsocketOrigin, mount_dashboard
-from .routers import alarms, health, histograms, metrics, spills
+from .routers import alarms, docs, health, histograms, metrics, spills
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
@@ -163,12 +164,14 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)
-    for module in (spills, histograms, alarms, health, metrics):
+    for module in (spills, histograms, alarms, health, metrics, docs):
         app.include_router(module.router)
     # the shift dashboard (Bokeh server documents, pushed over /ws) and BokehJS at /static, from the bokeh
     # package; Swagger UI from swagger_ui_bundle: dashboard and docs need no internet access
     mount_dashboard(app, state, web)
     app.mount(DOCS_STATIC_ROUTE, StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+    if (GUIDES_DIR / "img").is_dir():  # the guides' screenshots
+        app.mount("/docs/img", StaticFiles(directory=str(GUIDES_DIR / "img")), name="guides-img")
 
     @app.get("/api/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
-from ..decoders.errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,22 @@ def hash_token(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def token_problem(name: object, digest: object) -> str | None:
+    """What is wrong with one ``name = "sha256:<hex>"`` entry, or None."""
+    if not isinstance(name, str) or not USER_NAME.match(name):
+        return f"user name {name!r} must be 1-64 letters, digits, ' ._@-'"
+    if not isinstance(digest, str) or not TOKEN_HASH.match(digest):
+        return "expected 'sha256:<64 hex digits>' (see `na64-online token NAME`)"
+    return None
+
+
 def check_tokens(tokens: Mapping[str, str], where: str) -> dict[str, str]:
     """Validate a name → ``sha256:<hex>`` table; a :class:`ConfigError` names the bad entry."""
     out = {}
     for name, digest in tokens.items():
-        if not isinstance(name, str) or not USER_NAME.match(name):
-            raise ConfigError(f"{where}: user name {name!r} must be 1-64 letters, digits, ' ._@-'")
-        if not isinstance(digest, str) or not TOKEN_HASH.match(digest):
-            raise ConfigError(f"{where}.{name}: expected 'sha256:<64 hex digits>' (see `na64-online token NAME`)")
+        problem = token_problem(name, digest)
+        if problem is not None:
+            raise ConfigError(f"{where}.{name}: {problem}")
         out[name] = digest
     return out
 

@@ -245,6 +245,9 @@ class DashboardPage:
         self.sources: dict[str, ColumnDataSource] = {}
         self.divs: dict[str, Div] = {}
 
+        self._src = lambda name, data: src(name, data)
+        self._div = lambda name, width=None, height=None, **kw: div(name, width, height, **kw)
+
         def div(name, width=None, height=None, **kw):
             d = Div(text="", stylesheets=[css], name=name, **({"width": width} if width else {}),
                     **({"height": height} if height else {}), **kw)
@@ -266,9 +269,9 @@ class DashboardPage:
         self.texts.js_on_change("data", CustomJS(args={"source": self.texts}, code=TEXTS_JS))
         self.alarms = src("alarms", _empty("name", "severity", "text", "rule", "state", "id", "since", "who",
                                            "colour", "acked"))
-        self.alarm_choice = Select(title="", options=[], width=130, name="ack_alarm")
-        self.token = PasswordInput(placeholder="your token", width=100, name="ack_token")
-        self.comment = TextInput(placeholder="comment", width=110, name="ack_comment")
+        self.alarm_choice = Select(title="", options=[], width=115, name="ack_alarm")
+        self.token = PasswordInput(placeholder="your token", width=95, name="ack_token")
+        self.comment = TextInput(placeholder="comment", width=100, name="ack_comment")
         ack = Button(label="acknowledge", width=95, button_type="warning", name="ack_button")
         ack.on_click(self._acknowledge)
         self.sound = CheckboxGroup(labels=list(SEVERITIES), active=[0, 1], inline=True, name="sound",
@@ -368,7 +371,23 @@ class DashboardPage:
             sizing_mode="stretch_width",
         )
 
-        # ------------------------------------------------ channels
+        self._builders = {1: self._build_channels, 2: self._build_event, 3: self._build_history,
+                          4: self._build_alarm_history}  # built when first shown: a page opens faster
+        self.tabs = Tabs(tabs=[TabPanel(child=physics, title="Physics")] + [
+            TabPanel(child=Div(text="…", stylesheets=[css]), title=title)
+            for title in ("Channels", "Event display", "History", "Alarm history")],
+            sizing_mode="stretch_width", name="tabs")
+        self.tabs.on_change("active", self._tab_changed)
+        self.root = column(self.tabs, sizing_mode="stretch_width", name="root", css_classes=["na64-root"])
+        doc.add_root(self.ack_root)
+        doc.add_root(self.root)
+        for source in (self.meta, self.alarms, self.texts):  # read by the page's script: roots, to be synced
+            doc.add_root(source)
+        self._alarm_history_loaded = False
+
+    # ------------------------------------------------------------------ tabs built when first shown
+    def _build_channels(self):
+        css, src, div = self.css, self._src, self._div
         self.map_mappers = {q: LinearColorMapper(palette="Viridis256" if q != "status" else
                                                  ["#2e7d32", "#f9a825", "#ef6c00", "#c62828"], low=0, high=1,
                                                  nan_color="#424242") for q in MAP_QUANTITIES}
@@ -418,8 +437,10 @@ class DashboardPage:
         channels = column(row(*maps, sizing_mode="stretch_width"),
                           row(column(self.quantity, div("map_note", width=140)), problem_table, self.channel_plot,
                               sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        return channels
 
-        # ------------------------------------------------ event display
+    def _build_event(self):
+        css, src, div = self.css, self._src, self._div
         self.event_info = div("event_info", sizing_mode="stretch_width")
         emaps = []
         self.event_mapper = LinearColorMapper(palette="Inferno256", low=0, high=1, nan_color="#263238")
@@ -443,8 +464,10 @@ class DashboardPage:
         self.wave_plot.add_tools(HoverTool(tooltips=[("cell", "@label")]))
         event = column(self.event_info, row(*emaps, sizing_mode="stretch_width"), self.wave_plot,
                        sizing_mode="stretch_width")
+        return event
 
-        # ------------------------------------------------ history
+    def _build_history(self):
+        css, src, div = self.css, self._src, self._div
         self.open_run = TextInput(title="run", width=90, name="open_run")
         self.open_spill = TextInput(title="spill (empty: whole run)", width=160, name="open_spill")
         open_button = Button(label="open", width=80, name="open_button")
@@ -462,8 +485,10 @@ class DashboardPage:
         recent.selected.on_change("indices", self._recent_clicked)
         history = column(row(live_button, self.open_run, self.open_spill, open_button, div("history_note", width=600)),
                          self.recent_table, sizing_mode="stretch_width")
+        return history
 
-        # ------------------------------------------------ alarm history
+    def _build_alarm_history(self):
+        css, src, div = self.css, self._src, self._div
         self.search = TextInput(placeholder="search alarm history (name, text, user, comment)", width=400,
                                 name="alarm_search")
         self.search.on_change("value", self._search_changed)
@@ -477,18 +502,17 @@ class DashboardPage:
             TableColumn(field="text", title="detail", width=600), TableColumn(field="user", title="by", width=200)],
             height=560, index_position=None, sizing_mode="stretch_width", stylesheets=[css]),
             sizing_mode="stretch_width")
+        return alarm_history
 
-        self.tabs = Tabs(tabs=[TabPanel(child=physics, title="Physics"), TabPanel(child=channels, title="Channels"),
-                               TabPanel(child=event, title="Event display"), TabPanel(child=history, title="History"),
-                               TabPanel(child=alarm_history, title="Alarm history")],
-                         sizing_mode="stretch_width", name="tabs")
-        self.tabs.on_change("active", self._tab_changed)
-        self.root = column(self.tabs, sizing_mode="stretch_width", name="root", css_classes=["na64-root"])
-        doc.add_root(self.ack_root)
-        doc.add_root(self.root)
-        for source in (self.meta, self.alarms, self.texts):  # read by the page's script: roots, to be synced
-            doc.add_root(source)
-        self._alarm_history_loaded = False
+    def ensure_tab(self, index: int) -> None:
+        builder = self._builders.pop(index, None)
+        if builder is not None:
+            tabs = list(self.tabs.tabs)  # a new panel: BokehJS renders a replaced panel, not a replaced child
+            tabs[index] = TabPanel(child=builder(), title=tabs[index].title)
+            self.tabs.tabs = tabs
+            pending = getattr(self, '_pending_recent', None)
+            if index == 3 and pending is not None:
+                self.sources['recent'].data = dict(pending)
 
     # ------------------------------------------------------------------ updates
     def apply(self, data: PanelData) -> None:
@@ -516,9 +540,7 @@ class DashboardPage:
         box = v.get("signal_box")
         if box is not None:
             self.signal_box.left, self.signal_box.right, self.signal_box.bottom, self.signal_box.top = box
-        for q in MAP_QUANTITIES:
-            lo, hi = v.get(f"range_{q}", (0.0, 1.0))
-            self.map_mappers[q].low, self.map_mappers[q].high = lo, hi
+        self._map_ranges()
         for name, label in self.chi2.items():
             label.text = data.texts.get(f"chi2_{name}", "")
         stamp = v.get("stamp", "")
@@ -569,7 +591,9 @@ class DashboardPage:
         self.meta.patch({"now": [(0, now)]})
 
     def show_recent(self, columns: dict) -> None:
-        self.sources["recent"].data = dict(columns)
+        self._pending_recent = columns
+        if "recent" in self.sources:
+            self.sources["recent"].data = dict(columns)
 
     # ------------------------------------------------------------------ shifter's actions
     def _acknowledge(self) -> None:
@@ -588,6 +612,7 @@ class DashboardPage:
         run, spill, event = data["run"][i], data["spill"][i], data["event"][i]
         if not all(math.isfinite(float(x)) for x in (run, spill, event)):
             return
+        self.ensure_tab(2)
         self.show_event(self._on_event(int(run), int(spill), int(event)), int(run), int(spill), int(event))
         self.tabs.active = 2
 
@@ -680,7 +705,17 @@ class DashboardPage:
         if self._on_search is not None:
             self.sources["alarm_history"].data = self._on_search(new or "")
 
+    def _map_ranges(self) -> None:
+        if not hasattr(self, "map_mappers"):
+            return  # the Channels tab is not built yet
+        for q in MAP_QUANTITIES:
+            lo, hi = self._values.get(f"range_{q}", (0.0, 1.0))
+            self.map_mappers[q].low, self.map_mappers[q].high = lo, hi
+
     def _tab_changed(self, attr, old, new) -> None:
+        self.ensure_tab(new)
+        if new == CHANNELS_TAB:
+            self._map_ranges()
         if new == CHANNELS_TAB and self._channel_data:
             for name, columns in self._channel_data.items():
                 self.sources[name].data = dict(columns)

@@ -473,6 +473,10 @@ def mount_dashboard(app, state, web, poll_seconds: float = 0.1) -> DashboardFeed
     # session ids signed with a key of this process: a page's websocket must come from a page we served
     feed.bokeh = _bokeh_fastapi()({"/": feed.modify_doc}, app=app, secret_key=secrets.token_bytes(32), sign_sessions=True,
                               websocket_origins=["*"])
+    for route in app.routes:  # the page and its websocket are not part of the JSON API's schema
+        if getattr(route, "path", None) in ("/", "/ws"):
+            route.include_in_schema = False
+    app.openapi_schema = None
     app.state.dashboard = feed
     return feed
 

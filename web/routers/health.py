@@ -6,6 +6,7 @@ import time
 
 from fastapi import APIRouter, Request
 
+from ...monitor.metrics import alarm_view
 from .common import json_response, state
 
 router = APIRouter(tags=["health"])
@@ -37,6 +38,7 @@ def health(request: Request):
     }
     if st.service_health is not None:
         body["ingest"] = st.service_health()
+    body["alertmanager"] = alarm_view(st.monitor.alarms)["delivery"]
     failure = st.failure() if st.failure is not None else None
     if failure:  # a core thread died: the process is about to exit for its supervisor to restart it
         body.update(status="failed", reason=failure)

@@ -1,4 +1,17 @@
-"""Error hierarchy and the numbered issue kinds the numba kernels report.
+"""The project's error hierarchy, and the numbered issue kinds the numba kernels report.
+
+Every error about data or configuration is a :class:`DaqError` carrying, where
+known, srcID, run, spill, event and byte offset::
+
+    DaqError
+    ├── FormatError (ValueError)      bytes that do not follow docs/raw-format.md
+    │   ├── TruncatedError            a buffer or file ends inside an event
+    │   ├── NotDateStreamError        not a DATE stream
+    │   ├── EnvelopeError             a ZeroMQ message that breaks the §9 envelope
+    │   └── ResultFormatError         a worker's result that breaks monitor/wire.py's format
+    ├── ChannelMapError (ValueError)  a channel map / calibration that cannot be used
+    ├── ConfigError (ValueError)      a wrong configuration file, variable or option
+    └── ArchiveError                  an archive file that cannot be used
 
 Kernels cannot raise Python exceptions with context, so they log issues as
 small integers (:class:`Issue`) with srcID, event index and byte offset; the
@@ -69,6 +82,18 @@ class ChannelMapError(DaqError, ValueError):
 
 class ConfigError(DaqError, ValueError):
     """A configuration file, environment variable or option that is wrong."""
+
+
+class EnvelopeError(FormatError):
+    """A ZeroMQ message that does not follow docs/raw-format.md §9."""
+
+
+class ResultFormatError(FormatError):
+    """A worker's result that does not follow monitor/wire.py's format; it is refused, never used."""
+
+
+class ArchiveError(DaqError):
+    """The archive file cannot be used (newer schema, read-only misuse, corrupt blob)."""
 
 
 FIRST_NOTICE = 64  # issue values from here on are notices, not decode errors

@@ -36,38 +36,28 @@ Schema version in ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import os
-import re
 import sqlite3
-import struct
 import threading
 import time
 import urllib.parse
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
-import numpy as np
+from pydantic import Field, field_validator
 
-from ..decoders.errors import ConfigError, DaqError
+from ...config_section import ConfigSection
+from ...errors import ArchiveError
+from .codec import _as_dict, _dumps, _state_of, decode_histogram, encode_histogram
+from .exports import ArchiveExports
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-
-#: Quality states counted as bad by default (``bad_spills``).
-BAD_STATES: tuple[str, ...] = ("BAD",)
-#: ``overall`` of a spill cut short by a stop of the live service (monitor.quality.INTERRUPTED)
-INTERRUPTED = "INTERRUPTED"
 
 _SCHEMA_V1 = """
 CREATE TABLE spills (
@@ -175,177 +165,33 @@ _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 _BEST_ROW = "ORDER BY complete DESC, events DESC, fragment ASC LIMIT 1"
 
 
-@dataclass(frozen=True)
-class ArchiveConfig:
-    """Archive settings (composed into the service configuration by the caller).
+class ArchiveConfig(ConfigSection):
+    """Archive settings (``[archive]``; ``ArchiveConfig(path, …)`` takes the path first).
 
     ``retention_spills``/``retention_days``: ``None`` keeps everything.
     ``alarm_history_days``: ``None`` keeps the whole alarm history.
-    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL`` or ``NORMAL``).
+    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL``, ``NORMAL`` or ``EXTRA``).
     """
+
+    section: ClassVar[str] = "archive"
 
     path: Path = Path("na64-online.sqlite")
-    retention_spills: int | None = None
-    retention_days: float | None = None
-    alarm_history_days: float | None = None
+    retention_spills: int | None = Field(None, ge=1)
+    retention_days: float | None = Field(None, gt=0)
+    alarm_history_days: float | None = Field(None, gt=0)
     synchronous: str = "FULL"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-        if self.retention_spills is not None and (
-            not isinstance(self.retention_spills, int) or self.retention_spills < 1
-        ):
-            raise ConfigError(f"archive retention_spills must be a positive integer, not {self.retention_spills!r}")
-        for key in ("retention_days", "alarm_history_days"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"archive {key} must be a positive number, not {value!r}")
-        if str(self.synchronous).upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ConfigError(f"archive synchronous must be FULL, NORMAL or EXTRA, not {self.synchronous!r}")
+    def __init__(self, path: str | os.PathLike | None = None, /, **values: Any) -> None:
+        if path is not None:
+            values["path"] = path
+        super().__init__(**values)
 
-
-class ArchiveError(DaqError):
-    """The archive file cannot be used (newer schema, read-only misuse, corrupt blob)."""
-
-
-# --------------------------------------------------------------------------- histograms
-
-_BLOB_MAGIC = b"N64H"
-_BLOB_VERSION = 1
-
-
-def _uhi():
-    import boost_histogram.serialization as ser
-
-    return ser
-
-
-def encode_histogram(h: Any) -> bytes:
-    """Serialise a ``hist.Hist`` / ``boost_histogram.Histogram`` to a compact, exact blob.
-
-    Layout: ``b"N64H" | u8 version | zlib( u32 header length | header JSON |
-    view bytes )``. The header is the UHI dict (axes, storage type, metadata)
-    with each storage array replaced by its dtype and shape; the bytes are
-    the raw ``view(flow=True)`` of the storage, so accumulators (e.g. the
-    ``Mean`` storage's sum of squared deltas) come back bit for bit.
-    """
-    uhi = _uhi().to_uhi(h)
-    uhi.pop("writer_info", None)
-    storage = dict(uhi["storage"])
-    for key, value in list(storage.items()):
-        if isinstance(value, np.ndarray):
-            storage[key] = {"__array__": True, "dtype": value.dtype.str, "shape": list(value.shape)}
-    uhi["storage"] = storage
-    view = np.ascontiguousarray(np.asarray(h.view(flow=True)))
-    if view.dtype.names:
-        dtype: Any = [[name, view.dtype.fields[name][0].str] for name in view.dtype.names]
-    else:
-        dtype = view.dtype.str
-    uhi["__view__"] = {"dtype": dtype, "shape": list(view.shape)}
-    header = json.dumps(uhi, separators=(",", ":"), default=_json_default).encode()
-    payload = struct.pack("<I", len(header)) + header + view.tobytes()
-    return _BLOB_MAGIC + bytes([_BLOB_VERSION]) + zlib.compress(payload, 6)
-
-
-def decode_histogram(blob: bytes):
-    """Inverse of :func:`encode_histogram`; returns a ``hist.Hist``."""
-    import hist
-
-    if blob[:4] != _BLOB_MAGIC or len(blob) < 6 or blob[4] != _BLOB_VERSION:
-        raise ArchiveError("not a histogram blob of a known version")
-    payload = zlib.decompress(blob[5:])
-    (hlen,) = struct.unpack_from("<I", payload)
-    uhi = json.loads(payload[4 : 4 + hlen])
-    spec = uhi.pop("__view__")
-    storage = uhi["storage"]
-    for key, value in list(storage.items()):
-        if isinstance(value, dict) and value.get("__array__"):
-            storage[key] = np.zeros(value["shape"], dtype=np.dtype(value["dtype"]))
-    h = hist.Hist(_uhi().from_uhi(uhi))
-    dtype = spec["dtype"]
-    dtype = np.dtype([tuple(f) for f in dtype]) if isinstance(dtype, list) else np.dtype(dtype)
-    view = np.frombuffer(payload, dtype=dtype, offset=4 + hlen).reshape(spec["shape"])
-    target = h.view(flow=True)
-    if dtype.names:
-        for name in dtype.names:
-            target[name] = view[name]
-    else:
-        target[...] = view
-    return h
-
-
-def histogram_to_json(h: Any) -> dict:
-    """UHI-schema dict of a histogram with plain lists (non-finite numbers → ``null``)."""
-    uhi = _uhi().to_uhi(h)
-    storage = uhi["storage"]
-    for key, value in list(storage.items()):
-        if isinstance(value, np.ndarray):
-            storage[key] = _finite_list(value)
-    return uhi
-
-
-def _finite_list(arr: np.ndarray) -> list:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        obj = arr.astype(object)
-        obj[~np.isfinite(arr)] = None
-        return obj.tolist()
-    return arr.tolist()
-
-
-_ROOT_NAME_BAD = re.compile(r"[^A-Za-z0-9_./+\-]")
-
-
-def _root_name(name: str) -> str:
-    cleaned = _ROOT_NAME_BAD.sub("_", name).strip("/")
-    return re.sub(r"/+", "/", cleaned) or "unnamed"
-
-
-def _root_writable(h: Any):
-    """uproot cannot write integer storages: give it a Double copy."""
-    import hist
-
-    if h.storage_type.__name__ in ("Int64", "AtomicInt64", "Unlimited"):
-        out = hist.Hist(*h.axes, storage=hist.storage.Double(), name=getattr(h, "name", None), label=getattr(h, "label", None))
-        out.view(flow=True)[...] = np.asarray(h.view(flow=True), dtype=float)
-        return out
-    return h
-
-
-# --------------------------------------------------------------------------- JSON helpers
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
-
-
-def _as_dict(obj: Any) -> Any:
-    """A ``QARecord`` / ``SpillQuality`` (anything with ``to_dict``) as its dict."""
-    return obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, Mapping) else obj
-
-
-def _finite(obj: Any) -> Any:
-    """Replace NaN/inf (not JSON) by ``None``, recursively."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
+    @field_validator("synchronous")
+    @classmethod
+    def _pragma(cls, value: str) -> str:
+        if value.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"must be FULL, NORMAL or EXTRA, not {value!r}")
+        return value
 
 
 def _name_clause(name: str) -> tuple[str, str]:
@@ -356,27 +202,10 @@ def _name_clause(name: str) -> tuple[str, str]:
     return "name LIKE ? ESCAPE '\\'", pattern
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=_json_default)
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _state_of(value: Any) -> str | None:
-    """A quality state given as ``"BAD"`` or as ``{"state": "BAD", ...}``."""
-    if isinstance(value, Mapping):
-        value = value.get("state", value.get("status"))
-    return str(value).upper() if value is not None else None
-
-
 # --------------------------------------------------------------------------- archive
 
 
-class Archive:
+class Archive(ArchiveExports):
     """The per-spill SQLite archive. See the module docstring.
 
     >>> with Archive(tmp / "qa.sqlite", retention_spills=10000) as archive:   # doctest: +SKIP
@@ -395,7 +224,8 @@ class Archive:
         timeout: float = 10.0,
     ) -> None:
         # validate through the config class (one place for the rules)
-        cfg = ArchiveConfig(path, retention_spills, retention_days, alarm_history_days, synchronous)
+        cfg = ArchiveConfig(path, retention_spills=retention_spills, retention_days=retention_days,
+                            alarm_history_days=alarm_history_days, synchronous=synchronous)
         self.path = cfg.path
         self.retention_spills = cfg.retention_spills
         self.retention_days = cfg.retention_days
@@ -799,226 +629,6 @@ class Archive:
             "used_bytes": page_size * (page_count - freelist),
         }
 
-    # ---------------------------------------------------------------- bad spills
-
-    def bad_spills(self, run: int | None = None, states: Sequence[str] = BAD_STATES,
-                   include_interrupted: bool = True) -> list[dict]:
-        """Spills whose overall quality is in ``states`` (default ``BAD``), ordered by run and spill.
-
-        Each row: run, spill, time (ISO UTC), overall, failing_subsystems,
-        reasons, alarms, complete, events, beam, eot, hadron_fraction,
-        decode_errors, lost_events. ``include_interrupted``: also the spills
-        the live service was stopped in — ``overall`` INTERRUPTED (not judged,
-        no failing subsystem), so an analyst sees they have no verdict.
-        """
-        states_u = tuple(s.upper() for s in states)
-        wanted = states_u + ((INTERRUPTED,) if include_interrupted and INTERRUPTED not in states_u else ())
-        where, params = self._spill_filter(run, wanted, None, None)
-        rows = self._query(f"SELECT run, spill, time, overall, record, quality FROM spills{where} ORDER BY run, spill", params)
-        return [self._bad_row(r, states_u) for r in rows]
-
-    @staticmethod
-    def _bad_row(row: sqlite3.Row, states: tuple[str, ...]) -> dict:
-        record = json.loads(row["record"])
-        quality = json.loads(row["quality"]) if row["quality"] else {}
-        subsystems = quality.get("subsystems") or {}
-        failing = [str(name) for name, st in subsystems.items() if _state_of(st) in states]
-        reasons: list[str] = []
-        for check in quality.get("checks") or []:
-            if isinstance(check, str):
-                reasons.append(check)
-                continue
-            if not isinstance(check, Mapping) or _state_of(check) not in states:
-                continue
-            text = check.get("detail") or check.get("message") or check.get("reason") or ""
-            name, sub = str(check.get("name") or ""), str(check.get("subsystem") or "")
-            label = name if (not sub or name.startswith(sub + ".")) else (f"{sub}: {name}" if name else sub)
-            reasons.append(f"{label}: {text}" if label and text else (label or str(text)))
-        for extra in quality.get("reasons") or []:
-            reasons.append(str(extra))
-        if record.get("complete") is False and not any("incomplete" in r.lower() for r in reasons):
-            reasons.append("incomplete spill")
-        if row["overall"] == INTERRUPTED:
-            reasons = [str(r) for r in quality.get("reasons") or ["interrupted: not judged"]]
-        alarms = [str(a.get("name")) for a in record.get("alarms") or [] if isinstance(a, Mapping)]
-        return {
-            "run": row["run"],
-            "spill": row["spill"],
-            "time": _iso(row["time"]),
-            "overall": row["overall"],
-            "failing_subsystems": failing,
-            "reasons": reasons,
-            "alarms": alarms,
-            "complete": record.get("complete"),
-            "events": record.get("events"),
-            "beam": record.get("beam"),
-            "eot": record.get("eot"),
-            "hadron_fraction": record.get("hadron_fraction"),
-            "decode_errors": record.get("decode_errors"),
-            "lost_events": record.get("lost_events"),
-        }
-
-    BAD_SPILL_COLUMNS = (
-        "run", "spill", "time", "overall", "failing_subsystems", "reasons", "alarms", "complete",
-        "events", "beam", "eot", "hadron_fraction", "decode_errors", "lost_events",
-    )
-
-    def export_bad_spills(
-        self,
-        dest: str | os.PathLike | IO[str],
-        fmt: str = "csv",
-        run: int | None = None,
-        states: Sequence[str] = BAD_STATES,
-    ) -> int:
-        """Write the bad-spill list as CSV or JSON to a path or text file; returns the number of spills.
-
-        CSV: one line per spill, columns :attr:`BAD_SPILL_COLUMNS`, lists joined
-        with ``"; "``, ``null`` as an empty cell. JSON: ``{"generated", "run",
-        "states", "count", "spills": [rows]}``.
-        """
-        fmt = fmt.lower()
-        if fmt not in ("csv", "json"):
-            raise ValueError(f"bad-spill export format must be 'csv' or 'json', not {fmt!r}")
-        rows = self.bad_spills(run=run, states=states)
-        if isinstance(dest, (str, os.PathLike)):
-            with open(dest, "w", newline="", encoding="utf-8") as fh:
-                Archive._write_bad(fh, rows, fmt, run, states)
-        else:
-            Archive._write_bad(dest, rows, fmt, run, states)
-        return len(rows)
-
-    @staticmethod
-    def _write_bad(fh: IO[str], rows: list[dict], fmt: str, run: int | None, states: Sequence[str]) -> None:
-        if fmt == "json":
-            doc = {
-                "generated": _iso(time.time()),
-                "run": run,
-                "states": [s.upper() for s in states],
-                "count": len(rows),
-                "spills": _finite(rows),
-            }
-            json.dump(doc, fh, indent=1, default=_json_default)
-            fh.write("\n")
-            return
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(Archive.BAD_SPILL_COLUMNS)
-        for row in rows:
-            cells = []
-            for col in Archive.BAD_SPILL_COLUMNS:
-                value = row[col]
-                if isinstance(value, list):
-                    value = "; ".join(str(v) for v in value)
-                elif value is None:
-                    value = ""
-                elif isinstance(value, bool):
-                    value = "true" if value else "false"
-                cells.append(value)
-            writer.writerow(cells)
-
-    # ---------------------------------------------------------------- histogram export
-
-    def _histograms_for(self, run: int, spill: int | None) -> list[tuple[int, str, bytes]]:
-        if spill is None:
-            return [
-                (r[0], r[1], r[2])
-                for r in self._query(
-                    "SELECT s.spill, h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
-                    " WHERE s.run = ? ORDER BY s.spill, h.name",
-                    (run,),
-                )
-            ]
-        return [
-            (r[0], r[1], r[2])
-            for r in self._query(
-                "SELECT s.spill, h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
-                " WHERE s.run = ? AND s.spill = ? ORDER BY h.name",
-                (run, spill),
-            )
-        ]
-
-    def _summed(self, rows: list[tuple[int, str, bytes]]) -> tuple[dict, list[int]]:
-        """Sum each histogram over the spills (incompatible binning: kept per first spill, logged)."""
-        totals: dict[str, Any] = {}
-        spills: set[int] = set()
-        for spill, name, blob in rows:
-            spills.add(spill)
-            h = decode_histogram(blob)
-            if name not in totals:
-                totals[name] = h
-                continue
-            try:
-                totals[name] = totals[name] + h
-            except ValueError as exc:
-                log.warning("histogram %s of spill %s cannot be added to the run sum: %s", name, spill, exc)
-        return totals, sorted(spills)
-
-    def export_histograms_root(
-        self, path: str | os.PathLike, run: int, spill: int | None = None, *, per_spill: bool = False
-    ) -> list[str]:
-        """Write histograms to a ROOT file with uproot; returns the keys written.
-
-        ``spill`` given: that spill's histograms at the top level. ``spill=None``:
-        the run's histograms summed over its archived spills at the top level,
-        plus (``per_spill=True``) each spill's in a directory ``spill_NNNNN``.
-        A ``TObjString`` ``na64_online_info`` (JSON) records run, spills and
-        time. Names are cleaned for ROOT (``/`` makes sub-directories); integer
-        storages are written as doubles (TH*D); histograms uproot cannot write
-        (more than 3 axes, …) are skipped with a warning.
-        """
-        import uproot
-
-        rows = self._histograms_for(run, spill)
-        if spill is None:
-            objects, spills = self._summed(rows)
-            items = list(objects.items())
-            if per_spill:
-                items += [(f"spill_{s:05d}/{n}", decode_histogram(b)) for s, n, b in rows]
-        else:
-            items = [(n, decode_histogram(b)) for _, n, b in rows]
-            spills = [spill] if rows else []
-        written: list[str] = []
-        with uproot.recreate(path) as f:
-            for name, h in items:
-                key = _root_name(name)
-                try:
-                    f[key] = _root_writable(h)
-                except Exception as exc:  # uproot raises assorted types for unsupported objects
-                    log.warning("histogram %s not written to ROOT: %s", name, exc)
-                    continue
-                written.append(key)
-            f["na64_online_info"] = json.dumps(
-                {"run": run, "spill": spill, "spills": spills, "summed": spill is None, "exported": _iso(time.time())}
-            )
-        return written
-
-    def export_histograms_json(
-        self, dest: str | os.PathLike | IO[str], run: int, spill: int | None = None
-    ) -> int:
-        """Write histograms as JSON (UHI schema, flow bins included); returns how many.
-
-        ``{"run", "spill", "spills", "summed", "histograms": {name: uhi}}``;
-        ``spill=None`` sums over the run's archived spills as for ROOT.
-        """
-        rows = self._histograms_for(run, spill)
-        if spill is None:
-            objects, spills = self._summed(rows)
-        else:
-            objects = {n: decode_histogram(b) for _, n, b in rows}
-            spills = [spill] if rows else []
-        doc = {
-            "run": run,
-            "spill": spill,
-            "spills": spills,
-            "summed": spill is None,
-            "histograms": {name: histogram_to_json(h) for name, h in objects.items()},
-        }
-        if isinstance(dest, (str, os.PathLike)):
-            with open(dest, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, default=_json_default)
-        else:
-            json.dump(doc, dest, default=_json_default)
-        return len(objects)
-
     # ---------------------------------------------------------------- alarm history
 
     def active_alarms(self) -> list[dict]:
@@ -1093,23 +703,3 @@ class Archive:
             dict(r)
             for r in self._query(f"SELECT * FROM alarm_events{where} ORDER BY time DESC, id DESC LIMIT ?", params + [limit])
         ]
-
-
-def bad_spills_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The CSV text of :meth:`Archive.bad_spills` rows (for a web download)."""
-    buf = io.StringIO()
-    Archive._write_bad(buf, list(rows), "csv", None, BAD_STATES)
-    return buf.getvalue()
-
-
-__all__ = [
-    "Archive",
-    "ArchiveConfig",
-    "ArchiveError",
-    "BAD_STATES",
-    "SCHEMA_VERSION",
-    "bad_spills_csv",
-    "decode_histogram",
-    "encode_histogram",
-    "histogram_to_json",
-]

@@ -1,0 +1,47 @@
+"""Alarms on per-spill QA quantities: rules, the engine that keeps their life cycle, and delivery.
+
+- :mod:`.rules` — :class:`AlarmRule`, the rule syntax (TOML), loading, the default rules;
+- :mod:`.engine` — :class:`AlarmEngine` (raise / acknowledge / clear, history), :class:`AlarmConfig`,
+  the :class:`AlarmStore` protocol the archive implements;
+- :mod:`.notifiers` — :class:`AlertmanagerNotifier`, :class:`SoundNotifier`, :class:`Notifiers`.
+"""
+
+from .engine import AlarmConfig, AlarmEngine, AlarmStore
+from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
+from .rules import (
+    ALARM_STATES,
+    DEFAULT_RULES_TOML,
+    MISSING_POLICIES,
+    OPERATORS,
+    QUALITY_ORDER,
+    SERVICE_ALARMS,
+    SEVERITIES,
+    AlarmRule,
+    default_rules,
+    load_rules,
+    resolve,
+    rule_from_dict,
+    rules_from_config,
+)
+
+__all__ = [
+    "ALARM_STATES",
+    "AlarmConfig",
+    "AlarmEngine",
+    "AlarmRule",
+    "AlarmStore",
+    "AlertmanagerNotifier",
+    "DEFAULT_RULES_TOML",
+    "MISSING_POLICIES",
+    "Notifiers",
+    "OPERATORS",
+    "QUALITY_ORDER",
+    "SERVICE_ALARMS",
+    "SEVERITIES",
+    "SoundNotifier",
+    "default_rules",
+    "load_rules",
+    "resolve",
+    "rule_from_dict",
+    "rules_from_config",
+]

@@ -1,0 +1,430 @@
+"""``reprocess``: archived raw files decoded on a Dask cluster, records identical to ``replay``.
+
+The work is split where ``replay`` splits it, at spills:
+
+1. **index** (one task per file, on a worker): the file's index pass and spill
+   segmentation (:meth:`~.daq.rawfile.RawFile.spills`, the code ``replay``
+   runs). The result, a :class:`FilePlan`, stays on the worker; the client
+   gets only its :class:`FileSummary` (spills, bytes, what the file got wrong).
+2. **spill** (one task per spill): the spill's index rows (a small task next
+   to the plan cuts them out, :func:`spill_plan`), then the spill's own byte
+   ranges read from the file — which must be at the same path on every
+   worker (shared storage), so raw bytes never pass through the scheduler or
+   the client — and ``SpillProcessor.accumulate`` on them, the call ``replay``
+   makes. The result goes back in the decoder workers' wire format
+   (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built on the worker
+   from the service's set-up text (:mod:`.worker_setup`), as ``serve``'s
+   workers do.
+3. **merge** (client, in file and spill order): each accumulator goes through
+   ``SpillMonitor.handle`` — quality, channel history, run histograms, alarms,
+   archive — exactly as in ``replay``, so the records are identical (up to
+   the processing time and the finishing time stamp, which say when and how
+   fast, not what).
+
+A task that raises is retried by Dask (``retries``); a task on a worker that
+dies is re-run elsewhere by the scheduler. A file that cannot be read is
+reported with its reason and skipped; the others go on.
+
+Dask (``pip install 'na64-online[cluster]'``) is imported only here.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+
+from .decoders import layout
+from .decoders.decode import EventIndex
+from pydantic import Field, model_validator
+
+from .config_section import ConfigSection, FieldProblem
+from .errors import DaqError
+
+INSTALL_HINT = "reprocess needs Dask: pip install 'na64-online[cluster]' (dask[distributed])"
+
+
+class ClusterConfig(ConfigSection):
+    """``[cluster]``: where ``reprocess`` runs and how it talks to Dask.
+
+    ``scheduler``: address of an existing Dask scheduler (``tcp://HOST:8786``,
+    ``tls://HOST:8786``); ``None`` starts a ``LocalCluster`` of ``workers``
+    processes on this host, bound to 127.0.0.1. ``retries``: times a failed
+    task is re-run. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
+    files; with all three the client (and a local cluster) use Dask's TLS
+    ``Security`` with encryption required — the scheduler address must then be
+    ``tls://``.
+    """
+
+    section: ClassVar[str] = "cluster"
+
+    scheduler: str | None = Field(None, pattern=r"^(tcp|tls|ucx|ws|wss)://.+")
+    workers: int = Field(2, ge=1, le=1024)
+    retries: int = Field(2, ge=0, le=100)
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> "ClusterConfig":
+        tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if any(tls) and not all(tls):
+            missing = [n for n, v in zip(("tls_ca_file", "tls_cert_file", "tls_key_file"), tls) if not v][0]
+            raise FieldProblem(missing, "TLS needs all of tls_ca_file, tls_cert_file and tls_key_file")
+        if all(tls) and self.scheduler is not None and not self.scheduler.startswith("tls://"):
+            raise FieldProblem("scheduler", f"TLS is configured: the address must be tls://…, not {self.scheduler}")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca_file is not None
+
+
+# =========================================================================== the plan of a file (worker side)
+@dataclass(frozen=True, eq=False)
+class SpillPlan:
+    """One spill's index rows, re-based onto the bytes it needs.
+
+    ``pieces``: ``(byte offset in the file, bytes)`` to read and concatenate,
+    in order; ``index.offset`` counts words into that concatenation.
+    (Several pieces only after a byte-shifted resync re-aligned the stream.)
+    """
+
+    path: str
+    run: int
+    spill: int
+    complete: bool
+    index: EventIndex
+    pieces: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class SpillSummary:
+    run: int
+    spill: int
+    complete: bool
+    bytes: int  # read from the file for this spill
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """What the client learns of a file's index pass."""
+
+    path: str
+    size: int
+    spills: tuple[SpillSummary, ...]
+    notes: tuple[tuple[str, str], ...]  # (level, text), as replay reports them
+
+
+@dataclass(frozen=True, eq=False)
+class FilePlan:
+    summary: FileSummary
+    spills: tuple[SpillPlan, ...]
+
+
+def _rebase(path: str, segment) -> SpillPlan:
+    """Cut a spill's bytes out of the stream: the word ranges of its accepted events, per re-aligned piece."""
+    index: EventIndex = segment.index
+    accepted = index.status == 0
+    # byte shift of each row's word grid relative to the file (0 everywhere unless the stream was re-aligned)
+    shift = index.source_offset - 4 * index.offset
+    offsets = np.zeros(len(index), dtype=np.int64)  # rejected rows are never decoded: word 0 keeps them in range
+    pieces = []
+    base = 0
+    for delta in dict.fromkeys(shift[accepted].tolist()):
+        rows = np.flatnonzero(accepted & (shift == delta))
+        lo = int(index.offset[rows].min())
+        hi = int((index.offset[rows] + index.size[rows]).max())
+        offsets[rows] = index.offset[rows] - lo + base
+        pieces.append((lo * 4 + int(delta), (hi - lo) * 4))
+        base += hi - lo
+    columns = {name: getattr(index, name) for name in ("size", "status", "type", "run", "spill", "event",
+                                                        "trigger_mask", "time", "super_event", "ldc", "skipped",
+                                                        "source_offset")}
+    rebased = EventIndex(offset=offsets, **columns, end=base, truncated=False)
+    return SpillPlan(path, segment.run, segment.spill, segment.complete, rebased, tuple(pieces))
+
+
+def index_file(path: str) -> FilePlan:
+    """Task: the index pass of one file and its spills (``replay``'s segmentation)."""
+    from .daq.rawfile import RawFile
+    from .service import file_notes
+
+    raw = RawFile(path)
+    if raw.size == 0:
+        return FilePlan(FileSummary(path, 0, (), (("error", "the file is empty (0 bytes)"),)), ())
+    segments = raw.spills()
+    plans = tuple(_rebase(path, s) for s in segments)
+    summary = FileSummary(
+        path, raw.size,
+        tuple(SpillSummary(p.run, p.spill, p.complete, sum(n for _, n in p.pieces)) for p in plans),
+        tuple((n.level, n.text) for n in file_notes(raw.stats, bool(segments))),
+    )
+    return FilePlan(summary, plans)
+
+
+def file_summary(plan: FilePlan) -> FileSummary:
+    """Task: the small part of a plan the client needs."""
+    return plan.summary
+
+
+def spill_plan(plan: FilePlan, number: int) -> SpillPlan:
+    """Task: one spill's plan (runs where the file plan is, so only this part travels)."""
+    return plan.spills[number]
+
+
+def read_spill_words(plan: SpillPlan) -> np.ndarray:
+    """The spill's bytes from the file, as the words its index points into."""
+    total = sum(n for _, n in plan.pieces)
+    words = np.empty(total // 4, dtype=layout.WORD)
+    view = memoryview(words.view(np.uint8))
+    position = 0
+    with open(plan.path, "rb") as f:
+        fd = f.fileno()
+        for start, nbytes in plan.pieces:
+            done = 0
+            while done < nbytes:
+                got = os.preadv(fd, [view[position + done: position + nbytes]], start + done)
+                if got == 0:
+                    raise DaqError(f"{plan.path}: the file ended at byte {start + done} inside spill {plan.spill} "
+                                   f"of run {plan.run} (changed since it was indexed?)")
+                done += got
+            position += nbytes
+    return words
+
+
+_PROCESSORS: dict[str, object] = {}
+_PROCESSORS_LOCK = threading.Lock()
+
+
+def _processor(setup: tuple[bytes, bytes]):
+    """This worker process's processor for a set-up (built once per set-up, from its text)."""
+    from .worker_setup import build_processor
+
+    key = hashlib.sha256(b"\0".join(setup)).hexdigest()
+    with _PROCESSORS_LOCK:
+        processor = _PROCESSORS.get(key)
+        if processor is None:
+            processor = _PROCESSORS[key] = build_processor(setup)
+    return processor
+
+
+def process_spill(plan: SpillPlan, setup: tuple[bytes, bytes]) -> list[bytes]:
+    """Task: decode one spill from its own bytes; the accumulator in the workers' wire format."""
+    processor = _processor(setup)
+    acc = processor.accumulate(read_spill_words(plan), plan.index)
+    return [bytes(frame) for frame in processor.encode_result(acc)]
+
+
+# =========================================================================== the client
+@dataclass
+class ReprocessStats:
+    files: int = 0
+    files_skipped: int = 0
+    spills: int = 0
+    events: int = 0
+    bytes: int = 0  # raw file bytes of the files reprocessed
+    seconds: float = 0.0
+    cluster_seconds: float = 0.0  # starting / connecting to the cluster
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = self.bytes / self.seconds / 1e9 if self.seconds else 0.0
+        events = self.events / self.seconds if self.seconds else 0.0
+        skipped = f" ({self.files_skipped} skipped)" if self.files_skipped else ""
+        return (f"reprocessed {self.files} files{skipped}, {self.spills} spills, {self.events} events, "
+                f"{self.bytes / 1e9:.3f} GB in {self.seconds:.2f} s: {rate:.3f} GB/s, {events:,.0f} events/s "
+                f"(cluster start {self.cluster_seconds:.1f} s)")
+
+
+def require_dask():
+    """Import ``distributed``, or a :class:`DaqError` saying how to install it."""
+    try:
+        import distributed
+    except ImportError:
+        raise DaqError(INSTALL_HINT) from None
+    return distributed
+
+
+def security_of(cluster: ClusterConfig):
+    """Dask TLS ``Security`` from the configured certificate files (None without them)."""
+    if not cluster.tls:
+        return None
+    from distributed.security import Security
+
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        if not Path(getattr(cluster, name)).is_file():
+            raise DaqError(f"cluster {name}: no file {getattr(cluster, name)}")
+    return Security(tls_ca_file=cluster.tls_ca_file, tls_client_cert=cluster.tls_cert_file,
+                    tls_client_key=cluster.tls_key_file, tls_scheduler_cert=cluster.tls_cert_file,
+                    tls_scheduler_key=cluster.tls_key_file, tls_worker_cert=cluster.tls_cert_file,
+                    tls_worker_key=cluster.tls_key_file, require_encryption=True)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DaqError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Reprocessor:
+    """Runs files on a Dask cluster and merges the spills through ``replay``'s monitor, in order.
+
+    ``on_record(record)`` / ``on_note(path, level, text)`` are called in the
+    client's thread as results are merged.
+    """
+
+    def __init__(self, config, channel_map, cluster: ClusterConfig, *, archive: str | None = None,
+                 progress: bool = False, window: int | None = None) -> None:
+        self.config = config
+        self.channel_map = channel_map
+        self.cluster_config = cluster
+        self.archive = archive
+        self.progress = progress
+        self.window = window
+        self.stats = ReprocessStats()
+
+    def run(self, files: Sequence[str | os.PathLike], on_record: Callable[[dict], None],
+            on_note: Callable[[str, str, str], None]) -> ReprocessStats:
+        distributed = require_dask()
+        from .service import Replayer
+        from .worker_setup import encode_setup
+
+        started = time.perf_counter()
+        security = security_of(self.cluster_config)
+        cluster = None
+        if self.cluster_config.scheduler is None:
+            cluster = distributed.LocalCluster(
+                n_workers=self.cluster_config.workers, threads_per_worker=1, processes=True,
+                host="127.0.0.1", dashboard_address=None, protocol="tls://" if security else "tcp://",
+                security=security,
+            )
+            address = cluster.scheduler_address
+        else:
+            address = self.cluster_config.scheduler
+        try:
+            with distributed.Client(address, security=security, timeout="30s") as client:
+                self.stats.cluster_seconds = time.perf_counter() - started
+                replayer = Replayer(self.config, self.channel_map, archive_path=self.archive)
+                try:
+                    self._run(client, replayer, encode_setup(self.config, self.channel_map), files,
+                              on_record, on_note)
+                finally:
+                    replayer.close()
+        except OSError as exc:  # cannot reach the scheduler
+            raise DaqError(f"cannot use the Dask scheduler at {address}: {exc}") from None
+        finally:
+            if cluster is not None:
+                cluster.close()
+        self.stats.seconds = time.perf_counter() - started - self.stats.cluster_seconds
+        return self.stats
+
+    def _run(self, client, replayer, setup, files, on_record, on_note) -> None:
+        retries = self.cluster_config.retries
+        threads = sum(client.nthreads().values()) or 1
+        window = self.window or max(4, 4 * threads)
+        token = f"{os.getpid()}-{time.time_ns()}"
+        paths = [str(Path(f).resolve()) for f in files]
+        # every file's index pass at once: they are small tasks next to the spills
+        plans = [client.submit(index_file, p, key=f"na64-index-{token}-{i}", retries=retries)
+                 for i, p in enumerate(paths)]
+        summaries = [client.submit(file_summary, plan, key=f"na64-summary-{token}-{i}") for i, plan in
+                     enumerate(plans)]
+        bars: dict[int, object] = {}
+        try:
+            for i, (path, plan, summary_future) in enumerate(zip(paths, plans, summaries)):
+                try:
+                    summary: FileSummary = summary_future.result()
+                except Exception as exc:  # noqa: BLE001 - this file cannot be read: the others go on
+                    self._skip(path, _reason(exc), on_note)
+                    continue
+                finally:
+                    summary_future.release()
+                self.stats.files += 1
+                self.stats.bytes += summary.size
+                self._bars_for(summary, bars)
+                self._merge_file(client, replayer, setup, plan, summary, i, token, window, retries, on_record,
+                                 on_note, bars)
+                plan.release()
+                for level, text in summary.notes:
+                    on_note(path, level, text)
+                    if level == "error":
+                        self.stats.errors.append(f"{path}: {text}")
+        finally:
+            for bar in bars.values():
+                bar.close()
+
+    def _skip(self, path: str, reason: str, on_note) -> None:
+        self.stats.files_skipped += 1
+        self.stats.errors.append(f"{path}: {reason}")
+        on_note(path, "error", f"{reason}; file skipped")
+
+    def _bars_for(self, summary: FileSummary, bars: dict) -> None:
+        """One progress bar per run (spills of the run in this file added to its total)."""
+        if not self.progress:
+            return
+        from tqdm import tqdm
+
+        for s in summary.spills:
+            bar = bars.get(s.run)
+            if bar is None:
+                bar = bars[s.run] = tqdm(total=0, unit="B", unit_scale=True, desc=f"run {s.run}",
+                                         position=len(bars), leave=True, file=sys.stderr)
+            bar.total += s.bytes
+            bar.refresh()
+
+    def _merge_file(self, client, replayer, setup, plan, summary: FileSummary, file_number: int, token: str,
+                    window: int, retries: int, on_record, on_note, bars) -> None:
+        """Submit the file's spills (at most ``window`` ahead of the merge) and merge them in order."""
+        pending: collections.deque = collections.deque()
+        numbers = iter(range(len(summary.spills)))
+
+        def submit_next() -> bool:
+            n = next(numbers, None)
+            if n is None:
+                return False
+            key = f"{token}-{file_number}-{n}"
+            part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}")
+            pending.append((n, part, client.submit(process_spill, part, setup, key=f"na64-spill-{key}",
+                                                   retries=retries)))
+            return True
+
+        while len(pending) < window and submit_next():
+            pass
+        processor = replayer.monitor.processor
+        while pending:
+            n, part, future = pending.popleft()
+            spill = summary.spills[n]
+            try:
+                frames = future.result()
+            except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
+                reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
+                self.stats.errors.append(f"{summary.path}: {reason}")
+                on_note(summary.path, "error", reason)
+                continue
+            finally:
+                part.release()
+                future.release()
+                submit_next()
+            acc = processor.decode_result(frames)
+            record = replayer.monitor.handle(acc, complete=spill.complete)
+            self.stats.spills += 1
+            self.stats.events += int(record.get("events") or 0)
+            bar = bars.get(spill.run)
+            if bar is not None:
+                bar.update(spill.bytes)
+                bar.clear()
+            on_record(record)
+            if bar is not None:
+                bar.refresh()
+

@@ -1,0 +1,132 @@
+"""``reprocess`` on a real local Dask cluster, driven as a user drives it: the CLI as a process.
+
+The records must be those of ``replay`` on the same files, field for field,
+except what says when and how fast (processing time, time stamps, the random
+id of an alarm occurrence).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from test_cli import COMMAND, run
+
+distributed = pytest.importorskip("distributed", reason="Dask is the [cluster] extra (in [test] too)")
+
+#: fields that say when or how fast, not what: they differ between two replays of the same file too
+VOLATILE = ("processing_seconds", "finished_at")
+VOLATILE_ALARM = ("alarm_id", "raised_at", "acknowledged_at", "cleared_at")
+
+
+def comparable(record: dict) -> dict:
+    out = {k: v for k, v in record.items() if k not in VOLATILE}
+    out["alarms"] = [{k: v for k, v in a.items() if k not in VOLATILE_ALARM} for a in record["alarms"]]
+    return out
+
+
+def records(stdout: str) -> list[dict]:
+    return [comparable(json.loads(line)) for line in stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def raw_files(tmp_path_factory):
+    """Three files: clean; damaged (bytes flipped, one inserted: the stream re-aligned; truncated); clean again."""
+    folder = tmp_path_factory.mktemp("reprocess")
+    clean, damaged, again = folder / "run7.dat", folder / "run7-damaged.dat", folder / "run7-again.dat"
+    run("simulate", "--out", clean, "--run", 7, "--spills", 3, "--events", 300, "--seed", 1,
+        "--dead-channel", "610/1/15", "--pedestal-drift", "40")
+    data = bytearray(clean.read_bytes())
+    for at in range(len(data) // 5, len(data) // 3, 7919):
+        data[at] ^= 0xFF
+    data.insert(len(data) // 2 + 3, 0x5A)  # shifts the rest of the stream by one byte
+    damaged.write_bytes(bytes(data[:-37]))  # and ends inside the last event
+    again.write_bytes(clean.read_bytes())
+    files = [clean, damaged, again]
+    replay = run("replay", *files, "--json")
+    assert "re-aligned" in replay.stderr and "truncated" in replay.stderr
+    return files, replay
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 worker processes (nannies restart a killed worker), loopback only."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as local, distributed.Client(local) as client:
+        yield local, client
+
+
+def notes(stderr: str) -> list[str]:
+    return sorted(line for line in stderr.splitlines() if line.startswith("na64-online: warning")
+                  or line.startswith("na64-online: error"))
+
+
+def test_reprocess_on_a_local_cluster_gives_replays_records(raw_files, tmp_path):
+    """2 workers, several files; a file that is not raw data and a missing one are reported and skipped."""
+    files, replay = raw_files
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not raw data\n" * 50)
+    missing = tmp_path / "missing.dat"
+    result = run("reprocess", files[0], text, files[1], missing, files[2], "--workers", 2, "--json", check=False)
+    assert result.returncode == 1, result.stderr
+    expected = records(replay.stdout)
+    assert len(expected) >= 8
+    assert records(result.stdout) == expected
+    errors = [line for line in notes(result.stderr) if line.startswith("na64-online: error")]
+    assert notes(result.stderr) == sorted(notes(replay.stderr) + errors)  # re-aligned, truncated: said alike
+    assert len(errors) == 2
+    assert any(f"{text}: " in e and "not a DATE raw data stream" in e and e.endswith("file skipped") for e in errors)
+    assert any(f"{missing}: " in e and "cannot open" in e and e.endswith("file skipped") for e in errors)
+    summary = result.stderr.strip().splitlines()[-1]
+    assert f"reprocessed 3 files (2 skipped), {len(expected)} spills" in summary
+    assert "GB/s" in summary and "events/s" in summary
+
+
+def test_a_worker_killed_mid_run_is_survived(raw_files, cluster):
+    files, replay = raw_files
+    local, client = cluster
+    proc = subprocess.Popen([*COMMAND, "reprocess", *map(str, files), "--scheduler", local.scheduler_address,
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        lines = [proc.stdout.readline()]  # the first spill merged: the run is under way
+        pids = client.run(os.getpid)
+        victim = max(pids.values())
+        os.kill(victim, signal.SIGKILL)
+        lines += proc.stdout.readlines()
+        assert proc.wait(120) == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    assert records("".join(lines)) == records(replay.stdout)
+    client.wait_for_workers(2, timeout=60)  # the nanny brought a new worker up
+    assert victim not in client.run(os.getpid).values()
+
+
+def test_without_dask_reprocess_says_how_to_install_it(tmp_path):
+    blocked = ("import sys; sys.modules['distributed'] = None; sys.modules['dask'] = None\n"
+               "from na64_online.cli import main\n"
+               f"sys.exit(main(['reprocess', {str(tmp_path / 'x.dat')!r}]))")
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("na64-online: error: reprocess needs Dask: "
+                                     "pip install 'na64-online[cluster]' (dask[distributed])")
+
+
+def test_bad_scheduler_address_is_a_usage_error(capsys):
+    from na64_online.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["reprocess", "x.dat", "--scheduler", "localhost:8786"])
+    assert exit_.value.code == 2 and "tcp://HOST:8786" in capsys.readouterr().err
