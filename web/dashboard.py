@@ -264,8 +264,9 @@ class DashboardPage:
         self.meta.js_on_change("data", CustomJS(args={"source": self.meta}, code=META_JS))
         # the header is plain HTML of the page (no Bokeh layout to recompute): its slots are filled from the
         # ``texts`` source by the page's script (TEXTS_JS)
-        self.texts = src("texts", {name: [""] for name in HEADER_SLOTS})
         self._text_values = dict.fromkeys(HEADER_SLOTS, "")
+        self._text_values["conditions"] = '<div class="cond"><h2>na64-online</h2>waiting for the first spill…</div>'
+        self.texts = src("texts", {k: [v] for k, v in self._text_values.items()})
         self.texts.js_on_change("data", CustomJS(args={"source": self.texts}, code=TEXTS_JS))
         self.alarms = src("alarms", _empty("name", "severity", "text", "rule", "state", "id", "since", "who",
                                            "colour", "acked"))
