@@ -434,7 +434,17 @@ class IngestService:
             workers_seen=pool.stats.workers_seen,
             workers_lost=pool.stats.workers_lost,
             nodes=nodes,
+            spill_in_progress=self._spill_in_progress(now),
         )
+
+    def _spill_in_progress(self, now: float) -> dict:
+        """The newest spill being built: run, spill, events so far, wall time it opened (the dashboard)."""
+        open_spills = list(self.builder._open.values())  # noqa: SLF001 - same package
+        if not open_spills:
+            return {}
+        sp = max(open_spills, key=lambda s: s.order)
+        return {"run": sp.run, "spill": sp.spill, "events": sp.events,
+                "started_at": time.time() - (now - sp.opened_at)}
 
     def _node_health(self, now: float, seen: dict) -> dict[str, dict]:
         """Per readout node (at most the LDCs the builder tracks): connected (heard within ``ldc_down_s``),

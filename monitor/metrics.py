@@ -91,6 +91,8 @@ class ServiceHealth:
     #: per readout node (LDC id as text): connected, last_message_time (Unix s), messages, lost_messages,
     #: messages_per_second — the dashboard's node tiles
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the newest spill being built: run, spill, events so far, started_at (Unix s); empty between spills
+    spill_in_progress: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

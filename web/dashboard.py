@@ -32,7 +32,7 @@ from bokeh.layouts import column, row
 from bokeh.models import (BasicTicker, BoxAnnotation, Button, CheckboxGroup, ColorBar, ColumnDataSource, CustomJS,
                           DataRange1d, DataTable, Div, HoverTool, InlineStyleSheet, Label, LinearAxis, LinearColorMapper,
                           LogColorMapper, NumberFormatter, PasswordInput, Select, Span, TableColumn, TabPanel, Tabs,
-                          TapTool, TextInput)
+                          TextInput)
 from bokeh.plotting import figure
 from bokeh.themes import built_in_themes
 

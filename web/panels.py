@@ -188,14 +188,15 @@ def nodes_html(record: Mapping | None, service: Mapping | None, now: float, stal
         silent = (not n.get("connected", age is not None and age <= 5.0)) or ldc in missing
         state = "NO_DATA" if (stale or silent) else "BAD" if lost.get(ldc) else "GOOD"
         colour = STATE_COLOURS[state]
-        lines = [f"last msg {fmt(age, '.0f')} s ago" if age is not None else "no message yet",
-                 f"{fmt(n.get('messages_per_second'), '.3g')} msg/s",
+        lines = [("receiving" if age is not None and age < 3 else "no message yet" if age is None
+                  else f'last msg <span class="na64-age" data-t="{last:.0f}">{age:.0f} s ago</span>'),
+                 f"{fmt(n.get('messages_per_second'), '.2g')} msg/s",
                  f"lost {lost.get(ldc, 0)} this spill" + (f", {n.get('lost_messages', 0)} total" if n else "")]
         if ldc in missing:
             lines.append("MISSING from last spill")
         out.append(f'<div class="node" data-ldc="{html.escape(ldc)}" style="background:{colour}">'
                    f'<div class="tname">LDC {html.escape(ldc)}</div>' + "".join(
-                       f"<div>{html.escape(x)}</div>" for x in lines) + "</div>")
+                       f"<div>{x}</div>" for x in lines) + "</div>")
     return '<div class="nodes">' + "".join(out) + "</div>"
 
 
@@ -242,7 +243,8 @@ def progress_html(service: Mapping | None, record: Mapping | None, now: float) -
     expected = _num((record or {}).get("spill_duration_us")) * 1e-6
     pct = min(100.0, 100.0 * seconds / expected) if seconds is not None and expected > 0 else 0.0
     return (f'<div class="progress">spill {fmt(cur.get("spill"), "")} in progress: '
-            f'{fmt(cur.get("events"), ",")} events, {fmt(seconds, ".1f")} s'
+            f'{fmt(cur.get("events"), ",")} events, started <span class="na64-age" data-t="{started or 0:.3f}">'
+            f'{fmt(seconds, ".0f")} s ago</span>'
             f'<div class="bar"><div style="width:{pct:.0f}%"></div></div></div>')
 
 
