@@ -57,7 +57,7 @@ async def connect(url: str):
         page = (await http.get(url + "/")).text
     token = re.search(r'"token":\s*"([^"]+)"', page).group(1)
     ws = await websockets.connect(url.replace("http", "ws", 1) + "/ws", subprotocols=["bokeh", token],
-                                  max_size=None, origin=url, open_timeout=600)
+                                  max_size=None, origin=url, open_timeout=600, ping_interval=None)
     # PULL-DOC-REQ as BokehJS sends it (header, metadata, content); wait for the reply (the whole document)
     await ws.send(json.dumps({"msgid": "1", "msgtype": "PULL-DOC-REQ"}))
     await ws.send("{}")
@@ -144,7 +144,7 @@ def main() -> int:
     args = ap.parse_args()
     ports = (free_port(), free_port())
     http_port = free_port()
-    spills = int(3 * (args.seconds + 20) / (args.spill_duration + args.spill_gap)) + 10
+    spills = 1000  # more than the run needs: the publishers are stopped at the end
     sim = [str(NA64), "simulate", "--spills", str(spills), "--events", str(args.events), "--spill-duration",
            str(args.spill_duration), "--spill-gap", str(args.spill_gap), "--wait-subscribers", "1",
            "--wait-timeout", "300"]

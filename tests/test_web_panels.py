@@ -76,3 +76,15 @@ def test_prepare_a_replayed_spill(replayed):
     assert data.texts["chi2_e_ecal"] == "no reference set"
     assert "Run 1 · spill 3" in data.texts["conditions"] and "LIVE" in data.texts["conditions"]
     assert math.isclose(data.published_at, snapshot.published_at)
+
+
+def test_the_reference_is_drawn_scaled_to_this_spill(replayed):
+    from na64_online.web.live import _hist_json
+
+    monitor = replayed.monitor
+    reference = _hist_json(monitor.archive.get_histograms(1, 1))  # as the feed reads it for the record's reference
+    data = prepare(monitor.latest, monitor.channel_map, reference=reference)
+    own, ref = data.sources["spec_e_ecal"], data.sources["ref_e_ecal"]
+    assert len(ref["y"]) == len(own["y"]) > 10
+    assert np.nansum(ref["y"][:-1]) == pytest.approx(np.nansum(own["y"][:-1]))  # scaled to this spill's entries
+    assert not np.array_equal(ref["y"], own["y"])  # another spill's, not the run itself
