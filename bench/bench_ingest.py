@@ -22,8 +22,10 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -104,7 +106,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def _cpu_seconds(pid: int | str) -> float | None:
     """User + system CPU time of a process so far (``/proc/PID/stat`` utime + stime), None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -112,6 +114,25 @@ def _cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _threads_cpu_seconds() -> dict[str, float]:
+    """CPU time of this process's threads by kind: Python threads by name (worker threads together),
+    ZeroMQ's background threads ("ZMQbg/…"), and the rest."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        cpu = _cpu_seconds(f"self/task/{tid}")
+        name = names.get(int(tid))
+        kind = ("zmq-io" if comm.startswith("ZMQbg") else "na64-worker-threads" if name and name.startswith("na64-worker")
+                else name or comm)
+        out[kind] = out.get(kind, 0.0) + (cpu or 0.0)
+    return out
 
 
 def _own_cpu_seconds() -> float:
@@ -168,7 +189,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     worker_pids = [c for c in _children(os.getpid()) if c not in publisher_pids]
     _reset_peak_rss()
     # CPU: the service's = this process's minus this (bench) thread's; the workers' from /proc
-    cpu0, bench0 = _own_cpu_seconds(), time.thread_time()
+    cpu0, bench0, threads0 = _own_cpu_seconds(), time.thread_time(), _threads_cpu_seconds()
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     workers_cpu0 = {pid: _cpu_seconds(pid) for pid in worker_pids}
     t0 = time.perf_counter()
     go.set()
@@ -182,6 +204,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                                                      if c not in publisher_pids])
     t1 = time.perf_counter()
     service_cpu = _own_cpu_seconds() - cpu0 - (time.thread_time() - bench0)
+    threads1 = _threads_cpu_seconds()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    service_threads = {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
+                       if k != threading.main_thread().name and v - threads0.get(k, 0.0) >= 0.01}
     workers_cpu = sum((_cpu_seconds(pid) or 0.0) - (c0 or 0.0) for pid, c0 in workers_cpu0.items())
     service_peak_growth_mb = (status_kb("self", "VmHWM") - rss_before_kb) / 1e3
     records = [r if isinstance(r, dict) else r.to_dict() for r in svc.records]
@@ -216,6 +242,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "service_cpu_us_per_event": round(service_cpu / decoded * 1e6, 2) if decoded else None,
         "worker_cpu_us_per_event": round(workers_cpu / decoded * 1e6, 2) if decoded and worker_pids else None,
         "service_vs_worker_cpu": round(service_cpu / workers_cpu, 3) if worker_pids and workers_cpu > 0 else None,
+        "service_cpu_s_by_thread": service_threads,
+        "builder_memory_builds": metrics["builder"]["memory_builds"],
+        "builder_limit_mb": round((metrics["memory"].get("builder_limit_bytes") or 0) / 1e6),
+        "service_page_faults_per_event": round(faults / decoded, 2) if decoded else None,
         "service_peak_rss_growth_mb": round(service_peak_growth_mb, 1),
         "worker_peak_rss_mb": round(worker_peak_kb / 1e3, 1),
     }
@@ -267,6 +297,7 @@ def stage_profile(args) -> dict:
 
     accs: dict = {}
     events = 0
+    read_result = getattr(processor, "read_result", None) or processor.decode_result  # as the service
     for m in messages:
         r = timed("receive", sub.handle, m)
         outputs = timed("build", builder.add, r.envelope.ldc, r.scan, 0.0)
@@ -275,12 +306,11 @@ def stage_profile(args) -> dict:
                 frames = timed("worker", lambda w: processor.encode_result(processor.accumulate(w)),
                                o.words.copy())  # a worker's words are its own (received)
                 frames = [bytes(f) for f in frames]  # as received
-                acc = timed("merge", processor.decode_result, frames)
+                result = timed("merge", read_result, frames)
                 key = (o.run, o.spill)
-                if key in accs:
-                    timed("merge", accs[key].merge, acc)
-                else:
-                    accs[key] = acc
+                if key not in accs:
+                    accs[key] = timed("merge", processor.new_accumulator)
+                timed("merge", accs[key].merge, result)
             elif isinstance(o, ClosedSpill):
                 record = timed("finish", monitor.handle, accs.pop((o.run, o.spill)))
                 events += record["events"]
@@ -302,6 +332,68 @@ def replay_baseline() -> float:
     t0 = time.perf_counter()
     events = sum(monitor.handle(monitor.processor.accumulate(w))["events"] for w in words)
     return events / (time.perf_counter() - t0)
+
+
+def baseline_tree(rev: str, where: str) -> str:
+    """A directory to put first on PYTHONPATH so that ``na64_online`` is the package as of git ``rev``.
+
+    The tree of ``rev`` (``git archive``) and beside it a package folder of links (the layers become
+    sub-packages as setup.py maps them); a tree from before the simulator moved to ``sim/`` gets
+    ``sim/simulator.py`` linked to ``daq/simulator.py``."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree, package = os.path.join(where, "tree"), os.path.join(where, "pkg", "na64_online")
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "-C", repo, "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    os.makedirs(package)
+    for name in os.listdir(os.path.join(tree, "na64_online")):
+        os.symlink(os.path.join(tree, "na64_online", name), os.path.join(package, name))
+    for layer in ("daq", "decoders", "monitor", "web", "sim"):
+        if os.path.isdir(os.path.join(tree, layer)):
+            os.symlink(os.path.join(tree, layer), os.path.join(package, layer))
+    if not os.path.isdir(os.path.join(tree, "sim")):
+        os.makedirs(os.path.join(package, "sim"))
+        open(os.path.join(package, "sim", "__init__.py"), "w").close()
+        os.symlink(os.path.join(tree, "daq", "simulator.py"), os.path.join(package, "sim", "simulator.py"))
+    return os.path.dirname(package)
+
+
+def compare(args, argv: list[str]) -> int:
+    """The same runs with the package as of ``--baseline-rev`` and as it is, alternating, each in its own
+    process; one table of the ratios."""
+    import subprocess
+    import tempfile
+
+    if not args.data:
+        raise SystemExit("--baseline-rev needs --data FILE (both sides read the same spills)")
+    make_data(args.events, args.spills, args.seed, args.data)  # written once, if missing
+    DATA.clear(), RAW.clear()
+    own = [a for a in argv if a != "--json"]
+    i = own.index("--baseline-rev")
+    del own[i:i + 2]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as where:
+        path = baseline_tree(args.baseline_rev, where)
+        for w in args.workers:
+            for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
+                cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
+                       "sustained"]
+                done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+                lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+                live = [x for x in lines if x.get("mode") == "sustained"]
+                if done.returncode or not live:
+                    print(f"{label} workers={w}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                rows.append((label, w, live[0]))
+                print(json.dumps({"tree": label, **live[0]}), flush=True)
+    print(f"\n{'tree':>12} workers  service/worker CPU per event   service µs/event   worker µs/event   "
+          f"live/replay   dropped")
+    for label, w, r in rows:
+        print(f"{label:>12} {w:>7}  {r['service_vs_worker_cpu']!s:>28}   {r['service_cpu_us_per_event']!s:>16}   "
+              f"{r['worker_cpu_us_per_event']!s:>15}   {r['events_per_s_vs_replay']!s:>11}   {r['dropped_events']:>7}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -326,7 +418,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON line per run")
     p.add_argument("--bare", action="store_true",
                    help="SpillProcessor alone (no histograms / channel statistics / quality)")
+    p.add_argument("--baseline-rev", metavar="REV",
+                   help="compare: the sustained runs with the package as of git REV and as it is, alternating")
     args = p.parse_args(argv)
+    if args.baseline_rev:
+        return compare(args, list(sys.argv[1:] if argv is None else argv))
     args.stages = args.stages or args.stages_only
     n_events, nbytes = make_data(args.events, args.spills, args.seed, args.data)
     args.spills = len(RAW)

@@ -11,6 +11,14 @@ the sub-events, which follow in ascending LDC order. The bytes handed on are
 therefore the very layout a raw file has, and the decoder reads live data and
 files with one code path.
 
+Each sub-event is copied once: from the message payload it arrived in (kept as
+a view until built) straight to its place in the chunk buffer, one buffer per
+chunk, sized for ``chunk_events`` events of the mean size seen; the super
+event's header is then written in front of its sub-events. A chunk's ``words``
+are a view of its buffer; once its task is answered the service hands the
+buffer back (:meth:`EventBuilder.recycle`) and the next chunk is written into
+memory already mapped.
+
 Rules (all counted, none silent):
 
 * an LDC *joins* at its first START_OF_BURST: what it sends before is skipped
@@ -44,6 +52,7 @@ Rules (all counted, none silent):
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -77,6 +86,9 @@ MAX_PREALLOCATED_WORDS = 16 << 20
 #: a partial chunk using less than this fraction of its buffer is handed on as a right-sized copy
 #: (the buffer's unused tail would otherwise stay allocated with the task)
 MIN_BUFFER_USE = 0.75
+#: chunk buffers handed back (:meth:`EventBuilder.recycle`) kept for the next chunks: their pages are
+#: mapped already, where a new buffer's first write page-faults on every page
+SPARE_BUFFERS = 4
 
 
 @numba.njit(cache=True, nogil=True)
@@ -285,8 +297,10 @@ class _Spill:
 
     @property
     def buffered_bytes(self) -> int:
-        """Memory this spill holds: message payloads of unbuilt sub-events, built events not handed on."""
-        return sum(p.retained_bytes for p in self.parts.values()) + 4 * self.out_words
+        """Memory this spill holds: message payloads of unbuilt sub-events, the chunk buffers of built
+        events not handed on (whole buffers)."""
+        held = sum(b.words.nbytes for b in self.full) + (self.buffer.words.nbytes if self.buffer is not None else 0)
+        return sum(p.retained_bytes for p in self.parts.values()) + held
 
 
 Output = BuiltChunk | ClosedSpill
@@ -343,6 +357,9 @@ class EventBuilder:
         self._pending_jumps: list = []
         self._mean_event_words = 0.0  # of the super events built (chunk buffers are sized from it)
         self._max_event_words = 0
+        #: chunk buffers handed on, which recycle() takes back: id -> weak reference (gone with the buffer)
+        self._issued: dict[int, weakref.ref] = {}
+        self._spares: list[np.ndarray] = []
 
     # ------------------------------------------------------------------ input
     @property
@@ -360,8 +377,25 @@ class EventBuilder:
 
     @property
     def buffered_bytes(self) -> int:
-        """Memory the open spills hold (unbuilt message payloads, built events not handed on)."""
-        return sum(sp.buffered_bytes for sp in self._open.values())
+        """Memory the open spills hold (unbuilt message payloads, built events not handed on), and the
+        spare chunk buffers."""
+        return sum(sp.buffered_bytes for sp in self._open.values()) + sum(b.nbytes for b in self._spares)
+
+    def recycle(self, words: np.ndarray) -> None:
+        """Take back the buffer of a chunk's ``words`` once nothing reads them any more (the chunk's
+        task is done): the next chunk is written into it. Anything else is ignored."""
+        buf = words.base
+        ref = self._issued.get(id(buf))
+        if ref is None or ref() is not buf:
+            return
+        del self._issued[id(buf)]
+        self._keep_spare(buf)
+
+    def _keep_spare(self, buf: np.ndarray) -> None:
+        """Keep ``buf`` for a next chunk: at most SPARE_BUFFERS, and only within ``max_buffered_bytes``."""
+        if len(self._spares) < SPARE_BUFFERS and (self.max_buffered_bytes is None or
+                                                  self.buffered_bytes + buf.nbytes <= self.max_buffered_bytes):
+            self._spares.append(buf)
 
     def note_bad(self, ldc: str, kind: str, spill: tuple[int, int] | None = None, jump: int = 0) -> None:
         """A bad message of LDC label ``ldc``: reported with ``spill`` if open, else with the next closed spill."""
@@ -480,6 +514,8 @@ class EventBuilder:
         out: list[Output] = []
         if self.max_buffered_bytes is None:
             return out
+        if self._spares and self.buffered_bytes > self.max_buffered_bytes:
+            self._spares.clear()
         tried: set = set()
         while self.buffered_bytes > self.max_buffered_bytes:
             candidates = [s for s in self._open.values() if s.key not in tried and s.buffered_bytes]
@@ -660,12 +696,29 @@ class EventBuilder:
             # sized for a whole chunk: chunk_events events of the mean size seen, or chunk_words (+ one event)
             expected = min(self.chunk_events * self._mean_event_words * 1.05, self.chunk_words) + self._max_event_words
             capacity = max(span, min(int(expected), MAX_PREALLOCATED_WORDS))
-            sp.buffer = buf = _ChunkBuffer(np.empty(capacity, L.WORD))
+            sp.buffer = buf = _ChunkBuffer(self._new_buffer(capacity))
         elif buf.used + span > buf.words.shape[0]:
-            grown = np.empty(max(2 * buf.words.shape[0], buf.used + span), L.WORD)
+            grown = self._new_buffer(max(2 * buf.words.shape[0], buf.used + span))
             grown[:buf.used] = buf.words[:buf.used]
             buf.words = grown
         return buf
+
+    def _issue(self, buf: np.ndarray) -> None:
+        issued = self._issued
+
+        def gone(ref, key=id(buf)) -> None:
+            if issued.get(key) is ref:
+                del issued[key]
+
+        issued[id(buf)] = weakref.ref(buf, gone)
+
+    def _new_buffer(self, capacity: int) -> np.ndarray:
+        """A spare buffer of at least ``capacity`` words (spares too small are let go), or a new one."""
+        while self._spares:
+            spare = self._spares.pop()
+            if spare.shape[0] >= capacity and spare.shape[0] * MIN_BUFFER_USE <= capacity:
+                return spare
+        return np.empty(capacity, L.WORD)
 
     def _emit(self, sp: _Spill, now: float, *, final: bool, force: bool = False) -> list[Output]:
         """Hand on built events: full chunks (and the one being filled when ``final``/``force``)."""
@@ -687,6 +740,9 @@ class EventBuilder:
             words, offs, sizes, types = b.arrays()
             if b.used < MIN_BUFFER_USE * b.words.shape[0]:
                 words = words.copy()  # a partial chunk: do not keep the buffer's unused tail allocated
+                self._keep_spare(b.words)
+            else:
+                self._issue(b.words)
             sp.out_words -= b.used
             out.append(BuiltChunk(sp.run, sp.spill, sp.chunks, words, offs, sizes, types,
                                   final=final and i == len(take) - 1))

@@ -203,10 +203,13 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
     found = offsets.shape[0]
     mismatched = 0
     spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
-    if spill_idx.shape[0] > 1:
+    spill_runs, spill_bursts = runs[spill_idx], bursts[spill_idx]
+    one_spill = not spill_idx.shape[0] or bool((spill_runs == spill_runs[0]).all()
+                                               and (spill_bursts == spill_bursts[0]).all())  # the usual message
+    if not one_spill:
         # the message's spill is the one most of its events carry; a single event with another
         # (run, burst) between two of the message's is header damage: left out and counted
-        key = runs[spill_idx].astype(np.int64) * 4096 + bursts[spill_idx]
+        key = spill_runs.astype(np.int64) * 4096 + spill_bursts
         values, counts = np.unique(key, return_counts=True)
         main = values[np.argmax(counts)]
         fits = key == main
@@ -221,7 +224,7 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
     if spill_idx.shape[0]:
         first = spill_idx[0]
         run, spill = int(runs[first]), int(bursts[first])
-        other = spill_idx[(runs[spill_idx] != run) | (bursts[spill_idx] != spill)]
+        other = spill_idx[(runs[spill_idx] != run) | (bursts[spill_idx] != spill)] if not one_spill else spill_idx[:0]
         if other.shape[0]:
             cut = int(other[0])
             offsets, sizes, types, keys = offsets[:cut], sizes[:cut], types[:cut], keys[:cut]

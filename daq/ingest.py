@@ -206,7 +206,9 @@ class IngestService:
     ``finish(acc, complete=, live=)`` and ``new_accumulator()`` — normally
     :class:`na64_online.monitor.pipeline.SpillProcessor` — and
     ``encode_result(acc)`` / ``decode_result(frames)``, the result's wire
-    format. ``worker_setup`` (:class:`~.workers.WorkerSetup`) is what workers
+    format (``read_result(frames)``, if it has one, is used instead: a result
+    that ``acc.merge`` adds into the spill's accumulator, without an
+    accumulator built per result). ``worker_setup`` (:class:`~.workers.WorkerSetup`) is what workers
     build theirs from: text sent over the worker port; without it only
     in-process worker threads run, built with the same factory.
     ``finish(acc, complete=, live=)`` (default: the processor's) turns a
@@ -498,7 +500,8 @@ class IngestService:
             chunk_events=c.chunk_events, chunk_bytes=c.chunk_bytes, chunk_max_age_s=c.chunk_max_age_s)
         factory, args, kwargs = self._factory
         setup = self.worker_setup or WorkerSetup((b"in-process",), lambda payload: factory(*args, **kwargs))
-        self.pool = WorkerPool(setup, self.processor.decode_result, bind=c.worker_bind, context=self.context,
+        read_result = getattr(self.processor, "read_result", None) or self.processor.decode_result
+        self.pool = WorkerPool(setup, read_result, bind=c.worker_bind, context=self.context,
                                max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
                                task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s,
                                curve=c.worker_curve)
@@ -704,6 +707,7 @@ class IngestService:
         self.stats.dropped_events += chunk.data_events
         self.stats.dropped_chunks += 1
         control = chunk.control_only()
+        self.builder.recycle(chunk.words)  # nothing reads the chunk's words any more
         if control is not None:
             pool.submit(Task(chunk.run, chunk.spill, chunk.index, control.words, 0, control.n_events), now,
                         force=True)
@@ -723,6 +727,10 @@ class IngestService:
                 st.dropped_events += task.data_events
                 st.dropped_numbers.append(_data_event_numbers(task.words))
                 self.stats.failed_events += task.data_events
+            if task.attempts == 1:
+                # sent once and answered: its words are read no more (a task sent again might still sit in
+                # the queue of the worker taken for dead), the next chunk is built into their buffer
+                self.builder.recycle(task.words)
             st.done[task.index] = d.result
             self._merge_ready(st)
             self._maybe_finish(st, now)
@@ -732,9 +740,8 @@ class IngestService:
             acc = st.done.pop(st.next_index)
             if acc is not None:
                 if st.acc is None:
-                    st.acc = acc
-                else:
-                    st.acc.merge(acc)
+                    st.acc = self._new_accumulator()
+                st.acc.merge(acc)
             st.next_index += 1
 
     def _maybe_finish(self, st: _SpillState, now: float, force: bool = False) -> None:

@@ -11,6 +11,13 @@ fails on a bare number in this file. The per-channel numbers (pedestals,
 amplitude, saturation, energy) are :mod:`.estimators`; this module only walks
 the structure, checks it, unpacks the samples and logs issues.
 
+The decode path is compiled without numba's reference counting (``_nrt=False``:
+it allocates nothing; the caller owns every array): with it, each array
+argument of each call, and each array read out of a named tuple, costs an
+atomic increment and decrement — per channel, a third of the decode time.
+The per-channel helpers are inlined by numba (``inline="always"``) for the
+same reason.
+
 Arguments come grouped in named tuples (:data:`IndexColumns`,
 :data:`DecodeSetup`, :data:`ChannelOutputs`, :data:`EventOutputs`,
 :data:`IssueLog`). Issue log: ``log.records`` (``ISSUE_DTYPE`` rows) of fixed
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+import numba.core.entrypoints
 import numpy as np
 from numba import njit
 
@@ -32,16 +40,24 @@ from .channelmap import SRC_SCALERS as _SRC_SCALERS
 from .channelmap import SRC_TRIGGER_TIME as _SRC_TRIGGER_TIME
 from ..errors import FIRST_NOTICE, Issue
 
+# These kernels use no numba extension. Numba loads every installed one before its first compile or
+# cache load; awkward's (installed with uproot, for the ROOT export) costs commands ~0.6 s of start-up.
+if hasattr(numba.core.entrypoints, "_already_initialized"):
+    numba.core.entrypoints._already_initialized = True
+
 #: rows of the event index being filled (one array per column, same length)
 IndexColumns = namedtuple(
     "IndexColumns", "offset size status type run burst event trigger time super_event ldc")
 #: the accepted rows to decode: word offset, size in words and status of each
 EventRows = namedtuple("EventRows", "offset size status")
-#: what the decoder needs to know: srcID kinds, (srcID, port, channel) -> slot, gains, estimator settings
-DecodeSetup = namedtuple("DecodeSetup", "src_kind lookup gain pedestal_samples threshold with_samples")
-#: per (row, slot) results; ``samples`` is (rows, slots, max samples), or empty without samples
-ChannelOutputs = namedtuple(
-    "ChannelOutputs", "nsamples pedestal_even pedestal_odd amplitude energy saturated samples")
+#: the channel map as the decoder needs it: srcID kinds, (srcID, port, channel) -> slot, gains
+DecodeSetup = namedtuple("DecodeSetup", "src_kind lookup gain")
+#: estimator settings (scalars only: passed down to every channel)
+EstimatorParams = namedtuple("EstimatorParams", "pedestal_samples threshold with_samples")
+#: per (row, slot) results: ``estimates`` is (len(ESTIMATES), rows, slots) float64, one plane per estimate;
+#: ``samples`` is (rows, slots, max samples), or empty without samples
+ChannelOutputs = namedtuple("ChannelOutputs", "nsamples estimates saturated samples")
+ESTIMATES = ("pedestal_even", "pedestal_odd", "amplitude", "energy")
 #: per row results
 EventOutputs = namedtuple("EventOutputs", "trigger_time scalers ldc_mask")
 #: issue records, the running count ``counters[0]``, decode errors per row
@@ -113,12 +129,15 @@ _MARKER_NEXT = L.DATA_MARKER_NEXT
 _SAMPLE_MASK = L.SAMPLE_MASK
 _SAMPLE_ODD_SHIFT = L.SAMPLE_ODD_SHIFT
 _SAMPLES_PER_WORD = L.SAMPLES_PER_WORD
-_MAX_WORDS_PER_CHANNEL = (L.MAX_SAMPLES + L.SAMPLES_PER_WORD - 1) // L.SAMPLES_PER_WORD
 _N_SCALERS = L.N_SCALERS
 _PORTS = L.PORTS
 _CH_PER_PORT = L.CHANNELS_PER_PORT
 _CH_PER_ADC = L.CHANNELS_PER_ADC
 _MAX_SRC = L.MAX_SRC_ID
+_PEDESTAL_EVEN = ESTIMATES.index("pedestal_even")
+_PEDESTAL_ODD = ESTIMATES.index("pedestal_odd")
+_AMPLITUDE = ESTIMATES.index("amplitude")
+_ENERGY = ESTIMATES.index("energy")
 _LDC_MASK_TOP = np.iinfo(np.uint32).bits - 1  # LDC ids beyond the mask's bits share its top bit
 
 _ISSUE_ADC_BAD_KEY = int(Issue.ADC_BAD_KEY)
@@ -375,7 +394,9 @@ def index_events(words, data, byte_limit, start, stop, want_super, allow_shift, 
 
 @njit(cache=True, nogil=True)
 def _log(log, k, src, kind, detail, word_offset):
-    """Record one issue of row ``k`` (``word_offset``: where in ``words``)."""
+    """Record one issue of row ``k`` (``word_offset``: where in ``words``). The rare path: it may read
+    the :data:`IssueLog` tuple (each array read from a named tuple costs numba an atomic reference count,
+    so the per-channel path below gets its arrays one by one instead)."""
     i = log.counters[0]
     if i < log.records.shape[0]:
         record = log.records[i]
@@ -389,23 +410,18 @@ def _log(log, k, src, kind, detail, word_offset):
         log.event_errors[k] += 1
 
 
-@njit(cache=True, nogil=True)
-def _unpack_channel(words, first, nwords, even, odd):
-    """Split the data words [first, first + nwords) into the even and odd samples.
+@njit(cache=True, nogil=True, inline="always")
+def _bad_marker(words, first, nwords):
+    """The word index of the first data word in [first, first + nwords) with a wrong marker, or -1.
 
-    Returns the word index of the first data word with a wrong marker, or -1.
-    The unpack loop has no branch (markers are checked by AND and OR of the
-    words: every marker equals NEXT iff both do), so the compiler vectorises it.
+    Branch-free on good data: every marker equals NEXT iff the AND and the OR
+    of the words both carry it, so the loop is a vectorised reduction.
     """
-    w = words[first]
-    even[0] = w & _SAMPLE_MASK
-    odd[0] = (w >> _SAMPLE_ODD_SHIFT) & _SAMPLE_MASK
+    base = np.uint64(first)
     all_and = _WORD_MASK
     any_or = 0
-    for i in range(1, nwords):
-        w = words[first + i]
-        even[i] = w & _SAMPLE_MASK
-        odd[i] = (w >> _SAMPLE_ODD_SHIFT) & _SAMPLE_MASK
+    for i in range(np.uint64(1), np.uint64(nwords)):  # unsigned: no negative-index check, see .estimators
+        w = words[base + i]
         all_and &= w
         any_or |= w
     if (words[first] >> _MARKER_SHIFT) != _MARKER_FIRST:
@@ -417,26 +433,30 @@ def _unpack_channel(words, first, nwords, even, odd):
     return -1
 
 
-@njit(cache=True, nogil=True)
-def _store_channel(k, slot, n, even, odd, setup, channels):
-    """The estimators of one good channel into (row k, slot)."""
-    window = setup.pedestal_samples
-    pedestal_even, pedestal_odd = estimators.pedestals(even, odd, n, window)
-    amp = estimators.amplitude(even, odd, n, window, pedestal_even, pedestal_odd)
-    channels.nsamples[k, slot] = n
-    channels.pedestal_even[k, slot] = pedestal_even
-    channels.pedestal_odd[k, slot] = pedestal_odd
-    channels.amplitude[k, slot] = amp
-    channels.energy[k, slot] = estimators.energy(amp, setup.gain[slot], setup.threshold)
-    channels.saturated[k, slot] = estimators.saturated(even, odd, n)
-    if setup.with_samples:
-        for j in range(min(n, channels.samples.shape[2])):
+@njit(cache=True, nogil=True, inline="always")
+def _store_channel(k, slot, words, first, n, gain, params, nsamples, estimates, saturated, samples):
+    """The estimators of one good channel (n samples from data word ``first``) into (row k, slot)."""
+    window = params.pedestal_samples
+    pedestal_even, pedestal_odd = estimators.pedestals(words, first, n, window)
+    amp = estimators.amplitude(words, first, n, window, pedestal_even, pedestal_odd)
+    nsamples[k, slot] = n
+    estimates[_PEDESTAL_EVEN, k, slot] = pedestal_even
+    estimates[_PEDESTAL_ODD, k, slot] = pedestal_odd
+    estimates[_AMPLITUDE, k, slot] = amp
+    estimates[_ENERGY, k, slot] = estimators.energy(amp, gain[slot], params.threshold)
+    saturated[k, slot] = estimators.saturated(words, first, n)
+    if params.with_samples:
+        for j in range(min(n, samples.shape[-1])):
             half = j // _SAMPLES_PER_WORD
-            channels.samples[k, slot, j] = even[half] if j % _SAMPLES_PER_WORD == 0 else odd[half]
+            if j % _SAMPLES_PER_WORD == 0:
+                samples[k, slot, j] = estimators.even_sample(words, first, half)
+            else:
+                samples[k, slot, j] = estimators.odd_sample(words, first, half)
 
 
-@njit(cache=True, nogil=True)
-def _decode_msadc(words, a, b, k, src, event_number, setup, channels, log, even, odd):
+@njit(cache=True, nogil=True, _nrt=False)
+def _decode_msadc(words, a, b, k, src, event_number, lookup, gain, params, nsamples, estimates, saturated, samples,
+                  log):
     """MSADC data format 3 chip data in words [a, b) of event row k.
 
     A channel's results are written only once the whole channel has checked
@@ -477,21 +497,22 @@ def _decode_msadc(words, a, b, k, src, event_number, setup, channels, log, even,
                 _log(log, k, src, _ISSUE_CH_SAMPLES, n, r)
                 break
             chan_id = (ch >> _CH_CHAN_SHIFT) & _CH_CHAN_MASK
-            bad_marker = _unpack_channel(words, r + 1, nwords, even, odd)
+            bad_marker = _bad_marker(words, r + 1, nwords)
             if bad_marker >= 0:
                 _log(log, k, src, _ISSUE_MARKER, words[bad_marker] >> _MARKER_SHIFT, bad_marker)
                 break
-            slot = setup.lookup[base + chan_id]
+            slot = lookup[base + chan_id]
             if slot < 0:
                 _log(log, k, src, _ISSUE_UNKNOWN_CH, port * _CH_PER_PORT + adc_id * _CH_PER_ADC + chan_id, r)
             else:
-                _store_channel(k, slot, n, even, odd, setup, channels)
+                _store_channel(k, slot, words, r + 1, n, gain, params, nsamples, estimates, saturated, samples)
             r += 1 + nwords
         q = end
 
 
-@njit(cache=True, nogil=True)
-def _decode_equipments(words, a, b, k, event_number, burst, setup, channels, events, log, even, odd):
+@njit(cache=True, nogil=True, _nrt=False)
+def _decode_equipments(words, a, b, k, event_number, burst, src_kind, lookup, gain, params,
+                       nsamples, estimates, saturated, samples, events, log):
     """Equipments (equipment header + S-Link block) in words [a, b) of event row k."""
     q = a
     while q < b:
@@ -521,15 +542,17 @@ def _decode_equipments(words, a, b, k, event_number, burst, setup, channels, eve
             continue
         c0 = s + _SL_WORDS
         c1 = q + ew
-        what = setup.src_kind[src] if src < _MAX_SRC else 0
+        what = src_kind[src] if src < _MAX_SRC else 0
         if what == _SRC_MSADC:
-            _decode_msadc(words, c0, c1, k, src, event_number, setup, channels, log, even, odd)
+            _decode_msadc(words, c0, c1, k, src, event_number, lookup, gain, params, nsamples, estimates, saturated,
+                          samples, log)
         elif what == _SRC_SCALERS:
             m = c1 - c0
             if m < _N_SCALERS:
                 _log(log, k, src, _ISSUE_SCALERS_SHORT, m, c0)
+            scalers = events.scalers
             for i in range(min(m, _N_SCALERS)):
-                events.scalers[k, i] = words[c0 + i]
+                scalers[k, i] = words[c0 + i]
         elif what == _SRC_TRIGGER_TIME:
             if c1 > c0:
                 events.trigger_time[k] = words[c0]
@@ -538,39 +561,37 @@ def _decode_equipments(words, a, b, k, event_number, burst, setup, channels, eve
         q += ew
 
 
-@njit(cache=True, nogil=True)
-def _mark_ldc(events, k, ldc):
-    events.ldc_mask[k] |= np.uint32(1) << np.uint32(min(ldc, _LDC_MASK_TOP))
-
-
-@njit(cache=True, nogil=True)
-def decode_events(words, rows, setup, channels, events, log):
+@njit(cache=True, nogil=True, _nrt=False)
+def decode_events(words, rows, setup, params, channels, events, log):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
-    ``channels`` (:data:`ChannelOutputs`) and ``events`` (:data:`EventOutputs`), issues into ``log``."""
-    even = np.empty(_MAX_WORDS_PER_CHANNEL, dtype=np.uint16)  # one channel's samples
-    odd = np.empty(_MAX_WORDS_PER_CHANNEL, dtype=np.uint16)
-    nslots = channels.nsamples.shape[1]
-    for k in range(rows.offset.shape[0]):
+    ``channels`` (:data:`ChannelOutputs`) and ``events`` (:data:`EventOutputs`), issues into ``log``
+    (:data:`IssueLog`), with the channel map ``setup`` (:data:`DecodeSetup`) and estimator ``params``."""
+    # the arrays the per-channel path writes, read out of their tuples once
+    src_kind, lookup, gain = setup.src_kind, setup.lookup, setup.gain
+    nsamples, estimates, saturated, samples = channels.nsamples, channels.estimates, channels.saturated, channels.samples
+    ldc_mask = events.ldc_mask
+    offsets, sizes, status = rows.offset, rows.size, rows.status
+    nslots = nsamples.shape[1]
+    for k in range(offsets.shape[0]):
         # outputs arrive uninitialised: every row starts with every channel absent
         for slot in range(nslots):
-            channels.nsamples[k, slot] = 0
-            channels.pedestal_even[k, slot] = 0.0
-            channels.pedestal_odd[k, slot] = 0.0
-            channels.amplitude[k, slot] = 0.0
-            channels.energy[k, slot] = 0.0
-            channels.saturated[k, slot] = False
-        if rows.status[k] != 0:
+            nsamples[k, slot] = 0
+            saturated[k, slot] = False
+        for e in range(estimates.shape[0]):
+            for slot in range(nslots):
+                estimates[e, k, slot] = 0.0
+        if status[k] != 0:
             continue
-        p = rows.offset[k]
-        end = p + rows.size[k]
+        p = offsets[k]
+        end = p + sizes[k]
         header_words = words[p + _H_HEADER_SIZE] // _WORD_BYTES
         burst_event = words[p + _H_BURST_EVENT]
         event_number = burst_event & _EVENT_MASK
         burst = (burst_event >> _BURST_SHIFT) & _BURST_MASK
         if (words[p + _H_ATTRIBUTES_2] & _SUPER) == 0:
-            _mark_ldc(events, k, words[p + _H_LDC])
-            _decode_equipments(words, p + header_words, end, k, event_number, burst, setup, channels, events, log,
-                               even, odd)
+            ldc_mask[k] |= np.uint32(1) << np.uint32(min(words[p + _H_LDC], _LDC_MASK_TOP))
+            _decode_equipments(words, p + header_words, end, k, event_number, burst, src_kind, lookup, gain, params,
+                               nsamples, estimates, saturated, samples, events, log)
             continue
         q = p + header_words
         while q < end:
@@ -589,7 +610,8 @@ def decode_events(words, rows, setup, channels, events, log):
                 _log(log, k, -1, _ISSUE_SUB, words[q + _H_LDC], q)
                 q += sub_words
                 continue
-            _mark_ldc(events, k, words[q + _H_LDC])
+            ldc_mask[k] |= np.uint32(1) << np.uint32(min(words[q + _H_LDC], _LDC_MASK_TOP))
             _decode_equipments(words, q + words[q + _H_HEADER_SIZE] // _WORD_BYTES, q + sub_words, k, event_number,
-                               burst, setup, channels, events, log, even, odd)
+                               burst, src_kind, lookup, gain, params, nsamples, estimates, saturated, samples,
+                               events, log)
             q += sub_words

@@ -5,6 +5,10 @@ one MSADC channel, addressed by (srcID, port, channel) with channel =
 adc_id × 16 + chan_id. Rows are numbered in file order as *slots*: the decoder
 writes channel ``slot`` of every event, and ``lookup`` turns an address into a
 slot (−1 when unmapped).
+
+The ``detector`` column names a detector of the map's :class:`~.detectors.DetectorTable`
+(``decoders/detectors.toml`` unless another is given); a row's module, x and y must lie
+within that detector's geometry. ``detector`` codes are positions in the table.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
+from .detectors import DetectorTable
 from ..errors import ChannelMapError
 
 COLUMNS = ("src_id", "port", "channel", "detector", "module", "x", "y", "gain_gev")
-DETECTORS = ("ECAL", "HCAL", "SRD", "VETO", "S")
+#: detector names and codes of the packaged table (decoders/detectors.toml); a map's own table is
+#: ``ChannelMap.detectors``
+DETECTORS = DetectorTable.default().names
 DETECTOR_CODE = {name: code for code, name in enumerate(DETECTORS)}
-ECAL, HCAL, SRD, VETO, BEAM_COUNTER = range(len(DETECTORS))
+ECAL, HCAL, SRD, VETO, BEAM_COUNTER = (DETECTOR_CODE[n] for n in ("ECAL", "HCAL", "SRD", "VETO", "S"))
 DEFAULT_MAP = "default-channel-map.csv"
 
 # What the decoder does with an equipment, by srcID.
@@ -37,12 +44,13 @@ class ChannelMap:
     src_id: np.ndarray
     port: np.ndarray
     channel: np.ndarray
-    detector: np.ndarray  # int8 codes into DETECTORS
+    detector: np.ndarray  # int8 codes into ``detectors``
     module: np.ndarray
     x: np.ndarray
     y: np.ndarray
     gain_gev: np.ndarray
     source: str = "<memory>"
+    detectors: DetectorTable = field(default_factory=DetectorTable.default)
     lookup: np.ndarray = field(init=False, repr=False)
     src_kind: np.ndarray = field(init=False, repr=False)
 
@@ -66,8 +74,10 @@ class ChannelMap:
         src_id, port, channel = (np.asarray(v, dtype=np.int64) for v in (src_id, port, channel))
         return (src_id * layout.PORTS + port) * layout.CHANNELS_PER_PORT + channel
 
-    def slots(self, detector: int, module: int | None = None) -> np.ndarray:
-        """Slots of one detector (and module), in map order."""
+    def slots(self, detector: int | str, module: int | None = None) -> np.ndarray:
+        """Slots of one detector (code or name; and module), in map order."""
+        if isinstance(detector, str):
+            detector = self.detectors.code(detector)
         mask = self.detector == detector
         if module is not None:
             mask &= self.module == module
@@ -75,7 +85,7 @@ class ChannelMap:
 
     def describe(self, slot: int) -> dict:
         return {
-            "detector": DETECTORS[self.detector[slot]],
+            "detector": self.detectors[int(self.detector[slot])].name,
             "module": int(self.module[slot]),
             "x": int(self.x[slot]),
             "y": int(self.y[slot]),
@@ -84,20 +94,29 @@ class ChannelMap:
             "channel": int(self.channel[slot]),
         }
 
-    @classmethod
-    def default(cls) -> "ChannelMap":
-        text = resources.files(__package__).joinpath(DEFAULT_MAP).read_text()
-        return cls.from_csv_text(text, source=f"<package default {DEFAULT_MAP}>")
+    def present_detectors(self) -> tuple[str, ...]:
+        """Names of the table's detectors that have channels in this map, in table order."""
+        codes = set(np.unique(self.detector).tolist())
+        return tuple(d.name for d in self.detectors if d.code in codes)
+
+    def detector_subsystems(self) -> dict[str, str]:
+        """Detector name -> quality subsystem, for the detectors with channels in this map."""
+        return {name: self.detectors.by_name(name).subsystem for name in self.present_detectors()}
 
     @classmethod
-    def load(cls, path: str | Path) -> "ChannelMap":
+    def default(cls, detectors: DetectorTable | None = None) -> "ChannelMap":
+        text = resources.files(__package__).joinpath(DEFAULT_MAP).read_text()
+        return cls.from_csv_text(text, source=f"<package default {DEFAULT_MAP}>", detectors=detectors)
+
+    @classmethod
+    def load(cls, path: str | Path, detectors: DetectorTable | None = None) -> "ChannelMap":
         try:
             text = Path(path).read_text()
         except OSError as exc:
             raise ChannelMapError(f"cannot read channel map {path}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise ChannelMapError(f"channel map {path} is not a text file") from None
-        return cls.from_csv_text(text, source=str(path))
+        return cls.from_csv_text(text, source=str(path), detectors=detectors)
 
     def to_csv_text(self) -> str:
         """The map as CSV (the columns :meth:`from_csv_text` reads; gains round-trip exactly)."""
@@ -105,11 +124,13 @@ class ChannelMap:
         for row in zip(self.src_id.tolist(), self.port.tolist(), self.channel.tolist(), self.detector.tolist(),
                        self.module.tolist(), self.x.tolist(), self.y.tolist(), self.gain_gev.tolist()):
             src, port, channel, det, module, x, y, gain = row
-            lines.append(f"{src},{port},{channel},{DETECTORS[det]},{module},{x},{y},{gain!r}")
+            lines.append(f"{src},{port},{channel},{self.detectors[det].name},{module},{x},{y},{gain!r}")
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def from_csv_text(cls, text: str, source: str = "<memory>") -> "ChannelMap":
+    def from_csv_text(cls, text: str, source: str = "<memory>", detectors: DetectorTable | None = None
+                      ) -> "ChannelMap":
+        table = detectors if detectors is not None else DetectorTable.default()
         reader = csv.reader(io.StringIO(text))
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != COLUMNS:
@@ -135,8 +156,13 @@ class ChannelMap:
                 problems.append(f"port {port} not in 0-{layout.PORTS - 1}")
             if not 0 <= channel < layout.CHANNELS_PER_PORT:
                 problems.append(f"channel {channel} not in 0-{layout.CHANNELS_PER_PORT - 1}")
-            if detector not in DETECTOR_CODE:
-                problems.append(f"detector {detector!r} not one of {', '.join(DETECTORS)}")
+            if detector not in table:
+                problems.append(f"detector {detector!r} not one of {', '.join(table.names)} ({table.source})")
+            else:
+                d = table.by_name(detector)
+                if module >= d.modules or x >= d.nx or y >= d.ny:
+                    problems.append(f"module {module}, x {x}, y {y} outside {detector}'s geometry "
+                                    f"({d.modules} modules of {d.nx} x {d.ny})")
             if not np.isfinite(gain) or gain < 0:
                 problems.append(f"gain_gev {gain} must be finite and >= 0")
             if min(module, x, y) < 0:
@@ -147,7 +173,7 @@ class ChannelMap:
             if problems:
                 raise ChannelMapError(f"{source}:{line_no}: {'; '.join(problems)}")
             seen[key] = line_no
-            rows.append((src_id, port, channel, DETECTOR_CODE[detector], module, x, y, gain))
+            rows.append((src_id, port, channel, table.code(detector), module, x, y, gain))
         if not rows:
             raise ChannelMapError(f"{source}: no channels")
         columns = list(zip(*rows))
@@ -155,4 +181,4 @@ class ChannelMap:
         arrays = [np.array(col, dtype=dt) for col, dt in zip(columns, dtypes)]
         for a in arrays:
             a.flags.writeable = False
-        return cls(*arrays, source=source)
+        return cls(*arrays, source=source, detectors=table)

@@ -315,18 +315,17 @@ def decode_events(
         raise ValueError(f"max_samples must be within 1..{layout.MAX_SAMPLES}")
     rows = _kernels.EventRows(np.ascontiguousarray(index.offset, dtype=np.int64),
                               np.ascontiguousarray(index.size, dtype=np.int64), np.ascontiguousarray(index.status))
-    setup = _kernels.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev),
-                                 int(params.pedestal_samples), float(params.amplitude_threshold), bool(with_samples))
+    setup = _kernels.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev))
+    estimator_params = _kernels.EstimatorParams(int(params.pedestal_samples), float(params.amplitude_threshold),
+                                                bool(with_samples))
     # the kernel initialises every row itself
     channels = _kernels.ChannelOutputs(
         nsamples=np.empty((n, nslots), dtype=np.uint16),
-        pedestal_even=np.empty((n, nslots)),
-        pedestal_odd=np.empty((n, nslots)),
-        amplitude=np.empty((n, nslots)),
-        energy=np.empty((n, nslots)),
+        estimates=np.empty((len(_kernels.ESTIMATES), n, nslots)),
         saturated=np.empty((n, nslots), dtype=np.bool_),
         samples=np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16),
     )
+    estimates = dict(zip(_kernels.ESTIMATES, channels.estimates))  # one contiguous (n, nslots) plane each
     capacity = 64 + 4 * n
     while True:
         events = _kernels.EventOutputs(trigger_time=np.full(n, -1, dtype=np.int64),
@@ -334,7 +333,7 @@ def decode_events(
                                        ldc_mask=np.zeros(n, dtype=np.uint32))
         log = _kernels.IssueLog(np.zeros(capacity, dtype=ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
                                 np.zeros(n, dtype=np.int32))
-        _kernels.decode_events(words, rows, setup, channels, events, log)
+        _kernels.decode_events(words, rows, setup, estimator_params, channels, events, log)
         total = int(log.counters[0])
         if total <= capacity:
             break
@@ -343,10 +342,10 @@ def decode_events(
     return DecodedEvents(
         index=index,
         nsamples=channels.nsamples,
-        pedestal_even=channels.pedestal_even,
-        pedestal_odd=channels.pedestal_odd,
-        amplitude=channels.amplitude,
-        energy=channels.energy,
+        pedestal_even=estimates["pedestal_even"],
+        pedestal_odd=estimates["pedestal_odd"],
+        amplitude=estimates["amplitude"],
+        energy=estimates["energy"],
         saturated=channels.saturated,
         trigger_time_us=events.trigger_time,
         scalers=events.scalers,

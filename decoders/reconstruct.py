@@ -1,14 +1,18 @@
 """Event-level reference reconstruction, spec §11, vectorised over a decoded chunk.
 
-From per-channel energies: detector sums (E_PS = ECAL preshower, E_ECAL = both
-ECAL modules, E_HCAL = all HCAL), SRD per module, VETO per module (mean of its
-two PMTs), the electron tag, hadron-like beam-trigger events and
-missing-energy candidates.
+From per-channel energies: detector sums by the role each detector has in the
+map's detector table (decoders/detectors.toml): E_PS = the ``ecal`` detector's
+module 0 (preshower), E_ECAL = all its modules, E_HCAL = the ``hcal`` detector,
+E_WCAL = the ``wcal`` detector (visible mode; 0 without one), the
+``electron_tag`` (SRD) per module, the ``veto`` per module (mean of its PMTs);
+the electron tag, hadron-like beam-trigger events and missing-energy
+candidates; and every detector's energy sum per event (``detector_energy``,
+columns in table order).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -16,7 +20,7 @@ from pydantic import Field, model_validator
 
 from ..config_section import ConfigSection, FieldProblem
 from . import layout
-from .channelmap import ECAL, HCAL, SRD, VETO, ChannelMap
+from .channelmap import ChannelMap
 from .decode import DecodedEvents
 from ..errors import ISSUE_DESCRIPTIONS, Issue
 
@@ -69,22 +73,41 @@ class DetectorGeometry:
     hcal: np.ndarray | slice
     srd_modules: tuple[np.ndarray | slice, ...]
     veto_modules: tuple[np.ndarray | slice, ...]
+    wcal: np.ndarray | slice = field(default_factory=lambda: slice(0, 0))
+    #: (table code, role, columns) of every detector of the table with channels in the map
+    detectors: tuple[tuple[int, str, np.ndarray | slice], ...] = ()
+    n_detectors: int = 0  # rows of the table (columns of ``detector_energy``)
 
     @classmethod
     def from_map(cls, channel_map: ChannelMap) -> "DetectorGeometry":
-        def modules(detector: int) -> tuple[np.ndarray, ...]:
-            present = np.unique(channel_map.module[channel_map.detector == detector])
-            return tuple(_columns(channel_map.slots(detector, int(m))) for m in present)
+        table = channel_map.detectors
+        none = np.zeros(0, dtype=np.int64)
 
-        main = channel_map.slots(ECAL, 1)
+        def slots(role: str, module: int | None = None) -> np.ndarray:
+            d = table.by_role(role)
+            return channel_map.slots(d.code, module) if d is not None else none
+
+        def modules(role: str) -> tuple[np.ndarray, ...]:
+            d = table.by_role(role)
+            if d is None:
+                return ()
+            present = np.unique(channel_map.module[channel_map.detector == d.code])
+            return tuple(_columns(channel_map.slots(d.code, int(m))) for m in present)
+
+        main = slots("ecal", 1)
+        present = [(d.code, d.role, _columns(channel_map.slots(d.code))) for d in table
+                   if np.any(channel_map.detector == d.code)]
         return cls(
-            ecal=_columns(channel_map.slots(ECAL)),
-            preshower=_columns(channel_map.slots(ECAL, 0)),
+            ecal=_columns(slots("ecal")),
+            preshower=_columns(slots("ecal", 0)),
             main_ecal=_columns(main),
             main_ecal_xy=np.stack([channel_map.x[main], channel_map.y[main]], axis=1).astype(np.int64),
-            hcal=_columns(channel_map.slots(HCAL)),
-            srd_modules=modules(SRD),
-            veto_modules=modules(VETO),
+            hcal=_columns(slots("hcal")),
+            srd_modules=modules("electron_tag"),
+            veto_modules=modules("veto"),
+            wcal=_columns(slots("wcal")),
+            detectors=tuple(present),
+            n_detectors=len(table),
         )
 
 
@@ -104,6 +127,8 @@ class EventPhysics:
     hadron_like: np.ndarray
     candidate: np.ndarray
     main_ecal_max_cell: np.ndarray  # (n, 2) x, y of the hottest main-ECAL cell; −1 if no energy
+    e_wcal: np.ndarray  # visible mode's WCAL sum (zeros without a wcal detector)
+    detector_energy: np.ndarray  # (n, detectors of the table): each detector's energy sum
 
 
 def _module_sums(energy: np.ndarray, groups: tuple, mean: bool) -> np.ndarray:
@@ -123,6 +148,12 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
     e_hcal = energy[:, geometry.hcal].sum(axis=1)
     srd = _module_sums(energy, geometry.srd_modules, mean=False)
     veto = _module_sums(energy, geometry.veto_modules, mean=True)
+    e_wcal = energy[:, geometry.wcal].sum(axis=1)
+    # every detector's sum; the selection's own sums are reused
+    detector_energy = np.zeros((n, geometry.n_detectors))
+    reuse = {"ecal": e_ecal, "hcal": e_hcal, "wcal": e_wcal}
+    for code, role, columns in geometry.detectors:
+        detector_energy[:, code] = reuse[role] if role in reuse else energy[:, columns].sum(axis=1)
     is_data = decoded.is_data
     mask = decoded.index.trigger_mask.astype(np.int64)
     physics = is_data & ((mask >> cuts.physics_trigger_bit) & 1).astype(bool)
@@ -172,6 +203,8 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
         hadron_like=hadron_like,
         candidate=candidate,
         main_ecal_max_cell=hottest,
+        e_wcal=e_wcal,
+        detector_energy=detector_energy,
     )
 
 

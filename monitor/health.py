@@ -50,10 +50,10 @@ from pydantic import Field, model_validator
 
 from ..config_section import ConfigSection, FieldProblem
 
-from ..decoders.channelmap import DETECTORS, ChannelMap
+from ..decoders.channelmap import ChannelMap
+from ..decoders.layout import PHYSICS_EVENT
 from ..decoders.decode import ReconstructionParams
 
-PHYSICS_EVENT = 7
 KINDS = ("dead", "hot", "noisy", "drifting", "saturating")
 
 # rows of ChannelStats.counts / .sums
@@ -281,6 +281,10 @@ class ChannelFinding:
     spills: int  # consecutive bad spills so far
     since: tuple[int | None, int | None]  # (run, spill) where it was raised
     detail: str = ""
+    #: electronic address: srcID, MSADC port, channel (where to look in the crate)
+    src_id: int | None = None
+    port: int | None = None
+    channel: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -511,7 +515,8 @@ class ChannelHistory:
                 detail += f"; flat pedestal (RMS {rms:.3g} ADC)"
             detail += f"; presence {cur['presence'][slot]:.3g}"
         return ChannelFinding(
-            slot=slot, detector=DETECTORS[int(m.detector[slot])], module=int(m.module[slot]),
+            slot=slot, detector=m.detectors[int(m.detector[slot])].name, module=int(m.module[slot]),
             x=int(m.x[slot]), y=int(m.y[slot]), kind=kind, value=value, reference=ref,
             spills=streak, since=tuple(since), detail=detail,
+            src_id=int(m.src_id[slot]), port=int(m.port[slot]), channel=int(m.channel[slot]),
         )

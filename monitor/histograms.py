@@ -13,8 +13,8 @@ Histograms (energies in GeV, spec §11 sums):
 e_ecal     E_ECAL, both ECAL modules — 100 GeV electron peak
 e_ps       E_PS, ECAL preshower (module 0)
 e_hcal     E_HCAL, all HCAL modules — hadrons above 10 GeV
-e_total    E_ECAL + E_HCAL — the beam energy for electrons and hadrons;
-           missing-energy events sit far below it
+e_total    E_ECAL + E_HCAL (+ E_WCAL in visible mode) — the beam energy for
+           electrons and hadrons; missing-energy events sit far below it
 ecal_hcal  E_ECAL versus E_HCAL plane
 srd        SRD sum (synchrotron-radiation tag window 5–150 MeV)
 veto       largest VETO module energy (module = mean of its two PMTs; the
@@ -184,25 +184,41 @@ def _row_reduce(values: np.ndarray, op) -> np.ndarray:
     return out
 
 
-def _hist_to_json(h: hist.Hist) -> dict:
+def histogram_json(h: bh.Histogram) -> dict:
+    """THE JSON shape of a histogram (:class:`~.model.HistogramJSON`: API, dashboard, archive JSON export).
+
+    ``{"name", "label", "axes": [{"name", "label", "edges" | "categories"}], "values", "entries",
+    "outside"}``: ``values`` are the bin contents without flow bins (nested lists in axis order,
+    integers for counting storages); ``entries`` counts every fill, ``outside`` those that fell in
+    under/overflow. The trigger axis lists :data:`TRIGGERS`; integer and category axes their
+    categories, other axes their bin edges. (Exact copies, flow bins and all: the archive's blobs
+    and the ROOT export.)
+    """
     axes = []
     for ax in h.axes:
         entry: dict[str, Any] = {"name": ax.name, "label": ax.label}
         if ax.name == "trigger":
             entry["categories"] = list(TRIGGERS)
-        elif isinstance(ax, hist.axis.Integer):
+        elif isinstance(ax, bh.axis.Integer):
             entry["categories"] = [int(v) for v in ax.centers - 0.5]
+        elif isinstance(ax, (bh.axis.IntCategory, bh.axis.StrCategory)):
+            entry["categories"] = list(ax)
         else:
             entry["edges"] = ax.edges.tolist()
         axes.append(entry)
-    values = h.values()
+    values = np.asarray(h.values())
+    counting = values.dtype.kind in "iu" or (values.size and np.all(np.mod(values, 1) == 0))
+    total = h.sum(flow=True)
+    total = float(getattr(total, "value", total))  # a weighted storage sums to (value, variance)
+    inside = float(values.sum())
+    as_number = int if counting else float
     return {
         "name": h.name,
         "label": h.label,
         "axes": axes,
-        "values": values.astype(np.int64).tolist(),
-        "entries": int(h.sum(flow=True)),
-        "outside": int(h.sum(flow=True) - values.sum()),
+        "values": values.astype(np.int64).tolist() if counting else values.tolist(),
+        "entries": as_number(total),
+        "outside": as_number(total - inside),
     }
 
 
@@ -255,13 +271,15 @@ class HistogramSet:
         if other.config != self.config:
             raise ValueError("cannot add histograms of a different binning (HistogramConfig differs)")
         for name, h in other._coded.items():
-            self._coded[name] += h
+            # counts with flow bins, added in place (``other`` may hold plain arrays: a worker's result, monitor/wire.py)
+            counts = self._coded[name].view(flow=True)
+            counts += h.view(flow=True) if isinstance(h, bh.Histogram) else h
         self.events += other.events
         self._cache = None
 
     def to_json(self) -> dict:
         """JSON-ready dict: ``{"events", "histograms": {name: {axes, values, entries, outside}}}``."""
-        return {"events": self.events, "histograms": {n: _hist_to_json(h) for n, h in self.hists.items()}}
+        return {"events": self.events, "histograms": {n: histogram_json(h) for n, h in self.hists.items()}}
 
 
 class SpillHistograms(HistogramSet):
@@ -295,7 +313,8 @@ class SpillHistograms(HistogramSet):
             "e_ecal": e_ecal,
             "e_ps": np.asarray(physics.e_ps),
             "e_hcal": e_hcal,
-            "e_total": e_ecal + e_hcal,
+            # the calorimeter sum: visible mode adds the WCAL (zeros without one: E_ECAL + E_HCAL exactly)
+            "e_total": e_ecal + e_hcal + np.asarray(physics.e_wcal),
             "srd": _row_reduce(np.asarray(physics.srd), np.add),
             "veto": _row_reduce(np.asarray(physics.veto), np.maximum),
         }

@@ -13,8 +13,9 @@ published into a :class:`SnapshotStore` (swapping a reference under a lock):
 :func:`register_metrics`) reads both at scrape time. Label sets are bounded:
 ``kind`` = the decoder's :class:`~na64_online.errors.Issue` labels
 (anything else counts as ``other``), ``subsystem`` = beam, ecal, hcal, srd,
-veto, daq, overall; ``estimator`` = hcal, srd; ``detector`` × channel-finding
-``kind``; ``reason`` = readout_silent, monitor_stuck. Quality states are
+veto, daq (plus those the detector table's mapped detectors add), overall;
+``estimator`` = hcal, srd; ``detector`` = the detector table's names (× channel-finding
+``kind``); ``profile`` = the beam profiles' names; ``reason`` = readout_silent, monitor_stuck. Quality states are
 numbers: 0 GOOD, 1 NO_DATA, 2 WARNING, 3 BAD (−1 before the first spill);
 while the service is stale (no spill for ``no_data_after_seconds``, see
 :mod:`.liveness`) every subsystem and the overall state read 1 (NO_DATA),
@@ -33,10 +34,13 @@ from typing import Any, Mapping, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..decoders.channelmap import DETECTORS
+from ..decoders.beam import profiles as beam_profiles
+from ..decoders.channelmap import ChannelMap
 from ..errors import Issue
 from .health import KINDS as FINDING_KINDS
-from .quality import SUBSYSTEMS, QualityState
+from . import model
+from .model import to_json
+from .quality import SUBSYSTEMS, QualityState, subsystems_of
 
 ERROR_KINDS = tuple(i.label for i in Issue if i.is_error) + ("other",)
 NOTICE_KINDS = tuple(i.label for i in Issue if not i.is_error and i != Issue.NONE) + ("other",)
@@ -132,10 +136,12 @@ class MonitorSnapshot:
         return replace(self, archived_spills=self.archived_spills + 1,
                        archived_at=time.time() if now is None else now)
 
-    def with_spill(self, record: Mapping[str, Any], quality=None, findings=None, now: float | None = None
-                   ) -> "MonitorSnapshot":
-        """A new snapshot with one more spill: ``record`` = QA record dict, ``quality`` = SpillQuality
-        (or its dict), ``findings`` = HealthReport or list of findings (objects or dicts)."""
+    def with_spill(self, record: model.SpillRecord | Mapping[str, Any], quality=None, findings=None,
+                   now: float | None = None) -> "MonitorSnapshot":
+        """A new snapshot with one more spill: ``record`` = the QA record (:class:`~.model.SpillRecord` or
+        its JSON), ``quality`` = its :class:`~.model.SpillQuality`, ``findings`` = a
+        :class:`~.model.HealthReport` or a list of :class:`~.model.ChannelFinding` (anything they validate)."""
+        record = to_json(record)
         errors = dict(self.decode_errors)
         notices = dict(self.decode_notices)
         attributed = 0
@@ -161,11 +167,11 @@ class MonitorSnapshot:
         new_run = run is not None and run != self.run
         eot = float(record.get("eot") or 0.0)
         ncand = len(record.get("candidates") or ())
-        if quality is not None and hasattr(quality, "to_dict"):
-            quality = quality.to_dict()
-        if findings is not None and hasattr(findings, "findings"):
-            findings = findings.findings
-        findings = tuple(f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in (findings or ()))
+        if quality is not None:
+            quality = to_json(model.SpillQuality.model_validate(quality))
+        if findings is not None and not isinstance(findings, (list, tuple)):
+            findings = model.HealthReport.model_validate(findings).findings
+        findings = tuple(to_json(model.ChannelFinding.model_validate(f)) for f in (findings or ()))
         by_quality = dict(self.spills_by_quality)
         overall = (quality or {}).get("overall")
         overall = str(getattr(overall, "name", overall) or "NONE")
@@ -209,13 +215,40 @@ def _total(value) -> int:
     return int(value)
 
 
-class SnapshotStore:
-    """Holds the latest :class:`MonitorSnapshot` and :class:`ServiceHealth`; thread-safe."""
+@dataclass(frozen=True)
+class DetectorLabels:
+    """The label values the detector table allows: every detector of the table (channel findings),
+    those with channels in the map (per-detector values), the judged quality subsystems."""
 
-    def __init__(self) -> None:
+    table: tuple[str, ...]
+    mapped: tuple[str, ...]
+    subsystems: tuple[str, ...]
+
+    @classmethod
+    def of(cls, channel_map: ChannelMap) -> "DetectorLabels":
+        return cls(channel_map.detectors.names, channel_map.present_detectors(),
+                   subsystems_of(channel_map.detector_subsystems()))
+
+
+def _default_labels() -> DetectorLabels:
+    return DetectorLabels.of(ChannelMap.default())
+
+
+class SnapshotStore:
+    """Holds the latest :class:`MonitorSnapshot` and :class:`ServiceHealth`; thread-safe.
+
+    ``detectors``: the label values of the service's channel map (:meth:`use_channel_map`; default:
+    the packaged map's)."""
+
+    def __init__(self, detectors: DetectorLabels | None = None) -> None:
         self._lock = threading.Lock()
         self._monitor = MonitorSnapshot()
         self._service = ServiceHealth()
+        self.detectors = detectors or _default_labels()
+
+    def use_channel_map(self, channel_map: ChannelMap) -> None:
+        """Label detectors and subsystems after this map and its detector table."""
+        self.detectors = DetectorLabels.of(channel_map)
 
     @property
     def monitor(self) -> MonitorSnapshot:
@@ -430,6 +463,29 @@ class Na64Collector(Collector):
         gauge("na64_candidates_last_spill", "missing-energy candidates, last spill",
               len(last.get("candidates") or ()) if m.last is not None else math.nan)
 
+        fam = GaugeMetricFamily("na64_beam_profile", "1 for the beam profile the last spill was judged with "
+                                "(decoders/beam-profiles.toml), 0 for the others", labels=["profile"])
+        if not describe:
+            for name in beam_profiles():
+                fam.add_metric([name], 1.0 if last.get("beam_profile") == name else 0.0)
+        out.append(fam)
+
+        # ---------------------------------------------------------- detectors (the table's)
+        labels = self.store.detectors
+        per_detector = last.get("detectors") or {}
+        for name, doc, key, unit in (
+            ("na64_detector_channels", "channels of the detector in the channel map", "channels", ""),
+            ("na64_detector_energy_mean_gev", "mean energy per data event in the detector, last spill [GeV]",
+             "energy_mean_gev", ""),
+            ("na64_detector_hit_ratio", "fraction of data events with energy in the detector, last spill",
+             "hit_fraction", "ratio"),
+        ):
+            fam = GaugeMetricFamily(name, doc, labels=["detector"], unit=unit)
+            if not describe:
+                for detector in labels.mapped:
+                    fam.add_metric([detector], _finite((per_detector.get(detector) or {}).get(key)))
+            out.append(fam)
+
         # ---------------------------------------------------------- quality and channels
         fam = GaugeMetricFamily("na64_quality_state", "quality of the last spill: 0 GOOD, 1 NO_DATA (also while "
                                 "no spill comes: na64_no_data), 2 WARNING, 3 BAD, -1 none yet", labels=["subsystem"])
@@ -437,13 +493,13 @@ class Na64Collector(Collector):
             q = m.quality or {}
             states = dict(q.get("subsystems") or {})
             states["overall"] = q.get("overall")
-            for sub in QUALITY_SUBSYSTEMS:
+            for sub in labels.subsystems + ("overall",):
                 name = "NO_DATA" if stale else states.get(sub)
                 fam.add_metric([sub], float(QualityState[name]) if name in QualityState.__members__ else -1.0)
         out.append(fam)
         fam = GaugeMetricFamily("na64_channel_findings", "active channel-health findings", labels=["detector", "kind"])
         if not describe:
-            counts = {(d, k): 0 for d in DETECTORS for k in FINDING_KINDS}
+            counts = {(d, k): 0 for d in labels.table for k in FINDING_KINDS}
             for f in m.findings:
                 key = (str(f.get("detector")), str(f.get("kind")))
                 if key in counts:
@@ -462,7 +518,8 @@ class Na64Collector(Collector):
                                    "alarms), by name, severity and state (raised, acknowledged, silenced)",
                                    labels=["alertname", "severity", "state"])
         for alarm in view.get("active", ()):
-            active.add_metric([str(alarm.get("name")), str(alarm.get("severity")), str(alarm.get("state"))], 1.0)
+            state = "silenced" if alarm.get("state") == "raised" and alarm.get("silenced_by") else alarm.get("state")
+            active.add_metric([str(alarm.get("name")), str(alarm.get("severity")), str(state)], 1.0)
         out = [active]
         delivery = view.get("delivery") or {}
         for outcome, doc in (("sent", "requests Alertmanager accepted"),
@@ -501,21 +558,7 @@ def register_metrics(registry: CollectorRegistry, store: SnapshotStore | None = 
 
 def alarm_view(engine) -> dict:
     """The alarm engine's active alarms and Alertmanager delivery counts, for metrics and /api/health."""
-    notifier = engine.notifier
-    notifiers = getattr(notifier, "notifiers", [notifier] if notifier is not None else [])
-    delivery = {"sent": 0, "failed": 0, "dropped": 0, "last_success": None, "last_error": None}
-    configured = False
-    for n in notifiers:
-        stats = getattr(n, "stats", None)
-        if callable(stats) and hasattr(n, "urls"):
-            configured = True
-            got = stats()
-            for key in ("sent", "failed", "dropped"):
-                delivery[key] += int(got.get(key) or 0)
-            for key in ("last_success", "last_error"):
-                delivery[key] = got.get(key) or delivery[key]
-    delivery["configured"] = configured
-    return {"active": engine.active(), "delivery": delivery}
+    return {"active": engine.active(), "delivery": engine.delivery()}
 
 
 class BuildInfoCollector(Collector):

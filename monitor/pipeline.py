@@ -9,7 +9,7 @@ result into an immutable :class:`QARecord`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +32,7 @@ from ..decoders.decode import (
 )
 from ..errors import FIRST_NOTICE, Issue
 from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, reconstruct
+from .model import BadMessages, LostMessages, SequenceJump, SpillRecord
 
 _NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}
 
@@ -86,6 +87,10 @@ class SpillAccumulator:
     last_time: int | None = None
     bytes_decoded: int = 0
     decode_seconds: float = 0.0
+    #: per detector of the table (code order), over data events: energy summed in keV (integers, so
+    #: merging partial results is exact) and events in which the detector had energy
+    detector_energy_kev: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    detector_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     extensions: dict[str, Any] = field(default_factory=dict)
 
     def _mark_events(self, numbers: np.ndarray) -> None:
@@ -117,6 +122,12 @@ class SpillAccumulator:
         for key, n in other.issues.items():
             self.issues[key] = self.issues.get(key, 0) + n
         self.candidates.extend(other.candidates)
+        for name in ("detector_energy_kev", "detector_hits"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if len(mine) < len(theirs):
+                mine = np.concatenate([mine, np.zeros(len(theirs) - len(mine), dtype=np.int64)])
+            mine[: len(theirs)] += theirs
+            setattr(self, name, mine)
         times = [t for t in (self.first_time, other.first_time) if t is not None]
         self.first_time = min(times) if times else None
         times = [t for t in (self.last_time, other.last_time) if t is not None]
@@ -153,77 +164,25 @@ class SpillAccumulator:
         return out
 
 
-@dataclass(frozen=True)
-class QARecord:
-    """The QA record of one spill (spec §12 keys first, then extras)."""
+#: the QA record of one spill (typed; :mod:`.model`)
+QARecord = SpillRecord
 
-    run: int | None
-    spill: int | None
-    events: int
-    lost_events: int
-    decode_errors: int
-    modules_missing: int
-    complete: bool
-    beam: int | None
-    triggers_accepted: int | None
-    hadron_fraction: float | None
-    hadron_fraction_srd: float | None
-    eot: float | None
-    candidates: tuple[int, ...]
-    alarms: tuple[dict, ...] = ()
-    # extras
-    triggers_raw: int | None = None
-    s0: int | None = None
-    spill_duration_us: int | None = None
-    dead_time_fraction: float | None = None
-    beam_rate_hz: float | None = None  # particles on target per second of spill
-    physics_events: int = 0
-    calibration_events: int = 0
-    beam_events: int = 0
-    hadron_events: int = 0
-    rejected_events: int = 0
-    skipped_bytes: int = 0  # bytes of rejected events and garbage skipped while resynchronising
-    header_mismatch: int = 0  # events rejected: run/burst disagreeing with their neighbours in the spill
-    duplicate_event: int = 0  # event numbers seen again in the spill (counted, decoded once)
-    errors_by_src: dict = field(default_factory=dict)
-    notices_by_src: dict = field(default_factory=dict)
-    candidate_details: tuple[dict, ...] = ()
-    lost_messages: dict | None = None
-    incomplete_events: int | None = None
-    late_events: int | None = None
-    dropped_events: int | None = None
-    missing_ldcs: tuple[int, ...] | None = None
-    bad_messages: dict | None = None  # live: LDC label -> kind -> count
-    sequence_jumps: tuple | None = None  # live: (LDC label, size) of the jumps
-    first_event_time: int | None = None
-    last_event_time: int | None = None
-    bytes_decoded: int = 0
-    processing_seconds: float = 0.0
-    finished_at: float = 0.0
 
-    def to_dict(self) -> dict:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs",
-                          "bad_messages", "sequence_jumps"):
-                if value is None:
-                    continue
-            if f.name == "sequence_jumps":
-                continue  # inside bad_messages
-            if isinstance(value, tuple):
-                value = list(value)
-            if f.name in ("errors_by_src", "notices_by_src"):
-                # srcID −1: damage above any equipment (rejected events, sub-event headers)
-                value = {("event" if k == -1 else str(k)): v for k, v in value.items()}
-            if f.name == "lost_messages":
-                value = {"total": sum(value.values()), "by_ldc": {str(k): v for k, v in sorted(value.items())}}
-            if f.name == "bad_messages":
-                value = {"total": sum(n for kinds in value.values() for n in kinds.values()),
-                         "by_ldc": {str(k): dict(sorted(v.items())) for k, v in sorted(value.items())},
-                         "sequence_jumps": [{"ldc": str(l), "size": int(n)} for l, n in self.sequence_jumps or ()]}
-            out[f.name] = value
-        return out
+def _by_src(counts: dict[int, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """srcID -> kind -> count with string keys; srcID −1 (damage above any equipment) as ``"event"``."""
+    return {("event" if k == -1 else str(k)): v for k, v in counts.items()}
+
+
+def _lost_messages(by_ldc: dict) -> LostMessages:
+    return LostMessages(total=sum(by_ldc.values()), by_ldc={str(k): v for k, v in sorted(by_ldc.items())})
+
+
+def _bad_messages(live: LiveExtras) -> BadMessages:
+    """Live: refused messages per LDC label and kind, and the sequence jumps (LDC label, size)."""
+    by_ldc = {str(l): dict(k) for l, k in live.bad_messages.items()}
+    return BadMessages(total=sum(n for kinds in by_ldc.values() for n in kinds.values()),
+                       by_ldc={k: dict(sorted(v.items())) for k, v in sorted(by_ldc.items())},
+                       sequence_jumps=[SequenceJump(ldc=str(l), size=int(n)) for l, n in live.sequence_jumps or ()])
 
 
 class SpillProcessor:
@@ -238,7 +197,9 @@ class SpillProcessor:
         self.extensions = dict(extensions)
 
     def new_accumulator(self) -> SpillAccumulator:
-        acc = SpillAccumulator()
+        n = self.geometry.n_detectors
+        acc = SpillAccumulator(detector_energy_kev=np.zeros(n, dtype=np.int64),
+                               detector_hits=np.zeros(n, dtype=np.int64))
         for name, factory in self.extensions.items():
             acc.extensions[name] = factory(self.channel_map)
         return acc
@@ -254,7 +215,23 @@ class SpillProcessor:
         raises :class:`~.wire.ResultFormatError` for anything else."""
         from .wire import decode_accumulator
 
-        return decode_accumulator(frames, self.new_accumulator())
+        return decode_accumulator(frames, self.new_accumulator(), self._result_schema())
+
+    def read_result(self, frames):
+        """A worker's result frames, validated against this processor's set-up, as
+        :meth:`SpillAccumulator.merge` adds them (views of the frames: no accumulator built, nothing
+        copied); raises :class:`~.wire.ResultFormatError` for anything else."""
+        from .wire import read_accumulator
+
+        return read_accumulator(frames, self._result_schema())
+
+    def _result_schema(self):
+        schema = self.__dict__.get("_schema")
+        if schema is None:
+            from .wire import ResultSchema
+
+            schema = self.__dict__["_schema"] = ResultSchema(self.new_accumulator())
+        return schema
 
     def accumulate(self, words: np.ndarray, index: EventIndex | None = None) -> SpillAccumulator:
         """Decode the events of one spill (all of ``words``, or the rows of ``index``)."""
@@ -295,6 +272,10 @@ class SpillProcessor:
         acc.hadron_events += int(np.count_nonzero(physics.hadron_like))
         acc.no_electron_beam_events += int(np.count_nonzero(physics.beam_trigger & ~physics.electron))
         acc._mark_events(ix.event[data].astype(np.int64))
+        if physics.detector_energy.shape[1]:
+            per_detector = physics.detector_energy[data]
+            acc.detector_energy_kev += np.rint(per_detector * 1e6).astype(np.int64).sum(axis=0)
+            acc.detector_hits += np.count_nonzero(per_detector > 0, axis=0)
         acc.saw_start_of_burst |= bool(np.any(ok & (ix.type == layout.START_OF_BURST)))
         eob = np.flatnonzero(ok & (ix.type == layout.END_OF_BURST))
         if len(eob):
@@ -354,7 +335,7 @@ class SpillProcessor:
             hadron_fraction=hf,
             hadron_fraction_srd=hf_srd,
             eot=eot,
-            candidates=tuple(c.event for c in candidates),
+            candidates=[c.event for c in candidates],
             triggers_raw=raw,
             s0=s0,
             spill_duration_us=duration,
@@ -368,22 +349,37 @@ class SpillProcessor:
             skipped_bytes=acc.skipped_bytes,
             header_mismatch=errors.get(-1, {}).get(Issue.HEADER_MISMATCH.label, 0),
             duplicate_event=notices.get(-1, {}).get(Issue.DUPLICATE_EVENT.label, 0),
-            errors_by_src=errors,
-            notices_by_src=notices,
-            candidate_details=tuple(vars(c) for c in candidates),
-            lost_messages=dict(live.lost_messages) if live else None,
+            errors_by_src=_by_src(errors),
+            notices_by_src=_by_src(notices),
+            candidate_details=[vars(c) for c in candidates],
+            lost_messages=_lost_messages(live.lost_messages) if live else None,
             incomplete_events=live.incomplete_events if live else None,
             late_events=live.late_events if live else None,
             dropped_events=live.dropped_events if live else None,
-            missing_ldcs=tuple(live.missing_ldcs) if live else None,
-            bad_messages={str(l): dict(k) for l, k in live.bad_messages.items()} if live else None,
-            sequence_jumps=tuple(live.sequence_jumps) if live else None,
+            missing_ldcs=list(live.missing_ldcs) if live else None,
+            bad_messages=_bad_messages(live) if live else None,
             first_event_time=acc.first_time,
             last_event_time=acc.last_time,
             bytes_decoded=acc.bytes_decoded,
             processing_seconds=acc.decode_seconds,
             finished_at=time.time(),
+            detectors=self.detector_values(acc),
         )
+
+    def detector_values(self, acc: SpillAccumulator) -> dict[str, dict]:
+        """The record's ``detectors``: name -> channels, mean energy per data event [GeV] and the
+        fraction of data events with energy in it (None without data events)."""
+        out = {}
+        for code, _, _ in self.geometry.detectors:
+            name = self.channel_map.detectors[code].name
+            energy = int(acc.detector_energy_kev[code]) if code < len(acc.detector_energy_kev) else 0
+            hits = int(acc.detector_hits[code]) if code < len(acc.detector_hits) else 0
+            out[name] = {
+                "channels": int(np.count_nonzero(self.channel_map.detector == code)),
+                "energy_mean_gev": energy * 1e-6 / acc.events if acc.events else None,
+                "hit_fraction": hits / acc.events if acc.events else None,
+            }
+        return out
 
     def process(
         self, words: np.ndarray, index: EventIndex | None = None, *, complete: bool | None = None,

@@ -24,19 +24,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from enum import IntEnum
 from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 from pydantic import model_validator
-from scipy import stats as _stats
 
 from ..config_section import ConfigSection, FieldProblem
+from ..decoders.detectors import BASE_SUBSYSTEMS
 
 from .histograms import TRIGGER_INDEX
 
-SUBSYSTEMS = ("beam", "ecal", "hcal", "srd", "veto", "daq")
-DETECTOR_SUBSYSTEM = {"ECAL": "ecal", "HCAL": "hcal", "SRD": "srd", "VETO": "veto", "S": "beam"}
+SUBSYSTEMS = BASE_SUBSYSTEMS  # judged in every spill; the detector table may add more (decoders/detectors.toml)
+#: subsystems that have a problem-channel check in every spill (then those of the map's other detectors)
+DETECTOR_SUBSYSTEMS = ("beam", "ecal", "hcal", "srd", "veto")
 # spectra compared with the reference, by subsystem: (histogram name, ...)
 REFERENCE_SPECTRA = {"beam": ("e_total",), "ecal": ("e_ecal", "e_ps"), "hcal": ("e_hcal",), "srd": ("srd",),
                      "veto": ("veto",)}
@@ -115,6 +117,11 @@ class QualityConfig(ConfigSection):
     reference_p_bad: float = 1e-6
     reference_min_entries: int = 200
     reference_min_bin_count: float = 10.0  # merge adjacent bins until spill + reference ≥ this
+    # set by the beam profile (decoders/beam-profiles.toml) unless given explicitly
+    energy_spectrum: str = "e_ecal"  # histogram whose peak must sit at beam_energy_gev × energy_peak_fraction
+    energy_trigger: str = "electron"  # its trigger selection
+    energy_peak_fraction: float = 1.0  # expected peak / beam energy (e/pi of a calorimeter for hadrons)
+    checks_off: tuple[str, ...] = ()  # checks that do not apply (e.g. the electron tag on a hadron beam)
 
     @model_validator(mode="after")
     def _agree(self) -> "QualityConfig":
@@ -129,26 +136,37 @@ class QualityConfig(ConfigSection):
             bounds = getattr(self, name)
             if bounds is not None and not bounds[0] <= bounds[1]:
                 raise FieldProblem(name, f"needs low <= high, got {list(bounds)}")
-        if self.reference_trigger not in TRIGGER_INDEX:
-            raise FieldProblem("reference_trigger", f"must be one of {', '.join(TRIGGER_INDEX)}, "
-                                                    f"got {self.reference_trigger!r}")
+        for name in ("reference_trigger", "energy_trigger"):
+            if getattr(self, name) not in TRIGGER_INDEX:
+                raise FieldProblem(name, f"must be one of {', '.join(TRIGGER_INDEX)}, got {getattr(self, name)!r}")
+        if not 0 < self.energy_peak_fraction <= 2:
+            raise FieldProblem("energy_peak_fraction", f"must be within (0, 2], got {self.energy_peak_fraction}")
         return self
 
 
 @dataclass(frozen=True)
 class Check:
+    """One check's verdict; ``detail`` says what was measured, ``expected`` what it should be."""
+
     name: str  # "<subsystem>.<what>"
     subsystem: str
     state: QualityState
     value: float | None = None
     detail: str = ""
+    expected: str = ""
+
+    @property
+    def reason(self) -> str:
+        """The verdict in words with its numbers, e.g. "electron peak 91.8 GeV for a 100 GeV beam,
+        expected 100 ± 5 GeV"."""
+        return f"{self.detail}, expected {self.expected}" if self.expected else self.detail
 
     def to_dict(self) -> dict:
         v = self.value
         if v is not None and not math.isfinite(v):
             v = None
         return {"name": self.name, "subsystem": self.subsystem, "state": self.state.name, "value": v,
-                "detail": self.detail}
+                "detail": self.detail, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -165,11 +183,17 @@ class SpillQuality:
                 return c
         raise KeyError(name)
 
+    @property
+    def reasons(self) -> list[str]:
+        """Why the spill is not GOOD: ``"<check>: <reason>"`` for every check that is not GOOD."""
+        return [f"{c.name} {c.state.name}: {c.reason}" for c in self.checks if c.state != QualityState.GOOD]
+
     def to_dict(self) -> dict:
         return {
             "run": self.run, "spill": self.spill, "overall": self.overall.name,
             "subsystems": {k: v.name for k, v in self.subsystems.items()},
             "checks": [c.to_dict() for c in self.checks],
+            "reasons": self.reasons,
         }
 
     def alarms(self) -> list[dict]:
@@ -253,7 +277,9 @@ def compare_spectra(spill: np.ndarray, reference: np.ndarray, min_bin_count: flo
     a, b = merge_sparse_bins(spill, reference, min_bin_count)
     if len(a) < 2 or a.sum() <= 0 or b.sum() <= 0:
         return float("nan"), 0, float("nan")
-    res = _stats.chi2_contingency(np.vstack([a, b]), correction=False)
+    from scipy import stats  # here, not at import: scipy alone costs commands ~0.3 s of start-up
+
+    res = stats.chi2_contingency(np.vstack([a, b]), correction=False)
     return float(res.statistic), int(res.dof), float(res.pvalue)
 
 
@@ -296,14 +322,74 @@ def _get(f, key):
 # --------------------------------------------------------------------------- assessment
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What every check reads: one spill's record, histograms, channel findings, the reference, the
+    configuration, and the detectors of the channel map (name -> quality subsystem, table order)."""
+
+    record: Mapping[str, Any]
+    hists: Mapping[str, Any] | None
+    reference: Mapping[str, Any] | None
+    findings: list
+    judged: bool | None  # None: channel checks left out
+    config: QualityConfig
+    detector_subsystems: Mapping[str, str]
+
+    @property
+    def events(self) -> int:
+        return int(self.record.get("events") or 0)
+
+    @property
+    def enough(self) -> bool:
+        """Enough data events to judge physics checks."""
+        return self.events >= self.config.min_events
+
+    @property
+    def hadron_fraction(self) -> float | None:
+        return _num(self.record, "hadron_fraction")
+
+    @property
+    def beam_events(self) -> int | None:
+        return int(self.record.get("beam_events") or 0) if "beam_events" in self.record else None
+
+    @property
+    def few_beam_events(self) -> bool:
+        """Too few beam-trigger events to judge the hadron fraction and the electron tag."""
+        n = self.beam_events
+        return (n < self.config.min_beam_events) if n is not None else not self.enough
+
+
+def check(name: str, state: QualityState, value: float | None = None, detail: str = "", expected: str = "") -> Check:
+    """A :class:`Check` named ``<subsystem>.<what>``."""
+    return Check(name, name.split(".", 1)[0], state, value, detail, expected)
+
+
+@lru_cache(maxsize=1)
+def default_detector_subsystems() -> dict[str, str]:
+    """The packaged channel map's detectors and their quality subsystems (decoders/detectors.toml)."""
+    from ..decoders.channelmap import ChannelMap
+
+    return ChannelMap.default().detector_subsystems()
+
+
+def subsystems_of(detector_subsystems: Mapping[str, str]) -> tuple[str, ...]:
+    """The judged subsystems: the base ones, then those the detectors add, in order."""
+    out = list(SUBSYSTEMS)
+    for sub in detector_subsystems.values():
+        if sub not in out:
+            out.append(sub)
+    return tuple(out)
+
+
 def assess(
     record: Mapping[str, Any],
     histograms=None,
     channel_findings=None,
     reference=None,
     config: QualityConfig | None = None,
+    detector_subsystems: Mapping[str, str] | None = None,
 ) -> SpillQuality:
-    """Judge one spill.
+    """Judge one spill: run every check of the registry (:mod:`.checks`, per subsystem) in order.
 
     ``record``: the QA record dict (``QARecord.to_dict()``); ``histograms``: the
     spill's :class:`~.histograms.SpillHistograms` or its ``{name: hist.Hist}``
@@ -313,184 +399,35 @@ def assess(
     ``reference``: histograms to compare spectra with, same forms (a good
     spill, a :class:`~.histograms.RunHistograms`, or the archive's
     ``get_histograms`` of a chosen spill); None: no comparison.
+    ``detector_subsystems``: the channel map's detectors -> quality subsystem
+    (``ChannelMap.detector_subsystems()``); default: the packaged map's.
     """
+    from .checks import REGISTRY
+
     cfg = config or QualityConfig()
-    hists = _hist_dict(histograms) if histograms is not None else None
-    ref_hists = _hist_dict(reference) if reference is not None else None
-    S = QualityState
-    checks: list[Check] = []
-
-    def add(name: str, state: QualityState, value: float | None = None, detail: str = "") -> None:
-        checks.append(Check(name, name.split(".", 1)[0], state, value, detail))
-
-    events = int(record.get("events") or 0)
-    enough = events >= cfg.min_events
-    complete = bool(record.get("complete"))
-
-    # ------------------------------------------------------------------ DAQ
-    add("daq.complete", S.GOOD if complete else S.WARNING, float(complete),
-        "END_OF_BURST received" if complete else "spill cut off: no END_OF_BURST (from every readout node)")
-    errors = int(record.get("decode_errors") or 0)
-    denom = max(events, 1)
-    for name, count, warn, bad in (
-        ("decode_errors", errors, cfg.decode_error_rate_warning, cfg.decode_error_rate_bad),
-        ("modules_missing", int(record.get("modules_missing") or 0), cfg.modules_missing_rate_warning,
-         cfg.modules_missing_rate_bad),
-        ("dropped_events", int(record.get("dropped_events") or 0), cfg.dropped_event_rate_warning,
-         cfg.dropped_event_rate_bad),
-        ("incomplete_events", int(record.get("incomplete_events") or 0), cfg.incomplete_event_rate_warning,
-         cfg.incomplete_event_rate_bad),
-    ):
-        rate = count / denom
-        state = S.BAD if count and not events else _upper(rate, warn, bad)
-        add(f"daq.{name}", state, rate, f"{count} in {events} events")
-    lost = int(record.get("lost_events") or 0)
-    rate = lost / max(events + lost, 1)
-    add("daq.lost_events", _upper(rate, cfg.lost_event_rate_warning, cfg.lost_event_rate_bad), rate,
-        f"{lost} lost of {events + lost}")
-    lost_messages = _count(record.get("lost_messages"))
-    if "lost_messages" in record:
-        add("daq.lost_messages", S.WARNING if lost_messages else S.GOOD, float(lost_messages),
-            f"{lost_messages} ZeroMQ messages lost (sequence gaps)")
-    dead_time = _num(record, "dead_time_fraction")
-    raw, accepted = _num(record, "triggers_raw"), _num(record, "triggers_accepted")
-    if dead_time is None and raw and accepted is not None:
-        dead_time = 1.0 - accepted / raw
-    if dead_time is None:
-        add("daq.dead_time", S.NO_DATA, None, "no trigger scalers")
-    else:
-        add("daq.dead_time", _upper(dead_time, cfg.dead_time_warning, cfg.dead_time_bad), dead_time,
-            f"accepted {accepted} of {raw} raw triggers")
-    if accepted is None:
-        add("daq.trigger_count", S.NO_DATA, None, "no trigger scalers")
-    else:
-        recorded = events + lost
-        mismatch = abs(accepted - recorded) / max(accepted, 1.0)
-        add("daq.trigger_count", _upper(mismatch, cfg.trigger_mismatch_warning, cfg.trigger_mismatch_bad),
-            mismatch, f"{accepted:.0f} accepted triggers, {recorded} events recorded or lost")
-
-    # ------------------------------------------------------------------ beam
-    beam = _num(record, "beam")
-    if beam is None:
-        add("beam.intensity", S.NO_DATA, None, "no beam scaler (END_OF_BURST missing)")
-    else:
-        lo_b, hi_b = cfg.beam_range_bad
-        lo_w, hi_w = cfg.beam_range_warning
-        state = S.BAD if not lo_b <= beam <= hi_b else S.WARNING if not lo_w <= beam <= hi_w else S.GOOD
-        duration = _num(record, "spill_duration_us")
-        rate = f", {beam / (duration * 1e-6):.3g} /s" if duration else ""
-        add("beam.intensity", state, beam, f"{beam:.0f} particles on target{rate}")
-    duration = _num(record, "spill_duration_us")
-    if cfg.spill_duration_range_us is not None and duration is not None:
-        lo, hi = cfg.spill_duration_range_us
-        add("beam.spill_duration", S.GOOD if lo <= duration <= hi else S.WARNING, duration,
-            f"spill {duration * 1e-6:.2f} s")
-    hf = _num(record, "hadron_fraction")
-    beam_events = int(record.get("beam_events") or 0) if "beam_events" in record else None
-    few_beam = (beam_events < cfg.min_beam_events) if beam_events is not None else not enough
-    if hf is None or few_beam:
-        add("beam.hadron_fraction", S.NO_DATA, hf, f"{beam_events or 0} beam-trigger events")
-    else:
-        add("beam.hadron_fraction", _upper(hf, cfg.hadron_fraction_warning, cfg.hadron_fraction_bad), hf,
-            f"hadron-like fraction of beam-trigger events {hf:.4f}")
-    if hists is not None and "time" in hists:
-        checks.append(_time_profile(hists, cfg))
-
-    # ------------------------------------------------------------------ SRD: tag efficiency
-    hf_srd = _num(record, "hadron_fraction_srd")
-    if hf is None or hf_srd is None or few_beam:
-        add("srd.electron_tag", S.NO_DATA, None, "too few beam-trigger events")
-    else:
-        excess = hf_srd - hf
-        add("srd.electron_tag", _upper(excess, cfg.srd_excess_warning, cfg.srd_excess_bad), excess,
-            f"untagged beam events {hf_srd:.4f} vs HCAL hadron fraction {hf:.4f}")
-
-    # ------------------------------------------------------------------ ECAL energy scale
-    if hists is not None and cfg.beam_energy_gev and "e_ecal" in hists:
-        h = hists["e_ecal"]
-        counts = _spectrum(hists, "e_ecal", "electron", flow=False)
-        n = int(counts.sum())
-        if n < cfg.min_peak_events:
-            add("ecal.energy_scale", S.NO_DATA, None, f"{n} tagged electrons")
-        else:
-            peak = _peak(counts, h.axes[1].edges)
-            dev = abs(peak / cfg.beam_energy_gev - 1.0)
-            add("ecal.energy_scale", _upper(dev, cfg.energy_scale_warning, cfg.energy_scale_bad), peak,
-                f"electron peak {peak:.1f} GeV for a {cfg.beam_energy_gev:g} GeV beam")
-
-    # ------------------------------------------------------------------ reference spectra
-    if ref_hists is not None and hists is not None:
-        for subsystem, names in REFERENCE_SPECTRA.items():
-            for name in names:
-                if name not in hists or name not in ref_hists:
-                    continue
-                a = _spectrum(hists, name, cfg.reference_trigger, flow=True)
-                b = _spectrum(ref_hists, name, cfg.reference_trigger, flow=True)
-                check = f"{subsystem}.{name}_vs_reference"
-                if a.sum() < cfg.reference_min_entries or b.sum() < cfg.reference_min_entries or not enough:
-                    add(check, S.NO_DATA, None, f"{int(a.sum())} entries, reference {int(b.sum())}")
-                    continue
-                chi2, dof, p = compare_spectra(a, b, cfg.reference_min_bin_count)
-                if not math.isfinite(p):
-                    add(check, S.NO_DATA, None, "too few filled bins")
-                    continue
-                state = S.BAD if p < cfg.reference_p_bad else S.WARNING if p < cfg.reference_p_warning else S.GOOD
-                add(check, state, p, f"chi2/ndf {chi2:.1f}/{dof}, p = {p:.3g}")
-
-    # ------------------------------------------------------------------ channels
     findings, judged = _findings_list(channel_findings)
-    if judged is not None:
-        by_sub: dict[str, dict[int, list[str]]] = {s: {} for s in ("beam", "ecal", "hcal", "srd", "veto")}
-        for f in findings:
-            sub = DETECTOR_SUBSYSTEM.get(str(_get(f, "detector")), "daq")
-            by_sub.setdefault(sub, {}).setdefault(int(_get(f, "slot")), []).append(str(_get(f, "kind")))
-        for sub, slots in by_sub.items():
-            n = len(slots)
-            if n >= cfg.channels_bad:
-                state = S.BAD
-            elif n >= cfg.channels_warning:
-                state = S.WARNING
-            else:
-                state = S.GOOD if judged else S.NO_DATA
-            kinds = sorted({k for ks in slots.values() for k in ks})
-            add(f"{sub}.channels", state, float(n),
-                f"{n} problem channels ({', '.join(kinds)})" if n else "all channels healthy" if judged else
-                "not judged (too few events)")
-
-    subsystems = {s: QualityState.worst(c.state for c in checks if c.subsystem == s) for s in SUBSYSTEMS}
+    inputs = Inputs(
+        record=record,
+        hists=_hist_dict(histograms) if histograms is not None else None,
+        reference=_hist_dict(reference) if reference is not None else None,
+        findings=findings,
+        judged=judged,
+        config=cfg,
+        detector_subsystems=dict(detector_subsystems if detector_subsystems is not None
+                                 else default_detector_subsystems()),
+    )
+    checks: list[Check] = []
+    for entry in REGISTRY:
+        checks.extend(c for c in entry.run(inputs) if c.name not in cfg.checks_off)
+    subsystems = {s: QualityState.worst(c.state for c in checks if c.subsystem == s)
+                  for s in subsystems_of(inputs.detector_subsystems)}
     return SpillQuality(
         run=record.get("run"), spill=record.get("spill"), overall=QualityState.worst(subsystems.values()),
         subsystems=subsystems, checks=tuple(checks),
     )
 
 
-def _time_profile(hists: Mapping[str, Any], cfg: QualityConfig) -> Check:
-    """Spikes in the events-versus-time-in-spill profile (beam trigger, else physics trigger)."""
-    S = QualityState
-    best = max(("beam", "physics"), key=lambda t: _spectrum(hists, "time", t, flow=True).sum())
-    counts = _spectrum(hists, "time", best, flow=False)
-    n = counts.sum()
-    if n < cfg.spike_min_events:
-        return Check("beam.time_profile", "beam", S.NO_DATA, None, f"{int(n)} timed events")
-    r = max(1, cfg.spike_rebin)
-    counts = counts[: len(counts) // r * r].reshape(-1, r).sum(axis=1)
-    nz = np.flatnonzero(counts)
-    active = counts[nz[0]: nz[-1] + 1]
-    if len(active) < 5:
-        return Check("beam.time_profile", "beam", S.NO_DATA, None, f"only {len(active)} active time bins")
-    med = float(np.median(active))
-    top = int(np.argmax(active))
-    peak = float(active[top])
-    ratio = peak / med if med > 0 else float("inf")
-    edges = hists["time"].axes[1].edges
-    t_ms = (edges[0] + (nz[0] + top) * r * (edges[1] - edges[0])) * 1e-3
-    spike = ratio > cfg.spike_factor and peak - med > 5.0 * math.sqrt(max(med, 1.0))
-    return Check("beam.time_profile", "beam", S.WARNING if spike else S.GOOD, ratio,
-                 f"max {peak:.0f} events per {r * (edges[1] - edges[0]) * 1e-3:.0f} ms at {t_ms:.0f} ms "
-                 f"= {ratio:.2f} x median ({best} trigger)")
-
-
 __all__ = [
     "QualityState", "QualityConfig", "Check", "SpillQuality", "assess", "compare_spectra", "merge_sparse_bins",
-    "SUBSYSTEMS",
+    "SUBSYSTEMS", "Inputs", "check",
 ]

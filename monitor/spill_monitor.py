@@ -14,18 +14,25 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
+from ..decoders import beam as beam_profiles
+from ..decoders.beam import DEFAULT_PROFILE
 from ..decoders.channelmap import ChannelMap
+from ..errors import ConfigError
 from .alarms import AlarmConfig, AlarmEngine
 from .archive import Archive, ArchiveConfig
-from .health import ChannelHistory, ChannelStats, HealthConfig, HealthReport, hit_threshold
+from . import model
+from .archive.schema import UNVERSIONED
+from .health import ChannelHistory, ChannelStats, HealthConfig, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
 from ..daq.live import LiveExtras
 from .pipeline import MonitorConfig, SpillAccumulator, SpillProcessor
-from .quality import QualityConfig, SpillQuality, assess, interrupted_quality
+from .model import SpillRecord
+from .quality import QualityConfig, assess, interrupted_quality
 
 STATS, HISTOGRAMS = "channel_stats", "histograms"
 
@@ -51,17 +58,16 @@ def make_processor(
     )
 
 
-@dataclass(frozen=True)
-class SpillSnapshot:
-    """What the dashboard shows after a spill; never mutated once published."""
+class SpillSnapshot(model.SpillSnapshot):
+    """What the dashboard shows after a spill (typed: :class:`~.model.SpillSnapshot`) plus the
+    histograms in their JSON shape; never mutated once published."""
 
-    record: dict
-    quality: dict
-    health: dict
-    histograms: dict  # this spill's, JSON form
-    run_histograms: dict  # run-cumulative, JSON form
-    channel_stats: dict
-    published_at: float = field(default_factory=time.time)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    histograms: dict = {}  # this spill's, JSON form (model.HistogramSetJSON)
+    run_histograms: dict = {}  # run-cumulative, JSON form
+    channel_stats: dict = {}
+    published_at: float = Field(default_factory=time.time)
 
 
 class SpillMonitor:
@@ -78,16 +84,28 @@ class SpillMonitor:
         archive: ArchiveConfig | None = None,
         metrics: SnapshotStore | None = None,
         reference: tuple[int, int | None] | None = None,
+        beam_profile: str = DEFAULT_PROFILE,
+        processing_version: str = UNVERSIONED,
     ) -> None:
+        missing = [role for role in beam_profiles.profile(beam_profile).requires
+                   if channel_map.detectors.by_role(role) is None
+                   or not channel_map.slots(channel_map.detectors.by_role(role).code).size]
+        if missing:
+            raise ConfigError(f"beam profile {beam_profile} needs a detector of role {', '.join(missing)} in the "
+                              f"channel map ({channel_map.source}, detector table {channel_map.detectors.source})")
+        self.beam_profile = beam_profile
         self.channel_map = channel_map
+        self.processing_version = processing_version
+        self.detector_subsystems = channel_map.detector_subsystems()
         self.histogram_config = histograms
         self.quality_config = quality
         self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
-        self.archive = Archive.from_config(archive) if archive is not None else None
+        self.archive = (Archive.from_config(archive, version=processing_version) if archive is not None else None)
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
         self.metrics = metrics if metrics is not None else SnapshotStore()
+        self.metrics.use_channel_map(channel_map)
         self.reference: dict | None = None
         self.reference_id: tuple[int, int] | None = None
         self._latest: SpillSnapshot | None = None
@@ -113,46 +131,49 @@ class SpillMonitor:
     def handle(
         self, acc: SpillAccumulator, *, complete: bool | None = None, live: LiveExtras | None = None
     ) -> dict:
-        """Finish one spill; returns its QA record dict (spec §12 keys, quality, alarms, …).
+        """Finish one spill; returns its QA record as JSON data (:meth:`.model.SpillRecord.to_dict`) (spec §12 keys, quality, alarms, …).
 
         A spill the live service cut short when it stopped (``live.interrupted``)
         is archived as interrupted and nothing else: see :meth:`_handle_interrupted`.
         """
-        record = self.processor.finish(acc, complete=complete, live=live).to_dict()
+        decoded: SpillRecord = self.processor.finish(acc, complete=complete, live=live)
+        decoded = decoded.model_copy(update={"beam_profile": self.beam_profile})  # decoders/beam-profiles.toml
         if live is not None and live.interrupted:
-            return self._handle_interrupted(record, acc)
+            return self._handle_interrupted(decoded, acc)
         stats: ChannelStats | None = acc.extensions.get(STATS)
         spill_hists: SpillHistograms | None = acc.extensions.get(HISTOGRAMS)
-        report: HealthReport | None = self.history.update(stats) if stats is not None else None
+        report = self.history.update(stats) if stats is not None else None
         with self._lock:
             reference = self.reference
-        quality: SpillQuality = assess(
-            record, spill_hists, report.findings if report is not None else None, reference=reference,
-            config=self.quality_config,
-        )
-        quality_dict = quality.to_dict()
-        self.run_histograms.add(spill_hists, record)
-        health_dict = report.to_dict() if report is not None else {"findings": []}
-        record["quality"] = quality_dict
-        record["channel_findings"] = health_dict.get("findings", [])
-        record["eot_run"] = self.run_histograms.eot
-        record["reference"] = list(self.reference_id) if self.reference_id else None
-        # a (run, spill) archived already with other data: both are kept, and the alarm says so
-        record["archive_collision"] = self.archive.collides(record) if self.archive is not None else False
-        active = self.alarms.evaluate(record, quality_dict, extra={"health": health_dict})
-        record["alarms"] = active
+        facts = decoded.model_dump()  # the quality checks read the decoded facts by key
+        quality = model.SpillQuality.model_validate(assess(
+            facts, spill_hists, report.findings if report is not None else None, reference=reference,
+            config=self.quality_config, detector_subsystems=self.detector_subsystems,
+        ))
+        self.run_histograms.add(spill_hists, facts)
+        health = model.HealthReport.model_validate(report) if report is not None else model.HealthReport()
+        record = decoded.model_copy(update=dict(
+            quality=quality,
+            channel_findings=list(health.findings),
+            eot_run=self.run_histograms.eot,
+            reference=tuple(self.reference_id) if self.reference_id else None,
+            # a (run, spill) archived already with other data: both are kept, and the alarm says so
+            archive_collision=self.archive.collides(facts) if self.archive is not None else False,
+        ))
+        active = self.alarms.evaluate(record, quality, extra={"health": health})
+        record = record.model_copy(update=dict(alarms=[model.ActiveAlarm.model_validate(a) for a in active]))
         if self.archive is not None:
             self.archive.store_spill(
-                record, quality_dict, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
+                record, quality, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
             )
             self.metrics.publish_archive_write()
         else:
             self.alarms.take_events()
-        self.metrics.publish_spill(record, quality, report)
+        self.metrics.publish_spill(record, quality, health)
         snapshot = SpillSnapshot(
             record=record,
-            quality=quality_dict,
-            health=health_dict,
+            quality=quality,
+            health=health,
             histograms=spill_hists.to_json() if spill_hists is not None else {},
             run_histograms=self.run_histograms.to_json(),
             channel_stats=stats.to_json() if stats is not None else {},
@@ -160,9 +181,9 @@ class SpillMonitor:
         with self._lock:
             self._latest = snapshot
         self.spills_handled += 1
-        return record
+        return record.to_dict()
 
-    def _handle_interrupted(self, record: dict, acc: SpillAccumulator) -> dict:
+    def _handle_interrupted(self, record: SpillRecord, acc: SpillAccumulator) -> dict:
         """Archive a spill cut short by a stop, marked interrupted, without judging it.
 
         No quality check, no alarm evaluated (none raised, none cleared: alarm
@@ -171,18 +192,20 @@ class SpillMonitor:
         and a bad DAQ. Its QA record and histograms go to the archive.
         """
         spill_hists: SpillHistograms | None = acc.extensions.get(HISTOGRAMS)
-        quality = interrupted_quality(record.get("run"), record.get("spill"))
-        record["interrupted"] = True
-        record["quality"] = quality
-        record["channel_findings"] = []
-        record["eot_run"] = self.run_histograms.eot
-        record["reference"] = list(self.reference_id) if self.reference_id else None
-        record["alarms"] = []  # none evaluated from this spill
+        quality = model.SpillQuality.model_validate(interrupted_quality(record.run, record.spill))
+        record = record.model_copy(update=dict(
+            interrupted=True,
+            quality=quality,
+            channel_findings=[],
+            eot_run=self.run_histograms.eot,
+            reference=tuple(self.reference_id) if self.reference_id else None,
+            alarms=[],  # none evaluated from this spill
+        ))
         if self.archive is not None:
             self.archive.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
             self.metrics.publish_archive_write()
         self.spills_interrupted += 1
-        return record
+        return record.to_dict()
 
     @property
     def latest(self) -> SpillSnapshot | None:

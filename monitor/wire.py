@@ -4,7 +4,7 @@ A :class:`~.pipeline.SpillAccumulator` (with its channel statistics and
 histograms) travels as ZeroMQ frames::
 
     frame 0        header: UTF-8 JSON object
-                   {"format": "na64-spill-accumulator", "version": 1,
+                   {"format": "na64-spill-accumulator", "version": 2,
                     "scalars": {...}, "issues": [[src, label, n], ...],
                     "extensions": {name: {"kind": ..., ...}},
                     "arrays": [{"name": ..., "dtype": "<i8" | "<f8" | "|b1", "shape": [...]}, ...]}
@@ -15,9 +15,13 @@ Decoding trusts nothing: the frame count, the checksum, the header's size,
 format name and version (another version is refused), every scalar's type
 and range, and every array's name, dtype and shape against the frame it
 describes — all before a numpy view is made. Extensions must be exactly
-those of the receiving service's own processor (its ``new_accumulator()``,
-passed as ``template``) with the same binning and map size; the arrays are
-copied into that template. Anything else raises :class:`ResultFormatError`.
+those of the receiving service's own processor (a :class:`ResultSchema` taken
+once from its ``new_accumulator()``) with the same binning and map size.
+Anything else raises :class:`ResultFormatError`. :func:`read_accumulator`
+gives the validated result as views of the frames, which
+``SpillAccumulator.merge`` adds into the spill's accumulator (what the live
+service does: no accumulator, no histogram object is built per result);
+:func:`decode_accumulator` fills it into a fresh accumulator.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from .histograms import HistogramConfig, SpillHistograms
 from .pipeline import Candidate, SpillAccumulator
 
 FORMAT = "na64-spill-accumulator"
-VERSION = 1
+VERSION = 2  # 2: per-detector energy and hits
 MAX_HEADER_BYTES = 1 << 20
 MAX_EVENT_NUMBER = 1 << 32  # event number in burst is a 32-bit field (spec §3)
 _CRC = struct.Struct("<I")
@@ -66,6 +70,8 @@ def encode_accumulator(acc: SpillAccumulator) -> list:
     descriptors.append(add("candidates.event", np.array([c.event for c in cands], dtype=np.int64), "<i8"))
     values = np.array([[getattr(c, k) for k in _CANDIDATE_VALUES] for c in cands], dtype=np.float64)
     descriptors.append(add("candidates.values", values.reshape(len(cands), len(_CANDIDATE_VALUES)), "<f8"))
+    descriptors.append(add("detector_energy_kev", acc.detector_energy_kev, "<i8"))
+    descriptors.append(add("detector_hits", acc.detector_hits, "<i8"))
     extensions: dict[str, dict] = {}
     for name, ext in acc.extensions.items():
         if isinstance(ext, ChannelStats):
@@ -110,11 +116,61 @@ def _crc(frames: Sequence) -> int:
 
 
 # =========================================================================== decoding
-def decode_accumulator(frames: Sequence, template: SpillAccumulator) -> SpillAccumulator:
-    """The accumulator in ``frames``, filled into ``template`` (a fresh ``new_accumulator()``).
+class ResultSchema:
+    """What a result must match: the extensions of this service's processor, their binning and sizes.
+
+    Taken once from a fresh accumulator (``new_accumulator()``), so that reading a result builds no
+    histogram objects."""
+
+    def __init__(self, template: SpillAccumulator) -> None:
+        self.detectors = len(template.detector_energy_kev)  # detectors of the service's table
+        self.extensions: dict[str, tuple] = {}
+        for name, ext in template.extensions.items():
+            if isinstance(ext, ChannelStats):
+                self.extensions[name] = ("channel_stats", ext.nslots, ext.hit_threshold, ext.counts.shape,
+                                         ext.sums.shape)
+            elif isinstance(ext, SpillHistograms):
+                coded = ext._coded  # noqa: SLF001 - same package
+                self.extensions[name] = ("spill_histograms", ext.config, _config_json(ext.config),
+                                         {h: coded[h].view(flow=True).shape for h in sorted(coded)})
+            else:
+                raise TypeError(f"extension {name!r} ({type(ext).__name__}) has no wire format")
+
+
+class ChannelStatsResult:
+    """A worker's channel statistics as read from the wire (arrays are views of the frames)."""
+
+    def __init__(self, nslots: int, hit_threshold: float) -> None:
+        self.nslots, self.hit_threshold = nslots, hit_threshold
+        self.run = self.spill = None
+        self.events = 0
+        self.counts = self.sums = None
+
+
+class HistogramsResult:
+    """A worker's spill histograms as read from the wire: per histogram its counts with flow bins
+    (views of the frames), as ``SpillHistograms.merge`` adds them."""
+
+    def __init__(self, config: HistogramConfig) -> None:
+        self.config = config
+        self.run = self.spill = None
+        self.events = 0
+        self._coded: dict[str, np.ndarray] = {}
+
+
+class AccumulatorResult:
+    """A worker's result, validated, as ``SpillAccumulator.merge`` takes it: no accumulator is built
+    for it and its arrays are not copied (they are views of the received frames, kept alive by them)."""
+
+    def __init__(self) -> None:
+        self.extensions: dict[str, Any] = {}
+
+
+def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResult:
+    """The result in ``frames``, validated against ``schema``: what ``SpillAccumulator.merge`` adds.
 
     Raises :class:`ResultFormatError` (saying what is wrong) for anything that
-    is not exactly a result of this format and of the template's set-up.
+    is not exactly a result of this format and of the schema's set-up.
     """
     buffers = [_buffer(f, i) for i, f in enumerate(frames)]
     if len(buffers) < 3:
@@ -134,10 +190,10 @@ def decode_accumulator(frames: Sequence, template: SpillAccumulator) -> SpillAcc
             raise ResultFormatError(f"array {name!r}: header says {shape} × {dtype.str} = {nbytes} bytes, "
                                     f"frame has {len(buf)}")
         arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
-    acc = template
+    acc = AccumulatorResult()
     _scalars(acc, header.get("scalars"))
     acc.issues = _issues(header.get("issues"))
-    used = {"seen_events", "candidates.event", "candidates.values"}
+    used = {"seen_events", "candidates.event", "candidates.values", "detector_energy_kev", "detector_hits"}
     seen = _array(arrays, "seen_events", "|b1", ndim=1)
     if len(seen) > MAX_EVENT_NUMBER + 1:
         raise ResultFormatError(f"seen_events: {len(seen)} entries, beyond the 32-bit event number")
@@ -145,24 +201,38 @@ def decode_accumulator(frames: Sequence, template: SpillAccumulator) -> SpillAcc
     events = _array(arrays, "candidates.event", "<i8", ndim=1)
     values = _array(arrays, "candidates.values", "<f8", shape=(len(events), len(_CANDIDATE_VALUES)))
     acc.candidates = [Candidate(int(e), *(float(x) for x in row)) for e, row in zip(events, values)]
+    for name in ("detector_energy_kev", "detector_hits"):  # one entry per detector of the service's table
+        arr = _array(arrays, name, "<i8", shape=(schema.detectors,))
+        if np.any(arr < 0):
+            raise ResultFormatError(f"array {name!r}: negative entries")
+        setattr(acc, name, arr)
     extensions = header.get("extensions")
-    if not isinstance(extensions, dict) or set(extensions) != set(template.extensions):
+    if not isinstance(extensions, dict) or set(extensions) != set(schema.extensions):
         raise ResultFormatError(f"extensions {sorted(extensions) if isinstance(extensions, dict) else extensions!r}"
-                                f" are not this service's {sorted(template.extensions)}")
-    for name, ext in template.extensions.items():
+                                f" are not this service's {sorted(schema.extensions)}")
+    for name, expect in schema.extensions.items():
         meta = extensions[name]
         if not isinstance(meta, dict):
             raise ResultFormatError(f"extension {name!r}: expected an object")
-        if isinstance(ext, ChannelStats):
-            used |= _channel_stats(ext, name, meta, arrays)
-        elif isinstance(ext, SpillHistograms):
-            used |= _histograms(ext, name, meta, arrays)
+        if expect[0] == "channel_stats":
+            ext, names = _channel_stats(expect, name, meta, arrays)
         else:
-            raise ResultFormatError(f"extension {name!r} ({type(ext).__name__}) has no wire format")
+            ext, names = _histograms(expect, name, meta, arrays)
+        acc.extensions[name] = ext
+        used |= names
     extra = set(arrays) - used
     if extra:
         raise ResultFormatError(f"unexpected array(s) {sorted(extra)}")
     return acc
+
+
+def decode_accumulator(frames: Sequence, template: SpillAccumulator,
+                       schema: ResultSchema | None = None) -> SpillAccumulator:
+    """The accumulator in ``frames``, filled into ``template`` (a fresh ``new_accumulator()``;
+    ``schema``: its :class:`ResultSchema`, if kept). Nothing is filled in when the result is refused
+    (:class:`ResultFormatError`)."""
+    template.merge(read_accumulator(frames, schema or ResultSchema(template)))
+    return template
 
 
 def _buffer(frame, i: int) -> memoryview:
@@ -291,33 +361,32 @@ def _run_spill_events(ext, name: str, meta: dict) -> None:
     ext.events = _int(meta.get("events"), f"extension {name!r} events", _COUNT)
 
 
-def _channel_stats(ext: ChannelStats, name: str, meta: dict, arrays: dict) -> set[str]:
+def _channel_stats(expect: tuple, name: str, meta: dict, arrays: dict) -> tuple[ChannelStatsResult, set[str]]:
+    _, nslots, hit_threshold, counts_shape, sums_shape = expect
     if set(meta) != {"kind", "nslots", "hit_threshold", "run", "spill", "events"} or meta["kind"] != "channel_stats":
         raise ResultFormatError(f"extension {name!r}: not channel statistics as this service keeps them")
-    if meta["nslots"] != ext.nslots or meta["hit_threshold"] != ext.hit_threshold:
+    if meta["nslots"] != nslots or meta["hit_threshold"] != hit_threshold:
         raise ResultFormatError(f"extension {name!r}: {_short(meta['nslots'])} slots / threshold "
-                                f"{_short(meta['hit_threshold'])}, this service has {ext.nslots} / {ext.hit_threshold}")
+                                f"{_short(meta['hit_threshold'])}, this service has {nslots} / {hit_threshold}")
+    ext = ChannelStatsResult(nslots, hit_threshold)
     _run_spill_events(ext, name, meta)
-    ext.counts = _array(arrays, f"{name}.counts", "<i8", shape=ext.counts.shape).copy()
-    ext.sums = _array(arrays, f"{name}.sums", "<f8", shape=ext.sums.shape).copy()
-    return {f"{name}.counts", f"{name}.sums"}
+    ext.counts = _array(arrays, f"{name}.counts", "<i8", shape=counts_shape)
+    ext.sums = _array(arrays, f"{name}.sums", "<f8", shape=sums_shape)
+    return ext, {f"{name}.counts", f"{name}.sums"}
 
 
-def _histograms(ext: SpillHistograms, name: str, meta: dict, arrays: dict) -> set[str]:
-    coded = ext._coded  # noqa: SLF001 - same package
+def _histograms(expect: tuple, name: str, meta: dict, arrays: dict) -> tuple[HistogramsResult, set[str]]:
+    _, config, config_json, shapes = expect
     if (set(meta) != {"kind", "config", "run", "spill", "events", "histograms"}
             or meta["kind"] != "spill_histograms"):
         raise ResultFormatError(f"extension {name!r}: not spill histograms as this service keeps them")
-    if meta["config"] != _config_json(ext.config):
+    if meta["config"] != config_json:
         raise ResultFormatError(f"extension {name!r}: binning {_short(meta['config'])} differs from this service's")
-    if meta["histograms"] != sorted(coded):
+    if meta["histograms"] != list(shapes):
         raise ResultFormatError(f"extension {name!r}: histograms {_short(meta['histograms'])}, "
-                                f"expected {sorted(coded)}")
+                                f"expected {list(shapes)}")
+    ext = HistogramsResult(config)
     _run_spill_events(ext, name, meta)
-    used = set()
-    for hname, h in coded.items():
-        view = h.view(flow=True)
-        view[...] = _array(arrays, f"{name}.{hname}", "<i8", shape=view.shape)
-        used.add(f"{name}.{hname}")
-    ext._cache = None  # noqa: SLF001
-    return used
+    for hname, shape in shapes.items():
+        ext._coded[hname] = _array(arrays, f"{name}.{hname}", "<i8", shape=shape)  # noqa: SLF001
+    return ext, {f"{name}.{hname}" for hname in shapes}

@@ -16,13 +16,13 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .config import Config, load_config
+from .config import load_channel_map, Config, load_config
 from .decoders import layout
 from .decoders.channelmap import ChannelMap
 from .errors import DaqError
 from .monitor.alarms import ALARM_STATES
 from .logs import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging
-from .monitor.jsonable import dumps
+from .monitor.model import dumps
 from .monitor.quality import INTERRUPTED, QualityState
 
 EXIT_USAGE = 2
@@ -41,8 +41,7 @@ def _load(args) -> tuple[Config, ChannelMap]:
     if getattr(args, "map", None):
         overrides["channel_map"] = args.map
     config = load_config(getattr(args, "config", None), overrides=overrides)
-    channel_map = ChannelMap.load(config.channel_map) if config.channel_map else ChannelMap.default()
-    return config, channel_map
+    return config, load_channel_map(config)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -274,8 +273,13 @@ def _rate(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY, got {text!r} ({exc})") from None
 
 
-def simulation_config_from_args(args):
-    from .sim.simulator import SimulationConfig
+def simulation_config_from_args(args, config: Config | None = None):
+    """The simulation of the command line over the beam profile of ``config`` (``[beam] profile``):
+    its energy and hadron contamination unless ``--hadron-fraction`` / ``--muon-fraction`` say otherwise."""
+    from .decoders.beam import profile
+    from .sim.simulator import SimulationConfig, beam_settings
+
+    beam = beam_settings(profile((config or Config()).beam.profile), args.hadron_fraction, args.muon_fraction)
 
     return SimulationConfig(
         run=args.run,
@@ -283,7 +287,7 @@ def simulation_config_from_args(args):
         first_spill=args.first_spill,
         events_per_spill=args.events,
         seed=args.seed,
-        hadron_fraction=args.hadron_fraction,
+        **beam,
         dead_channels=tuple(args.dead_channel),
         noisy_channels=tuple(args.noisy_channel),
         hot_channels=tuple(args.hot_channel),
@@ -292,7 +296,6 @@ def simulation_config_from_args(args):
         corruption_rates=dict(args.corrupt),
         zero_suppression=not args.no_zero_suppression,
         signal_fraction=args.signal_fraction,
-        muon_fraction=args.muon_fraction,
         pileup_probability=args.pileup,
         pedestal_drift_per_spill=args.pedestal_drift,
     )
@@ -301,9 +304,9 @@ def simulation_config_from_args(args):
 def cmd_simulate(args) -> int:
     from .sim.simulator import write_raw_file
 
-    _, channel_map = _load(args)
+    config, channel_map = _load(args)
     try:
-        sim_config = simulation_config_from_args(args)
+        sim_config = simulation_config_from_args(args, config)
     except ValueError as exc:
         raise DaqError(f"bad simulation settings: {exc}") from None
     if args.publish:
@@ -482,7 +485,8 @@ def cmd_demo(args) -> int:
     import threading
 
     from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
-    from .sim.simulator import ReadoutSimulator, SimulationConfig
+    from .decoders.beam import profile as beam_profile
+    from .sim.simulator import ReadoutSimulator, SimulationConfig, beam_settings
     from .service import LiveService
 
     _use_log_format(args.log_format, logging.WARNING if args.log_format == "text" else logging.INFO)
@@ -494,7 +498,8 @@ def cmd_demo(args) -> int:
     config = config.replace(web=config.web.replace(tokens={**config.web.tokens, "demo": hash_token(demo_token)}))
     try:
         sim_config = SimulationConfig(
-            spills=args.spills or 4095, events_per_spill=args.events, hadron_fraction=args.hadron_fraction,
+            spills=args.spills or 4095, events_per_spill=args.events,
+            **beam_settings(beam_profile(config.beam.profile), args.hadron_fraction),
             dead_channels=tuple(args.dead_channel), seed=args.seed, spill_duration_s=args.spill_duration,
         )
         publishers = [
@@ -594,15 +599,29 @@ def cmd_keys(args) -> int:
 # ---------------------------------------------------------------- archive (analysts)
 def cmd_archive(args) -> int:
     from .monitor.archive import Archive
+    from .monitor.archive.store import is_url
 
-    if not Path(args.db).is_file():
+    if not is_url(args.db) and not Path(args.db).is_file():
         raise DaqError(f"no archive at {args.db}")
     with Archive(args.db, readonly=True) as archive:
         if args.action == "spills":
-            for row in archive.list_spills(run=args.run, quality=args.quality):
+            for row in archive.list_spills(run=args.run, quality=args.quality, version=args.version):
+                print(dumps(row))
+        elif args.action == "versions":
+            for row in archive.versions(run=args.run):
+                print(dumps(row))
+        elif args.action == "compare":
+            if args.run is None or not args.versions:
+                raise DaqError("archive compare needs --run R and --versions A B")
+            known = {row["version"] for row in archive.versions(run=args.run)}
+            for version in args.versions:
+                if version not in known:
+                    raise DaqError(f"version {version!r} has no spill of run {args.run} in {archive.name} "
+                                   f"(versions there: {', '.join(sorted(known)) or 'none'})")
+            for row in archive.compare(args.run, *args.versions):
                 print(dumps(row))
         elif args.action == "bad-spills":
-            n = archive.export_bad_spills(args.out or sys.stdout, args.format, run=args.run)
+            n = archive.export_bad_spills(args.out or sys.stdout, args.format, run=args.run, version=args.version)
             if args.out:
                 print(f"wrote {n} bad spills to {args.out}", file=sys.stderr)
         elif args.action == "alarms":
@@ -620,16 +639,17 @@ def _export(archive, args) -> None:
     suffix = Path(args.out).suffix.lower()
     if suffix not in (".root", ".json"):
         raise DaqError(f"--out {args.out}: the file name must end in .root or .json, which selects the format")
-    spills = [row["spill"] for row in archive.list_spills(run=args.run)]
+    spills = [row["spill"] for row in archive.list_spills(run=args.run, version=args.version)]
     if not spills:
         runs = [row["run"] for row in archive.runs()]
         raise DaqError(f"run {args.run} is not in {args.db} (runs there: {_ranges(runs) or 'none'})")
     if args.spill is not None and args.spill not in spills:
         raise DaqError(f"spill {args.spill} of run {args.run} is not in {args.db} (spills there: {_ranges(spills)})")
     if suffix == ".json":
-        n = archive.export_histograms_json(args.out, args.run, args.spill)
+        n = archive.export_histograms_json(args.out, args.run, args.spill, version=args.version)
     else:
-        n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill))
+        n = len(archive.export_histograms_root(args.out, args.run, args.spill, per_spill=args.per_spill,
+                                               version=args.version))
     print(f"wrote {n} histograms to {args.out}", file=sys.stderr)
 
 
@@ -685,8 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-spill", type=UINT32, default=1)
     p.add_argument("--events", type=POSITIVE, default=1000, help="events per spill")
     p.add_argument("--seed", type=UINT32, default=0)
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015, help="hadrons per beam particle")
-    p.add_argument("--muon-fraction", type=FRACTION, default=0.005)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation, 0.015 for electrons-100)")
+    p.add_argument("--muon-fraction", type=FRACTION, default=None, help="muons per beam particle (default 0.005)")
     p.add_argument("--signal-fraction", type=FRACTION, default=2e-4, help="missing-energy signal-like events")
     p.add_argument("--pileup", type=FRACTION, default=0.02, help="pile-up probability per event")
     p.add_argument("--pedestal-drift", type=_float_in(-4096.0, 4096.0), default=0.0, metavar="ADC", help="pedestal drift per spill")
@@ -721,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per spill per line")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
@@ -759,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spill-timeout", type=_float_in(0.001, 1e6), metavar="S", help="close a spill after S s without data")
     p.add_argument("--expected-ldc", type=_int_in(0, 255), action="append", metavar="N",
                    help="readout nodes whose END_OF_BURST completes a spill (repeatable; default 1 and 2)")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--max-spills", type=COUNT, default=0, metavar="N", help="stop after N QA records")
     p.add_argument("--duration", type=SECONDS, default=0.0, metavar="S", help="stop after S seconds")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API / metrics address ([web])")
@@ -773,10 +794,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=POSITIVE, default=5000, metavar="N", help="events per spill")
     p.add_argument("--spill-duration", type=SECONDS, default=4.8, metavar="S")
     p.add_argument("--spill-gap", type=SECONDS, default=3.0, metavar="S", help="time between spills")
-    p.add_argument("--hadron-fraction", type=FRACTION, default=0.015)
+    p.add_argument("--hadron-fraction", type=FRACTION, default=None,
+                   help="hadrons per beam particle (default: the beam profile's expectation)")
     p.add_argument("--dead-channel", type=_address, action="append", default=[], metavar="SRC/PORT/CH")
     p.add_argument("--workers", type=COUNT, default=1, metavar="N")
-    p.add_argument("--archive", metavar="DB", help="also store every spill in this SQLite archive")
+    p.add_argument("--archive", metavar="DB", help="also store every spill in this archive (SQLite file or URL)")
     p.add_argument("--http", type=_host_port, metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8064)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--seed", type=UINT32, default=0)
@@ -802,8 +824,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("archive", help="read the QA archive: spills, bad-spill list, alarm history, histograms")
-    p.add_argument("db", metavar="DB", help="SQLite archive written by replay --archive or serve")
-    p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export"))
+    p.add_argument("db", metavar="DB", help="the archive: an SQLite file, or a URL (postgresql://USER@HOST/DB)")
+    p.add_argument("action", choices=("spills", "bad-spills", "alarms", "export", "versions", "compare"))
+    p.add_argument("--version", metavar="V", help="processing version (default: per spill the one stored last; "
+                   "'*': every version)")
+    p.add_argument("--versions", nargs=2, metavar=("A", "B"), help="compare: the two processing versions")
     p.add_argument("--run", type=UINT32)
     p.add_argument("--spill", type=UINT32, help="export: one spill (default: the run summed)")
     p.add_argument("--quality", type=str.upper, choices=[state.name for state in QualityState] + [INTERRUPTED],
@@ -818,7 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show the effective configuration, or check a configuration file")
     config_sub = p.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     p = config_sub.add_parser("show", help="the effective configuration (TOML; --json) with each value's source: "
-                                           "default, file:PATH, env:NA64_SECTION__KEY, argument or derived:KEY")
+                                           "default, file:PATH, env:NA64_SECTION__KEY, argument, derived:KEY or "
+                                           "profile:NAME")
     _add_common(p)
     p.add_argument("--json", action="store_true", help='{"section.key": {"value": ..., "source": ...}, ...}')
     p.set_defaults(func=cmd_config_show)

@@ -15,7 +15,9 @@ sections each layer declares (:class:`~.config_section.ConfigSection`).
 4. the defaults of the section classes.
 
 Settings that must agree are derived from one place (:data:`DERIVED`): left
-unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``.
+unset, ``health.hit_threshold`` is ``monitor.reconstruction.amplitude_threshold``;
+the beam profile (``[beam] profile``) sets the energy-dependent cuts, histogram
+ranges and quality expectations not set explicitly.
 
 Unknown sections or keys and bad values are one :class:`ConfigError` naming
 each failing key (``monitor.chunk_events``), the reason and the source (the
@@ -39,8 +41,12 @@ from pydantic import PrivateAttr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from .config_section import ConfigSection, Problem, config_error, problems_of, section_class
+from .config_section import ConfigSection, Problem, config_error, problems_of, section_class, validate_section
 from .daq.ingest import IngestConfig
+from .decoders import beam as beam_profiles
+from .decoders.beam import BeamConfig
+from .decoders.channelmap import ChannelMap
+from .decoders.detectors import DetectorTable
 from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
 from .monitor.archive import ArchiveConfig
@@ -163,8 +169,10 @@ class Config(BaseSettings):
     )
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
+    detectors: str | None = None  # path of a detector table (TOML); None: the packaged decoders/detectors.toml
     reference: tuple[int, int] | None = None  # (run, spill) in the archive whose spectra are the reference
     reference_run: int | None = None  # or: a whole archived run, summed
+    beam: BeamConfig = BeamConfig()  # the beam profile (decoders/beam-profiles.toml): cuts and expectations
     monitor: MonitorConfig = MonitorConfig()
     histograms: HistogramConfig = HistogramConfig()
     health: HealthConfig = HealthConfig()
@@ -177,6 +185,8 @@ class Config(BaseSettings):
 
     #: key → where its value came from (keys at their defaults or derived are absent)
     _given: dict[Key, str] = PrivateAttr(default_factory=dict)
+    #: key → "profile:NAME" for the keys the beam profile set (not given explicitly)
+    _implied: dict[Key, str] = PrivateAttr(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:
         loading = _LOADING.get()
@@ -191,6 +201,29 @@ class Config(BaseSettings):
             origins = given()
             raise config_error(problems_of(exc, type(self), source=lambda key: _source_of(key, origins))) from None
         self._given = given()
+        self._apply_beam_profile()
+
+    def _apply_beam_profile(self) -> None:
+        """Set what the beam profile implies (``[beam] profile``, decoders/beam-profiles.toml: the cuts and
+        histogram ranges scaled to its energy, its quality expectations) for every key not given explicitly."""
+        name = self.beam.profile
+        changes: dict[str, dict[Key, Any]] = {}
+        for key, value in _flatten(beam_profiles.profile_settings(beam_profiles.profile(name))):
+            if any(key[:length] in self._given for length in range(1, len(key) + 1)):
+                continue  # given explicitly (or inside a table given as a whole): it wins
+            value = tuple(value) if isinstance(value, list) else value
+            self._implied[key] = f"profile:{name}"
+            if _get(self, key) != value:
+                changes.setdefault(key[0], {})[key[1:]] = value
+        for section, values in changes.items():
+            data = getattr(self, section).model_dump()
+            for key, value in values.items():
+                node = data
+                for part in key[:-1]:
+                    node = node[part]
+                node[key[-1]] = value
+            model = type(getattr(self, section))
+            object.__setattr__(self, section, validate_section(model, data, section, f"beam profile {name}"))
 
     def __eq__(self, other: object) -> bool:  # the values, not where they came from
         return type(other) is type(self) and self.__dict__ == other.__dict__
@@ -231,17 +264,25 @@ class Config(BaseSettings):
                 values[key[0]] = _with(values[key[0]], key[1:], None)
         values.update(changes)
         new = type(self)(**values)
-        new._given = {**self._given, **new._given}
+        before, given, implied = dict(self.settings()), dict(self._given), dict(self._implied)
+        for key, value in new.settings():  # what the changes changed now comes from the caller
+            derived = key in DERIVED and _get(values[key[0]], key[1:]) is None
+            if before.get(key) != value and not derived:
+                given[key] = "argument"
+                implied.pop(key, None)
+        new._given, new._implied = given, implied
         return new
 
     def origin(self, key: Key) -> str:
-        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument`` or
-        ``derived:KEY`` (the key it follows)."""
+        """Where the value of ``key`` came from: ``default``, ``file:PATH``, ``env:NA64_…``, ``argument``,
+        ``derived:KEY`` (the key it follows) or ``profile:NAME`` (the beam profile)."""
         given = self._given.get(key)
         if given is not None:
             return given
         if key in DERIVED:
             return "derived:" + ".".join(DERIVED[key])
+        if key in self._implied:
+            return self._implied[key]
         for length in range(len(key) - 1, 0, -1):  # a value inside a table given as a whole
             if self._given.get(key[:length], "").startswith(("env:", "argument")):
                 return self._given[key[:length]]
@@ -259,6 +300,14 @@ class Config(BaseSettings):
                 if isinstance(value, ConfigSection):
                     yield from walk(value, prefix + (name,))
         yield from walk(self, ())
+
+
+def _flatten(tables: Mapping[str, Any], prefix: Key = ()) -> Iterator[tuple[Key, Any]]:
+    for name, value in tables.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, prefix + (name,))
+        else:
+            yield prefix + (name,), value
 
 
 def _env_name(key: Key) -> str:
@@ -393,14 +442,31 @@ def check_config(path: str | os.PathLike, environ: Mapping[str, str] | None = No
     from .web.auth import read_tokens_file
 
     problems = []
-    for key, value, read in ((("channel_map",), config.channel_map, ChannelMap.load),
+    found: dict[str, Any] = {}
+    for key, value, read in ((("detectors",), config.detectors, DetectorTable.load),
+                             (("channel_map",), config.channel_map,
+                              lambda path: ChannelMap.load(path, found.get("detectors") or DetectorTable.default())),
                              (("alarms", "rules_path"), config.alarms.rules_path, load_rules),
                              (("web", "tokens_file"), config.web.tokens_file, read_tokens_file)):
         if value is not None:
             try:
-                read(value)
+                found[key[0]] = read(value)
             except DaqError as exc:
                 name = ".".join(key)
                 reason = exc.reason[len(name) + 2:] if exc.reason.startswith(name + ": ") else exc.reason
                 problems.append(Problem(name, reason, config.origin(key)))
+    if not problems:  # the beam profile's detectors must be in the channel map
+        channel_map = found.get("channel_map") or ChannelMap.default(found.get("detectors"))
+        roles = {channel_map.detectors[int(code)].role for code in set(channel_map.detector.tolist())}
+        missing = [role for role in beam_profiles.profile(config.beam.profile).requires if role not in roles]
+        if missing:
+            problems.append(Problem("beam.profile", f"{config.beam.profile} needs a detector of role "
+                                    f"{', '.join(missing)} in the channel map", config.origin(("beam", "profile"))))
     return problems
+
+
+def load_channel_map(config: Config) -> ChannelMap:
+    """The configured channel map (``channel_map``, else the packaged one) over the configured detector
+    table (``detectors``, else the packaged ``decoders/detectors.toml``)."""
+    table = DetectorTable.load(config.detectors) if config.detectors else DetectorTable.default()
+    return ChannelMap.load(config.channel_map, table) if config.channel_map else ChannelMap.default(table)

@@ -15,6 +15,7 @@ from .events import RawFileEvents
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
 from .monitor.archive import ArchiveConfig
+from .monitor.archive.store import is_url
 from .monitor.metrics import SnapshotStore
 from .monitor.spill_monitor import SpillMonitor
 from .logs import set_spill
@@ -25,10 +26,11 @@ log = logging.getLogger(__name__)
 
 def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStore | None = None,
                   archive_path: str | os.PathLike | None = None) -> SpillMonitor:
-    """The per-spill monitor as configured; ``archive_path`` overrides the archive file."""
+    """The per-spill monitor as configured; ``archive_path`` overrides the archive (a file, or a database URL)."""
     archive = config.archive
     if archive_path is not None:
-        archive = (archive or ArchiveConfig()).replace(path=archive_path)
+        where = {"url": str(archive_path)} if is_url(archive_path) else {"path": archive_path, "url": None}
+        archive = (archive or ArchiveConfig()).replace(**where)
     return SpillMonitor(
         channel_map,
         monitor=config.monitor,
@@ -39,7 +41,27 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
         archive=archive,
         metrics=metrics,
         reference=config.reference or ((config.reference_run, None) if config.reference_run is not None else None),
+        beam_profile=config.beam.profile,
+        processing_version=processing_version(config, channel_map),
     )
+
+
+def processing_version(config: Config, channel_map: ChannelMap) -> str:
+    """``SOFTWARE+HASH``: the software version and a hash of everything that shapes a record — the
+    monitor, histogram, health, quality and alarm settings and the channel map with its calibration.
+    Archived records carry it; records of another processing sit beside them."""
+    import hashlib
+    import json
+
+    from . import __version__
+
+    sections = {}
+    for name in ("monitor", "histograms", "health", "quality", "alarms", "beam"):
+        section = getattr(config, name)
+        sections[name] = section.model_dump(mode="json") if hasattr(section, "model_dump") else (
+            dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section)
+    text = json.dumps(sections, sort_keys=True, default=str) + "\n" + channel_map.to_csv_text()
+    return f"{__version__}+{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 class ReplayNote(NamedTuple):
@@ -227,6 +249,10 @@ class LiveService:
             self.registry, store, liveness=self.liveness.status, sources=source_labels(channel_map),
             alarms=lambda: alarm_view(self.monitor.alarms),
             archive=archive_path is not None or config.archive is not None, process=True)
+        if config.alarms.generator_url is None and (config.web.enabled if web is None else web):
+            # alerts link to this service's dashboard (set [alarms] generator_url to the public address)
+            host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::", "") else config.web.host
+            config = config.replace(alarms=config.alarms.replace(generator_url=f"http://{host}:{config.web.port}/"))
         self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
         self.ingest = IngestService(
             ingest or config.ingest,

@@ -68,7 +68,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from ..decoders import layout
-from ..decoders.channelmap import BEAM_COUNTER, ECAL, HCAL, SRD, VETO, ChannelMap
+from ..decoders.channelmap import ChannelMap
 
 __all__ = [
     "CORRUPTION_KINDS",
@@ -81,6 +81,7 @@ __all__ = [
     "SimulationConfig",
     "SpillTruth",
     "write_raw_file",
+    "beam_settings",
 ]
 
 # ---------------------------------------------------------------------------
@@ -141,7 +142,9 @@ PULSE_PEAK_SAMPLE = 12.0
 PULSE_JITTER = 0.25
 PULSE_TAU = 3.5
 PULSE_POWER = 1.6
-DETECTOR_TIME_OFFSET = {ECAL: 0.0, HCAL: 0.8, SRD: -1.0, VETO: 0.5, BEAM_COUNTER: -1.5}
+#: pulse time offset (samples) by the detector's role in the table (decoders/detectors.toml); others 0
+ROLE_TIME_OFFSET = {"ecal": 0.0, "hcal": 0.8, "electron_tag": -1.0, "veto": 0.5, "beam_counter": -1.5,
+                    "wcal": -0.5}
 PEDESTAL_RANGE = (100.0, 400.0)
 PEDESTAL_ODD_SIGMA = 6.0
 NOISE_RANGE = (1.0, 2.0)
@@ -166,6 +169,12 @@ HCAL_LONGITUDINAL = (6.0, 3.0, 1.2, 0.5)
 MUON_HCAL_GEV = (1.2, 0.25)
 SIGNAL_ECAL_RANGE = (20.0, 45.0)
 SIGNAL_PS_RANGE = (1.0, 4.0)
+# visible mode (a ``wcal`` detector in the map): electrons shower in the WCAL, leaking a little into the
+# ECAL; a signal-like event leaves part of the energy in the WCAL, the decay's shower the rest in the ECAL
+WCAL_PROFILE = (0.3, 0.9, 0.8)
+WCAL_LEAK_MEAN = 0.01  # mean fraction of an electron's energy leaking from the WCAL into the ECAL
+VISIBLE_SIGNAL_WCAL_RANGE = (0.3, 0.7)  # share of the beam energy left in the WCAL
+MONITOR_MIP_GEV = 0.02  # a beam particle crossing a ``monitor`` detector (its cells at the beam spot)
 PILEUP_SHIFT_RANGE = (-3.0, 8.0)
 HOT_AMPLITUDE = (30.0, 300.0)  # offset + exponential mean, ADC counts
 S0_EXTRA = 0.08  # S0 singles above S1.S2 coincidences
@@ -175,6 +184,15 @@ OLD_LAYOUT_VERSION = 0x00000003
 
 # ---------------------------------------------------------------------------
 # Configuration
+
+
+def beam_settings(profile, hadron_fraction: float | None = None, muon_fraction: float | None = None) -> dict:
+    """``SimulationConfig`` keywords of a beam profile (:mod:`..decoders.beam`): its energy and expected
+    hadron contamination (``hadron_fraction`` given: that instead); muons fill at most the rest."""
+    hf = profile.hadron_fraction_expected if hadron_fraction is None else hadron_fraction
+    mf = SimulationConfig.muon_fraction if muon_fraction is None else muon_fraction
+    return {"beam_energy_gev": profile.energy_gev, "hadron_fraction": hf, "muon_fraction": min(mf, 1.0 - hf)}
+
 
 
 class _FrozenMap(Mapping):
@@ -590,12 +608,28 @@ class _Geometry:
             g[self.y[sel], self.x[sel]] = sel
             return g
 
+        table = cmap.detectors
+
+        def role(name: str):
+            d = table.by_role(name)
+            return (d.code, d.modules, d.ny, d.nx) if d is not None else (-1, 0, 1, 1)
+
+        ecal, hcal, srd, veto, counters, wcal = (role(r) for r in (
+            "ecal", "hcal", "electron_tag", "veto", "beam_counter", "wcal"))
+        ECAL, HCAL = ecal[0], hcal[0]
         self.ecal = [grid(ECAL, m, 6, 6) for m in (0, 1)]
         self.hcal = [grid(HCAL, m, 3, 3) for m in range(4)]
-        self.srd = [grid(SRD, m, 1, 1)[0, 0] for m in range(3)]
-        self.veto = [grid(VETO, m, 1, 2)[0] for m in range(3)]
-        self.counters = [grid(BEAM_COUNTER, m, 1, 1)[0, 0] for m in range(3)]
-        self.det_index = np.clip(self.detector, 0, 4)
+        self.srd = [grid(srd[0], m, 1, 1)[0, 0] for m in range(3)]
+        self.veto = [grid(veto[0], m, 1, 2)[0] for m in range(3)]
+        self.counters = [grid(counters[0], m, 1, 1)[0, 0] for m in range(3)]
+        # visible mode: the WCAL's cells (module 0), empty without one in the map
+        self.wcal = grid(wcal[0], 0, wcal[2], wcal[3]) if np.any(self.detector == wcal[0]) else None
+        # detectors only monitored: the cell under the beam spot of each module (all modules) gets a MIP
+        self.monitor_cells = [
+            grid(d.code, m, d.ny, d.nx)[d.ny // 2, d.nx // 2] for d in table if d.role == "monitor"
+            for m in range(d.modules) if np.any((self.detector == d.code) & (self.module == m))]
+        self.time_offset = np.array([ROLE_TIME_OFFSET.get(d.role, 0.0) for d in table])
+        self.det_index = self.detector
         self.is_ecal = self.detector == ECAL
         self.is_hcal = self.detector == HCAL
         self.is_ps = self.is_ecal & (self.module == 0)
@@ -1009,6 +1043,18 @@ class SimulatedSpill:
         for m in range(3):
             add(beam_rows, [geo.counters[m]], rng.gamma(6.0, COUNTER_MEAN_GEV / 6.0, len(beam_rows))[:, None])
 
+        # detectors only monitored: a MIP in the cell under the beam spot (drawn only when the map has one)
+        for cell in geo.monitor_cells:
+            add(beam_rows, [cell], mip(MONITOR_MIP_GEV, len(beam_rows))[:, None])
+
+        def wcal_shower(rows, e):
+            k = len(rows)
+            cx, cy = impact(k)
+            ny, nx = geo.wcal.shape  # centred on the WCAL's middle cell
+            px = _profile_1d(cx - 2.0 + nx // 2, nx, WCAL_PROFILE)
+            py = _profile_1d(cy - 2.0 + ny // 2, ny, WCAL_PROFILE)
+            add(rows, geo.wcal.ravel(), e[:, None] * (py[:, :, None] * px[:, None, :]).reshape(k, ny * nx))
+
         # electrons
         rows = np.flatnonzero(particle == ELECTRON)
         if len(rows):
@@ -1016,11 +1062,27 @@ class SimulatedSpill:
             sigma = math.hypot(ECAL_STOCHASTIC / math.sqrt(E0), ECAL_CONSTANT)
             total = E0 * (1.0 + sigma * rng.standard_normal(k))
             e_ps = np.minimum(PS_OFFSET_GEV + rng.gamma(PS_SHAPE, PS_SCALE, k), min(PS_MAX_GEV, 0.5 * E0))
-            em_shower(rows, e_ps, np.clip(total - e_ps, 0.0, None))
+            if geo.wcal is None:
+                em_shower(rows, e_ps, np.clip(total - e_ps, 0.0, None))
+            else:  # visible mode: the shower stays in the WCAL but for a small leak into the ECAL
+                leak = np.clip(total * rng.exponential(WCAL_LEAK_MEAN, k), 0.0, total)
+                wcal_shower(rows, np.clip(total - leak, 0.0, None))
+                em_shower(rows, 0.1 * leak, 0.9 * leak)
             srd_tag(rows)
 
-        # signal-like (dark photon: the rest of the energy escapes)
+        # signal-like: invisible mode, a dark photon carries the rest of the energy away; visible mode,
+        # it decays behind the WCAL into e+e-, whose shower in the ECAL holds the rest of the beam energy
         rows = np.flatnonzero(particle == SIGNAL)
+        if len(rows) and geo.wcal is not None:
+            k = len(rows)
+            sigma = math.hypot(ECAL_STOCHASTIC / math.sqrt(E0), ECAL_CONSTANT)
+            total = E0 * (1.0 + sigma * rng.standard_normal(k))
+            e_wcal = rng.uniform(*VISIBLE_SIGNAL_WCAL_RANGE, k) * total
+            wcal_shower(rows, e_wcal)
+            e_ps = np.minimum(rng.uniform(*SIGNAL_PS_RANGE, k), 0.5 * (total - e_wcal))
+            em_shower(rows, e_ps, total - e_wcal - e_ps)
+            srd_tag(rows)
+            rows = rows[:0]
         if len(rows):
             k = len(rows)
             total = rng.uniform(*SIGNAL_ECAL_RANGE, k) * min(1.0, E0 / 100.0)
@@ -1083,7 +1145,7 @@ class SimulatedSpill:
         rng = self._chunk_rng(first, 3)
 
         # pulse shapes per (event, detector): peak sample 12 + jitter + detector offset
-        offsets = np.array([DETECTOR_TIME_OFFSET.get(d, 0.0) for d in range(5)])
+        offsets = geo.time_offset
         peak = PULSE_PEAK_SAMPLE + rng.normal(0.0, PULSE_JITTER, m)[:, None] + offsets[None, :]
         shape = self._pulse(peak)  # [m, 5, S]
         det = geo.det_index

@@ -24,3 +24,81 @@ def ref_map():
     import reference_decoder
 
     return reference_decoder.load_channel_map(reference_decoder.DEFAULT_MAP_PATH)
+
+
+# --------------------------------------------------------------------------- a throw-away PostgreSQL server
+def _postgres_bindir() -> str | None:
+    """Where Debian's postgresql package keeps initdb/pg_ctl (newest major first), else from PATH."""
+    import glob
+    import os
+    import shutil
+
+    for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
+        if os.access(os.path.join(bindir, "initdb"), os.X_OK) and os.access(os.path.join(bindir, "pg_ctl"), os.X_OK):
+            return bindir
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    return os.path.dirname(initdb) if initdb and pg_ctl else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL cluster of its own: ``initdb`` in a temporary folder, unix socket only (in that folder,
+    no TCP), fsync off; stopped (immediate) and removed at the end. As root the server runs as the
+    ``postgres`` user (Debian's package makes it), else ``nobody``. Yields the admin URL."""
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: tools/setup installs Debian's postgresql")
+    root = Path(tempfile.mkdtemp(prefix="na64-pg-"))  # under /tmp: reachable by the server's user
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        user = "postgres"
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+        entry = pwd.getpwnam(user)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        os.chmod(root, 0o755)
+        prefix = ["runuser", "-u", user, "--"]
+    data, log = root / "data", root / "server.log"
+    with socket.socket() as s:  # a free port number (the socket file is named after it)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            extra = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}{extra}")
+
+    run(f"{bindir}/initdb", "-D", str(data), "-U", "na64", "--auth=trust", "-E", "UTF8", "--no-sync")
+    run(f"{bindir}/pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+        f"-p {port} -k {root} -c listen_addresses='' -c fsync=off -c max_connections=50", "start")
+    try:
+        yield f"postgresql://na64@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh, empty database on the session's PostgreSQL server, for one test."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50]
+    conninfo = postgres_server.replace("postgresql://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server.replace("/postgres?", f"/{name}?", 1)

@@ -1,7 +1,10 @@
 """Golden QA records: what the project writes and serves for fixed inputs, to prove a refactor changes nothing.
 
 ``tests/data/golden/records.json`` was produced by this module from the code
-*before* the typed spill model (``monitor/model.py``) replaced the dicts; the test
+*before* the typed spill model (``monitor/model.py``) replaced the dicts (main at
+21b0e59, which holds the other helpers' additions to the record: ``detectors``,
+``beam_profile``, quality ``reasons``; the first golden, from b8be43d, was equal to
+what the module split produced); the test
 ``tests/test_model.py::test_records_identical_to_golden`` produces the same
 document with the code of today and compares them key for key.
 
@@ -23,6 +26,11 @@ Values that differ from run to run (times, durations, alarm ids) are replaced by
 of the record is intended, and say so in the commit)::
 
     .venv/bin/python tests/golden_records.py tests/data/golden/records.json
+
+To produce it from another commit without installing it: ``git archive COMMIT``
+into a folder, copy ``na64_online/`` and each layer folder of ``setup.py``'s
+``LAYERS`` into ``PKG/na64_online/``, and run this file with ``PYTHONPATH=PKG``
+(and a ``NUMBA_CACHE_DIR`` of its own).
 """
 
 from __future__ import annotations
@@ -84,7 +92,10 @@ def _one_input(raw: Path, work: Path) -> dict:
     from na64_online.config import load_config
     from na64_online.decoders.channelmap import ChannelMap
     from na64_online.monitor.archive import Archive
-    from na64_online.monitor.jsonable import dumps
+    try:
+        from na64_online.monitor.model import dumps
+    except ImportError:  # the code before the typed spill model
+        from na64_online.monitor.jsonable import dumps
     from na64_online.monitor.metrics import register_metrics
     from na64_online.service import Replayer
     from na64_online.web.app import create_app

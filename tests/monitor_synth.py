@@ -69,6 +69,7 @@ class FakePhysics:
     electron: np.ndarray
     hadron_like: np.ndarray
     candidate: np.ndarray
+    e_wcal: np.ndarray  # visible mode's WCAL sum: none here
 
     def take(self, rows) -> "FakePhysics":
         return FakePhysics(**{k: v[rows] for k, v in vars(self).items()})
@@ -161,6 +162,7 @@ def make_spill(nslots: int = 120, n: int = 2000, *, run: int = 1, spill: int = 1
     physics = FakePhysics(
         e_ps=e_ps, e_ecal=e_ecal, e_hcal=e_hcal, srd=srd, veto=veto, is_data=is_data, physics_trigger=phys,
         beam_trigger=beam, electron=electron, hadron_like=beam & (e_hcal > 10), candidate=candidate,
+        e_wcal=np.zeros(total),
     )
     return decoded, physics
 

@@ -10,6 +10,9 @@ Public API
 ----------
 ``load_channel_map(path)``  -> {(src_id, port, channel): {detector, module, x, y, gain_gev}}
 ``DEFAULT_MAP_PATH``        -> decoders/default-channel-map.csv
+``load_detector_roles(path)`` -> {detector name: role} of a detector table (decoders/detectors.toml: data,
+                               read here with tomllib; ``set_detector_roles`` makes another table current)
+``detector_values(events, channel_map)`` -> per spill, per detector: channels, mean energy, hit fraction
 ``decode_stream(data, channel_map)`` -> one dict per top-level DATE event (rejected ones too)
 ``qa_records(events)``      -> the §12 QA record of every spill
 
@@ -33,9 +36,11 @@ from __future__ import annotations
 
 import csv
 import struct
+import tomllib
 from pathlib import Path
 
 DEFAULT_MAP_PATH = Path(__file__).parents[1] / "decoders" / "default-channel-map.csv"
+DEFAULT_TABLE_PATH = Path(__file__).parents[1] / "decoders" / "detectors.toml"
 
 # --- §2 DATE event header ----------------------------------------------------
 DATE_MAGIC = 0xDA1E5AFE
@@ -100,6 +105,21 @@ def load_channel_map(path=DEFAULT_MAP_PATH) -> dict:
                 "gain_gev": float(row["gain_gev"]),
             }
     return channel_map
+
+
+def load_detector_roles(path=DEFAULT_TABLE_PATH) -> dict:
+    """{detector name: role in the §11 selection} from a detector table's ``[[detector]]`` entries."""
+    with open(path, "rb") as f:
+        return {d["name"]: d["role"] for d in tomllib.load(f)["detector"]}
+
+
+ROLES = load_detector_roles()
+
+
+def set_detector_roles(roles: dict) -> None:
+    """Reconstruct with another detector table's roles from now on."""
+    ROLES.clear()
+    ROLES.update(roles)
 
 
 # =============================================================================
@@ -483,24 +503,40 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def pedestals(samples, window=PEDESTAL_SAMPLES):
+    """(even, odd): the mean of the first ``window`` samples of each parity (0.0 for none)."""
+    first = samples[:window]
+    return (_mean([s for k, s in enumerate(first) if k % 2 == 0]),
+            _mean([s for k, s in enumerate(first) if k % 2 == 1]))
+
+
+def amplitude(samples, window=PEDESTAL_SAMPLES, pedestal=(0.0, 0.0)):
+    """Largest (sample - pedestal of its parity) after the pedestal window; 0.0 when there is none."""
+    if len(samples) > window:
+        return max(samples[k] - pedestal[k % 2] for k in range(window, len(samples)))
+    return 0.0
+
+
+def saturated(samples):
+    """Any sample at the ADC's full scale."""
+    return any(s == SATURATION for s in samples)
+
+
+def energy(amp, gain_gev, threshold=AMPLITUDE_THRESHOLD):
+    """gain x amplitude above the threshold, else 0."""
+    return gain_gev * amp if amp > threshold else 0.0
+
+
 def _channel_record(address, cell, samples) -> dict:
     src_id, port, channel = address
-    n = len(samples)
-    first = samples[:PEDESTAL_SAMPLES]
-    pedestal_even = _mean([s for k, s in enumerate(first) if k % 2 == 0])
-    pedestal_odd = _mean([s for k, s in enumerate(first) if k % 2 == 1])
-    pedestal = (pedestal_even, pedestal_odd)
-    if n > PEDESTAL_SAMPLES:
-        amplitude = max(samples[k] - pedestal[k % 2] for k in range(PEDESTAL_SAMPLES, n))
-    else:
-        amplitude = 0.0
-    energy = cell["gain_gev"] * amplitude if amplitude > AMPLITUDE_THRESHOLD else 0.0
+    pedestal_even, pedestal_odd = pedestals(samples)
+    amp = amplitude(samples, PEDESTAL_SAMPLES, (pedestal_even, pedestal_odd))
     return {
         "detector": cell["detector"], "module": cell["module"], "x": cell["x"], "y": cell["y"],
         "src_id": src_id, "port": port, "channel": channel,
         "pedestal_even": pedestal_even, "pedestal_odd": pedestal_odd,
-        "amplitude": amplitude, "energy_gev": energy,
-        "saturated": any(s == SATURATION for s in samples),
+        "amplitude": amp, "energy_gev": energy(amp, cell["gain_gev"]),
+        "saturated": saturated(samples),
         "samples": samples,
     }
 
@@ -511,20 +547,26 @@ def reconstruct(event: dict) -> dict:
     srd = [0.0] * N_SRD_MODULES
     veto_pmts = [0.0] * N_VETO_MODULES
     main_ecal = {}
+    e_wcal = 0.0
+    detector_energy = {}
     for ch in event["channels"]:
         e = ch["energy_gev"]
-        if ch["detector"] == "ECAL":
+        role = ROLES.get(ch["detector"])
+        detector_energy[ch["detector"]] = detector_energy.get(ch["detector"], 0.0) + e
+        if role == "ecal":
             e_ecal += e
             if ch["module"] == 0:
                 e_ps += e
             if ch["module"] == 1:
                 main_ecal[(ch["x"], ch["y"])] = e
-        elif ch["detector"] == "HCAL":
+        elif role == "hcal":
             e_hcal += e
-        elif ch["detector"] == "SRD":
+        elif role == "electron_tag":
             srd[ch["module"]] += e
-        elif ch["detector"] == "VETO":
+        elif role == "veto":
             veto_pmts[ch["module"]] += e
+        elif role == "wcal":
+            e_wcal += e
     veto = [v / 2.0 for v in veto_pmts]  # mean of the two PMTs (an absent one is 0)
 
     electron = all(e >= SRD_MODULE_MIN for e in srd) and SRD_SUM_MIN <= sum(srd) <= SRD_SUM_MAX
@@ -540,8 +582,8 @@ def reconstruct(event: dict) -> dict:
         and e_hcal < CAND_HCAL_MAX and all(v < CAND_VETO_MAX for v in veto) and beam_cell_is_max
     )
     return {
-        "e_ps": e_ps, "e_ecal": e_ecal, "e_hcal": e_hcal, "srd": srd, "veto": veto,
-        "electron": electron, "physics_trigger": physics_trigger, "beam_trigger": beam_trigger,
+        "e_ps": e_ps, "e_ecal": e_ecal, "e_hcal": e_hcal, "e_wcal": e_wcal, "srd": srd, "veto": veto,
+        "detector_energy": detector_energy, "electron": electron, "physics_trigger": physics_trigger, "beam_trigger": beam_trigger,
         "hadron_like": hadron_like, "candidate": candidate,
     }
 
@@ -617,6 +659,34 @@ def merge_plain_fragments(events: list) -> list:
         else:
             merged.append(ev)
     return merged
+
+
+def detector_values(events: list, channel_map: dict) -> dict:
+    """{(run, spill): {detector: {channels, energy_mean_gev, hit_fraction}}} over each spill's accepted
+    PHYSICS and CALIBRATION events (each event number once), for the detectors the map has, in the table's
+    order: the mean per event of the detector's summed energy, the fraction of events it had energy.
+    (For spills without header damage: no event is dropped here as damaged.)"""
+    channels = {}
+    for cell in channel_map.values():
+        channels[cell["detector"]] = channels.get(cell["detector"], 0) + 1
+    spills = {}
+    for ev in merge_plain_fragments(events):
+        if ev["status"] is not None or ev["type"] not in (PHYSICS_EVENT, CALIBRATION_EVENT):
+            continue
+        spill = spills.setdefault((ev["run"], ev["spill"]), {"numbers": set(), "energy": {}, "hits": {}})
+        if ev["event"] in spill["numbers"]:
+            continue
+        spill["numbers"].add(ev["event"])
+        for name, e in reconstruct(ev)["detector_energy"].items():
+            spill["energy"][name] = spill["energy"].get(name, 0.0) + e
+            spill["hits"][name] = spill["hits"].get(name, 0) + (e > 0)
+    out = {}
+    for key, spill in spills.items():
+        n = len(spill["numbers"])
+        out[key] = {name: {"channels": channels[name], "energy_mean_gev": spill["energy"].get(name, 0.0) / n,
+                           "hit_fraction": spill["hits"].get(name, 0) / n}
+                    for name in ROLES if name in channels}
+    return out
 
 
 def _header_damaged(seq: list) -> set:

@@ -19,7 +19,6 @@ from na64_online.monitor.alarms import (
     AlertmanagerNotifier,
     default_rules,
     load_rules,
-    resolve,
     rule_from_dict,
 )
 from na64_online.monitor.archive import Archive
@@ -67,30 +66,33 @@ def test_load_rules_from_text_file_and_tables(tmp_path):
 
 
 def test_condition_shorthand():
-    r = rule_from_dict({"name": "a", "condition": "health.findings[kind=dead] >= 2", "severity": "CRITICAL"})
-    assert (r.quantity, r.op, r.threshold, r.severity) == ("health.findings[kind=dead]", ">=", 2, "critical")
+    r = rule_from_dict({"name": "a", "condition": "channel_findings.dead >= 2", "severity": "CRITICAL"})
+    assert (r.quantity, r.op, r.threshold, r.severity) == ("channel_findings.dead", ">=", 2, "critical")
     assert rule_from_dict({"name": "b", "condition": "complete == false"}).threshold is False
-    assert rule_from_dict({"name": "c", "condition": "x != 'GOOD'"}).threshold == "GOOD"
-    assert rule_from_dict({"name": "d", "condition": "x<1.5e-3"}).threshold == pytest.approx(1.5e-3)
+    assert rule_from_dict({"name": "c", "condition": "quality.overall != 'GOOD'"}).threshold == "GOOD"
+    assert rule_from_dict({"name": "d", "condition": "hadron_fraction<1.5e-3"}).threshold == pytest.approx(1.5e-3)
 
 
 @pytest.mark.parametrize(
     "table, message",
     [
-        ({"name": "a", "quantity": "x", "op": "=>", "threshold": 1}, "unknown operator"),
-        ({"name": "a", "quantity": "x", "op": ">"}, "missing field 'threshold'"),
-        ({"quantity": "x", "op": ">", "threshold": 1}, "missing field 'name'"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": 1, "severity": "fatal"}, "severity"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": 1, "persist_spills": 0}, "persist_spills"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": 1, "persist_spills": 1.5}, "persist_spills"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": 1, "persist": 3}, "unknown key"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": "high"}, "quality state"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": True}, "true/false"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": [1]}, "threshold"),
-        ({"name": "a", "quantity": "x..y", "op": ">", "threshold": 1}, "dotted path"),
-        ({"name": "a b", "quantity": "x", "op": ">", "threshold": 1}, "name"),
-        ({"name": "a", "quantity": "x", "op": ">", "threshold": 1, "missing": "maybe"}, "missing"),
-        ({"name": "a", "condition": "x > 1", "op": "<"}, "either"),
+        ({"name": "a", "quantity": "events", "op": "=>", "threshold": 1}, "unknown operator"),
+        ({"name": "a", "quantity": "events", "op": ">"}, "missing field 'threshold'"),
+        ({"quantity": "events", "op": ">", "threshold": 1}, "missing field 'name'"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": 1, "severity": "fatal"}, "severity"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": 1, "persist_spills": 0}, "persist_spills"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": 1, "persist_spills": 1.5}, "persist_spills"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": 1, "persist": 3}, "unknown key"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": "high"}, "quality state"),
+        ({"name": "a", "quantity": "quality.overall", "op": "==", "threshold": "SHINY"}, "compare it with a quality state"),
+        ({"name": "a", "quantity": "events", "op": "==", "threshold": True}, "compare it with a number"),
+        ({"name": "a", "quantity": "complete", "op": "==", "threshold": 1}, "compare it with true or false"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": True}, "true/false"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": [1]}, "threshold"),
+        ({"name": "a", "quantity": "x..y", "op": ">", "threshold": 1}, "unknown quantity 'x..y'"),
+        ({"name": "a b", "quantity": "events", "op": ">", "threshold": 1}, "name"),
+        ({"name": "a", "quantity": "events", "op": ">", "threshold": 1, "missing": "maybe"}, "missing"),
+        ({"name": "a", "condition": "events > 1", "op": "<"}, "either"),
         ({"name": "a", "condition": "nonsense"}, "condition"),
     ],
 )
@@ -124,40 +126,61 @@ def test_default_rules():
 
 
 def test_rule_comparisons():
-    num = AlarmRule("n", "x", ">=", 3)
+    num = AlarmRule("n", "events", ">=", 3)
     assert num.test(3) is True and num.test(2.9) is False and num.test(None) is None
-    assert num.test([1, 2, 3]) is True  # a list counts its elements
-    assert num.test(float("nan")) is None and num.test("3") is None and num.test({"value": 4}) is True
-    state = AlarmRule("s", "q", ">=", "WARNING")
+    assert num.test(float("nan")) is None and num.test("3") is None
+    state = AlarmRule("s", "quality.overall", ">=", "WARNING")
     assert state.test("BAD") and state.test("warning") and not state.test("GOOD")
-    assert state.test("WEIRD") is None and state.test({"state": "BAD"}) is True
-    assert not state.test("NO_DATA") and AlarmRule("n", "q", ">", "GOOD").test("NO_DATA")
-    eq = AlarmRule("e", "q", "==", "BAD")
+    assert state.test("WEIRD") is None
+    assert not state.test("NO_DATA") and AlarmRule("n", "quality.overall", ">", "GOOD").test("NO_DATA")
+    eq = AlarmRule("e", "quality.overall", "==", "BAD")
     assert eq.test("bad") and not eq.test("GOOD")
     flag = AlarmRule("f", "complete", "==", False)
     assert flag.test(False) and not flag.test(True) and flag.test(None) is None and flag.test(0)
 
 
-def test_resolve_paths():
-    ctx = {
-        "a": {"b": [10, 20]},
-        "errors_by_src": {"928": {"adc_bad_key": 2}},
-        "quality": {"checks": [{"name": "ecal_dead", "state": "BAD"}, {"name": "beam.hadron_fraction", "value": 0.2},
-                               {"name": "beam", "value": 1}],
-                    "subsystems": {"ECAL": "WARNING"}},
-        "health": {"findings": [{"kind": "dead"}, {"kind": "hot"}, {"kind": "dead"}]},
-    }
-    assert resolve(ctx, "a.b.1") == 20
-    assert resolve(ctx, "errors_by_src.928.adc_bad_key") == 2
-    assert resolve(ctx, "errors_by_src.0x3a0.adc_bad_key") == 2
-    assert resolve(ctx, "quality.checks.ecal_dead.state") == "BAD"
-    assert resolve(ctx, "quality.subsystems.ECAL") == "WARNING"
-    assert resolve(ctx, "quality.checks.beam.hadron_fraction.value") == 0.2  # dotted element names
-    assert resolve(ctx, "quality.checks.beam.value") == 1
-    assert resolve(ctx, "quality.checks[name=beam.hadron_fraction].0.value") == 0.2
-    assert len(resolve(ctx, "health.findings[kind=dead]")) == 2
-    assert resolve(ctx, "health.findings[kind=noisy]") == []
-    assert AlarmRule("x", "nothing.here", ">", 1).value(ctx) is None
+def test_quantities_are_generated_from_the_spill_model():
+    """Record fields by name, nested ones dotted, lists counted; quality, findings and issues by named accessors."""
+    from na64_online.monitor.alarms import QUANTITIES, SpillContext
+    from na64_online.monitor.model import SpillRecord
+
+    scalar = {n for n, f in SpillRecord.model_fields.items() if n not in ("quality", "reference", "alarms")
+              and QUANTITIES.get(n) is not None}
+    assert {"hadron_fraction", "events", "complete", "dropped_events", "eot_run", "archive_collision"} <= scalar
+    assert {"lost_messages.total", "bad_messages.total", "candidates.count", "quality.overall",
+            "quality.subsystems.ecal", "channel_findings.dead", "channel_findings.count", "errors.adc_bad_key",
+            "notices.module_missing"} <= set(QUANTITIES)
+    kinds = {n: QUANTITIES[n].kind for n in ("hadron_fraction", "events", "complete", "quality.overall")}
+    assert kinds == {"hadron_fraction": "number", "events": "integer", "complete": "flag", "quality.overall": "state"}
+    ctx = SpillContext(
+        record={"candidates": [3, 9], "lost_messages": {"total": 4, "by_ldc": {"1": 4}},
+                "errors_by_src": {"928": {"adc_bad_key": 2}, "event": {"adc_bad_key": 1, "event_truncated": 5}},
+                "channel_findings": [{"kind": "dead"}, {"kind": "hot"}, {"kind": "dead"}]},
+        quality={"overall": "BAD", "subsystems": {"ecal": "WARNING"}},
+    )
+    got = {n: QUANTITIES[n].get(ctx) for n in ("candidates.count", "lost_messages.total", "errors.adc_bad_key",
+                                               "errors.event_truncated", "channel_findings.dead",
+                                               "channel_findings.noisy", "channel_findings.count",
+                                               "quality.subsystems.ecal", "quality.subsystems.hcal", "hadron_fraction")}
+    assert got == {"candidates.count": 2, "lost_messages.total": 4, "errors.adc_bad_key": 3,
+                   "errors.event_truncated": 5, "channel_findings.dead": 2, "channel_findings.noisy": 0,
+                   "channel_findings.count": 3, "quality.subsystems.ecal": "WARNING", "quality.subsystems.hcal": None,
+                   "hadron_fraction": None}
+    health_only = SpillContext(record={}, health={"findings": [{"kind": "noisy"}]})
+    assert QUANTITIES["channel_findings.noisy"].get(health_only) == 1
+
+
+def test_unknown_quantity_is_refused_with_near_names(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown quantity 'hadron_fracton'; near names: hadron_fraction"):
+        load_rules({"rules": [{"name": "a", "condition": "hadron_fracton > 0.1"}]})
+    with pytest.raises(ConfigError, match=r"replaced by named quantities; use 'channel_findings\.dead'"):
+        load_rules({"rules": [{"name": "a", "condition": "health.findings[kind=dead] > 0"}]})
+    with pytest.raises(ConfigError, match=r"unknown quantity 'candidates\.0'.*near names: candidates\.count"):
+        load_rules({"rules": [{"name": "a", "condition": "candidates.0 > 0"}]})
+    rules = tmp_path / "rules.toml"
+    rules.write_text(HF_RULE.replace('quantity = "hadron_fraction"', 'quantity = "quality.subsystem.ecal"'))
+    with pytest.raises(ConfigError, match=r"rules\.toml.*near names: quality\.subsystems\.ecal"):
+        load_rules(rules)
 
 
 # --------------------------------------------------------------------------- life cycle
@@ -205,11 +228,11 @@ def test_missing_quantity_policies():
 def test_quality_and_extra_context():
     rules = load_rules({"rules": [
         {"name": "bad", "condition": "quality.overall == BAD", "severity": "critical"},
-        {"name": "ecal", "condition": "quality.subsystems.ECAL >= WARNING", "severity": "info"},
-        {"name": "dead", "condition": "health.findings[kind=dead] > 0"},
+        {"name": "ecal", "condition": "quality.subsystems.ecal >= WARNING", "severity": "info"},
+        {"name": "dead", "condition": "channel_findings.dead > 0"},
     ]})
     engine = AlarmEngine(rules)
-    quality = {"overall": "BAD", "subsystems": {"ECAL": "WARNING"}}
+    quality = {"overall": "BAD", "subsystems": {"ecal": "WARNING"}}
     health = {"findings": [{"kind": "dead", "slot": 3}]}
     active = engine.evaluate(rec(1), quality, extra={"health": health})
     assert [a["name"] for a in active] == ["bad", "dead", "ecal"]  # most severe first
@@ -379,14 +402,16 @@ def am():
 
 def test_alertmanager_receives_raise_ack_and_resolution(am):
     notifier = AlertmanagerNotifier(am.url, timeout=2.0, valid_seconds=240)
-    engine = AlarmEngine(load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1")), notifier=notifier)
+    engine = AlarmEngine(load_rules(HF_RULE.replace("persist_spills = 3", "persist_spills = 1")), notifier=notifier,
+                         silence_on_ack=False)  # silences: tests/test_alertmanager_real.py, with a real Alertmanager
     try:
         t0 = time.time()
         engine.evaluate(rec(1, hadron_fraction=0.3))
         assert notifier.flush(5)
         (alert,) = am.alerts()
         assert am.paths == ["/api/v2/alerts"]
-        assert alert["labels"] == {"alertname": "high_hadron_fraction", "severity": "warning", "service": "na64-online"}
+        assert alert["labels"] == {"alertname": "high_hadron_fraction", "severity": "warning", "service": "na64-online",
+                                   "category": "physics"}
         assert alert["annotations"]["summary"] == "hadrons" and "0.3" in alert["annotations"]["description"]
         assert alert["annotations"]["state"] == "raised"
         starts = _parse(alert["startsAt"])
@@ -609,3 +634,13 @@ def test_sound_notifier_state_is_locked(tmp_path):
         t.join(30)
     notifier.close()
     assert notifier.played + notifier.skipped + notifier.failed == 50
+
+
+def test_docs_list_every_quantity():
+    """docs/alarms.md ends with the table of every quantity, as the registry generates it."""
+    from pathlib import Path
+
+    from na64_online.monitor.alarms.quantities import quantities_markdown
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "alarms.md").read_text()
+    assert docs.endswith(quantities_markdown()), "regenerate the table: monitor.alarms.quantities.quantities_markdown()"

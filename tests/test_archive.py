@@ -224,7 +224,8 @@ def test_version_1_archive_is_migrated_keeping_spills_and_histograms(tmp_path):
         assert [r["fragment"] for r in archive.list_spills(run=7)] == [0, 1]
         assert archive.check() == "ok"
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3  # under Alembic
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
 
@@ -583,8 +584,11 @@ def test_export_root_run_sum_and_per_spill(archive, tmp_path):
         assert json.loads(str(f["na64_online_info"]))["spills"] == [1, 2, 3]
 
 
-def test_export_json_uhi(archive, tmp_path):
-    from boost_histogram.serialization import from_uhi
+def test_export_json_in_the_one_histogram_shape(archive, tmp_path):
+    """The JSON export writes histograms as the API does (model.HistogramJSON: edges, values without
+    flow bins, entries, outside), one spill or the run summed."""
+    from na64_online.monitor.histograms import histogram_json
+    from na64_online.monitor.model import HistogramJSON
 
     hists = make_histograms(2)
     archive.store_spill(make_record(9, 4), make_quality(), hists)
@@ -593,16 +597,17 @@ def test_export_json_uhi(archive, tmp_path):
     assert archive.export_histograms_json(out, run=9, spill=4) == len(hists)
     doc = json.loads(out.read_text())
     assert doc["run"] == 9 and doc["spill"] == 4
-    uhi = doc["histograms"]["e_ecal"]
-    assert uhi["axes"][0]["type"] == "regular" and uhi["axes"][0]["bins"] == 200
-    uhi["storage"] = {k: np.asarray(v) if isinstance(v, list) else v for k, v in uhi["storage"].items()}
-    back = hist.Hist(from_uhi(uhi))
-    np.testing.assert_array_equal(back.values(), hists["e_ecal"].values())
+    e = doc["histograms"]["e_ecal"]
+    HistogramJSON.model_validate(e)
+    assert e == histogram_json(hists["e_ecal"])
+    assert len(e["axes"][0]["edges"]) == 201 and e["axes"][0]["edges"][0] == 0
+    np.testing.assert_array_equal(e["values"], hists["e_ecal"].values())
+    assert e["entries"] == 500 and e["entries"] - e["outside"] == sum(e["values"])
     buf = io.StringIO()
     archive.export_histograms_json(buf, run=9)
     summed = json.loads(buf.getvalue())
     assert summed["summed"] and summed["spills"] == [4, 5]
-    assert sum(summed["histograms"]["e_ecal"]["storage"]["values"]) == 2 * 500
+    assert summed["histograms"]["e_ecal"]["entries"] == 2 * 500
 
 
 # --------------------------------------------------------------------------- alarm history
@@ -642,20 +647,20 @@ def test_alarm_history_search(archive):
 # --------------------------------------------------------------------------- odds and ends
 
 
-def test_objects_with_to_dict_and_nan_in_exports(archive, tmp_path):
-    class Record:
-        def to_dict(self):
-            return make_record(2, 1, complete=False, hadron_fraction=float("nan"))
+def test_typed_models_and_nan_in_exports(archive, tmp_path):
+    """The monitor hands the archive its typed models (monitor/model.py); they are serialised once, NaN as null."""
+    from na64_online.monitor.model import SpillQuality, SpillRecord
 
-    class Quality:
-        def to_dict(self):
-            return make_quality("BAD", daq="BAD")
+    record = SpillRecord.model_validate(make_record(2, 1, complete=False, hadron_fraction=float("nan")))
+    quality = SpillQuality.model_validate({**make_quality("BAD", daq="BAD"), "run": 2, "spill": 1})
 
     class HistogramSet:
         hists = {"e_ecal": make_histograms()["e_ecal"]}
 
-    archive.store_spill(Record(), Quality(), HistogramSet())
-    assert archive.get_spill(2, 1)["histograms"] == ["e_ecal"]
+    archive.store_spill(record, quality, HistogramSet())
+    stored = archive.get_spill(2, 1)
+    assert stored["histograms"] == ["e_ecal"]
+    assert stored["record"]["hadron_fraction"] is None and stored["quality"]["overall"] == "BAD"
     out = tmp_path / "bad.json"
     archive.export_bad_spills(out, "json")
     doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))

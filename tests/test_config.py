@@ -20,8 +20,10 @@ def test_defaults_are_the_spec_values():
     cuts = config.monitor.cuts
     assert (cuts.candidate_ecal_max_gev, cuts.hadron_hcal_min_gev, cuts.beam_cell) == (50.0, 10.0, (2, 2))
     assert config.monitor.reconstruction.amplitude_threshold == 20.0
-    assert all(config.origin(key) in ("default", "derived:monitor.reconstruction.amplitude_threshold")
-               for key, _ in config.settings())
+    # the beam-dependent keys come from the default beam profile (decoders/beam-profiles.toml), at these values
+    assert all(config.origin(key) in ("default", "derived:monitor.reconstruction.amplitude_threshold",
+                                      "profile:electrons-100") for key, _ in config.settings())
+    assert config.origin(("monitor", "cuts", "hadron_hcal_min_gev")) == "profile:electrons-100"
 
 
 def test_arguments_over_environment_over_file_over_defaults(tmp_path):
@@ -117,6 +119,25 @@ def test_sections_built_directly_raise_the_same_error():
         Config().web.replace(port=-1)
 
 
+def test_every_section_is_a_frozen_model_refusing_unknown_keys():
+    from na64_online.config_section import ConfigSection, section_class
+
+    def sections(model, prefix=()):
+        for name, info in model.model_fields.items():
+            sub = section_class(info.annotation)
+            if sub is not None:
+                yield prefix + (name,), sub
+                yield from sections(sub, prefix + (name,))
+
+    found = dict(sections(Config))
+    assert {".".join(k) for k in found} >= {"monitor", "monitor.reconstruction", "monitor.cuts", "histograms",
+                                              "health", "quality", "alarms", "archive", "ingest", "web"}
+    for key, cls in found.items():
+        assert issubclass(cls, ConfigSection) and cls.section == ".".join(key), key
+        assert cls.model_config["frozen"] and cls.model_config["extra"] == "forbid", key
+        assert not hasattr(cls, "__post_init__"), key
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file .*nope.toml"):
         load_config(tmp_path / "nope.toml", environ={})
@@ -136,6 +157,9 @@ def test_health_hit_threshold_follows_the_reconstruction_threshold(tmp_path):
     replaced = config.replace(monitor=config.monitor.replace(
         reconstruction=config.monitor.reconstruction.replace(amplitude_threshold=12.5)))
     assert replaced.health.hit_threshold == 12.5
+    assert replaced.origin(("health", "hit_threshold")) == "derived:monitor.reconstruction.amplitude_threshold"
+    assert replaced.origin(("monitor", "reconstruction", "amplitude_threshold")) == "argument"
+    assert replaced.origin(("monitor", "chunk_events")) == "default"
     config = load_config(path, environ={"NA64_HEALTH__HIT_THRESHOLD": "50"})
     assert config.health.hit_threshold == 50.0 and make_processor_stats(config).hit_threshold == 50.0
     assert config.origin(("health", "hit_threshold")) == "env:NA64_HEALTH__HIT_THRESHOLD"

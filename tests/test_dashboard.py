@@ -100,7 +100,7 @@ def test_tiles_and_alarms_say_why_in_words(site):
     assert 'data-state="BAD"' in tiles and "hadron-like fraction of beam-trigger events" in tiles
     alarms = browser.wait(lambda: _text(browser, "alarm_list"), 5, "the alarm list")
     assert "ECAL cell (3,2) (610/1/15) dead for" in alarms
-    assert 'title="rule: health.findings[kind=dead] &gt; 0' in alarms  # the rule on hover
+    assert 'title="rule: channel_findings.dead &gt; 0' in alarms  # the rule on hover
     assert browser.model("hf_warning", "m.location") == 0.05 and browser.model("hf_bad", "m.location") == 0.15
     assert browser.model("trend", "m.data.hf_colour[0]") == "#c62828"  # points coloured by state (BAD)
 
@@ -194,7 +194,7 @@ def test_screenshots_at_control_room_sizes(site):
 
 
 # ------------------------------------------------------------------ against the live service
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_live_service_push_then_grey_when_silent_then_monitor_down(tmp_path, channel_map):
     from test_service_lifecycle import Lines, _publish_spills, _serve, free_port, stop
 
@@ -212,7 +212,7 @@ def test_live_service_push_then_grey_when_silent_then_monitor_down(tmp_path, cha
     browser = None
     try:
         lines = Lines(proc)
-        url = lines.stderr_line("HTTP on http://", 90).rsplit("HTTP on ", 1)[1].strip()
+        url = lines.stderr_line("HTTP on http://", 240).rsplit("HTTP on ", 1)[1].strip()
         browser = Browser(tmp_path / "profile")
         browser.open(url + "/")
         browser.js("window.na64_marker = 1")

@@ -206,7 +206,8 @@ def test_bad_messages_counter_bounded_labels_and_health_dict():
 
 def test_per_source_quality_archive_alarm_and_process_metrics():
     registry = CollectorRegistry()
-    view = {"active": [{"name": "no_beam", "severity": "warning", "state": "acknowledged"}],
+    view = {"active": [{"name": "no_beam", "severity": "warning", "state": "acknowledged"},
+                       {"name": "no_data", "severity": "warning", "state": "raised", "silenced_by": "bob"}],
             "delivery": {"sent": 3, "failed": 2, "dropped": 1, "last_success": 1234.5}}
     store = register_metrics(registry, sources=["610", "620"], alarms=lambda: view, archive=True, process=True)
     assert value(registry, "na64_archive_spills_total") == 0
@@ -224,6 +225,7 @@ def test_per_source_quality_archive_alarm_and_process_metrics():
     assert v("na64_spills_by_quality_total", {"quality": "GOOD"}) == 0
     assert v("na64_archive_spills_total") == 1 and v("na64_archive_last_write_timestamp_seconds") == 2000.0
     assert v("na64_alarm_active", {"alertname": "no_beam", "severity": "warning", "state": "acknowledged"}) == 1
+    assert v("na64_alarm_active", {"alertname": "no_data", "severity": "warning", "state": "silenced"}) == 1
     assert v("na64_alertmanager_sent_total") == 3 and v("na64_alertmanager_failed_total") == 2
     assert v("na64_alertmanager_dropped_total") == 1
     assert v("na64_alertmanager_last_success_timestamp_seconds") == 1234.5

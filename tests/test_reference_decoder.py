@@ -53,7 +53,7 @@ def test_reference_is_independent_of_the_package():
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "csv", "json", "struct", "dataclasses", "pathlib"}
+    assert imported <= {"__future__", "csv", "json", "struct", "dataclasses", "pathlib", "tomllib"}
 
 
 @pytest.fixture(scope="module")

@@ -130,3 +130,24 @@ def test_bad_scheduler_address_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["reprocess", "x.dat", "--scheduler", "localhost:8786"])
     assert exit_.value.code == 2 and "tcp://HOST:8786" in capsys.readouterr().err
+
+
+def test_tls_certificates_from_the_configuration_encrypt_the_cluster(raw_files, tmp_path):
+    """[cluster] tls_* set: the LocalCluster and the client speak tls:// with those certificates; a tcp://
+    scheduler is then refused as a configuration error."""
+    import shutil as sh
+
+    if sh.which("openssl") is None:
+        pytest.skip("openssl (to make a test certificate) is not installed")
+    files, replay = raw_files
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'[cluster]\nworkers = 1\ntls_ca_file = "{cert}"\ntls_cert_file = "{cert}"\n'
+                      f'tls_key_file = "{key}"\n')
+    result = run("reprocess", files[0], "--config", config, "--json")
+    assert records(result.stdout) == records(replay.stdout)[:3]
+    refused = run("reprocess", files[0], "--config", config, "--scheduler", "tcp://127.0.0.1:8786", check=False)
+    assert refused.returncode == 1 and "cluster.scheduler" in refused.stderr and "tls://" in refused.stderr

@@ -25,7 +25,7 @@ def test_channel_findings_and_alarms_read_as_words():
                 and cmap.describe(s)["port"] == 1 and cmap.describe(s)["channel"] == 15)
     finding = {"slot": slot, "kind": "dead", "spills": 3}
     assert finding_text(finding, cmap) == "ECAL cell (3,2) (610/1/15) dead for 3 spills"
-    alarm = {"name": "dead_channels", "condition": "health.findings[kind=dead] > 0", "spills": 2, "value": 1,
+    alarm = {"name": "dead_channels", "condition": "channel_findings.dead > 0", "spills": 2, "value": 1,
              "description": "Dead channels (channel-health findings; …)"}
     assert alarm_text(alarm, [finding], cmap) == "ECAL cell (3,2) (610/1/15) dead for 3 spills"
     hf = {"name": "high_hadron_fraction", "condition": "hadron_fraction > 0.15", "spills": 3, "value": 0.30371,
@@ -57,8 +57,10 @@ def test_node_tiles_say_connected_rate_and_losses():
 
 
 def test_prepare_a_replayed_spill(replayed):
+    from na64_online.web.live import plain_snapshot
+
     monitor = replayed.monitor
-    snapshot = monitor.latest
+    snapshot = plain_snapshot(monitor.latest)
     data = prepare(snapshot, monitor.channel_map, cuts=monitor.processor.config.cuts,
                    limits={"warning": 0.05, "bad": 0.15})
     trend = data.sources["trend"]
@@ -79,11 +81,11 @@ def test_prepare_a_replayed_spill(replayed):
 
 
 def test_the_reference_is_drawn_scaled_to_this_spill(replayed):
-    from na64_online.web.live import _hist_json
+    from na64_online.web.live import _hist_json, plain_snapshot
 
     monitor = replayed.monitor
     reference = _hist_json(monitor.archive.get_histograms(1, 1))  # as the feed reads it for the record's reference
-    data = prepare(monitor.latest, monitor.channel_map, reference=reference)
+    data = prepare(plain_snapshot(monitor.latest), monitor.channel_map, reference=reference)
     own, ref = data.sources["spec_e_ecal"], data.sources["ref_e_ecal"]
     assert len(ref["y"]) == len(own["y"]) > 10
     assert np.nansum(ref["y"][:-1]) == pytest.approx(np.nansum(own["y"][:-1]))  # scaled to this spill's entries

@@ -93,6 +93,26 @@ def test_round_trip_merges_exactly_as_the_pickled_path(processor, parts):
     assert via_wire.issues == via_pickle.issues and via_wire.scalers == via_pickle.scalers
 
 
+def test_read_result_merges_as_the_decoded_accumulator_without_copying(processor, parts):
+    """What the service merges (read_result: views of the frames, no accumulator per result) adds up to
+    exactly what decoded accumulators do."""
+    frames = [as_bytes(processor.encode_result(part)) for part in parts]
+    via_views, via_decoded = processor.new_accumulator(), processor.new_accumulator()
+    for f in frames:
+        result = processor.read_result(f)
+        arrays = [np.frombuffer(x, np.uint8) for x in f]
+        assert any(np.shares_memory(result.extensions[HISTOGRAMS]._coded["ecal_hcal"], a) for a in arrays)
+        assert any(np.shares_memory(result.extensions[STATS].counts, a) for a in arrays)
+        via_views.merge(result)
+        via_decoded.merge(processor.decode_result(f))
+    assert record(processor, via_views) == record(processor, via_decoded)
+    assert via_views.extensions[HISTOGRAMS].to_json() == via_decoded.extensions[HISTOGRAMS].to_json()
+    a, b = via_views.extensions[STATS], via_decoded.extensions[STATS]
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.sums, b.sums) and a.events == b.events
+    with pytest.raises(ResultFormatError):  # refused before anything is merged
+        processor.read_result(with_header(frames[0], lambda h: h["extensions"][HISTOGRAMS].update(events=-1)))
+
+
 def test_empty_accumulator_round_trips(processor):
     acc = processor.new_accumulator()
     back = processor.decode_result(as_bytes(processor.encode_result(acc)))
@@ -157,6 +177,24 @@ def test_swapped_arrays_and_wrong_shapes_are_refused(processor, parts):
     header["arrays"][k]["shape"] = [36, 10]
     bad = reseal([json.dumps(header).encode(), *frames[1:k + 1], bytes(36 * 10 * 8), *frames[k + 2:]])
     with pytest.raises(ResultFormatError, match="shape"):
+        processor.decode_result(bad)
+
+
+def test_per_detector_arrays_of_another_table_are_refused(processor, parts):
+    """A worker with another detector table (one more detector) sends 7 entries, the service keeps 6."""
+    frames = as_bytes(processor.encode_result(parts[0]))
+    header = json.loads(frames[0])
+    names = [a["name"] for a in header["arrays"]]
+    k = names.index("detector_hits")
+    header["arrays"][k]["shape"] = [header["arrays"][k]["shape"][0] + 1]
+    bad = reseal([json.dumps(header).encode(), *frames[1:k + 1], frames[k + 1] + bytes(8), *frames[k + 2:]])
+    with pytest.raises(ResultFormatError, match="detector_hits.*shape"):
+        processor.decode_result(bad)
+    header["arrays"][k]["shape"] = [header["arrays"][k]["shape"][0] - 1]
+    negative = bytearray(frames[k + 1])
+    negative[-1] = 0xFF  # the last count's sign bit
+    bad = reseal([json.dumps(header).encode(), *frames[1:k + 1], bytes(negative), *frames[k + 2:]])
+    with pytest.raises(ResultFormatError, match="negative"):
         processor.decode_result(bad)
 
 
@@ -252,14 +290,16 @@ def test_setup_round_trips_configuration_and_channel_map(channel_map):
     config = Config(monitor=MonitorConfig(chunk_events=1000),
                     histograms=HistogramConfig().replace(e_ecal=(120, 0.0, 130.0)),
                     health=HealthConfig(hit_threshold=33.0))
-    toml_bytes, csv_bytes = encode_setup(config, channel_map)
+    toml_bytes, csv_bytes, table_bytes = encode_setup(config, channel_map)
     assert b"[monitor.cuts]" in toml_bytes and b"[histograms]" in toml_bytes
     assert csv_bytes.startswith(b"src_id,port,channel,detector,module,x,y,gain_gev\n")
-    monitor, histograms, health, cmap = decode_setup([toml_bytes, csv_bytes])
+    assert table_bytes.startswith(b"[[detector]]")
+    monitor, histograms, health, cmap = decode_setup([toml_bytes, csv_bytes, table_bytes])
     assert monitor == config.monitor and histograms == config.histograms and health.hit_threshold == 33.0
+    assert cmap.detectors == channel_map.detectors
     for col in ("src_id", "port", "channel", "detector", "module", "x", "y", "gain_gev"):
         assert np.array_equal(getattr(cmap, col), getattr(channel_map, col)), col
-    p = build_processor([toml_bytes, csv_bytes])
+    p = build_processor([toml_bytes, csv_bytes, table_bytes])
     assert p.config == config.monitor and len(p.channel_map) == len(channel_map)
     assert p.new_accumulator().extensions["channel_stats"].hit_threshold == 33.0
     # without an explicit one, the workers count hits above the reconstruction threshold, as the service does
@@ -275,18 +315,24 @@ def test_channel_map_csv_keeps_every_gain_exactly(tmp_path):
     assert again.to_csv_text() == cmap.to_csv_text()
 
 
+_TABLE = b'[[detector]]\nname = "ECAL"\nrole = "ecal"\nsubsystem = "ecal"\nmodules = 2\nnx = 6\nny = 6\n'
+_HEAD = b"[setup]\nformat = 'na64-worker-setup'\nversion = 3\n"
+
+
 @pytest.mark.parametrize("payload, error, message", [
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 1\n", b""], ConfigError, "version 1"),
-    ([b"[monitor]\nchunk_events = 10\n", b""], ConfigError, "format"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n[monitor]\nchunk_events = 0\n", b""], ConfigError,
+    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n", b"", _TABLE], ConfigError, "version 2"),
+    ([b"[monitor]\nchunk_events = 10\n", b"", _TABLE], ConfigError, "format"),
+    ([_HEAD + b"[monitor]\nchunk_events = 0\n", b"", _TABLE], ConfigError,
      r"monitor\.chunk_events: must be .*worker set-up"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n[monitor]\nbogus = 1\n", b""], ConfigError, "bogus"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n[archive]\npath = '/etc/passwd'\n", b""], ConfigError,
-     "unknown section"),
-    ([b"not toml ==", b""], ConfigError, "TOML"),
-    ([b"\xff\xfe", b""], ConfigError, "UTF-8"),
-    ([b"x"], ConfigError, "2 frames"),
-    ([b"[setup]\nformat = 'na64-worker-setup'\nversion = 2\n", b"a,b\n1,2\n"], ChannelMapError, "first line"),
+    ([_HEAD + b"[monitor]\nbogus = 1\n", b"", _TABLE], ConfigError, "bogus"),
+    ([_HEAD + b"[archive]\npath = '/etc/passwd'\n", b"", _TABLE], ConfigError, "unknown section"),
+    ([b"not toml ==", b"", _TABLE], ConfigError, "TOML"),
+    ([b"\xff\xfe", b"", _TABLE], ConfigError, "UTF-8"),
+    ([b"x"], ConfigError, "3 frames"),
+    ([_HEAD, b"a,b\n1,2\n", _TABLE], ChannelMapError, "first line"),
+    ([_HEAD, b"src_id,port,channel,detector,module,x,y,gain_gev\n600,0,0,HCAL,0,0,0,0.1\n", _TABLE],
+     ChannelMapError, "'HCAL' not one of ECAL"),
+    ([_HEAD, b"", b"[[detector]]\nname = 'X'\n"], ConfigError, "missing key"),
 ])
 def test_bad_setup_names_what_is_wrong(payload, error, message):
     with pytest.raises(error, match=message):

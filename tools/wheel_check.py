@@ -49,7 +49,8 @@ def main(program: str) -> int:
         if not first_spill.wait(TIMEOUT_S):
             problems.append("no spill within the time limit")
         else:
-            for path, must_hold in (("/", "<title>na64-online</title>"), ("/api/health", '"status"'), ("/metrics", "na64_spills_total")):
+            for path, must_hold in (("/", "<title>na64-online</title>"), ("/api/health", '"status"'), ("/metrics", "na64_spills_total"),
+                                      ("/docs/shifter-guide", '<h3 id="no_data">')):
                 status, body = fetch(base + path)
                 ok = status == 200 and must_hold in body
                 print(f"wheel-check: GET {path} -> {status}, {len(body)} bytes{'' if ok else ' UNEXPECTED'}")
@@ -74,7 +75,7 @@ def main(program: str) -> int:
     for problem in problems:
         print(f"wheel-check: FAILED: {problem}", file=sys.stderr)
     if not problems:
-        print("wheel-check: the installed wheel runs demo and serves /, /api/health and /metrics")
+        print("wheel-check: the installed wheel runs demo and serves /, /api/health, /metrics and /docs")
     return 1 if problems else 0
 
 

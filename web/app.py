@@ -27,7 +27,8 @@ from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
 from .guides import DOCS_DIR as GUIDES_DIR
 from .live import WebsocketOrigin, mount_dashboard
-from .routers import alarms, docs, health, histograms, metrics, spills
+from .routers import alarms, detectors, docs, health, histograms, metrics, spills
+from .routers.common import StrictJSONResponse
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,11 @@ class InternalErrors:
 
 def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app = FastAPI(title="na64-online", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json")
+                  openapi_url="/api/openapi.json", default_response_class=StrictJSONResponse)
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)
-    for module in (spills, histograms, alarms, health, metrics, docs):
+    for module in (spills, histograms, alarms, health, metrics, detectors, docs):
         app.include_router(module.router)
     # the shift dashboard (Bokeh server documents, pushed over /ws) and BokehJS at /static, from the bokeh
     # package; Swagger UI from swagger_ui_bundle: dashboard and docs need no internet access

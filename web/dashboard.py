@@ -269,7 +269,7 @@ class DashboardPage:
         self.texts = src("texts", {k: [v] for k, v in self._text_values.items()})
         self.texts.js_on_change("data", CustomJS(args={"source": self.texts}, code=TEXTS_JS))
         self.alarms = src("alarms", _empty("name", "severity", "text", "rule", "state", "id", "since", "who",
-                                           "colour", "acked"))
+                                           "colour", "acked", "runbook", "silenced"))
         self.alarm_choice = Select(title="", options=[], width=115, name="ack_alarm")
         self.token = PasswordInput(placeholder="your token", width=95, name="ack_token")
         self.comment = TextInput(placeholder="comment", width=100, name="ack_comment")
@@ -577,10 +577,16 @@ class DashboardPage:
         if options and self.alarm_choice.value not in [o[0] for o in options]:
             self.alarm_choice.value = options[0][0]
         rows = []
-        for name, sev, text, rule, colour, acked, who, since in zip(
+        n = len(columns["name"])
+        for name, sev, text, rule, colour, acked, who, since, runbook, silenced in zip(
                 columns["name"], columns["severity"], columns["text"], columns["rule"], columns["colour"],
-                columns["acked"], columns["who"], columns["since"]):
+                columns["acked"], columns["who"], columns["since"], columns.get("runbook", [""] * n),
+                columns.get("silenced", [""] * n)):
             ack = f" — acknowledged by {html.escape(who)}" if acked else ""
+            if silenced:
+                ack += f" — silenced in Alertmanager by {html.escape(silenced)}"
+            if runbook:
+                ack += f' <a href="{html.escape(runbook, quote=True)}" target="_blank">what to do</a>'
             rows.append(f'<li class="{"acked" if acked else "raised"}" data-alarm="{html.escape(name)}" '
                         f'style="border-color:{colour}" title="rule: {html.escape(rule)} ({html.escape(name)}, '
                         f'since {html.escape(since)})"><span class="sev" style="color:{colour}">{html.escape(sev)}</span>'

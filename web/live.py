@@ -55,10 +55,20 @@ class ArchivedSnapshot:
     published_at: float
 
 
-def _hist_json(hists: dict) -> dict:
-    from ..monitor.histograms import _hist_to_json
+def plain_snapshot(snapshot) -> ArchivedSnapshot:
+    """A live snapshot (typed record, quality, health) in plain JSON-shaped data, converted once per spill."""
+    from ..monitor.model import to_json
 
-    return {"histograms": {name: _hist_to_json(h) for name, h in (hists or {}).items()}}
+    return ArchivedSnapshot(record=to_json(snapshot.record) or {}, quality=to_json(snapshot.quality) or {},
+                            health=to_json(snapshot.health) or {}, histograms=snapshot.histograms or {},
+                            run_histograms=snapshot.run_histograms or {}, channel_stats=snapshot.channel_stats or {},
+                            published_at=float(snapshot.published_at))
+
+
+def _hist_json(hists: dict) -> dict:
+    from ..monitor.histograms import histogram_json
+
+    return {"histograms": {name: histogram_json(h) for name, h in (hists or {}).items()}}
 
 
 def quality_reasons(quality: dict | None) -> str:
@@ -82,7 +92,8 @@ class DashboardFeed:
         self.pages: dict[int, DashboardPage] = {}
         self.bokeh = None  # the BokehFastAPI, for its session clean-up
         self._task: asyncio.Task | None = None
-        self._snapshot = None
+        self._latest = None  # the monitor's snapshot last seen (identity)
+        self._snapshot: ArchivedSnapshot | None = None  # the same in plain data
         self.prepared: PanelData | None = None
         self._status: tuple[dict, bool] = ({}, False)
         self._alarms_key: tuple | None = None
@@ -138,9 +149,10 @@ class DashboardFeed:
             try:
                 now = time.monotonic()
                 snapshot = self.state.monitor.latest
-                if snapshot is not None and snapshot is not self._snapshot:
-                    self._snapshot = snapshot
-                    await self._new_spill(snapshot)
+                if snapshot is not None and snapshot is not self._latest:
+                    self._latest = snapshot
+                    self._snapshot = await asyncio.to_thread(plain_snapshot, snapshot)
+                    await self._new_spill(self._snapshot)
                     next_status = 0.0
                 if now >= next_status:
                     next_status = now + self.status_seconds
@@ -382,8 +394,12 @@ def alarm_columns(alarms, findings, channel_map) -> dict:
             "since": f"run {a.get('since_run')} spill {a.get('since_spill')}",
             "who": "; ".join(f"{x.get('user')}: {x.get('comment') or ''}" for x in acks) if acked else "",
             "colour": SEVERITY_COLOURS.get(str(a.get("severity")), "#90a4ae"), "acked": acked,
+            "runbook": str(a.get("runbook_url") or ""),
+            "silenced": "; ".join(f"{x.get('created_by')}: {x.get('comment') or ''} (until {x.get('ends_at')})"
+                                  for x in a.get("silences") or () if x.get("id") != a.get("silence_id")),
         })
-    keys = ("name", "severity", "text", "rule", "state", "id", "since", "who", "colour", "acked")
+    keys = ("name", "severity", "text", "rule", "state", "id", "since", "who", "colour", "acked", "runbook",
+            "silenced")
     return {k: [r[k] for r in rows] for k in keys}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -90,8 +91,9 @@ def alarm_text(alarm: Mapping[str, Any], findings: Sequence[Mapping[str, Any]], 
     condition = str(alarm.get("condition") or "")
     spills = alarm.get("spills")
     duration = f" for {spills} spill{'s' if spills != 1 else ''}" if spills else ""
-    if "findings[kind=" in condition:
-        kind = condition.split("findings[kind=", 1)[1].split("]", 1)[0]
+    about = re.search(r"findings\[kind=(\w+)\]|channel_findings\.(\w+)", condition)
+    if about:
+        kind = about.group(1) or about.group(2)
         hits = [f for f in findings if str(f.get("kind")) == kind]
         if hits:
             names = "; ".join(finding_text(f, channel_map) for f in hits[:4])

@@ -49,7 +49,7 @@ class AppState:
 
     def __post_init__(self) -> None:
         if self.archive is None and self.monitor.archive is not None:
-            self.archive = Archive(self.monitor.archive.path, readonly=True)
+            self.archive = Archive(self.monitor.archive.target, readonly=True)
 
     def command(self, fn: Callable[[], T]) -> T:
         """Run a state change where the state lives; raises :class:`CommandUnavailable` if it cannot."""

@@ -6,8 +6,8 @@ The rule syntax and the default rules are in :mod:`.rules`; delivery
 Wiring in the spill loop (history goes into the archive in the same
 transaction as the spill)::
 
-    active = engine.evaluate(record, quality, extra={"health": report.to_dict()})  # active alarm dicts
-    record["alarms"] = active                          # name, severity, detail, state, …
+    active = engine.evaluate(record, quality, extra={"health": health})  # model.SpillRecord, SpillQuality,
+    record = record.model_copy(update={"alarms": active})                # HealthReport; active alarm dicts
     archive.store_spill(record, quality, histograms, engine.take_events())
 
 Acknowledgements (web thread) are written to the ``store`` at once. The
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -34,19 +35,29 @@ from pydantic import Field, field_validator
 from ...config_section import ConfigSection
 
 from ...errors import ConfigError
-from .notifiers import AlertmanagerNotifier, Notifiers, SoundNotifier
+from ..model import to_json
+from .notifiers import AlertmanagerNotifier, Notifiers, SilenceHandle, SoundNotifier
+from .quantities import SpillContext
 from .rules import (
     _SEVERITY_RANK,
+    SERVICE_ALARM_CATEGORIES,
     SERVICE_ALARMS,
     SEVERITIES,
     AlarmRule,
-    _comparable,
     _fmt,
     default_rules,
     load_rules,
 )
 
 log = logging.getLogger(__name__)
+
+_LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ANCHOR_DROP = re.compile(r"[^a-z0-9_-]+")
+
+
+def runbook_anchor(name: str) -> str:
+    """The anchor of an alarm's entry in the shifter's guide (as /docs renders headings)."""
+    return _ANCHOR_DROP.sub("-", name.strip().lower()).strip("-")
 
 
 # --------------------------------------------------------------------------- config
@@ -75,6 +86,17 @@ class AlarmConfig(ConfigSection):
     #: a single string is a command without arguments
     sound_command: tuple[str, ...] | None = None
     sound_min_severity: str = "critical"
+    #: labels added to every alert (e.g. instance, job); ``service`` defaults to na64-online
+    labels: dict[str, str] = Field(default_factory=dict)
+    #: the dashboard's public URL: each alert's generatorURL ("source" link)
+    generator_url: str | None = None
+    #: the shifter's guide (runbook) URL; an alarm's runbook_url is this + "#" + its name, unless its rule
+    #: gives one. Default: generator_url + "docs/shifter-guide"
+    runbook_url: str | None = None
+    #: an acknowledgement creates an Alertmanager silence of that alarm, ended when the alarm clears
+    silence_on_ack: bool = True
+    #: such a silence is made for this long and renewed while the alarm stays active
+    silence_seconds: float = Field(3600.0, ge=60, le=7 * 86400)
 
     @field_validator("alertmanager_url")
     @classmethod
@@ -102,6 +124,32 @@ class AlarmConfig(ConfigSection):
         if value not in SEVERITIES:
             raise ValueError(f"must be one of {', '.join(SEVERITIES)}, not {value!r}")
         return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not _LABEL_RE.match(key) or key.startswith("__"):
+                raise ValueError(f"label name {key!r} is not a Prometheus label name")
+            if key in ("alertname", "severity", "category"):
+                raise ValueError(f"label {key!r} is set per alarm and cannot be configured")
+            if not value:
+                raise ValueError(f"label {key!r} must be a non-empty string")
+        return labels
+
+    @field_validator("generator_url", "runbook_url")
+    @classmethod
+    def _page_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, not {url!r}")
+        return url
+
+    @property
+    def runbook_base(self) -> str | None:
+        """Where an alarm's runbook entry is (its name as the anchor)."""
+        if self.runbook_url:
+            return self.runbook_url
+        return self.generator_url.rstrip("/") + "/docs/shifter-guide" if self.generator_url else None
 
 
 # --------------------------------------------------------------------------- engine
@@ -136,6 +184,16 @@ class _Alarm:
     acknowledged_at: float | None = None
     cleared_at: float | None = None
     acknowledgements: list[dict] = field(default_factory=list)  # every one: user, time, comment (oldest first)
+    category: str = "physics"
+    runbook_url: str | None = None
+    silence: SilenceHandle | None = None  # the acknowledgement's silence in Alertmanager
+    silences: list[dict] = field(default_factory=list)  # silences muting its alert now (read from Alertmanager)
+
+    @property
+    def silenced_by(self) -> str | None:
+        """Who made a silence (other than this alarm's acknowledgement) that mutes it now."""
+        own = self.silence.id if self.silence is not None else None
+        return next((s.get("created_by") for s in self.silences if s.get("id") != own), None)
 
     def to_dict(self) -> dict:
         return {
@@ -158,6 +216,11 @@ class _Alarm:
             "acknowledged_at": self.acknowledged_at,
             "cleared_at": self.cleared_at,
             "acknowledgements": [dict(a) for a in self.acknowledgements],
+            "category": self.category,
+            "runbook_url": self.runbook_url,
+            "silence_id": self.silence.id if self.silence is not None else None,
+            "silenced_by": self.silenced_by,
+            "silences": [dict(x) for x in self.silences],
         }
 
 
@@ -180,11 +243,23 @@ class AlarmEngine:
         resend_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         history_size: int = 10000,
+        runbook_url: str | None = None,
+        silence_on_ack: bool = True,
+        silence_seconds: float = 3600.0,
     ) -> None:
         self._lock = threading.RLock()
         self.store = store
         self.notifier = notifier
         self.resend_seconds = resend_seconds
+        self.runbook_base = runbook_url
+        self.silence_seconds = silence_seconds
+        #: the Alertmanager among the notifiers (silences), or None
+        self.alertmanager: AlertmanagerNotifier | None = (
+            notifier if isinstance(notifier, AlertmanagerNotifier)
+            else notifier.alertmanager() if isinstance(notifier, Notifiers) else None)
+        self.silence_on_ack = silence_on_ack and self.alertmanager is not None
+        self._timer_stop = threading.Event()
+        self._timer: threading.Thread | None = None
         self._clock = clock
         self.rules_path = Path(rules_path) if rules_path is not None else None
         self._rules_stamp = self._stamp()
@@ -200,6 +275,9 @@ class AlarmEngine:
         self._set_rules(default_rules() if rules is None else rules)
         if store is not None:
             self._restore()
+        if notifier is not None:
+            self._timer = threading.Thread(target=self._deliver, name="alarm-delivery", daemon=True)
+            self._timer.start()
 
     @classmethod
     def from_config(cls, cfg: AlarmConfig, store: AlarmStore | None = None) -> AlarmEngine:
@@ -209,12 +287,14 @@ class AlarmEngine:
         if cfg.alertmanager_url:
             notifiers.append(AlertmanagerNotifier(
                 cfg.alertmanager_url, timeout=cfg.timeout, queue_size=cfg.queue_size,
-                valid_seconds=4 * cfg.resend_seconds,
+                valid_seconds=4 * cfg.resend_seconds, labels=cfg.labels, generator_url=cfg.generator_url,
             ))
         if cfg.sound_command:
             notifiers.append(SoundNotifier(cfg.sound_command, cfg.sound_min_severity))
         notifier = notifiers[0] if len(notifiers) == 1 else (Notifiers(notifiers) if notifiers else None)
-        return cls(rules, store, notifier, rules_path=cfg.rules_path, resend_seconds=cfg.resend_seconds)
+        return cls(rules, store, notifier, rules_path=cfg.rules_path, resend_seconds=cfg.resend_seconds,
+                   runbook_url=cfg.runbook_base, silence_on_ack=cfg.silence_on_ack,
+                   silence_seconds=cfg.silence_seconds)
 
     # ---------------------------------------------------------------- rules
 
@@ -250,6 +330,7 @@ class AlarmEngine:
                 if rule is None:  # a service alarm
                     continue
                 alarm.severity, alarm.description, alarm.condition = rule.severity, rule.description, rule.condition
+                alarm.category, alarm.runbook_url = rule.category, self._runbook(name, rule.runbook_url)
             for result in cleared:
                 self._emit_direct(result["event"])
         if cleared and self.notifier is not None:
@@ -303,15 +384,8 @@ class AlarmEngine:
         :meth:`take_events`.
         """
         self.check_reload()
-        if hasattr(record, "to_dict") and not isinstance(record, Mapping):
-            record = record.to_dict()  # a QARecord
-        if hasattr(quality, "to_dict") and not isinstance(quality, Mapping):
-            quality = quality.to_dict()  # a SpillQuality
-        context = dict(record)
-        if quality is not None:
-            context["quality"] = quality
-        if extra:
-            context.update(extra)
+        record, quality, extra = to_json(record), to_json(quality), to_json(extra or {})
+        context = SpillContext(record, quality, extra.get("health"))
         run, spill = record.get("run"), record.get("spill")
         now = self._clock()
         changed: list[dict] = []
@@ -331,18 +405,19 @@ class AlarmEngine:
                     streak = self._streak[name] = self._streak.get(name, 0) + 1
                     since_run, since_spill = self._first[name]
                     detail = (
-                        f"{rule.quantity} = {_fmt(_comparable(value))} ({rule.op} {_fmt(rule.threshold)}) "
+                        f"{rule.quantity} = {_fmt(value)} ({rule.op} {_fmt(rule.threshold)}) "
                         f"for {streak} spill{'s' if streak != 1 else ''} since run {since_run} spill {since_spill}"
                     )
                     if alarm is not None:
-                        alarm.detail, alarm.spills, alarm.value = detail, streak, _jsonable(_comparable(value))
+                        alarm.detail, alarm.spills, alarm.value = detail, streak, value
                     elif streak >= rule.persist_spills:
                         alarm = _Alarm(
                             alarm_id=uuid.uuid4().hex[:16], name=name, severity=rule.severity,
                             description=rule.description, condition=rule.condition,
                             since_run=since_run, since_spill=since_spill,
                             raised_at=now, raised_run=run, raised_spill=spill,
-                            detail=detail, value=_jsonable(_comparable(value)), spills=streak,
+                            detail=detail, value=value, spills=streak,
+                            category=rule.category, runbook_url=self._runbook(name, rule.runbook_url),
                         )
                         self._active[name] = alarm
                         event = self._event(alarm, "raised", now, run, spill)
@@ -353,7 +428,7 @@ class AlarmEngine:
                     self._streak[name] = 0
                     if alarm is not None:
                         del self._active[name]
-                        detail = f"{rule.quantity} = {_fmt(_comparable(value))}: condition {rule.condition} no longer holds"
+                        detail = f"{rule.quantity} = {_fmt(value)}: condition {rule.condition} no longer holds"
                         result = self._clear(alarm, now, run, spill, detail)
                         self._queue_event(result["event"])
                         changed.append(result["alarm"])
@@ -385,7 +460,8 @@ class AlarmEngine:
                 alarm = _Alarm(
                     alarm_id=uuid.uuid4().hex[:16], name=name, severity=severity, description=description,
                     condition=name, since_run=run, since_spill=spill, raised_at=now, raised_run=run,
-                    raised_spill=spill, detail=detail,
+                    raised_spill=spill, detail=detail, category=SERVICE_ALARM_CATEGORIES.get(name, "service"),
+                    runbook_url=self._runbook(name),
                 )
                 self._active[name] = alarm
                 self._emit_direct(self._event(alarm, "raised", now, run, spill))
@@ -403,7 +479,15 @@ class AlarmEngine:
             self._last_notify = now
         return changed
 
+    def _runbook(self, name: str, own: str | None = None) -> str | None:
+        """The alarm's runbook entry: its rule's ``runbook_url``, else the shifter's guide at its anchor."""
+        if own:
+            return own
+        return f"{self.runbook_base}#{runbook_anchor(name)}" if self.runbook_base else None
+
     def _clear(self, alarm: _Alarm, now: float, run: Any, spill: Any, detail: str) -> dict:
+        if alarm.silence is not None and self.alertmanager is not None:
+            self.alertmanager.expire(alarm.silence)  # the acknowledgement's silence ends with the alarm
         alarm.state, alarm.cleared_at, alarm.detail = "cleared", now, detail
         return {"alarm": alarm.to_dict(), "event": self._event(alarm, "cleared", now, run, spill)}
 
@@ -479,6 +563,9 @@ class AlarmEngine:
             alarm.acknowledgements.append({"user": user.strip(), "time": now, "comment": comment})
             event = self._event(alarm, "acknowledged", now, None, None, user=user.strip(), comment=comment)
             self._emit_direct(event)
+            if self.silence_on_ack and alarm.silence is None:
+                alarm.silence = self.alertmanager.silence(alarm.to_dict(), user.strip(), comment,  # type: ignore[union-attr]
+                                                          self.silence_seconds)
             result = alarm.to_dict()
         log.info("alarm %s acknowledged by %s: %s", alarm.name, user, comment)
         if self.notifier is not None:
@@ -531,6 +618,7 @@ class AlarmEngine:
             )
             self._restore_acknowledgements(alarm)
             if name in SERVICE_ALARMS and name not in self._active:
+                alarm.category, alarm.runbook_url = SERVICE_ALARM_CATEGORIES.get(name, "service"), self._runbook(name)
                 self._active[name] = alarm  # cleared by the service once the condition is gone
                 continue
             rule = self._rules.get(name)
@@ -538,6 +626,7 @@ class AlarmEngine:
                 self._emit_direct(self._clear(alarm, now, None, None, "rule removed from the configuration")["event"])
                 continue
             alarm.severity, alarm.condition = rule.severity, rule.condition
+            alarm.category, alarm.runbook_url = rule.category, self._runbook(name, rule.runbook_url)
             alarm.spills = rule.persist_spills
             self._active[name] = alarm
             self._streak[name] = rule.persist_spills
@@ -566,11 +655,62 @@ class AlarmEngine:
         except Exception:  # a notifier must never break the spill loop
             log.exception("alarm notifier failed")
 
+    def _deliver(self) -> None:
+        """The delivery timer (its own thread, every ``resend_seconds``, spills or not): re-send the active
+        alarms so Alertmanager never resolves one the service still shows (their ``endsAt`` is 4 periods
+        ahead), renew acknowledgement silences, and read back which silences mute each alarm."""
+        while not self._timer_stop.wait(self.resend_seconds):
+            try:
+                self.resend()
+                self.sync_silences()
+            except Exception:  # noqa: BLE001 - the timer must keep running
+                log.exception("alarm delivery timer failed")
+
+    def resend(self) -> None:
+        """Send the active alarms again (if nothing was sent for most of a period)."""
+        now = self._clock()
+        with self._lock:
+            due = now - self._last_notify >= 0.9 * self.resend_seconds
+            active = self._active_dicts() if due else []
+            if due:
+                self._last_notify = now
+        if active and self.notifier is not None:
+            self._notify(active)
+
+    def sync_silences(self) -> None:
+        """Renew acknowledgement silences about to end; record the silences muting each active alarm."""
+        am = self.alertmanager
+        if am is None:
+            return
+        with self._lock:
+            alarms = list(self._active.values())
+        for alarm in alarms:
+            handle = alarm.silence
+            if handle is not None and handle.id is not None and handle.ends_at - time.time() < self.silence_seconds / 2:
+                am.renew(handle, self.silence_seconds)
+        found = am.silences_by_alert([a.name for a in alarms])
+        with self._lock:
+            for alarm in alarms:
+                silences = found.get(alarm.name, [])
+                tag = f"[na64-online alarm {alarm.alarm_id}]"
+                for s in silences:  # after a restart: the acknowledgement's silence is found again by its tag
+                    if alarm.silence is None and tag in (s.get("comment") or ""):
+                        alarm.silence = SilenceHandle(alarm.alarm_id, time.time())
+                        alarm.silence.id = s["id"]
+                alarm.silences = silences
+
+    def delivery(self) -> dict:
+        """Alertmanager delivery counts (sent, failed, dropped, last_success, last_error) and whether configured."""
+        out = {"configured": self.alertmanager is not None, "sent": 0, "failed": 0, "dropped": 0,
+               "last_success": None, "last_error": None}
+        if self.alertmanager is not None:
+            out.update(self.alertmanager.stats())
+        return out
+
     def close(self) -> None:
-        """Stop the notifier's sender thread (after a short flush)."""
+        """Stop the delivery timer and the notifier's sender thread (after a short flush)."""
+        self._timer_stop.set()
+        if self._timer is not None:
+            self._timer.join(2.0)
         if self.notifier is not None:
             self.notifier.close()
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)

@@ -13,32 +13,26 @@ force stay::
 
     [[rules]]                           # or [[alarms.rules]] inside the main config
     name = "high_hadron_fraction"       # unique; Alertmanager 'alertname'
-    quantity = "hadron_fraction"        # dotted path into the QA record; 'quality.…' into the quality states
+    quantity = "hadron_fraction"        # a named quantity (monitor/alarms/quantities.py, docs/alarms.md)
     op = ">"                            # > >= < <= == !=
     threshold = 0.15                    # number, true/false, or a string (quality states may be ordered)
     persist_spills = 3                  # consecutive spills before raising
     severity = "warning"                # info | warning | critical
     description = "Hadron contamination of the beam is high"
     missing = "false"                   # quantity absent/null: "false" (default), "true", "hold" (spill ignored)
+    category = "physics"                # physics (default) | channels | daq | service: Alertmanager routing and
+                                        # inhibition (physics and channels are held back while the DAQ is stopped)
+    runbook_url = "https://…#anchor"    # default: [alarms] runbook_url + "#" + the name (the shifter's guide entry)
 
 ``condition = "hadron_fraction > 0.15"`` may replace ``quantity``/``op``/``threshold``.
-A path element that meets a list takes an index (``candidates.0``) or the
-element whose ``name`` matches, dots allowed
-(``quality.checks.beam.hadron_fraction.state``); ``key[field=value]`` keeps
-the matching list items (``health.findings[kind=dead]``); a list compared with
-a number counts its elements; a ``{"state": …}`` / ``{"value": …}`` object
-compares as that entry. Quality states order as GOOD < NO_DATA < WARNING < BAD.
-
-Wiring in the spill loop (history goes into the archive in the same
-transaction as the spill)::
-
-    active = engine.evaluate(record, quality, extra={"health": report.to_dict()})  # active alarm dicts
-    record["alarms"] = active                          # name, severity, detail, state, …
-    archive.store_spill(record, quality, histograms, engine.take_events())
-
-Acknowledgements (web thread) are written to the ``store`` at once. The
-engine is thread-safe. History: :meth:`AlarmEngine.history` (the store's
-``alarm_history``, or an in-memory ring when there is no store).
+Quantities are names from a registry generated from the spill model
+(:mod:`.quantities`): record fields (``dropped_events``), nested ones
+(``lost_messages.total``), list sizes (``candidates.count``), quality states
+(``quality.overall``, ``quality.subsystems.ecal``), channel findings by kind
+(``channel_findings.dead``) and issue counts (``errors.adc_bad_key``). A rule
+naming anything else is refused when it is loaded, with the near names; its
+threshold must fit the quantity's kind (a number, true/false, a quality state).
+Quality states order as GOOD < NO_DATA < WARNING < BAD.
 """
 
 from __future__ import annotations
@@ -55,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
+from .quantities import QUANTITIES, SpillContext, unknown_quantity_message
 
 
 log = logging.getLogger(__name__)
@@ -86,8 +81,12 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _CONDITION_RE = re.compile(r"^\s*(\S+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 _RULE_KEYS = {
     "name", "quantity", "op", "threshold", "persist_spills", "severity", "description", "missing", "condition",
+    "category", "runbook_url",
 }
-_MISSING = object()
+#: the ``category`` label of an alarm (shared with deploy/prometheus's rules; deploy/alertmanager routes on it)
+CATEGORIES: tuple[str, ...] = ("physics", "channels", "daq", "service")
+#: the category of each service alarm (:data:`SERVICE_ALARMS`)
+SERVICE_ALARM_CATEGORIES: dict[str, str] = {"no_data": "daq"}
 
 #: severity name -> rank (info < warning < critical)
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -102,6 +101,7 @@ op = "=="
 threshold = "BAD"
 persist_spills = 2
 severity = "critical"
+category = "daq"
 description = "DAQ quality BAD (decode errors, lost events or messages, missing modules, dead time, incomplete spills)"
 
 [[rules]]
@@ -111,6 +111,7 @@ op = "=="
 threshold = "BAD"
 persist_spills = 3
 severity = "warning"
+category = "physics"
 description = "Spill quality BAD in consecutive spills (see the failing subsystem)"
 
 [[rules]]
@@ -120,6 +121,7 @@ op = "<"
 threshold = 1
 persist_spills = 2
 severity = "warning"
+category = "physics"
 missing = "hold"
 description = "No beam counted in the END_OF_BURST scalers"
 
@@ -130,6 +132,7 @@ op = "<"
 threshold = 1
 persist_spills = 2
 severity = "critical"
+category = "daq"
 description = "The DAQ delivers spills without events"
 
 [[rules]]
@@ -139,6 +142,7 @@ op = ">"
 threshold = 0.15
 persist_spills = 3
 severity = "warning"
+category = "physics"
 description = "Hadron contamination of the beam (E_HCAL > 10 GeV in beam-trigger events) is high"
 
 [[rules]]
@@ -148,6 +152,7 @@ op = ">"
 threshold = 0
 persist_spills = 3
 severity = "warning"
+category = "daq"
 description = "Corrupted or rejected data in consecutive spills"
 
 [[rules]]
@@ -157,6 +162,7 @@ op = ">="
 threshold = 1000
 persist_spills = 1
 severity = "critical"
+category = "daq"
 description = "Very many decode errors in one spill"
 
 [[rules]]
@@ -166,6 +172,7 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "daq"
 missing = "hold"
 description = "The live service dropped events: decoding fell behind or a worker failed (dropped_events)"
 
@@ -176,6 +183,7 @@ op = ">"
 threshold = 0
 persist_spills = 3
 severity = "warning"
+category = "daq"
 description = "Events missing from the event-number sequence"
 
 [[rules]]
@@ -185,6 +193,7 @@ op = "=="
 threshold = true
 persist_spills = 1
 severity = "warning"
+category = "daq"
 description = "A spill's (run, spill) was archived already with other data (a fragment, or a run/spill number reused): both kept, see archive fragments"
 
 [[rules]]
@@ -194,6 +203,7 @@ op = "=="
 threshold = false
 persist_spills = 2
 severity = "warning"
+category = "daq"
 description = "END_OF_BURST missing: spills cut off (end of data or timeout)"
 
 [[rules]]
@@ -203,6 +213,7 @@ op = ">"
 threshold = 0
 persist_spills = 2
 severity = "warning"
+category = "daq"
 description = "ZeroMQ sequence gaps: readout messages lost (live)"
 
 [[rules]]
@@ -212,43 +223,48 @@ op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "daq"
 missing = "hold"
 description = "Bad readout messages (live): bad envelopes, damaged payloads, duplicates, reordered messages or sequence jumps; the record's bad_messages.by_ldc says which"
 
 [[rules]]
 name = "dead_channels"
-quantity = "health.findings[kind=dead]"
+quantity = "channel_findings.dead"
 op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Dead channels (channel-health findings; they carry their own raise/clear hysteresis)"
 
 [[rules]]
 name = "hot_channels"
-quantity = "health.findings[kind=hot]"
+quantity = "channel_findings.hot"
 op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Hot channels (channel-health findings)"
 
 [[rules]]
 name = "noisy_channels"
-quantity = "health.findings[kind=noisy]"
+quantity = "channel_findings.noisy"
 op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Noisy channels: pedestal RMS far above the channel's own history"
 
 [[rules]]
 name = "pedestal_drift"
-quantity = "health.findings[kind=drifting]"
+quantity = "channel_findings.drifting"
 op = ">"
 threshold = 0
 persist_spills = 1
 severity = "warning"
+category = "channels"
 description = "Pedestals drifting away from the channel's own baseline"
 """
 
@@ -268,13 +284,18 @@ class AlarmRule:
     severity: str = "warning"
     description: str = ""
     missing: str = "false"
+    category: str = "physics"
+    runbook_url: str | None = None
 
     def __post_init__(self) -> None:
         where = f"alarm rule {self.name!r}"
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ConfigError(f"{where}: name must be letters, digits, '_', '.', ':' or '-'")
-        if not isinstance(self.quantity, str) or not self.quantity or any(not p for p in _split_path(self.quantity)):
-            raise ConfigError(f"{where}: quantity must be a dotted path such as 'hadron_fraction', not {self.quantity!r}")
+        if not isinstance(self.quantity, str) or not self.quantity:
+            raise ConfigError(f"{where}: quantity must be a name such as 'hadron_fraction', not {self.quantity!r}")
+        if self.quantity not in QUANTITIES:
+            raise ConfigError(f"{where}: {unknown_quantity_message(self.quantity)}")
+        kind = QUANTITIES[self.quantity].kind
         if self.op not in OPERATORS:
             raise ConfigError(f"{where}: unknown operator {self.op!r} (use one of {' '.join(OPERATORS)})")
         t = self.threshold
@@ -292,6 +313,16 @@ class AlarmRule:
                 )
         else:
             raise ConfigError(f"{where}: threshold must be a number, true/false or a string, not {t!r}")
+        expected = {"number": "a number", "integer": "a number", "flag": "true or false",
+                    "state": "a quality state", "text": "a string"}[kind]
+        fits = {"number": isinstance(t, (int, float)) and not isinstance(t, bool),
+                "integer": isinstance(t, (int, float)) and not isinstance(t, bool),
+                "flag": isinstance(t, bool),
+                "state": isinstance(t, str) and t.upper() in QUALITY_ORDER,
+                "text": isinstance(t, str)}[kind]
+        if not fits:
+            raise ConfigError(f"{where}: {self.quantity} is {'an' if kind == 'integer' else 'a'} {kind}: "
+                              f"compare it with {expected}, not {_fmt(t)}")
         if isinstance(self.persist_spills, bool) or not isinstance(self.persist_spills, int) or self.persist_spills < 1:
             raise ConfigError(f"{where}: persist_spills must be an integer >= 1, not {self.persist_spills!r}")
         if not isinstance(self.severity, str) or self.severity.lower() not in SEVERITIES:
@@ -301,20 +332,23 @@ class AlarmRule:
             raise ConfigError(f"{where}: description must be a string")
         if self.missing not in MISSING_POLICIES:
             raise ConfigError(f"{where}: missing must be one of {', '.join(MISSING_POLICIES)}, not {self.missing!r}")
+        if self.category not in CATEGORIES:
+            raise ConfigError(f"{where}: category must be one of {', '.join(CATEGORIES)}, not {self.category!r}")
+        if self.runbook_url is not None and (not isinstance(self.runbook_url, str)
+                                             or not self.runbook_url.startswith(("http://", "https://", "/"))):
+            raise ConfigError(f"{where}: runbook_url must be an http(s) URL or a path, not {self.runbook_url!r}")
 
     @property
     def condition(self) -> str:
         """The rule as text, e.g. ``hadron_fraction > 0.15``."""
         return f"{self.quantity} {self.op} {_fmt(self.threshold)}"
 
-    def value(self, context: Mapping[str, Any]) -> Any:
-        """The rule's quantity in ``context`` (QA record + ``quality``); ``None`` when absent."""
-        v = resolve(context, self.quantity)
-        return None if v is _MISSING else v
+    def value(self, context: SpillContext) -> Any:
+        """The rule's quantity of one spill (:data:`~.quantities.QUANTITIES`); ``None`` when absent."""
+        return QUANTITIES[self.quantity].get(context)
 
     def test(self, value: Any) -> bool | None:
         """Whether ``value`` meets the condition; ``None`` when it cannot be compared (absent, null, wrong type)."""
-        value = _comparable(value)
         if value is None:
             return None
         t = self.threshold
@@ -350,6 +384,8 @@ class AlarmRule:
             "description": self.description,
             "missing": self.missing,
             "condition": self.condition,
+            "category": self.category,
+            "runbook_url": self.runbook_url,
         }
 
 
@@ -361,102 +397,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     return str(value)
-
-
-def _comparable(value: Any) -> Any:
-    if value is None or value is _MISSING:
-        return None
-    if isinstance(value, Mapping):
-        for key in ("state", "value", "status"):
-            if key in value:
-                return _comparable(value[key])
-        return None
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return len(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:  # numpy scalar
-        return value.item()
-    return value
-
-
-_FILTER_RE = re.compile(r"^([^\[\]]*)\[([^\[\]=]+)=([^\[\]]*)\]$")
-
-
-def _split_path(path: str) -> list[str]:
-    """Split on dots outside ``[...]``."""
-    parts, depth, cur = [], 0, ""
-    for ch in path:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        if ch == "." and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    return parts
-
-
-def resolve(context: Any, path: str) -> Any:
-    """Follow a dotted ``path`` through dicts and lists; a sentinel when it leads nowhere.
-
-    Dict keys are tried as written, then as integers (``errors_by_src.928`` or
-    ``0x3a0``); list elements by index or by their ``name`` entry, which may
-    itself hold dots (``quality.checks.beam.hadron_fraction.state``). An element
-    ``key[field=value]`` keeps the list items whose ``field`` equals ``value``
-    (``health.findings[kind=dead]``; compared with a number: how many).
-    """
-    parts = _split_path(path)
-    cur = context
-    i = 0
-    while i < len(parts):
-        part = parts[i]
-        m = _FILTER_RE.match(part)
-        if m:
-            if m.group(1):
-                cur = _step(cur, m.group(1))
-            if not isinstance(cur, (list, tuple)):
-                return _MISSING
-            key, wanted = m.group(2).strip(), m.group(3).strip()
-            cur = [item for item in cur if isinstance(item, Mapping) and str(item.get(key)) == wanted]
-            i += 1
-            continue
-        if isinstance(cur, (list, tuple)) and not part.lstrip("-").isdigit():
-            # element by name; the longest dotted name that matches
-            names = {str(item.get("name")): item for item in cur if isinstance(item, Mapping)}
-            for j in range(len(parts), i, -1):
-                candidate = ".".join(parts[i:j])
-                if candidate in names:
-                    cur, i = names[candidate], j
-                    break
-            else:
-                return _MISSING
-            continue
-        cur = _step(cur, part)
-        if cur is _MISSING:
-            return _MISSING
-        i += 1
-    return cur
-
-
-def _step(cur: Any, part: str) -> Any:
-    if isinstance(cur, Mapping):
-        if part in cur:
-            return cur[part]
-        try:
-            key = int(part, 0)
-        except ValueError:
-            return _MISSING
-        if key in cur:
-            return cur[key]
-        return cur.get(str(key), _MISSING)
-    if isinstance(cur, (list, tuple)):
-        try:
-            return cur[int(part)]
-        except (ValueError, IndexError):
-            return _MISSING
-    return _MISSING
 
 
 def _parse_threshold(text: str) -> Any:

@@ -2,7 +2,7 @@
 
 - :mod:`.store` — :class:`Archive` (writing, reading, retention, alarm history), :class:`ArchiveConfig`;
 - :mod:`.codec` — histogram blobs (:func:`encode_histogram` / :func:`decode_histogram`) and JSON
-  (:func:`histogram_to_json`);
+  (:func:`histogram_to_json`: the one JSON shape, :class:`~..model.HistogramJSON`);
 - :mod:`.exports` — the bad-spill list (:func:`bad_spills_csv`, CSV/JSON), ROOT and JSON histogram files.
 """
 

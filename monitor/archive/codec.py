@@ -2,24 +2,23 @@
 
 Blob: ``b"N64H" | u8 version | zlib( u32 header length | header JSON | view bytes )``
 (:func:`encode_histogram`), exact: flow bins and accumulator storages come back bit for bit.
-JSON: the UHI schema with plain lists (:func:`histogram_to_json`).
+JSON: the project's one histogram shape (:func:`histogram_to_json`, i.e.
+:func:`~..histograms.histogram_json`; documented on :class:`~..model.HistogramJSON`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import struct
 import zlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import ArchiveError
+from ..model import to_json
 
 
 # --------------------------------------------------------------------------- histograms
@@ -56,7 +55,7 @@ def encode_histogram(h: Any) -> bytes:
     else:
         dtype = view.dtype.str
     uhi["__view__"] = {"dtype": dtype, "shape": list(view.shape)}
-    header = json.dumps(uhi, separators=(",", ":"), default=_json_default).encode()
+    header = _dumps(uhi).encode()
     payload = struct.pack("<I", len(header)) + header + view.tobytes()
     return _BLOB_MAGIC + bytes([_BLOB_VERSION]) + zlib.compress(payload, 6)
 
@@ -89,65 +88,18 @@ def decode_histogram(blob: bytes):
 
 
 def histogram_to_json(h: Any) -> dict:
-    """UHI-schema dict of a histogram with plain lists (non-finite numbers → ``null``)."""
-    uhi = _uhi().to_uhi(h)
-    storage = uhi["storage"]
-    for key, value in list(storage.items()):
-        if isinstance(value, np.ndarray):
-            storage[key] = _finite_list(value)
-    return uhi
+    """A histogram in the project's one JSON shape (:func:`~..histograms.histogram_json`)."""
+    from ..histograms import histogram_json
 
-
-def _finite_list(arr: np.ndarray) -> list:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        obj = arr.astype(object)
-        obj[~np.isfinite(arr)] = None
-        return obj.tolist()
-    return arr.tolist()
-
-
-_ROOT_NAME_BAD = re.compile(r"[^A-Za-z0-9_./+\-]")
+    return histogram_json(h)
 
 
 # --------------------------------------------------------------------------- JSON helpers
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
-
-
-def _as_dict(obj: Any) -> Any:
-    """A ``QARecord`` / ``SpillQuality`` (anything with ``to_dict``) as its dict."""
-    return obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, Mapping) else obj
-
-
-def _finite(obj: Any) -> Any:
-    """Replace NaN/inf (not JSON) by ``None``, recursively."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=_json_default)
+    """Compact strict JSON (:func:`~..model.to_json`) of a record, quality or header."""
+    return json.dumps(to_json(obj), separators=(",", ":"), allow_nan=False)
 
 
 def _iso(t: float | None) -> str | None:

@@ -1,7 +1,7 @@
 """Exports from the archive: the bad-spill list (CSV/JSON) and histograms as ROOT or JSON files.
 
 :class:`ArchiveExports` is a base of :class:`~.store.Archive` (it reads through the
-store's ``_query`` and ``_spill_filter``).
+store's ``_execute`` and ``_spill_filter``: SQLAlchemy Core, either back end).
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
 
-from .codec import _finite, _iso, _json_default, _state_of, decode_histogram, histogram_to_json
+from sqlalchemy import select
+
+from ..model import to_json
+from .codec import _iso, _state_of, decode_histogram, histogram_to_json
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class ArchiveExports:
     # ---------------------------------------------------------------- bad spills
 
     def bad_spills(self, run: int | None = None, states: Sequence[str] = BAD_STATES,
-                   include_interrupted: bool = True) -> list[dict]:
+                   include_interrupted: bool = True, version: str | None = None) -> list[dict]:
         """Spills whose overall quality is in ``states`` (default ``BAD``), ordered by run and spill.
 
         Each row: run, spill, time (ISO UTC), overall, failing_subsystems,
@@ -65,12 +67,16 @@ class ArchiveExports:
         """
         states_u = tuple(s.upper() for s in states)
         wanted = states_u + ((INTERRUPTED,) if include_interrupted and INTERRUPTED not in states_u else ())
-        where, params = self._spill_filter(run, wanted, None, None)
-        rows = self._query(f"SELECT run, spill, time, overall, record, quality FROM spills{where} ORDER BY run, spill", params)
+        from .schema import spills
+
+        rows = self._execute(select(spills.c.run, spills.c.spill, spills.c.time, spills.c.overall, spills.c.record,
+                                    spills.c.quality)
+                             .where(self._spill_filter(run, wanted, None, None, version))
+                             .order_by(spills.c.run, spills.c.spill))
         return [self._bad_row(r, states_u) for r in rows]
 
     @staticmethod
-    def _bad_row(row: sqlite3.Row, states: tuple[str, ...]) -> dict:
+    def _bad_row(row: Mapping[str, Any], states: tuple[str, ...]) -> dict:
         record = json.loads(row["record"])
         quality = json.loads(row["quality"]) if row["quality"] else {}
         subsystems = quality.get("subsystems") or {}
@@ -121,6 +127,7 @@ class ArchiveExports:
         fmt: str = "csv",
         run: int | None = None,
         states: Sequence[str] = BAD_STATES,
+        version: str | None = None,
     ) -> int:
         """Write the bad-spill list as CSV or JSON to a path or text file; returns the number of spills.
 
@@ -131,7 +138,7 @@ class ArchiveExports:
         fmt = fmt.lower()
         if fmt not in ("csv", "json"):
             raise ValueError(f"bad-spill export format must be 'csv' or 'json', not {fmt!r}")
-        rows = self.bad_spills(run=run, states=states)
+        rows = self.bad_spills(run=run, states=states, version=version)
         if isinstance(dest, (str, os.PathLike)):
             with open(dest, "w", newline="", encoding="utf-8") as fh:
                 ArchiveExports._write_bad(fh, rows, fmt, run, states)
@@ -147,9 +154,9 @@ class ArchiveExports:
                 "run": run,
                 "states": [s.upper() for s in states],
                 "count": len(rows),
-                "spills": _finite(rows),
+                "spills": rows,
             }
-            json.dump(doc, fh, indent=1, default=_json_default)
+            json.dump(to_json(doc), fh, indent=1, allow_nan=False)
             fh.write("\n")
             return
         writer = csv.writer(fh, lineterminator="\n")
@@ -169,24 +176,17 @@ class ArchiveExports:
 
     # ---------------------------------------------------------------- histogram export
 
-    def _histograms_for(self, run: int, spill: int | None) -> list[tuple[int, str, bytes]]:
-        if spill is None:
-            return [
-                (r[0], r[1], r[2])
-                for r in self._query(
-                    "SELECT s.spill, h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
-                    " WHERE s.run = ? ORDER BY s.spill, h.name",
-                    (run,),
-                )
-            ]
-        return [
-            (r[0], r[1], r[2])
-            for r in self._query(
-                "SELECT s.spill, h.name, h.data FROM histograms h JOIN spills s ON s.id = h.spill_id"
-                " WHERE s.run = ? AND s.spill = ? ORDER BY h.name",
-                (run, spill),
-            )
-        ]
+    def _histograms_for(self, run: int, spill: int | None, version: str | None = None
+                        ) -> list[tuple[int, str, bytes]]:
+        from .schema import histograms, spills
+
+        where = (spills.c.run == run) & self._version_clause(version)
+        if spill is not None:
+            where &= spills.c.spill == spill
+        rows = self._execute(select(spills.c.spill, histograms.c.name, histograms.c.data)
+                             .select_from(histograms.join(spills, spills.c.id == histograms.c.spill_id))
+                             .where(where).order_by(spills.c.spill, histograms.c.name))
+        return [(r["spill"], r["name"], r["data"]) for r in rows]
 
     def _summed(self, rows: list[tuple[int, str, bytes]]) -> tuple[dict, list[int]]:
         """Sum each histogram over the spills (incompatible binning: kept per first spill, logged)."""
@@ -205,7 +205,8 @@ class ArchiveExports:
         return totals, sorted(spills)
 
     def export_histograms_root(
-        self, path: str | os.PathLike, run: int, spill: int | None = None, *, per_spill: bool = False
+        self, path: str | os.PathLike, run: int, spill: int | None = None, *, per_spill: bool = False,
+        version: str | None = None,
     ) -> list[str]:
         """Write histograms to a ROOT file with uproot; returns the keys written.
 
@@ -219,7 +220,7 @@ class ArchiveExports:
         """
         import uproot
 
-        rows = self._histograms_for(run, spill)
+        rows = self._histograms_for(run, spill, version)
         if spill is None:
             objects, spills = self._summed(rows)
             items = list(objects.items())
@@ -244,14 +245,15 @@ class ArchiveExports:
         return written
 
     def export_histograms_json(
-        self, dest: str | os.PathLike | IO[str], run: int, spill: int | None = None
+        self, dest: str | os.PathLike | IO[str], run: int, spill: int | None = None, version: str | None = None
     ) -> int:
-        """Write histograms as JSON (UHI schema, flow bins included); returns how many.
+        """Write histograms as JSON in the project's one histogram shape (:class:`~..model.HistogramJSON`,
+        as the API answers); returns how many.
 
-        ``{"run", "spill", "spills", "summed", "histograms": {name: uhi}}``;
+        ``{"run", "spill", "spills", "summed", "histograms": {name: histogram}}``;
         ``spill=None`` sums over the run's archived spills as for ROOT.
         """
-        rows = self._histograms_for(run, spill)
+        rows = self._histograms_for(run, spill, version)
         if spill is None:
             objects, spills = self._summed(rows)
         else:
@@ -266,9 +268,9 @@ class ArchiveExports:
         }
         if isinstance(dest, (str, os.PathLike)):
             with open(dest, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, default=_json_default)
+                json.dump(to_json(doc), fh, allow_nan=False)
         else:
-            json.dump(doc, dest, default=_json_default)
+            json.dump(to_json(doc), dest, allow_nan=False)
         return len(objects)
 
 

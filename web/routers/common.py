@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ...monitor.jsonable import dumps
+from ...monitor.model import dumps
 from ..state import AppState
 
 # Run and spill numbers: bounded, so a huge number is a 422 and never reaches SQLite or numpy.
@@ -27,8 +27,17 @@ def state(request: Request) -> AppState:
 
 
 def json_response(value, status_code: int = 200) -> Response:
-    """Strict JSON (NaN/inf as null) of already JSON-shaped data."""
+    """Strict JSON (NaN/inf as null, :func:`~...monitor.model.dumps`) of data or models, for answers that
+    are not the route's 200 response model (503 bodies)."""
     return Response(dumps(value), status_code=status_code, media_type="application/json")
+
+
+class StrictJSONResponse(JSONResponse):
+    """The app's default response class: a route's return value, validated against its ``response_model``,
+    written by the one serialisation (:func:`~...monitor.model.dumps`: NaN/inf as null)."""
+
+    def render(self, content) -> bytes:
+        return dumps(content).encode()
 
 
 def archive_or_404(request: Request):

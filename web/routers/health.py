@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import time
 
+from typing import Any, Literal
+
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+
+from ...monitor.model import Model
 
 from ...monitor.metrics import alarm_view
 from .common import json_response, state
@@ -17,8 +22,38 @@ def _liveness(st) -> dict | None:
     return st.liveness().to_dict() if st.liveness is not None else None
 
 
-@router.get("/api/health", responses={503: {"description": "the service failed (a core thread died): "
-                                                         "status \"failed\" and the reason; it is about to exit"}})
+class HealthAnswer(BaseModel):
+    """``/api/health``: the service's state; beside these keys the service's own facts (version, …)
+    and, live, ``ingest`` (the ingest's health)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "warming_up", "no_data", "failed"]
+    reason: str | None = None
+    time: float
+    spills_handled: int
+    last_spill: tuple[int | None, int | None] | None = None
+    last_spill_age_seconds: float | None = None
+    latest_message_age_seconds: float | None = None
+    liveness: dict[str, Any] | None = None
+    monitor: dict[str, Any]
+
+
+class Readiness(Model):
+    """``/readyz``: ``ok``, or why not (with the ages of the latest spill and message)."""
+
+    _omit_if_none = frozenset({"reason", "latest_spill_age_seconds", "latest_message_age_seconds"})
+
+    status: Literal["ok", "warming_up", "no_data", "failed"]
+    reason: str | None = None
+    latest_spill_age_seconds: float | None = None
+    latest_message_age_seconds: float | None = None
+
+
+@router.get("/api/health", response_model=HealthAnswer,
+            responses={503: {"model": HealthAnswer, "description": "the service failed (a core thread died): "
+                                                                  "status \"failed\" and the reason; it is about "
+                                                                  "to exit"}})
 def health(request: Request):
     """``status``: ok | warming_up | no_data (then ``reason``: readout_silent | monitor_stuck)."""
     st = state(request)
@@ -29,7 +64,7 @@ def health(request: Request):
         "reason": live["reason"] if live else None,
         "time": time.time(),
         "spills_handled": st.monitor.spills_handled,
-        "last_spill": [latest.record.get("run"), latest.record.get("spill")] if latest else None,
+        "last_spill": [latest.record.run, latest.record.spill] if latest else None,
         "last_spill_age_seconds": time.time() - latest.published_at if latest else None,
         "latest_message_age_seconds": live["latest_message_age_seconds"] if live else None,
         "liveness": live,
@@ -43,10 +78,11 @@ def health(request: Request):
     if failure:  # a core thread died: the process is about to exit for its supervisor to restart it
         body.update(status="failed", reason=failure)
         return json_response(body, status_code=503)
-    return json_response(body)
+    return body
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "warming up, no data or failed"}})
 def readyz(request: Request):
     """200 while spills come (or outside a live service); 503 while warming up, without data
     for ``[monitor] no_data_after_seconds``, or failed (the body says which)."""
@@ -56,7 +92,7 @@ def readyz(request: Request):
         return json_response({"status": "failed", "reason": failure}, status_code=503)
     live = _liveness(st)
     if live is None or live["status"] == "ok":
-        return json_response({"status": "ok"})
+        return Readiness(status="ok")
     return json_response({"status": live["status"], "reason": live["reason"],
                           "latest_spill_age_seconds": live["latest_spill_age_seconds"],
                           "latest_message_age_seconds": live["latest_message_age_seconds"]}, status_code=503)

@@ -11,25 +11,26 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .common import MAX_NUMBER, Writer, json_response, state
+from ...monitor import model
+from .common import MAX_NUMBER, Writer, state
 
 router = APIRouter(prefix="/api/histograms", tags=["histograms"])
 
 
-@router.get("/spill")
+@router.get("/spill", response_model=model.HistogramSetJSON)
 def spill_histograms(request: Request):
     snapshot = state(request).monitor.latest
     if snapshot is None:
         raise HTTPException(status_code=404, detail="no spill finished yet")
-    return json_response(snapshot.histograms)
+    return snapshot.histograms
 
 
-@router.get("/run")
+@router.get("/run", response_model=model.HistogramSetJSON)
 def run_histograms(request: Request):
     snapshot = state(request).monitor.latest
     if snapshot is None:
         raise HTTPException(status_code=404, detail="no spill finished yet")
-    return json_response(snapshot.run_histograms)
+    return snapshot.run_histograms
 
 
 class ResetRequest(BaseModel):
@@ -37,7 +38,12 @@ class ResetRequest(BaseModel):
     reason: str = Field("operator", min_length=1, max_length=200)
 
 
-@router.post("/run/reset")
+class ResetAnswer(BaseModel):
+    reset: bool
+    user: str
+
+
+@router.post("/run/reset", response_model=ResetAnswer)
 def reset_run(request: Request, user: Writer, body: ResetRequest | None = None):
     """Reset the run-cumulative histograms (who resets: the token's owner)."""
     reason = f"{(body or ResetRequest()).reason} ({user})"
@@ -55,7 +61,13 @@ class ReferenceRequest(BaseModel):
     spill: Number | None = None  # None: the whole run, summed
 
 
-@router.put("/reference")
+class ReferenceAnswer(BaseModel):
+    #: (run, spill); spill null: the whole run, summed
+    reference: tuple[int, int | None]
+    user: str
+
+
+@router.put("/reference", response_model=ReferenceAnswer)
 def set_reference(request: Request, user: Writer, body: ReferenceRequest):
     """Compare spectra with this archived spill (or the whole run, summed) from the next spill on."""
     monitor = state(request).monitor

@@ -1,0 +1,64 @@
+"""The per-channel estimators (decoders/estimators.py) against their slow twins in the reference decoder.
+
+Each numba estimator reads a channel's samples packed two per data word, in
+place; its twin reads the list of samples. They must agree bit for bit on
+every shape of channel: odd and even sample counts, windows longer than the
+channel, saturated samples, thresholds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+import reference_decoder as ref
+from na64_online.decoders import estimators, layout
+
+
+def pack(samples: list[int], offset: int = 3) -> np.ndarray:
+    """The MSADC data words of ``samples`` (padding half 0), after ``offset`` unrelated words."""
+    padded = samples + [0] * (len(samples) % 2)
+    words = [0xDEADBEEF] * offset
+    for i in range(0, len(padded), 2):
+        marker = layout.DATA_MARKER_FIRST if i == 0 else layout.DATA_MARKER_NEXT
+        words.append(layout.DATA_WORD.pack(sample_even=padded[i], sample_odd=padded[i + 1], marker=marker))
+    return np.array(words + [0xFFFFFFFF], dtype=layout.WORD)  # a saturated-looking word after: must not count
+
+
+@njit(cache=True)
+def _all(words, first, n, window, gain, threshold):
+    pe, po = estimators.pedestals(words, first, n, window)
+    amp = estimators.amplitude(words, first, n, window, pe, po)
+    return pe, po, amp, estimators.saturated(words, first, n), estimators.energy(amp, gain, threshold)
+
+
+channels = st.lists(st.integers(0, layout.ADC_SATURATION), min_size=1, max_size=layout.MAX_SAMPLES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(channels, st.integers(1, 40), st.floats(0.0, 5.0), st.floats(0.0, 4095.0))
+def test_estimators_equal_their_reference_twins(samples, window, gain, threshold):
+    words = pack(samples)
+    pe, po, amp, sat, e = _all(words, 3, len(samples), window, gain, threshold)
+    ref_pedestals = ref.pedestals(samples, window)
+    ref_amp = ref.amplitude(samples, window, ref_pedestals)
+    assert (pe, po) == ref_pedestals
+    assert amp == ref_amp  # bit for bit
+    assert sat == ref.saturated(samples)
+    assert e == ref.energy(ref_amp, gain, threshold)
+
+
+def test_edge_channels():
+    # one sample: no odd pedestal, no amplitude; the padding half is not a sample
+    words = pack([4095])
+    assert _all(words, 3, 1, 6, 1.0, 20.0) == (4095.0, 0.0, 0.0, True, 0.0)
+    # only an even sample after the window: the odd parity must not take part
+    samples = [100, 200, 100, 200, 100, 200, 150]
+    pe, po, amp, sat, e = _all(pack(samples), 3, 7, 6, 0.5, 20.0)
+    assert (pe, po, amp, sat, e) == (100.0, 200.0, 50.0, False, 25.0)
+    # a saturated sample in the pedestal window counts; the amplitude may be negative
+    samples = [4095, 10, 10, 10, 10, 10, 0, 0]
+    pe, po, amp, sat, _ = _all(pack(samples), 3, 8, 6, 1.0, 20.0)
+    assert sat and amp == ref.amplitude(samples, 6, ref.pedestals(samples, 6)) == -10.0
