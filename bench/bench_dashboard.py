@@ -109,13 +109,26 @@ def clients_process(url: str, n: int, seconds: float, out) -> None:
     asyncio.run(main())
 
 
+def _get(out, proc, timeout: float):
+    """The clients' next report; stops the bench if their process died (its traceback is on stderr)."""
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return out.get(timeout=2)
+        except queue.Empty:
+            if not proc.is_alive() or time.monotonic() > deadline:
+                raise SystemExit(f"the dashboard clients stopped (exit code {proc.exitcode})") from None
+
+
 def measure(url: str, pid: int, seconds: float, clients: int) -> dict:
     out: mp.Queue = mp.Queue()
     proc = None
     if clients:
         proc = mp.get_context("fork").Process(target=clients_process, args=(url, clients, seconds + 1, out))
         proc.start()
-        assert out.get(timeout=900) == "ready"  # the pages are open (their sessions built) before the window
+        assert _get(out, proc, 900) == "ready"  # the pages are open (their sessions built) before the window
     with httpx.Client(base_url=url, timeout=30, trust_env=False) as http:
         h0, c0, t0 = http.get("/api/health").json(), cpu_seconds(pid), time.monotonic()
         time.sleep(seconds)
@@ -124,7 +137,7 @@ def measure(url: str, pid: int, seconds: float, clients: int) -> dict:
               "events_per_second": (h1["ingest"]["events_received"] - h0["ingest"]["events_received"]) / (t1 - t0),
               "spills": h1["spills_handled"] - h0["spills_handled"]}
     if proc is not None:
-        got = out.get(timeout=seconds + 120)
+        got = _get(out, proc, seconds + 120)
         proc.join(30)
         lat = sorted(got["latencies"])
         if lat:
