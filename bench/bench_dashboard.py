@@ -81,6 +81,7 @@ async def receive(ws, timeout: float | None = None):
 async def listen(ws, seconds: float, latencies: list) -> int:
     """Every message for ``seconds``; the latency of each spill's update (the patch carrying the meta source)."""
     received = 0
+    start = time.time()  # updates of spills published before (queued while the other pages opened) not counted
     end = time.monotonic() + seconds
     while True:
         try:
