@@ -407,8 +407,8 @@ class IngestService:
             if now > t:
                 ev_rate, byte_rate = (events - e) / (now - t), (nbytes - b) / (now - t)
         self._health_prev = (now, events, nbytes)
+        nodes = self._node_health(now, seen := builder._ldc_seen)  # noqa: SLF001 - same package
         waiting = [t.queued_at for t in pool.queue] + [t.sent_at for t in pool.outstanding.values()]
-        seen = builder._ldc_seen  # noqa: SLF001 - same package
         return dict(
             started=self.created_at,
             messages_received=msgs,
@@ -435,7 +435,36 @@ class IngestService:
             workers_ready=pool.n_ready,
             workers_seen=pool.stats.workers_seen,
             workers_lost=pool.stats.workers_lost,
+            nodes=nodes,
+            spill_in_progress=self._spill_in_progress(now),
         )
+
+    def _spill_in_progress(self, now: float) -> dict:
+        """The newest spill being built: run, spill, events so far, wall time it opened (the dashboard)."""
+        open_spills = list(self.builder._open.values())  # noqa: SLF001 - same package
+        if not open_spills:
+            return {}
+        sp = max(open_spills, key=lambda s: s.order)
+        return {"run": sp.run, "spill": sp.spill, "events": sp.events,
+                "started_at": time.time() - (now - sp.opened_at)}
+
+    def _node_health(self, now: float, seen: dict) -> dict[str, dict]:
+        """Per readout node (at most the LDCs the builder tracks): connected (heard within ``ldc_down_s``),
+        wall time of its last message, messages received and lost since start, message rate since the
+        previous call."""
+        seq = self.subscriber.sequences
+        wall = time.time()
+        prev = getattr(self, "_node_prev", None) or (now, {})
+        dt = now - prev[0]
+        out: dict[str, dict] = {}
+        for ldc, t in list(seen.items()):
+            received = seq.received.get(ldc, 0)
+            before = prev[1].get(ldc)
+            out[str(ldc)] = {"connected": now - t <= self.config.ldc_down_s, "last_message_time": wall - (now - t),
+                             "messages": received, "lost_messages": seq.lost.get(ldc, 0),
+                             "messages_per_second": (received - before) / dt if before is not None and dt > 0 else None}
+        self._node_prev = (now, {ldc: seq.received.get(ldc, 0) for ldc in seen})
+        return out
 
     def bad_messages_by_label(self) -> dict[str, dict[str, int]]:
         """The subscriber's bad messages with a bounded LDC label: an expected LDC's id, "other" or

@@ -92,6 +92,11 @@ class ServiceHealth:
     workers_ready: int = 0  # decoder workers (local and remote) ready for tasks now
     workers_seen: int = 0  # workers that said HELLO since start
     workers_lost: int = 0  # workers taken for dead (no result within task_timeout_s, or gone) since start
+    #: per readout node (LDC id as text): connected, last_message_time (Unix s), messages, lost_messages,
+    #: messages_per_second — the dashboard's node tiles
+    nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the newest spill being built: run, spill, events so far, started_at (Unix s); empty between spills
+    spill_in_progress: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

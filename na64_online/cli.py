@@ -156,22 +156,13 @@ def cmd_reprocess(args) -> int:
 # ---------------------------------------------------------------- dump
 def cmd_dump(args) -> int:
     from .daq.rawfile import RawFile
-    from .decoders.decode import decode_events
-    from .decoders.reconstruct import DetectorGeometry, event_dict, reconstruct
+    from .events import dump_event
 
     config, channel_map = _load(args)
-    raw = RawFile(args.file)
-    rows = raw.find_event(args.spill, args.event, args.run)
-    if len(rows) == 0:
+    out = dump_event(RawFile(args.file), args.spill, args.event, args.run, config, channel_map)
+    if out is None:
         raise DaqError(f"{args.file}: no event {args.event} in spill {args.spill}" + (
             f" of run {args.run}" if args.run is not None else ""))
-    if len(rows) > 1 and len(set(rows.run.tolist())) > 1:
-        raise DaqError(f"{args.file}: event {args.event} of spill {args.spill} is in several runs; pass --run")
-    first = rows.take(np.array([0]))
-    decoded = decode_events(raw.words, first, channel_map, config.monitor.reconstruction,
-                            with_samples=True, max_samples=511)
-    physics = reconstruct(decoded, DetectorGeometry.from_map(channel_map), config.monitor.cuts)
-    out = event_dict(decoded, physics, channel_map, 0)
     print(dumps(out) if args.json else _dump_text(out))
     return 0
 

@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 from .config import Config
+from .events import RawFileEvents
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
 from .monitor.archive import ArchiveConfig
@@ -103,6 +104,8 @@ class Replayer:
                  metrics: SnapshotStore | None = None):
         self.config = config
         self.monitor = build_monitor(config, channel_map, metrics, archive_path)
+        #: (run, spill, event) -> the event as ``dump`` shows it, from the files replayed (the event display)
+        self.events = RawFileEvents(config, channel_map)
 
     def replay_file(self, path, progress: bool = False) -> Iterator[tuple[dict | None, ReplayNote | None]]:
         """Yield (QA record dict, None) per spill, then (None, note) for what the file itself got wrong."""
@@ -110,6 +113,7 @@ class Replayer:
         if raw.size == 0:
             yield None, ReplayNote("error", "the file is empty (0 bytes)")
             return
+        self.events.add(path)
         segments = raw.spills()
         bar = None
         if progress:

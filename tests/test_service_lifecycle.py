@@ -221,8 +221,7 @@ def test_silence_makes_the_service_stale_and_data_makes_it_ready_again(tmp_path,
             while "no_data" not in [a["name"] for a in http.get("/api/alarms").json()]:
                 assert time.monotonic() < deadline, "no no_data alarm"
                 time.sleep(0.2)
-            page = http.get("/").text
-            assert "NO DATA" in page and "readout nodes are silent" in page
+            assert http.get("/").status_code == 200  # the page greys itself: tests/test_dashboard.py, in Chromium
 
             _publish_spills(publishers, [[per_ldc[ldc][1]] for ldc in (1, 2)])  # data again
             assert lines.record(30)["spill"] == 2

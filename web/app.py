@@ -13,7 +13,6 @@ import logging
 import threading
 import weakref
 
-from bokeh.util.paths import bokehjs_path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -26,17 +25,17 @@ from swagger_ui_bundle import swagger_ui_path
 from .. import __version__
 from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
-from .dashboard import BOKEH_STATIC_ROUTE
 from .guides import DOCS_DIR as GUIDES_DIR
-from .routers import alarms, dashboard, detectors, docs, health, histograms, metrics, spills
+from .live import WebsocketOrigin, mount_dashboard
+from .routers import alarms, detectors, docs, health, histograms, metrics, spills
 from .routers.common import StrictJSONResponse
 from .state import AppState, CommandUnavailable
 
 log = logging.getLogger(__name__)
 
 DOCS_STATIC_ROUTE = "/api/docs/static"
-REFUSAL_REASONS = ("missing_token", "bad_token", "bad_csrf", "body_too_large", "invalid_input", "unavailable",
-                   "server_error")
+REFUSAL_REASONS = ("missing_token", "bad_token", "bad_csrf", "bad_origin", "body_too_large", "invalid_input",
+                   "unavailable", "server_error")
 
 
 class WebCounters:
@@ -166,10 +165,11 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
     app.state.na64 = state
     app.state.config = config
     app.state.web = web = WebContext(config, state.registry)
-    for module in (dashboard, spills, histograms, alarms, health, metrics, detectors, docs):
+    for module in (spills, histograms, alarms, health, metrics, detectors, docs):
         app.include_router(module.router)
-    # BokehJS and Swagger UI from installed packages: dashboard and docs need no internet access
-    app.mount(BOKEH_STATIC_ROUTE, StaticFiles(directory=str(bokehjs_path())), name="bokeh-static")
+    # the shift dashboard (Bokeh server documents, pushed over /ws) and BokehJS at /static, from the bokeh
+    # package; Swagger UI from swagger_ui_bundle: dashboard and docs need no internet access
+    mount_dashboard(app, state, web)
     app.mount(DOCS_STATIC_ROUTE, StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
     if (GUIDES_DIR / "img").is_dir():  # the guides' screenshots
         app.mount("/docs/img", StaticFiles(directory=str(GUIDES_DIR / "img")), name="guides-img")
@@ -202,5 +202,6 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
 
     app.add_middleware(InternalErrors, counters=web.counters)  # innermost of the two: sees the routes' errors
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, counters=web.counters)
+    app.add_middleware(WebsocketOrigin, path="/ws", counters=web.counters)
     return app
 

@@ -42,6 +42,9 @@ class AppState:
     liveness: Callable[[], Any] | None = None
     run_command: Callable[[Callable[[], Any]], Any] | None = None
     archive: Archive | None = None
+    #: ``(run, spill, event) -> dict`` in the form of ``na64-online dump --json`` (the dashboard's event
+    #: display), or None where no raw data are kept
+    event_lookup: Callable[[int, int, int], dict | None] | None = None
     _inline_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
