@@ -94,13 +94,13 @@ def with_hodoscope(tmp_path_factory):
     server = WebServer(create_app(WebConfig(port=0), AppState(monitor=replayer.monitor, registry=registry)),
                        "127.0.0.1", 0).start()
     with httpx.Client(base_url=server.url, timeout=20, trust_env=False) as client:
-        yield record, client
+        yield record, client, replayer.monitor
     server.stop()
     replayer.close()
 
 
 def test_added_detector_is_in_the_record(with_hodoscope):
-    record, client = with_hodoscope
+    record, client, _ = with_hodoscope
     hodo = record["detectors"]["HODO"]
     assert hodo["channels"] == 4 and hodo["hit_fraction"] > 0.5 and 0.0 < hodo["energy_mean_gev"] < 0.1  # MIPs
     assert list(record["detectors"]) == ["ECAL", "HCAL", "SRD", "VETO", "S", "HODO"]
@@ -112,7 +112,7 @@ def test_added_detector_is_in_the_record(with_hodoscope):
 
 
 def test_added_detector_is_in_metrics(with_hodoscope):
-    record, client = with_hodoscope
+    record, client, _ = with_hodoscope
     text = client.get("/metrics").text
     assert 'na64_detector_channels{detector="HODO"} 4.0' in text
     hit = [line for line in text.splitlines() if line.startswith('na64_detector_hit_ratio{detector="HODO"}')]
@@ -123,7 +123,7 @@ def test_added_detector_is_in_metrics(with_hodoscope):
 
 
 def test_added_detector_is_in_the_dashboard_data(with_hodoscope):
-    _, client = with_hodoscope
+    _, client, monitor = with_hodoscope
     body = client.get("/api/detectors").json()
     hodo = {d["name"]: d for d in body["detectors"]}["HODO"]
     assert (hodo["role"], hodo["subsystem"], hodo["mapped"], hodo["nx"], hodo["ny"]) == ("monitor", "tracking", 4, 2, 2)
@@ -131,7 +131,15 @@ def test_added_detector_is_in_the_dashboard_data(with_hodoscope):
     assert panel["title"] == "hodoscope" and len(panel["slots"]) == 4 and sorted(panel["x"]) == [0, 0, 1, 1]
     assert hodo["hit_fraction"] is not None and hodo["quality"] is not None
     assert {d["name"]: d for d in body["detectors"]}["WCAL"]["mapped"] == 0  # in the table, not in this map
-    assert "hodoscope: occupancy" in client.get("/").text  # the page draws its occupancy map
+    # the page draws its channel map: a map panel of the table, filled with its channels in the pushed data
+    from na64_online.web.live import plain_snapshot
+    from na64_online.web.panels import channel_maps, prepare
+
+    (hodo_map,) = [m for m in channel_maps(monitor.channel_map) if m["detector"] == "HODO"]
+    assert hodo_map["title"] == "hodoscope"
+    sources = prepare(plain_snapshot(monitor.latest), monitor.channel_map).sources
+    assert list(sources[hodo_map["source"]]["detector"]) == ["HODO"] * 4
+    assert len(sources[hodo_map["source"]]["occupancy"]) == 4
     schema = client.get("/api/openapi.json").json()
     assert "200" in schema["paths"]["/api/detectors"]["get"]["responses"]
 

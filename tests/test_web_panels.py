@@ -9,7 +9,8 @@ import pytest
 from web_site import replayed_run
 
 from na64_online.decoders.channelmap import ChannelMap
-from na64_online.web.panels import STATE_COLOURS, alarm_text, finding_text, nodes_html, prepare, tiles_html
+from na64_online.web.panels import (STATE_COLOURS, alarm_text, channel_maps, finding_text, nodes_html, prepare,
+                                    tiles_html)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,8 @@ def test_prepare_a_replayed_spill(replayed):
     assert not np.any(hcal["y"] == 0) and np.any(np.isnan(hcal["y"])) and np.nansum(hcal["y"]) > 0
     image = data.sources["plane"]["image"][0]
     assert np.isnan(image).any() and np.nanmin(image) >= 1  # log colour: empty bins transparent
-    ecal = data.sources["map_ecal"]
+    (ecal_main,) = [m["source"] for m in channel_maps(monitor.channel_map) if m["title"] == "ECAL main"]  # from the table
+    ecal = data.sources[ecal_main]
     assert len(ecal["x"]) == len(ecal["src_id"]) == len(ecal["occupancy"]) > 0
     assert data.texts["chi2_e_ecal"] == "no reference set"
     assert "Run 1 · spill 3" in data.texts["conditions"] and "LIVE" in data.texts["conditions"]

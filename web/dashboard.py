@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from bokeh.document import Document
@@ -36,12 +36,16 @@ from bokeh.models import (BasicTicker, BoxAnnotation, Button, CheckboxGroup, Col
 from bokeh.plotting import figure
 from bokeh.themes import built_in_themes
 
-from .panels import MAP_QUANTITIES, MAPS, SPECTRA, STATE_COLOURS, PanelData
+from .panels import MAP_QUANTITIES, MAP_SOURCE_PREFIX, SPECTRA, STATE_COLOURS, PanelData
 
 BOKEH_STATIC_ROUTE = "/static"  # BokehJS, served from the installed bokeh package
 SEVERITIES = ("critical", "warning", "info")
 CHANNELS_TAB = 1
-CHANNEL_SOURCES = frozenset(name for name, *_ in MAPS) | {"problems"}
+
+
+def is_channel_source(name: str) -> bool:
+    """The Channels tab's data (maps and problem list): sent only while that tab is shown."""
+    return name.startswith(MAP_SOURCE_PREFIX) or name == "problems"
 
 #: styles inside the Bokeh components (each lives in a shadow root)
 COMPONENT_CSS = """
@@ -221,13 +225,14 @@ class DashboardPage:
     event)`` returns the event display's data or None; ``on_channel(slot)`` returns a channel's
     trends; ``on_search(text)`` the alarm history rows."""
 
-    def __init__(self, doc: Document, *, heartbeat_timeout_ms: int = 15000,
+    def __init__(self, doc: Document, *, maps: Sequence[tuple[str, str]] = (), heartbeat_timeout_ms: int = 15000,
                  on_open: Callable[[int, int | None], None] | None = None, on_live: Callable[[], None] | None = None,
                  on_ack: Callable[[str, str, str], str] | None = None,
                  on_event: Callable[[int, int, int], dict | None] | None = None,
                  on_channel: Callable[[int], dict] | None = None,
                  on_search: Callable[[str], dict] | None = None) -> None:
         self.doc = doc
+        self.maps = tuple(maps)  # (data source, title) of each channel map (web/panels.channel_maps)
         self.live = True  # follows the newest spill; False: an archived spill is shown
         self.last_key: tuple | None = None
         self._on_open, self._on_live, self._on_ack = on_open, on_live, on_ack
@@ -397,7 +402,7 @@ class DashboardPage:
                                name="map_quantity")
         self.quantity.on_change("value", self._quantity_changed)
         maps = []
-        for src_name, title, detector, module in MAPS:
+        for src_name, title in self.maps:
             s = src(src_name, _empty("x", "y", "slot", "occupancy", "pedestal", "noise", "status", "detector", "module",
                                      "cx", "cy", "src_id", "port", "channel", "line", "width", "problem"))
             p = figure(title=f"{title}", height=330, sizing_mode="stretch_width", toolbar_location=None,
@@ -521,10 +526,10 @@ class DashboardPage:
         self.last_key = data.key
         # the Channels tab's sources only while it is shown (the browser then has less to do per spill)
         channels_shown = self.tabs.active == CHANNELS_TAB
-        self._channel_data = {k: v for k, v in data.sources.items() if k in CHANNEL_SOURCES}
+        self._channel_data = {k: v for k, v in data.sources.items() if is_channel_source(k)}
         for name, columns in data.sources.items():
             s = self.sources.get(name)
-            if s is not None and (channels_shown or name not in CHANNEL_SOURCES):
+            if s is not None and (channels_shown or not is_channel_source(name)):
                 s.data = dict(columns)
         self.set_texts({k: v for k, v in data.texts.items() if k in HEADER_SLOTS})
         for name, text in data.texts.items():

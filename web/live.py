@@ -34,7 +34,7 @@ from bokeh.document import Document
 from bokeh.server.connection import ServerConnection
 
 from ..decoders.channelmap import ChannelMap
-from .panels import PanelData, channel_name, finding_text, nodes_html, prepare, progress_html, utc
+from .panels import PanelData, channel_maps, channel_name, finding_text, nodes_html, prepare, progress_html, utc
 from .dashboard import DashboardPage
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ class DashboardFeed:
     def modify_doc(self, doc: Document) -> None:
         """Bokeh's per-session hook: build the page, fill it with what is known now, register it."""
         page = DashboardPage(
-            doc, heartbeat_timeout_ms=int(3 * self.heartbeat_seconds * 1000),
+            doc, maps=[(m["source"], m["title"]) for m in channel_maps(self.channel_map)],
+            heartbeat_timeout_ms=int(3 * self.heartbeat_seconds * 1000),
             on_open=lambda run, spill: self._open_archived(page, run, spill),
             on_live=lambda: self._back_to_live(page),
             on_ack=self.acknowledge, on_event=self.event, on_channel=self.channel_trend,

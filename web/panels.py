@@ -24,14 +24,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..decoders.channelmap import DETECTORS, ChannelMap
+from ..decoders.channelmap import ChannelMap
+from .detectors import detector_panels
 
 STATE_COLOURS = {"GOOD": "#2e7d32", "WARNING": "#f9a825", "BAD": "#c62828", "NO_DATA": "#616161",
                  "INTERRUPTED": "#616161"}
 SEVERITY_COLOURS = {"critical": "#e53935", "warning": "#fbc02d", "info": "#42a5f5"}
 SUBSYSTEMS = ("beam", "ecal", "hcal", "srd", "veto", "daq")
 #: the channel maps: (source name, title, detector, module or None for every module)
-MAPS = (("map_ps", "ECAL preshower", "ECAL", 0), ("map_ecal", "ECAL main", "ECAL", 1), ("map_hcal", "HCAL", "HCAL", None))
+#: prefix of the channel-map data sources: one map per occupancy panel of the detector table
+#: (``web/detectors.detector_panels``), in table order
+MAP_SOURCE_PREFIX = "map_"
+
+
+def channel_maps(channel_map: ChannelMap) -> list[dict[str, Any]]:
+    """The channel maps the page draws: the detector table's occupancy panels (``detector``,
+    ``module``, ``title``, ``slots``, cell centres ``x``/``y``), each with its data ``source`` name."""
+    return [dict(panel, source=f"{MAP_SOURCE_PREFIX}{i}") for i, panel in enumerate(detector_panels(channel_map))]
 #: status codes of the channel maps' "status" colouring
 STATUS_CODES = {"ok": 0, "noisy": 1, "hot": 2, "pedestal_shift": 2, "dead": 3}
 MAP_QUANTITIES = ("occupancy", "pedestal", "noise", "status")
@@ -368,13 +377,11 @@ def prepare(snapshot, channel_map: ChannelMap, *, alarms: Sequence[Mapping] = ()
     for slot, fs in kinds.items():
         if 0 <= slot < n:
             status[slot] = max(STATUS_CODES.get(str(f.get("kind")), 2) for f in fs)
-    for src, title, detector, module in MAPS:
-        slots = channel_map.slots(DETECTORS.index(detector), module)
-        xs = channel_map.x[slots].astype(float)
-        ys = channel_map.y[slots].astype(float)
+    for panel in channel_maps(channel_map):
+        src, detector = panel["source"], panel["detector"]
+        slots = np.asarray(panel["slots"], dtype=np.int64)
+        xs, ys = np.asarray(panel["x"], dtype=float), np.asarray(panel["y"], dtype=float)
         mods = channel_map.module[slots]
-        if module is None:
-            xs = xs + (xs.max() + 1.5 if len(xs) else 0) * mods  # modules side by side
         flagged = np.array([int(s) in kinds for s in slots], dtype=bool)
         sources[src] = {
             "x": xs, "y": ys, "slot": slots.astype(int),
