@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -46,8 +47,13 @@ def source_packages() -> set[str]:
 @pytest.fixture(scope="module")
 def built_wheel(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("wheel")
+    # a copy of the tree without build artefacts: setuptools would reuse a stale build/lib of the checkout
+    source = tmp_path_factory.mktemp("source") / "na64-online"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", "out"))
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--verbose", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--verbose", "-w", str(out),
+         str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
