@@ -86,3 +86,4 @@ def configure_logging(level: int, log_format: str = "text", stream=None, prefix:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))  # its per-open plugin chatter

@@ -288,7 +288,11 @@ class LiveService:
     def _finish(self, acc, **kwargs):
         """Finish a spill in the monitor; log lines from now on name it (``--log-format json``)."""
         set_spill(acc.run, acc.spill)
-        return self.monitor.handle(acc, **kwargs)
+        record = self.monitor.handle(acc, **kwargs)
+        done = record or {}
+        log.info("spill finished: %s events, %s lost, %s decode errors, quality %s", done.get("events"),
+                 done.get("lost_events"), done.get("decode_errors"), (done.get("quality") or {}).get("overall"))
+        return record
 
     def _on_health(self, health: dict) -> None:
         """Called by the ingest loop about once a second: the metrics' service snapshot, and the systemd
