@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-import numba.core.entrypoints
 import numpy as np
 from numba import njit
 
@@ -39,11 +38,6 @@ from .channelmap import SRC_MSADC as _SRC_MSADC
 from .channelmap import SRC_SCALERS as _SRC_SCALERS
 from .channelmap import SRC_TRIGGER_TIME as _SRC_TRIGGER_TIME
 from ..errors import FIRST_NOTICE, Issue
-
-# These kernels use no numba extension. Numba loads every installed one before its first compile or
-# cache load; awkward's (installed with uproot, for the ROOT export) costs commands ~0.6 s of start-up.
-if hasattr(numba.core.entrypoints, "_already_initialized"):
-    numba.core.entrypoints._already_initialized = True
 
 #: rows of the event index being filled (one array per column, same length)
 IndexColumns = namedtuple(

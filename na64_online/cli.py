@@ -861,9 +861,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _skip_numba_extensions() -> None:
+    """The kernels use no numba extension, but numba loads every installed one before its first compile or
+    cache load — awkward's (installed with uproot) costs each command ~0.6 s of start-up. Done only in the
+    command's own process, never on import, so a program that imports the package keeps its extensions."""
+    import numba.core.entrypoints as entrypoints
+
+    if hasattr(entrypoints, "_already_initialized"):  # numba's private guard; without it nothing is skipped
+        entrypoints._already_initialized = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _skip_numba_extensions()
     try:
         return args.func(args)
     except BrokenPipeError:
