@@ -50,11 +50,16 @@ def test_node_tiles_say_connected_rate_and_losses():
     service = {"nodes": {"1": {"connected": True, "last_message_time": 99.5, "messages_per_second": 12.0,
                                "lost_messages": 4},
                          "2": {"connected": False, "last_message_time": 50.0, "messages_per_second": 0.0}}}
-    out = nodes_html({"lost_messages": {"1": 2}, "missing_ldcs": [2]}, service, now=100.0, stale=False)
+    out = nodes_html({"lost_messages": {"total": 2, "by_ldc": {"1": 2}}, "missing_ldcs": [2]}, service, now=100.0,
+                     stale=False)
     one, two = out.split('data-ldc="2"')
     assert "LDC 1" in one and "12 msg/s" in one and "lost 2 this spill, 4 total" in one
     assert STATE_COLOURS["BAD"] in one  # messages lost this spill
     assert STATE_COLOURS["NO_DATA"] in two and "MISSING" in two and 'data-t="50"' in two
+    # before the ingest has said anything of its nodes: the tiles come from the record's LDCs
+    early = nodes_html({"lost_messages": {"total": 3, "by_ldc": {"1": 3, "2": 0}}}, {}, now=100.0, stale=False)
+    assert 'data-ldc="1"' in early and 'data-ldc="2"' in early and "lost 3 this spill" in early
+    assert "total" not in early and "by_ldc" not in early
 
 
 def test_prepare_a_replayed_spill(replayed):

@@ -182,7 +182,8 @@ def nodes_html(record: Mapping | None, service: Mapping | None, now: float, stal
     """A tile per readout node: connected, age of its last message, message rate, lost messages this spill."""
     record, service = record or {}, service or {}
     nodes = dict(service.get("nodes") or {})
-    lost = {str(k): v for k, v in (record.get("lost_messages") or {}).items()}
+    # the record's lost_messages: {"total": N, "by_ldc": {LDC: N}} (live records only)
+    lost = {str(k): v for k, v in ((record.get("lost_messages") or {}).get("by_ldc") or {}).items()}
     missing = {str(x) for x in (record.get("missing_ldcs") or ())}
     for ldc in list(lost) + list(missing):
         nodes.setdefault(str(ldc), {})
