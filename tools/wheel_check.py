@@ -49,7 +49,7 @@ def main(program: str) -> int:
         if not first_spill.wait(TIMEOUT_S):
             problems.append("no spill within the time limit")
         else:
-            for path, must_hold in (("/", "<title>na64-online</title>"), ("/api/health", '"status"'), ("/metrics", "na64_spills_total"),
+            for path, must_hold in (("/", "<title>na64-online shift dashboard</title>"), ("/api/health", '"status"'), ("/metrics", "na64_spills_total"),
                                       ("/docs/shifter-guide", '<h3 id="no_data">')):
                 status, body = fetch(base + path)
                 ok = status == 200 and must_hold in body
