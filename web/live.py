@@ -37,9 +37,11 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 import numpy as np
+from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.server.connection import ServerConnection
+from bokeh.settings import settings
 
 from ..decoders.channelmap import ChannelMap
 from .panels import PanelData, channel_maps, channel_name, finding_text, nodes_html, prepare, progress_html, utc
@@ -134,6 +136,8 @@ class DashboardFeed:
             on_live=lambda: self._back_to_live(page),
             on_ack=self.acknowledge, on_event=self.event, on_channel=self.channel_trend,
             on_search=self.alarm_search)
+        if settings.perform_document_validation():  # here, not on the loop (_DashboardApplication)
+            doc.validate()
         return page, self._fill(page, (None, None, None, None))
 
     def _fill(self, page: DashboardPage, shown: tuple) -> tuple:
@@ -533,6 +537,17 @@ class _PageHandler(FunctionHandler):
         await self.feed.build_page(session_context._document)  # noqa: SLF001 - the session's new document
 
 
+class _DashboardApplication(Application):
+    """Bokeh's application with the document validated where the page is built (the page-builder
+    thread, :meth:`DashboardFeed._new_page`) rather than on the event loop when the session starts."""
+
+    def initialize_document(self, doc: Document) -> None:
+        for handler in self._handlers:
+            handler.modify_document(doc)
+            if handler.failed:
+                log.error("dashboard page handler failed: %s %s", handler.error, handler.error_detail)
+
+
 def _bokeh_fastapi(executor):
     from bokeh_fastapi import BokehFastAPI
 
@@ -549,9 +564,7 @@ def mount_dashboard(app, state, web, poll_seconds: float = 0.1) -> DashboardFeed
     """Serve the dashboard at ``/`` (page), ``/ws`` (its websocket) and ``/static`` (BokehJS) of ``app``."""
     feed = DashboardFeed(state, web, poll_seconds=poll_seconds)
     # session ids signed with a key of this process: a page's websocket must come from a page we served
-    from bokeh.application import Application
-
-    feed.bokeh = _bokeh_fastapi(feed.page_builder)({"/": Application(_PageHandler(feed))}, app=app, secret_key=secrets.token_bytes(32), sign_sessions=True,
+    feed.bokeh = _bokeh_fastapi(feed.page_builder)({"/": _DashboardApplication(_PageHandler(feed))}, app=app, secret_key=secrets.token_bytes(32), sign_sessions=True,
                               websocket_origins=["*"])
     for route in app.routes:  # the page and its websocket are not part of the JSON API's schema
         if getattr(route, "path", None) in ("/", "/ws"):
