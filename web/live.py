@@ -12,7 +12,8 @@ loop, watches the monitor's latest immutable snapshot (an attribute read, every
 its websocket. The live status (readout nodes, spill in progress, NO DATA
 banner and grey panels) is recomputed once a second and pushed only when it
 changed; the alarm list when the alarm engine's state changed; a heartbeat
-every ``heartbeat_seconds`` lets the page tell a hung service ("MONITOR DOWN").
+every ``heartbeat_seconds`` (``[web] refresh_seconds``) lets the page tell a hung service: after three
+periods without any message it says "MONITOR DOWN".
 
 Opening a page costs about a second of CPU (some 400 Bokeh models built, then the whole document
 serialised for the page's first ``PULL-DOC``). Neither runs on the event loop: the page is built in the
@@ -560,9 +561,10 @@ def _bokeh_fastapi(executor):
     return BatchingBokehFastAPI
 
 
-def mount_dashboard(app, state, web, poll_seconds: float = 0.1) -> DashboardFeed:
-    """Serve the dashboard at ``/`` (page), ``/ws`` (its websocket) and ``/static`` (BokehJS) of ``app``."""
-    feed = DashboardFeed(state, web, poll_seconds=poll_seconds)
+def mount_dashboard(app, state, web, poll_seconds: float = 0.1, heartbeat_seconds: float = 5.0) -> DashboardFeed:
+    """Serve the dashboard at ``/`` (page), ``/ws`` (its websocket) and ``/static`` (BokehJS) of ``app``;
+    ``heartbeat_seconds``: ``[web] refresh_seconds`` (the page says MONITOR DOWN after three without one)."""
+    feed = DashboardFeed(state, web, poll_seconds=poll_seconds, heartbeat_seconds=heartbeat_seconds)
     # session ids signed with a key of this process: a page's websocket must come from a page we served
     feed.bokeh = _bokeh_fastapi(feed.page_builder)({"/": _DashboardApplication(_PageHandler(feed))}, app=app, secret_key=secrets.token_bytes(32), sign_sessions=True,
                               websocket_origins=["*"])
