@@ -280,13 +280,22 @@ def stage_profile(args) -> dict:
                 if k < len(b):
                     messages.append(make_message(ldc, seq[ldc], b[k]))
                     seq[ldc] += 1
-    # warm every kernel first (a throwaway builder and processor pass)
-    warm = EventBuilder((1, 2), chunk_events=args.chunk_events)
-    for m in messages[:4]:
-        r = Subscriber(context=zmq.Context.instance()).handle(m)
+    # warm every kernel first (numba's cache loads, or compiles): a throwaway builder with small chunks, so
+    # that chunks are built from the first messages, decoded, encoded, read, merged and finished
+    warm = EventBuilder((1, 2), chunk_events=min(args.chunk_events, 256))
+    warm_sub, warm_monitor, warm_acc = Subscriber(context=zmq.Context.instance()), build_monitor(config, cmap), None
+    read = getattr(processor, "read_result", None) or processor.decode_result
+    for m in messages[:8]:
+        r = warm_sub.handle(m)
         for o in warm.add(r.envelope.ldc, r.scan, 0.0):
             if isinstance(o, BuiltChunk):
-                processor.decode_result(processor.encode_result(processor.accumulate(o.words)))
+                warm_acc = warm_acc or processor.new_accumulator()
+                warm_acc.merge(read([bytes(f) for f in processor.encode_result(processor.accumulate(o.words.copy()))]))
+    if warm_acc is None:
+        raise SystemExit("stage profile: no chunk built from the first messages to warm up with")
+    warm_monitor.handle(warm_acc)
+    warm_sub.close()
+    warm_monitor.close()
     cpu = dict.fromkeys(("receive", "build", "worker", "merge", "finish"), 0.0)
 
     def timed(stage, fn, *a):
@@ -384,6 +393,8 @@ def compare(args, argv: list[str]) -> int:
         for line in done.stdout.splitlines():
             if line.startswith("{"):
                 print(json.dumps({"tree": label, "stages": json.loads(line)}), flush=True)
+    if args.stages_only:
+        return 0
     for w in args.workers:
         for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
             cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
