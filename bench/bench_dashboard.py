@@ -237,6 +237,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=20000, help="events per spill")
     ap.add_argument("--spill-duration", type=float, default=4.8)
     ap.add_argument("--spill-gap", type=float, default=1.2)
+    ap.add_argument("--opening-only", action="store_true", help="only the phase of pages opening at once")
     args = ap.parse_args()
     ports = (free_port(), free_port())
     http_port = free_port()
@@ -269,6 +270,9 @@ def main() -> int:
         print(f"conditions: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; "
               f"{args.events} events per spill, {args.spill_duration} s spill + {args.spill_gap} s gap, "
               f"{args.seconds:.0f} s per phase", flush=True)
+        if args.opening_only:
+            print(json.dumps(measure_opening(url, args.clients)), flush=True)
+            return 0
         results = []
         for n in (0, 1, args.clients):
             r = measure(url, service.pid, args.seconds, n)

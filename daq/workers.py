@@ -66,7 +66,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = b"na64-worker/2"
+PROTOCOL = b"na64-worker/3"  # 3: results carry the candidates' raw events (result format 3)
 HELLO, SETUP, READY, TASK, RESULT, ERROR, STOP = (
     b"HELLO", b"SETUP", b"READY", b"TASK", b"RESULT", b"ERROR", b"STOP")
 _ID = struct.Struct("<Q")
