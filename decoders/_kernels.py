@@ -430,15 +430,13 @@ def _bad_marker(words, first, nwords):
 @njit(cache=True, nogil=True, inline="always")
 def _store_channel(k, slot, words, first, n, gain, params, nsamples, estimates, saturated, samples):
     """The estimators of one good channel (n samples from data word ``first``) into (row k, slot)."""
-    window = params.pedestal_samples
-    pedestal_even, pedestal_odd = estimators.pedestals(words, first, n, window)
-    amp = estimators.amplitude(words, first, n, window, pedestal_even, pedestal_odd)
+    pedestal_even, pedestal_odd, amp, full_scale = estimators.channel(words, first, n, params.pedestal_samples)
     nsamples[k, slot] = n
     estimates[_PEDESTAL_EVEN, k, slot] = pedestal_even
     estimates[_PEDESTAL_ODD, k, slot] = pedestal_odd
     estimates[_AMPLITUDE, k, slot] = amp
     estimates[_ENERGY, k, slot] = estimators.energy(amp, gain[slot], params.threshold)
-    saturated[k, slot] = estimators.saturated(words, first, n)
+    saturated[k, slot] = full_scale
     if params.with_samples:
         for j in range(min(n, samples.shape[-1])):
             half = j // _SAMPLES_PER_WORD
