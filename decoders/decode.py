@@ -298,22 +298,29 @@ class DecodeBuffers:
     Fresh arrays for every chunk cost more than filling them: each new page is faulted in by the
     kernel (a 4096-event chunk's outputs are 17 MB). With buffers, a call's results are views into
     them, valid until the next call with the same buffers: for a caller that is done with one chunk
-    before it decodes the next (:meth:`~na64_online.monitor.pipeline.SpillProcessor.accumulate`).
-    Not shared between threads.
+    before it decodes the next (:meth:`~na64_online.monitor.pipeline.SpillProcessor.accumulate`),
+    and that does not write into them (the kernel relies on what it left there). Not shared
+    between threads.
     """
 
     def __init__(self) -> None:
         self._flat: dict[str, np.ndarray] = {}
+        self._shape: dict[str, tuple[int, ...]] = {}
 
-    def take(self, name: str, shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
-        """A C-contiguous array of ``shape`` and ``dtype`` (uninitialised unless ``fill``), reusing storage."""
+    def take(self, name: str, shape: tuple[int, ...], dtype, fill=None, clean: bool = False) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype``, reusing storage: uninitialised, or all ``fill``,
+        or — ``clean`` — zeros when new or of another shape than last time, else as the last call left it."""
         size = int(np.prod(shape))
         flat = self._flat.get(name)
-        if flat is None or flat.dtype != np.dtype(dtype) or len(flat) < size:
-            flat = self._flat[name] = np.empty(max(size, 1), dtype=dtype)
+        fresh = flat is None or flat.dtype != np.dtype(dtype) or len(flat) < size
+        if fresh:
+            flat = self._flat[name] = (np.zeros if clean else np.empty)(max(size, 1), dtype=dtype)
         out = flat[:size].reshape(shape)
         if fill is not None:
             out.fill(fill)
+        elif clean and not fresh and self._shape.get(name) != tuple(shape):
+            out.fill(0)
+        self._shape[name] = tuple(shape)
         return out
 
 
@@ -348,13 +355,14 @@ def decode_events(
     setup = _kernels.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev))
     estimator_params = _kernels.EstimatorParams(int(params.pedestal_samples), float(params.amplitude_threshold),
                                                 bool(with_samples))
-    # the kernel initialises every row of the channel outputs itself
+    # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel)
     take = (buffers or DecodeBuffers()).take
     channels = _kernels.ChannelOutputs(
-        nsamples=take("nsamples", (n, nslots), np.uint16),
-        estimates=take("estimates", (len(_kernels.ESTIMATES), n, nslots), np.float64),
-        saturated=take("saturated", (n, nslots), np.bool_),
+        nsamples=take("nsamples", (n, nslots), np.uint16, clean=True),
+        estimates=take("estimates", (len(_kernels.ESTIMATES), n, nslots), np.float64, clean=True),
+        saturated=take("saturated", (n, nslots), np.bool_, clean=True),
         samples=np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16),
+        previous=np.empty(nslots, dtype=np.uint16),
     )
     estimates = dict(zip(_kernels.ESTIMATES, channels.estimates))  # one contiguous (n, nslots) plane each
     capacity = 64 + 4 * n
