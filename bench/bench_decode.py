@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from na64_online import __version__  # noqa: E402
 from na64_online.decoders.channelmap import ChannelMap  # noqa: E402
-from na64_online.decoders.decode import as_words, decode_events, index_events  # noqa: E402
+from na64_online.decoders.decode import DecodeBuffers, as_words, decode_events, index_events  # noqa: E402
 from na64_online.monitor.pipeline import SpillProcessor  # noqa: E402
 from na64_online.monitor.spill_monitor import SpillMonitor  # noqa: E402
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig  # noqa: E402
@@ -77,9 +77,10 @@ def measure(events: int, repeat: int, zero_suppression: bool) -> dict:
 
     def decode_only():
         ix = index_events(words)
+        buffers = DecodeBuffers()  # as the pipeline decodes a spill's chunks
         for start in range(0, len(ix), step):
             decode_events(words, ix.slice(start, min(start + step, len(ix))), channel_map,
-                          processor.config.reconstruction)
+                          processor.config.reconstruction, buffers=buffers)
 
     monitor.handle(processor.accumulate(words))  # warm-up: kernels from the cache, pages faulted in
     seconds = {

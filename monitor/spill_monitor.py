@@ -67,6 +67,9 @@ class SpillSnapshot(model.SpillSnapshot):
     run_histograms: dict = {}  # run-cumulative, JSON form
     channel_stats: dict = {}
     published_at: float = Field(default_factory=time.time)
+    #: the raw words (bytes, raw-file layout) of this spill's first candidates (``[monitor]
+    #: candidate_events_per_spill``): ``((event number, bytes), …)`` — the event display's data
+    candidate_events: tuple[tuple[int, bytes], ...] = Field(default=(), exclude=True)
 
 
 class SpillMonitor:
@@ -181,6 +184,7 @@ class SpillMonitor:
             histograms=spill_hists.to_json() if spill_hists is not None else {},
             run_histograms=self.run_histograms.to_json(),
             channel_stats=stats.to_json() if stats is not None else {},
+            candidate_events=tuple((int(e), w.tobytes()) for e, w in acc.candidate_events),
         )
         with self._lock:
             self._latest = snapshot

@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 from .config import Config
-from .events import RawFileEvents
+from .events import LiveCandidateEvents, RawFileEvents
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
 from .monitor.archive.config import ArchiveConfig, is_url
@@ -255,6 +255,8 @@ class LiveService:
             host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::", "") else config.web.host
             config = config.replace(alarms=config.alarms.replace(generator_url=f"http://{host}:{config.web.port}/"))
         self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
+        #: the candidates' raw events of the last spills (the dashboard's event display)
+        self.candidate_events = LiveCandidateEvents(config, channel_map, config.web.event_display_spills)
         self.ingest = IngestService(
             ingest or config.ingest,
             make_processor,
@@ -283,13 +285,16 @@ class LiveService:
                                       failure=lambda: self.failure,
                                       info={"endpoints": list((ingest or config.ingest).endpoints)},
                                       run_command=ServiceCommands(self.ingest, config.web.command_timeout_s),
-                                      liveness=self.liveness.status)
+                                      liveness=self.liveness.status, event_lookup=self.candidate_events)
             self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
 
     def _finish(self, acc, **kwargs):
         """Finish a spill in the monitor; log lines from now on name it (``--log-format json``)."""
         set_spill(acc.run, acc.spill)
+        before = self.monitor.latest
         record = self.monitor.handle(acc, **kwargs)
+        if self.monitor.latest is not before:  # a judged spill was published (an interrupted one is not)
+            self.candidate_events.add(self.monitor.latest)
         done = record or {}
         log.info("spill finished: %s events, %s lost, %s decode errors, quality %s", done.get("events"),
                  done.get("lost_events"), done.get("decode_errors"), (done.get("quality") or {}).get("overall"))
