@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,7 +52,8 @@ def replay_peak(path: str, tree: str = "this tree", pythonpath: str | None = Non
     if pythonpath:
         cmd = [sys.executable, "-m", "na64_online.cli", "replay", path, "--json"]
         env = {**os.environ, "PYTHONPATH": pythonpath}
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+    out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill up
+    child = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, env=env, cwd="/")
     peak: dict[str, int] = {}
     samples = 0
     while child.poll() is None:
@@ -60,7 +62,8 @@ def replay_peak(path: str, tree: str = "this tree", pythonpath: str | None = Non
             peak[key] = max(peak.get(key, 0), value)
         samples += 1
         time.sleep(0.005)
-    out, err = child.communicate()
+    out_file.seek(0), err_file.seek(0)
+    out, err = out_file.read(), err_file.read()
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     if child.returncode != 0:
         raise SystemExit(f"replay {path} failed ({child.returncode}): {err[-2000:]}")
@@ -98,8 +101,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     trees: list[tuple[str, str | None]] = [("this tree", None)]
     if args.baseline_rev:
-        import tempfile
-
         from bench_ingest import baseline_tree
 
         where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")  # shared with bench_ingest
