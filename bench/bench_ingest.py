@@ -377,11 +377,16 @@ def compare(args, argv: list[str]) -> int:
 
     if not args.data:
         raise SystemExit("--baseline-rev needs --data FILE (both sides read the same spills)")
+    args.data = os.path.abspath(args.data)
     make_data(args.events, args.spills, args.seed, args.data)  # written once, if missing
     DATA.clear(), RAW.clear()
     own = [a for a in argv if a != "--json"]
     i = own.index("--baseline-rev")
     del own[i:i + 2]
+    if "--data" in own:  # absolute: the runs are made from another directory
+        i = own.index("--data")
+        del own[i:i + 2]
+    own = [a for a in own if not a.startswith("--data=")] + ["--data", args.data]
     rows = []
     # kept between runs: its numba cache too (a cold cache compiles for minutes before the first spill)
     where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
@@ -389,7 +394,7 @@ def compare(args, argv: list[str]) -> int:
     stages = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--stages-only", "--json"]
     for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
         # the stage profile (in-process), which also compiles what the runs use
-        done = subprocess.run(stages, env={**os.environ, **env}, capture_output=True, text=True)
+        done = subprocess.run(stages, env={**os.environ, **env}, capture_output=True, text=True, cwd=where)
         for line in done.stdout.splitlines():
             if line.startswith("{"):
                 print(json.dumps({"tree": label, "stages": json.loads(line)}), flush=True)
@@ -399,7 +404,9 @@ def compare(args, argv: list[str]) -> int:
         for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
             cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
                    "sustained"]
-            done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+            # cwd: not the checkout, whose na64_online/ would come first on the sys.path of ``python -m``
+            # children (the local workers) and shadow the baseline tree
+            done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, cwd=where)
             lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
             live = [x for x in lines if x.get("mode") == "sustained"]
             if done.returncode or not live:

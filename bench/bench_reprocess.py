@@ -1,37 +1,52 @@
 """reprocess on Dask (1 and 2 workers) against single-process replay on the same files, same run.
 
-    .venv/bin/python bench/bench_reprocess.py [--files 2] [--spills 4] [--events 20000] [--json out.json]
-    .venv/bin/python bench/bench_reprocess.py --events 100000          # the figure (>= 10^5 events per spill)
+    .venv/bin/python bench/bench_reprocess.py                      # the figure: 2 files x 4 spills x 10^5 events
+    .venv/bin/python bench/bench_reprocess.py --spills 1 --events 20000 --repeat 1     # a quick look
+    options: --files N --spills N (per file) --events N (per spill) --repeat N --json FILE --report DIR
 
-Simulated files are written once into a temporary folder. Timed, each best of
-``--repeat``: ``replay`` (``Replayer``, what ``na64-online replay`` runs) over
-all files, then ``reprocess`` (``Reprocessor``) on a LocalCluster of 1 and of 2
-worker processes started and warmed beforehand (their kernels loaded by a
-first small run), so the figures are the steady state of a cluster, not its
-start-up. Both include the client's merge through ``SpillMonitor.handle``; the
-records are checked to be those of replay. Reported: seconds, GB/s, events/s,
-speed-up against replay, and the per-spill overhead of the cluster
-((t_1 worker − t_replay) / spills). Needs as many free cores as workers.
+Simulated files are written once into a temporary folder (~1.6 min per GB).
+A LocalCluster of 1 and one of 2 worker processes (``reprocess``'s own,
+:func:`~na64_online.reprocess.local_cluster`) are started and warmed
+beforehand (kernels loaded by a small run); their start-up is reported apart,
+as a fixed cost. Then the records of both are checked to be replay's, and
+``--repeat`` rounds each time, interleaved, ``replay`` (``Replayer``, what
+``na64-online replay`` runs), ``reprocess`` on 1 worker and on 2 workers
+(``Reprocessor``: index tasks, spill tasks, the client's merge through
+``SpillMonitor.handle``) over all files.
+
+Reported: the load average; per mode the best wall time, GB/s, events/s and
+the CPU seconds of all the processes involved (this one — client and, for a
+LocalCluster, the scheduler — plus the workers and their nannies); the
+speed-up with 1 and 2 workers (best against best, and the median of the
+per-round ratios); the per-spill overhead of running a spill as a task
+((t_1 worker − t_replay) / spills, and in CPU seconds); the client's merge per
+spill and its share of the run; and what bounds the speed-up with 2 workers on
+2 cores: replay's CPU over half the CPU reprocess spends on all its processes.
+The target (issue #12) is >= 1.8x with 2 workers on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
-from measure import best_of
+import psutil
 
 from na64_online.config import load_config
 from na64_online.decoders.channelmap import ChannelMap
-from na64_online.reprocess import ClusterConfig, Reprocessor
+from na64_online.reprocess import ClusterConfig, Reprocessor, local_cluster
 from na64_online.service import Replayer
 from na64_online.sim.simulator import SimulationConfig, write_raw_file
 
 VOLATILE = ("processing_seconds", "finished_at")
+MODES = ("replay", "reprocess_1", "reprocess_2")
 
 
 def _comparable(records):
@@ -43,20 +58,46 @@ def _comparable(records):
     return out
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and every process it started (workers, nannies)."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # ended meanwhile
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _timed(fn):
+    """(result, wall seconds, CPU seconds of this process tree) of ``fn()``."""
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - wall, _cpu_seconds() - cpu
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=2)
     p.add_argument("--spills", type=int, default=4, help="spills per file")
-    p.add_argument("--events", type=int, default=20000, help="events per spill")
-    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--events", type=int, default=100000, help="events per spill")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds of replay, 1 and 2 workers")
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--report", metavar="DIR", help="save a Dask performance report of a 2-worker run here")
     args = p.parse_args(argv)
     import distributed
 
+    logging.getLogger("na64_online").setLevel(logging.ERROR)  # raised alarms are logged: not this bench's output
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # workers stopping at the end
     config = load_config(environ={})
     cmap = ChannelMap.default()
     folder = Path(tempfile.mkdtemp(prefix="na64-bench-reprocess-"))
+    clusters: dict[int, object] = {}
+    load_before = os.getloadavg()
     try:
+        started = time.perf_counter()
         files = []
         for i in range(args.files):
             path = folder / f"run{i + 1}.dat"
@@ -65,8 +106,10 @@ def main(argv=None) -> dict:
             files.append(str(path))
         small = folder / "warm.dat"
         write_raw_file(small, SimulationConfig(run=99, spills=2, events_per_spill=200, seed=9), cmap)
+        written_s = time.perf_counter() - started
         size = sum(os.path.getsize(f) for f in files)
         spills = args.files * args.spills
+        events = spills * args.events
 
         def replay():
             replayer = Replayer(config, cmap)
@@ -75,40 +118,84 @@ def main(argv=None) -> dict:
             finally:
                 replayer.close()
 
+        stats = {}
+
+        def reprocess(workers, paths=files):
+            out = []
+            stats[workers] = Reprocessor(config, cmap, ClusterConfig(scheduler=clusters[workers].scheduler_address)
+                                         ).run(paths, out.append, lambda *a: None)
+            return out
+
         replay()  # kernels loaded in this process
         reference = _comparable(replay())
-        t_replay = best_of(args.repeat, replay)
-        result = {"files": args.files, "spills": spills, "events_per_spill": args.events, "bytes": size,
-                  "cpus": os.cpu_count(), "replay_s": t_replay}
+        cluster_start = {}
         for workers in (1, 2):
-            with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                          host="127.0.0.1", dashboard_address=None) as cluster:
-                cluster_config = ClusterConfig(scheduler=cluster.scheduler_address)
+            t0 = time.perf_counter()
+            clusters[workers] = local_cluster(workers)
+            reprocess(workers, [str(small)] * workers * 2)  # every worker's kernels loaded
+            cluster_start[workers] = time.perf_counter() - t0
+        for workers in (1, 2):
+            assert _comparable(reprocess(workers)) == reference, f"reprocess ({workers} workers) differs from replay"
 
-                def reprocess(paths):
-                    out = []
-                    Reprocessor(config, cmap, cluster_config).run(paths, out.append, lambda *a: None)
-                    return out
-
-                reprocess([str(small)] * workers * 2)  # every worker's kernels loaded
-                assert _comparable(reprocess(files)) == reference, "reprocess records differ from replay"
-                result[f"reprocess_{workers}_s"] = best_of(args.repeat, lambda: reprocess(files))
-        events = spills * args.events
-        for key in ("replay_s", "reprocess_1_s", "reprocess_2_s"):
-            name = key[:-2]
-            result[f"{name}_gb_per_s"] = size / result[key] / 1e9
-            result[f"{name}_events_per_s"] = events / result[key]
-        result["speedup_2_workers"] = t_replay / result["reprocess_2_s"]
-        result["speedup_1_worker"] = t_replay / result["reprocess_1_s"]
-        result["overhead_per_spill_s"] = (result["reprocess_1_s"] - t_replay) / spills
+        rounds = {m: [] for m in MODES}  # (wall, cpu)
+        merge = {1: [], 2: []}
+        for _ in range(args.repeat):
+            rounds["replay"].append(_timed(replay)[1:])
+            for workers in (1, 2):
+                rounds[f"reprocess_{workers}"].append(_timed(lambda: reprocess(workers))[1:])
+                merge[workers].append(stats[workers].merge_seconds)
+        if args.report:
+            Path(args.report).mkdir(parents=True, exist_ok=True)
+            report = str(Path(args.report) / "reprocess-2-workers.html")
+            with distributed.Client(clusters[2]) as client, distributed.performance_report(filename=report):
+                reprocess(2)
     finally:
+        for cluster in clusters.values():
+            cluster.close()
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"{spills} spills x {args.events} events, {size / 1e9:.3f} GB, {os.cpu_count()} CPUs")
-    for key in ("replay", "reprocess_1", "reprocess_2"):
-        print(f"  {key:12s} {result[key + '_s']:7.2f} s  {result[key + '_gb_per_s']:.3f} GB/s  "
-              f"{result[key + '_events_per_s']:,.0f} events/s")
-    print(f"  speed-up with 2 workers: {result['speedup_2_workers']:.2f}x (1 worker: {result['speedup_1_worker']:.2f}x); "
-          f"cluster overhead {result['overhead_per_spill_s'] * 1e3:.0f} ms per spill")
+    load_after = os.getloadavg()
+
+    result = {"files": args.files, "spills": spills, "events_per_spill": args.events, "bytes": size,
+              "cpus": os.cpu_count(), "repeat": args.repeat, "load_before": load_before, "load_after": load_after,
+              "write_files_s": written_s, "cluster_start_s": cluster_start}
+    for mode in MODES:
+        walls = [w for w, _ in rounds[mode]]
+        best = min(range(len(walls)), key=walls.__getitem__)
+        result[f"{mode}_s"] = walls[best]
+        result[f"{mode}_cpu_s"] = rounds[mode][best][1]
+        result[f"{mode}_gb_per_s"] = size / walls[best] / 1e9
+        result[f"{mode}_events_per_s"] = events / walls[best]
+    for workers in (1, 2):
+        mode = f"reprocess_{workers}"
+        result[f"speedup_{workers}"] = result["replay_s"] / result[f"{mode}_s"]
+        result[f"speedup_{workers}_median_of_rounds"] = statistics.median(
+            r[0] / w[0] for r, w in zip(rounds["replay"], rounds[mode]))
+        result[f"merge_{workers}_s_per_spill"] = min(merge[workers]) / spills
+        result[f"merge_{workers}_share"] = min(merge[workers]) / result[f"{mode}_s"]
+    result["overhead_per_spill_s"] = (result["reprocess_1_s"] - result["replay_s"]) / spills
+    result["overhead_cpu_per_spill_s"] = (result["reprocess_1_cpu_s"] - result["replay_cpu_s"]) / spills
+    # 2 cores, every process of reprocess sharing them: replay's CPU time / half of reprocess's
+    result["speedup_2_cpu_bound"] = 2 * result["replay_cpu_s"] / result["reprocess_2_cpu_s"]
+
+    print(f"{spills} spills x {args.events} events in {args.files} files, {size / 1e9:.3f} GB; "
+          f"{os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
+          f"(1/5/15 min: {' '.join(f'{x:.2f}' for x in load_after)})")
+    print(f"  fixed costs (not in the figures): files written in {written_s:.0f} s; cluster start + kernels "
+          f"loaded: {cluster_start[1]:.1f} s (1 worker), {cluster_start[2]:.1f} s (2 workers)")
+    print(f"  best of {args.repeat} interleaved rounds:")
+    for mode in MODES:
+        print(f"  {mode:12s} {result[mode + '_s']:7.2f} s  {result[mode + '_gb_per_s']:.3f} GB/s  "
+              f"{result[mode + '_events_per_s']:9,.0f} events/s  CPU {result[mode + '_cpu_s']:6.2f} s")
+    print(f"  speed-up against replay: 1 worker {result['speedup_1']:.2f}x, 2 workers {result['speedup_2']:.2f}x "
+          f"(median of rounds {result['speedup_1_median_of_rounds']:.2f}x, "
+          f"{result['speedup_2_median_of_rounds']:.2f}x; target >= 1.8x with 2 workers)")
+    print(f"  per-spill overhead of a task (1 worker - replay): {result['overhead_per_spill_s'] * 1e3:.0f} ms wall, "
+          f"{result['overhead_cpu_per_spill_s'] * 1e3:.0f} ms CPU; client merge "
+          f"{result['merge_2_s_per_spill'] * 1e3:.0f} ms per spill, {result['merge_2_share']:.0%} of the 2-worker run")
+    print(f"  bound with 2 workers on 2 cores (replay CPU / half of reprocess CPU): "
+          f"{result['speedup_2_cpu_bound']:.2f}x")
+    if args.report:
+        print(f"  Dask performance report: {report}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

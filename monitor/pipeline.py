@@ -21,6 +21,7 @@ from ..daq.live import LiveExtras
 from ..decoders import layout
 from ..decoders.channelmap import ChannelMap
 from ..decoders.decode import (
+    DecodeBuffers,
     DecodedEvents,
     EventIndex,
     ReconstructionParams,
@@ -210,7 +211,8 @@ class SpillProcessor:
         self.channel_map = channel_map
         self.geometry = DetectorGeometry.from_map(channel_map)
         # factories of per-spill extension accumulators: name -> callable(channel_map) with
-        # .fill(decoded, physics) and .merge(other)
+        # .fill(decoded, physics) and .merge(other); ``decoded``'s arrays are reused for the next chunk
+        # (:class:`DecodeBuffers`), so an extension copies what it keeps
         self.extensions = dict(extensions)
 
     def new_accumulator(self) -> SpillAccumulator:
@@ -261,12 +263,14 @@ class SpillProcessor:
         boundaries = np.flatnonzero(starts)
         step = self.config.chunk_events
         position = 0
+        buffers = DecodeBuffers()  # every chunk is done with (added to ``acc``) before the next is decoded
         while position < len(index):
             # chunks end where an event starts, so plain-event fragments stay together
             stop = min(position + step, len(index))
             if stop < len(index) and not starts[stop]:
                 stop = int(boundaries[np.searchsorted(boundaries, stop)]) if boundaries[-1] > stop else len(index)
-            decoded = decode_events(words, index.slice(position, stop), self.channel_map, self.config.reconstruction)
+            decoded = decode_events(words, index.slice(position, stop), self.channel_map, self.config.reconstruction,
+                                    buffers=buffers)
             self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]), words)
             position = stop
         acc.bytes_decoded += int(index.size[index.status == 0].sum()) * 4

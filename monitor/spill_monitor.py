@@ -23,9 +23,8 @@ from ..decoders.beam import DEFAULT_PROFILE
 from ..decoders.channelmap import ChannelMap
 from ..errors import ConfigError
 from .alarms import AlarmConfig, AlarmEngine
-from .archive import Archive, ArchiveConfig
+from .archive.config import UNVERSIONED, ArchiveConfig
 from . import model
-from .archive.schema import UNVERSIONED
 from .health import ChannelHistory, ChannelStats, HealthConfig, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
@@ -105,7 +104,12 @@ class SpillMonitor:
         self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
-        self.archive = (Archive.from_config(archive, version=processing_version) if archive is not None else None)
+        if archive is not None:
+            from .archive.store import Archive  # SQLAlchemy: only with an archive
+
+            self.archive = Archive.from_config(archive, version=processing_version)
+        else:
+            self.archive = None
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
         self.metrics = metrics if metrics is not None else SnapshotStore()
         self.metrics.use_channel_map(channel_map)

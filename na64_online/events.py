@@ -49,10 +49,18 @@ class RawFileEvents:
 
     def __init__(self, config, channel_map: ChannelMap, paths: Iterable[str | os.PathLike] = ()) -> None:
         self.config, self.channel_map = config, channel_map
-        self._files: list[RawFile] = [RawFile(p) for p in paths]
+        self._paths: list[str | os.PathLike] = list(paths)
+        self._opened: dict[int, RawFile] = {}  # opened and indexed at the first look-up (~100 bytes per event)
 
     def add(self, path: str | os.PathLike) -> None:
-        self._files.append(RawFile(path))
+        self._paths.append(path)
+
+    @property
+    def _files(self) -> list[RawFile]:
+        for i, path in enumerate(self._paths):
+            if i not in self._opened:
+                self._opened[i] = RawFile(path)
+        return [self._opened[i] for i in range(len(self._paths))]
 
     def __call__(self, run: int, spill: int, event: int) -> dict | None:
         for raw in self._files:

@@ -14,8 +14,7 @@ from .config import Config
 from .events import LiveCandidateEvents, RawFileEvents
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
-from .monitor.archive import ArchiveConfig
-from .monitor.archive.store import is_url
+from .monitor.archive.config import ArchiveConfig, is_url
 from .monitor.metrics import SnapshotStore
 from .monitor.spill_monitor import SpillMonitor
 from .logs import set_spill
@@ -114,7 +113,8 @@ class Replayer:
             yield None, ReplayNote("error", "the file is empty (0 bytes)")
             return
         self.events.add(path)
-        segments = raw.spills()
+        segments = raw.iter_spills()  # indexed a part at a time: memory bounded by a spill, not the file
+        any_spill = False
         bar = None
         if progress:
             from tqdm import tqdm
@@ -122,6 +122,7 @@ class Replayer:
             bar = tqdm(total=raw.size, unit="B", unit_scale=True, desc=str(path), leave=False)
         try:
             for segment in segments:
+                any_spill = True
                 acc = self.monitor.processor.accumulate(segment.words, segment.index)
                 record = self.monitor.handle(acc, complete=segment.complete)
                 if bar is not None:
@@ -133,7 +134,7 @@ class Replayer:
         finally:
             if bar is not None:
                 bar.close()
-        for note in file_notes(raw.stats, bool(segments)):
+        for note in file_notes(raw.stats, any_spill):
             yield None, note
 
     def close(self) -> None:
