@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -108,7 +109,7 @@ def judge(stage: str, row: dict) -> str:
 
 def print_report(report: dict, baseline: dict | None) -> None:
     print(f"na64-online {report['version']} on {report['machine']}; one core, best of {report['repeat']} "
-          f"(thread CPU time)")
+          f"(thread CPU time); load average {report['load']} before the run")
     for kind, result in report["kinds"].items():
         previous = (baseline or {}).get(kind, {}).get("rows", {})
         print(f"\n{kind}: {result['events']} events, {result['megabytes']:.0f} MB "
@@ -128,8 +129,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     report = {"version": __version__, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "repeat": args.repeat,
+              "repeat": args.repeat, "load": load,
               "kinds": {kind: measure(args.events, args.repeat, zs) for kind, zs in KINDS.items()}}
     try:
         report["machine"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")

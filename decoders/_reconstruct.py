@@ -73,6 +73,41 @@ def _pairwise(energy, i, columns, lo, n):
     return total
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _pairwise_adjacent(row, a, n):
+    """numpy's pairwise sum of ``row[a:a + n]``, n <= 128: the same order as :func:`_pairwise`, on adjacent
+    values (unsigned indices: no negative-index check, so the 8 partial sums become two vector lanes)."""
+    base = np.uint64(a)
+    if n < _LANES:
+        total = 0.0
+        for t in range(np.uint64(n)):
+            total += row[base + t]
+        return total
+    r0 = row[base]
+    r1 = row[base + np.uint64(1)]
+    r2 = row[base + np.uint64(2)]
+    r3 = row[base + np.uint64(3)]
+    r4 = row[base + np.uint64(4)]
+    r5 = row[base + np.uint64(5)]
+    r6 = row[base + np.uint64(6)]
+    r7 = row[base + np.uint64(7)]
+    whole = np.uint64(n - n % _LANES)
+    for t in range(np.uint64(_LANES), whole, np.uint64(_LANES)):
+        b = base + t
+        r0 += row[b]
+        r1 += row[b + np.uint64(1)]
+        r2 += row[b + np.uint64(2)]
+        r3 += row[b + np.uint64(3)]
+        r4 += row[b + np.uint64(4)]
+        r5 += row[b + np.uint64(5)]
+        r6 += row[b + np.uint64(6)]
+        r7 += row[b + np.uint64(7)]
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for t in range(whole, np.uint64(n)):
+        total += row[base + t]
+    return total
+
+
 @njit(cache=True, nogil=True)
 def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, top):
     """Per event i: ``sums[i, g]`` = numpy's sum of ``energy[i, columns[starts[g]:starts[g + 1]]]``
@@ -93,6 +128,8 @@ def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, 
                 for t in range(lo + 1, lo + n):
                     total += energy[i, columns[t]]
                 sums[i, g] = total
+            elif n <= _BLOCK and not scattered[g]:
+                sums[i, g] = _pairwise_adjacent(energy[i], columns[lo] if n else 0, n)
             elif n <= _BLOCK:
                 sums[i, g] = _pairwise(energy, i, columns, lo, n)
             else:
