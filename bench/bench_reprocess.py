@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_reprocess.py                      # the figure: 2 files x 4 spills x 10^5 events
     .venv/bin/python bench/bench_reprocess.py --spills 1 --events 20000 --repeat 1     # a quick look
     options: --files N --spills N (per file) --events N (per spill) --repeat N --json FILE --report DIR
+             --data DIR (keep the simulated files there, reuse them next time)
 
 Simulated files are written once into a temporary folder (~1.6 min per GB).
 A LocalCluster of 1 and one of 2 worker processes (``reprocess``'s own,
@@ -86,6 +87,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds of replay, 1 and 2 workers")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--report", metavar="DIR", help="save a Dask performance report of a 2-worker run here")
+    p.add_argument("--data", metavar="DIR", help="keep the simulated files here and reuse them in later runs")
     args = p.parse_args(argv)
     import distributed
 
@@ -93,19 +95,22 @@ def main(argv=None) -> dict:
     logging.getLogger("distributed").setLevel(logging.ERROR)  # workers stopping at the end
     config = load_config(environ={})
     cmap = ChannelMap.default()
-    folder = Path(tempfile.mkdtemp(prefix="na64-bench-reprocess-"))
+    folder = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="na64-bench-reprocess-"))
+    folder.mkdir(parents=True, exist_ok=True)
     clusters: dict[int, object] = {}
     load_before = os.getloadavg()
     try:
         started = time.perf_counter()
         files = []
         for i in range(args.files):
-            path = folder / f"run{i + 1}.dat"
-            write_raw_file(path, SimulationConfig(run=i + 1, spills=args.spills, events_per_spill=args.events,
-                                                  seed=i), cmap)
+            path = folder / f"run{i + 1}-{args.spills}x{args.events}.dat"
+            if not path.exists():
+                write_raw_file(path, SimulationConfig(run=i + 1, spills=args.spills, events_per_spill=args.events,
+                                                      seed=i), cmap)
             files.append(str(path))
         small = folder / "warm.dat"
-        write_raw_file(small, SimulationConfig(run=99, spills=2, events_per_spill=200, seed=9), cmap)
+        if not small.exists():
+            write_raw_file(small, SimulationConfig(run=99, spills=2, events_per_spill=200, seed=9), cmap)
         written_s = time.perf_counter() - started
         size = sum(os.path.getsize(f) for f in files)
         spills = args.files * args.spills
@@ -152,7 +157,8 @@ def main(argv=None) -> dict:
     finally:
         for cluster in clusters.values():
             cluster.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        if not args.data:
+            shutil.rmtree(folder, ignore_errors=True)
     load_after = os.getloadavg()
 
     result = {"files": args.files, "spills": spills, "events_per_spill": args.events, "bytes": size,
