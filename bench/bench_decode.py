@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from na64_online import __version__  # noqa: E402
 from na64_online.decoders.channelmap import ChannelMap  # noqa: E402
-from na64_online.decoders.decode import as_words, decode_events, index_events  # noqa: E402
+from na64_online.decoders.decode import DecodeBuffers, as_words, decode_events, index_events  # noqa: E402
 from na64_online.monitor.pipeline import SpillProcessor  # noqa: E402
 from na64_online.monitor.spill_monitor import SpillMonitor  # noqa: E402
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig  # noqa: E402
@@ -77,9 +78,10 @@ def measure(events: int, repeat: int, zero_suppression: bool) -> dict:
 
     def decode_only():
         ix = index_events(words)
+        buffers = DecodeBuffers()  # as the pipeline decodes a spill's chunks
         for start in range(0, len(ix), step):
             decode_events(words, ix.slice(start, min(start + step, len(ix))), channel_map,
-                          processor.config.reconstruction)
+                          processor.config.reconstruction, buffers=buffers)
 
     monitor.handle(processor.accumulate(words))  # warm-up: kernels from the cache, pages faulted in
     seconds = {
@@ -107,7 +109,7 @@ def judge(stage: str, row: dict) -> str:
 
 def print_report(report: dict, baseline: dict | None) -> None:
     print(f"na64-online {report['version']} on {report['machine']}; one core, best of {report['repeat']} "
-          f"(thread CPU time)")
+          f"(thread CPU time); load average {report['load']} before the run")
     for kind, result in report["kinds"].items():
         previous = (baseline or {}).get(kind, {}).get("rows", {})
         print(f"\n{kind}: {result['events']} events, {result['megabytes']:.0f} MB "
@@ -127,8 +129,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     report = {"version": __version__, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "repeat": args.repeat,
+              "repeat": args.repeat, "load": load,
               "kinds": {kind: measure(args.events, args.repeat, zs) for kind, zs in KINDS.items()}}
     try:
         report["machine"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")

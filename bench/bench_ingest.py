@@ -280,13 +280,22 @@ def stage_profile(args) -> dict:
                 if k < len(b):
                     messages.append(make_message(ldc, seq[ldc], b[k]))
                     seq[ldc] += 1
-    # warm every kernel first (a throwaway builder and processor pass)
-    warm = EventBuilder((1, 2), chunk_events=args.chunk_events)
-    for m in messages[:4]:
-        r = Subscriber(context=zmq.Context.instance()).handle(m)
+    # warm every kernel first (numba's cache loads, or compiles): a throwaway builder with small chunks, so
+    # that chunks are built from the first messages, decoded, encoded, read, merged and finished
+    warm = EventBuilder((1, 2), chunk_events=min(args.chunk_events, 256))
+    warm_sub, warm_monitor, warm_acc = Subscriber(context=zmq.Context.instance()), build_monitor(config, cmap), None
+    read = getattr(processor, "read_result", None) or processor.decode_result
+    for m in messages[:8]:
+        r = warm_sub.handle(m)
         for o in warm.add(r.envelope.ldc, r.scan, 0.0):
             if isinstance(o, BuiltChunk):
-                processor.decode_result(processor.encode_result(processor.accumulate(o.words)))
+                warm_acc = warm_acc or processor.new_accumulator()
+                warm_acc.merge(read([bytes(f) for f in processor.encode_result(processor.accumulate(o.words.copy()))]))
+    if warm_acc is None:
+        raise SystemExit("stage profile: no chunk built from the first messages to warm up with")
+    warm_monitor.handle(warm_acc)
+    warm_sub.close()
+    warm_monitor.close()
     cpu = dict.fromkeys(("receive", "build", "worker", "merge", "finish"), 0.0)
 
     def timed(stage, fn, *a):
@@ -368,11 +377,16 @@ def compare(args, argv: list[str]) -> int:
 
     if not args.data:
         raise SystemExit("--baseline-rev needs --data FILE (both sides read the same spills)")
+    args.data = os.path.abspath(args.data)
     make_data(args.events, args.spills, args.seed, args.data)  # written once, if missing
     DATA.clear(), RAW.clear()
     own = [a for a in argv if a != "--json"]
     i = own.index("--baseline-rev")
     del own[i:i + 2]
+    if "--data" in own:  # absolute: the runs are made from another directory
+        i = own.index("--data")
+        del own[i:i + 2]
+    own = [a for a in own if not a.startswith("--data=")] + ["--data", args.data]
     rows = []
     # kept between runs: its numba cache too (a cold cache compiles for minutes before the first spill)
     where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
@@ -380,15 +394,19 @@ def compare(args, argv: list[str]) -> int:
     stages = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--stages-only", "--json"]
     for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
         # the stage profile (in-process), which also compiles what the runs use
-        done = subprocess.run(stages, env={**os.environ, **env}, capture_output=True, text=True)
+        done = subprocess.run(stages, env={**os.environ, **env}, capture_output=True, text=True, cwd=where)
         for line in done.stdout.splitlines():
             if line.startswith("{"):
                 print(json.dumps({"tree": label, "stages": json.loads(line)}), flush=True)
+    if args.stages_only:
+        return 0
     for w in args.workers:
         for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
             cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
                    "sustained"]
-            done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+            # cwd: not the checkout, whose na64_online/ would come first on the sys.path of ``python -m``
+            # children (the local workers) and shadow the baseline tree
+            done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, cwd=where)
             lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
             live = [x for x in lines if x.get("mode") == "sustained"]
             if done.returncode or not live:

@@ -20,3 +20,15 @@ def check_endpoint(text: str, what: str = "endpoint") -> str:
     if _OTHER.match(text):
         return text
     raise ValueError(f"{what} {text!r} is not a ZeroMQ endpoint (expected tcp://HOST:PORT, ipc://PATH or inproc://NAME)")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a bind endpoint is reachable from this host only (ipc, inproc, 127.x, ::1, localhost)."""
+    transport, _, rest = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0]
+    host = host.strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.") or host == "lo"

@@ -23,6 +23,7 @@ assigns each indexed event to a spill:
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -163,7 +164,10 @@ def _spill_key(index: EventIndex, rows: np.ndarray) -> np.ndarray:
     return index.run[rows].astype(np.int64) * 4096 + index.spill[rows]
 
 
-def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | None = None) -> list[SpillSegment]:
+def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | None = None,
+                   closed: set[int] | None = None) -> list[SpillSegment]:
+    """The spills of indexed events; ``closed``: keys (run × 4096 + burst) of spills closed by an END_OF_BURST
+    in earlier parts of the stream (their events here are late), updated with the spills closed here."""
     stats = stats if stats is not None else StreamStats()
     accepted = index.status == 0
     types, counts = np.unique(index.type[accepted], return_counts=True)
@@ -203,7 +207,7 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
     first_rows = np.flatnonzero(starts)
     data_kind = (kind == layout.PHYSICS_EVENT) | (kind == layout.CALIBRATION_EVENT)
     segments: list[SpillSegment] = []
-    closed: set[int] = set()
+    closed = closed if closed is not None else set()
     pending_from = 0  # first index row not yet given to a spill
     for i, j in enumerate(first_rows):
         stop_j = first_rows[i + 1] if i + 1 < len(first_rows) else len(rows)
@@ -251,7 +255,11 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
 
 
 class RawFile:
-    """A memory-mapped raw file, indexed once."""
+    """A memory-mapped raw file: its spills one at a time (:meth:`iter_spills`, bounded memory) or its whole
+    index (:attr:`index`, built on first use: ~100 bytes per event)."""
+
+    #: bytes indexed at once by :meth:`iter_spills` (grown while a window holds no spill boundary)
+    WINDOW_BYTES = 64 << 20
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -265,19 +273,106 @@ class RawFile:
             raise DaqError(f"cannot open {self.path}: {exc.strerror}") from None
         self.stats = StreamStats(trailing_bytes=size % 4)
         self.size = size
-        data = np.frombuffer(self._map, dtype=np.uint8) if self._map else np.empty(0, np.uint8)
-        # words: the mapped file, or a re-aligned copy after a byte-shifted resync (see index_bytes)
-        self.words, self.index = index_bytes(data)
-        self.stats.truncated = self.index.truncated
-        self.stats.skipped_bytes = int(self.index.skipped.sum())
-        self.stats.realigned = bool(np.any(self.index.source_offset != self.index.offset * 4))
+        self._data = np.frombuffer(self._map, dtype=np.uint8) if self._map else np.empty(0, np.uint8)
+        self._whole: tuple[np.ndarray, EventIndex] | None = None
         # garbage at the start is damage when DATE events follow it; with none anywhere it is not a DATE file
-        if size and (len(self.index) == 0 or (self.index.status[0] in _NOT_DATE_AT_START
-                                              and not np.any(self.index.status == 0))):
-            raise NotDateStreamError(f"{self.path} is not a DATE raw data stream (no DATE event at its start)", offset=0)
+        head = self._index_range(0, min(size, self.WINDOW_BYTES))
+        if size <= self.WINDOW_BYTES:  # a small file: indexed whole already
+            self._whole = head
+            self._set_stats(head[1], whole=True)
+        head = head[1]
+        if size and (len(head) == 0 or (head.status[0] in _NOT_DATE_AT_START and not np.any(head.status == 0))):
+            if size <= self.WINDOW_BYTES or not np.any(self.index.status == 0):
+                raise NotDateStreamError(f"{self.path} is not a DATE raw data stream (no DATE event at its start)",
+                                         offset=0)
+
+    # ------------------------------------------------------------------ the whole file at once
+    def _whole_index(self) -> tuple[np.ndarray, EventIndex]:
+        if self._whole is None:
+            # words: the mapped file, or a re-aligned copy after a byte-shifted resync (see index_bytes)
+            words, index = index_bytes(self._data)
+            self._whole = words, index
+            self._set_stats(index, whole=True)
+        return self._whole
+
+    @property
+    def words(self) -> np.ndarray:
+        return self._whole_index()[0]
+
+    @property
+    def index(self) -> EventIndex:
+        """The whole file's index (built once, on first use, and kept)."""
+        return self._whole_index()[1]
+
+    def _set_stats(self, index: EventIndex, whole: bool) -> None:
+        """The stream-level figures of an index of the file (``whole``) or of its next part (added up)."""
+        if whole:
+            self.stats.truncated, self.stats.skipped_bytes, self.stats.realigned = False, 0, False
+        self.stats.truncated = index.truncated
+        self.stats.skipped_bytes += int(index.skipped.sum())
+        self.stats.realigned |= bool(np.any(index.source_offset != index.offset * 4))
 
     def spills(self) -> list[SpillSegment]:
+        """Every spill, from the whole file's index (see :meth:`iter_spills` for bounded memory)."""
         return segment_spills(self.words, self.index, self.stats)
+
+    # ------------------------------------------------------------------ spill by spill
+    def _index_range(self, start: int, stop: int) -> tuple[np.ndarray, EventIndex]:
+        """Index bytes [start, stop) of the file; offsets into the returned words (the mapped file itself
+        when ``start`` is on the word grid and nothing re-aligned), ``source_offset`` into the file."""
+        part = self._data[start:stop]
+        words, index = index_bytes(part if start % 4 == 0 else part.copy())  # the kernels take aligned words
+        index.source_offset[:] += start
+        aligned = not np.any(index.source_offset - start != index.offset * 4)
+        if aligned and start % 4 == 0 and self.size >= 4:
+            index.offset[:] += start // 4
+            index = dataclasses.replace(index, end=index.end + start // 4)
+            words = self._data[:self.size - self.size % 4].view(layout.WORD)
+        return words, index
+
+    def _spill_cut(self, index: EventIndex) -> int | None:
+        """Row of the last clean spill boundary of an index of part of the file, or None.
+
+        A clean boundary: an accepted START_OF_BURST (not the first row) that the accepted spill event
+        before it — an END_OF_BURST of another (run, burst) — closes a spill to, and whose (run, burst) the
+        accepted event after it shares. Everything before it belongs to earlier spills."""
+        rows = np.flatnonzero((index.status == 0) & np.isin(index.type, SPILL_TYPES))
+        if len(rows) < 3:
+            return None
+        key = _spill_key(index, rows)
+        kind = index.type[rows]
+        clean = ((kind[1:-1] == layout.START_OF_BURST) & (kind[:-2] == layout.END_OF_BURST)
+                 & (key[1:-1] != key[:-2]) & (key[1:-1] == key[2:]))
+        found = np.flatnonzero(clean)
+        return int(rows[found[-1] + 1]) if len(found) else None
+
+    def iter_spills(self, window_bytes: int | None = None):
+        """The spills one by one, indexing the file a part at a time: memory bounded by the largest spill,
+        not the file (mapped pages apart). The same spills and stream figures as :meth:`spills` on an
+        undamaged file; a part ends at a clean spill boundary (:meth:`_spill_cut`), so damage only loses
+        its neighbours across that boundary."""
+        if self._whole is not None:
+            yield from self.spills()
+            return
+        window = window_bytes or self.WINDOW_BYTES
+        closed: set[int] = set()
+        start, size = 0, self.size
+        self.stats.skipped_bytes, self.stats.realigned, self.stats.truncated = 0, False, False
+        while start < size:
+            stop = min(size, start + window)
+            if stop < size:
+                _, part = self._index_range(start, stop)
+                cut = self._spill_cut(part)
+                if cut is None:  # no boundary inside: a bigger window
+                    window *= 2
+                    continue
+                stop = int(part.source_offset[cut])
+                del part
+            words, index = self._index_range(start, stop)
+            self._set_stats(index, whole=False)
+            yield from segment_spills(words, index, self.stats, closed)
+            del words, index
+            start, window = stop, window_bytes or self.WINDOW_BYTES
 
     def find_event(self, spill: int, event: int, run: int | None = None) -> EventIndex:
         """Index rows (accepted) of the event with this number in burst, in this spill."""

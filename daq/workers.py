@@ -63,6 +63,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..decoders import layout as L
 from ..errors import ConfigError
+from .endpoints import is_loopback  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,6 @@ class WorkerSetup:
 
 
 # =========================================================================== CurveZMQ keys
-def is_loopback(endpoint: str) -> bool:
-    """Whether a bind endpoint is reachable from this host only (ipc, inproc, 127.x, ::1, localhost)."""
-    transport, _, rest = endpoint.partition("://")
-    if transport in ("ipc", "inproc"):
-        return True
-    if transport != "tcp":
-        return False
-    host = rest.rsplit(":", 1)[0]
-    host = host.strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.") or host == "lo"
-
-
 def load_key(path: str | os.PathLike, *, secret: bool, what: str) -> tuple[bytes, bytes | None]:
     """(public, secret) Z85 keys of a ``zmq.auth`` certificate file; ConfigError naming ``what``."""
     try:

@@ -49,8 +49,9 @@ DecodeSetup = namedtuple("DecodeSetup", "src_kind lookup gain")
 #: estimator settings (scalars only: passed down to every channel)
 EstimatorParams = namedtuple("EstimatorParams", "pedestal_samples threshold with_samples")
 #: per (row, slot) results: ``estimates`` is (len(ESTIMATES), rows, slots) float64, one plane per estimate;
-#: ``samples`` is (rows, slots, max samples), or empty without samples
-ChannelOutputs = namedtuple("ChannelOutputs", "nsamples estimates saturated samples")
+#: ``samples`` is (rows, slots, max samples), or empty without samples; ``previous`` (slots,) scratch.
+#: They arrive clean (see :func:`decode_events`).
+ChannelOutputs = namedtuple("ChannelOutputs", "nsamples estimates saturated samples previous")
 ESTIMATES = ("pedestal_even", "pedestal_odd", "amplitude", "energy")
 #: per row results
 EventOutputs = namedtuple("EventOutputs", "trigger_time scalers ldc_mask")
@@ -430,15 +431,13 @@ def _bad_marker(words, first, nwords):
 @njit(cache=True, nogil=True, inline="always")
 def _store_channel(k, slot, words, first, n, gain, params, nsamples, estimates, saturated, samples):
     """The estimators of one good channel (n samples from data word ``first``) into (row k, slot)."""
-    window = params.pedestal_samples
-    pedestal_even, pedestal_odd = estimators.pedestals(words, first, n, window)
-    amp = estimators.amplitude(words, first, n, window, pedestal_even, pedestal_odd)
+    pedestal_even, pedestal_odd, amp, full_scale = estimators.channel(words, first, n, params.pedestal_samples)
     nsamples[k, slot] = n
     estimates[_PEDESTAL_EVEN, k, slot] = pedestal_even
     estimates[_PEDESTAL_ODD, k, slot] = pedestal_odd
     estimates[_AMPLITUDE, k, slot] = amp
     estimates[_ENERGY, k, slot] = estimators.energy(amp, gain[slot], params.threshold)
-    saturated[k, slot] = estimators.saturated(words, first, n)
+    saturated[k, slot] = full_scale
     if params.with_samples:
         for j in range(min(n, samples.shape[-1])):
             half = j // _SAMPLES_PER_WORD
@@ -559,53 +558,68 @@ def _decode_equipments(words, a, b, k, event_number, burst, src_kind, lookup, ga
 def decode_events(words, rows, setup, params, channels, events, log):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
     ``channels`` (:data:`ChannelOutputs`) and ``events`` (:data:`EventOutputs`), issues into ``log``
-    (:data:`IssueLog`), with the channel map ``setup`` (:data:`DecodeSetup`) and estimator ``params``."""
+    (:data:`IssueLog`), with the channel map ``setup`` (:data:`DecodeSetup`) and estimator ``params``.
+
+    The channel outputs arrive *clean*: wherever ``nsamples`` is 0 the estimates are 0.0 and
+    ``saturated`` False (fresh zeros, or what this kernel left in reused buffers). So a row is
+    reset by clearing its ``nsamples`` only, and afterwards the estimates of the slots that were
+    read out before (``channels.previous``) but not now; a channel read out now overwrites all
+    of its outputs. Zero-suppressed rows are thus never zeroed whole (4.2 kB per event).
+    """
     # the arrays the per-channel path writes, read out of their tuples once
     src_kind, lookup, gain = setup.src_kind, setup.lookup, setup.gain
     nsamples, estimates, saturated, samples = channels.nsamples, channels.estimates, channels.saturated, channels.samples
+    previous = channels.previous
     ldc_mask = events.ldc_mask
     offsets, sizes, status = rows.offset, rows.size, rows.status
     nslots = nsamples.shape[1]
     for k in range(offsets.shape[0]):
-        # outputs arrive uninitialised: every row starts with every channel absent
         for slot in range(nslots):
+            previous[slot] = nsamples[k, slot]
             nsamples[k, slot] = 0
-            saturated[k, slot] = False
-        for e in range(estimates.shape[0]):
-            for slot in range(nslots):
-                estimates[e, k, slot] = 0.0
-        if status[k] != 0:
-            continue
-        p = offsets[k]
-        end = p + sizes[k]
-        header_words = words[p + _H_HEADER_SIZE] // _WORD_BYTES
-        burst_event = words[p + _H_BURST_EVENT]
-        event_number = burst_event & _EVENT_MASK
-        burst = (burst_event >> _BURST_SHIFT) & _BURST_MASK
-        if (words[p + _H_ATTRIBUTES_2] & _SUPER) == 0:
-            ldc_mask[k] |= np.uint32(1) << np.uint32(min(words[p + _H_LDC], _LDC_MASK_TOP))
-            _decode_equipments(words, p + header_words, end, k, event_number, burst, src_kind, lookup, gain, params,
-                               nsamples, estimates, saturated, samples, events, log)
-            continue
-        q = p + header_words
-        while q < end:
-            issue, sub_words = _check_event(words, q, end)
-            if issue != 0:
-                _log(log, k, -1, issue, 0, q)
-                if sub_words == 0 or issue == _ISSUE_TRUNCATED:
-                    break
-                q += sub_words
-                continue
-            if (
-                (words[q + _H_TYPE] & _TYPE_MASK) != (words[p + _H_TYPE] & _TYPE_MASK)
-                or words[q + _H_RUN] != words[p + _H_RUN]
-                or words[q + _H_BURST_EVENT] != words[p + _H_BURST_EVENT]
-            ):
-                _log(log, k, -1, _ISSUE_SUB, words[q + _H_LDC], q)
-                q += sub_words
-                continue
-            ldc_mask[k] |= np.uint32(1) << np.uint32(min(words[q + _H_LDC], _LDC_MASK_TOP))
-            _decode_equipments(words, q + words[q + _H_HEADER_SIZE] // _WORD_BYTES, q + sub_words, k, event_number,
-                               burst, src_kind, lookup, gain, params, nsamples, estimates, saturated, samples,
-                               events, log)
+        if status[k] == 0:
+            _decode_row(words, offsets[k], sizes[k], k, src_kind, lookup, gain, params, nsamples, estimates,
+                        saturated, samples, events, ldc_mask, log)
+        for slot in range(nslots):
+            if previous[slot] != 0 and nsamples[k, slot] == 0:
+                saturated[k, slot] = False
+                for e in range(estimates.shape[0]):
+                    estimates[e, k, slot] = 0.0
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _decode_row(words, p, size, k, src_kind, lookup, gain, params, nsamples, estimates, saturated, samples, events,
+                ldc_mask, log):
+    """The accepted DATE event of ``size`` words at word ``p`` (a super event or a plain one) into row k."""
+    end = p + size
+    header_words = words[p + _H_HEADER_SIZE] // _WORD_BYTES
+    burst_event = words[p + _H_BURST_EVENT]
+    event_number = burst_event & _EVENT_MASK
+    burst = (burst_event >> _BURST_SHIFT) & _BURST_MASK
+    if (words[p + _H_ATTRIBUTES_2] & _SUPER) == 0:
+        ldc_mask[k] |= np.uint32(1) << np.uint32(min(words[p + _H_LDC], _LDC_MASK_TOP))
+        _decode_equipments(words, p + header_words, end, k, event_number, burst, src_kind, lookup, gain, params,
+                           nsamples, estimates, saturated, samples, events, log)
+        return
+    q = p + header_words
+    while q < end:
+        issue, sub_words = _check_event(words, q, end)
+        if issue != 0:
+            _log(log, k, -1, issue, 0, q)
+            if sub_words == 0 or issue == _ISSUE_TRUNCATED:
+                break
             q += sub_words
+            continue
+        if (
+            (words[q + _H_TYPE] & _TYPE_MASK) != (words[p + _H_TYPE] & _TYPE_MASK)
+            or words[q + _H_RUN] != words[p + _H_RUN]
+            or words[q + _H_BURST_EVENT] != words[p + _H_BURST_EVENT]
+        ):
+            _log(log, k, -1, _ISSUE_SUB, words[q + _H_LDC], q)
+            q += sub_words
+            continue
+        ldc_mask[k] |= np.uint32(1) << np.uint32(min(words[q + _H_LDC], _LDC_MASK_TOP))
+        _decode_equipments(words, q + words[q + _H_HEADER_SIZE] // _WORD_BYTES, q + sub_words, k, event_number,
+                           burst, src_kind, lookup, gain, params, nsamples, estimates, saturated, samples,
+                           events, log)
+        q += sub_words

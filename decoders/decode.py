@@ -292,6 +292,38 @@ class DecodedEvents:
         return self.accepted & ((t == layout.PHYSICS_EVENT) | (t == layout.CALIBRATION_EVENT))
 
 
+class DecodeBuffers:
+    """Output arrays of :func:`decode_events` kept from one call to the next (the chunks of a spill).
+
+    Fresh arrays for every chunk cost more than filling them: each new page is faulted in by the
+    kernel (a 4096-event chunk's outputs are 17 MB). With buffers, a call's results are views into
+    them, valid until the next call with the same buffers: for a caller that is done with one chunk
+    before it decodes the next (:meth:`~na64_online.monitor.pipeline.SpillProcessor.accumulate`),
+    and that does not write into them (the kernel relies on what it left there). Not shared
+    between threads.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, np.ndarray] = {}
+        self._shape: dict[str, tuple[int, ...]] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype, fill=None, clean: bool = False) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype``, reusing storage: uninitialised, or all ``fill``,
+        or — ``clean`` — zeros when new or of another shape than last time, else as the last call left it."""
+        size = int(np.prod(shape))
+        flat = self._flat.get(name)
+        fresh = flat is None or flat.dtype != np.dtype(dtype) or len(flat) < size
+        if fresh:
+            flat = self._flat[name] = (np.zeros if clean else np.empty)(max(size, 1), dtype=dtype)
+        out = flat[:size].reshape(shape)
+        if fill is not None:
+            out.fill(fill)
+        elif clean and not fresh and self._shape.get(name) != tuple(shape):
+            out.fill(0)
+        self._shape[name] = tuple(shape)
+        return out
+
+
 def decode_events(
     words: np.ndarray,
     index: EventIndex,
@@ -300,8 +332,13 @@ def decode_events(
     *,
     with_samples: bool = False,
     max_samples: int = 32,
+    buffers: "DecodeBuffers | None" = None,
 ) -> DecodedEvents:
-    """Decode the events of ``index`` (rows of ``index_events(words)``)."""
+    """Decode the events of ``index`` (rows of ``index_events(words)``).
+
+    ``buffers``: reuse these output arrays (see :class:`DecodeBuffers`); the result's arrays are then
+    views into them, valid until the next call with the same buffers.
+    """
     _check_words(words)
     n, nslots = len(index), len(channel_map)
     accepted = index.status == 0
@@ -318,21 +355,23 @@ def decode_events(
     setup = _kernels.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev))
     estimator_params = _kernels.EstimatorParams(int(params.pedestal_samples), float(params.amplitude_threshold),
                                                 bool(with_samples))
-    # the kernel initialises every row itself
+    # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel)
+    take = (buffers or DecodeBuffers()).take
     channels = _kernels.ChannelOutputs(
-        nsamples=np.empty((n, nslots), dtype=np.uint16),
-        estimates=np.empty((len(_kernels.ESTIMATES), n, nslots)),
-        saturated=np.empty((n, nslots), dtype=np.bool_),
+        nsamples=take("nsamples", (n, nslots), np.uint16, clean=True),
+        estimates=take("estimates", (len(_kernels.ESTIMATES), n, nslots), np.float64, clean=True),
+        saturated=take("saturated", (n, nslots), np.bool_, clean=True),
         samples=np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16),
+        previous=np.empty(nslots, dtype=np.uint16),
     )
     estimates = dict(zip(_kernels.ESTIMATES, channels.estimates))  # one contiguous (n, nslots) plane each
     capacity = 64 + 4 * n
     while True:
-        events = _kernels.EventOutputs(trigger_time=np.full(n, -1, dtype=np.int64),
-                                       scalers=np.full((n, layout.N_SCALERS), -1, dtype=np.int64),
-                                       ldc_mask=np.zeros(n, dtype=np.uint32))
-        log = _kernels.IssueLog(np.zeros(capacity, dtype=ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
-                                np.zeros(n, dtype=np.int32))
+        events = _kernels.EventOutputs(trigger_time=take("trigger_time", (n,), np.int64, -1),
+                                       scalers=take("scalers", (n, layout.N_SCALERS), np.int64, -1),
+                                       ldc_mask=take("ldc_mask", (n,), np.uint32, 0))
+        log = _kernels.IssueLog(take("issues", (capacity,), ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
+                                take("event_errors", (n,), np.int32, 0))
         _kernels.decode_events(words, rows, setup, estimator_params, channels, events, log)
         total = int(log.counters[0])
         if total <= capacity:

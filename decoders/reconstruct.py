@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config_section import ConfigSection, FieldProblem
-from . import layout
+from . import _reconstruct, layout
 from .channelmap import ChannelMap
 from .decode import DecodedEvents
 from ..errors import ISSUE_DESCRIPTIONS, Issue
@@ -78,6 +78,19 @@ class DetectorGeometry:
     detectors: tuple[tuple[int, str, np.ndarray | slice], ...] = ()
     n_detectors: int = 0  # rows of the table (columns of ``detector_energy``)
 
+    def __post_init__(self) -> None:
+        # the groups summed per event, as one column list with group boundaries (the kernel's input):
+        # preshower, ECAL, HCAL, WCAL, each SRD module, each VETO module, then every other detector
+        others = tuple(columns for _, role, columns in self.detectors if role not in _OWN_SUMS)
+        groups = (self.preshower, self.ecal, self.hcal, self.wcal, *self.srd_modules, *self.veto_modules, *others)
+        columns = [_column_array(g) for g in groups]
+        object.__setattr__(self, "sum_columns", np.ascontiguousarray(np.concatenate(columns), dtype=np.int64))
+        object.__setattr__(self, "sum_starts", np.cumsum([0] + [len(c) for c in columns]).astype(np.int64))
+        # numpy sums a slice's columns pairwise, a slot array's copy column by column (see ._reconstruct)
+        object.__setattr__(self, "sum_scattered", np.array([not isinstance(g, slice) for g in groups], dtype=np.bool_))
+        object.__setattr__(self, "main_columns", np.ascontiguousarray(_column_array(self.main_ecal), dtype=np.int64))
+        object.__setattr__(self, "module_widths", np.array([len(c) for c in columns[_FIRST_MODULE:]], dtype=np.int64))
+
     @classmethod
     def from_map(cls, channel_map: ChannelMap) -> "DetectorGeometry":
         table = channel_map.detectors
@@ -131,29 +144,56 @@ class EventPhysics:
     detector_energy: np.ndarray  # (n, detectors of the table): each detector's energy sum
 
 
-def _module_sums(energy: np.ndarray, groups: tuple, mean: bool) -> np.ndarray:
-    out = np.zeros((energy.shape[0], len(groups)))
-    for i, columns in enumerate(groups):
-        block = energy[:, columns]
-        if block.shape[1]:
-            out[:, i] = block.mean(axis=1) if mean else block.sum(axis=1)
-    return out
+#: roles whose detector sum is one of the selection's own (not summed twice)
+_OWN_SUMS = ("ecal", "hcal", "wcal")
+_PS, _ECAL, _HCAL, _WCAL = range(4)
+_FIRST_MODULE = 4  # group index of the first SRD module
+
+
+def _column_array(columns: np.ndarray | slice) -> np.ndarray:
+    if isinstance(columns, slice):
+        return np.arange(columns.start, columns.stop, dtype=np.int64)
+    return np.asarray(columns, dtype=np.int64)
+
+
+def _group_sums(energy: np.ndarray, geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sums (n, groups), first hottest main-ECAL column position (n,), its energy (n,)) from the kernel,
+    after checking the arrays it indexes."""
+    energy = np.ascontiguousarray(energy, dtype=np.float64)
+    if energy.ndim != 2:
+        raise ValueError("energy must be (events, slots)")
+    n, nslots = energy.shape
+    for columns in (geometry.sum_columns, geometry.main_columns):
+        if len(columns) and (columns.min() < 0 or columns.max() >= nslots):
+            raise ValueError(f"geometry columns outside the {nslots} slots of the decoded chunk")
+    sums = np.empty((n, len(geometry.sum_starts) - 1))
+    hottest = np.zeros(n, dtype=np.int64)
+    top = np.zeros(n)
+    _reconstruct.group_sums(energy, geometry.sum_columns, geometry.sum_starts, geometry.sum_scattered,
+                            geometry.main_columns, sums, hottest, top)
+    return sums, hottest, top
 
 
 def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: PhysicsCuts = PhysicsCuts()) -> EventPhysics:
-    energy = decoded.energy
     n = decoded.n
-    e_ps = energy[:, geometry.preshower].sum(axis=1)
-    e_ecal = energy[:, geometry.ecal].sum(axis=1)
-    e_hcal = energy[:, geometry.hcal].sum(axis=1)
-    srd = _module_sums(energy, geometry.srd_modules, mean=False)
-    veto = _module_sums(energy, geometry.veto_modules, mean=True)
-    e_wcal = energy[:, geometry.wcal].sum(axis=1)
+    sums, col, top = _group_sums(decoded.energy, geometry)
+    e_ps, e_ecal, e_hcal, e_wcal = (sums[:, g].copy() for g in (_PS, _ECAL, _HCAL, _WCAL))
+    n_srd, n_veto = len(geometry.srd_modules), len(geometry.veto_modules)
+    modules = sums[:, _FIRST_MODULE:_FIRST_MODULE + n_srd + n_veto]
+    widths = geometry.module_widths[:n_srd + n_veto]
+    srd = np.ascontiguousarray(modules[:, :n_srd])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a module without columns: 0 (as numpy's empty sum)
+        veto = np.where(widths[n_srd:] > 0, modules[:, n_srd:] / np.maximum(widths[n_srd:], 1), 0.0)
     # every detector's sum; the selection's own sums are reused
     detector_energy = np.zeros((n, geometry.n_detectors))
     reuse = {"ecal": e_ecal, "hcal": e_hcal, "wcal": e_wcal}
-    for code, role, columns in geometry.detectors:
-        detector_energy[:, code] = reuse[role] if role in reuse else energy[:, columns].sum(axis=1)
+    other = _FIRST_MODULE + n_srd + n_veto
+    for code, role, _ in geometry.detectors:
+        if role in reuse:
+            detector_energy[:, code] = reuse[role]
+        else:
+            detector_energy[:, code] = sums[:, other]
+            other += 1
     is_data = decoded.is_data
     mask = decoded.index.trigger_mask.astype(np.int64)
     physics = is_data & ((mask >> cuts.physics_trigger_bit) & 1).astype(bool)
@@ -170,9 +210,6 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
     hottest = np.full((n, 2), -1, dtype=np.int64)
     beam_cell_hottest = np.zeros(n, dtype=bool)
     if len(geometry.main_ecal_xy):
-        main = energy[:, geometry.main_ecal]
-        col = np.argmax(main, axis=1)
-        top = main[np.arange(n), col]
         has_energy = top > 0
         hottest[has_energy] = geometry.main_ecal_xy[col[has_energy]]
         beam_col = np.flatnonzero(
@@ -180,7 +217,7 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
         )
         if len(beam_col):
             # a tie with another cell still counts: the beam cell holds the most energy
-            beam_cell_hottest = has_energy & (main[:, beam_col[0]] >= top)
+            beam_cell_hottest = has_energy & (decoded.energy[:, geometry.main_columns[beam_col[0]]] >= top)
     candidate = (
         physics
         & electron

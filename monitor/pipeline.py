@@ -21,6 +21,7 @@ from ..daq.live import LiveExtras
 from ..decoders import layout
 from ..decoders.channelmap import ChannelMap
 from ..decoders.decode import (
+    DecodeBuffers,
     DecodedEvents,
     EventIndex,
     ReconstructionParams,
@@ -49,6 +50,9 @@ class MonitorConfig(ConfigSection):
     #: (default: three of the simulator's 20 s SPS cycles; the spec has a spill every ~15–40 s).
     #: At least 2 s: the ingest loop reports itself once a second, a shorter silence could not tell a stuck loop.
     no_data_after_seconds: float = Field(60.0, ge=2, le=86400)
+    #: raw events of the first this many missing-energy candidates of each spill travel with the spill's
+    #: result (decoder workers included) for the live dashboard's event display; 0: none
+    candidate_events_per_spill: int = Field(16, ge=0, le=256)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,17 @@ class SpillAccumulator:
     detector_energy_kev: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     detector_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     extensions: dict[str, Any] = field(default_factory=dict)
+    #: the raw words (built DATE event, raw-file layout) of the first ``candidate_event_cap`` candidates,
+    #: in the order they were decoded: ``(event number, words)``
+    candidate_events: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    candidate_event_cap: int = 0
+
+    def keep_candidate_event(self, event: int, words: np.ndarray) -> bool:
+        """Keep a candidate's raw words (a copy) if fewer than the cap are kept; whether it was kept."""
+        if len(self.candidate_events) >= self.candidate_event_cap:
+            return False
+        self.candidate_events.append((int(event), np.array(words, dtype=layout.WORD, copy=True)))
+        return True
 
     def _mark_events(self, numbers: np.ndarray) -> None:
         if not len(numbers):
@@ -122,6 +137,9 @@ class SpillAccumulator:
         for key, n in other.issues.items():
             self.issues[key] = self.issues.get(key, 0) + n
         self.candidates.extend(other.candidates)
+        for event, words in getattr(other, "candidate_events", ()):  # the first ones of the spill, up to the cap
+            if not self.keep_candidate_event(event, words):
+                break
         for name in ("detector_energy_kev", "detector_hits"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if len(mine) < len(theirs):
@@ -193,13 +211,15 @@ class SpillProcessor:
         self.channel_map = channel_map
         self.geometry = DetectorGeometry.from_map(channel_map)
         # factories of per-spill extension accumulators: name -> callable(channel_map) with
-        # .fill(decoded, physics) and .merge(other)
+        # .fill(decoded, physics) and .merge(other); ``decoded``'s arrays are reused for the next chunk
+        # (:class:`DecodeBuffers`), so an extension copies what it keeps
         self.extensions = dict(extensions)
 
     def new_accumulator(self) -> SpillAccumulator:
         n = self.geometry.n_detectors
         acc = SpillAccumulator(detector_energy_kev=np.zeros(n, dtype=np.int64),
-                               detector_hits=np.zeros(n, dtype=np.int64))
+                               detector_hits=np.zeros(n, dtype=np.int64),
+                               candidate_event_cap=self.config.candidate_events_per_spill)
         for name, factory in self.extensions.items():
             acc.extensions[name] = factory(self.channel_map)
         return acc
@@ -243,19 +263,21 @@ class SpillProcessor:
         boundaries = np.flatnonzero(starts)
         step = self.config.chunk_events
         position = 0
+        buffers = DecodeBuffers()  # every chunk is done with (added to ``acc``) before the next is decoded
         while position < len(index):
             # chunks end where an event starts, so plain-event fragments stay together
             stop = min(position + step, len(index))
             if stop < len(index) and not starts[stop]:
                 stop = int(boundaries[np.searchsorted(boundaries, stop)]) if boundaries[-1] > stop else len(index)
-            decoded = decode_events(words, index.slice(position, stop), self.channel_map, self.config.reconstruction)
-            self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]))
+            decoded = decode_events(words, index.slice(position, stop), self.channel_map, self.config.reconstruction,
+                                    buffers=buffers)
+            self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]), words)
             position = stop
         acc.bytes_decoded += int(index.size[index.status == 0].sum()) * 4
         acc.decode_seconds += time.perf_counter() - started
         return acc
 
-    def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents) -> None:
+    def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents, words: np.ndarray | None = None) -> None:
         ix = decoded.index
         ok = ix.status == 0
         acc.rejected_events += int(np.count_nonzero(~ok & (ix.status < FIRST_NOTICE)))
@@ -300,6 +322,10 @@ class SpillProcessor:
                     veto_max=float(physics.veto[row].max()) if physics.veto.shape[1] else 0.0,
                 )
             )
+            if words is not None and len(acc.candidate_events) < acc.candidate_event_cap:
+                # a built event is one row; plain fragments of one trigger are consecutive rows (merged)
+                start = int(ix.offset[row])
+                acc.keep_candidate_event(int(ix.event[row]), words[start: start + int(ix.size[row])])
         for ext in acc.extensions.values():
             ext.fill(decoded, physics)
 

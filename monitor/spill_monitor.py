@@ -23,9 +23,8 @@ from ..decoders.beam import DEFAULT_PROFILE
 from ..decoders.channelmap import ChannelMap
 from ..errors import ConfigError
 from .alarms import AlarmConfig, AlarmEngine
-from .archive import Archive, ArchiveConfig
+from .archive.config import UNVERSIONED, ArchiveConfig
 from . import model
-from .archive.schema import UNVERSIONED
 from .health import ChannelHistory, ChannelStats, HealthConfig, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
 from .metrics import SnapshotStore
@@ -68,6 +67,9 @@ class SpillSnapshot(model.SpillSnapshot):
     run_histograms: dict = {}  # run-cumulative, JSON form
     channel_stats: dict = {}
     published_at: float = Field(default_factory=time.time)
+    #: the raw words (bytes, raw-file layout) of this spill's first candidates (``[monitor]
+    #: candidate_events_per_spill``): ``((event number, bytes), …)`` — the event display's data
+    candidate_events: tuple[tuple[int, bytes], ...] = Field(default=(), exclude=True)
 
 
 class SpillMonitor:
@@ -102,7 +104,12 @@ class SpillMonitor:
         self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
-        self.archive = (Archive.from_config(archive, version=processing_version) if archive is not None else None)
+        if archive is not None:
+            from .archive.store import Archive  # SQLAlchemy: only with an archive
+
+            self.archive = Archive.from_config(archive, version=processing_version)
+        else:
+            self.archive = None
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
         self.metrics = metrics if metrics is not None else SnapshotStore()
         self.metrics.use_channel_map(channel_map)
@@ -177,6 +184,7 @@ class SpillMonitor:
             histograms=spill_hists.to_json() if spill_hists is not None else {},
             run_histograms=self.run_histograms.to_json(),
             channel_stats=stats.to_json() if stats is not None else {},
+            candidate_events=tuple((int(e), w.tobytes()) for e, w in acc.candidate_events),
         )
         with self._lock:
             self._latest = snapshot

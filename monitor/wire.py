@@ -4,10 +4,10 @@ A :class:`~.pipeline.SpillAccumulator` (with its channel statistics and
 histograms) travels as ZeroMQ frames::
 
     frame 0        header: UTF-8 JSON object
-                   {"format": "na64-spill-accumulator", "version": 2,
+                   {"format": "na64-spill-accumulator", "version": 3,
                     "scalars": {...}, "issues": [[src, label, n], ...],
                     "extensions": {name: {"kind": ..., ...}},
-                    "arrays": [{"name": ..., "dtype": "<i8" | "<f8" | "|b1", "shape": [...]}, ...]}
+                    "arrays": [{"name": ..., "dtype": "<i8" | "<f8" | "|b1" | "<u4", "shape": [...]}, ...]}
     frames 1 … n   the arrays' raw bytes, C order, in the order of "arrays"
     frame n + 1    CRC-32 (4 bytes, little-endian) of frames 0 … n
 
@@ -17,6 +17,12 @@ and range, and every array's name, dtype and shape against the frame it
 describes — all before a numpy view is made. Extensions must be exactly
 those of the receiving service's own processor (a :class:`ResultSchema` taken
 once from its ``new_accumulator()``) with the same binning and map size.
+The raw events of the first candidates (the live dashboard's event display)
+travel as three arrays: ``candidate_events.event`` (event numbers),
+``candidate_events.size`` (words each) and ``candidate_events.words`` (the
+built DATE events one after the other, ``<u4``); at most the service's
+``candidate_events_per_spill``, each a candidate of the same result, each
+indexing as whole accepted events of that number and no other.
 Anything else raises :class:`ResultFormatError`. :func:`read_accumulator`
 gives the validated result as views of the frames, which
 ``SpillAccumulator.merge`` adds into the spill's accumulator (what the live
@@ -40,11 +46,13 @@ from .histograms import HistogramConfig, SpillHistograms
 from .pipeline import Candidate, SpillAccumulator
 
 FORMAT = "na64-spill-accumulator"
-VERSION = 2  # 2: per-detector energy and hits
+VERSION = 3  # 2: per-detector energy and hits; 3: candidates' raw events
 MAX_HEADER_BYTES = 1 << 20
 MAX_EVENT_NUMBER = 1 << 32  # event number in burst is a 32-bit field (spec §3)
 _CRC = struct.Struct("<I")
-_DTYPES = {"<i8": np.dtype("<i8"), "<f8": np.dtype("<f8"), "|b1": np.dtype("|b1")}
+_DTYPES = {"<i8": np.dtype("<i8"), "<f8": np.dtype("<f8"), "|b1": np.dtype("|b1"), "<u4": np.dtype("<u4")}
+#: largest candidate event accepted (words): far above a built NA64 event (a few kB)
+MAX_CANDIDATE_EVENT_WORDS = 1 << 18
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _COUNT = (0, (1 << 63) - 1)
 _ISSUE_LABELS = frozenset(i.label for i in Issue if i != Issue.NONE)
@@ -70,6 +78,11 @@ def encode_accumulator(acc: SpillAccumulator) -> list:
     descriptors.append(add("candidates.event", np.array([c.event for c in cands], dtype=np.int64), "<i8"))
     values = np.array([[getattr(c, k) for k in _CANDIDATE_VALUES] for c in cands], dtype=np.float64)
     descriptors.append(add("candidates.values", values.reshape(len(cands), len(_CANDIDATE_VALUES)), "<f8"))
+    kept = acc.candidate_events
+    descriptors.append(add("candidate_events.event", np.array([e for e, _ in kept], dtype=np.int64), "<i8"))
+    descriptors.append(add("candidate_events.size", np.array([len(w) for _, w in kept], dtype=np.int64), "<i8"))
+    descriptors.append(add("candidate_events.words", np.concatenate([w for _, w in kept]) if kept
+                           else np.zeros(0, dtype=np.uint32), "<u4"))
     descriptors.append(add("detector_energy_kev", acc.detector_energy_kev, "<i8"))
     descriptors.append(add("detector_hits", acc.detector_hits, "<i8"))
     extensions: dict[str, dict] = {}
@@ -124,6 +137,7 @@ class ResultSchema:
 
     def __init__(self, template: SpillAccumulator) -> None:
         self.detectors = len(template.detector_energy_kev)  # detectors of the service's table
+        self.candidate_event_cap = template.candidate_event_cap
         self.extensions: dict[str, tuple] = {}
         for name, ext in template.extensions.items():
             if isinstance(ext, ChannelStats):
@@ -193,7 +207,8 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
     acc = AccumulatorResult()
     _scalars(acc, header.get("scalars"))
     acc.issues = _issues(header.get("issues"))
-    used = {"seen_events", "candidates.event", "candidates.values", "detector_energy_kev", "detector_hits"}
+    used = {"seen_events", "candidates.event", "candidates.values", "detector_energy_kev", "detector_hits",
+            "candidate_events.event", "candidate_events.size", "candidate_events.words"}
     seen = _array(arrays, "seen_events", "|b1", ndim=1)
     if len(seen) > MAX_EVENT_NUMBER + 1:
         raise ResultFormatError(f"seen_events: {len(seen)} entries, beyond the 32-bit event number")
@@ -201,6 +216,7 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
     events = _array(arrays, "candidates.event", "<i8", ndim=1)
     values = _array(arrays, "candidates.values", "<f8", shape=(len(events), len(_CANDIDATE_VALUES)))
     acc.candidates = [Candidate(int(e), *(float(x) for x in row)) for e, row in zip(events, values)]
+    acc.candidate_events = _candidate_events(arrays, {c.event for c in acc.candidates}, schema.candidate_event_cap)
     for name in ("detector_energy_kev", "detector_hits"):  # one entry per detector of the service's table
         arr = _array(arrays, name, "<i8", shape=(schema.detectors,))
         if np.any(arr < 0):
@@ -224,6 +240,34 @@ def read_accumulator(frames: Sequence, schema: ResultSchema) -> AccumulatorResul
     if extra:
         raise ResultFormatError(f"unexpected array(s) {sorted(extra)}")
     return acc
+
+
+def _candidate_events(arrays: dict, candidates: set[int], cap: int) -> list[tuple[int, np.ndarray]]:
+    """The candidates' raw events: (event number, words view), each checked to be that candidate's event."""
+    from ..decoders.decode import index_events
+
+    numbers = _array(arrays, "candidate_events.event", "<i8", ndim=1)
+    sizes = _array(arrays, "candidate_events.size", "<i8", shape=(len(numbers),))
+    words = _array(arrays, "candidate_events.words", "<u4", ndim=1)
+    if len(numbers) > cap:
+        raise ResultFormatError(f"candidate_events: {len(numbers)} events, this service keeps at most {cap}")
+    if np.any(sizes < 1) or np.any(sizes > MAX_CANDIDATE_EVENT_WORDS) or int(sizes.sum()) != len(words):
+        raise ResultFormatError(f"candidate_events: sizes {_short(sizes.tolist())} do not divide the "
+                                f"{len(words)} words")
+    out = []
+    start = 0
+    for number, size in zip(numbers.tolist(), sizes.tolist()):
+        if number not in candidates:
+            raise ResultFormatError(f"candidate_events: event {number} is not a candidate of this result")
+        event = words[start: start + size]
+        start += size
+        index = index_events(event)
+        if (not len(index) or index.end != size or np.any(index.status != 0)
+                or np.any(index.event != number)):
+            raise ResultFormatError(f"candidate_events: the words given for event {number} are not that "
+                                    "event, whole")
+        out.append((number, event))
+    return out
 
 
 def decode_accumulator(frames: Sequence, template: SpillAccumulator,

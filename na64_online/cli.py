@@ -869,6 +869,28 @@ def _skip_numba_extensions() -> None:
 
     if hasattr(entrypoints, "_already_initialized"):  # numba's private guard; without it nothing is skipped
         entrypoints._already_initialized = True
+    if "numba.np.arraymath" not in sys.modules:
+        sys.meta_path.insert(0, _NumbaBlasProbe())
+
+
+class _NumbaBlasProbe:
+    """Refuses ``scipy.linalg.cython_blas`` (and its parents) to numba's import-time BLAS probe only (``numba.np.arraymath``
+    asks whether ``np.dot`` could call BLAS, which loads scipy.linalg: ~0.3 s of every command's start-up).
+
+    The kernels call no BLAS (no ``np.dot``, ``np.convolve`` or ``np.correlate`` in numba code); numba then
+    types those with its own loops. Any other import of scipy.linalg, and numba's probe once answered, are
+    left alone: the finder removes itself after refusing once."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in ("scipy", "scipy.linalg", "scipy.linalg.cython_blas"):  # parents are imported first
+            return None
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "_check_blas" and frame.f_globals.get("__name__") == "numba.np.arraymath":
+                sys.meta_path.remove(self)
+                raise ImportError("numba's BLAS probe: not needed by the kernels")
+            frame = frame.f_back
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

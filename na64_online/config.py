@@ -42,14 +42,14 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .config_section import ConfigSection, Problem, config_error, problems_of, section_class, validate_section
-from .daq.ingest import IngestConfig
+from .daq.ingest_config import IngestConfig
 from .decoders import beam as beam_profiles
 from .decoders.beam import BeamConfig
 from .decoders.channelmap import ChannelMap
 from .decoders.detectors import DetectorTable
 from .errors import ConfigError
 from .monitor.alarms import AlarmConfig
-from .monitor.archive import ArchiveConfig
+from .monitor.archive.config import ArchiveConfig
 from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig

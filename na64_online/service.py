@@ -11,11 +11,10 @@ import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 from .config import Config
-from .events import RawFileEvents
+from .events import LiveCandidateEvents, RawFileEvents
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
-from .monitor.archive import ArchiveConfig
-from .monitor.archive.store import is_url
+from .monitor.archive.config import ArchiveConfig, is_url
 from .monitor.metrics import SnapshotStore
 from .monitor.spill_monitor import SpillMonitor
 from .logs import set_spill
@@ -114,7 +113,8 @@ class Replayer:
             yield None, ReplayNote("error", "the file is empty (0 bytes)")
             return
         self.events.add(path)
-        segments = raw.spills()
+        segments = raw.iter_spills()  # indexed a part at a time: memory bounded by a spill, not the file
+        any_spill = False
         bar = None
         if progress:
             from tqdm import tqdm
@@ -122,6 +122,7 @@ class Replayer:
             bar = tqdm(total=raw.size, unit="B", unit_scale=True, desc=str(path), leave=False)
         try:
             for segment in segments:
+                any_spill = True
                 acc = self.monitor.processor.accumulate(segment.words, segment.index)
                 record = self.monitor.handle(acc, complete=segment.complete)
                 if bar is not None:
@@ -133,7 +134,7 @@ class Replayer:
         finally:
             if bar is not None:
                 bar.close()
-        for note in file_notes(raw.stats, bool(segments)):
+        for note in file_notes(raw.stats, any_spill):
             yield None, note
 
     def close(self) -> None:
@@ -254,6 +255,8 @@ class LiveService:
             host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::", "") else config.web.host
             config = config.replace(alarms=config.alarms.replace(generator_url=f"http://{host}:{config.web.port}/"))
         self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
+        #: the candidates' raw events of the last spills (the dashboard's event display)
+        self.candidate_events = LiveCandidateEvents(config, channel_map, config.web.event_display_spills)
         self.ingest = IngestService(
             ingest or config.ingest,
             make_processor,
@@ -282,13 +285,16 @@ class LiveService:
                                       failure=lambda: self.failure,
                                       info={"endpoints": list((ingest or config.ingest).endpoints)},
                                       run_command=ServiceCommands(self.ingest, config.web.command_timeout_s),
-                                      liveness=self.liveness.status)
+                                      liveness=self.liveness.status, event_lookup=self.candidate_events)
             self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
 
     def _finish(self, acc, **kwargs):
         """Finish a spill in the monitor; log lines from now on name it (``--log-format json``)."""
         set_spill(acc.run, acc.spill)
+        before = self.monitor.latest
         record = self.monitor.handle(acc, **kwargs)
+        if self.monitor.latest is not before:  # a judged spill was published (an interrupted one is not)
+            self.candidate_events.add(self.monitor.latest)
         done = record or {}
         log.info("spill finished: %s events, %s lost, %s decode errors, quality %s", done.get("events"),
                  done.get("lost_events"), done.get("decode_errors"), (done.get("quality") or {}).get("overall"))

@@ -195,13 +195,15 @@ def test_screenshots_at_control_room_sizes(site):
 
 # ------------------------------------------------------------------ against the live service
 @pytest.mark.timeout(300)
-def test_live_service_push_then_grey_when_silent_then_monitor_down(tmp_path, channel_map):
+def test_live_service_push_event_display_then_grey_when_silent_then_monitor_down(tmp_path, channel_map):
+    """The live service as a process with two simulated readout nodes: spills pushed, a candidate's event
+    display from the raw event its decoder worker returned, grey panels when the nodes stop, MONITOR DOWN."""
     from test_service_lifecycle import Lines, _publish_spills, _serve, free_port, stop
 
     from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
     from na64_online.sim.simulator import ReadoutSimulator
 
-    sim = ReadoutSimulator(SimulationConfig(spills=2, events_per_spill=800, seed=9), channel_map)
+    sim = ReadoutSimulator(SimulationConfig(spills=2, events_per_spill=800, seed=9, signal_fraction=0.01), channel_map)
     per_ldc = {ldc: list(simulated_ldc_spills(sim, ldc)) for ldc in (1, 2)}
     publishers = [ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", ldc, fast=True, spill_gap_s=0,
                                                    wait_subscribers=1, wait_timeout_s=60)) for ldc in (1, 2)]
@@ -223,6 +225,16 @@ def test_live_service_push_then_grey_when_silent_then_monitor_down(tmp_path, cha
             browser.wait(lambda: _spill_shown(browser) == spill, 5, f"spill {spill} pushed")
             assert browser.js("return window.na64.lastUpdate.received") / 1000 - recorded < 1.0
         assert browser.js("return window.na64_marker") == 1  # never reloaded
+        # a live candidate's event display: the raw event came back from the decoder worker with its result
+        assert browser.model("candidates", "m.data.event.length") > 0
+        _click(browser, ".slick-row .slick-cell")
+        browser.wait(lambda: (browser.model("waveforms", "m.data.xs.length") or 0) > 0, 15, "live waveforms")
+        info = _text(browser, "event_info")
+        event = int(browser.model("candidates", "m.data.event[0]"))
+        spill = int(browser.model("candidates", "m.data.spill[0]"))
+        assert f"spill {spill} event {event}</b>" in info and "candidate true" in info.lower()
+        assert browser.model("waveforms", "m.data.ys[0].length") > 8
+        assert browser.model("ev_ecal", "Math.max(...m.data.energy)") > 1.0
         nodes = _text(browser, "nodes")
         assert 'data-ldc="1"' in nodes and 'data-ldc="2"' in nodes
         # the readout nodes fall silent: panels grey, "beam off / DAQ silent"

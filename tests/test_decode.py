@@ -22,6 +22,7 @@ from na64_online.daq.rawfile import segment_spills
 from na64_online.decoders import layout
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.decoders.decode import (
+    DecodeBuffers,
     ReconstructionParams,
     as_words,
     decode_events,
@@ -346,6 +347,30 @@ def test_simulator_round_trip_matches_reference(name, channel_map, ref_map):
     data = _simulated(**ROUND_TRIPS[name])
     slow = assert_same_events(data, channel_map, ref_map)
     assert_same_qa(data, channel_map, ref_map, slow)
+
+
+def test_reused_buffers_give_what_fresh_arrays_give(channel_map):
+    """Chunks decoded one after the other into the same buffers (channels present in one chunk's row
+    and absent in the next one's, chunks of changing length, corrupt events) equal fresh decodes."""
+    data = _simulated(**ROUND_TRIPS["two spills with every corruption"])
+    words, _ = as_words(data)
+    index = index_events(words)
+    buffers = DecodeBuffers()
+    names = ("nsamples", "pedestal_even", "pedestal_odd", "amplitude", "energy", "saturated", "trigger_time_us",
+             "scalers", "ldc_mask", "errors", "issues")
+    bounds = [0, 75, 150, 225, 300, 301, len(index)]  # equal lengths (rows reused as they are), then others
+    previous = None
+    came_and_went = 0
+    for start, stop in zip(bounds, bounds[1:]):
+        chunk = index.slice(start, stop)
+        fresh = decode_events(words, chunk, channel_map)
+        reused = decode_events(words, chunk, channel_map, buffers=buffers)
+        for name in names:
+            assert np.array_equal(getattr(reused, name), getattr(fresh, name)), (start, name)
+        if previous is not None and len(previous) == len(fresh.nsamples):  # the same rows: slots came and went
+            came_and_went += int(np.count_nonzero((previous > 0) & (fresh.nsamples == 0)))
+        previous = fresh.nsamples
+    assert came_and_went > 100 and (index.status != 0).any()
 
 
 def test_simulated_truth_is_recovered(channel_map):

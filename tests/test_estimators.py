@@ -50,6 +50,36 @@ def test_estimators_equal_their_reference_twins(samples, window, gain, threshold
     assert e == ref.energy(ref_amp, gain, threshold)
 
 
+@njit(cache=True)
+def _one_pass(words, first, n, window, gain, threshold):
+    pe, po, amp, sat = estimators.channel(words, first, n, window)
+    return pe, po, amp, sat, estimators.energy(amp, gain, threshold)
+
+
+@settings(max_examples=300, deadline=None)
+@given(channels, st.integers(1, 40), st.floats(0.0, 5.0), st.floats(0.0, 4095.0))
+def test_one_pass_channel_equals_the_reference_twins(samples, window, gain, threshold):
+    """``estimators.channel`` (what the decoder calls: one pass for the common shape) equals the
+    reference twins bit for bit, for even and odd windows, odd and even sample counts."""
+    words = pack(samples)
+    got = _one_pass(words, 3, len(samples), window, gain, threshold)
+    ref_pedestals = ref.pedestals(samples, window)
+    ref_amp = ref.amplitude(samples, window, ref_pedestals)
+    assert got == (*ref_pedestals, ref_amp, ref.saturated(samples), ref.energy(ref_amp, gain, threshold))
+
+
+def test_one_pass_channel_at_the_sums_limits():
+    # the largest window of full-scale samples: the odd-lane pedestal sum (kept shifted in uint32) must not wrap
+    for n in (511, 510, 509):
+        samples = [layout.ADC_SATURATION] * n
+        for window in (508, 510):
+            got = _one_pass(pack(samples), 3, n, window, 1.0, 0.0)
+            assert got[:4] == (4095.0, 4095.0, 0.0, True) if n > window else got[3], (n, window, got)
+    samples = [7] * 6 + [4095, 9]
+    assert _one_pass(pack(samples), 3, 8, 6, 1.0, 20.0) == (7.0, 7.0, 4088.0, True, 4088.0)
+    assert _one_pass(pack(samples[:7]), 3, 7, 6, 1.0, 20.0) == (7.0, 7.0, 4088.0, True, 4088.0)
+
+
 def test_edge_channels():
     # one sample: no odd pedestal, no amplitude; the padding half is not a sample
     words = pack([4095])

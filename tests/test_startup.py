@@ -1,4 +1,5 @@
-"""Start-up: a command imports only what it uses (the web, export and statistics stacks stay unloaded)."""
+"""Start-up: a command imports only what it uses (the web, export, statistics, database and ZeroMQ stacks stay
+unloaded)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import sys
 
 from conftest import VECTORS
 
-HEAVY = ("fastapi", "starlette", "bokeh", "uproot", "awkward", "scipy.stats", "dask", "distributed")
+HEAVY = ("fastapi", "starlette", "bokeh", "uproot", "awkward", "scipy.stats", "dask", "distributed",
+         # a replay without an archive needs no database, no sockets, no linear algebra (numba's BLAS probe)
+         "sqlalchemy", "zmq", "scipy.linalg", "numpy.f2py")
 
 
-def test_replay_does_not_import_the_web_or_export_stack():
+def test_replay_does_not_import_the_web_export_database_or_socket_stack():
     script = (
         "import contextlib, io, json, sys\n"
         "from na64_online.cli import main\n"

@@ -23,13 +23,23 @@ def bearer(token: str) -> dict:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     replayer, registry, store, records = replayed_run(tmp_path_factory.mktemp("web"), spills=3, events=1200, seed=2)
-    config = WebConfig(port=0, tokens={"night shifter": hash_token(NIGHT), "other": hash_token(OTHER)})
+    config = WebConfig(port=0, refresh_seconds=1.5,
+                       tokens={"night shifter": hash_token(NIGHT), "other": hash_token(OTHER)})
     app = create_app(config, AppState(monitor=replayer.monitor, registry=registry))
     server = WebServer(app, "127.0.0.1", 0).start()
     with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+        client.app = app
         yield client, records
     server.stop()
     replayer.close()
+
+
+def test_refresh_seconds_is_the_dashboards_heartbeat(served):
+    """[web] refresh_seconds: the feed's heartbeat period, and the page says MONITOR DOWN after three."""
+    client, _ = served
+    assert client.app.state.dashboard.heartbeat_seconds == 1.5
+    page = client.get("/").text
+    assert "now - na64.lastMessage > 4500)" in page
 
 
 def test_latest_spill(served):

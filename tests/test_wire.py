@@ -129,6 +129,70 @@ def test_header_is_small_json_naming_format_version_and_arrays(processor, parts)
     assert b"pickle" not in frames[0] and not any(f.startswith(b"\x80") for f in frames[:1])
 
 
+def test_candidates_raw_events_travel_capped_and_show_as_dump_shows_them(processor, parts, channel_map):
+    """The first candidates' raw events come back word for word, merge up to the cap, and decode (the code
+    of ``dump``) to the candidate with its waveforms; the live lookup answers from a snapshot of them."""
+    from types import SimpleNamespace
+
+    from na64_online.decoders.decode import index_events
+    from na64_online.events import LiveCandidateEvents, event_from_words
+
+    config = Config()
+    cap = config.monitor.candidate_events_per_spill
+    sent = [e for part in parts for e in part.candidate_events]
+    assert sent and all(len(p.candidate_events) == min(cap, len(p.candidates)) for p in parts)
+    merged = processor.new_accumulator()
+    for part in parts:
+        back = processor.read_result(as_bytes(processor.encode_result(part)))
+        assert [(e, w.tolist()) for e, w in back.candidate_events] == [(e, w.tolist()) for e, w in part.candidate_events]
+        merged.merge(back)
+    assert [e for e, _ in merged.candidate_events] == [e for e, _ in sent][:cap]
+    event, words = merged.candidate_events[0]
+    shown = event_from_words(words, index_events(words), config, channel_map)
+    assert shown["event"] == event and shown["candidate"] is True
+    assert any(len(c["samples"]) > 8 and c["detector"] == "ECAL" for c in shown["channels"])
+    live = LiveCandidateEvents(config, channel_map, spills=2)
+    snapshot = SimpleNamespace(record=SimpleNamespace(run=5, spill=1),
+                               candidate_events=tuple((e, w.tobytes()) for e, w in merged.candidate_events))
+    live.add(snapshot)
+    assert live(5, 1, event) == shown
+    assert "not kept" in live(5, 2, event)["error"]
+
+
+def _candidate_frames(processor, parts, change):
+    """The result of the part with candidates, its candidate arrays replaced by ``change(event, size, words)``."""
+    part = next(p for p in parts if p.candidate_events)
+    frames = as_bytes(processor.encode_result(part))
+    header = json.loads(frames[0])
+    at = {a["name"]: i for i, a in enumerate(header["arrays"])}
+    arrays = {name: np.frombuffer(frames[at[name] + 1], dtype=header["arrays"][at[name]]["dtype"]).copy()
+              for name in ("candidate_events.event", "candidate_events.size", "candidate_events.words")}
+    event, size, words = change(*arrays.values())
+    for name, arr in zip(arrays, (event, size, words)):
+        header["arrays"][at[name]]["shape"] = [len(arr)]
+        frames[at[name] + 1] = np.ascontiguousarray(arr).tobytes()
+    return reseal([json.dumps(header).encode(), *frames[1:]])
+
+
+def _other_event(event, size, words):
+    """The first kept event relabelled as the second candidate's number (its words say otherwise)."""
+    return np.array([event[1]] + list(event[1:])), size, words
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e, s, w: (e, s, w[:-1]), "do not divide"),  # a word short
+    (lambda e, s, w: (e, s + np.array([1] + [0] * (len(s) - 1)), np.append(w, np.uint32(0))), "not that event"),
+    (lambda e, s, w: (e, np.where(s == s, 0, s), w[:0]), "do not divide"),
+    (lambda e, s, w: (e + 10 ** 6, s, w), "not a candidate"),
+    (lambda e, s, w: (e, s, np.full_like(w, 0xDEADBEEF)), "not that event"),
+    (_other_event, "not that event"),
+    (lambda e, s, w: (np.repeat(e, 100), np.repeat(s, 100), np.tile(w, 100)), "at most"),
+])
+def test_a_malformed_candidate_event_is_refused(processor, parts, change, message):
+    with pytest.raises(ResultFormatError, match=message):
+        processor.read_result(_candidate_frames(processor, parts, change))
+
+
 # --------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("change, message", [
     (lambda h: h.update(version=VERSION + 1), "version"),

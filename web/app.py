@@ -169,7 +169,7 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
         app.include_router(module.router)
     # the shift dashboard (Bokeh server documents, pushed over /ws) and BokehJS at /static, from the bokeh
     # package; Swagger UI from swagger_ui_bundle: dashboard and docs need no internet access
-    mount_dashboard(app, state, web)
+    mount_dashboard(app, state, web, heartbeat_seconds=config.refresh_seconds)
     app.mount(DOCS_STATIC_ROUTE, StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
     if (GUIDES_DIR / "img").is_dir():  # the guides' screenshots
         app.mount("/docs/img", StaticFiles(directory=str(GUIDES_DIR / "img")), name="guides-img")

@@ -24,7 +24,12 @@ class WebConfig(ConfigSection):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8064, ge=0, le=65535)  # 0: any free port
-    refresh_seconds: float = Field(2.0, ge=0.2, le=600)  # dashboard poll interval
+    #: the dashboard's heartbeat: the service sends every open page a message at least this often (the
+    #: spills themselves are pushed as they come); a page that hears nothing for 3 × this says MONITOR DOWN
+    refresh_seconds: float = Field(5.0, ge=0.2, le=600)
+    #: live service: the event display keeps the candidates' raw events of this many recent spills
+    #: (each at most ``[monitor] candidate_events_per_spill`` events of a few kB)
+    event_display_spills: int = Field(50, ge=1, le=100000)
     tokens: dict[str, str] = Field(default_factory=dict)  # person's name -> "sha256:<hex>" of their token
     tokens_file: str | None = None  # lines "NAME sha256:<hex>"; re-read when it changes
     max_body_bytes: int = Field(65536, ge=1024, le=64 * 1024 * 1024)  # larger request bodies get 413

@@ -22,6 +22,7 @@ plays the alarm sound.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from typing import Any, Callable, Sequence
@@ -213,6 +214,14 @@ na64.lastUpdate = { run: source.data.run[0], spill: source.data.spill[0], publis
 """
 
 
+@functools.cache
+def page_template():
+    """:data:`TEMPLATE` compiled once (given as text, Bokeh would compile it for every page served)."""
+    from bokeh.core.templates import get_env
+
+    return get_env().from_string("{% extends base %}\n" + TEMPLATE)
+
+
 def _empty(*names: str) -> dict:
     return {n: [] for n in names}
 
@@ -244,7 +253,7 @@ class DashboardPage:
         self.css = css
         doc.title = "na64-online shift dashboard"
         doc.theme = built_in_themes["dark_minimal"]
-        doc.template = TEMPLATE
+        doc.template = page_template()
         doc.template_variables["heartbeat_timeout_ms"] = heartbeat_timeout_ms
         doc.template_variables["header_css"] = COMPONENT_CSS.replace(":host", "#na64-header")
         self.sources: dict[str, ColumnDataSource] = {}

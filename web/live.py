@@ -12,12 +12,20 @@ loop, watches the monitor's latest immutable snapshot (an attribute read, every
 its websocket. The live status (readout nodes, spill in progress, NO DATA
 banner and grey panels) is recomputed once a second and pushed only when it
 changed; the alarm list when the alarm engine's state changed; a heartbeat
-every ``heartbeat_seconds`` lets the page tell a hung service ("MONITOR DOWN").
+every ``heartbeat_seconds`` (``[web] refresh_seconds``) lets the page tell a hung service: after three
+periods without any message it says "MONITOR DOWN".
+
+Opening a page costs about a second of CPU (some 400 Bokeh models built, then the whole document
+serialised for the page's first ``PULL-DOC``). Neither runs on the event loop: the page is built in the
+session's ``on_session_created`` hook and its document serialised for ``PULL-DOC-REPLY``, both in the
+feed's one page-builder thread, so pages opening — twenty at once — delay neither the pushes to the
+pages already open nor the JSON API (one thread: the loop keeps about half the interpreter meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
 import logging
 import math
@@ -30,8 +38,11 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 import numpy as np
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.server.connection import ServerConnection
+from bokeh.settings import settings
 
 from ..decoders.channelmap import ChannelMap
 from .panels import PanelData, channel_maps, channel_name, finding_text, nodes_html, prepare, progress_html, utc
@@ -104,14 +115,21 @@ class DashboardFeed:
         self.channel_history: deque = deque(maxlen=TREND_SPILLS)
         self.prepare_count = 0  # spills prepared (once each, whatever the number of pages)
         self.push_count = 0  # page updates scheduled
+        #: builds opening pages and serialises their first document, off the event loop (see the module doc)
+        self.page_builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="na64-page")
+        self._built: dict[int, tuple[DashboardPage, tuple]] = {}  # id(doc) -> page built, what it shows
 
     # ------------------------------------------------------------------ sessions
     @property
     def channel_map(self) -> ChannelMap:
         return self.state.monitor.channel_map
 
-    def modify_doc(self, doc: Document) -> None:
-        """Bokeh's per-session hook: build the page, fill it with what is known now, register it."""
+    async def build_page(self, doc: Document) -> None:
+        """Build an opening page's models, filled with what is known now, in the page-builder thread."""
+        page = await asyncio.get_running_loop().run_in_executor(self.page_builder, self._new_page, doc)
+        self._built[id(doc)] = page
+
+    def _new_page(self, doc: Document) -> tuple[DashboardPage, tuple]:
         page = DashboardPage(
             doc, maps=[(m["source"], m["title"]) for m in channel_maps(self.channel_map)],
             heartbeat_timeout_ms=int(3 * self.heartbeat_seconds * 1000),
@@ -119,14 +137,31 @@ class DashboardFeed:
             on_live=lambda: self._back_to_live(page),
             on_ack=self.acknowledge, on_event=self.event, on_channel=self.channel_trend,
             on_search=self.alarm_search)
-        if self.prepared is not None:
-            page.apply(self.prepared)
-        texts, stale = self._status
-        page.apply_status(texts, stale)
-        if self._alarms is not None:
-            page.apply_alarms(self._alarms)
-        if self._recent is not None:
-            page.show_recent(self._recent)
+        if settings.perform_document_validation():  # here, not on the loop (_DashboardApplication)
+            doc.validate()
+        return page, self._fill(page, (None, None, None, None))
+
+    def _fill(self, page: DashboardPage, shown: tuple) -> tuple:
+        """Bring a page not yet registered up to the feed's state; ``shown``: what it had (identities)."""
+        prepared, status, alarms, recent = self.prepared, self._status, self._alarms, self._recent
+        if prepared is not None and prepared is not shown[0]:
+            page.apply(prepared)
+        if status is not shown[1]:
+            page.apply_status(*status)
+        if alarms is not None and alarms is not shown[2]:
+            page.apply_alarms(alarms)
+        if recent is not None and recent is not shown[3]:
+            page.show_recent(recent)
+        return prepared, status, alarms, recent
+
+    def modify_doc(self, doc: Document) -> None:
+        """Bokeh's per-session hook (on the event loop): register the page built for this session, brought
+        up to date with what came while it was built."""
+        built = self._built.pop(id(doc), None)
+        if built is None:  # not built in advance (its hook failed): build it here
+            built = self._new_page(doc)
+        page, shown = built
+        self._fill(page, shown)
         key = id(doc)
         self.pages[key] = page
         doc.on_session_destroyed(lambda ctx: self.pages.pop(key, None))
@@ -457,8 +492,9 @@ class BatchingConnection(ServerConnection):
     awaits them after the callback; here the events are collected and the first await sends them all:
     one JSON serialisation and one browser update per spill instead of some sixty."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, protocol, socket, application_context, session, *, executor=None) -> None:
+        super().__init__(_PullInThread(protocol, executor) if executor is not None else protocol, socket,
+                         application_context, session)
         self._batch: list = []
 
     def send_patch_document(self, event):
@@ -472,23 +508,65 @@ class BatchingConnection(ServerConnection):
         await self._socket.send_message(self.protocol.create("PATCH-DOC", events))
 
 
-def _bokeh_fastapi():
+class _PullInThread:
+    """A connection's protocol whose ``PULL-DOC-REPLY`` (the whole document, serialised) is made in the
+    page-builder thread. Bokeh's session awaits it holding the document's lock, so no update changes the
+    document meanwhile; every other message is made as Bokeh makes it."""
+
+    def __init__(self, protocol, executor) -> None:
+        self._protocol, self._executor = protocol, executor
+
+    def __getattr__(self, name):
+        return getattr(self._protocol, name)
+
+    def create(self, msgtype: str, *args, **kwargs):
+        if msgtype != "PULL-DOC-REPLY":
+            return self._protocol.create(msgtype, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, partial(self._protocol.create, msgtype, *args, **kwargs))
+
+
+class _PageHandler(FunctionHandler):
+    """The dashboard's Bokeh handler: the page is built in ``on_session_created`` (awaited by Bokeh before
+    ``modify_document``), off the event loop."""
+
+    def __init__(self, feed: DashboardFeed) -> None:
+        super().__init__(feed.modify_doc)
+        self.feed = feed
+
+    async def on_session_created(self, session_context) -> None:
+        await self.feed.build_page(session_context._document)  # noqa: SLF001 - the session's new document
+
+
+class _DashboardApplication(Application):
+    """Bokeh's application with the document validated where the page is built (the page-builder
+    thread, :meth:`DashboardFeed._new_page`) rather than on the event loop when the session starts."""
+
+    def initialize_document(self, doc: Document) -> None:
+        for handler in self._handlers:
+            handler.modify_document(doc)
+            if handler.failed:
+                log.error("dashboard page handler failed: %s %s", handler.error, handler.error_detail)
+
+
+def _bokeh_fastapi(executor):
     from bokeh_fastapi import BokehFastAPI
 
     class BatchingBokehFastAPI(BokehFastAPI):
         def new_connection(self, protocol, socket, application_context, session):
-            connection = BatchingConnection(protocol, socket, application_context, session)
+            connection = BatchingConnection(protocol, socket, application_context, session, executor=executor)
             self._clients.add(connection)
             return connection
 
     return BatchingBokehFastAPI
 
 
-def mount_dashboard(app, state, web, poll_seconds: float = 0.1) -> DashboardFeed:
-    """Serve the dashboard at ``/`` (page), ``/ws`` (its websocket) and ``/static`` (BokehJS) of ``app``."""
-    feed = DashboardFeed(state, web, poll_seconds=poll_seconds)
+def mount_dashboard(app, state, web, poll_seconds: float = 0.1, heartbeat_seconds: float = 5.0) -> DashboardFeed:
+    """Serve the dashboard at ``/`` (page), ``/ws`` (its websocket) and ``/static`` (BokehJS) of ``app``;
+    ``heartbeat_seconds``: ``[web] refresh_seconds`` (the page says MONITOR DOWN after three without one)."""
+    feed = DashboardFeed(state, web, poll_seconds=poll_seconds, heartbeat_seconds=heartbeat_seconds)
     # session ids signed with a key of this process: a page's websocket must come from a page we served
-    feed.bokeh = _bokeh_fastapi()({"/": feed.modify_doc}, app=app, secret_key=secrets.token_bytes(32), sign_sessions=True,
+    feed.bokeh = _bokeh_fastapi(feed.page_builder)({"/": _DashboardApplication(_PageHandler(feed))}, app=app, secret_key=secrets.token_bytes(32), sign_sessions=True,
                               websocket_origins=["*"])
     for route in app.routes:  # the page and its websocket are not part of the JSON API's schema
         if getattr(route, "path", None) in ("/", "/ws"):

@@ -15,7 +15,8 @@ class WebServer:
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                      lifespan="off", access_log=False,
-                                                     ws_ping_interval=20.0, ws_ping_timeout=60.0))
+                                                     ws_ping_interval=20.0, ws_ping_timeout=60.0,
+                                                     ws_per_message_deflate=False))
         self._thread = threading.Thread(target=self._server.run, name="na64-web", daemon=True)
         self.host = host
 

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 
 #: ``version`` of rows archived before processing versions existed
-UNVERSIONED = "unversioned"
+from .config import UNVERSIONED  # noqa: E402 - defined with the settings (no SQLAlchemy there)
 
 metadata = MetaData()
 

@@ -55,13 +55,13 @@ import sqlalchemy as sa
 from pydantic import Field, field_validator
 from sqlalchemy import event, func, select
 
-from ...config_section import ConfigSection
 from ...errors import ArchiveError, ConfigError
 from ..model import to_json
 from . import schema
 from .codec import _dumps, _state_of, decode_histogram, encode_histogram
 from .exports import ArchiveExports
-from .schema import UNVERSIONED, alarm_events, alarms, histograms, spills
+from .config import UNVERSIONED, ArchiveConfig, is_url  # noqa: F401 - the archive's settings, re-exported
+from .schema import alarm_events, alarms, histograms, spills
 
 log = logging.getLogger(__name__)
 
@@ -175,56 +175,6 @@ CREATE INDEX spills_overall ON spills (overall, run, spill);
 
 _LEGACY_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-
-
-class ArchiveConfig(ConfigSection):
-    """Archive settings (``[archive]``; ``ArchiveConfig(path, …)`` takes the path first).
-
-    ``path``: the SQLite file; ``url``: instead, a database URL (``postgresql://user@host/db``,
-    or ``sqlite:///path``) — hosts that share one archive use PostgreSQL.
-    ``retention_spills``/``retention_days``: ``None`` keeps everything.
-    ``alarm_history_days``: ``None`` keeps the whole alarm history.
-    ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL``, ``NORMAL`` or ``EXTRA``).
-    """
-
-    section: ClassVar[str] = "archive"
-
-    path: Path = Path("na64-online.sqlite")
-    retention_spills: int | None = Field(None, ge=1)
-    retention_days: float | None = Field(None, gt=0)
-    alarm_history_days: float | None = Field(None, gt=0)
-    synchronous: str = "FULL"
-    url: str | None = None
-
-    def __init__(self, path: str | os.PathLike | None = None, /, **values: Any) -> None:
-        if path is not None:
-            values["path"] = path
-        super().__init__(**values)
-
-    @field_validator("synchronous")
-    @classmethod
-    def _pragma(cls, value: str) -> str:
-        if value.upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ValueError(f"must be FULL, NORMAL or EXTRA, not {value!r}")
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _database(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                database_url(value)  # refused here, with the key named, rather than at first use
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
-        return value
-
-    @property
-    def target(self) -> str:
-        return self.url if self.url is not None else str(self.path)
-
-
-def is_url(target: str | os.PathLike) -> bool:
-    return "://" in str(target)
 
 
 def database_url(target: str | os.PathLike) -> sa.engine.URL:

@@ -1,0 +1,101 @@
+"""Start-up of the commands (issue #11 item 3): not a test, run it by hand.
+
+    .venv/bin/python bench/bench_startup.py                  # replay of tests/data/vectors/small.dat, 7 times
+    .venv/bin/python bench/bench_startup.py --demo           # and the time to demo's first spill record
+
+Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock runs and its CPU time
+(user + system of the child): the interpreter alone (``python -c pass``), ``import numpy``, ``import
+numba`` (floors no command gets under), ``na64-online replay small.dat`` (target < 0.5 s wall). ``--demo``:
+``na64-online demo --spills 1``, seconds from the process start to its first spill's record on stdout
+(target ≤ 10 s after ``tools/setup``, whose one-spill demo compiles every kernel; a spill lasts
+``--spill-duration``, 4.8 s by default, so the start-up has the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(os.path.dirname(sys.executable), "na64-online")
+SMALL = os.path.join(ROOT, "tests", "data", "vectors", "small.dat")
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child) of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    # not from the checkout: python -c/-m put the working directory first on sys.path, and the checkout's
+    # na64_online/ would shadow a baseline tree on PYTHONPATH
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def demo_first_spill(spill_duration: float) -> float:
+    """Seconds from starting ``na64-online demo --spills 1`` to its first record on stdout."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen([CLI, "demo", "--spills", "1", "--http", "127.0.0.1:0", "--json",
+                              "--spill-duration", str(spill_duration)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = child.stdout.readline()
+    first = time.perf_counter() - t0
+    child.wait(120)
+    if not line.startswith("{"):
+        raise SystemExit(f"demo printed no record (exit {child.returncode})")
+    return first
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--file", default=SMALL, type=os.path.abspath, help="raw file to replay (default: tests/data/vectors/small.dat)")
+    p.add_argument("--demo", action="store_true", help="also the time to demo's first spill")
+    p.add_argument("--spill-duration", type=float, default=4.8)
+    p.add_argument("--baseline-rev", metavar="REV", help="also replay with the package as of git REV (interleaved)")
+    args = p.parse_args(argv)
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "import numpy": [sys.executable, "-c", "import numpy"],
+        "import numba": [sys.executable, "-c", "import numba"],
+        "replay": [CLI, "replay", args.file],
+    }
+    if args.baseline_rev:
+        import tempfile
+
+        from bench_ingest import baseline_tree
+
+        where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")  # shared with bench_ingest
+        path = os.path.join(where, "pkg") if os.path.isdir(where) else baseline_tree(args.baseline_rev, where)
+        commands[f"replay {args.baseline_rev}"] = ["env", f"PYTHONPATH={path}", sys.executable, "-m",
+                                                   "na64_online.cli", "replay", args.file]
+    for cmd in commands.values():
+        if "replay" in cmd:
+            _run(cmd)  # numba's cache compiled (a baseline tree's first run) and in the page cache
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for _ in range(args.repeat):
+        for name, cmd in commands.items():
+            runs[name].append(_run(cmd))
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; best of {args.repeat}, interleaved")
+    print(f"{'command':>16} {'wall s':>8} {'CPU s':>7}")
+    for name, values in runs.items():
+        wall, cpu = min(values)
+        print(f"{name:>16} {wall:8.3f} {cpu:7.3f}")
+    replay_wall = min(runs["replay"])[0]
+    print(f"replay {os.path.basename(args.file)}: {replay_wall:.3f} s wall (target < 0.5 s: "
+          f"{'holds' if replay_wall < 0.5 else 'NOT met'}); {replay_wall - min(runs['import numba'])[0]:.3f} s "
+          "beyond importing numba")
+    if args.demo:
+        first = demo_first_spill(args.spill_duration)
+        print(f"demo: first spill record after {first:.1f} s (spills of {args.spill_duration:g} s; target ≤ 10 s: "
+              f"{'holds' if first <= 10 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

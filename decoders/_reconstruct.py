@@ -1,0 +1,146 @@
+"""Private numba kernels of the §11 reconstruction (wrapper: :func:`.reconstruct.reconstruct`).
+
+One pass over a chunk's (event, slot) energies computes every channel-group sum
+the selection needs — preshower, ECAL, HCAL, WCAL, each SRD and VETO module,
+every other detector — and the hottest main-ECAL cell, so the energy plane is
+read once, row by row, instead of once per group by numpy.
+
+The sums are numpy's, bit for bit. ``energy[:, a:b].sum(axis=1)`` (a group of
+adjacent slots: a slice) adds each row by pairwise summation
+(numpy/_core/src/umath/loops_utils.h.src: fewer than 8 values in order from
+0.0; up to 128 in 8 interleaved partial sums combined as
+((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the rest in order; more: the two
+halves, split at a multiple of 8, summed the same way and added).
+``energy[:, slots].sum(axis=1)`` (scattered slots) sums a copy that numpy lays
+out column-major, so the rows are added column by column, in order — unless
+the chunk has one row (then the copy is a contiguous row: pairwise again).
+:func:`group_sums` repeats whichever order numpy takes, so the records stay
+identical to the numpy reconstruction (tests/test_reconstruct.py compares
+them with numpy itself, for both kinds of group).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_LANES = 8  # numpy's pairwise summation: partial sums
+_BLOCK = 128  # numpy's pairwise summation: largest run summed without splitting
+
+
+@njit(cache=True, nogil=True)
+def _pairwise_split(energy, i, columns, lo, n):
+    """numpy's pairwise sum of ``energy[i, columns[lo:lo + n]]`` for any n (recursive above 128)."""
+    if n <= _BLOCK:
+        return _pairwise(energy, i, columns, lo, n)
+    half = n // 2
+    half -= half % _LANES
+    return _pairwise_split(energy, i, columns, lo, half) + _pairwise_split(energy, i, columns, lo + half, n - half)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pairwise(energy, i, columns, lo, n):
+    """numpy's pairwise sum of ``energy[i, columns[lo:lo + n]]``, n <= 128."""
+    if n < _LANES:
+        total = 0.0
+        for t in range(lo, lo + n):
+            total += energy[i, columns[t]]
+        return total
+    r0 = energy[i, columns[lo]]
+    r1 = energy[i, columns[lo + 1]]
+    r2 = energy[i, columns[lo + 2]]
+    r3 = energy[i, columns[lo + 3]]
+    r4 = energy[i, columns[lo + 4]]
+    r5 = energy[i, columns[lo + 5]]
+    r6 = energy[i, columns[lo + 6]]
+    r7 = energy[i, columns[lo + 7]]
+    whole = n - n % _LANES
+    t = _LANES
+    while t < whole:
+        b = lo + t
+        r0 += energy[i, columns[b]]
+        r1 += energy[i, columns[b + 1]]
+        r2 += energy[i, columns[b + 2]]
+        r3 += energy[i, columns[b + 3]]
+        r4 += energy[i, columns[b + 4]]
+        r5 += energy[i, columns[b + 5]]
+        r6 += energy[i, columns[b + 6]]
+        r7 += energy[i, columns[b + 7]]
+        t += _LANES
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for t in range(lo + whole, lo + n):
+        total += energy[i, columns[t]]
+    return total
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pairwise_adjacent(row, a, n):
+    """numpy's pairwise sum of ``row[a:a + n]``, n <= 128: the same order as :func:`_pairwise`, on adjacent
+    values (unsigned indices: no negative-index check, so the 8 partial sums become two vector lanes)."""
+    base = np.uint64(a)
+    if n < _LANES:
+        total = 0.0
+        for t in range(np.uint64(n)):
+            total += row[base + t]
+        return total
+    r0 = row[base]
+    r1 = row[base + np.uint64(1)]
+    r2 = row[base + np.uint64(2)]
+    r3 = row[base + np.uint64(3)]
+    r4 = row[base + np.uint64(4)]
+    r5 = row[base + np.uint64(5)]
+    r6 = row[base + np.uint64(6)]
+    r7 = row[base + np.uint64(7)]
+    whole = np.uint64(n - n % _LANES)
+    for t in range(np.uint64(_LANES), whole, np.uint64(_LANES)):
+        b = base + t
+        r0 += row[b]
+        r1 += row[b + np.uint64(1)]
+        r2 += row[b + np.uint64(2)]
+        r3 += row[b + np.uint64(3)]
+        r4 += row[b + np.uint64(4)]
+        r5 += row[b + np.uint64(5)]
+        r6 += row[b + np.uint64(6)]
+        r7 += row[b + np.uint64(7)]
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for t in range(whole, np.uint64(n)):
+        total += row[base + t]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, top):
+    """Per event i: ``sums[i, g]`` = numpy's sum of ``energy[i, columns[starts[g]:starts[g + 1]]]``
+    (``scattered[g]``: numpy indexed the group with a slot array, not a slice); ``hottest[i]`` the
+    position in ``main_columns`` of the first largest main-ECAL energy (numpy's argmax) and ``top[i]``
+    that energy. Every index was checked by the wrapper."""
+    groups = starts.shape[0] - 1
+    cells = main_columns.shape[0]
+    rows = energy.shape[0]
+    for i in range(rows):
+        for g in range(groups):
+            lo = starts[g]
+            n = starts[g + 1] - lo
+            if scattered[g] and rows > 1:
+                total = 0.0
+                if n > 0:
+                    total = energy[i, columns[lo]]
+                for t in range(lo + 1, lo + n):
+                    total += energy[i, columns[t]]
+                sums[i, g] = total
+            elif n <= _BLOCK and not scattered[g]:
+                sums[i, g] = _pairwise_adjacent(energy[i], columns[lo] if n else 0, n)
+            elif n <= _BLOCK:
+                sums[i, g] = _pairwise(energy, i, columns, lo, n)
+            else:
+                sums[i, g] = _pairwise_split(energy, i, columns, lo, n)
+        if cells:
+            best = 0
+            value = energy[i, main_columns[0]]
+            for c in range(1, cells):
+                e = energy[i, main_columns[c]]
+                if e > value or (e != e and value == value):  # numpy's argmax: the first largest, or the first NaN
+                    best = c
+                    value = e
+            hottest[i] = best
+            top[i] = value
