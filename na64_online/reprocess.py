@@ -163,12 +163,12 @@ def index_file(path: str) -> FilePlan:
     raw = RawFile(path)
     if raw.size == 0:
         return FilePlan(FileSummary(path, 0, (), (("error", "the file is empty (0 bytes)"),)), ())
-    segments = raw.spills()
-    plans = tuple(_rebase(path, s) for s in segments)
+    # replay's iteration (a part of the file indexed at a time); the stream figures are complete at its end
+    plans = tuple(_rebase(path, s) for s in raw.iter_spills())
     summary = FileSummary(
         path, raw.size,
         tuple(SpillSummary(p.run, p.spill, p.complete, sum(n for _, n in p.pieces)) for p in plans),
-        tuple((n.level, n.text) for n in file_notes(raw.stats, bool(segments))),
+        tuple((n.level, n.text) for n in file_notes(raw.stats, bool(plans))),
     )
     return FilePlan(summary, plans)
 

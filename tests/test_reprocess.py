@@ -111,6 +111,21 @@ def test_a_spill_task_maps_its_bytes_unless_the_stream_was_realigned(raw_files):
             assert int(words[first + 1]) == layout.DATE_MAGIC  # an event starts where the index says
 
 
+def test_the_deployed_dask_worker_settings_are_those_of_reprocess_own_cluster():
+    """deploy/dask-reprocess.yaml (for `dask worker` hosts and batch jobs) says what local_cluster sets."""
+    import dask
+
+    from na64_online.reprocess import WORKER_DASK_CONFIG
+
+    deployed = dask.config.collect(paths=[str(Path(__file__).parents[1] / "deploy" / "dask-reprocess.yaml")],
+                                   env={})
+    for key, value in WORKER_DASK_CONFIG.items():
+        assert dask.config.get(key, "absent", config=deployed) == value, key
+    flat = {f"{a}.{b}" for a, b in [("distributed.nanny.pre-spawn-environ", k)
+                                     for k in deployed["distributed"]["nanny"]["pre-spawn-environ"]]}
+    assert flat <= set(WORKER_DASK_CONFIG)
+
+
 def test_spill_tasks_are_spread_over_the_workers(raw_files, cluster):
     """One file's spills run on both workers, not where the file was indexed only (Dask runs a task where
     its inputs are); the workers run without Dask's MALLOC_TRIM_THRESHOLD_ and statistical profiler."""
