@@ -8,10 +8,11 @@ The work is split where ``replay`` splits it, at spills:
    gets only its :class:`FileSummary` (spills, bytes, what the file got wrong).
 2. **spill** (one task per spill): the spill's index rows (a small task next
    to the plan cuts them out, :func:`spill_plan`), then the spill's own byte
-   ranges read from the file — which must be at the same path on every
-   worker (shared storage), so raw bytes never pass through the scheduler or
-   the client — and ``SpillProcessor.accumulate`` on them, the call ``replay``
-   makes. The result goes back in the decoder workers' wire format
+   range of the file mapped read-only (:func:`spill_words`; the file must be
+   at the same path on every worker — shared storage — so raw bytes never
+   pass through the scheduler or the client) and ``SpillProcessor.accumulate``
+   on it, the call ``replay`` makes. The client keeps 4 spill tasks per worker
+   thread in flight, across files, each placed on the least busy worker. The result goes back in the decoder workers' wire format
    (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built on the worker
    from the service's set-up text (:mod:`.worker_setup`), as ``serve``'s
    workers do.
