@@ -414,8 +414,9 @@ class Reprocessor:
         # every file's index pass at once: they are small tasks next to the spills
         plans = [client.submit(index_file, p, key=f"na64-index-{token}-{i}", retries=retries)
                  for i, p in enumerate(paths)]
-        summaries = [client.submit(file_summary, plan, key=f"na64-summary-{token}-{i}") for i, plan in
-                     enumerate(plans)]
+        # the small tasks first on a worker's queue (a worker's one thread is mostly busy with a spill)
+        summaries = [client.submit(file_summary, plan, key=f"na64-summary-{token}-{i}", priority=1)
+                     for i, plan in enumerate(plans)]
         bars: dict[int, object] = {}
         placed: dict[str, list] = {}  # worker address -> this run's spill futures placed there
         work = self._work(paths, plans, summaries, bars)
@@ -433,7 +434,7 @@ class Reprocessor:
                     key = f"{token}-{i}-{n}"
                     worker = self._least_busy(client, placed)
                     where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-                    part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}")
+                    part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}", priority=1)
                     future = client.submit(process_spill, part, setup, key=f"na64-spill-{key}", retries=retries,
                                            **where)
                     if worker:
