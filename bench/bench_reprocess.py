@@ -210,6 +210,11 @@ def main(argv=None) -> dict:
           f"{result['reprocess_2_workers_cpu_s'] / spills * 1e3:.0f} ms, client + scheduler + nannies "
           f"{(result['reprocess_2_cpu_s'] - result['reprocess_2_workers_cpu_s']) / spills * 1e3:.0f} ms "
           f"(replay {result['replay_cpu_s'] / spills * 1e3:.0f} ms)")
+    if max(load_before[0], load_after[0]) > 1.0:
+        print(f"  NOTE: the machine was busy (load {max(load_before[0], load_after[0]):.1f}): other processes shared the "
+              f"cores, so the wall-clock speed-up of 2 workers is not what 2 free cores give (with the kernel's "
+              f"autogroup scheduling, /proc/sys/kernel/sched_autogroup_enabled, this session gets the same share "
+              f"of the CPU with 1 or 2 workers); the CPU bound above is the figure to compare")
     if args.report:
         print(f"  Dask performance report: {report}")
     if args.json:
