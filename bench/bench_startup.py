@@ -54,7 +54,8 @@ def demo_first_spill(spill_duration: float) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=7)
-    p.add_argument("--file", default=SMALL, type=os.path.abspath, help="raw file to replay (default: tests/data/vectors/small.dat)")
+    p.add_argument("--file", default=SMALL, type=os.path.abspath,
+                   help="raw file to replay (default: tests/data/vectors/small.dat)")
     p.add_argument("--demo", action="store_true", help="also the time to demo's first spill")
     p.add_argument("--spill-duration", type=float, default=4.8)
     p.add_argument("--baseline-rev", metavar="REV", help="also replay with the package as of git REV (interleaved)")

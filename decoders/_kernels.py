@@ -57,6 +57,13 @@ ESTIMATES = ("pedestal_even", "pedestal_odd", "amplitude", "energy")
 EventOutputs = namedtuple("EventOutputs", "trigger_time scalers ldc_mask")
 #: issue records, the running count ``counters[0]``, decode errors per row
 IssueLog = namedtuple("IssueLog", "records counters event_errors")
+#: per-slot statistics summed over the rows with ``select`` set (empty ``select``: none), see
+#: :func:`add_slot_sums`: ``counts`` (3, slots) int64, ``sums`` (6, slots) float64, hit ``threshold``
+SlotSums = namedtuple("SlotSums", "select threshold counts sums")
+#: rows of SlotSums.counts and .sums
+SLOT_COUNTS = ("present", "hits", "saturated")
+SLOT_SUMS = ("pedestal_even", "pedestal_even_squared", "pedestal_odd", "pedestal_odd_squared", "hit_amplitude",
+             "hit_amplitude_squared")
 
 # numba freezes module globals: plain ints, derived once from the layout.
 _MAGIC = L.DATE_MAGIC
@@ -134,6 +141,8 @@ _PEDESTAL_ODD = ESTIMATES.index("pedestal_odd")
 _AMPLITUDE = ESTIMATES.index("amplitude")
 _ENERGY = ESTIMATES.index("energy")
 _LDC_MASK_TOP = np.iinfo(np.uint32).bits - 1  # LDC ids beyond the mask's bits share its top bit
+_PRESENT, _HITS, _SATURATED = range(len(SLOT_COUNTS))
+_PE, _PE2, _PO, _PO2, _AMP, _AMP2 = range(len(SLOT_SUMS))
 
 _ISSUE_ADC_BAD_KEY = int(Issue.ADC_BAD_KEY)
 _ISSUE_ADC_BAD_SIZE = int(Issue.ADC_BAD_SIZE)
@@ -554,8 +563,32 @@ def _decode_equipments(words, a, b, k, event_number, burst, src_kind, lookup, ga
         q += ew
 
 
+@njit(cache=True, nogil=True, inline="always")
+def add_slot_sums(i, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, threshold, counts, sums):
+    """Add row i's read-out slots to the per-slot statistics: counts of presence, hits (amplitude >
+    ``threshold``) and saturation; sums and sums of squares of both pedestals and of hit amplitudes.
+    Absent slots are skipped (presence is nearly constant per slot: the branch predicts well)."""
+    for j in range(nsamples.shape[1]):
+        if nsamples[i, j] == 0:
+            continue
+        a = pedestal_even[i, j]
+        b = pedestal_odd[i, j]
+        x = amplitude[i, j]
+        h = x > threshold
+        xh = x * h  # branch-free: hits are not predictable
+        counts[_PRESENT, j] += 1
+        counts[_HITS, j] += h
+        counts[_SATURATED, j] += saturated[i, j]
+        sums[_PE, j] += a
+        sums[_PE2, j] += a * a
+        sums[_PO, j] += b
+        sums[_PO2, j] += b * b
+        sums[_AMP, j] += xh
+        sums[_AMP2, j] += xh * xh
+
+
 @njit(cache=True, nogil=True, _nrt=False)
-def decode_events(words, rows, setup, params, channels, events, log):
+def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
     ``channels`` (:data:`ChannelOutputs`) and ``events`` (:data:`EventOutputs`), issues into ``log``
     (:data:`IssueLog`), with the channel map ``setup`` (:data:`DecodeSetup`) and estimator ``params``.
@@ -565,11 +598,18 @@ def decode_events(words, rows, setup, params, channels, events, log):
     reset by clearing its ``nsamples`` only, and afterwards the estimates of the slots that were
     read out before (``channels.previous``) but not now; a channel read out now overwrites all
     of its outputs. Zero-suppressed rows are thus never zeroed whole (4.2 kB per event).
+
+    Rows with ``slot_sums.select`` set are added to ``slot_sums`` (:data:`SlotSums`) as soon as they
+    are decoded, while they are in the cache (the same sums, in the same order, as
+    :func:`add_slot_sums` over the finished outputs row by row).
     """
     # the arrays the per-channel path writes, read out of their tuples once
     src_kind, lookup, gain = setup.src_kind, setup.lookup, setup.gain
     nsamples, estimates, saturated, samples = channels.nsamples, channels.estimates, channels.saturated, channels.samples
     previous = channels.previous
+    pedestal_even, pedestal_odd = estimates[_PEDESTAL_EVEN], estimates[_PEDESTAL_ODD]
+    amplitude = estimates[_AMPLITUDE]
+    select, slot_counts, slot_totals = slot_sums.select, slot_sums.counts, slot_sums.sums
     ldc_mask = events.ldc_mask
     offsets, sizes, status = rows.offset, rows.size, rows.status
     nslots = nsamples.shape[1]
@@ -585,6 +625,9 @@ def decode_events(words, rows, setup, params, channels, events, log):
                 saturated[k, slot] = False
                 for e in range(estimates.shape[0]):
                     estimates[e, k, slot] = 0.0
+        if select.shape[0] and select[k]:
+            add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
+                          slot_counts, slot_totals)
 
 
 @njit(cache=True, nogil=True, _nrt=False)

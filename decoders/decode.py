@@ -27,6 +27,8 @@ from .channelmap import ChannelMap
 from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
+#: numba function adding row i of decoded (event, slot) arrays to per-slot statistics (see :class:`SlotSums`)
+add_slot_sums = _kernels.add_slot_sums
 
 
 def as_words(data) -> tuple[np.ndarray, int]:
@@ -324,6 +326,35 @@ class DecodeBuffers:
         return out
 
 
+@dataclass(frozen=True)
+class SlotSums:
+    """Per-slot statistics a decode adds its rows to (:func:`decode_events` ``slot_sums``).
+
+    ``select`` (bool per row of the decoded index slice) picks the rows; ``counts`` (3, slots) int64
+    counts presence, hits (amplitude > ``threshold``) and saturation, ``sums`` (6, slots) float64 sums
+    the even pedestal and its square, the odd pedestal and its square, the hit amplitude and its square
+    (rows: ``_kernels.SLOT_COUNTS``, ``_kernels.SLOT_SUMS``), both updated in place.
+    """
+
+    select: np.ndarray
+    threshold: float
+    counts: np.ndarray
+    sums: np.ndarray
+
+    def checked(self, rows: int, slots: int):
+        """The kernel's tuple, after checking every shape and dtype against the decode."""
+        select = np.ascontiguousarray(self.select, dtype=np.bool_)
+        if select.shape != (rows,):
+            raise ValueError(f"slot_sums.select must have one flag per row ({rows}), not {select.shape}")
+        for name, array, dtype, width in (("counts", self.counts, np.int64, len(_kernels.SLOT_COUNTS)),
+                                          ("sums", self.sums, np.float64, len(_kernels.SLOT_SUMS))):
+            if (not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != (width, slots)
+                    or not array.flags.c_contiguous or not array.flags.writeable):
+                raise ValueError(f"slot_sums.{name} must be a writable C-contiguous {np.dtype(dtype)} array of "
+                                 f"shape {(width, slots)}")
+        return _kernels.SlotSums(select, float(self.threshold), self.counts, self.sums)
+
+
 def decode_events(
     words: np.ndarray,
     index: EventIndex,
@@ -333,11 +364,14 @@ def decode_events(
     with_samples: bool = False,
     max_samples: int = 32,
     buffers: "DecodeBuffers | None" = None,
+    slot_sums: "SlotSums | None" = None,
 ) -> DecodedEvents:
     """Decode the events of ``index`` (rows of ``index_events(words)``).
 
     ``buffers``: reuse these output arrays (see :class:`DecodeBuffers`); the result's arrays are then
     views into them, valid until the next call with the same buffers.
+    ``slot_sums``: also add the rows it selects to its per-slot statistics, while decoding them
+    (:class:`SlotSums`).
     """
     _check_words(words)
     n, nslots = len(index), len(channel_map)
@@ -355,6 +389,11 @@ def decode_events(
     setup = _kernels.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev))
     estimator_params = _kernels.EstimatorParams(int(params.pedestal_samples), float(params.amplitude_threshold),
                                                 bool(with_samples))
+    if slot_sums is None:
+        sums = _kernels.SlotSums(np.zeros(0, dtype=np.bool_), 0.0, np.zeros((len(_kernels.SLOT_COUNTS), nslots), np.int64),
+                                 np.zeros((len(_kernels.SLOT_SUMS), nslots)))
+    else:
+        sums = slot_sums.checked(n, nslots)
     # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel)
     take = (buffers or DecodeBuffers()).take
     channels = _kernels.ChannelOutputs(
@@ -372,12 +411,15 @@ def decode_events(
                                        ldc_mask=take("ldc_mask", (n,), np.uint32, 0))
         log = _kernels.IssueLog(take("issues", (capacity,), ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
                                 take("event_errors", (n,), np.int32, 0))
-        _kernels.decode_events(words, rows, setup, estimator_params, channels, events, log)
+        before = (sums.counts.copy(), sums.sums.copy()) if len(sums.select) else None
+        _kernels.decode_events(words, rows, setup, estimator_params, channels, events, log, sums)
         total = int(log.counters[0])
         if total <= capacity:
             break
-        # rare: more issues than room; decode again with room for all (outputs are overwritten)
+        # rare: more issues than room; decode again with room for all (outputs are overwritten, sums restored)
         capacity = total
+        if before is not None:
+            sums.counts[...], sums.sums[...] = before
     return DecodedEvents(
         index=index,
         nsamples=channels.nsamples,

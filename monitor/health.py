@@ -52,7 +52,7 @@ from ..config_section import ConfigSection, FieldProblem
 
 from ..decoders.channelmap import ChannelMap
 from ..decoders.layout import PHYSICS_EVENT
-from ..decoders.decode import ReconstructionParams
+from ..decoders.decode import ReconstructionParams, SlotSums, add_slot_sums
 
 KINDS = ("dead", "hot", "noisy", "drifting", "saturating")
 
@@ -63,29 +63,12 @@ _PE, _PE2, _PO, _PO2, _AMP, _AMP2 = range(6)
 
 @numba.njit(cache=True, nogil=True)
 def _accumulate(nsamples, ped_even, ped_odd, amplitude, saturated, select, threshold, counts, sums):
-    """One pass over (event, slot): counts (3, S) int64, sums (6, S) float64; absent channels skipped
-    (presence is nearly constant per slot, so the branch predicts well and skips their memory)."""
-    n, nslots = nsamples.shape
-    for i in range(n):
-        if not select[i]:
-            continue
-        for j in range(nslots):
-            if nsamples[i, j] == 0:
-                continue
-            a = ped_even[i, j]
-            b = ped_odd[i, j]
-            x = amplitude[i, j]
-            h = x > threshold
-            xh = x * h  # branch-free: hits are not predictable
-            counts[0, j] += 1
-            counts[1, j] += h
-            counts[2, j] += saturated[i, j]
-            sums[0, j] += a
-            sums[1, j] += a * a
-            sums[2, j] += b
-            sums[3, j] += b * b
-            sums[4, j] += xh
-            sums[5, j] += xh * xh
+    """One pass over (event, slot): counts (3, S) int64, sums (6, S) float64 of the selected events —
+    the decoder's own per-row statistics (:func:`~na64_online.decoders.decode.add_slot_sums`), which it
+    also adds while decoding (``SpillProcessor.accumulate``)."""
+    for i in range(nsamples.shape[0]):
+        if select[i]:
+            add_slot_sums(i, nsamples, ped_even, ped_odd, amplitude, saturated, threshold, counts, sums)
 
 
 def _ratio(num, den):
@@ -120,8 +103,14 @@ class ChannelStats:
         self.counts = np.zeros((3, self.nslots), dtype=np.int64)
         self.sums = np.zeros((6, self.nslots), dtype=np.float64)
 
-    def fill(self, decoded, physics=None, select: np.ndarray | None = None) -> None:
-        """Add a decoded chunk; ``select`` (bool per event) defaults to accepted PHYSICS events."""
+    def slot_sums(self, select: np.ndarray) -> SlotSums:
+        """What the decoder adds the ``select``-ed rows of a chunk to while decoding them (then ``fill`` the
+        chunk with ``summed=True``): this object's own counts and sums."""
+        return SlotSums(select, self.hit_threshold, self.counts, self.sums)
+
+    def fill(self, decoded, physics=None, select: np.ndarray | None = None, summed: bool = False) -> None:
+        """Add a decoded chunk; ``select`` (bool per event) defaults to accepted PHYSICS events.
+        ``summed``: the decoder already added the per-slot sums (:meth:`slot_sums`); count the events only."""
         if decoded.nslots != self.nslots:
             raise ValueError(f"decoded chunk has {decoded.nslots} slots, statistics {self.nslots}")
         if select is None:
@@ -138,6 +127,8 @@ class ChannelStats:
             first = int(np.flatnonzero(select)[0])
             self.run, self.spill = int(decoded.run[first]), int(decoded.spill[first])
         self.events += k
+        if summed:
+            return
         _accumulate(
             decoded.nsamples, decoded.pedestal_even, decoded.pedestal_odd, decoded.amplitude,
             decoded.saturated, select, self.hit_threshold, self.counts, self.sums,

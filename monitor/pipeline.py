@@ -264,20 +264,32 @@ class SpillProcessor:
         step = self.config.chunk_events
         position = 0
         buffers = DecodeBuffers()  # every chunk is done with (added to ``acc``) before the next is decoded
+        # an extension that takes per-slot sums (channel statistics) gets them from the decoder, added while
+        # each row is in the cache, for chunks whose rows are whole events (no plain-event fragments to merge)
+        by_decoder = next((name for name, ext in acc.extensions.items() if hasattr(ext, "slot_sums")), None)
         while position < len(index):
             # chunks end where an event starts, so plain-event fragments stay together
             stop = min(position + step, len(index))
             if stop < len(index) and not starts[stop]:
                 stop = int(boundaries[np.searchsorted(boundaries, stop)]) if boundaries[-1] > stop else len(index)
-            decoded = decode_events(words, index.slice(position, stop), self.channel_map, self.config.reconstruction,
-                                    buffers=buffers)
-            self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]), words)
+            chunk = index.slice(position, stop)
+            summed = by_decoder is not None and bool(starts[position:stop].all())
+            slot_sums = None
+            if summed:
+                # the rows ChannelStats.fill selects: accepted PHYSICS events
+                select = (chunk.status == 0) & (chunk.type == layout.PHYSICS_EVENT)
+                slot_sums = acc.extensions[by_decoder].slot_sums(select)
+            decoded = decode_events(words, chunk, self.channel_map, self.config.reconstruction, buffers=buffers,
+                                    slot_sums=slot_sums)
+            self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]), words,
+                            summed_by_decoder=by_decoder if summed else None)
             position = stop
         acc.bytes_decoded += int(index.size[index.status == 0].sum()) * 4
         acc.decode_seconds += time.perf_counter() - started
         return acc
 
-    def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents, words: np.ndarray | None = None) -> None:
+    def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents, words: np.ndarray | None = None,
+                   summed_by_decoder: str | None = None) -> None:
         ix = decoded.index
         ok = ix.status == 0
         acc.rejected_events += int(np.count_nonzero(~ok & (ix.status < FIRST_NOTICE)))
@@ -326,8 +338,11 @@ class SpillProcessor:
                 # a built event is one row; plain fragments of one trigger are consecutive rows (merged)
                 start = int(ix.offset[row])
                 acc.keep_candidate_event(int(ix.event[row]), words[start: start + int(ix.size[row])])
-        for ext in acc.extensions.values():
-            ext.fill(decoded, physics)
+        for name, ext in acc.extensions.items():
+            if name == summed_by_decoder:
+                ext.fill(decoded, physics, summed=True)
+            else:
+                ext.fill(decoded, physics)
 
     def finish(
         self, acc: SpillAccumulator, *, complete: bool | None = None, live: LiveExtras | None = None

@@ -874,8 +874,9 @@ def _skip_numba_extensions() -> None:
 
 
 class _NumbaBlasProbe:
-    """Refuses ``scipy.linalg.cython_blas`` (and its parents) to numba's import-time BLAS probe only (``numba.np.arraymath``
-    asks whether ``np.dot`` could call BLAS, which loads scipy.linalg: ~0.3 s of every command's start-up).
+    """Refuses ``scipy.linalg.cython_blas`` (and its parents) to numba's import-time BLAS probe only
+    (``numba.np.arraymath`` asks whether ``np.dot`` could call BLAS, which loads scipy.linalg: 0.3-0.7 s of
+    every command's start-up).
 
     The kernels call no BLAS (no ``np.dot``, ``np.convolve`` or ``np.correlate`` in numba code); numba then
     types those with its own loops. Any other import of scipy.linalg, and numba's probe once answered, are

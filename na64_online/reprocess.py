@@ -8,10 +8,11 @@ The work is split where ``replay`` splits it, at spills:
    gets only its :class:`FileSummary` (spills, bytes, what the file got wrong).
 2. **spill** (one task per spill): the spill's index rows (a small task next
    to the plan cuts them out, :func:`spill_plan`), then the spill's own byte
-   ranges read from the file — which must be at the same path on every
-   worker (shared storage), so raw bytes never pass through the scheduler or
-   the client — and ``SpillProcessor.accumulate`` on them, the call ``replay``
-   makes. The result goes back in the decoder workers' wire format
+   range of the file mapped read-only (:func:`spill_words`; the file must be
+   at the same path on every worker — shared storage — so raw bytes never
+   pass through the scheduler or the client) and ``SpillProcessor.accumulate``
+   on it, the call ``replay`` makes. The client keeps 4 spill tasks per worker
+   thread in flight, across files, each placed on the least busy worker. The result goes back in the decoder workers' wire format
    (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built on the worker
    from the service's set-up text (:mod:`.worker_setup`), as ``serve``'s
    workers do.
@@ -163,12 +164,12 @@ def index_file(path: str) -> FilePlan:
     raw = RawFile(path)
     if raw.size == 0:
         return FilePlan(FileSummary(path, 0, (), (("error", "the file is empty (0 bytes)"),)), ())
-    segments = raw.spills()
-    plans = tuple(_rebase(path, s) for s in segments)
+    # replay's iteration (a part of the file indexed at a time); the stream figures are complete at its end
+    plans = tuple(_rebase(path, s) for s in raw.iter_spills())
     summary = FileSummary(
         path, raw.size,
         tuple(SpillSummary(p.run, p.spill, p.complete, sum(n for _, n in p.pieces)) for p in plans),
-        tuple((n.level, n.text) for n in file_notes(raw.stats, bool(segments))),
+        tuple((n.level, n.text) for n in file_notes(raw.stats, bool(plans))),
     )
     return FilePlan(summary, plans)
 
@@ -307,13 +308,21 @@ def security_of(cluster: ClusterConfig):
                     tls_worker_key=cluster.tls_key_file, require_encryption=True)
 
 
-#: Dask settings for the worker processes of ``reprocess`` (deploy/reprocess.md says how to give them to
-#: workers started by hand or by a batch system). Dask's nanny starts workers with
-#: ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes glibc's threshold for serving allocations by
-#: ``mmap`` at 128 KiB: every array of a decoded chunk is then fresh pages, mapped and unmapped per
-#: chunk (measured: 38 000 page faults and +30 % CPU per spill of 10^5 events). Left unset, glibc
-#: keeps and reuses those buffers as ``replay`` does.
-WORKER_DASK_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+#: Dask settings of the cluster ``reprocess`` starts (deploy/reprocess.md gives them to workers started by
+#: hand or by a batch system). Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which
+#: also pins glibc's threshold for serving allocations by ``mmap`` at 128 KiB: every array of a decoded
+#: chunk is then fresh pages, mapped and unmapped per chunk (measured: 38 000 page faults and +30 % CPU
+#: per spill of 10^5 events); unset, glibc reuses those buffers as in ``replay``. The statistical
+#: profiler (sampling every task thread every 10 ms, for a dashboard this cluster does not have) and
+#: the 20 ms event-loop tick and 100 ms memory checks of every process cost an idle 2-worker cluster
+#: 0.16 of a core (measured; 0.02 with these settings) — 8 % of a 2-core host, taken from the decoding.
+WORKER_DASK_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.worker.memory.monitor-interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+}
 
 
 def local_cluster(workers: int, security=None):
@@ -388,6 +397,15 @@ class Reprocessor:
         return self.stats
 
     def _run(self, client, replayer, setup, files, on_record, on_note) -> None:
+        """Index every file, then keep ``window`` spill tasks of all files in flight, merged in order.
+
+        Spill tasks run ahead across file boundaries (a file's spills do not wait for the previous
+        file's merge), and each is placed on the worker with the fewest of this run's unfinished spill
+        tasks per thread: a task depends on its spill's index rows, which sit on the worker that indexed
+        the file, and Dask runs a task where its inputs are (work stealing moves few of them), so
+        without the placement one worker decoded a whole file while the others idled. The placement is
+        loose (``allow_other_workers``): a task of a worker that leaves runs elsewhere.
+        """
         retries = self.cluster_config.retries
         threads = sum(client.nthreads().values()) or 1
         window = self.window or max(4, 4 * threads)
@@ -396,31 +414,98 @@ class Reprocessor:
         # every file's index pass at once: they are small tasks next to the spills
         plans = [client.submit(index_file, p, key=f"na64-index-{token}-{i}", retries=retries)
                  for i, p in enumerate(paths)]
-        summaries = [client.submit(file_summary, plan, key=f"na64-summary-{token}-{i}") for i, plan in
-                     enumerate(plans)]
+        # the small tasks first on a worker's queue (a worker's one thread is mostly busy with a spill)
+        summaries = [client.submit(file_summary, plan, key=f"na64-summary-{token}-{i}", priority=1)
+                     for i, plan in enumerate(plans)]
         bars: dict[int, object] = {}
+        placed: dict[str, list] = {}  # worker address -> this run's spill futures placed there
+        work = self._work(paths, plans, summaries, bars)
+        pending: collections.deque = collections.deque()  # in merge order: spills, ends of files, skipped files
+        in_flight = 0
+
+        def submit_ahead() -> None:
+            nonlocal in_flight
+            while in_flight < window:
+                item = next(work, None)
+                if item is None:
+                    return
+                if item[0] == "spill":
+                    _, i, plan, summary, n = item
+                    key = f"{token}-{i}-{n}"
+                    worker = self._least_busy(client, placed)
+                    where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+                    part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}", priority=1)
+                    future = client.submit(process_spill, part, setup, key=f"na64-spill-{key}", retries=retries,
+                                           **where)
+                    if worker:
+                        placed.setdefault(worker, []).append(future)
+                    item = ("spill", summary, n, part, future)
+                    in_flight += 1
+                pending.append(item)
+
         try:
-            for i, (path, plan, summary_future) in enumerate(zip(paths, plans, summaries)):
-                try:
-                    summary: FileSummary = summary_future.result()
-                except Exception as exc:  # noqa: BLE001 - this file cannot be read: the others go on
-                    self._skip(path, _reason(exc), on_note)
-                    continue
-                finally:
-                    summary_future.release()
-                self.stats.files += 1
-                self.stats.bytes += summary.size
-                self._bars_for(summary, bars)
-                self._merge_file(client, replayer, setup, plan, summary, i, token, window, retries, on_record,
-                                 on_note, bars)
-                plan.release()
-                for level, text in summary.notes:
-                    on_note(path, level, text)
-                    if level == "error":
-                        self.stats.errors.append(f"{path}: {text}")
+            submit_ahead()
+            while pending:
+                item = pending.popleft()
+                if item[0] == "skip":
+                    self._skip(item[1], item[2], on_note)
+                elif item[0] == "end":
+                    _, path, plan, summary = item
+                    plan.release()
+                    for level, text in summary.notes:
+                        on_note(path, level, text)
+                        if level == "error":
+                            self.stats.errors.append(f"{path}: {text}")
+                else:
+                    _, summary, n, part, future = item
+                    try:
+                        frames = future.result()
+                    except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
+                        spill = summary.spills[n]
+                        reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
+                        self.stats.errors.append(f"{summary.path}: {reason}")
+                        on_note(summary.path, "error", reason)
+                        continue
+                    finally:
+                        part.release()
+                        future.release()
+                        in_flight -= 1
+                        submit_ahead()
+                    self._merge(replayer, summary.spills[n], frames, on_record, bars)
         finally:
             for bar in bars.values():
                 bar.close()
+
+    def _work(self, paths, plans, summaries, bars):
+        """The run's items in merge order: ("spill", i, plan, summary, n) per spill of each readable file,
+        then ("end", path, plan, summary); ("skip", path, reason) for a file that cannot be read."""
+        for i, (path, plan, summary_future) in enumerate(zip(paths, plans, summaries)):
+            try:
+                summary: FileSummary = summary_future.result()
+            except Exception as exc:  # noqa: BLE001 - this file cannot be read: the others go on
+                plan.release()
+                yield "skip", path, _reason(exc)
+                continue
+            finally:
+                summary_future.release()
+            self.stats.files += 1
+            self.stats.bytes += summary.size
+            self._bars_for(summary, bars)
+            for n in range(len(summary.spills)):
+                yield "spill", i, plan, summary, n
+            yield "end", path, plan, summary
+
+    @staticmethod
+    def _least_busy(client, placed: dict[str, list]) -> str | None:
+        """The worker with the fewest unfinished spill tasks of this run per thread (None: no worker yet)."""
+        nthreads = client.nthreads()
+        for worker in list(placed):
+            placed[worker] = [f for f in placed[worker] if not f.done()]
+            if worker not in nthreads:
+                del placed[worker]
+        if not nthreads:
+            return None
+        return min(nthreads, key=lambda w: len(placed.get(w, ())) / max(nthreads[w], 1))
 
     def _skip(self, path: str, reason: str, on_note) -> None:
         self.stats.files_skipped += 1
@@ -441,50 +526,18 @@ class Reprocessor:
             bar.total += s.bytes
             bar.refresh()
 
-    def _merge_file(self, client, replayer, setup, plan, summary: FileSummary, file_number: int, token: str,
-                    window: int, retries: int, on_record, on_note, bars) -> None:
-        """Submit the file's spills (at most ``window`` ahead of the merge) and merge them in order."""
-        pending: collections.deque = collections.deque()
-        numbers = iter(range(len(summary.spills)))
-
-        def submit_next() -> bool:
-            n = next(numbers, None)
-            if n is None:
-                return False
-            key = f"{token}-{file_number}-{n}"
-            part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}")
-            pending.append((n, part, client.submit(process_spill, part, setup, key=f"na64-spill-{key}",
-                                                   retries=retries)))
-            return True
-
-        while len(pending) < window and submit_next():
-            pass
-        processor = replayer.monitor.processor
-        while pending:
-            n, part, future = pending.popleft()
-            spill = summary.spills[n]
-            try:
-                frames = future.result()
-            except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
-                reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
-                self.stats.errors.append(f"{summary.path}: {reason}")
-                on_note(summary.path, "error", reason)
-                continue
-            finally:
-                part.release()
-                future.release()
-                submit_next()
-            merging = time.perf_counter()
-            acc = processor.decode_result(frames)
-            record = replayer.monitor.handle(acc, complete=spill.complete)
-            self.stats.spills += 1
-            self.stats.events += int(record.get("events") or 0)
-            bar = bars.get(spill.run)
-            if bar is not None:
-                bar.update(spill.bytes)
-                bar.clear()
-            on_record(record)
-            if bar is not None:
-                bar.refresh()
-            self.stats.merge_seconds += time.perf_counter() - merging
-
+    def _merge(self, replayer, spill: SpillSummary, frames, on_record, bars) -> None:
+        """One spill's result through ``SpillMonitor.handle``, as ``replay`` finishes it."""
+        merging = time.perf_counter()
+        acc = replayer.monitor.processor.decode_result(frames)
+        record = replayer.monitor.handle(acc, complete=spill.complete)
+        self.stats.spills += 1
+        self.stats.events += int(record.get("events") or 0)
+        bar = bars.get(spill.run)
+        if bar is not None:
+            bar.update(spill.bytes)
+            bar.clear()
+        on_record(record)
+        if bar is not None:
+            bar.refresh()
+        self.stats.merge_seconds += time.perf_counter() - merging

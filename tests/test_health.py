@@ -193,3 +193,34 @@ def test_simulated_run_end_to_end(channel_map):
     extra = found[6] - faults - drifting
     assert extra <= {("hot", slot[a]) for a in NOISY}, extra
     assert found[7] == found[8] == set(), found[7:]
+
+
+@pytest.mark.parametrize("kind", ["super events, corrupt", "plain-event fragments"])
+def test_statistics_summed_by_the_decoder_equal_a_separate_fill(channel_map, kind):
+    """``SpillProcessor.accumulate`` lets the decoder add the channel statistics while it decodes (chunks of
+    whole events) and falls back to ``ChannelStats.fill`` for chunks of plain-event fragments: either way
+    the counts and sums equal one ``fill`` over the whole decoded spill, bit for bit."""
+    from na64_online.decoders.decode import as_words, decode_events, fragment_starts, index_events, merge_fragments
+    from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
+
+    extra = ({"corruption_rates": {"channel_bad_samples": 0.02, "data_bad_marker": 0.02, "adc_bad_key": 0.02},
+              "noisy_channels": ((611, 0, 4),)} if kind.startswith("super") else {"super_events": False})
+    sim = ReadoutSimulator(SimulationConfig(events_per_spill=700, seed=3, **extra), channel_map)
+    words, _ = as_words(sim.spill(1).raw())
+    ways = []
+
+    class Spy(ChannelStats):
+        def fill(self, decoded, physics=None, select=None, summed=False):
+            ways.append(summed)
+            super().fill(decoded, physics, select, summed)
+
+    proc = SpillProcessor(MonitorConfig(chunk_events=256), channel_map, extensions={"stats": Spy})
+    got = proc.accumulate(words).extensions["stats"]
+    assert len(ways) >= 3 and all(ways) == kind.startswith("super") and any(ways) == kind.startswith("super")
+    index = index_events(words)
+    want = ChannelStats(channel_map)
+    want.fill(merge_fragments(decode_events(words, index, channel_map), fragment_starts(index)))
+    assert got.events == want.events > 500
+    assert np.array_equal(got.counts, want.counts) and np.array_equal(got.sums, want.sums)
+    assert want.counts[0].sum() > 0 and want.counts[1].sum() > 0

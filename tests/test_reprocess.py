@@ -58,9 +58,10 @@ def raw_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A LocalCluster of 2 worker processes (nannies restart a killed worker), loopback only."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as local, distributed.Client(local) as client:
+    """reprocess's LocalCluster of 2 worker processes (nannies restart a killed worker), loopback only."""
+    from na64_online.reprocess import local_cluster
+
+    with local_cluster(2) as local, distributed.Client(local) as client:
         yield local, client
 
 
@@ -88,6 +89,64 @@ def test_reprocess_on_a_local_cluster_gives_replays_records(raw_files, tmp_path)
     summary = result.stderr.strip().splitlines()[-1]
     assert f"reprocessed 3 files (2 skipped), {len(expected)} spills" in summary
     assert "GB/s" in summary and "events/s" in summary
+
+
+def test_a_spill_task_maps_its_bytes_unless_the_stream_was_realigned(raw_files):
+    """A clean spill is decoded from the file mapped read-only (as replay does), not from a copy; a spill
+    of a byte-shifted, re-aligned stream is read into one buffer. Both are the bytes its index points into."""
+    import numpy as np
+
+    from na64_online.decoders import layout
+    from na64_online.reprocess import index_file, read_spill_words, spill_words
+
+    files, _ = raw_files
+    clean = index_file(str(files[0])).spills
+    realigned = [p for p in index_file(str(files[1])).spills if len(p.pieces) > 1]
+    assert clean and realigned
+    for plan in (clean[0], realigned[0]):
+        with spill_words(plan) as words:
+            assert np.array_equal(words, read_spill_words(plan))
+            assert words.flags.writeable == (plan is realigned[0])
+            first = int(plan.index.offset[plan.index.status == 0][0])
+            assert int(words[first + 1]) == layout.DATE_MAGIC  # an event starts where the index says
+
+
+def test_the_deployed_dask_worker_settings_are_those_of_reprocess_own_cluster():
+    """deploy/dask-reprocess.yaml (for `dask worker` hosts and batch jobs) says what local_cluster sets."""
+    import dask
+
+    from na64_online.reprocess import WORKER_DASK_CONFIG
+
+    deployed = dask.config.collect(paths=[str(Path(__file__).parents[1] / "deploy" / "dask-reprocess.yaml")],
+                                   env={})
+    for key, value in WORKER_DASK_CONFIG.items():
+        assert dask.config.get(key, "absent", config=deployed) == value, key
+    flat = {f"{a}.{b}" for a, b in [("distributed.nanny.pre-spawn-environ", k)
+                                     for k in deployed["distributed"]["nanny"]["pre-spawn-environ"]]}
+    assert flat <= set(WORKER_DASK_CONFIG)
+
+
+def test_spill_tasks_are_spread_over_the_workers(raw_files, cluster):
+    """One file's spills run on both workers, not where the file was indexed only (Dask runs a task where
+    its inputs are); the workers run without Dask's MALLOC_TRIM_THRESHOLD_ and statistical profiler."""
+    from na64_online.config import load_config
+    from na64_online.decoders.channelmap import ChannelMap
+    from na64_online.reprocess import ClusterConfig, Reprocessor
+
+    files, replay = raw_files
+    local, client = cluster
+    client.wait_for_workers(2, timeout=60)
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+    import dask
+
+    assert set(client.run(dask.config.get, "distributed.worker.profile.enabled").values()) == {False}
+    out: list[dict] = []
+    with distributed.get_task_stream(client) as stream:
+        Reprocessor(load_config(environ={}), ChannelMap.default(), ClusterConfig(scheduler=local.scheduler_address),
+                    window=1 << 10).run([files[0]], out.append, lambda *a: None)
+    assert [comparable(r) for r in out] == records(replay.stdout)[:3]
+    workers = {t["worker"] for t in stream.data if t["key"].startswith("na64-spill-")}
+    assert len(workers) == 2, stream.data
 
 
 def test_a_worker_killed_mid_run_is_survived(raw_files, cluster):
