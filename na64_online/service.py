@@ -45,6 +45,10 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     )
 
 
+#: settings of the hashed sections that shape no record (the event display's raw events)
+NOT_IN_RECORD = (("monitor", "candidate_events_per_spill"),)
+
+
 def processing_version(config: Config, channel_map: ChannelMap) -> str:
     """``SOFTWARE+HASH``: the software version and a hash of everything that shapes a record — the
     monitor, histogram, health, quality and alarm settings and the channel map with its calibration.
@@ -59,6 +63,8 @@ def processing_version(config: Config, channel_map: ChannelMap) -> str:
         section = getattr(config, name)
         sections[name] = section.model_dump(mode="json") if hasattr(section, "model_dump") else (
             dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section)
+    for name, key in NOT_IN_RECORD:
+        sections[name].pop(key, None)
     text = json.dumps(sections, sort_keys=True, default=str) + "\n" + channel_map.to_csv_text()
     return f"{__version__}+{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 

@@ -409,3 +409,14 @@ def test_toml_writer_round_trips_awkward_values():
     tables = {"a": {"f": 1e-05, "g": float("inf"), "s": 'quote " and \\ \u00e9', "t": [1, 2.5], "b": True,
                     "sub": {"x": -3}}}
     assert tomllib.loads(to_toml(tables)) == tables | {"a": tables["a"] | {"t": [1, 2.5]}}
+
+
+def test_the_event_display_cap_is_no_part_of_the_processing_version(channel_map):
+    """Raw events kept for the event display shape no record: archived records keep their version."""
+    from na64_online.service import processing_version
+
+    config = Config()
+    fewer = config.replace(monitor=config.monitor.replace(candidate_events_per_spill=2))
+    assert processing_version(fewer, channel_map) == processing_version(config, channel_map)
+    cuts = config.replace(monitor=config.monitor.replace(chunk_events=1000))
+    assert processing_version(cuts, channel_map) != processing_version(config, channel_map)
