@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -335,6 +336,11 @@ class LiveService:
             if self.web is not None:
                 self.web.stop()
             raise
+        # What exists now (modules, kernels, the web stack) lives as long as the process: out of the garbage
+        # collector's sight, so that a full collection (Bokeh runs one per closed page, on the web event
+        # loop) walks only what was made since. stop() gives them back.
+        gc.collect()
+        gc.freeze()
         self._running = True
         self._watch_thread = threading.Thread(target=self._watch, name="na64-liveness", daemon=True)
         self._watch_thread.start()
@@ -365,3 +371,4 @@ class LiveService:
                 self.web_state.close()
             self.monitor.close()
             self.systemd.close()
+            gc.unfreeze()

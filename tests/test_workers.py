@@ -8,6 +8,7 @@ so (503) and ``serve``/``demo`` exit non-zero.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import shutil
@@ -342,6 +343,8 @@ def test_dead_ingest_thread_makes_health_fail_with_503(channel_map):
     config = Config(web=WebConfig(port=0))
     ingest = config.ingest.replace(endpoints=("tcp://127.0.0.1:1",), workers=0)
     service = LiveService(config, channel_map, ingest).start()
+    # the warm process's objects are out of the collector's sight while it serves (Bokeh collects per closed page)
+    assert gc.get_freeze_count() > 0
     try:
         with httpx.Client(base_url=service.web.url, timeout=10, trust_env=False) as client:
             ok = client.get("/api/health")
@@ -357,6 +360,7 @@ def test_dead_ingest_thread_makes_health_fail_with_503(channel_map):
             failed = client.get("/api/health")
     finally:
         service.stop()
+    assert gc.get_freeze_count() == 0
     assert failed.status_code == 503
     body = failed.json()
     assert body["status"] == "failed" and "injected fault" in body["reason"] and "ingest" in body["reason"]
