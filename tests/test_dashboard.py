@@ -198,19 +198,12 @@ def test_screenshots_at_control_room_sizes(site):
 def test_live_service_push_event_display_then_grey_when_silent_then_monitor_down(tmp_path, channel_map):
     """The live service as a process with two simulated readout nodes: spills pushed, a candidate's event
     display from the raw event its decoder worker returned, grey panels when the nodes stop, MONITOR DOWN."""
-    from test_service_lifecycle import Lines, _publish_spills, _serve, free_port, stop
+    from test_service_lifecycle import Lines, _publish_spills, serve_silent_after_2_s, stop
 
-    from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
     from na64_online.sim.simulator import ReadoutSimulator
 
     sim = ReadoutSimulator(SimulationConfig(spills=2, events_per_spill=800, seed=9, signal_fraction=0.01), channel_map)
-    per_ldc = {ldc: list(simulated_ldc_spills(sim, ldc)) for ldc in (1, 2)}
-    publishers = [ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", ldc, fast=True, spill_gap_s=0,
-                                                   wait_subscribers=1, wait_timeout_s=60)) for ldc in (1, 2)]
-    ports = [int(p.endpoint.rsplit(":", 1)[1]) for p in publishers]
-    env = dict(os.environ, NA64_MONITOR__NO_DATA_AFTER_SECONDS="2")
-    env.pop("NA64_CONFIG", None)
-    proc = _serve(ports, tmp_path / "qa.sqlite", "--http", f"127.0.0.1:{free_port()}", env=env)
+    per_ldc, publishers, proc = serve_silent_after_2_s(sim, tmp_path)
     browser = None
     try:
         lines = Lines(proc)

@@ -183,17 +183,23 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not exposed")
 
 
-@pytest.mark.timeout(180)
-def test_silence_makes_the_service_stale_and_data_makes_it_ready_again(tmp_path, channel_map):
-    """no_data_after_seconds = 2: readout nodes stop → 503, readout_silent, no_data alarm, growing age; resume."""
-    sim = ReadoutSimulator(SimulationConfig(spills=2, events_per_spill=500, seed=5), channel_map)
+def serve_silent_after_2_s(sim, tmp_path: Path):
+    """Two readout nodes (LDC 1, 2) of ``sim``'s spills, waiting for their subscriber, and ``serve`` on them
+    with an HTTP port and ``no_data_after_seconds = 2``: (spills per LDC, publishers, the serve process)."""
     per_ldc = {ldc: list(simulated_ldc_spills(sim, ldc)) for ldc in (1, 2)}
     publishers = [ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", ldc, fast=True, spill_gap_s=0,
                                                    wait_subscribers=1, wait_timeout_s=60)) for ldc in (1, 2)]
     ports = [int(p.endpoint.rsplit(":", 1)[1]) for p in publishers]
     env = dict(os.environ, NA64_MONITOR__NO_DATA_AFTER_SECONDS="2")
     env.pop("NA64_CONFIG", None)
-    proc = _serve(ports, tmp_path / "qa.sqlite", "--http", f"127.0.0.1:{free_port()}", env=env)
+    return per_ldc, publishers, _serve(ports, tmp_path / "qa.sqlite", "--http", f"127.0.0.1:{free_port()}", env=env)
+
+
+@pytest.mark.timeout(180)
+def test_silence_makes_the_service_stale_and_data_makes_it_ready_again(tmp_path, channel_map):
+    """no_data_after_seconds = 2: readout nodes stop → 503, readout_silent, no_data alarm, growing age; resume."""
+    sim = ReadoutSimulator(SimulationConfig(spills=2, events_per_spill=500, seed=5), channel_map)
+    per_ldc, publishers, proc = serve_silent_after_2_s(sim, tmp_path)
     try:
         lines = Lines(proc)
         url = lines.stderr_line("HTTP on http://", 90).rsplit("HTTP on ", 1)[1].strip()
