@@ -39,7 +39,7 @@ from ..decoders.channelmap import ChannelMap
 from ..errors import Issue
 from .health import KINDS as FINDING_KINDS
 from . import model
-from .model import to_json
+from .model import finite_float, to_json
 from .quality import SUBSYSTEMS, QualityState, subsystems_of
 
 ERROR_KINDS = tuple(i.label for i in Issue if i.is_error) + ("other",)
@@ -283,14 +283,6 @@ class SnapshotStore:
                 self._service = service
 
 
-def _finite(value, default=math.nan) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return default
-    return v if math.isfinite(v) else default
-
-
 class Na64Collector(Collector):
     """Custom collector: every sample is computed from the store's snapshots at scrape time."""
 
@@ -320,7 +312,7 @@ class Na64Collector(Collector):
             out.append(CounterMetricFamily(name, doc, value=None if describe else value, unit=unit))
 
         def gauge(name, doc, value, unit=""):
-            out.append(GaugeMetricFamily(name, doc, value=None if describe else _finite(value), unit=unit))
+            out.append(GaugeMetricFamily(name, doc, value=None if describe else finite_float(value), unit=unit))
 
         # ---------------------------------------------------------- service health
         counter("na64_ingest_messages", "ZeroMQ messages received", s.messages_received)
@@ -456,8 +448,8 @@ class Na64Collector(Collector):
                                 "(estimator hcal: E_HCAL > 10 GeV; srd: no electron tag)", labels=["estimator"],
                                 unit="ratio")
         if not describe:
-            fam.add_metric(["hcal"], _finite(last.get("hadron_fraction")))
-            fam.add_metric(["srd"], _finite(last.get("hadron_fraction_srd")))
+            fam.add_metric(["hcal"], finite_float(last.get("hadron_fraction")))
+            fam.add_metric(["srd"], finite_float(last.get("hadron_fraction_srd")))
         out.append(fam)
         gauge("na64_eot_last_spill", "electrons on target, last spill", last.get("eot"))
         gauge("na64_candidates_last_spill", "missing-energy candidates, last spill",
@@ -483,7 +475,7 @@ class Na64Collector(Collector):
             fam = GaugeMetricFamily(name, doc, labels=["detector"], unit=unit)
             if not describe:
                 for detector in labels.mapped:
-                    fam.add_metric([detector], _finite((per_detector.get(detector) or {}).get(key)))
+                    fam.add_metric([detector], finite_float((per_detector.get(detector) or {}).get(key)))
             out.append(fam)
 
         # ---------------------------------------------------------- quality and channels
@@ -529,7 +521,7 @@ class Na64Collector(Collector):
                                            value=None if describe else int(delivery.get(outcome, 0))))
         out.append(GaugeMetricFamily("na64_alertmanager_last_success_timestamp_seconds",
                                      "Unix time Alertmanager last accepted a request (NaN: never)",
-                                     value=None if describe else _finite(delivery.get("last_success")),
+                                     value=None if describe else finite_float(delivery.get("last_success")),
                                      unit="seconds"))
         return out
 

@@ -55,6 +55,16 @@ AlarmState = Literal["raised", "acknowledged", "cleared"]
 FindingKind = Literal["dead", "hot", "noisy", "drifting", "saturating"]
 
 
+def finite_float(value: Any, default: float = math.nan) -> float:
+    """``value`` as a finite float, or ``default`` when it is none, not a number, NaN or infinite (what the
+    metrics and the dashboard read from a record)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..decoders.channelmap import ChannelMap
+from ..monitor.model import finite_float
 from .detectors import detector_panels
 
 STATE_COLOURS = {"GOOD": "#2e7d32", "WARNING": "#f9a825", "BAD": "#c62828", "NO_DATA": "#616161",
@@ -45,14 +46,6 @@ def channel_maps(channel_map: ChannelMap) -> list[dict[str, Any]]:
 STATUS_CODES = {"ok": 0, "noisy": 1, "hot": 2, "pedestal_shift": 2, "dead": 3}
 MAP_QUANTITIES = ("occupancy", "pedestal", "noise", "status")
 SPECTRA = (("e_ecal", "E_ECAL", False), ("e_ps", "E_PS (preshower)", True), ("e_hcal", "E_HCAL", True))
-
-
-def _num(value, default=math.nan) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return default
-    return v if math.isfinite(v) else default
 
 
 def fmt(value, spec: str = ".4g") -> str:
@@ -252,7 +245,7 @@ def progress_html(service: Mapping | None, record: Mapping | None, now: float) -
         return '<div class="progress">spill in progress: —</div>'
     started = cur.get("started_at")
     seconds = now - started if started else None
-    expected = _num((record or {}).get("spill_duration_us")) * 1e-6
+    expected = finite_float((record or {}).get("spill_duration_us")) * 1e-6
     pct = min(100.0, 100.0 * seconds / expected) if seconds is not None and expected > 0 else 0.0
     return (f'<div class="progress">spill {fmt(cur.get("spill"), "")} in progress: '
             f'{fmt(cur.get("events"), ",")} events, started <span class="na64-age" data-t="{started or 0:.3f}">'
@@ -283,17 +276,17 @@ def prepare(snapshot, channel_map: ChannelMap, *, alarms: Sequence[Mapping] = ()
     trend = run_json.get("trend") or []
     limits = dict(limits or {})
     hf_warn, hf_bad = limits.get("warning", 0.05), limits.get("bad", 0.15)
-    spills = np.array([_num(t.get("spill")) for t in trend], dtype=float)
-    hf = np.array([_num(t.get("hadron_fraction")) for t in trend])
-    hf_srd = np.array([_num(t.get("hadron_fraction_srd")) for t in trend])
-    eot = np.array([_num(t.get("eot"), 0.0) for t in trend])
+    spills = np.array([finite_float(t.get("spill")) for t in trend], dtype=float)
+    hf = np.array([finite_float(t.get("hadron_fraction")) for t in trend])
+    hf_srd = np.array([finite_float(t.get("hadron_fraction_srd")) for t in trend])
+    eot = np.array([finite_float(t.get("eot"), 0.0) for t in trend])
 
     def state_colour(v):
         return [STATE_COLOURS["NO_DATA"] if not math.isfinite(x) else STATE_COLOURS["BAD"] if x > hf_bad
                 else STATE_COLOURS["WARNING"] if x > hf_warn else STATE_COLOURS["GOOD"] for x in v]
 
     sources["trend"] = {
-        "spill": spills, "beam": np.array([_num(t.get("beam"), 0.0) for t in trend]),
+        "spill": spills, "beam": np.array([finite_float(t.get("beam"), 0.0) for t in trend]),
         "eot": eot, "eot_cum": np.cumsum(eot), "hf": hf, "hf_srd": hf_srd,
         "hf_colour": state_colour(hf), "hf_srd_colour": state_colour(hf_srd),
     }
@@ -352,12 +345,12 @@ def prepare(snapshot, channel_map: ChannelMap, *, alarms: Sequence[Mapping] = ()
     # -------- candidates (the run's, newest first)
     cands = list(reversed(run_json.get("candidates") or []))[:500]
     keys = ("spill", "event", "e_ps", "e_ecal", "e_hcal", "srd_sum", "veto_max")
-    sources["candidates"] = {k: np.array([_num(c.get(k)) for c in cands]) for k in keys}
-    sources["candidates"]["run"] = np.array([_num(c.get("run", record.get("run"))) for c in cands])
-    values["candidates_total"] = int(_num(run_json.get("candidates_total"), len(cands)))
+    sources["candidates"] = {k: np.array([finite_float(c.get(k)) for c in cands]) for k in keys}
+    sources["candidates"]["run"] = np.array([finite_float(c.get("run", record.get("run"))) for c in cands])
+    values["candidates_total"] = int(finite_float(run_json.get("candidates_total"), len(cands)))
     this_spill = [c for c in cands if c.get("spill") == record.get("spill")]
-    sources["plane_cands"] = {"e_ecal": np.array([_num(c.get("e_ecal")) for c in this_spill]),
-                              "e_hcal": np.array([_num(c.get("e_hcal")) for c in this_spill])}
+    sources["plane_cands"] = {"e_ecal": np.array([finite_float(c.get("e_ecal")) for c in this_spill]),
+                              "e_hcal": np.array([finite_float(c.get("e_hcal")) for c in this_spill])}
 
     # -------- channel maps
     stats = snapshot.channel_stats or {}
@@ -367,7 +360,7 @@ def prepare(snapshot, channel_map: ChannelMap, *, alarms: Sequence[Mapping] = ()
         vals = stats.get(key)
         if vals is None or len(vals) != n:
             return np.full(n, np.nan)
-        return np.array([_num(v) for v in vals])
+        return np.array([finite_float(v) for v in vals])
 
     occupancy, pedestal, noise = column("occupancy"), column("pedestal_even"), column("pedestal_even_rms")
     kinds: dict[int, list[dict]] = {}
