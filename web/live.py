@@ -18,8 +18,11 @@ periods without any message it says "MONITOR DOWN".
 Opening a page costs about a second of CPU (some 400 Bokeh models built, then the whole document
 serialised for the page's first ``PULL-DOC``). Neither runs on the event loop: the page is built in the
 session's ``on_session_created`` hook and its document serialised for ``PULL-DOC-REPLY``, both in the
-feed's one page-builder thread, so pages opening — twenty at once — delay neither the pushes to the
-pages already open nor the JSON API (one thread: the loop keeps about half the interpreter meanwhile).
+feed's one page-builder thread, so pages opening do not hold up the pushes to the pages already open
+(one thread: the loop keeps about half the interpreter meanwhile). Closing pages still costs the loop:
+Bokeh runs a full garbage collection for each closed session, which the service keeps small by freezing
+its warm heap (``LiveService.start``); with twenty pages opening and closing at once the JSON API has
+still been measured to stall for seconds (README, Performance).
 """
 
 from __future__ import annotations
