@@ -67,7 +67,7 @@ from .endpoints import is_loopback  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = b"na64-worker/3"  # 3: results carry the candidates' raw events (result format 3)
+PROTOCOL = b"na64-worker/4"  # 3: results carry the candidates' raw events (result format 3); 4: sparse histograms
 HELLO, SETUP, READY, TASK, RESULT, ERROR, STOP = (
     b"HELLO", b"SETUP", b"READY", b"TASK", b"RESULT", b"ERROR", b"STOP")
 _ID = struct.Struct("<Q")
