@@ -462,3 +462,19 @@ def handler_pool(channel_map, processor):
         pool.outstanding[task.task_id] = task
     yield pool
     pool.close()
+
+
+@pytest.mark.timeout(60)
+def test_workers_spawned_early_are_ended_by_stop_without_start(channel_map):
+    """``spawn_workers`` starts the worker processes at once (they warm up while the caller imports the web);
+    a service stopped before it started still ends them and closes their socket."""
+    cfg = IngestConfig(endpoints=("tcp://127.0.0.1:1",), workers=1)
+    svc = IngestService(cfg, make_processor, (channel_map, Config().monitor, Config().histograms),
+                        worker_setup=worker_setup(Config(), channel_map))
+    svc.spawn_workers()
+    procs = list(svc.pool._procs)
+    assert len(procs) == 1 and procs[0].poll() is None
+    svc.spawn_workers()  # once: the pool and its processes are kept
+    assert svc.pool._procs == procs
+    svc.stop()
+    assert procs[0].poll() is not None and svc.pool is None
