@@ -266,7 +266,9 @@ class RawFile:
     #: bytes indexed at once by :meth:`iter_spills` (grown while a window holds no spill boundary)
     WINDOW_BYTES = 64 << 20
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, verified: bool = False) -> None:
+        """``verified``: the file was opened before and found a DATE stream (a later step of its index
+        pass, :meth:`walk_step`): its start is not indexed again to tell."""
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
@@ -280,6 +282,8 @@ class RawFile:
         self.size = size
         self._data = np.frombuffer(self._map, dtype=np.uint8) if self._map else np.empty(0, np.uint8)
         self._whole: tuple[np.ndarray, EventIndex] | None = None
+        if verified:
+            return
         # garbage at the start is damage when DATE events follow it; with none anywhere it is not a DATE file
         head = self._index_range(0, min(size, self.WINDOW_BYTES))
         if size <= self.WINDOW_BYTES:  # a small file: indexed whole already
