@@ -297,12 +297,13 @@ def _processor(setup: tuple[bytes, bytes]):
     return processor
 
 
-def process_spill(plan: SpillPlan, setup: tuple[bytes, bytes]) -> list[bytes]:
+def process_spill(plan: SpillPlan, setup: tuple[bytes, bytes]) -> list[np.ndarray]:
     """Task: decode one spill from its own bytes; the accumulator in the workers' wire format."""
     processor = _processor(setup)
     with spill_words(plan) as words:
         acc = processor.accumulate(words, plan.index)
-    return [bytes(frame) for frame in processor.encode_result(acc)]
+    # as arrays: Dask sends their buffers as they are (no copy into bytes objects, no pickling of the data)
+    return [np.frombuffer(frame, dtype=np.uint8) for frame in processor.encode_result(acc)]
 
 
 # =========================================================================== the client
@@ -462,6 +463,14 @@ class Reprocessor:
         summaries = [client.submit(step_summary, step, key=f"na64-summary-{token}-{i}-0", priority=2)
                      for i, step in enumerate(steps)]
         bars: dict[int, object] = {}
+        known = [time.monotonic(), client.nthreads()]
+
+        def workers() -> dict[str, int]:
+            """The workers and their threads, asked of the scheduler at most once a second (a round trip)."""
+            if time.monotonic() - known[0] > 1.0:
+                known[:] = time.monotonic(), client.nthreads()
+            return known[1]
+
         placed: dict[str, list] = {}  # worker address -> this run's spill futures placed there
         work = self._work(client, paths, steps, summaries, bars, token)
         pending: collections.deque = collections.deque()  # in merge order: spills, ends of files, skipped files
@@ -476,7 +485,7 @@ class Reprocessor:
                 if item[0] == "spill":
                     _, i, plan, summary, n = item
                     key = f"{token}-{i}-{plan.key.rsplit('-', 1)[-1]}-{n}"
-                    worker = self._least_busy(client, placed)
+                    worker = self._least_busy(workers(), placed)
                     where = {"workers": [worker], "allow_other_workers": True} if worker else {}
                     part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}", priority=1)
                     future = client.submit(process_spill, part, setup, key=f"na64-spill-{key}", retries=retries,
@@ -559,9 +568,8 @@ class Reprocessor:
                 step = following
 
     @staticmethod
-    def _least_busy(client, placed: dict[str, list]) -> str | None:
+    def _least_busy(nthreads: dict[str, int], placed: dict[str, list]) -> str | None:
         """The worker with the fewest unfinished spill tasks of this run per thread (None: no worker yet)."""
-        nthreads = client.nthreads()
         for worker in list(placed):
             placed[worker] = [f for f in placed[worker] if not f.done()]
             if worker not in nthreads:
