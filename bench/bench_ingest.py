@@ -315,6 +315,7 @@ def stage_profile(args) -> dict:
                 frames = timed("worker", lambda w: processor.encode_result(processor.accumulate(w)),
                                o.words.copy())  # a worker's words are its own (received)
                 frames = [bytes(f) for f in frames]  # as received
+                builder.recycle(o.words)  # the task is answered: the service hands its buffer back
                 result = timed("merge", read_result, frames)
                 key = (o.run, o.spill)
                 if key not in accs:

@@ -27,6 +27,9 @@ from .channelmap import ChannelMap
 from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
+#: rows of the first window (each next one twice the last, up to INDEX_WINDOW): a live message of a few hundred
+#: events then allocates columns of a few kB, not of 64 k rows (a megabyte per message, mapped and unmapped)
+INDEX_FIRST_WINDOW = 1 << 12
 #: numba function adding row i of decoded (event, slot) arrays to per-slot statistics (see :class:`SlotSums`)
 add_slot_sums = _kernels.add_slot_sums
 
@@ -123,8 +126,10 @@ def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift):
     """
     parts = []
     position, truncated, lost_sync, shift = start, False, False, -1
+    window = INDEX_FIRST_WINDOW
     while position < stop and not truncated and shift < 0:
-        capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+        capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+        window *= 2
         cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
         n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
             words, data, byte_limit, position, stop, want_super, allow_shift, _kernels.IndexColumns(*cols)
