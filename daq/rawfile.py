@@ -384,7 +384,7 @@ class RawFile:
             return segments, IndexWalk(stats=stats, closed=frozenset(closed), windowed_from=stop,
                                        start=stop, done=stop >= self.size)
         words = self._file_words()
-        step = index_stream_step(words, self._data, walk.position, walk.want_super)
+        step = index_stream_step(words, self._data, walk.position, walk.want_super, walk.calls)
         if step.shift >= 0:  # re-aligned from there on: by windows from the last cut
             return self.walk_step(IndexWalk(stats=walk.stats, closed=walk.closed, windowed_from=walk.start,
                                             start=walk.start), window_bytes)
@@ -397,8 +397,8 @@ class RawFile:
                                  trailing if tail else 0)
             segments = self._segment(words, index, stats, closed)
             return segments, IndexWalk(stats=stats, closed=frozenset(closed), start=self.size, done=True)
-        following = IndexWalk(position=step.position, want_super=step.want_super, pending=pending,
-                              closed=walk.closed, stats=walk.stats, start=walk.start)
+        following = IndexWalk(position=step.position, want_super=step.want_super, calls=walk.calls + 1,
+                              pending=pending, closed=walk.closed, stats=walk.stats, start=walk.start)
         status, kind = pending["status"], pending["type"]
         cut = _spill_cut_rows(status, kind, pending["run"], pending["spill"])
         if cut is None:
@@ -470,7 +470,7 @@ class IndexWalk:
     """Where a file's one index pass stands between two :meth:`RawFile.walk_step` calls (picklable: a step
     can be a task on another process).
 
-    ``position``/``want_super``: the index kernel's place and state; ``pending``: index columns of the rows
+    ``position``/``want_super``/``calls``: the index kernel's place and state; ``pending``: index columns of the rows
     since the last spill cut (not yet in a spill); ``start``: byte of that cut; ``closed``: keys of the
     spills closed so far; ``stats``: the stream figures so far; ``windowed_from``: after a byte-shifted
     resync, the byte where the walk goes on by windows; ``done``: nothing more to index.
@@ -479,6 +479,7 @@ class IndexWalk:
     stats: StreamStats
     position: int = 0
     want_super: int = -1
+    calls: int = 0  # kernel calls made
     pending: dict | None = None
     start: int = 0
     closed: frozenset = frozenset()

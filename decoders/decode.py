@@ -158,14 +158,17 @@ class StreamStep:
     shift: int  # >= 0: the next event starts at this byte, off the word grid (index_bytes re-aligns there)
 
 
-def index_stream_step(words: np.ndarray, data: np.ndarray, position: int, want_super: int) -> StreamStep:
-    """The next kernel call of :func:`index_bytes` on a whole stream (``data``, its bytes; ``words``, its
-    whole words), from word ``position`` with the walk's ``want_super`` (-1 at the start): at most
-    :data:`INDEX_WINDOW` rows, the very rows and state ``index_bytes`` gets from the same call, so a walk
-    of such steps gives its index row for row until it needs a re-aligned copy (``shift >= 0``)."""
+def index_stream_step(words: np.ndarray, data: np.ndarray, position: int, want_super: int,
+                      calls: int) -> StreamStep:
+    """Kernel call number ``calls`` (from 0) of :func:`index_bytes` on a whole stream (``data``, its bytes;
+    ``words``, its whole words), from word ``position`` with the walk's ``want_super`` (-1 at the start):
+    the rows :func:`_index_words` asks of that call (:data:`INDEX_FIRST_WINDOW`, doubled per call, up to
+    :data:`INDEX_WINDOW`), the very rows and state ``index_bytes`` gets from it, so a walk of such steps
+    gives its index row for row until it needs a re-aligned copy (``shift >= 0``)."""
     _check_words(words)
     stop = len(words)
-    capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+    window = INDEX_FIRST_WINDOW << min(calls, 40)
+    capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
     cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
     n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
         words, data, len(data), position, stop, want_super, True, _kernels.IndexColumns(*cols))
