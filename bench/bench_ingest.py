@@ -116,6 +116,32 @@ def _cpu_seconds(pid: int | str) -> float | None:
         return None
 
 
+def _minor_faults(pid: int | str) -> int:
+    """Minor page faults of a process or thread so far (``/proc/PID/stat`` minflt), 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _threads_faults() -> dict[str, int]:
+    """Minor page faults of this process's threads by kind (as :func:`_threads_cpu_seconds`)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        name = names.get(int(tid))
+        kind = ("zmq-io" if comm.startswith("ZMQbg") else "na64-worker-threads" if name and name.startswith("na64-worker")
+                else name or comm)
+        out[kind] = out.get(kind, 0) + _minor_faults(f"self/task/{tid}")
+    return out
+
+
 def _threads_cpu_seconds() -> dict[str, float]:
     """CPU time of this process's threads by kind: Python threads by name (worker threads together),
     ZeroMQ's background threads ("ZMQbg/…"), and the rest."""
@@ -190,6 +216,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     _reset_peak_rss()
     # CPU: the service's = this process's minus this (bench) thread's; the workers' from /proc
     cpu0, bench0, threads0 = _own_cpu_seconds(), time.thread_time(), _threads_cpu_seconds()
+    tfaults0 = _threads_faults()
+    wfaults0 = {pid: _minor_faults(pid) for pid in worker_pids}
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     workers_cpu0 = {pid: _cpu_seconds(pid) for pid in worker_pids}
     t0 = time.perf_counter()
@@ -205,6 +233,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     t1 = time.perf_counter()
     service_cpu = _own_cpu_seconds() - cpu0 - (time.thread_time() - bench0)
     threads1 = _threads_cpu_seconds()
+    tfaults = {k: v - tfaults0.get(k, 0) for k, v in _threads_faults().items()}
+    wfaults = sum(_minor_faults(pid) - f0 for pid, f0 in wfaults0.items())
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     service_threads = {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
                        if k != threading.main_thread().name and v - threads0.get(k, 0.0) >= 0.01}
@@ -246,6 +276,9 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "builder_memory_builds": metrics["builder"]["memory_builds"],
         "builder_limit_mb": round((metrics["memory"].get("builder_limit_bytes") or 0) / 1e6),
         "service_page_faults_per_event": round(faults / decoded, 2) if decoded else None,
+        "service_page_faults_per_event_by_thread": {k: round(v / decoded, 3) for k, v in tfaults.items()
+                                                    if decoded and k != threading.main_thread().name and v},
+        "worker_page_faults_per_event": round(wfaults / decoded, 3) if decoded and worker_pids else None,
         "service_peak_rss_growth_mb": round(service_peak_growth_mb, 1),
         "worker_peak_rss_mb": round(worker_peak_kb / 1e3, 1),
     }
@@ -315,6 +348,7 @@ def stage_profile(args) -> dict:
                 frames = timed("worker", lambda w: processor.encode_result(processor.accumulate(w)),
                                o.words.copy())  # a worker's words are its own (received)
                 frames = [bytes(f) for f in frames]  # as received
+                builder.recycle(o.words)  # the task is answered: the service hands its buffer back
                 result = timed("merge", read_result, frames)
                 key = (o.run, o.spill)
                 if key not in accs:

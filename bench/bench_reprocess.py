@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
 
         def reprocess(workers, paths=files):
             out = []
-            stats[workers] = Reprocessor(config, cmap, ClusterConfig(scheduler=clusters[workers].scheduler_address)
+            stats[workers] = Reprocessor(config, cmap, ClusterConfig(scheduler=clusters[workers].scheduler_address,
+                                                                     direct_to_workers=True)
                                          ).run(paths, out.append, lambda *a: None)
             return out
 

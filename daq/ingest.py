@@ -216,6 +216,9 @@ class IngestService:
         up (no message taken yet), it does not wait for a kernel compilation to end: the thread is a
         daemon, local workers end with the process."""
         self._stop.set()
+        if self._thread is None and self.pool is not None:  # workers spawned early, never started
+            self.pool.close()
+            self.pool = None
         if self._thread is not None and self._thread is not threading.current_thread():
             if timeout_s is None:
                 timeout_s = 2.0 if self.phase in ("starting", "warming_up") else self.config.drain_timeout_s + 10
@@ -382,6 +385,28 @@ class IngestService:
             self._error = exc
             self._started.set()
 
+    def spawn_workers(self) -> None:
+        """Bind the workers' socket and start the local worker processes now, from the calling thread.
+
+        They then warm up (import, load the kernels) while the caller goes on — e.g. imports the web
+        stack — and :meth:`start` waits for them instead of starting them. Called once, before
+        :meth:`start`; without it :meth:`start` does the same. :meth:`stop` ends them even unstarted."""
+        if self.pool is None:
+            self._setup_pool()
+
+    def _setup_pool(self) -> None:
+        c = self.config
+        factory, args, kwargs = self._factory
+        setup = self.worker_setup or WorkerSetup((b"in-process",), lambda payload: factory(*args, **kwargs))
+        read_result = getattr(self.processor, "read_result", None) or self.processor.decode_result
+        self.pool = WorkerPool(setup, read_result, bind=c.worker_bind, context=self.context,
+                               max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
+                               task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s,
+                               curve=c.worker_curve)
+        self.worker_endpoint = self.pool.endpoint
+        if c.workers:
+            self.pool.spawn_processes(c.workers, c.worker_capacity)
+
     def _setup_sockets(self) -> None:
         c = self.config
         self.subscriber = Subscriber(  # connected to the readout nodes after the warm-up
@@ -393,16 +418,8 @@ class IngestService:
             c.expected_ldcs, gdc_id=c.gdc_id, spill_timeout_s=c.spill_timeout_s, ldc_down_s=c.ldc_down_s,
             max_open_spills=c.max_open_spills, max_pending_bytes=c.max_pending_bytes,
             chunk_events=c.chunk_events, chunk_bytes=c.chunk_bytes, chunk_max_age_s=c.chunk_max_age_s)
-        factory, args, kwargs = self._factory
-        setup = self.worker_setup or WorkerSetup((b"in-process",), lambda payload: factory(*args, **kwargs))
-        read_result = getattr(self.processor, "read_result", None) or self.processor.decode_result
-        self.pool = WorkerPool(setup, read_result, bind=c.worker_bind, context=self.context,
-                               max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
-                               task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s,
-                               curve=c.worker_curve)
-        self.worker_endpoint = self.pool.endpoint
-        if c.workers:
-            self.pool.spawn_processes(c.workers, c.worker_capacity)
+        if self.pool is None:
+            self._setup_pool()
         threads = c.worker_threads or (0 if c.workers else 1)
         if threads:
             self.pool.start_threads(threads, c.worker_capacity)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
@@ -262,6 +263,55 @@ def simulated_ldc_spills(sim, ldc: int, skip_spills: int = 0) -> Iterator[list[b
         if k < skip_spills:
             continue
         yield spill.ldc_events(ldc)
+
+
+class SharedSimulation:
+    """One simulation feeding several readout nodes: each spill is simulated once (its waveforms made
+    once, then encoded per node) and each node's thread takes its own part (:meth:`node_spills`).
+
+    A node ahead of the others waits once ``max_pending`` spills are made but not taken by all."""
+
+    def __init__(self, sim, ldcs: Iterable[int], max_pending: int = 2) -> None:
+        self.ldcs = tuple(ldcs)
+        self.max_pending = int(max_pending)
+        self._spills = sim.spills()
+        self._made: dict[int, dict[int, list[bytes]]] = {}  # spill index -> node -> its events, not taken yet
+        self._count = 0  # spills made
+        self._exhausted = False
+        self._cond = threading.Condition()
+
+    def node_spills(self, ldc: int) -> Iterator[list[bytes]]:
+        """That node's sub-events of each spill, in order (as :func:`simulated_ldc_spills`)."""
+        if ldc not in self.ldcs:
+            raise ValueError(f"no readout node {ldc} in this simulation ({self.ldcs})")
+        k = 0
+        while True:
+            events = self._take(ldc, k)
+            if events is None:
+                return
+            yield events
+            k += 1
+
+    def _take(self, ldc: int, k: int) -> list[bytes] | None:
+        with self._cond:
+            while k >= self._count:
+                if self._exhausted:
+                    return None
+                if len(self._made) >= self.max_pending:
+                    self._cond.wait(1.0)
+                    continue
+                spill = next(self._spills, None)  # simulated under the lock: the others wait for it anyway
+                if spill is None:
+                    self._exhausted = True
+                    return None
+                self._made[self._count] = {node: spill.ldc_events(node) for node in self.ldcs}
+                self._count += 1
+            parts = self._made[k]
+            events = parts.pop(ldc)
+            if not parts:
+                del self._made[k]
+                self._cond.notify_all()
+            return events
 
 
 def parse_corruptions(items: Iterable[str]) -> dict[int, str]:

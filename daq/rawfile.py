@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..decoders import layout
-from ..decoders.decode import EventIndex, fragment_starts, index_bytes
+from ..decoders.decode import EventIndex, fragment_starts, index_bytes, index_stream_step, stream_index
 from ..errors import DaqError, Issue, NotDateStreamError
 
 SPILL_TYPES = (layout.START_OF_BURST, layout.END_OF_BURST, layout.PHYSICS_EVENT, layout.CALIBRATION_EVENT)
@@ -127,7 +127,12 @@ def header_damaged(key: np.ndarray, kind: np.ndarray) -> np.ndarray:
         if j < n and kind[j] != layout.START_OF_BURST:
             around.append(int(key[j]))
         damaged[i] = len(around) > 0 and len(set(around)) == 1
-    late = np.array([first_eob.get(int(k), n) < i for i, k in enumerate(key.tolist())], dtype=bool)
+    # late: after the first END_OF_BURST of its own key
+    keys, which = np.unique(key, return_inverse=True)
+    eob_at = np.full(len(keys), n, dtype=np.int64)
+    ends = np.flatnonzero(kind == layout.END_OF_BURST)
+    np.minimum.at(eob_at, which[ends], ends)
+    late = eob_at[which] < everything
     rest = np.flatnonzero(~damaged & ~late)  # late events stand outside the spills around them
     for j in singles(rest):
         i = int(rest[j])
@@ -261,7 +266,9 @@ class RawFile:
     #: bytes indexed at once by :meth:`iter_spills` (grown while a window holds no spill boundary)
     WINDOW_BYTES = 64 << 20
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, verified: bool = False) -> None:
+        """``verified``: the file was opened before and found a DATE stream (a later step of its index
+        pass, :meth:`walk_step`): its start is not indexed again to tell."""
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
@@ -275,6 +282,8 @@ class RawFile:
         self.size = size
         self._data = np.frombuffer(self._map, dtype=np.uint8) if self._map else np.empty(0, np.uint8)
         self._whole: tuple[np.ndarray, EventIndex] | None = None
+        if verified:
+            return
         # garbage at the start is damage when DATE events follow it; with none anywhere it is not a DATE file
         head = self._index_range(0, min(size, self.WINDOW_BYTES))
         if size <= self.WINDOW_BYTES:  # a small file: indexed whole already
@@ -330,49 +339,102 @@ class RawFile:
             words = self._data[:self.size - self.size % 4].view(layout.WORD)
         return words, index
 
-    def _spill_cut(self, index: EventIndex) -> int | None:
-        """Row of the last clean spill boundary of an index of part of the file, or None.
-
-        A clean boundary: an accepted START_OF_BURST (not the first row) that the accepted spill event
-        before it — an END_OF_BURST of another (run, burst) — closes a spill to, and whose (run, burst) the
-        accepted event after it shares. Everything before it belongs to earlier spills."""
-        rows = np.flatnonzero((index.status == 0) & np.isin(index.type, SPILL_TYPES))
-        if len(rows) < 3:
-            return None
-        key = _spill_key(index, rows)
-        kind = index.type[rows]
-        clean = ((kind[1:-1] == layout.START_OF_BURST) & (kind[:-2] == layout.END_OF_BURST)
-                 & (key[1:-1] != key[:-2]) & (key[1:-1] == key[2:]))
-        found = np.flatnonzero(clean)
-        return int(rows[found[-1] + 1]) if len(found) else None
+    @staticmethod
+    def _spill_cut(index: EventIndex) -> int | None:
+        """Row of the last clean spill boundary of an index of part of the file, or None (:func:`_spill_cut_rows`)."""
+        return _spill_cut_rows(index.status, index.type, index.run, index.spill)
 
     def iter_spills(self, window_bytes: int | None = None):
-        """The spills one by one, indexing the file a part at a time: memory bounded by the largest spill,
-        not the file (mapped pages apart). The same spills and stream figures as :meth:`spills` on an
-        undamaged file; a part ends at a clean spill boundary (:meth:`_spill_cut`), so damage only loses
-        its neighbours across that boundary."""
+        """The spills one by one, from one index pass walked a step at a time (:meth:`walk_step`): memory
+        bounded by the largest spill, not the file (mapped pages apart). The same spills and stream figures
+        as :meth:`spills`: the walk's rows are the whole index's, row for row, and a part ends at a clean
+        spill boundary (:meth:`_spill_cut`), so damage only loses its neighbours across that boundary."""
         if self._whole is not None:
             yield from self.spills()
             return
+        walk = self.start_walk()
+        while not walk.done:
+            segments, walk = self.walk_step(walk, window_bytes)
+            self.stats = walk.stats
+            yield from segments
+
+    def start_walk(self) -> "IndexWalk":
+        return IndexWalk(stats=StreamStats(trailing_bytes=self.size % 4), done=self.size == 0)
+
+    def _file_words(self) -> np.ndarray:
+        return self._data[:self.size - self.size % 4].view(layout.WORD)
+
+    def walk_step(self, walk: "IndexWalk", window_bytes: int | None = None) -> tuple[list[SpillSegment], "IndexWalk"]:
+        """The next step of the file's one index pass: the spills it completes (maybe none) and where the walk
+        stands then (a new :class:`IndexWalk`; ``walk`` is left as it was, so a step can be re-run).
+
+        A step is one call of the index kernel from where the walk stands (the call :func:`index_bytes` makes
+        there: the same rows, so no row is indexed twice and none differs from the whole index); the rows
+        since the last spill cut before the last clean boundary among them (:meth:`_spill_cut`) are
+        segmented into spills. After a byte-shifted resync (the rest of the stream off the word grid) the
+        walk goes on from its last cut by windows re-indexed whole (:meth:`_window_step`), as the mapped
+        file cannot serve as the re-aligned words.
+        """
+        if walk.done:
+            return [], walk
+        stats = dataclasses.replace(walk.stats, events_by_type=dict(walk.stats.events_by_type))
+        closed = set(walk.closed)
+        if walk.windowed_from is not None:
+            segments, stop = self._window_step(walk.windowed_from, stats, closed, window_bytes)
+            return segments, IndexWalk(stats=stats, closed=frozenset(closed), windowed_from=stop,
+                                       start=stop, done=stop >= self.size)
+        words = self._file_words()
+        step = index_stream_step(words, self._data, walk.position, walk.want_super, walk.calls)
+        if step.shift >= 0:  # re-aligned from there on: by windows from the last cut
+            return self.walk_step(IndexWalk(stats=walk.stats, closed=walk.closed, windowed_from=walk.start,
+                                            start=walk.start), window_bytes)
+        pending = ({k: np.concatenate((walk.pending[k], v)) for k, v in step.columns.items()}
+                   if walk.pending else step.columns)
+        if step.position >= len(words) or step.truncated:  # the end of the stream: as index_bytes ends it
+            trailing = self.size - 4 * len(words)
+            tail = bool(trailing and not step.truncated and not step.lost_sync and step.position == len(words))
+            index = stream_index(pending, 4 * len(words) if tail else self.size, step.position, step.truncated,
+                                 trailing if tail else 0)
+            segments = self._segment(words, index, stats, closed)
+            return segments, IndexWalk(stats=stats, closed=frozenset(closed), start=self.size, done=True)
+        following = IndexWalk(position=step.position, want_super=step.want_super, calls=walk.calls + 1,
+                              pending=pending, closed=walk.closed, stats=walk.stats, start=walk.start)
+        status, kind = pending["status"], pending["type"]
+        cut = _spill_cut_rows(status, kind, pending["run"], pending["spill"])
+        if cut is None:
+            return [], following
+        head = {k: v[:cut] for k, v in pending.items()}
+        start = int(pending["source_offset"][cut])
+        index = stream_index(head, start, int(pending["offset"][cut]), False)
+        segments = self._segment(words, index, stats, closed)
+        rest = {k: v[cut:] for k, v in pending.items()}
+        return segments, dataclasses.replace(following, pending=rest, closed=frozenset(closed), stats=stats,
+                                             start=start)
+
+    def _segment(self, words, index: EventIndex, stats: StreamStats, closed: set[int]) -> list[SpillSegment]:
+        stats.truncated = index.truncated
+        stats.skipped_bytes += int(index.skipped.sum())
+        stats.realigned |= bool(np.any(index.source_offset != index.offset * 4))
+        return segment_spills(words, index, stats, closed)
+
+    def _window_step(self, start: int, stats: StreamStats, closed: set[int],
+                     window_bytes: int | None) -> tuple[list[SpillSegment], int]:
+        """The spills of the next part of a re-aligned stream from byte ``start``: windows indexed from
+        ``start`` (doubled while none holds a clean spill boundary), then the part up to the last boundary
+        indexed again (its rows do not depend on the bytes after it); returns them and where the part ends."""
         window = window_bytes or self.WINDOW_BYTES
-        closed: set[int] = set()
-        start, size = 0, self.size
-        self.stats.skipped_bytes, self.stats.realigned, self.stats.truncated = 0, False, False
-        while start < size:
-            stop = min(size, start + window)
-            if stop < size:
-                _, part = self._index_range(start, stop)
-                cut = self._spill_cut(part)
-                if cut is None:  # no boundary inside: a bigger window
-                    window *= 2
-                    continue
+        while True:
+            stop = min(self.size, start + window)
+            if stop >= self.size:
+                break
+            _, part = self._index_range(start, stop)
+            cut = self._spill_cut(part)
+            if cut is not None:
                 stop = int(part.source_offset[cut])
-                del part
-            words, index = self._index_range(start, stop)
-            self._set_stats(index, whole=False)
-            yield from segment_spills(words, index, self.stats, closed)
-            del words, index
-            start, window = stop, window_bytes or self.WINDOW_BYTES
+                break
+            window *= 2
+        words, index = self._index_range(start, stop)
+        return self._segment(words, index, stats, closed), stop
 
     def find_event(self, spill: int, event: int, run: int | None = None) -> EventIndex:
         """Index rows (accepted) of the event with this number in burst, in this spill."""
@@ -384,3 +446,42 @@ class RawFile:
 
 
 _NOT_DATE_AT_START = (int(Issue.EVENT_BAD_MAGIC),)
+
+
+def _spill_cut_rows(status: np.ndarray, kind_of: np.ndarray, run: np.ndarray, burst: np.ndarray) -> int | None:
+    """Row of the last clean spill boundary among consecutive index rows (their columns), or None.
+
+    A clean boundary: an accepted START_OF_BURST (not the first row) that the accepted spill event
+    before it — an END_OF_BURST of another (run, burst) — closes a spill to, and whose (run, burst) the
+    accepted event after it shares. Everything before it belongs to earlier spills."""
+    rows = np.flatnonzero((status == 0) & np.isin(kind_of, SPILL_TYPES))
+    if len(rows) < 3:
+        return None
+    key = run[rows].astype(np.int64) * 4096 + burst[rows]
+    kind = kind_of[rows]
+    clean = ((kind[1:-1] == layout.START_OF_BURST) & (kind[:-2] == layout.END_OF_BURST)
+             & (key[1:-1] != key[:-2]) & (key[1:-1] == key[2:]))
+    found = np.flatnonzero(clean)
+    return int(rows[found[-1] + 1]) if len(found) else None
+
+
+@dataclass(frozen=True, eq=False)
+class IndexWalk:
+    """Where a file's one index pass stands between two :meth:`RawFile.walk_step` calls (picklable: a step
+    can be a task on another process).
+
+    ``position``/``want_super``/``calls``: the index kernel's place and state; ``pending``: index columns of the rows
+    since the last spill cut (not yet in a spill); ``start``: byte of that cut; ``closed``: keys of the
+    spills closed so far; ``stats``: the stream figures so far; ``windowed_from``: after a byte-shifted
+    resync, the byte where the walk goes on by windows; ``done``: nothing more to index.
+    """
+
+    stats: StreamStats
+    position: int = 0
+    want_super: int = -1
+    calls: int = 0  # kernel calls made
+    pending: dict | None = None
+    start: int = 0
+    closed: frozenset = frozenset()
+    windowed_from: int | None = None
+    done: bool = False

@@ -27,6 +27,9 @@ from .channelmap import ChannelMap
 from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
+#: rows of the first window (each next one twice the last, up to INDEX_WINDOW): a live message of a few hundred
+#: events then allocates columns of a few kB, not of 64 k rows (a megabyte per message, mapped and unmapped)
+INDEX_FIRST_WINDOW = 1 << 12
 #: numba function adding row i of decoded (event, slot) arrays to per-slot statistics (see :class:`SlotSums`)
 add_slot_sums = _kernels.add_slot_sums
 
@@ -123,8 +126,10 @@ def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift):
     """
     parts = []
     position, truncated, lost_sync, shift = start, False, False, -1
+    window = INDEX_FIRST_WINDOW
     while position < stop and not truncated and shift < 0:
-        capacity = min(INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+        capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+        window *= 2
         cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
         n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
             words, data, byte_limit, position, stop, want_super, allow_shift, _kernels.IndexColumns(*cols)
@@ -135,6 +140,55 @@ def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift):
     else:
         cols = [np.empty(0, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
     return cols, int(position), bool(truncated), int(want_super), bool(lost_sync), int(shift)
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """One kernel call of :func:`index_bytes`' walk over a stream that has not re-aligned (:func:`index_stream_step`).
+
+    ``columns``: the rows' columns named as :data:`INDEX_COLUMNS` without ``skipped`` (known only with the
+    next row: :func:`rows_skipped`); ``source_offset`` is ``4 × offset``.
+    """
+
+    columns: dict[str, np.ndarray]
+    position: int  # next word
+    truncated: bool
+    want_super: int
+    lost_sync: bool
+    shift: int  # >= 0: the next event starts at this byte, off the word grid (index_bytes re-aligns there)
+
+
+def index_stream_step(words: np.ndarray, data: np.ndarray, position: int, want_super: int,
+                      calls: int) -> StreamStep:
+    """Kernel call number ``calls`` (from 0) of :func:`index_bytes` on a whole stream (``data``, its bytes;
+    ``words``, its whole words), from word ``position`` with the walk's ``want_super`` (-1 at the start):
+    the rows :func:`_index_words` asks of that call (:data:`INDEX_FIRST_WINDOW`, doubled per call, up to
+    :data:`INDEX_WINDOW`), the very rows and state ``index_bytes`` gets from it, so a walk of such steps
+    gives its index row for row until it needs a re-aligned copy (``shift >= 0``)."""
+    _check_words(words)
+    stop = len(words)
+    window = INDEX_FIRST_WINDOW << min(calls, 40)
+    capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+    cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
+    n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
+        words, data, len(data), position, stop, want_super, True, _kernels.IndexColumns(*cols))
+    columns = dict(zip(_INDEX_COLUMNS, (c[:n] for c in cols)))
+    columns["source_offset"] = columns["offset"] * 4
+    return StreamStep(columns, int(position), bool(truncated), int(want_super), bool(lost_sync), int(shift))
+
+
+def stream_index(columns: dict[str, np.ndarray], next_source_offset: int, end: int, truncated: bool,
+                 trailing_bytes: int = 0) -> EventIndex:
+    """An :class:`EventIndex` of consecutive rows of a stream walk (:func:`index_stream_step`): ``skipped``
+    from the byte where the row after them starts (``next_source_offset``; the stream's end for the last
+    rows); ``trailing_bytes``: bytes after the stream's last whole word that start an event cut short,
+    indexed as a truncated event (as :func:`index_bytes` does)."""
+    cols = [columns[name] for name in _INDEX_COLUMNS if name != "skipped"]
+    cols.insert(_INDEX_COLUMNS.index("skipped"), _skipped(cols, columns["source_offset"], next_source_offset))
+    if trailing_bytes:
+        cols = [np.concatenate(c) for c in zip(cols, _truncated_tail(end, 4 * end, trailing_bytes))]
+        truncated = True
+    return EventIndex(**dict(zip(_INDEX_COLUMNS, cols)), end=int(end), truncated=bool(truncated))
 
 
 def _truncated_tail(offset: int, source_offset: int, nbytes: int) -> list[np.ndarray]:

@@ -271,9 +271,14 @@ class HistogramSet:
         if other.config != self.config:
             raise ValueError("cannot add histograms of a different binning (HistogramConfig differs)")
         for name, h in other._coded.items():
-            # counts with flow bins, added in place (``other`` may hold plain arrays: a worker's result, monitor/wire.py)
+            # counts with flow bins, added in place (``other`` may hold plain arrays, or a worker's sparse counts)
             counts = self._coded[name].view(flow=True)
-            counts += h.view(flow=True) if isinstance(h, bh.Histogram) else h
+            if isinstance(h, bh.Histogram):
+                counts += h.view(flow=True)
+            elif isinstance(h, np.ndarray):
+                counts += h
+            else:  # a worker's result: the bins set and their counts (monitor/wire.py SparseCounts)
+                h.add_to(counts)
         self.events += other.events
         self._cache = None
 

@@ -481,10 +481,11 @@ def _run_until(done, max_seconds: float = 0.0, failed=lambda: None) -> None:
 
 def cmd_demo(args) -> int:
     """Two simulated readout nodes on 127.0.0.1 feeding the live service (and its HTTP API)."""
+    import itertools
     import logging
     import threading
 
-    from .daq.publisher import PublisherConfig, ReadoutPublisher, simulated_ldc_spills
+    from .daq.publisher import PublisherConfig, ReadoutPublisher, SharedSimulation
     from .decoders.beam import profile as beam_profile
     from .sim.simulator import ReadoutSimulator, SimulationConfig, beam_settings
     from .service import LiveService
@@ -515,10 +516,17 @@ def cmd_demo(args) -> int:
                                    expected_ldcs=(1, 2))
     service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record)
 
+    service_started = threading.Event()
+
+    simulation = SharedSimulation(ReadoutSimulator(sim_config, channel_map), (1, 2))
+
     def node(publisher: ReadoutPublisher) -> None:
-        sim = ReadoutSimulator(sim_config, channel_map)
         try:
-            publisher.publish(simulated_ldc_spills(sim, publisher.config.ldc))
+            spills = simulation.node_spills(publisher.config.ldc)
+            first = next(spills)  # simulated while the service warms up
+            service_started.wait()
+            if not done.is_set():
+                publisher.publish(itertools.chain([first], spills))
         except Exception as exc:  # noqa: BLE001 - a demo node failing ends the demo with its reason
             _say(f"na64-online: simulated LDC {publisher.config.ldc} stopped: {exc}")
             done.set()
@@ -526,16 +534,21 @@ def cmd_demo(args) -> int:
     try:
         with _stop_signals(done):
             _say("na64-online demo: warming up (decoder kernels, workers) before subscribing …")
-            service.start(abort=done)
+            for publisher in publishers:
+                threading.Thread(target=node, args=(publisher,), daemon=True).start()
+            try:
+                service.start(abort=done)
+            except BaseException:
+                done.set()  # the nodes publish nothing
+                raise
+            finally:
+                service_started.set()
             web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
             _say(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops")
             if service.web is not None:
                 _say(f"na64-online demo: write token for this run (user 'demo'): {demo_token}\n"
                       f"  e.g. curl -X POST -H 'Authorization: Bearer {demo_token}' -H 'Content-Type: application/json'"
                       f" -d '{{}}' {service.web.url}/api/histograms/run/reset")
-            if not done.is_set():
-                for publisher in publishers:
-                    threading.Thread(target=node, args=(publisher,), daemon=True).start()
             _run_until(done, failed=lambda: service.failure)
     finally:
         service.stop()

@@ -61,7 +61,10 @@ class ClusterConfig(ConfigSection):
     ``scheduler``: address of an existing Dask scheduler (``tcp://HOST:8786``,
     ``tls://HOST:8786``); ``None`` starts a ``LocalCluster`` of ``workers``
     processes on this host, bound to 127.0.0.1. ``retries``: times a failed
-    task is re-run. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
+    task is re-run. ``direct_to_workers``: the client fetches each spill's result from the worker that
+    made it (True) or through the scheduler (False: only the scheduler must be reachable from the client,
+    at the cost of relaying every result, ~2.5 MB per spill of 10^5 events, through it); None: directly
+    from a local cluster's workers, through an existing scheduler. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
     files; with all three the client (and a local cluster) use Dask's TLS
     ``Security`` with encryption required — the scheduler address must then be
     ``tls://``.
@@ -72,6 +75,7 @@ class ClusterConfig(ConfigSection):
     scheduler: str | None = Field(None, pattern=r"^(tcp|tls|ucx|ws|wss)://.+")
     workers: int = Field(2, ge=1, le=1024)
     retries: int = Field(2, ge=0, le=100)
+    direct_to_workers: bool | None = None
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -119,7 +123,7 @@ class SpillSummary:
 
 @dataclass(frozen=True)
 class FileSummary:
-    """What the client learns of a file's index pass."""
+    """What the client learns of a file's index pass (of one step of it: :class:`StepSummary`)."""
 
     path: str
     size: int
@@ -127,10 +131,33 @@ class FileSummary:
     notes: tuple[tuple[str, str], ...]  # (level, text), as replay reports them
 
 
+@dataclass(frozen=True)
+class StepSummary:
+    """What the client learns of one step of a file's index pass: the spills it completed, and at the
+    file's end (``done``) what the file got wrong, as replay reports it."""
+
+    path: str
+    size: int
+    spills: tuple[SpillSummary, ...]
+    done: bool
+    notes: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True, eq=False)
 class FilePlan:
     summary: FileSummary
     spills: tuple[SpillPlan, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class IndexStep:
+    """A task's result: one step of a file's index pass (:meth:`~.daq.rawfile.RawFile.walk_step`), the plans
+    of the spills it completed and where the walk stands (the next step's input, on the same worker)."""
+
+    summary: StepSummary
+    spills: tuple[SpillPlan, ...]
+    walk: object  # daq.rawfile.IndexWalk
+    any_spill: bool
 
 
 def _rebase(path: str, segment) -> SpillPlan:
@@ -156,32 +183,52 @@ def _rebase(path: str, segment) -> SpillPlan:
     return SpillPlan(path, segment.run, segment.spill, segment.complete, rebased, tuple(pieces))
 
 
-def index_file(path: str) -> FilePlan:
-    """Task: the index pass of one file and its spills (``replay``'s segmentation)."""
+def index_step(path: str, previous: IndexStep | None = None) -> IndexStep:
+    """Task: the next step of a file's index pass (``replay``'s, :meth:`~.daq.rawfile.RawFile.iter_spills`),
+    from where ``previous`` left it (None: the file's start); steps until one completes a spill or ends
+    the file. Chained, so spill tasks start while the rest of the file is indexed."""
     from .daq.rawfile import RawFile
     from .service import file_notes
 
-    raw = RawFile(path)
+    raw = RawFile(path, verified=previous is not None)
     if raw.size == 0:
-        return FilePlan(FileSummary(path, 0, (), (("error", "the file is empty (0 bytes)"),)), ())
-    # replay's iteration (a part of the file indexed at a time); the stream figures are complete at its end
-    plans = tuple(_rebase(path, s) for s in raw.iter_spills())
-    summary = FileSummary(
-        path, raw.size,
-        tuple(SpillSummary(p.run, p.spill, p.complete, sum(n for _, n in p.pieces)) for p in plans),
-        tuple((n.level, n.text) for n in file_notes(raw.stats, bool(plans))),
-    )
-    return FilePlan(summary, plans)
+        return IndexStep(StepSummary(path, 0, (), True, (("error", "the file is empty (0 bytes)"),)), (), None,
+                         False)
+    walk = previous.walk if previous is not None else raw.start_walk()
+    any_spill = previous is not None and previous.any_spill
+    segments: list = []
+    while not segments and not walk.done:
+        segments, walk = raw.walk_step(walk)
+    plans = tuple(_rebase(path, s) for s in segments)
+    any_spill = any_spill or bool(plans)
+    notes = tuple((n.level, n.text) for n in file_notes(walk.stats, any_spill)) if walk.done else ()
+    summary = StepSummary(path, raw.size, tuple(SpillSummary(p.run, p.spill, p.complete,
+                                                             sum(n for _, n in p.pieces)) for p in plans),
+                          walk.done, notes)
+    return IndexStep(summary, plans, walk, any_spill)
 
 
-def file_summary(plan: FilePlan) -> FileSummary:
-    """Task: the small part of a plan the client needs."""
-    return plan.summary
+def index_file(path: str) -> FilePlan:
+    """The whole index pass of one file and its spills (the steps of :func:`index_step` in a row)."""
+    step = index_step(path)
+    plans = list(step.spills)
+    while not step.summary.done:
+        step = index_step(path, step)
+        plans.extend(step.spills)
+    summary = FileSummary(path, step.summary.size,
+                          tuple(SpillSummary(p.run, p.spill, p.complete, sum(n for _, n in p.pieces)) for p in plans),
+                          step.summary.notes)
+    return FilePlan(summary, tuple(plans))
 
 
-def spill_plan(plan: FilePlan, number: int) -> SpillPlan:
-    """Task: one spill's plan (runs where the file plan is, so only this part travels)."""
-    return plan.spills[number]
+def step_summary(step: IndexStep) -> StepSummary:
+    """Task: the small part of an index step the client needs."""
+    return step.summary
+
+
+def spill_plan(step: IndexStep, number: int) -> SpillPlan:
+    """Task: one spill's plan (runs where the index step is, so only this part travels)."""
+    return step.spills[number]
 
 
 @contextlib.contextmanager
@@ -254,12 +301,13 @@ def _processor(setup: tuple[bytes, bytes]):
     return processor
 
 
-def process_spill(plan: SpillPlan, setup: tuple[bytes, bytes]) -> list[bytes]:
+def process_spill(plan: SpillPlan, setup: tuple[bytes, bytes]) -> list[np.ndarray]:
     """Task: decode one spill from its own bytes; the accumulator in the workers' wire format."""
     processor = _processor(setup)
     with spill_words(plan) as words:
         acc = processor.accumulate(words, plan.index)
-    return [bytes(frame) for frame in processor.encode_result(acc)]
+    # as arrays: Dask sends their buffers as they are (no copy into bytes objects, no pickling of the data)
+    return [np.frombuffer(frame, dtype=np.uint8) for frame in processor.encode_result(acc)]
 
 
 # =========================================================================== the client
@@ -380,7 +428,10 @@ class Reprocessor:
         else:
             address = self.cluster_config.scheduler
         try:
-            with distributed.Client(address, security=security, timeout="30s") as client:
+            direct = self.cluster_config.direct_to_workers
+            if direct is None:
+                direct = cluster is not None
+            with distributed.Client(address, security=security, timeout="30s", direct_to_workers=direct) as client:
                 self.stats.cluster_seconds = time.perf_counter() - started
                 replayer = Replayer(self.config, self.channel_map, archive_path=self.archive)
                 try:
@@ -411,15 +462,24 @@ class Reprocessor:
         window = self.window or max(4, 4 * threads)
         token = f"{os.getpid()}-{time.time_ns()}"
         paths = [str(Path(f).resolve()) for f in files]
-        # every file's index pass at once: they are small tasks next to the spills
-        plans = [client.submit(index_file, p, key=f"na64-index-{token}-{i}", retries=retries)
+        # every file's index pass starts at once; each step, a small task next to the spills, completes a
+        # spill or so, and the next step is asked for as soon as the client learns of it (it runs where the
+        # walk is), so spill tasks start after the first spill is indexed, not after the whole files
+        steps = [client.submit(index_step, p, key=f"na64-index-{token}-{i}-0", retries=retries, priority=2)
                  for i, p in enumerate(paths)]
-        # the small tasks first on a worker's queue (a worker's one thread is mostly busy with a spill)
-        summaries = [client.submit(file_summary, plan, key=f"na64-summary-{token}-{i}", priority=1)
-                     for i, plan in enumerate(plans)]
+        summaries = [client.submit(step_summary, step, key=f"na64-summary-{token}-{i}-0", priority=2)
+                     for i, step in enumerate(steps)]
         bars: dict[int, object] = {}
+        known = [time.monotonic(), client.nthreads()]
+
+        def workers() -> dict[str, int]:
+            """The workers and their threads, asked of the scheduler at most once a second (a round trip)."""
+            if time.monotonic() - known[0] > 1.0:
+                known[:] = time.monotonic(), client.nthreads()
+            return known[1]
+
         placed: dict[str, list] = {}  # worker address -> this run's spill futures placed there
-        work = self._work(paths, plans, summaries, bars)
+        work = self._work(client, paths, steps, summaries, bars, token)
         pending: collections.deque = collections.deque()  # in merge order: spills, ends of files, skipped files
         in_flight = 0
 
@@ -431,8 +491,8 @@ class Reprocessor:
                     return
                 if item[0] == "spill":
                     _, i, plan, summary, n = item
-                    key = f"{token}-{i}-{n}"
-                    worker = self._least_busy(client, placed)
+                    key = f"{token}-{i}-{plan.key.rsplit('-', 1)[-1]}-{n}"
+                    worker = self._least_busy(workers(), placed)
                     where = {"workers": [worker], "allow_other_workers": True} if worker else {}
                     part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}", priority=1)
                     future = client.submit(process_spill, part, setup, key=f"na64-spill-{key}", retries=retries,
@@ -450,8 +510,7 @@ class Reprocessor:
                 if item[0] == "skip":
                     self._skip(item[1], item[2], on_note)
                 elif item[0] == "end":
-                    _, path, plan, summary = item
-                    plan.release()
+                    _, path, _, summary = item
                     for level, text in summary.notes:
                         on_note(path, level, text)
                         if level == "error":
@@ -476,29 +535,48 @@ class Reprocessor:
             for bar in bars.values():
                 bar.close()
 
-    def _work(self, paths, plans, summaries, bars):
-        """The run's items in merge order: ("spill", i, plan, summary, n) per spill of each readable file,
-        then ("end", path, plan, summary); ("skip", path, reason) for a file that cannot be read."""
-        for i, (path, plan, summary_future) in enumerate(zip(paths, plans, summaries)):
-            try:
-                summary: FileSummary = summary_future.result()
-            except Exception as exc:  # noqa: BLE001 - this file cannot be read: the others go on
-                plan.release()
-                yield "skip", path, _reason(exc)
-                continue
-            finally:
-                summary_future.release()
-            self.stats.files += 1
-            self.stats.bytes += summary.size
-            self._bars_for(summary, bars)
-            for n in range(len(summary.spills)):
-                yield "spill", i, plan, summary, n
-            yield "end", path, plan, summary
+    def _work(self, client, paths, steps, summaries, bars, token):
+        """The run's items in merge order: ("spill", i, step, summary, n) per spill of each readable file,
+        then ("end", path, None, summary); ("skip", path, reason) for a file that cannot be read. A file's
+        index steps are chained here: the next is submitted as soon as one's summary comes."""
+        retries = self.cluster_config.retries
+        for i, (path, step, summary_future) in enumerate(zip(paths, steps, summaries)):
+            number = 0
+            while True:
+                try:
+                    summary: StepSummary = summary_future.result()
+                except Exception as exc:  # noqa: BLE001 - this file cannot be read: the others go on
+                    step.release()
+                    if number == 0:
+                        yield "skip", path, _reason(exc)
+                    else:  # its spills so far are merged; the rest of the file is lost
+                        yield "end", path, None, StepSummary(path, 0, (), True, (
+                            ("error", f"indexing stopped: {_reason(exc)}; the rest of the file skipped"),))
+                    break
+                finally:
+                    summary_future.release()
+                if number == 0:
+                    self.stats.files += 1
+                    self.stats.bytes += summary.size
+                self._bars_for(summary, bars)
+                following = None
+                if not summary.done:
+                    number += 1
+                    following = client.submit(index_step, path, step, key=f"na64-index-{token}-{i}-{number}",
+                                              retries=retries, priority=2)
+                    summary_future = client.submit(step_summary, following,
+                                                   key=f"na64-summary-{token}-{i}-{number}", priority=2)
+                for n in range(len(summary.spills)):
+                    yield "spill", i, step, summary, n
+                if summary.done:
+                    step.release()
+                    yield "end", path, None, summary
+                    break
+                step = following
 
     @staticmethod
-    def _least_busy(client, placed: dict[str, list]) -> str | None:
+    def _least_busy(nthreads: dict[str, int], placed: dict[str, list]) -> str | None:
         """The worker with the fewest unfinished spill tasks of this run per thread (None: no worker yet)."""
-        nthreads = client.nthreads()
         for worker in list(placed):
             placed[worker] = [f for f in placed[worker] if not f.done()]
             if worker not in nthreads:

@@ -279,21 +279,26 @@ class LiveService:
         self._watch_stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self.watch_interval_s = watch_interval_s
-        self.web = None
         self._running = False
+        self._config = config
+        self._web_wanted = config.web.enabled if web is None else web
+        #: the HTTP server and its state, made by :meth:`start` (None without the web)
+        self.web = None
         self.web_state = None
-        if config.web.enabled if web is None else web:
-            from .web.app import create_app
-            from .web.server import WebServer
-            from .web.state import AppState
 
-            self.web_state = AppState(monitor=self.monitor, registry=self.registry,
-                                      service_health=lambda: dataclasses.asdict(self.metrics.service),
-                                      failure=lambda: self.failure,
-                                      info={"endpoints": list((ingest or config.ingest).endpoints)},
-                                      run_command=ServiceCommands(self.ingest, config.web.command_timeout_s),
-                                      liveness=self.liveness.status, event_lookup=self.candidate_events)
-            self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
+    def _make_web(self) -> None:
+        from .web.app import create_app
+        from .web.server import WebServer
+        from .web.state import AppState
+
+        config = self._config
+        self.web_state = AppState(monitor=self.monitor, registry=self.registry,
+                                  service_health=lambda: dataclasses.asdict(self.metrics.service),
+                                  failure=lambda: self.failure,
+                                  info={"endpoints": list(self.ingest.config.endpoints)},
+                                  run_command=ServiceCommands(self.ingest, config.web.command_timeout_s),
+                                  liveness=self.liveness.status, event_lookup=self.candidate_events)
+        self.web = WebServer(create_app(config.web, self.web_state), config.web.host, config.web.port)
 
     def _finish(self, acc, **kwargs):
         """Finish a spill in the monitor; log lines from now on name it (``--log-format json``)."""
@@ -324,17 +329,22 @@ class LiveService:
         return reason
 
     def start(self, abort: threading.Event | None = None) -> "LiveService":
-        """Web first (``/readyz`` says warming_up), then the ingest: returns once warm and subscribed.
+        """Worker processes first (they take seconds to warm up), then the web (``/readyz`` says
+        warming_up: shifters see "waiting"), then the ingest: returns once warm and subscribed.
 
         ``abort`` (set by SIGTERM/SIGINT) ends a long warm-up early."""
         self.systemd.status("warming up: loading decoder kernels, starting workers")
-        if self.web is not None:  # the dashboard first: shifters see "waiting" while workers warm up
-            self.web.start()
         try:
+            # the local workers import and load their kernels while this process imports the web stack
+            self.ingest.spawn_workers()
+            if self._web_wanted:
+                self._make_web()
+                self.web.start()
             self.ingest.start(abort=abort)
         except BaseException:
             if self.web is not None:
                 self.web.stop()
+            self.ingest.stop()
             raise
         # What exists now (modules, kernels, the web stack) lives as long as the process: out of the garbage
         # collector's sight, so that a full collection (Bokeh runs one per closed page, on the web event

@@ -318,18 +318,39 @@ def _segments(segments) -> list[tuple]:
              s.words[s.index.offset[s.index.status == 0][:3]].tolist()) for s in segments]
 
 
-@pytest.mark.parametrize("damage", ["clean", "byte_lost_in_spill_1", "cut_in_last_event"])
-def test_spill_by_spill_index_gives_the_whole_index_spills(clean, tmp_path, damage):
+@pytest.mark.parametrize("step_rows", [1 << 16, 997])
+@pytest.mark.parametrize("damage", ["clean", "byte_lost_in_spill_1", "byte_lost_in_spill_2", "cut_in_last_event"])
+def test_spill_by_spill_index_gives_the_whole_index_spills(clean, tmp_path, damage, step_rows, monkeypatch):
+    """The walk (a kernel call of ``step_rows`` rows at a time, the whole index's calls too) gives the whole
+    index's spills and stream figures; on a stream that is never re-aligned it indexes every row once."""
+    from na64_online.daq import rawfile
+    from na64_online.decoders import decode
+
+    monkeypatch.setattr(decode, "INDEX_WINDOW", step_rows)
     index, data = _rows(clean)
-    if damage == "byte_lost_in_spill_1":  # the rest of the file off the word grid: re-aligned parts
-        start = int(index.source_offset[_event_row(index, 1, 1234)])
+    if damage.startswith("byte_lost_in_spill_"):  # the rest of the file off the word grid: re-aligned parts
+        start = int(index.source_offset[_event_row(index, int(damage[-1]), 1234)])
         data = data[:start + 300] + data[start + 301:]
     elif damage == "cut_in_last_event":
         data = data[:int(index.source_offset[_type_row(index, 2, layout.END_OF_BURST)]) + 100]
     path = _write(tmp_path, data)
-    whole = RawFile(path)
+    calls = []  # the kernel calls of the whole index
+    kernel = decode._kernels.index_events
+    monkeypatch.setattr(decode._kernels, "index_events", lambda *a: calls.append(a[3]) or kernel(*a))
+    whole = RawFile(path)  # a small file: indexed whole at once
+    assert whole._whole is not None
     expected = _segments(whole.spills())
+    monkeypatch.setattr(decode._kernels, "index_events", kernel)
     parts = _SmallWindows(path)
     assert parts._whole is None  # not indexed whole
+    walked, windows = [], []
+    step, window = rawfile.index_stream_step, parts._index_range
+    monkeypatch.setattr(rawfile, "index_stream_step", lambda *a: walked.append(step(*a)) or walked[-1])
+    monkeypatch.setattr(parts, "_index_range", lambda *a: windows.append(a) or window(*a))
     assert _segments(parts.iter_spills()) == expected
     assert parts._whole is None and parts.stats == whole.stats
+    if not damage.startswith("byte_lost"):  # one pass: every row indexed once, nothing indexed by windows
+        offsets = np.concatenate([s.columns["offset"] for s in walked])  # a truncated tail may follow them
+        assert len(whole.index) - 1 <= len(offsets) and offsets.tolist() == whole.index.offset[:len(offsets)].tolist()
+        assert windows == []
+        assert len(walked) == len(calls)  # a step per kernel call of the whole index, not a call more

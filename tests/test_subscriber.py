@@ -267,3 +267,25 @@ def test_full_receive_queue_and_a_stalled_reader_do_not_abort_the_process():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("read ")
     assert int(proc.stdout.split()[1]) >= 1
+
+
+def test_shared_simulation_gives_each_node_its_own_spills_from_one_simulation():
+    import threading
+
+    from na64_online.daq.publisher import SharedSimulation, simulated_ldc_spills
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
+
+    config = SimulationConfig(run=12, events_per_spill=40, seed=3, spills=3)
+    alone = {ldc: list(simulated_ldc_spills(ReadoutSimulator(config), ldc)) for ldc in (1, 2)}
+    shared = SharedSimulation(ReadoutSimulator(config), (1, 2), max_pending=1)
+    taken: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda ldc=ldc: taken.__setitem__(ldc, list(shared.node_spills(ldc))))
+               for ldc in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert taken == alone and len(taken[1]) == 3
+    assert not shared._made  # every spill handed to both nodes, none kept
+    with pytest.raises(ValueError, match="no readout node 3"):
+        next(shared.node_spills(3))

@@ -101,7 +101,7 @@ def test_read_result_merges_as_the_decoded_accumulator_without_copying(processor
     for f in frames:
         result = processor.read_result(f)
         arrays = [np.frombuffer(x, np.uint8) for x in f]
-        assert any(np.shares_memory(result.extensions[HISTOGRAMS]._coded["ecal_hcal"], a) for a in arrays)
+        assert any(np.shares_memory(result.extensions[HISTOGRAMS]._coded["ecal_hcal"].counts, a) for a in arrays)
         assert any(np.shares_memory(result.extensions[STATS].counts, a) for a in arrays)
         via_views.merge(result)
         via_decoded.merge(processor.decode_result(f))
@@ -235,13 +235,54 @@ def test_swapped_arrays_and_wrong_shapes_are_refused(processor, parts):
     swapped = reseal([json.dumps(header).encode(), *frames[1:]])
     with pytest.raises(ResultFormatError, match="dtype"):
         processor.decode_result(swapped)
-    # a histogram of another shape, consistent with its frame: refused against the service's own binning
-    k = names.index(f"{HISTOGRAMS}.e_ecal")
+    # sparse histogram bins of another shape, consistent with their frame: refused
+    k = names.index(f"{HISTOGRAMS}.e_ecal.bins")
     header = json.loads(frames[0])
     header["arrays"][k]["shape"] = [36, 10]
     bad = reseal([json.dumps(header).encode(), *frames[1:k + 1], bytes(36 * 10 * 8), *frames[k + 2:]])
-    with pytest.raises(ResultFormatError, match="shape"):
+    with pytest.raises(ResultFormatError, match="e_ecal.bins.*dimensions"):
         processor.decode_result(bad)
+
+
+def _with_bins(frames: list[bytes], hname: str, change) -> list[bytes]:
+    """The result with histogram ``hname``'s sparse bins and counts replaced by ``change(bins, counts)``."""
+    header = json.loads(frames[0])
+    names = [a["name"] for a in header["arrays"]]
+    kb, kc = names.index(f"{HISTOGRAMS}.{hname}.bins"), names.index(f"{HISTOGRAMS}.{hname}.counts")
+    bins, counts = change(np.frombuffer(frames[kb + 1], "<i8"), np.frombuffer(frames[kc + 1], "<i8"))
+    out = list(frames)
+    for k, arr in ((kb, bins), (kc, counts)):
+        header["arrays"][k]["shape"] = [len(arr)]
+        out[k + 1] = np.asarray(arr, "<i8").tobytes()
+    return reseal([json.dumps(header).encode(), *out[1:]])
+
+
+def test_histograms_travel_sparse_and_add_only_their_bins(processor, parts, channel_map):
+    """Each histogram is its set bins and their counts: a result is a small fraction of the dense counts, and
+    bins out of range, repeated or unsorted, or counts not matching the bins are refused."""
+    frames = as_bytes(processor.encode_result(parts[0]))
+    dense = sum(np.asarray(h.view(flow=True)).nbytes for h in parts[0].extensions[HISTOGRAMS]._coded.values())
+    assert sum(map(len, frames)) < dense / 10
+    hist = parts[0].extensions[HISTOGRAMS]._coded["ecal_hcal"]
+    flat = np.asarray(hist.view(flow=True)).ravel()
+    result = processor.read_result(frames).extensions[HISTOGRAMS]._coded["ecal_hcal"]
+    assert np.array_equal(result.bins, np.flatnonzero(flat)) and np.array_equal(result.toarray().ravel(), flat)
+    size = flat.size
+    for change, message in [
+        (lambda b, c: (np.append(b, size), np.append(c, 1)), "within"),
+        (lambda b, c: (np.append(-1, b), np.append(1, c)), "within"),
+        (lambda b, c: (np.append(b, b[-1]), np.append(c, 1)), "strictly increasing"),
+        (lambda b, c: (b[::-1], c), "strictly increasing"),
+        (lambda b, c: (b, c[:-1]), "counts.*shape"),
+        (lambda b, c: (np.arange(size + 1), np.ones(size + 1)), "bins, the histogram has"),
+    ]:
+        with pytest.raises(ResultFormatError, match=message):
+            processor.read_result(_with_bins(frames, "ecal_hcal", change))
+    # an empty histogram travels as no bins at all, and merges as zeros
+    empty = processor.read_result(_with_bins(frames, "ecal_hcal", lambda b, c: (b[:0], c[:0])))
+    acc = processor.new_accumulator()
+    acc.merge(empty)
+    assert not np.any(np.asarray(acc.extensions[HISTOGRAMS]._coded["ecal_hcal"].view(flow=True)))
 
 
 def test_per_detector_arrays_of_another_table_are_refused(processor, parts):

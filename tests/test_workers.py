@@ -100,9 +100,15 @@ def spill_words(spills) -> np.ndarray:
 # --------------------------------------------------------------------------- CurveZMQ
 @pytest.mark.timeout(90)
 def test_authenticated_worker_process_decodes_exactly_like_the_service(keys, spills, channel_map, processor):
-    """`na64-online worker --key --server-key` on 127.0.0.1, set up with text, result in the wire format."""
+    """`na64-online worker --key --server-key`, set up with text, result in the wire format; connected where the
+    service's own worker processes connect (local_endpoint: a Unix socket in a private directory, same ROUTER
+    socket, same CurveZMQ keys), which is removed at close."""
     pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, curve=curve_server(keys))
-    cmd = [sys.executable, "-m", "na64_online.cli", "worker", "--connect", pool.endpoint, "--capacity", "1",
+    local = pool.local_endpoint
+    if zmq.has("ipc"):
+        where = Path(local[len("ipc://"):]).parent
+        assert local.startswith("ipc://") and (where.stat().st_mode & 0o777) == 0o700
+    cmd = [sys.executable, "-m", "na64_online.cli", "worker", "--connect", local, "--capacity", "1",
            "--key", str(keys / "w1" / "w1.key_secret"), "--server-key", str(keys / "server.key")]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -118,6 +124,8 @@ def test_authenticated_worker_process_decodes_exactly_like_the_service(keys, spi
     assert pool.stats.tasks_done == 1 and pool.stats.refused_peers == 0
     assert record(processor, results[0].result) == record(processor, processor.accumulate(words))
     assert proc.returncode == 0, proc.stderr.read().decode()
+    if zmq.has("ipc"):
+        assert not where.exists()
 
 
 def _client(ctx, endpoint, curve=None) -> zmq.Socket:
@@ -454,3 +462,19 @@ def handler_pool(channel_map, processor):
         pool.outstanding[task.task_id] = task
     yield pool
     pool.close()
+
+
+@pytest.mark.timeout(60)
+def test_workers_spawned_early_are_ended_by_stop_without_start(channel_map):
+    """``spawn_workers`` starts the worker processes at once (they warm up while the caller imports the web);
+    a service stopped before it started still ends them and closes their socket."""
+    cfg = IngestConfig(endpoints=("tcp://127.0.0.1:1",), workers=1)
+    svc = IngestService(cfg, make_processor, (channel_map, Config().monitor, Config().histograms),
+                        worker_setup=worker_setup(Config(), channel_map))
+    svc.spawn_workers()
+    procs = list(svc.pool._procs)
+    assert len(procs) == 1 and procs[0].poll() is None
+    svc.spawn_workers()  # once: the pool and its processes are kept
+    assert svc.pool._procs == procs
+    svc.stop()
+    assert procs[0].poll() is not None and svc.pool is None
