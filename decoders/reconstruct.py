@@ -192,6 +192,9 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
             beam_column = int(geometry.main_columns[beam_col[0]])
     if len(xy) and (col.min(initial=0) < 0 or col.max(initial=0) >= len(xy)):
         raise ValueError("hottest-cell positions outside the main ECAL")
+    if (_FIRST_MODULE + n_srd + n_veto > sums.shape[1] or (len(groups) and groups.max() >= sums.shape[1])
+            or not -1 <= beam_column < energy.shape[1]):
+        raise ValueError("geometry groups outside the group sums")
     limits = np.array([cuts.srd_module_min_gev, cuts.srd_sum_min_gev, cuts.srd_sum_max_gev, cuts.hadron_hcal_min_gev,
                        cuts.candidate_ps_min_gev, cuts.candidate_ecal_max_gev, cuts.candidate_hcal_max_gev,
                        cuts.candidate_veto_max_gev, cuts.physics_trigger_bit, cuts.beam_trigger_bit], dtype=np.float64)
