@@ -473,12 +473,13 @@ class Reprocessor:
         — so indexing, decoding and merging overlap. A file's index pass runs as chained step tasks
         (:func:`index_step`, each up to a completed spill), one step ahead of the step the client has
         heard of, while fewer than ``window`` of the file's spills wait for a task; the passes of up to
-        one file per worker thread run at once, in file order. Spill tasks run ahead across file
-        boundaries, earlier files first, and each is placed on the worker with the fewest of this run's
-        unfinished spill tasks per thread: a task depends on its spill's index rows, which sit on the
-        worker that indexed the file, and Dask runs a task where its inputs are (work stealing moves few
-        of them), so without the placement one worker decoded a whole file while the others idled. The
-        placement is loose (``allow_other_workers``): a task of a worker that leaves runs elsewhere.
+        one file per worker thread run at once, in file order. Spill tasks are given in merge order,
+        across file boundaries once a file is indexed whole, and each is placed on the worker with the
+        fewest of this run's unfinished spill tasks per thread: a task depends on its spill's index rows,
+        which sit on the worker that indexed the file, and Dask runs a task where its inputs are (work
+        stealing moves few of them), so without the placement one worker decoded a whole file while the
+        others idled. The placement is loose (``allow_other_workers``): a task of a worker that leaves
+        runs elsewhere.
         """
         distributed = require_dask()
         retries = self.cluster_config.retries
@@ -535,7 +536,9 @@ class Reprocessor:
                         placed.setdefault(worker, []).append(future)
                     file.items.append((summary, n, part, future))
                     in_flight += 1
-                if in_flight >= window:
+                if in_flight >= window or not file.indexed:
+                    # in merge order: a later file's spills would hold the window while this file's next
+                    # spills, not yet indexed, could get no task and the merge would wait for them forever
                     return
 
         def heard(file: "_FileRun") -> None:
