@@ -64,7 +64,7 @@ class ClusterConfig(ConfigSection):
     processes on this host, bound to 127.0.0.1. ``retries``: times a failed
     task is re-run. ``direct_to_workers``: the client fetches each spill's result from the worker that
     made it (True) or through the scheduler (False: only the scheduler must be reachable from the client,
-    at the cost of relaying every result, ~2.5 MB per spill of 10^5 events, through it); None: directly
+    at the cost of relaying every result, ~0.3 MB per spill of 10^5 events, through it); None: directly
     from a local cluster's workers, through an existing scheduler. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
     files; with all three the client (and a local cluster) use Dask's TLS
     ``Security`` with encryption required — the scheduler address must then be
