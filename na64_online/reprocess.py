@@ -2,17 +2,21 @@
 
 The work is split where ``replay`` splits it, at spills:
 
-1. **index** (one task per file, on a worker): the file's index pass and spill
-   segmentation (:meth:`~.daq.rawfile.RawFile.spills`, the code ``replay``
-   runs). The result, a :class:`FilePlan`, stays on the worker; the client
-   gets only its :class:`FileSummary` (spills, bytes, what the file got wrong).
+1. **index** (a chain of step tasks per file, on a worker): the file's index
+   pass and spill segmentation, the code ``replay`` runs
+   (:meth:`~.daq.rawfile.RawFile.walk_step`), a step up to a completed spill
+   (:func:`index_step`). Its result, an :class:`IndexStep` (the spills' plans
+   and where the walk stands), stays on the worker; the client gets only its
+   :class:`StepSummary` (spills, bytes, at the end what the file got wrong),
+   and spill tasks start while the rest of the file is indexed.
 2. **spill** (one task per spill): the spill's index rows (a small task next
    to the plan cuts them out, :func:`spill_plan`), then the spill's own byte
    range of the file mapped read-only (:func:`spill_words`; the file must be
    at the same path on every worker — shared storage — so raw bytes never
    pass through the scheduler or the client) and ``SpillProcessor.accumulate``
    on it, the call ``replay`` makes. The client keeps 4 spill tasks per worker
-   thread in flight, across files, each placed on the least busy worker. The result goes back in the decoder workers' wire format
+   thread in flight, across files, in merge order, each placed on the least
+   busy worker. The result goes back in the decoder workers' wire format
    (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built on the worker
    from the service's set-up text (:mod:`.worker_setup`), as ``serve``'s
    workers do.
