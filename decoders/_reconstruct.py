@@ -144,3 +144,68 @@ def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, 
                     value = e
             hottest[i] = best
             top[i] = value
+
+
+@njit(cache=True, nogil=True)
+def select_events(sums, hottest, top, energy, beam_column, is_data, trigger_mask, widths, n_srd, srd_sum_in,
+                  detector_codes, detector_groups, main_xy, cuts, e_ps, e_ecal, e_hcal, e_wcal, srd, veto,
+                  detector_energy, physics, beam, electron, hadron_like, candidate, hottest_xy):
+    """The §11 selection per event from :func:`group_sums`' results, in one pass (the numpy
+    expressions of :func:`.reconstruct.reconstruct` before, element by element: same values).
+
+    ``sums`` columns: preshower, ECAL, HCAL, WCAL, SRD modules, VETO modules (``widths``: their
+    channel counts), other detectors; ``detector_groups[d]`` is the sums column of detector
+    ``detector_codes[d]``. ``beam_column``: the energy column of the beam cell, −1 without one.
+    ``srd_sum_in``: the SRD sums per event when numpy's order is not the sequential one (8 or more
+    modules), else empty. ``cuts``: (srd module min, srd sum min, srd sum max, hadron HCAL min,
+    candidate PS min, ECAL max, HCAL max, VETO max, physics bit, beam bit).
+    """
+    srd_module_min, srd_sum_min, srd_sum_max, hadron_hcal_min = cuts[0], cuts[1], cuts[2], cuts[3]
+    ps_min, ecal_max, hcal_max, veto_max = cuts[4], cuts[5], cuts[6], cuts[7]
+    physics_bit, beam_bit = np.int64(cuts[8]), np.int64(cuts[9])
+    n_veto = widths.shape[0] - n_srd
+    cells = main_xy.shape[0]
+    for i in range(sums.shape[0]):
+        ps, ecal, hcal = sums[i, 0], sums[i, 1], sums[i, 2]
+        e_ps[i] = ps
+        e_ecal[i] = ecal
+        e_hcal[i] = hcal
+        e_wcal[i] = sums[i, 3]
+        tag = n_srd > 0
+        total = 0.0
+        for m in range(n_srd):
+            x = sums[i, 4 + m]
+            srd[i, m] = x
+            tag &= x >= srd_module_min
+            total += x
+        if srd_sum_in.shape[0]:
+            total = srd_sum_in[i]
+        quiet = True
+        for m in range(n_veto):
+            w = widths[n_srd + m]
+            v = sums[i, 4 + n_srd + m] / max(w, 1) if w > 0 else 0.0
+            veto[i, m] = v
+            quiet &= v < veto_max
+        for d in range(detector_codes.shape[0]):
+            detector_energy[i, detector_codes[d]] = sums[i, detector_groups[d]]
+        mask = np.int64(trigger_mask[i])
+        data = is_data[i]
+        phys = data and ((mask >> physics_bit) & 1) == 1
+        bm = data and ((mask >> beam_bit) & 1) == 1
+        tag = tag and total >= srd_sum_min and total <= srd_sum_max
+        physics[i] = phys
+        beam[i] = bm
+        electron[i] = tag
+        hadron_like[i] = bm and hcal > hadron_hcal_min
+        beam_cell = False
+        hottest_xy[i, 0] = -1
+        hottest_xy[i, 1] = -1
+        if cells:
+            best = top[i]
+            if best > 0:
+                hottest_xy[i, 0] = main_xy[hottest[i], 0]
+                hottest_xy[i, 1] = main_xy[hottest[i], 1]
+                if beam_column >= 0:
+                    beam_cell = energy[i, beam_column] >= best  # a tie still counts: the beam cell holds the most
+        candidate[i] = (phys and tag and ps > ps_min and ecal < ecal_max and hcal < hcal_max and quiet
+                        and beam_cell)

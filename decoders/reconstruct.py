@@ -176,57 +176,38 @@ def _group_sums(energy: np.ndarray, geometry: DetectorGeometry) -> tuple[np.ndar
 
 def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: PhysicsCuts = PhysicsCuts()) -> EventPhysics:
     n = decoded.n
-    sums, col, top = _group_sums(decoded.energy, geometry)
-    e_ps, e_ecal, e_hcal, e_wcal = (sums[:, g].copy() for g in (_PS, _ECAL, _HCAL, _WCAL))
+    energy = np.ascontiguousarray(decoded.energy, dtype=np.float64)
+    sums, col, top = _group_sums(energy, geometry)
     n_srd, n_veto = len(geometry.srd_modules), len(geometry.veto_modules)
-    modules = sums[:, _FIRST_MODULE:_FIRST_MODULE + n_srd + n_veto]
-    widths = geometry.module_widths[:n_srd + n_veto]
-    srd = np.ascontiguousarray(modules[:, :n_srd])
-    with np.errstate(invalid="ignore", divide="ignore"):  # a module without columns: 0 (as numpy's empty sum)
-        veto = np.where(widths[n_srd:] > 0, modules[:, n_srd:] / np.maximum(widths[n_srd:], 1), 0.0)
-    # every detector's sum; the selection's own sums are reused
-    detector_energy = np.zeros((n, geometry.n_detectors))
-    reuse = {"ecal": e_ecal, "hcal": e_hcal, "wcal": e_wcal}
-    other = _FIRST_MODULE + n_srd + n_veto
-    for code, role, _ in geometry.detectors:
-        if role in reuse:
-            detector_energy[:, code] = reuse[role]
-        else:
-            detector_energy[:, code] = sums[:, other]
-            other += 1
-    is_data = decoded.is_data
-    mask = decoded.index.trigger_mask.astype(np.int64)
-    physics = is_data & ((mask >> cuts.physics_trigger_bit) & 1).astype(bool)
-    beam = is_data & ((mask >> cuts.beam_trigger_bit) & 1).astype(bool)
-    srd_sum = srd.sum(axis=1)
-    electron = (
-        np.all(srd >= cuts.srd_module_min_gev, axis=1)
-        & (srd_sum >= cuts.srd_sum_min_gev)
-        & (srd_sum <= cuts.srd_sum_max_gev)
-        & (srd.shape[1] > 0)
-    )
-    hadron_like = beam & (e_hcal > cuts.hadron_hcal_min_gev)
-
-    hottest = np.full((n, 2), -1, dtype=np.int64)
-    beam_cell_hottest = np.zeros(n, dtype=bool)
-    if len(geometry.main_ecal_xy):
-        has_energy = top > 0
-        hottest[has_energy] = geometry.main_ecal_xy[col[has_energy]]
-        beam_col = np.flatnonzero(
-            (geometry.main_ecal_xy[:, 0] == cuts.beam_cell[0]) & (geometry.main_ecal_xy[:, 1] == cuts.beam_cell[1])
-        )
+    widths = np.ascontiguousarray(geometry.module_widths[:n_srd + n_veto])
+    # numpy adds fewer than 8 values in order (as the kernel does); more, pairwise: then numpy's own sum
+    srd_sum = (np.ascontiguousarray(sums[:, _FIRST_MODULE:_FIRST_MODULE + n_srd]).sum(axis=1) if n_srd >= 8
+               else np.zeros(0))
+    codes, groups = _detector_columns(geometry)
+    xy = np.ascontiguousarray(geometry.main_ecal_xy, dtype=np.int64).reshape(-1, 2)
+    beam_column = -1
+    if len(xy):
+        beam_col = np.flatnonzero((xy[:, 0] == cuts.beam_cell[0]) & (xy[:, 1] == cuts.beam_cell[1]))
         if len(beam_col):
-            # a tie with another cell still counts: the beam cell holds the most energy
-            beam_cell_hottest = has_energy & (decoded.energy[:, geometry.main_columns[beam_col[0]]] >= top)
-    candidate = (
-        physics
-        & electron
-        & (e_ps > cuts.candidate_ps_min_gev)
-        & (e_ecal < cuts.candidate_ecal_max_gev)
-        & (e_hcal < cuts.candidate_hcal_max_gev)
-        & np.all(veto < cuts.candidate_veto_max_gev, axis=1)
-        & beam_cell_hottest
-    )
+            beam_column = int(geometry.main_columns[beam_col[0]])
+    if len(xy) and (col.min(initial=0) < 0 or col.max(initial=0) >= len(xy)):
+        raise ValueError("hottest-cell positions outside the main ECAL")
+    if (_FIRST_MODULE + n_srd + n_veto > sums.shape[1] or (len(groups) and groups.max() >= sums.shape[1])
+            or not -1 <= beam_column < energy.shape[1]):
+        raise ValueError("geometry groups outside the group sums")
+    limits = np.array([cuts.srd_module_min_gev, cuts.srd_sum_min_gev, cuts.srd_sum_max_gev, cuts.hadron_hcal_min_gev,
+                       cuts.candidate_ps_min_gev, cuts.candidate_ecal_max_gev, cuts.candidate_hcal_max_gev,
+                       cuts.candidate_veto_max_gev, cuts.physics_trigger_bit, cuts.beam_trigger_bit], dtype=np.float64)
+    e_ps, e_ecal, e_hcal, e_wcal = (np.empty(n) for _ in range(4))
+    srd, veto = np.empty((n, n_srd)), np.empty((n, n_veto))
+    detector_energy = np.zeros((n, geometry.n_detectors))
+    physics, beam, electron, hadron_like, candidate = (np.empty(n, dtype=bool) for _ in range(5))
+    hottest = np.empty((n, 2), dtype=np.int64)
+    is_data = np.ascontiguousarray(decoded.is_data, dtype=np.bool_)
+    _reconstruct.select_events(sums, col, top, energy, beam_column, is_data,
+                               np.ascontiguousarray(decoded.index.trigger_mask, dtype=np.uint32), widths, n_srd,
+                               srd_sum, codes, groups, xy, limits, e_ps, e_ecal, e_hcal, e_wcal, srd, veto,
+                               detector_energy, physics, beam, electron, hadron_like, candidate, hottest)
     return EventPhysics(
         e_ps=e_ps,
         e_ecal=e_ecal,
@@ -243,6 +224,29 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
         e_wcal=e_wcal,
         detector_energy=detector_energy,
     )
+
+
+def _detector_columns(geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(table code, column of the group sums) of every detector with channels: the selection's own sums
+    for the ECAL, HCAL and WCAL roles, the next "other" group for the rest (the order of ``__post_init__``)."""
+    cached = geometry.__dict__.get("_detector_columns")
+    if cached is not None:
+        return cached
+    own = {"ecal": _ECAL, "hcal": _HCAL, "wcal": _WCAL}
+    other = _FIRST_MODULE + len(geometry.srd_modules) + len(geometry.veto_modules)
+    codes, groups = [], []
+    for code, role, _ in geometry.detectors:
+        codes.append(code)
+        if role in own:
+            groups.append(own[role])
+        else:
+            groups.append(other)
+            other += 1
+    if codes and (min(codes) < 0 or max(codes) >= geometry.n_detectors):
+        raise ValueError("detector codes outside the detector table")
+    result = np.array(codes, dtype=np.int64), np.array(groups, dtype=np.int64)
+    object.__setattr__(geometry, "_detector_columns", result)
+    return result
 
 
 def event_dict(decoded: DecodedEvents, physics: EventPhysics, channel_map: ChannelMap, row: int) -> dict:

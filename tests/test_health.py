@@ -224,3 +224,24 @@ def test_statistics_summed_by_the_decoder_equal_a_separate_fill(channel_map, kin
     assert got.events == want.events > 500
     assert np.array_equal(got.counts, want.counts) and np.array_equal(got.sums, want.sums)
     assert want.counts[0].sum() > 0 and want.counts[1].sum() > 0
+
+
+def test_row_nanmedian_is_numpys_nanmedian():
+    """The history median equals ``np.nanmedian`` bit for bit: odd and even counts of values, NaN gaps,
+    ±inf, ±0, huge values (whose doubled middle overflows, as numpy's does)."""
+    import warnings
+
+    from na64_online.monitor.health import row_nanmedian
+
+    rng = np.random.default_rng(5)
+    for columns in (1, 2, 5, 8, 30):
+        values = rng.normal(100.0, 3.0, (400, columns)).round(rng.integers(0, 4))
+        special = rng.choice([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.7e308, -1.7e308], size=values.shape)
+        pick = rng.random(values.shape)
+        values = np.where(pick < 0.3, special, values)
+        values[np.all(np.isnan(values), axis=1), 0] = 1.0  # the caller asks only rows with a value
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.nanmedian(values, axis=1)
+        got = row_nanmedian(values)
+        assert np.array_equal(got, want, equal_nan=True), columns

@@ -187,3 +187,19 @@ def test_real_decoder_vectors(channel_map):
     beam = h["e_hcal"].values()[TRIGGER_INDEX["beam"]]
     edges = h["e_hcal"].axes[1].edges
     assert int(beam[edges[:-1] >= 10].sum()) == record["hadron_events"]
+
+
+def test_trigger_histograms_sum_the_class_counts_of_each_selection(spill):
+    """``hists`` (trigger axis) = the sum of the class-coded counts over the classes of each trigger, for the
+    2-d plane too (the storage is column-major: its flattening must not mix the two value axes)."""
+    from na64_online.monitor.histograms import MEMBERSHIP
+
+    decoded, physics = spill
+    h = SpillHistograms()
+    h.fill(decoded, physics)
+    for name, public in h.hists.items():
+        coded = np.asarray(h._coded[name].view(flow=True))
+        for t in range(len(TRIGGERS)):
+            want = coded[MEMBERSHIP[t].astype(bool)].sum(axis=0)
+            assert np.array_equal(np.asarray(public.view(flow=True))[t], want), (name, TRIGGERS[t])
+    assert np.asarray(h.hists["ecal_hcal"].view(flow=True)).sum() > 0

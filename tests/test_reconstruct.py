@@ -81,3 +81,66 @@ def test_geometry_outside_the_chunk_is_refused(channel_map):
         from na64_online.decoders.reconstruct import _group_sums
 
         _group_sums(narrow, geometry)
+
+
+def numpy_selection(decoded, geometry, cuts):
+    """The §11 selection in plain numpy over the decoded energies (the reconstruction before its selection
+    kernel, expression for expression): the reference twin of ``_reconstruct.select_events``."""
+    energy = decoded.energy
+    n = decoded.n
+    e_ps, e_ecal, e_hcal = (energy[:, g].sum(axis=1) for g in (geometry.preshower, geometry.ecal, geometry.hcal))
+    e_wcal = energy[:, geometry.wcal].sum(axis=1)
+    srd = np.stack([energy[:, g].sum(axis=1) for g in geometry.srd_modules], axis=1).reshape(n, -1)
+    veto = np.stack([energy[:, g].mean(axis=1) if np.size(np.arange(energy.shape[1])[g]) else np.zeros(n)
+                     for g in geometry.veto_modules], axis=1).reshape(n, -1)
+    detector_energy = np.zeros((n, geometry.n_detectors))
+    for code, _, columns in geometry.detectors:
+        detector_energy[:, code] = energy[:, columns].sum(axis=1)
+    is_data = decoded.is_data
+    mask = decoded.index.trigger_mask.astype(np.int64)
+    physics = is_data & ((mask >> cuts.physics_trigger_bit) & 1).astype(bool)
+    beam = is_data & ((mask >> cuts.beam_trigger_bit) & 1).astype(bool)
+    srd_sum = srd.sum(axis=1)
+    electron = (np.all(srd >= cuts.srd_module_min_gev, axis=1) & (srd_sum >= cuts.srd_sum_min_gev)
+                & (srd_sum <= cuts.srd_sum_max_gev) & (srd.shape[1] > 0))
+    main = energy[:, geometry.main_ecal]
+    col = np.argmax(main, axis=1)
+    top = main[np.arange(n), col]
+    has = top > 0
+    hottest = np.full((n, 2), -1, dtype=np.int64)
+    hottest[has] = geometry.main_ecal_xy[col[has]]
+    beam_col = np.flatnonzero((geometry.main_ecal_xy[:, 0] == cuts.beam_cell[0])
+                              & (geometry.main_ecal_xy[:, 1] == cuts.beam_cell[1]))
+    beam_cell = has & (main[:, beam_col[0]] >= top) if len(beam_col) else np.zeros(n, dtype=bool)
+    candidate = (physics & electron & (e_ps > cuts.candidate_ps_min_gev) & (e_ecal < cuts.candidate_ecal_max_gev)
+                 & (e_hcal < cuts.candidate_hcal_max_gev) & np.all(veto < cuts.candidate_veto_max_gev, axis=1)
+                 & beam_cell)
+    return dict(e_ps=e_ps, e_ecal=e_ecal, e_hcal=e_hcal, e_wcal=e_wcal, srd=srd, veto=veto, is_data=is_data,
+                physics_trigger=physics, beam_trigger=beam, electron=electron, hadron_like=beam & (e_hcal > cuts.hadron_hcal_min_gev),
+                candidate=candidate, main_ecal_max_cell=hottest, detector_energy=detector_energy)
+
+
+@pytest.mark.parametrize("zero_suppression", [True, False])
+def test_selection_kernel_equals_numpy(channel_map, zero_suppression):
+    """Every per-event quantity of the one-pass selection kernel equals the numpy expressions, with the default
+    cuts and with loose ones under which candidates, electrons and hadrons are all common."""
+    from na64_online.decoders.reconstruct import PhysicsCuts
+
+    sim = ReadoutSimulator(SimulationConfig(events_per_spill=400, seed=11, run_events=False,
+                                            zero_suppression=zero_suppression, hadron_fraction=0.3))
+    words, _ = as_words(next(iter(sim.spills())).raw())
+    decoded = decode_events(words, index_events(words), channel_map)
+    geometry = DetectorGeometry.from_map(channel_map)
+    loose = PhysicsCuts(srd_module_min_gev=0.0, srd_sum_min_gev=0.0, srd_sum_max_gev=10.0, candidate_ps_min_gev=0.0,
+                        candidate_ecal_max_gev=200.0, candidate_hcal_max_gev=200.0, candidate_veto_max_gev=1.0,
+                        hadron_hcal_min_gev=1.0, physics_trigger_bit=1, beam_trigger_bit=0)
+    seen = set()
+    for cuts in (PhysicsCuts(), loose):
+        physics = reconstruct(decoded, geometry, cuts)
+        want = numpy_selection(decoded, geometry, cuts)
+        for name, value in want.items():
+            got = getattr(physics, name)
+            assert got.dtype == value.dtype and np.array_equal(got, value), name
+        seen |= {(name, flag) for name in ("candidate", "electron", "hadron_like")
+                 for flag in np.unique(getattr(physics, name)).tolist()}
+    assert seen == {(name, flag) for name in ("candidate", "electron", "hadron_like") for flag in (False, True)}
