@@ -59,6 +59,8 @@ from typing import Iterable
 
 import numba
 import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from ..decoders import layout as L
 
@@ -91,13 +93,27 @@ MIN_BUFFER_USE = 0.75
 SPARE_BUFFERS = 4
 
 
+@intrinsic
+def _memcpy_words(typingctx, dst, dst_start, src, src_start, count):  # pragma: no cover - compiled
+    """``dst[dst_start:dst_start + count] = src[src_start:src_start + count]`` as one ``memcpy`` (uint32
+    arrays that do not overlap; bounds checked by the caller). Numba compiles a slice assignment to a word
+    loop with alias checks, half the speed of ``memcpy`` on events of a few kB."""
+    sig = types.void(dst, types.intp, src, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dst_arr, d0, src_arr, s0, n = args
+        d = context.make_array(signature.args[0])(context, builder, dst_arr)
+        s = context.make_array(signature.args[2])(context, builder, src_arr)
+        cgutils.raw_memcpy(builder, builder.gep(d.data, [d0]), builder.gep(s.data, [s0]), n, 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True)
 def _copy_events(dst, dst_pos, src, src_off, sizes):  # pragma: no cover - compiled
     for e in range(sizes.shape[0]):
-        p = dst_pos[e]
-        o = src_off[e]
-        s = sizes[e]
-        dst[p:p + s] = src[o:o + s]
+        _memcpy_words(dst, dst_pos[e], src, src_off[e], sizes[e])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,7 +132,12 @@ def _write_headers(dst, g_pos, g_size, gdc):  # pragma: no cover - compiled
 
 def copy_events(dst: np.ndarray, dst_pos: np.ndarray, src: np.ndarray, src_off: np.ndarray,
                 sizes: np.ndarray) -> None:
-    """Copy events ``src[src_off[i]:src_off[i] + sizes[i]]`` to ``dst[dst_pos[i]:…]`` (word arrays)."""
+    """Copy events ``src[src_off[i]:src_off[i] + sizes[i]]`` to ``dst[dst_pos[i]:…]`` (uint32 word arrays,
+    C-contiguous, not the same memory)."""
+    if dst.dtype != L.WORD or src.dtype != L.WORD or not (dst.flags.c_contiguous and src.flags.c_contiguous):
+        raise ValueError("event copy needs C-contiguous uint32 word arrays")
+    if np.may_share_memory(dst, src):
+        raise ValueError("event copy between overlapping buffers")
     if sizes.shape[0]:
         if (src_off.min() < 0 or dst_pos.min() < 0 or sizes.min() < 0
                 or (src_off + sizes).max() > src.shape[0] or (dst_pos + sizes).max() > dst.shape[0]):

@@ -24,6 +24,7 @@ tasks); in-process worker threads decode inside it (within the headroom).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 
@@ -35,6 +36,29 @@ SHARES = {"receive": 0.4, "builder": 0.3, "tasks": 0.3}
 HEADROOM = 0.10
 #: buffers never get less than this (a budget below the footprint cannot be kept: then a warning)
 MIN_BUFFER_BYTES = 8 << 20
+
+
+#: glibc ``mallopt`` parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: largest ``M_MMAP_THRESHOLD`` glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
+MAX_HEAP_BLOCK_BYTES = 32 << 20
+
+
+def retain_freed_memory(keep_bytes: int, block_bytes: int = MAX_HEAP_BLOCK_BYTES) -> bool:
+    """glibc only: serve blocks up to ``block_bytes`` from the heap and keep up to ``keep_bytes`` of freed
+    heap memory mapped (``mallopt`` ``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``); False where not glibc.
+
+    A decoder worker receives each task (up to ``chunk_bytes``, 32 MB) into a new buffer: by default glibc
+    maps a block that large afresh, or gives freed memory back to the system, so that every page of every
+    task is faulted in and zeroed again; with this the next task lands in the pages the last one freed."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    block = max(0, min(int(block_bytes), MAX_HEAP_BLOCK_BYTES))
+    keep = max(0, min(int(keep_bytes), (1 << 31) - 1))
+    return bool(mallopt(_M_MMAP_THRESHOLD, block)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))
 
 
 def status_bytes(pid: int | str, key: str) -> int | None:

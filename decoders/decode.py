@@ -27,9 +27,13 @@ from .channelmap import ChannelMap
 from ..errors import Issue
 
 INDEX_WINDOW = 1 << 16
-#: rows of the first window (each next one twice the last, up to INDEX_WINDOW): a live message of a few hundred
-#: events then allocates columns of a few kB, not of 64 k rows (a megabyte per message, mapped and unmapped)
+#: rows of the first window at least (each next one twice the last, up to INDEX_WINDOW): a live message of a few
+#: hundred events then allocates columns of a few kB, not of 64 k rows (a megabyte per message, mapped and unmapped)
 INDEX_FIRST_WINDOW = 1 << 12
+#: index_events' first window has a row per this many words of input (if more than INDEX_FIRST_WINDOW): one kernel
+#: call for a decoder's chunk of events of 64 words or more (NA64's are ~1000); index_bytes starts at
+#: INDEX_FIRST_WINDOW (index_stream_step walks a file as it does)
+INDEX_WORDS_PER_ROW = 64
 #: numba function adding row i of decoded (event, slot) arrays to per-slot statistics (see :class:`SlotSums`)
 add_slot_sums = _kernels.add_slot_sums
 
@@ -119,14 +123,15 @@ def _check_words(words: np.ndarray) -> None:
         raise ValueError("words must be C-contiguous")
 
 
-def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift):
-    """Run the index kernel from ``start`` until ``stop``, a truncation or a byte shift.
+def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift, first_window=INDEX_FIRST_WINDOW):
+    """Run the index kernel from ``start`` until ``stop``, a truncation or a byte shift; the first call asks
+    for ``first_window`` rows, each next one for twice the last (up to :data:`INDEX_WINDOW`).
 
     Returns (columns, next word, truncated, want_super, lost_sync, shift byte or -1).
     """
     parts = []
     position, truncated, lost_sync, shift = start, False, False, -1
-    window = INDEX_FIRST_WINDOW
+    window = first_window
     while position < stop and not truncated and shift < 0:
         capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
         window *= 2
@@ -222,7 +227,8 @@ def index_events(words: np.ndarray, start: int = 0, stop: int | None = None, tra
     if not 0 <= start <= stop <= len(words):
         raise ValueError(f"bad word range {start}:{stop} for {len(words)} words")
     data = words.view(np.uint8)
-    cols, position, truncated, _, lost_sync, _ = _index_words(words, data, 4 * stop, start, stop, -1, False)
+    cols, position, truncated, _, lost_sync, _ = _index_words(
+        words, data, 4 * stop, start, stop, -1, False, max(INDEX_FIRST_WINDOW, (stop - start) // INDEX_WORDS_PER_ROW))
     source = cols[0] * 4
     # stray bytes after the last word start an event cut short, unless they are part of garbage
     tail = bool(trailing_bytes and not truncated and not lost_sync and position == stop == len(words))

@@ -13,7 +13,8 @@ histograms) travels as ZeroMQ frames::
 
 Histograms travel sparse: per histogram ``H`` of extension ``X`` two arrays,
 ``X.H.bins`` (``<i8``, strictly increasing indices into the histogram's
-counts with flow bins, flattened in C order) and ``X.H.counts`` (``<i8``, the
+counts with flow bins, flattened in Fortran order — the first axis fastest,
+as boost-histogram stores them, so that encoding reads them in place) and ``X.H.counts`` (``<i8``, the
 counts there); every other bin is zero. A chunk of a few thousand events fills
 few bins: the E_ECAL–E_HCAL plane (213 444 bins, 1.7 MB dense) has about a
 hundred, so a result is some 100 kB instead of 2.3 MB, and the service adds in
@@ -105,8 +106,9 @@ def encode_accumulator(acc: SpillAccumulator) -> list:
                                 "run": ext.run, "spill": ext.spill, "events": ext.events,
                                 "histograms": sorted(ext._coded)}  # noqa: SLF001 - same package
             for hname in sorted(ext._coded):  # noqa: SLF001
-                flat = np.asarray(ext._coded[hname].view(flow=True)).ravel()  # noqa: SLF001 - C order
-                bins = np.flatnonzero(flat)
+                # Fortran order: boost-histogram's own, a view (C order would copy and transpose each histogram)
+                flat = np.asarray(ext._coded[hname].view(flow=True)).ravel(order="F")  # noqa: SLF001
+                bins = np.flatnonzero(flat != 0)  # on a bool array: several times faster than on the counts
                 descriptors.append(add(f"{name}.{hname}.bins", bins, "<i8"))
                 descriptors.append(add(f"{name}.{hname}.counts", flat[bins], "<i8"))
         else:
@@ -173,7 +175,7 @@ class ChannelStatsResult:
 
 
 class SparseCounts:
-    """A histogram's counts with flow bins as they travel: the bins set (C-order flat indices, strictly
+    """A histogram's counts with flow bins as they travel: the bins set (Fortran-order flat indices, strictly
     increasing, validated against ``shape``) and their counts, views of the frames."""
 
     def __init__(self, bins: np.ndarray, counts: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -184,7 +186,7 @@ class SparseCounts:
         if dense.shape != self.shape:
             raise ValueError(f"sparse counts of shape {self.shape} cannot be added to {dense.shape}")
         if self.bins.shape[0]:
-            dense[np.unravel_index(self.bins, self.shape)] += self.counts  # bins are unique: no lost adds
+            dense[np.unravel_index(self.bins, self.shape, order="F")] += self.counts  # unique bins: no lost adds
 
     def toarray(self) -> np.ndarray:
         out = np.zeros(self.shape, dtype=np.int64)

@@ -578,6 +578,7 @@ def cmd_worker(args) -> int:
 
     import zmq
 
+    from .daq.memory import MAX_HEAP_BLOCK_BYTES, retain_freed_memory
     from .daq.workers import run_worker, worker_curve_keys
     from .sim.warmup import warm_up_processor
     from .worker_setup import build_processor
@@ -589,6 +590,8 @@ def cmd_worker(args) -> int:
         raise DaqError(f"--capacity must be within 1..1024, got {args.capacity}")
     curve = worker_curve_keys(args.key, args.server_key) if args.key else None
     configure_logging(logging.INFO, args.log_format, prefix=f"worker {os.getpid()} ")
+    # each task lands in the memory the last one freed (its pages mapped already), not in new pages
+    retain_freed_memory(keep_bytes=2 * (args.capacity + 1) * MAX_HEAP_BLOCK_BYTES)
     try:
         run_worker(args.connect, build_processor, capacity=args.capacity, parent_pid=args.parent_pid, curve=curve,
                    warm_up=warm_up_processor)

@@ -2,17 +2,21 @@
 
 The work is split where ``replay`` splits it, at spills:
 
-1. **index** (one task per file, on a worker): the file's index pass and spill
-   segmentation (:meth:`~.daq.rawfile.RawFile.spills`, the code ``replay``
-   runs). The result, a :class:`FilePlan`, stays on the worker; the client
-   gets only its :class:`FileSummary` (spills, bytes, what the file got wrong).
+1. **index** (a chain of step tasks per file, on a worker): the file's index
+   pass and spill segmentation, the code ``replay`` runs
+   (:meth:`~.daq.rawfile.RawFile.walk_step`), a step up to a completed spill
+   (:func:`index_step`). Its result, an :class:`IndexStep` (the spills' plans
+   and where the walk stands), stays on the worker; the client gets only its
+   :class:`StepSummary` (spills, bytes, at the end what the file got wrong),
+   and spill tasks start while the rest of the file is indexed.
 2. **spill** (one task per spill): the spill's index rows (a small task next
    to the plan cuts them out, :func:`spill_plan`), then the spill's own byte
    range of the file mapped read-only (:func:`spill_words`; the file must be
    at the same path on every worker — shared storage — so raw bytes never
    pass through the scheduler or the client) and ``SpillProcessor.accumulate``
    on it, the call ``replay`` makes. The client keeps 4 spill tasks per worker
-   thread in flight, across files, each placed on the least busy worker. The result goes back in the decoder workers' wire format
+   thread in flight, across files, in merge order, each placed on the least
+   busy worker. The result goes back in the decoder workers' wire format
    (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built on the worker
    from the service's set-up text (:mod:`.worker_setup`), as ``serve``'s
    workers do.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import mmap
 import os
@@ -63,7 +68,7 @@ class ClusterConfig(ConfigSection):
     processes on this host, bound to 127.0.0.1. ``retries``: times a failed
     task is re-run. ``direct_to_workers``: the client fetches each spill's result from the worker that
     made it (True) or through the scheduler (False: only the scheduler must be reachable from the client,
-    at the cost of relaying every result, ~2.5 MB per spill of 10^5 events, through it); None: directly
+    at the cost of relaying every result, ~0.3 MB per spill of 10^5 events, through it); None: directly
     from a local cluster's workers, through an existing scheduler. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
     files; with all three the client (and a local cluster) use Dask's TLS
     ``Security`` with encryption required — the scheduler address must then be
@@ -190,6 +195,8 @@ def index_step(path: str, previous: IndexStep | None = None) -> IndexStep:
     from .daq.rawfile import RawFile
     from .service import file_notes
 
+    if previous is not None and previous.summary.done:  # asked ahead of the file's end: nothing more
+        return IndexStep(dataclasses.replace(previous.summary, spills=()), (), previous.walk, previous.any_spill)
     raw = RawFile(path, verified=previous is not None)
     if raw.size == 0:
         return IndexStep(StepSummary(path, 0, (), True, (("error", "the file is empty (0 bytes)"),)), (), None,
@@ -396,6 +403,22 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(eq=False)
+class _FileRun:
+    """One file of a run, as the client follows it: its index steps asked for (step, summary futures),
+    how many of them it took in, its spills known and not yet given a task, its spill tasks in order."""
+
+    i: int
+    path: str
+    steps: list = field(default_factory=list)
+    heard: int = 0
+    indexed: bool = False  # its index pass ended (or failed)
+    end: StepSummary | None = None
+    skipped: str | None = None  # why the file cannot be read
+    waiting: collections.deque = field(default_factory=collections.deque)  # (step future, summary, n)
+    items: collections.deque = field(default_factory=collections.deque)  # (summary, n, part, spill future)
+
+
 class Reprocessor:
     """Runs files on a Dask cluster and merges the spills through ``replay``'s monitor, in order.
 
@@ -448,28 +471,25 @@ class Reprocessor:
         return self.stats
 
     def _run(self, client, replayer, setup, files, on_record, on_note) -> None:
-        """Index every file, then keep ``window`` spill tasks of all files in flight, merged in order.
+        """Index the files step by step and keep ``window`` spill tasks in flight, merged in order.
 
-        Spill tasks run ahead across file boundaries (a file's spills do not wait for the previous
-        file's merge), and each is placed on the worker with the fewest of this run's unfinished spill
-        tasks per thread: a task depends on its spill's index rows, which sit on the worker that indexed
-        the file, and Dask runs a task where its inputs are (work stealing moves few of them), so
-        without the placement one worker decoded a whole file while the others idled. The placement is
-        loose (``allow_other_workers``): a task of a worker that leaves runs elsewhere.
+        The client waits for whatever comes first — a step of an index pass, or the spill to merge next
+        — so indexing, decoding and merging overlap. A file's index pass runs as chained step tasks
+        (:func:`index_step`, each up to a completed spill), one step ahead of the step the client has
+        heard of, while fewer than ``window`` of the file's spills wait for a task; the passes of up to
+        one file per worker thread run at once, in file order. Spill tasks are given in merge order,
+        across file boundaries once a file is indexed whole, and each is placed on the worker with the
+        fewest of this run's unfinished spill tasks per thread: a task depends on its spill's index rows,
+        which sit on the worker that indexed the file, and Dask runs a task where its inputs are (work
+        stealing moves few of them), so without the placement one worker decoded a whole file while the
+        others idled. The placement is loose (``allow_other_workers``): a task of a worker that leaves
+        runs elsewhere.
         """
+        distributed = require_dask()
         retries = self.cluster_config.retries
         threads = sum(client.nthreads().values()) or 1
         window = self.window or max(4, 4 * threads)
         token = f"{os.getpid()}-{time.time_ns()}"
-        paths = [str(Path(f).resolve()) for f in files]
-        # every file's index pass starts at once; each step, a small task next to the spills, completes a
-        # spill or so, and the next step is asked for as soon as the client learns of it (it runs where the
-        # walk is), so spill tasks start after the first spill is indexed, not after the whole files
-        steps = [client.submit(index_step, p, key=f"na64-index-{token}-{i}-0", retries=retries, priority=2)
-                 for i, p in enumerate(paths)]
-        summaries = [client.submit(step_summary, step, key=f"na64-summary-{token}-{i}-0", priority=2)
-                     for i, step in enumerate(steps)]
-        bars: dict[int, object] = {}
         known = [time.monotonic(), client.nthreads()]
 
         def workers() -> dict[str, int]:
@@ -478,101 +498,136 @@ class Reprocessor:
                 known[:] = time.monotonic(), client.nthreads()
             return known[1]
 
+        files_ = [_FileRun(i, str(Path(f).resolve())) for i, f in enumerate(files)]
+        bars: dict[int, object] = {}
         placed: dict[str, list] = {}  # worker address -> this run's spill futures placed there
-        work = self._work(client, paths, steps, summaries, bars, token)
-        pending: collections.deque = collections.deque()  # in merge order: spills, ends of files, skipped files
         in_flight = 0
 
-        def submit_ahead() -> None:
+        def step(file: "_FileRun") -> None:
+            """Ask for the file's next index step (after the last one asked for)."""
+            number = len(file.steps)
+            previous = file.steps[-1][0] if file.steps else None
+            future = client.submit(index_step, file.path, previous, key=f"na64-index-{token}-{file.i}-{number}",
+                                   retries=retries, priority=2)
+            summary = client.submit(step_summary, future, key=f"na64-summary-{token}-{file.i}-{number}",
+                                    priority=2)
+            file.steps.append((future, summary))
+
+        def index_ahead() -> None:
+            """Keep each indexing file (up to one per thread, in file order) a step ahead of what is known."""
+            active = 0
+            for file in files_:
+                if file.indexed:
+                    continue
+                active += 1
+                if active > threads:
+                    break
+                while len(file.steps) - file.heard < 2 and len(file.waiting) < window:
+                    step(file)
+
+        def submit_ready() -> None:
             nonlocal in_flight
-            while in_flight < window:
-                item = next(work, None)
-                if item is None:
-                    return
-                if item[0] == "spill":
-                    _, i, plan, summary, n = item
-                    key = f"{token}-{i}-{plan.key.rsplit('-', 1)[-1]}-{n}"
+            for file in files_:
+                while in_flight < window and file.waiting:
+                    future_step, summary, n = file.waiting.popleft()
+                    key = f"{token}-{file.i}-{future_step.key.rsplit('-', 1)[-1]}-{n}"
                     worker = self._least_busy(workers(), placed)
                     where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-                    part = client.submit(spill_plan, plan, n, key=f"na64-spillplan-{key}", priority=1)
+                    part = client.submit(spill_plan, future_step, n, key=f"na64-spillplan-{key}", priority=1)
                     future = client.submit(process_spill, part, setup, key=f"na64-spill-{key}", retries=retries,
                                            **where)
                     if worker:
                         placed.setdefault(worker, []).append(future)
-                    item = ("spill", summary, n, part, future)
+                    file.items.append((summary, n, part, future))
                     in_flight += 1
-                pending.append(item)
+                if in_flight >= window or not file.indexed:
+                    # in merge order: a later file's spills would hold the window while this file's next
+                    # spills, not yet indexed, could get no task and the merge would wait for them forever
+                    return
 
-        try:
-            submit_ahead()
-            while pending:
-                item = pending.popleft()
-                if item[0] == "skip":
-                    self._skip(item[1], item[2], on_note)
-                elif item[0] == "end":
-                    _, path, _, summary = item
-                    for level, text in summary.notes:
-                        on_note(path, level, text)
-                        if level == "error":
-                            self.stats.errors.append(f"{path}: {text}")
-                else:
-                    _, summary, n, part, future = item
-                    try:
-                        frames = future.result()
-                    except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
-                        spill = summary.spills[n]
-                        reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
-                        self.stats.errors.append(f"{summary.path}: {reason}")
-                        on_note(summary.path, "error", reason)
-                        continue
-                    finally:
-                        part.release()
-                        future.release()
-                        in_flight -= 1
-                        submit_ahead()
-                    self._merge(replayer, summary.spills[n], frames, on_record, bars)
-        finally:
-            for bar in bars.values():
-                bar.close()
-
-    def _work(self, client, paths, steps, summaries, bars, token):
-        """The run's items in merge order: ("spill", i, step, summary, n) per spill of each readable file,
-        then ("end", path, None, summary); ("skip", path, reason) for a file that cannot be read. A file's
-        index steps are chained here: the next is submitted as soon as one's summary comes."""
-        retries = self.cluster_config.retries
-        for i, (path, step, summary_future) in enumerate(zip(paths, steps, summaries)):
-            number = 0
-            while True:
+        def heard(file: "_FileRun") -> None:
+            """Take in the file's index steps that have come, in order."""
+            while file.heard < len(file.steps) and not file.indexed:
+                future_step, summary_future = file.steps[file.heard]
+                if not summary_future.done():
+                    return
+                file.heard += 1
                 try:
                     summary: StepSummary = summary_future.result()
-                except Exception as exc:  # noqa: BLE001 - this file cannot be read: the others go on
-                    step.release()
-                    if number == 0:
-                        yield "skip", path, _reason(exc)
+                except Exception as exc:  # noqa: BLE001 - this file cannot be read (further): the others go on
+                    file.indexed = True
+                    if file.heard == 1:
+                        file.skipped = _reason(exc)
                     else:  # its spills so far are merged; the rest of the file is lost
-                        yield "end", path, None, StepSummary(path, 0, (), True, (
+                        file.end = StepSummary(file.path, 0, (), True, (
                             ("error", f"indexing stopped: {_reason(exc)}; the rest of the file skipped"),))
                     break
-                finally:
-                    summary_future.release()
-                if number == 0:
+                if file.heard == 1:
                     self.stats.files += 1
                     self.stats.bytes += summary.size
                 self._bars_for(summary, bars)
-                following = None
-                if not summary.done:
-                    number += 1
-                    following = client.submit(index_step, path, step, key=f"na64-index-{token}-{i}-{number}",
-                                              retries=retries, priority=2)
-                    summary_future = client.submit(step_summary, following,
-                                                   key=f"na64-summary-{token}-{i}-{number}", priority=2)
-                for n in range(len(summary.spills)):
-                    yield "spill", i, step, summary, n
+                file.waiting.extend((future_step, summary, n) for n in range(len(summary.spills)))
                 if summary.done:
-                    step.release()
-                    yield "end", path, None, summary
-                    break
-                step = following
+                    file.indexed = True
+                    file.end = summary
+            if file.indexed:
+                for future_step, summary_future in file.steps[file.heard:]:  # asked ahead of the file's end
+                    future_step.release()
+                    summary_future.release()
+                file.steps = file.steps[:file.heard]
+
+        try:
+            merging = 0  # the file merged now
+            while merging < len(files_):
+                for file in files_:
+                    heard(file)
+                index_ahead()
+                submit_ready()
+                file = files_[merging]
+                if file.items:
+                    summary, n, part, future = file.items[0]
+                    if future.done():
+                        file.items.popleft()
+                        try:
+                            frames = future.result()
+                        except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
+                            spill = summary.spills[n]
+                            reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
+                            self.stats.errors.append(f"{summary.path}: {reason}")
+                            on_note(summary.path, "error", reason)
+                            frames = None
+                        finally:
+                            part.release()
+                            future.release()
+                            in_flight -= 1
+                        submit_ready()
+                        if frames is not None:
+                            self._merge(replayer, summary.spills[n], frames, on_record, bars)
+                        continue
+                elif file.indexed and not file.waiting:  # every spill of the file merged
+                    if file.skipped is not None:
+                        self._skip(file.path, file.skipped, on_note)
+                    else:
+                        for level, text in file.end.notes:
+                            on_note(file.path, level, text)
+                            if level == "error":
+                                self.stats.errors.append(f"{file.path}: {text}")
+                    for future_step, summary_future in file.steps:
+                        future_step.release()
+                        summary_future.release()
+                    file.steps = []
+                    merging += 1
+                    continue
+                # wait for what comes first: the spill to merge next, or an index step
+                waiting_on = [summary_future for f in files_ if not f.indexed
+                              for _, summary_future in f.steps[f.heard:f.heard + 1]]
+                if file.items:
+                    waiting_on.append(file.items[0][3])
+                if waiting_on:
+                    distributed.wait(waiting_on, return_when="FIRST_COMPLETED")
+        finally:
+            for bar in bars.values():
+                bar.close()
 
     @staticmethod
     def _least_busy(nthreads: dict[str, int], placed: dict[str, list]) -> str | None:

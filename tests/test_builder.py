@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder, build_all, split_super_events
+from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder, build_all, copy_events, split_super_events
 from na64_online.daq.envelope import EOB_KEY, scan_payload
 from na64_online.decoders import layout as L
 
@@ -433,3 +433,25 @@ def test_memory_forced_build_never_makes_an_end_of_burst_late(simulated):
     assert c.complete and c.missing_ldcs == () and c.reason == "end_of_burst"
     # the data events were built from node 2 alone (incomplete), node 1's came late: all counted
     assert c.incomplete_events == len(ev[2]) - 2 and c.late_events == len(ev[1]) - 1  # all but its END_OF_BURST
+
+
+def test_copy_events_copies_each_event_whole_and_checks_its_arguments():
+    """The builder's one copy (a memcpy per event) against numpy slices: any sizes (0 too), any order;
+    out of bounds, other dtypes and overlapping buffers are refused before anything is written."""
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(0, 700, 300)
+    src = rng.integers(0, 1 << 32, int(sizes.sum()) + 5, dtype=np.uint64).astype(np.uint32)
+    src_off = np.cumsum(sizes) - sizes + 5
+    order = rng.permutation(len(sizes))
+    dst_pos = (np.cumsum(sizes[order]) - sizes[order])
+    dst = np.zeros(int(sizes.sum()) + 3, np.uint32)
+    copy_events(dst, dst_pos, src, src_off[order], sizes[order])
+    expected = np.concatenate([src[o:o + s] for o, s in zip(src_off[order], sizes[order])])
+    assert np.array_equal(dst[:len(expected)], expected) and not dst[len(expected):].any()
+    one = np.array([0]), np.array([len(src) - 4]), np.array([5])
+    with pytest.raises(ValueError, match="out of bounds"):
+        copy_events(dst, one[0], src, one[1], one[2])
+    with pytest.raises(ValueError, match="uint32"):
+        copy_events(dst.astype(np.int64), one[0], src, one[0], one[2])
+    with pytest.raises(ValueError, match="overlapping"):
+        copy_events(src[10:], one[0], src, one[0], one[2])

@@ -5,6 +5,7 @@ Real ZeroMQ sockets on 127.0.0.1; every test bounded in time.
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import time
 
@@ -155,3 +156,34 @@ def test_tiny_budget_unpaced_publishers_every_event_decoded_or_counted():
     hwm = health[-1]["receive_hwm_messages"]
     assert 1 <= hwm < 100  # derived from ~3 MB and the messages seen, not 10000
     assert m["memory"]["rcvhwm"] == hwm
+
+
+def test_retained_freed_memory_serves_the_next_task_without_page_faults():
+    """After retain_freed_memory (what a worker process does at start), a block of a task's size freed and
+    asked for again comes back with its pages mapped: no page faults the second time (glibc; a process of its
+    own, since it sets the allocator of the whole process)."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""
+        import resource
+        from na64_online.daq.memory import retain_freed_memory
+        if not retain_freed_memory(256 << 20):
+            print("not glibc")
+            raise SystemExit(0)
+        faults = []
+        for _ in range(3):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            block = bytearray(20 << 20)
+            block[::4096] = bytes(len(block[::4096]))
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            del block
+        print(*faults)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True).stdout
+    if out.strip() == "not glibc":
+        pytest.skip("the C library is not glibc (no mallopt)")
+    first, *again = map(int, out.split())
+    pages = (20 << 20) // 4096
+    assert first > pages // 2  # the first time the pages are new
+    assert all(f < pages // 20 for f in again), out

@@ -149,6 +149,46 @@ def test_spill_tasks_are_spread_over_the_workers(raw_files, cluster):
     assert len(workers) == 2, stream.data
 
 
+def _set_index_windows(first: int, most: int) -> tuple[int, int]:
+    from na64_online.decoders import decode
+
+    old = decode.INDEX_FIRST_WINDOW, decode.INDEX_WINDOW
+    decode.INDEX_FIRST_WINDOW, decode.INDEX_WINDOW = first, most
+    return old
+
+
+@pytest.mark.timeout(120)  # a run that waits forever fails here
+def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records(raw_files, cluster):
+    """Index steps of 50-row kernel calls (each file's pass a chain of tasks, spills decoded while it goes on) and a
+    window of one spill task: several files, damaged ones too, merged in order into replay's records — a
+    later file's spills never hold the window while the file being merged waits for its next spills."""
+    from na64_online.config import load_config
+    from na64_online.decoders.channelmap import ChannelMap
+    from na64_online.reprocess import ClusterConfig, Reprocessor
+
+    files, replay = raw_files
+    local, client = cluster
+    client.wait_for_workers(2, timeout=60)
+    old = set(client.run(_set_index_windows, 50, 50).values())
+    out: list[dict] = []
+    try:
+        with distributed.get_task_stream(client) as stream:
+            stats = Reprocessor(load_config(environ={}), ChannelMap.default(),
+                                ClusterConfig(scheduler=local.scheduler_address), window=1
+                                ).run(files, out.append, lambda *a: None)
+    finally:
+        client.run(_set_index_windows, *old.pop())
+    assert [comparable(r) for r in out] == records(replay.stdout)
+    assert stats.files == 3 and stats.spills == len(out)
+    def ends(prefix):
+        return sorted(s["stop"] for t in stream.data if t["key"].startswith(prefix)
+                      for s in t["startstops"] if s["action"] == "compute")
+
+    steps, spills = ends("na64-index-"), ends("na64-spill-")
+    assert len(steps) >= stats.spills  # a step per spill at least: each pass a chain of tasks
+    assert spills[0] < steps[-1]  # spills decoded while files are still being indexed
+
+
 def test_a_worker_killed_mid_run_is_survived(raw_files, cluster):
     files, replay = raw_files
     local, client = cluster
