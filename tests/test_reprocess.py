@@ -149,11 +149,11 @@ def test_spill_tasks_are_spread_over_the_workers(raw_files, cluster):
     assert len(workers) == 2, stream.data
 
 
-def _set_index_windows(first: int, most: int) -> tuple[int, int]:
+def _set_index_window(rows: int) -> int:
+    """The most rows a call of the index kernel gives (index_bytes and the walk alike), in this process."""
     from na64_online.decoders import decode
 
-    old = decode.INDEX_FIRST_WINDOW, decode.INDEX_WINDOW
-    decode.INDEX_FIRST_WINDOW, decode.INDEX_WINDOW = first, most
+    old, decode.INDEX_WINDOW = decode.INDEX_WINDOW, rows
     return old
 
 
@@ -169,7 +169,7 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
     files, replay = raw_files
     local, client = cluster
     client.wait_for_workers(2, timeout=60)
-    old = set(client.run(_set_index_windows, 50, 50).values())
+    old = set(client.run(_set_index_window, 50).values())
     out: list[dict] = []
     try:
         with distributed.get_task_stream(client) as stream:
@@ -177,7 +177,7 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
                                 ClusterConfig(scheduler=local.scheduler_address), window=1
                                 ).run(files, out.append, lambda *a: None)
     finally:
-        client.run(_set_index_windows, *old.pop())
+        client.run(_set_index_window, old.pop())
     assert [comparable(r) for r in out] == records(replay.stdout)
     assert stats.files == 3 and stats.spills == len(out)
     def ends(prefix):
