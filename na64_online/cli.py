@@ -516,14 +516,15 @@ def cmd_demo(args) -> int:
                                    expected_ldcs=(1, 2))
     service = LiveService(config, channel_map, ingest, archive_path=args.archive, on_record=on_record)
 
-    service_started = threading.Event()
+    web_started, service_started = threading.Event(), threading.Event()
 
     simulation = SharedSimulation(ReadoutSimulator(sim_config, channel_map), (1, 2))
 
     def node(publisher: ReadoutPublisher) -> None:
         try:
             spills = simulation.node_spills(publisher.config.ldc)
-            first = next(spills)  # simulated while the service warms up
+            web_started.wait()  # not while the service imports the web stack: while it waits for its workers
+            first = next(spills)
             service_started.wait()
             if not done.is_set():
                 publisher.publish(itertools.chain([first], spills))
@@ -537,11 +538,12 @@ def cmd_demo(args) -> int:
             for publisher in publishers:
                 threading.Thread(target=node, args=(publisher,), daemon=True).start()
             try:
-                service.start(abort=done)
+                service.start(abort=done, while_warming=web_started.set)
             except BaseException:
                 done.set()  # the nodes publish nothing
                 raise
             finally:
+                web_started.set()
                 service_started.set()
             web = f"; dashboard API on {service.web.url}" if service.web is not None else ""
             _say(f"na64-online demo: LDC 1 and 2 at {', '.join(ingest.endpoints)}{web}; Ctrl-C stops")

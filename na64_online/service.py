@@ -328,11 +328,13 @@ class LiveService:
             reason = "web server thread ended unexpectedly"
         return reason
 
-    def start(self, abort: threading.Event | None = None) -> "LiveService":
+    def start(self, abort: threading.Event | None = None,
+              while_warming: Callable[[], None] | None = None) -> "LiveService":
         """Worker processes first (they take seconds to warm up), then the web (``/readyz`` says
         warming_up: shifters see "waiting"), then the ingest: returns once warm and subscribed.
 
-        ``abort`` (set by SIGTERM/SIGINT) ends a long warm-up early."""
+        ``abort`` (set by SIGTERM/SIGINT) ends a long warm-up early. ``while_warming`` is called once the
+        web is up, as the wait for the workers begins: work to overlap with their warm-up."""
         self.systemd.status("warming up: loading decoder kernels, starting workers")
         try:
             # the local workers import and load their kernels while this process imports the web stack
@@ -340,6 +342,8 @@ class LiveService:
             if self._web_wanted:
                 self._make_web()
                 self.web.start()
+            if while_warming is not None:
+                while_warming()
             self.ingest.start(abort=abort)
         except BaseException:
             if self.web is not None:
