@@ -125,26 +125,9 @@ def _minor_faults(pid: int | str) -> int:
         return 0
 
 
-def _threads_faults() -> dict[str, int]:
-    """Minor page faults of this process's threads by kind (as :func:`_threads_cpu_seconds`)."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, int] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        name = names.get(int(tid))
-        kind = ("zmq-io" if comm.startswith("ZMQbg") else "na64-worker-threads" if name and name.startswith("na64-worker")
-                else name or comm)
-        out[kind] = out.get(kind, 0) + _minor_faults(f"self/task/{tid}")
-    return out
-
-
-def _threads_cpu_seconds() -> dict[str, float]:
-    """CPU time of this process's threads by kind: Python threads by name (worker threads together),
-    ZeroMQ's background threads ("ZMQbg/…"), and the rest."""
+def _by_thread_kind(read) -> dict[str, float]:
+    """``read("self/task/TID")`` summed over this process's threads by kind: Python threads by name
+    (worker threads together), ZeroMQ's background threads ("ZMQbg/…"), and the rest."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[str, float] = {}
     for tid in os.listdir("/proc/self/task"):
@@ -153,12 +136,21 @@ def _threads_cpu_seconds() -> dict[str, float]:
                 comm = f.read().strip()
         except OSError:
             continue
-        cpu = _cpu_seconds(f"self/task/{tid}")
         name = names.get(int(tid))
         kind = ("zmq-io" if comm.startswith("ZMQbg") else "na64-worker-threads" if name and name.startswith("na64-worker")
                 else name or comm)
-        out[kind] = out.get(kind, 0.0) + (cpu or 0.0)
+        out[kind] = out.get(kind, 0) + (read(f"self/task/{tid}") or 0)
     return out
+
+
+def _threads_faults() -> dict[str, int]:
+    """Minor page faults of this process's threads by kind."""
+    return _by_thread_kind(_minor_faults)
+
+
+def _threads_cpu_seconds() -> dict[str, float]:
+    """CPU time of this process's threads by kind."""
+    return _by_thread_kind(_cpu_seconds)
 
 
 def _own_cpu_seconds() -> float:
