@@ -127,16 +127,6 @@ class SpillSummary:
 
 
 @dataclass(frozen=True)
-class FileSummary:
-    """What the client learns of a file's index pass (of one step of it: :class:`StepSummary`)."""
-
-    path: str
-    size: int
-    spills: tuple[SpillSummary, ...]
-    notes: tuple[tuple[str, str], ...]  # (level, text), as replay reports them
-
-
-@dataclass(frozen=True)
 class StepSummary:
     """What the client learns of one step of a file's index pass: the spills it completed, and at the
     file's end (``done``) what the file got wrong, as replay reports it."""
@@ -146,12 +136,6 @@ class StepSummary:
     spills: tuple[SpillSummary, ...]
     done: bool
     notes: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, eq=False)
-class FilePlan:
-    summary: FileSummary
-    spills: tuple[SpillPlan, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,19 +197,6 @@ def index_step(path: str, previous: IndexStep | None = None) -> IndexStep:
                                                              sum(n for _, n in p.pieces)) for p in plans),
                           walk.done, notes)
     return IndexStep(summary, plans, walk, any_spill)
-
-
-def index_file(path: str) -> FilePlan:
-    """The whole index pass of one file and its spills (the steps of :func:`index_step` in a row)."""
-    step = index_step(path)
-    plans = list(step.spills)
-    while not step.summary.done:
-        step = index_step(path, step)
-        plans.extend(step.spills)
-    summary = FileSummary(path, step.summary.size,
-                          tuple(SpillSummary(p.run, p.spill, p.complete, sum(n for _, n in p.pieces)) for p in plans),
-                          step.summary.notes)
-    return FilePlan(summary, tuple(plans))
 
 
 def step_summary(step: IndexStep) -> StepSummary:
@@ -645,7 +616,7 @@ class Reprocessor:
         self.stats.errors.append(f"{path}: {reason}")
         on_note(path, "error", f"{reason}; file skipped")
 
-    def _bars_for(self, summary: FileSummary, bars: dict) -> None:
+    def _bars_for(self, summary: StepSummary, bars: dict) -> None:
         """One progress bar per run (spills of the run in this file added to its total)."""
         if not self.progress:
             return

@@ -97,11 +97,18 @@ def test_a_spill_task_maps_its_bytes_unless_the_stream_was_realigned(raw_files):
     import numpy as np
 
     from na64_online.decoders import layout
-    from na64_online.reprocess import index_file, read_spill_words, spill_words
+    from na64_online.reprocess import index_step, read_spill_words, spill_words
+
+    def plans(path):  # the file's whole index pass, its steps in a row (as the workers run them)
+        step = index_step(str(path))
+        yield from step.spills
+        while not step.summary.done:
+            step = index_step(str(path), step)
+            yield from step.spills
 
     files, _ = raw_files
-    clean = index_file(str(files[0])).spills
-    realigned = [p for p in index_file(str(files[1])).spills if len(p.pieces) > 1]
+    clean = list(plans(files[0]))
+    realigned = [p for p in plans(files[1]) if len(p.pieces) > 1]
     assert clean and realigned
     for plan in (clean[0], realigned[0]):
         with spill_words(plan) as words:
