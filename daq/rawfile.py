@@ -165,8 +165,13 @@ def out_of_sequence(numbers: np.ndarray) -> np.ndarray:
     return bad
 
 
+def _run_burst_key(run: np.ndarray, burst: np.ndarray) -> np.ndarray:
+    """run × 4096 + burst: one integer per (run, burst)."""
+    return run.astype(np.int64) * 4096 + burst
+
+
 def _spill_key(index: EventIndex, rows: np.ndarray) -> np.ndarray:
-    return index.run[rows].astype(np.int64) * 4096 + index.spill[rows]
+    return _run_burst_key(index.run[rows], index.spill[rows])
 
 
 def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | None = None,
@@ -457,7 +462,7 @@ def _spill_cut_rows(status: np.ndarray, kind_of: np.ndarray, run: np.ndarray, bu
     rows = np.flatnonzero((status == 0) & np.isin(kind_of, SPILL_TYPES))
     if len(rows) < 3:
         return None
-    key = run[rows].astype(np.int64) * 4096 + burst[rows]
+    key = _run_burst_key(run[rows], burst[rows])
     kind = kind_of[rows]
     clean = ((kind[1:-1] == layout.START_OF_BURST) & (kind[:-2] == layout.END_OF_BURST)
              & (key[1:-1] != key[:-2]) & (key[1:-1] == key[2:]))

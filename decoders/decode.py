@@ -123,6 +123,16 @@ def _check_words(words: np.ndarray) -> None:
         raise ValueError("words must be C-contiguous")
 
 
+def _index_call(words, data, byte_limit, position, stop, want_super, allow_shift, window):
+    """One call of the index kernel from word ``position``, for at most ``window`` rows (and
+    :data:`INDEX_WINDOW`): (the rows' kernel columns, next word, truncated, want_super, lost_sync, shift)."""
+    capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+    cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
+    n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
+        words, data, byte_limit, position, stop, want_super, allow_shift, _kernels.IndexColumns(*cols))
+    return [c[:n] for c in cols], position, truncated, want_super, lost_sync, shift
+
+
 def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift, first_window=INDEX_FIRST_WINDOW):
     """Run the index kernel from ``start`` until ``stop``, a truncation or a byte shift; the first call asks
     for ``first_window`` rows, each next one for twice the last (up to :data:`INDEX_WINDOW`).
@@ -133,13 +143,10 @@ def _index_words(words, data, byte_limit, start, stop, want_super, allow_shift, 
     position, truncated, lost_sync, shift = start, False, False, -1
     window = first_window
     while position < stop and not truncated and shift < 0:
-        capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
+        cols, position, truncated, want_super, lost_sync, shift = _index_call(
+            words, data, byte_limit, position, stop, want_super, allow_shift, window)
         window *= 2
-        cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
-        n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
-            words, data, byte_limit, position, stop, want_super, allow_shift, _kernels.IndexColumns(*cols)
-        )
-        parts.append([c[:n] for c in cols])
+        parts.append(cols)
     if parts:
         cols = [np.concatenate(c) for c in zip(*parts)] if len(parts) > 1 else parts[0]
     else:
@@ -171,13 +178,9 @@ def index_stream_step(words: np.ndarray, data: np.ndarray, position: int, want_s
     :data:`INDEX_WINDOW`), the very rows and state ``index_bytes`` gets from it, so a walk of such steps
     gives its index row for row until it needs a re-aligned copy (``shift >= 0``)."""
     _check_words(words)
-    stop = len(words)
-    window = INDEX_FIRST_WINDOW << min(calls, 40)
-    capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
-    cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
-    n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
-        words, data, len(data), position, stop, want_super, True, _kernels.IndexColumns(*cols))
-    columns = dict(zip(_INDEX_COLUMNS, (c[:n] for c in cols)))
+    cols, position, truncated, want_super, lost_sync, shift = _index_call(
+        words, data, len(data), position, len(words), want_super, True, INDEX_FIRST_WINDOW << min(calls, 40))
+    columns = dict(zip(_INDEX_COLUMNS, cols))
     columns["source_offset"] = columns["offset"] * 4
     return StreamStep(columns, int(position), bool(truncated), int(want_super), bool(lost_sync), int(shift))
 
