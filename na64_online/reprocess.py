@@ -44,6 +44,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Sequence
@@ -140,15 +141,18 @@ class StepSummary:
 
 @dataclass(frozen=True, eq=False)
 class IndexStep:
-    """A task's result: one step of a file's index pass (:meth:`~.daq.rawfile.RawFile.walk_step`) and where the
-    walk stands (the next step's input, on the same worker); the spills it completed either decoded there
-    (``results``: each spill's accumulator in the wire format) or as plans for spill tasks (``spills``)."""
+    """A task's result: one step of a file's index pass (:meth:`~.daq.rawfile.RawFile.walk_step`), the spills it
+    completed either decoded there (``results``: each spill's accumulator in the wire format, in spill order) or
+    as plans for spill tasks (``spills``), and where the walk stands: ``number`` (steps from the file's start,
+    this one included) and ``walk_id``, the walk kept by the worker that ran the step (:func:`_walk_after`).
+    Without plans it is small (~0.3 MB per spill of 10^5 events): the client fetches it as it is."""
 
     summary: StepSummary
     spills: tuple[SpillPlan, ...]
-    walk: object  # daq.rawfile.IndexWalk
     any_spill: bool
     results: tuple[list[np.ndarray], ...] = ()
+    number: int = 0
+    walk_id: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -234,10 +238,46 @@ def _forget_raw_file(path: str, raw) -> None:
             del _RAW_FILES[path]
 
 
+#: where the index passes run on this worker stand, by walk id (:class:`IndexStep`), most recent last: a
+#: pass's next step takes its walk from here (an :class:`~.daq.rawfile.IndexWalk` holds the index rows since
+#: the last spill cut, up to a kernel call's worth), so the walk never travels as a task's result
+_WALKS: collections.OrderedDict = collections.OrderedDict()
+#: walks kept at most (a pass whose next step never came: its run ended, its client went away)
+WALKS_KEPT = 16
+
+
+def _keep_walk(walk) -> str:
+    walk_id = uuid.uuid4().hex
+    with _RAW_FILES_LOCK:
+        _WALKS[walk_id] = walk
+        while len(_WALKS) > WALKS_KEPT:
+            _WALKS.popitem(last=False)
+    return walk_id
+
+
+def _walk_after(raw, previous: IndexStep):
+    """Where the walk stands after ``previous``: the walk that step left on this worker, or, when it is not
+    here (the step ran on another worker, since gone; this step is re-run), the walk re-done from the file's
+    start to there — the steps are the same (each up to a completed spill), only not decoded."""
+    with _RAW_FILES_LOCK:
+        walk = _WALKS.pop(previous.walk_id, None)
+    if walk is not None:
+        return walk
+    walk = raw.start_walk()
+    for _ in range(previous.number):
+        segments: list = []
+        while not segments and not walk.done:
+            segments, walk = raw.walk_step(walk)
+        del segments
+        raw.release_pages(walk.start)
+    return walk
+
+
 def index_step(path: str, previous: IndexStep | None = None, setup: tuple[bytes, ...] | None = None) -> IndexStep:
     """Task: the next step of a file's index pass (``replay``'s, :meth:`~.daq.rawfile.RawFile.iter_spills`),
     from where ``previous`` left it (None: the file's start); steps until one completes a spill or ends
-    the file. Chained, so spill tasks start while the rest of the file is indexed.
+    the file. Chained (the previous step is its input, so Dask runs it where that one ran and the walk is
+    there), so spills are decoded while the rest of the file is indexed.
 
     With ``setup`` (:func:`~.worker_setup.encode_setup`) the spills it completes are decoded here, from the
     pages the index pass just mapped, by ``replay``'s own call (``SpillProcessor.accumulate`` on the
@@ -245,14 +285,16 @@ def index_step(path: str, previous: IndexStep | None = None, setup: tuple[bytes,
     (:func:`process_spill`). Either way the pages before the last spill cut are released after."""
     from .service import file_notes
 
+    number = previous.number + 1 if previous is not None else 1
     if previous is not None and previous.summary.done:  # asked ahead of the file's end: nothing more
-        return IndexStep(dataclasses.replace(previous.summary, spills=()), (), previous.walk, previous.any_spill)
+        return IndexStep(dataclasses.replace(previous.summary, spills=(), notes=()), (), previous.any_spill,
+                         number=number)
     raw = _raw_file(path, verified=previous is not None)
     if raw.size == 0:
         _forget_raw_file(path, raw)
-        return IndexStep(StepSummary(path, 0, (), True, (("error", "the file is empty (0 bytes)"),)), (), None,
-                         False)
-    walk = previous.walk if previous is not None else raw.start_walk()
+        return IndexStep(StepSummary(path, 0, (), True, (("error", "the file is empty (0 bytes)"),)), (), False,
+                         number=number)
+    walk = _walk_after(raw, previous) if previous is not None else raw.start_walk()
     any_spill = previous is not None and previous.any_spill
     segments: list = []
     while not segments and not walk.done:
@@ -275,7 +317,7 @@ def index_step(path: str, previous: IndexStep | None = None, setup: tuple[bytes,
     any_spill = any_spill or bool(spills)
     notes = tuple((n.level, n.text) for n in file_notes(walk.stats, any_spill)) if walk.done else ()
     summary = StepSummary(path, raw.size, spills, walk.done, notes)
-    return IndexStep(summary, plans, walk, any_spill, results)
+    return IndexStep(summary, plans, any_spill, results, number, None if walk.done else _keep_walk(walk))
 
 
 def step_result(step: IndexStep) -> StepResult:
@@ -544,7 +586,7 @@ class Reprocessor:
         heard of; the passes of up to one file per worker thread run at once, in file order, each kept
         on one worker (loosely: a pass whose worker leaves goes on elsewhere). While there are that many
         passes, each step decodes the spills it completes where it runs, from the pages it has just
-        mapped (one task per spill, plus the small one that hands its result to the client); the client
+        mapped (one task per spill; its result, small, is what the client fetches); the client
         holds the results of files after the one it merges, up to ``ahead`` spills (then only the file
         being merged is indexed). With fewer passes than threads (one file; the last files of a run)
         the steps only plan their spills, and spill tasks (:func:`process_spill`, ``window`` in flight,
@@ -589,10 +631,13 @@ class Reprocessor:
             where = {"workers": [worker], "allow_other_workers": True} if worker else {}
             future = client.submit(index_step, file.path, file.last, setup if decode else None,
                                    key=f"na64-index-{token}-{file.i}-{number}", retries=retries, priority=2, **where)
-            result = client.submit(step_result, future, key=f"na64-stepresult-{token}-{file.i}-{number}",
-                                   priority=2)
-            if decode and worker:
-                placed.setdefault(worker, []).append(future)
+            if decode:  # its result is small: the client takes it as it is
+                result = future
+                if worker:
+                    placed.setdefault(worker, []).append(future)
+            else:  # its plans stay on the worker
+                result = client.submit(step_result, future, key=f"na64-stepresult-{token}-{file.i}-{number}",
+                                       priority=2)
             file.asked += 1
             file.last = future
             file.steps.append((future, result))
@@ -649,7 +694,7 @@ class Reprocessor:
                 file.steps.popleft()
                 file.heard += 1
                 try:
-                    result: StepResult = result_future.result()
+                    result: IndexStep | StepResult = result_future.result()
                 except Exception as exc:  # noqa: BLE001 - this file cannot be read (further): the others go on
                     file.indexed = True
                     if file.heard == 1:
@@ -659,7 +704,8 @@ class Reprocessor:
                             ("error", f"indexing stopped: {_reason(exc)}; the rest of the file skipped"),))
                     break
                 finally:
-                    result_future.release()
+                    if result_future is not future_step:  # (a step's own future may be the next one's input)
+                        result_future.release()
                 summary = result.summary
                 if file.heard == 1:
                     self.stats.files += 1
@@ -675,7 +721,8 @@ class Reprocessor:
             if file.indexed:
                 for future_step, result_future in file.steps:  # asked ahead of the file's end
                     future_step.release()
-                    result_future.release()
+                    if result_future is not future_step:
+                        result_future.release()
                 file.steps.clear()
                 file.last = None
 

@@ -118,6 +118,49 @@ def test_a_spill_task_maps_its_bytes_unless_the_stream_was_realigned(raw_files):
             assert int(words[first + 1]) == layout.DATE_MAGIC  # an event starts where the index says
 
 
+def test_an_index_step_away_from_its_pass_walks_again_to_where_it_stood(raw_files):
+    """A pass's walk stays on the worker that ran its last step; a step run elsewhere (that worker gone, the
+    step retried) walks the file again from its start to there: the same spills, the same results, the same
+    notes, on a damaged file (re-aligned, truncated) and a clean one, decoding in the steps or planning."""
+    import numpy as np
+
+    from na64_online.config import load_config
+    from na64_online.decoders.channelmap import ChannelMap
+    from na64_online import reprocess
+    from na64_online.worker_setup import encode_setup
+
+    setup = encode_setup(load_config(environ={}), ChannelMap.default())
+    processor = reprocess._processor(setup)
+
+    def timeless(frames):  # the result without the decoding time it reports
+        acc = processor.decode_result([bytes(f) for f in frames])
+        acc.decode_seconds = 0.0
+        return [np.frombuffer(f, dtype=np.uint8) for f in processor.encode_result(acc)]
+
+    def steps(path, decode, away):
+        step, out = None, []
+        while step is None or not step.summary.done:
+            if away:
+                reprocess._WALKS.clear()
+                reprocess._RAW_FILES.clear()
+            step = reprocess.index_step(str(path), step, setup if decode else None)
+            out.append(step)
+        return out
+
+    files, _ = raw_files
+    for path in (files[1], files[0]):
+        for decode in (True, False):
+            here, away = steps(path, decode, False), steps(path, decode, True)
+            assert [s.summary for s in here] == [s.summary for s in away]
+            assert [s.summary for s in here][-1].notes or path == files[0]
+            assert sum(len(s.results if decode else s.spills) for s in here) == sum(len(s.summary.spills) for s in here)
+            for a, b in zip(here, away):
+                assert len(a.results) == len(b.results)
+                for x, y in zip(a.results, b.results):
+                    assert all(np.array_equal(u, v) for u, v in zip(timeless(x), timeless(y)))
+    assert not reprocess._WALKS  # a finished pass leaves no walk behind
+
+
 def test_the_deployed_dask_worker_settings_are_those_of_reprocess_own_cluster():
     """deploy/dask-reprocess.yaml (for `dask worker` hosts and batch jobs) says what local_cluster sets."""
     import dask
