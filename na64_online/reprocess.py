@@ -2,24 +2,30 @@
 
 The work is split where ``replay`` splits it, at spills:
 
-1. **index** (a chain of step tasks per file, on a worker): the file's index
-   pass and spill segmentation, the code ``replay`` runs
+1. **index** (a chain of step tasks per file, on one worker): the file's
+   index pass and spill segmentation, the code ``replay`` runs
    (:meth:`~.daq.rawfile.RawFile.walk_step`), a step up to a completed spill
-   (:func:`index_step`). Its result, an :class:`IndexStep` (the spills' plans
-   and where the walk stands), stays on the worker; the client gets only its
-   :class:`StepSummary` (spills, bytes, at the end what the file got wrong),
-   and spill tasks start while the rest of the file is indexed.
-2. **spill** (one task per spill): the spill's index rows (a small task next
-   to the plan cuts them out, :func:`spill_plan`), then the spill's own byte
-   range of the file mapped read-only (:func:`spill_words`; the file must be
-   at the same path on every worker — shared storage — so raw bytes never
-   pass through the scheduler or the client) and ``SpillProcessor.accumulate``
-   on it, the call ``replay`` makes. The client keeps 4 spill tasks per worker
-   thread in flight, across files, in merge order, each placed on the least
-   busy worker. The result goes back in the decoder workers' wire format
-   (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built on the worker
-   from the service's set-up text (:mod:`.worker_setup`), as ``serve``'s
-   workers do.
+   (:func:`index_step`). The worker keeps the file mapped and the walk (the
+   index rows since the last spill cut) between the steps of a pass; a step
+   that runs where its walk is not walks the file again from its start.
+2. **decode**, where the spills are while there is an index pass per worker
+   thread (several files): the step decodes the spills it completes itself,
+   from the pages its kernel call has just mapped, by ``replay``'s own call
+   (``SpillProcessor.accumulate`` on the segment), releases those pages, and
+   its result — small: the spills' accumulators in the decoder workers' wire
+   format (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built from
+   the service's set-up text (:mod:`.worker_setup`) as ``serve``'s workers do,
+   and a :class:`StepSummary` (spills, bytes, at the end what the file got
+   wrong) — is what the client fetches: one task per spill. With fewer
+   passes than threads (one file, the last file of a run) the step gives
+   the spills' plans instead (they stay on the worker; the client gets the
+   summary, :func:`step_result`), and **spill tasks** spread them: the
+   spill's index rows (:func:`spill_plan`, next to the step), its own byte
+   range of the file mapped read-only (:func:`spill_words`) and the same
+   ``accumulate``; up to 4 per worker thread in flight, in merge order, each
+   on the least busy worker. Either way the file must be at the same path on
+   every worker — shared storage — so raw bytes never pass through the
+   scheduler or the client.
 3. **merge** (client, in file and spill order): each accumulator goes through
    ``SpillMonitor.handle`` — quality, channel history, run histograms, alarms,
    archive — exactly as in ``replay``, so the records are identical (up to
@@ -27,7 +33,8 @@ The work is split where ``replay`` splits it, at spills:
    fast, not what).
 
 A task that raises is retried by Dask (``retries``); a task on a worker that
-dies is re-run elsewhere by the scheduler. A file that cannot be read is
+dies is re-run elsewhere by the scheduler (an index step there walks its file
+again, index only, to where its pass stood). A file that cannot be read is
 reported with its reason and skipped; the others go on.
 
 Dask (``pip install 'na64-online[cluster]'``) is imported only here.
@@ -243,7 +250,7 @@ def _forget_raw_file(path: str, raw) -> None:
 #: the last spill cut, up to a kernel call's worth), so the walk never travels as a task's result
 _WALKS: collections.OrderedDict = collections.OrderedDict()
 #: walks kept at most (a pass whose next step never came: its run ended, its client went away)
-WALKS_KEPT = 16
+WALKS_KEPT = 32
 
 
 def _keep_walk(walk) -> str:
