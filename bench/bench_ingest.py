@@ -281,13 +281,15 @@ def stage_profile(args) -> dict:
     """CPU per event of each stage the service runs, in this process without sockets (µs per event).
 
     The very objects the service uses: ``Subscriber.handle`` (envelope, payload scan, sequence), the
-    ``EventBuilder``, the task a worker gets, a worker's decode + result encoding, the service's result
+    ``EventBuilder`` (plans, no copy), the plan sent (``dispatch``), a worker's gather of the plan + decode +
+    result encoding, the service's result
     decoding and merge, and ``SpillMonitor.handle`` (the spill's record). ``worker`` is what one decoder
     worker spends per event; the service's share is the rest.
     """
     from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder
     from na64_online.daq.envelope import make_message
     from na64_online.daq.subscriber import Subscriber
+    from na64_online.daq.workers import gather_task
 
     config, cmap = Config(), ChannelMap.default()
     monitor = build_monitor(config, cmap)
@@ -315,19 +317,26 @@ def stage_profile(args) -> dict:
         for o in warm.add(r.envelope.ldc, r.scan, 0.0):
             if isinstance(o, BuiltChunk):
                 warm_acc = warm_acc or processor.new_accumulator()
-                warm_acc.merge(read([bytes(f) for f in processor.encode_result(processor.accumulate(o.words.copy()))]))
+                warm_acc.merge(read([bytes(f) for f in processor.encode_result(processor.accumulate(o.words))]))
     if warm_acc is None:
         raise SystemExit("stage profile: no chunk built from the first messages to warm up with")
     warm_monitor.handle(warm_acc)
     warm_sub.close()
     warm_monitor.close()
-    cpu = dict.fromkeys(("receive", "build", "worker", "merge", "finish"), 0.0)
+    cpu = dict.fromkeys(("receive", "build", "dispatch", "worker", "merge", "finish"), 0.0)
 
     def timed(stage, fn, *a):
         t = time.process_time()
         out = fn(*a)
         cpu[stage] += time.process_time() - t
         return out
+
+    scratch = [None]
+
+    def worker_task(frames):
+        words = gather_task(frames, scratch[0])
+        scratch[0] = words.base
+        return processor.encode_result(processor.accumulate(words))
 
     accs: dict = {}
     events = 0
@@ -337,10 +346,11 @@ def stage_profile(args) -> dict:
         outputs = timed("build", builder.add, r.envelope.ldc, r.scan, 0.0)
         for o in outputs:
             if isinstance(o, BuiltChunk):
-                frames = timed("worker", lambda w: processor.encode_result(processor.accumulate(w)),
-                               o.words.copy())  # a worker's words are its own (received)
+                plan = timed("dispatch", o.plan_frames)  # what the service sends besides the payloads
+                frames = [f"{o.run} {o.spill} {o.index} {o.gdc}".encode(), *plan, *o.payloads]
+                # a worker: validates the plan, gathers the events into its recycled buffer, decodes, encodes
+                frames = timed("worker", lambda f: worker_task(f), [b"TASK", b"\0" * 8, *frames])
                 frames = [bytes(f) for f in frames]  # as received
-                builder.recycle(o.words)  # the task is answered: the service hands its buffer back
                 result = timed("merge", read_result, frames)
                 key = (o.run, o.spill)
                 if key not in accs:

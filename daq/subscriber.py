@@ -225,6 +225,8 @@ class Received:
     fault: str | None = None  # "reordered" or "sequence_jump" (duplicates are not handed on)
     recovered: bool = False  # a late message that had been counted lost (``lost`` was taken back)
     message: int = 0  # ordinal of the message (``stats.messages`` when it came; :attr:`Fault.message`)
+    #: the payload frame as received (a ``zmq.Frame``: the builder's chunks hand it on to workers uncopied)
+    payload: object = None
 
 
 class Subscriber:
@@ -413,7 +415,7 @@ class Subscriber:
                         f"kept {scan.n_events} of {env.events} events: {scan.describe()}")
         self.stats.events += scan.n_events
         return Received(env, scan, obs.lost, obs.restarted, corrupt, nbytes, obs.fault, obs.recovered,
-                        self.stats.messages)
+                        self.stats.messages, frames[2])
 
     def recv(self, timeout_ms: int = 100, max_messages: int = 256) -> list[Received]:
         """Whatever arrives within ``timeout_ms`` (at most ``max_messages``); never raises on bad data."""
