@@ -54,7 +54,7 @@ from ..decoders import layout as L
 from .builder import BuiltChunk, ClosedSpill, EventBuilder
 from .ingest_config import IngestConfig  # noqa: F401 - the [ingest] section, re-exported
 from .live import LiveExtras
-from .memory import MemoryBudget, resident_bytes
+from .memory import MemoryBudget, resident_bytes, retain_freed_memory
 from .subscriber import UNKNOWN_LDC, Subscriber
 from .workers import Task, TaskDone, WorkerPool, WorkerSetup
 
@@ -278,6 +278,8 @@ class IngestService:
                 "sequence_jumps": dict(sub.sequences.jumps),
                 "last_jump": dict(sub.sequences.last_jump),
                 "bad_messages": {l: dict(k) for l, k in sub.stats.bad_messages.items()},
+                "rcvhwm": sub.rcvhwm,
+                "hwm_reconnects": sub.hwm_reconnects,
             }
         try:
             out["memory"] = self.memory()
@@ -457,6 +459,9 @@ class IngestService:
     def _apply_memory_budget(self) -> None:
         """Share ``max_memory_mb`` between the stages, the process's warm footprint measured now."""
         budget = self.memory_budget = MemoryBudget.plan(self.config.max_memory_mb)
+        # freed memory (received messages, results) stays mapped up to the buffers' share, and blocks up to
+        # 32 MB come from the heap: the next message lands in pages already faulted in, not in fresh ones
+        retain_freed_memory(keep_bytes=budget.buffer_bytes)
         self.subscriber.set_queue_bytes(budget.receive_bytes)
         self.builder.max_buffered_bytes = budget.builder_bytes
         self.pool.max_task_bytes = budget.task_bytes
