@@ -325,6 +325,7 @@ class IngestService:
             worker_refused_messages=pool.stats.refused_messages,
             worker_refused_results=pool.stats.refused_results,
             worker_refused_peers=pool.stats.refused_peers,
+            worker_refused_tasks=pool.stats.refused_tasks,
             loop_time=self.loop_time,
             bad_messages=self.bad_messages_by_label(),
             memory_budget_bytes=self.memory_budget.total_bytes if self.memory_budget else 0,

@@ -542,6 +542,7 @@ def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channe
         failed = pump(pool, 30, until=lambda: not pool.outstanding)
         assert len(failed) == len(bad) and all(d.result is None and "refused task" in d.error for d in failed)
         assert pool.stats.refused_tasks == len(bad) == pool.stats.tasks_failed
+        assert pool.stats.refused_messages == 0  # a refusal is an answer, not a malformed message
         assert pool.submit(Task(RUN, 1, 0, chunk, EVENTS, EVENTS + 2), time.monotonic())
         (done,) = pump(pool, 30, until=lambda: not pool.busy)
     finally:
