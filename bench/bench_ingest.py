@@ -256,7 +256,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         # where lost messages come from: sequence gaps per LDC, and the receive queues' reconnections
         "subscriber": {k: metrics["subscriber"].get(k) for k in ("lost_messages", "restarts", "sequence_jumps",
                                                                  "reordered_messages", "duplicate_messages",
-                                                                 "rcvhwm", "hwm_reconnects", "bad_messages")},
+                                                                 "rcvhwm", "hwm_reconnects", "lost_on_reconnect",
+                                                                 "bad_messages")},
         "elapsed_s": round(elapsed, 2),
         "load_1min": round(os.getloadavg()[0], 2),
         "events_per_s": round(decoded / elapsed) if elapsed > 0 else None,

@@ -556,6 +556,7 @@ class IngestService:
                     self._last_message_time = time.time()
                     self._take_messages(now)
                 if now >= next_timer:
+                    sub.idle(now)  # a lower receive high-water mark, applied between spills
                     self._on_outputs(builder.poll(now), now)
                     self._on_done(pool.poll(now))
                     next_timer = now + 0.05

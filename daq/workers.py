@@ -205,13 +205,24 @@ class CurveServer:
 
 
 # =========================================================================== worker side
+def keepalive(sock: zmq.Socket, idle_s: int = 1, count: int = 5) -> None:
+    """Detect a dead peer (host down, cable) by TCP keepalive: probes after ``idle_s`` of silence, every
+    ``idle_s``, ``count`` of them. Not ZMTP heartbeats: those are answered by the peer's ZeroMQ I/O thread,
+    so a peer stalled for a few seconds (a loaded or paging host) missed them and its connection was closed
+    — with the tasks or results queued on it, a task then waiting ``task_timeout_s`` for its retry; the kernel
+    answers keepalive probes however busy the process is. (A local worker on ``ipc://`` that dies closes its
+    socket.)"""
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, idle_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, count)
+
+
 def _socket_options(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, 5000)
+    keepalive(sock)
 
 
 def _warm_up(warm_up: Callable[[Any], None], processor) -> None:
@@ -464,8 +475,7 @@ class WorkerPool:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, int(sndhwm))
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        keepalive(self.socket)
         self.monitor_socket = None
         if curve is not None:
             self.socket.curve_server = True

@@ -12,6 +12,7 @@ import gc
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -549,3 +550,47 @@ def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channe
         pool.close()
     assert done.error is None
     assert record(processor, done.result) == record(processor, processor.accumulate(words))
+
+
+STALLED_WORKER = textwrap.dedent("""
+    import sys, zmq
+    from na64_online.daq.workers import HELLO, PROTOCOL, READY, SETUP, TASK, ERROR, _socket_options
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    _socket_options(s)  # as run_worker sets its socket
+    s.connect(sys.argv[1])
+    s.send_multipart([HELLO, PROTOCOL, b""])
+    while True:
+        frames = s.recv_multipart()
+        if frames[0] == SETUP:
+            s.send_multipart([READY, frames[1], b"1"])
+            print("ready", flush=True)
+        elif frames[0] == TASK:
+            s.send_multipart([ERROR, frames[1], b"answered"])
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_stalled_for_seconds_keeps_its_connection_and_its_task(spills, channel_map, processor):
+    """A worker process stopped for 7 s (a loaded or paging host) while a task is on its way: its connection
+    stays (TCP keepalive is answered by the kernel) and the task is answered as soon as it runs again — no
+    worker lost, no retry. With ZMTP heartbeats the service closed the connection after ~5 s: the task was
+    lost with it and answered only after task_timeout_s (60 s), by the retry."""
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, task_timeout_s=60)
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_WORKER, pool.endpoint], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        pump(pool, 30, until=lambda: pool.n_ready == 1)
+        assert pool.n_ready == 1
+        os.kill(proc.pid, signal.SIGSTOP)
+        chunk = BuiltChunk.from_words(RUN, 1, 0, spill_words(spills))
+        assert pool.submit(Task(RUN, 1, 0, chunk, EVENTS, EVENTS + 2), time.monotonic())
+        assert pump(pool, 7) == []
+        os.kill(proc.pid, signal.SIGCONT)
+        done = pump(pool, 15, until=lambda: not pool.busy)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        pool.close()
+        proc.kill()
+        proc.wait(10)
+    assert [d.error for d in done] == ["answered"]
+    assert pool.stats.workers_lost == 0 and pool.stats.tasks_retried == 0 and pool.stats.workers_seen == 1
