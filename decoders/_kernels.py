@@ -31,8 +31,9 @@ from collections import namedtuple
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
-from . import estimators
+from . import _vector, estimators
 from . import layout as L
 from .channelmap import SRC_MSADC as _SRC_MSADC
 from .channelmap import SRC_SCALERS as _SRC_SCALERS
@@ -137,6 +138,7 @@ _CH_PER_PORT = L.CHANNELS_PER_PORT
 _CH_PER_ADC = L.CHANNELS_PER_ADC
 _MAX_SRC = L.MAX_SRC_ID
 _VECTOR_SAMPLES = estimators.VECTOR_SAMPLES
+_SLOT_LANES = _vector.SLOT_LANES
 _PEDESTAL_EVEN = ESTIMATES.index("pedestal_even")
 _PEDESTAL_ODD = ESTIMATES.index("pedestal_odd")
 _AMPLITUDE = ESTIMATES.index("amplitude")
@@ -599,6 +601,13 @@ def add_slot_sums(i, nsamples, pedestal_even, pedestal_odd, amplitude, saturated
         sums[_AMP2, j] += xh * xh
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _clear_slot(k, slot, estimates, saturated):
+    saturated[k, slot] = False
+    for e in range(estimates.shape[0]):
+        estimates[e, k, slot] = 0.0
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
@@ -632,11 +641,15 @@ def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
         if status[k] == 0:
             _decode_row(words, offsets[k], sizes[k], k, src_kind, lookup, gain, params, nsamples, estimates,
                         saturated, samples, events, ldc_mask, log)
-        for slot in range(nslots):
+        # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
+        for group in range(nslots // _SLOT_LANES):
+            stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
+            while stale != 0:
+                _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
+                stale &= stale - 1
+        for slot in range(nslots - nslots % _SLOT_LANES, nslots):
             if previous[slot] != 0 and nsamples[k, slot] == 0:
-                saturated[k, slot] = False
-                for e in range(estimates.shape[0]):
-                    estimates[e, k, slot] = 0.0
+                _clear_slot(k, slot, estimates, saturated)
         if select.shape[0] and select[k]:
             add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
                           slot_counts, slot_totals)

@@ -118,3 +118,35 @@ def _declare(module, name, return_type, argument_types):
     fnty = ir.FunctionType(return_type, argument_types)
     existing = module.globals.get(name)
     return existing if existing is not None else ir.Function(module, fnty, name)
+
+
+#: slots compared at once by :func:`stale_slots16` (16-bit sample counts, 16 lanes)
+SLOT_LANES = 16
+
+
+@intrinsic
+def stale_slots16(typingctx, previous, nsamples, row, start):
+    """Bit j set iff slot ``start + j`` was read out before (``previous[start + j] != 0``) but is not in
+    row ``row`` now (``nsamples[row, start + j] == 0``), for the 16 slots from ``start`` (uint16 sample
+    counts; ``nsamples`` C-contiguous; the caller has checked that the 16 slots exist)."""
+    if not (isinstance(previous, types.Array) and previous.ndim == 1 and previous.dtype == types.uint16
+            and isinstance(nsamples, types.Array) and nsamples.ndim == 2 and nsamples.dtype == types.uint16
+            and nsamples.layout == "C"):
+        return None
+    sig = types.uint32(previous, nsamples, types.intp, types.intp)
+    lanes = ir.VectorType(_I16, SLOT_LANES)
+
+    def codegen(context, builder, signature, args):
+        before_array, now_array, row_value, start_value = args
+        before = context.make_array(signature.args[0])(context, builder, before_array)
+        now = context.make_array(signature.args[1])(context, builder, now_array)
+        width = builder.extract_value(now.shape, 1)
+        at_now = builder.gep(now.data, [builder.add(builder.mul(row_value, width), start_value)])
+        at_before = builder.gep(before.data, [start_value])
+        was = builder.load(builder.bitcast(at_before, lanes.as_pointer()), align=2, typ=lanes)
+        is_now = builder.load(builder.bitcast(at_now, lanes.as_pointer()), align=2, typ=lanes)
+        zero = _splat(lanes, 0)
+        stale = builder.and_(builder.icmp_unsigned("!=", was, zero), builder.icmp_unsigned("==", is_now, zero))
+        return builder.zext(builder.bitcast(stale, ir.IntType(SLOT_LANES)), _I32)
+
+    return sig, codegen
