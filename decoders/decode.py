@@ -108,10 +108,13 @@ class EventIndex:
         cols = {name: getattr(self, name)[rows] for name in _INDEX_COLUMNS}
         return EventIndex(**cols, end=self.end, truncated=False)
 
-    def with_status(self, status: np.ndarray) -> "EventIndex":
-        """The same rows with another status column (rows rejected after indexing: spill-level checks)."""
+    def with_status(self, status: np.ndarray, skipped: np.ndarray | None = None) -> "EventIndex":
+        """The same rows with another status column (rows rejected after indexing: spill-level checks)
+        and, if given, another ``skipped`` column."""
         cols = {name: getattr(self, name) for name in _INDEX_COLUMNS}
         cols["status"] = status
+        if skipped is not None:
+            cols["skipped"] = skipped
         return EventIndex(**cols, end=self.end, truncated=self.truncated)
 
 
