@@ -190,11 +190,22 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
     rows = np.flatnonzero(in_spill & lead)
     damaged = rows[header_damaged(_spill_key(index, rows), index.type[rows])]
     status = index.status.copy()
+    skipped = index.skipped.copy()
+    # the other fragments of an event rejected with its leading fragment: one event, so one issue, counted
+    # on the lead row; these rows leave the stream, their skipped bytes go to the lead row
+    absorbed = np.zeros(len(index), dtype=bool)
+
+    def reject(group: np.ndarray, issue: Issue, lead: np.ndarray, lead_of: np.ndarray) -> None:
+        status[group] = int(issue)
+        rows = np.flatnonzero(group & ~lead)
+        absorbed[rows] = True
+        np.add.at(skipped, lead_of[rows], skipped[rows])
+        skipped[rows] = 0
+
     if len(damaged):
-        lead_rows = np.flatnonzero(lead)
-        lead_of = lead_rows[np.cumsum(lead) - 1]
-        status[np.isin(lead_of, damaged) & in_spill] = int(Issue.HEADER_MISMATCH)
-        index = index.with_status(status)
+        lead_of = np.flatnonzero(lead)[np.cumsum(lead) - 1]
+        reject(np.isin(lead_of, damaged) & in_spill, Issue.HEADER_MISMATCH, lead, lead_of)
+        index = index.with_status(status, skipped)
         accepted = status == 0
         in_spill &= accepted
         lead = fragment_starts(index)
@@ -204,10 +215,10 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
     group_end = np.append(lead_rows[1:], len(index))  # row after each lead row's group
     rows = np.flatnonzero(in_spill & lead)
     if not len(rows):
-        stats.orphan_rejected += int(np.count_nonzero(~accepted))
+        stats.orphan_rejected += int(np.count_nonzero(~accepted & ~absorbed))
         stats.orphan_skipped_bytes += int(index.skipped.sum())
         return []
-    index = index.with_status(status)  # duplicates are marked in ``status`` spill by spill
+    index = index.with_status(status, skipped)  # duplicates are marked in ``status`` spill by spill
     key = _spill_key(index, rows)
     kind = index.type[rows]
     starts = np.ones(len(rows), dtype=bool)
@@ -233,18 +244,18 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
         data_rows = member[data_kind[j:stop_j]]
         wrong = data_rows[out_of_sequence(index.event[data_rows].astype(np.int64))]
         if len(wrong):
-            status[np.isin(lead_of, wrong)] = int(Issue.HEADER_MISMATCH)
+            reject(np.isin(lead_of, wrong), Issue.HEADER_MISMATCH, lead, lead_of)
             data_rows = np.setdiff1d(data_rows, wrong)
         if len(data_rows) > 1:
             _, first = np.unique(index.event[data_rows], return_index=True)
             if len(first) < len(data_rows):
                 again = np.setdiff1d(data_rows, data_rows[first])
-                status[np.isin(lead_of, again)] = int(Issue.DUPLICATE_EVENT)
+                reject(np.isin(lead_of, again), Issue.DUPLICATE_EVENT, lead, lead_of)
         # rejected rows from the last spill's end up to this spill's last event
         last_end = int(group_end[np.searchsorted(lead_rows, last_row)])
         end_row = last_end if complete else (int(rows[stop_j]) if stop_j < len(rows) else len(index))
         span = np.arange(pending_from, end_row)
-        take = span[~accepted[span] | (in_spill[span] & np.isin(lead_of[span], member))]
+        take = span[~absorbed[span] & (~accepted[span] | (in_spill[span] & np.isin(lead_of[span], member)))]
         pending_from = end_row
         if complete:
             closed.add(k)
@@ -259,7 +270,7 @@ def segment_spills(words: np.ndarray, index: EventIndex, stats: StreamStats | No
             )
         )
     tail = np.arange(pending_from, len(index))
-    stats.orphan_rejected += int(np.count_nonzero(~accepted[tail]))
+    stats.orphan_rejected += int(np.count_nonzero(~accepted[tail] & ~absorbed[tail]))
     stats.orphan_skipped_bytes += int(index.skipped[tail].sum())
     return segments
 

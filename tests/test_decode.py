@@ -422,10 +422,28 @@ def test_bounds_checking_is_active_when_asked():
         read(np.zeros(3), 5)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known, not fixed: two START_OF_BURSTs with a garbled (run, burst) at the "
-                   "stream's start are rejected as damaged headers here (2 errors, their equipment error not "
-                   "counted) where the reference accepts them (1 error): decode_errors 3 against 2")
 def test_byte_shift_case_found_by_the_fuzz_test(channel_map, ref_map):
-    """An input test_fuzz_byte_shifts_match_reference found (CI, 2026-12-03); it fails on 5859588's code too."""
+    """An input test_fuzz_byte_shifts_match_reference found (CI, 2026-12-03): two START_OF_BURST fragments
+    (two LDCs) with a garbled (run, burst) open the stream. They are one event, so its header damage is one
+    error, not one per fragment (decode_errors was 3 against the reference's 2)."""
     data = (Path(__file__).parent / "data" / "fuzz" / "byte-shift-decode-errors.bin").read_bytes()
     assert_same_qa(data, channel_map, ref_map)
+
+
+@pytest.mark.parametrize("move", ["repeated", "out of sequence"])
+def test_a_rejected_plain_event_counts_once_whatever_its_fragments(move, channel_map, ref_map):
+    """Plain events (one fragment per LDC): an event seen again in its spill, or one out of the running
+    sequence, is one duplicate or one header error, not one per fragment; the bytes stay accounted."""
+    data = _simulated(super_events=False, events_per_spill=40)
+    _, index = index_bytes(data)
+    assert index.ldc[2:4].tolist() == [1, 2]  # rows 2k, 2k + 1: the two fragments of event k
+    events = [data[4 * o: 4 * (o + s)] for o, s in zip(index.offset.tolist(), index.size.tolist())]
+    if move == "repeated":
+        events = events[:12] + events[11:9:-1] + events[12:]  # event 5 again, its fragments' LDCs 2, 1
+    else:
+        events = events[:20] + events[22:42] + events[20:22] + events[42:]  # event 10 after event 20
+    data = b"".join(events)
+    assert_same_qa(data, channel_map, ref_map)
+    (record,) = fast_qa(data, channel_map)
+    assert (record["duplicate_event"], record["header_mismatch"]) == ((1, 0) if move == "repeated" else (0, 1))
+    assert record["rejected_events"] == (0 if move == "repeated" else 1)
