@@ -190,6 +190,10 @@ def main(argv=None) -> dict:
     result["overhead_cpu_per_spill_s"] = (result["reprocess_1_cpu_s"] - result["replay_cpu_s"]) / spills
     # 2 cores, every process of reprocess sharing them: replay's CPU time / half of reprocess's
     result["speedup_2_cpu_bound"] = 2 * result["replay_cpu_s"] / result["reprocess_2_cpu_s"]
+    result["speedup_2_cpu_bound_median_of_rounds"] = statistics.median(
+        2 * r[1] / w[1] for r, w in zip(rounds["replay"], rounds["reprocess_2"]))
+    result["reprocess_2_cpu_s_per_spill_median"] = statistics.median(w[1] for w in rounds["reprocess_2"]) / spills
+    result["replay_cpu_s_per_spill_median"] = statistics.median(r[1] for r in rounds["replay"]) / spills
 
     print(f"{spills} spills x {args.events} events in {args.files} files, {size / 1e9:.3f} GB; "
           f"{os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
@@ -210,7 +214,10 @@ def main(argv=None) -> dict:
           f"{result['speedup_2_cpu_bound']:.2f}x; reprocess CPU per spill: workers "
           f"{result['reprocess_2_workers_cpu_s'] / spills * 1e3:.0f} ms, client + scheduler + nannies "
           f"{(result['reprocess_2_cpu_s'] - result['reprocess_2_workers_cpu_s']) / spills * 1e3:.0f} ms "
-          f"(replay {result['replay_cpu_s'] / spills * 1e3:.0f} ms)")
+          f"(replay {result['replay_cpu_s'] / spills * 1e3:.0f} ms); median of rounds: "
+          f"{result['speedup_2_cpu_bound_median_of_rounds']:.2f}x, reprocess "
+          f"{result['reprocess_2_cpu_s_per_spill_median'] * 1e3:.0f} ms against replay's "
+          f"{result['replay_cpu_s_per_spill_median'] * 1e3:.0f} ms CPU per spill")
     if max(load_before[0], load_after[0]) > 1.0:
         print(f"  NOTE: the machine was busy (load {max(load_before[0], load_after[0]):.1f}): other processes shared the "
               f"cores, so the wall-clock speed-up of 2 workers is not what 2 free cores give (with the kernel's "
