@@ -506,6 +506,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True, eq=False)
+class _Decoded:
+    """A spill's result decoded ahead of its merge (``acc`` None: it did not decode; ``frames`` again at the merge)."""
+
+    acc: object
+    frames: list
+
+
 @dataclass(eq=False)
 class _FileRun:
     """One file of a run, as the client follows it: its index steps asked for and not yet taken in (step,
@@ -770,6 +778,8 @@ class Reprocessor:
                                 self.stats.errors.append(f"{file.path}: {text}")
                     merging += 1
                     continue
+                if self._decode_ahead(replayer, files_[merging:]):  # the client's idle time used
+                    continue
                 # wait for what comes first: the spill to merge next, or an index step
                 waiting_on = [f.steps[0][1] for f in files_[merging:] if f.steps and not f.indexed]
                 if file.items:
@@ -810,10 +820,31 @@ class Reprocessor:
             bar.total += s.bytes
             bar.refresh()
 
+    def _decode_ahead(self, replayer, files: list["_FileRun"]) -> bool:
+        """Decode one result that waits for its turn to be merged (the spills of a later file, decoded in
+        its index steps): done while the client would wait, not at the end of the run while the workers
+        idle. False: none left."""
+        for file in files:
+            for k, (summary, n, part, future, frames) in enumerate(file.items):
+                if frames is None or isinstance(frames, _Decoded):
+                    continue
+                started = time.perf_counter()
+                try:
+                    acc = replayer.monitor.processor.decode_result(frames)
+                except Exception:  # noqa: BLE001 - decoded again when merged, and fails there as replay would
+                    acc = None
+                file.items[k] = (summary, n, part, future, _Decoded(acc, frames))
+                self.stats.merge_seconds += time.perf_counter() - started
+                return True
+        return False
+
     def _merge(self, replayer, spill: SpillSummary, frames, on_record, bars) -> None:
         """One spill's result through ``SpillMonitor.handle``, as ``replay`` finishes it."""
         merging = time.perf_counter()
-        acc = replayer.monitor.processor.decode_result(frames)
+        if isinstance(frames, _Decoded) and frames.acc is not None:
+            acc = frames.acc
+        else:
+            acc = replayer.monitor.processor.decode_result(frames.frames if isinstance(frames, _Decoded) else frames)
         record = replayer.monitor.handle(acc, complete=spill.complete)
         self.stats.spills += 1
         self.stats.events += int(record.get("events") or 0)
