@@ -137,13 +137,15 @@ class SpillSummary:
 @dataclass(frozen=True)
 class StepSummary:
     """What the client learns of one step of a file's index pass: the spills it completed, and at the
-    file's end (``done``) what the file got wrong, as replay reports it."""
+    file's end (``done``) what the file got wrong, as replay reports it; ``position``: the bytes the pass
+    has gone through, up to its last spill cut (the file's size at its end)."""
 
     path: str
     size: int
     spills: tuple[SpillSummary, ...]
     done: bool
     notes: tuple[tuple[str, str], ...] = ()
+    position: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -323,7 +325,7 @@ def index_step(path: str, previous: IndexStep | None = None, setup: tuple[bytes,
         raw.release_pages(raw.size if walk.done else walk.start)
     any_spill = any_spill or bool(spills)
     notes = tuple((n.level, n.text) for n in file_notes(walk.stats, any_spill)) if walk.done else ()
-    summary = StepSummary(path, raw.size, spills, walk.done, notes)
+    summary = StepSummary(path, raw.size, spills, walk.done, notes, raw.size if walk.done else walk.start)
     return IndexStep(summary, plans, any_spill, results, number, None if walk.done else _keep_walk(walk))
 
 
@@ -532,6 +534,14 @@ class _FileRun:
     skipped: str | None = None  # why the file cannot be read
     waiting: collections.deque = field(default_factory=collections.deque)  # (step future, summary, n)
     items: collections.deque = field(default_factory=collections.deque)  # (summary, n, part, future, frames)
+    size: int = 0
+    position: int = 0  # bytes its pass has gone through, as last heard
+    spills: int = 0  # spills found so far
+
+    def nearly_done(self) -> bool:
+        """Less than two spills' worth of the file (by its spills so far) is left to index: its next step is
+        its last one, or the one after it."""
+        return self.spills > 0 and self.size - self.position < 2 * self.position / self.spills
 
     def decoded(self) -> int:
         """Its spills decoded in index steps, held here until merged."""
@@ -675,8 +685,11 @@ class Reprocessor:
         def index_ahead() -> None:
             """Keep each file whose pass goes on a step ahead of what is known."""
             active = passes()
-            decode = len(active) >= threads  # else some threads would have no pass: spill tasks spread the work
             for file in active:
+                # with fewer passes than threads, spill tasks spread the work over the idle threads — unless
+                # at most the spill of the step after the one running is left: spreading one spill gains nothing
+                # and maps it twice
+                decode = len(active) >= threads or file.nearly_done()
                 while file.asked - file.heard < 2 and len(file.waiting) < window:
                     step(file, decode)
 
@@ -725,6 +738,8 @@ class Reprocessor:
                 if file.heard == 1:
                     self.stats.files += 1
                     self.stats.bytes += summary.size
+                file.size, file.position = summary.size, summary.position
+                file.spills += len(summary.spills)
                 self._bars_for(summary, bars)
                 if result.results:  # decoded in the step
                     file.items.extend((summary, n, None, None, frames) for n, frames in enumerate(result.results))
