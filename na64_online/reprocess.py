@@ -658,8 +658,8 @@ class Reprocessor:
                                    key=f"na64-index-{token}-{file.i}-{number}", retries=retries, priority=2, **where)
             if decode:  # its result is small: the client takes it as it is
                 result = future
-                if worker:
-                    placed.setdefault(worker, []).append(future)
+                if worker:  # (finished ones dropped: a future held keeps its result on the worker)
+                    placed[worker] = [f for f in placed.get(worker, ()) if not f.done()] + [future]
             else:  # its plans stay on the worker
                 result = client.submit(step_result, future, key=f"na64-stepresult-{token}-{file.i}-{number}",
                                        priority=2)
