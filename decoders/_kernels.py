@@ -27,8 +27,6 @@ counting, and the wrapper reruns with a larger log, so counts are always exact.
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
@@ -40,31 +38,11 @@ from .channelmap import SRC_SCALERS as _SRC_SCALERS
 from .channelmap import SRC_TRIGGER_TIME as _SRC_TRIGGER_TIME
 from ..errors import FIRST_NOTICE, Issue
 
-#: rows of the event index being filled (one array per column, same length)
-IndexColumns = namedtuple(
-    "IndexColumns", "offset size status type run burst event trigger time super_event ldc")
-#: the accepted rows to decode: word offset, size in words and status of each
-EventRows = namedtuple("EventRows", "offset size status")
-#: the channel map as the decoder needs it: srcID kinds, (srcID, port, channel) -> slot, gains
-DecodeSetup = namedtuple("DecodeSetup", "src_kind lookup gain")
-#: estimator settings (scalars only: passed down to every channel)
-EstimatorParams = namedtuple("EstimatorParams", "pedestal_samples threshold with_samples")
-#: per (row, slot) results: ``estimates`` is (len(ESTIMATES), rows, slots) float64, one plane per estimate;
-#: ``samples`` is (rows, slots, max samples), or empty without samples; ``previous`` (slots,) scratch.
-#: They arrive clean (see :func:`decode_events`).
-ChannelOutputs = namedtuple("ChannelOutputs", "nsamples estimates saturated samples previous")
-ESTIMATES = ("pedestal_even", "pedestal_odd", "amplitude", "energy")
-#: per row results
-EventOutputs = namedtuple("EventOutputs", "trigger_time scalers ldc_mask")
-#: issue records, the running count ``counters[0]``, decode errors per row
-IssueLog = namedtuple("IssueLog", "records counters event_errors")
-#: per-slot statistics summed over the rows with ``select`` set (empty ``select``: none), see
-#: :func:`add_slot_sums`: ``counts`` (3, slots) int64, ``sums`` (6, slots) float64, hit ``threshold``
-SlotSums = namedtuple("SlotSums", "select threshold counts sums")
-#: rows of SlotSums.counts and .sums
-SLOT_COUNTS = ("present", "hits", "saturated")
-SLOT_SUMS = ("pedestal_even", "pedestal_even_squared", "pedestal_odd", "pedestal_odd_squared", "hit_amplitude",
-             "hit_amplitude_squared")
+# the argument tuples, in a module without numba (the wrappers build them for the JIT or the AOT kernels)
+from .kernel_args import (  # noqa: F401 - re-exported
+    ESTIMATES, SLOT_COUNTS, SLOT_SUMS, ChannelOutputs, DecodeSetup, EstimatorParams, EventOutputs, EventRows,
+    IndexColumns, IssueLog, SlotSums,
+)
 
 # numba freezes module globals: plain ints, derived once from the layout.
 _MAGIC = L.DATE_MAGIC
