@@ -62,7 +62,6 @@ KERNEL_SOURCES = (
     "na64_online.decoders._reconstruct",
     "na64_online.decoders._vector",
     "na64_online.decoders.estimators",
-    "na64_online.decoders._vector",
     "na64_online.decoders.kernel_args",
     "na64_online.decoders.layout",
     "na64_online.decoders.channelmap",
