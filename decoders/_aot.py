@@ -60,8 +60,8 @@ KERNEL_SOURCES = (
     "na64_online.decoders._aot",
     "na64_online.decoders._kernels",
     "na64_online.decoders._reconstruct",
-    "na64_online.decoders.estimators",
     "na64_online.decoders._vector",
+    "na64_online.decoders.estimators",
     "na64_online.decoders.kernel_args",
     "na64_online.decoders.layout",
     "na64_online.decoders.channelmap",
@@ -141,6 +141,9 @@ KERNELS: dict[str, Kernel] = {
         Arr("<f8", 2), _I8, _F8, Arr("<f8", 2), INT, _B1, Arr("<u4"), _I8, INT, _F8, _I8, _I8, Arr("<i8", 2), _F8,
         _out("<f8"), _out("<f8"), _out("<f8"), _out("<f8"), _out("<f8", 2), _out("<f8", 2), _out("<f8", 2),
         _out("|b1"), _out("|b1"), _out("|b1"), _out("|b1"), _out("|b1"), _out("<i8", 2),
+    )),
+    "detector_totals": Kernel("na64_online.decoders._reconstruct", "detector_totals", (
+        Arr("<f8", 2), _B1, FLOAT, _out("<i8"), _out("<i8"),
     )),
     "accumulate_slot_sums": Kernel("na64_online.monitor._health_kernels", "accumulate_slot_sums", (
         Arr("<u2", 2), Arr("<f8", 2), Arr("<f8", 2), Arr("<f8", 2), Arr("|b1", 2), _B1, FLOAT,
