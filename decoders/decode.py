@@ -22,7 +22,9 @@ import numpy as np
 from pydantic import Field
 
 from ..config_section import ConfigSection
-from . import _kernels, layout
+from . import kernel_args as _args, layout
+from ._aot import kernels as _k
+from .kernel_args import ISSUE_DTYPE
 from .channelmap import ChannelMap
 from ..errors import Issue
 
@@ -34,8 +36,16 @@ INDEX_FIRST_WINDOW = 1 << 12
 #: call for a decoder's chunk of events of 64 words or more (NA64's are ~1000); index_bytes starts at
 #: INDEX_FIRST_WINDOW (index_stream_step walks a file as it does)
 INDEX_WORDS_PER_ROW = 64
-#: numba function adding row i of decoded (event, slot) arrays to per-slot statistics (see :class:`SlotSums`)
-add_slot_sums = _kernels.add_slot_sums
+
+
+def __getattr__(name: str):
+    # add_slot_sums: the numba function adding row i of decoded (event, slot) arrays to per-slot statistics
+    # (see :class:`SlotSums`), for other kernels; on first use only (it imports numba)
+    if name == "add_slot_sums":
+        from ._kernels import add_slot_sums
+
+        return add_slot_sums
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def as_words(data) -> tuple[np.ndarray, int]:
@@ -131,8 +141,8 @@ def _index_call(words, data, byte_limit, position, stop, want_super, allow_shift
     :data:`INDEX_WINDOW`): (the rows' kernel columns, next word, truncated, want_super, lost_sync, shift)."""
     capacity = min(window, INDEX_WINDOW, (stop - position) // layout.DATE_HEADER_WORDS + 2)
     cols = [np.empty(capacity, dtype=dt) for dt in _INDEX_DTYPES[:_KERNEL_COLUMNS]]
-    n, position, truncated, want_super, lost_sync, shift = _kernels.index_events(
-        words, data, byte_limit, position, stop, want_super, allow_shift, _kernels.IndexColumns(*cols))
+    n, position, truncated, want_super, lost_sync, shift = _k.index_events(
+        words, data, byte_limit, position, stop, want_super, allow_shift, _args.IndexColumns(*cols))
     return [c[:n] for c in cols], position, truncated, want_super, lost_sync, shift
 
 
@@ -300,9 +310,6 @@ def index_bytes(data) -> tuple[np.ndarray, EventIndex]:
     return out, EventIndex(**dict(zip(_INDEX_COLUMNS, cols)), end=base_words + int(position), truncated=bool(truncated))
 
 
-ISSUE_DTYPE = np.dtype(
-    [("event", np.int32), ("src_id", np.int64), ("kind", np.int16), ("detail", np.int64), ("offset", np.int64)]
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -399,7 +406,7 @@ class SlotSums:
     ``select`` (bool per row of the decoded index slice) picks the rows; ``counts`` (3, slots) int64
     counts presence, hits (amplitude > ``threshold``) and saturation, ``sums`` (6, slots) float64 sums
     the even pedestal and its square, the odd pedestal and its square, the hit amplitude and its square
-    (rows: ``_kernels.SLOT_COUNTS``, ``_kernels.SLOT_SUMS``), both updated in place.
+    (rows: ``kernel_args.SLOT_COUNTS``, ``kernel_args.SLOT_SUMS``), both updated in place.
     """
 
     select: np.ndarray
@@ -412,13 +419,13 @@ class SlotSums:
         select = np.ascontiguousarray(self.select, dtype=np.bool_)
         if select.shape != (rows,):
             raise ValueError(f"slot_sums.select must have one flag per row ({rows}), not {select.shape}")
-        for name, array, dtype, width in (("counts", self.counts, np.int64, len(_kernels.SLOT_COUNTS)),
-                                          ("sums", self.sums, np.float64, len(_kernels.SLOT_SUMS))):
+        for name, array, dtype, width in (("counts", self.counts, np.int64, len(_args.SLOT_COUNTS)),
+                                          ("sums", self.sums, np.float64, len(_args.SLOT_SUMS))):
             if (not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != (width, slots)
                     or not array.flags.c_contiguous or not array.flags.writeable):
                 raise ValueError(f"slot_sums.{name} must be a writable C-contiguous {np.dtype(dtype)} array of "
                                  f"shape {(width, slots)}")
-        return _kernels.SlotSums(select, float(self.threshold), self.counts, self.sums)
+        return _args.SlotSums(select, float(self.threshold), self.counts, self.sums)
 
 
 def decode_events(
@@ -450,35 +457,35 @@ def decode_events(
         raise ValueError("index does not belong to these words")
     if with_samples and not 1 <= max_samples <= layout.MAX_SAMPLES:
         raise ValueError(f"max_samples must be within 1..{layout.MAX_SAMPLES}")
-    rows = _kernels.EventRows(np.ascontiguousarray(index.offset, dtype=np.int64),
+    rows = _args.EventRows(np.ascontiguousarray(index.offset, dtype=np.int64),
                               np.ascontiguousarray(index.size, dtype=np.int64), np.ascontiguousarray(index.status))
-    setup = _kernels.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev))
-    estimator_params = _kernels.EstimatorParams(int(params.pedestal_samples), float(params.amplitude_threshold),
+    setup = _args.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev))
+    estimator_params = _args.EstimatorParams(int(params.pedestal_samples), float(params.amplitude_threshold),
                                                 bool(with_samples))
     if slot_sums is None:
-        sums = _kernels.SlotSums(np.zeros(0, dtype=np.bool_), 0.0, np.zeros((len(_kernels.SLOT_COUNTS), nslots), np.int64),
-                                 np.zeros((len(_kernels.SLOT_SUMS), nslots)))
+        sums = _args.SlotSums(np.zeros(0, dtype=np.bool_), 0.0, np.zeros((len(_args.SLOT_COUNTS), nslots), np.int64),
+                                 np.zeros((len(_args.SLOT_SUMS), nslots)))
     else:
         sums = slot_sums.checked(n, nslots)
     # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel)
     take = (buffers or DecodeBuffers()).take
-    channels = _kernels.ChannelOutputs(
+    channels = _args.ChannelOutputs(
         nsamples=take("nsamples", (n, nslots), np.uint16, clean=True),
-        estimates=take("estimates", (len(_kernels.ESTIMATES), n, nslots), np.float64, clean=True),
+        estimates=take("estimates", (len(_args.ESTIMATES), n, nslots), np.float64, clean=True),
         saturated=take("saturated", (n, nslots), np.bool_, clean=True),
         samples=np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16),
         previous=np.empty(nslots, dtype=np.uint16),
     )
-    estimates = dict(zip(_kernels.ESTIMATES, channels.estimates))  # one contiguous (n, nslots) plane each
+    estimates = dict(zip(_args.ESTIMATES, channels.estimates))  # one contiguous (n, nslots) plane each
     capacity = 64 + 4 * n
     while True:
-        events = _kernels.EventOutputs(trigger_time=take("trigger_time", (n,), np.int64, -1),
+        events = _args.EventOutputs(trigger_time=take("trigger_time", (n,), np.int64, -1),
                                        scalers=take("scalers", (n, layout.N_SCALERS), np.int64, -1),
                                        ldc_mask=take("ldc_mask", (n,), np.uint32, 0))
-        log = _kernels.IssueLog(take("issues", (capacity,), ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
+        log = _args.IssueLog(take("issues", (capacity,), ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
                                 take("event_errors", (n,), np.int32, 0))
         before = (sums.counts.copy(), sums.sums.copy()) if len(sums.select) else None
-        _kernels.decode_events(words, rows, setup, estimator_params, channels, events, log, sums)
+        _k.decode_events(words, rows, setup, estimator_params, channels, events, log, sums)
         total = int(log.counters[0])
         if total <= capacity:
             break

@@ -19,7 +19,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config_section import ConfigSection, FieldProblem
-from . import _reconstruct, layout
+from . import layout
+from ._aot import kernels as _k
 from .channelmap import ChannelMap
 from .decode import DecodedEvents
 from ..errors import ISSUE_DESCRIPTIONS, Issue
@@ -169,7 +170,7 @@ def _group_sums(energy: np.ndarray, geometry: DetectorGeometry) -> tuple[np.ndar
     sums = np.empty((n, len(geometry.sum_starts) - 1))
     hottest = np.zeros(n, dtype=np.int64)
     top = np.zeros(n)
-    _reconstruct.group_sums(energy, geometry.sum_columns, geometry.sum_starts, geometry.sum_scattered,
+    _k.group_sums(energy, geometry.sum_columns, geometry.sum_starts, geometry.sum_scattered,
                             geometry.main_columns, sums, hottest, top)
     return sums, hottest, top
 
@@ -204,7 +205,7 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
     physics, beam, electron, hadron_like, candidate = (np.empty(n, dtype=bool) for _ in range(5))
     hottest = np.empty((n, 2), dtype=np.int64)
     is_data = np.ascontiguousarray(decoded.is_data, dtype=np.bool_)
-    _reconstruct.select_events(sums, col, top, energy, beam_column, is_data,
+    _k.select_events(sums, col, top, energy, beam_column, is_data,
                                np.ascontiguousarray(decoded.index.trigger_mask, dtype=np.uint32), widths, n_srd,
                                srd_sum, codes, groups, xy, limits, e_ps, e_ecal, e_hcal, e_wcal, srd, veto,
                                detector_energy, physics, beam, electron, hadron_like, candidate, hottest)

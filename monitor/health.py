@@ -44,7 +44,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-import numba
 import numpy as np
 from pydantic import Field, model_validator
 
@@ -52,23 +51,14 @@ from ..config_section import ConfigSection, FieldProblem
 
 from ..decoders.channelmap import ChannelMap
 from ..decoders.layout import PHYSICS_EVENT
-from ..decoders.decode import ReconstructionParams, SlotSums, add_slot_sums
+from ..decoders._aot import kernels as _k
+from ..decoders.decode import ReconstructionParams, SlotSums
 
 KINDS = ("dead", "hot", "noisy", "drifting", "saturating")
 
 # rows of ChannelStats.counts / .sums
 _PRESENT, _HITS, _SATURATED = range(3)
 _PE, _PE2, _PO, _PO2, _AMP, _AMP2 = range(6)
-
-
-@numba.njit(cache=True, nogil=True)
-def _accumulate(nsamples, ped_even, ped_odd, amplitude, saturated, select, threshold, counts, sums):
-    """One pass over (event, slot): counts (3, S) int64, sums (6, S) float64 of the selected events —
-    the decoder's own per-row statistics (:func:`~na64_online.decoders.decode.add_slot_sums`), which it
-    also adds while decoding (``SpillProcessor.accumulate``)."""
-    for i in range(nsamples.shape[0]):
-        if select[i]:
-            add_slot_sums(i, nsamples, ped_even, ped_odd, amplitude, saturated, threshold, counts, sums)
 
 
 def _ratio(num, den):
@@ -146,7 +136,7 @@ class ChannelStats:
         self.events += k
         if summed:
             return
-        _accumulate(
+        _k.accumulate_slot_sums(
             decoded.nsamples, decoded.pedestal_even, decoded.pedestal_odd, decoded.amplitude,
             decoded.saturated, select, self.hit_threshold, self.counts, self.sums,
         )

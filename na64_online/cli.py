@@ -882,13 +882,44 @@ def build_parser() -> argparse.ArgumentParser:
 def _skip_numba_extensions() -> None:
     """The kernels use no numba extension, but numba loads every installed one before its first compile or
     cache load — awkward's (installed with uproot) costs each command ~0.6 s of start-up. Done only in the
-    command's own process, never on import, so a program that imports the package keeps its extensions."""
-    import numba.core.entrypoints as entrypoints
-
-    if hasattr(entrypoints, "_already_initialized"):  # numba's private guard; without it nothing is skipped
-        entrypoints._already_initialized = True
+    command's own process, never on import, so a program that imports the package keeps its extensions.
+    Numba itself is not imported here: a command whose kernels are all compiled ahead of time never loads
+    it (decoders/_aot.py); the guard is set as soon as anything does."""
+    entrypoints = sys.modules.get("numba.core.entrypoints")
+    if entrypoints is not None:
+        _skip_entrypoints(entrypoints)
+    else:
+        sys.meta_path.insert(0, _NumbaEntrypointsHook())
     if "numba.np.arraymath" not in sys.modules:
         sys.meta_path.insert(0, _NumbaBlasProbe())
+
+
+def _skip_entrypoints(entrypoints) -> None:
+    if hasattr(entrypoints, "_already_initialized"):  # numba's private guard; without it nothing is skipped
+        entrypoints._already_initialized = True
+
+
+class _NumbaEntrypointsHook:
+    """Sets numba's extension guard (:func:`_skip_numba_extensions`) right after ``numba.core.entrypoints``
+    is first executed, whoever imports it; then removes itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "numba.core.entrypoints":
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            run(module)
+            _skip_entrypoints(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 class _NumbaBlasProbe:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -55,6 +58,7 @@ def built_wheel(tmp_path_factory) -> tuple[Path, str]:
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--verbose", "-w", str(out),
          str(source)],
         capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NA64_BUILD_AOT": "require"},  # the kernels compiled ahead of time, or a failed build
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = out.glob("na64_online-*.whl")
@@ -77,6 +81,20 @@ def test_wheel_modules_match_source_files(built_wheel):
     for layer in LAYERS:
         in_tree |= {f"na64_online/{p.relative_to(ROOT)}" for p in (ROOT / layer).rglob("*.py")}
     assert in_wheel == in_tree
+
+
+def test_wheel_holds_the_kernels_compiled_for_this_platform(built_wheel):
+    """The ahead-of-time compiled kernels (setup.py, decoders/_aot_build.py) and their build record are in the
+    wheel, which is then tagged for this Python and platform, not ``py3-none-any``."""
+    wheel, _ = built_wheel
+    names = zipfile.ZipFile(wheel).namelist()
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    assert f"na64_online/_aot_kernels{suffix}" in names and "na64_online/_aot_kernels.json" in names
+    record = json.loads(zipfile.ZipFile(wheel).read("na64_online/_aot_kernels.json"))
+    from na64_online.decoders import _aot
+
+    assert record["kernels"] == sorted(_aot.KERNELS) and record["source_hash"] == _aot.source_hash()
+    assert "-none-any" not in wheel.name and f"-cp{sys.version_info[0]}{sys.version_info[1]}-" in wheel.name
 
 
 def test_build_prints_no_setuptools_warnings(built_wheel):

@@ -4,6 +4,7 @@ unloaded)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,27 @@ def test_replay_does_not_import_the_web_export_database_or_socket_stack():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["status"] in (0, None) and report["records"] >= 1
     assert report["loaded"] == []
+
+
+def test_replay_with_the_compiled_kernels_never_loads_numba(tmp_path):
+    """``na64-online replay`` as a process, with the ahead-of-time compiled kernels (``NA64_KERNELS=aot``: an error
+    if they are missing or stale): numba is never imported (``-X importtime`` lists every module loaded), and the
+    records are the JIT kernels' records."""
+    def replay(kernels: str, *options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *options, "-m", "na64_online.cli", "replay", str(VECTORS / "small.dat"),
+                               "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env={**os.environ, "NA64_KERNELS": kernels})
+
+    compiled = replay("aot", "-X", "importtime")
+    assert compiled.returncode == 0, (f"{compiled.stderr[-1500:]}\n(the compiled kernels are built by tools/setup: "
+                                      "rerun it after changing a kernel)")
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in compiled.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert "na64_online.decoders.decode" in loaded  # the listing is complete
+    assert not {m for m in loaded if m == "numba" or m.startswith(("numba.", "llvmlite"))}
+    jit = replay("jit")
+    assert jit.returncode == 0, jit.stderr[-1500:]
+    drop = ("processing_seconds", "finished_at")
+    records = [[{k: v for k, v in json.loads(line).items() if k not in drop} for line in r.stdout.splitlines()]
+               for r in (compiled, jit)]
+    assert records[0] == records[1] and records[0]

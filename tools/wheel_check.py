@@ -6,6 +6,7 @@ Usage: ``python tools/wheel_check.py PATH/TO/na64-online`` (run by ``tools/wheel
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 TIMEOUT_S = 600.0  # a cold numba cache compiles every kernel first
 
@@ -28,7 +30,33 @@ def fetch(url: str) -> tuple[int, str]:
         return response.status, response.read().decode()
 
 
+def check_compiled_kernels(program: str) -> list[str]:
+    """The wheel's ahead-of-time compiled kernels are used, and ``replay`` with them never imports numba."""
+    python = str(Path(program).with_name("python"))
+    status = subprocess.run([python, "-c", "from na64_online.decoders._aot import kernels; print(kernels.status())"],
+                            capture_output=True, text=True, timeout=120)
+    print(f"wheel-check: kernels: {status.stdout.strip() or status.stderr.strip()[-300:]}")
+    if status.stdout.strip() != "aot":
+        return [f"the installed wheel does not use its compiled kernels: {status.stdout.strip()} {status.stderr[-500:]}"]
+    with tempfile.TemporaryDirectory() as work:
+        raw = Path(work) / "small.dat"
+        made = subprocess.run([program, "simulate", "--events", "200", "--spills", "1", "--out", str(raw)],
+                              capture_output=True, text=True, timeout=300)
+        if made.returncode != 0:
+            return [f"simulate failed: {made.stderr[-500:]}"]
+        replay = subprocess.run([python, "-X", "importtime", "-m", "na64_online.cli", "replay", str(raw)],
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "NA64_KERNELS": "aot"})
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in replay.stderr.splitlines() if line.startswith("import time:")}
+    if replay.returncode != 0 or "spill" not in replay.stdout:
+        return [f"replay with the compiled kernels failed ({replay.returncode}): {replay.stderr[-500:]}"]
+    if "numba" in loaded:
+        return ["replay with the compiled kernels imported numba"]
+    print(f"wheel-check: replay with the compiled kernels: {replay.stdout.strip()[:120]} (numba not imported)")
+    return []
+
+
 def main(program: str) -> int:
+    compiled_problems = check_compiled_kernels(program)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     archive = tempfile.mktemp(suffix=".sqlite")
@@ -44,7 +72,7 @@ def main(program: str) -> int:
             first_spill.set()
 
     threading.Thread(target=read_stdout, daemon=True).start()
-    problems = []
+    problems = compiled_problems
     try:
         if not first_spill.wait(TIMEOUT_S):
             problems.append("no spill within the time limit")

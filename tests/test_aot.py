@@ -1,0 +1,288 @@
+"""The ahead-of-time compiled kernels (decoders/_aot.py): the same results as the JIT kernels, every kernel the
+wrappers call is in the list, and a stale or foreign build is never used."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import VECTORS
+from na64_online.decoders import _aot
+from na64_online.decoders._aot import KERNELS, kernels
+from na64_online.decoders.decode import SlotSums, decode_events, index_bytes
+from na64_online.decoders.reconstruct import DetectorGeometry, reconstruct
+from na64_online.monitor.health import ChannelStats
+from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+REBUILD = "the ahead-of-time compiled kernels are {}: run `bash tools/setup` (or pip install -e .) to build them"
+
+
+def compiled_module():
+    module, why_not = _aot._load_extension()
+    if module is None:
+        pytest.fail(REBUILD.format(why_not))
+    return module
+
+
+@contextmanager
+def kernels_from(kind: str, calls: dict[str, int]):
+    """Every wrapper's kernel the ``kind`` one ('aot': the compiled function, refusing any argument it was not
+    compiled for, never falling back; 'jit': numba's), counting calls per kernel."""
+    module = compiled_module() if kind == "aot" else None
+    saved = {name: kernels.__dict__.pop(name, None) for name in KERNELS}
+
+    def install(name):
+        function = getattr(module, name) if module is not None else kernels.jit(name)
+        fit = _aot.arguments_fit(KERNELS[name])
+
+        def call(*args):
+            if module is not None:
+                assert fit(args), f"{name}: arguments of types the compiled kernel was not built for"
+            calls[name] = calls.get(name, 0) + 1
+            return function(*args)
+        setattr(kernels, name, call)
+
+    for name in KERNELS:
+        install(name)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            kernels.__dict__.pop(name, None)
+            if value is not None:
+                setattr(kernels, name, value)
+
+
+def chain(data: bytes, channel_map, with_samples: bool) -> dict[str, np.ndarray]:
+    """Index, decode (with per-slot sums), reconstruct and fill the channel statistics of ``data``."""
+    words, index = index_bytes(data)
+    out = {f"index.{name}": getattr(index, name) for name in
+           ("offset", "size", "status", "type", "run", "spill", "event", "trigger_mask", "time", "super_event",
+            "ldc", "skipped", "source_offset")}
+    stats = ChannelStats(channel_map)
+    select = np.asarray(index.status == 0)
+    decoded = decode_events(words, index, channel_map, with_samples=with_samples, slot_sums=stats.slot_sums(select))
+    for name in ("nsamples", "pedestal_even", "pedestal_odd", "amplitude", "energy", "saturated", "trigger_time_us",
+                 "scalers", "ldc_mask", "errors", "issues", "samples"):
+        value = getattr(decoded, name)
+        if value is not None:
+            out[f"decoded.{name}"] = np.array(value)
+    physics = reconstruct(decoded, DetectorGeometry.from_map(channel_map))
+    for name, value in vars(physics).items():
+        if isinstance(value, np.ndarray):
+            out[f"physics.{name}"] = value.copy()
+    refill = ChannelStats(channel_map)
+    refill.fill(decoded, select=select)  # the health kernel itself (not the decoder's sums)
+    out.update(slot_counts=stats.counts.copy(), slot_sums=stats.sums.copy(), refill_counts=refill.counts.copy(),
+               refill_sums=refill.sums.copy())
+    return out
+
+
+def _mutated(seed: int) -> bytes:
+    """small.dat with bytes overwritten, inserted and deleted at random places."""
+    rng = np.random.default_rng(seed)
+    data = bytearray((VECTORS / "small.dat").read_bytes())
+    for _ in range(int(rng.integers(1, 12))):
+        at = int(rng.integers(0, len(data)))
+        what = int(rng.integers(0, 3))
+        if what == 0:
+            data[at] = int(rng.integers(0, 256))
+        elif what == 1:
+            data[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 4)), dtype=np.uint8))
+        else:
+            del data[at:at + int(rng.integers(1, 4))]
+    return bytes(data)
+
+
+def _simulated(zero_suppression: bool) -> bytes:
+    sim = ReadoutSimulator(SimulationConfig(events_per_spill=120, seed=11, run_events=False,
+                                            zero_suppression=zero_suppression, hadron_fraction=0.3))
+    return next(iter(sim.spills())).raw()
+
+
+def _inputs():
+    from test_decode import CASES  # the test vectors of every kind of damage
+
+    yield "small.dat", lambda: (VECTORS / "small.dat").read_bytes()
+    for name in sorted(CASES):
+        yield f"damage-{name}", lambda name=name: CASES[name]
+    for seed in range(8):
+        yield f"mutated-{seed}", lambda seed=seed: _mutated(seed)
+    yield "simulated-zero-suppressed", lambda: _simulated(True)
+    yield "simulated-full-readout", lambda: _simulated(False)
+    yield "random-bytes", lambda: np.random.default_rng(3).integers(0, 256, 40_000, dtype=np.uint8).tobytes()
+
+
+INPUTS = dict(_inputs())
+CALLS: dict[str, int] = {}
+
+
+@pytest.mark.parametrize("with_samples", [False, True], ids=["estimates", "samples"])
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_compiled_and_jit_kernels_give_identical_outputs(name, with_samples, channel_map):
+    data = INPUTS[name]()
+    with kernels_from("aot", CALLS):
+        compiled = chain(data, channel_map, with_samples)
+    with kernels_from("jit", {}):
+        jit = chain(data, channel_map, with_samples)
+    assert compiled.keys() == jit.keys()
+    for key in compiled:
+        a, b = compiled[key], jit[key]
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        same = a == b if a.dtype.fields else (a == b) | ((a != a) & (b != b))  # NaN where both are NaN
+        assert np.all(same), f"{name}: {key} differs"
+
+
+def test_the_comparison_called_every_compiled_kernel():
+    """The inputs above reach every kernel of the list (run after the comparison: pytest keeps file order)."""
+    if not CALLS:
+        pytest.skip("run together with test_compiled_and_jit_kernels_give_identical_outputs")
+    assert set(CALLS) == set(KERNELS)
+
+
+# ---------------------------------------------------------------- the list of kernels
+KERNEL_MODULES = sorted({k.module for k in KERNELS.values()})
+
+
+def _package_modules_with_kernels() -> list[str]:
+    """Every package module defining a numba function (a file mentioning njit), by its installed name."""
+    names = []
+    for top, prefix in (("na64_online", "na64_online"), *((layer, f"na64_online.{layer}")
+                                                          for layer in ("daq", "decoders", "monitor", "sim", "web"))):
+        for path in (ROOT / top).rglob("*.py"):
+            if "njit" in path.read_text():
+                parts = path.relative_to(ROOT / top).with_suffix("").parts
+                names.append(".".join((prefix, *parts)))
+    return sorted(set(names))
+
+
+#: kernels the wrappers call that are deliberately left to the JIT, with the reason
+JIT_ONLY = {
+    "na64_online.daq.builder._copy_events": "the live service's event builder: daq/builder.py defines a numba "
+                                            "intrinsic and so imports numba in any case",
+    "na64_online.daq.builder._write_headers": "the live service's event builder (as _copy_events)",
+}
+
+
+def _entry_kernels() -> set[str]:
+    """Numba dispatchers of the package no other kernel calls and numba does not inline: the ones Python calls."""
+    from numba.core.registry import CPUDispatcher
+
+    dispatchers = {}
+    for module_name in _package_modules_with_kernels():
+        module = importlib.import_module(module_name)
+        for attr, value in vars(module).items():
+            if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module_name:
+                dispatchers[f"{module_name}.{attr}"] = value
+    called = set()
+    for caller in dispatchers.values():
+        code_names = set(caller.py_func.__code__.co_names)
+        for name in code_names:
+            target = caller.py_func.__globals__.get(name)
+            candidates = [target] + [getattr(target, n, None) for n in code_names] if target is not None else []
+            for candidate in candidates:
+                for full, dispatcher in dispatchers.items():
+                    if candidate is dispatcher and dispatcher is not caller:
+                        called.add(full)
+    return {full for full, d in dispatchers.items()
+            if full not in called and d.targetoptions.get("inline", "never") != "always"}
+
+
+def test_every_kernel_the_wrappers_call_is_compiled_ahead_of_time():
+    listed = {f"{k.module}.{k.function}" for k in KERNELS.values()}
+    entries = _entry_kernels()
+    assert "na64_online.decoders._kernels.decode_events" in entries  # the scan finds kernels at all
+    missing = entries - listed - set(JIT_ONLY)
+    assert not missing, f"kernels called from Python but not in decoders/_aot.py KERNELS: {sorted(missing)}"
+    assert not (listed - entries), "KERNELS lists functions that are not kernels the wrappers call"
+    assert set(JIT_ONLY) <= entries
+
+
+def test_the_compiled_module_has_every_listed_kernel_for_its_signature():
+    module = compiled_module()
+    for name in KERNELS:
+        assert callable(getattr(module, name)), name
+
+
+def test_kernel_sources_cover_every_package_module_the_kernels_import():
+    """The staleness hash reads every module a kernel module imports from the package (their constants are
+    compiled in): a new import that is not hashed would let a stale build through."""
+    hashed = set(_aot.KERNEL_SOURCES)
+    for module_name in KERNEL_MODULES + ["na64_online.decoders.estimators"]:
+        path = Path(importlib.util.find_spec(module_name).origin)
+        package = module_name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+                names = [target] if node.module else [f"{base}.{a.name}" for a in node.names]
+                for name in names:
+                    if importlib.util.find_spec(name) is not None and name != "na64_online":
+                        assert name in hashed, f"{module_name} imports {name}, not in _aot.KERNEL_SOURCES"
+
+
+# ---------------------------------------------------------------- the choice
+def test_a_stale_build_is_not_used_and_aot_mode_says_why(monkeypatch, tmp_path):
+    compiled_module()
+    paths = {m: Path(importlib.util.find_spec(m).origin) for m in _aot.KERNEL_SOURCES}
+    edited = tmp_path / "_kernels.py"
+    edited.write_text(paths["na64_online.decoders._kernels"].read_text() + "\n# an edit\n")
+    assert _aot.source_hash({**paths, "na64_online.decoders._kernels": edited}) != _aot.source_hash()
+    monkeypatch.setattr(_aot, "source_hash", lambda paths=None: "another")
+    module, why_not = _aot._load_extension()
+    assert module is None and "stale" in why_not
+    monkeypatch.setenv(_aot.KERNELS_ENV, "aot")
+    with pytest.raises(_aot.AotUnavailable, match="stale"):
+        _aot._Kernels().decode_events
+    monkeypatch.setenv(_aot.KERNELS_ENV, "auto")
+    fresh = _aot._Kernels()
+    assert fresh.status().startswith("jit (stale") and fresh.decode_events is fresh.jit("decode_events")
+
+
+def test_a_build_for_another_cpu_is_not_used(monkeypatch):
+    compiled_module()
+    monkeypatch.setattr(_aot, "cpu_flags", lambda: frozenset({"fpu"}))
+    module, why_not = _aot._load_extension()
+    assert module is None and "another CPU" in why_not
+
+
+def test_jit_is_forced_by_the_switch_and_by_bounds_checks(monkeypatch):
+    compiled_module()
+    monkeypatch.setenv(_aot.KERNELS_ENV, "jit")
+    assert _aot._Kernels().status().startswith("jit")
+    monkeypatch.setenv(_aot.KERNELS_ENV, "auto")
+    monkeypatch.setenv("NUMBA_BOUNDSCHECK", "1")
+    assert _aot._Kernels().status().startswith("jit")
+    monkeypatch.delenv("NUMBA_BOUNDSCHECK")
+    assert _aot._Kernels().status() == "aot"
+    monkeypatch.setenv(_aot.KERNELS_ENV, "fast")
+    with pytest.raises(ValueError, match="NA64_KERNELS"):
+        _aot._Kernels().status()
+
+
+def test_arguments_the_kernel_was_not_compiled_for_take_the_jit_kernel(monkeypatch, caplog):
+    """The compiled code trusts its argument types: anything else (here a strided energy plane) goes to numba."""
+    compiled_module()
+    monkeypatch.setenv(_aot.KERNELS_ENV, "auto")
+    chooser = _aot._Kernels()
+    rng = np.random.default_rng(0)
+    energy = rng.random((5, 12))
+    args = lambda e: (e, np.arange(4, dtype=np.int64), np.array([0, 2, 4], dtype=np.int64),  # noqa: E731
+                      np.zeros(2, dtype=np.bool_), np.arange(3, dtype=np.int64), np.zeros((5, 2)),
+                      np.zeros(5, dtype=np.int64), np.zeros(5))
+    fit = _aot.arguments_fit(KERNELS["group_sums"])
+    strided = np.asfortranarray(energy)
+    assert fit(args(energy)) and not fit(args(strided))
+    assert not fit(args(energy.astype(np.float32))) and not fit(args(energy)[:-1])
+    with caplog.at_level("INFO", logger="na64_online.decoders._aot"):
+        for e in (energy, strided):
+            a = args(e)
+            chooser.group_sums(*a)
+            assert np.array_equal(a[5][:, 0], energy[:, 0] + energy[:, 1])
+    assert [r.getMessage() for r in caplog.records] == ["kernel group_sums: arguments of other types than compiled: JIT"]
