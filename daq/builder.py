@@ -392,7 +392,6 @@ class _ChunkPlan:
     payloads: list = field(default_factory=list)
     sources: list = field(default_factory=list)
     slot: dict = field(default_factory=dict)  # id(payload words) -> index in payloads
-    payload_bytes: int = 0
     subs: list = field(default_factory=list)
     counts: list = field(default_factory=list)
     types: list = field(default_factory=list)
@@ -406,7 +405,6 @@ class _ChunkPlan:
             i = self.slot[id(batch.words)] = len(self.payloads)
             self.payloads.append(batch.words)
             self.sources.append(batch.source)
-            self.payload_bytes += int(batch.words.nbytes)
         return i
 
     def chunk(self, run: int, spill: int, index: int, gdc: int, final: bool) -> BuiltChunk:
@@ -424,7 +422,6 @@ class _Part:
 
     batches: deque = field(default_factory=deque)
     pending_words: int = 0
-    retained_bytes: int = 0  # the whole message payloads the pending batches keep alive
     last_key: int = -1
     eob: bool = False
 
@@ -464,9 +461,16 @@ class _Spill:
     @property
     def buffered_bytes(self) -> int:
         """Memory this spill holds: message payloads of unbuilt sub-events, and those the chunks of built
-        events not handed on reference (whole payloads; one in both counted twice)."""
-        held = sum(b.payload_bytes for b in self.full) + (self.buffer.payload_bytes if self.buffer is not None else 0)
-        return sum(p.retained_bytes for p in self.parts.values()) + held
+        events not handed on reference (whole payloads, each once)."""
+        held: dict[int, int] = {}
+        for part in self.parts.values():
+            for batch in part.batches:
+                held[id(batch.words)] = batch.words.nbytes
+        for plan in (*self.full, self.buffer):
+            if plan is not None:
+                for words in plan.payloads:
+                    held[id(words)] = words.nbytes
+        return sum(held.values())
 
 
 Output = BuiltChunk | ClosedSpill
@@ -642,7 +646,6 @@ class EventBuilder:
             part.batches.append(_Batch(scan.words, offsets, sizes, keys, types,
                                        scan.words if source is None else source))
             part.pending_words += int(sizes.sum())
-            part.retained_bytes += int(scan.words.nbytes)
             part.last_key = int(keys[-1])
             if part.last_key == EOB_KEY and not part.eob:
                 part.eob = True
@@ -751,7 +754,6 @@ class EventBuilder:
                 b = part.batches[0]
                 if b.keys[-1] <= upto:
                     part.batches.popleft()
-                    part.retained_bytes -= int(b.words.nbytes)
                     take = b
                 else:
                     k = int(np.searchsorted(b.keys, upto, side="right"))

@@ -4,8 +4,8 @@ One thread owns every socket (ZeroMQ sockets are not thread-safe) and runs a
 poll loop:
 
     SUB (all readout nodes) ─ validate envelope, sequence gaps ─► EventBuilder
-        ─ built super events of one spill, in chunks ─► WorkerPool (ROUTER)
-        ─ workers: SpillProcessor.accumulate(chunk) ─► results merged in chunk order
+        ─ chunks of one spill: plans over the received payloads (no copy) ─► WorkerPool (ROUTER)
+        ─ workers: gather the super events, SpillProcessor.accumulate ─► results merged in chunk order
         ─ spill closed and every chunk merged ─► SpillProcessor.finish ─► on_record
 
 The decoding is the very ``SpillProcessor`` code ``replay`` runs on a raw file,
