@@ -2,24 +2,30 @@
 
 The work is split where ``replay`` splits it, at spills:
 
-1. **index** (a chain of step tasks per file, on a worker): the file's index
-   pass and spill segmentation, the code ``replay`` runs
+1. **index** (a chain of step tasks per file, on one worker): the file's
+   index pass and spill segmentation, the code ``replay`` runs
    (:meth:`~.daq.rawfile.RawFile.walk_step`), a step up to a completed spill
-   (:func:`index_step`). Its result, an :class:`IndexStep` (the spills' plans
-   and where the walk stands), stays on the worker; the client gets only its
-   :class:`StepSummary` (spills, bytes, at the end what the file got wrong),
-   and spill tasks start while the rest of the file is indexed.
-2. **spill** (one task per spill): the spill's index rows (a small task next
-   to the plan cuts them out, :func:`spill_plan`), then the spill's own byte
-   range of the file mapped read-only (:func:`spill_words`; the file must be
-   at the same path on every worker — shared storage — so raw bytes never
-   pass through the scheduler or the client) and ``SpillProcessor.accumulate``
-   on it, the call ``replay`` makes. The client keeps 4 spill tasks per worker
-   thread in flight, across files, in merge order, each placed on the least
-   busy worker. The result goes back in the decoder workers' wire format
-   (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built on the worker
-   from the service's set-up text (:mod:`.worker_setup`), as ``serve``'s
-   workers do.
+   (:func:`index_step`). The worker keeps the file mapped and the walk (the
+   index rows since the last spill cut) between the steps of a pass; a step
+   that runs where its walk is not walks the file again from its start.
+2. **decode**, where the spills are while there is an index pass per worker
+   thread (several files): the step decodes the spills it completes itself,
+   from the pages its kernel call has just mapped, by ``replay``'s own call
+   (``SpillProcessor.accumulate`` on the segment), releases those pages, and
+   its result — small: the spills' accumulators in the decoder workers' wire
+   format (:mod:`~.monitor.wire`: JSON header + arrays + CRC), built from
+   the service's set-up text (:mod:`.worker_setup`) as ``serve``'s workers do,
+   and a :class:`StepSummary` (spills, bytes, at the end what the file got
+   wrong) — is what the client fetches: one task per spill. With fewer
+   passes than threads (one file, the last file of a run) the step gives
+   the spills' plans instead (they stay on the worker; the client gets the
+   summary, :func:`step_result`), and **spill tasks** spread them: the
+   spill's index rows (:func:`spill_plan`, next to the step), its own byte
+   range of the file mapped read-only (:func:`spill_words`) and the same
+   ``accumulate``; up to 4 per worker thread in flight, in merge order, each
+   on the least busy worker. Either way the file must be at the same path on
+   every worker — shared storage — so raw bytes never pass through the
+   scheduler or the client.
 3. **merge** (client, in file and spill order): each accumulator goes through
    ``SpillMonitor.handle`` — quality, channel history, run histograms, alarms,
    archive — exactly as in ``replay``, so the records are identical (up to
@@ -27,7 +33,8 @@ The work is split where ``replay`` splits it, at spills:
    fast, not what).
 
 A task that raises is retried by Dask (``retries``); a task on a worker that
-dies is re-run elsewhere by the scheduler. A file that cannot be read is
+dies is re-run elsewhere by the scheduler (an index step there walks its file
+again, index only, to where its pass stood). A file that cannot be read is
 reported with its reason and skipped; the others go on.
 
 Dask (``pip install 'na64-online[cluster]'``) is imported only here.
@@ -130,13 +137,15 @@ class SpillSummary:
 @dataclass(frozen=True)
 class StepSummary:
     """What the client learns of one step of a file's index pass: the spills it completed, and at the
-    file's end (``done``) what the file got wrong, as replay reports it."""
+    file's end (``done``) what the file got wrong, as replay reports it; ``position``: the bytes the pass
+    has gone through, up to its last spill cut (the file's size at its end)."""
 
     path: str
     size: int
     spills: tuple[SpillSummary, ...]
     done: bool
     notes: tuple[tuple[str, str], ...] = ()
+    position: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,7 +252,7 @@ def _forget_raw_file(path: str, raw) -> None:
 #: the last spill cut, up to a kernel call's worth), so the walk never travels as a task's result
 _WALKS: collections.OrderedDict = collections.OrderedDict()
 #: walks kept at most (a pass whose next step never came: its run ended, its client went away)
-WALKS_KEPT = 16
+WALKS_KEPT = 32
 
 
 def _keep_walk(walk) -> str:
@@ -316,7 +325,7 @@ def index_step(path: str, previous: IndexStep | None = None, setup: tuple[bytes,
         raw.release_pages(raw.size if walk.done else walk.start)
     any_spill = any_spill or bool(spills)
     notes = tuple((n.level, n.text) for n in file_notes(walk.stats, any_spill)) if walk.done else ()
-    summary = StepSummary(path, raw.size, spills, walk.done, notes)
+    summary = StepSummary(path, raw.size, spills, walk.done, notes, raw.size if walk.done else walk.start)
     return IndexStep(summary, plans, any_spill, results, number, None if walk.done else _keep_walk(walk))
 
 
@@ -499,6 +508,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True, eq=False)
+class _Decoded:
+    """A spill's result decoded ahead of its merge (``acc`` None: it did not decode; ``frames`` again at the merge)."""
+
+    acc: object
+    frames: list
+
+
 @dataclass(eq=False)
 class _FileRun:
     """One file of a run, as the client follows it: its index steps asked for and not yet taken in (step,
@@ -517,6 +534,14 @@ class _FileRun:
     skipped: str | None = None  # why the file cannot be read
     waiting: collections.deque = field(default_factory=collections.deque)  # (step future, summary, n)
     items: collections.deque = field(default_factory=collections.deque)  # (summary, n, part, future, frames)
+    size: int = 0
+    position: int = 0  # bytes its pass has gone through, as last heard
+    spills: int = 0  # spills found so far
+
+    def nearly_done(self) -> bool:
+        """Less than two spills' worth of the file (by its spills so far) is left to index: its next step is
+        its last one, or the one after it."""
+        return self.spills > 0 and self.size - self.position < 2 * self.position / self.spills
 
     def decoded(self) -> int:
         """Its spills decoded in index steps, held here until merged."""
@@ -633,8 +658,8 @@ class Reprocessor:
                                    key=f"na64-index-{token}-{file.i}-{number}", retries=retries, priority=2, **where)
             if decode:  # its result is small: the client takes it as it is
                 result = future
-                if worker:
-                    placed.setdefault(worker, []).append(future)
+                if worker:  # (finished ones dropped: a future held keeps its result on the worker)
+                    placed[worker] = [f for f in placed.get(worker, ()) if not f.done()] + [future]
             else:  # its plans stay on the worker
                 result = client.submit(step_result, future, key=f"na64-stepresult-{token}-{file.i}-{number}",
                                        priority=2)
@@ -660,8 +685,11 @@ class Reprocessor:
         def index_ahead() -> None:
             """Keep each file whose pass goes on a step ahead of what is known."""
             active = passes()
-            decode = len(active) >= threads  # else some threads would have no pass: spill tasks spread the work
             for file in active:
+                # with fewer passes than threads, spill tasks spread the work over the idle threads — unless
+                # at most the spill of the step after the one running is left: spreading one spill gains nothing
+                # and maps it twice
+                decode = len(active) >= threads or file.nearly_done()
                 while file.asked - file.heard < 2 and len(file.waiting) < window:
                     step(file, decode)
 
@@ -710,6 +738,8 @@ class Reprocessor:
                 if file.heard == 1:
                     self.stats.files += 1
                     self.stats.bytes += summary.size
+                file.size, file.position = summary.size, summary.position
+                file.spills += len(summary.spills)
                 self._bars_for(summary, bars)
                 if result.results:  # decoded in the step
                     file.items.extend((summary, n, None, None, frames) for n, frames in enumerate(result.results))
@@ -763,6 +793,8 @@ class Reprocessor:
                                 self.stats.errors.append(f"{file.path}: {text}")
                     merging += 1
                     continue
+                if self._decode_ahead(replayer, files_[merging:]):  # the client's idle time used
+                    continue
                 # wait for what comes first: the spill to merge next, or an index step
                 waiting_on = [f.steps[0][1] for f in files_[merging:] if f.steps and not f.indexed]
                 if file.items:
@@ -803,10 +835,31 @@ class Reprocessor:
             bar.total += s.bytes
             bar.refresh()
 
+    def _decode_ahead(self, replayer, files: list["_FileRun"]) -> bool:
+        """Decode one result that waits for its turn to be merged (the spills of a later file, decoded in
+        its index steps): done while the client would wait, not at the end of the run while the workers
+        idle. False: none left."""
+        for file in files:
+            for k, (summary, n, part, future, frames) in enumerate(file.items):
+                if frames is None or isinstance(frames, _Decoded):
+                    continue
+                started = time.perf_counter()
+                try:
+                    acc = replayer.monitor.processor.decode_result(frames)
+                except Exception:  # noqa: BLE001 - decoded again when merged, and fails there as replay would
+                    acc = None
+                file.items[k] = (summary, n, part, future, _Decoded(acc, frames))
+                self.stats.merge_seconds += time.perf_counter() - started
+                return True
+        return False
+
     def _merge(self, replayer, spill: SpillSummary, frames, on_record, bars) -> None:
         """One spill's result through ``SpillMonitor.handle``, as ``replay`` finishes it."""
         merging = time.perf_counter()
-        acc = replayer.monitor.processor.decode_result(frames)
+        if isinstance(frames, _Decoded) and frames.acc is not None:
+            acc = frames.acc
+        else:
+            acc = replayer.monitor.processor.decode_result(frames.frames if isinstance(frames, _Decoded) else frames)
         record = replayer.monitor.handle(acc, complete=spill.complete)
         self.stats.spills += 1
         self.stats.events += int(record.get("events") or 0)
