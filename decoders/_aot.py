@@ -61,6 +61,7 @@ KERNEL_SOURCES = (
     "na64_online.decoders._kernels",
     "na64_online.decoders._reconstruct",
     "na64_online.decoders.estimators",
+    "na64_online.decoders._vector",  # the estimators' vector code (numba intrinsics), where it exists
     "na64_online.decoders.kernel_args",
     "na64_online.decoders.layout",
     "na64_online.decoders.channelmap",
@@ -152,20 +153,18 @@ BUILD_ID_FUNCTION = "aot_build_id"
 
 
 # ---------------------------------------------------------------- staleness
-def _source_path(module: str) -> Path:
+def _source_path(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
-        raise ImportError(f"no source for {module}")
-    return Path(spec.origin)
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
-def source_hash(paths: dict[str, Path] | None = None) -> str:
+def source_hash(paths: dict[str, Path | None] | None = None) -> str:
     """sha256 over the text of :data:`KERNEL_SOURCES` (by module name; ``paths``: where to read them,
-    default: where they are imported from)."""
+    default: where they are imported from; a module that does not exist counts as absent)."""
     digest = hashlib.sha256()
     for module in KERNEL_SOURCES:
         path = paths[module] if paths is not None else _source_path(module)
-        digest.update(module.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(module.encode() + b"\0" + (path.read_bytes() if path is not None else b"<absent>") + b"\0")
     return digest.hexdigest()
 
 

@@ -230,7 +230,7 @@ def test_kernel_sources_cover_every_package_module_the_kernels_import():
 # ---------------------------------------------------------------- the choice
 def test_a_stale_build_is_not_used_and_aot_mode_says_why(monkeypatch, tmp_path):
     compiled_module()
-    paths = {m: Path(importlib.util.find_spec(m).origin) for m in _aot.KERNEL_SOURCES}
+    paths = {m: _aot._source_path(m) for m in _aot.KERNEL_SOURCES}
     edited = tmp_path / "_kernels.py"
     edited.write_text(paths["na64_online.decoders._kernels"].read_text() + "\n# an edit\n")
     assert _aot.source_hash({**paths, "na64_online.decoders._kernels": edited}) != _aot.source_hash()
