@@ -253,7 +253,13 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "dropped_events": metrics["ingest"]["dropped_events"],
         "lost_messages": sum(r["lost_messages"]["total"] for r in records),
         "incomplete_events": sum(r["incomplete_events"] for r in records),
+        # where lost messages come from: sequence gaps per LDC, and the receive queues' reconnections
+        "subscriber": {k: metrics["subscriber"].get(k) for k in ("lost_messages", "restarts", "sequence_jumps",
+                                                                 "reordered_messages", "duplicate_messages",
+                                                                 "rcvhwm", "hwm_reconnects", "lost_on_reconnect",
+                                                                 "bad_messages")},
         "elapsed_s": round(elapsed, 2),
+        "load_1min": round(os.getloadavg()[0], 2),
         "events_per_s": round(decoded / elapsed) if elapsed > 0 else None,
         "mb_per_s": round(nbytes * decoded / max(n_events, 1) / 1e6 / elapsed, 1) if elapsed > 0 else None,
         "latency_s": [round(x, 3) for x in latencies],
@@ -281,17 +287,28 @@ def stage_profile(args) -> dict:
     """CPU per event of each stage the service runs, in this process without sockets (µs per event).
 
     The very objects the service uses: ``Subscriber.handle`` (envelope, payload scan, sequence), the
-    ``EventBuilder``, the task a worker gets, a worker's decode + result encoding, the service's result
+    ``EventBuilder`` (plans, no copy), the plan sent (``dispatch``), a worker's gather of the plan + decode +
+    result encoding, the service's result
     decoding and merge, and ``SpillMonitor.handle`` (the spill's record). ``worker`` is what one decoder
     worker spends per event; the service's share is the rest.
     """
     from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder
     from na64_online.daq.envelope import make_message
     from na64_online.daq.subscriber import Subscriber
+    try:
+        from na64_online.daq.workers import gather_task  # protocol 5: tasks are plans
+    except ImportError:  # a tree before it (--baseline-rev): tasks are built words
+        gather_task = None
 
     config, cmap = Config(), ChannelMap.default()
     monitor = build_monitor(config, cmap)
     processor = make_processor(cmap, config.monitor, config.histograms)
+    try:  # freed memory kept mapped, as the service (its buffers' share) and the worker processes do
+        from na64_online.daq.memory import retain_freed_memory
+
+        retain_freed_memory(keep_bytes=args.max_memory_mb << 20)
+    except ImportError:  # an older tree
+        pass
     sub = Subscriber(context=zmq.Context.instance())
     builder = EventBuilder((1, 2), chunk_events=args.chunk_events, spill_timeout_s=1e9,
                            max_pending_bytes=1 << 40)
@@ -315,19 +332,26 @@ def stage_profile(args) -> dict:
         for o in warm.add(r.envelope.ldc, r.scan, 0.0):
             if isinstance(o, BuiltChunk):
                 warm_acc = warm_acc or processor.new_accumulator()
-                warm_acc.merge(read([bytes(f) for f in processor.encode_result(processor.accumulate(o.words.copy()))]))
+                warm_acc.merge(read([bytes(f) for f in processor.encode_result(processor.accumulate(o.words))]))
     if warm_acc is None:
         raise SystemExit("stage profile: no chunk built from the first messages to warm up with")
     warm_monitor.handle(warm_acc)
     warm_sub.close()
     warm_monitor.close()
-    cpu = dict.fromkeys(("receive", "build", "worker", "merge", "finish"), 0.0)
+    cpu = dict.fromkeys(("receive", "build", "dispatch", "worker", "merge", "finish"), 0.0)
 
     def timed(stage, fn, *a):
         t = time.process_time()
         out = fn(*a)
         cpu[stage] += time.process_time() - t
         return out
+
+    scratch = [None]
+
+    def worker_task(frames):
+        words = gather_task(frames, scratch[0])
+        scratch[0] = words.base
+        return processor.encode_result(processor.accumulate(words))
 
     accs: dict = {}
     events = 0
@@ -336,11 +360,17 @@ def stage_profile(args) -> dict:
         r = timed("receive", sub.handle, m)
         outputs = timed("build", builder.add, r.envelope.ldc, r.scan, 0.0)
         for o in outputs:
-            if isinstance(o, BuiltChunk):
+            if isinstance(o, BuiltChunk) and gather_task is None:
                 frames = timed("worker", lambda w: processor.encode_result(processor.accumulate(w)),
                                o.words.copy())  # a worker's words are its own (received)
-                frames = [bytes(f) for f in frames]  # as received
                 builder.recycle(o.words)  # the task is answered: the service hands its buffer back
+            elif isinstance(o, BuiltChunk):
+                plan = timed("dispatch", o.plan_frames)  # what the service sends besides the payloads
+                frames = [f"{o.run} {o.spill} {o.index} {o.gdc}".encode(), *plan, *o.payloads]
+                # a worker: validates the plan, gathers the events into its recycled buffer, decodes, encodes
+                frames = timed("worker", lambda f: worker_task(f), [b"TASK", b"\0" * 8, *frames])
+            if isinstance(o, BuiltChunk):
+                frames = [bytes(f) for f in frames]  # as received
                 result = timed("merge", read_result, frames)
                 key = (o.run, o.spill)
                 if key not in accs:

@@ -11,13 +11,13 @@ the sub-events, which follow in ascending LDC order. The bytes handed on are
 therefore the very layout a raw file has, and the decoder reads live data and
 files with one code path.
 
-Each sub-event is copied once: from the message payload it arrived in (kept as
-a view until built) straight to its place in the chunk buffer, one buffer per
-chunk, sized for ``chunk_events`` events of the mean size seen; the super
-event's header is then written in front of its sub-events. A chunk's ``words``
-are a view of its buffer; once its task is answered the service hands the
-buffer back (:meth:`EventBuilder.recycle`) and the next chunk is written into
-memory already mapped.
+Nothing is copied here (protocol ``na64-worker/5``): a chunk is a *plan* — the
+message payloads it references (the received frames, kept alive by the chunk)
+and per sub-event ``(payload, word offset, words)`` in building order, with the
+group starts (one group per super event). Whoever decodes it — a worker, or a
+test through :attr:`BuiltChunk.words` — gathers the sub-events into its own
+buffer with :func:`gather`, which writes each super event's header in front of
+its sub-events: the very bytes a raw file holds.
 
 Rules (all counted, none silent):
 
@@ -52,10 +52,10 @@ Rules (all counted, none silent):
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from functools import cached_property
+from typing import Iterable, Sequence
 
 import numba
 import numpy as np
@@ -82,15 +82,14 @@ _H_GDC = L.H_GDC
 _SUPER = L.SUPER_EVENT_BIT
 
 
-#: a chunk buffer is allocated for at most this many words up front (it grows beyond, rarely: only with
-#: chunk limits above it, as ``build_all`` sets)
-MAX_PREALLOCATED_WORDS = 16 << 20
-#: a partial chunk using less than this fraction of its buffer is handed on as a right-sized copy
-#: (the buffer's unused tail would otherwise stay allocated with the task)
-MIN_BUFFER_USE = 0.75
-#: chunk buffers handed back (:meth:`EventBuilder.recycle`) kept for the next chunks: their pages are
-#: mapped already, where a new buffer's first write page-faults on every page
-SPARE_BUFFERS = 4
+#: largest task a plan may describe (words of built events): 256 MB, a worker's message limit
+MAX_TASK_WORDS = 64 << 20
+#: sub-event columns of a plan: payload index, word offset, words
+PLAN_COLUMNS = 3
+
+
+class PlanError(ValueError):
+    """A chunk's plan that does not describe whole sub-events inside its payloads (refused, never gathered)."""
 
 
 @intrinsic
@@ -154,42 +153,170 @@ def write_super_headers(dst: np.ndarray, g_pos: np.ndarray, g_size: np.ndarray, 
         _write_headers(dst, g_pos, g_size, gdc)
 
 
+def validate_plan(subs: np.ndarray, groups: np.ndarray, payload_words: Sequence[int]) -> int:
+    """Check a plan before any memory is touched; returns the words the built events take.
+
+    ``subs``: (n, 3) ``<i8`` — per sub-event, in building order, the payload it is in, its word offset
+    there and its words (>= one 17-word header); ``groups``: n_groups + 1 ``<i8`` sub-event indices, the
+    first 0, strictly increasing, the last n (one group per super event); ``payload_words``: the words of
+    each payload. Raises :class:`PlanError` saying what is wrong."""
+    if subs.ndim != 2 or subs.shape[1] != PLAN_COLUMNS or subs.dtype != np.int64:
+        raise PlanError(f"plan sub-events: shape {subs.shape} {subs.dtype}, expected (n, {PLAN_COLUMNS}) int64")
+    if groups.ndim != 1 or groups.dtype != np.int64 or groups.shape[0] < 2:
+        raise PlanError(f"plan groups: shape {groups.shape} {groups.dtype}, expected at least 2 int64 starts")
+    n = subs.shape[0]
+    if groups[0] != 0 or groups[-1] != n or np.any(groups[1:] <= groups[:-1]):
+        raise PlanError(f"plan groups must run strictly increasing from 0 to {n} sub-events")
+    frame, off, size = subs[:, 0], subs[:, 1], subs[:, 2]
+    k = len(payload_words)
+    if frame.min() < 0 or frame.max() >= k:
+        raise PlanError(f"plan names payloads outside 0 … {k - 1}")
+    if off.min() < 0 or size.min() < _HDR:
+        raise PlanError(f"plan has a negative offset or a sub-event under {_HDR} words")
+    limit = np.asarray(payload_words, dtype=np.int64)[frame]
+    if np.any(size > limit) or np.any(off > limit - size):
+        raise PlanError("plan has a sub-event beyond the end of its payload")
+    total = int(size.sum()) + _HDR * (groups.shape[0] - 1)
+    if total > MAX_TASK_WORDS:
+        raise PlanError(f"plan describes {total} words, more than {MAX_TASK_WORDS}")
+    return total
+
+
+def gather(payloads: Sequence[np.ndarray], subs: np.ndarray, groups: np.ndarray, gdc: int,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """The built super events a plan describes (raw-file layout), as words.
+
+    The plan is validated first (:func:`validate_plan`); each sub-event is copied once, from its payload to
+    its place, and each super event's 17-word header written in front of its sub-events from the first one's
+    (:func:`write_super_headers`). ``out``: a buffer to write into if large enough (a view of it is returned)."""
+    total = validate_plan(subs, groups, [p.shape[0] for p in payloads])
+    if out is None or out.shape[0] < total or out.dtype != L.WORD or not out.flags.c_contiguous:
+        out = np.empty(total + total // 8, L.WORD)  # room for a somewhat larger next chunk
+    dst = out[:total]
+    size = subs[:, 2]
+    ngroups = groups.shape[0] - 1
+    counts = np.diff(groups)
+    g_size = np.add.reduceat(size, groups[:-1]) + _HDR
+    g_pos = np.cumsum(g_size) - g_size
+    group = np.repeat(np.arange(ngroups), counts)
+    within = np.cumsum(size) - size
+    dst_pos = g_pos[group] + _HDR + (within - within[groups[:-1]][group])
+    frame = subs[:, 0]
+    if len(payloads) == 1:
+        copy_events(dst, dst_pos, payloads[0], subs[:, 1], size)
+    else:
+        order = np.argsort(frame, kind="stable")
+        cuts = np.searchsorted(frame[order], np.arange(len(payloads) + 1))
+        for f, payload in enumerate(payloads):
+            sel = order[cuts[f]:cuts[f + 1]]
+            if sel.shape[0]:
+                copy_events(dst, dst_pos[sel], payload, subs[sel, 1], size[sel])
+    write_super_headers(dst, g_pos, g_size, gdc)
+    return dst
+
+
 @dataclass(frozen=True, eq=False)
 class BuiltChunk:
-    """Built super events of one spill, in order, as one uint32 array (raw-file layout)."""
+    """Built super events of one spill, in order, as a plan over the message payloads they came in.
+
+    ``payloads``: the payloads' words (uint32 views of the received frames); ``sources``: the same payloads as
+    they are sent on (the received ``zmq.Frame`` objects, or the arrays); ``subs``/``groups``: the plan
+    (:func:`validate_plan`); ``types``/``keys``: each super event's type and sort key (event number + 1,
+    :data:`~.envelope.SOB_KEY`, :data:`~.envelope.EOB_KEY`). :attr:`words` gathers the events (a copy:
+    tests and tools; the service sends the plan)."""
 
     run: int
     spill: int
     index: int  # chunk number within the spill: 0, 1, …
-    words: np.ndarray
-    offsets: np.ndarray  # word offset of each super event in ``words``
-    sizes: np.ndarray  # words
+    payloads: tuple
+    sources: tuple
+    subs: np.ndarray  # (sub-events, 3) int64: payload, word offset, words
+    groups: np.ndarray  # super events + 1, int64: first sub-event of each, then the number of sub-events
     types: np.ndarray
+    keys: np.ndarray
+    gdc: int
     final: bool  # the spill's last chunk
 
     @property
     def n_events(self) -> int:
-        return int(self.offsets.shape[0])
+        return int(self.types.shape[0])
 
     @property
     def data_events(self) -> int:
         """PHYSICS + CALIBRATION events (what a drop loses)."""
         return int(np.count_nonzero(np.isin(self.types, DATA_TYPES)))
 
+    def data_event_numbers(self) -> np.ndarray:
+        """Event numbers in burst of its PHYSICS/CALIBRATION events (from the plan: no index of built words)."""
+        return (self.keys[np.isin(self.types, DATA_TYPES)] - 1).astype(np.int64)
+
     @property
     def nbytes(self) -> int:
-        return int(self.words.nbytes)
+        """Bytes of the payloads it references (what it keeps alive)."""
+        return int(sum(p.nbytes for p in self.payloads))
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Words of each super event."""
+        return np.add.reduceat(self.subs[:, 2], self.groups[:-1]) + _HDR if self.n_events else np.zeros(0, np.int64)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Word offset of each super event in :attr:`words`."""
+        sizes = self.sizes
+        return np.cumsum(sizes) - sizes
+
+    @cached_property
+    def words(self) -> np.ndarray:
+        """The built super events (raw-file layout), gathered: a copy."""
+        if not self.n_events:
+            return np.zeros(0, L.WORD)
+        return gather(self.payloads, self.subs, self.groups, self.gdc)
+
+    def plan_frames(self) -> list[bytes]:
+        """The plan as it travels: sub-events (``<i8``, n × 3), group starts (``<i8``, n_groups + 1)."""
+        return [self.subs.astype("<i8", copy=False).tobytes(), self.groups.astype("<i8", copy=False).tobytes()]
 
     def control_only(self) -> "BuiltChunk | None":
-        """The START_OF_BURST / END_OF_BURST events of this chunk (kept when its data is dropped)."""
+        """The START_OF_BURST / END_OF_BURST events of this chunk (kept when its data is dropped): the same
+        payloads, the plan cut to their groups."""
         keep = np.flatnonzero(~np.isin(self.types, DATA_TYPES))
         if not keep.shape[0]:
             return None
-        parts = [self.words[o:o + s] for o, s in zip(self.offsets[keep].tolist(), self.sizes[keep].tolist())]
-        sizes = self.sizes[keep]
-        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        return BuiltChunk(self.run, self.spill, self.index, np.concatenate(parts), offsets, sizes,
-                          self.types[keep], self.final)
+        counts = np.diff(self.groups)[keep]
+        rows = np.concatenate([np.arange(self.groups[g], self.groups[g + 1]) for g in keep.tolist()])
+        groups = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        return BuiltChunk(self.run, self.spill, self.index, self.payloads, self.sources, self.subs[rows], groups,
+                          self.types[keep], self.keys[keep], self.gdc, self.final)
+
+    @classmethod
+    def from_words(cls, run: int, spill: int, index: int, words: np.ndarray) -> "BuiltChunk":
+        """The plan of super events already built (a raw file's), over ``words`` as the one payload."""
+        words = np.ascontiguousarray(words, dtype=L.WORD)
+        subs, starts, types, keys = [], [], [], []
+        gdc = 0
+        pos, n = 0, words.shape[0]
+        while pos + _HDR <= n:
+            size = int(words[pos + _H_SIZE]) // 4
+            hsize = int(words[pos + _H_HEADER_SIZE]) // 4
+            if size < 2 * _HDR or pos + size > n or not words[pos + _H_ATTR2] & _SUPER:
+                raise PlanError(f"word {pos}: not a whole super event")
+            starts.append(len(subs))
+            types.append(int(words[pos + L.H_TYPE]) & L.TYPE_MASK)
+            event = int(words[pos + L.H_BURST_EVENT]) & L.EVENT_IN_BURST_MASK
+            keys.append({L.START_OF_BURST: SOB_KEY, L.END_OF_BURST: EOB_KEY}.get(types[-1], event + 1))
+            gdc = int(words[pos + _H_GDC])
+            sub = pos + hsize
+            while sub < pos + size:
+                ssize = int(words[sub + _H_SIZE]) // 4
+                if ssize < _HDR or sub + ssize > pos + size:
+                    raise PlanError(f"word {sub}: sub-event of {ssize} words does not fit its super event")
+                subs.append((0, sub, ssize))
+                sub += ssize
+            pos += size
+        return cls(run, spill, index, (words,), (words,), np.array(subs, np.int64).reshape(-1, PLAN_COLUMNS),
+                   np.array(starts + [len(subs)], np.int64), np.array(types, np.int32), np.array(keys, np.int64),
+                   gdc, final=True)
 
 
 @dataclass(frozen=True)
@@ -242,35 +369,53 @@ class BuilderStats:
 
 @dataclass
 class _Batch:
-    """Sub-events of one message (views of its payload)."""
+    """Sub-events of one message (views of its payload; ``source``: the payload as it is sent on)."""
 
     words: np.ndarray
     offsets: np.ndarray
     sizes: np.ndarray
     keys: np.ndarray
     types: np.ndarray
+    source: object
 
     def split(self, k: int) -> tuple["_Batch", "_Batch"]:
         """The first ``k`` sub-events and the rest (views, no copy)."""
-        return (_Batch(self.words, self.offsets[:k], self.sizes[:k], self.keys[:k], self.types[:k]),
-                _Batch(self.words, self.offsets[k:], self.sizes[k:], self.keys[k:], self.types[k:]))
+        return (_Batch(self.words, self.offsets[:k], self.sizes[:k], self.keys[:k], self.types[:k], self.source),
+                _Batch(self.words, self.offsets[k:], self.sizes[k:], self.keys[k:], self.types[k:], self.source))
 
 
 @dataclass
-class _ChunkBuffer:
-    """Built super events of one spill written in place: one buffer per chunk, filled up to ``used``."""
+class _ChunkPlan:
+    """The chunk being planned: the payloads it references and, per slice of super events built, the
+    sub-events' (payload, offset, words), the sub-events per super event, their types and keys."""
 
-    words: np.ndarray
-    used: int = 0
-    offsets: list = field(default_factory=list)  # arrays: word offset of each super event
-    sizes: list = field(default_factory=list)
+    payloads: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+    slot: dict = field(default_factory=dict)  # id(payload words) -> index in payloads
+    payload_bytes: int = 0
+    subs: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
     types: list = field(default_factory=list)
+    keys: list = field(default_factory=list)
+    used: int = 0  # words of the built events
     events: int = 0
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(words, offsets, sizes, types) of what it holds; the words a view of the buffer."""
+    def payload_index(self, batch: "_Batch") -> int:
+        i = self.slot.get(id(batch.words))
+        if i is None:
+            i = self.slot[id(batch.words)] = len(self.payloads)
+            self.payloads.append(batch.words)
+            self.sources.append(batch.source)
+            self.payload_bytes += int(batch.words.nbytes)
+        return i
+
+    def chunk(self, run: int, spill: int, index: int, gdc: int, final: bool) -> BuiltChunk:
         cat = (lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts))
-        return self.words[:self.used], cat(self.offsets), cat(self.sizes), cat(self.types)
+        counts = cat(self.counts)
+        groups = np.zeros(counts.shape[0] + 1, np.int64)
+        np.cumsum(counts, out=groups[1:])
+        return BuiltChunk(run, spill, index, tuple(self.payloads), tuple(self.sources), cat(self.subs), groups,
+                          cat(self.types), cat(self.keys), gdc, final)
 
 
 @dataclass
@@ -293,8 +438,8 @@ class _Spill:
     last_activity: float
     parts: dict[int, _Part] = field(default_factory=dict)
     built_upto: int = -1
-    buffer: _ChunkBuffer | None = None  # the chunk being filled
-    full: list = field(default_factory=list)  # full chunk buffers not handed on yet
+    buffer: _ChunkPlan | None = None  # the chunk being planned
+    full: list = field(default_factory=list)  # full chunk plans not handed on yet
     out_words: int = 0  # words built, not handed on (full chunks and the one being filled)
     out_since: float | None = None  # when the chunk being filled got its first event
     chunks: int = 0
@@ -318,9 +463,9 @@ class _Spill:
 
     @property
     def buffered_bytes(self) -> int:
-        """Memory this spill holds: message payloads of unbuilt sub-events, the chunk buffers of built
-        events not handed on (whole buffers)."""
-        held = sum(b.words.nbytes for b in self.full) + (self.buffer.words.nbytes if self.buffer is not None else 0)
+        """Memory this spill holds: message payloads of unbuilt sub-events, and those the chunks of built
+        events not handed on reference (whole payloads; one in both counted twice)."""
+        held = sum(b.payload_bytes for b in self.full) + (self.buffer.payload_bytes if self.buffer is not None else 0)
         return sum(p.retained_bytes for p in self.parts.values()) + held
 
 
@@ -376,11 +521,6 @@ class EventBuilder:
         self._pending_lost: dict[int, int] = {}
         self._pending_bad: dict[str, dict[str, int]] = {}
         self._pending_jumps: list = []
-        self._mean_event_words = 0.0  # of the super events built (chunk buffers are sized from it)
-        self._max_event_words = 0
-        #: chunk buffers handed on, which recycle() takes back: id -> weak reference (gone with the buffer)
-        self._issued: dict[int, weakref.ref] = {}
-        self._spares: list[np.ndarray] = []
 
     # ------------------------------------------------------------------ input
     @property
@@ -391,6 +531,7 @@ class EventBuilder:
         """Convenience: scan a payload (bytes) and :meth:`add` it."""
         return self.add(ldc, scan_payload(payload), now, lost=lost)
 
+
     def note_lost(self, ldc: int, lost: int) -> None:
         """Lost messages that cannot be attributed to a spill: reported with the next closed spill."""
         if lost:
@@ -398,25 +539,8 @@ class EventBuilder:
 
     @property
     def buffered_bytes(self) -> int:
-        """Memory the open spills hold (unbuilt message payloads, built events not handed on), and the
-        spare chunk buffers."""
-        return sum(sp.buffered_bytes for sp in self._open.values()) + sum(b.nbytes for b in self._spares)
-
-    def recycle(self, words: np.ndarray) -> None:
-        """Take back the buffer of a chunk's ``words`` once nothing reads them any more (the chunk's
-        task is done): the next chunk is written into it. Anything else is ignored."""
-        buf = words.base
-        ref = self._issued.get(id(buf))
-        if ref is None or ref() is not buf:
-            return
-        del self._issued[id(buf)]
-        self._keep_spare(buf)
-
-    def _keep_spare(self, buf: np.ndarray) -> None:
-        """Keep ``buf`` for a next chunk: at most SPARE_BUFFERS, and only within ``max_buffered_bytes``."""
-        if len(self._spares) < SPARE_BUFFERS and (self.max_buffered_bytes is None or
-                                                  self.buffered_bytes + buf.nbytes <= self.max_buffered_bytes):
-            self._spares.append(buf)
+        """Memory the open spills hold (unbuilt message payloads, payloads of built events not handed on)."""
+        return sum(sp.buffered_bytes for sp in self._open.values())
 
     def note_bad(self, ldc: str, kind: str, spill: tuple[int, int] | None = None, jump: int = 0) -> None:
         """A bad message of LDC label ``ldc``: reported with ``spill`` if open, else with the next closed spill."""
@@ -446,11 +570,12 @@ class EventBuilder:
             return True
         return False
 
-    def add(self, ldc: int, scan: PayloadScan, now: float, lost: int = 0) -> list[Output]:
+    def add(self, ldc: int, scan: PayloadScan, now: float, lost: int = 0, source=None) -> list[Output]:
         """Take the whole events of one message of ``ldc`` (all of one spill).
 
         ``lost`` is the number of messages of this LDC lost just before this one
-        (sequence gap); it is reported with this message's spill.
+        (sequence gap); it is reported with this message's spill. ``source``: the payload as the
+        chunks hand it on (the received ``zmq.Frame``; by default ``scan.words``).
         """
         ldc = int(ldc)
         self.stats.messages += 1
@@ -514,7 +639,8 @@ class EventBuilder:
             self.stats.late_events += n_bad
             offsets, sizes, keys, types = offsets[ok], sizes[ok], keys[ok], types[ok]
         if keys.shape[0]:
-            part.batches.append(_Batch(scan.words, offsets, sizes, keys, types))
+            part.batches.append(_Batch(scan.words, offsets, sizes, keys, types,
+                                       scan.words if source is None else source))
             part.pending_words += int(sizes.sum())
             part.retained_bytes += int(scan.words.nbytes)
             part.last_key = int(keys[-1])
@@ -535,8 +661,6 @@ class EventBuilder:
         out: list[Output] = []
         if self.max_buffered_bytes is None:
             return out
-        if self._spares and self.buffered_bytes > self.max_buffered_bytes:
-            self._spares.clear()
         tried: set = set()
         while self.buffered_bytes > self.max_buffered_bytes:
             candidates = [s for s in self._open.values() if s.key not in tried and s.buffered_bytes]
@@ -616,10 +740,10 @@ class EventBuilder:
         return out
 
     def _build(self, sp: _Spill, upto: int) -> None:
-        """Build every pending event of ``sp`` with key <= ``upto``, straight into its chunk buffers.
+        """Build every pending event of ``sp`` with key <= ``upto``: plan them into its chunks.
 
-        Each sub-event is copied once, from the message payload it arrived in to its place in a
-        chunk buffer; the super event's header is then written in front of its sub-events."""
+        Nothing is copied: the chunk records where each sub-event is (payload, offset, words), in
+        building order (by event, then LDC), and how many sub-events each super event has."""
         pieces: list[tuple[_Batch, int]] = []
         for ldc in sorted(sp.parts):
             part = sp.parts[ldc]
@@ -656,12 +780,9 @@ class EventBuilder:
         np.not_equal(skeys[1:], skeys[:-1], out=first[1:])
         starts = np.flatnonzero(first)
         ngroups = starts.shape[0]
-        group = np.cumsum(first) - 1  # group of each sub-event
         g_size = np.add.reduceat(sizes, starts) + _HDR
         g_end = np.cumsum(g_size)
         g_pos = g_end - g_size  # where each super event goes if all are written one after the other
-        within = np.cumsum(sizes) - sizes
-        dst_pos = g_pos[group] + _HDR + (within - within[starts][group])
         g_types = cat([b.types for b, _ in pieces]).astype(np.int32, copy=False)[order][starts]
         # completeness: expected LDCs present in each group
         expected_piece = np.array([ldc in self.expected for _, ldc in pieces], np.int64)
@@ -673,76 +794,41 @@ class EventBuilder:
         sp.events += ngroups
         sp.data_events += int(np.count_nonzero(is_data))
         self.stats.built_events += ngroups
-        self._max_event_words = max(self._max_event_words, int(g_size.max()))
-        self._mean_event_words += (float(g_end[-1]) / ngroups - self._mean_event_words) * min(1.0, ngroups / 1000)
-        # into chunk buffers: a chunk is full at chunk_events events, or once chunk_words are used
+        # into chunks: a chunk is full at chunk_events events, or once chunk_words are used
+        counts = np.diff(np.append(starts, n))
         g = 0
         while g < ngroups:
             buf = sp.buffer
             if buf is not None and (buf.events >= self.chunk_events or buf.used >= self.chunk_words):
                 sp.full.append(buf)
                 sp.buffer = buf = None
-            used = buf.used if buf is not None else 0
-            room = self.chunk_events - (buf.events if buf is not None else 0)
+            if buf is None:
+                sp.buffer = buf = _ChunkPlan()
+            room = self.chunk_events - buf.events
             # groups starting before chunk_words (at least one: the chunk is not full)
-            k = int(np.searchsorted(g_pos[g:], self.chunk_words - used + g_pos[g], side="left"))
+            k = int(np.searchsorted(g_pos[g:], self.chunk_words - buf.used + g_pos[g], side="left"))
             gb = g + max(1, min(room, k, ngroups - g))
             span = int(g_end[gb - 1] - g_pos[g])
-            buf = self._buffer_for(sp, span)
-            shift = buf.used - int(g_pos[g])
             ma, mb = int(starts[g]), (int(starts[gb]) if gb < ngroups else n)
             src = source[ma:mb]
-            for i, (piece, _) in enumerate(pieces):
-                sel = src == i
-                if len(pieces) == 1 or sel.all():
-                    copy_events(buf.words, dst_pos[ma:mb] + shift, piece.words, src_off[ma:mb], sizes[ma:mb])
-                    break
-                if sel.any():
-                    copy_events(buf.words, dst_pos[ma:mb][sel] + shift, piece.words, src_off[ma:mb][sel],
-                                sizes[ma:mb][sel])
-            pos = g_pos[g:gb] + shift
-            write_super_headers(buf.words, pos, g_size[g:gb], self.gdc_id)
-            buf.offsets.append(pos)
-            buf.sizes.append(g_size[g:gb])
+            slots = np.zeros(len(pieces), np.int64)
+            for i in (range(len(pieces)) if len(pieces) == 1 else np.unique(src).tolist()):
+                slots[i] = buf.payload_index(pieces[i][0])  # only the payloads this chunk's events are in
+            plan = np.empty((mb - ma, PLAN_COLUMNS), np.int64)
+            plan[:, 0] = slots[src]
+            plan[:, 1] = src_off[ma:mb]
+            plan[:, 2] = sizes[ma:mb]
+            buf.subs.append(plan)
+            buf.counts.append(counts[g:gb])
             buf.types.append(g_types[g:gb])
+            buf.keys.append(skeys[starts[g:gb]])
             buf.used += span
             buf.events += gb - g
             sp.out_words += span
             g = gb
 
-    def _buffer_for(self, sp: _Spill, span: int) -> _ChunkBuffer:
-        """The chunk buffer of ``sp`` with room for ``span`` more words (a new one, or grown: rarely)."""
-        buf = sp.buffer
-        if buf is None:
-            # sized for a whole chunk: chunk_events events of the mean size seen, or chunk_words (+ one event)
-            expected = min(self.chunk_events * self._mean_event_words * 1.05, self.chunk_words) + self._max_event_words
-            capacity = max(span, min(int(expected), MAX_PREALLOCATED_WORDS))
-            sp.buffer = buf = _ChunkBuffer(self._new_buffer(capacity))
-        elif buf.used + span > buf.words.shape[0]:
-            grown = self._new_buffer(max(2 * buf.words.shape[0], buf.used + span))
-            grown[:buf.used] = buf.words[:buf.used]
-            buf.words = grown
-        return buf
-
-    def _issue(self, buf: np.ndarray) -> None:
-        issued = self._issued
-
-        def gone(ref, key=id(buf)) -> None:
-            if issued.get(key) is ref:
-                del issued[key]
-
-        issued[id(buf)] = weakref.ref(buf, gone)
-
-    def _new_buffer(self, capacity: int) -> np.ndarray:
-        """A spare buffer of at least ``capacity`` words (spares too small are let go), or a new one."""
-        while self._spares:
-            spare = self._spares.pop()
-            if spare.shape[0] >= capacity and spare.shape[0] * MIN_BUFFER_USE <= capacity:
-                return spare
-        return np.empty(capacity, L.WORD)
-
     def _emit(self, sp: _Spill, now: float, *, final: bool, force: bool = False) -> list[Output]:
-        """Hand on built events: full chunks (and the one being filled when ``final``/``force``)."""
+        """Hand on built events: full chunks (and the one being planned when ``final``/``force``)."""
         buf = sp.buffer
         if buf is not None and (buf.events >= self.chunk_events or buf.used >= self.chunk_words):
             sp.full.append(buf)
@@ -758,15 +844,8 @@ class EventBuilder:
             sp.out_since = now  # a partial chunk stays: handed on chunk_max_age_s from now at the latest
         out: list[Output] = []
         for i, b in enumerate(take):
-            words, offs, sizes, types = b.arrays()
-            if b.used < MIN_BUFFER_USE * b.words.shape[0]:
-                words = words.copy()  # a partial chunk: do not keep the buffer's unused tail allocated
-                self._keep_spare(b.words)
-            else:
-                self._issue(b.words)
             sp.out_words -= b.used
-            out.append(BuiltChunk(sp.run, sp.spill, sp.chunks, words, offs, sizes, types,
-                                  final=final and i == len(take) - 1))
+            out.append(b.chunk(sp.run, sp.spill, sp.chunks, self.gdc_id, final=final and i == len(take) - 1))
             sp.chunks += 1
             self.stats.chunks += 1
         return out

@@ -51,11 +51,10 @@ import numpy as np
 import zmq
 
 from ..decoders import layout as L
-from ..decoders.decode import index_events
-from .builder import DATA_TYPES, BuiltChunk, ClosedSpill, EventBuilder
+from .builder import BuiltChunk, ClosedSpill, EventBuilder
 from .ingest_config import IngestConfig  # noqa: F401 - the [ingest] section, re-exported
 from .live import LiveExtras
-from .memory import MemoryBudget, resident_bytes
+from .memory import MemoryBudget, resident_bytes, retain_freed_memory
 from .subscriber import UNKNOWN_LDC, Subscriber
 from .workers import Task, TaskDone, WorkerPool, WorkerSetup
 
@@ -279,6 +278,8 @@ class IngestService:
                 "sequence_jumps": dict(sub.sequences.jumps),
                 "last_jump": dict(sub.sequences.last_jump),
                 "bad_messages": {l: dict(k) for l, k in sub.stats.bad_messages.items()},
+                "rcvhwm": sub.rcvhwm,
+                "hwm_reconnects": sub.hwm_reconnects,
             }
         try:
             out["memory"] = self.memory()
@@ -324,6 +325,7 @@ class IngestService:
             worker_refused_messages=pool.stats.refused_messages,
             worker_refused_results=pool.stats.refused_results,
             worker_refused_peers=pool.stats.refused_peers,
+            worker_refused_tasks=pool.stats.refused_tasks,
             loop_time=self.loop_time,
             bad_messages=self.bad_messages_by_label(),
             memory_budget_bytes=self.memory_budget.total_bytes if self.memory_budget else 0,
@@ -458,6 +460,9 @@ class IngestService:
     def _apply_memory_budget(self) -> None:
         """Share ``max_memory_mb`` between the stages, the process's warm footprint measured now."""
         budget = self.memory_budget = MemoryBudget.plan(self.config.max_memory_mb)
+        # freed memory (received messages, results) stays mapped up to the buffers' share, and blocks up to
+        # 32 MB come from the heap: the next message lands in pages already faulted in, not in fresh ones
+        retain_freed_memory(keep_bytes=budget.buffer_bytes)
         self.subscriber.set_queue_bytes(budget.receive_bytes)
         self.builder.max_buffered_bytes = budget.builder_bytes
         self.pool.max_task_bytes = budget.task_bytes
@@ -513,7 +518,7 @@ class IngestService:
                     if not builder.recover_lost(r.envelope.ldc, spill):
                         sub.sequences.keep_lost(r.envelope.ldc)
                         self.stats.relost_messages += 1
-                self._on_outputs(builder.add(r.envelope.ldc, r.scan, now, lost=r.lost), now)
+                self._on_outputs(builder.add(r.envelope.ldc, r.scan, now, lost=r.lost, source=r.payload), now)
             except Exception:  # noqa: BLE001 - one bad message must not stop the service
                 self.stats.internal_errors += 1
                 log.exception("LDC %d message %d could not be built; skipped", r.envelope.ldc,
@@ -551,6 +556,7 @@ class IngestService:
                     self._last_message_time = time.time()
                     self._take_messages(now)
                 if now >= next_timer:
+                    sub.idle(now)  # a lower receive high-water mark, applied between spills
                     self._on_outputs(builder.poll(now), now)
                     self._on_done(pool.poll(now))
                     next_timer = now + 0.05
@@ -610,19 +616,17 @@ class IngestService:
     def _submit(self, chunk: BuiltChunk, now: float) -> None:
         st = self._state(chunk.run, chunk.spill)
         pool = self.pool
-        task = Task(chunk.run, chunk.spill, chunk.index, chunk.words, chunk.data_events, chunk.n_events)
+        task = Task(chunk.run, chunk.spill, chunk.index, chunk, chunk.data_events, chunk.n_events)
         if pool.submit(task, now):
             return
         # decoding is behind: drop this chunk's PHYSICS/CALIBRATION events, keep START/END_OF_BURST
         st.dropped_events += chunk.data_events
-        st.dropped_numbers.append(_data_event_numbers(chunk.words))
+        st.dropped_numbers.append(chunk.data_event_numbers())
         self.stats.dropped_events += chunk.data_events
         self.stats.dropped_chunks += 1
         control = chunk.control_only()
-        self.builder.recycle(chunk.words)  # nothing reads the chunk's words any more
         if control is not None:
-            pool.submit(Task(chunk.run, chunk.spill, chunk.index, control.words, 0, control.n_events), now,
-                        force=True)
+            pool.submit(Task(chunk.run, chunk.spill, chunk.index, control, 0, control.n_events), now, force=True)
         else:
             st.done[chunk.index] = None
             self._merge_ready(st)
@@ -637,12 +641,9 @@ class IngestService:
                 continue
             if d.result is None:
                 st.dropped_events += task.data_events
-                st.dropped_numbers.append(_data_event_numbers(task.words))
+                st.dropped_numbers.append(task.chunk.data_event_numbers() if task.data_events else
+                                          np.zeros(0, np.int64))
                 self.stats.failed_events += task.data_events
-            if task.attempts == 1:
-                # sent once and answered: its words are read no more (a task sent again might still sit in
-                # the queue of the worker taken for dead), the next chunk is built into their buffer
-                self.builder.recycle(task.words)
             st.done[task.index] = d.result
             self._merge_ready(st)
             self._maybe_finish(st, now)
@@ -716,8 +717,8 @@ def warm_up_builder(config: IngestConfig, events_by_ldc: Mapping[int, Sequence[b
     """Build one spill of plain events per readout node (LDC id -> events, §9) with a throwaway :class:`EventBuilder`.
 
     Loads (or compiles, on a cold numba cache) the kernels the service thread
-    runs on live messages — payload scan, event building, the index of
-    dropped events — before the first message arrives.
+    runs on live messages — the payload scan (building only plans) — before
+    the first message arrives.
     """
     from .envelope import pack_envelope, parse_message
 
@@ -732,11 +733,4 @@ def warm_up_builder(config: IngestConfig, events_by_ldc: Mapping[int, Sequence[b
     outputs += builder.flush(0.0)
     for o in outputs:
         if isinstance(o, BuiltChunk):
-            _data_event_numbers(o.words)
-
-
-def _data_event_numbers(words: np.ndarray) -> np.ndarray:
-    """Event numbers in burst of the PHYSICS/CALIBRATION events in a buffer of built events."""
-    index = index_events(words)
-    data = (index.status == 0) & np.isin(index.type, DATA_TYPES)
-    return index.event[data].astype(np.int64)
+            o.data_event_numbers()

@@ -65,6 +65,9 @@ ASSUMED_MESSAGE_BYTES = 1 << 20
 MAX_NODES_TRACKED = 256
 #: ``ZMQ_MAXMSGSIZE`` is never set below this (a budget share smaller than one message)
 MIN_MAX_MESSAGE_BYTES = 4 << 20
+#: a lower receive high-water mark found while data flows waits until no message came for this long (and the
+#: queue is empty): the reconnection that applies it then drops nothing
+HWM_QUIET_S = 1.0
 
 
 class Observed(NamedTuple):
@@ -199,6 +202,9 @@ class SubscriberStats:
     bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
     last_error: str = ""
     last_error_at: float | None = None
+    #: messages counted lost in the first gap of each LDC after a reconnection that changed the receive
+    #: high-water mark (what the old connection's queues held; also in ``lost``)
+    lost_on_reconnect: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,8 @@ class Received:
     fault: str | None = None  # "reordered" or "sequence_jump" (duplicates are not handed on)
     recovered: bool = False  # a late message that had been counted lost (``lost`` was taken back)
     message: int = 0  # ordinal of the message (``stats.messages`` when it came; :attr:`Fault.message`)
+    #: the payload frame as received (a ``zmq.Frame``: the builder's chunks hand it on to workers uncopied)
+    payload: object = None
 
 
 class Subscriber:
@@ -238,8 +246,15 @@ class Subscriber:
     set before connecting (a size of :data:`ASSUMED_MESSAGE_BYTES` assumed for the
     nodes not heard of yet) and lowered while data flows when the messages turn
     out larger (by more than 25 %, at most every 5 s) — by reconnecting, since
-    changing the mark of a live connection can stall it for good; what the old
-    queues held is then lost and counted. A mark that could be higher waits for
+    changing the mark of a live connection can stall it for good. A reconnection
+    drops what the old connections held (the receive queue, the publisher's
+    queue for it), so a lower mark found while data flows waits until the
+    readout nodes are quiet (:meth:`idle`: nothing received for
+    :data:`HWM_QUIET_S` and the queue empty — between spills), where nothing is
+    in flight; the queues may hold more than their share meanwhile (at most the
+    ratio of the message sizes seen to those assumed). A gap that still
+    follows a reconnection is counted lost and also under
+    ``stats.lost_on_reconnect`` (per LDC). A mark that could be higher waits for
     the next (re)connection or :meth:`set_queue_bytes`. One message may not exceed
     the share (``ZMQ_MAXMSGSIZE``). Messages beyond are dropped by ZeroMQ on the
     readout node's side and counted here as sequence gaps.
@@ -293,6 +308,10 @@ class Subscriber:
         self._since_hwm_check = 0
         self._hwm_changed_at = -1e9
         self.hwm_reconnects = 0  # times the receive high-water mark was changed by reconnecting
+        #: a lower mark found while data flowed, applied by :meth:`idle` once the nodes are quiet
+        self.pending_hwm: int | None = None
+        self._last_message_at = -1e9
+        self._after_reconnect: set[int] = set()  # LDCs whose next gap is what a reconnection dropped
         if queue_bytes is not None:
             self.set_queue_bytes(queue_bytes)
         for ep in endpoints:
@@ -321,7 +340,26 @@ class Subscriber:
             now = time.monotonic()
             if not hwm < 0.8 * self.rcvhwm or now - self._hwm_changed_at < 5.0:
                 return
-            self._hwm_changed_at = now
+            self.pending_hwm = hwm  # when the nodes are quiet (idle()): a reconnection now would drop the queues
+            return
+        self._set_hwm(hwm, live)
+
+    def idle(self, now: float | None = None) -> bool:
+        """Apply a lower high-water mark found while data flowed, if the readout nodes are quiet now: nothing
+        received for :data:`HWM_QUIET_S` and nothing queued (the service calls it with its timers). True when
+        it reconnected."""
+        if self.pending_hwm is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if now - self._last_message_at < HWM_QUIET_S or self.socket.poll(0, zmq.POLLIN):
+            return False
+        hwm, self.pending_hwm = self.pending_hwm, None
+        self._hwm_changed_at = now
+        self._set_hwm(hwm, bool(self.stats.messages and self.endpoints))
+        return True
+
+    def _set_hwm(self, hwm: int, live: bool) -> None:
+        self.pending_hwm = None
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.rcvhwm = hwm
         if live:
@@ -333,6 +371,7 @@ class Subscriber:
                 self.socket.disconnect(endpoint)
                 self.socket.connect(endpoint)
             self.hwm_reconnects += 1
+            self._after_reconnect = set(self.sequences.last)
             log.info("receive high-water mark now %d messages per node (mean message %.0f kB): reconnected",
                      hwm, (self.mean_message_bytes or 0) / 1e3)
 
@@ -377,6 +416,7 @@ class Subscriber:
         nbytes = sum(len(v) for v in views)
         self.stats.messages += 1
         self.stats.bytes += nbytes
+        self._last_message_at = time.monotonic()
         mean = self.mean_message_bytes
         self.mean_message_bytes = float(nbytes) if mean is None else mean + (nbytes - mean) / 32.0
         try:
@@ -394,6 +434,10 @@ class Subscriber:
         elif len(self._ldc_mean) < MAX_NODES_TRACKED:
             self._ldc_mean[env.ldc] = float(nbytes)
         obs = self.sequences.observe(env.ldc, env.sequence)
+        if self._after_reconnect and env.ldc in self._after_reconnect:
+            self._after_reconnect.discard(env.ldc)
+            if obs.lost:
+                self.stats.lost_on_reconnect[env.ldc] = self.stats.lost_on_reconnect.get(env.ldc, 0) + obs.lost
         if obs.restarted:
             log.info("readout node LDC %d restarted (sequence 0 after %s)", env.ldc,
                      self.sequences.received.get(env.ldc, 0))
@@ -413,7 +457,7 @@ class Subscriber:
                         f"kept {scan.n_events} of {env.events} events: {scan.describe()}")
         self.stats.events += scan.n_events
         return Received(env, scan, obs.lost, obs.restarted, corrupt, nbytes, obs.fault, obs.recovered,
-                        self.stats.messages)
+                        self.stats.messages, frames[2])
 
     def recv(self, timeout_ms: int = 100, max_messages: int = 256) -> list[Received]:
         """Whatever arrives within ``timeout_ms`` (at most ``max_messages``); never raises on bad data."""

@@ -12,8 +12,16 @@ service → worker        ``SETUP, setup id, payload…``: text (the configurati
                         the channel map as CSV); the worker builds its processor from it
                         (:class:`WorkerSetup`), so every worker decodes exactly alike
 worker → service        ``READY, setup id, capacity``: the worker takes ``capacity`` tasks
-service → worker        ``TASK, task id, meta, words``: whole built DATE events of one
-                        spill (raw-file layout)
+service → worker        ``TASK, task id, meta, sub-events, groups, payload 0 … k-1``: built
+                        DATE events of one spill as a plan (:mod:`.builder`): ``meta``
+                        "run spill chunk gdc"; ``sub-events`` ``<i8`` n × 3 (payload,
+                        word offset, words), ``groups`` ``<i8`` super events + 1 (first
+                        sub-event of each, then n); the payloads are the readout nodes'
+                        message payloads as received (zero-copy frames). The worker
+                        validates the plan before touching memory and gathers the
+                        events into its own buffer (raw-file layout); a plan or
+                        frame that does not fit is refused: ``ERROR, task id,
+                        "refused task: …"``, counted by both sides
 worker → service        ``RESULT, task id, result frames…`` (the processor's explicit,
                         versioned format) or ``ERROR, task id, text``; each frees one unit
                         of capacity
@@ -22,9 +30,10 @@ service → worker        ``STOP``
 
 Nothing received is unpickled. The service checks every message's command,
 frame count and field formats before using it; a malformed message, a result
-that does not decode, or a HELLO of another protocol is refused, counted
+that does not decode, or a HELLO of another protocol (``na64-worker/4`` and
+older: whole events in one frame) is refused, counted
 (:class:`PoolStats` ``refused_messages``, ``refused_results``,
-``refused_peers``) and logged (rate-limited), and the thread goes on. With
+``refused_peers``; a task a worker refused: ``refused_tasks``) and logged (rate-limited), and the thread goes on. With
 :class:`CurveServer` keys the port speaks CurveZMQ: only workers whose public
 key is in the allowed directory get through (others are refused during the
 handshake and counted in ``refused_peers``); required beyond loopback.
@@ -63,11 +72,14 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..decoders import layout as L
 from ..errors import ConfigError
+from .builder import BuiltChunk, PlanError, gather
 from .endpoints import is_loopback  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = b"na64-worker/4"  # 3: results carry the candidates' raw events (result format 3); 4: sparse histograms
+#: 3: results carry the candidates' raw events (result format 3); 4: sparse histograms; 5: tasks are plans over
+#: the received payloads (zero-copy), gathered by the worker
+PROTOCOL = b"na64-worker/5"
 HELLO, SETUP, READY, TASK, RESULT, ERROR, STOP = (
     b"HELLO", b"SETUP", b"READY", b"TASK", b"RESULT", b"ERROR", b"STOP")
 _ID = struct.Struct("<Q")
@@ -75,6 +87,32 @@ MAX_CAPACITY = 1024
 ZAP_DOMAIN = "na64-workers"
 #: largest frame the service accepts from a worker (a result is a few MB)
 MAX_MESSAGE_BYTES = 256 << 20
+#: prefix of the ERROR text of a task a worker refused (a plan or frame that does not fit)
+REFUSED_TASK = b"refused task: "
+_MAX_U32 = (1 << 32) - 1
+
+
+def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:
+    """The built events of a TASK message (``TASK, id, meta, sub-events, groups, payload…``), gathered into
+    ``out`` if large enough (a view of it), else a new buffer. Everything is checked before memory is touched:
+    frame count, meta, the plan's shapes and every sub-event inside its payload; :class:`PlanError` otherwise."""
+    n = len(frames)
+    if n < 6:
+        raise PlanError(f"a task has TASK, id, meta, sub-events, groups and at least one payload; got {n} frames")
+    bufs = [memoryview(getattr(f, "buffer", f)).cast("B") for f in frames[2:]]
+    meta = bytes(bufs[0][:64]).split(b" ")
+    if len(bufs[0]) > 64 or len(meta) != 4 or not all(m.isdigit() and len(m) <= 10 for m in meta):
+        raise PlanError(f"meta {bytes(bufs[0][:64])!r} is not 'run spill chunk gdc'")
+    gdc = int(meta[3])
+    if gdc > _MAX_U32:
+        raise PlanError(f"gdc {gdc} is not a 32-bit number")
+    subs_buf, groups_buf = bufs[1], bufs[2]
+    if len(subs_buf) % 24 or len(groups_buf) % 8:
+        raise PlanError(f"plan frames of {len(subs_buf)} and {len(groups_buf)} bytes are not whole <i8 rows")
+    subs = np.frombuffer(subs_buf, dtype="<i8").reshape(-1, 3)
+    groups = np.frombuffer(groups_buf, dtype="<i8")
+    payloads = [np.frombuffer(b[:len(b) - len(b) % 4], dtype=L.WORD) for b in bufs[3:]]
+    return gather(payloads, subs, groups, gdc, out=out)
 _AUTH_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                 | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -167,13 +205,24 @@ class CurveServer:
 
 
 # =========================================================================== worker side
+def keepalive(sock: zmq.Socket, idle_s: int = 1, count: int = 5) -> None:
+    """Detect a dead peer (host down, cable) by TCP keepalive: probes after ``idle_s`` of silence, every
+    ``idle_s``, ``count`` of them. Not ZMTP heartbeats: those are answered by the peer's ZeroMQ I/O thread,
+    so a peer stalled for a few seconds (a loaded or paging host) missed them and its connection was closed
+    — with the tasks or results queued on it, a task then waiting ``task_timeout_s`` for its retry; the kernel
+    answers keepalive probes however busy the process is. (A local worker on ``ipc://`` that dies closes its
+    socket.)"""
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, idle_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, count)
+
+
 def _socket_options(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, 5000)
+    keepalive(sock)
 
 
 def _warm_up(warm_up: Callable[[Any], None], processor) -> None:
@@ -217,8 +266,9 @@ def run_worker(
     processor = None
     setup_id = b""
     setup_failed = False
-    done = 0
+    done = refused = 0
     last_rx = 0.0
+    scratch = None  # the buffer tasks are gathered into (kept: its pages stay mapped)
     try:
         sock.send_multipart([HELLO, PROTOCOL, setup_id])
         last_hello = time.monotonic()
@@ -253,17 +303,21 @@ def run_worker(
                 setup_failed = False
                 sock.send_multipart([READY, setup_id, str(int(capacity)).encode()])
                 continue
-            if kind == TASK and len(frames) == 4 and len(frames[1].bytes) == _ID.size:
+            if kind == TASK and len(frames) >= 2 and len(frames[1].bytes) == _ID.size:
                 task_id = frames[1].bytes
                 if processor is None:
                     sock.send_multipart([ERROR, task_id, b"worker has no setup"])
                     sock.send_multipart([HELLO, PROTOCOL, setup_id])
                     continue
                 try:
-                    buf = frames[3].buffer
-                    if len(buf) % 4:
-                        raise ValueError(f"task of {len(buf)} bytes is not whole 32-bit words")
-                    words = np.frombuffer(buf, dtype=L.WORD)
+                    words = gather_task(frames, scratch)
+                except PlanError as exc:  # refused before any memory was touched
+                    refused += 1
+                    log.warning("task refused (%d so far): %s", refused, exc)
+                    sock.send_multipart([ERROR, task_id, REFUSED_TASK + str(exc).encode()[:4000]])
+                    continue
+                scratch = words.base if words.base is not None else words  # the next task is gathered here
+                try:
                     result = processor.encode_result(processor.accumulate(words))
                 except Exception as exc:  # noqa: BLE001 - reported to the service
                     log.exception("task failed")
@@ -281,12 +335,12 @@ def run_worker(
 # =========================================================================== service side
 @dataclass(eq=False)
 class Task:
-    """Built events of one spill to decode (chunk ``index`` of the spill)."""
+    """Built events of one spill to decode (chunk ``index`` of the spill), as the builder planned them."""
 
     run: int
     spill: int
     index: int
-    words: np.ndarray
+    chunk: BuiltChunk
     data_events: int
     n_events: int
     task_id: int = 0
@@ -330,6 +384,8 @@ class PoolStats:
     refused_results: int = 0
     #: peers refused: CurveZMQ handshake failed (unknown key), or a HELLO of another protocol
     refused_peers: int = 0
+    #: tasks a worker refused (``ERROR, id, "refused task: …"``: a plan or frame that does not fit; counted failed)
+    refused_tasks: int = 0
 
 
 class _RateLimitedLog:
@@ -419,8 +475,7 @@ class WorkerPool:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, int(sndhwm))
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        keepalive(self.socket)
         self.monitor_socket = None
         if curve is not None:
             self.socket.curve_server = True
@@ -527,9 +582,10 @@ class WorkerPool:
     # --------------------------------------------------------------- tasks
     @property
     def task_bytes(self) -> int:
-        """Bytes of events the service holds for tasks: waiting, or sent and kept for a retry."""
-        return (sum(int(t.words.nbytes) for t in self.queue)
-                + sum(int(t.words.nbytes) for t in self.outstanding.values()))
+        """Bytes the service holds for tasks, waiting or sent and kept for a retry: the message payloads
+        they reference (a payload shared by two tasks counted with each)."""
+        return (sum(t.chunk.nbytes for t in self.queue)
+                + sum(t.chunk.nbytes for t in self.outstanding.values()))
 
     def can_accept(self, nbytes: int = 0) -> bool:
         """Whether a new task of ``nbytes`` fits: room in the bounded queue, and within ``max_task_bytes``
@@ -542,7 +598,7 @@ class WorkerPool:
 
     def submit(self, task: Task, now: float, *, force: bool = False) -> bool:
         """Queue ``task``; False (task not taken) when the queue is full, unless ``force``."""
-        if not force and not self.can_accept(int(task.words.nbytes)):
+        if not force and not self.can_accept(task.chunk.nbytes):
             return False
         task.task_id = self._next_id
         self._next_id += 1
@@ -570,8 +626,10 @@ class WorkerPool:
                 return
             w = max(free, key=lambda w: (w.credits, -len(w.tasks)))
             task = self.queue.popleft()
-            meta = f"{task.run} {task.spill} {task.index}".encode()
-            if not self._send(w.ident, [TASK, _ID.pack(task.task_id), meta, task.words]):
+            chunk = task.chunk
+            meta = f"{task.run} {task.spill} {task.index} {chunk.gdc}".encode()
+            # the payloads as received (zmq.Frame: sent by reference, no copy), after the plan
+            if not self._send(w.ident, [TASK, _ID.pack(task.task_id), meta, *chunk.plan_frames(), *chunk.sources]):
                 self.queue.appendleft(task)
                 self._forget(w, now)
                 continue
@@ -581,7 +639,7 @@ class WorkerPool:
             task.sent_at = now
             task.attempts += 1
             self.outstanding[task.task_id] = task
-            self.stats.bytes_sent += int(task.words.nbytes)
+            self.stats.bytes_sent += chunk.nbytes
 
     def _forget(self, w: _Worker, now: float) -> list[TaskDone]:
         """Drop a worker; its tasks go back to the queue (or fail)."""
@@ -714,6 +772,8 @@ class WorkerPool:
         w.tasks.discard(tid)
         if kind == ERROR:
             text = frames[3].bytes[:2000].decode(errors="replace")
+            if frames[3].bytes.startswith(REFUSED_TASK):
+                self.stats.refused_tasks += 1
             log.error("task %d (run %d spill %d chunk %d) failed on %s: %s", tid, task.run, task.spill,
                       task.index, _who(ident), text)
             self.stats.tasks_failed += 1
@@ -816,7 +876,7 @@ def worker_curve_keys(key_file: str, server_key_file: str) -> tuple[bytes, bytes
     return public, secret, server
 
 
-__all__ = ["PROTOCOL", "CurveServer", "PoolStats", "Task", "TaskDone", "WorkerPool", "WorkerSetup",
+__all__ = ["PROTOCOL", "REFUSED_TASK", "gather_task", "CurveServer", "PoolStats", "Task", "TaskDone", "WorkerPool", "WorkerSetup",
            "is_loopback", "load_key", "make_keys", "run_worker", "worker_curve_keys", "write_public_key"]
 
 if __name__ == "__main__":  # pragma: no cover - the worker program is `na64-online worker`

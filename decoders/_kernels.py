@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
-from . import estimators
+from . import _vector, estimators
 from . import layout as L
 from .channelmap import SRC_MSADC as _SRC_MSADC
 from .channelmap import SRC_SCALERS as _SRC_SCALERS
@@ -114,6 +115,8 @@ _PORTS = L.PORTS
 _CH_PER_PORT = L.CHANNELS_PER_PORT
 _CH_PER_ADC = L.CHANNELS_PER_ADC
 _MAX_SRC = L.MAX_SRC_ID
+_VECTOR_SAMPLES = estimators.VECTOR_SAMPLES
+_SLOT_LANES = _vector.SLOT_LANES
 _PEDESTAL_EVEN = ESTIMATES.index("pedestal_even")
 _PEDESTAL_ODD = ESTIMATES.index("pedestal_odd")
 _AMPLITUDE = ESTIMATES.index("amplitude")
@@ -416,9 +419,9 @@ def _bad_marker(words, first, nwords):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _store_channel(k, slot, words, first, n, gain, params, nsamples, estimates, saturated, samples):
-    """The estimators of one good channel (n samples from data word ``first``) into (row k, slot)."""
-    pedestal_even, pedestal_odd, amp, full_scale = estimators.channel(words, first, n, params.pedestal_samples)
+def _store_channel(k, slot, words, first, n, gain, params, nsamples, estimates, saturated, samples,
+                   pedestal_even, pedestal_odd, amp, full_scale):
+    """One good channel (n samples from data word ``first``, its estimators) into (row k, slot)."""
     nsamples[k, slot] = n
     estimates[_PEDESTAL_EVEN, k, slot] = pedestal_even
     estimates[_PEDESTAL_ODD, k, slot] = pedestal_odd
@@ -442,6 +445,7 @@ def _decode_msadc(words, a, b, k, src, event_number, lookup, gain, params, nsamp
     A channel's results are written only once the whole channel has checked
     out, so a damaged channel never overwrites an earlier good copy.
     """
+    vector = estimators.vector_window(params.pedestal_samples)
     q = a
     while q < b:
         h = words[q]
@@ -477,7 +481,16 @@ def _decode_msadc(words, a, b, k, src, event_number, lookup, gain, params, nsamp
                 _log(log, k, src, _ISSUE_CH_SAMPLES, n, r)
                 break
             chan_id = (ch >> _CH_CHAN_SHIFT) & _CH_CHAN_MASK
-            bad_marker = _bad_marker(words, r + 1, nwords)
+            if n == _VECTOR_SAMPLES and vector:
+                # the common channel: markers and estimators in one piece of vector code
+                pedestal_even, pedestal_odd, amp, full_scale, markers_good = estimators.channel32(
+                    words, r + 1, params.pedestal_samples)
+                bad_marker = -1 if markers_good else _bad_marker(words, r + 1, nwords)
+            else:
+                bad_marker = _bad_marker(words, r + 1, nwords)
+                if bad_marker < 0:
+                    pedestal_even, pedestal_odd, amp, full_scale = estimators.channel(
+                        words, r + 1, n, params.pedestal_samples)
             if bad_marker >= 0:
                 _log(log, k, src, _ISSUE_MARKER, words[bad_marker] >> _MARKER_SHIFT, bad_marker)
                 break
@@ -485,7 +498,8 @@ def _decode_msadc(words, a, b, k, src, event_number, lookup, gain, params, nsamp
             if slot < 0:
                 _log(log, k, src, _ISSUE_UNKNOWN_CH, port * _CH_PER_PORT + adc_id * _CH_PER_ADC + chan_id, r)
             else:
-                _store_channel(k, slot, words, r + 1, n, gain, params, nsamples, estimates, saturated, samples)
+                _store_channel(k, slot, words, r + 1, n, gain, params, nsamples, estimates, saturated, samples,
+                               pedestal_even, pedestal_odd, amp, full_scale)
             r += 1 + nwords
         q = end
 
@@ -565,6 +579,13 @@ def add_slot_sums(i, nsamples, pedestal_even, pedestal_odd, amplitude, saturated
         sums[_AMP2, j] += xh * xh
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _clear_slot(k, slot, estimates, saturated):
+    saturated[k, slot] = False
+    for e in range(estimates.shape[0]):
+        estimates[e, k, slot] = 0.0
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
@@ -598,11 +619,15 @@ def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
         if status[k] == 0:
             _decode_row(words, offsets[k], sizes[k], k, src_kind, lookup, gain, params, nsamples, estimates,
                         saturated, samples, events, ldc_mask, log)
-        for slot in range(nslots):
+        # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
+        for group in range(nslots // _SLOT_LANES):
+            stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
+            while stale != 0:
+                _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
+                stale &= stale - 1
+        for slot in range(nslots - nslots % _SLOT_LANES, nslots):
             if previous[slot] != 0 and nsamples[k, slot] == 0:
-                saturated[k, slot] = False
-                for e in range(estimates.shape[0]):
-                    estimates[e, k, slot] = 0.0
+                _clear_slot(k, slot, estimates, saturated)
         if select.shape[0] and select[k]:
             add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
                           slot_counts, slot_totals)

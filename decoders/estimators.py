@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import layout
+from . import _vector, layout
 
 _FULL_SCALE = layout.ADC_SATURATION
 _PER_WORD = layout.SAMPLES_PER_WORD
@@ -153,3 +153,28 @@ def channel(words, first, n, window):
         amp = max(amp, (amp_odd >> _ODD_SHIFT) - pedestal_odd)
     full = max(max(top_even, amp_even), max(top_odd, amp_odd) >> _ODD_SHIFT)
     return pedestal_even, pedestal_odd, amp, full >= _FULL_SCALE
+
+
+#: sample count of the channels :func:`channel32` handles
+VECTOR_SAMPLES = _vector.SAMPLES
+
+
+@njit(cache=True, nogil=True, inline="always")
+def vector_window(window):
+    """Whether :func:`channel32` handles pedestal windows of ``window`` samples (even, shorter than the channel)."""
+    return window % _PER_WORD == 0 and 0 < window < _vector.SAMPLES
+
+
+@njit(cache=True, nogil=True, inline="always")
+def channel32(words, first, window):
+    """:func:`channel` of a channel of exactly 32 samples (16 data words from ``words[first]``) with a
+    :func:`vector_window`, in vector code (:mod:`._vector`), plus whether the 16 words carry the right
+    data markers. The same numbers bit for bit: the same integer sums and maxima, then the same
+    float64 divisions, subtractions and comparisons in the same order."""
+    half = window // _PER_WORD
+    sums, tops, full, markers_good = _vector.channel_words16(words, first, half)
+    pedestal_even = np.uint32(sums & _vector.LANE_MASK) / half
+    pedestal_odd = np.uint32(sums >> _vector.LANE_BITS) / half
+    amp = np.uint32(tops & _vector.LANE_MASK) - pedestal_even
+    amp = max(amp, np.uint32(tops >> _vector.LANE_BITS) - pedestal_odd)
+    return pedestal_even, pedestal_odd, amp, full != 0, markers_good != 0

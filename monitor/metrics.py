@@ -82,6 +82,7 @@ class ServiceHealth:
     worker_refused_messages: int = 0  # malformed messages on the worker port
     worker_refused_results: int = 0  # worker results that did not decode
     worker_refused_peers: int = 0  # workers refused: CurveZMQ handshake failed or another protocol
+    worker_refused_tasks: int = 0  # tasks a worker refused (plan or frames not fitting: never gathered)
     loop_time: float | None = None  # Unix s of the ingest loop's last pass (a stuck loop stops it)
     #: bad messages since start: LDC label (an expected LDC, "other", "unknown") -> kind -> count
     bad_messages: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # plain: /api/health asdict()s it
@@ -335,6 +336,8 @@ class Na64Collector(Collector):
         counter("na64_worker_refused_results", "worker results refused (did not decode)", s.worker_refused_results)
         counter("na64_worker_refused_peers", "workers refused (CurveZMQ handshake or protocol)",
                 s.worker_refused_peers)
+        counter("na64_worker_refused_tasks", "tasks a worker refused (plan or frames not fitting)",
+                s.worker_refused_tasks)
         gauge("na64_service_start_time_seconds", "Unix time the service process started", s.started,
               unit="seconds")
         gauge("na64_workers_ready", "decoder workers (local and remote) ready for tasks", s.workers_ready)

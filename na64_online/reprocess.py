@@ -44,6 +44,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Sequence
@@ -140,18 +141,33 @@ class StepSummary:
 
 @dataclass(frozen=True, eq=False)
 class IndexStep:
-    """A task's result: one step of a file's index pass (:meth:`~.daq.rawfile.RawFile.walk_step`), the plans
-    of the spills it completed and where the walk stands (the next step's input, on the same worker)."""
+    """A task's result: one step of a file's index pass (:meth:`~.daq.rawfile.RawFile.walk_step`), the spills it
+    completed either decoded there (``results``: each spill's accumulator in the wire format, in spill order) or
+    as plans for spill tasks (``spills``), and where the walk stands: ``number`` (steps from the file's start,
+    this one included) and ``walk_id``, the walk kept by the worker that ran the step (:func:`_walk_after`).
+    Without plans it is small (~0.3 MB per spill of 10^5 events): the client fetches it as it is."""
 
     summary: StepSummary
     spills: tuple[SpillPlan, ...]
-    walk: object  # daq.rawfile.IndexWalk
     any_spill: bool
+    results: tuple[list[np.ndarray], ...] = ()
+    number: int = 0
+    walk_id: str | None = None
 
 
-def _rebase(path: str, segment) -> SpillPlan:
-    """Cut a spill's bytes out of the stream: the word ranges of its accepted events, per re-aligned piece."""
-    index: EventIndex = segment.index
+@dataclass(frozen=True, eq=False)
+class StepResult:
+    """What the client fetches of an index step: its summary and, when the step decoded its spills, their
+    results (in spill order), ~0.3 MB per spill of 10^5 events."""
+
+    summary: StepSummary
+    results: tuple[list[np.ndarray], ...] = ()
+
+
+def _pieces(index: EventIndex) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], int]:
+    """A spill's bytes: per re-aligned piece (one unless a byte-shifted resync re-aligned the stream) the word
+    range of its accepted events; returns the accepted rows, their word offsets into the concatenated pieces,
+    the pieces ``(byte offset in the file, bytes)`` and the words in all."""
     accepted = index.status == 0
     # byte shift of each row's word grid relative to the file (0 everywhere unless the stream was re-aligned)
     shift = index.source_offset - 4 * index.offset
@@ -165,6 +181,13 @@ def _rebase(path: str, segment) -> SpillPlan:
         offsets[rows] = index.offset[rows] - lo + base
         pieces.append((lo * 4 + int(delta), (hi - lo) * 4))
         base += hi - lo
+    return accepted, offsets, pieces, base
+
+
+def _rebase(path: str, segment) -> SpillPlan:
+    """Cut a spill's bytes out of the stream: the word ranges of its accepted events, per re-aligned piece."""
+    index: EventIndex = segment.index
+    _, offsets, pieces, base = _pieces(index)
     columns = {name: getattr(index, name) for name in ("size", "status", "type", "run", "spill", "event",
                                                         "trigger_mask", "time", "super_event", "ldc", "skipped",
                                                         "source_offset")}
@@ -172,36 +195,134 @@ def _rebase(path: str, segment) -> SpillPlan:
     return SpillPlan(path, segment.run, segment.spill, segment.complete, rebased, tuple(pieces))
 
 
-def index_step(path: str, previous: IndexStep | None = None) -> IndexStep:
+#: the files this worker process has mapped for index steps, by path: (identity, RawFile), most recent last.
+#: A file's next step on this worker decodes from the pages the last one mapped (its last kernel call
+#: indexed into the next spill) instead of mapping and faulting them again; a step releases the pages
+#: before its last spill cut (:meth:`~.daq.rawfile.RawFile.release_pages`), and the walk's end the file.
+_RAW_FILES: collections.OrderedDict = collections.OrderedDict()
+_RAW_FILES_LOCK = threading.Lock()
+#: files kept mapped at most (passes of other runs, or of a client that went away, are dropped oldest first)
+RAW_FILES_KEPT = 4
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # RawFile says why
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _raw_file(path: str, verified: bool):
+    """This worker's mapping of the file (a new one if it changed since it was mapped)."""
+    from .daq.rawfile import RawFile
+
+    identity = _identity(path)
+    with _RAW_FILES_LOCK:
+        kept = _RAW_FILES.get(path)
+        if kept is not None and kept[0] == identity and identity is not None:
+            _RAW_FILES.move_to_end(path)
+            return kept[1]
+    raw = RawFile(path, verified=verified)
+    if identity is not None:
+        with _RAW_FILES_LOCK:
+            _RAW_FILES[path] = (identity, raw)
+            while len(_RAW_FILES) > RAW_FILES_KEPT:
+                _RAW_FILES.popitem(last=False)
+    return raw
+
+
+def _forget_raw_file(path: str, raw) -> None:
+    with _RAW_FILES_LOCK:
+        if path in _RAW_FILES and _RAW_FILES[path][1] is raw:
+            del _RAW_FILES[path]
+
+
+#: where the index passes run on this worker stand, by walk id (:class:`IndexStep`), most recent last: a
+#: pass's next step takes its walk from here (an :class:`~.daq.rawfile.IndexWalk` holds the index rows since
+#: the last spill cut, up to a kernel call's worth), so the walk never travels as a task's result
+_WALKS: collections.OrderedDict = collections.OrderedDict()
+#: walks kept at most (a pass whose next step never came: its run ended, its client went away)
+WALKS_KEPT = 16
+
+
+def _keep_walk(walk) -> str:
+    walk_id = uuid.uuid4().hex
+    with _RAW_FILES_LOCK:
+        _WALKS[walk_id] = walk
+        while len(_WALKS) > WALKS_KEPT:
+            _WALKS.popitem(last=False)
+    return walk_id
+
+
+def _walk_after(raw, previous: IndexStep):
+    """Where the walk stands after ``previous``: the walk that step left on this worker, or, when it is not
+    here (the step ran on another worker, since gone; this step is re-run), the walk re-done from the file's
+    start to there — the steps are the same (each up to a completed spill), only not decoded."""
+    with _RAW_FILES_LOCK:
+        walk = _WALKS.pop(previous.walk_id, None)
+    if walk is not None:
+        return walk
+    walk = raw.start_walk()
+    for _ in range(previous.number):
+        segments: list = []
+        while not segments and not walk.done:
+            segments, walk = raw.walk_step(walk)
+        del segments
+        raw.release_pages(walk.start)
+    return walk
+
+
+def index_step(path: str, previous: IndexStep | None = None, setup: tuple[bytes, ...] | None = None) -> IndexStep:
     """Task: the next step of a file's index pass (``replay``'s, :meth:`~.daq.rawfile.RawFile.iter_spills`),
     from where ``previous`` left it (None: the file's start); steps until one completes a spill or ends
-    the file. Chained, so spill tasks start while the rest of the file is indexed."""
-    from .daq.rawfile import RawFile
+    the file. Chained (the previous step is its input, so Dask runs it where that one ran and the walk is
+    there), so spills are decoded while the rest of the file is indexed.
+
+    With ``setup`` (:func:`~.worker_setup.encode_setup`) the spills it completes are decoded here, from the
+    pages the index pass just mapped, by ``replay``'s own call (``SpillProcessor.accumulate`` on the
+    segment), and their results are part of the step; without, it gives their plans for spill tasks
+    (:func:`process_spill`). Either way the pages before the last spill cut are released after."""
     from .service import file_notes
 
+    number = previous.number + 1 if previous is not None else 1
     if previous is not None and previous.summary.done:  # asked ahead of the file's end: nothing more
-        return IndexStep(dataclasses.replace(previous.summary, spills=()), (), previous.walk, previous.any_spill)
-    raw = RawFile(path, verified=previous is not None)
+        return IndexStep(dataclasses.replace(previous.summary, spills=(), notes=()), (), previous.any_spill,
+                         number=number)
+    raw = _raw_file(path, verified=previous is not None)
     if raw.size == 0:
-        return IndexStep(StepSummary(path, 0, (), True, (("error", "the file is empty (0 bytes)"),)), (), None,
-                         False)
-    walk = previous.walk if previous is not None else raw.start_walk()
+        _forget_raw_file(path, raw)
+        return IndexStep(StepSummary(path, 0, (), True, (("error", "the file is empty (0 bytes)"),)), (), False,
+                         number=number)
+    walk = _walk_after(raw, previous) if previous is not None else raw.start_walk()
     any_spill = previous is not None and previous.any_spill
     segments: list = []
     while not segments and not walk.done:
         segments, walk = raw.walk_step(walk)
-    plans = tuple(_rebase(path, s) for s in segments)
-    any_spill = any_spill or bool(plans)
+    try:
+        if setup is not None:
+            processor = _processor(setup)
+            plans: tuple[SpillPlan, ...] = ()
+            results = tuple(_encoded(processor, processor.accumulate(s.words, s.index)) for s in segments)
+            spills = tuple(SpillSummary(s.run, s.spill, s.complete, _pieces(s.index)[3] * 4) for s in segments)
+        else:
+            plans = tuple(_rebase(path, s) for s in segments)
+            results = ()
+            spills = tuple(SpillSummary(p.run, p.spill, p.complete, sum(n for _, n in p.pieces)) for p in plans)
+    finally:
+        del segments  # views of the mapping
+        if walk.done:
+            _forget_raw_file(path, raw)
+        raw.release_pages(raw.size if walk.done else walk.start)
+    any_spill = any_spill or bool(spills)
     notes = tuple((n.level, n.text) for n in file_notes(walk.stats, any_spill)) if walk.done else ()
-    summary = StepSummary(path, raw.size, tuple(SpillSummary(p.run, p.spill, p.complete,
-                                                             sum(n for _, n in p.pieces)) for p in plans),
-                          walk.done, notes)
-    return IndexStep(summary, plans, walk, any_spill)
+    summary = StepSummary(path, raw.size, spills, walk.done, notes)
+    return IndexStep(summary, plans, any_spill, results, number, None if walk.done else _keep_walk(walk))
 
 
-def step_summary(step: IndexStep) -> StepSummary:
-    """Task: the small part of an index step the client needs."""
-    return step.summary
+def step_result(step: IndexStep) -> StepResult:
+    """Task: the part of an index step the client needs (its walk and plans stay on the worker)."""
+    return StepResult(step.summary, step.results)
 
 
 def spill_plan(step: IndexStep, number: int) -> SpillPlan:
@@ -279,13 +400,17 @@ def _processor(setup: tuple[bytes, bytes]):
     return processor
 
 
-def process_spill(plan: SpillPlan, setup: tuple[bytes, bytes]) -> list[np.ndarray]:
+def _encoded(processor, acc) -> list[np.ndarray]:
+    # as arrays: Dask sends their buffers as they are (no copy into bytes objects, no pickling of the data)
+    return [np.frombuffer(frame, dtype=np.uint8) for frame in processor.encode_result(acc)]
+
+
+def process_spill(plan: SpillPlan, setup: tuple[bytes, ...]) -> list[np.ndarray]:
     """Task: decode one spill from its own bytes; the accumulator in the workers' wire format."""
     processor = _processor(setup)
     with spill_words(plan) as words:
         acc = processor.accumulate(words, plan.index)
-    # as arrays: Dask sends their buffers as they are (no copy into bytes objects, no pickling of the data)
-    return [np.frombuffer(frame, dtype=np.uint8) for frame in processor.encode_result(acc)]
+    return _encoded(processor, acc)
 
 
 # =========================================================================== the client
@@ -376,35 +501,46 @@ def _reason(exc: BaseException) -> str:
 
 @dataclass(eq=False)
 class _FileRun:
-    """One file of a run, as the client follows it: its index steps asked for (step, summary futures),
-    how many of them it took in, its spills known and not yet given a task, its spill tasks in order."""
+    """One file of a run, as the client follows it: its index steps asked for and not yet taken in (step,
+    result futures), where its index pass runs, its spills known and not yet given a task, and its spills
+    to merge, in order: decoded in their index step (the result at hand) or by a spill task (its future)."""
 
     i: int
     path: str
-    steps: list = field(default_factory=list)
-    heard: int = 0
+    asked: int = 0  # index steps asked for
+    last: object = None  # the last step asked for (the next one's input)
+    steps: collections.deque = field(default_factory=collections.deque)  # (step future, result future)
+    heard: int = 0  # steps taken in
+    worker: str | None = None  # where its index pass runs (a hint to Dask: loose)
     indexed: bool = False  # its index pass ended (or failed)
     end: StepSummary | None = None
     skipped: str | None = None  # why the file cannot be read
     waiting: collections.deque = field(default_factory=collections.deque)  # (step future, summary, n)
-    items: collections.deque = field(default_factory=collections.deque)  # (summary, n, part, spill future)
+    items: collections.deque = field(default_factory=collections.deque)  # (summary, n, part, future, frames)
+
+    def decoded(self) -> int:
+        """Its spills decoded in index steps, held here until merged."""
+        return sum(1 for item in self.items if item[4] is not None)
 
 
 class Reprocessor:
     """Runs files on a Dask cluster and merges the spills through ``replay``'s monitor, in order.
 
     ``on_record(record)`` / ``on_note(path, level, text)`` are called in the
-    client's thread as results are merged.
+    client's thread as results are merged. ``window``: spill tasks in flight (default 4 per worker
+    thread); ``ahead``: spills decoded in the index steps of files after the one being merged that the
+    client holds at most (default 16 per worker thread, ~0.3 MB each for 10^5 events).
     """
 
     def __init__(self, config, channel_map, cluster: ClusterConfig, *, archive: str | None = None,
-                 progress: bool = False, window: int | None = None) -> None:
+                 progress: bool = False, window: int | None = None, ahead: int | None = None) -> None:
         self.config = config
         self.channel_map = channel_map
         self.cluster_config = cluster
         self.archive = archive
         self.progress = progress
         self.window = window
+        self.ahead = ahead
         self.stats = ReprocessStats()
 
     def run(self, files: Sequence[str | os.PathLike], on_record: Callable[[dict], None],
@@ -442,24 +578,29 @@ class Reprocessor:
         return self.stats
 
     def _run(self, client, replayer, setup, files, on_record, on_note) -> None:
-        """Index the files step by step and keep ``window`` spill tasks in flight, merged in order.
+        """Index the files step by step, decode their spills, and merge them in order.
 
         The client waits for whatever comes first — a step of an index pass, or the spill to merge next
         — so indexing, decoding and merging overlap. A file's index pass runs as chained step tasks
         (:func:`index_step`, each up to a completed spill), one step ahead of the step the client has
-        heard of, while fewer than ``window`` of the file's spills wait for a task; the passes of up to
-        one file per worker thread run at once, in file order. Spill tasks are given in merge order,
-        across file boundaries once a file is indexed whole, and each is placed on the worker with the
-        fewest of this run's unfinished spill tasks per thread: a task depends on its spill's index rows,
-        which sit on the worker that indexed the file, and Dask runs a task where its inputs are (work
-        stealing moves few of them), so without the placement one worker decoded a whole file while the
-        others idled. The placement is loose (``allow_other_workers``): a task of a worker that leaves
-        runs elsewhere.
+        heard of; the passes of up to one file per worker thread run at once, in file order, each kept
+        on one worker (loosely: a pass whose worker leaves goes on elsewhere). While there are that many
+        passes, each step decodes the spills it completes where it runs, from the pages it has just
+        mapped (one task per spill; its result, small, is what the client fetches); the client
+        holds the results of files after the one it merges, up to ``ahead`` spills (then only the file
+        being merged is indexed). With fewer passes than threads (one file; the last files of a run)
+        the steps only plan their spills, and spill tasks (:func:`process_spill`, ``window`` in flight,
+        given in merge order, across file boundaries once a file is indexed whole) are placed on the
+        worker with the fewest unfinished tasks of this run per thread: a spill task depends on its
+        spill's index rows, which sit on the worker that indexed the file, and Dask runs a task where
+        its inputs are (work stealing moves few of them), so without the placement one worker decoded a
+        whole file while the others idled.
         """
         distributed = require_dask()
         retries = self.cluster_config.retries
         threads = sum(client.nthreads().values()) or 1
         window = self.window or max(4, 4 * threads)
+        ahead = self.ahead if self.ahead is not None else 16 * threads
         token = f"{os.getpid()}-{time.time_ns()}"
         known = [time.monotonic(), client.nthreads()]
 
@@ -471,30 +612,58 @@ class Reprocessor:
 
         files_ = [_FileRun(i, str(Path(f).resolve())) for i, f in enumerate(files)]
         bars: dict[int, object] = {}
-        placed: dict[str, list] = {}  # worker address -> this run's spill futures placed there
+        placed: dict[str, list] = {}  # worker address -> this run's spill tasks and decoding steps placed there
         in_flight = 0
+        merging = 0  # the file merged now
 
-        def step(file: "_FileRun") -> None:
-            """Ask for the file's next index step (after the last one asked for)."""
-            number = len(file.steps)
-            previous = file.steps[-1][0] if file.steps else None
-            future = client.submit(index_step, file.path, previous, key=f"na64-index-{token}-{file.i}-{number}",
-                                   retries=retries, priority=2)
-            summary = client.submit(step_summary, future, key=f"na64-summary-{token}-{file.i}-{number}",
-                                    priority=2)
-            file.steps.append((future, summary))
+        def pass_worker(file: "_FileRun") -> str | None:
+            """The worker of the file's index pass: kept while it is there; else the one with the fewest passes."""
+            nthreads = workers()
+            if file.worker not in nthreads and nthreads:
+                passes = collections.Counter(f.worker for f in files_ if not f.indexed and f is not file)
+                file.worker = min(nthreads, key=lambda w: (passes[w] / max(nthreads[w], 1), len(placed.get(w, ()))))
+            return file.worker
 
-        def index_ahead() -> None:
-            """Keep each indexing file (up to one per thread, in file order) a step ahead of what is known."""
-            active = 0
-            for file in files_:
+        def step(file: "_FileRun", decode: bool) -> None:
+            """Ask for the file's next index step (after the last one asked for), decoding its spills or not."""
+            number = file.asked
+            worker = pass_worker(file)
+            where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+            future = client.submit(index_step, file.path, file.last, setup if decode else None,
+                                   key=f"na64-index-{token}-{file.i}-{number}", retries=retries, priority=2, **where)
+            if decode:  # its result is small: the client takes it as it is
+                result = future
+                if worker:
+                    placed.setdefault(worker, []).append(future)
+            else:  # its plans stay on the worker
+                result = client.submit(step_result, future, key=f"na64-stepresult-{token}-{file.i}-{number}",
+                                       priority=2)
+            file.asked += 1
+            file.last = future
+            file.steps.append((future, result))
+
+        def passes() -> list["_FileRun"]:
+            """The files whose index pass goes on: in file order, up to one per worker thread — the file being
+            merged always, later ones while the client holds fewer than ``ahead`` of their decoded spills."""
+            room = sum(f.decoded() for f in files_[merging + 1:]) < ahead
+            active = []
+            for file in files_[merging:]:
                 if file.indexed:
                     continue
-                active += 1
-                if active > threads:
+                if active and not room:
                     break
-                while len(file.steps) - file.heard < 2 and len(file.waiting) < window:
-                    step(file)
+                active.append(file)
+                if len(active) == threads:
+                    break
+            return active
+
+        def index_ahead() -> None:
+            """Keep each file whose pass goes on a step ahead of what is known."""
+            active = passes()
+            decode = len(active) >= threads  # else some threads would have no pass: spill tasks spread the work
+            for file in active:
+                while file.asked - file.heard < 2 and len(file.waiting) < window:
+                    step(file, decode)
 
         def submit_ready() -> None:
             nonlocal in_flight
@@ -509,7 +678,7 @@ class Reprocessor:
                                            **where)
                     if worker:
                         placed.setdefault(worker, []).append(future)
-                    file.items.append((summary, n, part, future))
+                    file.items.append((summary, n, part, future, None))
                     in_flight += 1
                 if in_flight >= window or not file.indexed:
                     # in merge order: a later file's spills would hold the window while this file's next
@@ -518,13 +687,14 @@ class Reprocessor:
 
         def heard(file: "_FileRun") -> None:
             """Take in the file's index steps that have come, in order."""
-            while file.heard < len(file.steps) and not file.indexed:
-                future_step, summary_future = file.steps[file.heard]
-                if not summary_future.done():
+            while file.steps and not file.indexed:
+                future_step, result_future = file.steps[0]
+                if not result_future.done():
                     return
+                file.steps.popleft()
                 file.heard += 1
                 try:
-                    summary: StepSummary = summary_future.result()
+                    result: IndexStep | StepResult = result_future.result()
                 except Exception as exc:  # noqa: BLE001 - this file cannot be read (further): the others go on
                     file.indexed = True
                     if file.heard == 1:
@@ -533,45 +703,53 @@ class Reprocessor:
                         file.end = StepSummary(file.path, 0, (), True, (
                             ("error", f"indexing stopped: {_reason(exc)}; the rest of the file skipped"),))
                     break
+                finally:
+                    if result_future is not future_step:  # (a step's own future may be the next one's input)
+                        result_future.release()
+                summary = result.summary
                 if file.heard == 1:
                     self.stats.files += 1
                     self.stats.bytes += summary.size
                 self._bars_for(summary, bars)
-                file.waiting.extend((future_step, summary, n) for n in range(len(summary.spills)))
+                if result.results:  # decoded in the step
+                    file.items.extend((summary, n, None, None, frames) for n, frames in enumerate(result.results))
+                else:
+                    file.waiting.extend((future_step, summary, n) for n in range(len(summary.spills)))
                 if summary.done:
                     file.indexed = True
                     file.end = summary
             if file.indexed:
-                for future_step, summary_future in file.steps[file.heard:]:  # asked ahead of the file's end
+                for future_step, result_future in file.steps:  # asked ahead of the file's end
                     future_step.release()
-                    summary_future.release()
-                file.steps = file.steps[:file.heard]
+                    if result_future is not future_step:
+                        result_future.release()
+                file.steps.clear()
+                file.last = None
 
         try:
-            merging = 0  # the file merged now
             while merging < len(files_):
-                for file in files_:
+                for file in files_[merging:]:
                     heard(file)
                 index_ahead()
                 submit_ready()
                 file = files_[merging]
                 if file.items:
-                    summary, n, part, future = file.items[0]
-                    if future.done():
+                    summary, n, part, future, frames = file.items[0]
+                    if frames is not None or future.done():
                         file.items.popleft()
-                        try:
-                            frames = future.result()
-                        except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
-                            spill = summary.spills[n]
-                            reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
-                            self.stats.errors.append(f"{summary.path}: {reason}")
-                            on_note(summary.path, "error", reason)
-                            frames = None
-                        finally:
-                            part.release()
-                            future.release()
-                            in_flight -= 1
-                        submit_ready()
+                        if frames is None:
+                            try:
+                                frames = future.result()
+                            except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
+                                spill = summary.spills[n]
+                                reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
+                                self.stats.errors.append(f"{summary.path}: {reason}")
+                                on_note(summary.path, "error", reason)
+                            finally:
+                                part.release()
+                                future.release()
+                                in_flight -= 1
+                            submit_ready()
                         if frames is not None:
                             self._merge(replayer, summary.spills[n], frames, on_record, bars)
                         continue
@@ -583,15 +761,10 @@ class Reprocessor:
                             on_note(file.path, level, text)
                             if level == "error":
                                 self.stats.errors.append(f"{file.path}: {text}")
-                    for future_step, summary_future in file.steps:
-                        future_step.release()
-                        summary_future.release()
-                    file.steps = []
                     merging += 1
                     continue
                 # wait for what comes first: the spill to merge next, or an index step
-                waiting_on = [summary_future for f in files_ if not f.indexed
-                              for _, summary_future in f.steps[f.heard:f.heard + 1]]
+                waiting_on = [f.steps[0][1] for f in files_[merging:] if f.steps and not f.indexed]
                 if file.items:
                     waiting_on.append(file.items[0][3])
                 if waiting_on:

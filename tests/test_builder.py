@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder, build_all, copy_events, split_super_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from na64_online.daq.builder import (BuiltChunk, ClosedSpill, EventBuilder, PlanError, build_all, copy_events, gather,
+                                     split_super_events)
 from na64_online.daq.envelope import EOB_KEY, scan_payload
 from na64_online.decoders import layout as L
 
@@ -455,3 +459,50 @@ def test_copy_events_copies_each_event_whole_and_checks_its_arguments():
         copy_events(dst.astype(np.int64), one[0], src, one[0], one[2])
     with pytest.raises(ValueError, match="overlapping"):
         copy_events(src[10:], one[0], src, one[0], one[2])
+
+
+def test_chunks_are_plans_over_the_received_payloads(simulated):
+    """Nothing is copied when building: a chunk references the very payload arrays of the messages (only those
+    its events are in), and gathering its plan gives the raw file's bytes."""
+    raw, ev = simulated[0]
+    b = EventBuilder((1, 2), chunk_events=40)
+    scans = [(ldc, scan_payload(b"".join(part))) for ldc, part in interleave(ev, 25, 3)]
+    out = []
+    for ldc, scan in scans:
+        out += b.add(ldc, scan, 0.0, source=("frame", id(scan.words)))
+    payload_ids = {id(scan.words) for _, scan in scans}
+    for c in chunks(out):
+        assert {id(p) for p in c.payloads} <= payload_ids
+        assert c.sources == tuple(("frame", id(p)) for p in c.payloads)  # sent as received, in plan order
+        assert set(c.subs[:, 0].tolist()) == set(range(len(c.payloads)))  # no payload it does not use
+    assert words_of(out).tobytes() == raw
+    assert sorted(np.concatenate([c.data_event_numbers() for c in chunks(out)]).tolist()) == \
+        list(range(1, len(ev[1]) - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n_payloads=st.integers(1, 3))
+def test_gather_refuses_any_plan_beyond_its_payloads(data, n_payloads):
+    """Whatever plan a peer sends: either every sub-event lies inside its payload (and is gathered whole, in
+    order, behind its super event's header) or PlanError, before the output buffer is touched."""
+    payloads = [np.arange(k * 1000, k * 1000 + data.draw(st.integers(0, 60)), dtype=np.uint32)
+                for k in range(n_payloads)]
+    n = data.draw(st.integers(0, 4))
+    subs = np.array(data.draw(st.lists(st.tuples(st.integers(-1, n_payloads), st.integers(-2, 70),
+                                                 st.integers(-1, 40)), min_size=n, max_size=n)),
+                    np.int64).reshape(-1, 3)
+    groups = np.array(data.draw(st.lists(st.integers(-1, 5), min_size=0, max_size=4)), np.int64)
+    out = np.full(400, 0xDEADBEEF, np.uint32)
+    try:
+        got = gather(payloads, subs, groups, 7, out=out)
+    except PlanError:
+        assert (out == 0xDEADBEEF).all()
+        return
+    pos = 0
+    for g in range(groups.shape[0] - 1):
+        pos += 17
+        for f, off, size in subs[groups[g]:groups[g + 1]].tolist():
+            assert 0 <= off and off + size <= payloads[f].shape[0] and size >= 17
+            assert got[pos:pos + size].tolist() == payloads[f][off:off + size].tolist()
+            pos += size
+    assert pos == got.shape[0]

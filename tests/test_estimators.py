@@ -92,3 +92,34 @@ def test_edge_channels():
     samples = [4095, 10, 10, 10, 10, 10, 0, 0]
     pe, po, amp, sat, _ = _all(pack(samples), 3, 8, 6, 1.0, 20.0)
     assert sat and amp == ref.amplitude(samples, 6, ref.pedestals(samples, 6)) == -10.0
+
+
+@njit(cache=True)
+def _vector_channel(words, first, window, gain, threshold):
+    pe, po, amp, sat, markers_good = estimators.channel32(words, first, window)
+    return pe, po, amp, sat, estimators.energy(amp, gain, threshold), markers_good
+
+
+full_channels = st.lists(st.one_of(st.integers(0, layout.ADC_SATURATION), st.sampled_from([0, layout.ADC_SATURATION])),
+                         min_size=estimators.VECTOR_SAMPLES, max_size=estimators.VECTOR_SAMPLES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(full_channels, st.integers(1, estimators.VECTOR_SAMPLES // 2 - 1), st.floats(0.0, 5.0),
+       st.floats(0.0, 4095.0), st.integers(0, 16), st.integers(1, 3))
+def test_vector_channel_equals_the_reference_twins(samples, half, gain, threshold, damaged, marker):
+    """``estimators.channel32`` (the decoder's vector code for 32-sample channels) equals the reference twins
+    bit for bit for every even window it takes, and finds any wrong data marker among the 16 words."""
+    window = 2 * half
+    assert estimators.vector_window(window) and not estimators.vector_window(window - 1)
+    words = pack(samples)
+    ref_pedestals = ref.pedestals(samples, window)
+    ref_amp = ref.amplitude(samples, window, ref_pedestals)
+    expected = (*ref_pedestals, ref_amp, ref.saturated(samples), ref.energy(ref_amp, gain, threshold))
+    assert _vector_channel(words, 3, window, gain, threshold) == (*expected, True)
+    if damaged < estimators.VECTOR_SAMPLES // 2:  # one word's marker changed: the same numbers, markers bad
+        right = layout.DATA_MARKER_FIRST if damaged == 0 else layout.DATA_MARKER_NEXT
+        if marker != right:
+            words[3 + damaged] = (words[3 + damaged] & ~np.uint32(layout.DATA_MARKER_MASK << layout.DATA_MARKER_SHIFT)) \
+                | np.uint32(marker << layout.DATA_MARKER_SHIFT)
+            assert _vector_channel(words, 3, window, gain, threshold) == (*expected, False)

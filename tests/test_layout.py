@@ -48,7 +48,7 @@ def test_generated_docs_are_current():
     assert doc.read_text() == layout.markdown()
 
 
-KERNEL_SOURCES = [Path(__file__).parents[1] / "decoders" / name for name in ("_kernels.py", "estimators.py")]
+KERNEL_SOURCES = [Path(__file__).parents[1] / "decoders" / name for name in ("_kernels.py", "estimators.py", "_vector.py")]
 
 
 def _bare_numbers(path: Path) -> list[str]:

@@ -193,7 +193,8 @@ def test_bad_messages_counter_bounded_labels_and_health_dict():
     store = register_metrics(registry)
     store.publish_service(ServiceHealth(bad_messages={"1": {"duplicate": 2, "sequence_jump": 1},
                                                       "unknown": {"bad_envelope": 3}},
-                                        memory_budget_bytes=1 << 30, memory_buffered_bytes={"builder": 7}))
+                                        memory_budget_bytes=1 << 30, memory_buffered_bytes={"builder": 7},
+                                        worker_refused_tasks=5))
     text = generate_latest(registry).decode()
     lines = [l for l in text.splitlines() if l.startswith("na64_bad_messages_total{")]
     assert len(lines) == 2 * len(BAD_MESSAGE_KINDS)
@@ -202,6 +203,7 @@ def test_bad_messages_counter_bounded_labels_and_health_dict():
     assert 'na64_bad_messages_total{kind="reordered",ldc="1"} 0.0' in lines
     assert "na64_memory_budget_bytes 1.073741824e+09" in text
     assert 'na64_memory_buffered_bytes{stage="builder"} 7.0' in text
+    assert "na64_worker_refused_tasks_total 5.0" in text
 
 
 def test_per_source_quality_archive_alarm_and_process_metrics():

@@ -354,3 +354,33 @@ def test_spill_by_spill_index_gives_the_whole_index_spills(clean, tmp_path, dama
         assert len(whole.index) - 1 <= len(offsets) and offsets.tolist() == whole.index.offset[:len(offsets)].tolist()
         assert windows == []
         assert len(walked) == len(calls)  # a step per kernel call of the whole index, not a call more
+
+
+def _resident_of(path: Path) -> int:
+    """Bytes of ``path`` resident in this process's mappings (/proc/self/smaps)."""
+    resident, mapping = 0, None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's first line
+                mapping = fields[5] if len(fields) > 5 else None
+            elif fields and fields[0] == "Rss:" and mapping == str(path):
+                resident += int(fields[1]) * 1024
+    return resident
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_released_pages_leave_the_process_and_read_again(clean):
+    """release_pages(stop) unmaps this process's pages of the file before ``stop`` (reprocess's index steps
+    release a decoded spill's pages): the resident bytes go, the bytes after stop stay, and the mapping
+    still reads the same bytes."""
+    raw = RawFile(clean)
+    words = raw._file_words()
+    checksum = int(words.sum(dtype=np.uint64))  # every page read
+    assert _resident_of(clean) >= raw.size - 4096
+    half = raw.size // 2
+    raw.release_pages(half)
+    assert raw.size - half - 2 * 4096 <= _resident_of(clean) <= raw.size - half + 2 * 4096  # whole pages
+    raw.release_pages(raw.size)
+    assert _resident_of(clean) == 0
+    assert int(words.sum(dtype=np.uint64)) == checksum

@@ -118,6 +118,49 @@ def test_a_spill_task_maps_its_bytes_unless_the_stream_was_realigned(raw_files):
             assert int(words[first + 1]) == layout.DATE_MAGIC  # an event starts where the index says
 
 
+def test_an_index_step_away_from_its_pass_walks_again_to_where_it_stood(raw_files):
+    """A pass's walk stays on the worker that ran its last step; a step run elsewhere (that worker gone, the
+    step retried) walks the file again from its start to there: the same spills, the same results, the same
+    notes, on a damaged file (re-aligned, truncated) and a clean one, decoding in the steps or planning."""
+    import numpy as np
+
+    from na64_online.config import load_config
+    from na64_online.decoders.channelmap import ChannelMap
+    from na64_online import reprocess
+    from na64_online.worker_setup import encode_setup
+
+    setup = encode_setup(load_config(environ={}), ChannelMap.default())
+    processor = reprocess._processor(setup)
+
+    def timeless(frames):  # the result without the decoding time it reports
+        acc = processor.decode_result([bytes(f) for f in frames])
+        acc.decode_seconds = 0.0
+        return [np.frombuffer(f, dtype=np.uint8) for f in processor.encode_result(acc)]
+
+    def steps(path, decode, away):
+        step, out = None, []
+        while step is None or not step.summary.done:
+            if away:
+                reprocess._WALKS.clear()
+                reprocess._RAW_FILES.clear()
+            step = reprocess.index_step(str(path), step, setup if decode else None)
+            out.append(step)
+        return out
+
+    files, _ = raw_files
+    for path in (files[1], files[0]):
+        for decode in (True, False):
+            here, away = steps(path, decode, False), steps(path, decode, True)
+            assert [s.summary for s in here] == [s.summary for s in away]
+            assert [s.summary for s in here][-1].notes or path == files[0]
+            assert sum(len(s.results if decode else s.spills) for s in here) == sum(len(s.summary.spills) for s in here)
+            for a, b in zip(here, away):
+                assert len(a.results) == len(b.results)
+                for x, y in zip(a.results, b.results):
+                    assert all(np.array_equal(u, v) for u, v in zip(timeless(x), timeless(y)))
+    assert not reprocess._WALKS  # a finished pass leaves no walk behind
+
+
 def test_the_deployed_dask_worker_settings_are_those_of_reprocess_own_cluster():
     """deploy/dask-reprocess.yaml (for `dask worker` hosts and batch jobs) says what local_cluster sets."""
     import dask
@@ -164,11 +207,25 @@ def _set_index_window(rows: int) -> int:
     return old
 
 
+def _worker_files_mapped(paths: list[str]) -> int:
+    """Bytes of these files resident in this process's mappings (its /proc/self/smaps)."""
+    resident, mapping = 0, None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's first line: range perms offset dev inode path
+                mapping = fields[5] if len(fields) > 5 else None
+            elif fields and fields[0] == "Rss:" and mapping in paths:
+                resident += int(fields[1]) * 1024
+    return resident
+
+
 @pytest.mark.timeout(120)  # a run that waits forever fails here
 def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records(raw_files, cluster):
     """Index steps of 50-row kernel calls (each file's pass a chain of tasks, spills decoded while it goes on) and a
-    window of one spill task: several files, damaged ones too, merged in order into replay's records — a
-    later file's spills never hold the window while the file being merged waits for its next spills."""
+    window of one spill task, no spill held ahead (so only the file being merged is indexed, its spills spread
+    as spill tasks): several files, damaged ones too, merged in order into replay's records — a later file's
+    spills never hold the window while the file being merged waits for its next spills."""
     from na64_online.config import load_config
     from na64_online.decoders.channelmap import ChannelMap
     from na64_online.reprocess import ClusterConfig, Reprocessor
@@ -181,7 +238,7 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
     try:
         with distributed.get_task_stream(client) as stream:
             stats = Reprocessor(load_config(environ={}), ChannelMap.default(),
-                                ClusterConfig(scheduler=local.scheduler_address), window=1
+                                ClusterConfig(scheduler=local.scheduler_address), window=1, ahead=0
                                 ).run(files, out.append, lambda *a: None)
     finally:
         client.run(_set_index_window, old.pop())
@@ -193,7 +250,38 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
 
     steps, spills = ends("na64-index-"), ends("na64-spill-")
     assert len(steps) >= stats.spills  # a step per spill at least: each pass a chain of tasks
+    assert len(spills) == stats.spills  # every spill a spill task
     assert spills[0] < steps[-1]  # spills decoded while files are still being indexed
+
+
+def test_with_a_file_per_worker_spills_are_decoded_where_their_file_is_indexed(raw_files, cluster):
+    """Two files on two workers: each file's index pass runs on one worker, the two passes on the two
+    workers, and its steps decode the spills they complete (no spill task, no second mapping of the pages);
+    replay's records; the files are not left mapped in the workers."""
+    from na64_online.config import load_config
+    from na64_online.decoders.channelmap import ChannelMap
+    from na64_online.reprocess import ClusterConfig, Reprocessor
+
+    files, replay = raw_files
+    local, client = cluster
+    client.wait_for_workers(2, timeout=60)
+    two = [files[1], files[0]]  # the damaged one (re-aligned, truncated) and a clean one
+    out: list[dict] = []
+    with distributed.get_task_stream(client) as stream:
+        Reprocessor(load_config(environ={}), ChannelMap.default(),
+                    ClusterConfig(scheduler=local.scheduler_address)).run(two, out.append, lambda *a: None)
+    single = run("replay", *two, "--json")
+    assert [comparable(r) for r in out] == records(single.stdout)
+    where: dict[str, set] = {}
+    for t in stream.data:
+        if t["key"].startswith("na64-index-"):
+            where.setdefault(t["key"].split("-")[-2], set()).add(t["worker"])
+    assert sorted(len(w) for w in where.values()) == [1, 1] and len(set.union(*where.values())) == 2, where
+    spill_tasks = [t for t in stream.data if t["key"].startswith("na64-spill-")]
+    # the first steps of both passes decode (two passes for two threads); a file left alone at the end of the
+    # run has its last spills spread as spill tasks
+    assert len(spill_tasks) <= len(out) - 2, spill_tasks
+    assert set(client.run(_worker_files_mapped, [str(Path(f).resolve()) for f in two]).values()) == {0}
 
 
 def test_a_worker_killed_mid_run_is_survived(raw_files, cluster):

@@ -12,6 +12,7 @@ import gc
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from na64_online.config import Config, load_config
+from na64_online.daq.builder import BuiltChunk
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.daq.workers import (
@@ -115,7 +117,8 @@ def test_authenticated_worker_process_decodes_exactly_like_the_service(keys, spi
         pump(pool, 60, until=lambda: pool.n_ready == 1)
         assert pool.n_ready == 1, "the authenticated worker never got ready"
         words = spill_words(spills)
-        assert pool.submit(Task(RUN, 1, 0, words, EVENTS, EVENTS + 2), time.monotonic())
+        assert pool.submit(Task(RUN, 1, 0, BuiltChunk.from_words(RUN, 1, 0, words), EVENTS, EVENTS + 2),
+                           time.monotonic())
         results = pump(pool, 30, until=lambda: not pool.busy)
     finally:
         pool.close()
@@ -235,9 +238,10 @@ def test_malformed_messages_are_refused_and_counted(channel_map, processor):
         for msg in bad:
             s.send_multipart(msg)
         s.send_multipart([HELLO, b"na64-worker/1", b""])  # the pickle protocol: refused
-        pump(pool, 5, until=lambda: pool.stats.refused_messages == len(bad) and pool.stats.refused_peers == 1)
+        s.send_multipart([HELLO, b"na64-worker/4", b""])  # whole events in one frame: refused too
+        pump(pool, 5, until=lambda: pool.stats.refused_messages == len(bad) and pool.stats.refused_peers == 2)
         assert pool.stats.refused_messages == len(bad)
-        assert pool.stats.refused_peers == 1 and pool.workers == {}
+        assert pool.stats.refused_peers == 2 and pool.workers == {}
         assert not s.poll(300), "a refused peer was answered"
         s.send_multipart([HELLO, PROTOCOL, b""])  # the same peer, now well-formed: served
         pump(pool, 5, until=lambda: bool(pool.workers))
@@ -458,7 +462,8 @@ def handler_pool(channel_map, processor):
     pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result)
     pool.workers[b"peer"] = _Worker(b"peer", ready=True, credits=0, capacity=1)
     for i in range(1000):  # tasks the peer holds (so that RESULT/ERROR find one)
-        task = Task(RUN, 1, i, np.zeros(0, np.uint32), 0, 0, task_id=i + 1, worker=b"peer")
+        task = Task(RUN, 1, i, BuiltChunk.from_words(RUN, 1, i, np.zeros(0, np.uint32)), 0, 0, task_id=i + 1,
+                    worker=b"peer")
         pool.outstanding[task.task_id] = task
     yield pool
     pool.close()
@@ -478,3 +483,114 @@ def test_workers_spawned_early_are_ended_by_stop_without_start(channel_map):
     assert svc.pool._procs == procs
     svc.stop()
     assert procs[0].poll() is not None and svc.pool is None
+
+
+# --------------------------------------------------------------------------- zero-copy tasks (protocol 5)
+def _bad_tasks(chunk: BuiltChunk) -> list[tuple[str, list]]:
+    """TASK frames after the task id that a worker must refuse, each with what is wrong."""
+    meta = f"{RUN} 1 0 {chunk.gdc}".encode()
+    subs, groups = chunk.subs, chunk.groups
+    payload = chunk.payloads[0]
+
+    def with_subs(col, value, row=0):
+        s = subs.copy()
+        s[row, col] = value
+        return [meta, s.tobytes(), groups.tobytes(), payload]
+
+    def with_groups(g):
+        return [meta, subs.tobytes(), np.asarray(g, np.int64).tobytes(), payload]
+
+    n = subs.shape[0]
+    return [
+        ("no payload frame", [meta, subs.tobytes(), groups.tobytes()]),
+        ("meta of 3 fields", [f"{RUN} 1 0".encode(), subs.tobytes(), groups.tobytes(), payload]),
+        ("meta not numbers", [b"1 1 0 x", subs.tobytes(), groups.tobytes(), payload]),
+        ("gdc beyond 32 bits", [f"{RUN} 1 0 {1 << 33}".encode(), subs.tobytes(), groups.tobytes(), payload]),
+        ("plan not whole rows", [meta, subs.tobytes()[:-1], groups.tobytes(), payload]),
+        ("payload index beyond the frames", with_subs(0, 1)),
+        ("negative offset", with_subs(1, -4)),
+        ("offset beyond the payload", with_subs(1, payload.shape[0] - 5, row=n - 1)),
+        ("sub-event under a header", with_subs(2, 3)),
+        ("sub-event running past the payload", with_subs(2, payload.shape[0] + 1, row=n - 1)),
+        ("groups not from 0", with_groups(groups + 1)),
+        ("groups not to the end", with_groups(groups[:-1])),
+        ("groups decreasing", with_groups(groups[::-1])),
+        ("empty plan", with_groups([0])),
+        ("payload shorter than the plan", [meta, subs.tobytes(), groups.tobytes(), payload[:payload.shape[0] // 2]]),
+    ]
+
+
+@pytest.mark.timeout(90)
+def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channel_map, processor):
+    """Protocol 5 sends a plan and the payloads as received: a worker checks the plan against its frames before
+    touching memory; a plan or frame that does not fit is refused (``ERROR … refused task``), counted by the
+    service as a refused, failed task, and the same worker thread then decodes a good task like replay."""
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result)
+    pool.start_threads(1, capacity=1)
+    try:
+        pump(pool, 60, until=lambda: pool.n_ready == 1)
+        assert pool.n_ready == 1
+        (ident,) = pool.workers
+        words = spill_words(spills)
+        chunk = BuiltChunk.from_words(RUN, 1, 0, words)
+        bad = _bad_tasks(chunk)
+        for why, frames in bad:  # sent as the pool sends a task, each registered as one it holds
+            task = Task(RUN, 1, 0, chunk, EVENTS, EVENTS + 2, task_id=pool._next_id, worker=ident, attempts=1,
+                        sent_at=time.monotonic())
+            pool._next_id += 1
+            pool.outstanding[task.task_id] = task
+            pool.socket.send_multipart([ident, TASK, task.task_id.to_bytes(8, "little"), *frames])
+        failed = pump(pool, 30, until=lambda: not pool.outstanding)
+        assert len(failed) == len(bad) and all(d.result is None and "refused task" in d.error for d in failed)
+        assert pool.stats.refused_tasks == len(bad) == pool.stats.tasks_failed
+        assert pool.stats.refused_messages == 0  # a refusal is an answer, not a malformed message
+        assert pool.submit(Task(RUN, 1, 0, chunk, EVENTS, EVENTS + 2), time.monotonic())
+        (done,) = pump(pool, 30, until=lambda: not pool.busy)
+    finally:
+        pool.close()
+    assert done.error is None
+    assert record(processor, done.result) == record(processor, processor.accumulate(words))
+
+
+STALLED_WORKER = textwrap.dedent("""
+    import sys, zmq
+    from na64_online.daq.workers import HELLO, PROTOCOL, READY, SETUP, TASK, ERROR, _socket_options
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    _socket_options(s)  # as run_worker sets its socket
+    s.connect(sys.argv[1])
+    s.send_multipart([HELLO, PROTOCOL, b""])
+    while True:
+        frames = s.recv_multipart()
+        if frames[0] == SETUP:
+            s.send_multipart([READY, frames[1], b"1"])
+            print("ready", flush=True)
+        elif frames[0] == TASK:
+            s.send_multipart([ERROR, frames[1], b"answered"])
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_stalled_for_seconds_keeps_its_connection_and_its_task(spills, channel_map, processor):
+    """A worker process stopped for 7 s (a loaded or paging host) while a task is on its way: its connection
+    stays (TCP keepalive is answered by the kernel) and the task is answered as soon as it runs again — no
+    worker lost, no retry. With ZMTP heartbeats the service closed the connection after ~5 s: the task was
+    lost with it and answered only after task_timeout_s (60 s), by the retry."""
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, task_timeout_s=60)
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_WORKER, pool.endpoint], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        pump(pool, 30, until=lambda: pool.n_ready == 1)
+        assert pool.n_ready == 1
+        os.kill(proc.pid, signal.SIGSTOP)
+        chunk = BuiltChunk.from_words(RUN, 1, 0, spill_words(spills))
+        assert pool.submit(Task(RUN, 1, 0, chunk, EVENTS, EVENTS + 2), time.monotonic())
+        assert pump(pool, 7) == []
+        os.kill(proc.pid, signal.SIGCONT)
+        done = pump(pool, 15, until=lambda: not pool.busy)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        pool.close()
+        proc.kill()
+        proc.wait(10)
+    assert [d.error for d in done] == ["answered"]
+    assert pool.stats.workers_lost == 0 and pool.stats.tasks_retried == 0 and pool.stats.workers_seen == 1
