@@ -61,7 +61,7 @@ KERNEL_SOURCES = (
     "na64_online.decoders._kernels",
     "na64_online.decoders._reconstruct",
     "na64_online.decoders.estimators",
-    "na64_online.decoders._vector",  # the estimators' vector code (numba intrinsics), where it exists
+    "na64_online.decoders._vector",  # the estimators' vector code (numba intrinsics)
     "na64_online.decoders.kernel_args",
     "na64_online.decoders.layout",
     "na64_online.decoders.channelmap",
