@@ -113,6 +113,8 @@ def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:
     groups = np.frombuffer(groups_buf, dtype="<i8")
     payloads = [np.frombuffer(b[:len(b) - len(b) % 4], dtype=L.WORD) for b in bufs[3:]]
     return gather(payloads, subs, groups, gdc, out=out)
+
+
 _AUTH_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                 | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
