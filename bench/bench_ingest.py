@@ -246,7 +246,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "mode": "paced" if paced else "sustained",
         "processing": "bare" if args.bare else "monitor",
         "workers": workers,
-        "events_per_spill": args.events,
+        "events_per_spill": n_events // max(1, len(RAW)),
         "spills": len(records),
         "events_decoded": decoded,
         "events_sent": n_events,
@@ -272,6 +272,9 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "service_vs_worker_cpu": round(service_cpu / workers_cpu, 3) if worker_pids and workers_cpu > 0 else None,
         "service_cpu_s_by_thread": service_threads,
         "builder_memory_builds": metrics["builder"]["memory_builds"],
+        # incomplete events without loss: builds forced by max_pending_bytes (one node far ahead), late sub-events
+        "builder_forced_builds": metrics["builder"]["forced_builds"],
+        "builder_late_events": metrics["builder"]["late_events"],
         "builder_limit_mb": round((metrics["memory"].get("builder_limit_bytes") or 0) / 1e6),
         "service_page_faults_per_event": round(faults / decoded, 2) if decoded else None,
         "service_page_faults_per_event_by_thread": {k: round(v / decoded, 3) for k, v in tfaults.items()

@@ -27,6 +27,11 @@ CLI = os.path.join(os.path.dirname(sys.executable), "na64-online")
 SMALL = os.path.join(ROOT, "tests", "data", "vectors", "small.dat")
 
 
+#: the commands' environment: as users run them, with Python's bytecode cache (pip writes it at install; a
+#: checkout's __pycache__ is written by the warm-up run) unless --no-bytecode keeps PYTHONDONTWRITEBYTECODE
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def _with_kernels(kind: str, cmd: list[str]) -> list[str]:
     """``cmd`` with ``NA64_KERNELS=kind`` (aot: the compiled kernels or an error; jit: numba's)."""
     return ["env", f"NA64_KERNELS={kind}", *cmd]
@@ -38,7 +43,7 @@ def _run(cmd: list[str]) -> tuple[float, float]:
     t0 = time.perf_counter()
     # not from the checkout: python -c/-m put the working directory first on sys.path, and the checkout's
     # na64_online/ would shadow a baseline tree on PYTHONPATH
-    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", text=True)
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", text=True, env=CHILD_ENV)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}: exit {result.returncode}: {result.stderr.strip()[-500:]}")
     wall = time.perf_counter() - t0
@@ -62,7 +67,7 @@ def demo_first_spill(spill_duration: float, kernels: str = "auto") -> float:
     t0 = time.perf_counter()
     child = subprocess.Popen(_with_kernels(kernels, [CLI, "demo", "--spills", "1", "--http", "127.0.0.1:0", "--json",
                                                      "--spill-duration", str(spill_duration)]),
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=CHILD_ENV)
     line = child.stdout.readline()
     first = time.perf_counter() - t0
     child.wait(120)
@@ -79,7 +84,11 @@ def main(argv=None) -> int:
     p.add_argument("--demo", action="store_true", help="also the time to demo's first spill")
     p.add_argument("--spill-duration", type=float, default=4.8)
     p.add_argument("--baseline-rev", metavar="REV", help="also replay with the package as of git REV (interleaved)")
+    p.add_argument("--no-bytecode", action="store_true",
+                   help="keep PYTHONDONTWRITEBYTECODE of this environment: every module compiled from source each run")
     args = p.parse_args(argv)
+    if args.no_bytecode and "PYTHONDONTWRITEBYTECODE" in os.environ:
+        CHILD_ENV["PYTHONDONTWRITEBYTECODE"] = os.environ["PYTHONDONTWRITEBYTECODE"]
     commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "import numpy": [sys.executable, "-c", "import numpy"],
@@ -107,7 +116,8 @@ def main(argv=None) -> int:
         for name, cmd in commands.items():
             runs[name].append(_run(cmd))
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; best of {args.repeat}, interleaved; "
-          "replay: the ahead-of-time compiled kernels, replay jit: numba's (cached)")
+          "replay: the ahead-of-time compiled kernels, replay jit: numba's (cached); Python bytecode "
+          f"{'not cached (PYTHONDONTWRITEBYTECODE)' if 'PYTHONDONTWRITEBYTECODE' in CHILD_ENV else 'cached'}")
     print(f"{'command':>16} {'wall s':>8} {'CPU s':>7}")
     for name, values in runs.items():
         wall, cpu = min(values)

@@ -57,12 +57,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Sequence
 
-import numba
 import numpy as np
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 from ..decoders import layout as L
+from ..decoders._aot import kernels as _k
 
 from .envelope import EOB_KEY, NO_SPILL_KEY, SOB_KEY, PayloadScan, scan_payload
 
@@ -92,43 +90,6 @@ class PlanError(ValueError):
     """A chunk's plan that does not describe whole sub-events inside its payloads (refused, never gathered)."""
 
 
-@intrinsic
-def _memcpy_words(typingctx, dst, dst_start, src, src_start, count):  # pragma: no cover - compiled
-    """``dst[dst_start:dst_start + count] = src[src_start:src_start + count]`` as one ``memcpy`` (uint32
-    arrays that do not overlap; bounds checked by the caller). Numba compiles a slice assignment to a word
-    loop with alias checks, half the speed of ``memcpy`` on events of a few kB."""
-    sig = types.void(dst, types.intp, src, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        dst_arr, d0, src_arr, s0, n = args
-        d = context.make_array(signature.args[0])(context, builder, dst_arr)
-        s = context.make_array(signature.args[2])(context, builder, src_arr)
-        cgutils.raw_memcpy(builder, builder.gep(d.data, [d0]), builder.gep(s.data, [s0]), n, 4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@numba.njit(cache=True, nogil=True)
-def _copy_events(dst, dst_pos, src, src_off, sizes):  # pragma: no cover - compiled
-    for e in range(sizes.shape[0]):
-        _memcpy_words(dst, dst_pos[e], src, src_off[e], sizes[e])
-
-
-@numba.njit(cache=True, nogil=True)
-def _write_headers(dst, g_pos, g_size, gdc):  # pragma: no cover - compiled
-    # the super event's header is its first sub-event's (written right after it), then marked as built
-    for g in range(g_pos.shape[0]):
-        p = g_pos[g]
-        for w in range(_HDR):
-            dst[p + w] = dst[p + _HDR + w]
-        dst[p + _H_SIZE] = np.uint32(g_size[g] * 4)
-        dst[p + _H_HEADER_SIZE] = np.uint32(_HDR_BYTES)
-        dst[p + _H_ATTR2] = dst[p + _H_ATTR2] | np.uint32(_SUPER)
-        dst[p + _H_LDC] = np.uint32(0)
-        dst[p + _H_GDC] = np.uint32(gdc)
-
-
 def copy_events(dst: np.ndarray, dst_pos: np.ndarray, src: np.ndarray, src_off: np.ndarray,
                 sizes: np.ndarray) -> None:
     """Copy events ``src[src_off[i]:src_off[i] + sizes[i]]`` to ``dst[dst_pos[i]:…]`` (uint32 word arrays,
@@ -141,7 +102,8 @@ def copy_events(dst: np.ndarray, dst_pos: np.ndarray, src: np.ndarray, src_off: 
         if (src_off.min() < 0 or dst_pos.min() < 0 or sizes.min() < 0
                 or (src_off + sizes).max() > src.shape[0] or (dst_pos + sizes).max() > dst.shape[0]):
             raise ValueError("event copy out of bounds")
-        _copy_events(dst, dst_pos, src, src_off, sizes)
+        _k.copy_events(dst, np.ascontiguousarray(dst_pos, dtype=np.int64), src,
+                       np.ascontiguousarray(src_off, dtype=np.int64), np.ascontiguousarray(sizes, dtype=np.int64))
 
 
 def write_super_headers(dst: np.ndarray, g_pos: np.ndarray, g_size: np.ndarray, gdc: int) -> None:
@@ -150,7 +112,8 @@ def write_super_headers(dst: np.ndarray, g_pos: np.ndarray, g_size: np.ndarray, 
     if g_pos.shape[0]:
         if g_pos.min() < 0 or (g_size < 2 * _HDR).any() or (g_pos + g_size).max() > dst.shape[0]:
             raise ValueError("super event header out of bounds")
-        _write_headers(dst, g_pos, g_size, gdc)
+        _k.write_headers(dst, np.ascontiguousarray(g_pos, dtype=np.int64),
+                         np.ascontiguousarray(g_size, dtype=np.int64), int(gdc))
 
 
 def validate_plan(subs: np.ndarray, groups: np.ndarray, payload_words: Sequence[int]) -> int:
@@ -392,7 +355,6 @@ class _ChunkPlan:
     payloads: list = field(default_factory=list)
     sources: list = field(default_factory=list)
     slot: dict = field(default_factory=dict)  # id(payload words) -> index in payloads
-    payload_bytes: int = 0
     subs: list = field(default_factory=list)
     counts: list = field(default_factory=list)
     types: list = field(default_factory=list)
@@ -406,7 +368,6 @@ class _ChunkPlan:
             i = self.slot[id(batch.words)] = len(self.payloads)
             self.payloads.append(batch.words)
             self.sources.append(batch.source)
-            self.payload_bytes += int(batch.words.nbytes)
         return i
 
     def chunk(self, run: int, spill: int, index: int, gdc: int, final: bool) -> BuiltChunk:
@@ -424,7 +385,6 @@ class _Part:
 
     batches: deque = field(default_factory=deque)
     pending_words: int = 0
-    retained_bytes: int = 0  # the whole message payloads the pending batches keep alive
     last_key: int = -1
     eob: bool = False
 
@@ -464,9 +424,16 @@ class _Spill:
     @property
     def buffered_bytes(self) -> int:
         """Memory this spill holds: message payloads of unbuilt sub-events, and those the chunks of built
-        events not handed on reference (whole payloads; one in both counted twice)."""
-        held = sum(b.payload_bytes for b in self.full) + (self.buffer.payload_bytes if self.buffer is not None else 0)
-        return sum(p.retained_bytes for p in self.parts.values()) + held
+        events not handed on reference (whole payloads, each once)."""
+        held: dict[int, int] = {}
+        for part in self.parts.values():
+            for batch in part.batches:
+                held[id(batch.words)] = batch.words.nbytes
+        for plan in (*self.full, self.buffer):
+            if plan is not None:
+                for words in plan.payloads:
+                    held[id(words)] = words.nbytes
+        return sum(held.values())
 
 
 Output = BuiltChunk | ClosedSpill
@@ -642,7 +609,6 @@ class EventBuilder:
             part.batches.append(_Batch(scan.words, offsets, sizes, keys, types,
                                        scan.words if source is None else source))
             part.pending_words += int(sizes.sum())
-            part.retained_bytes += int(scan.words.nbytes)
             part.last_key = int(keys[-1])
             if part.last_key == EOB_KEY and not part.eob:
                 part.eob = True
@@ -751,7 +717,6 @@ class EventBuilder:
                 b = part.batches[0]
                 if b.keys[-1] <= upto:
                     part.batches.popleft()
-                    part.retained_bytes -= int(b.words.nbytes)
                     take = b
                 else:
                     k = int(np.searchsorted(b.keys, upto, side="right"))

@@ -4,8 +4,8 @@ One thread owns every socket (ZeroMQ sockets are not thread-safe) and runs a
 poll loop:
 
     SUB (all readout nodes) ─ validate envelope, sequence gaps ─► EventBuilder
-        ─ built super events of one spill, in chunks ─► WorkerPool (ROUTER)
-        ─ workers: SpillProcessor.accumulate(chunk) ─► results merged in chunk order
+        ─ chunks of one spill: plans over the received payloads (no copy) ─► WorkerPool (ROUTER)
+        ─ workers: gather the super events, SpillProcessor.accumulate ─► results merged in chunk order
         ─ spill closed and every chunk merged ─► SpillProcessor.finish ─► on_record
 
 The decoding is the very ``SpillProcessor`` code ``replay`` runs on a raw file,
@@ -89,6 +89,7 @@ class _SpillState:
     dropped_numbers: list = field(default_factory=list)  # event numbers of dropped events (arrays)
     closed: ClosedSpill | None = None
     interrupted: bool = False  # cut short by the service stopping: archived, not judged
+    ready: bool = False  # closed and every chunk merged: finished when the spills closed before it are
     record: Any = None
 
 
@@ -658,10 +659,22 @@ class IngestService:
             st.next_index += 1
 
     def _maybe_finish(self, st: _SpillState, now: float, force: bool = False) -> None:
+        """Mark a closed spill ready once every chunk is merged (or ``force``), then finish the ready spills
+        at the head of the closing order: run-level sums (``eot_run``, run histograms), the archive and the
+        records follow the spills' order, whatever order the workers' results came in."""
         closed = st.closed
-        if closed is None or (st.next_index < closed.chunks and not force):
+        if closed is None or st.ready or (st.next_index < closed.chunks and not force):
             return
+        st.ready = True
         del self._states[(st.run, st.spill)]
+        while self._closing and self._closing[0].ready:
+            done = self._closing.popleft()
+            self._finish_spill(done)
+            if done.record is not False:
+                self._emit(done.record, done.closed)
+
+    def _finish_spill(self, st: _SpillState) -> None:
+        closed = st.closed
         lost = {ldc: 0 for ldc in self.config.expected_ldcs}
         for ldc, n in closed.lost_messages.items():
             lost[ldc] = lost.get(ldc, 0) + n
@@ -695,11 +708,6 @@ class IngestService:
             self.latencies.append(latency)
             self.stats.last_latency_s = latency
             self.stats.max_latency_s = max(latency, self.stats.max_latency_s or 0.0)
-        # records go out in the order the spills closed
-        while self._closing and self._closing[0].record is not None:
-            done = self._closing.popleft()
-            if done.record is not False:
-                self._emit(done.record, done.closed)
 
     def _emit(self, record, closed: ClosedSpill) -> None:
         self.records.append(record)

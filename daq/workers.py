@@ -113,6 +113,8 @@ def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:
     groups = np.frombuffer(groups_buf, dtype="<i8")
     payloads = [np.frombuffer(b[:len(b) - len(b) % 4], dtype=L.WORD) for b in bufs[3:]]
     return gather(payloads, subs, groups, gdc, out=out)
+
+
 _AUTH_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                 | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -580,25 +582,35 @@ class WorkerPool:
         return sum(w.capacity for w in self.workers.values() if w.ready)
 
     # --------------------------------------------------------------- tasks
+    def _held_payloads(self) -> dict[int, int]:
+        """id -> bytes of each message payload the tasks waiting or at workers reference (each once)."""
+        held: dict[int, int] = {}
+        for tasks in (self.queue, self.outstanding.values()):
+            for t in tasks:
+                for p in t.chunk.payloads:
+                    held[id(p)] = p.nbytes
+        return held
+
     @property
     def task_bytes(self) -> int:
         """Bytes the service holds for tasks, waiting or sent and kept for a retry: the message payloads
-        they reference (a payload shared by two tasks counted with each)."""
-        return (sum(t.chunk.nbytes for t in self.queue)
-                + sum(t.chunk.nbytes for t in self.outstanding.values()))
+        they reference (a payload shared by two tasks counted once)."""
+        return sum(self._held_payloads().values())
 
-    def can_accept(self, nbytes: int = 0) -> bool:
-        """Whether a new task of ``nbytes`` fits: room in the bounded queue, and within ``max_task_bytes``
-        (one task always fits when none is held, however large)."""
+    def can_accept(self, chunk: BuiltChunk | None = None) -> bool:
+        """Whether a new task of ``chunk`` fits: room in the bounded queue, and within ``max_task_bytes`` with
+        the payloads it references that no task holds yet (one task always fits when none is held)."""
         if len(self.queue) >= self.max_queued_tasks:
             return False
         if self.max_task_bytes is None or not (self.queue or self.outstanding):
             return True
-        return self.task_bytes + nbytes <= self.max_task_bytes
+        held = self._held_payloads()
+        extra = 0 if chunk is None else sum(p.nbytes for p in chunk.payloads if id(p) not in held)
+        return sum(held.values()) + extra <= self.max_task_bytes
 
     def submit(self, task: Task, now: float, *, force: bool = False) -> bool:
         """Queue ``task``; False (task not taken) when the queue is full, unless ``force``."""
-        if not force and not self.can_accept(task.chunk.nbytes):
+        if not force and not self.can_accept(task.chunk):
             return False
         task.task_id = self._next_id
         self._next_id += 1

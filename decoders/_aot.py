@@ -3,7 +3,7 @@
 ``na64_online._aot_kernels`` is an extension module compiled by ``numba.pycc``
 at build time (:mod:`._aot_build`, run by ``setup.py`` for the wheel and the
 editable install) from the very kernel functions of :mod:`._kernels`,
-:mod:`._reconstruct` and :mod:`..monitor._health_kernels` — no second
+:mod:`._reconstruct`, :mod:`..monitor._health_kernels` and :mod:`..daq._builder_kernels` — no second
 implementation — one exported function per entry of :data:`KERNELS`, for the
 argument types written there. Loading it needs no numba: a command whose
 kernels all come from it (``replay``) never starts numba's compiler, which
@@ -61,12 +61,13 @@ KERNEL_SOURCES = (
     "na64_online.decoders._kernels",
     "na64_online.decoders._reconstruct",
     "na64_online.decoders.estimators",
-    "na64_online.decoders._vector",
+    "na64_online.decoders._vector",  # the estimators' vector code (numba intrinsics)
     "na64_online.decoders.kernel_args",
     "na64_online.decoders.layout",
     "na64_online.decoders.channelmap",
     "na64_online.errors",
     "na64_online.monitor._health_kernels",
+    "na64_online.daq._builder_kernels",
 )
 
 
@@ -142,9 +143,19 @@ KERNELS: dict[str, Kernel] = {
         _out("<f8"), _out("<f8"), _out("<f8"), _out("<f8"), _out("<f8", 2), _out("<f8", 2), _out("<f8", 2),
         _out("|b1"), _out("|b1"), _out("|b1"), _out("|b1"), _out("|b1"), _out("<i8", 2),
     )),
+    "detector_totals": Kernel("na64_online.decoders._reconstruct", "detector_totals", (
+        Arr("<f8", 2), _B1, FLOAT, _out("<i8"), _out("<i8"),
+    )),
     "accumulate_slot_sums": Kernel("na64_online.monitor._health_kernels", "accumulate_slot_sums", (
         Arr("<u2", 2), Arr("<f8", 2), Arr("<f8", 2), Arr("<f8", 2), Arr("|b1", 2), _B1, FLOAT,
         _out("<i8", 2), _out("<f8", 2),
+    )),
+    # the event builder (daq/builder.py: the live service and its workers)
+    "copy_events": Kernel("na64_online.daq._builder_kernels", "copy_events", (
+        _out("<u4"), _I8, _WORDS, _I8, _I8,
+    )),
+    "write_headers": Kernel("na64_online.daq._builder_kernels", "write_headers", (
+        _out("<u4"), _I8, _I8, INT,
     )),
 }
 
@@ -153,20 +164,18 @@ BUILD_ID_FUNCTION = "aot_build_id"
 
 
 # ---------------------------------------------------------------- staleness
-def _source_path(module: str) -> Path:
+def _source_path(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
-        raise ImportError(f"no source for {module}")
-    return Path(spec.origin)
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
-def source_hash(paths: dict[str, Path] | None = None) -> str:
+def source_hash(paths: dict[str, Path | None] | None = None) -> str:
     """sha256 over the text of :data:`KERNEL_SOURCES` (by module name; ``paths``: where to read them,
-    default: where they are imported from)."""
+    default: where they are imported from; a module that does not exist counts as absent)."""
     digest = hashlib.sha256()
     for module in KERNEL_SOURCES:
         path = paths[module] if paths is not None else _source_path(module)
-        digest.update(module.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(module.encode() + b"\0" + (path.read_bytes() if path is not None else b"<absent>") + b"\0")
     return digest.hexdigest()
 
 

@@ -9,14 +9,16 @@ horizontal fold serve both parities, and one 32-bit horizontal sum gives both
 pedestal sums (16 twelve-bit samples sum to at most 65 520: no carry between
 the lanes). The marker check is a vector compare of the same words.
 
-Pure and allocation-free; the caller has checked that the 16 words are inside
-the array (no bounds check happens here).
+Pure and allocation-free; the caller has checked that the words and slots
+read are inside their arrays. Numba's bounds checks do not reach into an
+intrinsic, so with ``NUMBA_BOUNDSCHECK=1`` (the fuzz tests' run) these
+functions check their own range the same way, and raise numba's IndexError.
 """
 
 from __future__ import annotations
 
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from . import layout as L
@@ -38,6 +40,16 @@ _MARKER_NEXT = L.DATA_MARKER_NEXT << L.DATA_MARKER_SHIFT
 _I1, _I16, _I32 = ir.IntType(1), ir.IntType(16), ir.IntType(32)
 _V32 = ir.VectorType(_I32, _LANES)
 _V16 = ir.VectorType(_I16, 2 * _LANES)
+
+
+def _check_bounds(context, builder, array, axis, start, count):
+    """With ``NUMBA_BOUNDSCHECK=1`` (as the fuzz tests run), numba's IndexError unless ``start`` …
+    ``start + count − 1`` are all indices of ``array`` along ``axis``; no code otherwise."""
+    if not context.enable_boundscheck:
+        return
+    length = builder.extract_value(array.shape, axis)
+    for index in (start, builder.add(start, ir.Constant(start.type, count - 1))):
+        cgutils.do_boundscheck(context, builder, index, length, axis)
 
 
 def _splat(vector_type, value):
@@ -75,7 +87,9 @@ def channel_words16(typingctx, words, first, half):
 
     def codegen(context, builder, signature, args):
         array, first_value, half_value = args
-        data = context.make_array(signature.args[0])(context, builder, array).data
+        words_array = context.make_array(signature.args[0])(context, builder, array)
+        data = words_array.data
+        _check_bounds(context, builder, words_array, 0, first_value, WORDS)
         loaded = []
         for part in range(WORDS // _LANES):
             at = builder.gep(data, [builder.add(first_value, ir.Constant(first_value.type, part * _LANES))])
@@ -141,6 +155,9 @@ def stale_slots16(typingctx, previous, nsamples, row, start):
         before = context.make_array(signature.args[0])(context, builder, before_array)
         now = context.make_array(signature.args[1])(context, builder, now_array)
         width = builder.extract_value(now.shape, 1)
+        _check_bounds(context, builder, before, 0, start_value, SLOT_LANES)
+        _check_bounds(context, builder, now, 0, row_value, 1)
+        _check_bounds(context, builder, now, 1, start_value, SLOT_LANES)
         at_now = builder.gep(now.data, [builder.add(builder.mul(row_value, width), start_value)])
         at_before = builder.gep(before.data, [start_value])
         was = builder.load(builder.bitcast(at_before, lanes.as_pointer()), align=2, typ=lanes)

@@ -32,7 +32,7 @@ from ..decoders.decode import (
     merge_fragments,
 )
 from ..errors import FIRST_NOTICE, Issue
-from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, reconstruct
+from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, add_detector_totals, reconstruct
 from .model import BadMessages, LostMessages, SequenceJump, SpillRecord
 
 _NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}
@@ -307,9 +307,7 @@ class SpillProcessor:
         acc.no_electron_beam_events += int(np.count_nonzero(physics.beam_trigger & ~physics.electron))
         acc._mark_events(ix.event[data].astype(np.int64))
         if physics.detector_energy.shape[1]:
-            per_detector = physics.detector_energy[data]
-            acc.detector_energy_kev += np.rint(per_detector * 1e6).astype(np.int64).sum(axis=0)
-            acc.detector_hits += np.count_nonzero(per_detector > 0, axis=0)
+            add_detector_totals(physics, data, acc.detector_energy_kev, acc.detector_hits)
         acc.saw_start_of_burst |= bool(np.any(ok & (ix.type == layout.START_OF_BURST)))
         eob = np.flatnonzero(ok & (ix.type == layout.END_OF_BURST))
         if len(eob):

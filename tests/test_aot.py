@@ -15,7 +15,7 @@ from conftest import VECTORS
 from na64_online.decoders import _aot
 from na64_online.decoders._aot import KERNELS, kernels
 from na64_online.decoders.decode import SlotSums, decode_events, index_bytes
-from na64_online.decoders.reconstruct import DetectorGeometry, reconstruct
+from na64_online.decoders.reconstruct import DetectorGeometry, add_detector_totals, reconstruct
 from na64_online.monitor.health import ChannelStats
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
@@ -77,6 +77,9 @@ def chain(data: bytes, channel_map, with_samples: bool) -> dict[str, np.ndarray]
     for name, value in vars(physics).items():
         if isinstance(value, np.ndarray):
             out[f"physics.{name}"] = value.copy()
+    detectors = physics.detector_energy.shape[1]
+    out["detector_kev"], out["detector_hits"] = np.zeros(detectors, np.int64), np.zeros(detectors, np.int64)
+    add_detector_totals(physics, physics.is_data, out["detector_kev"], out["detector_hits"])
     refill = ChannelStats(channel_map)
     refill.fill(decoded, select=select)  # the health kernel itself (not the decoder's sums)
     out.update(slot_counts=stats.counts.copy(), slot_sums=stats.sums.copy(), refill_counts=refill.counts.copy(),
@@ -120,14 +123,13 @@ def _inputs():
 
 
 INPUTS = dict(_inputs())
-CALLS: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("with_samples", [False, True], ids=["estimates", "samples"])
 @pytest.mark.parametrize("name", sorted(INPUTS))
 def test_compiled_and_jit_kernels_give_identical_outputs(name, with_samples, channel_map):
     data = INPUTS[name]()
-    with kernels_from("aot", CALLS):
+    with kernels_from("aot", {}):
         compiled = chain(data, channel_map, with_samples)
     with kernels_from("jit", {}):
         jit = chain(data, channel_map, with_samples)
@@ -139,11 +141,33 @@ def test_compiled_and_jit_kernels_give_identical_outputs(name, with_samples, cha
         assert np.all(same), f"{name}: {key} differs"
 
 
-def test_the_comparison_called_every_compiled_kernel():
-    """The inputs above reach every kernel of the list (run after the comparison: pytest keeps file order)."""
-    if not CALLS:
-        pytest.skip("run together with test_compiled_and_jit_kernels_give_identical_outputs")
-    assert set(CALLS) == set(KERNELS)
+def _plan(seed: int):
+    """Random payloads of whole sub-events and a plan gathering them into super events, as the builder makes."""
+    from na64_online.decoders import layout
+
+    rng = np.random.default_rng(seed)
+    payloads, subs = [], []
+    for p in range(int(rng.integers(1, 4))):
+        sizes = rng.integers(layout.DATE_HEADER_WORDS, 60, int(rng.integers(1, 12)))
+        payloads.append(rng.integers(0, 1 << 32, int(sizes.sum()), dtype=np.uint32))
+        offsets = np.cumsum(sizes) - sizes
+        subs += [(p, int(o), int(n)) for o, n in zip(offsets, sizes)]
+    subs = np.array([subs[i] for i in rng.permutation(len(subs))], dtype=np.int64)
+    cuts = np.unique(rng.integers(1, len(subs), 3)) if len(subs) > 1 else np.zeros(0, np.int64)
+    groups = np.concatenate(([0], cuts, [len(subs)])).astype(np.int64)
+    return payloads, subs, groups, int(rng.integers(0, 100))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_and_jit_event_builder_kernels_give_identical_outputs(seed):
+    from na64_online.daq.builder import gather
+
+    payloads, subs, groups, gdc = _plan(seed)
+    with kernels_from("aot", {}):
+        compiled = gather(payloads, subs, groups, gdc).copy()
+    with kernels_from("jit", {}):
+        jit = gather(payloads, subs, groups, gdc).copy()
+    assert compiled.dtype == jit.dtype and np.array_equal(compiled, jit)
 
 
 # ---------------------------------------------------------------- the list of kernels
@@ -162,12 +186,8 @@ def _package_modules_with_kernels() -> list[str]:
     return sorted(set(names))
 
 
-#: kernels the wrappers call that are deliberately left to the JIT, with the reason
-JIT_ONLY = {
-    "na64_online.daq.builder._copy_events": "the live service's event builder: daq/builder.py defines a numba "
-                                            "intrinsic and so imports numba in any case",
-    "na64_online.daq.builder._write_headers": "the live service's event builder (as _copy_events)",
-}
+#: kernels the wrappers call that are deliberately left to the JIT, with the reason (none now)
+JIT_ONLY: dict[str, str] = {}
 
 
 def _entry_kernels() -> set[str]:
@@ -210,6 +230,13 @@ def test_the_compiled_module_has_every_listed_kernel_for_its_signature():
         assert callable(getattr(module, name)), name
 
 
+def _find(name: str):
+    try:
+        return importlib.util.find_spec(name)
+    except ImportError:  # a name of a module, not a module
+        return None
+
+
 def test_kernel_sources_cover_every_package_module_the_kernels_import():
     """The staleness hash reads every module a kernel module imports from the package (their constants are
     compiled in): a new import that is not hashed would let a stale build through."""
@@ -221,16 +248,17 @@ def test_kernel_sources_cover_every_package_module_the_kernels_import():
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 target = f"{base}.{node.module}" if node.module else base
-                names = [target] if node.module else [f"{base}.{a.name}" for a in node.names]
-                for name in names:
-                    if importlib.util.find_spec(name) is not None and name != "na64_online":
-                        assert name in hashed, f"{module_name} imports {name}, not in _aot.KERNEL_SOURCES"
+                for alias in node.names:  # ``from X import a``: the module X.a if there is one, else X's names
+                    name = f"{target}.{alias.name}"
+                    spec = _find(name) or _find(target)
+                    if spec is not None and spec.origin and not spec.origin.endswith("__init__.py"):
+                        assert spec.name in hashed, f"{module_name} imports {spec.name}, not in _aot.KERNEL_SOURCES"
 
 
 # ---------------------------------------------------------------- the choice
 def test_a_stale_build_is_not_used_and_aot_mode_says_why(monkeypatch, tmp_path):
     compiled_module()
-    paths = {m: Path(importlib.util.find_spec(m).origin) for m in _aot.KERNEL_SOURCES}
+    paths = {m: _aot._source_path(m) for m in _aot.KERNEL_SOURCES}
     edited = tmp_path / "_kernels.py"
     edited.write_text(paths["na64_online.decoders._kernels"].read_text() + "\n# an edit\n")
     assert _aot.source_hash({**paths, "na64_online.decoders._kernels": edited}) != _aot.source_hash()
@@ -286,3 +314,14 @@ def test_arguments_the_kernel_was_not_compiled_for_take_the_jit_kernel(monkeypat
             chooser.group_sums(*a)
             assert np.array_equal(a[5][:, 0], energy[:, 0] + energy[:, 1])
     assert [r.getMessage() for r in caplog.records] == ["kernel group_sums: arguments of other types than compiled: JIT"]
+
+
+def test_the_comparison_reaches_every_compiled_kernel(channel_map):
+    """small.dat and one builder plan — inputs of the comparisons above — call every kernel of the list."""
+    from na64_online.daq.builder import gather
+
+    calls: dict[str, int] = {}
+    with kernels_from("aot", calls):
+        chain(INPUTS["small.dat"](), channel_map, False)
+        gather(*_plan(0))
+    assert set(calls) == set(KERNELS)

@@ -9,6 +9,7 @@ channel, saturated samples, thresholds.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
@@ -123,3 +124,32 @@ def test_vector_channel_equals_the_reference_twins(samples, half, gain, threshol
             words[3 + damaged] = (words[3 + damaged] & ~np.uint32(layout.DATA_MARKER_MASK << layout.DATA_MARKER_SHIFT)) \
                 | np.uint32(marker << layout.DATA_MARKER_SHIFT)
             assert _vector_channel(words, 3, window, gain, threshold) == (*expected, False)
+
+
+@pytest.mark.fuzz
+def test_vector_code_checks_its_range_under_boundscheck():
+    """The vector loads are an intrinsic numba's bounds checks do not reach: under NUMBA_BOUNDSCHECK=1 (the
+    fuzz run) they check their own range, so the fuzz run covers them as it covers the rest of the decoder."""
+    import os
+
+    from na64_online.decoders import _vector
+
+    if os.environ.get("NUMBA_BOUNDSCHECK") != "1":
+        pytest.skip("only meaningful in the NUMBA_BOUNDSCHECK=1 run")
+
+    @njit
+    def channel(words, first):
+        return _vector.channel_words16(words, first, 3)
+
+    @njit
+    def stale(previous, nsamples, row, start):
+        return _vector.stale_slots16(previous, nsamples, row, start)
+
+    words = np.zeros(_vector.WORDS + 4, dtype=layout.WORD)
+    assert channel(words, 4) == (0, 0, 0, 0)
+    previous, nsamples = np.zeros(20, dtype=np.uint16), np.zeros((3, 20), dtype=np.uint16)
+    assert stale(previous, nsamples, 2, 4) == 0
+    for call in (lambda: channel(words, 5), lambda: channel(words, -1), lambda: stale(previous, nsamples, 3, 0),
+                 lambda: stale(previous, nsamples, 0, 5)):
+        with pytest.raises(IndexError):
+            call()

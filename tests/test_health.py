@@ -245,3 +245,38 @@ def test_row_nanmedian_is_numpys_nanmedian():
             want = np.nanmedian(values, axis=1)
         got = row_nanmedian(values)
         assert np.array_equal(got, want, equal_nan=True), columns
+
+
+@pytest.mark.parametrize("slots", [120, 13, 3])
+def test_per_slot_statistics_equal_a_row_by_row_numpy_sum(slots):
+    """``add_slot_sums`` (what the decoder and ``ChannelStats.fill`` both run) equals adding each row's read-out
+    slots in row order with numpy, bit for bit: random pedestals and amplitudes (negative ones too), thresholds
+    below and above 0, absent slots holding anything (they must not count)."""
+    import numba
+
+    from na64_online.decoders._kernels import add_slot_sums
+
+    @numba.njit
+    def run(nsamples, pe, po, amp, sat, threshold, counts, sums):
+        for i in range(nsamples.shape[0]):
+            add_slot_sums(i, nsamples, pe, po, amp, sat, threshold, counts, sums)
+
+    rng = np.random.default_rng(slots)
+    rows = 300
+    nsamples = np.where(rng.random((rows, slots)) < 0.6, rng.integers(1, 40, (rows, slots)), 0).astype(np.uint16)
+    pe, po = rng.normal(250.0, 60.0, (2, rows, slots))
+    amp = rng.normal(30.0, 200.0, (rows, slots))
+    sat = rng.random((rows, slots)) < 0.1
+    for threshold in (20.0, -15.0):
+        counts, sums = np.zeros((3, slots), np.int64), np.zeros((6, slots))
+        run(nsamples, pe, po, amp, sat, threshold, counts, sums)
+        want_counts, want_sums = np.zeros((3, slots), np.int64), np.zeros((6, slots))
+        for i in range(rows):
+            m = nsamples[i] != 0
+            a, b, x = pe[i, m], po[i, m], amp[i, m]
+            h = x > threshold
+            xh = x * h
+            want_counts[:, m] += np.array([np.ones_like(h), h, sat[i, m]], dtype=np.int64)
+            want_sums[:, m] += np.array([a, a * a, b, b * b, xh, xh * xh])
+        assert np.array_equal(counts, want_counts)
+        assert sums.tobytes() == want_sums.tobytes()

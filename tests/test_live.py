@@ -613,3 +613,33 @@ def test_bad_message_labels_are_bounded(spills, channel_map):
                                                "unknown": {"bad_envelope": 1}}
     finally:
         sub.close()
+
+
+def test_spills_are_finished_in_the_order_they_closed(channel_map):
+    """A later spill whose results all came first waits for the spills closed before it: run-level sums
+    (``eot_run``, run histograms) and the archive follow the spills' order, not the workers' timing."""
+    from na64_online.daq.builder import ClosedSpill
+    from na64_online.daq.workers import Task, TaskDone
+
+    finished = []
+
+    def finish(acc, complete, live):
+        finished.append(complete)  # spill 1 closes complete, spill 2 not: tells them apart
+        return {"complete": complete}
+
+    svc = IngestService(IngestConfig(workers=0), SpillProcessor, (MonitorConfig(), channel_map), finish=finish)
+
+    def closed(spill: int, complete: bool) -> ClosedSpill:
+        return ClosedSpill(run=7, spill=spill, complete=complete, missing_ldcs=(), incomplete_events=0,
+                           late_events=0, lost_messages={}, chunks=1, events=0, data_events=0,
+                           reason="end_of_burst", opened_at=0.0, closed_at=0.0, last_eob_at=None)
+
+    def result_of(spill: int) -> TaskDone:
+        return TaskDone(Task(7, spill, 0, None, 0, 0), result=None)
+
+    svc._on_outputs([closed(1, True), closed(2, False)], time.monotonic())
+    svc._on_done([result_of(2)])
+    assert finished == [] and list(svc.records) == []
+    svc._on_done([result_of(1)])
+    assert finished == [True, False]
+    assert list(svc.records) == [{"complete": True}, {"complete": False}]

@@ -335,12 +335,12 @@ def test_spill_by_spill_index_gives_the_whole_index_spills(clean, tmp_path, dama
         data = data[:int(index.source_offset[_type_row(index, 2, layout.END_OF_BURST)]) + 100]
     path = _write(tmp_path, data)
     calls = []  # the kernel calls of the whole index
-    kernel = decode._kernels.index_events
-    monkeypatch.setattr(decode._kernels, "index_events", lambda *a: calls.append(a[3]) or kernel(*a))
+    kernel = decode._k.index_events  # the kernel the wrapper calls (compiled ahead of time, or the JIT one)
+    monkeypatch.setattr(decode._k, "index_events", lambda *a: calls.append(a[3]) or kernel(*a))
     whole = RawFile(path)  # a small file: indexed whole at once
     assert whole._whole is not None
     expected = _segments(whole.spills())
-    monkeypatch.setattr(decode._kernels, "index_events", kernel)
+    monkeypatch.setattr(decode._k, "index_events", kernel)
     parts = _SmallWindows(path)
     assert parts._whole is None  # not indexed whole
     walked, windows = [], []

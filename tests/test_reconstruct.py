@@ -144,3 +144,34 @@ def test_selection_kernel_equals_numpy(channel_map, zero_suppression):
         seen |= {(name, flag) for name in ("candidate", "electron", "hadron_like")
                  for flag in np.unique(getattr(physics, name)).tolist()}
     assert seen == {(name, flag) for name in ("candidate", "electron", "hadron_like") for flag in (False, True)}
+
+
+@pytest.mark.parametrize("zero_suppression", [True, False], ids=["zs", "full"])
+def test_detector_totals_equal_numpy(channel_map, zero_suppression):
+    """The per-detector totals of the selected rows (a spill's data events) equal numpy's expression on the
+    simulated spill, and on energies that sit exactly half a keV apart (rint's ties go to even) or are not
+    positive; a wrong shape is refused."""
+    from na64_online.decoders.reconstruct import EventPhysics, add_detector_totals
+
+    def numpy_totals(energy, select):
+        per = energy[select]
+        return np.rint(per * 1e6).astype(np.int64).sum(axis=0), np.count_nonzero(per > 0, axis=0)
+
+    sim = ReadoutSimulator(SimulationConfig(events_per_spill=300, seed=5, run_events=False,
+                                            zero_suppression=zero_suppression))
+    words, _ = as_words(next(iter(sim.spills())).raw())
+    decoded = decode_events(words, index_events(words), channel_map)
+    physics = reconstruct(decoded, DetectorGeometry.from_map(channel_map))
+    ties = np.array([[0.5e-6, 1.5e-6, 2.5e-6, -0.5e-6], [0.0, -1.0, 3.25, 2.5e-6], [7.0, 0.0, 0.0, 1e-9]])
+    select_ties = np.array([True, True, False])
+    for energy, select in ((physics.detector_energy, physics.is_data), (ties, select_ties)):
+        subject = EventPhysics(**{**vars(physics), "detector_energy": energy}) if energy is ties else physics
+        kev, hits = np.full(energy.shape[1], 3, dtype=np.int64), np.zeros(energy.shape[1], dtype=np.int64)
+        add_detector_totals(subject, select, kev, hits)
+        want_kev, want_hits = numpy_totals(energy, select)
+        assert np.array_equal(kev, want_kev + 3) and np.array_equal(hits, want_hits)
+        assert hits.any()
+    with pytest.raises(ValueError):
+        add_detector_totals(physics, physics.is_data[:-1], kev, hits)
+    with pytest.raises(ValueError):
+        add_detector_totals(physics, physics.is_data, kev[:1], hits)

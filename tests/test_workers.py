@@ -594,3 +594,23 @@ def test_a_worker_stalled_for_seconds_keeps_its_connection_and_its_task(spills, 
         proc.wait(10)
     assert [d.error for d in done] == ["answered"]
     assert pool.stats.workers_lost == 0 and pool.stats.tasks_retried == 0 and pool.stats.workers_seen == 1
+
+
+def test_task_bytes_count_each_referenced_payload_once(channel_map, processor):
+    """Tasks hold the message payloads their plans reference: a payload shared by two chunks (a message cut
+    between them) is memory held once, so the task budget counts it once."""
+    a, b, c, d = (np.zeros(1000, np.uint32) for _ in range(4))  # 4000 bytes each
+
+    def chunk(*payloads):
+        subs = np.array([(i, 0, 17) for i in range(len(payloads))], np.int64)
+        return BuiltChunk(RUN, 1, 0, payloads, payloads, subs, np.array([0, len(payloads)], np.int64),
+                          np.array([7], np.int32), np.array([1], np.int64), 1, final=False)
+
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, max_task_bytes=12000)
+    try:  # no worker: the tasks wait
+        assert pool.submit(Task(RUN, 1, 0, chunk(a, b), 1, 1), 0.0)
+        assert pool.submit(Task(RUN, 1, 1, chunk(b, c), 1, 1), 0.0)  # b held already: 12000 bytes, fits
+        assert pool.task_bytes == 12000
+        assert not pool.submit(Task(RUN, 1, 2, chunk(d), 1, 1), 0.0)  # 16000: beyond the bound
+    finally:
+        pool.close()
