@@ -76,12 +76,14 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_cold_start_drops_nothing(tmp_path):
-    """Empty numba cache: the service and its worker compile every kernel before subscribing.
+    """Empty numba cache and the JIT kernels (as without the ahead-of-time build): the service and its worker
+    compile every kernel before subscribing.
 
     One queued task at most (NA64_INGEST__MAX_QUEUED_TASKS=1): had the first spills arrived while the
     worker compiled, their events would have been dropped (as they were before the warm-up).
     """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), NA64_INGEST__MAX_QUEUED_TASKS="1")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), NA64_INGEST__MAX_QUEUED_TASKS="1",
+               NA64_KERNELS="jit")
     env.pop("NA64_CONFIG", None)
     result = subprocess.run(
         [*COMMAND, "demo", "--spills", "3", "--events", "3000", "--spill-duration", "1", "--spill-gap", "0.3",
