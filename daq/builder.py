@@ -71,13 +71,6 @@ DATA_TYPES = (L.PHYSICS_EVENT, L.CALIBRATION_EVENT)
 CONTROL_TYPES = (L.START_OF_BURST, L.END_OF_BURST)
 
 _HDR = L.DATE_HEADER_WORDS
-_HDR_BYTES = L.DATE_HEADER_BYTES
-_H_SIZE = L.H_SIZE
-_H_HEADER_SIZE = L.H_HEADER_SIZE
-_H_ATTR2 = L.H_ATTRIBUTES_2
-_H_LDC = L.H_LDC
-_H_GDC = L.H_GDC
-_SUPER = L.SUPER_EVENT_BIT
 
 
 #: largest task a plan may describe (words of built events): 256 MB, a worker's message limit
@@ -260,18 +253,18 @@ class BuiltChunk:
         gdc = 0
         pos, n = 0, words.shape[0]
         while pos + _HDR <= n:
-            size = int(words[pos + _H_SIZE]) // 4
-            hsize = int(words[pos + _H_HEADER_SIZE]) // 4
-            if size < 2 * _HDR or pos + size > n or not words[pos + _H_ATTR2] & _SUPER:
+            size = int(words[pos + L.H_SIZE]) // 4
+            hsize = int(words[pos + L.H_HEADER_SIZE]) // 4
+            if size < 2 * _HDR or pos + size > n or not words[pos + L.H_ATTRIBUTES_2] & L.SUPER_EVENT_BIT:
                 raise PlanError(f"word {pos}: not a whole super event")
             starts.append(len(subs))
             types.append(int(words[pos + L.H_TYPE]) & L.TYPE_MASK)
             event = int(words[pos + L.H_BURST_EVENT]) & L.EVENT_IN_BURST_MASK
             keys.append({L.START_OF_BURST: SOB_KEY, L.END_OF_BURST: EOB_KEY}.get(types[-1], event + 1))
-            gdc = int(words[pos + _H_GDC])
+            gdc = int(words[pos + L.H_GDC])
             sub = pos + hsize
             while sub < pos + size:
-                ssize = int(words[sub + _H_SIZE]) // 4
+                ssize = int(words[sub + L.H_SIZE]) // 4
                 if ssize < _HDR or sub + ssize > pos + size:
                     raise PlanError(f"word {sub}: sub-event of {ssize} words does not fit its super event")
                 subs.append((0, sub, ssize))
