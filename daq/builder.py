@@ -491,7 +491,6 @@ class EventBuilder:
         """Convenience: scan a payload (bytes) and :meth:`add` it."""
         return self.add(ldc, scan_payload(payload), now, lost=lost)
 
-
     def note_lost(self, ldc: int, lost: int) -> None:
         """Lost messages that cannot be attributed to a spill: reported with the next closed spill."""
         if lost:

@@ -428,8 +428,9 @@ class RawFile:
                                              start=start)
 
     def release_pages(self, stop: int) -> None:
-        """Unmap this process's pages of bytes [0, ``stop``) (rounded down to a page, unless the end): the resident memory they
-        count for goes, the page cache keeps them, a later read of them maps them again. The mapping stays valid."""
+        """Unmap this process's pages of bytes [0, ``stop``) (rounded down to a page, unless the end): the
+        resident memory they count for goes, the page cache keeps them, a later read of them maps them again.
+        The mapping stays valid."""
         stop = self.size if stop >= self.size else stop - stop % mmap.PAGESIZE  # the file's end: its last page too
         if self._map is not None and stop > 0:
             self._map.madvise(mmap.MADV_DONTNEED, 0, stop)

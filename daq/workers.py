@@ -888,8 +888,8 @@ def worker_curve_keys(key_file: str, server_key_file: str) -> tuple[bytes, bytes
     return public, secret, server
 
 
-__all__ = ["PROTOCOL", "REFUSED_TASK", "gather_task", "CurveServer", "PoolStats", "Task", "TaskDone", "WorkerPool", "WorkerSetup",
-           "is_loopback", "load_key", "make_keys", "run_worker", "worker_curve_keys", "write_public_key"]
+__all__ = ["PROTOCOL", "REFUSED_TASK", "gather_task", "CurveServer", "PoolStats", "Task", "TaskDone", "WorkerPool",
+           "WorkerSetup", "is_loopback", "load_key", "make_keys", "run_worker", "worker_curve_keys", "write_public_key"]
 
 if __name__ == "__main__":  # pragma: no cover - the worker program is `na64-online worker`
     sys.exit("run `na64-online worker --connect ENDPOINT` (python -m na64_online.cli worker)")

@@ -310,8 +310,6 @@ def index_bytes(data) -> tuple[np.ndarray, EventIndex]:
     return out, EventIndex(**dict(zip(_INDEX_COLUMNS, cols)), end=base_words + int(position), truncated=bool(truncated))
 
 
-
-
 @dataclass(frozen=True, eq=False)
 class DecodedEvents:
     """Decoded rows of an :class:`EventIndex` slice; arrays indexed [row] or [row, slot].
@@ -458,13 +456,13 @@ def decode_events(
     if with_samples and not 1 <= max_samples <= layout.MAX_SAMPLES:
         raise ValueError(f"max_samples must be within 1..{layout.MAX_SAMPLES}")
     rows = _args.EventRows(np.ascontiguousarray(index.offset, dtype=np.int64),
-                              np.ascontiguousarray(index.size, dtype=np.int64), np.ascontiguousarray(index.status))
+                           np.ascontiguousarray(index.size, dtype=np.int64), np.ascontiguousarray(index.status))
     setup = _args.DecodeSetup(channel_map.src_kind, channel_map.lookup, np.ascontiguousarray(channel_map.gain_gev))
     estimator_params = _args.EstimatorParams(int(params.pedestal_samples), float(params.amplitude_threshold),
-                                                bool(with_samples))
+                                             bool(with_samples))
     if slot_sums is None:
         sums = _args.SlotSums(np.zeros(0, dtype=np.bool_), 0.0, np.zeros((len(_args.SLOT_COUNTS), nslots), np.int64),
-                                 np.zeros((len(_args.SLOT_SUMS), nslots)))
+                              np.zeros((len(_args.SLOT_SUMS), nslots)))
     else:
         sums = slot_sums.checked(n, nslots)
     # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel)
@@ -480,10 +478,10 @@ def decode_events(
     capacity = 64 + 4 * n
     while True:
         events = _args.EventOutputs(trigger_time=take("trigger_time", (n,), np.int64, -1),
-                                       scalers=take("scalers", (n, layout.N_SCALERS), np.int64, -1),
-                                       ldc_mask=take("ldc_mask", (n,), np.uint32, 0))
+                                    scalers=take("scalers", (n, layout.N_SCALERS), np.int64, -1),
+                                    ldc_mask=take("ldc_mask", (n,), np.uint32, 0))
         log = _args.IssueLog(take("issues", (capacity,), ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
-                                take("event_errors", (n,), np.int32, 0))
+                             take("event_errors", (n,), np.int32, 0))
         before = (sums.counts.copy(), sums.sums.copy()) if len(sums.select) else None
         _k.decode_events(words, rows, setup, estimator_params, channels, events, log, sums)
         total = int(log.counters[0])

@@ -171,7 +171,7 @@ def _group_sums(energy: np.ndarray, geometry: DetectorGeometry) -> tuple[np.ndar
     hottest = np.zeros(n, dtype=np.int64)
     top = np.zeros(n)
     _k.group_sums(energy, geometry.sum_columns, geometry.sum_starts, geometry.sum_scattered,
-                            geometry.main_columns, sums, hottest, top)
+                  geometry.main_columns, sums, hottest, top)
     return sums, hottest, top
 
 
@@ -206,9 +206,9 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
     hottest = np.empty((n, 2), dtype=np.int64)
     is_data = np.ascontiguousarray(decoded.is_data, dtype=np.bool_)
     _k.select_events(sums, col, top, energy, beam_column, is_data,
-                               np.ascontiguousarray(decoded.index.trigger_mask, dtype=np.uint32), widths, n_srd,
-                               srd_sum, codes, groups, xy, limits, e_ps, e_ecal, e_hcal, e_wcal, srd, veto,
-                               detector_energy, physics, beam, electron, hadron_like, candidate, hottest)
+                     np.ascontiguousarray(decoded.index.trigger_mask, dtype=np.uint32), widths, n_srd,
+                     srd_sum, codes, groups, xy, limits, e_ps, e_ecal, e_hcal, e_wcal, srd, veto,
+                     detector_energy, physics, beam, electron, hadron_like, candidate, hottest)
     return EventPhysics(
         e_ps=e_ps,
         e_ecal=e_ecal,
