@@ -38,16 +38,6 @@ INDEX_FIRST_WINDOW = 1 << 12
 INDEX_WORDS_PER_ROW = 64
 
 
-def __getattr__(name: str):
-    # add_slot_sums: the numba function adding row i of decoded (event, slot) arrays to per-slot statistics
-    # (see :class:`SlotSums`), for other kernels; on first use only (it imports numba)
-    if name == "add_slot_sums":
-        from ._kernels import add_slot_sums
-
-        return add_slot_sums
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def as_words(data) -> tuple[np.ndarray, int]:
     """View bytes-like ``data`` as uint32 words; returns (words, trailing bytes that make no word)."""
     if isinstance(data, np.ndarray) and data.dtype == layout.WORD and data.ndim == 1:
