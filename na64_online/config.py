@@ -54,7 +54,7 @@ from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
-from .reprocess import ClusterConfig
+from .cluster_config import ClusterConfig
 from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"

@@ -54,58 +54,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .decoders import layout
 from .decoders.decode import EventIndex
-from pydantic import Field, model_validator
 
-from .config_section import ConfigSection, FieldProblem
+from .cluster_config import ClusterConfig  # the [cluster] section (also reached as reprocess.ClusterConfig)
 from .errors import DaqError
 
 INSTALL_HINT = "reprocess needs Dask: pip install 'na64-online[cluster]' (dask[distributed])"
-
-
-class ClusterConfig(ConfigSection):
-    """``[cluster]``: where ``reprocess`` runs and how it talks to Dask.
-
-    ``scheduler``: address of an existing Dask scheduler (``tcp://HOST:8786``,
-    ``tls://HOST:8786``); ``None`` starts a ``LocalCluster`` of ``workers``
-    processes on this host, bound to 127.0.0.1. ``retries``: times a failed
-    task is re-run. ``direct_to_workers``: the client fetches each spill's result from the worker that
-    made it (True) or through the scheduler (False: only the scheduler must be reachable from the client,
-    at the cost of relaying every result, ~0.3 MB per spill of 10^5 events, through it); None: directly
-    from a local cluster's workers, through an existing scheduler. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
-    files; with all three the client (and a local cluster) use Dask's TLS
-    ``Security`` with encryption required — the scheduler address must then be
-    ``tls://``.
-    """
-
-    section: ClassVar[str] = "cluster"
-
-    scheduler: str | None = Field(None, pattern=r"^(tcp|tls|ucx|ws|wss)://.+")
-    workers: int = Field(2, ge=1, le=1024)
-    retries: int = Field(2, ge=0, le=100)
-    direct_to_workers: bool | None = None
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-
-    @model_validator(mode="after")
-    def _tls_complete(self) -> "ClusterConfig":
-        tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
-        if any(tls) and not all(tls):
-            missing = [n for n, v in zip(("tls_ca_file", "tls_cert_file", "tls_key_file"), tls) if not v][0]
-            raise FieldProblem(missing, "TLS needs all of tls_ca_file, tls_cert_file and tls_key_file")
-        if all(tls) and self.scheduler is not None and not self.scheduler.startswith("tls://"):
-            raise FieldProblem("scheduler", f"TLS is configured: the address must be tls://…, not {self.scheduler}")
-        return self
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_ca_file is not None
 
 
 # =========================================================================== the plan of a file (worker side)
