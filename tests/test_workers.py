@@ -465,6 +465,7 @@ def handler_pool(channel_map, processor):
         task = Task(RUN, 1, i, BuiltChunk.from_words(RUN, 1, i, np.zeros(0, np.uint32)), 0, 0, task_id=i + 1,
                     worker=b"peer")
         pool.outstanding[task.task_id] = task
+        pool._hold(task)  # as submit() and dispatch would: the pool's held bytes count it
     yield pool
     pool.close()
 
@@ -539,6 +540,7 @@ def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channe
                         sent_at=time.monotonic())
             pool._next_id += 1
             pool.outstanding[task.task_id] = task
+            pool._hold(task)
             pool.socket.send_multipart([ident, TASK, task.task_id.to_bytes(8, "little"), *frames])
         failed = pump(pool, 30, until=lambda: not pool.outstanding)
         assert len(failed) == len(bad) and all(d.result is None and "refused task" in d.error for d in failed)
@@ -546,6 +548,7 @@ def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channe
         assert pool.stats.refused_messages == 0  # a refusal is an answer, not a malformed message
         assert pool.submit(Task(RUN, 1, 0, chunk, EVENTS, EVENTS + 2), time.monotonic())
         (done,) = pump(pool, 30, until=lambda: not pool.busy)
+        assert pool.task_bytes == 0  # answered or refused, every task left the pool and holds nothing
     finally:
         pool.close()
     assert done.error is None
@@ -612,5 +615,10 @@ def test_task_bytes_count_each_referenced_payload_once(channel_map, processor):
         assert pool.submit(Task(RUN, 1, 1, chunk(b, c), 1, 1), 0.0)  # b held already: 12000 bytes, fits
         assert pool.task_bytes == 12000
         assert not pool.submit(Task(RUN, 1, 2, chunk(d), 1, 1), 0.0)  # 16000: beyond the bound
+        assert pool.task_bytes == 12000  # a task not taken holds nothing
+        # a running count: tasks that leave the pool (here: no worker took them in time) hold nothing more
+        failed = pool.poll(pool.queue_timeout_s + 1.0)
+        assert len(failed) == 2 and pool.task_bytes == 0 and not pool.busy
+        assert pool.submit(Task(RUN, 1, 3, chunk(d), 1, 1), 0.0) and pool.task_bytes == 4000
     finally:
         pool.close()
