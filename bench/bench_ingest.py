@@ -204,6 +204,18 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                             worker_setup=worker_setup(config, cmap))
     publisher_pids = {p.pid for p in procs}
     rss_before_kb = status_kb("self", "VmRSS")
+    if args.profile:  # the service thread under cProfile (its whole life: warm-up, warm spills, measured ones)
+        import cProfile
+
+        loop = svc._run
+
+        def profiled():
+            prof = cProfile.Profile(time.thread_time)  # CPU of this thread
+            try:
+                prof.runcall(loop)
+            finally:
+                prof.dump_stats(f"{args.profile}.{workers}w")
+        svc._run = profiled
     svc.start()
     deadline = time.monotonic() + 60
     while svc.pool.n_ready < workers and time.monotonic() < deadline:
@@ -511,6 +523,7 @@ def main(argv=None) -> int:
     p.add_argument("--warm-spills", type=int, default=0, metavar="K",
                    help="live runs: the first K spills of the data go through the service before the measured "
                    "rest (a service that has run: its memory faulted in once); 0: a service just started")
+    p.add_argument("--profile", metavar="FILE", help="live runs: cProfile the service thread into FILE.<N>w")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--data", metavar="FILE", help="raw file of the spills: read if it exists, else simulated "
                    "and written there (saves simulating again)")

@@ -429,6 +429,7 @@ class _Spill:
     full: list = field(default_factory=list)  # full chunk plans not handed on yet
     out_words: int = 0  # words built, not handed on (full chunks and the one being filled)
     out_since: float | None = None  # when the chunk being filled got its first event
+    build_due: float | None = None  # buildable events wait (too few for a chunk) until then at the latest
     chunks: int = 0
     events: int = 0
     data_events: int = 0
@@ -715,9 +716,28 @@ class EventBuilder:
                 continue
             h = self._horizon(sp, now)
             if h > sp.built_upto:
-                self._build(sp, h)
-                out.extend(self._emit(sp, now, final=False))
+                ready = self._worth_building(sp, h, now)
+                if ready:
+                    self._build(sp, h)
+                    out.extend(self._emit(sp, now, final=False, force=ready == "due"))
         return out
+
+    def _worth_building(self, sp: _Spill, horizon: int, now: float) -> str | bool:
+        """Whether to plan the buildable events (keys up to ``horizon``) now: when they fill the chunk being
+        planned (by events or words), or once they waited ``chunk_max_age_s`` ("due": the chunk is then
+        handed on too). Planning a message's worth at a time cost a dozen numpy calls per message; what is
+        built, and into which chunks, is the same either way (an LDC's stream is ordered, so nothing below
+        the horizon can still change), only the plan is made per chunk instead of per message."""
+        buf = sp.buffer
+        if horizon - sp.built_upto >= self.chunk_events - (buf.events if buf is not None else 0):
+            return True  # keys are event numbers + 1: at least that many events (END_OF_BURST's key is beyond)
+        if sp.pending_words >= min(self.chunk_words - (buf.used if buf is not None else 0),
+                                   self.max_pending_words // 2):  # never near a forced (incomplete) build
+            return True
+        if sp.build_due is None:
+            sp.build_due = now + self.chunk_max_age_s
+            return False
+        return "due" if now >= sp.build_due else False
 
     def _make_room(self, now: float) -> list[Output]:
         out: list[Output] = []
@@ -731,6 +751,7 @@ class EventBuilder:
 
         Nothing is copied: the chunk records where each sub-event is (payload, offset, words), in
         building order (by event, then LDC), and how many sub-events each super event has."""
+        sp.build_due = None
         pieces: list[tuple[_Batch, int]] = []
         for ldc in sorted(sp.parts):
             part = sp.parts[ldc]
@@ -755,8 +776,10 @@ class EventBuilder:
         counts = [b.keys.shape[0] for b, _ in pieces]
         cat = (lambda arrays: arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
         keys = cat([b.keys for b, _ in pieces]).astype(np.int64, copy=False)
-        ldcs = np.repeat(np.array([ldc for _, ldc in pieces], np.int64), counts)
-        order = np.lexsort((ldcs, keys))  # by event, then LDC: the sub-events in building order
+        # by event, then LDC: the sub-events in building order. The pieces come LDC by LDC in ascending order,
+        # each LDC's keys strictly increasing (add() keeps them so): a stable sort by key alone gives that order
+        # (timsort merges the sorted runs), as a lexsort by (key, LDC) would at several times the cost
+        order = np.argsort(keys, kind="stable")
         source = np.repeat(np.arange(len(pieces)), counts)[order]
         src_off = cat([b.offsets for b, _ in pieces]).astype(np.int64, copy=False)[order]
         sizes = cat([b.sizes for b, _ in pieces]).astype(np.int64, copy=False)[order]

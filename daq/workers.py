@@ -809,6 +809,8 @@ class WorkerPool:
         """Timers: tasks without result, tasks waiting too long, dead local processes."""
         out: list[TaskDone] = []
         for task in list(self.outstanding.values()):
+            if self.outstanding.get(task.task_id) is not task:
+                continue  # taken back already in this pass, with the other tasks of its worker (_forget)
             if now - task.sent_at >= self.task_timeout_s:
                 w = self.workers.get(task.worker) if task.worker else None
                 log.warning("task %d (run %d spill %d chunk %d): no result after %.0f s", task.task_id, task.run,

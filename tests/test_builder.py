@@ -512,7 +512,7 @@ def test_a_payload_partly_built_is_held_once(simulated):
     """A message cut by a build (half its events planned into a chunk, half pending) is one payload in memory:
     the open spill's bytes count it once (memory builds are forced on what is really held)."""
     _, ev = simulated[0]
-    b = EventBuilder((1, 2), chunk_events=1 << 20, chunk_max_age_s=1e9)
+    b = EventBuilder((1, 2), chunk_events=11, chunk_max_age_s=1e9)  # 10 buildable events: planned, not handed on
     one, two = scan_payload(b"".join(ev[1][:20])), scan_payload(b"".join(ev[2][:10]))
     assert b.add(1, one, 0.0) == [] and b.add(2, two, 0.0) == []  # 10 events planned, 10 of LDC 1 pending
     assert b.stats.built_events == 10
