@@ -80,7 +80,11 @@ class ClusterConfig(ConfigSection):
     from a local cluster's workers, through an existing scheduler. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
     files; with all three the client (and a local cluster) use Dask's TLS
     ``Security`` with encryption required — the scheduler address must then be
-    ``tls://``.
+    ``tls://``. ``ahead``: spills of the files after the one being merged that
+    the client holds decoded, at most, per worker thread (~0.3 MB each for
+    10^5 events): while it holds fewer, the next files are indexed and decoded
+    beside the one being merged, a pass per thread; 0: only the file being
+    merged is indexed, its spills spread as spill tasks.
     """
 
     section: ClassVar[str] = "cluster"
@@ -89,6 +93,7 @@ class ClusterConfig(ConfigSection):
     workers: int = Field(2, ge=1, le=1024)
     retries: int = Field(2, ge=0, le=100)
     direct_to_workers: bool | None = None
+    ahead: int = Field(16, ge=0, le=1 << 20)
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -554,7 +559,7 @@ class Reprocessor:
     ``on_record(record)`` / ``on_note(path, level, text)`` are called in the
     client's thread as results are merged. ``window``: spill tasks in flight (default 4 per worker
     thread); ``ahead``: spills decoded in the index steps of files after the one being merged that the
-    client holds at most (default 16 per worker thread, ~0.3 MB each for 10^5 events).
+    client holds at most (default ``[cluster] ahead`` per worker thread, 16, ~0.3 MB each for 10^5 events).
     """
 
     def __init__(self, config, channel_map, cluster: ClusterConfig, *, archive: str | None = None,
@@ -625,7 +630,7 @@ class Reprocessor:
         retries = self.cluster_config.retries
         threads = sum(client.nthreads().values()) or 1
         window = self.window or max(4, 4 * threads)
-        ahead = self.ahead if self.ahead is not None else 16 * threads
+        ahead = self.ahead if self.ahead is not None else self.cluster_config.ahead * threads
         token = f"{os.getpid()}-{time.time_ns()}"
         known = [time.monotonic(), client.nthreads()]
 

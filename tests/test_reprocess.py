@@ -238,7 +238,7 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
     try:
         with distributed.get_task_stream(client) as stream:
             stats = Reprocessor(load_config(environ={}), ChannelMap.default(),
-                                ClusterConfig(scheduler=local.scheduler_address), window=1, ahead=0
+                                ClusterConfig(scheduler=local.scheduler_address, ahead=0), window=1
                                 ).run(files, out.append, lambda *a: None)
     finally:
         client.run(_set_index_window, old.pop())
@@ -326,6 +326,24 @@ def test_bad_scheduler_address_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["reprocess", "x.dat", "--scheduler", "localhost:8786"])
     assert exit_.value.code == 2 and "tcp://HOST:8786" in capsys.readouterr().err
+
+
+def test_ahead_is_set_in_the_configuration_or_on_the_command_line(tmp_path, capsys):
+    """``[cluster] ahead`` (decoded spills of later files held per worker thread), overridden by ``--ahead``;
+    a negative count is a usage error."""
+    from na64_online.cli import build_parser, cluster_config_from_args
+    from na64_online.config import load_config
+
+    config = tmp_path / "cluster.toml"
+    config.write_text("[cluster]\nahead = 3\n")
+    loaded = load_config(config, environ={})
+    assert load_config(environ={}).cluster.ahead == 16 and loaded.cluster.ahead == 3
+    parser = build_parser()
+    assert cluster_config_from_args(loaded, parser.parse_args(["reprocess", "x.dat"])).ahead == 3
+    assert cluster_config_from_args(loaded, parser.parse_args(["reprocess", "x.dat", "--ahead", "0"])).ahead == 0
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["reprocess", "x.dat", "--ahead", "-1"])
+    assert exit_.value.code == 2 and "--ahead" in capsys.readouterr().err
 
 
 def test_tls_certificates_from_the_configuration_encrypt_the_cluster(raw_files, tmp_path):
