@@ -548,6 +548,11 @@ class _FileRun:
         its last one, or the one after it."""
         return self.spills > 0 and self.size - self.position < 2 * self.position / self.spills
 
+    def ending(self) -> bool:
+        """At most one and a half spills' worth of the file (by its spills so far) is left to index: the step
+        after the last one heard of is likely its last one."""
+        return self.spills > 0 and 2 * (self.size - self.position) <= 3 * self.position / self.spills
+
     def decoded(self) -> int:
         """Its spills decoded in index steps, held here until merged."""
         return sum(1 for item in self.items if item[4] is not None)
@@ -695,7 +700,9 @@ class Reprocessor:
                 # at most the spill of the step after the one running is left: spreading one spill gains nothing
                 # and maps it twice
                 decode = len(active) >= threads or file.nearly_done()
-                while file.asked - file.heard < 2 and len(file.waiting) < window:
+                # a step ahead of the running one, unless that one is (by the bytes per spill so far) the
+                # file's last: a step asked past the file's end is a task that finds nothing
+                while file.asked - file.heard < (1 if file.ending() else 2) and len(file.waiting) < window:
                     step(file, decode)
 
         def submit_ready() -> None:
