@@ -164,6 +164,10 @@ def compare(args, argv: list[str]) -> dict:
         print(f"  {label:>22}  {col('speedup_2')[0]:14.2f}x  {col('speedup_2')[1]:5.2f}x  "
               f"{col('speedup_1')[0]:13.2f}x  {col('speedup_1')[1]:5.2f}x  {col('speedup_2_processes')[0]:14.2f}x  "
               f"{col('speedup_2_processes')[1]:5.2f}x  {cpu * 1e3:16.0f} ms")
+    tails = [x["tail_2_s_median"] for x in rounds["this tree"]]
+    shares = [x["tail_2_share_median"] for x in rounds["this tree"]]
+    print(f"  this tree, 2 workers: the client's merge after the last result came {statistics.median(tails) * 1e3:.0f} ms, "
+          f"{statistics.median(shares):.0%} of the run (median of rounds)")
     base, this = (rounds[label] for label, _ in trees)
     ratio = [b["reprocess_2_s"] / t["reprocess_2_s"] for b, t in zip(base, this)]
     result["reprocess_2_baseline_over_this"] = ratio
