@@ -44,7 +44,8 @@ held by tasks waiting or at workers — the caller drops whole events and
 counts them).
 A task that gets no result within ``task_timeout_s`` (worker died, host
 unreachable) is given to another worker (``task_retries`` times), then
-reported failed. Results are merged by the service in chunk order.
+reported failed; a task a worker's HELLOs show it never got (sent before one,
+unanswered at the next: lost with a reset connection) is retried at once. Results are merged by the service in chunk order.
 """
 
 from __future__ import annotations
