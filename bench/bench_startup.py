@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_startup.py --demo           # and the time to demo's first spill record
     .venv/bin/python bench/bench_startup.py --repeat 7 --baseline-rev 7566c6b --demo --demo-repeat 3
 
-Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock runs and its CPU time
-(user + system of the child): the interpreter alone (``python -c pass``), ``import numpy``, ``import
+Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock runs, and the best and the
+median CPU time (user + system of the child; load changes it least): the interpreter alone (``python -c pass``), ``import numpy``, ``import
 numba`` and a script calling one cached numba kernel (numba's floor: what any command using a JIT kernel
 pays), ``na64-online replay small.dat`` with the ahead-of-time compiled kernels (``NA64_KERNELS=aot``:
 target < 0.5 s wall) and with the JIT ones (``NA64_KERNELS=jit``, cached); ``--baseline-rev REV``: also the
@@ -141,10 +141,10 @@ def main(argv=None) -> int:
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; best of {args.repeat}, interleaved; "
           "replay: the ahead-of-time compiled kernels, replay jit: numba's (cached); Python bytecode "
           f"{'not cached (PYTHONDONTWRITEBYTECODE)' if 'PYTHONDONTWRITEBYTECODE' in CHILD_ENV else 'cached'}")
-    print(f"{'command':>16} {'wall s':>8} {'CPU s':>7}")
+    print(f"{'command':>16} {'wall s':>8} {'CPU s':>7} {'med CPU':>7}  (best wall, best CPU, median CPU)")
     for name, values in runs.items():
-        wall, cpu = min(values)
-        print(f"{name:>16} {wall:8.3f} {cpu:7.3f}")
+        print(f"{name:>16} {min(w for w, _ in values):8.3f} {min(c for _, c in values):7.3f} "
+              f"{statistics.median(c for _, c in values):7.3f}")
     replay_wall = min(runs["replay"])[0]
     jit_wall = min(runs["replay jit"])[0]
     floor = min(runs["numba 1st kernel"])[0]
@@ -152,6 +152,12 @@ def main(argv=None) -> int:
           f"{'holds' if replay_wall < 0.5 else 'NOT met'}); {replay_wall / jit_wall:.2f}x the JIT kernels' replay "
           f"({jit_wall:.3f} s), {replay_wall / floor:.2f}x numba's floor ({floor:.3f} s: one cached kernel); "
           f"{replay_wall - min(runs['import numpy'])[0]:.3f} s beyond importing numpy")
+    if args.baseline_rev:  # CPU time: what load changes least
+        base = runs[f"replay {args.baseline_rev}"]
+        print(f"replay against {args.baseline_rev}: {replay_wall / min(base)[0]:.2f}x its best wall time, "
+              f"{min(c for _, c in runs['replay']) / min(c for _, c in base):.2f}x its best CPU time, "
+              f"{statistics.median(c for _, c in runs['replay']) / statistics.median(c for _, c in base):.2f}x "
+              "its median CPU time")
     if args.demo:
         demos = {"aot": ("aot", None), "jit": ("jit", None)}
         if args.baseline_rev:
