@@ -135,15 +135,49 @@ def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, 
             else:
                 sums[i, g] = _pairwise_split(energy, i, columns, lo, n)
         if cells:
-            best = 0
-            value = energy[i, main_columns[0]]
-            for c in range(1, cells):
-                e = energy[i, main_columns[c]]
-                if e > value or (e != e and value == value):  # numpy's argmax: the first largest, or the first NaN
-                    best = c
-                    value = e
+            best = _first_largest(energy, i, main_columns, cells)
             hottest[i] = best
-            top[i] = value
+            top[i] = energy[i, main_columns[best]]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_largest(energy, i, main_columns, cells):
+    """numpy's argmax of ``energy[i, main_columns]`` (cells >= 1): the first largest value, or the first NaN.
+
+    Two passes instead of one compare-and-branch per cell (whose branch follows the data): the largest
+    value in four independent running maxima, with a NaN flag, then the first cell equal to it (or the
+    first NaN). Ties and signed zeros: ``==`` finds the first cell that compares equal to the largest,
+    which is the cell numpy's strict ``>`` scan keeps."""
+    m0 = energy[i, main_columns[0]]
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    nan = m0 != m0
+    c = 1
+    while c + 3 < cells:
+        e0 = energy[i, main_columns[c]]
+        e1 = energy[i, main_columns[c + 1]]
+        e2 = energy[i, main_columns[c + 2]]
+        e3 = energy[i, main_columns[c + 3]]
+        nan |= (e0 != e0) | (e1 != e1) | (e2 != e2) | (e3 != e3)
+        m0 = e0 if e0 > m0 else m0
+        m1 = e1 if e1 > m1 else m1
+        m2 = e2 if e2 > m2 else m2
+        m3 = e3 if e3 > m3 else m3
+        c += 4
+    while c < cells:
+        e0 = energy[i, main_columns[c]]
+        nan |= e0 != e0
+        m0 = e0 if e0 > m0 else m0
+        c += 1
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m0 = m2 if m2 > m0 else m0
+    for c in range(cells):
+        e = energy[i, main_columns[c]]
+        if (e != e) if nan else (e == m0):
+            return c
+    return 0
 
 
 @njit(cache=True, nogil=True)
@@ -223,3 +257,62 @@ def detector_totals(detector_energy, select, kev_per_gev, kev, hits):
                 e = detector_energy[i, d]
                 kev[d] += np.int64(np.rint(e * kev_per_gev))
                 hits[d] += e > 0
+
+
+@njit(cache=True, nogil=True)
+def tally_events(status, event_type, time, is_data, beam, electron, hadron_like, detector_energy, kinds, kev_per_gev,
+                 counts, kev, hits):
+    """One pass over a reconstructed chunk: ``counts`` (11 values, overwritten; the fields of
+    :class:`.reconstruct.ChunkTally`) = data events,
+    data PHYSICS and CALIBRATION events, beam-trigger events, hadron-like ones, beam-trigger events without
+    the electron tag, rejected rows (status in 1 … first notice − 1), 1 if an accepted START_OF_BURST row,
+    the last accepted END_OF_BURST row (−1: none), the first and last ``time`` of a data event (0 without
+    data events); and over the data events ``kev[d]`` += ``detector_energy[i, d]`` in keV rounded to an
+    integer (numpy's ``rint``), ``hits[d]`` += 1 where above 0 (as :func:`detector_totals`). ``kinds``:
+    (PHYSICS type, CALIBRATION type, START_OF_BURST type, END_OF_BURST type, first notice status). Integer
+    counts and sums: equal to numpy's reductions whatever the order. Sizes checked by the wrapper."""
+    physics_type, calibration_type, sob_type, eob_type, first_notice = kinds[0], kinds[1], kinds[2], kinds[3], kinds[4]
+    events = physics_events = calibration_events = beam_events = hadron_events = no_electron = rejected = 0
+    sob = 0
+    eob = -1
+    first = last = 0
+    for i in range(status.shape[0]):
+        s = np.int64(status[i])
+        t = np.int64(event_type[i])
+        if s == 0:
+            if t == sob_type:
+                sob = 1
+            elif t == eob_type:
+                eob = i
+        elif s < first_notice:
+            rejected += 1
+        hadron_events += hadron_like[i]
+        if beam[i]:
+            beam_events += 1
+            no_electron += not electron[i]
+        if is_data[i]:
+            x = time[i]
+            if events == 0:
+                first = x
+                last = x
+            else:
+                first = min(first, x)
+                last = max(last, x)
+            events += 1
+            physics_events += t == physics_type
+            calibration_events += t == calibration_type
+            for d in range(detector_energy.shape[1]):
+                e = detector_energy[i, d]
+                kev[d] += np.int64(np.rint(e * kev_per_gev))
+                hits[d] += e > 0
+    counts[0] = events
+    counts[1] = physics_events
+    counts[2] = calibration_events
+    counts[3] = beam_events
+    counts[4] = hadron_events
+    counts[5] = no_electron
+    counts[6] = rejected
+    counts[7] = sob
+    counts[8] = eob
+    counts[9] = first
+    counts[10] = last

@@ -15,6 +15,7 @@ Two steps, both numba kernels behind these wrappers:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -373,7 +374,7 @@ class DecodeBuffers:
     def take(self, name: str, shape: tuple[int, ...], dtype, fill=None, clean: bool = False) -> np.ndarray:
         """A C-contiguous array of ``shape`` and ``dtype``, reusing storage: uninitialised, or all ``fill``,
         or — ``clean`` — zeros when new or of another shape than last time, else as the last call left it."""
-        size = int(np.prod(shape))
+        size = int(math.prod(shape))
         flat = self._flat.get(name)
         fresh = flat is None or flat.dtype != np.dtype(dtype) or len(flat) < size
         if fresh:

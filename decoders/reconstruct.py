@@ -22,8 +22,8 @@ from ..config_section import ConfigSection, FieldProblem
 from . import layout
 from ._aot import kernels as _k
 from .channelmap import ChannelMap
-from .decode import DecodedEvents
-from ..errors import ISSUE_DESCRIPTIONS, Issue
+from .decode import DecodeBuffers, DecodedEvents
+from ..errors import FIRST_NOTICE, ISSUE_DESCRIPTIONS, Issue
 
 
 class PhysicsCuts(ConfigSection):
@@ -157,53 +157,87 @@ def _column_array(columns: np.ndarray | slice) -> np.ndarray:
     return np.asarray(columns, dtype=np.int64)
 
 
-def _group_sums(energy: np.ndarray, geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_sums(energy: np.ndarray, geometry: DetectorGeometry, buffers=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sums (n, groups), first hottest main-ECAL column position (n,), its energy (n,)) from the kernel,
     after checking the arrays it indexes."""
     energy = np.ascontiguousarray(energy, dtype=np.float64)
     if energy.ndim != 2:
         raise ValueError("energy must be (events, slots)")
     n, nslots = energy.shape
-    for columns in (geometry.sum_columns, geometry.main_columns):
-        if len(columns) and (columns.min() < 0 or columns.max() >= nslots):
-            raise ValueError(f"geometry columns outside the {nslots} slots of the decoded chunk")
-    sums = np.empty((n, len(geometry.sum_starts) - 1))
-    hottest = np.zeros(n, dtype=np.int64)
-    top = np.zeros(n)
+    _check_columns(geometry, nslots)
+    take = (buffers or DecodeBuffers()).take
+    sums = take("group_sums", (n, len(geometry.sum_starts) - 1), np.float64)
+    hottest = take("hottest_column", (n,), np.int64, 0)
+    top = take("hottest_energy", (n,), np.float64, 0.0)
     _k.group_sums(energy, geometry.sum_columns, geometry.sum_starts, geometry.sum_scattered,
                   geometry.main_columns, sums, hottest, top)
     return sums, hottest, top
 
 
-def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: PhysicsCuts = PhysicsCuts()) -> EventPhysics:
-    n = decoded.n
-    energy = np.ascontiguousarray(decoded.energy, dtype=np.float64)
-    sums, col, top = _group_sums(energy, geometry)
+def _check_columns(geometry: DetectorGeometry, nslots: int) -> None:
+    """Refuse group or main-ECAL columns outside ``nslots`` slots (once per geometry and width)."""
+    checked = geometry.__dict__.setdefault("_columns_checked", set())
+    if nslots in checked:
+        return
+    for columns in (geometry.sum_columns, geometry.main_columns):
+        if len(columns) and (columns.min() < 0 or columns.max() >= nslots):
+            raise ValueError(f"geometry columns outside the {nslots} slots of the decoded chunk")
+    checked.add(nslots)
+
+
+def _selection_setup(geometry: DetectorGeometry, cuts: PhysicsCuts, nslots: int, ngroups: int):
+    """(module widths, main-ECAL cells' x/y, beam-cell energy column or −1, cut values) for the selection
+    kernel, checked against the group sums and the slots; computed once per geometry, cuts and width."""
+    limits = (cuts.srd_module_min_gev, cuts.srd_sum_min_gev, cuts.srd_sum_max_gev, cuts.hadron_hcal_min_gev,
+              cuts.candidate_ps_min_gev, cuts.candidate_ecal_max_gev, cuts.candidate_hcal_max_gev,
+              cuts.candidate_veto_max_gev, cuts.physics_trigger_bit, cuts.beam_trigger_bit)
+    key = (nslots, ngroups, limits, tuple(cuts.beam_cell))
+    cache = geometry.__dict__.setdefault("_selection_setup", {})
+    found = cache.get(key)
+    if found is not None:
+        return found
     n_srd, n_veto = len(geometry.srd_modules), len(geometry.veto_modules)
     widths = np.ascontiguousarray(geometry.module_widths[:n_srd + n_veto])
-    # numpy adds fewer than 8 values in order (as the kernel does); more, pairwise: then numpy's own sum
-    srd_sum = (np.ascontiguousarray(sums[:, _FIRST_MODULE:_FIRST_MODULE + n_srd]).sum(axis=1) if n_srd >= 8
-               else np.zeros(0))
-    codes, groups = _detector_columns(geometry)
+    _, groups = _detector_columns(geometry)
     xy = np.ascontiguousarray(geometry.main_ecal_xy, dtype=np.int64).reshape(-1, 2)
     beam_column = -1
     if len(xy):
         beam_col = np.flatnonzero((xy[:, 0] == cuts.beam_cell[0]) & (xy[:, 1] == cuts.beam_cell[1]))
         if len(beam_col):
             beam_column = int(geometry.main_columns[beam_col[0]])
-    if len(xy) and (col.min(initial=0) < 0 or col.max(initial=0) >= len(xy)):
-        raise ValueError("hottest-cell positions outside the main ECAL")
-    if (_FIRST_MODULE + n_srd + n_veto > sums.shape[1] or (len(groups) and groups.max() >= sums.shape[1])
-            or not -1 <= beam_column < energy.shape[1]):
+    if len(xy) != len(geometry.main_columns):
+        raise ValueError("main-ECAL positions do not match its columns")
+    if (_FIRST_MODULE + n_srd + n_veto > ngroups or (len(groups) and groups.max() >= ngroups)
+            or not -1 <= beam_column < nslots):
         raise ValueError("geometry groups outside the group sums")
-    limits = np.array([cuts.srd_module_min_gev, cuts.srd_sum_min_gev, cuts.srd_sum_max_gev, cuts.hadron_hcal_min_gev,
-                       cuts.candidate_ps_min_gev, cuts.candidate_ecal_max_gev, cuts.candidate_hcal_max_gev,
-                       cuts.candidate_veto_max_gev, cuts.physics_trigger_bit, cuts.beam_trigger_bit], dtype=np.float64)
-    e_ps, e_ecal, e_hcal, e_wcal = (np.empty(n) for _ in range(4))
-    srd, veto = np.empty((n, n_srd)), np.empty((n, n_veto))
-    detector_energy = np.zeros((n, geometry.n_detectors))
-    physics, beam, electron, hadron_like, candidate = (np.empty(n, dtype=bool) for _ in range(5))
-    hottest = np.empty((n, 2), dtype=np.int64)
+    if len(cache) > 16:  # configurations change rarely; keep the cache bounded anyway
+        cache.clear()
+    found = cache[key] = (widths, xy, beam_column, np.array(limits, dtype=np.float64))
+    return found
+
+
+def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: PhysicsCuts = PhysicsCuts(),
+                buffers: DecodeBuffers | None = None) -> EventPhysics:
+    """The §11 quantities of a decoded chunk. ``buffers``: reuse these arrays for the results (as
+    :func:`.decode.decode_events` does: the result's arrays are then valid until the next call with
+    the same buffers)."""
+    n = decoded.n
+    energy = np.ascontiguousarray(decoded.energy, dtype=np.float64)
+    sums, col, top = _group_sums(energy, geometry, buffers)
+    n_srd, n_veto = len(geometry.srd_modules), len(geometry.veto_modules)
+    widths, xy, beam_column, limits = _selection_setup(geometry, cuts, energy.shape[1], sums.shape[1])
+    # numpy adds fewer than 8 values in order (as the kernel does); more, pairwise: then numpy's own sum
+    srd_sum = (np.ascontiguousarray(sums[:, _FIRST_MODULE:_FIRST_MODULE + n_srd]).sum(axis=1) if n_srd >= 8
+               else np.zeros(0))
+    codes, groups = _detector_columns(geometry)
+    take = (buffers or DecodeBuffers()).take
+    e_ps, e_ecal, e_hcal, e_wcal = (take(name, (n,), np.float64) for name in ("e_ps", "e_ecal", "e_hcal", "e_wcal"))
+    srd, veto = take("srd", (n, n_srd), np.float64), take("veto", (n, n_veto), np.float64)
+    detector_energy = take("detector_energy", (n, geometry.n_detectors), np.float64, 0.0)
+    physics, beam, electron, hadron_like, candidate = (
+        take(name, (n,), np.bool_) for name in ("physics_trigger", "beam_trigger", "electron", "hadron_like",
+                                                "candidate"))
+    hottest = take("main_ecal_max_cell", (n, 2), np.int64)
     is_data = np.ascontiguousarray(decoded.is_data, dtype=np.bool_)
     _k.select_events(sums, col, top, energy, beam_column, is_data,
                      np.ascontiguousarray(decoded.index.trigger_mask, dtype=np.uint32), widths, n_srd,
@@ -243,6 +277,48 @@ def add_detector_totals(physics: EventPhysics, select: np.ndarray, kev: np.ndarr
                 or total.shape[0] < energy.shape[1] or not total.flags.c_contiguous or not total.flags.writeable):
             raise ValueError(f"{name} must be a writable contiguous int64 array of at least {energy.shape[1]} entries")
     _k.detector_totals(energy, select, KEV_PER_GEV, kev, hits)
+
+
+@dataclass(frozen=True)
+class ChunkTally:
+    """What a spill's totals take from one reconstructed chunk (:func:`tally_chunk`)."""
+
+    events: int  # data events (accepted PHYSICS or CALIBRATION)
+    physics_events: int
+    calibration_events: int
+    beam_events: int
+    hadron_events: int
+    no_electron_beam_events: int
+    rejected_events: int  # rows rejected with an error (not a notice)
+    start_of_burst: bool  # an accepted START_OF_BURST row
+    last_end_of_burst: int  # row of the last accepted END_OF_BURST, −1 without one
+    first_time: int | None  # earliest and latest DATE time of a data event (None without data events)
+    last_time: int | None
+
+
+_TALLY_KINDS = np.array([layout.PHYSICS_EVENT, layout.CALIBRATION_EVENT, layout.START_OF_BURST,
+                         layout.END_OF_BURST, FIRST_NOTICE], dtype=np.int64)
+
+
+def tally_chunk(decoded: DecodedEvents, physics: EventPhysics, kev: np.ndarray, hits: np.ndarray) -> ChunkTally:
+    """Count a reconstructed chunk's events in one pass, and add its data events' detector energies to
+    ``kev`` and ``hits`` (as :func:`add_detector_totals` with ``physics.is_data``)."""
+    ix = decoded.index
+    n = decoded.n
+    energy = np.ascontiguousarray(physics.detector_energy, dtype=np.float64)
+    columns = [np.ascontiguousarray(a, dtype=d) for a, d in (
+        (ix.status, np.int16), (ix.type, np.int32), (ix.time, np.int64), (physics.is_data, np.bool_),
+        (physics.beam_trigger, np.bool_), (physics.electron, np.bool_), (physics.hadron_like, np.bool_))]
+    if energy.ndim != 2 or energy.shape[0] != n or any(c.shape != (n,) for c in columns):
+        raise ValueError("index, physics and detector energies must have one entry per row of the chunk")
+    for name, total in (("kev", kev), ("hits", hits)):
+        if (not isinstance(total, np.ndarray) or total.dtype != np.int64 or total.ndim != 1
+                or total.shape[0] < energy.shape[1] or not total.flags.c_contiguous or not total.flags.writeable):
+            raise ValueError(f"{name} must be a writable contiguous int64 array of at least {energy.shape[1]} entries")
+    counts = np.zeros(len(ChunkTally.__dataclass_fields__), dtype=np.int64)
+    _k.tally_events(*columns, energy, _TALLY_KINDS, KEV_PER_GEV, counts, kev, hits)
+    c = counts.tolist()
+    return ChunkTally(*c[:7], bool(c[7]), c[8], c[9] if c[0] else None, c[10] if c[0] else None)
 
 
 def _detector_columns(geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray]:

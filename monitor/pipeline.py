@@ -31,8 +31,8 @@ from ..decoders.decode import (
     issue_counts,
     merge_fragments,
 )
-from ..errors import FIRST_NOTICE, Issue
-from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, add_detector_totals, reconstruct
+from ..errors import Issue
+from ..decoders.reconstruct import DetectorGeometry, PhysicsCuts, reconstruct, tally_chunk
 from .model import BadMessages, LostMessages, SequenceJump, SpillRecord
 
 _NOTICE_LABELS = {i.label for i in Issue if not i.is_error and i != Issue.NONE}
@@ -282,41 +282,38 @@ class SpillProcessor:
             decoded = decode_events(words, chunk, self.channel_map, self.config.reconstruction, buffers=buffers,
                                     slot_sums=slot_sums)
             self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]), words,
-                            summed_by_decoder=by_decoder if summed else None)
+                            summed_by_decoder=by_decoder if summed else None, buffers=buffers)
             position = stop
         acc.bytes_decoded += int(index.size[index.status == 0].sum()) * 4
         acc.decode_seconds += time.perf_counter() - started
         return acc
 
     def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents, words: np.ndarray | None = None,
-                   summed_by_decoder: str | None = None) -> None:
+                   summed_by_decoder: str | None = None, buffers: DecodeBuffers | None = None) -> None:
         ix = decoded.index
-        ok = ix.status == 0
-        acc.rejected_events += int(np.count_nonzero(~ok & (ix.status < FIRST_NOTICE)))
         acc.skipped_bytes += int(ix.skipped.sum())
-        if acc.run is None and np.any(ok):
-            first = int(np.flatnonzero(ok)[0])
-            acc.run, acc.spill = int(ix.run[first]), int(ix.spill[first])
-        physics = reconstruct(decoded, self.geometry, self.config.cuts)
+        if acc.run is None:
+            ok = np.flatnonzero(ix.status == 0)
+            if len(ok):
+                acc.run, acc.spill = int(ix.run[ok[0]]), int(ix.spill[ok[0]])
+        physics = reconstruct(decoded, self.geometry, self.config.cuts, buffers)
         data = physics.is_data
-        acc.events += int(np.count_nonzero(data))
-        acc.physics_events += int(np.count_nonzero(data & (ix.type == layout.PHYSICS_EVENT)))
-        acc.calibration_events += int(np.count_nonzero(data & (ix.type == layout.CALIBRATION_EVENT)))
-        acc.beam_events += int(np.count_nonzero(physics.beam_trigger))
-        acc.hadron_events += int(np.count_nonzero(physics.hadron_like))
-        acc.no_electron_beam_events += int(np.count_nonzero(physics.beam_trigger & ~physics.electron))
+        tally = tally_chunk(decoded, physics, acc.detector_energy_kev, acc.detector_hits)
+        acc.events += tally.events
+        acc.physics_events += tally.physics_events
+        acc.calibration_events += tally.calibration_events
+        acc.beam_events += tally.beam_events
+        acc.hadron_events += tally.hadron_events
+        acc.no_electron_beam_events += tally.no_electron_beam_events
+        acc.rejected_events += tally.rejected_events
         acc._mark_events(ix.event[data].astype(np.int64))
-        if physics.detector_energy.shape[1]:
-            add_detector_totals(physics, data, acc.detector_energy_kev, acc.detector_hits)
-        acc.saw_start_of_burst |= bool(np.any(ok & (ix.type == layout.START_OF_BURST)))
-        eob = np.flatnonzero(ok & (ix.type == layout.END_OF_BURST))
-        if len(eob):
+        acc.saw_start_of_burst |= tally.start_of_burst
+        if tally.last_end_of_burst >= 0:
             acc.saw_end_of_burst = True
-            values = decoded.scalers[eob[-1]]
+            values = decoded.scalers[tally.last_end_of_burst]
             acc.scalers = [int(v) if v >= 0 else None for v in values]
-        if np.any(data):
-            times = ix.time[data]
-            t0, t1 = int(times.min()), int(times.max())
+        if tally.first_time is not None:
+            t0, t1 = tally.first_time, tally.last_time
             acc.first_time = t0 if acc.first_time is None else min(acc.first_time, t0)
             acc.last_time = t1 if acc.last_time is None else max(acc.last_time, t1)
         for key, n in issue_counts(ix, decoded.issues).items():

@@ -502,6 +502,11 @@ class _FileRun:
         its last one, or the one after it."""
         return self.spills > 0 and self.size - self.position < 2 * self.position / self.spills
 
+    def ending(self) -> bool:
+        """At most one and a half spills' worth of the file (by its spills so far) is left to index: the step
+        after the last one heard of is likely its last one."""
+        return self.spills > 0 and 2 * (self.size - self.position) <= 3 * self.position / self.spills
+
     def decoded(self) -> int:
         """Its spills decoded in index steps, held here until merged."""
         return sum(1 for item in self.items if item[4] is not None)
@@ -513,7 +518,7 @@ class Reprocessor:
     ``on_record(record)`` / ``on_note(path, level, text)`` are called in the
     client's thread as results are merged. ``window``: spill tasks in flight (default 4 per worker
     thread); ``ahead``: spills decoded in the index steps of files after the one being merged that the
-    client holds at most (default 16 per worker thread, ~0.3 MB each for 10^5 events).
+    client holds at most (default ``[cluster] ahead`` per worker thread, 16, ~0.3 MB each for 10^5 events).
     """
 
     def __init__(self, config, channel_map, cluster: ClusterConfig, *, archive: str | None = None,
@@ -584,7 +589,7 @@ class Reprocessor:
         retries = self.cluster_config.retries
         threads = sum(client.nthreads().values()) or 1
         window = self.window or max(4, 4 * threads)
-        ahead = self.ahead if self.ahead is not None else 16 * threads
+        ahead = self.ahead if self.ahead is not None else self.cluster_config.ahead * threads
         token = f"{os.getpid()}-{time.time_ns()}"
         known = [time.monotonic(), client.nthreads()]
 
@@ -649,7 +654,9 @@ class Reprocessor:
                 # at most the spill of the step after the one running is left: spreading one spill gains nothing
                 # and maps it twice
                 decode = len(active) >= threads or file.nearly_done()
-                while file.asked - file.heard < 2 and len(file.waiting) < window:
+                # a step ahead of the running one, unless that one is (by the bytes per spill so far) the
+                # file's last: a step asked past the file's end is a task that finds nothing
+                while file.asked - file.heard < (1 if file.ending() else 2) and len(file.waiting) < window:
                     step(file, decode)
 
         def submit_ready() -> None:

@@ -175,3 +175,72 @@ def test_detector_totals_equal_numpy(channel_map, zero_suppression):
         add_detector_totals(physics, physics.is_data[:-1], kev, hits)
     with pytest.raises(ValueError):
         add_detector_totals(physics, physics.is_data, kev[:1], hits)
+
+
+def test_hottest_cell_is_numpys_argmax_with_ties_signed_zeros_and_nans():
+    """The two-pass hottest-cell search gives numpy's argmax (the first largest, or the first NaN) and its
+    energy, on rows built to trip it: ties, +0.0 against -0.0, NaN first, last or twice, every length."""
+    rng = np.random.default_rng(3)
+    for cells in (1, 2, 3, 4, 5, 7, 8, 9, 36, 37):
+        rows = [rng.choice([0.0, -0.0, 1.0, 2.0, -1.0, np.nan], size=cells) for _ in range(400)]
+        rows += [np.full(cells, -0.0), np.zeros(cells), np.full(cells, np.nan), rng.standard_normal(cells)]
+        energy = np.array(rows)
+        main = rng.permutation(cells).astype(np.int64)
+        sums = np.empty((len(energy), 0))
+        hottest, top = np.zeros(len(energy), dtype=np.int64), np.zeros(len(energy))
+        _reconstruct.group_sums(energy, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64),
+                                np.zeros(0, dtype=bool), main, sums, hottest, top)
+        want = np.argmax(energy[:, main], axis=1)
+        assert np.array_equal(hottest, want), cells
+        got_top, want_top = top, energy[np.arange(len(energy)), main[want]]
+        assert np.array_equal(got_top, want_top, equal_nan=True)
+        assert np.array_equal(np.signbit(got_top), np.signbit(want_top))
+
+
+@pytest.mark.parametrize("zero_suppression", [True, False], ids=["zs", "full"])
+def test_chunk_tally_equals_numpy(channel_map, zero_suppression):
+    """One pass of ``tally_chunk`` gives the counts, burst markers, time range and detector totals that the
+    numpy expressions give, on a spill with rejected rows (errors and notices) and loose cuts."""
+    from na64_online.decoders import layout
+    from na64_online.decoders.reconstruct import PhysicsCuts, add_detector_totals, tally_chunk
+    from na64_online.errors import FIRST_NOTICE
+
+    sim = ReadoutSimulator(SimulationConfig(events_per_spill=400, seed=13, run_events=False,
+                                            zero_suppression=zero_suppression, hadron_fraction=0.3))
+    words, _ = as_words(next(iter(sim.spills())).raw())
+    index = index_events(words)
+    status = index.status.copy()
+    status[5:40:7] = 3  # a decode error
+    status[6:60:9] = FIRST_NOTICE + 1  # a notice
+    index = index.with_status(status)
+    decoded = decode_events(words, index, channel_map)
+    geometry = DetectorGeometry.from_map(channel_map)
+    loose = PhysicsCuts(srd_module_min_gev=0.0, srd_sum_min_gev=0.0, srd_sum_max_gev=10.0, hadron_hcal_min_gev=1.0)
+    nonzero = set()
+    for cuts in (PhysicsCuts(), loose):
+        physics = reconstruct(decoded, geometry, cuts)
+        n_det = physics.detector_energy.shape[1]
+        kev, hits = np.full(n_det, 5, dtype=np.int64), np.zeros(n_det, dtype=np.int64)
+        tally = tally_chunk(decoded, physics, kev, hits)
+        want_kev, want_hits = np.full(n_det, 5, dtype=np.int64), np.zeros(n_det, dtype=np.int64)
+        add_detector_totals(physics, physics.is_data, want_kev, want_hits)
+        assert np.array_equal(kev, want_kev) and np.array_equal(hits, want_hits)
+        ok, data, t = index.status == 0, physics.is_data, index.type
+        eob = np.flatnonzero(ok & (t == layout.END_OF_BURST))
+        want = dict(
+            events=np.count_nonzero(data), physics_events=np.count_nonzero(data & (t == layout.PHYSICS_EVENT)),
+            calibration_events=np.count_nonzero(data & (t == layout.CALIBRATION_EVENT)),
+            beam_events=np.count_nonzero(physics.beam_trigger), hadron_events=np.count_nonzero(physics.hadron_like),
+            no_electron_beam_events=np.count_nonzero(physics.beam_trigger & ~physics.electron),
+            rejected_events=np.count_nonzero(~ok & (index.status < FIRST_NOTICE)),
+            start_of_burst=bool(np.any(ok & (t == layout.START_OF_BURST))),
+            last_end_of_burst=int(eob[-1]) if len(eob) else -1,
+            first_time=int(index.time[data].min()), last_time=int(index.time[data].max()))
+        assert vars(tally) == want
+        nonzero |= {name for name, value in want.items() if value}
+    assert {"rejected_events", "hadron_events", "no_electron_beam_events", "calibration_events"} <= nonzero
+    empty = decode_events(words, index.slice(0, 0), channel_map)
+    tally = tally_chunk(empty, reconstruct(empty, geometry), kev, hits)
+    assert (tally.events, tally.first_time, tally.last_end_of_burst) == (0, None, -1)
+    with pytest.raises(ValueError):
+        tally_chunk(decoded, physics, kev[:1], hits)
