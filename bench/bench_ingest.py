@@ -81,13 +81,16 @@ def make_data(events: int, spills: int, seed: int, path: str | None = None) -> t
     return n_events, nbytes
 
 
-def _publish(ldc: int, endpoint: str, kw: dict, ready, go) -> None:
+def _publish(ldc: int, endpoint: str, kw: dict, ready, go, warm_spills: int = 0, go_measured=None) -> None:
     pub = ReadoutPublisher(PublisherConfig(endpoint, ldc, **kw))
     ready.put(pub.endpoint)
     if not pub.wait_for_subscribers(1, 600):  # the service warms up first (minutes on a cold numba cache)
         raise SystemExit("no subscriber")
     go.wait(120)
-    pub.publish(DATA[ldc])
+    if warm_spills:  # the service's first spills, not measured; the rest once their records are out
+        pub.publish(DATA[ldc][:warm_spills])
+        go_measured.wait(600)
+    pub.publish(DATA[ldc][warm_spills:])
     pub.close(60_000)
     zmq.Context.instance().term()  # a forked child exits with os._exit: flush what is queued first
 
@@ -170,13 +173,15 @@ def _reset_peak_rss() -> None:
 def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     ctx = mp.get_context("fork")
     ready = ctx.Queue()
-    go = ctx.Event()
+    go, go_measured = ctx.Event(), ctx.Event()
+    warm = args.warm_spills
     kw = dict(batch_events=args.batch_events, sndhwm=1000)
     if paced:
         kw.update(spill_duration_s=args.spill_duration, spill_gap_s=args.spill_gap)
     else:
         kw.update(fast=True, nodrop=True)
-    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go), daemon=True)
+    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go, warm, go_measured),
+                         daemon=True)
              for ldc in (1, 2)]
     for p in procs:
         p.start()
@@ -199,12 +204,30 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                             worker_setup=worker_setup(config, cmap))
     publisher_pids = {p.pid for p in procs}
     rss_before_kb = status_kb("self", "VmRSS")
+    if args.profile:  # the service thread under cProfile (its whole life: warm-up, warm spills, measured ones)
+        import cProfile
+
+        loop = svc._run
+
+        def profiled():
+            prof = cProfile.Profile(time.thread_time)  # CPU of this thread
+            try:
+                prof.runcall(loop)
+            finally:
+                prof.dump_stats(f"{args.profile}.{workers}w")
+        svc._run = profiled
     svc.start()
     deadline = time.monotonic() + 60
     while svc.pool.n_ready < workers and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # subscriptions settle
     worker_pids = [c for c in _children(os.getpid()) if c not in publisher_pids]
+    if warm:  # a service that has run: its first spills in and out (its memory faulted in once), then measure
+        go.set()
+        while svc.stats.records < warm and time.monotonic() < deadline + args.timeout:
+            time.sleep(0.02)
+        time.sleep(0.5)
+    warm_records = svc.stats.records
     _reset_peak_rss()
     # CPU: the service's = this process's minus this (bench) thread's; the workers' from /proc
     cpu0, bench0, threads0 = _own_cpu_seconds(), time.thread_time(), _threads_cpu_seconds()
@@ -214,6 +237,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     workers_cpu0 = {pid: _cpu_seconds(pid) for pid in worker_pids}
     t0 = time.perf_counter()
     go.set()
+    go_measured.set()
     worker_peak_kb = 0
     next_sample = 0.0
     while svc.stats.records < args.spills and time.perf_counter() - t0 < args.timeout:
@@ -232,7 +256,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                        if k != threading.main_thread().name and v - threads0.get(k, 0.0) >= 0.01}
     workers_cpu = sum((_cpu_seconds(pid) or 0.0) - (c0 or 0.0) for pid, c0 in workers_cpu0.items())
     service_peak_growth_mb = (status_kb("self", "VmHWM") - rss_before_kb) / 1e3
-    records = [r if isinstance(r, dict) else r.to_dict() for r in svc.records]
+    records = [r if isinstance(r, dict) else r.to_dict() for r in list(svc.records)[warm_records:]]
     latencies = list(svc.latencies)
     metrics = svc.metrics()
     svc.stop()
@@ -247,9 +271,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "processing": "bare" if args.bare else "monitor",
         "workers": workers,
         "events_per_spill": n_events // max(1, len(RAW)),
+        "warm_spills": warm_records,
         "spills": len(records),
         "events_decoded": decoded,
-        "events_sent": n_events,
+        "events_sent": n_events * (args.spills - warm) // max(1, args.spills),
         "dropped_events": metrics["ingest"]["dropped_events"],
         "lost_messages": sum(r["lost_messages"]["total"] for r in records),
         "incomplete_events": sum(r["incomplete_events"] for r in records),
@@ -495,6 +520,10 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--max-memory-mb", type=int, default=1024,
                    help="the service's memory budget beyond what this process holds at start (the spills)")
+    p.add_argument("--warm-spills", type=int, default=0, metavar="K",
+                   help="live runs: the first K spills of the data go through the service before the measured "
+                   "rest (a service that has run: its memory faulted in once); 0: a service just started")
+    p.add_argument("--profile", metavar="FILE", help="live runs: cProfile the service thread into FILE.<N>w")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--data", metavar="FILE", help="raw file of the spills: read if it exists, else simulated "
                    "and written there (saves simulating again)")

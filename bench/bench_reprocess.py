@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/bench_reprocess.py                      # the figure: 2 files x 4 spills x 10^5 events
     .venv/bin/python bench/bench_reprocess.py --spills 1 --events 20000 --repeat 1     # a quick look
+    .venv/bin/python bench/bench_reprocess.py --data /tmp/rpx --repeat 5 --baseline-rev main   # against main
     options: --files N --spills N (per file) --events N (per spill) --repeat N --json FILE --report DIR
              --data DIR (keep the simulated files there, reuse them next time)
+             --baseline-rev REV (the same bench with the package as of git REV and as it is, a round each in
+             turn, each round in its own process: the ratios of both trees, round by round, at the same load)
 
 Simulated files are written once into a temporary folder (~1.6 min per GB).
 A LocalCluster of 1 and one of 2 worker processes (``reprocess``'s own,
@@ -102,6 +105,74 @@ def _timed(fn):
     return result, wall, own + children, children
 
 
+def compare(args, argv: list[str]) -> dict:
+    """``--baseline-rev``: rounds of this bench (``--repeat 1``) with the package as of the revision and as it
+    is, alternating, each in its own process (its own clusters); the speed-ups of both, best and median of
+    the rounds, and this tree's 2-worker time against the baseline's, round by round."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_ingest import baseline_tree
+
+    if not args.data:
+        raise SystemExit("--baseline-rev needs --data DIR (both trees read the same files)")
+    data = os.path.abspath(args.data)
+    own, rest = [], list(argv)
+    while rest:  # the options this function sets for each round left out, with their values
+        arg = rest.pop(0)
+        if arg.split("=", 1)[0] in ("--json", "--report", "--repeat", "--baseline-rev", "--data"):
+            if "=" not in arg:
+                rest.pop(0)
+            continue
+        own.append(arg)
+    # kept between runs (the tree is the revision's, whatever main becomes later: named by its commit)
+    commit = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short",
+                             args.baseline_rev], check=True, capture_output=True, text=True).stdout.strip()
+    where = os.path.join(tempfile.gettempdir(), f"bench-reprocess-{commit}")
+    path = os.path.join(where, "pkg") if os.path.isdir(where) else baseline_tree(commit, where)
+    trees = ((f"{args.baseline_rev} ({commit})", {"PYTHONPATH": path}), ("this tree", {}))
+    rounds: dict[str, list[dict]] = {label: [] for label, _ in trees}
+    load_before = os.getloadavg()
+    for r in range(args.repeat):
+        for label, env in (trees if r % 2 == 0 else trees[::-1]):  # neither side always first
+            out = os.path.join(where, f"round-{os.getpid()}.json")
+            cmd = [sys.executable, os.path.abspath(__file__), *own, "--data", data, "--repeat", "1", "--json", out]
+            # cwd: not the checkout, whose na64_online/ would come first on the sys.path of the local workers
+            done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, cwd=where)
+            if done.returncode:
+                raise SystemExit(f"{label}: exit {done.returncode}\n{done.stderr[-3000:]}")
+            rounds[label].append(json.loads(Path(out).read_text()))
+            print(f"round {r + 1} {label:>22}: replay {rounds[label][-1]['replay_s']:.2f} s, 2 workers "
+                  f"{rounds[label][-1]['reprocess_2_s']:.2f} s, {rounds[label][-1]['speedup_2']:.2f}x; 2 replay "
+                  f"processes {rounds[label][-1]['speedup_2_processes']:.2f}x; load {os.getloadavg()[0]:.2f}",
+                  flush=True)
+    load_after = os.getloadavg()
+    result = {"baseline_rev": args.baseline_rev, "baseline_commit": commit, "repeat": args.repeat,
+              "load_before": load_before, "load_after": load_after, "rounds": rounds}
+    print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
+          f"(1/5/15 min: {' '.join(f'{x:.2f}' for x in load_after)}); {args.repeat} rounds, each tree in turn")
+    print(f"  {'tree':>22}  {'2 workers: best':>15}  {'median':>6}  {'1 worker: best':>14}  {'median':>6}  "
+          f"{'2 replays: best':>15}  {'median':>6}  {'CPU/spill 2 workers':>19}")
+    for label, rs in rounds.items():
+        def col(key):
+            return max(x[key] for x in rs), statistics.median(x[key] for x in rs)
+
+        cpu = statistics.median(x["reprocess_2_cpu_s"] / x["spills"] for x in rs)
+        result[label] = {k: col(k) for k in ("speedup_2", "speedup_1", "speedup_2_processes")}
+        print(f"  {label:>22}  {col('speedup_2')[0]:14.2f}x  {col('speedup_2')[1]:5.2f}x  "
+              f"{col('speedup_1')[0]:13.2f}x  {col('speedup_1')[1]:5.2f}x  {col('speedup_2_processes')[0]:14.2f}x  "
+              f"{col('speedup_2_processes')[1]:5.2f}x  {cpu * 1e3:16.0f} ms")
+    base, this = (rounds[label] for label, _ in trees)
+    ratio = [b["reprocess_2_s"] / t["reprocess_2_s"] for b, t in zip(base, this)]
+    result["reprocess_2_baseline_over_this"] = ratio
+    print(f"  2-worker reprocess, baseline time / this tree's, round by round: "
+          f"{' '.join(f'{x:.2f}' for x in ratio)} (median {statistics.median(ratio):.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=2)
@@ -111,7 +182,12 @@ def main(argv=None) -> dict:
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--report", metavar="DIR", help="save a Dask performance report of a 2-worker run here")
     p.add_argument("--data", metavar="DIR", help="keep the simulated files here and reuse them in later runs")
+    p.add_argument("--baseline-rev", metavar="REV", help="compare with the package as of git REV, round by round")
     args = p.parse_args(argv)
+    if args.baseline_rev:
+        import sys
+
+        return compare(args, list(sys.argv[1:] if argv is None else argv))
     import distributed
 
     logging.getLogger("na64_online").setLevel(logging.ERROR)  # raised alarms are logged: not this bench's output

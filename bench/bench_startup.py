@@ -7,7 +7,9 @@ Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock ru
 (user + system of the child): the interpreter alone (``python -c pass``), ``import numpy``, ``import
 numba`` and a script calling one cached numba kernel (numba's floor: what any command using a JIT kernel
 pays), ``na64-online replay small.dat`` with the ahead-of-time compiled kernels (``NA64_KERNELS=aot``:
-target < 0.5 s wall) and with the JIT ones (``NA64_KERNELS=jit``, cached). ``--demo``: ``na64-online demo
+target < 0.5 s wall) and with the JIT ones (``NA64_KERNELS=jit``, cached); ``--baseline-rev REV``: also the
+replay of the package as of git REV, with its ahead-of-time kernels if it has them (built once into the
+baseline tree). ``--demo``: ``na64-online demo
 --spills 1``, seconds from the process start to its first spill's record on stdout, with the compiled and
 with the JIT kernels (target ≤ 10 s after ``tools/setup``, whose one-spill demo compiles every JIT kernel;
 a spill lasts ``--spill-duration``, 4.8 s by default, so the start-up has the rest).
@@ -62,6 +64,18 @@ def _one_cached_kernel() -> str:
     return path
 
 
+def _baseline_kernels(path: str) -> str:
+    """``aot`` when the baseline tree on ``path`` has ahead-of-time kernels (built here once, as tools/setup
+    builds them, so that both replays run compiled kernels), else ``auto`` (a tree from before them: JIT)."""
+    package = os.path.join(path, "na64_online")
+    if not os.path.exists(os.path.join(package, "decoders", "_aot_build.py")):
+        return "auto"
+    if not any(name.startswith("_aot_kernels") and name.endswith(".so") for name in os.listdir(package)):
+        subprocess.run(["env", f"PYTHONPATH={path}", sys.executable, "-m", "na64_online.decoders._aot_build", package],
+                       check=True, cwd="/", stdout=subprocess.DEVNULL)
+    return "aot"
+
+
 def demo_first_spill(spill_duration: float, kernels: str = "auto") -> float:
     """Seconds from starting ``na64-online demo --spills 1`` to its first record on stdout."""
     t0 = time.perf_counter()
@@ -104,10 +118,12 @@ def main(argv=None) -> int:
 
         from bench_ingest import baseline_tree
 
-        where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")  # shared with bench_ingest
+        # a tree of its own (not bench_ingest's): the compiled kernels built into it would change that bench's runs
+        where = os.path.join(tempfile.gettempdir(), f"bench-startup-{args.baseline_rev}")
         path = os.path.join(where, "pkg") if os.path.isdir(where) else baseline_tree(args.baseline_rev, where)
-        commands[f"replay {args.baseline_rev}"] = ["env", f"PYTHONPATH={path}", sys.executable, "-m",
-                                                   "na64_online.cli", "replay", args.file]
+        kernels = _baseline_kernels(path)
+        commands[f"replay {args.baseline_rev}"] = ["env", f"PYTHONPATH={path}", f"NA64_KERNELS={kernels}",
+                                                   sys.executable, "-m", "na64_online.cli", "replay", args.file]
     for cmd in commands.values():
         if "replay" in cmd or cmd[-1].endswith(".py"):
             _run(cmd)  # numba's cache compiled (a baseline tree's first run) and in the page cache

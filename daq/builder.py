@@ -323,6 +323,39 @@ class BuilderStats:
     chunks: int = 0
 
 
+class HeldPayloads:
+    """Bytes of the payloads something holds, each payload once however many references it has (a message
+    cut by a build is referenced by a plan and by its pending rest): a running count, O(1) per change."""
+
+    __slots__ = ("_refs", "bytes")
+
+    def __init__(self) -> None:
+        self._refs: dict[int, list] = {}  # id(payload) -> [references, bytes]
+        self.bytes = 0
+
+    def hold(self, payload) -> None:
+        entry = self._refs.get(id(payload))
+        if entry is None:
+            self._refs[id(payload)] = [1, payload.nbytes]
+            self.bytes += payload.nbytes
+        else:
+            entry[0] += 1
+
+    def release(self, payload) -> None:
+        key = id(payload)
+        entry = self._refs[key]
+        entry[0] -= 1
+        if not entry[0]:
+            del self._refs[key]
+            self.bytes -= entry[1]
+
+    def __contains__(self, payload) -> bool:
+        return id(payload) in self._refs
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+
 @dataclass
 class _Batch:
     """Sub-events of one message (views of its payload; ``source``: the payload as it is sent on)."""
@@ -355,12 +388,13 @@ class _ChunkPlan:
     used: int = 0  # words of the built events
     events: int = 0
 
-    def payload_index(self, batch: "_Batch") -> int:
+    def payload_index(self, batch: "_Batch", held: HeldPayloads) -> int:
         i = self.slot.get(id(batch.words))
         if i is None:
             i = self.slot[id(batch.words)] = len(self.payloads)
             self.payloads.append(batch.words)
             self.sources.append(batch.source)
+            held.hold(batch.words)  # the plan references it until handed on
         return i
 
     def chunk(self, run: int, spill: int, index: int, gdc: int, final: bool) -> BuiltChunk:
@@ -395,6 +429,7 @@ class _Spill:
     full: list = field(default_factory=list)  # full chunk plans not handed on yet
     out_words: int = 0  # words built, not handed on (full chunks and the one being filled)
     out_since: float | None = None  # when the chunk being filled got its first event
+    build_due: float | None = None  # buildable events wait (too few for a chunk) until then at the latest
     chunks: int = 0
     events: int = 0
     data_events: int = 0
@@ -405,6 +440,8 @@ class _Spill:
     last_eob_at: float | None = None
     bad_messages: dict[str, dict[str, int]] = field(default_factory=dict)
     sequence_jumps: list = field(default_factory=list)
+    #: the message payloads it references: each pending batch, and each plan not handed on, once per payload
+    held: HeldPayloads = field(default_factory=HeldPayloads)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -417,16 +454,8 @@ class _Spill:
     @property
     def buffered_bytes(self) -> int:
         """Memory this spill holds: message payloads of unbuilt sub-events, and those the chunks of built
-        events not handed on reference (whole payloads, each once)."""
-        held: dict[int, int] = {}
-        for part in self.parts.values():
-            for batch in part.batches:
-                held[id(batch.words)] = batch.words.nbytes
-        for plan in (*self.full, self.buffer):
-            if plan is not None:
-                for words in plan.payloads:
-                    held[id(words)] = words.nbytes
-        return sum(held.values())
+        events not handed on reference (whole payloads, each once; a running count)."""
+        return self.held.bytes
 
 
 Output = BuiltChunk | ClosedSpill
@@ -600,6 +629,7 @@ class EventBuilder:
         if keys.shape[0]:
             part.batches.append(_Batch(scan.words, offsets, sizes, keys, types,
                                        scan.words if source is None else source))
+            sp.held.hold(scan.words)
             part.pending_words += int(sizes.sum())
             part.last_key = int(keys[-1])
             if part.last_key == EOB_KEY and not part.eob:
@@ -686,9 +716,28 @@ class EventBuilder:
                 continue
             h = self._horizon(sp, now)
             if h > sp.built_upto:
-                self._build(sp, h)
-                out.extend(self._emit(sp, now, final=False))
+                ready = self._worth_building(sp, h, now)
+                if ready:
+                    self._build(sp, h)
+                    out.extend(self._emit(sp, now, final=False, force=ready == "due"))
         return out
+
+    def _worth_building(self, sp: _Spill, horizon: int, now: float) -> str | bool:
+        """Whether to plan the buildable events (keys up to ``horizon``) now: when they fill the chunk being
+        planned (by events or words), or once they waited ``chunk_max_age_s`` ("due": the chunk is then
+        handed on too). Planning a message's worth at a time cost a dozen numpy calls per message; what is
+        built, and into which chunks, is the same either way (an LDC's stream is ordered, so nothing below
+        the horizon can still change), only the plan is made per chunk instead of per message."""
+        buf = sp.buffer
+        if horizon - sp.built_upto >= self.chunk_events - (buf.events if buf is not None else 0):
+            return True  # keys are event numbers + 1: at least that many events (END_OF_BURST's key is beyond)
+        if sp.pending_words >= min(self.chunk_words - (buf.used if buf is not None else 0),
+                                   self.max_pending_words // 2):  # never near a forced (incomplete) build
+            return True
+        if sp.build_due is None:
+            sp.build_due = now + self.chunk_max_age_s
+            return False
+        return "due" if now >= sp.build_due else False
 
     def _make_room(self, now: float) -> list[Output]:
         out: list[Output] = []
@@ -702,6 +751,7 @@ class EventBuilder:
 
         Nothing is copied: the chunk records where each sub-event is (payload, offset, words), in
         building order (by event, then LDC), and how many sub-events each super event has."""
+        sp.build_due = None
         pieces: list[tuple[_Batch, int]] = []
         for ldc in sorted(sp.parts):
             part = sp.parts[ldc]
@@ -709,6 +759,7 @@ class EventBuilder:
                 b = part.batches[0]
                 if b.keys[-1] <= upto:
                     part.batches.popleft()
+                    sp.held.release(b.words)  # pending no more (the plan takes its own reference below)
                     take = b
                 else:
                     k = int(np.searchsorted(b.keys, upto, side="right"))
@@ -725,8 +776,10 @@ class EventBuilder:
         counts = [b.keys.shape[0] for b, _ in pieces]
         cat = (lambda arrays: arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
         keys = cat([b.keys for b, _ in pieces]).astype(np.int64, copy=False)
-        ldcs = np.repeat(np.array([ldc for _, ldc in pieces], np.int64), counts)
-        order = np.lexsort((ldcs, keys))  # by event, then LDC: the sub-events in building order
+        # by event, then LDC: the sub-events in building order. The pieces come LDC by LDC in ascending order,
+        # each LDC's keys strictly increasing (add() keeps them so): a stable sort by key alone gives that order
+        # (timsort merges the sorted runs), as a lexsort by (key, LDC) would at several times the cost
+        order = np.argsort(keys, kind="stable")
         source = np.repeat(np.arange(len(pieces)), counts)[order]
         src_off = cat([b.offsets for b, _ in pieces]).astype(np.int64, copy=False)[order]
         sizes = cat([b.sizes for b, _ in pieces]).astype(np.int64, copy=False)[order]
@@ -770,7 +823,7 @@ class EventBuilder:
             src = source[ma:mb]
             slots = np.zeros(len(pieces), np.int64)
             for i in (range(len(pieces)) if len(pieces) == 1 else np.unique(src).tolist()):
-                slots[i] = buf.payload_index(pieces[i][0])  # only the payloads this chunk's events are in
+                slots[i] = buf.payload_index(pieces[i][0], sp.held)  # only the payloads this chunk's events are in
             plan = np.empty((mb - ma, PLAN_COLUMNS), np.int64)
             plan[:, 0] = slots[src]
             plan[:, 1] = src_off[ma:mb]
@@ -802,6 +855,8 @@ class EventBuilder:
         out: list[Output] = []
         for i, b in enumerate(take):
             sp.out_words -= b.used
+            for words in b.payloads:
+                sp.held.release(words)  # handed on: the chunk keeps them alive now
             out.append(b.chunk(sp.run, sp.spill, sp.chunks, self.gdc_id, final=final and i == len(take) - 1))
             sp.chunks += 1
             self.stats.chunks += 1

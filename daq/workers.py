@@ -72,7 +72,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..decoders import layout as L
 from ..errors import ConfigError
-from .builder import BuiltChunk, PlanError, gather
+from .builder import BuiltChunk, HeldPayloads, PlanError, gather
 from .endpoints import is_loopback  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -493,6 +493,8 @@ class WorkerPool:
         self.workers: dict[bytes, _Worker] = {}
         self.queue: deque[Task] = deque()
         self.outstanding: dict[int, Task] = {}
+        #: the payloads the tasks waiting or at workers reference, each once (a running count)
+        self._held = HeldPayloads()
         self.stats = PoolStats()
         self._next_id = 1
         self._procs: list[subprocess.Popen] = []
@@ -582,20 +584,20 @@ class WorkerPool:
         return sum(w.capacity for w in self.workers.values() if w.ready)
 
     # --------------------------------------------------------------- tasks
-    def _held_payloads(self) -> dict[int, int]:
-        """id -> bytes of each message payload the tasks waiting or at workers reference (each once)."""
-        held: dict[int, int] = {}
-        for tasks in (self.queue, self.outstanding.values()):
-            for t in tasks:
-                for p in t.chunk.payloads:
-                    held[id(p)] = p.nbytes
-        return held
-
     @property
     def task_bytes(self) -> int:
         """Bytes the service holds for tasks, waiting or sent and kept for a retry: the message payloads
         they reference (a payload shared by two tasks counted once)."""
-        return sum(self._held_payloads().values())
+        return self._held.bytes
+
+    def _hold(self, task: Task) -> None:
+        for p in task.chunk.payloads:
+            self._held.hold(p)
+
+    def _release(self, task: Task) -> None:
+        """``task`` leaves the pool (answered, failed, or timed out waiting): its payloads are not held for it."""
+        for p in task.chunk.payloads:
+            self._held.release(p)
 
     def can_accept(self, chunk: BuiltChunk | None = None) -> bool:
         """Whether a new task of ``chunk`` fits: room in the bounded queue, and within ``max_task_bytes`` with
@@ -604,9 +606,9 @@ class WorkerPool:
             return False
         if self.max_task_bytes is None or not (self.queue or self.outstanding):
             return True
-        held = self._held_payloads()
-        extra = 0 if chunk is None else sum(p.nbytes for p in chunk.payloads if id(p) not in held)
-        return sum(held.values()) + extra <= self.max_task_bytes
+        held = self._held
+        extra = 0 if chunk is None else sum(p.nbytes for p in chunk.payloads if p not in held)
+        return held.bytes + extra <= self.max_task_bytes
 
     def submit(self, task: Task, now: float, *, force: bool = False) -> bool:
         """Queue ``task``; False (task not taken) when the queue is full, unless ``force``."""
@@ -616,6 +618,7 @@ class WorkerPool:
         self._next_id += 1
         task.queued_at = now
         self.queue.append(task)
+        self._hold(task)
         self.stats.tasks_submitted += 1
         self._dispatch(now)
         return True
@@ -672,6 +675,7 @@ class WorkerPool:
             self.queue.appendleft(task)
             return []
         self.stats.tasks_failed += 1
+        self._release(task)
         self._failed.append(TaskDone(task, None, why))
         return []
 
@@ -780,6 +784,7 @@ class WorkerPool:
             self.stats.late_results += 1
             return []
         del self.outstanding[tid]
+        self._release(task)
         w.credits = min(w.capacity, w.credits + 1)
         w.tasks.discard(tid)
         if kind == ERROR:
@@ -804,6 +809,8 @@ class WorkerPool:
         """Timers: tasks without result, tasks waiting too long, dead local processes."""
         out: list[TaskDone] = []
         for task in list(self.outstanding.values()):
+            if self.outstanding.get(task.task_id) is not task:
+                continue  # taken back already in this pass, with the other tasks of its worker (_forget)
             if now - task.sent_at >= self.task_timeout_s:
                 w = self.workers.get(task.worker) if task.worker else None
                 log.warning("task %d (run %d spill %d chunk %d): no result after %.0f s", task.task_id, task.run,
@@ -818,6 +825,7 @@ class WorkerPool:
             for task in self.queue:
                 if now - task.queued_at >= self.queue_timeout_s:
                     self.stats.tasks_failed += 1
+                    self._release(task)
                     out.append(TaskDone(task, None, "no worker took the task"))
                 else:
                     keep.append(task)

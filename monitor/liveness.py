@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .metrics import NO_DATA_REASONS, SnapshotStore
+from .snapshots import NO_DATA_REASONS, SnapshotStore
 
 NO_DATA_ALARM = "no_data"
 READOUT_SILENT, MONITOR_STUCK = NO_DATA_REASONS

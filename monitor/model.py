@@ -78,7 +78,7 @@ Scalar = str | bool | int | Real | None
 class Model(BaseModel):
     """Base: immutable, unknown keys refused; ``_omit_if_none`` fields are left out of the JSON when None."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", from_attributes=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", from_attributes=True, defer_build=True)
     _omit_if_none: ClassVar[frozenset[str]] = frozenset()
 
     @model_serializer(mode="wrap")

@@ -27,7 +27,7 @@ from .archive.config import UNVERSIONED, ArchiveConfig
 from . import model
 from .health import ChannelHistory, ChannelStats, HealthConfig, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
-from .metrics import SnapshotStore
+from .snapshots import DetectorLabels, SnapshotStore
 from ..daq.live import LiveExtras
 from .pipeline import MonitorConfig, SpillAccumulator, SpillProcessor
 from .model import SpillRecord
@@ -111,8 +111,11 @@ class SpillMonitor:
         else:
             self.archive = None
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
-        self.metrics = metrics if metrics is not None else SnapshotStore()
-        self.metrics.use_channel_map(channel_map)
+        if metrics is None:  # labelled after this map at once (the default store would parse the packaged map)
+            self.metrics = SnapshotStore(DetectorLabels.of(channel_map))
+        else:
+            self.metrics = metrics
+            self.metrics.use_channel_map(channel_map)
         self.reference: dict | None = None
         self.reference_id: tuple[int, int] | None = None
         self._latest: SpillSnapshot | None = None

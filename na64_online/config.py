@@ -1,8 +1,10 @@
 """One typed, immutable configuration, loaded once at start-up and passed down.
 
-:class:`Config` is a pydantic-settings ``BaseSettings`` composed of the
-sections each layer declares (:class:`~.config_section.ConfigSection`).
-:func:`load_config` reads it from, highest precedence first:
+:class:`Config` is a frozen pydantic model composed of the sections each
+layer declares (:class:`~.config_section.ConfigSection`). :func:`load_config`
+reads it with pydantic-settings' sources (:mod:`.config_sources`, imported only
+when there is a file or a ``NA64_`` setting variable to read) from, highest
+precedence first:
 
 1. arguments (``overrides``: the command-line options such as ``--map``);
 2. environment variables ``NA64_<SECTION>__<KEY>`` (``__`` also separates
@@ -37,9 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from pydantic import PrivateAttr, ValidationError, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
 from .config_section import ConfigSection, Problem, config_error, problems_of, section_class, validate_section
 from .daq.ingest_config import IngestConfig
@@ -54,7 +54,7 @@ from .monitor.health import HealthConfig
 from .monitor.histograms import HistogramConfig
 from .monitor.pipeline import MonitorConfig
 from .monitor.quality import QualityConfig
-from .reprocess import ClusterConfig
+from .cluster_config import ClusterConfig
 from .web.config import WebConfig
 
 ENV_PREFIX = "NA64_"
@@ -77,6 +77,7 @@ class _Loading:
 
     path: Path | None
     environ: Mapping[str, str]
+    environment: dict[str, Any] = field(default_factory=dict)  # the NA64_ setting variables as tables
     given: dict[Key, str] = field(default_factory=dict)  # key → origin, lowest precedence first
 
 
@@ -95,28 +96,6 @@ def _leaves(data: Mapping[str, Any], model: type | None, prefix: Key = ()) -> It
             yield key
 
 
-class TomlFileSource(TomlConfigSettingsSource):
-    """The TOML configuration file (pydantic-settings' TOML source, with errors that name the file)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
-        if not path.is_file():
-            try:
-                path.open("rb").close()
-                problem = "not a regular file"
-            except OSError as exc:
-                problem = exc.strerror or str(exc)
-            raise ConfigError(f"cannot read config file {path}: {problem}")
-        super().__init__(settings_cls, toml_file=path)
-
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
-        try:
-            return super()._read_file(file_path)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {file_path}: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
-
-
 def parse_env_value(raw: str) -> Any:
     """An environment variable's value: a TOML literal (number, true/false, list, inline table) or a bare string."""
     try:
@@ -125,48 +104,37 @@ def parse_env_value(raw: str) -> Any:
         return raw
 
 
-class EnvironmentSource(PydanticBaseSettingsSource):
-    """``NA64_<SECTION>__<KEY>`` variables as nested tables; ``names`` maps each key to its variable.
+def environment_tables(environ: Mapping[str, str], fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Key, str]]:
+    """``NA64_<SECTION>__<KEY>`` variables as nested tables, and each key's variable.
 
     A variable with ``__`` whose section is unknown is kept, so that validation
     refuses it as an unknown key; one without ``__`` that names no top-level
-    key (``NA64_CONFIG``, ``NA64_DEBUG``) is the program's own and skipped.
+    key (``fields``: ``NA64_CONFIG``, ``NA64_DEBUG``) is the program's own and skipped.
     """
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        super().__init__(settings_cls)
-        prefix, delimiter = self.config["env_prefix"], self.config["env_nested_delimiter"]
-        self.data: dict[str, Any] = {}
-        self.names: dict[Key, str] = {}
-        for name in sorted(environ):
-            if not name.startswith(prefix):
-                continue
-            key = tuple(name[len(prefix):].lower().split(delimiter))
-            if not all(key) or (len(key) == 1 and key[0] not in settings_cls.model_fields):
-                continue
-            node = self.data
-            for part in key[:-1]:
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
-            node[key[-1]] = parse_env_value(environ[name])
-            self.names[key] = name
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self.data.get(field_name), field_name, False  # unused: __call__ returns the whole table
-
-    def __call__(self) -> dict[str, Any]:
-        return self.data
+    data: dict[str, Any] = {}
+    names: dict[Key, str] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = tuple(name[len(ENV_PREFIX):].lower().split(ENV_NESTED_DELIMITER))
+        if not all(key) or (len(key) == 1 and key[0] not in fields):
+            continue
+        node = data
+        for part in key[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[key[-1]] = parse_env_value(environ[name])
+        names[key] = name
+    return data, names
 
 
 # --------------------------------------------------------------------------- the configuration
-class Config(BaseSettings):
+class Config(BaseModel):
     """The service configuration; each section belongs to one layer."""
 
-    model_config = SettingsConfigDict(
-        frozen=True, extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER,
-        nested_model_default_partial_update=False,
-    )
+    # what pydantic-settings' BaseSettings sets, so that values validate as they did when Config was one
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, arbitrary_types_allowed=True)
 
     channel_map: str | None = None  # path of a channel-map CSV; None: the packaged default
     detectors: str | None = None  # path of a detector table (TOML); None: the packaged decoders/detectors.toml
@@ -195,8 +163,13 @@ class Config(BaseSettings):
             out = dict(loading.given) if loading is not None else {}
             return out | {key: "argument" for key in _leaves(values, type(self))}
 
+        data = values
+        if loading is not None and (loading.path is not None or loading.environment):
+            from .config_sources import read_sources  # pydantic-settings: only with a file or variables to read
+
+            data = read_sources(type(self), values, loading)
         try:
-            super().__init__(**values)
+            super().__init__(**data)
         except ValidationError as exc:
             origins = given()
             raise config_error(problems_of(exc, type(self), source=lambda key: _source_of(key, origins))) from None
@@ -229,24 +202,6 @@ class Config(BaseSettings):
         return type(other) is type(self) and self.__dict__ == other.__dict__
 
     __hash__ = None  # type: ignore[assignment]  # tables (web.tokens) inside
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        loading = _LOADING.get()
-        if loading is None:  # Config(**values): defaults and arguments only
-            return (init_settings,)
-        sources: list[PydanticBaseSettingsSource] = [init_settings]
-        environment = EnvironmentSource(settings_cls, loading.environ)
-        file = TomlFileSource(settings_cls, loading.path) if loading.path is not None else None
-        if file is not None:
-            loading.given.update({key: f"file:{loading.path}" for key in _leaves(file(), settings_cls)})
-        loading.given.update({key: f"env:{environment.names.get(key) or _env_name(key)}"
-                              for key in _leaves(environment(), settings_cls)})
-        sources.append(environment)
-        if file is not None:
-            sources.append(file)
-        return tuple(sources)
 
     @model_validator(mode="after")
     def _derive(self) -> "Config":
@@ -348,7 +303,8 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
     """Defaults ← TOML file (``path``, else ``$NA64_CONFIG``) ← environment ← ``overrides``; then derived keys."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_VARIABLE) or None
-    token = _LOADING.set(_Loading(Path(path) if path else None, environ))
+    environment = environment_tables(environ, Config.model_fields)[0]
+    token = _LOADING.set(_Loading(Path(path) if path else None, environ, environment))
     try:
         return Config(**(overrides or {}))
     finally:

@@ -54,58 +54,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .decoders import layout
 from .decoders.decode import EventIndex
-from pydantic import Field, model_validator
 
-from .config_section import ConfigSection, FieldProblem
+from .cluster_config import ClusterConfig  # the [cluster] section (also reached as reprocess.ClusterConfig)
 from .errors import DaqError
 
 INSTALL_HINT = "reprocess needs Dask: pip install 'na64-online[cluster]' (dask[distributed])"
-
-
-class ClusterConfig(ConfigSection):
-    """``[cluster]``: where ``reprocess`` runs and how it talks to Dask.
-
-    ``scheduler``: address of an existing Dask scheduler (``tcp://HOST:8786``,
-    ``tls://HOST:8786``); ``None`` starts a ``LocalCluster`` of ``workers``
-    processes on this host, bound to 127.0.0.1. ``retries``: times a failed
-    task is re-run. ``direct_to_workers``: the client fetches each spill's result from the worker that
-    made it (True) or through the scheduler (False: only the scheduler must be reachable from the client,
-    at the cost of relaying every result, ~0.3 MB per spill of 10^5 events, through it); None: directly
-    from a local cluster's workers, through an existing scheduler. ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: PEM
-    files; with all three the client (and a local cluster) use Dask's TLS
-    ``Security`` with encryption required — the scheduler address must then be
-    ``tls://``.
-    """
-
-    section: ClassVar[str] = "cluster"
-
-    scheduler: str | None = Field(None, pattern=r"^(tcp|tls|ucx|ws|wss)://.+")
-    workers: int = Field(2, ge=1, le=1024)
-    retries: int = Field(2, ge=0, le=100)
-    direct_to_workers: bool | None = None
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-
-    @model_validator(mode="after")
-    def _tls_complete(self) -> "ClusterConfig":
-        tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
-        if any(tls) and not all(tls):
-            missing = [n for n, v in zip(("tls_ca_file", "tls_cert_file", "tls_key_file"), tls) if not v][0]
-            raise FieldProblem(missing, "TLS needs all of tls_ca_file, tls_cert_file and tls_key_file")
-        if all(tls) and self.scheduler is not None and not self.scheduler.startswith("tls://"):
-            raise FieldProblem("scheduler", f"TLS is configured: the address must be tls://…, not {self.scheduler}")
-        return self
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_ca_file is not None
 
 
 # =========================================================================== the plan of a file (worker side)
@@ -543,6 +502,11 @@ class _FileRun:
         its last one, or the one after it."""
         return self.spills > 0 and self.size - self.position < 2 * self.position / self.spills
 
+    def ending(self) -> bool:
+        """At most one and a half spills' worth of the file (by its spills so far) is left to index: the step
+        after the last one heard of is likely its last one."""
+        return self.spills > 0 and 2 * (self.size - self.position) <= 3 * self.position / self.spills
+
     def decoded(self) -> int:
         """Its spills decoded in index steps, held here until merged."""
         return sum(1 for item in self.items if item[4] is not None)
@@ -554,7 +518,7 @@ class Reprocessor:
     ``on_record(record)`` / ``on_note(path, level, text)`` are called in the
     client's thread as results are merged. ``window``: spill tasks in flight (default 4 per worker
     thread); ``ahead``: spills decoded in the index steps of files after the one being merged that the
-    client holds at most (default 16 per worker thread, ~0.3 MB each for 10^5 events).
+    client holds at most (default ``[cluster] ahead`` per worker thread, 16, ~0.3 MB each for 10^5 events).
     """
 
     def __init__(self, config, channel_map, cluster: ClusterConfig, *, archive: str | None = None,
@@ -625,7 +589,7 @@ class Reprocessor:
         retries = self.cluster_config.retries
         threads = sum(client.nthreads().values()) or 1
         window = self.window or max(4, 4 * threads)
-        ahead = self.ahead if self.ahead is not None else 16 * threads
+        ahead = self.ahead if self.ahead is not None else self.cluster_config.ahead * threads
         token = f"{os.getpid()}-{time.time_ns()}"
         known = [time.monotonic(), client.nthreads()]
 
@@ -690,7 +654,9 @@ class Reprocessor:
                 # at most the spill of the step after the one running is left: spreading one spill gains nothing
                 # and maps it twice
                 decode = len(active) >= threads or file.nearly_done()
-                while file.asked - file.heard < 2 and len(file.waiting) < window:
+                # a step ahead of the running one, unless that one is (by the bytes per spill so far) the
+                # file's last: a step asked past the file's end is a task that finds nothing
+                while file.asked - file.heard < (1 if file.ending() else 2) and len(file.waiting) < window:
                     step(file, decode)
 
         def submit_ready() -> None:

@@ -16,7 +16,7 @@ from .events import LiveCandidateEvents, RawFileEvents
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
 from .monitor.archive.config import ArchiveConfig, is_url
-from .monitor.metrics import SnapshotStore
+from .monitor.snapshots import SnapshotStore
 from .monitor.spill_monitor import SpillMonitor
 from .logs import set_spill
 from .systemd import SystemdNotifier

@@ -47,6 +47,26 @@ def test_arguments_over_environment_over_file_over_defaults(tmp_path):
         config.monitor.chunk_events = 1  # sections too
 
 
+def test_without_a_file_or_setting_variables_pydantic_settings_is_not_needed_and_nothing_changes(tmp_path):
+    """With no file and no ``NA64_`` variable naming a setting, load_config validates the arguments alone (no
+    pydantic-settings sources): the same configuration, with the same origins, as through the sources (an empty
+    file), and one setting variable is enough to take the sources' path again."""
+    (tmp_path / "empty.toml").write_text("")
+    program_own = {"NA64_KERNELS": "aot", "NA64_DEBUG": "1", "NA64_LOG_FORMAT": "json", "HOME": "/nowhere"}
+    overrides = {"channel_map": "arg.csv", "monitor": {"chunk_events": 300}}
+    alone = load_config(environ=program_own, overrides=overrides)
+    through_sources = load_config(tmp_path / "empty.toml", environ=program_own, overrides=overrides)
+    assert alone == through_sources and alone.monitor.chunk_events == 300
+    assert list(alone.settings()) == list(through_sources.settings())
+    assert [alone.origin(k) for k, _ in alone.settings()] == [through_sources.origin(k) for k, _ in alone.settings()]
+    assert alone.origin(("monitor", "chunk_events")) == "argument"
+    config = load_config(environ={**program_own, "NA64_MONITOR__NO_DATA_AFTER_SECONDS": "45"})
+    assert config.monitor.no_data_after_seconds == 45.0
+    assert config.origin(("monitor", "no_data_after_seconds")) == "env:NA64_MONITOR__NO_DATA_AFTER_SECONDS"
+    with pytest.raises(ConfigError, match=r"monitor\.chunk_events: expected an integer.*argument"):
+        load_config(environ=program_own, overrides={"monitor": {"chunk_events": "many"}})
+
+
 def test_environment_values_are_toml_literals():
     config = load_config(environ={"NA64_INGEST__EXPECTED_LDCS": "[3, 4]", "NA64_REFERENCE": "[12, 7]",
                                   "NA64_WEB__HOST": "0.0.0.0", "NA64_MONITOR__CUTS__BEAM_CELL": "[1, 3]",

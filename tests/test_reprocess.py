@@ -238,7 +238,7 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
     try:
         with distributed.get_task_stream(client) as stream:
             stats = Reprocessor(load_config(environ={}), ChannelMap.default(),
-                                ClusterConfig(scheduler=local.scheduler_address), window=1, ahead=0
+                                ClusterConfig(scheduler=local.scheduler_address, ahead=0), window=1
                                 ).run(files, out.append, lambda *a: None)
     finally:
         client.run(_set_index_window, old.pop())
@@ -249,7 +249,9 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
                       for s in t["startstops"] if s["action"] == "compute")
 
     steps, spills = ends("na64-index-"), ends("na64-spill-")
-    assert len(steps) >= stats.spills  # a step per spill at least: each pass a chain of tasks
+    # each pass a chain of tasks: about a step per spill (none asked past a file's end; the re-aligned part of
+    # the damaged file is walked by windows, a step may complete two spills there)
+    assert len(steps) >= stats.spills - stats.files
     # spill tasks for the spills of each file's first steps at least (asked before anything is known of the
     # file); a spill of a step that is at most the one after the running one is decoded in its step
     assert stats.files <= len(spills) <= stats.spills
@@ -328,6 +330,24 @@ def test_bad_scheduler_address_is_a_usage_error(capsys):
     assert exit_.value.code == 2 and "tcp://HOST:8786" in capsys.readouterr().err
 
 
+def test_ahead_is_set_in_the_configuration_or_on_the_command_line(tmp_path, capsys):
+    """``[cluster] ahead`` (decoded spills of later files held per worker thread), overridden by ``--ahead``;
+    a negative count is a usage error."""
+    from na64_online.cli import build_parser, cluster_config_from_args
+    from na64_online.config import load_config
+
+    config = tmp_path / "cluster.toml"
+    config.write_text("[cluster]\nahead = 3\n")
+    loaded = load_config(config, environ={})
+    assert load_config(environ={}).cluster.ahead == 16 and loaded.cluster.ahead == 3
+    parser = build_parser()
+    assert cluster_config_from_args(loaded, parser.parse_args(["reprocess", "x.dat"])).ahead == 3
+    assert cluster_config_from_args(loaded, parser.parse_args(["reprocess", "x.dat", "--ahead", "0"])).ahead == 0
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["reprocess", "x.dat", "--ahead", "-1"])
+    assert exit_.value.code == 2 and "--ahead" in capsys.readouterr().err
+
+
 def test_tls_certificates_from_the_configuration_encrypt_the_cluster(raw_files, tmp_path):
     """[cluster] tls_* set: the LocalCluster and the client speak tls:// with those certificates; a tcp://
     scheduler is then refused as a configuration error."""
@@ -351,10 +371,15 @@ def test_tls_certificates_from_the_configuration_encrypt_the_cluster(raw_files, 
 
 def test_a_pass_is_nearly_done_with_less_than_two_spills_of_its_file_left():
     """The client spreads a lone pass's spills as spill tasks only while two spills or more are left (by the
-    bytes per spill so far): the last one is decoded in its step, where the pages already are."""
+    bytes per spill so far): the last one is decoded in its step, where the pages already are. With at most
+    one and a half spills left, no step is asked beyond the running one (it is likely the file's last)."""
     from na64_online.reprocess import _FileRun
 
     assert not _FileRun(0, "f", size=1000, position=0, spills=0).nearly_done()  # nothing known yet
     assert not _FileRun(0, "f", size=1000, position=600, spills=3).nearly_done()  # 400 bytes: two spills of 200
     assert _FileRun(0, "f", size=1000, position=700, spills=3).nearly_done()
     assert _FileRun(0, "f", size=1000, position=1000, spills=5).nearly_done()
+    assert not _FileRun(0, "f", size=1000, position=600, spills=3).ending()  # 400 bytes: two spills of 200
+    assert _FileRun(0, "f", size=1000, position=700, spills=3).ending()  # 300 bytes: 1.3 spills of 233
+    assert _FileRun(0, "f", size=1000, position=750, spills=3).ending()
+    assert not _FileRun(0, "f", size=1000, position=0, spills=0).ending()

@@ -465,6 +465,7 @@ def handler_pool(channel_map, processor):
         task = Task(RUN, 1, i, BuiltChunk.from_words(RUN, 1, i, np.zeros(0, np.uint32)), 0, 0, task_id=i + 1,
                     worker=b"peer")
         pool.outstanding[task.task_id] = task
+        pool._hold(task)  # as submit() and dispatch would: the pool's held bytes count it
     yield pool
     pool.close()
 
@@ -539,6 +540,7 @@ def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channe
                         sent_at=time.monotonic())
             pool._next_id += 1
             pool.outstanding[task.task_id] = task
+            pool._hold(task)
             pool.socket.send_multipart([ident, TASK, task.task_id.to_bytes(8, "little"), *frames])
         failed = pump(pool, 30, until=lambda: not pool.outstanding)
         assert len(failed) == len(bad) and all(d.result is None and "refused task" in d.error for d in failed)
@@ -546,6 +548,7 @@ def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channe
         assert pool.stats.refused_messages == 0  # a refusal is an answer, not a malformed message
         assert pool.submit(Task(RUN, 1, 0, chunk, EVENTS, EVENTS + 2), time.monotonic())
         (done,) = pump(pool, 30, until=lambda: not pool.busy)
+        assert pool.task_bytes == 0  # answered or refused, every task left the pool and holds nothing
     finally:
         pool.close()
     assert done.error is None
@@ -612,5 +615,36 @@ def test_task_bytes_count_each_referenced_payload_once(channel_map, processor):
         assert pool.submit(Task(RUN, 1, 1, chunk(b, c), 1, 1), 0.0)  # b held already: 12000 bytes, fits
         assert pool.task_bytes == 12000
         assert not pool.submit(Task(RUN, 1, 2, chunk(d), 1, 1), 0.0)  # 16000: beyond the bound
+        assert pool.task_bytes == 12000  # a task not taken holds nothing
+        # a running count: tasks that leave the pool (here: no worker took them in time) hold nothing more
+        failed = pool.poll(pool.queue_timeout_s + 1.0)
+        assert len(failed) == 2 and pool.task_bytes == 0 and not pool.busy
+        assert pool.submit(Task(RUN, 1, 3, chunk(d), 1, 1), 0.0) and pool.task_bytes == 4000
+    finally:
+        pool.close()
+
+
+def test_tasks_of_a_worker_timed_out_are_retried_once_each(channel_map, processor):
+    """Two tasks at one worker get no result in time: the worker is forgotten and each task goes back to the
+    queue once (the pass over the timed-out tasks once re-queued the worker's other task a second time: it
+    was then decoded twice); when no worker takes them either, each fails once and nothing stays held."""
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, task_timeout_s=5.0,
+                      queue_timeout_s=10.0)
+    try:
+        payloads = [np.zeros(1000, np.uint32) for _ in range(2)]
+        pool.workers[b"peer"] = worker = _Worker(b"peer", ready=True, credits=0, capacity=2)
+        for i, p in enumerate(payloads, start=1):  # as _dispatch leaves them: sent to the peer, held
+            chunk = BuiltChunk(RUN, 1, i, (p,), (p,), np.array([(0, 0, 17)], np.int64), np.array([0, 1], np.int64),
+                               np.array([7], np.int32), np.array([1], np.int64), 1, final=False)
+            task = Task(RUN, 1, i, chunk, 1, 1, task_id=i, worker=b"peer", attempts=1, sent_at=0.0)
+            pool.outstanding[i] = task
+            pool._hold(task)
+            worker.tasks.add(i)
+        assert pool.poll(6.0) == []  # both timed out: back in the queue, once each
+        assert [t.task_id for t in pool.queue] == [1, 2] and pool.stats.tasks_retried == 2
+        assert pool.stats.workers_lost == 1 and pool.task_bytes == 8000
+        failed = pool.poll(20.0)  # no worker took them: each fails once
+        assert sorted(d.task.task_id for d in failed) == [1, 2] and pool.stats.tasks_failed == 2
+        assert pool.task_bytes == 0 and not pool.busy
     finally:
         pool.close()

@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -90,6 +89,8 @@ class AlertmanagerNotifier:
         self.last_success: float | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._put_lock = threading.Lock()
+        import urllib.request  # the HTTP client (http.client, email, ssl) only where an Alertmanager is configured
+
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -243,6 +244,8 @@ class AlertmanagerNotifier:
                 return
 
     def _request(self, url: str, body: bytes | None = None, method: str = "GET") -> bytes:
+        import urllib.request
+
         request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
         with self._opener.open(request, timeout=self.timeout) as response:
             return response.read()
