@@ -109,7 +109,9 @@ def _timed(fn):
 def compare(args, argv: list[str]) -> dict:
     """``--baseline-rev``: rounds of this bench (``--repeat 1``) with the package as of the revision and as it
     is, alternating, each in its own process (its own clusters); the speed-ups of both, best and median of
-    the rounds, and this tree's 2-worker time against the baseline's, round by round."""
+    the rounds, and this tree's 2-worker time against the baseline's, round by round. (A baseline tree, made
+    by ``git archive``, has no compiled kernels: it runs numba's; the speed-ups within a tree compare like with
+    like, the time ratio across the trees includes that difference unless both run ``NA64_KERNELS=jit``.)"""
     import subprocess
     import sys
 
