@@ -38,9 +38,10 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
     assert not {m for m in loaded if m == "numba" or m.startswith(("numba.", "llvmlite"))}
     assert sorted(m for m in HEAVY if m in loaded) == []
     # the JIT replay's process also imports the web stack as serve does (no archive configured): no database
-    web_then_replay = ("import runpy, sys; import na64_online.web.app, na64_online.web.server, na64_online.web.state; "
-                       "print('sqlalchemy loaded' if 'sqlalchemy' in sys.modules else 'no sqlalchemy', file=sys.stderr); "
-                       "sys.argv[:2] = sys.argv[1:2]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+    web_then_replay = ("import runpy, sys; import na64_online.web.app, na64_online.web.server, na64_online.web.state\n"
+                       "print('sqlalchemy loaded' if 'sqlalchemy' in sys.modules else 'no sqlalchemy', "
+                       "file=sys.stderr)\nsys.argv[:2] = sys.argv[1:2]\n"
+                       "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
     jit = replay("jit", "-c", web_then_replay)
     assert jit.returncode == 0, jit.stderr[-1500:]
     assert "no sqlalchemy" in jit.stderr
