@@ -63,7 +63,7 @@ class SpillSnapshot(model.SpillSnapshot):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    histograms: dict = {}  # this spill's, JSON form (model.HistogramSetJSON)
+    histograms: dict = {}  # this spill's, JSON form (model_served.HistogramSetJSON)
     run_histograms: dict = {}  # run-cumulative, JSON form
     channel_stats: dict = {}
     published_at: float = Field(default_factory=time.time)

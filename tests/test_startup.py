@@ -13,10 +13,11 @@ from conftest import VECTORS
 HEAVY = ("fastapi", "starlette", "bokeh", "uproot", "awkward", "scipy.stats", "dask", "distributed",
          # a replay without an archive needs no database, no sockets, no linear algebra (numba's BLAS probe)
          "sqlalchemy", "zmq", "scipy.linalg", "numpy.f2py",
-         # nor what serves or sends (metrics are published but not served, no Alertmanager configured), the
-         # reprocessing code, or pydantic-settings (no configuration file, no NA64_ setting variable)
+         # nor what serves or sends (metrics are published but not served, no Alertmanager configured, no
+         # archive rows or histogram JSON answered), the reprocessing code, or pydantic-settings (no
+         # configuration file, no NA64_ setting variable)
          "prometheus_client", "urllib.request", "http.client", "na64_online.reprocess", "na64_online.monitor.metrics",
-         "pydantic_settings", "dotenv")
+         "na64_online.monitor.model_served", "pydantic_settings", "dotenv")
 
 
 def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(tmp_path):
