@@ -17,7 +17,7 @@ HEAVY = ("fastapi", "starlette", "bokeh", "uproot", "awkward", "scipy.stats", "d
          # archive rows or histogram JSON answered), the reprocessing code, or pydantic-settings (no
          # configuration file, no NA64_ setting variable)
          "prometheus_client", "urllib.request", "http.client", "na64_online.reprocess", "na64_online.monitor.metrics",
-         "na64_online.monitor.model_served", "pydantic_settings", "dotenv")
+         "na64_online.monitor.model_served", "na64_online.monitor.snapshots", "pydantic_settings", "dotenv")
 
 
 def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(tmp_path):
