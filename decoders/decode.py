@@ -370,6 +370,7 @@ class DecodeBuffers:
     def __init__(self) -> None:
         self._flat: dict[str, np.ndarray] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
+        self.rows = 0  # rows of the channel outputs (the largest chunk decoded into them)
 
     def take(self, name: str, shape: tuple[int, ...], dtype, fill=None, clean: bool = False) -> np.ndarray:
         """A C-contiguous array of ``shape`` and ``dtype``, reusing storage: uninitialised, or all ``fill``,
@@ -456,16 +457,21 @@ def decode_events(
                               np.zeros((len(_args.SLOT_SUMS), nslots)))
     else:
         sums = slot_sums.checked(n, nslots)
-    # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel)
-    take = (buffers or DecodeBuffers()).take
+    # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel). With buffers
+    # they keep the rows of the largest chunk so far (the kernel writes the first n, the rest stay clean), so
+    # a chunk of another size (a spill's last one, the next spill's first) finds them clean instead of
+    # clearing 4.2 kB per row: the estimate planes would move if their row count changed
+    buffers = buffers or DecodeBuffers()
+    rows_kept = buffers.rows = max(n, buffers.rows)
+    take = buffers.take
     channels = _args.ChannelOutputs(
-        nsamples=take("nsamples", (n, nslots), np.uint16, clean=True),
-        estimates=take("estimates", (len(_args.ESTIMATES), n, nslots), np.float64, clean=True),
-        saturated=take("saturated", (n, nslots), np.bool_, clean=True),
+        nsamples=take("nsamples", (rows_kept, nslots), np.uint16, clean=True),
+        estimates=take("estimates", (len(_args.ESTIMATES), rows_kept, nslots), np.float64, clean=True),
+        saturated=take("saturated", (rows_kept, nslots), np.bool_, clean=True),
         samples=np.zeros((n, nslots, max_samples) if with_samples else (0, 0, 0), dtype=np.uint16),
         previous=np.empty(nslots, dtype=np.uint16),
     )
-    estimates = dict(zip(_args.ESTIMATES, channels.estimates))  # one contiguous (n, nslots) plane each
+    estimates = dict(zip(_args.ESTIMATES, channels.estimates[:, :n]))  # one contiguous (n, nslots) plane each
     capacity = 64 + 4 * n
     while True:
         events = _args.EventOutputs(trigger_time=take("trigger_time", (n,), np.int64, -1),
@@ -484,12 +490,12 @@ def decode_events(
             sums.counts[...], sums.sums[...] = before
     return DecodedEvents(
         index=index,
-        nsamples=channels.nsamples,
+        nsamples=channels.nsamples[:n],
         pedestal_even=estimates["pedestal_even"],
         pedestal_odd=estimates["pedestal_odd"],
         amplitude=estimates["amplitude"],
         energy=estimates["energy"],
-        saturated=channels.saturated,
+        saturated=channels.saturated[:n],
         trigger_time_us=events.trigger_time,
         scalers=events.scalers,
         ldc_mask=events.ldc_mask,

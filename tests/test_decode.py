@@ -359,15 +359,23 @@ def test_reused_buffers_give_what_fresh_arrays_give(channel_map):
     buffers = DecodeBuffers()
     names = ("nsamples", "pedestal_even", "pedestal_odd", "amplitude", "energy", "saturated", "trigger_time_us",
              "scalers", "ldc_mask", "errors", "issues")
-    bounds = [0, 75, 150, 225, 300, 301, len(index)]  # equal lengths (rows reused as they are), then others
+    # equal lengths (rows reused as they are), then shorter ones within the rows kept (a spill's last chunk,
+    # then the next spill's first: decoded into the rows kept, nothing cleared), then a longer one
+    bounds = [0, 40, 80, 120, 121, 150, 180, len(index)]
+    assert len(index) - 180 > 40
     previous = None
     came_and_went = 0
+    planes = None
     for start, stop in zip(bounds, bounds[1:]):
         chunk = index.slice(start, stop)
         fresh = decode_events(words, chunk, channel_map)
         reused = decode_events(words, chunk, channel_map, buffers=buffers)
         for name in names:
             assert np.array_equal(getattr(reused, name), getattr(fresh, name)), (start, name)
+        assert buffers.rows == max(stop - start, 40)
+        if stop <= 180:  # the same storage while the chunks fit the rows kept
+            assert planes is None or np.shares_memory(planes, reused.energy)
+            planes = reused.energy
         if previous is not None and len(previous) == len(fresh.nsamples):  # the same rows: slots came and went
             came_and_went += int(np.count_nonzero((previous > 0) & (fresh.nsamples == 0)))
         previous = fresh.nsamples
