@@ -498,11 +498,14 @@ def compare(args, argv: list[str]) -> int:
                 continue
             rows.append((label, w, live[0]))
             print(json.dumps({"tree": label, **live[0]}), flush=True)
-    print(f"\n{'tree':>12} workers  service/worker CPU per event   service µs/event   worker µs/event   "
-          f"live/replay   dropped")
+    print(f"\n{'tree':>12} workers  warm spills  service/worker CPU per event   service µs/event   worker µs/event   "
+          f"live/replay   dropped   lost msgs   I/O thread faults/event")
     for label, w, r in rows:
-        print(f"{label:>12} {w:>7}  {r['service_vs_worker_cpu']!s:>28}   {r['service_cpu_us_per_event']!s:>16}   "
-              f"{r['worker_cpu_us_per_event']!s:>15}   {r['events_per_s_vs_replay']!s:>11}   {r['dropped_events']:>7}")
+        io_faults = r["service_page_faults_per_event_by_thread"].get("zmq-io")
+        print(f"{label:>12} {w:>7}  {r.get('warm_spills', 0)!s:>11}  {r['service_vs_worker_cpu']!s:>28}   "
+              f"{r['service_cpu_us_per_event']!s:>16}   {r['worker_cpu_us_per_event']!s:>15}   "
+              f"{r['events_per_s_vs_replay']!s:>11}   {r['dropped_events']:>7}   {r['lost_messages']:>9}   "
+              f"{io_faults!s:>23}")
     return 0
 
 

@@ -28,9 +28,10 @@ LocalCluster, the scheduler — plus the workers and their nannies); the
 speed-up with 1 and 2 workers (best against best, and the median of the
 per-round ratios); the per-spill overhead of running a spill as a task
 ((t_1 worker − t_replay) / spills, and in CPU seconds); the client's merge per
-spill and its share of the run; what bounds the speed-up with 2 workers on
-2 cores: replay's CPU over half the CPU reprocess spends on all its processes;
-and the 2 replay processes' speed-up (the ceiling), with the share of their
+spill and its share of the run; the merge left when the last result came (the
+tail no worker overlaps: a later file's spills are merged after the file before
+them); what bounds the speed-up with 2 workers on 2 cores: replay's CPU over
+half the CPU reprocess spends on all its processes; and the 2 replay processes' speed-up (the ceiling), with the share of their
 speed reprocess reaches with 2 workers (median of the per-round ratios).
 (Both clusters stay up through all rounds, so every figure includes their idle
 cost: ~0.01 of a core each with reprocess's settings.)
@@ -255,12 +256,14 @@ def main(argv=None) -> dict:
 
         rounds = {m: [] for m in MODES}  # (wall, cpu, cpu of the workers)
         merge = {1: [], 2: []}
+        tail = {1: [], 2: []}  # the client's merge after the last result came (nan: a tree without the figure)
         for _ in range(args.repeat):
             rounds["replay"].append(_timed(replay)[1:])
             rounds["replay_2_processes"].append(_timed(replay_2_processes)[1:])
             for workers in (1, 2):
                 rounds[f"reprocess_{workers}"].append(_timed(lambda: reprocess(workers))[1:])
                 merge[workers].append(stats[workers].merge_seconds)
+                tail[workers].append(getattr(stats[workers], "tail_seconds", float("nan")))
         if args.report:
             Path(args.report).mkdir(parents=True, exist_ok=True)
             report = str(Path(args.report) / "reprocess-2-workers.html")
@@ -293,6 +296,9 @@ def main(argv=None) -> dict:
             r[0] / w[0] for r, w in zip(rounds["replay"], rounds[mode]))
         result[f"merge_{workers}_s_per_spill"] = min(merge[workers]) / spills
         result[f"merge_{workers}_share"] = min(merge[workers]) / result[f"{mode}_s"]
+        result[f"tail_{workers}_s_median"] = statistics.median(tail[workers])
+        result[f"tail_{workers}_share_median"] = statistics.median(
+            t / w[0] for t, w in zip(tail[workers], rounds[mode]))
     result["speedup_2_processes"] = result["replay_s"] / result["replay_2_processes_s"]
     result["speedup_2_processes_median_of_rounds"] = statistics.median(
         r[0] / w[0] for r, w in zip(rounds["replay"], rounds["replay_2_processes"]))
@@ -325,6 +331,9 @@ def main(argv=None) -> dict:
     print(f"  per-spill overhead of a task (1 worker - replay): {result['overhead_per_spill_s'] * 1e3:.0f} ms wall, "
           f"{result['overhead_cpu_per_spill_s'] * 1e3:.0f} ms CPU; client merge "
           f"{result['merge_2_s_per_spill'] * 1e3:.0f} ms per spill, {result['merge_2_share']:.0%} of the 2-worker run")
+    print(f"  the client's merge after the last result came (no worker busy; later files wait for the file "
+          f"before them): {result['tail_2_s_median'] * 1e3:.0f} ms, {result['tail_2_share_median']:.0%} of the "
+          f"2-worker run (median of rounds)")
     print(f"  bound with 2 workers on 2 cores (replay CPU / half of reprocess CPU): "
           f"{result['speedup_2_cpu_bound']:.2f}x; reprocess CPU per spill: workers "
           f"{result['reprocess_2_workers_cpu_s'] / spills * 1e3:.0f} ms, client + scheduler + nannies "

@@ -121,15 +121,17 @@ _REASON_OF_ISSUE = {
 def _scan(words: np.ndarray):
     """The decoder's header walk (the §2 rules), cut at the first event it rejects."""
     index = index_events(words)
-    bad = np.flatnonzero(index.status != 0)
+    bad = np.flatnonzero(index.status)
     n = int(bad[0]) if len(bad) else len(index)
     reason = _REASON_OF_ISSUE.get(int(index.status[n]), SCAN_BAD_MAGIC) if len(bad) else SCAN_OK
-    types = index.type[:n].astype(np.int32)
-    keys = np.full(n, NO_SPILL_KEY, dtype=np.int64)
+    types = index.type[:n].astype(np.int32, copy=False)
+    keys = index.event[:n].astype(np.int64)
+    keys += 1  # a data event's key; the few others (a message's START/END_OF_BURST) are set below
     data = (types == L.PHYSICS_EVENT) | (types == L.CALIBRATION_EVENT)
-    keys[data] = index.event[:n][data].astype(np.int64) + 1
-    keys[types == L.START_OF_BURST] = SOB_KEY
-    keys[types == L.END_OF_BURST] = EOB_KEY
+    if not data.all():
+        keys[~data] = NO_SPILL_KEY
+        keys[types == L.START_OF_BURST] = SOB_KEY
+        keys[types == L.END_OF_BURST] = EOB_KEY
     return (index.offset[:n], index.size[:n], types, keys, index.run[:n], index.spill[:n].astype(np.int64),
             reason)
 

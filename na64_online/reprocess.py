@@ -392,6 +392,9 @@ class ReprocessStats:
     seconds: float = 0.0
     cluster_seconds: float = 0.0  # starting / connecting to the cluster
     merge_seconds: float = 0.0  # the client's merge: results read, SpillMonitor.handle, on_record
+    #: from the last spill result taken in to the end of the merge: the client's merge no worker overlaps (the
+    #: spills of later files wait for the file before them: their merge is in spill order)
+    tail_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -600,6 +603,7 @@ class Reprocessor:
             return known[1]
 
         files_ = [_FileRun(i, str(Path(f).resolve())) for i, f in enumerate(files)]
+        arrived = [time.perf_counter()]  # when the last spill result was taken in
         bars: dict[int, object] = {}
         placed: dict[str, list] = {}  # worker address -> this run's spill tasks and decoding steps placed there
         in_flight = 0
@@ -708,6 +712,7 @@ class Reprocessor:
                 file.spills += len(summary.spills)
                 self._bars_for(summary, bars)
                 if result.results:  # decoded in the step
+                    arrived[0] = time.perf_counter()
                     file.items.extend((summary, n, None, None, frames) for n, frames in enumerate(result.results))
                 else:
                     file.waiting.extend((future_step, summary, n) for n in range(len(summary.spills)))
@@ -736,6 +741,7 @@ class Reprocessor:
                         if frames is None:
                             try:
                                 frames = future.result()
+                                arrived[0] = time.perf_counter()
                             except Exception as exc:  # noqa: BLE001 - reported, the next spills go on
                                 spill = summary.spills[n]
                                 reason = f"run {spill.run} spill {spill.spill}: {_reason(exc)}; spill skipped"
@@ -768,6 +774,7 @@ class Reprocessor:
                 if waiting_on:
                     distributed.wait(waiting_on, return_when="FIRST_COMPLETED")
         finally:
+            self.stats.tail_seconds = time.perf_counter() - arrived[0]
             for bar in bars.values():
                 bar.close()
 

@@ -244,6 +244,7 @@ def test_index_passes_in_many_steps_with_one_task_in_flight_give_replays_records
         client.run(_set_index_window, old.pop())
     assert [comparable(r) for r in out] == records(replay.stdout)
     assert stats.files == 3 and stats.spills == len(out)
+    assert 0 < stats.tail_seconds < stats.seconds  # the merge after the last result came: the end of the run
     def ends(prefix):
         return sorted(s["stop"] for t in stream.data if t["key"].startswith(prefix)
                       for s in t["startstops"] if s["action"] == "compute")

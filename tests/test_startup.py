@@ -24,12 +24,12 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
     if they are missing or stale): neither numba nor any of :data:`HEAVY` is imported (``-X importtime`` lists every
     module loaded), and the records are the JIT kernels' records."""
     def replay(kernels: str, *options: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *options, "-m", "na64_online.cli", "replay", str(VECTORS / "small.dat"),
+        return subprocess.run([sys.executable, *options, "na64_online.cli", "replay", str(VECTORS / "small.dat"),
                                "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                               env={**{k: v for k, v in os.environ.items() if not k.startswith("NA64_")},
                                    "NA64_KERNELS": kernels})
 
-    compiled = replay("aot", "-X", "importtime")
+    compiled = replay("aot", "-X", "importtime", "-m")
     assert compiled.returncode == 0, (f"{compiled.stderr[-1500:]}\n(the compiled kernels are built by tools/setup: "
                                       "rerun it after changing a kernel)")
     loaded = {line.rsplit("|", 1)[-1].strip() for line in compiled.stderr.splitlines()
@@ -37,8 +37,13 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
     assert "na64_online.decoders.decode" in loaded  # the listing is complete
     assert not {m for m in loaded if m == "numba" or m.startswith(("numba.", "llvmlite"))}
     assert sorted(m for m in HEAVY if m in loaded) == []
-    jit = replay("jit")
+    # the JIT replay's process also imports the web stack as serve does (no archive configured): no database
+    web_then_replay = ("import runpy, sys; import na64_online.web.app, na64_online.web.server, na64_online.web.state; "
+                       "print('sqlalchemy loaded' if 'sqlalchemy' in sys.modules else 'no sqlalchemy', file=sys.stderr); "
+                       "sys.argv[:2] = sys.argv[1:2]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+    jit = replay("jit", "-c", web_then_replay)
     assert jit.returncode == 0, jit.stderr[-1500:]
+    assert "no sqlalchemy" in jit.stderr
     drop = ("processing_seconds", "finished_at")
     records = [[{k: v for k, v in json.loads(line).items() if k not in drop} for line in r.stdout.splitlines()]
                for r in (compiled, jit)]

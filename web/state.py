@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from ..monitor.archive import Archive
 from ..monitor.spill_monitor import SpillMonitor
+
+if TYPE_CHECKING:  # the store loads SQLAlchemy: imported only when there is an archive to read
+    from ..monitor.archive import Archive
 
 T = TypeVar("T")
 
@@ -49,6 +51,8 @@ class AppState:
 
     def __post_init__(self) -> None:
         if self.archive is None and self.monitor.archive is not None:
+            from ..monitor.archive import Archive
+
             self.archive = Archive(self.monitor.archive.target, readonly=True)
 
     def command(self, fn: Callable[[], T]) -> T:
