@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..decoders import layout as L
-from ..decoders.decode import index_events
+from ..decoders.decode import INDEX_FIRST_WINDOW, INDEX_WORDS_PER_ROW
+from ..decoders.decode import _index_words as _decoder_header_walk
 from ..errors import EnvelopeError, Issue
 
 ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
@@ -119,21 +120,25 @@ _REASON_OF_ISSUE = {
 
 
 def _scan(words: np.ndarray):
-    """The decoder's header walk (the §2 rules), cut at the first event it rejects."""
-    index = index_events(words)
-    bad = np.flatnonzero(index.status)
-    n = int(bad[0]) if len(bad) else len(index)
-    reason = _REASON_OF_ISSUE.get(int(index.status[n]), SCAN_BAD_MAGIC) if len(bad) else SCAN_OK
-    types = index.type[:n].astype(np.int32, copy=False)
-    keys = index.event[:n].astype(np.int64)
+    """The decoder's header walk (the §2 rules, :func:`~..decoders.decode.index_events`' own walk over whole
+    words, without the skipped-bytes and source-offset columns a message's scan does not use), cut at the
+    first event it rejects."""
+    stop = words.shape[0]
+    cols = _decoder_header_walk(words, words.view(np.uint8), 4 * stop, 0, stop, -1, False,
+                                max(INDEX_FIRST_WINDOW, stop // INDEX_WORDS_PER_ROW))[0]
+    offset, size, status, etype, run, spill, event = cols[:7]
+    bad = np.flatnonzero(status)
+    n = int(bad[0]) if len(bad) else status.shape[0]
+    reason = _REASON_OF_ISSUE.get(int(status[n]), SCAN_BAD_MAGIC) if len(bad) else SCAN_OK
+    types = etype[:n].astype(np.int32, copy=False)
+    keys = event[:n].astype(np.int64)
     keys += 1  # a data event's key; the few others (a message's START/END_OF_BURST) are set below
     data = (types == L.PHYSICS_EVENT) | (types == L.CALIBRATION_EVENT)
     if not data.all():
         keys[~data] = NO_SPILL_KEY
         keys[types == L.START_OF_BURST] = SOB_KEY
         keys[types == L.END_OF_BURST] = EOB_KEY
-    return (index.offset[:n], index.size[:n], types, keys, index.run[:n], index.spill[:n].astype(np.int64),
-            reason)
+    return offset[:n], size[:n], types, keys, run[:n], spill[:n].astype(np.int64), reason
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ held by tasks waiting or at workers — the caller drops whole events and
 counts them).
 A task that gets no result within ``task_timeout_s`` (worker died, host
 unreachable) is given to another worker (``task_retries`` times), then
-reported failed. Results are merged by the service in chunk order.
+reported failed; a task a worker's HELLOs show it never got (sent before one,
+unanswered at the next: lost with a reset connection) is retried at once. Results are merged by the service in chunk order.
 """
 
 from __future__ import annotations
@@ -367,6 +368,7 @@ class _Worker:
     capacity: int = 0
     last_seen: float = 0.0
     tasks: set = field(default_factory=set)
+    hello_at: float | None = None  # when its last HELLO arrived
 
 
 @dataclass
@@ -375,6 +377,8 @@ class PoolStats:
     tasks_done: int = 0
     tasks_failed: int = 0
     tasks_retried: int = 0
+    #: of those, tasks a worker's HELLOs showed it never got (lost with its connection): retried at once
+    tasks_lost_in_transit: int = 0
     late_results: int = 0
     workers_seen: int = 0
     workers_lost: int = 0
@@ -745,10 +749,11 @@ class WorkerPool:
                 self.stats.workers_seen += 1
                 log.info("worker %s connected", _who(ident))
             w.last_seen = now
+            lost = self._lost_in_transit(w, now)
             if frames[3].bytes != self.setup_id or not w.ready:
                 w.ready = False
                 self._send_setup(ident)
-            return []
+            return lost
         if kind == READY:
             if n != 4:
                 return self._refuse(ident, f"READY with {n - 1} frames, expected 3")
@@ -804,6 +809,32 @@ class WorkerPool:
             return [TaskDone(task, None, f"result refused: {exc}")]
         self.stats.tasks_done += 1
         return [TaskDone(task, result)]
+
+    def _lost_in_transit(self, w: _Worker, now: float) -> list[TaskDone]:
+        """A HELLO from ``w``: retry now the tasks sent to it before its previous HELLO arrived and still
+        unanswered — tasks its connection lost (a reset: the worker reconnects under the same identity,
+        what was queued on the old connection is gone), which would otherwise wait ``task_timeout_s``.
+
+        A worker says HELLO only after a second with nothing received and nothing in its socket, and
+        answers every task before it reads the next message: a task it got before its second HELLO was
+        answered before that HELLO (one connection keeps the order). So a task sent before the first of
+        two HELLOs and unanswered at the second never reached it (or is still in transit after more than
+        a second; then the retry only costs a decode — the first answer is taken, the other is late)."""
+        since, w.hello_at = w.hello_at, now
+        if since is None or not w.tasks:
+            return []
+        lost = [t for t in (self.outstanding.get(tid) for tid in sorted(w.tasks))
+                if t is not None and t.worker == w.ident and t.sent_at < since]
+        for task in lost:
+            del self.outstanding[task.task_id]
+            w.tasks.discard(task.task_id)
+            w.credits = min(w.capacity, w.credits + 1)
+            self.stats.tasks_lost_in_transit += 1
+            self._log.warning("transit", "task %d (run %d spill %d chunk %d) never reached worker %s (its "
+                              "connection was reset): retried", task.task_id, task.run, task.spill, task.index,
+                              _who(w.ident))
+            self._retry(task, now, "lost with the worker's connection")
+        return []
 
     def poll(self, now: float) -> list[TaskDone]:
         """Timers: tasks without result, tasks waiting too long, dead local processes."""

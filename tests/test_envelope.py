@@ -154,3 +154,30 @@ def test_scan_honours_longer_headers(ldc_events):
 def test_empty_payload():
     scan = E.scan_payload(b"", expected_events=0)
     assert scan.ok and scan.n_events == 0 and scan.run is None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 32), st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=6),
+       st.integers(0, 40))
+def test_the_scan_walks_headers_as_index_events_does(ldc_events, n, flips, cut):
+    """The scan runs the decoder's header walk without the columns it does not use: on any payload — whole,
+    bytes flipped (damaged headers, garbage), cut short — its events are index_events' rows up to the first
+    rejected one, with their types, and that row's issue is the scan's reason."""
+    from na64_online.decoders.decode import index_events
+
+    payload = bytearray(b"".join(ldc_events[2][:n]))
+    for at, value in flips:
+        payload[at % len(payload)] = value
+    words = np.frombuffer(bytes(payload[:len(payload) - 4 * cut if 4 * cut < len(payload) else None]), L.WORD)
+    offsets, sizes, types, keys, runs, bursts, reason = E._scan(words)
+    index = index_events(words)
+    bad = np.flatnonzero(index.status != 0)
+    k = int(bad[0]) if len(bad) else len(index)
+    assert offsets.tolist() == index.offset[:k].tolist() and sizes.tolist() == index.size[:k].tolist()
+    assert types.tolist() == index.type[:k].tolist() and runs.tolist() == index.run[:k].tolist()
+    assert bursts.tolist() == index.spill[:k].tolist() and keys.dtype == np.int64 and keys.shape == (k,)
+    assert (reason == E.SCAN_OK) == (k == len(index))

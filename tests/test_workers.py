@@ -648,3 +648,51 @@ def test_tasks_of_a_worker_timed_out_are_retried_once_each(channel_map, processo
         assert pool.task_bytes == 0 and not pool.busy
     finally:
         pool.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_task_lost_with_a_reset_connection_is_retried_at_the_workers_next_hellos(channel_map, processor):
+    """A worker's connection reset (it reconnects under the same identity) loses the task queued on it: the
+    worker, idle, says HELLO again; a task sent before one HELLO and unanswered at the next never reached it
+    and is retried at once — not after task_timeout_s (60 s here) — and the worker is kept. (The fake worker
+    drops its first task, as the reset connection does, and answers the rest.)"""
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result, task_timeout_s=60)
+    stop = threading.Event()
+    got: list[bytes] = []
+
+    def worker() -> None:
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(pool.endpoint)
+        s.send_multipart([HELLO, PROTOCOL, b""])
+        try:
+            while not stop.is_set():
+                if not s.poll(300):  # idle: HELLO (a real worker after 1 s)
+                    s.send_multipart([HELLO, PROTOCOL, pool.setup_id])
+                    continue
+                frames = s.recv_multipart()
+                if frames[0] == SETUP:
+                    s.send_multipart([READY, frames[1], b"1"])
+                elif frames[0] == TASK:
+                    got.append(frames[1])
+                    if len(got) > 1:  # the first one is "lost in transit"
+                        s.send_multipart([ERROR, frames[1], b"answered"])
+        finally:
+            s.close()
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        pump(pool, 10, until=lambda: pool.n_ready == 1)
+        chunk = BuiltChunk.from_words(RUN, 1, 0, np.zeros(0, np.uint32))
+        t0 = time.monotonic()
+        assert pool.submit(Task(RUN, 1, 0, chunk, 0, 0), t0)
+        done = pump(pool, 15, until=lambda: not pool.busy)
+        waited = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join(5)
+        pool.close()
+    assert [d.error for d in done] == ["answered"] and len(got) == 2 and got[0] == got[1]
+    assert pool.stats.tasks_lost_in_transit == 1 and pool.stats.tasks_retried == 1
+    assert pool.stats.workers_lost == 0 and waited < 10  # two HELLOs, not task_timeout_s
