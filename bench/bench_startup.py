@@ -4,17 +4,17 @@
     .venv/bin/python bench/bench_startup.py --demo           # and the time to demo's first spill record
     .venv/bin/python bench/bench_startup.py --repeat 7 --baseline-rev 7566c6b --demo --demo-repeat 3
 
-Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock runs, and the best and the
-median CPU time (user + system of the child; load changes it least): the interpreter alone (``python -c pass``), ``import numpy``, ``import
-numba`` and a script calling one cached numba kernel (numba's floor: what any command using a JIT kernel
-pays), ``na64-online replay small.dat`` with the ahead-of-time compiled kernels (``NA64_KERNELS=aot``:
-target < 0.5 s wall) and with the JIT ones (``NA64_KERNELS=jit``, cached); ``--baseline-rev REV``: also the
-replay of the package as of git REV, with its ahead-of-time kernels if it has them (built once into the
-baseline tree). ``--demo``: ``na64-online demo
---spills 1``, seconds from the process start to its first spill's record on stdout, with the compiled and
-with the JIT kernels, and with the baseline's package (its workers too), ``--demo-repeat`` times each,
-interleaved, median shown (target ≤ 10 s after ``tools/setup``, whose one-spill demo compiles every JIT
-kernel; a spill lasts ``--spill-duration``, 4.8 s by default, so the start-up has the rest).
+Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock runs, and the best and the median
+CPU time (user + system of the child; load changes it least): the interpreter alone (``python -c pass``),
+``import numpy``, ``import numba`` and a script calling one cached numba kernel (numba's floor: what any command
+using a JIT kernel pays), ``na64-online replay small.dat`` with the ahead-of-time compiled kernels
+(``NA64_KERNELS=aot``: target < 0.5 s wall) and with the JIT ones (``NA64_KERNELS=jit``, cached);
+``--baseline-rev REV``: also the replay of the package as of git REV, with its ahead-of-time kernels if it has
+them (built once into the baseline tree). ``--demo``: ``na64-online demo --spills 1``, seconds from the process
+start to its first spill's record on stdout, with the compiled and with the JIT kernels, and with the baseline's
+package (its workers too), ``--demo-repeat`` times each, interleaved, median shown (target ≤ 10 s after
+``tools/setup``, whose one-spill demo compiles every JIT kernel; a spill lasts ``--spill-duration``, 4.8 s by
+default, so the start-up has the rest).
 """
 
 from __future__ import annotations

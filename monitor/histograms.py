@@ -185,7 +185,7 @@ def _row_reduce(values: np.ndarray, op) -> np.ndarray:
 
 
 def histogram_json(h: bh.Histogram) -> dict:
-    """THE JSON shape of a histogram (:class:`~.model.HistogramJSON`: API, dashboard, archive JSON export).
+    """THE JSON shape of a histogram (:class:`~.model_served.HistogramJSON`: API, dashboard, archive JSON export).
 
     ``{"name", "label", "axes": [{"name", "label", "edges" | "categories"}], "values", "entries",
     "outside"}``: ``values`` are the bin contents without flow bins (nested lists in axis order,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict, Field
 
@@ -27,11 +27,13 @@ from .archive.config import UNVERSIONED, ArchiveConfig
 from . import model
 from .health import ChannelHistory, ChannelStats, HealthConfig, hit_threshold
 from .histograms import HistogramConfig, RunHistograms, SpillHistograms
-from .snapshots import DetectorLabels, SnapshotStore
 from ..daq.live import LiveExtras
 from .pipeline import MonitorConfig, SpillAccumulator, SpillProcessor
 from .model import SpillRecord
 from .quality import QualityConfig, assess, interrupted_quality
+
+if TYPE_CHECKING:  # the metrics' store: only the live service passes one
+    from .snapshots import SnapshotStore
 
 STATS, HISTOGRAMS = "channel_stats", "histograms"
 
@@ -63,7 +65,7 @@ class SpillSnapshot(model.SpillSnapshot):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    histograms: dict = {}  # this spill's, JSON form (model.HistogramSetJSON)
+    histograms: dict = {}  # this spill's, JSON form (model_served.HistogramSetJSON)
     run_histograms: dict = {}  # run-cumulative, JSON form
     channel_stats: dict = {}
     published_at: float = Field(default_factory=time.time)
@@ -111,11 +113,10 @@ class SpillMonitor:
         else:
             self.archive = None
         self.alarms = AlarmEngine.from_config(alarms, self.archive)
-        if metrics is None:  # labelled after this map at once (the default store would parse the packaged map)
-            self.metrics = SnapshotStore(DetectorLabels.of(channel_map))
-        else:
-            self.metrics = metrics
-            self.metrics.use_channel_map(channel_map)
+        #: the store the metrics read, published into after each spill; None: nothing reads metrics (replay)
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.use_channel_map(channel_map)
         self.reference: dict | None = None
         self.reference_id: tuple[int, int] | None = None
         self._latest: SpillSnapshot | None = None
@@ -176,10 +177,12 @@ class SpillMonitor:
             self.archive.store_spill(
                 record, quality, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
             )
-            self.metrics.publish_archive_write()
+            if self.metrics is not None:
+                self.metrics.publish_archive_write()
         else:
             self.alarms.take_events()
-        self.metrics.publish_spill(record, quality, health)
+        if self.metrics is not None:
+            self.metrics.publish_spill(record, quality, health)
         snapshot = SpillSnapshot(
             record=record,
             quality=quality,
@@ -214,7 +217,8 @@ class SpillMonitor:
         ))
         if self.archive is not None:
             self.archive.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
-            self.metrics.publish_archive_write()
+            if self.metrics is not None:
+                self.metrics.publish_archive_write()
         self.spills_interrupted += 1
         return record.to_dict()
 

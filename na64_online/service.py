@@ -9,17 +9,19 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 from .config import Config
 from .events import LiveCandidateEvents, RawFileEvents
 from .daq.rawfile import RawFile
 from .decoders.channelmap import ChannelMap
 from .monitor.archive.config import ArchiveConfig, is_url
-from .monitor.snapshots import SnapshotStore
 from .monitor.spill_monitor import SpillMonitor
 from .logs import set_spill
 from .systemd import SystemdNotifier
+
+if TYPE_CHECKING:  # the metrics' store: only the live service makes one
+    from .monitor.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 

@@ -585,10 +585,10 @@ def test_export_root_run_sum_and_per_spill(archive, tmp_path):
 
 
 def test_export_json_in_the_one_histogram_shape(archive, tmp_path):
-    """The JSON export writes histograms as the API does (model.HistogramJSON: edges, values without
+    """The JSON export writes histograms as the API does (model_served.HistogramJSON: edges, values without
     flow bins, entries, outside), one spill or the run summed."""
     from na64_online.monitor.histograms import histogram_json
-    from na64_online.monitor.model import HistogramJSON
+    from na64_online.monitor.model_served import HistogramJSON
 
     hists = make_histograms(2)
     archive.store_spill(make_record(9, 4), make_quality(), hists)

@@ -13,10 +13,11 @@ from conftest import VECTORS
 HEAVY = ("fastapi", "starlette", "bokeh", "uproot", "awkward", "scipy.stats", "dask", "distributed",
          # a replay without an archive needs no database, no sockets, no linear algebra (numba's BLAS probe)
          "sqlalchemy", "zmq", "scipy.linalg", "numpy.f2py",
-         # nor what serves or sends (metrics are published but not served, no Alertmanager configured), the
-         # reprocessing code, or pydantic-settings (no configuration file, no NA64_ setting variable)
+         # nor what serves or sends (metrics are published but not served, no Alertmanager configured, no
+         # archive rows or histogram JSON answered), the reprocessing code, or pydantic-settings (no
+         # configuration file, no NA64_ setting variable)
          "prometheus_client", "urllib.request", "http.client", "na64_online.reprocess", "na64_online.monitor.metrics",
-         "pydantic_settings", "dotenv")
+         "na64_online.monitor.model_served", "na64_online.monitor.snapshots", "pydantic_settings", "dotenv")
 
 
 def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(tmp_path):
@@ -38,9 +39,10 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
     assert not {m for m in loaded if m == "numba" or m.startswith(("numba.", "llvmlite"))}
     assert sorted(m for m in HEAVY if m in loaded) == []
     # the JIT replay's process also imports the web stack as serve does (no archive configured): no database
-    web_then_replay = ("import runpy, sys; import na64_online.web.app, na64_online.web.server, na64_online.web.state; "
-                       "print('sqlalchemy loaded' if 'sqlalchemy' in sys.modules else 'no sqlalchemy', file=sys.stderr); "
-                       "sys.argv[:2] = sys.argv[1:2]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+    web_then_replay = ("import runpy, sys; import na64_online.web.app, na64_online.web.server, na64_online.web.state\n"
+                       "print('sqlalchemy loaded' if 'sqlalchemy' in sys.modules else 'no sqlalchemy', "
+                       "file=sys.stderr)\nsys.argv[:2] = sys.argv[1:2]\n"
+                       "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
     jit = replay("jit", "-c", web_then_replay)
     assert jit.returncode == 0, jit.stderr[-1500:]
     assert "no sqlalchemy" in jit.stderr

@@ -3,7 +3,7 @@
 - :mod:`.store` — :class:`Archive` (writing, reading, retention, alarm history);
 - :mod:`.config` — :class:`ArchiveConfig` (``[archive]``), without SQLAlchemy;
 - :mod:`.codec` — histogram blobs (:func:`encode_histogram` / :func:`decode_histogram`) and JSON
-  (:func:`histogram_to_json`: the one JSON shape, :class:`~..model.HistogramJSON`);
+  (:func:`histogram_to_json`: the one JSON shape, :class:`~..model_served.HistogramJSON`);
 - :mod:`.exports` — the bad-spill list (:func:`bad_spills_csv`, CSV/JSON), ROOT and JSON histogram files.
 
 The names below are imported on first use: reading the configuration loads no SQLAlchemy.

@@ -3,7 +3,7 @@
 Blob: ``b"N64H" | u8 version | zlib( u32 header length | header JSON | view bytes )``
 (:func:`encode_histogram`), exact: flow bins and accumulator storages come back bit for bit.
 JSON: the project's one histogram shape (:func:`histogram_to_json`, i.e.
-:func:`~..histograms.histogram_json`; documented on :class:`~..model.HistogramJSON`).
+:func:`~..histograms.histogram_json`; documented on :class:`~..model_served.HistogramJSON`).
 """
 
 from __future__ import annotations

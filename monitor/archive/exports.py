@@ -247,7 +247,7 @@ class ArchiveExports:
     def export_histograms_json(
         self, dest: str | os.PathLike | IO[str], run: int, spill: int | None = None, version: str | None = None
     ) -> int:
-        """Write histograms as JSON in the project's one histogram shape (:class:`~..model.HistogramJSON`,
+        """Write histograms as JSON in the project's one histogram shape (:class:`~..model_served.HistogramJSON`,
         as the API answers); returns how many.
 
         ``{"run", "spill", "spills", "summed", "histograms": {name: histogram}}``;

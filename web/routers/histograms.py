@@ -11,13 +11,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...monitor import model
+from ...monitor import model_served
 from .common import MAX_NUMBER, Writer, state
 
 router = APIRouter(prefix="/api/histograms", tags=["histograms"])
 
 
-@router.get("/spill", response_model=model.HistogramSetJSON)
+@router.get("/spill", response_model=model_served.HistogramSetJSON)
 def spill_histograms(request: Request):
     snapshot = state(request).monitor.latest
     if snapshot is None:
@@ -25,7 +25,7 @@ def spill_histograms(request: Request):
     return snapshot.histograms
 
 
-@router.get("/run", response_model=model.HistogramSetJSON)
+@router.get("/run", response_model=model_served.HistogramSetJSON)
 def run_histograms(request: Request):
     snapshot = state(request).monitor.latest
     if snapshot is None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from ...monitor import model
+from ...monitor import model, model_served
 from .common import RunPath, RunQuery, SpillPath, archive_or_404, state
 
 router = APIRouter(prefix="/api/spills", tags=["spills"])
@@ -22,7 +22,7 @@ def latest(request: Request) -> model.SpillSnapshot:
                                published_at=snapshot.published_at)
 
 
-@router.get("", response_model=list[model.ArchivedSpillRow])
+@router.get("", response_model=list[model_served.ArchivedSpillRow])
 def list_spills(request: Request, run: RunQuery = None,
                 quality: Literal["GOOD", "WARNING", "BAD", "NO_DATA", "INTERRUPTED"] | None = None,
                 limit: int = Query(200, ge=1, le=10000)):
@@ -30,12 +30,12 @@ def list_spills(request: Request, run: RunQuery = None,
     return archive.list_spills(run=run, quality=quality, limit=limit, newest_first=True)
 
 
-@router.get("/bad", response_model=list[model.BadSpill])
+@router.get("/bad", response_model=list[model_served.BadSpill])
 def bad_spills(request: Request, run: RunQuery = None):
     return archive_or_404(request).bad_spills(run=run)
 
 
-@router.get("/{run}/{spill}", response_model=model.ArchivedSpill)
+@router.get("/{run}/{spill}", response_model=model_served.ArchivedSpill)
 def get_spill(request: Request, run: RunPath, spill: SpillPath):
     found = archive_or_404(request).get_spill(run, spill)
     if found is None:
