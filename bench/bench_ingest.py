@@ -22,6 +22,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import resource
 import statistics
 import sys
@@ -35,7 +36,9 @@ from na64_online.monitor.spill_monitor import make_processor
 from na64_online.config import Config
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.worker_setup import worker_setup
+from na64_online.daq.envelope import pack_envelope
 from na64_online.daq.publisher import PublisherConfig, ReadoutPublisher
+from na64_online.decoders import layout as L
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
@@ -81,8 +84,37 @@ def make_data(events: int, spills: int, seed: int, path: str | None = None) -> t
     return n_events, nbytes
 
 
-def _publish(ldc: int, endpoint: str, kw: dict, ready, go, warm_spills: int = 0, go_measured=None) -> None:
+def _joined(spills: list[list[bytes]], batch: int) -> list[tuple[bytes, int]]:
+    """The messages of ``spills`` (``batch`` events each, as ``publish`` cuts them), joined beforehand."""
+    return [(b"".join(sp[i:i + batch]), len(sp[i:i + batch])) for sp in spills for i in range(0, len(sp), batch)]
+
+
+def _send_joined(pub: ReadoutPublisher, payload: bytes, count: int) -> None:
+    if hasattr(pub, "send_payload"):
+        pub.send_payload(payload, count)
+        return
+    # a tree from before ``send_payload`` (--baseline-rev): the same message, sent as it would send it
+    seq, pub.sequence = pub.sequence, pub.sequence + 1
+    frames = [L.ZMQ_TOPIC, pack_envelope(pub.config.ldc, seq, count), payload]
+    while True:
+        try:
+            pub.socket.send_multipart(frames, copy=False)
+            return
+        except zmq.Again:
+            pass
+
+
+def _publish(ldc: int, endpoint: str, kw: dict, ready, go, warm_spills: int = 0, go_measured=None,
+             spent=None) -> None:
+    """One readout node; ``spent`` receives the process CPU seconds (all its threads) of the measured spills.
+
+    Sustained (``fast``) runs join the measured spills' messages before the clock starts: on this VM the
+    first touch of fresh memory costs 5.7–17 s/GB, and a node joining each message into new memory (up to
+    ``sndhwm`` of them in flight) spent more CPU than the service and its workers together, on the same
+    cores — a readout node of the experiment is another machine."""
     pub = ReadoutPublisher(PublisherConfig(endpoint, ldc, **kw))
+    measured = DATA[ldc][warm_spills:]
+    joined = _joined(measured, kw["batch_events"]) if kw.get("fast") else None
     ready.put(pub.endpoint)
     if not pub.wait_for_subscribers(1, 600):  # the service warms up first (minutes on a cold numba cache)
         raise SystemExit("no subscriber")
@@ -90,10 +122,16 @@ def _publish(ldc: int, endpoint: str, kw: dict, ready, go, warm_spills: int = 0,
     if warm_spills:  # the service's first spills, not measured; the rest once their records are out
         pub.publish(DATA[ldc][:warm_spills])
         go_measured.wait(600)
-    pub.publish(DATA[ldc][warm_spills:])
+    cpu0 = time.process_time()
+    if joined is None:
+        pub.publish(measured)
+    else:
+        for payload, count in joined:
+            _send_joined(pub, payload, count)
     pub.close(60_000)
+    if spent is not None:
+        spent.put(time.process_time() - cpu0)
     zmq.Context.instance().term()  # a forked child exits with os._exit: flush what is queued first
-
 
 
 def _children(pid: int) -> list[int]:
@@ -174,13 +212,14 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     ctx = mp.get_context("fork")
     ready = ctx.Queue()
     go, go_measured = ctx.Event(), ctx.Event()
+    spent = ctx.Queue()  # the publishers' CPU: on the same cores here, on the readout nodes in NA64
     warm = args.warm_spills
     kw = dict(batch_events=args.batch_events, sndhwm=1000)
     if paced:
         kw.update(spill_duration_s=args.spill_duration, spill_gap_s=args.spill_gap)
     else:
         kw.update(fast=True, nodrop=True)
-    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go, warm, go_measured),
+    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go, warm, go_measured, spent),
                          daemon=True)
              for ldc in (1, 2)]
     for p in procs:
@@ -260,10 +299,16 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     latencies = list(svc.latencies)
     metrics = svc.metrics()
     svc.stop()
+    publishers_cpu = []
     for p in procs:
         p.join(10)
         if p.is_alive():
             p.terminate()
+    while len(publishers_cpu) < len(procs):
+        try:
+            publishers_cpu.append(spent.get(timeout=5))
+        except queue.Empty:
+            break
     elapsed = t1 - t0
     decoded = sum(r["events"] for r in records)
     out = {
@@ -296,6 +341,11 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "worker_cpu_us_per_event": round(workers_cpu / decoded * 1e6, 2) if decoded and worker_pids else None,
         "service_vs_worker_cpu": round(service_cpu / workers_cpu, 3) if worker_pids and workers_cpu > 0 else None,
         "service_cpu_s_by_thread": service_threads,
+        # the readout nodes' CPU (send) shares these cores in the bench: with service and workers, how busy
+        # the host was (2 = both cores all the time)
+        "publishers_cpu_s": round(sum(publishers_cpu), 2) if len(publishers_cpu) == len(procs) else None,
+        "cores_busy": (round((service_cpu + workers_cpu + sum(publishers_cpu)) / elapsed, 2)
+                       if elapsed > 0 and len(publishers_cpu) == len(procs) else None),
         "builder_memory_builds": metrics["builder"]["memory_builds"],
         # incomplete events without loss: builds forced by max_pending_bytes (one node far ahead), late sub-events
         "builder_forced_builds": metrics["builder"]["forced_builds"],
@@ -499,13 +549,13 @@ def compare(args, argv: list[str]) -> int:
             rows.append((label, w, live[0]))
             print(json.dumps({"tree": label, **live[0]}), flush=True)
     print(f"\n{'tree':>12} workers  warm spills  service/worker CPU per event   service µs/event   worker µs/event   "
-          f"live/replay   dropped   lost msgs   I/O thread faults/event")
+          f"live/replay   dropped   lost msgs   I/O thread faults/event   publishers CPU s   cores busy")
     for label, w, r in rows:
         io_faults = r["service_page_faults_per_event_by_thread"].get("zmq-io")
         print(f"{label:>12} {w:>7}  {r.get('warm_spills', 0)!s:>11}  {r['service_vs_worker_cpu']!s:>28}   "
               f"{r['service_cpu_us_per_event']!s:>16}   {r['worker_cpu_us_per_event']!s:>15}   "
               f"{r['events_per_s_vs_replay']!s:>11}   {r['dropped_events']:>7}   {r['lost_messages']:>9}   "
-              f"{io_faults!s:>23}")
+              f"{io_faults!s:>23}   {r.get('publishers_cpu_s')!s:>16}   {r.get('cores_busy')!s:>10}")
     return 0
 
 

@@ -289,3 +289,26 @@ def test_shared_simulation_gives_each_node_its_own_spills_from_one_simulation():
     assert not shared._made  # every spill handed to both nodes, none kept
     with pytest.raises(ValueError, match="no readout node 3"):
         next(shared.node_spills(3))
+
+
+@pytest.mark.timeout(30)
+def test_a_joined_payload_goes_out_as_send_would_send_its_events(ev):
+    """``send_payload`` (events joined beforehand, as the ingest bench does) sends the message ``send`` sends,
+    and both number their messages in one sequence."""
+    pub = ReadoutPublisher(PublisherConfig("tcp://127.0.0.1:0", 3))
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVTIMEO, 10_000)
+    sub.connect(pub.endpoint)
+    try:
+        assert pub.wait_for_subscribers(1, 10)
+        events = ev[1][:5]
+        pub.send(events)
+        pub.send_payload(b"".join(events), len(events))
+        first, second = sub.recv_multipart(), sub.recv_multipart()
+        assert first[0] == second[0] == L.ZMQ_TOPIC and first[2] == second[2] == b"".join(events)
+        assert first[1] == pack_envelope(3, 0, 5) and second[1] == pack_envelope(3, 1, 5)
+        assert pub.stats.messages == 2 and pub.stats.events == 10
+    finally:
+        sub.close(0)
+        pub.close(0)
