@@ -76,8 +76,8 @@ class _Loading:
     """What one :func:`load_config` call reads; its sources record which keys they gave."""
 
     path: Path | None
-    environ: Mapping[str, str]
     environment: dict[str, Any] = field(default_factory=dict)  # the NA64_ setting variables as tables
+    environment_names: dict[Key, str] = field(default_factory=dict)  # key → its variable
     given: dict[Key, str] = field(default_factory=dict)  # key → origin, lowest precedence first
 
 
@@ -303,8 +303,8 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
     """Defaults ← TOML file (``path``, else ``$NA64_CONFIG``) ← environment ← ``overrides``; then derived keys."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_VARIABLE) or None
-    environment = environment_tables(environ, Config.model_fields)[0]
-    token = _LOADING.set(_Loading(Path(path) if path else None, environ, environment))
+    environment, names = environment_tables(environ, Config.model_fields)
+    token = _LOADING.set(_Loading(Path(path) if path else None, environment, names))
     try:
         return Config(**(overrides or {}))
     finally:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_settings import InitSettingsSource, PydanticBaseSettingsSource, TomlConfigSettingsSource
 
-from .config import _env_name, _leaves, _Loading, environment_tables
+from .config import Key, _env_name, _leaves, _Loading
 from .errors import ConfigError
 
 
@@ -44,12 +44,12 @@ class TomlFileSource(TomlConfigSettingsSource):
 
 
 class EnvironmentSource(PydanticBaseSettingsSource):
-    """``NA64_<SECTION>__<KEY>`` variables as nested tables (:func:`~.config.environment_tables`); ``names``
-    maps each key to its variable."""
+    """``NA64_<SECTION>__<KEY>`` variables as nested tables (as :func:`~.config.environment_tables` made them
+    from the environment); ``names`` maps each key to its variable."""
 
-    def __init__(self, settings_cls: type[BaseModel], environ: Mapping[str, str]) -> None:
+    def __init__(self, settings_cls: type[BaseModel], data: dict[str, Any], names: Mapping[Key, str]) -> None:
         super().__init__(settings_cls)
-        self.data, self.names = environment_tables(environ, settings_cls.model_fields)
+        self.data, self.names = data, names
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self.data.get(field_name), field_name, False  # unused: __call__ returns the whole table
@@ -72,7 +72,7 @@ def _deep_update(mapping: dict[str, Any], updating: Mapping[str, Any]) -> dict[s
 def read_sources(settings_cls: type[BaseModel], arguments: dict[str, Any], loading: _Loading) -> dict[str, Any]:
     """The values of arguments, environment and file (``loading``) merged, arguments first; records in
     ``loading.given`` which keys the file and the environment gave."""
-    environment = EnvironmentSource(settings_cls, loading.environ)
+    environment = EnvironmentSource(settings_cls, loading.environment, loading.environment_names)
     file = TomlFileSource(settings_cls, loading.path) if loading.path is not None else None
     if file is not None:
         loading.given.update({key: f"file:{loading.path}" for key in _leaves(file(), settings_cls)})
