@@ -1,7 +1,7 @@
 """Prometheus metrics, collected at scrape time from the latest immutable snapshots.
 
 Nothing on the hot path touches a metric. Two immutable snapshots (:mod:`.snapshots`, which
-imports no Prometheus: ``replay`` publishes them without serving metrics) are published into a
+imports no Prometheus client) are published into a
 :class:`SnapshotStore` (swapping a reference under a lock):
 
 * :class:`ServiceHealth` — by the ingest code, whenever it likes (e.g. once a

@@ -4,8 +4,8 @@ Published into a :class:`SnapshotStore` (swapping a reference under a lock) by t
 ingest code (:class:`ServiceHealth`) and once per finished spill by
 :class:`~.spill_monitor.SpillMonitor` (:class:`MonitorSnapshot`); read at scrape time
 by :mod:`.metrics`' Prometheus collector, and by the liveness check. Kept apart from
-:mod:`.metrics` so that ``replay``, which publishes but never serves metrics, does not
-import the Prometheus client. The label sets are bounded by the constants here.
+:mod:`.metrics` so that what publishes or reads snapshots imports no Prometheus client (``replay``
+keeps no store at all: nothing scrapes it). The label sets are bounded by the constants here.
 """
 
 from __future__ import annotations
