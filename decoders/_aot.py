@@ -143,9 +143,6 @@ KERNELS: dict[str, Kernel] = {
         _out("<f8"), _out("<f8"), _out("<f8"), _out("<f8"), _out("<f8", 2), _out("<f8", 2), _out("<f8", 2),
         _out("|b1"), _out("|b1"), _out("|b1"), _out("|b1"), _out("|b1"), _out("<i8", 2),
     )),
-    "detector_totals": Kernel("na64_online.decoders._reconstruct", "detector_totals", (
-        Arr("<f8", 2), _B1, FLOAT, _out("<i8"), _out("<i8"),
-    )),
     "tally_events": Kernel("na64_online.decoders._reconstruct", "tally_events", (
         Arr("<i2"), Arr("<i4"), _I8, _B1, _B1, _B1, _B1, Arr("<f8", 2), _I8, FLOAT, _out("<i8"), _out("<i8"),
         _out("<i8"),

@@ -246,20 +246,6 @@ def select_events(sums, hottest, top, energy, beam_column, is_data, trigger_mask
 
 
 @njit(cache=True, nogil=True)
-def detector_totals(detector_energy, select, kev_per_gev, kev, hits):
-    """Over the rows i with ``select[i]``: ``kev[d]`` += ``detector_energy[i, d]`` in keV rounded to an integer
-    (numpy's ``rint``: half to even), ``hits[d]`` += 1 where it is above 0. Integer sums: the order of the
-    additions does not matter, so these equal numpy's reductions over the selected rows exactly. Every
-    size was checked by the wrapper."""
-    for i in range(detector_energy.shape[0]):
-        if select[i]:
-            for d in range(detector_energy.shape[1]):
-                e = detector_energy[i, d]
-                kev[d] += np.int64(np.rint(e * kev_per_gev))
-                hits[d] += e > 0
-
-
-@njit(cache=True, nogil=True)
 def tally_events(status, event_type, time, is_data, beam, electron, hadron_like, detector_energy, kinds, kev_per_gev,
                  counts, kev, hits):
     """One pass over a reconstructed chunk: ``counts`` (11 values, overwritten; the fields of
@@ -268,7 +254,7 @@ def tally_events(status, event_type, time, is_data, beam, electron, hadron_like,
     the electron tag, rejected rows (status in 1 … first notice − 1), 1 if an accepted START_OF_BURST row,
     the last accepted END_OF_BURST row (−1: none), the first and last ``time`` of a data event (0 without
     data events); and over the data events ``kev[d]`` += ``detector_energy[i, d]`` in keV rounded to an
-    integer (numpy's ``rint``), ``hits[d]`` += 1 where above 0 (as :func:`detector_totals`). ``kinds``:
+    integer (numpy's ``rint``: half to even), ``hits[d]`` += 1 where above 0. ``kinds``:
     (PHYSICS type, CALIBRATION type, START_OF_BURST type, END_OF_BURST type, first notice status). Integer
     counts and sums: equal to numpy's reductions whatever the order. Sizes checked by the wrapper."""
     physics_type, calibration_type, sob_type, eob_type, first_notice = kinds[0], kinds[1], kinds[2], kinds[3], kinds[4]

@@ -264,21 +264,6 @@ def reconstruct(decoded: DecodedEvents, geometry: DetectorGeometry, cuts: Physic
 KEV_PER_GEV = 1e6
 
 
-def add_detector_totals(physics: EventPhysics, select: np.ndarray, kev: np.ndarray, hits: np.ndarray) -> None:
-    """Add the rows ``select`` picks to per-detector totals, in place: ``kev`` the energy in keV, rounded per
-    event (``np.rint(energy * 1e6)``), ``hits`` the events with energy (> 0); both int64, one entry per
-    detector code at least (as ``detector_energy``'s columns)."""
-    energy = np.ascontiguousarray(physics.detector_energy, dtype=np.float64)
-    select = np.ascontiguousarray(select, dtype=np.bool_)
-    if energy.ndim != 2 or select.shape != (energy.shape[0],):
-        raise ValueError("select must have one flag per row of detector_energy")
-    for name, total in (("kev", kev), ("hits", hits)):
-        if (not isinstance(total, np.ndarray) or total.dtype != np.int64 or total.ndim != 1
-                or total.shape[0] < energy.shape[1] or not total.flags.c_contiguous or not total.flags.writeable):
-            raise ValueError(f"{name} must be a writable contiguous int64 array of at least {energy.shape[1]} entries")
-    _k.detector_totals(energy, select, KEV_PER_GEV, kev, hits)
-
-
 @dataclass(frozen=True)
 class ChunkTally:
     """What a spill's totals take from one reconstructed chunk (:func:`tally_chunk`)."""
@@ -302,7 +287,9 @@ _TALLY_KINDS = np.array([layout.PHYSICS_EVENT, layout.CALIBRATION_EVENT, layout.
 
 def tally_chunk(decoded: DecodedEvents, physics: EventPhysics, kev: np.ndarray, hits: np.ndarray) -> ChunkTally:
     """Count a reconstructed chunk's events in one pass, and add its data events' detector energies to
-    ``kev`` and ``hits`` (as :func:`add_detector_totals` with ``physics.is_data``)."""
+    per-detector totals, in place: ``kev`` the energy in keV, rounded per event (``np.rint(energy * 1e6)``),
+    ``hits`` the events with energy (> 0); both int64, one entry per detector code at least (as
+    ``detector_energy``'s columns)."""
     ix = decoded.index
     n = decoded.n
     energy = np.ascontiguousarray(physics.detector_energy, dtype=np.float64)

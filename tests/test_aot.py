@@ -15,7 +15,7 @@ from conftest import VECTORS
 from na64_online.decoders import _aot
 from na64_online.decoders._aot import KERNELS, kernels
 from na64_online.decoders.decode import SlotSums, decode_events, index_bytes
-from na64_online.decoders.reconstruct import DetectorGeometry, add_detector_totals, reconstruct, tally_chunk
+from na64_online.decoders.reconstruct import DetectorGeometry, reconstruct, tally_chunk
 from na64_online.monitor.health import ChannelStats
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
@@ -78,8 +78,6 @@ def chain(data: bytes, channel_map, with_samples: bool) -> dict[str, np.ndarray]
         if isinstance(value, np.ndarray):
             out[f"physics.{name}"] = value.copy()
     detectors = physics.detector_energy.shape[1]
-    out["detector_kev"], out["detector_hits"] = np.zeros(detectors, np.int64), np.zeros(detectors, np.int64)
-    add_detector_totals(physics, physics.is_data, out["detector_kev"], out["detector_hits"])
     out["tally_kev"], out["tally_hits"] = np.zeros(detectors, np.int64), np.zeros(detectors, np.int64)
     out["tally"] = np.array(list(vars(tally_chunk(decoded, physics, out["tally_kev"], out["tally_hits"])).values()),
                             dtype=object)

@@ -148,14 +148,20 @@ def test_selection_kernel_equals_numpy(channel_map, zero_suppression):
 
 @pytest.mark.parametrize("zero_suppression", [True, False], ids=["zs", "full"])
 def test_detector_totals_equal_numpy(channel_map, zero_suppression):
-    """The per-detector totals of the selected rows (a spill's data events) equal numpy's expression on the
-    simulated spill, and on energies that sit exactly half a keV apart (rint's ties go to even) or are not
-    positive; a wrong shape is refused."""
-    from na64_online.decoders.reconstruct import EventPhysics, add_detector_totals
+    """The per-detector totals ``tally_chunk`` adds over a chunk's data events equal numpy's expression on the
+    simulated spill, and (the kernel itself, over rows picked as data events) on energies that sit exactly
+    half a keV apart (rint's ties go to even) or are not positive; a wrong shape is refused."""
+    from na64_online.decoders.reconstruct import _TALLY_KINDS, KEV_PER_GEV, EventPhysics, tally_chunk
 
     def numpy_totals(energy, select):
         per = energy[select]
         return np.rint(per * 1e6).astype(np.int64).sum(axis=0), np.count_nonzero(per > 0, axis=0)
+
+    def tally_kernel(energy, select, kev, hits):  # tally_events over rows of nothing but energies
+        n = energy.shape[0]
+        no = np.zeros(n, dtype=np.bool_)
+        _reconstruct.tally_events(np.zeros(n, np.int16), np.zeros(n, np.int32), np.zeros(n, np.int64), select,
+                                  no, no, no, energy, _TALLY_KINDS, KEV_PER_GEV, np.zeros(11, np.int64), kev, hits)
 
     sim = ReadoutSimulator(SimulationConfig(events_per_spill=300, seed=5, run_events=False,
                                             zero_suppression=zero_suppression))
@@ -165,16 +171,18 @@ def test_detector_totals_equal_numpy(channel_map, zero_suppression):
     ties = np.array([[0.5e-6, 1.5e-6, 2.5e-6, -0.5e-6], [0.0, -1.0, 3.25, 2.5e-6], [7.0, 0.0, 0.0, 1e-9]])
     select_ties = np.array([True, True, False])
     for energy, select in ((physics.detector_energy, physics.is_data), (ties, select_ties)):
-        subject = EventPhysics(**{**vars(physics), "detector_energy": energy}) if energy is ties else physics
         kev, hits = np.full(energy.shape[1], 3, dtype=np.int64), np.zeros(energy.shape[1], dtype=np.int64)
-        add_detector_totals(subject, select, kev, hits)
+        if energy is ties:
+            tally_kernel(energy, select, kev, hits)
+        else:
+            tally_chunk(decoded, physics, kev, hits)
         want_kev, want_hits = numpy_totals(energy, select)
         assert np.array_equal(kev, want_kev + 3) and np.array_equal(hits, want_hits)
         assert hits.any()
     with pytest.raises(ValueError):
-        add_detector_totals(physics, physics.is_data[:-1], kev, hits)
+        tally_chunk(decoded, EventPhysics(**{**vars(physics), "is_data": physics.is_data[:-1]}), kev, hits)
     with pytest.raises(ValueError):
-        add_detector_totals(physics, physics.is_data, kev[:1], hits)
+        tally_chunk(decoded, physics, kev[:1], hits)
 
 
 def test_hottest_cell_is_numpys_argmax_with_ties_signed_zeros_and_nans():
@@ -202,7 +210,7 @@ def test_chunk_tally_equals_numpy(channel_map, zero_suppression):
     """One pass of ``tally_chunk`` gives the counts, burst markers, time range and detector totals that the
     numpy expressions give, on a spill with rejected rows (errors and notices) and loose cuts."""
     from na64_online.decoders import layout
-    from na64_online.decoders.reconstruct import PhysicsCuts, add_detector_totals, tally_chunk
+    from na64_online.decoders.reconstruct import PhysicsCuts, tally_chunk
     from na64_online.errors import FIRST_NOTICE
 
     sim = ReadoutSimulator(SimulationConfig(events_per_spill=400, seed=13, run_events=False,
@@ -222,8 +230,9 @@ def test_chunk_tally_equals_numpy(channel_map, zero_suppression):
         n_det = physics.detector_energy.shape[1]
         kev, hits = np.full(n_det, 5, dtype=np.int64), np.zeros(n_det, dtype=np.int64)
         tally = tally_chunk(decoded, physics, kev, hits)
-        want_kev, want_hits = np.full(n_det, 5, dtype=np.int64), np.zeros(n_det, dtype=np.int64)
-        add_detector_totals(physics, physics.is_data, want_kev, want_hits)
+        per = physics.detector_energy[physics.is_data]
+        want_kev = 5 + np.rint(per * 1e6).astype(np.int64).sum(axis=0)
+        want_hits = np.count_nonzero(per > 0, axis=0)
         assert np.array_equal(kev, want_kev) and np.array_equal(hits, want_hits)
         ok, data, t = index.status == 0, physics.is_data, index.type
         eob = np.flatnonzero(ok & (t == layout.END_OF_BURST))
