@@ -90,7 +90,11 @@ class SpillMonitor:
         reference: tuple[int, int | None] | None = None,
         beam_profile: str = DEFAULT_PROFILE,
         processing_version: str = UNVERSIONED,
+        keep_latest: bool = True,
     ) -> None:
+        """``keep_latest``: publish each judged spill's :class:`SpillSnapshot` as :attr:`latest` (what the
+        dashboard and the event display read); a replay, which nothing reads it from, passes False and skips
+        the snapshot's JSON of the spill's and the run's histograms and channel statistics."""
         missing = [role for role in beam_profiles.profile(beam_profile).requires
                    if channel_map.detectors.by_role(role) is None
                    or not channel_map.slots(channel_map.detectors.by_role(role).code).size]
@@ -119,6 +123,7 @@ class SpillMonitor:
             metrics.use_channel_map(channel_map)
         self.reference: dict | None = None
         self.reference_id: tuple[int, int] | None = None
+        self.keep_latest = keep_latest
         self._latest: SpillSnapshot | None = None
         self._lock = threading.Lock()
         self.spills_handled = 0
@@ -183,6 +188,16 @@ class SpillMonitor:
             self.alarms.take_events()
         if self.metrics is not None:
             self.metrics.publish_spill(record, quality, health)
+        if self.keep_latest:
+            self._publish_latest(acc, record, quality, health, stats, spill_hists)
+        self.spills_handled += 1
+        return record.to_dict()
+
+    def _publish_latest(self, acc: SpillAccumulator, record: SpillRecord, quality: model.SpillQuality,
+                        health: model.HealthReport, stats: ChannelStats | None,
+                        spill_hists: SpillHistograms | None) -> None:
+        """:attr:`latest`: the judged spill as the dashboard shows it (histograms and channel statistics in
+        their JSON shape, as of this spill)."""
         snapshot = SpillSnapshot(
             record=record,
             quality=quality,
@@ -194,8 +209,6 @@ class SpillMonitor:
         )
         with self._lock:
             self._latest = snapshot
-        self.spills_handled += 1
-        return record.to_dict()
 
     def _handle_interrupted(self, record: SpillRecord, acc: SpillAccumulator) -> dict:
         """Archive a spill cut short by a stop, marked interrupted, without judging it.

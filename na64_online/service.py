@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStore | None = None,
-                  archive_path: str | os.PathLike | None = None) -> SpillMonitor:
-    """The per-spill monitor as configured; ``archive_path`` overrides the archive (a file, or a database URL)."""
+                  archive_path: str | os.PathLike | None = None, keep_latest: bool = True) -> SpillMonitor:
+    """The per-spill monitor as configured; ``archive_path`` overrides the archive (a file, or a database URL);
+    ``keep_latest``: :attr:`.SpillMonitor.latest` for a dashboard (not for a replay)."""
     archive = config.archive
     if archive_path is not None:
         where = {"url": str(archive_path)} if is_url(archive_path) else {"path": archive_path, "url": None}
@@ -45,6 +46,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
         reference=config.reference or ((config.reference_run, None) if config.reference_run is not None else None),
         beam_profile=config.beam.profile,
         processing_version=processing_version(config, channel_map),
+        keep_latest=keep_latest,
     )
 
 
@@ -111,7 +113,8 @@ class Replayer:
     def __init__(self, config: Config, channel_map: ChannelMap, archive_path: str | os.PathLike | None = None,
                  metrics: SnapshotStore | None = None):
         self.config = config
-        self.monitor = build_monitor(config, channel_map, metrics, archive_path)
+        # a replay without a metrics store is served by no dashboard: nothing reads its latest snapshot
+        self.monitor = build_monitor(config, channel_map, metrics, archive_path, keep_latest=metrics is not None)
         #: (run, spill, event) -> the event as ``dump`` shows it, from the files replayed (the event display)
         self.events = RawFileEvents(config, channel_map)
 
@@ -218,11 +221,9 @@ def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
 def source_labels(channel_map: ChannelMap) -> tuple[str, ...]:
     """srcID labels for ``na64_decode_errors_by_source_total``: the channel map's MSADC srcIDs, the scalers and
     the trigger time (bounded by the map, whatever srcIDs damaged data may claim)."""
-    import numpy as np
-
     from .decoders import layout
 
-    ids = {int(s) for s in np.unique(channel_map.src_id)} | {layout.SRC_SCALERS, layout.SRC_TRIGGER_TIME}
+    ids = set(channel_map.src_id.tolist()) | {layout.SRC_SCALERS, layout.SRC_TRIGGER_TIME}
     return tuple(str(i) for i in sorted(ids))
 
 
