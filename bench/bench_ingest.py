@@ -425,11 +425,14 @@ def stage_profile(args) -> dict:
         return out
 
     scratch = [None]
+    # what a worker runs per task: its own step where the tree has one (buffers kept between tasks)
+    decode_task = (processor.task_decoder() if hasattr(processor, "task_decoder")
+                   else lambda w: processor.encode_result(processor.accumulate(w)))
 
     def worker_task(frames):
         words = gather_task(frames, scratch[0])
         scratch[0] = words.base
-        return processor.encode_result(processor.accumulate(words))
+        return decode_task(words)
 
     accs: dict = {}
     events = 0
