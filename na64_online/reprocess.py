@@ -118,7 +118,7 @@ class IndexStep:
     summary: StepSummary
     spills: tuple[SpillPlan, ...]
     any_spill: bool
-    results: tuple[list[np.ndarray], ...] = ()
+    results: tuple["PackedResult", ...] = ()
     number: int = 0
     walk_id: str | None = None
 
@@ -129,7 +129,7 @@ class StepResult:
     results (in spill order), ~0.3 MB per spill of 10^5 events."""
 
     summary: StepSummary
-    results: tuple[list[np.ndarray], ...] = ()
+    results: tuple["PackedResult", ...] = ()
 
 
 def _pieces(index: EventIndex) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], int]:
@@ -368,12 +368,38 @@ def _processor(setup: tuple[bytes, bytes]):
     return processor
 
 
-def _encoded(processor, acc) -> list[np.ndarray]:
-    # as arrays: Dask sends their buffers as they are (no copy into bytes objects, no pickling of the data)
-    return [np.frombuffer(frame, dtype=np.uint8) for frame in processor.encode_result(acc)]
+@dataclass(frozen=True, eq=False)
+class PackedResult:
+    """A spill's result — the decoder workers' wire frames (:mod:`~.monitor.wire`: header, ~30 arrays,
+    CRC) — in one buffer: ``data`` holds frame ``k`` at ``[starts[k], starts[k] + sizes[k])`` (each
+    frame at a multiple of 8 bytes, so the arrays read from it are aligned). Dask sends the one array's
+    buffer as it is, where ~30 arrays were ~30 serialisations and frames per result, each handled by
+    the worker's and the client's event loops (measured: ~1.5 ms of CPU per result, both sides)."""
+
+    starts: tuple[int, ...]
+    sizes: tuple[int, ...]
+    data: np.ndarray
+
+    @classmethod
+    def pack(cls, frames) -> "PackedResult":
+        views = [memoryview(f).cast("B") for f in frames]
+        sizes = tuple(len(v) for v in views)
+        starts = tuple(int(x) for x in np.cumsum([0] + [-(-n // 8) * 8 for n in sizes[:-1]]))
+        data = np.empty(starts[-1] + sizes[-1] if views else 0, dtype=np.uint8)
+        for start, view in zip(starts, views):
+            data[start: start + len(view)] = np.frombuffer(view, dtype=np.uint8)
+        return cls(starts, sizes, data)
+
+    def frames(self) -> list[np.ndarray]:
+        """The frames, as views of ``data`` (nothing copied)."""
+        return [self.data[a: a + n] for a, n in zip(self.starts, self.sizes)]
 
 
-def process_spill(plan: SpillPlan, setup: tuple[bytes, ...]) -> list[np.ndarray]:
+def _encoded(processor, acc) -> PackedResult:
+    return PackedResult.pack(processor.encode_result(acc))
+
+
+def process_spill(plan: SpillPlan, setup: tuple[bytes, ...]) -> PackedResult:
     """Task: decode one spill from its own bytes; the accumulator in the workers' wire format."""
     processor = _processor(setup)
     with spill_words(plan) as words:
@@ -475,7 +501,7 @@ class _Decoded:
     """A spill's result decoded ahead of its merge (``acc`` None: it did not decode; ``frames`` again at the merge)."""
 
     acc: object
-    frames: list
+    frames: PackedResult
 
 
 @dataclass(eq=False)
@@ -818,7 +844,7 @@ class Reprocessor:
                     continue
                 started = time.perf_counter()
                 try:
-                    acc = replayer.monitor.processor.decode_result(frames)
+                    acc = replayer.monitor.processor.decode_result(frames.frames())
                 except Exception:  # noqa: BLE001 - decoded again when merged, and fails there as replay would
                     acc = None
                 file.items[k] = (summary, n, part, future, _Decoded(acc, frames))
@@ -832,7 +858,7 @@ class Reprocessor:
         if isinstance(frames, _Decoded) and frames.acc is not None:
             acc = frames.acc
         else:
-            acc = replayer.monitor.processor.decode_result(frames.frames if isinstance(frames, _Decoded) else frames)
+            acc = replayer.monitor.processor.decode_result((frames.frames if isinstance(frames, _Decoded) else frames).frames())
         record = replayer.monitor.handle(acc, complete=spill.complete)
         self.stats.spills += 1
         self.stats.events += int(record.get("events") or 0)
