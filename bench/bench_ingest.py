@@ -115,12 +115,20 @@ def _publish(ldc: int, endpoint: str, kw: dict, ready, go, warm_spills: int = 0,
     pub = ReadoutPublisher(PublisherConfig(endpoint, ldc, **kw))
     measured = DATA[ldc][warm_spills:]
     joined = _joined(measured, kw["batch_events"]) if kw.get("fast") else None
+    # the warm spills go out as the measured ones do: a service that has run at this rate, its memory in
+    # flight faulted in once (sent slower, they left the measured spills more in flight than ever before)
+    warm = _joined(DATA[ldc][:warm_spills], kw["batch_events"]) if kw.get("fast") and warm_spills else None
     ready.put(pub.endpoint)
     if not pub.wait_for_subscribers(1, 600):  # the service warms up first (minutes on a cold numba cache)
         raise SystemExit("no subscriber")
     go.wait(120)
     if warm_spills:  # the service's first spills, not measured; the rest once their records are out
-        pub.publish(DATA[ldc][:warm_spills])
+        if warm is None:
+            pub.publish(DATA[ldc][:warm_spills])
+        else:
+            for payload, count in warm:
+                _send_joined(pub, payload, count)
+            del warm
         go_measured.wait(600)
     cpu0 = time.process_time()
     if joined is None:
@@ -425,11 +433,14 @@ def stage_profile(args) -> dict:
         return out
 
     scratch = [None]
+    # what a worker runs per task: its own step where the tree has one (buffers kept between tasks)
+    decode_task = (processor.task_decoder() if hasattr(processor, "task_decoder")
+                   else lambda w: processor.encode_result(processor.accumulate(w)))
 
     def worker_task(frames):
         words = gather_task(frames, scratch[0])
         scratch[0] = words.base
-        return processor.encode_result(processor.accumulate(words))
+        return decode_task(words)
 
     accs: dict = {}
     events = 0
@@ -478,29 +489,57 @@ def replay_baseline() -> float:
 
 
 def baseline_tree(rev: str, where: str) -> str:
-    """A directory to put first on PYTHONPATH so that ``na64_online`` is the package as of git ``rev``.
+    """A directory to put first on PYTHONPATH so that ``na64_online`` is the package as of git ``rev``, with its
+    own ahead-of-time compiled kernels when ``rev`` has them (:func:`baseline_env` says which kernels it runs).
 
-    The tree of ``rev`` (``git archive``) and beside it a package folder of links (the layers become
-    sub-packages as setup.py maps them); a tree from before the simulator moved to ``sim/`` gets
-    ``sim/simulator.py`` linked to ``daq/simulator.py``."""
+    Made once under ``where`` and kept between runs (its numba cache too: a cold cache compiles for minutes): the
+    tree of ``rev`` (``git archive``) and beside it a package folder of links (the layers become sub-packages as
+    setup.py maps them); a tree from before the simulator moved to ``sim/`` gets ``sim/simulator.py`` linked to
+    ``daq/simulator.py``. A tree with ``decoders/_aot_build.py`` gets its kernels built into its package folder
+    as tools/setup builds them (once; a build cut short is redone), so that the baseline runs its compiled
+    kernels as this tree does, not numba's."""
+    import shutil
     import subprocess
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     tree, package = os.path.join(where, "tree"), os.path.join(where, "pkg", "na64_online")
-    os.makedirs(tree)
-    archive = subprocess.run(["git", "-C", repo, "archive", rev], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-    os.makedirs(package)
-    for name in os.listdir(os.path.join(tree, "na64_online")):
-        os.symlink(os.path.join(tree, "na64_online", name), os.path.join(package, name))
-    for layer in ("daq", "decoders", "monitor", "web", "sim"):
-        if os.path.isdir(os.path.join(tree, layer)):
-            os.symlink(os.path.join(tree, layer), os.path.join(package, layer))
-    if not os.path.isdir(os.path.join(tree, "sim")):
-        os.makedirs(os.path.join(package, "sim"))
-        open(os.path.join(package, "sim", "__init__.py"), "w").close()
-        os.symlink(os.path.join(tree, "daq", "simulator.py"), os.path.join(package, "sim", "simulator.py"))
-    return os.path.dirname(package)
+    if not os.path.isdir(package):
+        shutil.rmtree(where, ignore_errors=True)  # a tree cut short
+        os.makedirs(tree)
+        archive = subprocess.run(["git", "-C", repo, "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        os.makedirs(package + ".part")
+        for name in os.listdir(os.path.join(tree, "na64_online")):
+            os.symlink(os.path.join(tree, "na64_online", name), os.path.join(package + ".part", name))
+        for layer in ("daq", "decoders", "monitor", "web", "sim"):
+            if os.path.isdir(os.path.join(tree, layer)):
+                os.symlink(os.path.join(tree, layer), os.path.join(package + ".part", layer))
+        if not os.path.isdir(os.path.join(tree, "sim")):
+            os.makedirs(os.path.join(package + ".part", "sim"))
+            open(os.path.join(package + ".part", "sim", "__init__.py"), "w").close()
+            os.symlink(os.path.join(tree, "daq", "simulator.py"),
+                       os.path.join(package + ".part", "sim", "simulator.py"))
+        os.rename(package + ".part", package)
+    path = os.path.dirname(package)
+    if os.path.exists(os.path.join(package, "decoders", "_aot_build.py")) and not _has_aot_kernels(package):
+        print(f"building {rev}'s ahead-of-time kernels into {package} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "na64_online.decoders._aot_build", package], check=True, cwd="/",
+                       env={**os.environ, "PYTHONPATH": path}, stdout=subprocess.DEVNULL)
+    return path
+
+
+def _has_aot_kernels(package: str) -> bool:
+    """Whether the package folder holds a compiled kernel module and its build record (written after it)."""
+    names = os.listdir(package)
+    return "_aot_kernels.json" in names and any(n.startswith("_aot_kernels") and n.endswith(".so") for n in names)
+
+
+def baseline_env(path: str) -> dict[str, str]:
+    """The environment that runs the package of :func:`baseline_tree` ``path``: first on PYTHONPATH, with
+    ``NA64_KERNELS=aot`` when it has compiled kernels (a stale or foreign module is then an error, not a quiet
+    fall-back to numba's), else ``auto`` (a revision from before them: its JIT kernels)."""
+    kernels = "aot" if _has_aot_kernels(os.path.join(path, "na64_online")) else "auto"
+    return {"PYTHONPATH": path, "NA64_KERNELS": kernels}
 
 
 def compare(args, argv: list[str]) -> int:
@@ -524,9 +563,9 @@ def compare(args, argv: list[str]) -> int:
     rows = []
     # kept between runs: its numba cache too (a cold cache compiles for minutes before the first spill)
     where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
-    path = os.path.join(where, "pkg") if os.path.isdir(where) else baseline_tree(args.baseline_rev, where)
+    baseline = baseline_env(baseline_tree(args.baseline_rev, where))
     stages = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--stages-only", "--json"]
-    for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
+    for label, env in ((args.baseline_rev, baseline), ("this tree", {})):
         # the stage profile (in-process), which also compiles what the runs use
         done = subprocess.run(stages, env={**os.environ, **env}, capture_output=True, text=True, cwd=where)
         for line in done.stdout.splitlines():
@@ -535,7 +574,7 @@ def compare(args, argv: list[str]) -> int:
     if args.stages_only:
         return 0
     for w in args.workers:
-        for label, env in ((args.baseline_rev, {"PYTHONPATH": path}), ("this tree", {})):
+        for label, env in ((args.baseline_rev, baseline), ("this tree", {})):
             cmd = [sys.executable, os.path.abspath(__file__), *own, "--workers", str(w), "--json", "--mode",
                    "sustained"]
             # cwd: not the checkout, whose na64_online/ would come first on the sys.path of ``python -m``

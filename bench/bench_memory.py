@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_memory.py --gb 1 4          # simulates the files in /tmp, replays, deletes them
     .venv/bin/python bench/bench_memory.py FILE [FILE …]      # existing raw files
-    .venv/bin/python bench/bench_memory.py --gb 1 4 --baseline-rev 073b87e   # and as of that commit
+    .venv/bin/python bench/bench_memory.py --gb 1 4 --baseline-rev b67446b   # and as of that commit (its own
+                                                                             # compiled kernels, built once)
 
 Each file is replayed by ``na64-online replay FILE --json`` as its own process; this script samples the
 process's ``/proc/PID/status`` every 5 ms: ``RssAnon`` (anonymous memory: the heap, numpy arrays — what
@@ -42,16 +43,16 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def replay_peak(path: str, tree: str = "this tree", pythonpath: str | None = None) -> dict:
+def replay_peak(path: str, tree: str = "this tree", baseline: dict[str, str] | None = None) -> dict:
     """Replay ``path`` in a child process; its peak anonymous and file-backed resident memory.
-    ``pythonpath``: the package from there (a baseline tree), run from ``/`` so that the checkout does not
-    shadow it."""
+    ``baseline``: the environment of a baseline tree (``bench_ingest.baseline_env``: its package first on
+    PYTHONPATH, its compiled kernels), run from ``/`` so that the checkout does not shadow it."""
     t0 = time.perf_counter()
     cmd = [CLI, "replay", path, "--json"]
     env = None
-    if pythonpath:
+    if baseline:
         cmd = [sys.executable, "-m", "na64_online.cli", "replay", path, "--json"]
-        env = {**os.environ, "PYTHONPATH": pythonpath}
+        env = {**os.environ, **baseline}
     out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill up
     child = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, env=env, cwd="/")
     peak: dict[str, int] = {}
@@ -99,25 +100,24 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the simulated files")
     p.add_argument("--baseline-rev", metavar="REV", help="each file also replayed with the package as of git REV")
     args = p.parse_args(argv)
-    trees: list[tuple[str, str | None]] = [("this tree", None)]
+    trees: list[tuple[str, dict[str, str] | None]] = [("this tree", None)]
     if args.baseline_rev:
-        from bench_ingest import baseline_tree
+        from bench_ingest import baseline_env, baseline_tree
 
         where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")  # shared with bench_ingest
-        trees.insert(0, (args.baseline_rev, os.path.join(where, "pkg") if os.path.isdir(where)
-                         else baseline_tree(args.baseline_rev, where)))
+        trees.insert(0, (args.baseline_rev, baseline_env(baseline_tree(args.baseline_rev, where))))
     if not args.files and not args.gb:
         p.error("give FILEs or --gb")
     rows = []
     for path in args.files:
-        for tree, pythonpath in trees:
-            rows.append(replay_peak(os.path.abspath(path), tree, pythonpath))
+        for tree, baseline in trees:
+            rows.append(replay_peak(os.path.abspath(path), tree, baseline))
             print(json.dumps(rows[-1]), flush=True)
     for gb in args.gb:
         path = simulate(gb, args.dir)
         try:
-            for tree, pythonpath in trees:
-                rows.append(replay_peak(path, tree, pythonpath))
+            for tree, baseline in trees:
+                rows.append(replay_peak(path, tree, baseline))
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             if not args.keep:

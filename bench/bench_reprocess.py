@@ -109,14 +109,13 @@ def _timed(fn):
 def compare(args, argv: list[str]) -> dict:
     """``--baseline-rev``: rounds of this bench (``--repeat 1``) with the package as of the revision and as it
     is, alternating, each in its own process (its own clusters); the speed-ups of both, best and median of
-    the rounds, and this tree's 2-worker time against the baseline's, round by round. (A baseline tree, made
-    by ``git archive``, has no compiled kernels: it runs numba's; the speed-ups within a tree compare like with
-    like, the time ratio across the trees includes that difference unless both run ``NA64_KERNELS=jit``.)"""
+    the rounds, and this tree's 2-worker time against the baseline's, round by round. (The baseline tree,
+    ``bench_ingest.baseline_tree``, runs its own ahead-of-time compiled kernels when the revision has them.)"""
     import subprocess
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_ingest import baseline_tree
+    from bench_ingest import baseline_env, baseline_tree
 
     if not args.data:
         raise SystemExit("--baseline-rev needs --data DIR (both trees read the same files)")
@@ -133,8 +132,7 @@ def compare(args, argv: list[str]) -> dict:
     commit = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short",
                              args.baseline_rev], check=True, capture_output=True, text=True).stdout.strip()
     where = os.path.join(tempfile.gettempdir(), f"bench-reprocess-{commit}")
-    path = os.path.join(where, "pkg") if os.path.isdir(where) else baseline_tree(commit, where)
-    trees = ((f"{args.baseline_rev} ({commit})", {"PYTHONPATH": path}), ("this tree", {}))
+    trees = ((f"{args.baseline_rev} ({commit})", baseline_env(baseline_tree(commit, where))), ("this tree", {}))
     rounds: dict[str, list[dict]] = {label: [] for label, _ in trees}
     load_before = os.getloadavg()
     for r in range(args.repeat):

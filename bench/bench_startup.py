@@ -10,11 +10,12 @@ CPU time (user + system of the child; load changes it least): the interpreter al
 using a JIT kernel pays), ``na64-online replay small.dat`` with the ahead-of-time compiled kernels
 (``NA64_KERNELS=aot``: target < 0.5 s wall) and with the JIT ones (``NA64_KERNELS=jit``, cached);
 ``--baseline-rev REV``: also the replay of the package as of git REV, with its ahead-of-time kernels if it has
-them (built once into the baseline tree). ``--demo``: ``na64-online demo --spills 1``, seconds from the process
-start to its first spill's record on stdout, with the compiled and with the JIT kernels, and with the baseline's
-package (its workers too), ``--demo-repeat`` times each, interleaved, median shown (target ≤ 10 s after
-``tools/setup``, whose one-spill demo compiles every JIT kernel; a spill lasts ``--spill-duration``, 4.8 s by
-default, so the start-up has the rest).
+them (``bench_ingest.baseline_tree``: built once into the baseline tree that the other benches share).
+``--demo``: ``na64-online demo --spills 1``, seconds from the process start to its first spill's record on
+stdout, with the compiled and with the JIT kernels, and with the baseline's package (its workers too),
+``--demo-repeat`` times each, interleaved, median shown (target ≤ 10 s after ``tools/setup``, whose one-spill
+demo compiles every JIT kernel; a spill lasts ``--spill-duration``, 4.8 s by default, so the start-up has the
+rest).
 """
 
 from __future__ import annotations
@@ -67,21 +68,9 @@ def _one_cached_kernel() -> str:
     return path
 
 
-def _baseline_kernels(path: str) -> str:
-    """``aot`` when the baseline tree on ``path`` has ahead-of-time kernels (built here once, as tools/setup
-    builds them, so that both replays run compiled kernels), else ``auto`` (a tree from before them: JIT)."""
-    package = os.path.join(path, "na64_online")
-    if not os.path.exists(os.path.join(package, "decoders", "_aot_build.py")):
-        return "auto"
-    if not any(name.startswith("_aot_kernels") and name.endswith(".so") for name in os.listdir(package)):
-        subprocess.run(["env", f"PYTHONPATH={path}", sys.executable, "-m", "na64_online.decoders._aot_build", package],
-                       check=True, cwd="/", stdout=subprocess.DEVNULL)
-    return "aot"
-
-
 def demo_first_spill(spill_duration: float, kernels: str = "auto", pythonpath: str | None = None) -> float:
     """Seconds from starting ``na64-online demo --spills 1`` to its first record on stdout (``pythonpath``:
-    the package of a baseline tree, its worker processes too)."""
+    the package of a baseline tree, its worker processes too; ``kernels``: ``NA64_KERNELS``)."""
     program = [CLI] if pythonpath is None else ["env", f"PYTHONPATH={pythonpath}", sys.executable, "-m",
                                                 "na64_online.cli"]
     t0 = time.perf_counter()
@@ -123,12 +112,12 @@ def main(argv=None) -> int:
     if args.baseline_rev:
         import tempfile
 
-        from bench_ingest import baseline_tree
+        from bench_ingest import baseline_env, baseline_tree
 
-        # a tree of its own (not bench_ingest's): the compiled kernels built into it would change that bench's runs
-        where = os.path.join(tempfile.gettempdir(), f"bench-startup-{args.baseline_rev}")
-        path = os.path.join(where, "pkg") if os.path.isdir(where) else baseline_tree(args.baseline_rev, where)
-        kernels = _baseline_kernels(path)
+        # the same tree as the other benches' (its own compiled kernels built into it)
+        where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
+        baseline = baseline_env(baseline_tree(args.baseline_rev, where))
+        path, kernels = baseline["PYTHONPATH"], baseline["NA64_KERNELS"]
         commands[f"replay {args.baseline_rev}"] = ["env", f"PYTHONPATH={path}", f"NA64_KERNELS={kernels}",
                                                    sys.executable, "-m", "na64_online.cli", "replay", args.file]
     for cmd in commands.values():

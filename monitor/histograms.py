@@ -343,6 +343,16 @@ class SpillHistograms(HistogramSet):
         fill(h["time"], np.where(t >= 0, code, N_CLASSES), t.astype(np.float64))
         self._cache = None
 
+    def cleared(self) -> "SpillHistograms":
+        """This set emptied in place (counts zeroed, no run or spill), for reuse by its owner once it is
+        done with it — e.g. a decoder worker after encoding its result (which copies the counts)."""
+        for h in self._coded.values():
+            h.reset()
+        self.events = 0
+        self.run = self.spill = None
+        self._cache = None
+        return self
+
     def merge(self, other: "SpillHistograms") -> None:
         """Add another part of the same spill (exact: integer counts)."""
         if self.run is None:

@@ -462,3 +462,39 @@ def test_the_event_display_cap_is_no_part_of_the_processing_version(channel_map)
     assert processing_version(fewer, channel_map) == processing_version(config, channel_map)
     cuts = config.replace(monitor=config.monitor.replace(chunk_events=1000))
     assert processing_version(cuts, channel_map) != processing_version(config, channel_map)
+
+
+def test_a_task_decoder_reuses_its_storage_and_gives_fresh_results(processor, channel_map):
+    """A worker's per-task step (buffers and histogram storage kept from task to task, a task of up to 1.5
+    chunks decoded as one) gives what a fresh accumulate + encode gives, task after task; the frames of one
+    task stay intact while the next is decoded (they may still be queued for sending, zero-copy)."""
+    from na64_online.decoders.decode import index_events
+
+    sim = ReadoutSimulator(SimulationConfig(run=6, spills=2, events_per_spill=700, seed=4, signal_fraction=0.02),
+                           channel_map)
+    tasks = []
+    for spill in sim.spills():
+        words = np.frombuffer(bytearray(spill.raw()), dtype=np.uint32)
+        index = index_events(words)
+        for a, b in ((0, 250), (250, len(index))):
+            tasks.append(words[int(index.offset[a]):int(index.offset[b - 1] + index.size[b - 1])].copy())
+    small = make_processor(channel_map, Config().monitor.model_copy(update={"chunk_events": 128}),
+                           Config().histograms)  # tasks of more than 1.5 chunks too
+    for proc in (processor, small):
+        decode_task = proc.task_decoder()
+        earlier, kept = None, None
+        for words in tasks + tasks[:1]:
+            frames = decode_task(words)
+            expected = as_bytes(proc.encode_result(proc.accumulate(words)))
+            got = proc.decode_result(as_bytes(frames))
+            want = proc.decode_result(expected)
+            assert record(proc, got) == record(proc, want)
+            assert got.extensions[HISTOGRAMS].to_json() == want.extensions[HISTOGRAMS].to_json()
+            a, b = got.extensions[STATS], want.extensions[STATS]
+            assert np.array_equal(a.counts, b.counts) and np.array_equal(a.sums, b.sums) and a.events == b.events
+            if earlier is not None:  # the last task's frames, untouched by this one
+                assert as_bytes(earlier[0]) == earlier[1]
+            earlier = (frames, as_bytes(frames))
+            histograms = decode_task._done.extensions[HISTOGRAMS]
+            assert kept is None or histograms is kept  # emptied and reused, not made anew
+            kept = histograms
