@@ -181,6 +181,12 @@ def _coded_template(cfg: HistogramConfig) -> dict[str, hist.Hist]:
     return _make_coded(cfg)
 
 
+@functools.lru_cache(maxsize=8)
+def _trigger_template(cfg: HistogramConfig) -> dict[str, hist.Hist]:
+    """Empty :func:`make_histograms` of a binning, never filled: copied for each set's ``hists``."""
+    return make_histograms(cfg)
+
+
 def _row_reduce(values: np.ndarray, op) -> np.ndarray:
     """Reduce an (n, k) array over its few columns (much faster than ``.sum(axis=1)`` for small k)."""
     if values.ndim == 1:
@@ -253,7 +259,7 @@ class HistogramSet:
     @property
     def hists(self) -> dict[str, hist.Hist]:
         if self._cache is None:
-            out = make_histograms(self.config)
+            out = {name: copy.copy(h) for name, h in _trigger_template(self.config).items()}
             for name, h in out.items():
                 coded = np.asarray(self._coded[name].view(flow=True))
                 # the storage is column-major (class axis fastest): flattened in that order, the view is not
