@@ -157,6 +157,9 @@ KERNELS: dict[str, Kernel] = {
         _B1, _B1, _B1, _B1, _B1, Arr("<u4"), Arr("<i4"), _F8, _F8, _F8, _F8, Arr("<f8", 2), Arr("<f8", 2), _I8,
         INT, INT, Arr("<f8", 2), INT, *(_out("<i8"),) * 8,
     )),
+    "trigger_counts": Kernel("na64_online.monitor._histogram_kernels", "trigger_counts", (
+        _I8, Arr("<i8", 2), _out("<i8"),
+    )),
     # the event builder (daq/builder.py: the live service and its workers)
     "copy_events": Kernel("na64_online.daq._builder_kernels", "copy_events", (
         _out("<u4"), _I8, _WORDS, _I8, _I8,

@@ -88,3 +88,20 @@ def fill_histograms(is_data, beam, physics, electron, candidate, trigger_mask, e
         t = trigger_time[i]
         if t >= 0:
             h_time[code + classes * _bin(np.float64(t), lo_time, w_time, n_time)] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def trigger_counts(coded, membership, out):
+    """``out`` (flat, trigger fastest: a trigger-axis histogram's column-major storage) = per bin, the counts
+    of ``coded`` (flat, class fastest) summed over the classes of each trigger (``membership`` (triggers,
+    classes) 0/1): ``membership @ counts`` per bin, in integers (exact in any order). Sizes checked by the
+    wrapper."""
+    triggers, classes = membership.shape[0], membership.shape[1]
+    # unsigned indices: no negative-index checks, so the class loop becomes vector code (see ..decoders.estimators)
+    for b in range(np.uint64(coded.shape[0] // classes)):
+        row = b * np.uint64(classes)
+        for t in range(np.uint64(triggers)):
+            total = np.int64(0)
+            for c in range(np.uint64(classes)):
+                total += coded[row + c] & -membership[t, c]  # all bits or none: vector ANDs, no 64-bit multiply
+            out[b * np.uint64(triggers) + t] = total

@@ -96,19 +96,16 @@ MEMBERSHIP = _membership()
 _KERNEL_ORDER = ("e_ecal", "e_ps", "e_hcal", "e_total", "ecal_hcal", "srd", "veto", "time")
 
 
-_MEMBERSHIP_FLOAT = MEMBERSHIP.astype(np.float64)
-_EXACT_FLOAT = 1 << 53
-
-
-def _trigger_counts(coded: np.ndarray, events: int) -> np.ndarray:
-    """``MEMBERSHIP @ coded`` (class counts (N_CLASSES, bins) -> trigger counts (len(TRIGGERS), bins), int64).
-
-    Every event is in one class, so each sum is at most ``events``: below 2**53 the float64 product (BLAS)
-    adds integers exactly, in any order; numpy's int64 ``matmul`` (no BLAS: a plain triple loop, ~2 ms per
-    histogram set) only beyond."""
-    if 0 <= events < _EXACT_FLOAT:
-        return (_MEMBERSHIP_FLOAT @ coded.astype(np.float64)).astype(np.int64)
-    return MEMBERSHIP @ coded
+def _flat(h: bh.Histogram, first: int) -> np.ndarray:
+    """The Int64 storage of ``h`` (flow bins included) as a flat view in its own order: column-major, the
+    first axis (``first`` classes or triggers) fastest — what the kernels write in place."""
+    view = np.asarray(h.view(flow=True))
+    if view.dtype != np.int64 or not view.flags.f_contiguous or view.shape[0] != first:
+        raise RuntimeError(f"histogram {h.name}: storage is not column-major int64 with {first} rows first")
+    counts = view.T.reshape(-1)  # C order of the transpose: a view
+    if not np.shares_memory(counts, view):
+        raise RuntimeError(f"histogram {h.name}: flat storage is not a view")
+    return counts
 
 
 def event_classes(decoded, physics) -> np.ndarray:
@@ -265,11 +262,10 @@ class HistogramSet:
         if self._cache is None:
             out = make_histograms(self.config)
             for name, h in out.items():
-                coded = np.asarray(self._coded[name].view(flow=True))
-                # the storage is column-major (class axis fastest): flattened in that order, the view is not
-                # copied (a row-major reshape copied it: 40 % of this property's time)
-                summed = _trigger_counts(coded.reshape(N_CLASSES, -1, order="F"), self.events)
-                h.view(flow=True)[...] = summed.reshape((len(TRIGGERS),) + coded.shape[1:], order="F")
+                # both storages are column-major (class / trigger axis fastest): flat views in that order, summed
+                # per bin by a kernel in integers (numpy's int64 matmul has no BLAS: ~2 ms per set, a float64
+                # product would start OpenBLAS's threads)
+                _k.trigger_counts(_flat(self._coded[name], N_CLASSES), MEMBERSHIP, _flat(h, len(TRIGGERS)))
             self._cache = out
         return self._cache
 
@@ -393,20 +389,10 @@ class SpillHistograms(HistogramSet):
         return axes
 
     def _storages(self) -> list[np.ndarray]:
-        """The kernel's count arrays: each histogram's Int64 storage with flow bins, flat in its own
-        (column-major, class-fastest) order — views written in place."""
+        """The fill kernel's count arrays: each histogram's storage, flat (:func:`_flat`), cached."""
         flat = self.__dict__.get("_flat_storages")
         if flat is None:
-            flat = []
-            for name in _KERNEL_ORDER:
-                view = np.asarray(self._coded[name].view(flow=True))
-                if view.dtype != np.int64 or not view.flags.f_contiguous or view.shape[0] != N_CLASSES:
-                    raise RuntimeError(f"histogram {name}: storage is not column-major int64 with the class axis first")
-                counts = view.T.reshape(-1)  # C order of the transpose: a view, class fastest
-                if not np.shares_memory(counts, view):
-                    raise RuntimeError(f"histogram {name}: flat storage is not a view")
-                flat.append(counts)
-            self.__dict__["_flat_storages"] = flat
+            flat = self.__dict__["_flat_storages"] = [_flat(self._coded[name], N_CLASSES) for name in _KERNEL_ORDER]
         return flat
 
     def merge(self, other: "SpillHistograms") -> None:

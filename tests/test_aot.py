@@ -85,6 +85,7 @@ def chain(data: bytes, channel_map, with_samples: bool) -> dict[str, np.ndarray]
     histograms = SpillHistograms()
     histograms.fill(decoded, physics)  # the histogram fill kernel
     out.update({f"histograms.{name}": np.asarray(h.view(flow=True)).copy() for name, h in histograms._coded.items()})
+    out.update({f"hists.{name}": np.asarray(h.view(flow=True)).copy() for name, h in histograms.hists.items()})
     refill = ChannelStats(channel_map)
     refill.fill(decoded, select=select)  # the health kernel itself (not the decoder's sums)
     out.update(slot_counts=stats.counts.copy(), slot_sums=stats.sums.copy(), refill_counts=refill.counts.copy(),

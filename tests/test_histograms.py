@@ -270,15 +270,19 @@ def test_fill_kernel_bins_as_boost_histogram_does_at_edges_nan_and_infinity(data
     _assert_same_counts(kernel, reference)
 
 
-def test_trigger_counts_are_the_integer_product_below_and_beyond_float_exactness():
-    """The trigger view's sums (float64 product while exact, numpy's int64 product beyond) equal the integer
-    ``MEMBERSHIP @ counts``; counts near 2**53 take the integer path, and it is exact there too."""
-    from na64_online.monitor.histograms import MEMBERSHIP, N_CLASSES, _trigger_counts
+def test_trigger_view_is_the_integer_product_of_membership_and_class_counts():
+    """The trigger view's kernel sums equal numpy's integer ``MEMBERSHIP @ counts`` per bin, the 2-d plane
+    included, for counts large enough that float64 could not hold their sums exactly."""
+    from na64_online.monitor.histograms import MEMBERSHIP, N_CLASSES
 
     rng = np.random.default_rng(5)
-    counts = rng.integers(0, 1000, (N_CLASSES, 77 * 77)).reshape(N_CLASSES, -1, order="F")
-    assert np.array_equal(_trigger_counts(counts, int(counts.sum(axis=0).max())), MEMBERSHIP @ counts)
-    big = counts + (1 << 53) // N_CLASSES
-    events = int(big.sum(axis=0).max())
-    assert events >= 1 << 53
-    assert np.array_equal(_trigger_counts(big, events), MEMBERSHIP @ big)
+    h = SpillHistograms()
+    for name, coded in h._coded.items():
+        view = coded.view(flow=True)
+        view[...] = rng.integers(0, 1 << 40, view.shape) + ((1 << 57) if name == "ecal_hcal" else 0)
+    h.events = 1
+    h._cache = None
+    for name, public in h.hists.items():
+        coded = np.asarray(h._coded[name].view(flow=True))
+        want = (MEMBERSHIP @ coded.reshape(N_CLASSES, -1, order="F")).reshape((len(TRIGGERS),) + coded.shape[1:], order="F")
+        assert np.array_equal(np.asarray(public.view(flow=True)), want), name
