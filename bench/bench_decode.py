@@ -4,14 +4,22 @@
 
 For each kind of spill (simulated, one spill) and each stage it prints GB/s,
 events/s, ns/event, the ratio to a numpy copy of the same bytes measured in the
-same run (the memory-bandwidth yardstick: ``np.copyto`` into an array already
-in memory), the previous release's figure (from
-``bench/baseline-<version>.json``) and whether the issue's target holds:
+same run, against two yardsticks:
+
+- ``x copy()``: ``words.copy()``, a copy into fresh memory, as the issue measured
+  "numpy copy of the bytes" (6.5-7.0 GB/s there): the kernel maps and faults in
+  the new array page by page while copying;
+- ``x copyto``: ``np.copyto`` into an array already in memory (faulted in, in use),
+  what the memory system alone moves: about twice as fast, so the stricter ratio;
+
+then the previous release's figure (from ``bench/baseline-<version>.json``) and
+whether the issue's target holds (the copy-ratio target judged against each
+yardstick, saying which holds):
 
 - ``index``: the header walk alone (the event index);
 - ``decode``: index + decode (parse, unpack, estimators) of every event;
 - ``decode + reconstruction``: the per-spill chain without monitoring
-  (target: >= 2 GB/s and >= 0.3x the numpy copy);
+  (target: >= 2 GB/s and >= 0.3x the numpy copy, judged against both yardsticks);
 - ``whole chain``: decode, reconstruction, histograms and channel statistics,
   quality and alarms (target: >= 1.6 GB/s).
 
@@ -46,7 +54,8 @@ BASELINE = ROOT / "bench" / "baseline-0.1.0.json"
 KINDS = {"zero_suppressed": True, "full_readout": False}
 # stage -> (name in the baseline file, GB/s target, numpy-copy ratio target)
 STAGES = {
-    "numpy copy": ("numpy_copy", None, None),
+    "numpy copy()": ("numpy_copy", None, None),
+    "numpy copyto": ("numpy_copy", None, None),
     "index": ("index", None, None),
     "decode": ("index_decode", None, None),
     "decode + reconstruction": ("pipeline_without_monitoring", 2.0, 0.3),
@@ -55,12 +64,14 @@ STAGES = {
 
 
 def cpu_best_of(repeat: int, fn) -> float:
-    """The shortest of ``repeat`` runs of ``fn()`` in thread CPU seconds."""
+    """The shortest of ``repeat`` runs of ``fn()`` in thread CPU seconds (what ``fn`` returns is freed after
+    the clock stops: ``words.copy()`` is timed without giving its memory back)."""
     best = float("inf")
     for _ in range(repeat):
         t0 = time.thread_time()
-        fn()
+        result = fn()
         best = min(best, time.thread_time() - t0)
+        del result
     return best
 
 
@@ -87,12 +98,13 @@ def measure(events: int, repeat: int, zero_suppression: bool) -> dict:
                           processor.config.reconstruction, buffers=buffers)
 
     monitor.handle(processor.accumulate(words))  # warm-up: kernels from the cache, pages faulted in
-    # the yardstick: copying the bytes into memory already faulted in (what the memory system moves);
-    # ``words.copy()`` would also time the kernel mapping a fresh array page by page (at 10^5 full-readout
-    # events, 858 MB: 4x slower than the copy itself)
+    # the yardsticks: the issue's ``words.copy()`` (fresh memory: also times the kernel mapping and faulting
+    # in the new array page by page), and the bytes copied into memory already faulted in (what the memory
+    # system moves: the stricter one)
     destination = words.copy()
     seconds = {
-        "numpy copy": cpu_best_of(repeat, lambda: np.copyto(destination, words)),
+        "numpy copy()": cpu_best_of(repeat, words.copy),
+        "numpy copyto": cpu_best_of(repeat, lambda: np.copyto(destination, words)),
         "index": cpu_best_of(repeat, lambda: index_events(words)),
         "decode": cpu_best_of(repeat, decode_only),
         "decode + reconstruction": cpu_best_of(repeat, lambda: plain.process(words)),
@@ -101,17 +113,21 @@ def measure(events: int, repeat: int, zero_suppression: bool) -> dict:
     n, nbytes = len(index), words.nbytes
     return {"events": n, "megabytes": nbytes / 1e6, "bytes_per_event": nbytes / n,
             "rows": {stage: {"seconds": s, "GB_per_s": nbytes / s / 1e9, "events_per_s": n / s,
-                             "ns_per_event": s / n * 1e9, "copy_ratio": seconds["numpy copy"] / s}
+                             "ns_per_event": s / n * 1e9, "copy_ratio": seconds["numpy copy()"] / s,
+                             "copyto_ratio": seconds["numpy copyto"] / s}
                      for stage, s in seconds.items()}}
 
 
 def judge(stage: str, row: dict) -> str:
+    """Whether the stage's targets hold: each target apart, the copy ratio against both yardsticks."""
     _, gbps, ratio = STAGES[stage]
-    if gbps is None and ratio is None:
-        return ""
-    ok = (gbps is None or row["GB_per_s"] >= gbps) and (ratio is None or row["copy_ratio"] >= ratio)
-    wanted = " and ".join(x for x in (f">= {gbps} GB/s" if gbps else "", f">= {ratio}x copy" if ratio else "") if x)
-    return ("yes" if ok else "no") + f" ({wanted})"
+    parts = []
+    if gbps is not None:
+        parts.append(f">= {gbps} GB/s: {'yes' if row['GB_per_s'] >= gbps else 'no'}")
+    if ratio is not None:
+        for key, name in (("copy_ratio", "copy()"), ("copyto_ratio", "copyto")):
+            parts.append(f">= {ratio}x {name}: {'yes' if row[key] >= ratio else 'no'}")
+    return "; ".join(parts)
 
 
 def print_report(report: dict, baseline: dict | None) -> None:
@@ -121,13 +137,14 @@ def print_report(report: dict, baseline: dict | None) -> None:
         previous = (baseline or {}).get(kind, {}).get("rows", {})
         print(f"\n{kind}: {result['events']} events, {result['megabytes']:.0f} MB "
               f"({result['bytes_per_event'] / 1e3:.1f} kB/event)")
-        print("| stage | GB/s | events/s | ns/event | x numpy copy | 0.1.0: GB/s, x copy | target holds |")
-        print("|---|---:|---:|---:|---:|---:|---|")
+        print("| stage | GB/s | events/s | ns/event | x copy() (issue) | x copyto (in use) | 0.1.0: GB/s, x copy "
+              "| target holds |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
         for stage, row in result["rows"].items():
             old = previous.get(STAGES[stage][0])
             old_text = f"{old['GB_per_s']:.2f}, {1 / old['time_vs_numpy_copy']:.2f}" if old else "—"
             print(f"| {stage} | {row['GB_per_s']:.2f} | {row['events_per_s']:,.0f} | {row['ns_per_event']:,.0f} | "
-                  f"{row['copy_ratio']:.2f} | {old_text} | {judge(stage, row)} |")
+                  f"{row['copy_ratio']:.2f} | {row['copyto_ratio']:.2f} | {old_text} | {judge(stage, row)} |")
 
 
 def main(argv=None) -> int:

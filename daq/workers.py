@@ -294,6 +294,9 @@ def run_worker(
                 new_id = frames[1].bytes
                 try:
                     processor = build([f.bytes for f in frames[2:]])
+                    # words -> result frames; a processor's own per-task step keeps its buffers between tasks
+                    decode_task = (processor.task_decoder() if hasattr(processor, "task_decoder")
+                                   else lambda w, p=processor: p.encode_result(p.accumulate(w)))
                     setup_id = new_id
                     if warm_up is not None:
                         _warm_up(warm_up, processor)
@@ -321,7 +324,7 @@ def run_worker(
                     continue
                 scratch = words.base if words.base is not None else words  # the next task is gathered here
                 try:
-                    result = processor.encode_result(processor.accumulate(words))
+                    result = decode_task(words)
                 except Exception as exc:  # noqa: BLE001 - reported to the service
                     log.exception("task failed")
                     sock.send_multipart([ERROR, task_id, repr(exc).encode()[:4096]])

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStore | None = None,
-                  archive_path: str | os.PathLike | None = None, keep_latest: bool = True) -> SpillMonitor:
+                  archive_path: str | os.PathLike | None = None, snapshots: bool = True) -> SpillMonitor:
     """The per-spill monitor as configured; ``archive_path`` overrides the archive (a file, or a database URL);
-    ``keep_latest``: :attr:`.SpillMonitor.latest` for a dashboard (not for a replay)."""
+    ``snapshots``: keep the dashboard's snapshot of the latest spill."""
     archive = config.archive
     if archive_path is not None:
         where = {"url": str(archive_path)} if is_url(archive_path) else {"path": archive_path, "url": None}
@@ -46,7 +46,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
         reference=config.reference or ((config.reference_run, None) if config.reference_run is not None else None),
         beam_profile=config.beam.profile,
         processing_version=processing_version(config, channel_map),
-        keep_latest=keep_latest,
+        snapshots=snapshots,
     )
 
 
@@ -108,13 +108,17 @@ def file_notes(stats, any_spill: bool) -> list[ReplayNote]:
 
 
 class Replayer:
-    """Replay raw files through exactly the per-spill code of the live service."""
+    """Replay raw files through exactly the per-spill code of the live service.
+
+    ``snapshots``: keep the dashboard's snapshot of the latest spill (``monitor.latest``, for a web app
+    over this monitor); default: with a metrics store, which is there for such an app. ``replay`` and
+    ``reprocess`` keep none: the records are the same, the snapshot's JSON is work nothing reads."""
 
     def __init__(self, config: Config, channel_map: ChannelMap, archive_path: str | os.PathLike | None = None,
-                 metrics: SnapshotStore | None = None):
+                 metrics: SnapshotStore | None = None, snapshots: bool | None = None):
         self.config = config
-        # a replay without a metrics store is served by no dashboard: nothing reads its latest snapshot
-        self.monitor = build_monitor(config, channel_map, metrics, archive_path, keep_latest=metrics is not None)
+        self.monitor = build_monitor(config, channel_map, metrics, archive_path,
+                                     snapshots=metrics is not None if snapshots is None else snapshots)
         #: (run, spill, event) -> the event as ``dump`` shows it, from the files replayed (the event display)
         self.events = RawFileEvents(config, channel_map)
 

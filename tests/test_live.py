@@ -374,9 +374,9 @@ def test_missing_end_of_burst(spills, replayed, channel_map):
 class SlowProcessor(SpillProcessor):
     """Decodes like SpillProcessor, slowly: the decoder falls behind."""
 
-    def accumulate(self, words, index=None):
+    def accumulate(self, words, index=None, **kw):
         time.sleep(0.15)
-        return super().accumulate(words, index)
+        return super().accumulate(words, index, **kw)
 
 
 @pytest.mark.timeout(60)

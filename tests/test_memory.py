@@ -143,9 +143,9 @@ def test_a_lower_mark_found_under_load_waits_for_quiet_nodes_and_loses_nothing(m
 class SlowProcessor(SpillProcessor):
     """Decodes like SpillProcessor, slowly: the decoder falls far behind (overload)."""
 
-    def accumulate(self, words, index=None):
+    def accumulate(self, words, index=None, **kw):
         time.sleep(0.05)
-        return super().accumulate(words, index)
+        return super().accumulate(words, index, **kw)
 
 
 @pytest.mark.timeout(120)

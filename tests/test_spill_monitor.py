@@ -197,3 +197,30 @@ def test_summary_line_says_dropped_and_interrupted():
     cut = _summary_line(dict(record, dropped_events=0, complete=False, interrupted=True, alarms=[],
                              quality={"overall": "INTERRUPTED"}))
     assert "INTERRUPTED (the service stopped during this spill; not judged)" in cut
+
+
+def test_replay_builds_no_dashboard_snapshot_and_its_records_are_the_same(tmp_path):
+    """``replay`` (no metrics store, nothing serves its monitor) skips the dashboard snapshot's JSON; a replayer
+    asked for snapshots keeps the latest one, and both give the same records."""
+    path = tmp_path / "run.dat"
+    write_raw_file(path, SimulationConfig(spills=3, events_per_spill=600, seed=8, dead_channels=((610, 1, 15),)))
+    records = {}
+    for snapshots in (None, True):
+        replayer = Replayer(load_config(environ={}), ChannelMap.default(), snapshots=snapshots)
+        try:
+            records[snapshots] = [r for r, _ in replayer.replay_file(path) if r is not None]
+            latest = replayer.monitor.latest
+        finally:
+            replayer.close()
+        if snapshots:
+            assert latest is not None and latest.record.spill == 3 and latest.run_histograms["events"] > 0
+            assert latest.histograms["histograms"]["e_ecal"]["entries"] > 0 and latest.channel_stats
+        else:
+            assert latest is None and replayer.monitor.snapshots is False
+
+    def comparable(r):  # up to when and how fast it was made
+        r = {k: v for k, v in r.items() if k not in ("processing_seconds", "finished_at")}
+        return r | {"alarms": [{k: v for k, v in a.items() if k not in ("alarm_id", "raised_at")} for a in r["alarms"]]}
+
+    assert len(records[None]) == 3
+    assert [comparable(r) for r in records[None]] == [comparable(r) for r in records[True]]

@@ -59,29 +59,3 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
                for r in (compiled, jit)]
     assert records[0] == records[1] and records[0]
 
-
-def test_a_replay_without_metrics_keeps_no_dashboard_snapshot():
-    """Nothing serves a plain replay's latest spill: its monitor builds no :class:`SpillSnapshot` (the JSON of the
-    spill's and the run's histograms and channel statistics); one given a metrics store (a dashboard on it)
-    does, and both give the same records."""
-    from prometheus_client import CollectorRegistry
-
-    from na64_online.config import Config
-    from na64_online.decoders.channelmap import ChannelMap
-    from na64_online.monitor.metrics import register_metrics
-    from na64_online.service import Replayer
-
-    records = {}
-    for served in (False, True):
-        replayer = Replayer(Config(), ChannelMap.default(),
-                            metrics=register_metrics(CollectorRegistry()) if served else None)
-        try:
-            records[served] = [{k: v for k, v in r.items() if k not in ("processing_seconds", "finished_at")}
-                               for r, _ in replayer.replay_file(VECTORS / "small.dat") if r is not None]
-            latest = replayer.monitor.latest
-        finally:
-            replayer.close()
-        assert (latest is not None) == served
-        if served:
-            assert latest.record.spill == records[served][-1]["spill"] and latest.run_histograms
-    assert records[False] == records[True] and records[False]

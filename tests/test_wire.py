@@ -93,6 +93,36 @@ def test_round_trip_merges_exactly_as_the_pickled_path(processor, parts):
     assert via_wire.issues == via_pickle.issues and via_wire.scalers == via_pickle.scalers
 
 
+def test_decode_buffers_kept_from_spill_to_spill_give_what_fresh_ones_give(processor, parts, channel_map):
+    """One thread's decode buffers serve spill after spill (the parts above: three lengths, decoded one after the
+    other into the same buffers): each result is what a processor that never decoded before gives, bit for bit
+    (as encoded for the wire); another thread and a pickled copy get buffers of their own."""
+    import threading
+
+    sim = ReadoutSimulator(SimulationConfig(run=5, spills=1, events_per_spill=600, seed=3, signal_fraction=0.02),
+                           channel_map)
+    words = np.frombuffer(bytearray(next(iter(sim.spills())).raw()), dtype=np.uint32)
+    from na64_online.decoders.decode import index_events
+
+    index = index_events(words)
+    cuts = [0, len(index) // 3, 2 * len(index) // 3, len(index)]
+    kept = processor.decode_buffers()
+    assert kept is processor.decode_buffers() and kept.rows >= cuts[1]
+    for part, (a, b) in zip(parts, zip(cuts, cuts[1:])):
+        fresh = make_processor(channel_map, Config().monitor, Config().histograms)
+        alone = fresh.accumulate(words, index.slice(a, b))
+        assert as_bytes(processor.encode_result(part))[1:-1] == as_bytes(fresh.encode_result(alone))[1:-1]  # header: timing
+        assert record(processor, part) == record(fresh, alone)
+    again = processor.accumulate(words, index)  # the whole spill after its parts, in the kept buffers
+    assert record(processor, again) == record(fresh, fresh.accumulate(words, index))
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(processor.decode_buffers()))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not kept
+    assert pickle.loads(pickle.dumps(processor)).decode_buffers() is not kept
+
+
 def test_read_result_merges_as_the_decoded_accumulator_without_copying(processor, parts):
     """What the service merges (read_result: views of the frames, no accumulator per result) adds up to
     exactly what decoded accumulators do."""
@@ -462,3 +492,39 @@ def test_the_event_display_cap_is_no_part_of_the_processing_version(channel_map)
     assert processing_version(fewer, channel_map) == processing_version(config, channel_map)
     cuts = config.replace(monitor=config.monitor.replace(chunk_events=1000))
     assert processing_version(cuts, channel_map) != processing_version(config, channel_map)
+
+
+def test_a_task_decoder_reuses_its_storage_and_gives_fresh_results(processor, channel_map):
+    """A worker's per-task step (buffers and histogram storage kept from task to task, a task of up to 1.5
+    chunks decoded as one) gives what a fresh accumulate + encode gives, task after task; the frames of one
+    task stay intact while the next is decoded (they may still be queued for sending, zero-copy)."""
+    from na64_online.decoders.decode import index_events
+
+    sim = ReadoutSimulator(SimulationConfig(run=6, spills=2, events_per_spill=700, seed=4, signal_fraction=0.02),
+                           channel_map)
+    tasks = []
+    for spill in sim.spills():
+        words = np.frombuffer(bytearray(spill.raw()), dtype=np.uint32)
+        index = index_events(words)
+        for a, b in ((0, 250), (250, len(index))):
+            tasks.append(words[int(index.offset[a]):int(index.offset[b - 1] + index.size[b - 1])].copy())
+    small = make_processor(channel_map, Config().monitor.model_copy(update={"chunk_events": 128}),
+                           Config().histograms)  # tasks of more than 1.5 chunks too
+    for proc in (processor, small):
+        decode_task = proc.task_decoder()
+        earlier, kept = None, None
+        for words in tasks + tasks[:1]:
+            frames = decode_task(words)
+            expected = as_bytes(proc.encode_result(proc.accumulate(words)))
+            got = proc.decode_result(as_bytes(frames))
+            want = proc.decode_result(expected)
+            assert record(proc, got) == record(proc, want)
+            assert got.extensions[HISTOGRAMS].to_json() == want.extensions[HISTOGRAMS].to_json()
+            a, b = got.extensions[STATS], want.extensions[STATS]
+            assert np.array_equal(a.counts, b.counts) and np.array_equal(a.sums, b.sums) and a.events == b.events
+            if earlier is not None:  # the last task's frames, untouched by this one
+                assert as_bytes(earlier[0]) == earlier[1]
+            earlier = (frames, as_bytes(frames))
+            histograms = decode_task._done.extensions[HISTOGRAMS]
+            assert kept is None or histograms is kept  # emptied and reused, not made anew
+            kept = histograms
