@@ -286,3 +286,15 @@ def test_trigger_view_is_the_integer_product_of_membership_and_class_counts():
         coded = np.asarray(h._coded[name].view(flow=True))
         want = (MEMBERSHIP @ coded.reshape(N_CLASSES, -1, order="F")).reshape((len(TRIGGERS),) + coded.shape[1:], order="F")
         assert np.array_equal(np.asarray(public.view(flow=True)), want), name
+
+
+def test_a_cleared_set_fills_its_storage_again_as_a_new_one(spill):
+    """``cleared()`` (a worker reusing its set) empties the storages the fill kernel writes through its cached
+    views: refilled, it counts what a new set fills, bin for bin."""
+    decoded, physics = spill
+    reused = SpillHistograms()
+    reused.fill(decoded, physics)
+    reused.cleared().fill(decoded, physics)
+    reference = SpillHistograms()
+    reference.fill_numpy(decoded, physics)
+    _assert_same_counts(reused, reference)
