@@ -109,7 +109,9 @@ def _timed(fn):
 def compare(args, argv: list[str]) -> dict:
     """``--baseline-rev``: rounds of this bench (``--repeat 1``) with the package as of the revision and as it
     is, alternating, each in its own process (its own clusters); the speed-ups of both, best and median of
-    the rounds, and this tree's 2-worker time against the baseline's, round by round. (The baseline tree,
+    the rounds, CPU per spill (replay; reprocess with 2 workers, all its processes; of which the client's
+    process: client, scheduler, nannies) and the CPU bound (replay's CPU over half of reprocess's), medians
+    of rounds, and this tree's 2-worker time against the baseline's, round by round. (The baseline tree,
     ``bench_ingest.baseline_tree``, runs its own ahead-of-time compiled kernels when the revision has them.)"""
     import subprocess
     import sys
@@ -154,7 +156,7 @@ def compare(args, argv: list[str]) -> dict:
     print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
           f"(1/5/15 min: {' '.join(f'{x:.2f}' for x in load_after)}); {args.repeat} rounds, each tree in turn")
     print(f"  {'tree':>22}  {'2 workers: best':>15}  {'median':>6}  {'1 worker: best':>14}  {'median':>6}  "
-          f"{'2 replays: best':>15}  {'median':>6}  {'CPU/spill: replay':>17}  {'2 workers':>9}  "
+          f"{'2 replays: best':>15}  {'median':>6}  {'CPU/spill: replay':>17}  {'2 workers':>9}  {'client':>6}  "
           f"{'CPU bound: best':>15}  {'median':>6}")
     for label, rs in rounds.items():
         for x in rs:  # (rounds of a tree without the figure)
@@ -165,10 +167,13 @@ def compare(args, argv: list[str]) -> dict:
 
         cpu = statistics.median(x["reprocess_2_cpu_s"] / x["spills"] for x in rs)
         replay_cpu = statistics.median(x["replay_cpu_s"] / x["spills"] for x in rs)
+        # the client's process: client, and for the LocalCluster the scheduler and the nannies
+        client_cpu = statistics.median((x["reprocess_2_cpu_s"] - x["reprocess_2_workers_cpu_s"]) / x["spills"]
+                                       for x in rs)
         result[label] = {k: col(k) for k in ("speedup_2", "speedup_1", "speedup_2_processes", "speedup_2_cpu_bound")}
         print(f"  {label:>22}  {col('speedup_2')[0]:14.2f}x  {col('speedup_2')[1]:5.2f}x  "
               f"{col('speedup_1')[0]:13.2f}x  {col('speedup_1')[1]:5.2f}x  {col('speedup_2_processes')[0]:14.2f}x  "
-              f"{col('speedup_2_processes')[1]:5.2f}x  {replay_cpu * 1e3:14.0f} ms  {cpu * 1e3:6.0f} ms  "
+              f"{col('speedup_2_processes')[1]:5.2f}x  {replay_cpu * 1e3:14.0f} ms  {cpu * 1e3:6.0f} ms  {client_cpu * 1e3:3.0f} ms  "
               f"{col('speedup_2_cpu_bound')[0]:14.2f}x  {col('speedup_2_cpu_bound')[1]:5.2f}x")
     tails = [x["tail_2_s_median"] for x in rounds["this tree"]]
     shares = [x["tail_2_share_median"] for x in rounds["this tree"]]

@@ -3,7 +3,8 @@
 ``na64_online._aot_kernels`` is an extension module compiled by ``numba.pycc``
 at build time (:mod:`._aot_build`, run by ``setup.py`` for the wheel and the
 editable install) from the very kernel functions of :mod:`._kernels`,
-:mod:`._reconstruct`, :mod:`..monitor._health_kernels` and :mod:`..daq._builder_kernels` — no second
+:mod:`._reconstruct`, :mod:`..monitor._health_kernels`, :mod:`..monitor._histogram_kernels` and
+:mod:`..daq._builder_kernels` — no second
 implementation — one exported function per entry of :data:`KERNELS`, for the
 argument types written there. Loading it needs no numba: a command whose
 kernels all come from it (``replay``) never starts numba's compiler, which
@@ -67,6 +68,7 @@ KERNEL_SOURCES = (
     "na64_online.decoders.channelmap",
     "na64_online.errors",
     "na64_online.monitor._health_kernels",
+    "na64_online.monitor._histogram_kernels",
     "na64_online.daq._builder_kernels",
 )
 
@@ -150,6 +152,13 @@ KERNELS: dict[str, Kernel] = {
     "accumulate_slot_sums": Kernel("na64_online.monitor._health_kernels", "accumulate_slot_sums", (
         Arr("<u2", 2), Arr("<f8", 2), Arr("<f8", 2), Arr("<f8", 2), Arr("|b1", 2), _B1, FLOAT,
         _out("<i8", 2), _out("<f8", 2),
+    )),
+    "fill_histograms": Kernel("na64_online.monitor._histogram_kernels", "fill_histograms", (
+        _B1, _B1, _B1, _B1, _B1, Arr("<u4"), Arr("<i4"), _F8, _F8, _F8, _F8, Arr("<f8", 2), Arr("<f8", 2), _I8,
+        INT, INT, Arr("<f8", 2), INT, *(_out("<i8"),) * 8,
+    )),
+    "trigger_counts": Kernel("na64_online.monitor._histogram_kernels", "trigger_counts", (
+        _I8, Arr("<i8", 2), _out("<i8"),
     )),
     # the event builder (daq/builder.py: the live service and its workers)
     "copy_events": Kernel("na64_online.daq._builder_kernels", "copy_events", (

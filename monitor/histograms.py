@@ -39,6 +39,8 @@ of another run arrives (``reason="new run"``) and on :meth:`RunHistograms.reset`
 
 from __future__ import annotations
 
+import copy
+import functools
 import time
 from typing import Any, ClassVar, Mapping
 
@@ -48,6 +50,7 @@ import numpy as np
 from pydantic import model_validator
 
 from ..config_section import ConfigSection, FieldProblem
+from ..decoders._aot import kernels as _k
 
 TRIGGERS = ("beam", "physics", "random", "calibration", "electron", "candidate")
 TRIGGER_INDEX = {name: i for i, name in enumerate(TRIGGERS)}
@@ -91,6 +94,20 @@ def _membership() -> np.ndarray:
 
 
 MEMBERSHIP = _membership()
+#: the histograms in the order of the fill kernel's count arguments
+_KERNEL_ORDER = ("e_ecal", "e_ps", "e_hcal", "e_total", "ecal_hcal", "srd", "veto", "time")
+
+
+def _flat(h: bh.Histogram, first: int) -> np.ndarray:
+    """The Int64 storage of ``h`` (flow bins included) as a flat view in its own order: column-major, the
+    first axis (``first`` classes or triggers) fastest — what the kernels write in place."""
+    view = np.asarray(h.view(flow=True))
+    if view.dtype != np.int64 or not view.flags.f_contiguous or view.shape[0] != first:
+        raise RuntimeError(f"histogram {h.name}: storage is not column-major int64 with {first} rows first")
+    counts = view.T.reshape(-1)  # C order of the transpose: a view
+    if not np.shares_memory(counts, view):
+        raise RuntimeError(f"histogram {h.name}: flat storage is not a view")
+    return counts
 
 
 def event_classes(decoded, physics) -> np.ndarray:
@@ -172,6 +189,19 @@ def _make_coded(cfg: HistogramConfig) -> dict[str, hist.Hist]:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _coded_template(cfg: HistogramConfig) -> dict[str, hist.Hist]:
+    """Empty class-coded histograms of a binning, never filled: copied for each new set (a copy takes
+    about a third of the time of building the histograms and their axes anew)."""
+    return _make_coded(cfg)
+
+
+@functools.lru_cache(maxsize=8)
+def _trigger_template(cfg: HistogramConfig) -> dict[str, hist.Hist]:
+    """Empty :func:`make_histograms` of a binning, never filled: copied for each set's ``hists``."""
+    return make_histograms(cfg)
+
+
 def _row_reduce(values: np.ndarray, op) -> np.ndarray:
     """Reduce an (n, k) array over its few columns (much faster than ``.sum(axis=1)`` for small k)."""
     if values.ndim == 1:
@@ -232,25 +262,25 @@ class HistogramSet:
 
     def __init__(self, config: HistogramConfig | None = None) -> None:
         self.config = config or HistogramConfig()
-        self._coded: dict[str, hist.Hist] = _make_coded(self.config)
+        self._coded: dict[str, hist.Hist] = {name: copy.copy(h) for name, h in _coded_template(self.config).items()}
         self._cache: dict[str, hist.Hist] | None = None
         self.events = 0  # data events (PHYSICS + CALIBRATION) filled
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_cache"] = None
+        state.pop("_flat_storages", None)  # views of this object's storages
         return state
 
     @property
     def hists(self) -> dict[str, hist.Hist]:
         if self._cache is None:
-            out = make_histograms(self.config)
+            out = {name: copy.copy(h) for name, h in _trigger_template(self.config).items()}
             for name, h in out.items():
-                coded = np.asarray(self._coded[name].view(flow=True))
-                # the storage is column-major (class axis fastest): flattened in that order, the view is not
-                # copied (a row-major reshape copied it: 40 % of this property's time)
-                summed = MEMBERSHIP @ coded.reshape(N_CLASSES, -1, order="F")
-                h.view(flow=True)[...] = summed.reshape((len(TRIGGERS),) + coded.shape[1:], order="F")
+                # both storages are column-major (class / trigger axis fastest): flat views in that order, summed
+                # per bin by a kernel in integers (numpy's int64 matmul has no BLAS: ~2 ms per set, a float64
+                # product would start OpenBLAS's threads)
+                _k.trigger_counts(_flat(self._coded[name], N_CLASSES), MEMBERSHIP, _flat(h, len(TRIGGERS)))
             self._cache = out
         return self._cache
 
@@ -302,7 +332,35 @@ class SpillHistograms(HistogramSet):
         self.spill: int | None = None
 
     def fill(self, decoded, physics) -> None:
-        """Add one decoded chunk (``DecodedEvents`` + its ``EventPhysics``); vectorised."""
+        """Add one decoded chunk (``DecodedEvents`` + its ``EventPhysics``): one kernel pass
+        (:func:`._histogram_kernels.fill_histograms`), the same counts as :meth:`fill_numpy`."""
+        data = np.ascontiguousarray(physics.is_data, dtype=np.bool_)
+        ndata = int(np.count_nonzero(data))
+        if not ndata:
+            return
+        self.events += ndata
+        if self.run is None:
+            first = int(np.flatnonzero(data)[0])
+            self.run, self.spill = int(decoded.run[first]), int(decoded.spill[first])
+        n = len(data)
+        columns = [np.ascontiguousarray(a, dtype=d) for a, d in (
+            (physics.beam_trigger, np.bool_), (physics.physics_trigger, np.bool_), (physics.electron, np.bool_),
+            (physics.candidate, np.bool_), (decoded.trigger_mask, np.uint32), (decoded.type, np.int32),
+            (physics.e_ecal, np.float64), (physics.e_ps, np.float64), (physics.e_hcal, np.float64),
+            (physics.e_wcal, np.float64))]
+        srd = np.ascontiguousarray(physics.srd, dtype=np.float64)
+        veto = np.ascontiguousarray(physics.veto, dtype=np.float64)
+        time_us = np.ascontiguousarray(decoded.trigger_time_us, dtype=np.int64)
+        if (any(c.shape != (n,) for c in columns) or time_us.shape != (n,) or srd.ndim != 2 or veto.ndim != 2
+                or srd.shape[0] != n or veto.shape[0] != n):
+            raise ValueError("decoded and physics columns must have one entry per row of the chunk")
+        _k.fill_histograms(data, *columns, srd, veto, time_us, _RANDOM_BIT, _CALIBRATION_TYPE, self._axes(),
+                           N_CLASSES, *self._storages())
+        self._cache = None
+
+    def fill_numpy(self, decoded, physics) -> None:
+        """:meth:`fill` with numpy and boost-histogram's own fills (one per histogram): the reference
+        the kernel is tested against."""
         data = np.asarray(physics.is_data, dtype=bool)
         ndata = int(np.count_nonzero(data))
         if not ndata:
@@ -343,6 +401,24 @@ class SpillHistograms(HistogramSet):
         self.run = self.spill = None
         self._cache = None
         return self
+
+    def _axes(self) -> np.ndarray:
+        """(bins, low, high) rows of the kernel's axes: e_ecal, e_ps, e_hcal, e_total, srd, veto, time, plane
+        E_ECAL, plane E_HCAL."""
+        axes = self.__dict__.get("_axes_table")
+        if axes is None:
+            c = self.config
+            axes = np.array([c.e_ecal, c.e_ps, c.e_hcal, c.e_total, c.srd, c.veto, c.time_us, c.plane, c.plane],
+                            dtype=np.float64)
+            self.__dict__["_axes_table"] = axes
+        return axes
+
+    def _storages(self) -> list[np.ndarray]:
+        """The fill kernel's count arrays: each histogram's storage, flat (:func:`_flat`), cached."""
+        flat = self.__dict__.get("_flat_storages")
+        if flat is None:
+            flat = self.__dict__["_flat_storages"] = [_flat(self._coded[name], N_CLASSES) for name in _KERNEL_ORDER]
+        return flat
 
     def merge(self, other: "SpillHistograms") -> None:
         """Add another part of the same spill (exact: integer counts)."""

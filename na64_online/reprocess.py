@@ -473,15 +473,39 @@ WORKER_DASK_CONFIG = {
 }
 
 
+def cluster_dask_config(settings: dict | None = None) -> dict:
+    """``settings`` (default :data:`WORKER_DASK_CONFIG`) less those the user's Dask configuration sets: in a
+    YAML file (``~/.config/dask``, ``/etc/dask``, ``DASK_CONFIG``) or a ``DASK_…`` variable, or, by
+    ``dask.config.set``, to other than Dask's default. The user's value wins, as with workers started by
+    ``dask worker``."""
+    import dask
+    import distributed  # noqa: F401 - registers distributed's defaults in dask.config.defaults
+
+    defaults: dict = {}
+    for layer in dask.config.defaults:
+        defaults = dask.config.merge(defaults, layer)
+    # the YAML files and DASK_ variables, without the packaged defaults
+    users = dask.config.collect(paths=dask.config.paths)
+    absent = object()
+
+    def users_own(key: str) -> bool:
+        return (dask.config.get(key, absent, config=users) is not absent
+                or dask.config.get(key, absent) != dask.config.get(key, absent, config=defaults))
+
+    return {key: value for key, value in (WORKER_DASK_CONFIG if settings is None else settings).items()
+            if not users_own(key)}
+
+
 def local_cluster(workers: int, security=None):
     """A ``LocalCluster`` of ``workers`` processes of one thread each (the decoder is compiled code
     that holds no lock: processes scale), bound to 127.0.0.1, without dashboard, with
-    :data:`WORKER_DASK_CONFIG`. Dask's default memory limit (the host's memory shared among the
+    :data:`WORKER_DASK_CONFIG` where the user's Dask configuration keeps Dask's defaults
+    (:func:`cluster_dask_config`). Dask's default memory limit (the host's memory shared among the
     workers) leaves a spill of ~400 MB, which is mapped, not copied, far from its thresholds."""
     import dask
     import distributed
 
-    with dask.config.set(WORKER_DASK_CONFIG):
+    with dask.config.set(cluster_dask_config()):
         return distributed.LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
             protocol="tls://" if security else "tcp://", security=security,

@@ -17,6 +17,7 @@ from na64_online.decoders._aot import KERNELS, kernels
 from na64_online.decoders.decode import SlotSums, decode_events, index_bytes
 from na64_online.decoders.reconstruct import DetectorGeometry, reconstruct, tally_chunk
 from na64_online.monitor.health import ChannelStats
+from na64_online.monitor.histograms import SpillHistograms
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def kernels_from(kind: str, calls: dict[str, int]):
 
 
 def chain(data: bytes, channel_map, with_samples: bool) -> dict[str, np.ndarray]:
-    """Index, decode (with per-slot sums), reconstruct and fill the channel statistics of ``data``."""
+    """Index, decode (with per-slot sums), reconstruct, fill the histograms and the channel statistics of ``data``."""
     words, index = index_bytes(data)
     out = {f"index.{name}": getattr(index, name) for name in
            ("offset", "size", "status", "type", "run", "spill", "event", "trigger_mask", "time", "super_event",
@@ -81,6 +82,10 @@ def chain(data: bytes, channel_map, with_samples: bool) -> dict[str, np.ndarray]
     out["tally_kev"], out["tally_hits"] = np.zeros(detectors, np.int64), np.zeros(detectors, np.int64)
     out["tally"] = np.array(list(vars(tally_chunk(decoded, physics, out["tally_kev"], out["tally_hits"])).values()),
                             dtype=object)
+    histograms = SpillHistograms()
+    histograms.fill(decoded, physics)  # the histogram fill kernel
+    out.update({f"histograms.{name}": np.asarray(h.view(flow=True)).copy() for name, h in histograms._coded.items()})
+    out.update({f"hists.{name}": np.asarray(h.view(flow=True)).copy() for name, h in histograms.hists.items()})
     refill = ChannelStats(channel_map)
     refill.fill(decoded, select=select)  # the health kernel itself (not the decoder's sums)
     out.update(slot_counts=stats.counts.copy(), slot_sums=stats.sums.copy(), refill_counts=refill.counts.copy(),

@@ -203,3 +203,86 @@ def test_trigger_histograms_sum_the_class_counts_of_each_selection(spill):
             want = coded[MEMBERSHIP[t].astype(bool)].sum(axis=0)
             assert np.array_equal(np.asarray(public.view(flow=True))[t], want), (name, TRIGGERS[t])
     assert np.asarray(h.hists["ecal_hcal"].view(flow=True)).sum() > 0
+
+
+# ---------------------------------------------------------------- the fill kernel against boost-histogram's fills
+from types import SimpleNamespace  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _assert_same_counts(a: SpillHistograms, b: SpillHistograms) -> None:
+    assert a.events == b.events and (a.run, a.spill) == (b.run, b.spill)
+    for name in a._coded:
+        assert np.array_equal(np.asarray(a._coded[name].view(flow=True)), np.asarray(b._coded[name].view(flow=True))), name
+
+
+def test_fill_kernel_counts_what_boost_histogram_counts(spill):
+    """The one-pass fill kernel and boost-histogram's own fills (``fill_numpy``) give the same storages, bin
+    for bin (flow bins included), chunk after chunk; the trigger view and JSON follow."""
+    decoded, physics = spill
+    kernel, reference = SpillHistograms(), SpillHistograms()
+    for rows in (slice(0, 1000), slice(1000, 3000)):
+        part_d, part_p = decoded.take(np.arange(3000)[rows]), physics.take(np.arange(3000)[rows])
+        kernel.fill(part_d, part_p)
+        reference.fill_numpy(part_d, part_p)
+        _assert_same_counts(kernel, reference)
+    assert kernel.to_json() == reference.to_json()
+    again = pickle.loads(pickle.dumps(kernel))  # the flat storage views are not pickled: a copy fills its own
+    again.fill(decoded, physics)
+    reference.fill_numpy(decoded, physics)
+    _assert_same_counts(again, reference)
+
+
+_EDGES = [0.0, -0.0, 0.5, 1.0, 1e-300, 0.05, 0.3, 50.0, 100.0, 150.0, 200.0, 6.0e6, 149.99999999999997]
+_VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(_EDGES),
+                    st.sampled_from([np.nextafter(e, np.inf) for e in _EDGES] + [np.nextafter(e, -np.inf) for e in _EDGES]),
+                    st.floats(-1.0, 250.0))
+_AXIS = st.tuples(st.integers(1, 400), st.sampled_from([0.0, -1.0, 0.1, 3.0]), st.sampled_from([0.05, 0.3, 7.0, 150.0, 1e7]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), n=st.integers(1, 40), srd_modules=st.integers(0, 3), veto_modules=st.integers(0, 3))
+def test_fill_kernel_bins_as_boost_histogram_does_at_edges_nan_and_infinity(data, n, srd_modules, veto_modules):
+    """Any values (bin edges and their neighbours, ±0, NaN, ±infinity, far outside) and any binning: the kernel
+    puts every event where boost-histogram does (underflow, bin, overflow), in the same event class."""
+    axes = {name: data.draw(_AXIS.filter(lambda a: a[2] > a[1]), label=name) for name in
+            ("e_ecal", "e_ps", "e_hcal", "e_total", "plane", "srd", "veto")}
+    config = HistogramConfig(**axes)
+    bools = lambda: np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)  # noqa: E731
+    floats = lambda *shape: np.array(data.draw(st.lists(_VALUES, min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))),  # noqa: E731
+                                     dtype=np.float64).reshape(shape)
+    is_data = bools()
+    is_data[0] = True
+    physics = SimpleNamespace(
+        is_data=is_data, beam_trigger=bools(), physics_trigger=bools(), electron=bools(), candidate=bools(),
+        e_ecal=floats(n), e_ps=floats(n), e_hcal=floats(n), e_wcal=floats(n), srd=floats(n, srd_modules),
+        veto=floats(n, veto_modules))
+    decoded = SimpleNamespace(
+        trigger_mask=np.array(data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n)), dtype=np.uint32),
+        type=np.array(data.draw(st.lists(st.sampled_from([7, 8, 6, 5]), min_size=n, max_size=n)), dtype=np.int32),
+        trigger_time_us=np.array(data.draw(st.lists(st.integers(-1, 7_000_000), min_size=n, max_size=n)), dtype=np.int64),
+        run=np.ones(n, dtype=np.int64), spill=np.full(n, 3, dtype=np.int64))
+    kernel, reference = SpillHistograms(config=config), SpillHistograms(config=config)
+    kernel.fill(decoded, physics)
+    reference.fill_numpy(decoded, physics)
+    _assert_same_counts(kernel, reference)
+
+
+def test_trigger_view_is_the_integer_product_of_membership_and_class_counts():
+    """The trigger view's kernel sums equal numpy's integer ``MEMBERSHIP @ counts`` per bin, the 2-d plane
+    included, for counts large enough that float64 could not hold their sums exactly."""
+    from na64_online.monitor.histograms import MEMBERSHIP, N_CLASSES
+
+    rng = np.random.default_rng(5)
+    h = SpillHistograms()
+    for name, coded in h._coded.items():
+        view = coded.view(flow=True)
+        view[...] = rng.integers(0, 1 << 40, view.shape) + ((1 << 57) if name == "ecal_hcal" else 0)
+    h.events = 1
+    h._cache = None
+    for name, public in h.hists.items():
+        coded = np.asarray(h._coded[name].view(flow=True))
+        want = (MEMBERSHIP @ coded.reshape(N_CLASSES, -1, order="F")).reshape((len(TRIGGERS),) + coded.shape[1:], order="F")
+        assert np.array_equal(np.asarray(public.view(flow=True)), want), name

@@ -177,6 +177,29 @@ def test_the_deployed_dask_worker_settings_are_those_of_reprocess_own_cluster():
     assert flat <= set(WORKER_DASK_CONFIG)
 
 
+def test_reprocess_own_cluster_settings_yield_to_the_users_dask_configuration():
+    """local_cluster applies WORKER_DASK_CONFIG only where the user's Dask configuration keeps Dask's default."""
+    import dask
+
+    from na64_online.reprocess import WORKER_DASK_CONFIG, cluster_dask_config
+
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ), mock.patch.object(dask.config, "paths", []):  # no YAML of this host's user
+        for name in [n for n in os.environ if n.startswith("DASK_") and n != "DASK_CONFIG"]:
+            del os.environ[name]
+        with dask.config.set({"distributed.admin.tick.interval": "20ms"}):  # Dask's default: reprocess's value
+            assert cluster_dask_config() == WORKER_DASK_CONFIG
+        with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
+            assert cluster_dask_config() == {k: v for k, v in WORKER_DASK_CONFIG.items()
+                                             if k != "distributed.admin.tick.interval"}
+        # the profiler asked for by a variable, even at Dask's default
+        os.environ["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "True"
+        assert cluster_dask_config() == {k: v for k, v in WORKER_DASK_CONFIG.items()
+                                         if k != "distributed.worker.profile.enabled"}
+
+
 def test_spill_tasks_are_spread_over_the_workers(raw_files, cluster):
     """One file's spills run on both workers, not where the file was indexed only (Dask runs a task where
     its inputs are); the workers run without Dask's MALLOC_TRIM_THRESHOLD_ and statistical profiler."""

@@ -93,6 +93,36 @@ def test_round_trip_merges_exactly_as_the_pickled_path(processor, parts):
     assert via_wire.issues == via_pickle.issues and via_wire.scalers == via_pickle.scalers
 
 
+def test_decode_buffers_kept_from_spill_to_spill_give_what_fresh_ones_give(processor, parts, channel_map):
+    """One thread's decode buffers serve spill after spill (the parts above: three lengths, decoded one after the
+    other into the same buffers): each result is what a processor that never decoded before gives, bit for bit
+    (as encoded for the wire); another thread and a pickled copy get buffers of their own."""
+    import threading
+
+    sim = ReadoutSimulator(SimulationConfig(run=5, spills=1, events_per_spill=600, seed=3, signal_fraction=0.02),
+                           channel_map)
+    words = np.frombuffer(bytearray(next(iter(sim.spills())).raw()), dtype=np.uint32)
+    from na64_online.decoders.decode import index_events
+
+    index = index_events(words)
+    cuts = [0, len(index) // 3, 2 * len(index) // 3, len(index)]
+    kept = processor.decode_buffers()
+    assert kept is processor.decode_buffers() and kept.rows >= cuts[1]
+    for part, (a, b) in zip(parts, zip(cuts, cuts[1:])):
+        fresh = make_processor(channel_map, Config().monitor, Config().histograms)
+        alone = fresh.accumulate(words, index.slice(a, b))
+        assert as_bytes(processor.encode_result(part))[1:-1] == as_bytes(fresh.encode_result(alone))[1:-1]  # header: timing
+        assert record(processor, part) == record(fresh, alone)
+    again = processor.accumulate(words, index)  # the whole spill after its parts, in the kept buffers
+    assert record(processor, again) == record(fresh, fresh.accumulate(words, index))
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(processor.decode_buffers()))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not kept
+    assert pickle.loads(pickle.dumps(processor)).decode_buffers() is not kept
+
+
 def test_read_result_merges_as_the_decoded_accumulator_without_copying(processor, parts):
     """What the service merges (read_result: views of the frames, no accumulator per result) adds up to
     exactly what decoded accumulators do."""
