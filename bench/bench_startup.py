@@ -8,9 +8,12 @@ Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock ru
 CPU time (user + system of the child; load changes it least): the interpreter alone (``python -c pass``),
 ``import numpy``, ``import numba`` and a script calling one cached numba kernel (numba's floor: what any command
 using a JIT kernel pays), ``na64-online replay small.dat`` with the ahead-of-time compiled kernels
-(``NA64_KERNELS=aot``: target < 0.5 s wall) and with the JIT ones (``NA64_KERNELS=jit``, cached);
+(``NA64_KERNELS=aot``: target < 0.5 s wall) from this checkout's wheel installed in a virtual environment of its
+own (built for the run: no editable-install finder at start-up, as users and tools/wheel-check run it;
+``--editable``: the checkout's editable install instead) and with the JIT ones (``NA64_KERNELS=jit``, cached);
 ``--baseline-rev REV``: also the replay of the package as of git REV, with its ahead-of-time kernels if it has
-them (``bench_ingest.baseline_tree``: built once into the baseline tree that the other benches share).
+them (``bench_ingest.baseline_tree``: built once into the baseline tree that the other benches share), from its
+wheel installed likewise (once, kept beside the tree).
 ``--demo``: ``na64-online demo --spills 1``, seconds from the process start to its first spill's record on
 stdout, with the compiled and with the JIT kernels, and with the baseline's package (its workers too),
 ``--demo-repeat`` times each, interleaved, median shown (target ≤ 10 s after ``tools/setup``, whose one-spill
@@ -68,6 +71,35 @@ def _one_cached_kernel() -> str:
     return path
 
 
+def installed_wheel(source: str, where: str, build_aot: str) -> str:
+    """The ``na64-online`` program of the wheel of the checkout ``source``, installed (not editable) into a
+    virtual environment of its own under ``where``, as a user installs it and as tools/wheel-check does: no
+    editable-install finder and ``.pth`` code at interpreter start, the package's bytecode compiled by pip at
+    install. Its dependencies are this environment's (a ``.pth`` line naming this environment's
+    site-packages: a directory added so has no ``.pth`` files run, so this checkout's editable install is not
+    seen). ``build_aot``: ``NA64_BUILD_AOT`` of the wheel's build (``require``: its compiled kernels)."""
+    import glob
+    import sysconfig
+
+    dist, venv = os.path.join(where, "dist"), os.path.join(where, "venv")
+    program = os.path.join(venv, "bin", "na64-online")
+    if os.path.exists(program):
+        return program
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist,
+                    source], check=True, cwd="/", env={**os.environ, "NA64_BUILD_AOT": build_aot},
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = os.path.join(venv, "bin", "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "_bench_dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    (wheel,) = glob.glob(os.path.join(dist, "na64_online-*.whl"))
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", wheel], check=True,
+                   cwd="/")
+    return program
+
+
 def demo_first_spill(spill_duration: float, kernels: str = "auto", pythonpath: str | None = None) -> float:
     """Seconds from starting ``na64-online demo --spills 1`` to its first record on stdout (``pythonpath``:
     the package of a baseline tree, its worker processes too; ``kernels``: ``NA64_KERNELS``)."""
@@ -94,6 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--spill-duration", type=float, default=4.8)
     p.add_argument("--demo-repeat", type=int, default=1, help="demo runs of each kind, interleaved (median shown)")
     p.add_argument("--baseline-rev", metavar="REV", help="also replay with the package as of git REV (interleaved)")
+    p.add_argument("--editable", action="store_true",
+                   help="replay with this checkout's editable install (and the baseline from its tree on PYTHONPATH) "
+                        "instead of each one's wheel installed in a virtual environment of its own")
     p.add_argument("--no-bytecode", action="store_true",
                    help="keep PYTHONDONTWRITEBYTECODE of this environment: every module compiled from source each run")
     args = p.parse_args(argv)
@@ -106,29 +141,47 @@ def main(argv=None) -> int:
         # numba's first call of any cached kernel sets up its compiler context (typing and lowering registries,
         # the runtime's functions): a floor every command using a kernel pays once
         "numba 1st kernel": [sys.executable, _one_cached_kernel()],
-        "replay": _with_kernels("aot", [CLI, "replay", args.file]),
-        "replay jit": _with_kernels("jit", [CLI, "replay", args.file]),
     }
-    if args.baseline_rev:
-        import tempfile
+    import shutil
+    import tempfile
 
+    own_wheel = None
+    if args.editable:
+        commands["replay"] = _with_kernels("aot", [CLI, "replay", args.file])
+    else:  # this checkout's wheel, built and installed for this run (its compiled kernels: an error without them)
+        own_wheel = tempfile.mkdtemp(prefix="bench-startup-wheel-")
+        print("building and installing this checkout's wheel ...", file=sys.stderr, flush=True)
+        commands["replay"] = _with_kernels("aot", [installed_wheel(ROOT, own_wheel, "require"), "replay", args.file])
+    commands["replay jit"] = _with_kernels("jit", [CLI, "replay", args.file])
+    if args.baseline_rev:
         from bench_ingest import baseline_env, baseline_tree
 
         # the same tree as the other benches' (its own compiled kernels built into it)
         where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
         baseline = baseline_env(baseline_tree(args.baseline_rev, where))
         path, kernels = baseline["PYTHONPATH"], baseline["NA64_KERNELS"]
-        commands[f"replay {args.baseline_rev}"] = ["env", f"PYTHONPATH={path}", f"NA64_KERNELS={kernels}",
-                                                   sys.executable, "-m", "na64_online.cli", "replay", args.file]
+        if args.editable:  # as its console script runs it (python -m would compile cli.py from source each run)
+            program = ["env", f"PYTHONPATH={path}", sys.executable, "-c",
+                       "import sys; from na64_online.cli import main; sys.exit(main())"]
+        else:  # its wheel, installed once and kept beside its tree
+            print(f"building and installing {args.baseline_rev}'s wheel (once) ...", file=sys.stderr, flush=True)
+            program = [installed_wheel(os.path.join(where, "tree"), os.path.join(where, "wheel"),
+                                       "require" if kernels == "aot" else "0")]
+        commands[f"replay {args.baseline_rev}"] = _with_kernels(kernels, [*program, "replay", args.file])
     for cmd in commands.values():
         if "replay" in cmd or cmd[-1].endswith(".py"):
             _run(cmd)  # numba's cache compiled (a baseline tree's first run) and in the page cache
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-    for _ in range(args.repeat):
-        for name, cmd in commands.items():
-            runs[name].append(_run(cmd))
+    try:
+        for _ in range(args.repeat):
+            for name, cmd in commands.items():
+                runs[name].append(_run(cmd))
+    finally:
+        if own_wheel is not None:
+            shutil.rmtree(own_wheel, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; best of {args.repeat}, interleaved; "
-          "replay: the ahead-of-time compiled kernels, replay jit: numba's (cached); Python bytecode "
+          f"replay: {'the editable install' if args.editable else 'the installed wheel'} with the ahead-of-time "
+          "compiled kernels, replay jit: the editable install with numba's (cached); Python bytecode "
           f"{'not cached (PYTHONDONTWRITEBYTECODE)' if 'PYTHONDONTWRITEBYTECODE' in CHILD_ENV else 'cached'}")
     print(f"{'command':>16} {'wall s':>8} {'CPU s':>7} {'med CPU':>7}  (best wall, best CPU, median CPU)")
     for name, values in runs.items():

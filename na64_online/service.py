@@ -225,11 +225,9 @@ def warm_up_monitor(config: Config, channel_map: ChannelMap) -> None:
 def source_labels(channel_map: ChannelMap) -> tuple[str, ...]:
     """srcID labels for ``na64_decode_errors_by_source_total``: the channel map's MSADC srcIDs, the scalers and
     the trigger time (bounded by the map, whatever srcIDs damaged data may claim)."""
-    import numpy as np
-
     from .decoders import layout
 
-    ids = {int(s) for s in np.unique(channel_map.src_id)} | {layout.SRC_SCALERS, layout.SRC_TRIGGER_TIME}
+    ids = set(channel_map.src_id.tolist()) | {layout.SRC_SCALERS, layout.SRC_TRIGGER_TIME}
     return tuple(str(i) for i in sorted(ids))
 
 

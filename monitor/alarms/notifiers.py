@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -387,6 +386,8 @@ class SoundNotifier:
             if self._process is not None and self._process.poll() is None:
                 self.skipped += 1
                 continue
+            import subprocess  # only with a sound command configured (replay without one never loads it)
+
             try:
                 self._process = subprocess.Popen(
                     [*self.command, str(alarm.get("name")), str(alarm.get("severity")), str(alarm.get("detail", ""))],
@@ -401,6 +402,8 @@ class SoundNotifier:
         with self._lock:
             process = self._process
         if process is not None:
+            import subprocess
+
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
