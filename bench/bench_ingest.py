@@ -114,11 +114,11 @@ def _publish(ldc: int, endpoint: str, kw: dict, ready, go, warm_spills: int = 0,
     cores — a readout node of the experiment is another machine."""
     pub = ReadoutPublisher(PublisherConfig(endpoint, ldc, **kw))
     measured = DATA[ldc][warm_spills:]
+    ready.put(pub.endpoint)  # the joins below overlap the service's start
     joined = _joined(measured, kw["batch_events"]) if kw.get("fast") else None
     # the warm spills go out as the measured ones do: a service that has run at this rate, its memory in
     # flight faulted in once (sent slower, they left the measured spills more in flight than ever before)
     warm = _joined(DATA[ldc][:warm_spills], kw["batch_events"]) if kw.get("fast") and warm_spills else None
-    ready.put(pub.endpoint)
     if not pub.wait_for_subscribers(1, 600):  # the service warms up first (minutes on a cold numba cache)
         raise SystemExit("no subscriber")
     go.wait(120)

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_startup.py                  # replay of tests/data/vectors/small.dat, 7 times
     .venv/bin/python bench/bench_startup.py --demo           # and the time to demo's first spill record
-    .venv/bin/python bench/bench_startup.py --repeat 7 --baseline-rev 7566c6b --demo --demo-repeat 3
+    .venv/bin/python bench/bench_startup.py --repeat 7 --baseline-rev b67446b --demo --demo-repeat 3
+    .venv/bin/python bench/bench_startup.py --repeat 3 --baseline-rev b67446b --instructions   # + callgrind counts
 
 Interleaved, each a fresh process, best (shortest) of ``--repeat`` wall-clock runs, and the best and the median
 CPU time (user + system of the child; load changes it least): the interpreter alone (``python -c pass``),
@@ -18,7 +19,8 @@ wheel installed likewise (once, kept beside the tree).
 stdout, with the compiled and with the JIT kernels, and with the baseline's package (its workers too),
 ``--demo-repeat`` times each, interleaved, median shown (target ≤ 10 s after ``tools/setup``, whose one-spill
 demo compiles every JIT kernel; a spill lasts ``--spill-duration``, 4.8 s by default, so the start-up has the
-rest).
+rest). ``--instructions``: the instructions of one run of ``import numpy`` and of each replay under valgrind's
+callgrind, and their ratio: what the load does not move.
 """
 
 from __future__ import annotations
@@ -100,6 +102,27 @@ def installed_wheel(source: str, where: str, build_aot: str) -> str:
     return program
 
 
+def instructions(cmd: list[str]) -> int:
+    """Instructions executed by one run of ``cmd`` (valgrind's callgrind; ``PYTHONHASHSEED=0``: the same
+    run each time, up to the environment): a figure the machine's load does not move."""
+    import re
+    import tempfile
+
+    env = {**CHILD_ENV, "PYTHONHASHSEED": "0"}
+    if cmd[0] == "env":  # its settings set here: valgrind counts the process it starts, not what that execs
+        cmd = cmd[1:]
+        while "=" in cmd[0]:
+            key, value = cmd.pop(0).split("=", 1)
+            env[key] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", *cmd],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/", env=env)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or not found:
+        raise SystemExit(f"valgrind {' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+    return int(found.group(1))
+
+
 def demo_first_spill(spill_duration: float, kernels: str = "auto", pythonpath: str | None = None) -> float:
     """Seconds from starting ``na64-online demo --spills 1`` to its first record on stdout (``pythonpath``:
     the package of a baseline tree, its worker processes too; ``kernels``: ``NA64_KERNELS``)."""
@@ -129,6 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--editable", action="store_true",
                    help="replay with this checkout's editable install (and the baseline from its tree on PYTHONPATH) "
                         "instead of each one's wheel installed in a virtual environment of its own")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count the instructions of one replay of each tree under valgrind (load-independent; "
+                        "about a minute each)")
     p.add_argument("--no-bytecode", action="store_true",
                    help="keep PYTHONDONTWRITEBYTECODE of this environment: every module compiled from source each run")
     args = p.parse_args(argv)
@@ -164,7 +190,8 @@ def main(argv=None) -> int:
             program = ["env", f"PYTHONPATH={path}", sys.executable, "-c",
                        "import sys; from na64_online.cli import main; sys.exit(main())"]
         else:  # its wheel, installed once and kept beside its tree
-            print(f"building and installing {args.baseline_rev}'s wheel (once) ...", file=sys.stderr, flush=True)
+            if not os.path.isdir(os.path.join(where, "wheel", "venv")):
+                print(f"building and installing {args.baseline_rev}'s wheel (once) ...", file=sys.stderr, flush=True)
             program = [installed_wheel(os.path.join(where, "tree"), os.path.join(where, "wheel"),
                                        "require" if kernels == "aot" else "0")]
         commands[f"replay {args.baseline_rev}"] = _with_kernels(kernels, [*program, "replay", args.file])
@@ -172,10 +199,14 @@ def main(argv=None) -> int:
         if "replay" in cmd or cmd[-1].endswith(".py"):
             _run(cmd)  # numba's cache compiled (a baseline tree's first run) and in the page cache
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    counted: dict[str, int] = {}
     try:
         for _ in range(args.repeat):
             for name, cmd in commands.items():
                 runs[name].append(_run(cmd))
+        if args.instructions:
+            for name in ("import numpy", "replay", *([f"replay {args.baseline_rev}"] if args.baseline_rev else [])):
+                counted[name] = instructions(commands[name])
     finally:
         if own_wheel is not None:
             shutil.rmtree(own_wheel, ignore_errors=True)
@@ -200,6 +231,12 @@ def main(argv=None) -> int:
               f"{min(c for _, c in runs['replay']) / min(c for _, c in base):.2f}x its best CPU time, "
               f"{statistics.median(c for _, c in runs['replay']) / statistics.median(c for _, c in base):.2f}x "
               "its median CPU time")
+    if counted:
+        print("instructions (callgrind, one run each): " + ", ".join(f"{name} {n / 1e9:.3f}e9"
+                                                                     for name, n in counted.items()))
+        if args.baseline_rev:
+            print(f"replay against {args.baseline_rev}: {counted['replay'] / counted[f'replay {args.baseline_rev}']:.3f}x "
+                  "its instructions")
     if args.demo:
         demos = {"aot": ("aot", None), "jit": ("jit", None)}
         if args.baseline_rev:

@@ -188,20 +188,19 @@ class SpillAccumulator:
 class TaskDecoder:
     """A decoder worker's per-task step — ``decoder(words)`` gives the result frames of
     ``processor.encode_result(processor.accumulate(words))`` — keeping from one task to the next what
-    replay keeps from one chunk to the next: the decode buffers (17 MB for 4096 events; fresh ones were
-    allocated and zeroed per task) and the histograms' storage (emptied in place, not made anew: the
-    frames of a result are copies of it, sparse bins and counts). A task of up to 1.5 chunks is decoded
-    as one chunk (5000 events, the ingest's default task, were 4096 + 904). One per worker thread."""
+    replay keeps from one chunk to the next: the decode buffers (the thread's,
+    :meth:`SpillProcessor.decode_buffers`) and the histograms' storage (emptied in place, not made anew:
+    the frames of a result are copies of it, sparse bins and counts). A task of up to 1.5 chunks is
+    decoded as one chunk (5000 events, the ingest's default task, were 4096 + 904). One per thread."""
 
     def __init__(self, processor: SpillProcessor) -> None:
         self.processor = processor
-        self.buffers = DecodeBuffers()
         self._done: SpillAccumulator | None = None  # the last task's, encoded and sent
 
     def __call__(self, words: np.ndarray) -> list:
         index = index_events(words)
         step = self.processor.config.chunk_events
-        acc = self.processor.accumulate(words, index, buffers=self.buffers, recycle=self._done,
+        acc = self.processor.accumulate(words, index, recycle=self._done,  # this thread's decode buffers
                                         chunk_events=len(index) if len(index) <= step * 3 // 2 else step)
         self._done = None
         frames = self.processor.encode_result(acc)
