@@ -21,7 +21,9 @@ HEAVY = ("fastapi", "starlette", "bokeh", "uproot", "awkward", "scipy.stats", "d
          "na64_online.monitor.model_served", "na64_online.monitor.snapshots", "pydantic_settings", "dotenv",
          # nor numpy's masked arrays (np.unique without return_* options imports them to ask whether the array is
          # masked: ≈ 10 % of numpy's import), nor subprocess (the alarm sound command's, none configured)
-         "numpy.ma", "subprocess")
+         "numpy.ma", "subprocess",
+         # nor the near-name suggestions of configuration and alarm-rule errors, nor the web commands' futures
+         "difflib", "concurrent.futures")
 
 
 def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(tmp_path):
