@@ -338,10 +338,7 @@ class SpillHistograms(HistogramSet):
         ndata = int(np.count_nonzero(data))
         if not ndata:
             return
-        self.events += ndata
-        if self.run is None:
-            first = int(np.flatnonzero(data)[0])
-            self.run, self.spill = int(decoded.run[first]), int(decoded.spill[first])
+        storages = self._storages()  # checked against the binning before anything is counted
         n = len(data)
         columns = [np.ascontiguousarray(a, dtype=d) for a, d in (
             (physics.beam_trigger, np.bool_), (physics.physics_trigger, np.bool_), (physics.electron, np.bool_),
@@ -354,8 +351,12 @@ class SpillHistograms(HistogramSet):
         if (any(c.shape != (n,) for c in columns) or time_us.shape != (n,) or srd.ndim != 2 or veto.ndim != 2
                 or srd.shape[0] != n or veto.shape[0] != n):
             raise ValueError("decoded and physics columns must have one entry per row of the chunk")
+        self.events += ndata
+        if self.run is None:
+            first = int(np.flatnonzero(data)[0])
+            self.run, self.spill = int(decoded.run[first]), int(decoded.spill[first])
         _k.fill_histograms(data, *columns, srd, veto, time_us, _RANDOM_BIT, _CALIBRATION_TYPE, self._axes(),
-                           N_CLASSES, *self._storages())
+                           N_CLASSES, *storages)
         self._cache = None
 
     def fill_numpy(self, decoded, physics) -> None:
@@ -417,7 +418,16 @@ class SpillHistograms(HistogramSet):
         """The fill kernel's count arrays: each histogram's storage, flat (:func:`_flat`), cached."""
         flat = self.__dict__.get("_flat_storages")
         if flat is None:
-            flat = self.__dict__["_flat_storages"] = [_flat(self._coded[name], N_CLASSES) for name in _KERNEL_ORDER]
+            flat = [_flat(self._coded[name], N_CLASSES) for name in _KERNEL_ORDER]
+            # the kernel indexes them with the configured axes: refuse storages of another binning
+            axes = self._axes()
+            bins = [int(b) + 2 for b in axes[:, 0]]
+            wanted = dict(zip(("e_ecal", "e_ps", "e_hcal", "e_total", "srd", "veto", "time"), bins))
+            wanted["ecal_hcal"] = bins[7] * bins[8]
+            for name, counts in zip(_KERNEL_ORDER, flat):
+                if len(counts) != N_CLASSES * wanted[name]:
+                    raise ValueError(f"histogram {name}: storage of {len(counts)} counts, not the configured binning's")
+            self.__dict__["_flat_storages"] = flat
         return flat
 
     def merge(self, other: "SpillHistograms") -> None:

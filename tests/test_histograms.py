@@ -242,6 +242,7 @@ _VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_f
 _AXIS = st.tuples(st.integers(1, 400), st.sampled_from([0.0, -1.0, 0.1, 3.0]), st.sampled_from([0.05, 0.3, 7.0, 150.0, 1e7]))
 
 
+@pytest.mark.fuzz
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), n=st.integers(1, 40), srd_modules=st.integers(0, 3), veto_modules=st.integers(0, 3))
 def test_fill_kernel_bins_as_boost_histogram_does_at_edges_nan_and_infinity(data, n, srd_modules, veto_modules):
@@ -286,3 +287,26 @@ def test_trigger_view_is_the_integer_product_of_membership_and_class_counts():
         coded = np.asarray(h._coded[name].view(flow=True))
         want = (MEMBERSHIP @ coded.reshape(N_CLASSES, -1, order="F")).reshape((len(TRIGGERS),) + coded.shape[1:], order="F")
         assert np.array_equal(np.asarray(public.view(flow=True)), want), name
+
+
+def test_a_cleared_set_fills_its_storage_again_as_a_new_one(spill):
+    """``cleared()`` (a worker reusing its set) empties the storages the fill kernel writes through its cached
+    views: refilled, it counts what a new set fills, bin for bin."""
+    decoded, physics = spill
+    reused = SpillHistograms()
+    reused.fill(decoded, physics)
+    reused.cleared().fill(decoded, physics)
+    reference = SpillHistograms()
+    reference.fill_numpy(decoded, physics)
+    _assert_same_counts(reused, reference)
+
+
+def test_fill_refuses_storages_of_another_binning(spill):
+    """The kernel indexes the storages with the configured axes: a set whose storage does not match them is
+    refused before any count is written."""
+    decoded, physics = spill
+    h = SpillHistograms()
+    h._coded["srd"] = SpillHistograms(config=HistogramConfig(srd=(10, 0.0, 0.3)))._coded["srd"]
+    with pytest.raises(ValueError, match="srd"):
+        h.fill(decoded, physics)
+    assert h.events == 0 and h.run is None
