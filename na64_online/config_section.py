@@ -13,7 +13,6 @@ value came from (``file:PATH``, ``env:NA64_SECTION__KEY``, ``argument``).
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple
@@ -125,6 +124,8 @@ def _reason(error: Mapping[str, Any], model: type[BaseModel] | None, key: tuple[
         for part in key[:-1]:
             owner = section_class(owner.model_fields[part].annotation) if owner is not None else None
         known = sorted(owner.model_fields) if owner is not None else []
+        import difflib  # only for a configuration error: not on every command's start-up
+
         near = difflib.get_close_matches(key[-1], known, n=3, cutoff=0.6)
         if near:
             return "unknown key; did you mean " + " or ".join(near) + "?"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import gc
 import logging
@@ -173,6 +172,8 @@ class ServiceCommands:
         self.timeout_s = timeout_s
 
     def __call__(self, fn: Callable[[], Any]) -> Any:
+        import concurrent.futures  # the web's commands (serve, demo) only
+
         from .web.state import CommandUnavailable
 
         future: concurrent.futures.Future = concurrent.futures.Future()

@@ -21,7 +21,9 @@ HEAVY = ("fastapi", "starlette", "bokeh", "uproot", "awkward", "scipy.stats", "d
          "na64_online.monitor.model_served", "na64_online.monitor.snapshots", "pydantic_settings", "dotenv",
          # nor numpy's masked arrays (np.unique without return_* options imports them to ask whether the array is
          # masked: ≈ 10 % of numpy's import), nor subprocess (the alarm sound command's, none configured)
-         "numpy.ma", "subprocess")
+         "numpy.ma", "subprocess",
+         # nor the near-name suggestions of configuration and alarm-rule errors, nor the web commands' futures
+         "difflib", "concurrent.futures")
 
 
 def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(tmp_path):
@@ -64,3 +66,30 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
                for r in (compiled, jit)]
     assert records[0] == records[1] and records[0]
 
+
+
+def test_a_command_named_first_gets_only_its_own_parser_with_the_same_help_and_errors(capsys):
+    """``build_parser(argv)`` builds only the command ``argv`` starts with (argparse's per-parser cost is ≈ 1 % of a
+    replay's start-up); its help and its argument errors are the full parser's, and ``--help``, ``--version`` or an
+    unknown command first still get every command."""
+    import pytest
+
+    from na64_online.cli import _COMMANDS, build_parser
+
+    def subparsers(parser):
+        return next(a for a in parser._actions if a.dest == "command").choices
+
+    full = subparsers(build_parser())
+    assert list(full) == list(_COMMANDS)
+    for name in _COMMANDS:
+        only = subparsers(build_parser([name, "--help"]))
+        assert list(only) == [name]
+        assert only[name].format_help() == full[name].format_help()
+    for argv in (["--help"], ["--version"], ["-h", "replay"], ["bogus"], []):
+        assert list(subparsers(build_parser(argv))) == list(_COMMANDS)
+    outputs = []
+    for parser in (build_parser(), build_parser(["replay", "--bogus", "x"])):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(["replay", "--bogus", "x"])
+        outputs.append((stop.value.code, capsys.readouterr().err))
+    assert outputs[0] == outputs[1] == (2, "na64-online: error: unrecognized arguments: --bogus (see --help)\n")

@@ -25,7 +25,6 @@ its quality and channel health); an absent value is ``None`` (the rule's
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -197,6 +196,8 @@ def unknown_quantity_message(name: str) -> str:
     if name in _OLD_NAMES:
         return (f"unknown quantity {name!r}: the path language (key[field=value], list indices) was replaced "
                 f"by named quantities; use {_OLD_NAMES[name]!r}")
+    import difflib  # only for a rule naming an unknown quantity: not on every command's start-up
+
     near = difflib.get_close_matches(name, QUANTITIES, n=5, cutoff=0.5)
     if not near:  # e.g. "hadron" for "hadron_fraction": names that contain it
         near = [q for q in QUANTITIES if name and name.lower() in q][:5]
