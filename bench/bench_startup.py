@@ -84,18 +84,20 @@ def installed_wheel(source: str, where: str, build_aot: str) -> str:
     import sysconfig
 
     dist, venv = os.path.join(where, "dist"), os.path.join(where, "venv")
-    program = os.path.join(venv, "bin", "na64-online")
-    if os.path.exists(program):
-        return program
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist,
-                    source], check=True, cwd="/", env={**os.environ, "NA64_BUILD_AOT": build_aot},
-                   stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    python = os.path.join(venv, "bin", "python")
+    program, python = os.path.join(venv, "bin", "na64-online"), os.path.join(venv, "bin", "python")
+    kept = os.path.exists(program)
+    if not kept:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+                        dist, source], check=True, cwd="/", env={**os.environ, "NA64_BUILD_AOT": build_aot},
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
+    # written on every run: a kept environment may have been made from another checkout's, since removed
     with open(os.path.join(site, "_bench_dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
+    if kept:
+        return program
     (wheel,) = glob.glob(os.path.join(dist, "na64_online-*.whl"))
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", wheel], check=True,
                    cwd="/")
