@@ -67,7 +67,6 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
     assert records[0] == records[1] and records[0]
 
 
-
 def test_a_command_named_first_gets_only_its_own_parser_with_the_same_help_and_errors(capsys):
     """``build_parser(argv)`` builds only the command ``argv`` starts with (argparse's per-parser cost is ≈ 1 % of a
     replay's start-up); its help and its argument errors are the full parser's, and ``--help``, ``--version`` or an
