@@ -488,20 +488,32 @@ def replay_baseline() -> float:
     return events / (time.perf_counter() - t0)
 
 
-def baseline_tree(rev: str, where: str) -> str:
+def short_commit(rev: str) -> str:
+    """The abbreviated commit git ``rev`` names now (a branch name moves; the commit does not)."""
+    import subprocess
+
+    return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short", rev],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def baseline_tree(rev: str) -> str:
     """A directory to put first on PYTHONPATH so that ``na64_online`` is the package as of git ``rev``, with its
     own ahead-of-time compiled kernels when ``rev`` has them (:func:`baseline_env` says which kernels it runs).
 
-    Made once under ``where`` and kept between runs (its numba cache too: a cold cache compiles for minutes): the
-    tree of ``rev`` (``git archive``) and beside it a package folder of links (the layers become sub-packages as
+    Made once, in ``bench-ingest-COMMIT`` under the temporary directory (named by :func:`short_commit`, shared by
+    every bench), and kept between runs (its numba cache too: a cold cache compiles for minutes): the tree of
+    ``rev`` (``git archive``) and beside it a package folder of links (the layers become sub-packages as
     setup.py maps them); a tree from before the simulator moved to ``sim/`` gets ``sim/simulator.py`` linked to
     ``daq/simulator.py``. A tree with ``decoders/_aot_build.py`` gets its kernels built into its package folder
     as tools/setup builds them (once; a build cut short is redone), so that the baseline runs its compiled
-    kernels as this tree does, not numba's."""
+    kernels as this tree does, not numba's. The directory returned is ``pkg`` beside ``tree``."""
     import shutil
     import subprocess
+    import tempfile
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rev = short_commit(rev)
+    where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{rev}")
     tree, package = os.path.join(where, "tree"), os.path.join(where, "pkg", "na64_online")
     if not os.path.isdir(package):
         shutil.rmtree(where, ignore_errors=True)  # a tree cut short
@@ -546,7 +558,6 @@ def compare(args, argv: list[str]) -> int:
     """The same runs with the package as of ``--baseline-rev`` and as it is, alternating, each in its own
     process; one table of the ratios."""
     import subprocess
-    import tempfile
 
     if not args.data:
         raise SystemExit("--baseline-rev needs --data FILE (both sides read the same spills)")
@@ -561,9 +572,8 @@ def compare(args, argv: list[str]) -> int:
         del own[i:i + 2]
     own = [a for a in own if not a.startswith("--data=")] + ["--data", args.data]
     rows = []
-    # kept between runs: its numba cache too (a cold cache compiles for minutes before the first spill)
-    where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
-    baseline = baseline_env(baseline_tree(args.baseline_rev, where))
+    baseline = baseline_env(baseline_tree(args.baseline_rev))
+    where = os.path.dirname(baseline["PYTHONPATH"])
     stages = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--stages-only", "--json"]
     for label, env in ((args.baseline_rev, baseline), ("this tree", {})):
         # the stage profile (in-process), which also compiles what the runs use

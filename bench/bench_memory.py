@@ -104,8 +104,7 @@ def main(argv=None) -> int:
     if args.baseline_rev:
         from bench_ingest import baseline_env, baseline_tree
 
-        where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")  # shared with bench_ingest
-        trees.insert(0, (args.baseline_rev, baseline_env(baseline_tree(args.baseline_rev, where))))
+        trees.insert(0, (args.baseline_rev, baseline_env(baseline_tree(args.baseline_rev))))
     if not args.files and not args.gb:
         p.error("give FILEs or --gb")
     rows = []

@@ -117,7 +117,7 @@ def compare(args, argv: list[str]) -> dict:
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_ingest import baseline_env, baseline_tree
+    from bench_ingest import baseline_env, baseline_tree, short_commit
 
     if not args.data:
         raise SystemExit("--baseline-rev needs --data DIR (both trees read the same files)")
@@ -130,11 +130,10 @@ def compare(args, argv: list[str]) -> dict:
                 rest.pop(0)
             continue
         own.append(arg)
-    # kept between runs (the tree is the revision's, whatever main becomes later: named by its commit)
-    commit = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short",
-                             args.baseline_rev], check=True, capture_output=True, text=True).stdout.strip()
-    where = os.path.join(tempfile.gettempdir(), f"bench-reprocess-{commit}")
-    trees = ((f"{args.baseline_rev} ({commit})", baseline_env(baseline_tree(commit, where))), ("this tree", {}))
+    commit = short_commit(args.baseline_rev)
+    baseline = baseline_env(baseline_tree(commit))
+    where = os.path.dirname(baseline["PYTHONPATH"])  # the rounds' files and working directory
+    trees = ((f"{args.baseline_rev} ({commit})", baseline), ("this tree", {}))
     rounds: dict[str, list[dict]] = {label: [] for label, _ in trees}
     load_before = os.getloadavg()
     for r in range(args.repeat):

@@ -185,9 +185,9 @@ def main(argv=None) -> int:
         from bench_ingest import baseline_env, baseline_tree
 
         # the same tree as the other benches' (its own compiled kernels built into it)
-        where = os.path.join(tempfile.gettempdir(), f"bench-ingest-{args.baseline_rev}")
-        baseline = baseline_env(baseline_tree(args.baseline_rev, where))
+        baseline = baseline_env(baseline_tree(args.baseline_rev))
         path, kernels = baseline["PYTHONPATH"], baseline["NA64_KERNELS"]
+        where = os.path.dirname(path)
         if args.editable:  # as its console script runs it (python -m would compile cli.py from source each run)
             program = ["env", f"PYTHONPATH={path}", sys.executable, "-c",
                        "import sys; from na64_online.cli import main; sys.exit(main())"]
