@@ -202,6 +202,11 @@ def _trigger_template(cfg: HistogramConfig) -> dict[str, hist.Hist]:
     return make_histograms(cfg)
 
 
+def _copies(template: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
+    """Copies of a template's histograms, each with a storage of its own."""
+    return {name: copy.copy(h) for name, h in template.items()}
+
+
 def _row_reduce(values: np.ndarray, op) -> np.ndarray:
     """Reduce an (n, k) array over its few columns (much faster than ``.sum(axis=1)`` for small k)."""
     if values.ndim == 1:
@@ -262,7 +267,7 @@ class HistogramSet:
 
     def __init__(self, config: HistogramConfig | None = None) -> None:
         self.config = config or HistogramConfig()
-        self._coded: dict[str, hist.Hist] = {name: copy.copy(h) for name, h in _coded_template(self.config).items()}
+        self._coded: dict[str, hist.Hist] = _copies(_coded_template(self.config))
         self._cache: dict[str, hist.Hist] | None = None
         self.events = 0  # data events (PHYSICS + CALIBRATION) filled
 
@@ -275,7 +280,7 @@ class HistogramSet:
     @property
     def hists(self) -> dict[str, hist.Hist]:
         if self._cache is None:
-            out = {name: copy.copy(h) for name, h in _trigger_template(self.config).items()}
+            out = _copies(_trigger_template(self.config))
             for name, h in out.items():
                 # both storages are column-major (class / trigger axis fastest): flat views in that order, summed
                 # per bin by a kernel in integers (numpy's int64 matmul has no BLAS: ~2 ms per set, a float64
@@ -481,7 +486,7 @@ class RunHistograms(HistogramSet):
 
     def reset(self, reason: str = "operator", run: int | None = None) -> None:
         """Empty everything (histograms, totals, trend); ``run`` given: the new run number."""
-        self._coded = _make_coded(self.config)
+        self._coded = _copies(_coded_template(self.config))
         self._cache = None
         self.events = 0
         if run is not None:
