@@ -59,6 +59,7 @@ EXTENSION_NAME = EXTENSION.rsplit(".", 1)[1]
 #: kernel module imports a package module missing here.
 KERNEL_SOURCES = (
     "na64_online.decoders._aot",
+    "na64_online.decoders._aot_build",  # how they are compiled (the wrappers let the GIL go)
     "na64_online.decoders._kernels",
     "na64_online.decoders._reconstruct",
     "na64_online.decoders.estimators",

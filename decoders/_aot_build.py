@@ -17,6 +17,7 @@ shipped by 0.68) and a C compiler.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -47,6 +48,26 @@ def numba_type(kind):
 def signature(kernel: _aot.Kernel) -> tuple:
     """The argument types of ``kernel`` as numba types (return type inferred)."""
     return tuple(numba_type(k) for k in kernel.args)
+
+
+@contextlib.contextmanager
+def _exports_release_the_gil():
+    """Compile pycc's exports as the JIT compiles a ``nogil=True`` kernel: the Python wrapper lets the GIL go
+    for the call (pycc's own flags keep it, so that two threads calling compiled kernels ran one at a time,
+    where their JIT twins ran side by side). Every kernel of :data:`._aot.KERNELS` is ``nogil=True``."""
+    from numba.pycc import compiler as pycc_compiler
+
+    class ReleaseGilFlags(pycc_compiler.Flags):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.release_gil = True
+
+    flags = pycc_compiler.Flags
+    pycc_compiler.Flags = ReleaseGilFlags
+    try:
+        yield
+    finally:
+        pycc_compiler.Flags = flags
 
 
 def build(output_dir: str | os.PathLike, verbose: bool = False) -> Path:
@@ -81,7 +102,7 @@ def build(output_dir: str | os.PathLike, verbose: bool = False) -> Path:
     exec("def aot_build_id():\n    return BUILD_ID\n", exec_globals)
     cc.export(_aot.BUILD_ID_FUNCTION, "int64()")(exec_globals["aot_build_id"])
     # pycc's C compiler step runs in a temporary directory; keep numba's own build folder out of the checkout
-    with tempfile.TemporaryDirectory(prefix="na64-aot-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="na64-aot-") as tmp, _exports_release_the_gil():
         cwd = os.getcwd()
         os.chdir(tmp)
         try:
