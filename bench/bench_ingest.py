@@ -240,6 +240,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                        max_queued_tasks=args.max_queued_tasks, spill_timeout_s=30.0, ldc_down_s=30.0,
                        task_timeout_s=120.0, max_memory_mb=int((held_mb + args.max_memory_mb) / 0.9))
     cmap = ChannelMap.default()
+    if getattr(args, "worker_threads", False):  # the N workers as threads of the service (ingest.worker_threads)
+        cfg = cfg.replace(workers=0, worker_threads=workers)
     if args.bare:  # the bare processor is not what a worker process builds from the set-up: worker threads
         cfg = cfg.replace(workers=0, worker_threads=workers)
         svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), cmap))
@@ -322,6 +324,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     out = {
         "mode": "paced" if paced else "sustained",
         "processing": "bare" if args.bare else "monitor",
+        "worker_kind": "threads" if getattr(args, "worker_threads", False) or args.bare else "processes",
         "workers": workers,
         "events_per_spill": n_events // max(1, len(RAW)),
         "warm_spills": warm_records,
@@ -632,6 +635,8 @@ def main(argv=None) -> int:
     p.add_argument("--stages", action="store_true", help="first, CPU per event of each stage, in-process")
     p.add_argument("--stages-only", action="store_true", help="only that")
     p.add_argument("--json", action="store_true", help="one JSON line per run")
+    p.add_argument("--worker-threads", action="store_true",
+                   help="the workers are threads of the service process (ingest.worker_threads), not processes")
     p.add_argument("--bare", action="store_true",
                    help="SpillProcessor alone (no histograms / channel statistics / quality)")
     p.add_argument("--baseline-rev", metavar="REV",

@@ -461,6 +461,7 @@ class WorkerPool:
         self._key_dir: str | None = None
         self._ipc_dir: str | None = None  # the local workers' ipc socket's directory (local_endpoint)
         self._ipc_endpoint: str | None = None
+        self._inproc_endpoint: str | None = None  # the worker threads' (thread_endpoint)
         self._local_keys: tuple[bytes, bytes] | None = None
         self._server_public: bytes | None = None
         if curve is not None:
@@ -540,6 +541,17 @@ class WorkerPool:
                 self._ipc_dir, self._ipc_endpoint = where, endpoint
         return self._ipc_endpoint or self.connect_endpoint
 
+    @property
+    def thread_endpoint(self) -> str:
+        """Where worker threads of this process connect: an ``inproc://`` endpoint of the same ROUTER socket (the
+        protocol, the checks and CurveZMQ are the same), bound on first use. A task's frames reach the thread by
+        reference: no byte is copied, where loopback TCP copied each twice and the I/O thread moved it."""
+        if self._inproc_endpoint is None:
+            endpoint = f"inproc://na64-workers-{os.getpid()}-{id(self):x}"
+            self.socket.bind(endpoint)
+            self._inproc_endpoint = endpoint
+        return self._inproc_endpoint
+
     def _local_curve(self) -> tuple[bytes, bytes, bytes] | None:
         if self._local_keys is None:
             return None
@@ -575,7 +587,7 @@ class WorkerPool:
         for i in range(n):
             ev = threading.Event()
             t = threading.Thread(
-                target=run_worker, args=(self.connect_endpoint, build or self.setup.build),
+                target=run_worker, args=(self.thread_endpoint, build or self.setup.build),
                 kwargs=dict(capacity=capacity, context=self.context, stop=ev, name=f"thread-{os.getpid()}-{i}",
                             curve=self._local_curve()),
                 name=f"na64-worker-{i}", daemon=True)

@@ -525,9 +525,11 @@ def _bad_tasks(chunk: BuiltChunk) -> list[tuple[str, list]]:
 def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channel_map, processor):
     """Protocol 5 sends a plan and the payloads as received: a worker checks the plan against its frames before
     touching memory; a plan or frame that does not fit is refused (``ERROR … refused task``), counted by the
-    service as a refused, failed task, and the same worker thread then decodes a good task like replay."""
+    service as a refused, failed task, and the same worker thread then decodes a good task like replay. (A worker
+    thread takes its tasks over ``inproc://``, by reference: the same checks apply.)"""
     pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result)
     pool.start_threads(1, capacity=1)
+    assert pool.thread_endpoint.startswith("inproc://") and pool.endpoint.startswith("tcp://127.0.0.1:")
     try:
         pump(pool, 60, until=lambda: pool.n_ready == 1)
         assert pool.n_ready == 1
