@@ -304,6 +304,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     service_threads = {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
                        if k != threading.main_thread().name and v - threads0.get(k, 0.0) >= 0.01}
     workers_cpu = sum((_cpu_seconds(pid) or 0.0) - (c0 or 0.0) for pid, c0 in workers_cpu0.items())
+    thread_workers = not worker_pids and "na64-worker-threads" in service_threads
+    if thread_workers:  # workers as threads of the service: theirs is the workers' CPU, not the service's
+        workers_cpu = threads1.get("na64-worker-threads", 0.0) - threads0.get("na64-worker-threads", 0.0)
+        service_cpu -= workers_cpu
     service_peak_growth_mb = (status_kb("self", "VmHWM") - rss_before_kb) / 1e3
     records = [r if isinstance(r, dict) else r.to_dict() for r in list(svc.records)[warm_records:]]
     latencies = list(svc.latencies)
@@ -347,10 +351,11 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         "latency_median_s": round(statistics.median(latencies), 3) if latencies else None,
         "service_loop_s": round(metrics["ingest"]["loop_seconds"], 2),
         "service_cpu_s": round(service_cpu, 2),
-        "workers_cpu_s": round(workers_cpu, 2) if worker_pids else None,
+        "workers_cpu_s": round(workers_cpu, 2) if worker_pids or thread_workers else None,
         "service_cpu_us_per_event": round(service_cpu / decoded * 1e6, 2) if decoded else None,
-        "worker_cpu_us_per_event": round(workers_cpu / decoded * 1e6, 2) if decoded and worker_pids else None,
-        "service_vs_worker_cpu": round(service_cpu / workers_cpu, 3) if worker_pids and workers_cpu > 0 else None,
+        "worker_cpu_us_per_event": (round(workers_cpu / decoded * 1e6, 2)
+                                    if decoded and (worker_pids or thread_workers) else None),
+        "service_vs_worker_cpu": round(service_cpu / workers_cpu, 3) if workers_cpu > 0 else None,
         "service_cpu_s_by_thread": service_threads,
         # the readout nodes' CPU (send) shares these cores in the bench: with service and workers, how busy
         # the host was (2 = both cores all the time)
@@ -600,7 +605,8 @@ def compare(args, argv: list[str]) -> int:
                 continue
             rows.append((label, w, live[0]))
             print(json.dumps({"tree": label, **live[0]}), flush=True)
-    print(f"\n{'tree':>12} workers  warm spills  service/worker CPU per event   service µs/event   worker µs/event   "
+    kind = "threads" if args.worker_threads else "processes"
+    print(f"\n{'tree':>12} workers ({kind})  warm spills  service/worker CPU per event   service µs/event   worker µs/event   "
           f"live/replay   dropped   lost msgs   I/O thread faults/event   publishers CPU s   cores busy")
     for label, w, r in rows:
         io_faults = r["service_page_faults_per_event_by_thread"].get("zmq-io")
