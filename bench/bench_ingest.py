@@ -606,8 +606,8 @@ def compare(args, argv: list[str]) -> int:
             rows.append((label, w, live[0]))
             print(json.dumps({"tree": label, **live[0]}), flush=True)
     kind = "threads" if args.worker_threads else "processes"
-    print(f"\n{'tree':>12} workers ({kind})  warm spills  service/worker CPU per event   service µs/event   worker µs/event   "
-          f"live/replay   dropped   lost msgs   I/O thread faults/event   publishers CPU s   cores busy")
+    print(f"\n{'tree':>12} workers ({kind})  warm spills  service/worker CPU per event   service µs/event   "
+          f"worker µs/event   live/replay   dropped   lost msgs   I/O thread faults/event   publishers CPU s   cores busy")
     for label, w, r in rows:
         io_faults = r["service_page_faults_per_event_by_thread"].get("zmq-io")
         print(f"{label:>12} {w:>7}  {r.get('warm_spills', 0)!s:>11}  {r['service_vs_worker_cpu']!s:>28}   "
