@@ -208,8 +208,9 @@ def add_slot_sums8(typingctx, stats, slot, a, b, x, threshold):
     in two 4-lane vector additions (``stats`` (slots, 8) float64, C-contiguous; the caller has checked that
     the slot exists). Each lane is the same IEEE multiplication and addition as the scalar ``s += v`` and
     ``s2 += v * v``, and ``c`` the same product as numba's ``x * h`` of a bool ``h`` (``h`` as 1.0 or 0.0):
-    the same results, bit for bit. (LLVM still makes the 1.0-or-0.0 factor a branch on the comparison, as
-    it does for numba's ``x * h``.)"""
+    the same results, bit for bit, for finite ``a`` and ``b`` (pedestals: they pass as ``a * 1.0``). The 1.0-or-0.0
+    factor comes from one vector compare: no branch (numba's ``x * h`` in the per-slot loop before was one,
+    on a comparison that is not predictable)."""
     if not (isinstance(stats, types.Array) and stats.ndim == 2 and stats.dtype == types.float64
             and stats.layout == "C"):
         return None
@@ -223,10 +224,18 @@ def add_slot_sums8(typingctx, stats, slot, a, b, x, threshold):
         if context.enable_boundscheck:
             cgutils.do_boundscheck(context, builder, ir.Constant(width.type, STAT_LANES - 1), width, 1)
         at = builder.gep(table.data, [builder.mul(slot_value, width)])
-        hit = builder.uitofp(builder.fcmp_ordered(">", x, limit), _F64)
         values = ir.Constant(_V4D, [0.0] * _V4D.count)
-        for lane, v in enumerate((a, b, builder.fmul(x, hit))):
+        for lane, v in enumerate((a, b, x)):
             values = builder.insert_element(values, v, ir.Constant(_I32, lane))
+        # (a > -inf, b > -inf, x > threshold, 0 > inf) as 1.0 / 0.0 by one vector compare (no branch), times the
+        # values: x's lane is numba's x * h; a and b (pedestals: finite) times 1.0 are themselves; the last lane 0
+        limits = ir.Constant(_V4D, [float("-inf"), float("-inf"), 0.0, float("inf")])
+        limits = builder.insert_element(limits, limit, ir.Constant(_I32, 2))
+        lanes64 = ir.VectorType(ir.IntType(64), _V4D.count)
+        ones = builder.bitcast(ir.Constant(_V4D, [1.0] * _V4D.count), lanes64)
+        factors = builder.bitcast(builder.and_(builder.sext(builder.fcmp_ordered(">", values, limits), lanes64), ones),
+                                  _V4D)  # 1.0 where the compare holds, +0.0 elsewhere: one vector AND
+        values = builder.fmul(values, factors)
         squares = builder.fmul(values, values)
         for part, v in enumerate((values, squares)):
             where = builder.bitcast(builder.gep(at, [ir.Constant(_I32, part * _V4D.count)]), _V4D.as_pointer())
