@@ -138,7 +138,7 @@ KERNELS: dict[str, Kernel] = {
         Tup("ChannelOutputs", (_out("<u2", 2), _out("<f8", 3), _out("|b1", 2), _out("<u2", 3), _out("<u2"))),
         Tup("EventOutputs", (_out("<i8"), _out("<i8", 2), _out("<u4"))),
         Tup("IssueLog", (_out(_ISSUE_RECORD), _out("<i8"), _out("<i4"))),
-        Tup("SlotSums", (_B1, FLOAT, _out("<i8", 2), _out("<f8", 2), _out("<f8", 2))),
+        Tup("SlotSums", (_B1, FLOAT, _out("<i8", 2), _out("<f8", 2))),
     )),
     "select_events": Kernel("na64_online.decoders._reconstruct", "select_events", (
         Arr("<f8", 2), _I8, _F8, Arr("<f8", 2), INT, _B1, Arr("<u4"), _I8, INT, _F8, _I8, _I8, Arr("<i8", 2), _F8,

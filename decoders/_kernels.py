@@ -40,8 +40,8 @@ from ..errors import FIRST_NOTICE, Issue
 
 # the argument tuples, in a module without numba (the wrappers build them for the JIT or the AOT kernels)
 from .kernel_args import (  # noqa: F401 - re-exported
-    ESTIMATES, SLOT_COUNTS, SLOT_SUMS, TABLE_LANE, ChannelOutputs, DecodeSetup, EstimatorParams, EventOutputs,
-    EventRows, IndexColumns, IssueLog, SlotSums,
+    ESTIMATES, SLOT_COUNTS, SLOT_SUMS, ChannelOutputs, DecodeSetup, EstimatorParams, EventOutputs, EventRows,
+    IndexColumns, IssueLog, SlotSums,
 )
 
 # numba freezes module globals: plain ints, derived once from the layout.
@@ -586,39 +586,6 @@ def _clear_slot(k, slot, estimates, saturated):
         estimates[e, k, slot] = 0.0
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _add_slot(i, j, pedestal_even, pedestal_odd, amplitude, saturated, threshold, counts, table):
-    """:func:`add_slot_sums` of the read-out slot j of row i, its sums into the interleaved ``table``
-    (:func:`._vector.add_slot_sums8`: the same additions, two vector instructions instead of six)."""
-    a = pedestal_even[i, j]
-    b = pedestal_odd[i, j]
-    x = amplitude[i, j]
-    counts[_PRESENT, j] += 1
-    counts[_HITS, j] += x > threshold
-    counts[_SATURATED, j] += saturated[i, j]
-    _vector.add_slot_sums8(table, j, a, b, x, threshold)
-
-
-@njit(cache=True, nogil=True, _nrt=False)
-def _add_row(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, threshold, counts, table):
-    """:func:`_add_slot` of every slot read out in row k, found 16 at a time by a vector compare. A function of
-    its own (not inlined into :func:`decode_events`): its loop then keeps its pointers in registers."""
-    nslots = nsamples.shape[1]
-    grouped = nslots - nslots % _SLOT_LANES
-    for at in range(0, grouped, _SLOT_LANES):
-        present = np.int64(_vector.present_slots16(nsamples, k, at))
-        while present != 0:
-            _add_slot(k, at + trailing_zeros(present), pedestal_even, pedestal_odd, amplitude, saturated, threshold,
-                      counts, table)
-            present &= present - 1
-    for slot in range(grouped, nslots):
-        if nsamples[k, slot] != 0:
-            _add_slot(k, slot, pedestal_even, pedestal_odd, amplitude, saturated, threshold, counts, table)
-
-
-_TABLE_LANE = np.array(TABLE_LANE, dtype=np.int64)  # the column of SlotSums.table of each sum of SLOT_SUMS
-
-
 @njit(cache=True, nogil=True, _nrt=False)
 def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
@@ -632,10 +599,8 @@ def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     of its outputs. Zero-suppressed rows are thus never zeroed whole (4.2 kB per event).
 
     Rows with ``slot_sums.select`` set are added to ``slot_sums`` (:data:`SlotSums`) as soon as they
-    are decoded, while they are in the cache: the same sums, in the same order per slot, as
-    :func:`add_slot_sums` over the finished outputs row by row, but over the read-out slots only
-    (found 16 at a time by a vector compare), the six float sums in ``slot_sums.table`` (two vector
-    additions per slot), copied in from ``slot_sums.sums`` first and back at the end.
+    are decoded, while they are in the cache (the same sums, in the same order, as
+    :func:`add_slot_sums` over the finished outputs row by row).
     """
     # the arrays the per-channel path writes, read out of their tuples once
     src_kind, lookup, gain = setup.src_kind, setup.lookup, setup.gain
@@ -643,19 +608,10 @@ def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     previous = channels.previous
     pedestal_even, pedestal_odd = estimates[_PEDESTAL_EVEN], estimates[_PEDESTAL_ODD]
     amplitude = estimates[_AMPLITUDE]
-    select, slot_counts, slot_totals, table = slot_sums.select, slot_sums.counts, slot_sums.sums, slot_sums.table
-    threshold = slot_sums.threshold
-    summing = select.shape[0] != 0
+    select, slot_counts, slot_totals = slot_sums.select, slot_sums.counts, slot_sums.sums
     ldc_mask = events.ldc_mask
     offsets, sizes, status = rows.offset, rows.size, rows.status
     nslots = nsamples.shape[1]
-    grouped = nslots - nslots % _SLOT_LANES
-    if summing:
-        for j in range(nslots):
-            for c in range(table.shape[1]):
-                table[j, c] = 0.0
-            for s in range(_TABLE_LANE.shape[0]):
-                table[j, _TABLE_LANE[s]] = slot_totals[s, j]
     for k in range(offsets.shape[0]):
         for slot in range(nslots):
             previous[slot] = nsamples[k, slot]
@@ -663,22 +619,18 @@ def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
         if status[k] == 0:
             _decode_row(words, offsets[k], sizes[k], k, src_kind, lookup, gain, params, nsamples, estimates,
                         saturated, samples, events, ldc_mask, log)
-        summed = summing and select[k]
         # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
-        for at in range(0, grouped, _SLOT_LANES):
-            stale = np.int64(_vector.stale_slots16(previous, nsamples, k, at))
+        for group in range(nslots // _SLOT_LANES):
+            stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
             while stale != 0:
-                _clear_slot(k, at + trailing_zeros(stale), estimates, saturated)
+                _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
                 stale &= stale - 1
-        for slot in range(grouped, nslots):
+        for slot in range(nslots - nslots % _SLOT_LANES, nslots):
             if previous[slot] != 0 and nsamples[k, slot] == 0:
                 _clear_slot(k, slot, estimates, saturated)
-        if summed:
-            _add_row(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, threshold, slot_counts, table)
-    if summing:
-        for j in range(nslots):
-            for s in range(_TABLE_LANE.shape[0]):
-                slot_totals[s, j] = table[j, _TABLE_LANE[s]]
+        if select.shape[0] and select[k]:
+            add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
+                          slot_counts, slot_totals)
 
 
 @njit(cache=True, nogil=True, _nrt=False)

@@ -21,7 +21,6 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from . import kernel_args
 from . import layout as L
 
 #: data words of the channels this code handles (32 samples), and 32-bit lanes per vector
@@ -166,80 +165,5 @@ def stale_slots16(typingctx, previous, nsamples, row, start):
         zero = _splat(lanes, 0)
         stale = builder.and_(builder.icmp_unsigned("!=", was, zero), builder.icmp_unsigned("==", is_now, zero))
         return builder.zext(builder.bitcast(stale, ir.IntType(SLOT_LANES)), _I32)
-
-    return sig, codegen
-
-
-@intrinsic
-def present_slots16(typingctx, nsamples, row, start):
-    """Bit j set iff slot ``start + j`` is read out in row ``row`` (``nsamples[row, start + j] != 0``), for the
-    16 slots from ``start`` (uint16 sample counts, C-contiguous; the caller has checked that they exist)."""
-    if not (isinstance(nsamples, types.Array) and nsamples.ndim == 2 and nsamples.dtype == types.uint16
-            and nsamples.layout == "C"):
-        return None
-    sig = types.uint32(nsamples, types.intp, types.intp)
-    lanes = ir.VectorType(_I16, SLOT_LANES)
-
-    def codegen(context, builder, signature, args):
-        now_array, row_value, start_value = args
-        now = context.make_array(signature.args[0])(context, builder, now_array)
-        width = builder.extract_value(now.shape, 1)
-        _check_bounds(context, builder, now, 0, row_value, 1)
-        _check_bounds(context, builder, now, 1, start_value, SLOT_LANES)
-        at_now = builder.gep(now.data, [builder.add(builder.mul(row_value, width), start_value)])
-        is_now = builder.load(builder.bitcast(at_now, lanes.as_pointer()), align=2, typ=lanes)
-        present = builder.icmp_unsigned("!=", is_now, _splat(lanes, 0))
-        return builder.zext(builder.bitcast(present, ir.IntType(SLOT_LANES)), _I32)
-
-    return sig, codegen
-
-
-#: float64 lanes of one slot's row in :func:`add_slot_sums8`'s interleaved statistics: the three values, a
-#: zero lane, their squares, a zero lane
-STAT_LANES = kernel_args.STAT_LANES
-_F64 = ir.DoubleType()
-_V4D = ir.VectorType(_F64, STAT_LANES // 2)
-
-
-@intrinsic
-def add_slot_sums8(typingctx, stats, slot, a, b, x, threshold):
-    """With ``c = x * (x > threshold)`` (the hit amplitude, 0 for no hit): ``stats[slot, 0:4] += (a, b, c, 0)``
-    and ``stats[slot, 4:8] += (a*a, b*b, c*c, 0)``, the six per-slot sums of three values and their squares
-    in two 4-lane vector additions (``stats`` (slots, 8) float64, C-contiguous; the caller has checked that
-    the slot exists). Each lane is the same IEEE multiplication and addition as the scalar ``s += v`` and
-    ``s2 += v * v``, and ``c`` the same product as numba's ``x * h`` of a bool ``h`` (``h`` as 1.0 or 0.0):
-    the same results, bit for bit, for finite ``a`` and ``b`` (pedestals: they pass as ``a * 1.0``). The 1.0-or-0.0
-    factor comes from one vector compare: no branch (numba's ``x * h`` in the per-slot loop before was one,
-    on a comparison that is not predictable)."""
-    if not (isinstance(stats, types.Array) and stats.ndim == 2 and stats.dtype == types.float64
-            and stats.layout == "C"):
-        return None
-    sig = types.void(stats, types.intp, types.float64, types.float64, types.float64, types.float64)
-
-    def codegen(context, builder, signature, args):
-        stats_array, slot_value, a, b, x, limit = args
-        table = context.make_array(signature.args[0])(context, builder, stats_array)
-        width = builder.extract_value(table.shape, 1)
-        _check_bounds(context, builder, table, 0, slot_value, 1)
-        if context.enable_boundscheck:
-            cgutils.do_boundscheck(context, builder, ir.Constant(width.type, STAT_LANES - 1), width, 1)
-        at = builder.gep(table.data, [builder.mul(slot_value, width)])
-        values = ir.Constant(_V4D, [0.0] * _V4D.count)
-        for lane, v in enumerate((a, b, x)):
-            values = builder.insert_element(values, v, ir.Constant(_I32, lane))
-        # (a > -inf, b > -inf, x > threshold, 0 > inf) as 1.0 / 0.0 by one vector compare (no branch), times the
-        # values: x's lane is numba's x * h; a and b (pedestals: finite) times 1.0 are themselves; the last lane 0
-        limits = ir.Constant(_V4D, [float("-inf"), float("-inf"), 0.0, float("inf")])
-        limits = builder.insert_element(limits, limit, ir.Constant(_I32, 2))
-        lanes64 = ir.VectorType(ir.IntType(64), _V4D.count)
-        ones = builder.bitcast(ir.Constant(_V4D, [1.0] * _V4D.count), lanes64)
-        factors = builder.bitcast(builder.and_(builder.sext(builder.fcmp_ordered(">", values, limits), lanes64), ones),
-                                  _V4D)  # 1.0 where the compare holds, +0.0 elsewhere: one vector AND
-        values = builder.fmul(values, factors)
-        squares = builder.fmul(values, values)
-        for part, v in enumerate((values, squares)):
-            where = builder.bitcast(builder.gep(at, [ir.Constant(_I32, part * _V4D.count)]), _V4D.as_pointer())
-            builder.store(builder.fadd(builder.load(where, align=8, typ=_V4D), v), where, align=8)
-        return context.get_dummy_value()
 
     return sig, codegen

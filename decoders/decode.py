@@ -415,8 +415,7 @@ class SlotSums:
                     or not array.flags.c_contiguous or not array.flags.writeable):
                 raise ValueError(f"slot_sums.{name} must be a writable C-contiguous {np.dtype(dtype)} array of "
                                  f"shape {(width, slots)}")
-        return _args.SlotSums(select, float(self.threshold), self.counts, self.sums,
-                              np.empty((slots, _args.STAT_LANES)))
+        return _args.SlotSums(select, float(self.threshold), self.counts, self.sums)
 
 
 def decode_events(
@@ -455,7 +454,7 @@ def decode_events(
                                              bool(with_samples))
     if slot_sums is None:
         sums = _args.SlotSums(np.zeros(0, dtype=np.bool_), 0.0, np.zeros((len(_args.SLOT_COUNTS), nslots), np.int64),
-                              np.zeros((len(_args.SLOT_SUMS), nslots)), np.zeros((nslots, _args.STAT_LANES)))
+                              np.zeros((len(_args.SLOT_SUMS), nslots)))
     else:
         sums = slot_sums.checked(n, nslots)
     # channel outputs must arrive clean (zero estimates wherever nsamples is 0: see the kernel). With buffers

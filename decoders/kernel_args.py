@@ -30,11 +30,8 @@ EventOutputs = namedtuple("EventOutputs", "trigger_time scalers ldc_mask")
 #: issue records, the running count ``counters[0]``, decode errors per row
 IssueLog = namedtuple("IssueLog", "records counters event_errors")
 #: per-slot statistics summed over the rows with ``select`` set (empty ``select``: none), see
-#: :func:`._kernels.add_slot_sums`: ``counts`` (3, slots) int64, ``sums`` (6, slots) float64, hit ``threshold``;
-#: ``table`` (slots, STAT_LANES) float64 scratch: the sums interleaved per slot while the kernel adds to them
-SlotSums = namedtuple("SlotSums", "select threshold counts sums table")
-#: columns of SlotSums.table (``_vector.STAT_LANES``: a slot's three values, a zero, their squares, a zero)
-STAT_LANES = 8
+#: :func:`._kernels.add_slot_sums`: ``counts`` (3, slots) int64, ``sums`` (6, slots) float64, hit ``threshold``
+SlotSums = namedtuple("SlotSums", "select threshold counts sums")
 #: rows of SlotSums.counts and .sums
 SLOT_COUNTS = ("present", "hits", "saturated")
 SLOT_SUMS = ("pedestal_even", "pedestal_even_squared", "pedestal_odd", "pedestal_odd_squared", "hit_amplitude",
@@ -44,5 +41,3 @@ SLOT_SUMS = ("pedestal_even", "pedestal_even_squared", "pedestal_odd", "pedestal
 ISSUE_DTYPE = np.dtype(
     [("event", np.int32), ("src_id", np.int64), ("kind", np.int16), ("detail", np.int64), ("offset", np.int64)]
 )
-#: the column of SlotSums.table holding each sum of SLOT_SUMS: a value's sum in lane i, its square's in i + 4
-TABLE_LANE = tuple(i // 2 + (i % 2) * (STAT_LANES // 2) for i in range(len(SLOT_SUMS)))
