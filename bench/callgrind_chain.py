@@ -8,6 +8,9 @@ the difference of the two totals over the spill's events is one warm run per eve
 
 ``--stage process``: ``SpillProcessor.process`` (decode + reconstruction); ``chain``:
 ``SpillMonitor.handle(accumulate(...))`` (the whole chain).
+
+valgrind runs no AVX-512: on a machine that has it, the kernels built for the host die with SIGILL under
+valgrind; run the package from a build for an AVX2 CPU instead (docs/performance.md, Round 7).
 """
 
 from __future__ import annotations
