@@ -448,7 +448,7 @@ def _decode_msadc(words, a, b, k, src, event_number, lookup, gain, params, nsamp
     vector = estimators.vector_window(params.pedestal_samples)
     q = a
     while q < b:
-        h = words[q]
+        h = words[np.uint64(q)]  # unsigned: no negative-index check (q >= a >= 0)
         key = h >> _ADC_KEY_SHIFT
         size = (h >> _ADC_SIZE_SHIFT) & _ADC_SIZE_MASK
         if key == _ADC_KEY_PLACEHOLDER and size == 1:
@@ -471,7 +471,7 @@ def _decode_msadc(words, a, b, k, src, event_number, lookup, gain, params, nsamp
         base = (src * _PORTS + port) * _CH_PER_PORT + adc_id * _CH_PER_ADC
         r = q + 1
         while r < end:
-            ch = words[r]
+            ch = words[np.uint64(r)]  # unsigned, as above
             if (ch >> _CH_ID_SHIFT) != _CHANNEL_ID:
                 _log(log, k, src, _ISSUE_CH_ID, ch, r)
                 break

@@ -117,6 +117,9 @@ def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, 
     groups = starts.shape[0] - 1
     cells = main_columns.shape[0]
     rows = energy.shape[0]
+    adjacent = cells > 0  # main-ECAL columns side by side (the default map's): searched in the row itself
+    for c in range(cells):
+        adjacent &= main_columns[c] == main_columns[0] + c
     for i in range(rows):
         for g in range(groups):
             lo = starts[g]
@@ -134,7 +137,11 @@ def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, 
                 sums[i, g] = _pairwise(energy, i, columns, lo, n)
             else:
                 sums[i, g] = _pairwise_split(energy, i, columns, lo, n)
-        if cells:
+        if adjacent:
+            best = _first_largest_adjacent(energy[i], main_columns[0], cells)
+            hottest[i] = best
+            top[i] = energy[i, main_columns[best]]
+        elif cells:
             best = _first_largest(energy, i, main_columns, cells)
             hottest[i] = best
             top[i] = energy[i, main_columns[best]]
@@ -302,3 +309,42 @@ def tally_events(status, event_type, time, is_data, beam, electron, hadron_like,
     counts[8] = eob
     counts[9] = first
     counts[10] = last
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_largest_adjacent(row, a, cells):
+    """:func:`_first_largest` of ``row[a:a + cells]`` (cells >= 1): the same comparisons in the same order,
+    on adjacent values read with unsigned indices (no column lookups, no negative-index checks)."""
+    base = np.uint64(a)
+    m0 = row[base]
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    nan = m0 != m0
+    c = np.uint64(1)
+    n = np.uint64(cells)
+    while c + np.uint64(3) < n:
+        at = base + c
+        e0 = row[at]
+        e1 = row[at + np.uint64(1)]
+        e2 = row[at + np.uint64(2)]
+        e3 = row[at + np.uint64(3)]
+        nan |= (e0 != e0) | (e1 != e1) | (e2 != e2) | (e3 != e3)
+        m0 = e0 if e0 > m0 else m0
+        m1 = e1 if e1 > m1 else m1
+        m2 = e2 if e2 > m2 else m2
+        m3 = e3 if e3 > m3 else m3
+        c += np.uint64(4)
+    while c < n:
+        e0 = row[base + c]
+        nan |= e0 != e0
+        m0 = e0 if e0 > m0 else m0
+        c += np.uint64(1)
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m0 = m2 if m2 > m0 else m0
+    for c in range(n):
+        e = row[base + c]
+        if (e != e) if nan else (e == m0):
+            return np.int64(c)
+    return np.int64(0)

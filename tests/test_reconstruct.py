@@ -193,16 +193,19 @@ def test_hottest_cell_is_numpys_argmax_with_ties_signed_zeros_and_nans():
         rows = [rng.choice([0.0, -0.0, 1.0, 2.0, -1.0, np.nan], size=cells) for _ in range(400)]
         rows += [np.full(cells, -0.0), np.zeros(cells), np.full(cells, np.nan), rng.standard_normal(cells)]
         energy = np.array(rows)
-        main = rng.permutation(cells).astype(np.int64)
-        sums = np.empty((len(energy), 0))
-        hottest, top = np.zeros(len(energy), dtype=np.int64), np.zeros(len(energy))
-        _reconstruct.group_sums(energy, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64),
-                                np.zeros(0, dtype=bool), main, sums, hottest, top)
-        want = np.argmax(energy[:, main], axis=1)
-        assert np.array_equal(hottest, want), cells
-        got_top, want_top = top, energy[np.arange(len(energy)), main[want]]
-        assert np.array_equal(got_top, want_top, equal_nan=True)
-        assert np.array_equal(np.signbit(got_top), np.signbit(want_top))
+        energy = np.concatenate([rng.standard_normal((len(energy), 3)), energy, rng.standard_normal((len(energy), 2))],
+                                axis=1)
+        # scattered columns (column lookups), and side by side (the default map's: searched in the row itself)
+        for main in (rng.permutation(cells).astype(np.int64) + 3, np.arange(3, 3 + cells, dtype=np.int64)):
+            sums = np.empty((len(energy), 0))
+            hottest, top = np.zeros(len(energy), dtype=np.int64), np.zeros(len(energy))
+            _reconstruct.group_sums(energy, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64),
+                                    np.zeros(0, dtype=bool), main, sums, hottest, top)
+            want = np.argmax(energy[:, main], axis=1)
+            assert np.array_equal(hottest, want), cells
+            got_top, want_top = top, energy[np.arange(len(energy)), main[want]]
+            assert np.array_equal(got_top, want_top, equal_nan=True)
+            assert np.array_equal(np.signbit(got_top), np.signbit(want_top))
 
 
 @pytest.mark.parametrize("zero_suppression", [True, False], ids=["zs", "full"])
