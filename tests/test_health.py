@@ -247,6 +247,17 @@ def test_row_nanmedian_is_numpys_nanmedian():
         assert np.array_equal(got, want, equal_nan=True), columns
 
 
+def _numpy_slot_sums(nsamples, pe, po, amp, sat, select, threshold, counts, sums):
+    """The slow obvious reference: each selected row's read-out slots added in row order with numpy."""
+    for i in np.flatnonzero(select):
+        m = nsamples[i] != 0
+        a, b, x = pe[i, m], po[i, m], amp[i, m]
+        h = x > threshold
+        xh = x * h
+        counts[:, m] += np.array([np.ones_like(h), h, sat[i, m]], dtype=np.int64)
+        sums[:, m] += np.array([a, a * a, b, b * b, xh, xh * xh])
+
+
 @pytest.mark.parametrize("slots", [120, 13, 3])
 def test_per_slot_statistics_equal_a_row_by_row_numpy_sum(slots):
     """``add_slot_sums`` (what the decoder and ``ChannelStats.fill`` both run) equals adding each row's read-out
@@ -271,26 +282,9 @@ def test_per_slot_statistics_equal_a_row_by_row_numpy_sum(slots):
         counts, sums = np.zeros((3, slots), np.int64), np.zeros((6, slots))
         run(nsamples, pe, po, amp, sat, threshold, counts, sums)
         want_counts, want_sums = np.zeros((3, slots), np.int64), np.zeros((6, slots))
-        for i in range(rows):
-            m = nsamples[i] != 0
-            a, b, x = pe[i, m], po[i, m], amp[i, m]
-            h = x > threshold
-            xh = x * h
-            want_counts[:, m] += np.array([np.ones_like(h), h, sat[i, m]], dtype=np.int64)
-            want_sums[:, m] += np.array([a, a * a, b, b * b, xh, xh * xh])
+        _numpy_slot_sums(nsamples, pe, po, amp, sat, np.ones(rows, bool), threshold, want_counts, want_sums)
         assert np.array_equal(counts, want_counts)
         assert sums.tobytes() == want_sums.tobytes()
-
-
-def _numpy_slot_sums(nsamples, pe, po, amp, sat, select, threshold, counts, sums):
-    """The slow obvious reference: each selected row's read-out slots added in row order with numpy."""
-    for i in np.flatnonzero(select):
-        m = nsamples[i] != 0
-        a, b, x = pe[i, m], po[i, m], amp[i, m]
-        h = x > threshold
-        xh = x * h
-        counts[:, m] += np.array([np.ones_like(h), h, sat[i, m]], dtype=np.int64)
-        sums[:, m] += np.array([a, a * a, b, b * b, xh, xh * xh])
 
 
 @pytest.mark.parametrize("chunk", [1, 97, 4096])
