@@ -240,10 +240,10 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                        max_queued_tasks=args.max_queued_tasks, spill_timeout_s=30.0, ldc_down_s=30.0,
                        task_timeout_s=120.0, max_memory_mb=int((held_mb + args.max_memory_mb) / 0.9))
     cmap = ChannelMap.default()
-    if getattr(args, "worker_threads", False):  # the N workers as threads of the service (ingest.worker_threads)
+    thread_kind = args.bare or getattr(args, "worker_threads", False)
+    if thread_kind:  # the N workers as threads of the service (ingest.worker_threads)
         cfg = cfg.replace(workers=0, worker_threads=workers)
     if args.bare:  # the bare processor is not what a worker process builds from the set-up: worker threads
-        cfg = cfg.replace(workers=0, worker_threads=workers)
         svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), cmap))
     else:  # what ``serve`` runs: the spill monitor's processor (histograms, channel statistics) and handle()
         config = Config()
@@ -328,7 +328,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     out = {
         "mode": "paced" if paced else "sustained",
         "processing": "bare" if args.bare else "monitor",
-        "worker_kind": "threads" if getattr(args, "worker_threads", False) or args.bare else "processes",
+        "worker_kind": "threads" if thread_kind else "processes",
         "workers": workers,
         "events_per_spill": n_events // max(1, len(RAW)),
         "warm_spills": warm_records,
@@ -607,7 +607,8 @@ def compare(args, argv: list[str]) -> int:
             print(json.dumps({"tree": label, **live[0]}), flush=True)
     kind = "threads" if args.worker_threads else "processes"
     print(f"\n{'tree':>12} workers ({kind})  warm spills  service/worker CPU per event   service µs/event   "
-          f"worker µs/event   live/replay   dropped   lost msgs   I/O thread faults/event   publishers CPU s   cores busy")
+          f"worker µs/event   live/replay   dropped   lost msgs   I/O thread faults/event   publishers CPU s   "
+          f"cores busy")
     for label, w, r in rows:
         io_faults = r["service_page_faults_per_event_by_thread"].get("zmq-io")
         print(f"{label:>12} {w:>7}  {r.get('warm_spills', 0)!s:>11}  {r['service_vs_worker_cpu']!s:>28}   "

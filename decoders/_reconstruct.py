@@ -137,12 +137,11 @@ def group_sums(energy, columns, starts, scattered, main_columns, sums, hottest, 
                 sums[i, g] = _pairwise(energy, i, columns, lo, n)
             else:
                 sums[i, g] = _pairwise_split(energy, i, columns, lo, n)
-        if adjacent:
-            best = _first_largest_adjacent(energy[i], main_columns[0], cells)
-            hottest[i] = best
-            top[i] = energy[i, main_columns[best]]
-        elif cells:
-            best = _first_largest(energy, i, main_columns, cells)
+        if cells:
+            if adjacent:
+                best = _first_largest_adjacent(energy[i], main_columns[0], cells)
+            else:
+                best = _first_largest(energy, i, main_columns, cells)
             hottest[i] = best
             top[i] = energy[i, main_columns[best]]
 
