@@ -61,6 +61,7 @@ import numpy as np
 
 from ..decoders import layout as L
 from ..decoders._aot import kernels as _k
+from ..decoders.decode import PlannedRows
 
 from .envelope import EOB_KEY, NO_SPILL_KEY, SOB_KEY, PayloadScan, scan_payload
 
@@ -138,6 +139,37 @@ def validate_plan(subs: np.ndarray, groups: np.ndarray, payload_words: Sequence[
     return total
 
 
+def _built_layout(subs: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where a (valid) plan's super events and sub-events lie once gathered: each super event's word offset
+    and words, each sub-event's word offset."""
+    size = subs[:, 2]
+    ngroups = groups.shape[0] - 1
+    g_size = np.add.reduceat(size, groups[:-1]) + _HDR
+    g_pos = np.cumsum(g_size) - g_size
+    group = np.repeat(np.arange(ngroups), np.diff(groups))
+    within = np.cumsum(size) - size
+    dst_pos = g_pos[group] + _HDR + (within - within[groups[:-1]][group])
+    return g_pos, g_size, dst_pos
+
+
+def _by_payload(frame: np.ndarray, n_payloads: int):
+    """(payload, indices of its sub-events) for each payload that has any, in payload order."""
+    if n_payloads == 1:
+        yield 0, slice(None)
+        return
+    order = np.argsort(frame, kind="stable")
+    cuts = np.searchsorted(frame[order], np.arange(n_payloads + 1))
+    for f in range(n_payloads):
+        if cuts[f + 1] > cuts[f]:
+            yield f, order[cuts[f]:cuts[f + 1]]
+
+
+def _words_buffer(out: np.ndarray | None, total: int) -> np.ndarray:
+    if out is None or out.shape[0] < total or out.dtype != L.WORD or not out.flags.c_contiguous:
+        out = np.empty(total + total // 8, L.WORD)  # room for a somewhat larger next chunk
+    return out[:total]
+
+
 def gather(payloads: Sequence[np.ndarray], subs: np.ndarray, groups: np.ndarray, gdc: int,
            out: np.ndarray | None = None) -> np.ndarray:
     """The built super events a plan describes (raw-file layout), as words.
@@ -145,30 +177,39 @@ def gather(payloads: Sequence[np.ndarray], subs: np.ndarray, groups: np.ndarray,
     The plan is validated first (:func:`validate_plan`); each sub-event is copied once, from its payload to
     its place, and each super event's 17-word header written in front of its sub-events from the first one's
     (:func:`write_super_headers`). ``out``: a buffer to write into if large enough (a view of it is returned)."""
-    total = validate_plan(subs, groups, [p.shape[0] for p in payloads])
-    if out is None or out.shape[0] < total or out.dtype != L.WORD or not out.flags.c_contiguous:
-        out = np.empty(total + total // 8, L.WORD)  # room for a somewhat larger next chunk
-    dst = out[:total]
-    size = subs[:, 2]
-    ngroups = groups.shape[0] - 1
-    counts = np.diff(groups)
-    g_size = np.add.reduceat(size, groups[:-1]) + _HDR
-    g_pos = np.cumsum(g_size) - g_size
-    group = np.repeat(np.arange(ngroups), counts)
-    within = np.cumsum(size) - size
-    dst_pos = g_pos[group] + _HDR + (within - within[groups[:-1]][group])
-    frame = subs[:, 0]
-    if len(payloads) == 1:
-        copy_events(dst, dst_pos, payloads[0], subs[:, 1], size)
-    else:
-        order = np.argsort(frame, kind="stable")
-        cuts = np.searchsorted(frame[order], np.arange(len(payloads) + 1))
-        for f, payload in enumerate(payloads):
-            sel = order[cuts[f]:cuts[f + 1]]
-            if sel.shape[0]:
-                copy_events(dst, dst_pos[sel], payload, subs[sel, 1], size[sel])
+    dst = _words_buffer(out, validate_plan(subs, groups, [p.shape[0] for p in payloads]))
+    g_pos, g_size, dst_pos = _built_layout(subs, groups)
+    for f, sel in _by_payload(subs[:, 0], len(payloads)):
+        copy_events(dst, dst_pos[sel], payloads[f], subs[sel, 1], subs[sel, 2])
     write_super_headers(dst, g_pos, g_size, gdc)
     return dst
+
+
+def plan_headers(payloads: Sequence[np.ndarray], subs: np.ndarray, groups: np.ndarray, gdc: int,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, PlannedRows | None]:
+    """A plan's super events for decoding where their sub-events lie, without gathering them: words as
+    :func:`gather` gives them but holding only each super event's header (and its first sub-event's), the
+    rest of the buffer as it was; and the :class:`~na64_online.decoders.decode.PlannedRows` to decode the
+    sub-events from their payloads with. ``None`` for the rows when a sub-event's header lacks the DATE
+    magic or gives another size than the plan: such a plan is decoded gathered, as its damage demands.
+    The plan is validated first (:func:`validate_plan`)."""
+    dst = _words_buffer(out, validate_plan(subs, groups, [p.shape[0] for p in payloads]))
+    g_pos, g_size, dst_pos = _built_layout(subs, groups)
+    frame, offset, size = subs[:, 0], subs[:, 1], subs[:, 2]
+    heads = groups[:-1]
+    regular = True
+    for f, sel in _by_payload(frame, len(payloads)):
+        payload, at = payloads[f], offset[sel]
+        regular = regular and bool(np.all(payload[at + L.H_MAGIC] == L.DATE_MAGIC)
+                                   and np.all(payload[at + L.H_SIZE] == size[sel] * L.WORD_BYTES))
+    for f, sel in _by_payload(frame[heads], len(payloads)):
+        first = heads[sel]
+        copy_events(dst, dst_pos[first], payloads[f], offset[first], np.full(first.shape[0], _HDR, np.int64))
+    write_super_headers(dst, g_pos, g_size, gdc)
+    if not regular:
+        return dst, None
+    return dst, PlannedRows(tuple(payloads), np.ascontiguousarray(subs, dtype=np.int64),
+                            np.ascontiguousarray(groups, dtype=np.int64), dst_pos, g_pos, g_size)
 
 
 @dataclass(frozen=True, eq=False)

@@ -73,7 +73,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..decoders import layout as L
 from ..errors import ConfigError
-from .builder import BuiltChunk, HeldPayloads, PlanError, gather
+from ..decoders.decode import PlannedRows
+from .builder import BuiltChunk, HeldPayloads, PlanError, gather, plan_headers
 from .endpoints import is_loopback  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,9 @@ REFUSED_TASK = b"refused task: "
 _MAX_U32 = (1 << 32) - 1
 
 
-def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:
-    """The built events of a TASK message (``TASK, id, meta, sub-events, groups, payload…``), gathered into
-    ``out`` if large enough (a view of it), else a new buffer. Everything is checked before memory is touched:
-    frame count, meta, the plan's shapes and every sub-event inside its payload; :class:`PlanError` otherwise."""
+def _task_plan(frames: Sequence) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
+    """A TASK message's (``TASK, id, meta, sub-events, groups, payload…``) payloads, plan and gdc, the frames
+    checked (:class:`PlanError`); the plan itself is validated where it is used."""
     n = len(frames)
     if n < 6:
         raise PlanError(f"a task has TASK, id, meta, sub-events, groups and at least one payload; got {n} frames")
@@ -113,7 +113,35 @@ def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:
     subs = np.frombuffer(subs_buf, dtype="<i8").reshape(-1, 3)
     groups = np.frombuffer(groups_buf, dtype="<i8")
     payloads = [np.frombuffer(b[:len(b) - len(b) % 4], dtype=L.WORD) for b in bufs[3:]]
-    return gather(payloads, subs, groups, gdc, out=out)
+    return payloads, subs, groups, gdc
+
+
+def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:
+    """The built events of a TASK message (``TASK, id, meta, sub-events, groups, payload…``), gathered into
+    ``out`` if large enough (a view of it), else a new buffer. Everything is checked before memory is touched:
+    frame count, meta, the plan's shapes and every sub-event inside its payload; :class:`PlanError` otherwise."""
+    return gather(*_task_plan(frames), out=out)
+
+
+def plan_task(frames: Sequence, out: np.ndarray | None = None) -> tuple[np.ndarray, PlannedRows | None]:
+    """A TASK message's built events to decode where they were received (:func:`.builder.plan_headers`):
+    their super headers in ``out`` (if large enough; a view of it), and the planned rows, or ``None`` when
+    they must be gathered (:func:`gather_task`). Checked as :func:`gather_task` checks."""
+    return plan_headers(*_task_plan(frames), out=out)
+
+
+def decode_task(decoder: Callable, frames: Sequence, scratch: np.ndarray | None) -> tuple[list, np.ndarray]:
+    """A task's result frames and the buffer to use for the next: decoded where its sub-events were received
+    when the decoder takes planned rows (:class:`~na64_online.monitor.pipeline.TaskDecoder`), else (or when
+    the plan's headers are damaged) gathered first. :class:`PlanError` before anything is decoded."""
+    if getattr(decoder, "takes_planned_rows", False):
+        heads, planned = plan_task(frames, scratch)
+        scratch = heads.base if heads.base is not None else heads
+        result = decoder(heads, planned) if planned is not None else None
+        if result is not None:
+            return result, scratch
+    words = gather_task(frames, scratch)
+    return decoder(words), words.base if words.base is not None else words
 
 
 _AUTH_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -271,7 +299,7 @@ def run_worker(
     setup_failed = False
     done = refused = 0
     last_rx = 0.0
-    scratch = None  # the buffer tasks are gathered into (kept: its pages stay mapped)
+    scratch = None  # the buffer tasks' headers are written (or tasks gathered) into (kept: its pages stay mapped)
     try:
         sock.send_multipart([HELLO, PROTOCOL, setup_id])
         last_hello = time.monotonic()
@@ -295,8 +323,8 @@ def run_worker(
                 try:
                     processor = build([f.bytes for f in frames[2:]])
                     # words -> result frames; a processor's own per-task step keeps its buffers between tasks
-                    decode_task = (processor.task_decoder() if hasattr(processor, "task_decoder")
-                                   else lambda w, p=processor: p.encode_result(p.accumulate(w)))
+                    task_step = (processor.task_decoder() if hasattr(processor, "task_decoder")
+                                 else lambda w, p=processor: p.encode_result(p.accumulate(w)))
                     setup_id = new_id
                     if warm_up is not None:
                         _warm_up(warm_up, processor)
@@ -316,15 +344,12 @@ def run_worker(
                     sock.send_multipart([HELLO, PROTOCOL, setup_id])
                     continue
                 try:
-                    words = gather_task(frames, scratch)
+                    result, scratch = decode_task(task_step, frames, scratch)  # the next task's buffer
                 except PlanError as exc:  # refused before any memory was touched
                     refused += 1
                     log.warning("task refused (%d so far): %s", refused, exc)
                     sock.send_multipart([ERROR, task_id, REFUSED_TASK + str(exc).encode()[:4000]])
                     continue
-                scratch = words.base if words.base is not None else words  # the next task is gathered here
-                try:
-                    result = decode_task(words)
                 except Exception as exc:  # noqa: BLE001 - reported to the service
                     log.exception("task failed")
                     sock.send_multipart([ERROR, task_id, repr(exc).encode()[:4096]])
@@ -942,8 +967,9 @@ def worker_curve_keys(key_file: str, server_key_file: str) -> tuple[bytes, bytes
     return public, secret, server
 
 
-__all__ = ["PROTOCOL", "REFUSED_TASK", "gather_task", "CurveServer", "PoolStats", "Task", "TaskDone", "WorkerPool",
-           "WorkerSetup", "is_loopback", "load_key", "make_keys", "run_worker", "worker_curve_keys", "write_public_key"]
+__all__ = ["PROTOCOL", "REFUSED_TASK", "decode_task", "gather_task", "plan_task", "CurveServer", "PoolStats", "Task",
+           "TaskDone", "WorkerPool", "WorkerSetup", "is_loopback", "load_key", "make_keys", "run_worker",
+           "worker_curve_keys", "write_public_key"]
 
 if __name__ == "__main__":  # pragma: no cover - the worker program is `na64-online worker`
     sys.exit("run `na64-online worker --connect ENDPOINT` (python -m na64_online.cli worker)")

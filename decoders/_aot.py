@@ -61,6 +61,7 @@ KERNEL_SOURCES = (
     "na64_online.decoders._aot",
     "na64_online.decoders._aot_build",  # how they are compiled (the wrappers let the GIL go)
     "na64_online.decoders._kernels",
+    "na64_online.decoders._addresses",  # the view of a received buffer by its address
     "na64_online.decoders._reconstruct",
     "na64_online.decoders.estimators",
     "na64_online.decoders._vector",  # the estimators' vector code (numba intrinsics)
@@ -119,6 +120,17 @@ _WORDS = Arr("<u4")
 _BYTES = Arr("|u1")
 _I8, _F8, _B1 = Arr("<i8"), Arr("<f8"), Arr("|b1")
 
+_EVENT_ROWS = Tup("EventRows", (_I8, _I8, Arr("<i2")))
+#: the decode kernels' arguments after the rows (and the planned sub-events)
+_DECODE_SETUP_AND_OUTPUTS = (
+    Tup("DecodeSetup", (Arr("|i1"), Arr("<i4"), _F8)),
+    Tup("EstimatorParams", (INT, FLOAT, BOOL)),
+    Tup("ChannelOutputs", (_out("<u2", 2), _out("<f8", 3), _out("|b1", 2), _out("<u2", 3), _out("<u2"))),
+    Tup("EventOutputs", (_out("<i8"), _out("<i8", 2), _out("<u4"))),
+    Tup("IssueLog", (_out(_ISSUE_RECORD), _out("<i8"), _out("<i4"))),
+    Tup("SlotSums", (_B1, FLOAT, _out("<i8", 2), _out("<f8", 2))),
+)
+
 #: the kernels the wrappers call, one signature each (what the wrappers pass); tests/test_aot.py fails
 #: when a kernel the wrappers call (a numba dispatcher that no other kernel calls) is missing here
 KERNELS: dict[str, Kernel] = {
@@ -132,14 +144,11 @@ KERNELS: dict[str, Kernel] = {
                              _out("<i4"), _out("<u4"), _out("<i8"), _out("|b1"), _out("<i8"))),
     )),
     "decode_events": Kernel("na64_online.decoders._kernels", "decode_events", (
-        _WORDS,
-        Tup("EventRows", (_I8, _I8, Arr("<i2"))),
-        Tup("DecodeSetup", (Arr("|i1"), Arr("<i4"), _F8)),
-        Tup("EstimatorParams", (INT, FLOAT, BOOL)),
-        Tup("ChannelOutputs", (_out("<u2", 2), _out("<f8", 3), _out("|b1", 2), _out("<u2", 3), _out("<u2"))),
-        Tup("EventOutputs", (_out("<i8"), _out("<i8", 2), _out("<u4"))),
-        Tup("IssueLog", (_out(_ISSUE_RECORD), _out("<i8"), _out("<i4"))),
-        Tup("SlotSums", (_B1, FLOAT, _out("<i8", 2), _out("<f8", 2))),
+        _WORDS, _EVENT_ROWS, *_DECODE_SETUP_AND_OUTPUTS,
+    )),
+    "decode_planned_events": Kernel("na64_online.decoders._kernels", "decode_planned_events", (
+        _WORDS, _EVENT_ROWS, Tup("PlannedSubEvents", (_I8, _I8, Arr("<i8", 2), _I8, _I8)),
+        *_DECODE_SETUP_AND_OUTPUTS,
     )),
     "select_events": Kernel("na64_online.decoders._reconstruct", "select_events", (
         Arr("<f8", 2), _I8, _F8, Arr("<f8", 2), INT, _B1, Arr("<u4"), _I8, INT, _F8, _I8, _I8, Arr("<i8", 2), _F8,

@@ -32,6 +32,7 @@ from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from . import _vector, estimators
+from ._addresses import words_at
 from . import layout as L
 from .channelmap import SRC_MSADC as _SRC_MSADC
 from .channelmap import SRC_SCALERS as _SRC_SCALERS
@@ -41,7 +42,7 @@ from ..errors import FIRST_NOTICE, Issue
 # the argument tuples, in a module without numba (the wrappers build them for the JIT or the AOT kernels)
 from .kernel_args import (  # noqa: F401 - re-exported
     ESTIMATES, SLOT_COUNTS, SLOT_SUMS, ChannelOutputs, DecodeSetup, EstimatorParams, EventOutputs, EventRows,
-    IndexColumns, IssueLog, SlotSums,
+    IndexColumns, IssueLog, PlannedSubEvents, SlotSums,
 )
 
 # numba freezes module globals: plain ints, derived once from the layout.
@@ -586,6 +587,33 @@ def _clear_slot(k, slot, estimates, saturated):
         estimates[e, k, slot] = 0.0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _start_row(k, nsamples, previous):
+    """Row k is about to be decoded: remember which slots it held (``previous``), then clear its ``nsamples``."""
+    for slot in range(nsamples.shape[1]):
+        previous[slot] = nsamples[k, slot]
+        nsamples[k, slot] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _finish_row(k, nsamples, previous, estimates, saturated, select, slot_sums, slot_counts, slot_totals,
+                pedestal_even, pedestal_odd, amplitude):
+    """Row k is decoded: clear the slots read out before but not now, add the row to the per-slot sums."""
+    nslots = nsamples.shape[1]
+    # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
+    for group in range(nslots // _SLOT_LANES):
+        stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
+        while stale != 0:
+            _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
+            stale &= stale - 1
+    for slot in range(nslots - nslots % _SLOT_LANES, nslots):
+        if previous[slot] != 0 and nsamples[k, slot] == 0:
+            _clear_slot(k, slot, estimates, saturated)
+    if select.shape[0] and select[k]:
+        add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
+                      slot_counts, slot_totals)
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
@@ -611,26 +639,75 @@ def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     select, slot_counts, slot_totals = slot_sums.select, slot_sums.counts, slot_sums.sums
     ldc_mask = events.ldc_mask
     offsets, sizes, status = rows.offset, rows.size, rows.status
-    nslots = nsamples.shape[1]
     for k in range(offsets.shape[0]):
-        for slot in range(nslots):
-            previous[slot] = nsamples[k, slot]
-            nsamples[k, slot] = 0
+        _start_row(k, nsamples, previous)
         if status[k] == 0:
             _decode_row(words, offsets[k], sizes[k], k, src_kind, lookup, gain, params, nsamples, estimates,
                         saturated, samples, events, ldc_mask, log)
-        # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
-        for group in range(nslots // _SLOT_LANES):
-            stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
-            while stale != 0:
-                _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
-                stale &= stale - 1
-        for slot in range(nslots - nslots % _SLOT_LANES, nslots):
-            if previous[slot] != 0 and nsamples[k, slot] == 0:
-                _clear_slot(k, slot, estimates, saturated)
-        if select.shape[0] and select[k]:
-            add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
-                          slot_counts, slot_totals)
+        _finish_row(k, nsamples, previous, estimates, saturated, select, slot_sums, slot_counts, slot_totals,
+                    pedestal_even, pedestal_odd, amplitude)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def decode_planned_events(words, rows, planned, setup, params, channels, events, log, slot_sums):
+    """:func:`decode_events` of built super events whose sub-events were not gathered: ``words`` holds each
+    row's 17-word super header (what the event builder writes) and the sub-events are read where they
+    were received, as ``planned`` (:data:`PlannedSubEvents`) says. Every output, issue offsets included,
+    is what :func:`decode_events` gives for the gathered words, provided each planned sub-event's header
+    has the DATE magic and gives its planned size (the wrapper's caller checks; else it gathers)."""
+    src_kind, lookup, gain = setup.src_kind, setup.lookup, setup.gain
+    nsamples, estimates, saturated, samples = channels.nsamples, channels.estimates, channels.saturated, channels.samples
+    previous = channels.previous
+    pedestal_even, pedestal_odd = estimates[_PEDESTAL_EVEN], estimates[_PEDESTAL_ODD]
+    amplitude = estimates[_AMPLITUDE]
+    select, slot_counts, slot_totals = slot_sums.select, slot_sums.counts, slot_sums.sums
+    ldc_mask = events.ldc_mask
+    offsets, status = rows.offset, rows.status
+    for k in range(offsets.shape[0]):
+        _start_row(k, nsamples, previous)
+        if status[k] == 0:
+            _decode_planned_row(words, offsets[k], k, planned, src_kind, lookup, gain, params, nsamples, estimates,
+                                saturated, samples, events, ldc_mask, log)
+        _finish_row(k, nsamples, previous, estimates, saturated, select, slot_sums, slot_counts, slot_totals,
+                    pedestal_even, pedestal_odd, amplitude)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _decode_planned_row(words, p, k, planned, src_kind, lookup, gain, params, nsamples, estimates, saturated,
+                        samples, events, ldc_mask, log):
+    """Row k as :func:`_decode_row` decodes a super event, its header at word ``p`` of ``words``, its
+    sub-events (``planned.first[k]`` … ``first[k + 1]``) each in its payload: the same checks in the same
+    order, and issue offsets moved to where the gathered words would hold the sub-event."""
+    burst_event = words[p + _H_BURST_EVENT]
+    event_number = burst_event & _EVENT_MASK
+    burst = (burst_event >> _BURST_SHIFT) & _BURST_MASK
+    subs, records, counters = planned.subs, log.records, log.counters
+    for j in range(planned.first[k], planned.first[k + 1]):
+        payload = subs[j, 0]
+        q = subs[j, 1]
+        sub_end = q + subs[j, 2]
+        sub = words_at(planned.address[payload], planned.length[payload])
+        shift = planned.position[j] - q  # gathered word offset - word offset in the payload
+        issue, sub_words = _check_event(sub, q, sub_end)
+        if issue != 0:
+            _log(log, k, -1, issue, 0, q + shift)
+            if sub_words == 0 or issue == _ISSUE_TRUNCATED:
+                break
+            continue
+        if (
+            (sub[q + _H_TYPE] & _TYPE_MASK) != (words[p + _H_TYPE] & _TYPE_MASK)
+            or sub[q + _H_RUN] != words[p + _H_RUN]
+            or sub[q + _H_BURST_EVENT] != burst_event
+        ):
+            _log(log, k, -1, _ISSUE_SUB, sub[q + _H_LDC], q + shift)
+            continue
+        ldc_mask[k] |= np.uint32(1) << np.uint32(min(sub[q + _H_LDC], _LDC_MASK_TOP))
+        logged = counters[0]
+        _decode_equipments(sub, q + sub[q + _H_HEADER_SIZE] // _WORD_BYTES, q + sub_words, k, event_number,
+                           burst, src_kind, lookup, gain, params, nsamples, estimates, saturated, samples,
+                           events, log)
+        for i in range(logged, min(counters[0], records.shape[0])):
+            records[i].offset += shift * _WORD_BYTES
 
 
 @njit(cache=True, nogil=True, _nrt=False)

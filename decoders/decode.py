@@ -418,6 +418,69 @@ class SlotSums:
         return _args.SlotSums(select, float(self.threshold), self.counts, self.sums)
 
 
+@dataclass(frozen=True, eq=False)
+class PlannedRows:
+    """Built super events whose sub-events stay where they were received (:func:`decode_events` ``planned``).
+
+    ``payloads``: the received buffers (C-contiguous uint32 word arrays, kept alive by this object);
+    ``subs``: (n, 3) int64 — per sub-event, in building order, its payload, word offset and words;
+    ``first``: rows + 1 int64 — row k's sub-events are ``first[k]`` … ``first[k + 1]``; ``position``: (n,)
+    int64 — where each sub-event lies in the gathered words (issue offsets are given there); ``offset``,
+    ``size``: each row's super event in the gathered words. The words passed with it hold each row's
+    17-word super header at its offset: their index must give exactly these rows (:meth:`indexes`)."""
+
+    payloads: tuple
+    subs: np.ndarray
+    first: np.ndarray
+    position: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+
+    def rows(self, start: int, stop: int) -> "PlannedRows":
+        """Rows ``start`` … ``stop`` (as :meth:`EventIndex.slice`)."""
+        return PlannedRows(self.payloads, self.subs, self.first[start:stop + 1], self.position,
+                           self.offset[start:stop], self.size[start:stop])
+
+    def event_words(self, words: np.ndarray, row: int) -> np.ndarray:
+        """Row ``row``'s super event as gathered words (a copy): its header from ``words``, then its sub-events."""
+        head = words[self.offset[row]:self.offset[row] + layout.DATE_HEADER_WORDS]
+        subs = self.subs[self.first[row]:self.first[row + 1]]
+        return np.concatenate([head, *(self.payloads[f][o:o + n] for f, o, n in subs)])
+
+    def indexes(self, index: EventIndex) -> bool:
+        """Whether ``index`` has exactly these rows (where each starts, how long it is)."""
+        return (len(index) == len(self.offset) and not index.truncated
+                and np.array_equal(index.offset, self.offset) and np.array_equal(index.size, self.size))
+
+    def checked(self, rows: int, words: int) -> "_args.PlannedSubEvents":
+        """The kernel's tuple, after checking every array and every sub-event against its payload."""
+        for p in self.payloads:
+            if not (isinstance(p, np.ndarray) and p.dtype == layout.WORD and p.ndim == 1 and p.flags.c_contiguous):
+                raise ValueError("planned payloads must be C-contiguous uint32 word arrays")
+        subs, first, position = self.subs, self.first, self.position
+        for name, array, ndim in (("subs", subs, 2), ("first", first, 1), ("position", position, 1)):
+            if (not isinstance(array, np.ndarray) or array.dtype != np.int64 or array.ndim != ndim
+                    or not array.flags.c_contiguous):
+                raise ValueError(f"planned {name} must be a C-contiguous int64 array of {ndim} dimension(s)")
+        n = subs.shape[0]
+        if subs.shape[1:] != (3,) or position.shape != (n,) or first.shape != (rows + 1,):
+            raise ValueError(f"planned rows: subs {subs.shape}, first {first.shape}, position {position.shape} "
+                             f"do not fit {rows} rows")
+        if rows and (first[0] < 0 or first[-1] > n or np.any(first[1:] < first[:-1])):
+            raise ValueError("planned first sub-events must be non-decreasing within the sub-events")
+        if n:
+            length = np.array([p.shape[0] for p in self.payloads], dtype=np.int64)
+            payload, offset, size = subs[:, 0], subs[:, 1], subs[:, 2]
+            if payload.min() < 0 or payload.max() >= len(length):
+                raise ValueError("a planned sub-event names no payload")
+            if (offset.min() < 0 or size.min() < layout.DATE_HEADER_WORDS or np.any(offset > length[payload] - size)
+                    or position.min() < 0 or np.any(position > words - size)):
+                raise ValueError("a planned sub-event lies outside its payload or the gathered words")
+        address = np.array([p.ctypes.data for p in self.payloads], dtype=np.int64)
+        return _args.PlannedSubEvents(address, np.array([p.shape[0] for p in self.payloads], dtype=np.int64),
+                                      subs, first, position)
+
+
 def decode_events(
     words: np.ndarray,
     index: EventIndex,
@@ -428,8 +491,13 @@ def decode_events(
     max_samples: int = 32,
     buffers: "DecodeBuffers | None" = None,
     slot_sums: "SlotSums | None" = None,
+    planned: PlannedRows | None = None,
 ) -> DecodedEvents:
     """Decode the events of ``index`` (rows of ``index_events(words)``).
+
+    ``planned``: the rows are built super events of which ``words`` holds the headers only, the
+    sub-events being read from where :class:`PlannedRows` says (the same outputs as decoding the
+    gathered words, when every sub-event's header has the DATE magic and its planned size).
 
     ``buffers``: reuse these output arrays (see :class:`DecodeBuffers`); the result's arrays are then
     views into them, valid until the next call with the same buffers.
@@ -445,6 +513,11 @@ def decode_events(
         or np.any(accepted & (index.size < layout.DATE_HEADER_WORDS))
     ):
         raise ValueError("index does not belong to these words")
+    sources = None
+    if planned is not None:
+        if not planned.indexes(index):
+            raise ValueError("index does not give the planned rows")
+        sources = planned.checked(n, len(words))
     if with_samples and not 1 <= max_samples <= layout.MAX_SAMPLES:
         raise ValueError(f"max_samples must be within 1..{layout.MAX_SAMPLES}")
     rows = _args.EventRows(np.ascontiguousarray(index.offset, dtype=np.int64),
@@ -480,7 +553,10 @@ def decode_events(
         log = _args.IssueLog(take("issues", (capacity,), ISSUE_DTYPE), np.zeros(1, dtype=np.int64),
                              take("event_errors", (n,), np.int32, 0))
         before = (sums.counts.copy(), sums.sums.copy()) if len(sums.select) else None
-        _k.decode_events(words, rows, setup, estimator_params, channels, events, log, sums)
+        if sources is None:
+            _k.decode_events(words, rows, setup, estimator_params, channels, events, log, sums)
+        else:
+            _k.decode_planned_events(words, rows, sources, setup, estimator_params, channels, events, log, sums)
         total = int(log.counters[0])
         if total <= capacity:
             break

@@ -16,6 +16,10 @@ IndexColumns = namedtuple(
     "IndexColumns", "offset size status type run burst event trigger time super_event ldc")
 #: the accepted rows to decode: word offset, size in words and status of each
 EventRows = namedtuple("EventRows", "offset size status")
+#: where the sub-events of planned rows lie (:func:`._kernels.decode_planned_events`): each payload's address
+#: (``ctypes.data``) and words, ``(n, 3)`` sub-events (payload, word offset, words) in building order, row k's
+#: sub-events ``first[k]`` … ``first[k + 1]``, and each sub-event's word offset in the gathered words
+PlannedSubEvents = namedtuple("PlannedSubEvents", "address length subs first position")
 #: the channel map as the decoder needs it: srcID kinds, (srcID, port, channel) -> slot, gains
 DecodeSetup = namedtuple("DecodeSetup", "src_kind lookup gain")
 #: estimator settings (scalars only: passed down to every channel)

@@ -25,6 +25,7 @@ from ..decoders.decode import (
     DecodeBuffers,
     DecodedEvents,
     EventIndex,
+    PlannedRows,
     ReconstructionParams,
     decode_events,
     fragment_starts,
@@ -193,15 +194,24 @@ class TaskDecoder:
     the frames of a result are copies of it, sparse bins and counts). A task of up to 1.5 chunks is
     decoded as one chunk (5000 events, the ingest's default task, were 4096 + 904). One per thread."""
 
+    #: a task may come as planned rows (:func:`~na64_online.daq.workers.decode_task`)
+    takes_planned_rows: ClassVar[bool] = True
+
     def __init__(self, processor: SpillProcessor) -> None:
         self.processor = processor
         self._done: SpillAccumulator | None = None  # the last task's, encoded and sent
 
-    def __call__(self, words: np.ndarray) -> list:
+    def __call__(self, words: np.ndarray, planned: PlannedRows | None = None) -> list | None:
+        """The result frames of the built events ``words``; with ``planned``, of the super events whose
+        headers ``words`` holds and whose sub-events lie where ``planned`` says — or ``None`` if the
+        headers do not index as planned (damage: the caller gathers the events and calls again)."""
         index = index_events(words)
+        if planned is not None and not planned.indexes(index):
+            return None
         step = self.processor.config.chunk_events
         acc = self.processor.accumulate(words, index, recycle=self._done,  # this thread's decode buffers
-                                        chunk_events=len(index) if len(index) <= step * 3 // 2 else step)
+                                        chunk_events=len(index) if len(index) <= step * 3 // 2 else step,
+                                        planned=planned)
         self._done = None
         frames = self.processor.encode_result(acc)
         self._done = acc
@@ -308,12 +318,13 @@ class SpillProcessor:
 
     def accumulate(self, words: np.ndarray, index: EventIndex | None = None, *,
                    buffers: DecodeBuffers | None = None, recycle: SpillAccumulator | None = None,
-                   chunk_events: int | None = None) -> SpillAccumulator:
+                   chunk_events: int | None = None, planned: PlannedRows | None = None) -> SpillAccumulator:
         """Decode the events of one spill (all of ``words``, or the rows of ``index``).
 
         ``buffers``: decode outputs kept from an earlier call (not shared between threads), else new ones;
         ``recycle``: an accumulator done with (:meth:`new_accumulator`); ``chunk_events``: rows decoded at a
-        time, the configuration's by default."""
+        time, the configuration's by default; ``planned``: built super events whose sub-events lie where
+        they were received, ``words`` holding their headers only (:func:`decode_events`)."""
         started = time.perf_counter()
         if index is None:
             index = index_events(words)
@@ -339,17 +350,19 @@ class SpillProcessor:
                 # the rows ChannelStats.fill selects: accepted PHYSICS events
                 select = (chunk.status == 0) & (chunk.type == layout.PHYSICS_EVENT)
                 slot_sums = acc.extensions[by_decoder].slot_sums(select)
+            rows = planned.rows(position, stop) if planned is not None else None
             decoded = decode_events(words, chunk, self.channel_map, self.config.reconstruction, buffers=buffers,
-                                    slot_sums=slot_sums)
+                                    slot_sums=slot_sums, planned=rows)
             self._add_chunk(acc, merge_fragments(decoded, starts[position:stop]), words,
-                            summed_by_decoder=by_decoder if summed else None, buffers=buffers)
+                            summed_by_decoder=by_decoder if summed else None, buffers=buffers, planned=rows)
             position = stop
         acc.bytes_decoded += int(index.size[index.status == 0].sum()) * 4
         acc.decode_seconds += time.perf_counter() - started
         return acc
 
     def _add_chunk(self, acc: SpillAccumulator, decoded: DecodedEvents, words: np.ndarray | None = None,
-                   summed_by_decoder: str | None = None, buffers: DecodeBuffers | None = None) -> None:
+                   summed_by_decoder: str | None = None, buffers: DecodeBuffers | None = None,
+                   planned: PlannedRows | None = None) -> None:
         ix = decoded.index
         acc.skipped_bytes += int(ix.skipped.sum())
         if acc.run is None:
@@ -392,7 +405,8 @@ class SpillProcessor:
             if words is not None and len(acc.candidate_events) < acc.candidate_event_cap:
                 # a built event is one row; plain fragments of one trigger are consecutive rows (merged)
                 start = int(ix.offset[row])
-                acc.keep_candidate_event(int(ix.event[row]), words[start: start + int(ix.size[row])])
+                acc.keep_candidate_event(int(ix.event[row]), words[start: start + int(ix.size[row])]
+                                         if planned is None else planned.event_words(words, row))
         for name, ext in acc.extensions.items():
             if name == summed_by_decoder:
                 ext.fill(decoded, physics, summed=True)

@@ -177,6 +177,29 @@ def test_compiled_and_jit_event_builder_kernels_give_identical_outputs(seed):
     assert compiled.dtype == jit.dtype and np.array_equal(compiled, jit)
 
 
+def planned_decode(data: bytes, channel_map) -> dict[str, np.ndarray]:
+    """The super events of ``data`` as a worker decodes a task: where their sub-events lie (planned rows)."""
+    from na64_online.daq.builder import BuiltChunk, plan_headers
+    from na64_online.decoders.decode import index_events
+
+    chunk = BuiltChunk.from_words(1, 1, 0, np.frombuffer(data, np.uint32))
+    heads, planned = plan_headers(chunk.payloads, chunk.subs, chunk.groups, chunk.gdc)
+    assert planned is not None
+    decoded = decode_events(heads, index_events(heads), channel_map, planned=planned)
+    return {name: np.array(getattr(decoded, name)) for name in ("nsamples", "energy", "saturated", "scalers",
+                                                                 "ldc_mask", "errors", "issues")}
+
+
+@pytest.mark.parametrize("name", ["small.dat", "simulated-zero-suppressed", "simulated-full-readout"])
+def test_compiled_and_jit_planned_decodes_give_identical_outputs(name, channel_map):
+    data = INPUTS[name]()
+    with kernels_from("aot", {}):
+        compiled = planned_decode(data, channel_map)
+    with kernels_from("jit", {}):
+        jit = planned_decode(data, channel_map)
+    assert len(compiled["nsamples"]) and all(np.array_equal(compiled[k], jit[k]) for k in compiled)
+
+
 # ---------------------------------------------------------------- the list of kernels
 KERNEL_MODULES = sorted({k.module for k in KERNELS.values()})
 
@@ -359,11 +382,13 @@ def test_arguments_the_kernel_was_not_compiled_for_take_the_jit_kernel(monkeypat
 
 
 def test_the_comparison_reaches_every_compiled_kernel(channel_map):
-    """small.dat and one builder plan — inputs of the comparisons above — call every kernel of the list."""
+    """small.dat, one builder plan and small.dat decoded as planned rows — inputs of the comparisons above —
+    call every kernel of the list."""
     from na64_online.daq.builder import gather
 
     calls: dict[str, int] = {}
     with kernels_from("aot", calls):
         chain(INPUTS["small.dat"](), channel_map, False)
         gather(*_plan(0))
+        planned_decode(INPUTS["small.dat"](), channel_map)
     assert set(calls) == set(KERNELS)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from na64_online.daq.builder import (BuiltChunk, ClosedSpill, EventBuilder, PlanError, build_all, copy_events, gather,
-                                     split_super_events)
+                                     plan_headers, split_super_events)
 from na64_online.daq.envelope import EOB_KEY, scan_payload
 from na64_online.decoders import layout as L
 
@@ -484,7 +484,8 @@ def test_chunks_are_plans_over_the_received_payloads(simulated):
 @given(data=st.data(), n_payloads=st.integers(1, 3))
 def test_gather_refuses_any_plan_beyond_its_payloads(data, n_payloads):
     """Whatever plan a peer sends: either every sub-event lies inside its payload (and is gathered whole, in
-    order, behind its super event's header) or PlanError, before the output buffer is touched."""
+    order, behind its super event's header) or PlanError, before the output buffer is touched. The same for
+    :func:`plan_headers` (a task decoded where received), which writes the same headers."""
     payloads = [np.arange(k * 1000, k * 1000 + data.draw(st.integers(0, 60)), dtype=np.uint32)
                 for k in range(n_payloads)]
     n = data.draw(st.integers(0, 4))
@@ -492,12 +493,19 @@ def test_gather_refuses_any_plan_beyond_its_payloads(data, n_payloads):
                                                  st.integers(-1, 40)), min_size=n, max_size=n)),
                     np.int64).reshape(-1, 3)
     groups = np.array(data.draw(st.lists(st.integers(-1, 5), min_size=0, max_size=4)), np.int64)
-    out = np.full(400, 0xDEADBEEF, np.uint32)
+    out, heads = np.full(400, 0xDEADBEEF, np.uint32), np.full(400, 0xDEADBEEF, np.uint32)
     try:
         got = gather(payloads, subs, groups, 7, out=out)
     except PlanError:
         assert (out == 0xDEADBEEF).all()
+        with pytest.raises(PlanError):  # decoding where received refuses the same plans, as untouched
+            plan_headers(payloads, subs, groups, 7, out=heads)
+        assert (heads == 0xDEADBEEF).all()
         return
+    heads, planned = plan_headers(payloads, subs, groups, 7, out=heads)
+    assert planned is None  # these payloads hold no DATE headers: decoded gathered
+    for at in np.cumsum([0, *(17 + subs[groups[g]:groups[g + 1], 2].sum() for g in range(len(groups) - 2))]):
+        assert heads[at:at + 34].tolist() == got[at:at + 34].tolist()  # the super header, its first sub-event's
     pos = 0
     for g in range(groups.shape[0] - 1):
         pos += 17

@@ -455,3 +455,76 @@ def test_a_rejected_plain_event_counts_once_whatever_its_fragments(move, channel
     (record,) = fast_qa(data, channel_map)
     assert (record["duplicate_event"], record["header_mismatch"]) == ((1, 0) if move == "repeated" else (0, 1))
     assert record["rejected_events"] == (0 if move == "repeated" else 1)
+
+
+# ----------------------------------------------------------------- planned rows: decoded where received
+@pytest.fixture(scope="module")
+def two_node_events():
+    """Each readout node's events of a simulated spill (what their messages carry), signal events included."""
+    from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
+
+    spill = next(iter(ReadoutSimulator(SimulationConfig(run=3, spills=1, events_per_spill=60, seed=11,
+                                                        signal_fraction=0.1)).spills()))
+    return {ldc: spill.ldc_events(ldc) for ldc in (1, 2)}
+
+
+def _regular(payloads, subs) -> bool:
+    """Every planned sub-event's header has the DATE magic and gives its planned size."""
+    return all(payloads[f][o + layout.H_MAGIC] == layout.DATE_MAGIC
+               and payloads[f][o + layout.H_SIZE] == n * layout.WORD_BYTES for f, o, n in subs.tolist())
+
+
+@pytest.mark.fuzz
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_planned_rows_decode_as_their_gathered_events(data, two_node_events, channel_map):
+    """A worker decodes a task's super events where their sub-events were received, not gathered first: for
+    any batching of the nodes' events into messages and any damage to the received words after planning,
+    every output — channel estimates, scalers, LDC masks, per-slot sums, issues with their byte offsets,
+    a candidate's raw event — is what decoding the gathered events gives. A plan whose sub-event headers
+    lose the DATE magic or their planned size is declined (then gathered), and only such a plan."""
+    from na64_online.daq.builder import BuiltChunk, EventBuilder, gather, plan_headers
+    from na64_online.daq.envelope import scan_payload
+    from na64_online.decoders.decode import SlotSums
+
+    batch = data.draw(st.integers(1, 25), label="events per message")
+    builder = EventBuilder((1, 2), chunk_events=data.draw(st.integers(5, 80), label="chunk events"))
+    chunks = []
+    for i in range(0, max(len(e) for e in two_node_events.values()), batch):
+        for ldc, events in two_node_events.items():
+            if events[i:i + batch]:
+                chunks += [o for o in builder.add(ldc, scan_payload(b"".join(events[i:i + batch])), 0.0)
+                           if isinstance(o, BuiltChunk)]
+    chunks += [o for o in builder.flush(0.0) if isinstance(o, BuiltChunk)]
+    assert sum(c.n_events for c in chunks) == len(two_node_events[1])
+    for c in chunks:
+        payloads = [p.copy() for p in c.payloads]  # received, then damaged in memory
+        for _ in range(data.draw(st.integers(0, 3), label="damaged words")):
+            f = data.draw(st.integers(0, len(payloads) - 1))
+            if payloads[f].shape[0]:
+                at = data.draw(st.integers(0, payloads[f].shape[0] - 1))
+                payloads[f][at] = data.draw(st.integers(0, 2**32 - 1))
+        words = gather(payloads, c.subs, c.groups, c.gdc)
+        index = index_events(words)
+        heads, planned = plan_headers(payloads, c.subs, c.groups, c.gdc,
+                                      out=np.full(words.shape[0] + 50, 0xA5A5A5A5, np.uint32))
+        assert (planned is None) == (not _regular(payloads, c.subs))
+        two_headers = 2 * layout.DATE_HEADER_WORDS  # the super event's, its first sub-event's
+        for at in planned.offset if planned is not None else ():
+            assert np.array_equal(heads[at:at + two_headers], words[at:at + two_headers])
+        if planned is None:
+            continue
+        planned_index = index_events(heads)
+        assert planned.indexes(planned_index)  # magic and sizes right: the headers index as planned
+        select = np.random.default_rng(len(words)).random(len(index)) < 0.7
+        sums = [SlotSums(select, 5.0, np.zeros((3, len(channel_map)), np.int64), np.zeros((6, len(channel_map))))
+                for _ in range(2)]
+        want = decode_events(words, index, channel_map, slot_sums=sums[0])
+        got = decode_events(heads, planned_index, channel_map, slot_sums=sums[1], planned=planned)
+        for name in ("nsamples", "pedestal_even", "pedestal_odd", "amplitude", "energy", "saturated",
+                     "trigger_time_us", "scalers", "ldc_mask", "errors", "issues"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+        assert np.array_equal(sums[0].counts, sums[1].counts) and np.array_equal(sums[0].sums, sums[1].sums)
+        for row in range(len(index)):
+            assert np.array_equal(planned.event_words(heads, row),
+                                  words[index.offset[row]:index.offset[row] + index.size[row]])

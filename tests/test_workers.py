@@ -27,12 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from na64_online.config import Config, load_config
-from na64_online.daq.builder import BuiltChunk
+from na64_online.decoders import layout as L
+from na64_online.daq.builder import BuiltChunk, gather
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.daq.workers import (
-    ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, _Worker, is_loopback,
-    make_keys,
+    ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, _Worker, decode_task,
+    is_loopback, make_keys,
 )
 from na64_online.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
@@ -555,6 +556,41 @@ def test_worker_refuses_malformed_plans_and_decodes_the_next_task(spills, channe
         pool.close()
     assert done.error is None
     assert record(processor, done.result) == record(processor, processor.accumulate(words))
+
+
+def test_a_task_is_decoded_where_received_and_gathered_only_when_its_headers_are_damaged(spills, channel_map,
+                                                                                          processor):
+    """A worker decodes a task's sub-events in the payloads it received (no gathered copy of the events): the
+    result is replay's. A payload whose sub-event header lost its planned size is decoded gathered instead, as
+    the gathered words decode (the damage found and counted) — the same result either way."""
+    words = spill_words(spills)
+    chunk = BuiltChunk.from_words(RUN, 1, 0, words)
+    meta = f"{RUN} 1 0 {chunk.gdc}".encode()
+
+    class Recording:
+        takes_planned_rows = True
+
+        def __init__(self):
+            self.step, self.planned = processor.task_decoder(), []
+
+        def __call__(self, task_words, planned=None):
+            self.planned.append(planned is not None)
+            return self.step(task_words, planned) if planned is not None else self.step(task_words)
+
+    decoder, scratch, decoded = Recording(), None, []
+    for damage in (False, True):
+        payloads = [p.copy() for p in chunk.payloads]
+        if damage:  # the second event's first sub-event claims one word more than it has
+            f, offset, size = chunk.subs[chunk.groups[1]]
+            payloads[f][offset + L.H_SIZE] = (size + 1) * L.WORD_BYTES
+        frames = [TASK, b"\0" * 8, meta, *chunk.plan_frames(), *(p.tobytes() for p in payloads)]
+        result, scratch = decode_task(decoder, frames, scratch)
+        expected = processor.accumulate(gather(payloads, chunk.subs, chunk.groups, chunk.gdc))
+        assert record(processor, processor.decode_result(result)) == record(processor, expected)
+        decoded.append((expected.events, sum(expected.issues.values())))
+    assert decoder.planned == [True, False]  # clean: decoded where received; damaged: gathered
+    (clean_events, clean_issues), (damaged_events, damaged_issues) = decoded
+    assert damaged_events == clean_events and damaged_issues > clean_issues  # the damage is seen and counted
 
 
 STALLED_WORKER = textwrap.dedent("""
