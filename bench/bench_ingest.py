@@ -238,7 +238,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     held_mb = status_kb("self", "VmRSS") // 1024
     cfg = IngestConfig(endpoints=tuple(endpoints), workers=workers, chunk_events=args.chunk_events,
                        max_queued_tasks=args.max_queued_tasks, spill_timeout_s=30.0, ldc_down_s=30.0,
-                       task_timeout_s=120.0, max_memory_mb=int((held_mb + args.max_memory_mb) / 0.9))
+                       task_timeout_s=120.0, max_memory_mb=int((held_mb + args.max_memory_mb) / 0.9),
+                       worker_capacity=args.worker_capacity)
     cmap = ChannelMap.default()
     thread_kind = args.bare or getattr(args, "worker_threads", False)
     if thread_kind:  # the N workers as threads of the service (ingest.worker_threads)
@@ -640,6 +641,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-events", type=int, default=500)
     p.add_argument("--chunk-events", type=int, default=5000)
     p.add_argument("--max-queued-tasks", type=int, default=1000)
+    p.add_argument("--worker-capacity", type=int, default=IngestConfig().worker_capacity,
+                   help="tasks a worker holds at most (ingest.worker_capacity)")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--max-memory-mb", type=int, default=1024,
                    help="the service's memory budget beyond what this process holds at start (the spills)")

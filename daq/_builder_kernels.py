@@ -11,6 +11,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ..decoders import layout as L
+from ..decoders._addresses import words_at
+from ..decoders.kernel_args import PLAN_OFFSET as _OFFSET, PLAN_PAYLOAD as _PAYLOAD, PLAN_WORDS as _WORDS
 
 _HDR = L.DATE_HEADER_WORDS
 _HDR_BYTES = L.DATE_HEADER_BYTES
@@ -20,6 +22,8 @@ _H_ATTR2 = L.H_ATTRIBUTES_2
 _H_LDC = L.H_LDC
 _H_GDC = L.H_GDC
 _SUPER = L.SUPER_EVENT_BIT
+_H_MAGIC = L.H_MAGIC
+_MAGIC = L.DATE_MAGIC
 
 
 @intrinsic
@@ -45,15 +49,45 @@ def copy_events(dst, dst_pos, src, src_off, sizes):  # pragma: no cover - compil
         _memcpy_words(dst, dst_pos[e], src, src_off[e], sizes[e])
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _super_header(dst, p, size, gdc):  # pragma: no cover - compiled
+    # the super event's header is its first sub-event's (written right after it), then marked as built
+    for w in range(_HDR):
+        dst[p + w] = dst[p + _HDR + w]
+    dst[p + _H_SIZE] = np.uint32(size * 4)
+    dst[p + _H_HEADER_SIZE] = np.uint32(_HDR_BYTES)
+    dst[p + _H_ATTR2] = dst[p + _H_ATTR2] | np.uint32(_SUPER)
+    dst[p + _H_LDC] = np.uint32(0)
+    dst[p + _H_GDC] = np.uint32(gdc)
+
+
 @numba.njit(cache=True, nogil=True)
 def write_headers(dst, g_pos, g_size, gdc):  # pragma: no cover - compiled
-    # the super event's header is its first sub-event's (written right after it), then marked as built
     for g in range(g_pos.shape[0]):
-        p = g_pos[g]
-        for w in range(_HDR):
-            dst[p + w] = dst[p + _HDR + w]
-        dst[p + _H_SIZE] = np.uint32(g_size[g] * 4)
-        dst[p + _H_HEADER_SIZE] = np.uint32(_HDR_BYTES)
-        dst[p + _H_ATTR2] = dst[p + _H_ATTR2] | np.uint32(_SUPER)
-        dst[p + _H_LDC] = np.uint32(0)
-        dst[p + _H_GDC] = np.uint32(gdc)
+        _super_header(dst, g_pos[g], g_size[g], gdc)
+
+
+@numba.njit(cache=True, nogil=True)
+def plan_headers(address, length, subs, groups, gdc, dst, position, g_pos, g_size):  # pragma: no cover - compiled
+    # one pass over a valid plan: where each super event and sub-event lies once gathered, the super headers
+    # written from the first sub-events' (read where they were received); counts the sub-events whose header
+    # lacks the DATE magic or gives another size than planned
+    irregular = 0
+    pos = 0
+    for g in range(groups.shape[0] - 1):
+        q = pos + _HDR
+        for j in range(groups[g], groups[g + 1]):
+            n = subs[j, _WORDS]
+            src = words_at(address[subs[j, _PAYLOAD]], length[subs[j, _PAYLOAD]])
+            at = subs[j, _OFFSET]
+            if src[at + _H_MAGIC] != _MAGIC or src[at + _H_SIZE] != n * 4:
+                irregular += 1
+            if j == groups[g]:
+                _memcpy_words(dst, q, src, at, _HDR)
+            position[j] = q
+            q += n
+        g_pos[g] = pos
+        g_size[g] = q - pos
+        _super_header(dst, pos, q - pos, gdc)
+        pos = q
+    return irregular

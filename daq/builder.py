@@ -62,6 +62,7 @@ import numpy as np
 from ..decoders import layout as L
 from ..decoders._aot import kernels as _k
 from ..decoders.decode import PlannedRows
+from ..decoders.kernel_args import PLAN_COLUMNS as PLAN_COLUMN_NAMES
 
 from .envelope import EOB_KEY, NO_SPILL_KEY, SOB_KEY, PayloadScan, scan_payload
 
@@ -77,7 +78,7 @@ _HDR = L.DATE_HEADER_WORDS
 #: largest task a plan may describe (words of built events): 256 MB, a worker's message limit
 MAX_TASK_WORDS = 64 << 20
 #: sub-event columns of a plan: payload index, word offset, words
-PLAN_COLUMNS = 3
+PLAN_COLUMNS = len(PLAN_COLUMN_NAMES)
 
 
 class PlanError(ValueError):
@@ -139,31 +140,6 @@ def validate_plan(subs: np.ndarray, groups: np.ndarray, payload_words: Sequence[
     return total
 
 
-def _built_layout(subs: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where a (valid) plan's super events and sub-events lie once gathered: each super event's word offset
-    and words, each sub-event's word offset."""
-    size = subs[:, 2]
-    ngroups = groups.shape[0] - 1
-    g_size = np.add.reduceat(size, groups[:-1]) + _HDR
-    g_pos = np.cumsum(g_size) - g_size
-    group = np.repeat(np.arange(ngroups), np.diff(groups))
-    within = np.cumsum(size) - size
-    dst_pos = g_pos[group] + _HDR + (within - within[groups[:-1]][group])
-    return g_pos, g_size, dst_pos
-
-
-def _by_payload(frame: np.ndarray, n_payloads: int):
-    """(payload, indices of its sub-events) for each payload that has any, in payload order."""
-    if n_payloads == 1:
-        yield 0, slice(None)
-        return
-    order = np.argsort(frame, kind="stable")
-    cuts = np.searchsorted(frame[order], np.arange(n_payloads + 1))
-    for f in range(n_payloads):
-        if cuts[f + 1] > cuts[f]:
-            yield f, order[cuts[f]:cuts[f + 1]]
-
-
 def _words_buffer(out: np.ndarray | None, total: int) -> np.ndarray:
     if out is None or out.shape[0] < total or out.dtype != L.WORD or not out.flags.c_contiguous:
         out = np.empty(total + total // 8, L.WORD)  # room for a somewhat larger next chunk
@@ -178,9 +154,24 @@ def gather(payloads: Sequence[np.ndarray], subs: np.ndarray, groups: np.ndarray,
     its place, and each super event's 17-word header written in front of its sub-events from the first one's
     (:func:`write_super_headers`). ``out``: a buffer to write into if large enough (a view of it is returned)."""
     dst = _words_buffer(out, validate_plan(subs, groups, [p.shape[0] for p in payloads]))
-    g_pos, g_size, dst_pos = _built_layout(subs, groups)
-    for f, sel in _by_payload(subs[:, 0], len(payloads)):
-        copy_events(dst, dst_pos[sel], payloads[f], subs[sel, 1], subs[sel, 2])
+    size = subs[:, 2]
+    ngroups = groups.shape[0] - 1
+    counts = np.diff(groups)
+    g_size = np.add.reduceat(size, groups[:-1]) + _HDR
+    g_pos = np.cumsum(g_size) - g_size
+    group = np.repeat(np.arange(ngroups), counts)
+    within = np.cumsum(size) - size
+    dst_pos = g_pos[group] + _HDR + (within - within[groups[:-1]][group])
+    frame = subs[:, 0]
+    if len(payloads) == 1:
+        copy_events(dst, dst_pos, payloads[0], subs[:, 1], size)
+    else:
+        order = np.argsort(frame, kind="stable")
+        cuts = np.searchsorted(frame[order], np.arange(len(payloads) + 1))
+        for f, payload in enumerate(payloads):
+            sel = order[cuts[f]:cuts[f + 1]]
+            if sel.shape[0]:
+                copy_events(dst, dst_pos[sel], payload, subs[sel, 1], size[sel])
     write_super_headers(dst, g_pos, g_size, gdc)
     return dst
 
@@ -192,24 +183,19 @@ def plan_headers(payloads: Sequence[np.ndarray], subs: np.ndarray, groups: np.nd
     rest of the buffer as it was; and the :class:`~na64_online.decoders.decode.PlannedRows` to decode the
     sub-events from their payloads with. ``None`` for the rows when a sub-event's header lacks the DATE
     magic or gives another size than the plan: such a plan is decoded gathered, as its damage demands.
-    The plan is validated first (:func:`validate_plan`)."""
+    The plan is validated first (:func:`validate_plan`), then walked once by a kernel."""
+    payloads = tuple(np.ascontiguousarray(p, dtype=L.WORD) for p in payloads)
     dst = _words_buffer(out, validate_plan(subs, groups, [p.shape[0] for p in payloads]))
-    g_pos, g_size, dst_pos = _built_layout(subs, groups)
-    frame, offset, size = subs[:, 0], subs[:, 1], subs[:, 2]
-    heads = groups[:-1]
-    regular = True
-    for f, sel in _by_payload(frame, len(payloads)):
-        payload, at = payloads[f], offset[sel]
-        regular = regular and bool(np.all(payload[at + L.H_MAGIC] == L.DATE_MAGIC)
-                                   and np.all(payload[at + L.H_SIZE] == size[sel] * L.WORD_BYTES))
-    for f, sel in _by_payload(frame[heads], len(payloads)):
-        first = heads[sel]
-        copy_events(dst, dst_pos[first], payloads[f], offset[first], np.full(first.shape[0], _HDR, np.int64))
-    write_super_headers(dst, g_pos, g_size, gdc)
-    if not regular:
+    subs = np.ascontiguousarray(subs, dtype=np.int64)
+    groups = np.ascontiguousarray(groups, dtype=np.int64)
+    position = np.empty(subs.shape[0], np.int64)
+    g_pos, g_size = np.empty(groups.shape[0] - 1, np.int64), np.empty(groups.shape[0] - 1, np.int64)
+    address = np.array([p.ctypes.data for p in payloads], dtype=np.int64)
+    length = np.array([p.shape[0] for p in payloads], dtype=np.int64)
+    irregular = _k.plan_headers(address, length, subs, groups, int(gdc), dst, position, g_pos, g_size)
+    if irregular:
         return dst, None
-    return dst, PlannedRows(tuple(payloads), np.ascontiguousarray(subs, dtype=np.int64),
-                            np.ascontiguousarray(groups, dtype=np.int64), dst_pos, g_pos, g_size)
+    return dst, PlannedRows(payloads, subs, groups, position, g_pos, g_size)
 
 
 @dataclass(frozen=True, eq=False)

@@ -177,6 +177,9 @@ KERNELS: dict[str, Kernel] = {
     "write_headers": Kernel("na64_online.daq._builder_kernels", "write_headers", (
         _out("<u4"), _I8, _I8, INT,
     )),
+    "plan_headers": Kernel("na64_online.daq._builder_kernels", "plan_headers", (
+        _I8, _I8, Arr("<i8", 2), _I8, INT, _out("<u4"), _out("<i8"), _out("<i8"), _out("<i8"),
+    )),
 }
 
 #: exported by the extension besides the kernels: the build's id (also in its JSON record)

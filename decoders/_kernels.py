@@ -42,7 +42,8 @@ from ..errors import FIRST_NOTICE, Issue
 # the argument tuples, in a module without numba (the wrappers build them for the JIT or the AOT kernels)
 from .kernel_args import (  # noqa: F401 - re-exported
     ESTIMATES, SLOT_COUNTS, SLOT_SUMS, ChannelOutputs, DecodeSetup, EstimatorParams, EventOutputs, EventRows,
-    IndexColumns, IssueLog, PlannedSubEvents, SlotSums,
+    PLAN_OFFSET as _PLAN_OFFSET, PLAN_PAYLOAD as _PLAN_PAYLOAD, PLAN_WORDS as _PLAN_WORDS, IndexColumns, IssueLog,
+    PlannedSubEvents, SlotSums,
 )
 
 # numba freezes module globals: plain ints, derived once from the layout.
@@ -683,9 +684,9 @@ def _decode_planned_row(words, p, k, planned, src_kind, lookup, gain, params, ns
     burst = (burst_event >> _BURST_SHIFT) & _BURST_MASK
     subs, records, counters = planned.subs, log.records, log.counters
     for j in range(planned.first[k], planned.first[k + 1]):
-        payload = subs[j, 0]
-        q = subs[j, 1]
-        sub_end = q + subs[j, 2]
+        payload = subs[j, _PLAN_PAYLOAD]
+        q = subs[j, _PLAN_OFFSET]
+        sub_end = q + subs[j, _PLAN_WORDS]
         sub = words_at(planned.address[payload], planned.length[payload])
         shift = planned.position[j] - q  # gathered word offset - word offset in the payload
         issue, sub_words = _check_event(sub, q, sub_end)

@@ -463,7 +463,7 @@ class PlannedRows:
                     or not array.flags.c_contiguous):
                 raise ValueError(f"planned {name} must be a C-contiguous int64 array of {ndim} dimension(s)")
         n = subs.shape[0]
-        if subs.shape[1:] != (3,) or position.shape != (n,) or first.shape != (rows + 1,):
+        if subs.shape[1:] != (len(_args.PLAN_COLUMNS),) or position.shape != (n,) or first.shape != (rows + 1,):
             raise ValueError(f"planned rows: subs {subs.shape}, first {first.shape}, position {position.shape} "
                              f"do not fit {rows} rows")
         if rows and (first[0] < 0 or first[-1] > n or np.any(first[1:] < first[:-1])):

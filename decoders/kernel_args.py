@@ -20,6 +20,9 @@ EventRows = namedtuple("EventRows", "offset size status")
 #: (``ctypes.data``) and words, ``(n, 3)`` sub-events (payload, word offset, words) in building order, row k's
 #: sub-events ``first[k]`` … ``first[k + 1]``, and each sub-event's word offset in the gathered words
 PlannedSubEvents = namedtuple("PlannedSubEvents", "address length subs first position")
+#: the columns of a plan's sub-event rows (``subs``), and their indices
+PLAN_COLUMNS = ("payload", "offset", "words")
+PLAN_PAYLOAD, PLAN_OFFSET, PLAN_WORDS = range(len(PLAN_COLUMNS))
 #: the channel map as the decoder needs it: srcID kinds, (srcID, port, channel) -> slot, gains
 DecodeSetup = namedtuple("DecodeSetup", "src_kind lookup gain")
 #: estimator settings (scalars only: passed down to every channel)
