@@ -596,25 +596,6 @@ def _start_row(k, nsamples, previous):
         nsamples[k, slot] = 0
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _finish_row(k, nsamples, previous, estimates, saturated, select, slot_sums, slot_counts, slot_totals,
-                pedestal_even, pedestal_odd, amplitude):
-    """Row k is decoded: clear the slots read out before but not now, add the row to the per-slot sums."""
-    nslots = nsamples.shape[1]
-    # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
-    for group in range(nslots // _SLOT_LANES):
-        stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
-        while stale != 0:
-            _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
-            stale &= stale - 1
-    for slot in range(nslots - nslots % _SLOT_LANES, nslots):
-        if previous[slot] != 0 and nsamples[k, slot] == 0:
-            _clear_slot(k, slot, estimates, saturated)
-    if select.shape[0] and select[k]:
-        add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
-                      slot_counts, slot_totals)
-
-
 @njit(cache=True, nogil=True, _nrt=False)
 def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     """Decode every accepted (status 0) row of ``rows`` (:data:`EventRows`) into row k of
@@ -640,13 +621,24 @@ def decode_events(words, rows, setup, params, channels, events, log, slot_sums):
     select, slot_counts, slot_totals = slot_sums.select, slot_sums.counts, slot_sums.sums
     ldc_mask = events.ldc_mask
     offsets, sizes, status = rows.offset, rows.size, rows.status
+    nslots = nsamples.shape[1]
     for k in range(offsets.shape[0]):
         _start_row(k, nsamples, previous)
         if status[k] == 0:
             _decode_row(words, offsets[k], sizes[k], k, src_kind, lookup, gain, params, nsamples, estimates,
                         saturated, samples, events, ldc_mask, log)
-        _finish_row(k, nsamples, previous, estimates, saturated, select, slot_sums, slot_counts, slot_totals,
-                    pedestal_even, pedestal_odd, amplitude)
+        # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
+        for group in range(nslots // _SLOT_LANES):
+            stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
+            while stale != 0:
+                _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
+                stale &= stale - 1
+        for slot in range(nslots - nslots % _SLOT_LANES, nslots):
+            if previous[slot] != 0 and nsamples[k, slot] == 0:
+                _clear_slot(k, slot, estimates, saturated)
+        if select.shape[0] and select[k]:
+            add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
+                          slot_counts, slot_totals)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -655,7 +647,10 @@ def decode_planned_events(words, rows, planned, setup, params, channels, events,
     row's 17-word super header (what the event builder writes) and the sub-events are read where they
     were received, as ``planned`` (:data:`PlannedSubEvents`) says. Every output, issue offsets included,
     is what :func:`decode_events` gives for the gathered words, provided each planned sub-event's header
-    has the DATE magic and gives its planned size (the wrapper's caller checks; else it gathers)."""
+    has the DATE magic and gives its planned size (the wrapper's caller checks; else it gathers).
+
+    The row loop is :func:`decode_events`' written out again: with the end of a row (stale slots, slot
+    sums) as a shared inline helper instead, decode_events took 5–10 % longer (same process, A/B)."""
     src_kind, lookup, gain = setup.src_kind, setup.lookup, setup.gain
     nsamples, estimates, saturated, samples = channels.nsamples, channels.estimates, channels.saturated, channels.samples
     previous = channels.previous
@@ -664,13 +659,24 @@ def decode_planned_events(words, rows, planned, setup, params, channels, events,
     select, slot_counts, slot_totals = slot_sums.select, slot_sums.counts, slot_sums.sums
     ldc_mask = events.ldc_mask
     offsets, status = rows.offset, rows.status
+    nslots = nsamples.shape[1]
     for k in range(offsets.shape[0]):
         _start_row(k, nsamples, previous)
         if status[k] == 0:
             _decode_planned_row(words, offsets[k], k, planned, src_kind, lookup, gain, params, nsamples, estimates,
                                 saturated, samples, events, ldc_mask, log)
-        _finish_row(k, nsamples, previous, estimates, saturated, select, slot_sums, slot_counts, slot_totals,
-                    pedestal_even, pedestal_odd, amplitude)
+        # slots read out before but not now: found 16 at a time by a vector compare, then cleared one by one
+        for group in range(nslots // _SLOT_LANES):
+            stale = np.int64(_vector.stale_slots16(previous, nsamples, k, group * _SLOT_LANES))
+            while stale != 0:
+                _clear_slot(k, group * _SLOT_LANES + trailing_zeros(stale), estimates, saturated)
+                stale &= stale - 1
+        for slot in range(nslots - nslots % _SLOT_LANES, nslots):
+            if previous[slot] != 0 and nsamples[k, slot] == 0:
+                _clear_slot(k, slot, estimates, saturated)
+        if select.shape[0] and select[k]:
+            add_slot_sums(k, nsamples, pedestal_even, pedestal_odd, amplitude, saturated, slot_sums.threshold,
+                          slot_counts, slot_totals)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
