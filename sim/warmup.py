@@ -17,11 +17,19 @@ from .simulator import LDC_IDS, ReadoutSimulator, SimulationConfig
 
 
 def warm_up_processor(processor: Any) -> None:
-    """Decode a tiny simulated spill once with ``processor`` (its channel map, if it has one)."""
+    """Decode a tiny simulated spill once with ``processor`` (its channel map, if it has one); with a worker's
+    per-task step (``task_decoder``), once more as a worker decodes a task: where its sub-events were received
+    (the planned-rows kernels)."""
+    from ..daq.builder import BuiltChunk, plan_headers
+
     sim = ReadoutSimulator(SimulationConfig(events_per_spill=4, run_events=False),
                            getattr(processor, "channel_map", None))
     for spill in sim.spills():
-        processor.accumulate(np.frombuffer(bytearray(spill.raw()), dtype=layout.WORD))  # writable, as tasks are
+        words = np.frombuffer(bytearray(spill.raw()), dtype=layout.WORD)  # writable, as tasks are
+        processor.accumulate(words)
+        if hasattr(processor, "task_decoder"):
+            chunk = BuiltChunk.from_words(0, 0, 0, words)  # run, spill, chunk: only the plan is used
+            processor.task_decoder()(*plan_headers(chunk.payloads, chunk.subs, chunk.groups, chunk.gdc))
 
 
 def ldc_sample(events_per_spill: int = 8) -> dict[int, list[bytes]]:
