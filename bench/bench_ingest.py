@@ -11,6 +11,8 @@ processes, all on 127.0.0.1.
   (``fast`` + ``nodrop``: a full subscriber makes the publisher wait rather
   than drop); events/s and MB/s from the first message to the last QA record,
   every event decoded (the bench checks nothing was lost or dropped);
+* ``NA64_BENCH_WINDOW=1``: the measured window printed on ``CLOCK_MONOTONIC`` (``window T0,T1`` on stderr),
+  to cut a ``perf record -k CLOCK_MONOTONIC`` of the run to it (``perf report --time T0,T1``);
 * latency: SPS pacing (events spread over ``--spill-duration`` seconds, 4.8 by
   default), time from the last END_OF_BURST received to the spill's finished
   QA record.
