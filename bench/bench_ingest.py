@@ -383,6 +383,24 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     return out
 
 
+def interleaved_messages(batch_events: int) -> list[bytes]:
+    """The readout nodes' messages of the spills (``batch_events`` events each, sequence numbers counted per
+    node), interleaved as a subscriber receives them: each node's k-th message of a spill in turn."""
+    from na64_online.daq.envelope import make_message  # the tree's own (--baseline-rev: imported late)
+
+    seq = {ldc: 0 for ldc in DATA}
+    messages = []
+    for s in range(len(RAW)):
+        batches = {ldc: [DATA[ldc][s][i:i + batch_events]
+                         for i in range(0, len(DATA[ldc][s]), batch_events)] for ldc in DATA}
+        for k in range(max(len(b) for b in batches.values())):
+            for ldc, b in batches.items():
+                if k < len(b):
+                    messages.append(make_message(ldc, seq[ldc], b[k]))
+                    seq[ldc] += 1
+    return messages
+
+
 def stage_profile(args) -> dict:
     """CPU per event of each stage the service runs, in this process without sockets (µs per event).
 
@@ -393,7 +411,6 @@ def stage_profile(args) -> dict:
     worker spends per event; the service's share is the rest.
     """
     from na64_online.daq.builder import BuiltChunk, ClosedSpill, EventBuilder
-    from na64_online.daq.envelope import make_message
     from na64_online.daq.subscriber import Subscriber
     try:
         from na64_online.daq.workers import gather_task  # protocol 5: tasks are plans
@@ -412,16 +429,7 @@ def stage_profile(args) -> dict:
     sub = Subscriber(context=zmq.Context.instance())
     builder = EventBuilder((1, 2), chunk_events=args.chunk_events, spill_timeout_s=1e9,
                            max_pending_bytes=1 << 40)
-    seq = {1: 0, 2: 0}
-    messages = []  # the readout nodes' messages, interleaved as they arrive
-    for s in range(len(RAW)):
-        batches = {ldc: [DATA[ldc][s][i:i + args.batch_events]
-                         for i in range(0, len(DATA[ldc][s]), args.batch_events)] for ldc in DATA}
-        for k in range(max(len(b) for b in batches.values())):
-            for ldc, b in batches.items():
-                if k < len(b):
-                    messages.append(make_message(ldc, seq[ldc], b[k]))
-                    seq[ldc] += 1
+    messages = interleaved_messages(args.batch_events)
     # warm every kernel first (numba's cache loads, or compiles): a throwaway builder with small chunks, so
     # that chunks are built from the first messages, decoded, encoded, read, merged and finished
     warm = EventBuilder((1, 2), chunk_events=min(args.chunk_events, 256))

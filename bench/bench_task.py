@@ -32,7 +32,6 @@ import bench_ingest  # noqa: E402 - the same spills, messages and processor as t
 
 from na64_online.config import Config  # noqa: E402
 from na64_online.daq.builder import BuiltChunk, EventBuilder  # noqa: E402
-from na64_online.daq.envelope import make_message  # noqa: E402
 from na64_online.daq.memory import retain_freed_memory  # noqa: E402
 from na64_online.daq.subscriber import Subscriber  # noqa: E402
 from na64_online.daq.workers import TASK, gather_task, plan_task  # noqa: E402
@@ -43,20 +42,14 @@ def task_frames(batch_events: int, chunk_events: int) -> tuple[list[list], int]:
     """The TASK messages (as a worker receives them) of bench_ingest's spills, and their events."""
     sub = Subscriber(context=zmq.Context.instance())
     builder = EventBuilder((1, 2), chunk_events=chunk_events, spill_timeout_s=1e9, max_pending_bytes=1 << 40)
-    seq, tasks, events = {1: 0, 2: 0}, [], 0
-    for s in range(len(bench_ingest.RAW)):
-        batches = {ldc: [bench_ingest.DATA[ldc][s][i:i + batch_events]
-                         for i in range(0, len(bench_ingest.DATA[ldc][s]), batch_events)] for ldc in bench_ingest.DATA}
-        for k in range(max(len(b) for b in batches.values())):
-            for ldc, b in batches.items():
-                if k < len(b):
-                    received = sub.handle(make_message(ldc, seq[ldc], b[k]))
-                    seq[ldc] += 1
-                    for out in builder.add(received.envelope.ldc, received.scan, 0.0):
-                        if isinstance(out, BuiltChunk):
-                            meta = f"{out.run} {out.spill} {out.index} {out.gdc}".encode()
-                            tasks.append([TASK, b"\0" * 8, meta, *out.plan_frames(), *out.payloads])
-                            events += out.n_events
+    tasks, events = [], 0
+    for message in bench_ingest.interleaved_messages(batch_events):
+        received = sub.handle(message)
+        for out in builder.add(received.envelope.ldc, received.scan, 0.0):
+            if isinstance(out, BuiltChunk):
+                meta = f"{out.run} {out.spill} {out.index} {out.gdc}".encode()
+                tasks.append([TASK, b"\0" * 8, meta, *out.plan_frames(), *out.payloads])
+                events += out.n_events
     sub.close()
     return tasks, events
 

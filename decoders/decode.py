@@ -463,13 +463,13 @@ class PlannedRows:
                     or not array.flags.c_contiguous):
                 raise ValueError(f"planned {name} must be a C-contiguous int64 array of {ndim} dimension(s)")
         n = subs.shape[0]
+        length = np.array([p.shape[0] for p in self.payloads], dtype=np.int64)
         if subs.shape[1:] != (len(_args.PLAN_COLUMNS),) or position.shape != (n,) or first.shape != (rows + 1,):
             raise ValueError(f"planned rows: subs {subs.shape}, first {first.shape}, position {position.shape} "
                              f"do not fit {rows} rows")
         if rows and (first[0] < 0 or first[-1] > n or np.any(first[1:] < first[:-1])):
             raise ValueError("planned first sub-events must be non-decreasing within the sub-events")
         if n:
-            length = np.array([p.shape[0] for p in self.payloads], dtype=np.int64)
             payload, offset, size = subs[:, 0], subs[:, 1], subs[:, 2]
             if payload.min() < 0 or payload.max() >= len(length):
                 raise ValueError("a planned sub-event names no payload")
@@ -477,8 +477,7 @@ class PlannedRows:
                     or position.min() < 0 or np.any(position > words - size)):
                 raise ValueError("a planned sub-event lies outside its payload or the gathered words")
         address = np.array([p.ctypes.data for p in self.payloads], dtype=np.int64)
-        return _args.PlannedSubEvents(address, np.array([p.shape[0] for p in self.payloads], dtype=np.int64),
-                                      subs, first, position)
+        return _args.PlannedSubEvents(address, length, subs, first, position)
 
 
 def decode_events(
