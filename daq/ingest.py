@@ -491,12 +491,12 @@ class IngestService:
         )
 
     def _take_messages(self, now: float) -> None:
-        """Read what the readout nodes sent (at most 64 messages) into the builder.
+        """Read what the readout nodes sent (at most ``messages_per_turn``) into the builder.
 
         Bad messages are reported with their spill (the one their payload belongs to) while it is
         open, else with the next spill that closes."""
         sub, builder = self.subscriber, self.builder
-        received = sub.recv(0, max_messages=64)
+        received = sub.recv(0, max_messages=self.config.messages_per_turn)
         faults = deque(sub.take_faults())
         open_spills = builder._open  # noqa: SLF001 - same package
 

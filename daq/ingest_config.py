@@ -62,6 +62,9 @@ class IngestConfig(ConfigSection):
     worker_clients_dir: str = ""
     #: tasks each worker holds at once
     worker_capacity: int = Field(2, ge=1)
+    #: readout messages the service loop takes at most before it looks at the workers again (merging their
+    #: results, handing them the next tasks): a backlog of messages must not leave the workers idle
+    messages_per_turn: int = Field(8, ge=1)
     #: tasks waiting for a free worker; beyond, whole events are dropped (counted)
     max_queued_tasks: int = Field(8, ge=1)
     #: a task sent to a worker without result after this long: the worker is taken for dead, the task retried

@@ -192,6 +192,32 @@ def test_two_publishers_one_service_equal_replay(spills, replayed, channel_map):
     assert svc.stats.last_latency_s is not None
 
 
+@pytest.mark.timeout(60)
+def test_a_backlog_of_messages_is_read_a_turn_at_a_time(spills, replayed, channel_map):
+    """Readout nodes sending faster than the service reads leave a backlog; the service loop takes at most
+    ``messages_per_turn`` of it before it merges the workers' results and hands them the next tasks."""
+    p1, p2 = publisher(1, wait_subscribers=1, batch_events=7), publisher(2, wait_subscribers=1, batch_events=5)
+    svc = start_service(channel_map, [p1.endpoint, p2.endpoint], chunk_events=64, messages_per_turn=3)
+    taken, recv = [], svc.subscriber.recv
+
+    def counted_recv(*args, **kwargs):
+        received = recv(*args, **kwargs)
+        taken.append(len(received))
+        return received
+
+    svc.subscriber.recv = counted_recv
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        live = records_of(svc, 3)
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+    assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
+    assert max(taken) == 3, f"a backlog is read 3 messages a turn, not {max(taken)}"
+    assert sum(taken) == svc.metrics()["subscriber"]["messages"]
+
+
 @pytest.mark.timeout(90)
 def test_worker_processes_merge_exactly(spills, replayed, channel_map):
     p1, p2 = publisher(1, wait_subscribers=1), publisher(2, wait_subscribers=1)
