@@ -11,6 +11,9 @@ processes, all on 127.0.0.1.
   (``fast`` + ``nodrop``: a full subscriber makes the publisher wait rather
   than drop); events/s and MB/s from the first message to the last QA record,
   every event decoded (the bench checks nothing was lost or dropped);
+* ``--transport-floor``: the same messages sent to a bare SUB socket that drops them, in the same run: the
+  CPU the transport alone costs (readout nodes sending, one I/O thread receiving) and the live rate that
+  leaves at most on two cores beside replay's decoding;
 * ``NA64_BENCH_WINDOW=1``: the measured window printed on ``CLOCK_MONOTONIC`` (``window T0,T1`` on stderr),
   to cut a ``perf record -k CLOCK_MONOTONIC`` of the run to it (``perf report --time T0,T1``);
 * latency: SPS pacing (events spread over ``--spill-duration`` seconds, 4.8 by
@@ -518,6 +521,64 @@ def replay_baseline() -> float:
     return events / (time.perf_counter() - t0)
 
 
+def transport_floor(args, baseline: float, n_events: int) -> dict:
+    """The readout nodes' messages sent to a bare SUB socket that drops them: what the transport alone costs
+    on these cores, and the live rate it leaves at most.
+
+    The same two forked publishers, the same warm and measured spills as a sustained run; this process
+    receives with one ZeroMQ I/O thread and drops every message (no scan, build or decode). ``ceiling_vs_replay``
+    is the rate the two cores would give if the service and its workers cost nothing beyond replay's own
+    decoding: 2 cores / (transport CPU + replay's CPU per event), as a ratio to replay."""
+    ctx = mp.get_context("fork")
+    ready, spent = ctx.Queue(), ctx.Queue()
+    go, go_measured = ctx.Event(), ctx.Event()
+    warm = args.warm_spills
+    kw = dict(batch_events=args.batch_events, sndhwm=1000, fast=True, nodrop=True)
+    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go, warm, go_measured, spent),
+                         daemon=True) for ldc in (1, 2)]
+    for p in procs:
+        p.start()
+    endpoints = [ready.get(timeout=30) for _ in procs]
+    zctx = zmq.Context(io_threads=1)
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 1000)
+    sub.setsockopt(zmq.SUBSCRIBE, L.ZMQ_TOPIC)
+    for e in endpoints:
+        sub.connect(e)
+
+    def messages(spills) -> int:
+        return sum(-(-len(sp) // args.batch_events) for ldc in DATA for sp in DATA[ldc][spills])
+
+    def receive(n: int) -> None:
+        deadline = time.monotonic() + args.timeout
+        while n and time.monotonic() < deadline:
+            if sub.poll(100):
+                sub.recv_multipart(copy=False)
+                n -= 1
+        if n:
+            raise SystemExit(f"transport floor: {n} messages never arrived")
+
+    go.set()
+    receive(messages(slice(0, warm)))
+    time.sleep(0.5)
+    cpu0, t0 = _own_cpu_seconds(), time.perf_counter()
+    go_measured.set()
+    receive(messages(slice(warm, None)))
+    elapsed, receiver_cpu = time.perf_counter() - t0, _own_cpu_seconds() - cpu0
+    publishers_cpu = [spent.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    sub.close(0)
+    zctx.term()
+    events = n_events * (len(RAW) - warm) // max(1, len(RAW))  # the measured spills' events, as a run counts them
+    transport_us = (receiver_cpu + sum(publishers_cpu)) / events * 1e6
+    replay_us = 1e6 / baseline
+    return {"events": events, "events_per_s": round(events / elapsed), "receiver_cpu_us_per_event":
+            round(receiver_cpu / events * 1e6, 2), "publishers_cpu_us_per_event": round(sum(publishers_cpu) / events * 1e6, 2),
+            "replay_cpu_us_per_event": round(replay_us, 2),
+            "ceiling_vs_replay": round(2 * replay_us / (transport_us + replay_us), 2)}
+
+
 def short_commit(rev: str) -> str:
     """The abbreviated commit git ``rev`` names now (a branch name moves; the commit does not)."""
     import subprocess
@@ -666,6 +727,10 @@ def main(argv=None) -> int:
     p.add_argument("--stages", action="store_true", help="first, CPU per event of each stage, in-process")
     p.add_argument("--stages-only", action="store_true", help="only that")
     p.add_argument("--json", action="store_true", help="one JSON line per run")
+    p.add_argument("--transport-floor", action="store_true",
+                   help="first, the same messages sent to a SUB that drops them: the transport's CPU and the live "
+                   "rate it leaves at most (2 cores / (transport + replay's decode))")
+    p.add_argument("--transport-floor-only", action="store_true", help="only that (and the replay baseline)")
     p.add_argument("--worker-threads", action="store_true",
                    help="the workers are threads of the service process (ingest.worker_threads), not processes")
     p.add_argument("--bare", action="store_true",
@@ -676,6 +741,7 @@ def main(argv=None) -> int:
     if args.baseline_rev:
         return compare(args, list(sys.argv[1:] if argv is None else argv))
     args.stages = args.stages or args.stages_only
+    args.transport_floor = args.transport_floor or args.transport_floor_only
     n_events, nbytes = make_data(args.events, args.spills, args.seed, args.data)
     args.spills = len(RAW)
     modes = {"sustained": [False], "paced": [True], "both": [False, True]}[args.mode]
@@ -689,6 +755,15 @@ def main(argv=None) -> int:
             return 0
     baseline = replay_baseline()
     print(f"baseline, same spills replayed in one process: {baseline:.0f} events/s", flush=True)
+    if args.transport_floor:
+        floor = transport_floor(args, baseline, n_events)
+        print(json.dumps(floor) if args.json else
+              f"transport floor: {floor['events']} events to a SUB that drops them at {floor['events_per_s']} "
+              f"events/s; CPU per event: receiver {floor['receiver_cpu_us_per_event']} µs, readout nodes "
+              f"{floor['publishers_cpu_us_per_event']} µs, replay's decode {floor['replay_cpu_us_per_event']} µs: "
+              f"live can reach at most {floor['ceiling_vs_replay']} × replay on 2 cores", flush=True)
+        if args.transport_floor_only:
+            return 0
     for paced in modes:
         for w in args.workers:
             res = run(w, paced, args, n_events, nbytes)
