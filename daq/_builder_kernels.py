@@ -1,5 +1,5 @@
 """Private numba kernels of the event builder (wrappers: :func:`.builder.copy_events`,
-:func:`.builder.write_super_headers`), apart from :mod:`.builder` so that it imports no numba: the kernels are
+:func:`.builder.write_super_headers`, and the message scan that feeds it, :func:`.envelope.scan_payload`), apart from :mod:`.builder` so that it imports no numba: the kernels are
 also compiled ahead of time (decoders/_aot.py), and a process whose kernels all come from there never
 starts numba."""
 
@@ -24,6 +24,49 @@ _H_GDC = L.H_GDC
 _SUPER = L.SUPER_EVENT_BIT
 _H_MAGIC = L.H_MAGIC
 _MAGIC = L.DATE_MAGIC
+
+#: Sort keys of the events of a spill: START_OF_BURST 0, PHYSICS/CALIBRATION
+#: event number in burst + 1, END_OF_BURST after every event number (20 bits).
+SOB_KEY = 0
+EOB_KEY = L.EVENT_IN_BURST_MASK + 2
+#: Key of events that belong to no spill (START_OF_RUN, END_OF_RUN, others).
+NO_SPILL_KEY = -1
+_PHYSICS, _CALIBRATION = L.PHYSICS_EVENT, L.CALIBRATION_EVENT
+_SOB, _EOB = L.START_OF_BURST, L.END_OF_BURST
+
+
+@numba.njit(cache=True, nogil=True)
+def summarize_scan(status, etype, event, run, spill, keys, bursts):  # pragma: no cover - compiled
+    """A message's walked rows (the header walk's status, type, event number, run and spill columns):
+    the whole events before the first rejected row, their sort keys and spills (as int64, into ``keys`` and
+    ``bursts``), and whether its spill events all carry one (run, spill).
+
+    Returns (events, the first rejected row's status or 0, the first spill event's row or -1, one spill)."""
+    rows = status.shape[0]
+    n, bad = rows, 0
+    for i in range(rows):
+        if status[i] != 0:
+            n, bad = i, status[i]
+            break
+    first, one = -1, True
+    for i in range(n):
+        t = etype[i]
+        if t == _PHYSICS or t == _CALIBRATION:
+            k = np.int64(event[i]) + 1
+        elif t == _SOB:
+            k = np.int64(SOB_KEY)
+        elif t == _EOB:
+            k = np.int64(EOB_KEY)
+        else:
+            k = np.int64(NO_SPILL_KEY)
+        keys[i] = k
+        bursts[i] = spill[i]
+        if k != NO_SPILL_KEY:
+            if first < 0:
+                first = i
+            elif run[i] != run[first] or spill[i] != spill[first]:
+                one = False
+    return n, np.int64(bad), first, one
 
 
 @intrinsic

@@ -23,18 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..decoders import layout as L
+from ..decoders._aot import kernels as _k
 from ..decoders.decode import INDEX_FIRST_WINDOW, INDEX_WORDS_PER_ROW
 from ..decoders.decode import _index_words as _decoder_header_walk
 from ..errors import EnvelopeError, Issue
+from ._builder_kernels import EOB_KEY, NO_SPILL_KEY, SOB_KEY
+
+__all__ = ["EOB_KEY", "NO_SPILL_KEY", "SOB_KEY"]  # the sort keys, defined beside the kernel that sets them
 
 ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
 
-#: Sort keys of the events of a spill: START_OF_BURST 0, PHYSICS/CALIBRATION
-#: event number in burst + 1, END_OF_BURST after every event number (20 bits).
-SOB_KEY = 0
-EOB_KEY = L.EVENT_IN_BURST_MASK + 2
-#: Key of events that belong to no spill (START_OF_RUN, END_OF_RUN, others).
-NO_SPILL_KEY = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,23 +120,20 @@ _REASON_OF_ISSUE = {
 def _scan(words: np.ndarray):
     """The decoder's header walk (the §2 rules, :func:`~..decoders.decode.index_events`' own walk over whole
     words, without the skipped-bytes and source-offset columns a message's scan does not use), cut at the
-    first event it rejects."""
+    first event it rejects; its keys and spills and whether its spill events carry one (run, spill) from
+    one kernel (``summarize_scan``).
+
+    Returns (offsets, sizes, types, keys, runs, bursts, reason, first spill event's row or -1, one spill)."""
     stop = words.shape[0]
     cols = _decoder_header_walk(words, words.view(np.uint8), 4 * stop, 0, stop, -1, False,
                                 max(INDEX_FIRST_WINDOW, stop // INDEX_WORDS_PER_ROW))[0]
     offset, size, status, etype, run, spill, event = cols[:7]
-    bad = np.flatnonzero(status)
-    n = int(bad[0]) if len(bad) else status.shape[0]
-    reason = _REASON_OF_ISSUE.get(int(status[n]), SCAN_BAD_MAGIC) if len(bad) else SCAN_OK
-    types = etype[:n].astype(np.int32, copy=False)
-    keys = event[:n].astype(np.int64)
-    keys += 1  # a data event's key; the few others (a message's START/END_OF_BURST) are set below
-    data = (types == L.PHYSICS_EVENT) | (types == L.CALIBRATION_EVENT)
-    if not data.all():
-        keys[~data] = NO_SPILL_KEY
-        keys[types == L.START_OF_BURST] = SOB_KEY
-        keys[types == L.END_OF_BURST] = EOB_KEY
-    return offset[:n], size[:n], types, keys, run[:n], spill[:n].astype(np.int64), reason
+    rows = status.shape[0]
+    keys, bursts = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    n, bad, first, one_spill = _k.summarize_scan(status, etype, event, run, spill, keys, bursts)
+    reason = _REASON_OF_ISSUE.get(int(bad), SCAN_BAD_MAGIC) if bad else SCAN_OK
+    return (offset[:n], size[:n], etype[:n], keys[:n], run[:n], bursts[:n], reason, int(first),
+            bool(one_spill))
 
 
 @dataclass(frozen=True)
@@ -199,7 +194,7 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
     nbytes = raw.shape[0]
     usable = nbytes - nbytes % 4
     words = raw[:usable].view(L.WORD)
-    offsets, sizes, types, keys, runs, bursts, reason = _scan(words)
+    offsets, sizes, types, keys, runs, bursts, reason, first, one_spill = _scan(words)
     err_off = None
     if reason == SCAN_OK and usable != nbytes:
         reason = SCAN_NOT_WORDS
@@ -209,11 +204,9 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
     run = spill = None
     found = offsets.shape[0]
     mismatched = 0
-    spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
-    spill_runs, spill_bursts = runs[spill_idx], bursts[spill_idx]
-    one_spill = not spill_idx.shape[0] or bool((spill_runs == spill_runs[0]).all()
-                                               and (spill_bursts == spill_bursts[0]).all())  # the usual message
-    if not one_spill:
+    if not one_spill:  # the usual message has one spill (and no key other than its own)
+        spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
+        spill_runs, spill_bursts = runs[spill_idx], bursts[spill_idx]
         # the message's spill is the one most of its events carry; a single event with another
         # (run, burst) between two of the message's is header damage: left out and counted
         key = spill_runs.astype(np.int64) * 4096 + spill_bursts
@@ -228,11 +221,11 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
             offsets, sizes, types, keys, runs, bursts = (
                 a[keep] for a in (offsets, sizes, types, keys, runs, bursts))
             spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
-    if spill_idx.shape[0]:
-        first = spill_idx[0]
+        first = int(spill_idx[0]) if spill_idx.shape[0] else -1
+    if first >= 0:
         run, spill = int(runs[first]), int(bursts[first])
-        other = spill_idx[(runs[spill_idx] != run) | (bursts[spill_idx] != spill)] if not one_spill else spill_idx[:0]
-        if other.shape[0]:
+        other = spill_idx[(runs[spill_idx] != run) | (bursts[spill_idx] != spill)] if not one_spill else ()
+        if len(other):
             cut = int(other[0])
             offsets, sizes, types, keys = offsets[:cut], sizes[:cut], types[:cut], keys[:cut]
             reason = SCAN_OTHER_SPILL

@@ -177,6 +177,9 @@ KERNELS: dict[str, Kernel] = {
     "write_headers": Kernel("na64_online.daq._builder_kernels", "write_headers", (
         _out("<u4"), _I8, _I8, INT,
     )),
+    "summarize_scan": Kernel("na64_online.daq._builder_kernels", "summarize_scan", (
+        Arr("<i2"), Arr("<i4"), Arr("<i4"), _I8, Arr("<i4"), _out("<i8"), _out("<i8"),
+    )),
     "plan_headers": Kernel("na64_online.daq._builder_kernels", "plan_headers", (
         _I8, _I8, Arr("<i8", 2), _I8, INT, _out("<u4"), _out("<i8"), _out("<i8"), _out("<i8"),
     )),

@@ -205,6 +205,29 @@ def test_compiled_and_jit_planned_decodes_give_identical_outputs(name, channel_m
     assert len(compiled["nsamples"]) and all(np.array_equal(compiled[k], jit[k]) for k in compiled)
 
 
+def message_scan(data: bytes) -> dict:
+    """``data`` scanned as one readout message's payload (the service's receive step)."""
+    from na64_online.daq.envelope import scan_payload
+
+    scan = scan_payload(data)
+    return {name: getattr(scan, name) for name in ("offsets", "sizes", "types", "keys", "run", "spill", "reason",
+                                                    "error_offset", "header_mismatch")}
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_compiled_and_jit_message_scans_give_identical_outputs(name):
+    data = INPUTS[name]()
+    with kernels_from("aot", {}):
+        compiled = message_scan(data)
+    with kernels_from("jit", {}):
+        jit = message_scan(data)
+    for key, value in compiled.items():
+        if isinstance(value, np.ndarray):
+            assert value.dtype == jit[key].dtype and np.array_equal(value, jit[key]), key
+        else:
+            assert value == jit[key], key
+
+
 # ---------------------------------------------------------------- the list of kernels
 KERNEL_MODULES = sorted({k.module for k in KERNELS.values()})
 
@@ -387,13 +410,14 @@ def test_arguments_the_kernel_was_not_compiled_for_take_the_jit_kernel(monkeypat
 
 
 def test_the_comparison_reaches_every_compiled_kernel(channel_map):
-    """small.dat, one builder plan and small.dat decoded as planned rows — inputs of the comparisons above —
-    call every kernel of the list."""
+    """small.dat, its scan as a message, one builder plan and small.dat decoded as planned rows — inputs of the
+    comparisons above — call every kernel of the list."""
     from na64_online.daq.builder import gather
 
     calls: dict[str, int] = {}
     with kernels_from("aot", calls):
         chain(INPUTS["small.dat"](), channel_map, False)
+        message_scan(INPUTS["small.dat"]())
         gather(*_plan(0))
         planned_decode(INPUTS["small.dat"](), channel_map)
     assert set(calls) == set(KERNELS)

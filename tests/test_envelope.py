@@ -173,7 +173,7 @@ def test_the_scan_walks_headers_as_index_events_does(ldc_events, n, flips, cut):
     for at, value in flips:
         payload[at % len(payload)] = value
     words = np.frombuffer(bytes(payload[:len(payload) - 4 * cut if 4 * cut < len(payload) else None]), L.WORD)
-    offsets, sizes, types, keys, runs, bursts, reason = E._scan(words)
+    offsets, sizes, types, keys, runs, bursts, reason, first, one_spill = E._scan(words)
     index = index_events(words)
     bad = np.flatnonzero(index.status != 0)
     k = int(bad[0]) if len(bad) else len(index)
@@ -181,3 +181,11 @@ def test_the_scan_walks_headers_as_index_events_does(ldc_events, n, flips, cut):
     assert types.tolist() == index.type[:k].tolist() and runs.tolist() == index.run[:k].tolist()
     assert bursts.tolist() == index.spill[:k].tolist() and keys.dtype == np.int64 and keys.shape == (k,)
     assert (reason == E.SCAN_OK) == (k == len(index))
+    data_types = (L.PHYSICS_EVENT, L.CALIBRATION_EVENT)
+    expected_keys = [E.SOB_KEY if t == L.START_OF_BURST else E.EOB_KEY if t == L.END_OF_BURST
+                     else e + 1 if t in data_types else E.NO_SPILL_KEY
+                     for t, e in zip(index.type[:k].tolist(), index.event[:k].tolist())]
+    assert keys.tolist() == expected_keys
+    spill_rows = [i for i, key in enumerate(expected_keys) if key != E.NO_SPILL_KEY]
+    assert first == (spill_rows[0] if spill_rows else -1)
+    assert one_spill == (len({(int(runs[i]), int(bursts[i])) for i in spill_rows}) <= 1)
