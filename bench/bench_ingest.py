@@ -244,7 +244,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     cfg = IngestConfig(endpoints=tuple(endpoints), workers=workers, chunk_events=args.chunk_events,
                        max_queued_tasks=args.max_queued_tasks, spill_timeout_s=30.0, ldc_down_s=30.0,
                        task_timeout_s=120.0, max_memory_mb=int((held_mb + args.max_memory_mb) / 0.9),
-                       worker_capacity=args.worker_capacity)
+                       worker_capacity=args.worker_capacity, rcvhwm=args.rcvhwm)
     cmap = ChannelMap.default()
     thread_kind = args.bare or getattr(args, "worker_threads", False)
     if thread_kind:  # the N workers as threads of the service (ingest.worker_threads)
@@ -714,6 +714,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-queued-tasks", type=int, default=1000)
     p.add_argument("--worker-capacity", type=int, default=IngestConfig().worker_capacity,
                    help="tasks a worker holds at most (ingest.worker_capacity)")
+    p.add_argument("--rcvhwm", type=int, default=IngestConfig().rcvhwm,
+                   help="messages each readout node's receive queue holds at most (ingest.rcvhwm; the memory "
+                   "budget may set it lower)")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--max-memory-mb", type=int, default=1024,
                    help="the service's memory budget beyond what this process holds at start (the spills)")
