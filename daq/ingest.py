@@ -327,6 +327,8 @@ class IngestService:
             worker_refused_results=pool.stats.refused_results,
             worker_refused_peers=pool.stats.refused_peers,
             worker_refused_tasks=pool.stats.refused_tasks,
+            worker_tasks_by_reference=pool.stats.tasks_by_reference,
+            worker_reads_refused=pool.stats.reads_refused,
             loop_time=self.loop_time,
             bad_messages=self.bad_messages_by_label(),
             memory_budget_bytes=self.memory_budget.total_bytes if self.memory_budget else 0,
@@ -405,7 +407,7 @@ class IngestService:
         self.pool = WorkerPool(setup, read_result, bind=c.worker_bind, context=self.context,
                                max_queued_tasks=c.max_queued_tasks, task_timeout_s=c.task_timeout_s,
                                task_retries=c.task_retries, queue_timeout_s=c.queue_timeout_s,
-                               curve=c.worker_curve)
+                               curve=c.worker_curve, local_reads=c.local_worker_reads)
         self.worker_endpoint = self.pool.endpoint
         if c.workers:
             self.pool.spawn_processes(c.workers, c.worker_capacity)

@@ -62,6 +62,9 @@ class IngestConfig(ConfigSection):
     worker_clients_dir: str = ""
     #: tasks each worker holds at once
     worker_capacity: int = Field(2, ge=1)
+    #: local worker processes read their tasks' payloads from the service's memory (``process_vm_readv``)
+    #: instead of receiving them over ipc://; a worker the system does not let read is sent the bytes
+    local_worker_reads: bool = True
     #: readout messages the service loop takes at most before it looks at the workers again (merging their
     #: results, handing them the next tasks): a backlog of messages must not leave the workers idle
     messages_per_turn: int = Field(8, ge=1)

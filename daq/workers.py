@@ -22,6 +22,16 @@ service → worker        ``TASK, task id, meta, sub-events, groups, payload 0 �
                         events into its own buffer (raw-file layout); a plan or
                         frame that does not fit is refused: ``ERROR, task id,
                         "refused task: …"``, counted by both sides
+service → worker        ``TASKREF, task id, meta, sub-events, groups, references``: the
+                        same task, sent only to a local worker process the service
+                        started itself (its identity names its pid): instead of the
+                        payloads, one ``<i8`` (address, bytes) row per payload in the
+                        service's memory, which the worker reads with
+                        ``process_vm_readv`` (one copy, made by the worker; no bytes
+                        through the kernel's socket buffers twice). A worker that may
+                        not read them (another parent, a system that forbids it) answers
+                        ``ERROR, task id, "cannot read the service's memory: …"``; the
+                        service sends it that task and the next ones as TASK
 worker → service        ``RESULT, task id, result frames…`` (the processor's explicit,
                         versioned format) or ``ERROR, task id, text``; each frees one unit
                         of capacity
@@ -50,6 +60,8 @@ unanswered at the next: lost with a reset connection) is retried at once. Result
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -91,7 +103,13 @@ ZAP_DOMAIN = "na64-workers"
 MAX_MESSAGE_BYTES = 256 << 20
 #: prefix of the ERROR text of a task a worker refused (a plan or frame that does not fit)
 REFUSED_TASK = b"refused task: "
+#: a task by reference (``TASKREF``): a local worker the service started reads the payloads from its memory
+TASKREF = b"TASKREF"
+#: prefix of the ERROR text of a TASKREF the worker could not read (the service sends that task again, as bytes)
+CANNOT_READ = b"cannot read the service's memory: "
 _MAX_U32 = (1 << 32) - 1
+#: iovecs per process_vm_readv call (IOV_MAX on Linux)
+_IOV_MAX = 1024
 
 
 def _task_plan(frames: Sequence) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
@@ -114,6 +132,108 @@ def _task_plan(frames: Sequence) -> tuple[list[np.ndarray], np.ndarray, np.ndarr
     groups = np.frombuffer(groups_buf, dtype="<i8")
     payloads = [np.frombuffer(b[:len(b) - len(b) % 4], dtype=L.WORD) for b in bufs[3:]]
     return payloads, subs, groups, gdc
+
+
+class _ProcessMemory:
+    """``process_vm_readv(2)`` through ctypes: copies ranges of another process's memory into this one's,
+    in one system call per 1024 ranges (Linux; ``available`` False elsewhere)."""
+
+    def __init__(self) -> None:
+        self.read = None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            read = libc.process_vm_readv
+        except (OSError, AttributeError):
+            return
+        read.restype = ctypes.c_ssize_t
+        read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                         ctypes.c_ulong]
+        self.read = read
+
+    @property
+    def available(self) -> bool:
+        return self.read is not None
+
+    def copy(self, pid: int, local: np.ndarray, remote: np.ndarray) -> None:
+        """Fill the (address, bytes) ranges ``local`` of this process from ``remote`` of ``pid`` (both
+        uint64 rows, the same lengths); :class:`OSError` when the system refuses or a range is not mapped."""
+        if self.read is None:
+            raise OSError(errno.ENOSYS, "process_vm_readv is not available here")
+        for start in range(0, local.shape[0], _IOV_MAX):
+            lo, ro = local[start:start + _IOV_MAX], remote[start:start + _IOV_MAX]
+            want = int(lo[:, 1].sum())
+            got = self.read(pid, lo.ctypes.data, lo.shape[0], ro.ctypes.data, ro.shape[0], 0)
+            if got != want:
+                err = ctypes.get_errno() if got < 0 else errno.EFAULT
+                raise OSError(err, f"process_vm_readv read {got} of {want} bytes: {os.strerror(err)}")
+
+
+_process_memory = _ProcessMemory()
+
+
+def read_task_payloads(pid: int, frames: Sequence, buffer: np.ndarray | None = None
+                       ) -> tuple[list, np.ndarray]:
+    """A TASKREF message (``TASKREF, id, meta, sub-events, groups, references``; the references one (address,
+    bytes) <i8 row per payload in the service's memory) as the TASK message it stands for: the ranges of the
+    payloads the plan uses are read from process ``pid`` into ``buffer`` (kept between tasks, grown when too
+    small) and the plan's offsets moved to them. Returns (the TASK frames, the buffer).
+
+    The frames are checked before anything is read (:class:`PlanError`); what the plan then says about the
+    payloads is checked where the frames are used, as for a TASK. :class:`OSError` when the read fails."""
+    if len(frames) != 6:
+        raise PlanError(f"a task by reference has TASK, id, meta, sub-events, groups and references; got "
+                        f"{len(frames)} frames")
+    bufs = [memoryview(getattr(f, "buffer", f)).cast("B") for f in frames]
+    if len(bufs[3]) % 24 or len(bufs[5]) % 16 or not len(bufs[5]):
+        raise PlanError(f"plan frame of {len(bufs[3])} bytes or references of {len(bufs[5])} bytes are not whole "
+                        "<i8 rows")
+    subs = np.frombuffer(bufs[3], dtype="<i8").reshape(-1, 3)
+    refs = np.frombuffer(bufs[5], dtype="<i8").reshape(-1, 2)
+    k = refs.shape[0]
+    if np.any(refs[:, 0] <= 0) or np.any(refs[:, 1] < 0) or np.any(refs[:, 1] > MAX_MESSAGE_BYTES):
+        raise PlanError(f"references must be positive addresses of at most {MAX_MESSAGE_BYTES} bytes")
+    index, offset, words = subs[:, 0], subs[:, 1], subs[:, 2]
+    if subs.shape[0] and (index.min() < 0 or index.max() >= k or offset.min() < 0 or words.min() < 0):
+        raise PlanError("a sub-event of the plan is outside the referenced payloads")
+    # the words of each payload the plan uses: [first, end) in words, clipped to the payload
+    first = np.full(k, np.iinfo(np.int64).max, np.int64)
+    end = np.zeros(k, np.int64)
+    np.minimum.at(first, index, offset)
+    np.maximum.at(end, index, np.minimum(offset + words, refs[index, 1] // 4))
+    used = end > first
+    first = np.where(used, first, 0)
+    length = np.where(used, end - first, 0)
+    total = int(length.sum())
+    if buffer is None or buffer.shape[0] < total:  # grown by half again: a few sizes, not one per task
+        buffer = np.empty(max(total, 1, 0 if buffer is None else buffer.shape[0] * 3 // 2), dtype=L.WORD)
+    starts = np.cumsum(length) - length
+    rows = np.flatnonzero(length)
+    local = np.empty((rows.shape[0], 2), np.uint64)
+    remote = np.empty((rows.shape[0], 2), np.uint64)
+    local[:, 0] = buffer.ctypes.data + 4 * starts[rows]
+    local[:, 1] = 4 * length[rows]
+    remote[:, 0] = refs[rows, 0] + 4 * first[rows]
+    remote[:, 1] = local[:, 1]
+    _process_memory.copy(pid, local, remote)
+    moved = subs.copy()
+    moved[:, 1] -= first[index]
+    payloads = [buffer[starts[i]:starts[i] + length[i]] for i in range(k)]
+    return [TASK, frames[1], frames[2], moved, frames[4], *payloads], buffer
+
+
+def allow_children_to_read_memory() -> bool:
+    """Where Yama restricts ptrace (``ptrace_scope`` 1), let this process's descendants read its memory
+    (``prctl(PR_SET_PTRACER, own pid)``): the local workers read their tasks' payloads from it. False where
+    there is nothing to allow (no Yama) or it is refused; a worker that still cannot read says so, and the
+    service sends it bytes."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PTRACER, os.getpid(), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+_PR_SET_PTRACER = 0x59616D61
 
 
 def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:
@@ -300,6 +420,7 @@ def run_worker(
     done = refused = 0
     last_rx = 0.0
     scratch = None  # the buffer tasks' headers are written (or tasks gathered) into (kept: its pages stay mapped)
+    payload_buffer = None  # the buffer tasks by reference are read into (kept too)
     try:
         sock.send_multipart([HELLO, PROTOCOL, setup_id])
         last_hello = time.monotonic()
@@ -337,13 +458,21 @@ def run_worker(
                 setup_failed = False
                 sock.send_multipart([READY, setup_id, str(int(capacity)).encode()])
                 continue
-            if kind == TASK and len(frames) >= 2 and len(frames[1].bytes) == _ID.size:
+            if kind in (TASK, TASKREF) and len(frames) >= 2 and len(frames[1].bytes) == _ID.size:
                 task_id = frames[1].bytes
                 if processor is None:
                     sock.send_multipart([ERROR, task_id, b"worker has no setup"])
                     sock.send_multipart([HELLO, PROTOCOL, setup_id])
                     continue
                 try:
+                    if kind == TASKREF:
+                        try:
+                            if parent_pid is None:
+                                raise OSError(errno.EPERM, "this worker was not started by the service")
+                            frames, payload_buffer = read_task_payloads(parent_pid, frames, payload_buffer)
+                        except OSError as exc:  # the service sends this task (and the next ones) as bytes
+                            sock.send_multipart([ERROR, task_id, CANNOT_READ + str(exc).encode()[:2000]])
+                            continue
                     result, scratch = decode_task(task_step, frames, scratch)  # the next task's buffer
                 except PlanError as exc:  # refused before any memory was touched
                     refused += 1
@@ -379,6 +508,7 @@ class Task:
     queued_at: float = 0.0
     sent_at: float = 0.0
     worker: bytes | None = None
+    by_reference: bool = False  # last sent as TASKREF
 
 
 @dataclass(frozen=True, eq=False)
@@ -397,6 +527,7 @@ class _Worker:
     last_seen: float = 0.0
     tasks: set = field(default_factory=set)
     hello_at: float | None = None  # when its last HELLO arrived
+    reads: bool = False  # a local process this pool started: it gets tasks by reference (TASKREF)
 
 
 @dataclass
@@ -420,6 +551,10 @@ class PoolStats:
     refused_peers: int = 0
     #: tasks a worker refused (``ERROR, id, "refused task: …"``: a plan or frame that does not fit; counted failed)
     refused_tasks: int = 0
+    #: tasks sent by reference (TASKREF: a local worker read the payloads from the service's memory)
+    tasks_by_reference: int = 0
+    #: local workers that could not read the service's memory (each is sent bytes from then on)
+    reads_refused: int = 0
 
 
 class _RateLimitedLog:
@@ -468,6 +603,7 @@ class WorkerPool:
         sndhwm: int = 1000,
         curve: CurveServer | None = None,
         max_task_bytes: int | None = None,
+        local_reads: bool = True,
     ) -> None:
         if curve is None and not is_loopback(bind):
             raise ConfigError(f"ingest.worker_bind {bind} is beyond loopback: set ingest.worker_secret_key and "
@@ -475,6 +611,8 @@ class WorkerPool:
         self.setup = setup
         self.decode_result = decode_result
         self.setup_id = uuid.uuid4().hex.encode()
+        #: local worker processes read their tasks' payloads from this process's memory (TASKREF)
+        self.local_reads = bool(local_reads) and _process_memory.available
         self.max_queued_tasks = max(1, int(max_queued_tasks))
         #: tasks waiting or at workers hold at most about this many bytes of events (None: no byte bound)
         self.max_task_bytes = None if max_task_bytes is None else max(1, int(max_task_bytes))
@@ -600,6 +738,8 @@ class WorkerPool:
             write_public_key(server, self._server_public)
             args += ["--key", str(key), "--server-key", str(server)]
         self._proc_args = args
+        if self.local_reads:
+            allow_children_to_read_memory()
         for _ in range(n):
             self._procs.append(subprocess.Popen(self._proc_args, stdin=subprocess.DEVNULL))
             self._respawn_at.append(0.0)
@@ -618,6 +758,15 @@ class WorkerPool:
                 name=f"na64-worker-{i}", daemon=True)
             t.start()
             self._threads.append((t, ev))
+
+    def _started_here(self, ident: bytes) -> bool:
+        """Whether ``ident`` is a worker process this pool started and that still runs (a worker's own
+        identity is "host:pid:…")."""
+        parts = ident.split(b":")
+        if len(parts) != 3 or not parts[1].isdigit() or parts[0] != _socket.gethostname().encode():
+            return False
+        pid = int(parts[1])
+        return any(p.pid == pid and p.poll() is None for p in self._procs)
 
     @property
     def n_ready(self) -> int:
@@ -687,18 +836,26 @@ class WorkerPool:
             task = self.queue.popleft()
             chunk = task.chunk
             meta = f"{task.run} {task.spill} {task.index} {chunk.gdc}".encode()
-            # the payloads as received (zmq.Frame: sent by reference, no copy), after the plan
-            if not self._send(w.ident, [TASK, _ID.pack(task.task_id), meta, *chunk.plan_frames(), *chunk.sources]):
+            if w.reads:  # where the payloads are in this process: the worker reads them
+                refs = np.array([(p.ctypes.data, p.nbytes) for p in chunk.payloads], dtype="<i8")
+                frames = [TASKREF, _ID.pack(task.task_id), meta, *chunk.plan_frames(), refs.tobytes()]
+            else:  # the payloads as received (zmq.Frame: sent by reference, no copy), after the plan
+                frames = [TASK, _ID.pack(task.task_id), meta, *chunk.plan_frames(), *chunk.sources]
+            if not self._send(w.ident, frames):
                 self.queue.appendleft(task)
                 self._forget(w, now)
                 continue
+            task.by_reference = w.reads
+            if w.reads:
+                self.stats.tasks_by_reference += 1
+            else:
+                self.stats.bytes_sent += chunk.nbytes
             w.credits -= 1
             w.tasks.add(task.task_id)
             task.worker = w.ident
             task.sent_at = now
             task.attempts += 1
             self.outstanding[task.task_id] = task
-            self.stats.bytes_sent += chunk.nbytes
 
     def _forget(self, w: _Worker, now: float) -> list[TaskDone]:
         """Drop a worker; its tasks go back to the queue (or fail)."""
@@ -819,6 +976,7 @@ class WorkerPool:
                 w.ready = True
                 w.capacity = int(frames[3].bytes)
                 w.credits = w.capacity - len(w.tasks)
+                w.reads = self.local_reads and self._started_here(ident)
             return []
         (tid,) = _ID.unpack(frames[2].bytes)
         if tid == 0 and kind == ERROR:  # setup failed
@@ -832,6 +990,17 @@ class WorkerPool:
         self._release(task)
         w.credits = min(w.capacity, w.credits + 1)
         w.tasks.discard(tid)
+        if kind == ERROR and task.by_reference and frames[3].bytes.startswith(CANNOT_READ):
+            if w.reads:  # this task and the next ones as bytes
+                w.reads = False
+                self.stats.reads_refused += 1
+                self._log.warning("reads", "worker %s cannot read this process's memory (%s): it is sent the "
+                                  "payloads", _who(ident), frames[3].bytes[len(CANNOT_READ):200].decode(errors="replace"))
+            task.attempts -= 1
+            task.worker = None
+            self.queue.appendleft(task)
+            self._hold(task)
+            return []
         if kind == ERROR:
             text = frames[3].bytes[:2000].decode(errors="replace")
             if frames[3].bytes.startswith(REFUSED_TASK):

@@ -97,6 +97,10 @@ class Na64Collector(Collector):
                 s.worker_refused_peers)
         counter("na64_worker_refused_tasks", "tasks a worker refused (plan or frames not fitting)",
                 s.worker_refused_tasks)
+        counter("na64_worker_tasks_by_reference", "tasks local workers read from the service's memory",
+                s.worker_tasks_by_reference)
+        counter("na64_worker_reads_refused", "local workers not allowed to read the service's memory (sent bytes)",
+                s.worker_reads_refused)
         gauge("na64_service_start_time_seconds", "Unix time the service process started", s.started,
               unit="seconds")
         gauge("na64_workers_ready", "decoder workers (local and remote) ready for tasks", s.workers_ready)

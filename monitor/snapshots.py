@@ -63,6 +63,8 @@ class ServiceHealth:
     worker_refused_results: int = 0  # worker results that did not decode
     worker_refused_peers: int = 0  # workers refused: CurveZMQ handshake failed or another protocol
     worker_refused_tasks: int = 0  # tasks a worker refused (plan or frames not fitting: never gathered)
+    worker_tasks_by_reference: int = 0  # tasks local workers read from the service's memory (TASKREF)
+    worker_reads_refused: int = 0  # local workers the system did not let read it (sent bytes from then on)
     loop_time: float | None = None  # Unix s of the ingest loop's last pass (a stuck loop stops it)
     #: bad messages since start: LDC label (an expected LDC, "other", "unknown") -> kind -> count
     bad_messages: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # plain: /api/health asdict()s it

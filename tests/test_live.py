@@ -234,6 +234,9 @@ def test_worker_processes_merge_exactly(spills, replayed, channel_map):
         p2.close(0)
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
     assert m["workers"]["tasks_done"] >= 3 * 5 and m["workers"]["workers_seen"] == 2
+    # the local worker processes read every task's payloads from the service's memory: none went as bytes
+    assert m["workers"]["tasks_by_reference"] == m["workers"]["tasks_submitted"] and m["workers"]["bytes_sent"] == 0
+    assert m["workers"]["reads_refused"] == 0
 
 
 @pytest.mark.timeout(60)

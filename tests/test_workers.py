@@ -31,9 +31,10 @@ from na64_online.decoders import layout as L
 from na64_online.daq.builder import BuiltChunk, gather
 from na64_online.daq.ingest import IngestConfig, IngestService
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
+from na64_online.daq.builder import PlanError
 from na64_online.daq.workers import (
-    ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, CurveServer, Task, WorkerPool, _Worker, decode_task,
-    is_loopback, make_keys,
+    ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, TASKREF, CurveServer, Task, WorkerPool, _Worker,
+    decode_task, is_loopback, make_keys, read_task_payloads,
 )
 from na64_online.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
@@ -591,6 +592,122 @@ def test_a_task_is_decoded_where_received_and_gathered_only_when_its_headers_are
     assert decoder.planned == [True, False]  # clean: decoded where received; damaged: gathered
     (clean_events, clean_issues), (damaged_events, damaged_issues) = decoded
     assert damaged_events == clean_events and damaged_issues > clean_issues  # the damage is seen and counted
+
+
+def _task_by_reference(chunk: BuiltChunk) -> tuple[list, list]:
+    """A TASKREF of ``chunk`` (its payloads referenced where they are in this process) and its TASK."""
+    meta = f"{RUN} 1 0 {chunk.gdc}".encode()
+    refs = np.array([(p.ctypes.data, p.nbytes) for p in chunk.payloads], dtype="<i8").tobytes()
+    return ([TASKREF, b"\0" * 8, meta, *chunk.plan_frames(), refs],
+            [TASK, b"\0" * 8, meta, *chunk.plan_frames(), *(p.tobytes() for p in chunk.payloads)])
+
+
+def test_a_task_by_reference_reads_what_the_plan_uses_and_decodes_as_the_task(spills, channel_map, processor):
+    """A local worker reads a TASKREF's payloads from the service's memory (here: this process's, by
+    ``process_vm_readv``): only the ranges its plan uses, into its kept buffer; the task then decodes exactly
+    as the same task sent with the payloads does, and as replay."""
+    words = spill_words(spills)
+    whole = BuiltChunk.from_words(RUN, 1, 0, words)
+    unused = np.arange(1000, dtype=np.uint32)  # a payload the plan does not use
+    prefixed = np.concatenate([np.full(777, 0xDEADBEEF, np.uint32), words])  # the plan uses all but the prefix
+    chunk = BuiltChunk(whole.run, whole.spill, whole.index, (unused, prefixed), (unused, prefixed),
+                       whole.subs + np.array([1, 777, 0]), whole.groups, whole.types, whole.keys, whole.gdc, True)
+    by_reference, as_bytes = _task_by_reference(chunk)
+    frames, buffer = read_task_payloads(os.getpid(), by_reference)
+    assert frames[0] == TASK and len(frames) == len(as_bytes)
+    used = words[int(whole.subs[:, 1].min()):]  # from the first sub-event on (the first super header is not one)
+    assert buffer.nbytes == used.nbytes and np.array_equal(frames[6], used)  # neither the prefix nor payload 0
+    assert frames[5].shape == (0,)
+    read_result, _ = decode_task(processor.task_decoder(), frames, None)
+    sent_result, _ = decode_task(processor.task_decoder(), as_bytes, None)
+    expected = record(processor, processor.accumulate(words))
+    assert record(processor, processor.decode_result(read_result)) == expected
+    assert record(processor, processor.decode_result(sent_result)) == expected
+    _, again = read_task_payloads(os.getpid(), by_reference, buffer)
+    assert again is buffer  # kept between tasks
+
+
+def test_a_task_by_reference_is_checked_before_anything_is_read(spills):
+    chunk = BuiltChunk.from_words(RUN, 1, 0, spill_words(spills))
+    frames, _ = _task_by_reference(chunk)
+    refs = np.frombuffer(frames[5], "<i8").reshape(-1, 2)
+    subs = np.frombuffer(frames[3], "<i8").reshape(-1, 3)
+
+    def with_refs(r):
+        return [*frames[:5], np.asarray(r, "<i8").tobytes()]
+
+    def with_subs(s_):
+        return [*frames[:3], np.asarray(s_, "<i8").tobytes(), *frames[4:]]
+
+    bad = {
+        "frames": frames[:5],
+        "ragged references": [*frames[:5], frames[5][:-3]],
+        "no references": with_refs(np.zeros((0, 2))),
+        "address 0": with_refs([[0, refs[0, 1]]]),
+        "too large": with_refs([[refs[0, 0], 1 << 40]]),
+        "payload index": with_subs(subs + np.array([1, 0, 0])),
+        "negative offset": with_subs(subs - np.array([0, 1 << 20, 0])),
+    }
+    for why, f in bad.items():
+        with pytest.raises(PlanError):
+            read_task_payloads(os.getpid(), f)
+    unmapped = with_refs([[8 << 40, refs[0, 1]]])  # far beyond this process's mappings
+    with pytest.raises(OSError):
+        read_task_payloads(os.getpid(), unmapped)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(L.DATE_HEADER_WORDS, 60), min_size=1, max_size=8), min_size=1, max_size=4),
+       st.randoms(use_true_random=False))
+def test_a_task_read_by_reference_gathers_as_its_payloads_do(payload_sizes, rng):
+    """Any plan over any payloads (a random subset of their sub-events, in any order): the payloads read by
+    reference, with the plan moved to them, gather into the very events the payloads themselves give."""
+    payloads, subs = [], []
+    for p, sizes in enumerate(payload_sizes):
+        offsets = np.cumsum(sizes) - np.array(sizes)
+        payloads.append(np.arange(sum(sizes), dtype=np.uint32) + (p << 24))
+        subs += [(p, int(o), int(n)) for o, n in zip(offsets, sizes) if rng.random() < 0.7]
+    if not subs:
+        subs = [(0, 0, payload_sizes[0][0])]
+    rng.shuffle(subs)
+    subs = np.array(subs, dtype=np.int64)
+    cuts = sorted(set(rng.randrange(1, len(subs)) for _ in range(3))) if len(subs) > 1 else []
+    groups = np.array([0, *cuts, len(subs)], dtype=np.int64)
+    chunk = BuiltChunk(RUN, 1, 0, tuple(payloads), tuple(payloads), subs, groups,
+                       np.full(len(groups) - 1, L.PHYSICS_EVENT, np.int32), np.arange(1, len(groups)), 7, True)
+    by_reference, _ = _task_by_reference(chunk)
+    frames, _ = read_task_payloads(os.getpid(), by_reference)
+    assert np.array_equal(gather(frames[5:], frames[3], groups, 7), gather(payloads, subs, groups, 7))
+
+
+@pytest.mark.timeout(60)
+def test_a_local_worker_that_cannot_read_the_service_is_sent_the_payloads(spills, channel_map, processor):
+    """Only a worker process the pool started gets tasks by reference; one that cannot read the service's
+    memory (here a worker thread passed for one: it has no parent to read) answers so, the task goes again as
+    bytes with nothing counted failed, and the worker is sent bytes from then on."""
+    pool = WorkerPool(worker_setup(Config(), channel_map), processor.decode_result)
+    pool.start_threads(1, capacity=1)
+    try:
+        pump(pool, 60, until=lambda: pool.n_ready == 1)
+        (w,) = pool.workers.values()
+        assert not w.reads  # a worker thread is not a process the pool started
+        pool._started_here = lambda ident: True
+        w.ready = False
+        pool._send_setup(w.ident)  # READY again: now taken for a local process
+        pump(pool, 30, until=lambda: pool.n_ready == 1)
+        assert w.reads
+        words = spill_words(spills)
+        results = []
+        for i in range(2):
+            assert pool.submit(Task(RUN, 1, i, BuiltChunk.from_words(RUN, 1, i, words), EVENTS, EVENTS + 2),
+                               time.monotonic())
+            results += pump(pool, 30, until=lambda: not pool.busy)
+    finally:
+        pool.close()
+    assert pool.stats.reads_refused == 1 and pool.stats.tasks_by_reference == 1 and not w.reads
+    assert pool.stats.tasks_failed == 0 and pool.stats.tasks_done == 2 and pool.task_bytes == 0
+    assert [d.error for d in results] == [None, None]
+    assert all(record(processor, d.result) == record(processor, processor.accumulate(words)) for d in results)
 
 
 STALLED_WORKER = textwrap.dedent("""
