@@ -110,6 +110,8 @@ CANNOT_READ = b"cannot read the service's memory: "
 _MAX_U32 = (1 << 32) - 1
 #: iovecs per process_vm_readv call (IOV_MAX on Linux)
 _IOV_MAX = 1024
+#: prctl option (linux/prctl.h): which process may ptrace (and so read) this one under Yama
+_PR_SET_PTRACER = 0x59616D61
 
 
 def _task_plan(frames: Sequence) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
@@ -231,9 +233,6 @@ def allow_children_to_read_memory() -> bool:
         return libc.prctl(_PR_SET_PTRACER, os.getpid(), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
-
-
-_PR_SET_PTRACER = 0x59616D61
 
 
 def gather_task(frames: Sequence, out: np.ndarray | None = None) -> np.ndarray:

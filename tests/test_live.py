@@ -139,6 +139,19 @@ def workers_ready(svc: IngestService, n: int, timeout_s: float = 60.0) -> int:
     return svc.pool.n_ready
 
 
+def published_records(svc: IngestService, nodes, spills, n: int = 3) -> list[dict]:
+    """The two readout nodes ``nodes`` publish ``spills`` at once; the service's first ``n`` records. The
+    service and the nodes are stopped after."""
+    p1, p2 = nodes
+    try:
+        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
+        return records_of(svc, n)
+    finally:
+        svc.stop()
+        p1.close(0)
+        p2.close(0)
+
+
 def records_of(svc: IngestService, n: int, timeout_s: float = 30.0) -> list[dict]:
     recs = svc.wait_records(n, timeout_s)
     assert len(recs) >= n, f"only {len(recs)} of {n} records; metrics {svc.metrics()}"
@@ -173,13 +186,7 @@ def test_a_spill_seen_only_in_part_at_start_up_is_not_judged(spills, replayed, c
 def test_two_publishers_one_service_equal_replay(spills, replayed, channel_map):
     p1, p2 = publisher(1, wait_subscribers=1, batch_events=37), publisher(2, wait_subscribers=1, batch_events=23)
     svc = start_service(channel_map, [p1.endpoint, p2.endpoint], chunk_events=64)
-    try:
-        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
-        live = records_of(svc, 3)
-    finally:
-        svc.stop()
-        p1.close(0)
-        p2.close(0)
+    live = published_records(svc, (p1, p2), spills)
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
     for r in live:
         assert r["complete"] is True and r["missing_ldcs"] == []
@@ -206,13 +213,7 @@ def test_a_backlog_of_messages_is_read_a_turn_at_a_time(spills, replayed, channe
         return received
 
     svc.subscriber.recv = counted_recv
-    try:
-        run_nodes([(p1, [s.ev[1] for s in spills]), (p2, [s.ev[2] for s in spills])])
-        live = records_of(svc, 3)
-    finally:
-        svc.stop()
-        p1.close(0)
-        p2.close(0)
+    live = published_records(svc, (p1, p2), spills)
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
     assert max(taken) == 3, f"a backlog is read 3 messages a turn, not {max(taken)}"
     assert sum(taken) == svc.metrics()["subscriber"]["messages"]
