@@ -1,7 +1,7 @@
 """Private numba kernels of the event builder (wrappers: :func:`.builder.copy_events`,
-:func:`.builder.write_super_headers`, and the message scan that feeds it, :func:`.envelope.scan_payload`), apart from :mod:`.builder` so that it imports no numba: the kernels are
-also compiled ahead of time (decoders/_aot.py), and a process whose kernels all come from there never
-starts numba."""
+:func:`.builder.write_super_headers`) and of the message scan that feeds it (:func:`.envelope.scan_payload`),
+apart from :mod:`.builder` so that it imports no numba: the kernels are also compiled ahead of time
+(decoders/_aot.py), and a process whose kernels all come from there never starts numba."""
 
 from __future__ import annotations
 
@@ -25,12 +25,7 @@ _SUPER = L.SUPER_EVENT_BIT
 _H_MAGIC = L.H_MAGIC
 _MAGIC = L.DATE_MAGIC
 
-#: Sort keys of the events of a spill: START_OF_BURST 0, PHYSICS/CALIBRATION
-#: event number in burst + 1, END_OF_BURST after every event number (20 bits).
-SOB_KEY = 0
-EOB_KEY = L.EVENT_IN_BURST_MASK + 2
-#: Key of events that belong to no spill (START_OF_RUN, END_OF_RUN, others).
-NO_SPILL_KEY = -1
+SOB_KEY, EOB_KEY, NO_SPILL_KEY = L.SOB_KEY, L.EOB_KEY, L.NO_SPILL_KEY
 _PHYSICS, _CALIBRATION = L.PHYSICS_EVENT, L.CALIBRATION_EVENT
 _SOB, _EOB = L.START_OF_BURST, L.END_OF_BURST
 

@@ -27,12 +27,10 @@ from ..decoders._aot import kernels as _k
 from ..decoders.decode import INDEX_FIRST_WINDOW, INDEX_WORDS_PER_ROW
 from ..decoders.decode import _index_words as _decoder_header_walk
 from ..errors import EnvelopeError, Issue
-from ._builder_kernels import EOB_KEY, NO_SPILL_KEY, SOB_KEY
-
-__all__ = ["EOB_KEY", "NO_SPILL_KEY", "SOB_KEY"]  # the sort keys, defined beside the kernel that sets them
-
 ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
 
+#: Sort keys of the events of a spill (:data:`~..decoders.layout.SOB_KEY` …; 20-bit event numbers)
+SOB_KEY, EOB_KEY, NO_SPILL_KEY = L.SOB_KEY, L.EOB_KEY, L.NO_SPILL_KEY
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +202,7 @@ def scan_payload(payload: bytes | memoryview | np.ndarray, expected_events: int 
     run = spill = None
     found = offsets.shape[0]
     mismatched = 0
-    if not one_spill:  # the usual message has one spill (and no key other than its own)
+    if not one_spill:  # the usual message's spill events all carry one (run, spill)
         spill_idx = np.flatnonzero(keys != NO_SPILL_KEY)
         spill_runs, spill_bursts = runs[spill_idx], bursts[spill_idx]
         # the message's spill is the one most of its events carry; a single event with another

@@ -144,6 +144,12 @@ BURST_EVENT = BitLayout(
 )
 BURST_SHIFT, BURST_MASK = BURST_EVENT["burst"].shift, BURST_EVENT["burst"].mask
 EVENT_IN_BURST_MASK = BURST_EVENT["event"].mask
+#: Where an event sorts in its spill (the event builder's keys): START_OF_BURST 0, PHYSICS/CALIBRATION
+#: event number in burst + 1, END_OF_BURST after every event number; events of no spill (START_OF_RUN,
+#: END_OF_RUN, others) -1.
+SOB_KEY = 0
+EOB_KEY = EVENT_IN_BURST_MASK + 2
+NO_SPILL_KEY = -1
 
 START_OF_RUN = 1
 END_OF_RUN = 2

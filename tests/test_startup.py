@@ -67,6 +67,22 @@ def test_replay_with_the_compiled_kernels_never_loads_numba_or_the_heavy_stacks(
     assert records[0] == records[1] and records[0]
 
 
+def test_the_live_service_with_the_compiled_kernels_never_loads_numba(tmp_path):
+    """The ingest service's modules, and a readout message scanned as the service scans it, with the compiled
+    kernels: numba is not imported (its import alone costs a third of a second, and its JIT compiles)."""
+    code = ("import sys\n"
+            "import na64_online.daq.ingest, na64_online.daq.workers\n"
+            "from na64_online.daq.envelope import scan_payload\n"
+            f"scan = scan_payload(open({str(VECTORS / 'small.dat')!r}, 'rb').read())\n"
+            "print(scan.n_events, sorted(m for m in sys.modules if m == 'numba' or m.startswith(('numba.', 'llvmlite'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("NA64_")},
+                               "NA64_KERNELS": "aot"})
+    assert done.returncode == 0, done.stderr[-1500:]
+    events, modules = done.stdout.split(" ", 1)
+    assert int(events) > 0 and modules.strip() == "[]"
+
+
 def test_a_command_named_first_gets_only_its_own_parser_with_the_same_help_and_errors(capsys):
     """``build_parser(argv)`` builds only the command ``argv`` starts with (argparse's per-parser cost is ≈ 1 % of a
     replay's start-up); its help and its argument errors are the full parser's, and ``--help``, ``--version`` or an
