@@ -412,7 +412,7 @@ def _issues(value) -> dict[tuple[int, str], int]:
         if not isinstance(item, list) or len(item) != 3:
             raise ResultFormatError(f"issues[{i}]: expected [srcID, label, count], got {_short(item)}")
         src = _int(item[0], f"issues[{i}] srcID", (-1, 1 << 16))
-        if item[1] not in _ISSUE_LABELS:
+        if not isinstance(item[1], str) or item[1] not in _ISSUE_LABELS:  # a list or object is no label
             raise ResultFormatError(f"issues[{i}]: unknown issue label {_short(item[1])}")
         key = (src, item[1])
         out[key] = out.get(key, 0) + _int(item[2], f"issues[{i}] count", _COUNT)

@@ -242,6 +242,7 @@ def test_a_malformed_candidate_event_is_refused(processor, parts, change, messag
     (lambda h: h["scalars"].update(scalers=[1] * 1000), "scalers"),
     (lambda h: h["scalars"].update(decode_seconds=-1.0), "decode_seconds"),
     (lambda h: h.update(issues=[[1, "os.system", 1]]), "unknown issue label"),
+    (lambda h: h.update(issues=[[0, [], None]]), "unknown issue label"),  # unhashable: was a TypeError (Hypothesis)
     (lambda h: h.update(issues=[[1, "event_truncated"]]), "issues"),
     (lambda h: h["extensions"].pop(HISTOGRAMS), "extensions"),
     (lambda h: h["extensions"][HISTOGRAMS]["config"].update(e_ecal=[10, 0.0, 150.0]), "binning"),
