@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -102,3 +103,19 @@ def postgres_url(postgres_server, request):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return postgres_server.replace("/postgres?", f"/{name}?", 1)
+
+
+def process_memory_readable() -> bool:
+    """Whether this system lets a process read memory with ``process_vm_readv`` (what local workers read their
+    tasks with; a container's seccomp profile may refuse it: then the service sends them the bytes)."""
+    import numpy as np
+
+    from na64_online.daq.workers import _process_memory
+
+    probe, out = np.arange(4, dtype=np.uint32), np.zeros(4, dtype=np.uint32)
+    try:
+        _process_memory.copy(os.getpid(), np.array([[out.ctypes.data, 16]], np.uint64),
+                             np.array([[probe.ctypes.data, 16]], np.uint64))
+    except OSError:
+        return False
+    return bool(np.array_equal(out, probe))

@@ -27,6 +27,7 @@ from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import Replayer, build_monitor
 from na64_online.worker_setup import worker_setup
+from conftest import process_memory_readable
 
 LIVE_ONLY = {"lost_messages", "incomplete_events", "late_events", "dropped_events", "missing_ldcs", "bad_messages"}
 TIMING = {"processing_seconds", "finished_at"}
@@ -235,9 +236,12 @@ def test_worker_processes_merge_exactly(spills, replayed, channel_map):
         p2.close(0)
     assert [comparable(r) for r in live] == [comparable(r) for r in replayed]
     assert m["workers"]["tasks_done"] >= 3 * 5 and m["workers"]["workers_seen"] == 2
-    # the local worker processes read every task's payloads from the service's memory: none went as bytes
-    assert m["workers"]["tasks_by_reference"] == m["workers"]["tasks_submitted"] and m["workers"]["bytes_sent"] == 0
-    assert m["workers"]["reads_refused"] == 0
+    assert m["workers"]["tasks_failed"] == 0
+    if process_memory_readable():  # the local worker processes read every task's payloads: none went as bytes
+        assert m["workers"]["tasks_by_reference"] == m["workers"]["tasks_submitted"]
+        assert m["workers"]["bytes_sent"] == 0 and m["workers"]["reads_refused"] == 0
+    else:  # a system that refuses it: each worker said so (once) and was sent the bytes
+        assert m["workers"]["reads_refused"] >= 1 and m["workers"]["bytes_sent"] > 0
 
 
 @pytest.mark.timeout(60)

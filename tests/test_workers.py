@@ -40,6 +40,7 @@ from na64_online.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
 from na64_online.service import build_monitor
 from na64_online.worker_setup import worker_setup
+from conftest import process_memory_readable
 from test_live import (EVENTS, RUN, _Spill, comparable, core, publisher, records_of, replay, run_nodes,
                        serve_process, workers_ready)
 
@@ -594,6 +595,9 @@ def test_a_task_is_decoded_where_received_and_gathered_only_when_its_headers_are
     assert damaged_events == clean_events and damaged_issues > clean_issues  # the damage is seen and counted
 
 
+reads = pytest.mark.skipif(not process_memory_readable(), reason="process_vm_readv is refused on this system")
+
+
 def _task_by_reference(chunk: BuiltChunk) -> tuple[list, list]:
     """A TASKREF of ``chunk`` (its payloads referenced where they are in this process) and its TASK."""
     meta = f"{RUN} 1 0 {chunk.gdc}".encode()
@@ -602,6 +606,7 @@ def _task_by_reference(chunk: BuiltChunk) -> tuple[list, list]:
             [TASK, b"\0" * 8, meta, *chunk.plan_frames(), *(p.tobytes() for p in chunk.payloads)])
 
 
+@reads
 def test_a_task_by_reference_reads_what_the_plan_uses_and_decodes_as_the_task(spills, channel_map, processor):
     """A local worker reads a TASKREF's payloads from the service's memory (here: this process's, by
     ``process_vm_readv``): only the ranges its plan uses, into its kept buffer; the task then decodes exactly
@@ -656,6 +661,7 @@ def test_a_task_by_reference_is_checked_before_anything_is_read(spills):
         read_task_payloads(os.getpid(), unmapped)
 
 
+@reads
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(L.DATE_HEADER_WORDS, 60), min_size=1, max_size=8), min_size=1, max_size=4),
        st.randoms(use_true_random=False))
