@@ -573,8 +573,9 @@ def transport_floor(args, baseline: float, n_events: int) -> dict:
     events = n_events * (len(RAW) - warm) // max(1, len(RAW))  # the measured spills' events, as a run counts them
     transport_us = (receiver_cpu + sum(publishers_cpu)) / events * 1e6
     replay_us = 1e6 / baseline
-    return {"events": events, "events_per_s": round(events / elapsed), "receiver_cpu_us_per_event":
-            round(receiver_cpu / events * 1e6, 2), "publishers_cpu_us_per_event": round(sum(publishers_cpu) / events * 1e6, 2),
+    return {"events": events, "events_per_s": round(events / elapsed),
+            "receiver_cpu_us_per_event": round(receiver_cpu / events * 1e6, 2),
+            "publishers_cpu_us_per_event": round(sum(publishers_cpu) / events * 1e6, 2),
             "replay_cpu_us_per_event": round(replay_us, 2),
             "ceiling_vs_replay": round(2 * replay_us / (transport_us + replay_us), 2)}
 

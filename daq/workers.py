@@ -993,8 +993,9 @@ class WorkerPool:
             if w.reads:  # this task and the next ones as bytes
                 w.reads = False
                 self.stats.reads_refused += 1
+                why = frames[3].bytes[len(CANNOT_READ):200].decode(errors="replace")
                 self._log.warning("reads", "worker %s cannot read this process's memory (%s): it is sent the "
-                                  "payloads", _who(ident), frames[3].bytes[len(CANNOT_READ):200].decode(errors="replace"))
+                                  "payloads", _who(ident), why)
             task.attempts -= 1
             task.worker = None
             self.queue.appendleft(task)

@@ -74,7 +74,8 @@ def test_the_live_service_with_the_compiled_kernels_never_loads_numba(tmp_path):
             "import na64_online.daq.ingest, na64_online.daq.workers\n"
             "from na64_online.daq.envelope import scan_payload\n"
             f"scan = scan_payload(open({str(VECTORS / 'small.dat')!r}, 'rb').read())\n"
-            "print(scan.n_events, sorted(m for m in sys.modules if m == 'numba' or m.startswith(('numba.', 'llvmlite'))))")
+            "numba = sorted(m for m in sys.modules if m == 'numba' or m.startswith(('numba.', 'llvmlite')))\n"
+            "print(scan.n_events, numba)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**{k: v for k, v in os.environ.items() if not k.startswith("NA64_")},
                                "NA64_KERNELS": "aot"})
