@@ -86,7 +86,7 @@ from zmq.utils.monitor import parse_monitor_message
 from ..decoders import layout as L
 from ..errors import ConfigError
 from ..decoders.decode import PlannedRows
-from .builder import BuiltChunk, HeldPayloads, PlanError, gather, plan_headers
+from .builder import PLAN_COLUMNS, BuiltChunk, HeldPayloads, PlanError, gather, plan_headers
 from .endpoints import is_loopback  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -114,24 +114,33 @@ _IOV_MAX = 1024
 _PR_SET_PTRACER = 0x59616D61
 
 
+def _byte_views(frames: Sequence) -> list[memoryview]:
+    """The frames' bytes (``zmq.Frame``, bytes or arrays) as flat byte views, nothing copied."""
+    return [memoryview(getattr(f, "buffer", f)).cast("B") for f in frames]
+
+
+def _int64_rows(buf: memoryview, columns: int, what: str) -> np.ndarray:
+    """A frame of ``<i8`` rows of ``columns`` (one column: a flat array); :class:`PlanError` if ragged."""
+    if len(buf) % (8 * columns):
+        raise PlanError(f"{what}: {len(buf)} bytes are not whole rows of {columns} <i8")
+    rows = np.frombuffer(buf, dtype="<i8")
+    return rows if columns == 1 else rows.reshape(-1, columns)
+
+
 def _task_plan(frames: Sequence) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
     """A TASK message's (``TASK, id, meta, sub-events, groups, payload…``) payloads, plan and gdc, the frames
     checked (:class:`PlanError`); the plan itself is validated where it is used."""
     n = len(frames)
     if n < 6:
         raise PlanError(f"a task has TASK, id, meta, sub-events, groups and at least one payload; got {n} frames")
-    bufs = [memoryview(getattr(f, "buffer", f)).cast("B") for f in frames[2:]]
+    bufs = _byte_views(frames[2:])
     meta = bytes(bufs[0][:64]).split(b" ")
     if len(bufs[0]) > 64 or len(meta) != 4 or not all(m.isdigit() and len(m) <= 10 for m in meta):
         raise PlanError(f"meta {bytes(bufs[0][:64])!r} is not 'run spill chunk gdc'")
     gdc = int(meta[3])
     if gdc > _MAX_U32:
         raise PlanError(f"gdc {gdc} is not a 32-bit number")
-    subs_buf, groups_buf = bufs[1], bufs[2]
-    if len(subs_buf) % 24 or len(groups_buf) % 8:
-        raise PlanError(f"plan frames of {len(subs_buf)} and {len(groups_buf)} bytes are not whole <i8 rows")
-    subs = np.frombuffer(subs_buf, dtype="<i8").reshape(-1, 3)
-    groups = np.frombuffer(groups_buf, dtype="<i8")
+    subs, groups = _int64_rows(bufs[1], PLAN_COLUMNS, "plan sub-events"), _int64_rows(bufs[2], 1, "plan groups")
     payloads = [np.frombuffer(b[:len(b) - len(b) % 4], dtype=L.WORD) for b in bufs[3:]]
     return payloads, subs, groups, gdc
 
@@ -141,10 +150,10 @@ class _ProcessMemory:
     in one system call per 1024 ranges (Linux; ``available`` False elsewhere)."""
 
     def __init__(self) -> None:
-        self.read = None
+        self.read = self.libc = None
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            read = libc.process_vm_readv
+            self.libc = ctypes.CDLL(None, use_errno=True)
+            read = self.libc.process_vm_readv
         except (OSError, AttributeError):
             return
         read.restype = ctypes.c_ssize_t
@@ -185,15 +194,11 @@ def read_task_payloads(pid: int, frames: Sequence, buffer: np.ndarray | None = N
     if len(frames) != 6:
         raise PlanError(f"a task by reference has TASK, id, meta, sub-events, groups and references; got "
                         f"{len(frames)} frames")
-    bufs = [memoryview(getattr(f, "buffer", f)).cast("B") for f in frames]
-    if len(bufs[3]) % 24 or len(bufs[5]) % 16 or not len(bufs[5]):
-        raise PlanError(f"plan frame of {len(bufs[3])} bytes or references of {len(bufs[5])} bytes are not whole "
-                        "<i8 rows")
-    subs = np.frombuffer(bufs[3], dtype="<i8").reshape(-1, 3)
-    refs = np.frombuffer(bufs[5], dtype="<i8").reshape(-1, 2)
+    bufs = _byte_views(frames)
+    subs, refs = _int64_rows(bufs[3], PLAN_COLUMNS, "plan sub-events"), _int64_rows(bufs[5], 2, "references")
     k = refs.shape[0]
-    if np.any(refs[:, 0] <= 0) or np.any(refs[:, 1] < 0) or np.any(refs[:, 1] > MAX_MESSAGE_BYTES):
-        raise PlanError(f"references must be positive addresses of at most {MAX_MESSAGE_BYTES} bytes")
+    if not k or np.any(refs[:, 0] <= 0) or np.any(refs[:, 1] < 0) or np.any(refs[:, 1] > MAX_MESSAGE_BYTES):
+        raise PlanError(f"references must be one or more positive addresses of at most {MAX_MESSAGE_BYTES} bytes")
     index, offset, words = subs[:, 0], subs[:, 1], subs[:, 2]
     if subs.shape[0] and (index.min() < 0 or index.max() >= k or offset.min() < 0 or words.min() < 0):
         raise PlanError("a sub-event of the plan is outside the referenced payloads")
@@ -223,15 +228,19 @@ def read_task_payloads(pid: int, frames: Sequence, buffer: np.ndarray | None = N
     return [TASK, frames[1], frames[2], moved, frames[4], *payloads], buffer
 
 
+def task_references(payloads: Sequence[np.ndarray]) -> bytes:
+    """A TASKREF's references frame: each payload's address in this process and its bytes, ``<i8`` rows."""
+    return np.array([(p.ctypes.data, p.nbytes) for p in payloads], dtype="<i8").tobytes()
+
+
 def allow_children_to_read_memory() -> bool:
     """Where Yama restricts ptrace (``ptrace_scope`` 1), let this process's descendants read its memory
     (``prctl(PR_SET_PTRACER, own pid)``): the local workers read their tasks' payloads from it. False where
     there is nothing to allow (no Yama) or it is refused; a worker that still cannot read says so, and the
     service sends it bytes."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PTRACER, os.getpid(), 0, 0, 0) == 0
-    except (OSError, AttributeError):
+        return _process_memory.libc.prctl(_PR_SET_PTRACER, os.getpid(), 0, 0, 0) == 0
+    except AttributeError:  # no C library found, or no prctl in it
         return False
 
 
@@ -836,8 +845,7 @@ class WorkerPool:
             chunk = task.chunk
             meta = f"{task.run} {task.spill} {task.index} {chunk.gdc}".encode()
             if w.reads:  # where the payloads are in this process: the worker reads them
-                refs = np.array([(p.ctypes.data, p.nbytes) for p in chunk.payloads], dtype="<i8")
-                frames = [TASKREF, _ID.pack(task.task_id), meta, *chunk.plan_frames(), refs.tobytes()]
+                frames = [TASKREF, _ID.pack(task.task_id), meta, *chunk.plan_frames(), task_references(chunk.payloads)]
             else:  # the payloads as received (zmq.Frame: sent by reference, no copy), after the plan
                 frames = [TASK, _ID.pack(task.task_id), meta, *chunk.plan_frames(), *chunk.sources]
             if not self._send(w.ident, frames):
@@ -998,6 +1006,7 @@ class WorkerPool:
                                   "payloads", _who(ident), why)
             task.attempts -= 1
             task.worker = None
+            task.queued_at = now
             self.queue.appendleft(task)
             self._hold(task)
             return []

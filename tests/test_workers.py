@@ -34,7 +34,7 @@ from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.daq.builder import PlanError
 from na64_online.daq.workers import (
     ERROR, HELLO, PROTOCOL, READY, RESULT, SETUP, TASK, TASKREF, CurveServer, Task, WorkerPool, _Worker,
-    decode_task, is_loopback, make_keys, read_task_payloads,
+    decode_task, is_loopback, make_keys, read_task_payloads, task_references,
 )
 from na64_online.errors import ConfigError
 from na64_online.monitor.spill_monitor import make_processor
@@ -601,8 +601,7 @@ reads = pytest.mark.skipif(not process_memory_readable(), reason="process_vm_rea
 def _task_by_reference(chunk: BuiltChunk) -> tuple[list, list]:
     """A TASKREF of ``chunk`` (its payloads referenced where they are in this process) and its TASK."""
     meta = f"{RUN} 1 0 {chunk.gdc}".encode()
-    refs = np.array([(p.ctypes.data, p.nbytes) for p in chunk.payloads], dtype="<i8").tobytes()
-    return ([TASKREF, b"\0" * 8, meta, *chunk.plan_frames(), refs],
+    return ([TASKREF, b"\0" * 8, meta, *chunk.plan_frames(), task_references(chunk.payloads)],
             [TASK, b"\0" * 8, meta, *chunk.plan_frames(), *(p.tobytes() for p in chunk.payloads)])
 
 
