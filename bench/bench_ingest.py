@@ -221,23 +221,29 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
+def _start_nodes(args, paced: bool = False):
+    """The two readout nodes (LDC 1 and 2, forked :func:`_publish`), bound and waiting for ``go`` (the warm
+    spills) and ``go_measured`` (the rest): (processes, endpoints, go, go_measured, the queue of their CPU)."""
     ctx = mp.get_context("fork")
     ready = ctx.Queue()
     go, go_measured = ctx.Event(), ctx.Event()
     spent = ctx.Queue()  # the publishers' CPU: on the same cores here, on the readout nodes in NA64
-    warm = args.warm_spills
     kw = dict(batch_events=args.batch_events, sndhwm=1000)
     if paced:
         kw.update(spill_duration_s=args.spill_duration, spill_gap_s=args.spill_gap)
     else:
         kw.update(fast=True, nodrop=True)
-    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go, warm, go_measured, spent),
-                         daemon=True)
+    procs = [ctx.Process(target=_publish, daemon=True,
+                         args=(ldc, "tcp://127.0.0.1:0", kw, ready, go, args.warm_spills, go_measured, spent))
              for ldc in (1, 2)]
     for p in procs:
         p.start()
-    endpoints = [ready.get(timeout=30) for _ in procs]
+    return procs, [ready.get(timeout=30) for _ in procs], go, go_measured, spent
+
+
+def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
+    warm = args.warm_spills
+    procs, endpoints, go, go_measured, spent = _start_nodes(args, paced)
     # this process also holds the simulated spills (the publishers' copy and the replay baseline's), which a
     # real service does not: the memory budget is that much larger, so that the service keeps its usual buffers
     held_mb = status_kb("self", "VmRSS") // 1024
@@ -529,16 +535,8 @@ def transport_floor(args, baseline: float, n_events: int) -> dict:
     receives with one ZeroMQ I/O thread and drops every message (no scan, build or decode). ``ceiling_vs_replay``
     is the rate the two cores would give if the service and its workers cost nothing beyond replay's own
     decoding: 2 cores / (transport CPU + replay's CPU per event), as a ratio to replay."""
-    ctx = mp.get_context("fork")
-    ready, spent = ctx.Queue(), ctx.Queue()
-    go, go_measured = ctx.Event(), ctx.Event()
     warm = args.warm_spills
-    kw = dict(batch_events=args.batch_events, sndhwm=1000, fast=True, nodrop=True)
-    procs = [ctx.Process(target=_publish, args=(ldc, "tcp://127.0.0.1:0", kw, ready, go, warm, go_measured, spent),
-                         daemon=True) for ldc in (1, 2)]
-    for p in procs:
-        p.start()
-    endpoints = [ready.get(timeout=30) for _ in procs]
+    procs, endpoints, go, go_measured, spent = _start_nodes(args)
     zctx = zmq.Context(io_threads=1)
     sub = zctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 1000)
