@@ -47,7 +47,7 @@ class Na64Collector(Collector):
     """Custom collector: every sample is computed from the store's snapshots at scrape time."""
 
     def __init__(self, store: SnapshotStore, clock=time.time, liveness=None, *, sources: Sequence[str] = (),
-                 alarms=None, archive: bool = False) -> None:
+                 alarms=None, archive=False) -> None:
         self.store = store
         self.clock = clock
         self.liveness = liveness  # callable giving a liveness.Liveness (live service), or None
@@ -55,7 +55,9 @@ class Na64Collector(Collector):
         self.sources = tuple(dict.fromkeys([*(str(s) for s in sources), "event", "other"]))
         #: callable giving the alarm engine's view: {"active": [alarm dicts], "delivery": {sent, failed, dropped…}}
         self.alarms = alarms
-        self.archive = archive  # whether the spills are archived (na64_archive_* exported)
+        #: whether the spills are archived (na64_archive_* exported); a callable: also the archive writer's
+        #: state (``ArchiveWriter.status()``: pending spills, dropped, failed, retried, behind since)
+        self.archive = archive
 
     def describe(self):
         return self._families(MonitorSnapshot(), ServiceHealth(started=0.0), describe=True)
@@ -166,6 +168,20 @@ class Na64Collector(Collector):
             counter("na64_archive_spills", "spills committed to the archive", m.archived_spills)
             gauge("na64_archive_last_write_timestamp_seconds", "Unix time of the last archive commit",
                   m.archived_at if m.archived_at is not None else math.nan, unit="seconds")
+            if callable(self.archive):
+                w = self.archive() if not describe else {}
+                behind = w.get("behind_since")
+                gauge("na64_archive_pending_spills", "spills waiting for the archive (written on the archive's "
+                      "own thread; at most [archive] queue_spills)", w.get("pending_spills", 0))
+                gauge("na64_archive_behind_seconds", "how long the archive has not kept up: its current write "
+                      "retried after a failure, or running longer than [archive] answer_timeout_s (0 when it "
+                      "keeps up)", time.monotonic() - behind if behind is not None else 0.0, unit="seconds")
+                counter("na64_archive_spills_dropped", "spills not archived: the queue for the archive was full, "
+                        "or the stop left them", w.get("dropped", 0))
+                counter("na64_archive_write_retries", "archive writes that failed for the database's sake "
+                        "(down, locked, unreachable) and were tried again", w.get("attempts_failed", 0))
+                counter("na64_archive_writes_failed", "archive writes given up: the archive refused the data",
+                        w.get("failed", 0))
         counter("na64_beam_particles", "beam particles on target (scaler S1·S2), summed", m.beam_particles)
         counter("na64_eot", "electrons on target, summed since service start", m.eot)
         counter("na64_candidates", "missing-energy candidates", m.candidates)
@@ -293,14 +309,15 @@ class Na64Collector(Collector):
 
 
 def register_metrics(registry: CollectorRegistry, store: SnapshotStore | None = None,
-                     liveness=None, *, sources: Sequence[str] = (), alarms=None, archive: bool = False,
+                     liveness=None, *, sources: Sequence[str] = (), alarms=None, archive=False,
                      process: bool = False) -> SnapshotStore:
     """Register an :class:`Na64Collector` on ``registry``; returns the store to publish into.
 
     ``liveness``: a callable giving the live service's :class:`~.liveness.Liveness` (staleness);
     ``sources``: the channel map's srcIDs (labels of ``na64_decode_errors_by_source_total``);
     ``alarms``: a callable giving ``{"active": [...], "delivery": {...}}`` (``na64_alarm_active``,
-    ``na64_alertmanager_*``); ``archive``: export ``na64_archive_*``; ``process``: also the standard
+    ``na64_alertmanager_*``); ``archive``: export ``na64_archive_*`` (a callable giving the archive writer's
+    ``status()``: also its queue, delays and losses); ``process``: also the standard
     ``process_*`` and ``python_info`` collectors and ``na64_build_info``.
     """
     store = store or SnapshotStore()

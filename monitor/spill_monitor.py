@@ -33,6 +33,7 @@ from .model import SpillRecord
 from .quality import QualityConfig, assess, interrupted_quality
 
 if TYPE_CHECKING:  # the metrics' store: only the live service passes one
+    from .archive.writer import ArchiveWriter, DirectWrites
     from .snapshots import SnapshotStore
 
 STATS, HISTOGRAMS = "channel_stats", "histograms"
@@ -91,6 +92,7 @@ class SpillMonitor:
         beam_profile: str = DEFAULT_PROFILE,
         processing_version: str = UNVERSIONED,
         snapshots: bool = True,
+        archive_thread: bool = False,
     ) -> None:
         missing = [role for role in beam_profiles.profile(beam_profile).requires
                    if channel_map.detectors.by_role(role) is None
@@ -107,15 +109,27 @@ class SpillMonitor:
         self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
         self.run_histograms = RunHistograms(histograms)
-        if archive is not None:
-            from .archive.store import Archive  # SQLAlchemy: only with an archive
-
-            self.archive = Archive.from_config(archive, version=processing_version)
-        else:
-            self.archive = None
-        self.alarms = AlarmEngine.from_config(alarms, self.archive)
         #: the store the metrics read, published into after each spill; None: nothing reads metrics (replay)
         self.metrics = metrics
+        #: the archive's writes: on a thread of their own (``archive_thread``, the live service: a database
+        #: that hangs never stops the spill loop), else in this thread (replay: a record once its spill is
+        #: committed); None without an archive
+        self.archive_writes: ArchiveWriter | DirectWrites | None = None
+        if archive is not None:
+            from .archive.store import Archive  # SQLAlchemy: only with an archive
+            from .archive.writer import AlarmStoreVia, ArchiveWriter, DirectWrites
+
+            self.archive = Archive.from_config(archive, version=processing_version)
+            if archive_thread:
+                self.archive_writes = ArchiveWriter(
+                    self.archive, queue_spills=archive.queue_spills, answer_timeout_s=archive.answer_timeout_s,
+                    drain_timeout_s=archive.drain_timeout_s, on_commit=self._archive_committed)
+            else:
+                self.archive_writes = DirectWrites(self.archive, on_commit=self._archive_committed)
+            self.alarms = AlarmEngine.from_config(alarms, AlarmStoreVia(self.archive, self.archive_writes))
+        else:
+            self.archive = None
+            self.alarms = AlarmEngine.from_config(alarms, None)
         if metrics is not None:
             metrics.use_channel_map(channel_map)
         self.reference: dict | None = None
@@ -173,17 +187,17 @@ class SpillMonitor:
             channel_findings=list(health.findings),
             eot_run=self.run_histograms.eot,
             reference=tuple(self.reference_id) if self.reference_id else None,
-            # a (run, spill) archived already with other data: both are kept, and the alarm says so
-            archive_collision=self.archive.collides(facts) if self.archive is not None else False,
+            # a (run, spill) archived already with other data: both are kept, and the alarm says so; None: the
+            # archive did not answer in time (its write decides it, into the archived row)
+            archive_collision=self.archive_writes.collides(facts) if self.archive_writes is not None else False,
         ))
         active = self.alarms.evaluate(record, quality, extra={"health": health})
         record = record.model_copy(update=dict(alarms=[model.ActiveAlarm.model_validate(a) for a in active]))
-        if self.archive is not None:
-            self.archive.store_spill(
-                record, quality, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events()
+        if self.archive_writes is not None:
+            self.archive_writes.store_spill(
+                record, quality, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events(),
+                decide_collision=record.archive_collision is None,
             )
-            if self.metrics is not None:
-                self.metrics.publish_archive_write()
         else:
             self.alarms.take_events()
         if self.metrics is not None:
@@ -225,12 +239,15 @@ class SpillMonitor:
             reference=tuple(self.reference_id) if self.reference_id else None,
             alarms=[],  # none evaluated from this spill
         ))
-        if self.archive is not None:
-            self.archive.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
-            if self.metrics is not None:
-                self.metrics.publish_archive_write()
+        if self.archive_writes is not None:
+            self.archive_writes.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {}, ())
         self.spills_interrupted += 1
         return record.to_dict()
+
+    def _archive_committed(self) -> None:
+        """A spill's archive transaction committed (the writer's thread, or this one)."""
+        if self.metrics is not None:
+            self.metrics.publish_archive_write()
 
     @property
     def latest(self) -> SpillSnapshot | None:
@@ -241,8 +258,10 @@ class SpillMonitor:
         self.run_histograms.reset(reason)
 
     def close(self) -> None:
+        """Stop the alarm engine, write what waits for the archive (bounded: ``drain_timeout_s``), close it."""
         self.alarms.close()
         if self.archive is not None:
+            self.archive_writes.close()
             self.archive.close()
 
     def status(self) -> dict[str, Any]:
@@ -251,4 +270,5 @@ class SpillMonitor:
             "spills_interrupted": self.spills_interrupted,
             "reference": list(self.reference_id) if self.reference_id else None,
             "alarm_rules_error": getattr(self.alarms, "rules_error", None),
+            "archive": self.archive_writes.status() if self.archive_writes is not None else None,
         }

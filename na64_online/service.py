@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStore | None = None,
-                  archive_path: str | os.PathLike | None = None, snapshots: bool = True) -> SpillMonitor:
+                  archive_path: str | os.PathLike | None = None, snapshots: bool = True,
+                  archive_thread: bool = False) -> SpillMonitor:
     """The per-spill monitor as configured; ``archive_path`` overrides the archive (a file, or a database URL);
-    ``snapshots``: keep the dashboard's snapshot of the latest spill."""
+    ``snapshots``: keep the dashboard's snapshot of the latest spill; ``archive_thread``: write the archive on
+    a thread of its own (the live service)."""
     archive = config.archive
     if archive_path is not None:
         where = {"url": str(archive_path)} if is_url(archive_path) else {"path": archive_path, "url": None}
@@ -46,6 +48,7 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
         beam_profile=config.beam.profile,
         processing_version=processing_version(config, channel_map),
         snapshots=snapshots,
+        archive_thread=archive_thread,
     )
 
 
@@ -264,12 +267,13 @@ class LiveService:
         self.metrics = register_metrics(
             self.registry, store, liveness=self.liveness.status, sources=source_labels(channel_map),
             alarms=lambda: alarm_view(self.monitor.alarms),
-            archive=archive_path is not None or config.archive is not None, process=True)
+            archive=(self._archive_status if archive_path is not None or config.archive is not None else False),
+            process=True)
         if config.alarms.generator_url is None and (config.web.enabled if web is None else web):
             # alerts link to this service's dashboard (set [alarms] generator_url to the public address)
             host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::", "") else config.web.host
             config = config.replace(alarms=config.alarms.replace(generator_url=f"http://{host}:{config.web.port}/"))
-        self.monitor = build_monitor(config, channel_map, self.metrics, archive_path)
+        self.monitor = build_monitor(config, channel_map, self.metrics, archive_path, archive_thread=True)
         #: the candidates' raw events of the last spills (the dashboard's event display)
         self.candidate_events = LiveCandidateEvents(config, channel_map, config.web.event_display_spills)
         self.ingest = IngestService(
@@ -319,6 +323,12 @@ class LiveService:
         log.info("spill finished: %s events, %s lost, %s decode errors, quality %s", done.get("events"),
                  done.get("lost_events"), done.get("decode_errors"), (done.get("quality") or {}).get("overall"))
         return record
+
+    def _archive_status(self) -> dict:
+        """The archive writer's state (``na64_archive_*``), once the monitor exists."""
+        monitor = getattr(self, "monitor", None)
+        writes = monitor.archive_writes if monitor is not None else None
+        return writes.status() if writes is not None else {}
 
     def _on_health(self, health: dict) -> None:
         """Called by the ingest loop about once a second: the metrics' service snapshot, and the systemd

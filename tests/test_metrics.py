@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -204,6 +205,21 @@ def test_bad_messages_counter_bounded_labels_and_health_dict():
     assert "na64_memory_budget_bytes 1.073741824e+09" in text
     assert 'na64_memory_buffered_bytes{stage="builder"} 7.0' in text
     assert "na64_worker_refused_tasks_total 5.0" in text
+
+
+def test_the_archive_writers_queue_delay_and_losses_are_read_at_scrape_time():
+    registry = CollectorRegistry()
+    writer = {"pending_spills": 0, "dropped": 0, "failed": 0, "attempts_failed": 0, "behind_since": None}
+    register_metrics(registry, archive=lambda: writer)
+    v = lambda name: value(registry, name)  # noqa: E731
+    assert v("na64_archive_pending_spills") == 0 and v("na64_archive_behind_seconds") == 0
+    writer.update(pending_spills=7, dropped=2, failed=1, attempts_failed=4, behind_since=time.monotonic() - 90)
+    assert v("na64_archive_pending_spills") == 7 and 90 <= v("na64_archive_behind_seconds") < 150
+    assert v("na64_archive_spills_dropped_total") == 2 and v("na64_archive_writes_failed_total") == 1
+    assert v("na64_archive_write_retries_total") == 4
+    plain = CollectorRegistry()
+    register_metrics(plain, archive=True)  # archived, without a writer of its own: no queue to show
+    assert value(plain, "na64_archive_pending_spills") is None
 
 
 def test_per_source_quality_archive_alarm_and_process_metrics():

@@ -146,6 +146,12 @@ def test_sigterm_mid_spill_archives_an_interrupted_spill_and_a_restart_goes_on(t
         if r3.get("interrupted"):
             seen_in_part.append(r3["spill"])
             r3 = again.record(90)
+        # the archive is written on its own thread: a record goes out as its spill's write is queued; the
+        # write follows (a SIGKILL before it would lose that row, not the record)
+        deadline = time.monotonic() + 30
+        while not _archived(db, r3["spill"]):
+            assert time.monotonic() < deadline, f"spill {r3['spill']} was never archived"
+            time.sleep(0.05)
         stop(second)
     finally:
         stop(first)
@@ -168,6 +174,13 @@ def test_sigterm_mid_spill_archives_an_interrupted_spill_and_a_restart_goes_on(t
     only = subprocess.run([*COMMAND, "archive", str(db), "spills", "--quality", "INTERRUPTED"], capture_output=True,
                           text=True, timeout=60)
     assert [json.loads(line)["spill"] for line in only.stdout.splitlines()] == [2, *seen_in_part]
+
+
+def _archived(db: Path, spill: int) -> bool:
+    import sqlite3
+
+    with sqlite3.connect(db, timeout=30) as conn:
+        return conn.execute("SELECT count(*) FROM spills WHERE spill = ?", (spill,)).fetchone()[0] > 0
 
 
 def _publish_spills(publishers, spills) -> None:

@@ -24,6 +24,10 @@ class ArchiveConfig(ConfigSection):
     ``retention_spills``/``retention_days``: ``None`` keeps everything.
     ``alarm_history_days``: ``None`` keeps the whole alarm history.
     ``synchronous``: SQLite ``PRAGMA synchronous`` (``FULL``, ``NORMAL`` or ``EXTRA``).
+    The live service writes on a thread of its own (:mod:`.writer`): ``queue_spills`` spills may wait
+    for a database that hangs or is down (more are not archived, and counted); a spill's finish waits
+    ``answer_timeout_s`` at most for the archive's collision answer; a stop waits ``drain_timeout_s``
+    for the writes still queued.
     """
 
     section: ClassVar[str] = "archive"
@@ -34,6 +38,9 @@ class ArchiveConfig(ConfigSection):
     alarm_history_days: float | None = Field(None, gt=0)
     synchronous: str = "FULL"
     url: str | None = None
+    queue_spills: int = Field(256, ge=1)
+    answer_timeout_s: float = Field(1.0, gt=0)
+    drain_timeout_s: float = Field(10.0, ge=0)
 
     def __init__(self, path: str | os.PathLike | None = None, /, **values: Any) -> None:
         if path is not None:

@@ -454,6 +454,8 @@ class Archive(ArchiveExports):
         quality: Mapping[str, Any] | None = None,
         histograms: Mapping[str, Any] | None = None,
         alarm_events: Iterable[Mapping[str, Any]] = (),
+        *,
+        decide_collision: bool = False,
     ) -> int:
         """Archive one spill atomically under this archive's processing version; returns its row id.
 
@@ -466,6 +468,9 @@ class Archive(ArchiveExports):
         other data under that key is kept beside it — the new row gets the
         next ``fragment`` number and every row of that key is marked
         ``collision``. Retention is applied afterwards, in its own transaction.
+        ``decide_collision``: a record without ``archive_collision`` (the live
+        service's, when the archive did not answer in time) gets it here, as
+        this transaction finds it.
         """
         record = to_json(record)  # a model.SpillRecord / SpillQuality, or their JSON
         quality = to_json(quality) if quality is not None else None
@@ -502,6 +507,8 @@ class Archive(ArchiveExports):
                 conn.execute(spills.update().where(self._key(run, spill)).values(collision=1))
             else:
                 fragment, collision = 0, 0
+            if decide_collision and "archive_collision" not in record:
+                values["record"] = _dumps(record | {"archive_collision": same is None and bool(others)})
             spill_id = self._upsert(conn, values | {"fragment": fragment, "collision": collision})
             self._insert_histograms(conn, spill_id, blobs)
             self._insert_alarm_events(conn, events, run=run, spill=spill, now=now)
