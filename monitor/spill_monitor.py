@@ -60,6 +60,18 @@ def make_processor(
     )
 
 
+def reference_histograms(archive, run: int, spill: int | None = None) -> dict:
+    """The archived histograms of a spill (``spill=None``: the whole run, summed), to compare spectra with;
+    ``ValueError`` when there are none (or no archive)."""
+    if archive is None:
+        raise ValueError("a reference needs the archive")
+    hists = archive.run_histograms(run) if spill is None else archive.get_histograms(run, spill)
+    if not hists:
+        what = f"run {run}" if spill is None else f"run {run} spill {spill}"
+        raise ValueError(f"no archived histograms for {what}")
+    return hists
+
+
 class SpillSnapshot(model.SpillSnapshot):
     """What the dashboard shows after a spill (typed: :class:`~.model.SpillSnapshot`) plus the
     histograms in their JSON shape; never mutated once published."""
@@ -115,6 +127,8 @@ class SpillMonitor:
         #: that hangs never stops the spill loop), else in this thread (replay: a record once its spill is
         #: committed); None without an archive
         self.archive_writes: ArchiveWriter | DirectWrites | None = None
+        #: spills committed to the archive so far (one thread writes): readers of the archive read again on a change
+        self.archive_commits = 0
         if archive is not None:
             from .archive.store import Archive  # SQLAlchemy: only with an archive
             from .archive.writer import AlarmStoreVia, ArchiveWriter, DirectWrites
@@ -148,14 +162,17 @@ class SpillMonitor:
     # ------------------------------------------------------------ reference
     def set_reference(self, run: int, spill: int | None = None) -> None:
         """Compare spectra with this archived spill (or, ``spill=None``, the whole run summed) from now on."""
-        if self.archive is None:
-            raise ValueError("a reference needs the archive")
-        hists = self.archive.run_histograms(run) if spill is None else self.archive.get_histograms(run, spill)
-        if not hists:
-            what = f"run {run}" if spill is None else f"run {run} spill {spill}"
-            raise ValueError(f"no archived histograms for {what}")
+        self.use_reference(run, spill, reference_histograms(self.archive, run, spill))
+
+    def use_reference(self, run: int, spill: int | None, hists: dict) -> None:
+        """Compare spectra with ``hists`` (:func:`reference_histograms`, read in any thread) from now on."""
         with self._lock:
             self.reference, self.reference_id = hists, (run, spill)
+
+    def reference_in_use(self) -> tuple[tuple[int, int | None] | None, dict | None]:
+        """(reference id, its histograms) as one pair, from any thread."""
+        with self._lock:
+            return self.reference_id, self.reference
 
     # ------------------------------------------------------------ per spill
     def handle(
@@ -246,6 +263,7 @@ class SpillMonitor:
 
     def _archive_committed(self) -> None:
         """A spill's archive transaction committed (the writer's thread, or this one)."""
+        self.archive_commits += 1
         if self.metrics is not None:
             self.metrics.publish_archive_write()
 

@@ -249,3 +249,68 @@ def test_live_service_push_event_display_then_grey_when_silent_then_monitor_down
         stop(proc)
         for p in publishers:
             p.close(0)
+
+
+@pytest.mark.timeout(180)
+def test_a_frozen_archive_holds_neither_the_live_panels_nor_the_feeds_loop(postgres_url, channel_map):
+    """The dashboard's feed with the archive's PostgreSQL host frozen (its processes SIGSTOPped) as it reads
+    the recent spills: every new spill is still prepared for the pages and the status still refreshed; only
+    that list waits — and catches up when the database moves again."""
+    import asyncio
+    import threading
+
+    from na64_online.decoders.decode import as_words
+    from na64_online.monitor.archive import ArchiveConfig
+    from na64_online.monitor.spill_monitor import SpillMonitor
+    from na64_online.sim.simulator import ReadoutSimulator
+    from na64_online.web.live import DashboardFeed
+    from test_archive_writer import _postmaster_pids, wait_until
+
+    monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=postgres_url, answer_timeout_s=0.5),
+                           archive_thread=True)
+    sim = ReadoutSimulator(SimulationConfig(spills=3, events_per_spill=300, seed=5), channel_map)
+    accs = [monitor.processor.accumulate(as_words(s.raw())[0]) for s in sim.spills()]
+    monitor.handle(accs[0])
+    wait_until(lambda: monitor.archive_writes.status()["pending_spills"] == 0, what="spill 1 archived")
+    state = AppState(monitor=monitor, registry=CollectorRegistry())  # the web's own connection, opened
+    feed = DashboardFeed(state, None, poll_seconds=0.02, status_seconds=0.05)
+    status_refreshes = []
+    refresh = feed._refresh_status  # noqa: SLF001 - counted, as the pages would see it
+
+    async def counted_refresh():
+        status_refreshes.append(time.monotonic())
+        await refresh()
+    feed._refresh_status = counted_refresh  # noqa: SLF001
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(feed._run())  # noqa: SLF001 - the feed's loop, as the web app runs it
+
+    def run_feed() -> None:
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:  # the test's end
+            pass
+    runner = threading.Thread(target=run_feed, daemon=True)
+    pids = _postmaster_pids(postgres_url)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        runner.start()  # its first turn reads the recent spills: that read hangs on the frozen database
+        wait_until(lambda: feed.prepare_count == 1, what="spill 1 prepared")
+        for spill in (2, 3):  # each prepared while the archive is frozen
+            monitor.handle(accs[spill - 1])
+            wait_until(lambda: feed.prepared.key[:2] == (1, spill), what=f"spill {spill} prepared")
+        frozen_at = time.monotonic()
+        wait_until(lambda: sum(t > frozen_at for t in status_refreshes) >= 5, what="the status refreshed")
+        assert feed.prepare_count == 3 and feed._recent is None  # noqa: SLF001
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: monitor.archive_writes.status()["pending_spills"] == 0, 60, what="the writes after")
+        wait_until(lambda: (feed._recent or {}).get("spill", [])[:3] == [3, 2, 1], 60,  # noqa: SLF001
+                   what="the recent spills caught up")
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        runner.join(10)
+        state.close()
+        monitor.close()

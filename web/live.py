@@ -113,6 +113,9 @@ class DashboardFeed:
         self._alarms_key: tuple | None = None
         self._alarms: dict | None = None
         self._recent: dict | None = None
+        self._recent_task: asyncio.Task | None = None  # the archive read of the recent spills under way
+        self._recent_again = False  # a spill came while it was under way: read again when it returns
+        self._recent_commits: int | None = None  # the monitor's archive commits when the list was last read
         self._reference_cache: tuple[Any, dict | None] = (None, None)
         #: channel trends: (run, spill, occupancy, pedestal, noise) per spill seen, newest last
         self.channel_history: deque = deque(maxlen=TREND_SPILLS)
@@ -193,6 +196,10 @@ class DashboardFeed:
                     self._snapshot = await asyncio.to_thread(plain_snapshot, snapshot)
                     await self._new_spill(self._snapshot)
                     next_status = 0.0
+                commits = self.state.monitor.archive_commits
+                if commits != self._recent_commits:  # the archive is written on its own thread: read after it
+                    self._recent_commits = commits
+                    self._refresh_recent()
                 if now >= next_status:
                     next_status = now + self.status_seconds
                     await self._refresh_status()
@@ -215,10 +222,30 @@ class DashboardFeed:
         self.prepared = prepared
         self.prepare_count += 1
         self._push(lambda page: page.apply(prepared), only_live=True)
-        recent = await asyncio.to_thread(self._recent_spills)
-        if recent is not None:
-            self._recent = recent
-            self._push(lambda page: page.show_recent(recent))
+
+    def _refresh_recent(self) -> None:
+        """Read the recent spills again (the archive committed a spill): one read at a time, beside the loop."""
+        if self._recent_task is not None and not self._recent_task.done():
+            self._recent_again = True
+        else:
+            self._recent_task = asyncio.get_running_loop().create_task(self._read_recent())
+
+    async def _read_recent(self) -> None:
+        """The recent spills' list, read from the archive beside the feed's loop: an archive that does not
+        answer holds this list only, never the live panels, the status or the heartbeat."""
+        try:
+            while True:
+                self._recent_again = False
+                recent = await asyncio.to_thread(self._recent_spills)
+                if recent is not None:
+                    self._recent = recent
+                    self._push(lambda page: page.show_recent(recent))
+                if not self._recent_again:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the next spill reads it again
+            log.exception("dashboard feed: the recent spills could not be read from the archive")
 
     def _prepare(self, snapshot, archived: bool = False) -> PanelData:
         monitor = self.state.monitor
@@ -251,9 +278,12 @@ class DashboardFeed:
         cached_id, cached = self._reference_cache
         if cached_id == ref_id:
             return cached
+        held = self.state.monitor.reference_in_use()  # the monitor's own copy: no archive read
         archive = self.state.archive
         hists = None
-        if archive is not None:
+        if held[0] is not None and tuple(held[0]) == ref_id and held[1]:
+            hists = _hist_json(held[1])
+        elif archive is not None:
             run, spill = ref_id
             hists = _hist_json(archive.run_histograms(run) if spill is None else archive.get_histograms(run, spill))
         self._reference_cache = (ref_id, hists)

@@ -69,10 +69,16 @@ class ReferenceAnswer(BaseModel):
 
 @router.put("/reference", response_model=ReferenceAnswer)
 def set_reference(request: Request, user: Writer, body: ReferenceRequest):
-    """Compare spectra with this archived spill (or the whole run, summed) from the next spill on."""
+    """Compare spectra with this archived spill (or the whole run, summed) from the next spill on.
+
+    The histograms are read here, through the web's own connection; the service thread only takes them
+    (an archive that does not answer holds this request, never the spill loop)."""
+    from ...monitor.spill_monitor import reference_histograms
+
     monitor = state(request).monitor
     try:
-        state(request).command(lambda: monitor.set_reference(body.run, body.spill))
+        hists = reference_histograms(state(request).archive, body.run, body.spill)
+        state(request).command(lambda: monitor.use_reference(body.run, body.spill, hists))
     except ValueError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     return {"reference": [body.run, body.spill], "user": user}
