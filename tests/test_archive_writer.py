@@ -142,6 +142,7 @@ def test_close_waits_its_drain_timeout_then_names_the_spills_it_leaves(sqlite_ar
             assert writer.close() == [(4, 7)]
         assert "not archived at stop" in caplog.text and "run 4 spill 7" in caplog.text
         assert not writer._thread.is_alive()  # noqa: SLF001 - the writer's thread ended with it
+        assert writer.status()["dropped"] == 1
         writer.store_spill(record(4, 8), None, {}, [])  # after close: refused quietly, nothing queued
         assert writer.status()["pending_spills"] == 0
     finally:

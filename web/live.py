@@ -114,7 +114,7 @@ class DashboardFeed:
         self._alarms: dict | None = None
         self._recent: dict | None = None
         self._recent_task: asyncio.Task | None = None  # the archive read of the recent spills under way
-        self._recent_again = False  # a spill came while it was under way: read again when it returns
+        self._recent_again = False  # a commit came while it was under way: read again when it returns
         self._recent_commits: int | None = None  # the monitor's archive commits when the list was last read
         self._reference_cache: tuple[Any, dict | None] = (None, None)
         #: channel trends: (run, spill, occupancy, pedestal, noise) per spill seen, newest last
@@ -244,7 +244,7 @@ class DashboardFeed:
                     return
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the next spill reads it again
+        except Exception:  # noqa: BLE001 - the next commit reads it again
             log.exception("dashboard feed: the recent spills could not be read from the archive")
 
     def _prepare(self, snapshot, archived: bool = False) -> PanelData:

@@ -124,13 +124,12 @@ class ArchiveWriter:
         self._spills_queued = 0
         self._running_since: float | None = None  # when the job being run started
         self._failing_since: float | None = None  # when the job at the head first failed (cleared on success)
-        #: spills not archived because the queue was full
+        #: spills not archived: the queue was full, or :meth:`close` left them
         self.dropped = 0
         #: jobs given up: the archive refused them (not a failure of the database)
         self.failed = 0
         #: attempts that failed for the database's sake (each one retried)
         self.attempts_failed = 0
-        self.committed = 0
         self._thread = threading.Thread(target=self._run, name="na64-archive", daemon=True)
         self._thread.start()
 
@@ -200,6 +199,7 @@ class ArchiveWriter:
             while self._jobs and self.clock() < deadline:
                 self._cond.wait(min(0.1, max(0.0, deadline - self.clock())))
             left = [job.spill for job in self._jobs if job.kind == "spill"]
+            self.dropped += len(left)
             self._jobs.clear()
             self._spills_queued = 0
             self._cond.notify_all()
@@ -261,8 +261,6 @@ class ArchiveWriter:
         elif job.kind == "spill":
             record, quality, histograms, events, decide_collision = job.args
             self.archive.store_spill(record, quality, histograms, events, decide_collision=decide_collision)
-            with self._cond:
-                self.committed += 1
             if self.on_commit is not None:
                 self.on_commit()
         else:
