@@ -96,6 +96,10 @@ class ArchiveError(DaqError):
     """The archive file cannot be used (newer schema, read-only misuse, corrupt blob)."""
 
 
+class ArchiveUnavailable(ArchiveError):
+    """The archive's database does not answer in time, or refuses the connection: try again later."""
+
+
 FIRST_NOTICE = 64  # issue values from here on are notices, not decode errors
 
 

@@ -117,3 +117,54 @@ def test_readyz_and_health_outside_a_live_service(served):
     assert client.get("/readyz").status_code == 200
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["reason"] is None and health["liveness"] is None
+
+
+@pytest.mark.timeout(180)
+def test_a_frozen_archive_is_503_for_its_readers_and_holds_no_other_request(postgres_url, channel_map):
+    """The web's archive on a PostgreSQL host that froze (its processes SIGSTOPped): the read under way waits,
+    the next ones get 503 with Retry-After after the archive's timeout, and many of them hold neither /metrics
+    nor /api/health (the server's threads are not all spent waiting); all answer again once it moves."""
+    import concurrent.futures
+    import os
+    import signal
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from na64_online.monitor.archive import Archive
+    from na64_online.monitor.spill_monitor import SpillMonitor
+    from test_archive_writer import _postmaster_pids, record
+
+    with Archive(postgres_url) as writer:
+        writer.store_spill(record(1, 1), None, {}, [])
+    archive = Archive(postgres_url, readonly=True, timeout=1.0)
+    app = create_app(WebConfig(port=0), AppState(monitor=SpillMonitor(channel_map), registry=CollectorRegistry(),
+                                                 archive=archive))
+    server = WebServer(app, "127.0.0.1", 0).start()
+    pids = _postmaster_pids(postgres_url)
+    pool = concurrent.futures.ThreadPoolExecutor(64)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as client:
+            assert client.get("/api/spills").json()[0]["spill"] == 1
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                first = pool.submit(client.get, "/api/spills")  # waits on the frozen database
+                time.sleep(0.5)
+                many = [pool.submit(client.get, "/api/spills") for _ in range(60)]
+                answers = [f.result(30) for f in many]
+                assert {a.status_code for a in answers} == {503}
+                assert answers[0].headers["retry-after"] == "5" and "busy" in answers[0].json()["detail"]
+                assert client.get("/metrics", timeout=10).status_code == 200
+                assert client.get("/api/health", timeout=10).status_code == 200
+                assert not first.done()
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            assert first.result(30).status_code == 200
+            assert client.get("/api/spills").status_code == 200
+            assert 'na64_web_refused_requests_total{reason="unavailable"} 60.0' in client.get("/metrics").text
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        server.stop()
+        archive.close()

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily
 from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
+from ..errors import ArchiveUnavailable
 from .auth import CsrfSigner, TokenBook
 from .config import WebConfig
 from .guides import DOCS_DIR as GUIDES_DIR
@@ -196,7 +197,8 @@ def create_app(config: WebConfig, state: AppState) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(CommandUnavailable)
-    async def unavailable(request: Request, exc: CommandUnavailable) -> JSONResponse:
+    @app.exception_handler(ArchiveUnavailable)
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         web.counters.refused("unavailable")
         return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "5"})
 

@@ -55,7 +55,7 @@ import sqlalchemy as sa
 from pydantic import Field, field_validator
 from sqlalchemy import event, func, select
 
-from ...errors import ArchiveError, ConfigError
+from ...errors import ArchiveError, ArchiveUnavailable, ConfigError
 from ..model import to_json
 from . import schema
 from .codec import _dumps, _state_of, decode_histogram, encode_histogram
@@ -64,6 +64,9 @@ from .config import UNVERSIONED, ArchiveConfig, is_url  # noqa: F401 - the archi
 from .schema import alarm_events, alarms, histograms, spills
 
 log = logging.getLogger(__name__)
+
+#: failures of the database, not of the data (down, locked, unreachable): worth trying again
+TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, sa.exc.DisconnectionError)
 
 #: ``PRAGMA user_version`` of an SQLite archive under Alembic (older software refuses it)
 SCHEMA_VERSION = 3
@@ -246,6 +249,7 @@ class Archive(ArchiveExports):
         if not self.version or self.version == ALL_VERSIONS or len(self.version) > 200:
             raise ArchiveError(f"bad processing version {self.version!r}")
         self._lock = threading.RLock()
+        self.timeout = float(timeout)
         self._engine: sa.engine.Engine | None = None
         try:
             if readonly and self.sqlite:
@@ -418,8 +422,24 @@ class Archive(ArchiveExports):
         with self._lock, self._engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def _reading(self) -> Iterator[sa.engine.Connection]:
+        """A connection for one read. Reads go one at a time: one waits at most the archive's ``timeout`` for
+        the read before it (a database that stopped answering holds one reader, not every caller), and a
+        database that fails is :class:`ArchiveUnavailable`."""
+        if not self._lock.acquire(timeout=self.timeout):
+            raise ArchiveUnavailable(f"archive {self.name} is busy: a read waited {self.timeout:g} s for the one "
+                                     "before it (the database does not answer)")
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except TRANSIENT as exc:
+            raise ArchiveUnavailable(f"archive {self.name} does not answer: {_db_reason(exc)}") from exc
+        finally:
+            self._lock.release()
+
     def _execute(self, statement) -> list[dict]:
-        with self._lock, self._engine.connect() as conn:
+        with self._reading() as conn:
             rows = _rows(conn.execute(statement))
             conn.rollback()
             return rows
@@ -439,7 +459,7 @@ class Archive(ArchiveExports):
 
     def check(self) -> str:
         """SQLite ``PRAGMA integrity_check`` (``"ok"`` when sound); PostgreSQL: ``"ok"`` when it answers."""
-        with self._lock, self._engine.connect() as conn:
+        with self._reading() as conn:
             if not self.sqlite:
                 conn.exec_driver_sql("SELECT 1")
                 return "ok"
@@ -564,7 +584,7 @@ class Archive(ArchiveExports):
             run, spill = int(record["run"]), int(record["spill"])
         except (KeyError, TypeError, ValueError):
             return False
-        with self._lock, self._engine.connect() as conn:
+        with self._reading() as conn:
             same, rows = self._same_spill(conn, record, run, spill)
             conn.rollback()
         return same is None and bool(rows)
@@ -776,7 +796,7 @@ class Archive(ArchiveExports):
         if not self.sqlite:
             return counts
         wal = Path(str(self.path) + "-wal")
-        with self._lock, self._engine.connect() as conn:
+        with self._reading() as conn:
             page_size, page_count, freelist = (conn.exec_driver_sql(f"PRAGMA {p}").scalar()
                                                for p in ("page_size", "page_count", "freelist_count"))
         return counts | {

@@ -34,14 +34,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from .store import Archive, _db_reason
+from .store import TRANSIENT, Archive, _db_reason
 
 log = logging.getLogger(__name__)
 
-#: failures of the database, not of the data: the write is tried again
-TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, sa.exc.DisconnectionError)
 FIRST_RETRY_S, LAST_RETRY_S = 0.5, 30.0
 
 
