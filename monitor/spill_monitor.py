@@ -133,7 +133,8 @@ class SpillMonitor:
             from .archive.store import Archive  # SQLAlchemy: only with an archive
             from .archive.writer import AlarmStoreVia, ArchiveWriter, DirectWrites
 
-            self.archive = Archive.from_config(archive, version=processing_version)
+            # live, a database that does not answer yet is opened by the writer once it does
+            self.archive = Archive.from_config(archive, version=processing_version, wait_for_database=archive_thread)
             if archive_thread:
                 self.archive_writes = ArchiveWriter(
                     self.archive, queue_spills=archive.queue_spills, answer_timeout_s=archive.answer_timeout_s,

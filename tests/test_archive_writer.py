@@ -207,3 +207,43 @@ def test_a_frozen_database_never_holds_a_spills_finish_and_the_write_decides_the
     assert [row[:3] for row in rows] == [(1, 0, 1), (1, 1, 1), (2, 0, 0)]
     # the record that went out without it has it archived, as the write found it
     assert [json.loads(row[3])["archive_collision"] for row in rows] == [False, True, False]
+
+
+@pytest.mark.timeout(180)
+def test_a_database_that_is_not_there_at_start_is_opened_when_it_is(postgres_server, channel_map):
+    """The live service starts while its PostgreSQL database does not exist yet (a server being set up, a
+    restore under way): it monitors, the web answers 503 for the archive, the spills wait; once the database
+    is there the writer migrates it and archives them, in order, and the web reads them."""
+    import psycopg
+    from prometheus_client import CollectorRegistry
+
+    from na64_online.web.app import create_app
+    from na64_online.web.config import WebConfig
+    from na64_online.web.server import WebServer
+    from na64_online.web.state import AppState
+
+    import httpx
+
+    name = f"late_{os.getpid()}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    url = postgres_server.replace("/postgres?", f"/{name}?", 1)
+    monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=url, answer_timeout_s=0.5), archive_thread=True)
+    state = AppState(monitor=monitor, registry=CollectorRegistry())
+    server = WebServer(create_app(WebConfig(port=0), state), "127.0.0.1", 0).start()
+    try:
+        records = [monitor.handle(acc) for acc in _accumulators(monitor, seed=3)]
+        assert [(r["run"], r["spill"]) for r in records] == [(1, 1), (1, 2)]
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as client:
+            refused = client.get("/api/spills")
+            assert refused.status_code == 503 and "not open yet" in refused.json()["detail"]
+            wait_until(lambda: monitor.archive_writes.status()["attempts_failed"] >= 1, what="a failed attempt")
+            assert monitor.archive_writes.status()["pending_spills"] == 2
+            with psycopg.connect(postgres_server, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            wait_until(lambda: monitor.archive_writes.status()["pending_spills"] == 0, 90, what="the spills written")
+            assert sorted((r["run"], r["spill"]) for r in client.get("/api/spills").json()) == [(1, 1), (1, 2)]
+    finally:
+        server.stop()
+        state.close()
+        monitor.close()

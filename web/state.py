@@ -53,7 +53,8 @@ class AppState:
         if self.archive is None and self.monitor.archive is not None:
             from ..monitor.archive import Archive
 
-            self.archive = Archive(self.monitor.archive.target, readonly=True)
+            # a database that does not answer yet is opened at a read once it does (503 until then)
+            self.archive = Archive(self.monitor.archive.target, readonly=True, wait_for_database=True)
 
     def command(self, fn: Callable[[], T]) -> T:
         """Run a state change where the state lives; raises :class:`CommandUnavailable` if it cannot."""

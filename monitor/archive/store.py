@@ -230,6 +230,7 @@ class Archive(ArchiveExports):
         readonly: bool = False,
         timeout: float = 10.0,
         version: str = UNVERSIONED,
+        wait_for_database: bool = False,
     ) -> None:
         url = database_url(path)
         # validate through the config class (one place for the rules)
@@ -251,14 +252,20 @@ class Archive(ArchiveExports):
         self._lock = threading.RLock()
         self.timeout = float(timeout)
         self._engine: sa.engine.Engine | None = None
+        #: the schema was checked (read-only) or migrated: done at the first use when the database did not
+        #: answer at start (``wait_for_database``)
+        self._opened = False
         try:
             if readonly and self.sqlite:
                 self._migrate_legacy_file(timeout)
             self._engine = self._make_engine(cfg.synchronous.upper(), timeout)
-            if readonly:
-                self._check_readable()
-            else:
-                self._migrate()
+            self._open()
+        except TRANSIENT as exc:
+            if not (wait_for_database and not self.sqlite):
+                self.close()
+                raise ArchiveError(f"cannot open archive {self.name}: {_db_reason(exc)}") from exc
+            log.warning("archive %s does not answer (%s): opened at its first use once it does", self.name,
+                        _db_reason(exc))
         except (sa.exc.SQLAlchemyError, sqlite3.Error, ArchiveError, OSError) as exc:
             self.close()
             if isinstance(exc, ArchiveError):
@@ -266,7 +273,8 @@ class Archive(ArchiveExports):
             raise ArchiveError(f"cannot open archive {self.name}: {_db_reason(exc)}") from exc
 
     @classmethod
-    def from_config(cls, cfg: ArchiveConfig, *, readonly: bool = False, version: str = UNVERSIONED) -> Archive:
+    def from_config(cls, cfg: ArchiveConfig, *, readonly: bool = False, version: str = UNVERSIONED,
+                    wait_for_database: bool = False) -> Archive:
         return cls(
             cfg.target,
             retention_spills=cfg.retention_spills,
@@ -275,6 +283,7 @@ class Archive(ArchiveExports):
             synchronous=cfg.synchronous,
             readonly=readonly,
             version=version,
+            wait_for_database=wait_for_database,
         )
 
     @property
@@ -341,6 +350,25 @@ class Archive(ArchiveExports):
         if 0 < version < SCHEMA_VERSION:
             log.info("archive %s: schema version %d, migrating it before reading", self.path, version)
             Archive(self.path, timeout=timeout).close()
+
+    def _open(self) -> None:
+        """Check (read-only) or migrate the schema, once."""
+        if not self._opened:
+            if self.readonly:
+                self._check_readable()
+            else:
+                self._migrate()
+            self._opened = True
+
+    def _opened_now(self) -> None:
+        """:meth:`_open` at a use (the database did not answer when the archive was made); a database that
+        still does not answer is :class:`ArchiveUnavailable`."""
+        if not self._opened:
+            try:
+                self._open()
+            except (sa.exc.SQLAlchemyError, ArchiveError) as exc:  # e.g. read-only before the writer made it
+                raise ArchiveUnavailable(f"archive {self.name} is not open yet: {_db_reason(exc)}") from exc
+            log.info("archive %s answers: opened", self.name)
 
     def _check_readable(self) -> None:
         with self._engine.connect() as conn:
@@ -419,8 +447,10 @@ class Archive(ArchiveExports):
     def _transaction(self) -> Iterator[sa.engine.Connection]:
         if self.readonly:
             raise ArchiveError(f"archive {self.name} was opened read-only")
-        with self._lock, self._engine.begin() as conn:
-            yield conn
+        with self._lock:
+            self._opened_now()
+            with self._engine.begin() as conn:
+                yield conn
 
     @contextmanager
     def _reading(self) -> Iterator[sa.engine.Connection]:
@@ -431,6 +461,7 @@ class Archive(ArchiveExports):
             raise ArchiveUnavailable(f"archive {self.name} is busy: a read waited {self.timeout:g} s for the one "
                                      "before it (the database does not answer)")
         try:
+            self._opened_now()
             with self._engine.connect() as conn:
                 yield conn
         except TRANSIENT as exc:

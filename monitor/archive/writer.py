@@ -11,8 +11,9 @@ the archive as every earlier job left it, as when the loop wrote by itself.
   answer is then ``None`` (unknown): the live record leaves ``archive_collision`` out and the write
   decides it inside its own transaction, into the archived row.
 - **A write that fails for the database's sake** (down, locked, unreachable: SQLAlchemy's
-  ``OperationalError`` and its kin) is tried again, first after 0.5 s, then doubling to 30 s, and
-  keeps its place: spills are archived in order once the database is back. Any other failure (a
+  ``OperationalError`` and its kin; an archive whose database did not answer at start and is not
+  open yet) is tried again, first after 0.5 s, then doubling to 30 s, and keeps its place: spills
+  are archived in order once the database is back. Any other failure (a
   record the archive refuses) is logged and counted (``failed``), and the writer goes on.
 - **At most ``queue_spills`` spills wait.** A spill that finds the queue full is not archived: it is
   counted (``dropped``) and logged with its run and spill; its alarm transitions are still queued.
@@ -34,6 +35,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import ArchiveUnavailable
 from .store import TRANSIENT, Archive, _db_reason
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,9 @@ class ArchiveWriter:
         except FutureTimeout:
             answer.cancel()  # the writer skips it when it comes to it
             return None
+        except ArchiveUnavailable as exc:  # asked again by the write itself
+            log.warning("archive %s: no collision answer: %s", self.archive.name, exc)
+            return None
         except Exception:  # noqa: BLE001 - the question is not worth a spill: asked again by the write itself
             log.exception("archive %s: the collision check failed", self.archive.name)
             return None
@@ -237,7 +242,7 @@ class ArchiveWriter:
         while (job := self._next()) is not None:
             try:
                 self._do(job)
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ArchiveUnavailable) as exc:
                 self._retry(job, exc)
                 continue
             except Exception:  # noqa: BLE001 - one refused job must not stop the archive's writes
