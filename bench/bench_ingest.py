@@ -241,6 +241,21 @@ def _start_nodes(args, paced: bool = False):
     return procs, [ready.get(timeout=30) for _ in procs], go, go_measured, spent
 
 
+def _archive_kwargs(args) -> dict:
+    """``--archive DIR``: a fresh SQLite archive per run in DIR, written as ``serve`` writes it (on the archive's
+    own thread where the package under test has one)."""
+    if not args.archive:
+        return {}
+    import inspect
+    import uuid
+
+    os.makedirs(args.archive, exist_ok=True)
+    kwargs = {"archive_path": os.path.join(os.path.abspath(args.archive), f"qa-{uuid.uuid4().hex[:8]}.sqlite")}
+    if "archive_thread" in inspect.signature(build_monitor).parameters:
+        kwargs["archive_thread"] = True
+    return kwargs
+
+
 def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     warm = args.warm_spills
     procs, endpoints, go, go_measured, spent = _start_nodes(args, paced)
@@ -259,7 +274,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         svc = IngestService(cfg, SpillProcessor, (MonitorConfig(), cmap))
     else:  # what ``serve`` runs: the spill monitor's processor (histograms, channel statistics) and handle()
         config = Config()
-        monitor = build_monitor(config, cmap)
+        monitor = build_monitor(config, cmap, **_archive_kwargs(args))
         svc = IngestService(cfg, make_processor, (cmap, config.monitor, config.histograms), finish=monitor.handle,
                             new_accumulator=monitor.processor.new_accumulator,
                             worker_setup=worker_setup(config, cmap))
@@ -328,6 +343,8 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     latencies = list(svc.latencies)
     metrics = svc.metrics()
     svc.stop()
+    if not args.bare:
+        monitor.close()  # with --archive: what waits for it written
     publishers_cpu = []
     for p in procs:
         p.join(10)
@@ -661,6 +678,9 @@ def compare(args, argv: list[str]) -> int:
         i = own.index("--data")
         del own[i:i + 2]
     own = [a for a in own if not a.startswith("--data=")] + ["--data", args.data]
+    if "--archive" in own:  # absolute too
+        i = own.index("--archive")
+        own[i + 1] = os.path.abspath(own[i + 1])
     rows = []
     baseline = baseline_env(baseline_tree(args.baseline_rev))
     where = os.path.dirname(baseline["PYTHONPATH"])
@@ -724,6 +744,8 @@ def main(argv=None) -> int:
                    "rest (a service that has run: its memory faulted in once); 0: a service just started")
     p.add_argument("--profile", metavar="FILE", help="live runs: cProfile the service thread into FILE.<N>w")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--archive", metavar="DIR", help="live runs: archive the spills (SQLite, synchronous=FULL, a "
+                   "fresh file per run in DIR) as serve does")
     p.add_argument("--data", metavar="FILE", help="raw file of the spills: read if it exists, else simulated "
                    "and written there (saves simulating again)")
     p.add_argument("--stages", action="store_true", help="first, CPU per event of each stage, in-process")
