@@ -24,6 +24,7 @@ processes, all on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -293,6 +294,9 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
                 prof.dump_stats(f"{args.profile}.{workers}w")
         svc._run = profiled
     svc.start()
+    # as LiveService.start does: what exists now lives as long as the process, out of the collector's sight
+    gc.collect()
+    gc.freeze()
     deadline = time.monotonic() + 60
     while svc.pool.n_ready < workers and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -343,6 +347,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     latencies = list(svc.latencies)
     metrics = svc.metrics()
     svc.stop()
+    gc.unfreeze()
     if not args.bare:
         monitor.close()  # with --archive: what waits for it written
     publishers_cpu = []

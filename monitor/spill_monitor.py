@@ -2,8 +2,9 @@
 
 accumulated spill → QA record → channel health (against each channel's own
 history) → run-cumulative histograms → quality states (optionally against a
-reference spill) → alarms → archive (one transaction) → metrics snapshot →
-immutable :class:`SpillSnapshot` for the dashboard.
+reference spill) → alarms → metrics snapshot → immutable :class:`SpillSnapshot`
+for the dashboard → archive (one transaction; live, queued for the archive's
+own thread: :mod:`.archive.writer`).
 
 One thread calls :meth:`SpillMonitor.handle`; readers (web, Prometheus) only
 take the latest immutable snapshot.
@@ -211,17 +212,15 @@ class SpillMonitor:
         ))
         active = self.alarms.evaluate(record, quality, extra={"health": health})
         record = record.model_copy(update=dict(alarms=[model.ActiveAlarm.model_validate(a) for a in active]))
-        if self.archive_writes is not None:
-            self.archive_writes.store_spill(
-                record, quality, spill_hists.hists if spill_hists is not None else {}, self.alarms.take_events(),
-                decide_collision=record.archive_collision is None,
-            )
-        else:
-            self.alarms.take_events()
+        alarm_events = self.alarms.take_events()
         if self.metrics is not None:
             self.metrics.publish_spill(record, quality, health)
         if self.snapshots:
             self._publish(record, quality, health, spill_hists, stats, acc)
+        if self.archive_writes is not None:
+            # last: on the archive's thread, its write would contend for the GIL with the work above
+            self.archive_writes.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {},
+                                            alarm_events, decide_collision=record.archive_collision is None)
         self.spills_handled += 1
         return record.to_dict()
 
