@@ -247,3 +247,29 @@ def test_a_database_that_is_not_there_at_start_is_opened_when_it_is(postgres_ser
         server.stop()
         state.close()
         monitor.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_with_the_database_frozen_names_the_spills_it_leaves_and_does_not_hang(postgres_url, channel_map,
+                                                                                       caplog):
+    """SIGTERM while the database host is frozen: the monitor's close waits ``drain_timeout_s`` for the queued
+    write, names the spill it leaves, and returns (the connection stuck on the database is left to the
+    process's end) — systemd's stop timeout is not spent on it."""
+    monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=postgres_url, answer_timeout_s=0.3,
+                                                              drain_timeout_s=0.5), archive_thread=True)
+    (first, _), closed = _accumulators(monitor, seed=4), threading.Event()
+    pids = _postmaster_pids(postgres_url)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        monitor.handle(first)
+        with caplog.at_level(logging.WARNING, logger="na64_online.monitor.archive"):
+            closing = threading.Thread(target=lambda: (monitor.close(), closed.set()), daemon=True)
+            closing.start()
+            closing.join(30)
+        assert closed.is_set(), "the stop hung on the frozen database"
+        assert "1 spill(s) not archived at stop" in caplog.text and "run 1 spill 1" in caplog.text
+        assert "not closed, a thread still waits on the database" in caplog.text
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)

@@ -65,6 +65,8 @@ from .schema import alarm_events, alarms, histograms, spills
 
 log = logging.getLogger(__name__)
 
+#: how long :meth:`Archive.close` waits for a connection in use
+CLOSE_WAIT_S = 1.0
 #: failures of the database, not of the data (down, locked, unreachable): worth trying again
 TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, sa.exc.DisconnectionError)
 
@@ -476,11 +478,18 @@ class Archive(ArchiveExports):
             return rows
 
     def close(self) -> None:
-        """Close the connections (SQLite checkpoints the WAL when the last one closes)."""
-        with self._lock:
+        """Close the connections (SQLite checkpoints the WAL when the last one closes). A connection held by a
+        thread that waits on a database that does not answer is left to the process's end (after waiting
+        :data:`CLOSE_WAIT_S` for it), so that a stop never hangs on the database."""
+        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+            log.warning("archive %s: not closed, a thread still waits on the database", self.name)
+            return
+        try:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Archive:
         return self
