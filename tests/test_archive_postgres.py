@@ -151,3 +151,22 @@ def test_an_archive_written_by_the_previous_release_is_migrated_and_read(tmp_pat
         archive.store_spill(make_record(9, 1), make_quality("BAD"))  # the current software's version beside it
         assert len(archive.list_spills(run=9, version="*")) == 3
         assert archive.check() == "ok"
+
+
+def test_a_reader_made_before_its_writer_made_the_tables_reads_once_they_are_there(postgres_url):
+    """The web's read-only archive, opened (live) while the database is still empty: it is made, answers
+    ArchiveUnavailable with the reason, and reads once a writer has made the tables. Without
+    ``wait_for_database`` (the archive commands) the same is an error at once."""
+    from na64_online.errors import ArchiveError, ArchiveUnavailable
+
+    with pytest.raises(ArchiveError, match="not an na64-online QA archive"):
+        Archive(postgres_url, readonly=True)
+    reader = Archive(postgres_url, readonly=True, wait_for_database=True)
+    try:
+        with pytest.raises(ArchiveUnavailable, match="not open yet.*not an na64-online QA archive"):
+            reader.list_spills()
+        with Archive(postgres_url) as writer:
+            writer.store_spill(make_record(1, 1), make_quality(), make_histograms())
+        assert [(r["run"], r["spill"]) for r in reader.list_spills()] == [(1, 1)]
+    finally:
+        reader.close()

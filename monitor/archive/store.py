@@ -262,13 +262,14 @@ class Archive(ArchiveExports):
                 self._migrate_legacy_file(timeout)
             self._engine = self._make_engine(cfg.synchronous.upper(), timeout)
             self._open()
-        except TRANSIENT as exc:
-            if not (wait_for_database and not self.sqlite):
-                self.close()
-                raise ArchiveError(f"cannot open archive {self.name}: {_db_reason(exc)}") from exc
-            log.warning("archive %s does not answer (%s): opened at its first use once it does", self.name,
-                        _db_reason(exc))
         except (sa.exc.SQLAlchemyError, sqlite3.Error, ArchiveError, OSError) as exc:
+            # live, a database that does not answer (or, read-only, whose writer has not made it yet) is
+            # opened at its first use once it does
+            if (wait_for_database and not self.sqlite and self._engine is not None
+                    and (isinstance(exc, TRANSIENT) or (readonly and isinstance(exc, ArchiveError)))):
+                log.warning("archive %s is not open yet (%s): opened at its first use once it can be", self.name,
+                            _db_reason(exc))
+                return
             self.close()
             if isinstance(exc, ArchiveError):
                 raise
