@@ -13,6 +13,7 @@ take the latest immutable snapshot.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from pydantic import ConfigDict, Field
 from ..decoders import beam as beam_profiles
 from ..decoders.beam import DEFAULT_PROFILE
 from ..decoders.channelmap import ChannelMap
-from ..errors import ConfigError
+from ..errors import ArchiveUnavailable, ConfigError
 from .alarms import AlarmConfig, AlarmEngine
 from .archive.config import UNVERSIONED, ArchiveConfig
 from . import model
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the metrics' store: only the live service passes one
     from .snapshots import SnapshotStore
 
 STATS, HISTOGRAMS = "channel_stats", "histograms"
+log = logging.getLogger(__name__)
 
 
 def make_processor(
@@ -159,7 +161,11 @@ class SpillMonitor:
         self.spills_handled = 0
         self.spills_interrupted = 0
         if reference is not None:
-            self.set_reference(*reference)
+            try:
+                self.set_reference(*reference)
+            except ArchiveUnavailable as exc:  # live, started while the database does not answer
+                log.error("the configured reference %s is not in use: %s (PUT /api/reference sets it later)",
+                          reference, exc)
 
     # ------------------------------------------------------------ reference
     def set_reference(self, run: int, spill: int | None = None) -> None:
@@ -218,7 +224,7 @@ class SpillMonitor:
         if self.snapshots:
             self._publish(record, quality, health, spill_hists, stats, acc)
         if self.archive_writes is not None:
-            # last: on the archive's thread, its write would contend for the GIL with the work above
+            # last: the metrics and the dashboard have the spill before the archive's thread starts on it
             self.archive_writes.store_spill(record, quality, spill_hists.hists if spill_hists is not None else {},
                                             alarm_events, decide_collision=record.archive_collision is None)
         self.spills_handled += 1

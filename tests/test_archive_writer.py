@@ -210,7 +210,7 @@ def test_a_frozen_database_never_holds_a_spills_finish_and_the_write_decides_the
 
 
 @pytest.mark.timeout(180)
-def test_a_database_that_is_not_there_at_start_is_opened_when_it_is(postgres_server, channel_map):
+def test_a_database_that_is_not_there_at_start_is_opened_when_it_is(postgres_server, channel_map, caplog):
     """The live service starts while its PostgreSQL database does not exist yet (a server being set up, a
     restore under way): it monitors, the web answers 503 for the archive, the spills wait; once the database
     is there the writer migrates it and archives them, in order, and the web reads them."""
@@ -228,7 +228,10 @@ def test_a_database_that_is_not_there_at_start_is_opened_when_it_is(postgres_ser
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
     url = postgres_server.replace("/postgres?", f"/{name}?", 1)
-    monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=url, answer_timeout_s=0.5), archive_thread=True)
+    with caplog.at_level(logging.ERROR, logger="na64_online.monitor.spill_monitor"):
+        monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=url, answer_timeout_s=0.5), archive_thread=True,
+                               reference=(1, None))  # a configured reference cannot be read: started without it
+    assert monitor.reference is None and "the configured reference (1, None) is not in use" in caplog.text
     state = AppState(monitor=monitor, registry=CollectorRegistry())
     server = WebServer(create_app(WebConfig(port=0), state), "127.0.0.1", 0).start()
     try:
