@@ -276,3 +276,41 @@ def test_a_stop_with_the_database_frozen_names_the_spills_it_leaves_and_does_not
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.timeout(180)
+def test_serve_starts_with_its_database_missing_and_archives_once_it_is_there(postgres_server, tmp_path):
+    """`na64-online serve --archive postgresql://…` as a process, its database not created yet: it starts,
+    says so, and archives the spills of two simulated readout nodes once the database exists."""
+    import psycopg
+
+    from ops_processes import free_port, wait_for
+    from test_service_lifecycle import Lines, _serve, _simulator
+
+    name = f"serve_{os.getpid()}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    url = postgres_server.replace("/postgres?", f"/{name}?", 1)
+    ports = (free_port(), free_port())
+    sim = _simulator(ports, spills=30, events=300, duration=0.5, gap=0.5)
+    serve = _serve(ports, url, "--no-web")
+    try:
+        out = Lines(serve)
+        first = out.record(90)
+        assert serve.poll() is None and first["run"] == 1
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        seen = [first, out.record(60), out.record(60)]
+
+        def archived() -> set:
+            with psycopg.connect(url) as conn:
+                return set(conn.execute("SELECT run, spill FROM spills").fetchall())
+        wait_for(lambda: {(r["run"], r["spill"]) for r in seen} <= archived(), 60, what="the spills archived")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        for proc in (serve, sim):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert "is not open yet" in "".join(out.err), "".join(out.err)[-2000:]
