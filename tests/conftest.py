@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,28 @@ def postgres_url(postgres_server, request):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return postgres_server.replace("/postgres?", f"/{name}?", 1)
+
+
+@contextmanager
+def frozen_postgres(url: str):
+    """The PostgreSQL server of ``url`` (a :func:`postgres_server` URL) frozen, as a host that stopped would be:
+    its postmaster (``postmaster.pid`` in the data folder) and the postmaster's children SIGSTOPped, and
+    SIGCONTinued when the block ends, however it ends."""
+    import signal
+    import subprocess
+    import urllib.parse
+
+    host = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["host"][0]
+    postmaster = int((Path(host) / "data" / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    pids = [postmaster, *map(int, children)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 def process_memory_readable() -> bool:

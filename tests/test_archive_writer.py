@@ -8,14 +8,13 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
 import threading
-import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
+from conftest import frozen_postgres
+from ops_processes import wait_for
 from na64_online.decoders.decode import as_words
 from na64_online.monitor.archive import Archive, ArchiveConfig
 from na64_online.monitor.archive.writer import ArchiveWriter
@@ -23,12 +22,9 @@ from na64_online.monitor.spill_monitor import SpillMonitor
 from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 
 
-def wait_until(condition, timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.02)
+def wait_until(condition, timeout_s: float = 30.0, what: str = ""):
+    """:func:`ops_processes.wait_for`, polled every 20 ms (the writer's states last tenths of a second)."""
+    return wait_for(condition, timeout_s, interval=0.02, what=what)
 
 
 def record(run: int, spill: int, events: int = 100) -> dict:
@@ -151,15 +147,6 @@ def test_close_waits_its_drain_timeout_then_names_the_spills_it_leaves(sqlite_ar
 
 
 # ---------------------------------------------------------------------- the spill monitor on a frozen database
-def _postmaster_pids(url: str) -> list[int]:
-    """The server's processes: its postmaster (``postmaster.pid`` in the data folder) and the postmaster's
-    children."""
-    host = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["host"][0]
-    postmaster = int((Path(host) / "data" / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
-    return [postmaster, *map(int, children)]
-
-
 def _accumulators(monitor: SpillMonitor, seed: int) -> list:
     sim = ReadoutSimulator(SimulationConfig(spills=2, events_per_spill=300, seed=seed), monitor.channel_map)
     return [monitor.processor.accumulate(as_words(s.raw())[0]) for s in sim.spills()]
@@ -178,11 +165,8 @@ def test_a_frozen_database_never_holds_a_spills_finish_and_the_write_decides_the
         other_first, other_second = _accumulators(monitor, seed=2)  # the same run and spill numbers, other data
         monitor.handle(first)
         wait_until(lambda: monitor.archive_writes.status()["pending_spills"] == 0, what="spill 1 archived")
-        pids = _postmaster_pids(postgres_url)
         finished: list[dict] = []
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen_postgres(postgres_url):
             finish = threading.Thread(target=lambda: finished.extend(
                 [monitor.handle(other_first), monitor.handle(other_second)]), daemon=True)
             finish.start()
@@ -190,9 +174,6 @@ def test_a_frozen_database_never_holds_a_spills_finish_and_the_write_decides_the
             assert not finish.is_alive(), "a spill's finish waited for the frozen database"
             assert monitor.archive_writes.status()["pending_spills"] == 2
             assert monitor.archive_writes.behind()
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
         assert [(r["run"], r["spill"]) for r in finished] == [(1, 1), (1, 2)]
         assert all("archive_collision" not in r for r in finished)  # unknown when the record went out
         wait_until(lambda: monitor.archive_writes.status()["pending_spills"] == 0, 60, what="the writes after")
@@ -261,10 +242,7 @@ def test_a_stop_with_the_database_frozen_names_the_spills_it_leaves_and_does_not
     monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=postgres_url, answer_timeout_s=0.3,
                                                               drain_timeout_s=0.5), archive_thread=True)
     (first, _), closed = _accumulators(monitor, seed=4), threading.Event()
-    pids = _postmaster_pids(postgres_url)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen_postgres(postgres_url):
         monitor.handle(first)
         with caplog.at_level(logging.WARNING, logger="na64_online.monitor.archive"):
             closing = threading.Thread(target=lambda: (monitor.close(), closed.set()), daemon=True)
@@ -273,9 +251,6 @@ def test_a_stop_with_the_database_frozen_names_the_spills_it_leaves_and_does_not
         assert closed.is_set(), "the stop hung on the frozen database"
         assert "1 spill(s) not archived at stop" in caplog.text and "run 1 spill 1" in caplog.text
         assert "not closed, a thread still waits on the database" in caplog.text
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.mark.timeout(180)
@@ -284,7 +259,7 @@ def test_serve_starts_with_its_database_missing_and_archives_once_it_is_there(po
     says so, and archives the spills of two simulated readout nodes once the database exists."""
     import psycopg
 
-    from ops_processes import free_port, wait_for
+    from ops_processes import free_port
     from test_service_lifecycle import Lines, _serve, _simulator
 
     name = f"serve_{os.getpid()}"

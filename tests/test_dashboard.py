@@ -264,7 +264,8 @@ def test_a_frozen_archive_holds_neither_the_live_panels_nor_the_feeds_loop(postg
     from na64_online.monitor.spill_monitor import SpillMonitor
     from na64_online.sim.simulator import ReadoutSimulator
     from na64_online.web.live import DashboardFeed
-    from test_archive_writer import _postmaster_pids, wait_until
+    from conftest import frozen_postgres
+    from test_archive_writer import wait_until
 
     monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=postgres_url, answer_timeout_s=0.5),
                            archive_thread=True)
@@ -290,22 +291,16 @@ def test_a_frozen_archive_holds_neither_the_live_panels_nor_the_feeds_loop(postg
         except asyncio.CancelledError:  # the test's end
             pass
     runner = threading.Thread(target=run_feed, daemon=True)
-    pids = _postmaster_pids(postgres_url)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
-        runner.start()  # its first turn reads the recent spills: that read hangs on the frozen database
-        wait_until(lambda: feed.prepare_count == 1, what="spill 1 prepared")
-        for spill in (2, 3):  # each prepared while the archive is frozen
-            monitor.handle(accs[spill - 1])
-            wait_until(lambda: feed.prepared.key[:2] == (1, spill), what=f"spill {spill} prepared")
-        frozen_at = time.monotonic()
-        wait_until(lambda: sum(t > frozen_at for t in status_refreshes) >= 5, what="the status refreshed")
-        assert feed.prepare_count == 3 and feed._recent is None  # noqa: SLF001
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-    try:
+        with frozen_postgres(postgres_url):
+            runner.start()  # its first turn reads the recent spills: that read hangs on the frozen database
+            wait_until(lambda: feed.prepare_count == 1, what="spill 1 prepared")
+            for spill in (2, 3):  # each prepared while the archive is frozen
+                monitor.handle(accs[spill - 1])
+                wait_until(lambda: feed.prepared.key[:2] == (1, spill), what=f"spill {spill} prepared")
+            frozen_at = time.monotonic()
+            wait_until(lambda: sum(t > frozen_at for t in status_refreshes) >= 5, what="the status refreshed")
+            assert feed.prepare_count == 3 and feed._recent is None  # noqa: SLF001
         wait_until(lambda: monitor.archive_writes.status()["pending_spills"] == 0, 60, what="the writes after")
         wait_until(lambda: (feed._recent or {}).get("spill", [])[:3] == [3, 2, 1], 60,  # noqa: SLF001
                    what="the recent spills caught up")

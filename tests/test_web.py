@@ -125,15 +125,14 @@ def test_a_frozen_archive_is_503_for_its_readers_and_holds_no_other_request(post
     the next ones get 503 with Retry-After after the archive's timeout, and many of them hold neither /metrics
     nor /api/health (the server's threads are not all spent waiting); all answer again once it moves."""
     import concurrent.futures
-    import os
-    import signal
     import time
 
     from prometheus_client import CollectorRegistry
 
+    from conftest import frozen_postgres
     from na64_online.monitor.archive import Archive
     from na64_online.monitor.spill_monitor import SpillMonitor
-    from test_archive_writer import _postmaster_pids, record
+    from test_archive_writer import record
 
     with Archive(postgres_url) as writer:
         writer.store_spill(record(1, 1), None, {}, [])
@@ -141,14 +140,11 @@ def test_a_frozen_archive_is_503_for_its_readers_and_holds_no_other_request(post
     app = create_app(WebConfig(port=0), AppState(monitor=SpillMonitor(channel_map), registry=CollectorRegistry(),
                                                  archive=archive))
     server = WebServer(app, "127.0.0.1", 0).start()
-    pids = _postmaster_pids(postgres_url)
     pool = concurrent.futures.ThreadPoolExecutor(64)
     try:
         with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as client:
             assert client.get("/api/spills").json()[0]["spill"] == 1
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
-            try:
+            with frozen_postgres(postgres_url):
                 first = pool.submit(client.get, "/api/spills")  # waits on the frozen database
                 time.sleep(0.5)
                 many = [pool.submit(client.get, "/api/spills") for _ in range(60)]
@@ -158,9 +154,6 @@ def test_a_frozen_archive_is_503_for_its_readers_and_holds_no_other_request(post
                 assert client.get("/metrics", timeout=10).status_code == 200
                 assert client.get("/api/health", timeout=10).status_code == 200
                 assert not first.done()
-            finally:
-                for pid in pids:
-                    os.kill(pid, signal.SIGCONT)
             assert first.result(30).status_code == 200
             assert client.get("/api/spills").status_code == 200
             assert 'na64_web_refused_requests_total{reason="unavailable"} 60.0' in client.get("/metrics").text
