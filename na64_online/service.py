@@ -267,7 +267,9 @@ class LiveService:
         self.metrics = register_metrics(
             self.registry, store, liveness=self.liveness.status, sources=source_labels(channel_map),
             alarms=lambda: alarm_view(self.monitor.alarms),
-            archive=(self._archive_status if archive_path is not None or config.archive is not None else False),
+            # the archive writer's state (scraped once the monitor below exists)
+            archive=((lambda: self.monitor.archive_writes.status())
+                     if archive_path is not None or config.archive is not None else False),
             process=True)
         if config.alarms.generator_url is None and (config.web.enabled if web is None else web):
             # alerts link to this service's dashboard (set [alarms] generator_url to the public address)
@@ -323,12 +325,6 @@ class LiveService:
         log.info("spill finished: %s events, %s lost, %s decode errors, quality %s", done.get("events"),
                  done.get("lost_events"), done.get("decode_errors"), (done.get("quality") or {}).get("overall"))
         return record
-
-    def _archive_status(self) -> dict:
-        """The archive writer's state (``na64_archive_*``), once the monitor exists."""
-        monitor = getattr(self, "monitor", None)
-        writes = monitor.archive_writes if monitor is not None else None
-        return writes.status() if writes is not None else {}
 
     def _on_health(self, health: dict) -> None:
         """Called by the ingest loop about once a second: the metrics' service snapshot, and the systemd

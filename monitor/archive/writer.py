@@ -135,9 +135,14 @@ class ArchiveWriter:
     def behind(self) -> bool:
         """The archive does not keep up: a job has run longer than ``answer_timeout_s``, or is being retried."""
         with self._cond:
-            started = self._running_since
-            return self._failing_since is not None or (
-                started is not None and self.clock() - started > self.answer_timeout_s)
+            return self._behind_since() is not None
+
+    def _behind_since(self) -> float | None:
+        """Since when the archive has not kept up (:meth:`behind`), or None; under ``_cond``."""
+        if self._failing_since is not None:
+            return self._failing_since
+        started = self._running_since
+        return started if started is not None and self.clock() - started > self.answer_timeout_s else None
 
     def collides(self, record: Mapping[str, Any]) -> bool | None:
         """:meth:`.Archive.collides` after every job queued before it; ``None`` when the answer does not come
@@ -185,11 +190,8 @@ class ArchiveWriter:
     def status(self) -> dict[str, Any]:
         """``pending_spills``, ``dropped``, ``failed``, ``attempts_failed``, ``behind_since`` (monotonic s)."""
         with self._cond:
-            started = self._running_since
-            slow = started if started is not None and self.clock() - started > self.answer_timeout_s else None
             return {"pending_spills": self._spills_queued, "dropped": self.dropped, "failed": self.failed,
-                    "attempts_failed": self.attempts_failed,
-                    "behind_since": self._failing_since if self._failing_since is not None else slow}
+                    "attempts_failed": self.attempts_failed, "behind_since": self._behind_since()}
 
     def close(self) -> list[tuple[Any, Any]]:
         """Wait up to ``drain_timeout_s`` for the queued jobs; returns the (run, spill) of those not archived."""
