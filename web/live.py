@@ -212,6 +212,8 @@ class DashboardFeed:
                     if self.bokeh is not None:
                         await self.bokeh._cleanup_sessions()
             except asyncio.CancelledError:
+                if self._recent_task is not None:  # the read beside the loop ends with it
+                    self._recent_task.cancel()
                 raise
             except Exception:  # noqa: BLE001 - one bad spill must not stop the pages' updates
                 log.exception("dashboard feed: update failed; going on")
