@@ -27,6 +27,7 @@ from ..decoders._aot import kernels as _k
 from ..decoders.decode import INDEX_FIRST_WINDOW, INDEX_WORDS_PER_ROW
 from ..decoders.decode import _index_words as _decoder_header_walk
 from ..errors import EnvelopeError, Issue
+
 ENVELOPE_BYTES = L.ENVELOPE_DTYPE.itemsize
 
 #: Sort keys of the events of a spill (:data:`~..decoders.layout.SOB_KEY` …; 20-bit event numbers)

@@ -144,7 +144,7 @@ class SpillMonitor:
                     drain_timeout_s=archive.drain_timeout_s, on_commit=self._archive_committed)
             else:
                 self.archive_writes = DirectWrites(self.archive, on_commit=self._archive_committed)
-            self.alarms = AlarmEngine.from_config(alarms, AlarmStoreVia(self.archive, self.archive_writes))
+            self.alarms = AlarmEngine.from_config(alarms, AlarmStoreVia(self.archive_writes))
         else:
             self.archive = None
             self.alarms = AlarmEngine.from_config(alarms, None)

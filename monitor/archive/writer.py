@@ -77,11 +77,11 @@ def _run_and_spill(record) -> tuple[Any, Any]:
 
 
 class AlarmStoreVia:
-    """The alarm engine's store (:class:`~..alarms.engine.AlarmStore`): it reads the archive, and its writes
-    go through ``writes``, in order with the spills' transactions."""
+    """The alarm engine's store (:class:`~..alarms.engine.AlarmStore`): it reads the archive of ``writes``, and
+    its writes go through ``writes``, in order with the spills' transactions."""
 
-    def __init__(self, archive: Archive, writes: ArchiveWriter | DirectWrites) -> None:
-        self.archive = archive
+    def __init__(self, writes: ArchiveWriter | DirectWrites) -> None:
+        self.archive = writes.archive
         self.writes = writes
 
     def record_alarm_events(self, events: Iterable[Mapping[str, Any]]) -> None:
