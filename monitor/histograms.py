@@ -456,7 +456,7 @@ _TREND_KEYS = (
 
 
 class RunHistograms(HistogramSet):
-    """Run-cumulative histograms plus per-spill trend rows and run totals.
+    """Run-cumulative histograms plus per-spill trend rows (the newest ``trend_spills``) and run totals.
 
     ``add(spill_histograms, record)`` sums a finished spill in (``record`` is
     the spill's QA record dict; optional, it feeds the totals and trend).
@@ -467,9 +467,11 @@ class RunHistograms(HistogramSet):
 
     MAX_CANDIDATES = 10000  # candidate rows kept per run (all are counted in ``candidates_total``)
 
-    def __init__(self, config: HistogramConfig | None = None, run: int | None = None) -> None:
+    def __init__(self, config: HistogramConfig | None = None, run: int | None = None,
+                 trend_spills: int = 2000) -> None:
         super().__init__(config)
         self.run = run
+        self.trend_spills = trend_spills
         self._start("start")
 
     def _start(self, reason: str) -> None:
@@ -482,7 +484,7 @@ class RunHistograms(HistogramSet):
         self.eot = 0.0
         self.candidates: list[dict] = []  # {"spill", "event", ...numbers that made it pass}
         self.candidates_total = 0
-        self.trend: list[dict] = []  # one row per spill added with a record
+        self.trend: list[dict] = []  # one row per spill added with a record, the newest trend_spills
 
     def reset(self, reason: str = "operator", run: int | None = None) -> None:
         """Empty everything (histograms, totals, trend); ``run`` given: the new run number."""
@@ -515,12 +517,15 @@ class RunHistograms(HistogramSet):
             room = self.MAX_CANDIDATES - len(self.candidates)
             self.candidates.extend({"spill": number, **dict(d)} for d in list(details)[: max(room, 0)])
             self.trend.append({k: record.get(k) for k in _TREND_KEYS} | {"candidates": len(record.get("candidates") or ())})
+            if len(self.trend) > self.trend_spills:
+                del self.trend[0]
 
     def to_json(self) -> dict:
         out = super().to_json()
         out.update(
             run=self.run, since=self.since, reset_reason=self.reset_reason, spills=self.spills,
             first_spill=self.first_spill, last_spill=self.last_spill, beam=self.beam, eot=self.eot,
-            candidates=self.candidates, candidates_total=self.candidates_total, trend=self.trend,
+            # copies: the snapshot of a spill must not change as the next spills are added
+            candidates=list(self.candidates), candidates_total=self.candidates_total, trend=list(self.trend),
         )
         return out

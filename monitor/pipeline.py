@@ -55,6 +55,9 @@ class MonitorConfig(ConfigSection):
     #: raw events of the first this many missing-energy candidates of each spill travel with the spill's
     #: result (decoder workers included) for the live dashboard's event display; 0: none
     candidate_events_per_spill: int = Field(16, ge=0, le=256)
+    #: the run histograms' per-spill trend rows kept, the newest (the run's totals count every spill): a run
+    #: that never changes number must not grow the service's memory, nor every spill's snapshot, without bound
+    trend_spills: int = Field(2000, ge=1, le=1_000_000)
 
 
 @dataclass(frozen=True)

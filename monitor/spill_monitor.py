@@ -123,7 +123,7 @@ class SpillMonitor:
         self.quality_config = quality
         self.processor = make_processor(channel_map, monitor, histograms, health)
         self.history = ChannelHistory(channel_map, health)
-        self.run_histograms = RunHistograms(histograms)
+        self.run_histograms = RunHistograms(histograms, trend_spills=monitor.trend_spills)
         #: the store the metrics read, published into after each spill; None: nothing reads metrics (replay)
         self.metrics = metrics
         #: the archive's writes: on a thread of their own (``archive_thread``, the live service: a database

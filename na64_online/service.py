@@ -52,8 +52,8 @@ def build_monitor(config: Config, channel_map: ChannelMap, metrics: SnapshotStor
     )
 
 
-#: settings of the hashed sections that shape no record (the event display's raw events)
-NOT_IN_RECORD = (("monitor", "candidate_events_per_spill"),)
+#: settings of the hashed sections that shape no record (the event display's raw events, the run trend's length)
+NOT_IN_RECORD = (("monitor", "candidate_events_per_spill"), ("monitor", "trend_spills"))
 
 
 def processing_version(config: Config, channel_map: ChannelMap) -> str:

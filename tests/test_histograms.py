@@ -157,6 +157,28 @@ def test_run_histograms_accumulate_and_reset():
     assert run.trend == [] and run.candidates == []
 
 
+def test_run_trend_keeps_the_newest_spills_and_a_snapshot_does_not_change_after_it():
+    """``trend_spills`` (``[monitor]``) bounds the per-spill rows of a run that never changes number; the totals count
+    every spill, and the JSON a spill's snapshot took is not changed by the spills added after it."""
+    run = RunHistograms(trend_spills=2)
+    records = []
+    for s in (1, 2, 3, 4):
+        d, p = make_spill(n=300, run=7, spill=s, seed=s)
+        h = SpillHistograms()
+        h.fill(d, p)
+        records.append(record_for(d, p, candidates=[s], candidate_details=[{"event": s}]))
+        run.add(h, records[-1])
+        if s == 3:
+            taken = run.to_json()
+            frozen = json.dumps(taken, sort_keys=True)
+    assert [row["spill"] for row in run.trend] == [3, 4]
+    assert run.spills == 4 and run.candidates_total == 4 and [c["spill"] for c in run.candidates] == [1, 2, 3, 4]
+    assert run.eot == pytest.approx(sum(r["eot"] for r in records))
+    assert run.beam == sum(r["beam"] for r in records)
+    assert [row["spill"] for row in taken["trend"]] == [2, 3] and len(taken["candidates"]) == 3
+    assert json.dumps(taken, sort_keys=True) == frozen
+
+
 def test_time_profile_shows_a_spike():
     d, p = make_spill(n=3000, spike=(1.0e6, 400))
     h = SpillHistograms()

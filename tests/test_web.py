@@ -161,3 +161,40 @@ def test_a_frozen_archive_is_503_for_its_readers_and_holds_no_other_request(post
         pool.shutdown(wait=False, cancel_futures=True)
         server.stop()
         archive.close()
+
+
+def test_a_long_run_serves_its_newest_trend_rows_and_every_spill_in_its_totals(tmp_path):
+    """A run that never changes number keeps the newest ``[monitor] trend_spills`` rows of its trend (the
+    service's memory and each spill's snapshot stay bounded); ``/api/histograms/run`` counts every spill, and the
+    dashboard's cumulative EOT still starts from the spills no longer in the trend."""
+    from na64_online.web.live import plain_snapshot
+    from na64_online.web.panels import prepare
+
+    replayer, registry, _, records = replayed_run(tmp_path, spills=4, events=400, seed=3,
+                                                  environ={"NA64_MONITOR__TREND_SPILLS": "2"})
+    server = WebServer(create_app(WebConfig(port=0), AppState(monitor=replayer.monitor, registry=registry)),
+                       "127.0.0.1", 0).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+            run = client.get("/api/histograms/run").json()
+        assert [row["spill"] for row in run["trend"]] == [3, 4]
+        assert run["spills"] == 4 and run["eot"] == pytest.approx(sum(r["eot"] for r in records))
+        monitor = replayer.monitor
+        data = prepare(plain_snapshot(monitor.latest), monitor.channel_map, cuts=monitor.processor.config.cuts)
+        eot_cum = data.sources["trend"]["eot_cum"]
+        assert list(data.sources["trend"]["spill"]) == [3, 4]
+        assert eot_cum[0] == pytest.approx(sum(r["eot"] for r in records[:3]))
+        assert eot_cum[-1] == pytest.approx(run["eot"])
+        # an archived spill of the run opens with the same trend: its newest spills, the EOT from the first
+        from na64_online.web.live import DashboardFeed
+
+        state = AppState(monitor=monitor, registry=registry)
+        try:
+            archived = DashboardFeed(state, None)._archived(1, 4)
+        finally:
+            state.close()
+        assert list(archived.sources["trend"]["spill"]) == [3, 4]
+        assert archived.sources["trend"]["eot_cum"][-1] == pytest.approx(run["eot"])
+    finally:
+        server.stop()
+        replayer.close()

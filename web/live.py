@@ -48,6 +48,7 @@ from bokeh.server.connection import ServerConnection
 from bokeh.settings import settings
 
 from ..decoders.channelmap import ChannelMap
+from ..monitor.model import finite_float
 from .panels import PanelData, channel_maps, channel_name, finding_text, nodes_html, prepare, progress_html, utc
 from .dashboard import DashboardPage
 
@@ -369,15 +370,18 @@ class DashboardFeed:
         if found is None:
             return f"no archived spill {run}/{spill}"
         record = dict(found["record"])
+        rows = sorted(rows, key=lambda r: r["spill"])
+        # the newest spills, as the live run trend keeps them; the EOT of the run's earlier ones starts the curve
+        kept = rows[-self.state.monitor.run_histograms.trend_spills:]
         trend = [{"spill": r["spill"], "beam": None, "eot": r.get("eot"), "hadron_fraction": r.get("hadron_fraction"),
-                  "hadron_fraction_srd": None} for r in sorted(rows, key=lambda r: r["spill"])]
+                  "hadron_fraction_srd": None} for r in kept]
         hists = _hist_json(archive.get_histograms(run, spill))
         candidates = [dict(c, spill=spill, run=run) for c in record.get("candidate_details") or []]
         snap = ArchivedSnapshot(
             record=record, quality=found.get("quality") or record.get("quality") or {},
             health={"findings": record.get("channel_findings") or []}, histograms=hists,
             run_histograms={"trend": trend, "candidates": candidates, "candidates_total": len(candidates),
-                            "spills": len(rows)},
+                            "spills": len(rows), "eot": sum(finite_float(r.get("eot"), 0.0) for r in rows)},
             channel_stats={}, published_at=float(record.get("finished_at") or 0.0))
         return self._prepare(snap, archived=True)
 

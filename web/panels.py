@@ -285,9 +285,11 @@ def prepare(snapshot, channel_map: ChannelMap, *, alarms: Sequence[Mapping] = ()
         return [STATE_COLOURS["NO_DATA"] if not math.isfinite(x) else STATE_COLOURS["BAD"] if x > hf_bad
                 else STATE_COLOURS["WARNING"] if x > hf_warn else STATE_COLOURS["GOOD"] for x in v]
 
+    # the run's trend keeps its newest spills ([monitor] trend_spills); the run's EOT before them starts the curve
+    eot_before = max(finite_float(run_json.get("eot"), float(eot.sum())) - float(eot.sum()), 0.0)
     sources["trend"] = {
         "spill": spills, "beam": np.array([finite_float(t.get("beam"), 0.0) for t in trend]),
-        "eot": eot, "eot_cum": np.cumsum(eot), "hf": hf, "hf_srd": hf_srd,
+        "eot": eot, "eot_cum": eot_before + np.cumsum(eot), "hf": hf, "hf_srd": hf_srd,
         "hf_colour": state_colour(hf), "hf_srd_colour": state_colour(hf_srd),
     }
     values["hf_limits"] = (hf_warn, hf_bad)
