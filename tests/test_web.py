@@ -167,7 +167,7 @@ def test_a_long_run_serves_its_newest_trend_rows_and_every_spill_in_its_totals(t
     """A run that never changes number keeps the newest ``[monitor] trend_spills`` rows of its trend (the
     service's memory and each spill's snapshot stay bounded); ``/api/histograms/run`` counts every spill, and the
     dashboard's cumulative EOT still starts from the spills no longer in the trend."""
-    from na64_online.web.live import plain_snapshot
+    from na64_online.web.live import DashboardFeed, plain_snapshot
     from na64_online.web.panels import prepare
 
     replayer, registry, _, records = replayed_run(tmp_path, spills=4, events=400, seed=3,
@@ -186,8 +186,6 @@ def test_a_long_run_serves_its_newest_trend_rows_and_every_spill_in_its_totals(t
         assert eot_cum[0] == pytest.approx(sum(r["eot"] for r in records[:3]))
         assert eot_cum[-1] == pytest.approx(run["eot"])
         # an archived spill of the run opens with the same trend: its newest spills, the EOT from the first
-        from na64_online.web.live import DashboardFeed
-
         state = AppState(monitor=monitor, registry=registry)
         try:
             archived = DashboardFeed(state, None)._archived(1, 4)

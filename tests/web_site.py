@@ -14,7 +14,8 @@ from na64_online.service import Replayer
 
 
 def replayed_run(tmp: Path, *, spills: int, events: int, seed: int, hadron_fraction: float = 0.3,
-                 environ: dict[str, str] | None = None) -> tuple[Replayer, CollectorRegistry, SnapshotStore, list[dict]]:
+                 environ: dict[str, str] | None = None
+                 ) -> tuple[Replayer, CollectorRegistry, SnapshotStore, list[dict]]:
     """Simulate ``spills`` spills of ``events`` events, replay them into ``tmp/qa.sqlite`` (configured by the
     ``NA64_*`` variables of ``environ``, else the defaults).
 
@@ -25,7 +26,8 @@ def replayed_run(tmp: Path, *, spills: int, events: int, seed: int, hadron_fract
                                          seed=seed))
     registry = CollectorRegistry()
     store = register_metrics(registry)
-    replayer = Replayer(load_config(environ=environ or {}), ChannelMap.default(), archive_path=tmp / "qa.sqlite", metrics=store)
+    replayer = Replayer(load_config(environ=environ or {}), ChannelMap.default(), archive_path=tmp / "qa.sqlite",
+                        metrics=store)
     records = [r for r, _ in replayer.replay_file(raw) if r is not None]
     assert len(records) == spills
     return replayer, registry, store, records
