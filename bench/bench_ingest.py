@@ -49,7 +49,7 @@ from na64_online.sim.simulator import ReadoutSimulator, SimulationConfig
 from na64_online.decoders.channelmap import ChannelMap
 from na64_online.monitor.pipeline import MonitorConfig, SpillProcessor
 from na64_online.service import build_monitor
-from measure import status_kb  # noqa: E402
+from measure import children, status_kb  # noqa: E402
 
 DATA: dict[int, list[list[bytes]]] = {}  # LDC -> spills -> events (inherited by the forked publishers)
 RAW: list[bytes] = []  # the same spills as a raw file holds them (super events): the replay baseline
@@ -152,19 +152,6 @@ def _publish(ldc: int, endpoint: str, kw: dict, ready, go, warm_spills: int = 0,
         spent.put(time.process_time() - cpu0)
     if released is not None:
         released.wait(600)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
 
 
 def _cpu_seconds(pid: int | str) -> float | None:
@@ -325,7 +312,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
     while svc.pool.n_ready < workers and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # subscriptions settle
-    worker_pids = [c for c in _children(os.getpid()) if c not in publisher_pids]
+    worker_pids = [c for c in children(os.getpid()) if c not in publisher_pids]
     if warm:  # a service that has run: its first spills in and out (its memory faulted in once), then measure
         go.set()
         while svc.stats.records < warm and time.monotonic() < deadline + args.timeout:
@@ -350,7 +337,7 @@ def run(workers: int, paced: bool, args, n_events: int, nbytes: int) -> dict:
         time.sleep(0.02)
         if workers and time.perf_counter() >= next_sample:  # workers' peak RSS, sampled twice a second
             next_sample = time.perf_counter() + 0.5
-            worker_peak_kb = max([worker_peak_kb] + [status_kb(c, "VmHWM") for c in _children(os.getpid())
+            worker_peak_kb = max([worker_peak_kb] + [status_kb(c, "VmHWM") for c in children(os.getpid())
                                                      if c not in publisher_pids])
     t1 = time.perf_counter()
     host = _host_cpu_since(host0)

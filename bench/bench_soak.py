@@ -25,21 +25,14 @@ import tempfile
 import time
 import urllib.request
 
-from bench_memory import CLI, _status
+from bench_memory import CLI
+from measure import children, status_kb
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 def _records(path: str) -> int:
@@ -83,8 +76,8 @@ def soak(args, trend_spills: int | None) -> dict:
                         answers[path] = len(r.read())
                 except OSError as exc:
                     answers[path] = repr(exc)
-            rss = _status(child.pid).get("VmRSS", 0) / 1e6
-            workers = [round(_status(c).get("VmRSS", 0) / 1e6, 1) for c in _children(child.pid)]
+            rss = status_kb(child.pid, "VmRSS") / 1e3
+            workers = [round(status_kb(c, "VmRSS") / 1e3, 1) for c in children(child.pid)]
             samples.append({"t_s": round(time.monotonic() - t0), "spills": spills, "service_rss_mb": round(rss, 1),
                             "children_rss_mb": workers, "run_histograms_bytes": answers["/api/histograms/run"]})
             print(json.dumps(samples[-1]), file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from na64_online.daq.memory import status_bytes
@@ -15,6 +16,20 @@ def best_of(repeat: int, fn) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (``/proc/*/stat``: children of any of its threads)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
 
 
 def status_kb(pid: int | str, key: str) -> int:
