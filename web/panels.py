@@ -286,7 +286,8 @@ def prepare(snapshot, channel_map: ChannelMap, *, alarms: Sequence[Mapping] = ()
                 else STATE_COLOURS["WARNING"] if x > hf_warn else STATE_COLOURS["GOOD"] for x in v]
 
     # the run's trend keeps its newest spills ([monitor] trend_spills); the run's EOT before them starts the curve
-    eot_before = max(finite_float(run_json.get("eot"), float(eot.sum())) - float(eot.sum()), 0.0)
+    in_trend = float(eot.sum())
+    eot_before = max(finite_float(run_json.get("eot"), in_trend) - in_trend, 0.0)
     sources["trend"] = {
         "spill": spills, "beam": np.array([finite_float(t.get("beam"), 0.0) for t in trend]),
         "eot": eot, "eot_cum": eot_before + np.cumsum(eot), "hf": hf, "hf_srd": hf_srd,
