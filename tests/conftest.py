@@ -91,19 +91,24 @@ def postgres_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def postgres_database(server: str, name: str, *, create: bool = True) -> str:
+    """The URL of database ``name`` on ``server`` (a :func:`postgres_server` URL), dropped if it was there and
+    made again, fresh and empty, if ``create`` (else left missing, for a test to create it)."""
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        if create:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return server.replace("/postgres?", f"/{name}?", 1)
+
+
 @pytest.fixture
 def postgres_url(postgres_server, request):
     """A fresh, empty database on the session's PostgreSQL server, for one test."""
     import re
 
-    import psycopg
-
-    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50]
-    conninfo = postgres_server.replace("postgresql://", "postgresql://", 1)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return postgres_server.replace("/postgres?", f"/{name}?", 1)
+    return postgres_database(postgres_server, "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50])
 
 
 @contextmanager

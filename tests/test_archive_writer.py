@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import frozen_postgres
+from conftest import frozen_postgres, postgres_database
 from ops_processes import wait_for
 from na64_online.decoders.decode import as_words
 from na64_online.monitor.archive import Archive, ArchiveConfig
@@ -206,9 +206,7 @@ def test_a_database_that_is_not_there_at_start_is_opened_when_it_is(postgres_ser
     import httpx
 
     name = f"late_{os.getpid()}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    url = postgres_server.replace("/postgres?", f"/{name}?", 1)
+    url = postgres_database(postgres_server, name, create=False)
     with caplog.at_level(logging.ERROR, logger="na64_online.monitor.spill_monitor"):
         monitor = SpillMonitor(channel_map, archive=ArchiveConfig(url=url, answer_timeout_s=0.5), archive_thread=True,
                                reference=(1, None))  # a configured reference cannot be read: started without it
@@ -263,9 +261,7 @@ def test_serve_starts_with_its_database_missing_and_archives_once_it_is_there(po
     from test_service_lifecycle import Lines, _serve, _simulator
 
     name = f"serve_{os.getpid()}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    url = postgres_server.replace("/postgres?", f"/{name}?", 1)
+    url = postgres_database(postgres_server, name, create=False)
     ports = (free_port(), free_port())
     sim = _simulator(ports, spills=30, events=300, duration=0.5, gap=0.5)
     serve = _serve(ports, url, "--no-web")
