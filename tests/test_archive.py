@@ -272,6 +272,26 @@ def test_list_spills_and_runs(archive):
     assert runs[11]["quality"] == {"UNKNOWN": 1}
 
 
+def check_run_totals(archive) -> None:
+    """run_totals counts and sums what list_spills gives for the run: a fragment counts as its own row, an EOT
+    that is missing, NaN or infinite adds nothing, other runs and older processing versions are left out."""
+    eots = {1: 1000.0, 2: float("nan"), 3: float("inf"), 4: None, 5: 2500.5, 6: -float("inf")}
+    for spill, eot in eots.items():
+        archive.store_spill(make_record(20, spill, eot=eot, first_event_time=spill))
+    archive.store_spill(make_record(20, 5, eot=7.25, events=3, complete=False, first_event_time=99))  # a fragment
+    archive.store_spill(make_record(21, 9, eot=1e6))
+    rows = archive.list_spills(run=20)
+    assert len(rows) == 7
+    assert archive.run_totals(20) == {"spills": 7, "eot": 1000.0 + 2500.5 + 7.25, "last_spill": 6}
+    assert archive.run_totals(21) == {"spills": 1, "eot": 1e6, "last_spill": 9}
+    assert archive.run_totals(22) == {"spills": 0, "eot": 0.0, "last_spill": None}
+    assert archive.run_totals(20, version="another") == {"spills": 0, "eot": 0.0, "last_spill": None}
+
+
+def test_run_totals_count_and_sum_what_list_spills_gives(archive):
+    check_run_totals(archive)
+
+
 def test_store_needs_run_and_spill(archive):
     with pytest.raises(ArchiveError):
         archive.store_spill({"events": 3})

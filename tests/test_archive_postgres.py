@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from na64_online.monitor.archive import Archive
-from test_archive import CHILD, _run_child_until, make_histograms, make_quality, make_record
+from test_archive import CHILD, _run_child_until, check_run_totals, make_histograms, make_quality, make_record
 from test_cli import run
 
 WRITER = textwrap.dedent(
@@ -46,6 +46,12 @@ def _counts(url: str) -> tuple[list, int, int]:
             "SELECT count(*) FROM histograms WHERE spill_id NOT IN (SELECT id FROM spills)").scalar()
     engine.dispose()
     return [tuple(r) for r in per_key], hists, orphans
+
+
+def test_run_totals_on_postgresql(postgres_url):
+    """The same counts and sums as on SQLite, where PostgreSQL keeps NaN and the infinities that SQLite does not."""
+    with Archive(postgres_url) as archive:
+        check_run_totals(archive)
 
 
 def test_two_concurrent_writers_leave_each_spill_exactly_once(postgres_url):

@@ -188,11 +188,18 @@ def test_a_long_run_serves_its_newest_trend_rows_and_every_spill_in_its_totals(t
         # an archived spill of the run opens with the same trend: its newest spills, the EOT from the first
         state = AppState(monitor=monitor, registry=registry)
         try:
-            archived = DashboardFeed(state, None)._archived(1, 4)
+            feed = DashboardFeed(state, None)
+            archived, newest, older, absent = (feed._archived(1, 4), feed._archived(1, None), feed._archived(1, 2),
+                                               feed._archived(7, None))
         finally:
             state.close()
         assert list(archived.sources["trend"]["spill"]) == [3, 4]
         assert archived.sources["trend"]["eot_cum"][-1] == pytest.approx(run["eot"])
+        # no spill named: the run's last; an older one: the same newest trend rows beside its own record
+        assert list(newest.sources["trend"]["spill"]) == [3, 4]
+        assert newest.key[:2] == (1, 4) and older.key[:2] == (1, 2)
+        assert list(older.sources["trend"]["spill"]) == [3, 4]
+        assert absent == "no archived spill of run 7"
     finally:
         server.stop()
         replayer.close()

@@ -48,7 +48,6 @@ from bokeh.server.connection import ServerConnection
 from bokeh.settings import settings
 
 from ..decoders.channelmap import ChannelMap
-from ..monitor.model import finite_float
 from .panels import PanelData, channel_maps, channel_name, finding_text, nodes_html, prepare, progress_html, utc
 from .dashboard import DashboardPage
 
@@ -361,18 +360,18 @@ class DashboardFeed:
         archive = self.state.archive
         if archive is None:
             return "this service keeps no archive"
-        rows = archive.list_spills(run=run, limit=100000)
-        if not rows:
+        totals = archive.run_totals(run)
+        if not totals["spills"]:
             return f"no archived spill of run {run}"
         if spill is None:
-            spill = max(r["spill"] for r in rows)
+            spill = totals["last_spill"]
         found = archive.get_spill(run, spill)
         if found is None:
             return f"no archived spill {run}/{spill}"
         record = dict(found["record"])
-        rows = sorted(rows, key=lambda r: r["spill"])
         # the newest spills, as the live run trend keeps them; the EOT of the run's earlier ones starts the curve
-        kept = rows[-self.state.monitor.run_histograms.trend_spills:]
+        kept = sorted(archive.list_spills(run=run, limit=self.state.monitor.run_histograms.trend_spills,
+                                          newest_first=True), key=lambda r: (r["spill"], r["fragment"]))
         trend = [{"spill": r["spill"], "beam": None, "eot": r.get("eot"), "hadron_fraction": r.get("hadron_fraction"),
                   "hadron_fraction_srd": None} for r in kept]
         hists = _hist_json(archive.get_histograms(run, spill))
@@ -381,7 +380,7 @@ class DashboardFeed:
             record=record, quality=found.get("quality") or record.get("quality") or {},
             health={"findings": record.get("channel_findings") or []}, histograms=hists,
             run_histograms={"trend": trend, "candidates": candidates, "candidates_total": len(candidates),
-                            "spills": len(rows), "eot": sum(finite_float(r.get("eot"), 0.0) for r in rows)},
+                            "spills": totals["spills"], "eot": totals["eot"]},
             channel_stats={}, published_at=float(record.get("finished_at") or 0.0))
         return self._prepare(snap, archived=True)
 

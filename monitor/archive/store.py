@@ -77,6 +77,8 @@ LEGACY_SCHEMA_VERSION = 2
 HEAD_REVISION = "0002"
 #: ``version=ALL_VERSIONS``: rows of every processing version
 ALL_VERSIONS = "*"
+#: a summed column's values beyond this are not finite numbers (infinities; NaN compares above all in PostgreSQL)
+_FINITE_BOUND = 1e300
 
 _SCHEMA_V1 = """
 CREATE TABLE spills (
@@ -813,6 +815,18 @@ class Archive(ArchiveExports):
         if run is not None:
             statement = statement.where(spills.c.run == int(run))
         return self._execute(statement)
+
+    def run_totals(self, run: int, version: str | None = None) -> dict:
+        """The rows :meth:`list_spills` gives for ``run``, counted, without reading them: ``spills`` (a spill
+        stored more than once counts once per fragment, as its rows do), ``eot`` (their electrons on target,
+        summed over the finite values) and ``last_spill`` (None when the run has none)."""
+        finite = spills.c.eot.between(-_FINITE_BOUND, _FINITE_BOUND)  # not NULL, NaN (PostgreSQL) or ±infinity
+        row = self._execute(
+            select(func.count().label("spills"),
+                   func.coalesce(func.sum(sa.case((finite, spills.c.eot), else_=0.0)), 0.0).label("eot"),
+                   func.max(spills.c.spill).label("last_spill"))
+            .where(self._spill_filter(int(run), None, None, None, version)))[0]
+        return {"spills": int(row["spills"]), "eot": float(row["eot"]), "last_spill": row["last_spill"]}
 
     def runs(self, version: str | None = None) -> list[dict]:
         """Per run: number of spills archived, first/last spill and time, spills per overall state."""
