@@ -501,14 +501,20 @@ def local_cluster(workers: int, security=None):
     that holds no lock: processes scale), bound to 127.0.0.1, without dashboard, with
     :data:`WORKER_DASK_CONFIG` where the user's Dask configuration keeps Dask's defaults
     (:func:`cluster_dask_config`). Dask's default memory limit (the host's memory shared among the
-    workers) leaves a spill of ~400 MB, which is mapped, not copied, far from its thresholds."""
+    workers) leaves a spill of ~400 MB, which is mapped, not copied, far from its thresholds.
+
+    Each nanny gets its own copy of that configuration for the workers it starts, a worker that died and is
+    started again included: a nanny keeps only a shallow copy of the configuration it was made under, whose
+    nested settings the end of the ``dask.config.set`` block would give back to Dask's defaults."""
+    import copy
+
     import dask
     import distributed
 
     with dask.config.set(cluster_dask_config()):
         return distributed.LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-            protocol="tls://" if security else "tcp://", security=security,
+            protocol="tls://" if security else "tcp://", security=security, config=copy.deepcopy(dask.config.config),
         )
 
 

@@ -335,6 +335,15 @@ def test_a_worker_killed_mid_run_is_survived(raw_files, cluster):
     assert records("".join(lines)) == records(replay.stdout)
     client.wait_for_workers(2, timeout=60)  # the nanny brought a new worker up
     assert victim not in client.run(os.getpid).values()
+    # ... with the cluster's settings, as the first one had (it came up with Dask's defaults: profiler on)
+    import dask
+
+    from na64_online.reprocess import WORKER_DASK_CONFIG
+
+    for key, value in WORKER_DASK_CONFIG.items():
+        if key.startswith("distributed.worker.") or key.startswith("distributed.admin."):
+            assert set(client.run(dask.config.get, key).values()) == {value}, key
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
 
 
 def test_without_dask_reprocess_says_how_to_install_it(tmp_path):
