@@ -316,3 +316,40 @@ def test_a_frozen_archive_holds_neither_the_live_panels_nor_the_feeds_loop(postg
         runner.join(10)
         state.close()
         monitor.close()
+
+
+def test_the_feeds_loop_ends_its_read_of_the_recent_spills_before_it_ends(channel_map):
+    """Cancelled (the web server stopping), the feed's loop cancels its read of the recent spills, one that waits
+    on a database that does not answer included, and returns only once that read has ended: nothing is left
+    pending on the event loop (it was, and Python reported the task destroyed while pending at exit)."""
+    import asyncio
+    import contextlib
+    import threading
+
+    from na64_online.monitor.spill_monitor import SpillMonitor
+    from na64_online.web.live import DashboardFeed
+
+    release = threading.Event()
+    monitor = SpillMonitor(channel_map)
+    state = AppState(monitor=monitor, registry=CollectorRegistry())
+    feed = DashboardFeed(state, None, poll_seconds=0.01)
+    feed._recent_spills = lambda: release.wait(30)  # noqa: SLF001 - a read that hangs
+
+    async def stop_while_reading() -> bool:
+        task = asyncio.get_running_loop().create_task(feed._run())  # noqa: SLF001 - as the web app runs it
+        feed._refresh_recent()  # noqa: SLF001 - the archive committed a spill
+        await asyncio.sleep(0.1)
+        assert not feed._recent_task.done()  # noqa: SLF001 - still reading
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return feed._recent_task.done()  # noqa: SLF001
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(stop_while_reading())
+    finally:
+        release.set()
+        loop.close()
+        state.close()
+        monitor.close()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import html
 import logging
 import math
@@ -187,37 +188,43 @@ class DashboardFeed:
     # ------------------------------------------------------------------ the loop
     async def _run(self) -> None:
         next_status = next_beat = next_cleanup = 0.0
-        while True:
-            try:
-                now = time.monotonic()
-                snapshot = self.state.monitor.latest
-                if snapshot is not None and snapshot is not self._latest:
-                    self._latest = snapshot
-                    self._snapshot = await asyncio.to_thread(plain_snapshot, snapshot)
-                    await self._new_spill(self._snapshot)
-                    next_status = 0.0
-                commits = self.state.monitor.archive_commits
-                if commits != self._recent_commits:  # the archive is written on its own thread: read after it
-                    self._recent_commits = commits
-                    self._refresh_recent()
-                if now >= next_status:
-                    next_status = now + self.status_seconds
-                    await self._refresh_status()
-                if now >= next_beat:
-                    next_beat = now + self.heartbeat_seconds
-                    wall = time.time()
-                    self._push(lambda page: page.heartbeat(wall))
-                if now >= next_cleanup:
-                    next_cleanup = now + self.cleanup_seconds
-                    if self.bokeh is not None:
-                        await self.bokeh._cleanup_sessions()
-            except asyncio.CancelledError:
-                if self._recent_task is not None:  # the read beside the loop ends with it
-                    self._recent_task.cancel()
-                raise
-            except Exception:  # noqa: BLE001 - one bad spill must not stop the pages' updates
-                log.exception("dashboard feed: update failed; going on")
-            await asyncio.sleep(self.poll_seconds)
+        try:
+            while True:
+                try:
+                    now = time.monotonic()
+                    snapshot = self.state.monitor.latest
+                    if snapshot is not None and snapshot is not self._latest:
+                        self._latest = snapshot
+                        self._snapshot = await asyncio.to_thread(plain_snapshot, snapshot)
+                        await self._new_spill(self._snapshot)
+                        next_status = 0.0
+                    commits = self.state.monitor.archive_commits
+                    if commits != self._recent_commits:  # the archive is written on its own thread: read after it
+                        self._recent_commits = commits
+                        self._refresh_recent()
+                    if now >= next_status:
+                        next_status = now + self.status_seconds
+                        await self._refresh_status()
+                    if now >= next_beat:
+                        next_beat = now + self.heartbeat_seconds
+                        wall = time.time()
+                        self._push(lambda page: page.heartbeat(wall))
+                    if now >= next_cleanup:
+                        next_cleanup = now + self.cleanup_seconds
+                        if self.bokeh is not None:
+                            await self.bokeh._cleanup_sessions()
+                except Exception:  # noqa: BLE001 - one bad spill must not stop the pages' updates
+                    log.exception("dashboard feed: update failed; going on")
+                await asyncio.sleep(self.poll_seconds)
+        finally:  # cancelled (the web server stopping): the read beside the loop ends before it returns
+            await self._end_recent_read()
+
+    async def _end_recent_read(self) -> None:
+        task = self._recent_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _new_spill(self, snapshot) -> None:
         prepared = await asyncio.to_thread(self._prepare, snapshot)
