@@ -338,9 +338,9 @@ def test_a_worker_killed_mid_run_is_survived(raw_files, cluster):
     # ... with the cluster's settings, as the first one had (it came up with Dask's defaults: profiler on)
     import dask
 
-    from na64_online.reprocess import WORKER_DASK_CONFIG
+    from na64_online.reprocess import cluster_dask_config
 
-    for key, value in WORKER_DASK_CONFIG.items():
+    for key, value in cluster_dask_config().items():  # what local_cluster applies (the user's own settings kept)
         if key.startswith("distributed.worker.") or key.startswith("distributed.admin."):
             assert set(client.run(dask.config.get, key).values()) == {value}, key
     assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
