@@ -28,7 +28,6 @@ import multiprocessing as mp
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,15 +36,11 @@ from pathlib import Path
 
 import httpx
 
+from measure import free_port
+
 CLOCK = os.sysconf("SC_CLK_TCK")
 NA64 = Path(sys.executable).with_name("na64-online")
 PUBLISHED = re.compile(rb'"published_at"\s*[,:]\s*\[\s*([0-9.eE+]+)')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

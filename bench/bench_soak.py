@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,13 +25,7 @@ import time
 import urllib.request
 
 from bench_memory import CLI
-from measure import children, status_kb
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from measure import children, free_port, status_kb
 
 
 def _records(path: str) -> int:
@@ -52,7 +45,7 @@ def _slope(points: list[tuple[int, float]]) -> float | None:
 
 
 def soak(args, trend_spills: int | None) -> dict:
-    port = _free_port()
+    port = free_port()
     work = tempfile.mkdtemp(prefix="na64-soak-")
     out_path = os.path.join(work, "records.jsonl")
     env = dict(os.environ)
